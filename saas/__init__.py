@@ -1,0 +1,106 @@
+"""The platform: ``create_app`` builds one Flask application serving every tenant.
+
+It reads as the list of the platform's parts, each with its own ``init_app``. It starts no
+server and runs no migration: ``saas dev`` and ``saas db upgrade`` do that.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import uuid
+
+from flask import Flask, Response, g, request
+
+from saas.settings import Settings, SettingsError
+
+__all__ = ["Settings", "SettingsError", "create_app"]
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None, *, database=None, redis=None) -> Flask:
+    """Build the application.
+
+    Args:
+        settings: configuration; read from the environment when omitted.
+        database: a :class:`saas.db.Database` (tests pass one bound to a rolled-back connection);
+            made from ``settings.database_url`` when omitted.
+        redis: a Redis client; made from ``settings.redis_url`` when omitted.
+
+    Raises:
+        SettingsError: configuration missing or malformed (one line naming the variable).
+    """
+    from saas import api, audit_api, db, errors, health
+    from saas.auth import views as auth_views
+    from saas.auth.context import authenticate_request
+    from saas.auth.keys import KeyStore
+    from saas.auth.tokens import TokenService
+    from saas.identity.passwords import Passwords
+    from saas.redis_client import make_redis
+    from saas.tenancy import views as tenancy_views
+    from tenants import contacts
+
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    app = Flask("saas")
+    app.config["SECRET_KEY"] = settings.secret_key or secrets.token_hex(32)
+    app.config["MAX_CONTENT_LENGTH"] = api.MAX_BODY_BYTES
+    app.config["JSON_SORT_KEYS"] = False
+    app.url_map.strict_slashes = False
+    app.extensions["saas.settings"] = settings
+
+    if database is None:
+        if not settings.database_url:
+            raise SettingsError("DATABASE_URL: required (or run `saas dev` for an embedded PostgreSQL)")
+        database = db.Database.from_url(
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        )
+    db.init_app(app, database)
+    app.extensions["saas.redis"] = (
+        redis if redis is not None else make_redis(settings.redis_url, settings.redis_timeout_seconds)
+    )
+    key_path = settings.signing_key_path or settings.var_dir / "keys"
+    keys = KeyStore(key_path, settings.signing_alg, generate=settings.signing_key_path is None)
+    app.extensions["saas.keys"] = keys
+    app.extensions["saas.tokens"] = TokenService(
+        keys, settings.issuer, settings.audience, settings.access_token_ttl_seconds
+    )
+    app.extensions["saas.passwords"] = Passwords(
+        settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism
+    )
+
+    _init_request_id(app)
+    app.before_request(authenticate_request)
+    smorest = api.init_app(app)
+    errors.init_app(app)  # after flask-smorest, so the problem handlers win
+    app.register_blueprint(health.blp)
+    for blueprint in (
+        auth_views.blp,
+        auth_views.oauth,
+        auth_views.wellknown,
+        tenancy_views.blp,
+        contacts.blp,
+        audit_api.blp,
+    ):
+        smorest.register_blueprint(blueprint)
+    return app
+
+
+def _init_request_id(app: Flask) -> None:
+    @app.before_request
+    def _assign() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        rid = g.get("request_id")
+        if rid:
+            response.headers["X-Request-ID"] = rid
+        if request.path.startswith("/api/") and "Cache-Control" not in response.headers:
+            response.headers["Cache-Control"] = "private, no-store"
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response

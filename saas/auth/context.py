@@ -1,0 +1,159 @@
+"""Who is calling: authenticate the bearer token (no database), then resolve the membership.
+
+Tenant context comes only from a verified credential (invariant 1): the access token's ``tid``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+from sqlalchemy import select
+
+from saas import db
+from saas.errors import Forbidden, Unauthorized
+from saas.rbac import permissions_for
+from saas.tenancy.models import Membership, Tenant
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Principal:
+    """The authenticated caller of this request."""
+
+    user_id: uuid.UUID | None
+    tenant_id: uuid.UUID
+    client_id: str | None
+    scope: frozenset[str]
+    claims: dict[str, Any]
+    roles: tuple[str, ...] = ()
+    permissions: frozenset[str] = field(default_factory=frozenset)
+    tenant: Tenant | None = None
+    membership: Membership | None = None
+
+    @property
+    def role(self) -> str | None:
+        return self.roles[0] if self.roles else None
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Use 'Authorization: Bearer <access token>'.", error="invalid_request")
+    return token.strip()
+
+
+def authenticate_request() -> None:
+    """``before_request`` hook: verify a bearer token if present and bind the tenant schema.
+
+    Raises:
+        Unauthorized: the token is present but invalid.
+    """
+    if request.path.startswith(("/oauth/", "/.well-known/")):
+        return
+    token = _bearer_token()
+    if token is None:
+        return
+    claims = current_app.extensions["saas.tokens"].verify(token)
+    try:
+        tenant_id = uuid.UUID(str(claims["tid"]))
+        user_id = uuid.UUID(str(claims["sub"])) if claims.get("client_id") != claims.get("sub") else None
+    except ValueError:
+        raise Unauthorized("The access token's subject or tenant is malformed.") from None
+    g.principal = Principal(
+        user_id=user_id,
+        tenant_id=tenant_id,
+        client_id=claims.get("client_id"),
+        scope=frozenset(str(claims.get("scope", "")).split()),
+        claims=claims,
+    )
+    db.set_tenant_schema(db.schema_name_for(tenant_id))
+
+
+def current_principal() -> Principal:
+    """The caller, with its tenant and membership loaded (one query, once per request).
+
+    Raises:
+        Unauthorized: no bearer token; or the membership is gone (token outlived it).
+        Forbidden: the tenant is suspended (``tenant_suspended``).
+    """
+    principal: Principal | None = g.get("principal")
+    if principal is None:
+        raise Unauthorized("This endpoint needs an access token.", error=None)
+    if principal.tenant is not None:
+        return principal
+    session = db.session()
+    if principal.user_id is not None:
+        row = session.execute(
+            select(Membership, Tenant)
+            .join(Tenant, Tenant.id == Membership.tenant_id)
+            .where(
+                Membership.user_id == principal.user_id,
+                Membership.tenant_id == principal.tenant_id,
+                Membership.status == "active",
+            )
+        ).first()
+        if row is None:
+            raise Unauthorized("The access token's membership no longer exists.")
+        membership, tenant = row
+        principal.membership = membership
+        principal.roles = (membership.role,)
+    else:
+        tenant = session.get(Tenant, principal.tenant_id)
+        if tenant is None:
+            raise Unauthorized("The access token's tenant no longer exists.")
+        principal.roles = tuple(principal.claims.get("roles") or ())
+    if tenant.status != "active":
+        raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
+    principal.tenant = tenant
+    granted = permissions_for(principal.roles)
+    if "api" not in principal.scope:
+        granted = granted & principal.scope
+    principal.permissions = granted
+    return principal
+
+
+def require(permission: str) -> Callable[[F], F]:
+    """Decorator: the view needs an authenticated caller holding ``permission``.
+
+    Raises 401 (no or invalid token) or 403 ``permission_denied``. The permission is recorded
+    on the view as ``_required_permission`` for the OpenAPI document and for tests.
+    """
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            principal = current_principal()
+            if permission not in principal.permissions:
+                raise Forbidden(
+                    f"This action needs the '{permission}' permission.",
+                    code="permission_denied",
+                    title="Permission denied",
+                    extra={"permission": permission},
+                )
+            return view(*args, **kwargs)
+
+        wrapper._required_permission = permission  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def authenticated(view: F) -> F:
+    """Decorator: any authenticated member of the token's tenant."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        current_principal()
+        return view(*args, **kwargs)
+
+    wrapper._required_permission = None  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]

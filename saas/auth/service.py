@@ -1,0 +1,291 @@
+"""Login and refresh-token grants: the service functions behind the auth endpoints.
+
+Token responses follow RFC 6749 section 5.1. Refresh tokens rotate on every use and a reused
+token revokes its family (RFC 9700 section 4.14.2), with a short bounded grace for concurrent
+retries of the same request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app, has_request_context, request
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from saas import audit
+from saas.auth.models import RefreshToken
+from saas.db import utcnow
+from saas.errors import AppError, Forbidden, Unauthorized, ValidationError
+from saas.identity.models import User
+from saas.identity.passwords import Passwords
+from saas.settings import Settings
+from saas.tenancy.models import Membership, Tenant
+
+FIRST_PARTY_CLIENT = "saas-api"
+DEFAULT_SCOPE = "api"
+#: how many extra children a refresh token may get inside the grace window
+MAX_GRACE_REUSES = 1
+
+
+class InvalidGrant(AppError):
+    """RFC 6749 section 5.2 ``invalid_grant``."""
+
+    status, code, title = 400, "invalid_grant", "Invalid grant"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class TokenResponse:
+    access_token: str
+    expires_in: int
+    refresh_token: str | None
+    scope: str
+    token_type: str = "Bearer"  # noqa: S105 - a token type name
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_in": self.expires_in,
+            "scope": self.scope,
+        }
+        if self.refresh_token:
+            body["refresh_token"] = self.refresh_token
+        return body
+
+
+def _settings() -> Settings:
+    return current_app.extensions["saas.settings"]
+
+
+def _passwords() -> Passwords:
+    return current_app.extensions["saas.passwords"]
+
+
+def find_user_by_email(session: Session, email: str) -> User | None:
+    return session.scalars(select(User).where(func.lower(User.email) == email.strip().lower())).first()
+
+
+def authenticate_password(session: Session, email: str, password: str) -> User:
+    """Check an email and password. Unknown email and wrong password fail the same way, in
+    about the same time (a dummy hash is verified).
+
+    Raises:
+        Unauthorized: ``invalid_credentials``.
+    """
+    user = find_user_by_email(session, email)
+    ok = _passwords().verify(user.password_hash if user else None, password)
+    if not ok or user is None or user.status != "active":
+        raise Unauthorized("The email or password is incorrect.", code="invalid_credentials", error=None)
+    if user.password_hash and _passwords().needs_rehash(user.password_hash):
+        user.password_hash = _passwords().hash(password)
+    return user
+
+
+def choose_membership(session: Session, user: User, tenant_slug: str | None) -> tuple[Membership, Tenant]:
+    """The membership to log into: by slug, or the only one.
+
+    Raises:
+        ValidationError: several memberships and no ``tenant`` given (lists the slugs).
+        Forbidden: not a member of that tenant, or the tenant is suspended.
+    """
+    query = (
+        select(Membership, Tenant)
+        .join(Tenant, Tenant.id == Membership.tenant_id)
+        .where(Membership.user_id == user.id, Membership.status == "active")
+    )
+    rows = session.execute(query.order_by(Tenant.slug)).all()
+    if tenant_slug:
+        rows = [r for r in rows if r[1].slug == tenant_slug.strip().lower()]
+        if not rows:
+            raise Forbidden("You are not a member of that tenant.", code="not_a_member", title="Not a member")
+    elif len(rows) > 1:
+        raise ValidationError(
+            {"tenant": ["You belong to several tenants: name one."]},
+            detail="Choose a tenant: " + ", ".join(r[1].slug for r in rows),
+        )
+    elif not rows:
+        raise Forbidden(
+            "You are not an active member of any tenant.", code="not_a_member", title="Not a member"
+        )
+    membership, tenant = rows[0]
+    if tenant.status != "active":
+        raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
+    return membership, tenant
+
+
+def issue_tokens(
+    session: Session,
+    *,
+    user: User,
+    membership: Membership,
+    tenant: Tenant,
+    client_id: str = FIRST_PARTY_CLIENT,
+    scope: str = DEFAULT_SCOPE,
+    amr: list[str] | None = None,
+    auth_time: datetime | None = None,
+    family: RefreshToken | None = None,
+    parent: RefreshToken | None = None,
+) -> TokenResponse:
+    """Mint an access token and a refresh token (a new family unless ``family`` is given)."""
+    settings = _settings()
+    now = utcnow()
+    auth_time = auth_time or now
+    amr = amr or ["pwd"]
+    tokens = current_app.extensions["saas.tokens"]
+    access = tokens.issue(
+        subject=str(user.id),
+        tenant_id=str(tenant.id),
+        roles=[membership.role],
+        scope=scope,
+        client_id=client_id,
+        auth_time=int(auth_time.timestamp()),
+        amr=amr,
+    )
+    refresh = secrets.token_urlsafe(32)
+    family_id = family.family_id if family else uuid.uuid4()
+    family_expires = (
+        family.family_expires_at
+        if family
+        else now + timedelta(seconds=settings.refresh_token_absolute_ttl_seconds)
+    )
+    expires = min(now + timedelta(seconds=settings.refresh_token_ttl_seconds), family_expires)
+    session.add(
+        RefreshToken(
+            family_id=family_id,
+            parent_id=parent.id if parent else None,
+            token_hash=token_hash(refresh),
+            user_id=user.id,
+            tenant_id=tenant.id,
+            client_id=client_id,
+            scope=scope,
+            auth_time=auth_time,
+            amr=amr,
+            created_at=now,
+            expires_at=expires,
+            family_expires_at=family_expires,
+            ip=request.remote_addr if has_request_context() else None,
+            user_agent=(request.user_agent.string[:512] or None) if has_request_context() else None,
+        )
+    )
+    return TokenResponse(access.token, access.expires_in, refresh, scope)
+
+
+def login(session: Session, email: str, password: str, tenant_slug: str | None) -> TokenResponse:
+    """Password login (``POST /api/v1/auth/login``). Audits success in the tenant's log."""
+    user = authenticate_password(session, email, password)
+    membership, tenant = choose_membership(session, user, tenant_slug)
+    user.last_login_at = utcnow()
+    response = issue_tokens(session, user=user, membership=membership, tenant=tenant)
+    audit.record(
+        session,
+        "auth.login",
+        target_type="user",
+        target_id=user.id,
+        actor=audit.Actor("user", str(user.id)),
+        schema=tenant.schema_name,
+    )
+    return response
+
+
+def refresh(session: Session, presented: str, client_id: str | None = None) -> TokenResponse:
+    """The refresh-token grant (RFC 6749 section 6) with rotation and reuse detection.
+
+    Raises:
+        InvalidGrant: unknown, expired, revoked or reused token (reuse revokes the family).
+    """
+    settings = _settings()
+    now = utcnow()
+    row = session.scalars(
+        select(RefreshToken).where(RefreshToken.token_hash == token_hash(presented)).with_for_update()
+    ).first()
+    if row is None or (client_id and client_id != row.client_id):
+        raise InvalidGrant("The refresh token is invalid.")
+    if row.revoked_at is not None:
+        raise InvalidGrant("The refresh token has been revoked.")
+    if row.expires_at <= now or row.family_expires_at <= now:
+        raise InvalidGrant("The refresh token has expired.")
+    if row.used_at is not None:
+        grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
+        siblings = session.scalar(
+            select(func.count()).select_from(RefreshToken).where(RefreshToken.parent_id == row.id)
+        )
+        if now - row.used_at > grace or (siblings or 0) > MAX_GRACE_REUSES:
+            revoke_family(session, row.family_id, "reuse_detected")
+            tenant = session.get(Tenant, row.tenant_id)
+            if tenant is not None:
+                audit.record(
+                    session,
+                    "auth.refresh_token_reused",
+                    target_type="session",
+                    target_id=row.family_id,
+                    actor=audit.Actor("user", str(row.user_id)),
+                    schema=tenant.schema_name,
+                )
+            # the revocation must persist although the request fails
+            session.commit()
+            raise InvalidGrant("The refresh token was already used; the session has been revoked.")
+    else:
+        row.used_at = now
+    membership_row = session.execute(
+        select(Membership, Tenant, User)
+        .join(Tenant, Tenant.id == Membership.tenant_id)
+        .join(User, User.id == Membership.user_id)
+        .where(
+            Membership.user_id == row.user_id,
+            Membership.tenant_id == row.tenant_id,
+            Membership.status == "active",
+        )
+    ).first()
+    if membership_row is None:
+        revoke_family(session, row.family_id, "membership_gone")
+        session.commit()
+        raise InvalidGrant("The membership behind this refresh token no longer exists.")
+    membership, tenant, user = membership_row
+    if tenant.status != "active" or user.status != "active":
+        raise InvalidGrant("The tenant or the account is not active.")
+    return issue_tokens(
+        session,
+        user=user,
+        membership=membership,
+        tenant=tenant,
+        client_id=row.client_id,
+        scope=row.scope,
+        amr=list(row.amr or []),
+        auth_time=row.auth_time,
+        family=row,
+        parent=row,
+    )
+
+
+def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
+    """Revoke every live token of a family; returns how many."""
+    result = session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    return result.rowcount or 0
+
+
+def revoke_user_sessions(session: Session, user_id: uuid.UUID, tenant_id: uuid.UUID, reason: str) -> int:
+    """Revoke all refresh tokens of a user in a tenant (member removed, password changed...)."""
+    result = session.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.user_id == user_id,
+            RefreshToken.tenant_id == tenant_id,
+            RefreshToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    return result.rowcount or 0

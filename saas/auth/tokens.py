@@ -1,0 +1,126 @@
+"""JWT access tokens (RFC 9068 profile): issue and verify locally against cached keys.
+
+Claims: ``iss``, ``sub`` (user id, or client id for service accounts), ``aud``, ``exp``, ``iat``,
+``nbf``, ``jti``, ``client_id``, ``tid`` (tenant id), ``roles``, ``scope``, ``auth_time``, ``amr``.
+Header: ``typ: at+jwt``, ``alg`` (RS256 or ES256 only), ``kid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from saas.auth.keys import KeyStore
+from saas.errors import Unauthorized
+
+ALLOWED_ALGS = ("RS256", "ES256")
+LEEWAY_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    claims: dict[str, Any]
+    expires_in: int
+
+
+def _header(token: str) -> dict[str, Any] | None:
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > 8192:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+class TokenService:
+    """Signs and verifies access tokens. ``access_ttl`` in seconds."""
+
+    def __init__(self, keys: KeyStore, issuer: str, audience: str, access_ttl: int):
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.access_ttl = access_ttl
+
+    def issue(
+        self,
+        *,
+        subject: str,
+        tenant_id: str,
+        roles: list[str],
+        scope: str,
+        client_id: str,
+        auth_time: int | None = None,
+        amr: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> IssuedToken:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.access_ttl,
+            "jti": secrets.token_urlsafe(16),
+            "client_id": client_id,
+            "tid": tenant_id,
+            "roles": roles,
+            "scope": scope,
+            "auth_time": auth_time or now,
+            "amr": amr or ["pwd"],
+        }
+        if extra:
+            claims.update(extra)
+        key = self.keys.active
+        header = {"alg": key.alg, "kid": key.kid, "typ": "at+jwt"}
+        return IssuedToken(jwt.encode(header, claims, key.key), claims, self.access_ttl)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Verify signature, header and registered claims; return the claims.
+
+        Raises:
+            Unauthorized: any defect (bad signature, ``alg`` not allowed, unknown ``kid``, wrong
+                ``typ``, ``iss`` or ``aud``, expired or not yet valid), with ``invalid_token``.
+        """
+        header = _header(token)
+        if not header:
+            raise Unauthorized("The access token is malformed.")
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGS:
+            raise Unauthorized("The access token's algorithm is not accepted.")
+        if header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+            raise Unauthorized("The token is not an access token.")
+        signing_key = self.keys.find(str(header.get("kid", "")))
+        if signing_key is None or signing_key.alg != alg:
+            raise Unauthorized("The access token's key is unknown.")
+        try:
+            decoded = jwt.decode(token, signing_key.key, algorithms=[alg])
+        except (JoseError, ValueError):
+            raise Unauthorized("The access token's signature is invalid.") from None
+        claims = decoded.claims
+        now = int(time.time())
+        if claims.get("iss") != self.issuer:
+            raise Unauthorized("The access token was issued by someone else.")
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if self.audience not in auds:
+            raise Unauthorized("The access token is meant for another audience.")
+        exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
+        if not isinstance(exp, int) or exp + LEEWAY_SECONDS < now:
+            raise Unauthorized("The access token has expired.")
+        if isinstance(nbf, int) and nbf - LEEWAY_SECONDS > now:
+            raise Unauthorized("The access token is not valid yet.")
+        if not claims.get("tid") or not claims.get("sub"):
+            raise Unauthorized("The access token lacks a tenant or subject.")
+        return claims

@@ -1,0 +1,327 @@
+"""The operator CLI, ``saas``.
+
+Tables for people, ``--json`` for scripts. Exit codes: 0 ok, 1 the operation failed, 2 bad
+usage or configuration; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from saas.settings import Settings, SettingsError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+class CliError(click.ClickException):
+    """A one-line failure (exit code 1)."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn configuration errors and known app errors into one line and an exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from saas.errors import AppError
+
+        try:
+            return func(*args, **kwargs)
+        except SettingsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except AppError as exc:
+            detail = exc.detail or exc.title
+            extra = exc.extra.get("errors")
+            raise CliError(f"{exc.code}: {detail}" + (f" {json.dumps(extra)}" if extra else "")) from None
+
+    return wrapper
+
+
+class Context:
+    """Lazily built settings, database and app for the commands."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._app = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            settings = Settings.from_env()
+            if not settings.database_url:
+                from saas.embedded import embedded_database_url
+
+                settings = settings.with_overrides(database_url=embedded_database_url(settings.var_dir))
+            self._settings = settings
+        return self._settings
+
+    @property
+    def app(self):
+        if self._app is None:
+            from saas import create_app
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    @property
+    def database(self):
+        return self.app.extensions["saas.db"]
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+@click.group()
+@click.version_option(package_name="saas-backend")
+def main() -> None:
+    """Operate the multi-tenant SaaS backend."""
+
+
+# --- dev server --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--workers", default=1, show_default=True, type=int, help="gunicorn workers (1 = Flask dev server)"
+)
+@pass_ctx
+@_fail_cleanly
+def dev(ctx: Context, host: str, port: int, workers: int) -> None:
+    """Run the service on the configured servers, or an embedded PostgreSQL and Redis stand-in.
+
+    Applies pending migrations first, so a fresh clone serves the API at once.
+    """
+    os.environ.setdefault("SAAS_ENV", "development")
+    settings = ctx.settings
+    from saas.migrate import upgrade_shared, upgrade_tenants
+
+    app = ctx.app
+    upgrade_shared(app.extensions["saas.db"].engine)
+    upgrade_tenants(app.extensions["saas.db"].engine)
+    click.echo(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    if workers > 1:
+        if not settings.redis_url:
+            raise CliError("several workers need REDIS_URL (the in-process stand-in is per process)")
+        os.environ["DATABASE_URL"] = settings.database_url or ""
+        os.execvp(  # noqa: S606 - replaces this process with gunicorn
+            sys.executable,
+            [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-b", f"{host}:{port}",
+             "-w", str(workers), "wsgi:app"],
+        )  # fmt: skip
+    app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
+
+
+# --- database ----------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema: the shared track and every tenant schema."""
+
+
+@db.command("upgrade")
+@click.option("--shared-only", is_flag=True, help="skip the tenant schemas")
+@pass_ctx
+@_fail_cleanly
+def db_upgrade(ctx: Context, shared_only: bool) -> None:
+    """Apply the shared track, then bring every tenant schema to head."""
+    from saas.migrate import shared_head_revision, tenants_behind, upgrade_shared, upgrade_tenants
+
+    engine = ctx.database.engine
+    upgrade_shared(engine)
+    click.echo(f"shared schema at {shared_head_revision()}")
+    if shared_only:
+        return
+    total, behind = tenants_behind(engine)
+    with click.progressbar(length=len(behind), label=f"tenants ({total - len(behind)} at head)") as bar:
+        report = upgrade_tenants(engine, progress=lambda schema, ok: bar.update(1))
+    click.echo(f"tenants: {len(report.migrated)} migrated, {report.skipped} already at head")
+    for schema, error in report.failed.items():
+        click.echo(f"failed {schema}: {error}", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+# --- tenants -----------------------------------------------------------------------------------
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants: create, list, show."""
+
+
+def _find_tenant(session, ref: str):
+    import uuid as uuid_mod
+
+    from sqlalchemy import select
+
+    from saas.tenancy.models import Tenant
+
+    query = select(Tenant)
+    try:
+        query = query.where(Tenant.id == uuid_mod.UUID(ref))
+    except ValueError:
+        query = query.where(Tenant.slug == ref.strip().lower())
+    tenant = session.scalars(query).first()
+    if tenant is None:
+        raise CliError(f"no tenant {ref!r}")
+    return tenant
+
+
+@tenants.command("create")
+@click.option("--slug", required=True)
+@click.option("--name", required=True)
+@click.option("--owner-email", required=True)
+@click.option(
+    "--owner-password",
+    envvar="SAAS_OWNER_PASSWORD",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="or SAAS_OWNER_PASSWORD (asked for when neither is given)",
+)
+@click.option("--owner-name", default="")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_create(
+    ctx: Context, slug: str, name: str, owner_email: str, owner_password: str, owner_name: str, as_json: bool
+) -> None:
+    """Provision a tenant (row, schema at head, owner) in one transaction."""
+    from saas import audit
+    from saas.tenancy.provisioning import provision_tenant, validate_signup
+
+    app = ctx.app
+    with app.app_context():
+        slug, name, email, _, owner_name = validate_signup(
+            {"slug": slug, "name": name},
+            {"email": owner_email, "password": owner_password, "name": owner_name},
+        )
+        with ctx.database.transaction() as session:
+            done = provision_tenant(
+                session,
+                app.extensions["saas.passwords"],
+                slug=slug,
+                name=name,
+                owner_email=email,
+                owner_password=owner_password,
+                owner_name=owner_name,
+            )
+            audit.record(
+                session,
+                "tenant.created_by_operator",
+                target_type="tenant",
+                target_id=done.tenant.id,
+                actor=operator_actor(),
+                schema=done.tenant.schema_name,
+            )
+            result = {**done.tenant.to_public(), "schema": done.tenant.schema_name, "owner": done.owner.email}
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"created tenant {result['slug']} ({result['id']}) in schema {result['schema']}")
+
+
+def operator_actor():
+    """The operator's identity for audit events: ``SAAS_OPERATOR`` or the OS user."""
+    import getpass
+
+    from saas.audit import Actor
+
+    return Actor("operator", os.environ.get("SAAS_OPERATOR") or getpass.getuser())
+
+
+@tenants.command("list")
+@click.option("--status", type=click.Choice(["active", "suspended"]))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_list(ctx: Context, status: str | None, as_json: bool) -> None:
+    """List tenants with their member counts."""
+    from sqlalchemy import func, select
+
+    from saas.tenancy.models import Membership, Tenant
+
+    with ctx.database.transaction() as session:
+        query = (
+            select(Tenant, func.count(Membership.id))
+            .outerjoin(Membership, Membership.tenant_id == Tenant.id)
+            .group_by(Tenant.id)
+            .order_by(Tenant.created_at)
+        )
+        if status:
+            query = query.where(Tenant.status == status)
+        rows = [{**t.to_public(), "schema": t.schema_name, "members": n} for t, n in session.execute(query)]
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        f"{len(rows)} tenants",
+        ["slug", "name", "status", "plan", "members", "created"],
+        [[r["slug"], r["name"], r["status"], r["plan"], r["members"], r["created_at"]] for r in rows],
+    )
+
+
+@tenants.command("show")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
+    """Show one tenant (by slug or id): schema, version, members."""
+    from sqlalchemy import select
+
+    from saas.tenancy.models import Membership
+
+    with ctx.database.transaction() as session:
+        t = _find_tenant(session, tenant)
+        members = [
+            {"email": m.user.email, "role": m.role, "status": m.status}
+            for m in session.scalars(select(Membership).where(Membership.tenant_id == t.id))
+        ]
+        data = {
+            **t.to_public(),
+            "schema": t.schema_name,
+            "schema_version": t.schema_version,
+            "members": members,
+        }
+    if as_json:
+        _print_json(data)
+        return
+    for key in ("id", "slug", "name", "status", "plan", "schema", "schema_version", "created_at"):
+        click.echo(f"{key:>15}: {data[key]}")
+    _table("members", ["email", "role", "status"], [[m["email"], m["role"], m["status"]] for m in members])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Global identities: users and their passwords."""

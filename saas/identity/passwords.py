@@ -1,0 +1,44 @@
+"""Password hashing with argon2id (RFC 9106) at OWASP's recommended parameters by default
+(19 MiB memory, 2 iterations, 1 lane), and a length policy per NIST SP 800-63B section 3.1.1.2.
+"""
+
+from __future__ import annotations
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+MIN_LENGTH = 8
+MAX_LENGTH = 256
+
+
+class Passwords:
+    """Hash, verify and rehash passwords. Parameters come from settings (memory in KiB)."""
+
+    def __init__(self, memory_kib: int = 19 * 1024, time_cost: int = 2, parallelism: int = 1):
+        self._hasher = PasswordHasher(memory_cost=memory_kib, time_cost=time_cost, parallelism=parallelism)
+        # a real hash to verify against when the account does not exist (equal timing, no enumeration)
+        self._dummy = self._hasher.hash("dummy password for timing equality")
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, stored: str | None, password: str) -> bool:
+        """True when ``password`` matches ``stored``; with ``stored`` None, spends the same time and
+        returns False."""
+        try:
+            return self._hasher.verify(stored or self._dummy, password) and stored is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored: str) -> bool:
+        return self._hasher.check_needs_rehash(stored)
+
+
+def password_problems(password: str, min_length: int = MIN_LENGTH) -> list[str]:
+    """Reasons ``password`` is refused (empty when acceptable). No composition rules (NIST)."""
+    problems = []
+    if len(password) < min_length:
+        problems.append(f"Must be at least {min_length} characters.")
+    if len(password) > MAX_LENGTH:
+        problems.append(f"Must be at most {MAX_LENGTH} characters.")
+    return problems

@@ -1,0 +1,47 @@
+"""Role-based permissions inside a tenant: each role is a named set of permissions.
+
+Permissions are ``<resource>:<action>`` strings. Deny by default: a permission not listed for a
+role is refused, and an unknown role grants nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+PERMISSIONS: dict[str, str] = {
+    "contacts:read": "Read contacts",
+    "contacts:write": "Create, change and delete contacts",
+    "members:read": "List members",
+    "members:manage": "Invite, change and remove members",
+    "tenant:read": "Read the tenant's profile",
+    "tenant:manage": "Change the tenant's name and settings",
+    "billing:read": "See plan and usage",
+    "billing:manage": "Change plan and payment",
+    "audit:read": "Read the audit log",
+    "clients:manage": "Manage OAuth clients",
+}
+
+ROLES: dict[str, frozenset[str]] = {
+    "owner": frozenset(PERMISSIONS),
+    "admin": frozenset(PERMISSIONS) - {"billing:manage"},
+    "member": frozenset({"contacts:read", "contacts:write", "members:read", "tenant:read", "billing:read"}),
+    "viewer": frozenset({"contacts:read", "members:read", "tenant:read"}),
+}
+
+#: roles ordered from most to least powerful; a member may grant only roles at or below its own
+ROLE_ORDER = ("owner", "admin", "member", "viewer")
+
+
+def permissions_for(roles: Iterable[str]) -> frozenset[str]:
+    """The union of the permissions of ``roles`` (unknown roles grant nothing)."""
+    granted: set[str] = set()
+    for role in roles:
+        granted |= ROLES.get(role, frozenset())
+    return frozenset(granted)
+
+
+def can_assign(actor_role: str, target_role: str) -> bool:
+    """Whether a member with ``actor_role`` may give (or take away) ``target_role``."""
+    if actor_role not in ROLE_ORDER or target_role not in ROLE_ORDER:
+        return False
+    return ROLE_ORDER.index(actor_role) <= ROLE_ORDER.index(target_role)

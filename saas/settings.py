@@ -1,0 +1,161 @@
+"""Typed settings, read once from the environment inside ``create_app`` (12-factor).
+
+Every value has an explicit converter; a missing or malformed value raises
+:class:`SettingsError` whose message is one line naming the variable, and start-up stops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(RuntimeError):
+    """A configuration variable is missing or malformed. ``str(err)`` is one line naming it."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected one of true/false/1/0/yes/no/on/off")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        if not raw.startswith(tuple(f"{s}://" for s in schemes)) and not raw.startswith(
+            tuple(f"{s}:" for s in schemes)
+        ):
+            raise ValueError(f"expected a URL with scheme {' or '.join(schemes)}")
+        return raw
+
+    return convert
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _argon2_memory(raw: str) -> int:
+    value = int(raw)
+    if value < 8 * 1024:
+        raise ValueError("expected at least 8192 KiB")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of one process. Units are in the names (``_seconds``, ``_kib``)."""
+
+    env: str = "production"
+    database_url: str | None = None
+    redis_url: str | None = None
+    issuer: str = "http://localhost:8000"
+    audience: str = "saas-api"
+    secret_key: str | None = None
+    var_dir: Path = Path("var")
+    signing_key_path: Path | None = None
+    signing_alg: str = "RS256"
+    access_token_ttl_seconds: int = 600
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    refresh_token_absolute_ttl_seconds: int = 90 * 24 * 3600
+    refresh_reuse_grace_seconds: int = 5
+    invitation_ttl_seconds: int = 7 * 24 * 3600
+    argon2_memory_kib: int = 19 * 1024
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    redis_timeout_seconds: float = 0.25
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_testing(self) -> bool:
+        return self.env == "test"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (tests, CLI flags)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the process environment (or ``environ``) once.
+
+        Raises:
+            SettingsError: a variable is malformed; the message names it.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+
+        def maybe(name: str, attr: str, convert: Callable[[str], Any] = str) -> None:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return
+            try:
+                values[attr] = convert(raw)
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(f"{name}: {exc} (got {_redact(name, raw)!r})") from None
+
+        maybe("SAAS_ENV", "env", _choice("development", "production", "test"))
+        maybe("DATABASE_URL", "database_url", _url(("postgresql", "postgresql+psycopg", "postgres")))
+        maybe("REDIS_URL", "redis_url", _url(("redis", "rediss", "unix")))
+        maybe("SAAS_ISSUER", "issuer", _url(("http", "https")))
+        maybe("SAAS_AUDIENCE", "audience")
+        maybe("SECRET_KEY", "secret_key")
+        maybe("SAAS_VAR_DIR", "var_dir", Path)
+        maybe("SAAS_SIGNING_KEY_PATH", "signing_key_path", Path)
+        maybe("SAAS_SIGNING_ALG", "signing_alg", _choice("RS256", "ES256"))
+        maybe("ACCESS_TOKEN_TTL", "access_token_ttl_seconds", _positive_int)
+        maybe("REFRESH_TOKEN_TTL", "refresh_token_ttl_seconds", _positive_int)
+        maybe("REFRESH_TOKEN_ABSOLUTE_TTL", "refresh_token_absolute_ttl_seconds", _positive_int)
+        maybe("INVITATION_TTL", "invitation_ttl_seconds", _positive_int)
+        maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
+        maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
+        maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)
+        maybe("DB_POOL_SIZE", "db_pool_size", _positive_int)
+        maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
+        maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
+        maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+        settings = cls(**values)
+        if settings.database_url and settings.database_url.startswith("postgres://"):
+            settings = replace(settings, database_url="postgresql://" + settings.database_url[11:])
+        if settings.env == "production" and not settings.secret_key and settings.database_url:
+            raise SettingsError("SECRET_KEY: required when SAAS_ENV=production and DATABASE_URL is set")
+        return settings
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        for option in options:
+            if raw.lower() == option.lower():
+                return option
+        raise ValueError(f"expected one of {', '.join(options)}")
+
+    return convert
+
+
+_SECRET_WORDS = ("SECRET", "KEY", "PASSWORD", "TOKEN")
+
+
+def _redact(name: str, raw: str) -> str:
+    if any(word in name for word in _SECRET_WORDS):
+        return "***"
+    return raw
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))

@@ -1,0 +1,1 @@
+"""Tenancy: tenants, memberships, invitations, provisioning of tenant schemas."""

@@ -1,0 +1,206 @@
+"""Membership services: list, invite, accept, change role, remove. Each takes the session, the
+acting principal and plain values, raises domain errors and writes an audit event."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from saas import audit, outbox
+from saas.auth.context import Principal
+from saas.auth.service import find_user_by_email, revoke_user_sessions
+from saas.db import utcnow
+from saas.errors import Conflict, Forbidden, NotFound, ValidationError
+from saas.identity.models import User
+from saas.identity.passwords import Passwords, password_problems
+from saas.rbac import ROLES, can_assign
+from saas.tenancy.models import Invitation, Membership, Tenant
+
+
+def get_membership(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Membership:
+    """The membership of ``user_id`` in ``tenant_id``; another tenant's member is a 404.
+
+    Raises:
+        NotFound: no such member in this tenant.
+    """
+    membership = session.scalars(
+        select(Membership).where(Membership.tenant_id == tenant_id, Membership.user_id == user_id)
+    ).first()
+    if membership is None:
+        raise NotFound("No such member in this tenant.")
+    return membership
+
+
+def list_members(session: Session, tenant_id: uuid.UUID) -> list[Membership]:
+    return list(
+        session.scalars(
+            select(Membership).where(Membership.tenant_id == tenant_id).order_by(Membership.created_at)
+        )
+    )
+
+
+def _owner_count(session: Session, tenant_id: uuid.UUID) -> int:
+    return (
+        session.scalar(
+            select(func.count()).where(
+                Membership.tenant_id == tenant_id, Membership.role == "owner", Membership.status == "active"
+            )
+        )
+        or 0
+    )
+
+
+def _check_role(actor: Principal, role: str) -> None:
+    if role not in ROLES:
+        raise ValidationError({"role": [f"Must be one of: {', '.join(ROLES)}."]})
+    if not can_assign(actor.role or "", role):
+        raise Forbidden(
+            f"Your role cannot grant '{role}'.", code="role_not_assignable", title="Permission denied"
+        )
+
+
+@dataclass
+class InvitationResult:
+    membership: Membership
+    token: str
+
+
+def invite(session: Session, actor: Principal, email: str, role: str, ttl_seconds: int) -> InvitationResult:
+    """Invite ``email`` with ``role``: creates the user if unknown, a pending membership, an
+    invitation (token hashed) and an outbox message ``mail.invitation``.
+
+    Raises:
+        ValidationError: unknown role. Forbidden: role above the actor's.
+        Conflict: ``already_member``.
+    """
+    _check_role(actor, role)
+    tenant = actor.tenant
+    assert tenant is not None
+    user = find_user_by_email(session, email)
+    if user is None:
+        user = User(email=email.strip(), name="")
+        session.add(user)
+        session.flush()
+    elif session.scalars(
+        select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
+    ).first():
+        raise Conflict("That person is already a member or invited.", code="already_member")
+    membership = Membership(
+        user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
+    )
+    session.add(membership)
+    session.flush()
+    token = secrets.token_urlsafe(32)
+    session.add(
+        Invitation(
+            membership_id=membership.id,
+            token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            created_by=actor.user_id,
+            expires_at=utcnow() + timedelta(seconds=ttl_seconds),
+        )
+    )
+    outbox.enqueue(
+        session,
+        "mail.invitation",
+        {"to": user.email, "tenant": tenant.slug, "tenant_name": tenant.name, "role": role, "token": token},
+        tenant_id=tenant.id,
+    )
+    audit.record(session, "member.invited", target_type="user", target_id=user.id, data={"role": role})
+    session.flush()
+    return InvitationResult(membership, token)
+
+
+def accept_invitation(
+    session: Session, passwords: Passwords, token: str, password: str | None, name: str | None
+) -> tuple[Membership, User, Tenant]:
+    """Accept an invitation by its token; sets the password for a user who has none.
+
+    Raises:
+        NotFound: unknown, used or expired token (``invalid_invitation``).
+        ValidationError: password missing or too weak for a new account.
+    """
+    invitation = session.scalars(
+        select(Invitation)
+        .where(Invitation.token_hash == hashlib.sha256(token.encode()).hexdigest())
+        .with_for_update()
+    ).first()
+    if invitation is None or invitation.accepted_at is not None or invitation.expires_at <= utcnow():
+        raise NotFound("This invitation is invalid or has expired.", code="invalid_invitation")
+    membership = invitation.membership
+    user = session.get(User, membership.user_id)
+    tenant = session.get(Tenant, membership.tenant_id)
+    assert user is not None and tenant is not None
+    min_length = int((tenant.settings or {}).get("password_min_length", 8))
+    if user.password_hash is None:
+        if not password:
+            raise ValidationError({"password": ["A password is required to create your account."]})
+        if problems := password_problems(password, min_length):
+            raise ValidationError({"password": problems})
+        user.password_hash = passwords.hash(password)
+    if name:
+        user.name = name.strip()
+    invitation.accepted_at = utcnow()
+    membership.status = "active"
+    audit.record(
+        session,
+        "member.joined",
+        target_type="user",
+        target_id=user.id,
+        actor=audit.Actor("user", str(user.id)),
+        schema=tenant.schema_name,
+    )
+    session.flush()
+    return membership, user, tenant
+
+
+def change_role(session: Session, actor: Principal, user_id: uuid.UUID, role: str) -> Membership:
+    """Change a member's role.
+
+    Raises:
+        NotFound, ValidationError, Forbidden (role above the actor's, or the target's role is),
+        Conflict ``last_owner`` (the last owner cannot be demoted).
+    """
+    assert actor.tenant is not None
+    membership = get_membership(session, actor.tenant.id, user_id)
+    _check_role(actor, role)
+    if not can_assign(actor.role or "", membership.role):
+        raise Forbidden("You cannot change the role of a member above you.", code="role_not_assignable")
+    if membership.role == "owner" and role != "owner" and _owner_count(session, actor.tenant.id) <= 1:
+        raise Conflict("The last owner cannot be demoted.", code="last_owner")
+    old = membership.role
+    membership.role = role
+    audit.record(
+        session, "member.role_changed", target_type="user", target_id=user_id, data={"from": old, "to": role}
+    )
+    session.flush()
+    return membership
+
+
+def remove_member(session: Session, actor: Principal, user_id: uuid.UUID) -> None:
+    """Remove a member (or let a member leave); revokes their sessions in this tenant.
+
+    Raises:
+        NotFound; Forbidden (not yours to remove); Conflict ``last_owner``.
+    """
+    assert actor.tenant is not None
+    membership = get_membership(session, actor.tenant.id, user_id)
+    leaving = actor.user_id == user_id
+    if not leaving:
+        if "members:manage" not in actor.permissions:
+            raise Forbidden("This action needs the 'members:manage' permission.", code="permission_denied")
+        if not can_assign(actor.role or "", membership.role):
+            raise Forbidden("You cannot remove a member above you.", code="role_not_assignable")
+    if membership.role == "owner" and _owner_count(session, actor.tenant.id) <= 1:
+        raise Conflict("The last owner cannot leave or be removed.", code="last_owner")
+    session.delete(membership)
+    revoke_user_sessions(session, user_id, actor.tenant.id, "member_removed")
+    audit.record(
+        session, "member.left" if leaving else "member.removed", target_type="user", target_id=user_id
+    )
+    session.flush()

@@ -1,0 +1,185 @@
+"""Contacts API: list (paginated, searchable, sortable), create, read, update with ETag and
+``If-Match`` (RFC 9110 section 13.1.1), delete. Every change is audited."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import marshmallow as ma
+from flask import request
+from flask.views import MethodView
+from sqlalchemy import func, or_, select
+
+from saas import audit, db
+from saas.api import Blueprint
+from saas.auth.context import current_principal, require
+from saas.errors import NotFound, PreconditionFailed
+from tenants.models import Contact
+
+blp = Blueprint("contacts", __name__, url_prefix="/api/v1/contacts", description="Contacts (tenant CRM)")
+
+SORTS = {
+    "name": Contact.name,
+    "email": Contact.email,
+    "company": Contact.company,
+    "created_at": Contact.created_at,
+    "updated_at": Contact.updated_at,
+}
+
+Tag = ma.fields.String(validate=ma.validate.Length(min=1, max=50))
+
+
+class ContactSchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    email = ma.fields.Email(allow_none=True, validate=ma.validate.Length(max=320))
+    phone = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=64))
+    company = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=200))
+    tags = ma.fields.List(Tag, validate=ma.validate.Length(max=50), load_default=list)
+    created_at = ma.fields.DateTime(dump_only=True)
+    updated_at = ma.fields.DateTime(dump_only=True)
+    created_by = ma.fields.String(dump_only=True, allow_none=True)
+
+
+class ContactPatchSchema(ContactSchema):
+    name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
+    tags = ma.fields.List(Tag, validate=ma.validate.Length(max=50))
+
+
+class ContactQuerySchema(ma.Schema):
+    q = ma.fields.String(validate=ma.validate.Length(max=200), metadata={"description": "search"})
+    tag = ma.fields.String(validate=ma.validate.Length(max=50))
+    sort = ma.fields.String(
+        load_default="-created_at",
+        validate=ma.validate.OneOf([*SORTS, *(f"-{k}" for k in SORTS)]),
+        metadata={"description": "field name, '-' prefix for descending"},
+    )
+
+
+def etag_of(contact: Contact) -> str:
+    digest = hashlib.sha256(f"{contact.id}:{contact.version}".encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def _dump(contact: Contact) -> dict:
+    return {
+        "id": str(contact.id),
+        "name": contact.name,
+        "email": contact.email,
+        "phone": contact.phone,
+        "company": contact.company,
+        "tags": list(contact.tags or []),
+        "created_at": contact.created_at,
+        "updated_at": contact.updated_at,
+        "created_by": str(contact.created_by) if contact.created_by else None,
+    }
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def get_contact(contact_id: uuid.UUID) -> Contact:
+    """A contact of the caller's tenant (the session is bound to its schema), or 404."""
+    contact = db.session().get(Contact, contact_id)
+    if contact is None:
+        raise NotFound("No such contact.")
+    return contact
+
+
+@blp.route("")
+class Contacts(MethodView):
+    @require("contacts:read")
+    @blp.arguments(ContactQuerySchema, location="query")
+    @blp.response(200, ContactSchema(many=True))
+    @blp.paginate()
+    def get(self, args, pagination_parameters):
+        """Contacts, newest first by default; ``q`` searches name, email and company."""
+        query = select(Contact)
+        if args.get("q"):
+            pattern = f"%{_escape_like(args['q'])}%"
+            query = query.where(
+                or_(Contact.name.ilike(pattern), Contact.email.ilike(pattern), Contact.company.ilike(pattern))
+            )
+        if args.get("tag"):
+            query = query.where(Contact.tags.any(args["tag"]))
+        sort = args["sort"]
+        column = SORTS[sort.lstrip("-")]
+        order = column.desc() if sort.startswith("-") else column.asc()
+        session = db.session()
+        pagination_parameters.item_count = session.scalar(select(func.count()).select_from(query.subquery()))
+        page = session.scalars(
+            query.order_by(order, Contact.id)
+            .offset(pagination_parameters.first_item)
+            .limit(pagination_parameters.page_size)
+        )
+        return [_dump(c) for c in page]
+
+    @require("contacts:write")
+    @blp.arguments(ContactSchema)
+    @blp.response(201, ContactSchema)
+    def post(self, body):
+        """Create a contact."""
+        principal = current_principal()
+        contact = Contact(**body, created_by=principal.user_id)
+        session = db.session()
+        session.add(contact)
+        session.flush()
+        audit.record(session, "contact.created", target_type="contact", target_id=contact.id)
+        return _dump(contact), 201, {"ETag": etag_of(contact)}
+
+
+@blp.route("/<uuid:contact_id>")
+class ContactResource(MethodView):
+    @require("contacts:read")
+    @blp.response(200, ContactSchema)
+    @blp.alt_response(404, description="No such contact in this tenant")
+    def get(self, contact_id):
+        """One contact, with its ``ETag``."""
+        contact = get_contact(contact_id)
+        return _dump(contact), 200, {"ETag": etag_of(contact)}
+
+    @require("contacts:write")
+    @blp.arguments(ContactPatchSchema(partial=True))
+    @blp.response(200, ContactSchema)
+    @blp.alt_response(412, description="If-Match does not match the current ETag")
+    def patch(self, body, contact_id):
+        """Change a contact. Send ``If-Match`` with the ETag you read to avoid lost updates."""
+        contact = get_contact(contact_id)
+        _check_if_match(contact)
+        changed = {k: v for k, v in body.items() if getattr(contact, k) != v}
+        for key, value in changed.items():
+            setattr(contact, key, value)
+        if changed:
+            contact.updated_at = db.utcnow()
+            db.session().flush()
+            audit.record(
+                db.session(),
+                "contact.updated",
+                target_type="contact",
+                target_id=contact.id,
+                data={"fields": sorted(changed)},
+            )
+        return _dump(contact), 200, {"ETag": etag_of(contact)}
+
+    @require("contacts:write")
+    @blp.response(204)
+    def delete(self, contact_id):
+        """Delete a contact (``If-Match`` honoured when sent)."""
+        contact = get_contact(contact_id)
+        _check_if_match(contact)
+        session = db.session()
+        session.delete(contact)
+        audit.record(session, "contact.deleted", target_type="contact", target_id=contact_id)
+        session.flush()
+
+
+def _check_if_match(contact: Contact) -> None:
+    if_match = request.headers.get("If-Match")
+    if not if_match:
+        return
+    current = etag_of(contact)
+    candidates = [t.strip() for t in if_match.split(",")]
+    if "*" not in candidates and current not in candidates and f"W/{current}" not in candidates:
+        raise PreconditionFailed("The contact has changed since you read it; fetch it again.")
