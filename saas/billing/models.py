@@ -28,9 +28,7 @@ class BillingAccount(SharedBase):
 
     __tablename__ = "billing_accounts"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     customer_email: Mapped[str | None] = mapped_column(String(320))
     customer_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -81,9 +79,7 @@ class BillingOverride(SharedBase):
 
     __tablename__ = "billing_overrides"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True)
     plan: Mapped[str | None] = mapped_column(String(32))
     limits: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -96,9 +92,7 @@ class UsageReport(SharedBase):
 
     __tablename__ = "billing_usage_reports"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True)
     period: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM (UTC)
     quantity: Mapped[int] = mapped_column(BigInteger)
     identifier: Mapped[str] = mapped_column(String(255), unique=True)
