@@ -34,6 +34,7 @@ log = logging.getLogger("saas.billing")
 
 CATALOGUE_PATH = Path(__file__).with_name("plans.toml")
 LIMIT_KEYS = ("seats", "requests_per_minute", "monthly_api_calls")
+PLAN_KEYS = frozenset({"name", "price_env", "per_seat", "features", *LIMIT_KEYS})
 
 
 class CatalogueError(SettingsError):
@@ -91,6 +92,21 @@ def parse_catalogue(data: Mapping[str, Any]) -> tuple[str, dict[str, Plan]]:
     for plan_id, raw in raw_plans.items():
         if not isinstance(raw, Mapping):
             raise CatalogueError(f"plans.{plan_id}: expected a table")
+        unknown = set(raw) - PLAN_KEYS
+        if unknown:
+            raise CatalogueError(f"plans.{plan_id}: unknown keys {sorted(unknown)}")
+        features = raw.get("features") or {}
+        if not isinstance(features, Mapping) or any(
+            not isinstance(v, bool | int | str) for v in features.values()
+        ):
+            raise CatalogueError(
+                f"plans.{plan_id}.features: expected a table of booleans, integers or strings"
+            )
+        price_env = raw.get("price_env") or {}
+        if not isinstance(price_env, Mapping) or any(
+            k not in ("month", "year") or not str(v).startswith("STRIPE_PRICE_") for k, v in price_env.items()
+        ):
+            raise CatalogueError(f'plans.{plan_id}.price_env: expected {{month|year = "STRIPE_PRICE_..."}}')
         rpm = _limit(plan_id, "requests_per_minute", raw.get("requests_per_minute"))
         if rpm is None:
             raise CatalogueError(f"plans.{plan_id}.requests_per_minute: must be a positive limit")

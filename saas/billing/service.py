@@ -267,6 +267,14 @@ def members_changed(session: Session, tenant_id: uuid.UUID) -> None:
     if quantity == account.quantity:
         return
     item = account.subscription_item_id
+    # optimistic: Stripe's customer.subscription.updated confirms it; `saas billing sync` repairs
+    # a failed push (it compares Stripe's quantity with the active members)
+    account.quantity = quantity
+    tenant = session.get(Tenant, tenant_id)
+    assert tenant is not None
+    audit.record(session, "billing.seats_changed", target_type="subscription",
+                 target_id=account.stripe_subscription_id, data={"quantity": quantity},
+                 schema=tenant.schema_name)  # fmt: skip
 
     def push() -> None:
         try:
@@ -370,7 +378,7 @@ def sync_checkout(
     if not session_id.startswith("cs_") or len(session_id) > 255:
         raise NotFound("No such checkout session.")
     try:
-        checkout = billing.client.v1.checkout.sessions.retrieve(session_id)
+        checkout = plain(billing.client.v1.checkout.sessions.retrieve(session_id))
     except stripe.InvalidRequestError:
         raise NotFound("No such checkout session.") from None
     except stripe.StripeError:
