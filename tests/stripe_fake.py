@@ -70,6 +70,7 @@ class FakeStripe:
         self.requests: list[tuple[str, str, dict, dict]] = []
         self.idempotent: dict[str, tuple[int, dict]] = {}
         self.fail_paths: dict[str, int] = {}  # path prefix -> failures left (503)
+        self.delay_seconds = 0.0  # added to GET /v1/subscriptions/... (widens race windows)
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -119,6 +120,7 @@ class FakeStripe:
                 store.clear()
             self.meter_events.clear()
             self.requests.clear()
+            self.delay_seconds = 0.0
 
     def calls(self, method: str, prefix: str) -> list[dict]:
         return [p for m, path, p, _ in self.requests if m == method and path.startswith(prefix)]
@@ -129,6 +131,8 @@ class FakeStripe:
         auth = headers.get("Authorization", "")
         if not auth.startswith("Bearer sk_test_"):
             return 401, _error("invalid_request_error", "Invalid API Key provided.", None), {}
+        if self.delay_seconds and method == "GET" and path.startswith("/v1/subscriptions/"):
+            time.sleep(self.delay_seconds)
         with self.lock:
             self.requests.append((method, path, params, headers))
             for prefix, left in list(self.fail_paths.items()):

@@ -699,3 +699,66 @@ def test_webhook_events_table_holds_payload(bapi, bclient, bconn, fake_stripe):
     )
     assert row.processed_at is not None
     assert WebhookEvent.__table__.c.id.primary_key
+
+
+# --- real commits: the same event from two threads at once ----------------------------------------
+
+
+def test_same_event_delivered_concurrently_has_one_effect(billing_app, engine, redis_client, fake_stripe):
+    """Two deliveries of one event race on real, committed transactions: exactly one applies."""
+    import threading
+
+    redis_client.flushdb()
+    fake_stripe.reset()
+    slug = "race-" + uuid.uuid4().hex[:8]
+    client = billing_app.test_client()
+    api = Api(client)
+    signup = api.signup(slug)
+    tenant_id = signup["tenant"]["id"]
+    schema = "t_" + uuid.UUID(tenant_id).hex
+    event_ids: list[str] = []
+    try:
+        h = api.auth(signup)
+        session_id = checkout(client, h)
+        fake_stripe.complete_checkout(session_id)
+        assert client.get(f"/api/v1/billing/checkout/{session_id}/sync", headers=h).status_code == 200
+        sub_id = fake_stripe.sessions[session_id]["subscription"]
+        fake_stripe.update_subscription(sub_id, price="price_ent_month")
+        event = fake_stripe.event("customer.subscription.updated", fake_stripe.subscriptions[sub_id])
+        event_ids.append(event["id"])
+        fake_stripe.delay_seconds = 0.2  # the first delivery holds its locks while the second arrives
+        barrier = threading.Barrier(2)
+        answers: list[tuple[int, str]] = []
+
+        def send() -> None:
+            c = billing_app.test_client()
+            barrier.wait()
+            r = deliver(c, event)
+            answers.append((r.status_code, r.get_json()["status"]))
+
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(answers) == [(200, "duplicate"), (200, "processed")]
+        with engine.connect() as conn:
+            query = f"SELECT count(*) FROM {schema}.audit_events WHERE data->>'event' = :e"  # noqa: S608
+            changes = conn.execute(text(query), {"e": event["id"]}).scalar()
+            attempts = conn.execute(
+                text("SELECT attempts FROM saas.stripe_webhook_events WHERE id = :e"), {"e": event["id"]}
+            ).scalar()
+        assert changes == 1 and attempts == 1
+        assert len(fake_stripe.calls("GET", f"/v1/subscriptions/{sub_id}")) == 2  # the sync + one apply
+        assert entitlements_now(billing_app, tenant_id).plan == "enterprise"
+    finally:
+        fake_stripe.delay_seconds = 0.0
+        with engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM saas.stripe_webhook_events WHERE id = ANY(:ids)"), {"ids": event_ids}
+            )
+            conn.execute(text("DELETE FROM saas.outbox WHERE tenant_id = :t"), {"t": tenant_id})
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text("DELETE FROM saas.tenants WHERE id = :t"), {"t": tenant_id})
+            conn.execute(text("DELETE FROM saas.users WHERE email = :e"), {"e": f"owner@{slug}.test"})
+        redis_client.flushdb()
