@@ -48,8 +48,12 @@ def init_app(app: Flask, smorest) -> None:
         CatalogueError: invalid plan catalogue, or a paid plan without its price id.
         SettingsError: billing on without ``STRIPE_WEBHOOK_SECRET``.
     """
+    import logging
+
     from saas.billing import entitlements, service, views
     from saas.settings import SettingsError
+
+    logging.getLogger("stripe").setLevel(logging.WARNING)  # the SDK logs each request at INFO
 
     settings = app.extensions["saas.settings"]
     entitlements.catalogue()

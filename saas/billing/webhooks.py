@@ -257,9 +257,7 @@ def _apply_live_subscription(
     created = int(event["created"])
     if not replay and _stale(account, sub_id, created):
         return "processed", account.tenant_id, "stale: a newer event was already applied"
-    subscription = plain(
-        billing.client.v1.subscriptions.retrieve(sub_id, params={"expand": ["items.data.price"]})
-    )
+    subscription = plain(billing.client.v1.subscriptions.retrieve(sub_id))
     apply_subscription(session, billing, account, subscription, source=event["type"], event_id=event["id"])
     if account.stripe_subscription_id == sub_id:
         account.last_event_created = max(account.last_event_created or 0, created)
