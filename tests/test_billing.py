@@ -762,3 +762,50 @@ def test_same_event_delivered_concurrently_has_one_effect(billing_app, engine, r
             conn.execute(text("DELETE FROM saas.tenants WHERE id = :t"), {"t": tenant_id})
             conn.execute(text("DELETE FROM saas.users WHERE email = :e"), {"e": f"owner@{slug}.test"})
         redis_client.flushdb()
+
+
+def test_paused_means_free_and_resumed_restores_the_plan(bapi, bclient, billing_app, fake_stripe):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe)
+    t0 = int(time.time())
+    fake_stripe.update_subscription(sub_id, status="paused")
+    paused = fake_stripe.event("customer.subscription.paused", fake_stripe.subscriptions[sub_id], created=t0)
+    assert deliver(bclient, paused).status_code == 200
+    assert entitlements_now(billing_app, tenant_id).plan == "free"
+    fake_stripe.update_subscription(sub_id, status="active")
+    resumed = fake_stripe.event(
+        "customer.subscription.resumed", fake_stripe.subscriptions[sub_id], created=t0 + 1
+    )
+    assert deliver(bclient, resumed).status_code == 200
+    assert entitlements_now(billing_app, tenant_id).plan == "pro"
+
+
+def test_live_event_on_a_test_key_is_ignored(bapi, bclient, billing_app, fake_stripe):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe)
+    fake_stripe.update_subscription(sub_id, status="canceled")
+    event = {
+        **fake_stripe.event("customer.subscription.deleted", fake_stripe.subscriptions[sub_id]),
+        "livemode": True,
+    }
+    r = deliver(bclient, event)
+    assert r.status_code == 200 and r.get_json()["status"] == "ignored"
+    assert entitlements_now(billing_app, tenant_id).plan == "pro"
+
+
+def test_cached_entitlements_need_no_database(bapi, bclient, billing_app, fake_stripe):
+    """The hot path: once cached, a tenant with only ``id`` and ``plan`` is answered from Redis."""
+    from types import SimpleNamespace
+
+    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
+    assert entitlements_now(billing_app, tenant_id).plan == "pro"  # fills the cache
+    detached = SimpleNamespace(id=uuid.UUID(tenant_id), plan="free")
+    with billing_app.app_context():
+        assert ent.entitlements_for(detached).plan == "pro"
+    # outside any app (no cache, no session): the tenant's own plan column
+    assert ent.entitlements_for(detached).plan == "free"
+
+
+def test_openapi_documents_the_billing_paths(bclient):
+    paths = bclient.get("/openapi.json").get_json()["paths"]
+    for path in ("/api/v1/billing", "/api/v1/billing/checkout", "/api/v1/billing/portal",
+                 "/api/v1/billing/checkout/{session_id}/sync", "/webhooks/stripe"):  # fmt: skip
+        assert path in paths, path

@@ -210,6 +210,9 @@ def process(
     handler = HANDLERS.get(event["type"])
     if handler is None:
         return "ignored", None, "unhandled event type"
+    live_key = (billing.settings.stripe_secret_key or "").startswith(("sk_live_", "rk_live_"))
+    if bool(event.get("livemode")) != live_key:
+        return "ignored", None, "livemode does not match the API key's mode"
     return handler(session, billing, event, replay)
 
 
