@@ -809,3 +809,18 @@ def test_openapi_documents_the_billing_paths(bclient):
     for path in ("/api/v1/billing", "/api/v1/billing/checkout", "/api/v1/billing/portal",
                  "/api/v1/billing/checkout/{session_id}/sync", "/webhooks/stripe"):  # fmt: skip
         assert path in paths, path
+
+
+def test_a_stale_reader_cannot_refill_the_cache_after_an_invalidation(billing_app, redis_client, bconn):
+    """Reader loads old state, a change commits and invalidates, the reader then tries to cache:
+    the generation moved, so the old state is not cached."""
+    tenant_id = uuid.uuid4()
+    redis_client.flushdb()
+    old = ent.BillingState("pro", "active")
+    with billing_app.app_context():
+        ent._cache_if_generation(redis_client, tenant_id, old, b"0")
+        assert redis_client.get(ent.cache_key(tenant_id))  # no change in between: cached
+        ent.invalidate(None, tenant_id)  # a change commits
+        assert redis_client.get(ent.cache_key(tenant_id)) is None
+        ent._cache_if_generation(redis_client, tenant_id, old, b"0")  # the stale reader
+        assert redis_client.get(ent.cache_key(tenant_id)) is None

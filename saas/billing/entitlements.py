@@ -259,6 +259,23 @@ def cache_key(tenant_id: uuid.UUID | str) -> str:
     return f"{{t:{tenant_id}}}:billing:state"
 
 
+def generation_key(tenant_id: uuid.UUID | str) -> str:
+    """Redis key counting invalidations of the tenant's billing state."""
+    return f"{{t:{tenant_id}}}:billing:gen"
+
+
+def _drop(redis: Any, tenant_ids: set[uuid.UUID] | list[uuid.UUID]) -> None:
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for tenant_id in tenant_ids:
+            pipe.incr(generation_key(tenant_id))
+            pipe.expire(generation_key(tenant_id), 2 * CACHE_TTL_SECONDS)
+            pipe.delete(cache_key(tenant_id))
+        pipe.execute()
+    except Exception:
+        log.warning("billing state cache unavailable", exc_info=True)
+
+
 def _redis() -> Any:
     return current_app.extensions.get("saas.redis") if has_app_context() else None
 
@@ -280,16 +297,24 @@ def load_state(session: Session, tenant_id: uuid.UUID) -> BillingState:
 
 def billing_state(tenant: Any) -> BillingState | None:
     """The tenant's cached billing state; loaded from the database on a miss. None when neither
-    the cache nor a session is reachable (then only ``tenant.plan`` counts)."""
+    the cache nor a session is reachable (then only ``tenant.plan`` counts).
+
+    One Redis round trip on a hit (``MGET`` of the state and its generation). On a miss the
+    state read from the database is cached only if the generation is unchanged, so a reader
+    that loaded the state of before a concurrent change cannot cache it after that change's
+    invalidation.
+    """
     tenant_id = getattr(tenant, "id", None)
     if tenant_id is None:
         return None
     redis = _redis()
+    generation = b"0"
     if redis is not None:
         try:
-            raw = redis.get(cache_key(tenant_id))
+            raw, gen = redis.mget(cache_key(tenant_id), generation_key(tenant_id))
             if raw:
                 return BillingState(**json.loads(raw))
+            generation = gen or b"0"
         except Exception:  # fail open to the database on Redis errors
             log.warning("billing state cache unavailable", exc_info=True)
             redis = None
@@ -297,12 +322,28 @@ def billing_state(tenant: Any) -> BillingState | None:
     if session is None:
         return None
     state = load_state(session, tenant_id)
-    if redis is not None and not session.info.get(_DIRTY_KEY, set()).intersection({tenant_id}):
-        try:
-            redis.set(cache_key(tenant_id), json.dumps(asdict(state)), ex=CACHE_TTL_SECONDS)
-        except Exception:
-            log.warning("billing state cache unavailable", exc_info=True)
+    if redis is not None and tenant_id not in session.info.get(_DIRTY_KEY, set()):
+        _cache_if_generation(redis, tenant_id, state, generation)
     return state
+
+
+def _cache_if_generation(redis: Any, tenant_id: uuid.UUID, state: BillingState, generation: bytes) -> None:
+    """``SET`` the state unless the generation moved (``WATCH``/``MULTI``: an invalidation in
+    between aborts the write). Both keys share the ``{t:<id>}`` hash tag (one cluster slot)."""
+    import redis as redis_lib
+
+    try:
+        with redis.pipeline() as pipe:
+            pipe.watch(generation_key(tenant_id))
+            if (pipe.get(generation_key(tenant_id)) or b"0") != generation:
+                return
+            pipe.multi()
+            pipe.set(cache_key(tenant_id), json.dumps(asdict(state)), ex=CACHE_TTL_SECONDS)
+            pipe.execute()
+    except redis_lib.WatchError:
+        return
+    except Exception:
+        log.warning("billing state cache unavailable", exc_info=True)
 
 
 def _session_for(tenant: Any) -> Session | None:
@@ -321,7 +362,7 @@ def entitlements_for(tenant: Any) -> Entitlements:
     """Entitlements of ``tenant`` (anything with ``id`` and ``plan``, normally a ``Tenant`` row)
     now: plan, subscription status with its grace period, and operator overrides.
 
-    Fast path: one Redis GET; the database is read on a cache miss only. Raises nothing for an
+    Fast path: one Redis round trip; the database is read on a cache miss only. Raises nothing for an
     unknown plan (the default plan applies).
     """
     state = billing_state(tenant)
@@ -342,22 +383,15 @@ def invalidate(session: Session | None, tenant_id: uuid.UUID) -> None:
         session.info.setdefault(_DIRTY_KEY, set()).add(tenant_id)
         session.info["billing_redis"] = redis
     if redis is not None:
-        try:
-            redis.delete(cache_key(tenant_id))
-        except Exception:
-            log.warning("billing state cache unavailable", exc_info=True)
+        _drop(redis, [tenant_id])
 
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
     dirty = session.info.pop(_DIRTY_KEY, None)
     redis = session.info.pop("billing_redis", None)
-    if not dirty or redis is None:
-        return
-    try:
-        redis.delete(*(cache_key(t) for t in dirty))
-    except Exception:
-        log.warning("billing state cache unavailable", exc_info=True)
+    if dirty and redis is not None:
+        _drop(redis, dirty)
 
 
 @event.listens_for(Session, "after_rollback")
@@ -365,7 +399,4 @@ def _after_rollback(session: Session) -> None:
     dirty = session.info.pop(_DIRTY_KEY, None)
     redis = session.info.pop("billing_redis", None)
     if dirty and redis is not None:
-        try:
-            redis.delete(*(cache_key(t) for t in dirty))
-        except Exception:
-            log.warning("billing state cache unavailable", exc_info=True)
+        _drop(redis, dirty)
