@@ -229,6 +229,8 @@ def check_seat_available(session: Session, tenant: Tenant) -> None:
     entitlements = ent.entitlements_for(tenant)
     if entitlements.seats is None:
         return
+    # serialize concurrent invitations of one tenant, so two cannot both take the last seat
+    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
     used = seats_used(session, tenant.id, include_invited=True)
     if used + 1 <= entitlements.seats:
         return
