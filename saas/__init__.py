@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     Raises:
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
-    from saas import api, audit_api, db, errors, health
+    from saas import api, audit_api, billing, db, errors, health
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request
     from saas.auth.keys import KeyStore
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         audit_api.blp,
     ):
         smorest.register_blueprint(blueprint)
+    billing.init_app(app, smorest)
     return app
 
 

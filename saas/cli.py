@@ -323,5 +323,7 @@ def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
     _table("members", ["email", "role", "status"], [[m["email"], m["role"], m["status"]] for m in members])
 
 
+from saas.billing import cli as _billing_cli  # noqa: E402, F401 - registers `saas billing`, `tenants set-plan`
+
 if __name__ == "__main__":  # pragma: no cover
     main()

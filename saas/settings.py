@@ -50,6 +50,26 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def _stripe_key(raw: str) -> str:
+    if not raw.startswith(("sk_", "rk_")):
+        raise ValueError("expected a Stripe secret or restricted key (sk_... or rk_...)")
+    return raw
+
+
+def _webhook_secrets(raw: str) -> tuple[str, ...]:
+    secrets = _csv(raw)
+    if not secrets or any(not s.startswith("whsec_") for s in secrets):
+        raise ValueError("expected comma-separated webhook signing secrets (whsec_...)")
+    return secrets
+
+
 def _argon2_memory(raw: str) -> int:
     value = int(raw)
     if value < 8 * 1024:
@@ -82,7 +102,20 @@ class Settings:
     db_max_overflow: int = 10
     redis_timeout_seconds: float = 0.25
     log_level: str = "INFO"
+    # billing (saas.billing): off while stripe_secret_key is None
+    stripe_secret_key: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    stripe_prices: Mapping[str, str] = field(default_factory=dict)  # env name -> Stripe price id
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_meter_event_name: str = "api_calls"
+    billing_grace_days: int = 7
+    billing_return_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def billing_enabled(self) -> bool:
+        """Billing runs only with a Stripe secret key; without it every tenant is on the default plan."""
+        return bool(self.stripe_secret_key)
 
     @property
     def is_testing(self) -> bool:
@@ -131,6 +164,18 @@ class Settings:
         maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
         maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
         maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+        maybe("STRIPE_SECRET_KEY", "stripe_secret_key", _stripe_key)
+        maybe("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secrets", _webhook_secrets)
+        maybe("STRIPE_API_BASE", "stripe_api_base", _url(("http", "https")))
+        maybe("STRIPE_METER_EVENT_NAME", "stripe_meter_event_name")
+        maybe("BILLING_GRACE_DAYS", "billing_grace_days", _non_negative_int)
+        maybe("BILLING_RETURN_URL", "billing_return_url", _url(("http", "https")))
+        prices = {k: v.strip() for k, v in env.items() if k.startswith("STRIPE_PRICE_") and v.strip()}
+        for name, price in prices.items():
+            if not price.startswith(("price_", "plan_")):
+                raise SettingsError(f"{name}: expected a Stripe price id (price_...) (got {price!r})")
+        if prices:
+            values["stripe_prices"] = prices
         settings = cls(**values)
         if settings.database_url and settings.database_url.startswith("postgres://"):
             settings = replace(settings, database_url="postgresql://" + settings.database_url[11:])

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from saas import audit, outbox
 from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions
+from saas.billing import service as billing_service
 from saas.db import utcnow
 from saas.errors import Conflict, Forbidden, NotFound, ValidationError
 from saas.identity.models import User
@@ -82,6 +83,7 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
     _check_role(actor, role)
     tenant = actor.tenant
     assert tenant is not None
+    billing_service.check_seat_available(session, tenant)
     user = find_user_by_email(session, email)
     if user is None:
         user = User(email=email.strip(), name="")
@@ -147,6 +149,7 @@ def accept_invitation(
         user.name = name.strip()
     invitation.accepted_at = utcnow()
     membership.status = "active"
+    billing_service.members_changed(session, tenant.id)
     audit.record(
         session,
         "member.joined",
@@ -199,6 +202,7 @@ def remove_member(session: Session, actor: Principal, user_id: uuid.UUID) -> Non
     if membership.role == "owner" and _owner_count(session, actor.tenant.id) <= 1:
         raise Conflict("The last owner cannot leave or be removed.", code="last_owner")
     session.delete(membership)
+    billing_service.members_changed(session, actor.tenant.id)
     revoke_user_sessions(session, user_id, actor.tenant.id, "member_removed")
     audit.record(
         session, "member.left" if leaving else "member.removed", target_type="user", target_id=user_id
