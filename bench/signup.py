@@ -59,6 +59,8 @@ from saas.db import Database, schema_name_for  # noqa: E402
 from saas.settings import Settings  # noqa: E402
 
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a benchmark account
+HTTP_SIGNUP = "POST /api/v1/signup over HTTP to gunicorn (1 sync worker; total only)"
+CLI_VERSION = "saas --version (whole process: interpreter and CLI start-up only)"
 RAW_PER_STATEMENT = "floor: raw DDL via psycopg, 1 round trip per statement"
 SERVER = os.environ.get("BENCH_DATABASE_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -218,11 +220,52 @@ def alembic_replay(engine, label: str) -> None:
         splits.current["commit"] += time.perf_counter() - commit_start
 
 
-def cli_process(env: dict[str, str], label: str) -> None:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_gunicorn(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """One sync gunicorn worker serving ``wsgi:app`` on a free port (stopped by the caller)."""
+    port = free_port()
+    args = [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py"]
+    args += ["-b", f"127.0.0.1:{port}", "-w", "1", "wsgi:app"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    import requests
+
+    for _ in range(100):
+        try:
+            if requests.get(base + "/healthz", timeout=1).ok:
+                return proc, base
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit("gunicorn did not start")
+
+
+def http_signup(http, base: str, label: str, i: int) -> None:
+    slug = f"h{uuid.uuid4().hex[:12]}"
+    body = {
+        "tenant": {"name": f"Bench {i}", "slug": slug},
+        "owner": {"email": f"owner-{slug}@bench.test", "password": PASSWORD, "name": "Bench"},
+    }
+    with measure(label):
+        response = http.post(base + "/api/v1/signup", json=body, timeout=10)
+    if response.status_code != 201:
+        raise SystemExit(f"signup over HTTP failed: {response.status_code} {response.text}")
+
+
+def cli_process(env: dict[str, str], label: str, argv: list[str] | None) -> None:
+    """``saas tenants create`` (or ``saas *argv``) as a new process, as an operator runs it."""
     slug = f"p{uuid.uuid4().hex[:12]}"
     saas = Path(sys.executable).parent / "saas"
     email = f"owner-{slug}@bench.test"
-    args = [str(saas), "tenants", "create", "--slug", slug, "--name", "Bench", "--owner-email", email]
+    argv = argv or ["tenants", "create", "--slug", slug, "--name", "Bench", "--owner-email", email]
+    args = [str(saas), *argv]
     with measure(label):
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -327,7 +370,21 @@ def main() -> int:
             revs = 1 if track == "real" else n_long
             return f"{kind}, tenant track of {revs} revision{'s' if revs > 1 else ''}"
 
+        env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "SECRET_KEY": "bench",
+            "SAAS_VAR_DIR": str(var_dir),
+            "SAAS_OWNER_PASSWORD": PASSWORD,
+            "LOG_LEVEL": "WARNING",
+        }
+        gunicorn, base = start_gunicorn(env)
+        import requests
+
+        http = requests.Session()
+
         def one_round(i: int) -> None:
+            http_signup(http, base, HTTP_SIGNUP, i)
             for track, directory in tracks.items():
                 use_track(track, directory)
                 signup(client, label("POST /api/v1/signup", track), i)
@@ -342,26 +399,25 @@ def main() -> int:
             one_round(-i)
         results.clear()
         head_load_seconds.clear()
-        for i in range(args.n):
-            one_round(i)
-
-        env = {
-            **os.environ,
-            "DATABASE_URL": dsn,
-            "SECRET_KEY": "bench",
-            "SAAS_VAR_DIR": str(var_dir),
-            "SAAS_OWNER_PASSWORD": PASSWORD,
-            "LOG_LEVEL": "WARNING",
-        }
+        try:
+            for i in range(args.n):
+                one_round(i)
+        finally:
+            gunicorn.terminate()
+            gunicorn.wait(timeout=30)
         for _ in range(args.cli_processes):
-            cli_process(env, "saas tenants create (whole process, real track)")
+            cli_process(env, CLI_VERSION, ["--version"])
+        for _ in range(args.cli_processes):
+            cli_process(env, "saas tenants create (whole process, real track)", None)
 
         order = [
             label("POST /api/v1/signup", "real"),
             label("POST /api/v1/signup", "long"),
+            HTTP_SIGNUP,
             label("saas tenants create (in-process)", "real"),
             label("saas tenants create (in-process)", "long"),
             "saas tenants create (whole process, real track)",
+            CLI_VERSION,
             "floor: raw DDL via psycopg, 1 round trip",
             RAW_PER_STATEMENT,
             label("floor: Alembic replay", "real"),
