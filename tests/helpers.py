@@ -29,15 +29,18 @@ def assert_problem(response, status: int, code: str | None = None) -> dict[str, 
     return body
 
 
-def add_member(app: Flask, tenant_id: str | uuid.UUID, role: str, *, email: str | None = None,
-               status: str = "active") -> User:  # fmt: skip
+def add_member(
+    app: Flask, tenant_id: str | uuid.UUID, role: str, *, email: str | None = None, status: str = "active"
+) -> User:
     """A user with ``role`` in the tenant, written straight to the test transaction."""
     session = app.extensions["saas.db"].session()
     try:
         user = User(email=email or f"{role}-{uuid.uuid4().hex[:8]}@example.test", name=role.title())
         session.add(user)
         session.flush()
-        session.add(Membership(user_id=user.id, tenant_id=uuid.UUID(str(tenant_id)), role=role, status=status))
+        session.add(
+            Membership(user_id=user.id, tenant_id=uuid.UUID(str(tenant_id)), role=role, status=status)
+        )
         session.commit()
         return user
     finally:

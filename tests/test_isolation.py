@@ -91,7 +91,9 @@ def test_id_guessing_is_404_and_changes_nothing(client, pair, method, kind, body
 def test_every_id_route_is_covered_by_the_guessing_test(app):
     """Routes taking an object id under /api/v1: the ones above must be among them, and any
     contact or member id route answers another tenant's id with 404 (checked generically)."""
-    id_rules = {r.rule for r in app.url_map.iter_rules() if r.rule.startswith("/api/v1") and "<uuid:" in r.rule}
+    id_rules = {
+        r.rule for r in app.url_map.iter_rules() if r.rule.startswith("/api/v1") and "<uuid:" in r.rule
+    }
     assert "/api/v1/contacts/<uuid:contact_id>" in id_rules
     assert "/api/v1/members/<uuid:user_id>" in id_rules
 
@@ -153,8 +155,9 @@ def test_token_signed_by_another_key_is_refused(client, pair, tmp_path):
 
     a, _ = pair
     other = TokenService(KeyStore(tmp_path / "keys"), "http://localhost:8000", "saas-api", 600)
-    token = other.issue(subject=a["user_id"], tenant_id=a["tenant_id"], roles=["owner"], scope="api",
-                        client_id="saas-api").token  # fmt: skip
+    token = other.issue(
+        subject=a["user_id"], tenant_id=a["tenant_id"], roles=["owner"], scope="api", client_id="saas-api"
+    ).token
     assert_problem(client.get("/api/v1/contacts", headers=bearer(token)), 401)
 
 
@@ -237,8 +240,12 @@ def test_tenant_metadata_declares_no_foreign_keys():
 
 def test_search_path_guard_refuses_session_level_set(engine):
     with engine.connect() as conn:
-        for stmt in ("SET search_path TO public", "set  session search_path = public",
-                     "  SET\nsearch_path TO public", "SELECT set_config('search_path', 'public', false)"):  # fmt: skip
+        for stmt in (
+            "SET search_path TO public",
+            "set  session search_path = public",
+            "  SET\nsearch_path TO public",
+            "SELECT set_config('search_path', 'public', false)",
+        ):
             with pytest.raises(RuntimeError, match="search_path"):
                 conn.exec_driver_sql(stmt)
             conn.rollback()
@@ -255,14 +262,22 @@ def committed_tenant(app, engine):
     db = Database(engine)
     slug = f"pool-{uuid.uuid4().hex[:8]}"
     with app.app_context(), db.transaction() as session:
-        done = provision_tenant(session, app.extensions["saas.passwords"], slug=slug, name="Pool",
-                                owner_email=f"o@{slug}.test", owner_password=None)  # fmt: skip
+        done = provision_tenant(
+            session,
+            app.extensions["saas.passwords"],
+            slug=slug,
+            name="Pool",
+            owner_email=f"o@{slug}.test",
+            owner_password=None,
+        )
         tenant_id, user_id = done.tenant.id, done.owner.id
     yield tenant_id, user_id
     drop_tenant(engine, tenant_id)
 
 
-def test_no_pooled_connection_carries_tenant_state(app, settings, redis_client, database_url, committed_tenant):
+def test_no_pooled_connection_carries_tenant_state(
+    app, settings, redis_client, database_url, committed_tenant
+):
     tenant_id, user_id = committed_tenant
     eng = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
@@ -304,4 +319,7 @@ def test_tenant_migration_uses_set_local(engine, committed_tenant):
 def test_membership_rows_are_scoped_by_tenant(db_session, pair):
     a, b = pair
     rows = db_session.execute(select(Membership.tenant_id, Membership.user_id)).all()
-    assert {(str(t), str(u)) for t, u in rows} >= {(a["tenant_id"], a["user_id"]), (b["tenant_id"], b["user_id"])}
+    assert {(str(t), str(u)) for t, u in rows} >= {
+        (a["tenant_id"], a["user_id"]),
+        (b["tenant_id"], b["user_id"]),
+    }

@@ -48,11 +48,15 @@ def test_signup_creates_everything(client, connection):
     schema = schema_name_for(tenant_id)
     tenant = connection.execute(select(Tenant).where(Tenant.id == tenant_id)).one()
     assert tenant.schema_name == schema and tenant.schema_version == tenant_head_revision()
-    tables = set(connection.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}))
+    tables = set(
+        connection.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema})
+    )
     assert tables == {"contacts", "audit_events", "alembic_version"}
     stamped = connection.scalar(text(f'SELECT version_num FROM "{schema}".alembic_version'))  # noqa: S608
     assert stamped == tenant_head_revision()
-    m = connection.execute(select(Membership.role, Membership.status).where(Membership.tenant_id == tenant_id)).one()
+    m = connection.execute(
+        select(Membership.role, Membership.status).where(Membership.tenant_id == tenant_id)
+    ).one()
     assert tuple(m) == ("owner", "active")
     actions = list(connection.scalars(text(f'SELECT action FROM "{schema}".audit_events')))  # noqa: S608
     assert "tenant.created" in actions
@@ -91,8 +95,14 @@ def test_failure_after_schema_created_leaves_nothing_committed(app, engine, monk
 
     monkeypatch.setattr(provisioning, "after_schema_created", boom)
     with app.app_context(), pytest.raises(RuntimeError), db.transaction() as session:
-        provisioning.provision_tenant(session, app.extensions["saas.passwords"], slug="atomic",
-                                      name="Atomic", owner_email="a@atomic.test", owner_password=None)  # fmt: skip
+        provisioning.provision_tenant(
+            session,
+            app.extensions["saas.passwords"],
+            slug="atomic",
+            name="Atomic",
+            owner_email="a@atomic.test",
+            owner_password=None,
+        )
     with engine.connect() as conn:
         assert _counts(conn) == before
         assert not schema_exists(conn, seen["schema"])
@@ -148,9 +158,14 @@ def test_concurrent_signup_race_is_409(app, engine, settings, redis_client, seco
 
     try:
         with app.app_context():
-            done = provisioning.provision_tenant(first, app.extensions["saas.passwords"], slug="email-race",
-                                                 name="Race", owner_email="first@race.test",
-                                                 owner_password=None)  # fmt: skip
+            done = provisioning.provision_tenant(
+                first,
+                app.extensions["saas.passwords"],
+                slug="email-race",
+                name="Race",
+                owner_email="first@race.test",
+                owner_password=None,
+            )
         first.flush()
         thread = threading.Thread(target=second)
         thread.start()
@@ -163,9 +178,9 @@ def test_concurrent_signup_race_is_409(app, engine, settings, redis_client, seco
         with engine.connect() as conn:
             after = _counts(conn)
             assert after == (before[0] + 1, before[1] + 1, before[2] + 1, before[3] + 1)
-            assert conn.scalar(select(func.count()).select_from(Tenant).where(Tenant.slug == second_slug)) == (
-                1 if second_slug == "email-race" else 0
-            )
+            assert conn.scalar(
+                select(func.count()).select_from(Tenant).where(Tenant.slug == second_slug)
+            ) == (1 if second_slug == "email-race" else 0)
     finally:
         first.close()
         drop_tenant(engine, done.tenant.id)
@@ -230,10 +245,15 @@ def test_missing_objects_and_unknown_fields(client):
     r = _signup(client)  # sanity: valid input passes
     assert r.status_code == 201
     body = assert_problem(
-        client.post("/api/v1/signup", json={"tenant": {"name": "X", "slug": "xyz", "plan": "pro"},
-                                            "owner": {"email": "x@xyz.test", "password": TEST_PASSWORD}}),
+        client.post(
+            "/api/v1/signup",
+            json={
+                "tenant": {"name": "X", "slug": "xyz", "plan": "pro"},
+                "owner": {"email": "x@xyz.test", "password": TEST_PASSWORD},
+            },
+        ),
         422,
-    )  # fmt: skip
+    )
     assert "plan" in body["errors"]["tenant"]
 
 
@@ -241,5 +261,7 @@ def test_validate_signup_checks_email_for_the_cli():
     from saas.errors import ValidationError
 
     with pytest.raises(ValidationError) as excinfo:
-        provisioning.validate_signup({"slug": "fine-slug", "name": "Fine"}, {"email": "bogus", "password": "x" * 12})
+        provisioning.validate_signup(
+            {"slug": "fine-slug", "name": "Fine"}, {"email": "bogus", "password": "x" * 12}
+        )
     assert set(excinfo.value.extra["errors"]["owner"]) == {"email"}
