@@ -50,9 +50,11 @@ def _check_media_type() -> None:
     if length is not None and length > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body may be at most {MAX_BODY_BYTES} bytes.")
     path = request.path
+    has_body = (length or 0) > 0 or request.headers.get("Transfer-Encoding")
+    if not has_body:
+        return  # nothing to decode: the view reports what is missing
     if path.startswith(JSON_PATHS):
-        has_body = (length or 0) > 0 or request.headers.get("Transfer-Encoding")
-        if has_body and not request.is_json:
+        if not request.is_json:
             raise UnsupportedMediaType("Send the body as application/json.")
     elif path.startswith(FORM_PATHS) and request.mimetype != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType("Send the body as application/x-www-form-urlencoded (RFC 6749).")

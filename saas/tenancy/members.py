@@ -16,7 +16,7 @@ from saas import audit, outbox
 from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions
 from saas.db import utcnow
-from saas.errors import Conflict, Forbidden, NotFound, ValidationError
+from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords, password_problems
 from saas.rbac import ROLES, can_assign
@@ -119,11 +119,13 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
 def accept_invitation(
     session: Session, passwords: Passwords, token: str, password: str | None, name: str | None
 ) -> tuple[Membership, User, Tenant]:
-    """Accept an invitation by its token; sets the password for a user who has none.
+    """Accept an invitation by its token; sets the password of a user who has none, and checks
+    the password of one who has.
 
     Raises:
         NotFound: unknown, used or expired token (``invalid_invitation``).
         ValidationError: password missing or too weak for a new account.
+        Unauthorized: ``invalid_credentials``, an existing account's password missing or wrong.
     """
     invitation = session.scalars(
         select(Invitation)
@@ -143,6 +145,12 @@ def accept_invitation(
         if problems := password_problems(password, min_length):
             raise ValidationError({"password": problems})
         user.password_hash = passwords.hash(password)
+    elif not password or not passwords.verify(user.password_hash, password):
+        # the token alone does not prove who accepts (admins see it once): an existing account
+        # proves itself with its own password
+        raise Unauthorized(
+            "Accept with the password of your existing account.", code="invalid_credentials", error=None
+        )
     if name:
         user.name = name.strip()
     invitation.accepted_at = utcnow()
