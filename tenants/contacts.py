@@ -103,7 +103,7 @@ class Contacts(MethodView):
                 or_(Contact.name.ilike(pattern), Contact.email.ilike(pattern), Contact.company.ilike(pattern))
             )
         if args.get("tag"):
-            query = query.where(Contact.tags.any(args["tag"]))
+            query = query.where(Contact.tags.contains([args["tag"]]))
         sort = args["sort"]
         column = SORTS[sort.lstrip("-")]
         order = column.desc() if sort.startswith("-") else column.asc()
@@ -181,5 +181,6 @@ def _check_if_match(contact: Contact) -> None:
         return
     current = etag_of(contact)
     candidates = [t.strip() for t in if_match.split(",")]
-    if "*" not in candidates and current not in candidates and f"W/{current}" not in candidates:
+    # strong comparison (RFC 9110 section 13.1.1): a weak tag W/"..." never matches If-Match
+    if "*" not in candidates and current not in candidates:
         raise PreconditionFailed("The contact has changed since you read it; fetch it again.")
