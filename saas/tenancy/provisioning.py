@@ -83,7 +83,11 @@ def create_tenant_schema(conn: Connection, schema: str) -> None:
     head = tenant_head()
     script = [f"CREATE SCHEMA {quoted}"]
     script += [stmt.replace(placeholder, quoted + ".") for stmt in _tenant_ddl()]
-    script.append(f"CREATE TABLE {quoted}.alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+    # the same table Alembic creates (constraint name included), so the catalogues are equal
+    script.append(
+        f"CREATE TABLE {quoted}.alembic_version "
+        "(version_num VARCHAR(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    )
     # one round trip: psycopg sends a multi-statement string when it carries no parameters
     conn.exec_driver_sql(";\n".join(script))
     conn.execute(text(f"INSERT INTO {quoted}.alembic_version (version_num) VALUES (:v)"), {"v": head})  # noqa: S608 - quoted identifier
