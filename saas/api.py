@@ -6,12 +6,18 @@ scheme and RFC 9457 problem responses, plus request-level guards (415 for non-JS
 
 from __future__ import annotations
 
+import copy
+import http
+from collections.abc import Callable
+from typing import Any
+
 import marshmallow as ma
 from flask import Flask, request
 from flask_smorest import Api
 from flask_smorest import Blueprint as _Blueprint
+from flask_smorest.utils import prepare_response
 
-from saas.errors import AppError
+from saas.errors import PROBLEM_JSON, AppError
 
 JSON_PATHS = ("/api/",)
 FORM_PATHS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
@@ -32,7 +38,43 @@ class ProblemSchema(ma.Schema):
 
 
 class Blueprint(_Blueprint):
-    """flask-smorest blueprint whose pagination header is ``X-Pagination`` plus ``Link``."""
+    """flask-smorest blueprint; pagination metadata goes in the ``X-Pagination`` header.
+
+    ``alt_response`` for an error status documents an RFC 9457 problem body by default.
+    """
+
+    def alt_response(self, status_code, response=None, **kwargs):
+        if response is None and int(status_code) >= 400 and kwargs.get("schema") is None:
+            kwargs["schema"] = ProblemSchema
+            kwargs.setdefault("content_type", PROBLEM_JSON)
+        return super().alt_response(status_code, response, **kwargs)
+
+
+class _Api(Api):
+    """flask-smorest ``Api`` whose error responses are documented as ``application/problem+json``."""
+
+    def _register_responses(self) -> None:
+        for status in http.HTTPStatus:
+            response: dict = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_JSON if status >= 400 else "application/json")
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Error (RFC 9457 problem details)", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_JSON)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+
+def document_auth(view: Callable[..., Any], permission: str | None) -> None:
+    """Add 401 and 403 problem responses and ``x-required-permission`` to ``view``'s OpenAPI
+    operation (flask-smorest keeps an operation's documentation in ``view._apidoc``)."""
+    doc = copy.deepcopy(getattr(view, "_apidoc", {}))
+    responses = doc.setdefault("response", {}).setdefault("responses", {})
+    responses.setdefault(401, []).append("UNAUTHORIZED")
+    responses.setdefault(403, []).append("FORBIDDEN")
+    if permission:
+        doc.setdefault("manual_doc", {})["x-required-permission"] = permission
+    view._apidoc = doc  # type: ignore[attr-defined]
 
 
 class UnsupportedMediaType(AppError):
@@ -80,7 +122,7 @@ def init_app(app: Flask) -> Api:
             "info": {"description": "Multi-tenant SaaS backend. Errors are RFC 9457 problem documents."},
         },
     )
-    api = Api()
+    api = _Api()
     api.ERROR_SCHEMA = ProblemSchema
     api.init_app(app)
     app.before_request(_check_media_type)
