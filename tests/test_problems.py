@@ -139,3 +139,50 @@ def test_request_id_is_echoed_or_generated(client):
 def test_problem_content_type_everywhere(client):
     for r in (client.get("/nope"), client.get("/api/v1/me"), client.post("/api/v1/auth/login", json={})):
         assert r.headers["Content-Type"].startswith(PROBLEM)
+
+
+# --- hostile input is a 4xx, never a 500 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("get", "/api/v1/contacts?q=a%00b", None, "q"),
+        ("get", "/api/v1/contacts?tag=%00", None, "tag"),
+        ("get", "/api/v1/audit-events?actor=%00", None, "actor"),
+        ("post", "/api/v1/contacts", {"name": "a\u0000b"}, "name"),
+        ("post", "/api/v1/contacts", {"name": "ok", "tags": ["fine", "b\u0000d"]}, "tags"),
+    ],
+)
+def test_nul_characters_are_422_naming_the_field(client, h, method, path, body, field):
+    r = getattr(client, method)(path, json=body, headers=h)
+    errors = assert_problem(r, 422, "validation_error")["errors"]
+    assert field in errors
+
+
+def test_nul_in_signup_is_422(client):
+    r = client.post(
+        "/api/v1/signup",
+        json={
+            "tenant": {"name": "N\u0000", "slug": "nulco"},
+            "owner": {"email": "n@n.test", "password": "long pw ok"},
+        },
+    )
+    assert assert_problem(r, 422)["errors"] == {
+        "tenant": {"name": ["Must not contain NUL characters (U+0000)."]}
+    }
+
+
+def test_absurd_page_is_422(client, h):
+    body = assert_problem(client.get("/api/v1/contacts?page=99999999999999999999", headers=h), 422)
+    assert "page" in body["errors"]
+    assert_problem(client.get("/api/v1/audit-events?page=99999999999999999999", headers=h), 422)
+    assert client.get("/api/v1/contacts?page=1000000", headers=h).get_json() == []
+
+
+def test_long_request_id_is_replaced_not_a_500(client, h):
+    r = client.post("/api/v1/contacts", json={"name": "x"}, headers={**h, "X-Request-ID": "a" * 100})
+    assert r.status_code == 201
+    assert r.headers["X-Request-ID"] != "a" * 100
+    r = client.post("/api/v1/contacts", json={"name": "y"}, headers={**h, "X-Request-ID": "b" * 64})
+    assert r.status_code == 201 and r.headers["X-Request-ID"] == "b" * 64
