@@ -68,8 +68,13 @@ class TenantSchema(ma.Schema):
     created_at = ma.fields.DateTime(dump_only=True)
 
 
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ma.ValidationError("Must not be blank.")
+
+
 class TenantPatchSchema(ma.Schema):
-    name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
+    name = ma.fields.String(validate=[ma.validate.Length(min=1, max=200), _not_blank])
     settings = ma.fields.Nested(TenantSettingsSchema)
 
 
