@@ -10,11 +10,12 @@ import marshmallow as ma
 from flask import request
 from flask.views import MethodView
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm.exc import StaleDataError
 
 from saas import audit, db
 from saas.api import Blueprint
 from saas.auth.context import current_principal, require
-from saas.errors import NotFound, PreconditionFailed
+from saas.errors import Conflict, NotFound, PreconditionFailed
 from tenants.models import Contact
 
 blp = Blueprint("contacts", __name__, url_prefix="/api/v1/contacts", description="Contacts (tenant CRM)")
@@ -153,7 +154,7 @@ class ContactResource(MethodView):
             setattr(contact, key, value)
         if changed:
             contact.updated_at = db.utcnow()
-            db.session().flush()
+            _flush_versioned()
             audit.record(
                 db.session(),
                 "contact.updated",
@@ -171,8 +172,23 @@ class ContactResource(MethodView):
         _check_if_match(contact)
         session = db.session()
         session.delete(contact)
+        _flush_versioned()
         audit.record(session, "contact.deleted", target_type="contact", target_id=contact_id)
-        session.flush()
+
+
+def _flush_versioned() -> None:
+    """Flush a change to a contact read earlier in this request. A concurrent request that
+    changed or deleted it first makes the versioned UPDATE/DELETE match no row: that is a lost
+    update averted, reported as 412 when the client sent If-Match, else 409."""
+    try:
+        db.session().flush()
+    except StaleDataError:
+        if request.headers.get("If-Match"):
+            raise PreconditionFailed("The contact has changed since you read it; fetch it again.") from None
+        raise Conflict(
+            "The contact was changed by another request at the same time; fetch it and retry.",
+            code="concurrent_update",
+        ) from None
 
 
 def _check_if_match(contact: Contact) -> None:

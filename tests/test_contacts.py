@@ -169,3 +169,38 @@ def test_limits(client, h):
     assert_problem(client.post("/api/v1/contacts", json={"name": "x", "tags": ["t"] * 51}, headers=h), 422)
     assert_problem(client.post("/api/v1/contacts", json={"name": "x", "tags": [""]}, headers=h), 422)
     assert_problem(client.get("/api/v1/contacts?q=" + "x" * 201, headers=h), 422)
+
+
+@pytest.mark.parametrize(
+    ("method", "if_match", "status"),
+    [("patch", True, 412), ("patch", False, 409), ("delete", True, 412), ("delete", False, 409)],
+)
+def test_concurrent_change_between_read_and_write(client, h, monkeypatch, method, if_match, status):
+    """Another request commits a change between this request's read and its write: the
+    versioned write matches no row, and the lost update is refused instead of a 500."""
+    from sqlalchemy import update
+
+    from saas import db
+    from tenants import contacts
+    from tenants.models import Contact
+
+    r = _create(client, h, name="Ada")
+    cid, etag = r.get_json()["id"], r.headers["ETag"]
+    check = contacts._check_if_match
+
+    def racing_check(contact):
+        check(contact)
+        table = Contact.__table__
+        db.session().connection().execute(  # Core, bypassing the session's identity map
+            update(table).where(table.c.id == contact.id).values(version=table.c.version + 1, name="Other")
+        )
+
+    monkeypatch.setattr(contacts, "_check_if_match", racing_check)
+    headers = {**h, "If-Match": etag} if if_match else h
+    body = {"name": "Mine"} if method == "patch" else None
+    r = getattr(client, method)(f"/api/v1/contacts/{cid}", json=body, headers=headers)
+    assert_problem(r, status)
+    monkeypatch.undo()
+    # the request rolled back entirely: the contact is as it was before it
+    got = client.get(f"/api/v1/contacts/{cid}", headers=h)
+    assert got.get_json()["name"] == "Ada" and got.headers["ETag"] == etag
