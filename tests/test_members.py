@@ -169,3 +169,16 @@ def test_removing_an_invited_member_voids_the_invitation(api, client, owner):
     r = _invite(client, api.auth(owner)).get_json()
     assert client.delete(f"/api/v1/members/{r['user_id']}", headers=api.auth(owner)).status_code == 204
     assert_problem(_accept(client, r["invitation_token"], password=NEW_PASSWORD), 404, "invalid_invitation")
+
+
+def test_concurrent_invitation_race_is_409(api, client, owner, monkeypatch):
+    """Two admins invite the same new address at once: both miss the other's uncommitted user
+    (simulated by hiding the existing one); the unique index makes the loser a 409, not a 500."""
+    from saas.tenancy import members
+
+    assert _invite(client, api.auth(owner), email="race@acme.test").status_code == 201
+    monkeypatch.setattr(members, "find_user_by_email", lambda session, email: None)
+    assert_problem(_invite(client, api.auth(owner), email="race@acme.test"), 409, "already_member")
+    monkeypatch.undo()
+    emails = [m["email"] for m in client.get("/api/v1/members", headers=api.auth(owner)).get_json()]
+    assert emails.count("race@acme.test") == 1

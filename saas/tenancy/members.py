@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from saas import audit, outbox
@@ -83,19 +84,26 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
     tenant = actor.tenant
     assert tenant is not None
     user = find_user_by_email(session, email)
-    if user is None:
-        user = User(email=email.strip(), name="")
-        session.add(user)
+    try:
+        if user is None:
+            user = User(email=email.strip(), name="")
+            session.add(user)
+            session.flush()
+        elif session.scalars(
+            select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
+        ).first():
+            raise Conflict("That person is already a member or invited.", code="already_member")
+        membership = Membership(
+            user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
+        )
+        session.add(membership)
         session.flush()
-    elif session.scalars(
-        select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
-    ).first():
-        raise Conflict("That person is already a member or invited.", code="already_member")
-    membership = Membership(
-        user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
-    )
-    session.add(membership)
-    session.flush()
+    except IntegrityError:
+        # a concurrent invitation (or signup) of the same email won between the check and the
+        # insert; the request's unit of work is rolled back
+        raise Conflict(
+            "That person was just invited or signed up; try again.", code="already_member"
+        ) from None
     token = secrets.token_urlsafe(32)
     session.add(
         Invitation(
