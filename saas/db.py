@@ -95,6 +95,8 @@ class Database:
             max_overflow=max_overflow,
             pool_pre_ping=True,
             pool_recycle=1800,
+            # error messages (and so logs) never carry bound values: hashes, tokens, personal data
+            hide_parameters=True,
         )
         _guard_search_path(engine)
         return cls(engine)

@@ -127,3 +127,19 @@ def test_readyz_503_when_redis_is_unreachable(settings, engine):
     r = app.test_client().get("/readyz")
     assert r.status_code == 503
     assert r.get_json()["checks"]["redis"]["ok"] is False and r.get_json()["checks"]["database"]["ok"] is True
+
+
+def test_database_errors_do_not_carry_bound_values(database_url):
+    """Logged database errors never list the bound parameters (hashes, tokens, emails)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DataError
+
+    db = Database.from_url(database_url, pool_size=1, max_overflow=0)
+    try:
+        with db.engine.connect() as conn, pytest.raises(DataError) as excinfo:
+            conn.execute(text("SELECT CAST(:secret AS integer)"), {"secret": "hunter2-secret"})
+        message = str(excinfo.value)
+        # PostgreSQL may quote an offending value itself; SQLAlchemy adds no parameter dump
+        assert "'secret':" not in message and "parameters hidden" in message
+    finally:
+        db.dispose()
