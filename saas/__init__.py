@@ -17,7 +17,8 @@ from saas.settings import Settings, SettingsError
 
 __all__ = ["Settings", "SettingsError", "create_app"]
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: an incoming X-Request-ID is kept when it fits here (64: the audit log's request_id column)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def create_app(settings: Settings | None = None, *, database=None, redis=None) -> Flask:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from saas import audit, outbox
@@ -17,7 +18,7 @@ from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions
 from saas.billing import service as billing_service
 from saas.db import utcnow
-from saas.errors import Conflict, Forbidden, NotFound, ValidationError
+from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords, password_problems
 from saas.rbac import ROLES, can_assign
@@ -85,19 +86,26 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
     assert tenant is not None
     billing_service.check_seat_available(session, tenant)
     user = find_user_by_email(session, email)
-    if user is None:
-        user = User(email=email.strip(), name="")
-        session.add(user)
+    try:
+        if user is None:
+            user = User(email=email.strip(), name="")
+            session.add(user)
+            session.flush()
+        elif session.scalars(
+            select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
+        ).first():
+            raise Conflict("That person is already a member or invited.", code="already_member")
+        membership = Membership(
+            user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
+        )
+        session.add(membership)
         session.flush()
-    elif session.scalars(
-        select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
-    ).first():
-        raise Conflict("That person is already a member or invited.", code="already_member")
-    membership = Membership(
-        user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
-    )
-    session.add(membership)
-    session.flush()
+    except IntegrityError:
+        # a concurrent invitation (or signup) of the same email won between the check and the
+        # insert; the request's unit of work is rolled back
+        raise Conflict(
+            "That person was just invited or signed up; try again.", code="already_member"
+        ) from None
     token = secrets.token_urlsafe(32)
     session.add(
         Invitation(
@@ -121,11 +129,13 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
 def accept_invitation(
     session: Session, passwords: Passwords, token: str, password: str | None, name: str | None
 ) -> tuple[Membership, User, Tenant]:
-    """Accept an invitation by its token; sets the password for a user who has none.
+    """Accept an invitation by its token; sets the password of a user who has none, and checks
+    the password of one who has.
 
     Raises:
         NotFound: unknown, used or expired token (``invalid_invitation``).
         ValidationError: password missing or too weak for a new account.
+        Unauthorized: ``invalid_credentials``, an existing account's password missing or wrong.
     """
     invitation = session.scalars(
         select(Invitation)
@@ -145,6 +155,12 @@ def accept_invitation(
         if problems := password_problems(password, min_length):
             raise ValidationError({"password": problems})
         user.password_hash = passwords.hash(password)
+    elif not password or not passwords.verify(user.password_hash, password):
+        # the token alone does not prove who accepts (admins see it once): an existing account
+        # proves itself with its own password
+        raise Unauthorized(
+            "Accept with the password of your existing account.", code="invalid_credentials", error=None
+        )
     if name:
         user.name = name.strip()
     invitation.accepted_at = utcnow()

@@ -11,21 +11,37 @@ from saas.api import Blueprint
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
 from saas.auth.views import TokenResponseSchema
+from saas.identity.passwords import password_problems
 from saas.rbac import ROLES
 from saas.tenancy import members as members_service
 from saas.tenancy.provisioning import provision_tenant, validate_signup
+from saas.tenancy.slugs import normalize_slug, slug_problems
 
 blp = Blueprint("tenancy", __name__, url_prefix="/api/v1", description="Tenants, members, invitations")
 
 
+def _valid_slug(value: str) -> None:
+    if problems := slug_problems(normalize_slug(value)):
+        raise ma.ValidationError(problems)
+
+
+def _valid_password(value: str) -> None:
+    if problems := password_problems(value):
+        raise ma.ValidationError(problems)
+
+
 class TenantInSchema(ma.Schema):
+    """Checked field by field so one 422 lists every problem (slug rules: ``saas.tenancy.slugs``)."""
+
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
-    slug = ma.fields.String(required=True, validate=ma.validate.Length(max=200))
+    slug = ma.fields.String(required=True, validate=[ma.validate.Length(max=200), _valid_slug])
 
 
 class OwnerInSchema(ma.Schema):
     email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
-    password = ma.fields.String(required=True, validate=ma.validate.Length(max=1024), load_only=True)
+    password = ma.fields.String(
+        required=True, validate=[ma.validate.Length(max=1024), _valid_password], load_only=True
+    )
     name = ma.fields.String(load_default="", validate=ma.validate.Length(max=200))
 
 
@@ -52,8 +68,13 @@ class TenantSchema(ma.Schema):
     created_at = ma.fields.DateTime(dump_only=True)
 
 
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ma.ValidationError("Must not be blank.")
+
+
 class TenantPatchSchema(ma.Schema):
-    name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
+    name = ma.fields.String(validate=[ma.validate.Length(min=1, max=200), _not_blank])
     settings = ma.fields.Nested(TenantSettingsSchema)
 
 
