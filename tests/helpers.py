@@ -79,3 +79,17 @@ def drop_tenant(engine, tenant_id: Any) -> None:
 
 def schema_exists(conn, schema: str) -> bool:
     return bool(conn.scalar(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}))
+
+
+def give_plan(session, tenant_id: Any, plan: str) -> None:
+    """Operator override of a tenant's plan (as ``saas tenants set-plan`` does), for tests that
+    need more seats than the free plan gives."""
+    from saas.billing import entitlements
+    from saas.billing.models import BillingOverride
+    from saas.tenancy.models import Tenant
+
+    tid = uuid.UUID(str(tenant_id))
+    session.add(BillingOverride(tenant_id=tid, plan=plan, limits={}, reason="test"))
+    session.get(Tenant, tid).plan = plan
+    session.flush()
+    entitlements.invalidate(session, tid)

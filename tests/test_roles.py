@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from saas.rbac import PERMISSIONS, ROLES, can_assign, permissions_for
-from tests.helpers import assert_problem, role_headers
+from tests.helpers import assert_problem, give_plan, role_headers
 
 #: endpoints deliberately open to anonymous callers (method, rule)
 PUBLIC = {
@@ -63,8 +63,10 @@ def test_every_api_endpoint_declares_a_permission_or_is_public(app):
 
 
 @pytest.fixture()
-def tenant_with_roles(api, app):
+def tenant_with_roles(api, app, db_session):
     owner = api.signup("acme")
+    # the matrix invites more people than the free plan's seats: give this tenant room
+    give_plan(db_session, owner["tenant"]["id"], "enterprise")
     headers = {"owner": api.auth(owner)}
     for role in ("admin", "member", "viewer"):
         headers[role] = role_headers(app, owner["tenant"]["id"], role)[1]
