@@ -47,7 +47,27 @@ class KeyStore:
         self.alg = alg
         self.generate = generate
         self._keys: list[SigningKey] = []
+        self._loaded_at = 0.0
+        self._dir_mtime = 0.0
         self.reload()
+
+    #: how often (seconds) a worker looks for keys added or retired by ``saas keys rotate``
+    RELOAD_INTERVAL = 10.0
+
+    def _maybe_reload(self, force: bool = False) -> None:
+        """Reload when the key directory changed; checked at most every ``RELOAD_INTERVAL`` s
+        (or at once when ``force`` and the last load is older than one second)."""
+        now = time.monotonic()
+        interval = 1.0 if force else self.RELOAD_INTERVAL
+        if now - self._loaded_at < interval or not self.path.is_dir():
+            return
+        self._loaded_at = now
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            return
+        if mtime != self._dir_mtime:
+            self.reload()
 
     def reload(self) -> None:
         """Read the keys again (after ``saas keys rotate``)."""
@@ -68,6 +88,9 @@ class KeyStore:
             raise RuntimeError(f"no signing key found at {self.path}")
         keys.sort(key=lambda k: (k.path.name if k.path else "", k.created))
         self._keys = keys
+        self._loaded_at = time.monotonic()
+        if self.path.is_dir():
+            self._dir_mtime = self.path.stat().st_mtime
 
     def _generate_locked(self) -> Path:
         lock_path = self.path / ".lock"
@@ -90,8 +113,28 @@ class KeyStore:
         os.replace(tmp, target)
         return target
 
+    def retire(self, max_token_age: float, now: float | None = None) -> list[SigningKey]:
+        """Move superseded keys whose successor is older than ``max_token_age`` seconds (so every
+        token they signed has expired) to ``retired/``; they leave JWKS. Returns the retired keys.
+
+        The active key is never retired."""
+        if not self.path.is_dir():
+            return []
+        now = time.time() if now is None else now
+        retired = []
+        for older, newer in zip(self._keys, self._keys[1:], strict=False):
+            if older.path is not None and now - newer.created > max_token_age:
+                target_dir = self.path / "retired"
+                target_dir.mkdir(mode=0o700, exist_ok=True)
+                os.replace(older.path, target_dir / older.path.name)
+                retired.append(older)
+        if retired:
+            self.reload()
+        return retired
+
     @property
     def active(self) -> SigningKey:
+        self._maybe_reload()
         return self._keys[-1]
 
     @property
@@ -102,13 +145,21 @@ class KeyStore:
         return KeySet([k.key for k in self._keys])
 
     def find(self, kid: str) -> SigningKey | None:
-        for key in self._keys:
-            if key.kid == kid:
-                return key
+        """The key with this ``kid``; an unknown kid triggers one reload (at most once a second)."""
+        for attempt in (0, 1):
+            for key in self._keys:
+                if key.kid == kid:
+                    return key
+            if attempt == 0:
+                self._maybe_reload(force=True)
         return None
 
     def jwks(self) -> dict[str, Any]:
-        """The public JWK Set (RFC 7517 section 5): ``{"keys": [{kty, kid, use, alg, n, e}...]}``."""
+        """The public JWK Set (RFC 7517 section 5): ``{"keys": [{kty, kid, use, alg, n, e}...]}``.
+
+        Every key not yet retired is published (the active one last), so tokens signed by a
+        rotated-out key still verify until they expire."""
+        self._maybe_reload()
         out = []
         for k in self._keys:
             jwk = k.key.as_dict(private=False)
