@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
     from saas import api, audit_api, db, errors, health
+    from saas.auth import api as auth_api
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request
     from saas.auth.keys import KeyStore
@@ -77,10 +78,14 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     smorest = api.init_app(app)
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)
+    from saas.auth import hosted
+
+    hosted.init_app(app)
     for blueprint in (
         auth_views.blp,
         auth_views.oauth,
         auth_views.wellknown,
+        auth_api.blp,
         tenancy_views.blp,
         contacts.blp,
         audit_api.blp,

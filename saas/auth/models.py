@@ -58,7 +58,9 @@ class OAuthClient(SharedBase):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     client_id: Mapped[str] = mapped_column(String(64), unique=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    #: the owning tenant; NULL for a platform client (the operator's own apps, registered with
+    #: ``saas clients create``), whose users pick a tenant on the hosted pages
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     client_type: Mapped[str] = mapped_column(String(16))  # public | confidential
     secret_hash: Mapped[str | None] = mapped_column(String(64))

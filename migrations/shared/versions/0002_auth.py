@@ -100,7 +100,7 @@ def upgrade() -> None:
         "oauth_clients",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("client_id", sa.String(length=64), nullable=False),
-        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=True),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("client_type", sa.String(length=16), nullable=False),
         sa.Column("secret_hash", sa.String(length=64), nullable=True),
