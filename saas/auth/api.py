@@ -243,7 +243,7 @@ class Totp(MethodView):
         passwords = current_app.extensions["saas.passwords"]
         if not passwords.verify(user.password_hash, body["password"]):
             raise Unauthorized("The password is incorrect.", code="invalid_credentials", error=None)
-        mfa.verify(sess, user, body["code"], None)
+        mfa.verify(sess, user, body["code"], principal.tenant.schema_name)
         if (principal.tenant.settings or {}).get("require_mfa"):
             raise ValidationError({"code": ["This tenant requires MFA; it cannot be disabled."]})
         mfa.disable(sess, user, None)
@@ -259,7 +259,7 @@ class TotpConfirm(MethodView):
         With an ``mfa_token`` (enrolment at login) the answer also carries tokens (``amr`` pwd+otp)."""
         user, tenant, ticket = _mfa_subject(body.get("mfa_token"))
         sess = db.session()
-        codes = mfa.confirm_enrollment(sess, user, body["code"], tenant.schema_name if ticket else None)
+        codes = mfa.confirm_enrollment(sess, user, body["code"], tenant.schema_name)
         out: dict[str, Any] = {"recovery_codes": codes}
         if ticket is not None:
             mfa.consume_mfa_token(ticket)
