@@ -104,7 +104,10 @@ class KeyStore:
     def add_key(self) -> Path:
         """Generate a new key file (it becomes the active key) and return its path."""
         key: AnyKey = ECKey.generate_key("P-256") if self.alg == "ES256" else RSAKey.generate_key(2048)
-        name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{key.thumbprint()[:12]}.pem"
+        # names sort in creation order (microseconds; the newest file is the active key)
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}"
+        name = f"{stamp}-{key.thumbprint()[:12]}.pem"
         target = self.path / name
         tmp = self.path / (name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
