@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+import uuid
 
 import pytest
 
@@ -256,7 +257,9 @@ def test_mfa_secret_is_encrypted_at_rest(api, client, clock, db_session):
 
     owner = api.signup("acme")
     secret, codes = _enroll(client, api.auth(owner), clock)
-    factor = db_session.scalars(select(MfaFactor)).one()
+    user_id = uuid.UUID(owner["user"]["id"])
+    factor = db_session.scalars(select(MfaFactor).where(MfaFactor.user_id == user_id)).one()
     assert secret not in factor.secret_encrypted
-    stored = set(db_session.scalars(select(RecoveryCode.code_hash)))
+    stored = set(db_session.scalars(select(RecoveryCode.code_hash).where(RecoveryCode.user_id == user_id)))
+    assert len(stored) == 10
     assert not (stored & set(codes))

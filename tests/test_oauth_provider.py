@@ -247,7 +247,11 @@ def test_code_bound_to_verifier_redirect_client_and_expiry(api, client, db_sessi
     assert r.get_json()["error"] == "invalid_grant"
     # expired (60 s max)
     code, verifier = code_for(client, app_client["client_id"], "owner@acme.test")
-    row = db_session.scalars(select(AuthorizationCode).order_by(AuthorizationCode.created_at.desc())).first()
+    row = db_session.scalars(
+        select(AuthorizationCode)
+        .where(AuthorizationCode.client_id == app_client["client_id"])
+        .order_by(AuthorizationCode.created_at.desc())
+    ).first()
     assert (row.expires_at - row.created_at) <= timedelta(seconds=60)
     db_session.execute(
         update(AuthorizationCode)
@@ -339,7 +343,11 @@ def test_refresh_absolute_lifetime_cap(api, client, db_session):
     _owner, app_client = _setup(api, client)
     code, verifier = code_for(client, app_client["client_id"], "owner@acme.test")
     first = _exchange(client, app_client, code, verifier).get_json()
-    db_session.execute(update(RefreshToken).values(family_expires_at=utcnow() - timedelta(seconds=1)))
+    db_session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.client_id == app_client["client_id"])
+        .values(family_expires_at=utcnow() - timedelta(seconds=1))
+    )
     db_session.flush()
     r = client.post(
         "/oauth/token",
