@@ -573,3 +573,88 @@ def test_ops_revoke_all_sessions_and_me_sessions(api, client):
     revoked = client.delete(f"/api/v1/members/{owner['user']['id']}/sessions", headers=h)
     assert revoked.status_code == 200 and revoked.get_json()["revoked"] >= 1
     assert client.get("/api/v1/me/sessions", headers=h).get_json() == []
+
+
+def test_tenant_picker_for_platform_client(api, client, db_session, app):
+    from tests.auth_helpers import csrf_of
+
+    api.signup("acme")
+    globex = api.signup("globex")
+    invite = client.post(
+        "/api/v1/members", json={"email": "owner@acme.test", "role": "member"}, headers=api.auth(globex)
+    )
+    assert invite.status_code == 201, invite.get_json()
+    accepted = client.post(
+        "/api/v1/invitations/accept", json={"token": invite.get_json()["invitation_token"]}
+    )
+    assert accepted.status_code == 200, accepted.get_json()
+    platform = OAuthClient(
+        client_id="c_platform_console",
+        tenant_id=None,
+        name="Console",
+        client_type="public",
+        redirect_uris=[REDIRECT],
+        grant_types=["authorization_code", "refresh_token"],
+        scope="openid profile email api",
+        first_party=True,
+    )
+    db_session.add(platform)
+    db_session.flush()
+    verifier, challenge = pkce_pair()
+    r = browser_login(client, platform.client_id, "owner@acme.test", challenge)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/tenant")
+    page = client.get("/oauth/tenant")
+    html = page.get_data(as_text=True)
+    assert "acme" in html and "globex" in html
+    foreign = client.post("/oauth/tenant", data={"tenant": "initech", "csrf_token": csrf_of(html)})
+    assert foreign.status_code == 403
+    chosen = client.post("/oauth/tenant", data={"tenant": "globex", "csrf_token": csrf_of(html)})
+    assert chosen.status_code == 302, chosen.get_data(as_text=True)
+    code = query_of(chosen.headers["Location"])["code"]
+    tokens = _exchange(client, {"client_id": platform.client_id}, code, verifier).get_json()
+    claims = app.extensions["saas.tokens"].verify(tokens["access_token"])
+    assert claims["tid"] == globex["tenant"]["id"] and claims["roles"] == ["member"]
+
+
+def test_hosted_enrollment_when_tenant_requires_mfa(api, client, app, monkeypatch):
+    from saas.auth import mfa
+    from tests.auth_helpers import csrf_of
+
+    owner, app_client = _setup(api, client)
+    assert (
+        client.patch(
+            "/api/v1/tenant", json={"settings": {"require_mfa": True}}, headers=api.auth(owner)
+        ).status_code
+        == 200
+    )
+    verifier, challenge = pkce_pair()
+    r = browser_login(client, app_client["client_id"], "owner@acme.test", challenge)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/mfa/enroll")
+    page = client.get("/oauth/mfa/enroll")
+    html = page.get_data(as_text=True)
+    assert 'src="data:image/svg+xml' in html
+    import re
+
+    secret = re.search(r'<code id="secret">([A-Z2-7]+)</code>', html).group(1)
+    code = mfa.totp_at(secret, int(mfa._clock() // 30))
+    shown = client.post("/oauth/mfa/enroll", data={"code": code, "csrf_token": csrf_of(html)})
+    assert shown.status_code == 200 and shown.get_data(as_text=True).count("<code>") == 10
+    done = client.post("/oauth/mfa/enroll/done", data={"csrf_token": csrf_of(html)})
+    assert done.status_code == 302
+    code = query_of(done.headers["Location"])["code"]
+    tokens = _exchange(client, app_client, code, verifier).get_json()
+    assert app.extensions["saas.tokens"].verify(tokens["access_token"])["amr"] == ["pwd", "otp"]
+
+
+def test_openapi_document_lists_auth_endpoints(client):
+    spec = client.get("/openapi.json").get_json()
+    for path in (
+        "/api/v1/clients",
+        "/api/v1/clients/{client_id}/secret",
+        "/api/v1/me/mfa/totp",
+        "/api/v1/auth/mfa",
+        "/api/v1/me/sessions",
+        "/oauth/token",
+        "/oauth/introspect",
+    ):
+        assert path in spec["paths"], path
