@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from saas import audit
 from saas.auth import service
-from saas.auth.clients import SUPPORTED_SCOPES, InvalidClient
+from saas.auth.clients import SUPPORTED_SCOPES
 from saas.auth.models import AuthorizationCode, Consent, OAuthClient, RefreshToken
 from saas.auth.service import InvalidGrant, TokenResponse, token_hash
 from saas.db import utcnow
@@ -415,12 +415,6 @@ def refresh_grant(session: Session, client: OAuthClient | None, presented: str |
     if not presented:
         raise InvalidRequest("refresh_token is required.")
     if client is None:
-        row = session.scalars(
-            select(RefreshToken.client_id).where(RefreshToken.token_hash == token_hash(presented))
-        )
-        bound = row.first()
-        if bound is not None and bound != service.FIRST_PARTY_CLIENT:
-            raise InvalidClient("This refresh token belongs to a registered client: authenticate it.")
         return service.refresh(session, presented, None)
     if "refresh_token" not in (client.grant_types or []):
         raise UnauthorizedClient("The refresh_token grant is not enabled for this client.")

@@ -352,7 +352,11 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
 def refresh(session: Session, presented: str, client_id: str | None = None) -> TokenResponse:
     """The refresh-token grant (RFC 6749 section 6) with rotation and reuse detection.
 
+    ``client_id`` None is the first-party client of ``POST /api/v1/auth/login``; a token issued
+    to a registered client is accepted only with that (authenticated) client's id.
+
     Raises:
+        InvalidClient: a registered client's token presented without its client.
         InvalidGrant: unknown, expired, revoked or reused token (reuse revokes the family).
     """
     settings = _settings()
@@ -362,6 +366,10 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
     ).first()
     if row is None or (client_id and client_id != row.client_id):
         raise InvalidGrant("The refresh token is invalid.")
+    if client_id is None and row.client_id != FIRST_PARTY_CLIENT:
+        from saas.auth.clients import InvalidClient
+
+        raise InvalidClient("This refresh token belongs to a registered client: authenticate it.")
     if row.revoked_at is not None:
         raise InvalidGrant("The refresh token has been revoked.")
     if row.expires_at <= now or row.family_expires_at <= now:
