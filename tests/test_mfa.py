@@ -263,3 +263,51 @@ def test_mfa_secret_is_encrypted_at_rest(api, client, clock, db_session):
     stored = set(db_session.scalars(select(RecoveryCode.code_hash).where(RecoveryCode.user_id == user_id)))
     assert len(stored) == 10
     assert not (stored & set(codes))
+
+
+def test_step_up_on_member_removal_and_admin_grant(api, client, app):
+    owner = api.signup("acme")
+    h = api.auth(owner)
+    invite = client.post("/api/v1/members", json={"email": "ada@acme.test", "role": "member"}, headers=h)
+    assert invite.status_code == 201, invite.get_json()
+    joined = client.post(
+        "/api/v1/invitations/accept",
+        json={"token": invite.get_json()["invitation_token"], "password": "another good passphrase"},
+    ).get_json()
+    member_id = joined["user"]["id"]
+    stale = (
+        app.extensions["saas.tokens"]
+        .issue(
+            subject=owner["user"]["id"],
+            tenant_id=owner["tenant"]["id"],
+            roles=["owner"],
+            scope="api",
+            client_id="saas-api",
+            auth_time=int(time.time()) - 3600,
+            amr=["pwd"],
+        )
+        .token
+    )
+    hs = api.auth(stale)
+    r = client.patch(f"/api/v1/members/{member_id}", json={"role": "admin"}, headers=hs)
+    assert r.status_code == 401 and r.get_json()["code"] == "insufficient_user_authentication"
+    # demotions and viewer changes need no step-up
+    assert (
+        client.patch(f"/api/v1/members/{member_id}", json={"role": "viewer"}, headers=hs).status_code == 200
+    )
+    assert client.delete(f"/api/v1/members/{member_id}", headers=hs).status_code == 401
+    assert client.patch(f"/api/v1/members/{member_id}", json={"role": "admin"}, headers=h).status_code == 200
+    # an admin cannot mint an owner-role service client
+    admin = api.login("ada@acme.test", password="another good passphrase").get_json()
+    r = client.post(
+        "/api/v1/clients",
+        json={
+            "name": "svc",
+            "client_type": "confidential",
+            "grant_types": ["client_credentials"],
+            "role": "owner",
+        },
+        headers=api.auth(admin),
+    )
+    assert r.status_code == 403 and r.get_json()["code"] == "role_not_assignable"
+    assert client.delete(f"/api/v1/members/{member_id}", headers=h).status_code == 204

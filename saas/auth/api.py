@@ -27,8 +27,9 @@ from saas.auth.context import authenticated, current_principal, require
 from saas.auth.models import OAuthClient, RefreshToken
 from saas.auth.stepup import check_step_up, require_step_up
 from saas.auth.views import TokenResponseSchema
-from saas.errors import NotFound, Unauthorized, ValidationError
+from saas.errors import Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
+from saas.rbac import can_assign
 from saas.tenancy.models import Membership, Tenant
 
 blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
@@ -147,6 +148,7 @@ class Clients(MethodView):
     def post(self, body):
         """Register a client. A confidential client's ``client_secret`` is in this answer only."""
         principal = current_principal()
+        _check_client_role(body)
         client, secret = clients_service.create_client(
             db.session(), principal.tenant_id, body, principal.user_id
         )
@@ -154,6 +156,18 @@ class Clients(MethodView):
         if secret:
             out["client_secret"] = secret
         return out
+
+
+def _check_client_role(body: dict) -> None:
+    """A member may give a service client only a role it could give a person (no escalation)."""
+    role = body.get("role")
+    principal = current_principal()
+    if role is not None and not can_assign(principal.role or "", role):
+        raise Forbidden(
+            f"You cannot give a client the role {role!r}.",
+            code="role_not_assignable",
+            title="Role not assignable",
+        )
 
 
 def _own_client(client_id: str) -> OAuthClient:
@@ -174,6 +188,7 @@ class ClientItem(MethodView):
     def patch(self, body, client_id):
         """Change a client's name, redirect URIs, grants, scope, role or consent setting."""
         client = _own_client(client_id)
+        _check_client_role(body)
         return clients_service.to_public(clients_service.update_client(db.session(), client, body))
 
     @require("clients:manage")

@@ -10,6 +10,7 @@ from saas import audit, db
 from saas.api import Blueprint
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
+from saas.auth.stepup import check_step_up
 from saas.auth.views import TokenResponseSchema
 from saas.rbac import ROLES
 from saas.tenancy import members as members_service
@@ -226,14 +227,19 @@ class Member(MethodView):
     @blp.arguments(RoleSchema)
     @blp.response(200, MemberSchema)
     def patch(self, body, user_id):
-        """Change a member's role (the last owner cannot be demoted)."""
+        """Change a member's role (the last owner cannot be demoted). Granting admin or owner needs
+        step-up (a recent login, with MFA when enabled; RFC 9470)."""
+        if body["role"] in ("owner", "admin"):
+            check_step_up()
         m = members_service.change_role(db.session(), current_principal(), user_id, body["role"])
         return _member_dict(m)
 
     @authenticated
     @blp.response(204)
     def delete(self, user_id):
-        """Remove a member (``members:manage``), or leave the tenant yourself."""
+        """Remove a member (``members:manage``, with step-up), or leave the tenant yourself."""
+        if current_principal().user_id != user_id:
+            check_step_up()
         members_service.remove_member(db.session(), current_principal(), user_id)
 
 
