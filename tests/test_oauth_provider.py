@@ -658,3 +658,38 @@ def test_openapi_document_lists_auth_endpoints(client):
         "/oauth/introspect",
     ):
         assert path in spec["paths"], path
+
+
+def test_prompt_max_age_and_cookie_flags(api, client):
+    _owner, app_client = _setup(api, client)
+    _v, challenge = pkce_pair()
+    r = client.get(
+        "/oauth/authorize", query_string=authorize_params(app_client["client_id"], challenge, prompt="none")
+    )
+    assert query_of(r.headers["Location"])["error"] == "login_required"
+    code_for(client, app_client["client_id"], "owner@acme.test")
+    cookie = client.get_cookie("saas_auth", path="/oauth")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+    # signed in: prompt=none now succeeds silently, max_age=0 forces a new login
+    r = client.get(
+        "/oauth/authorize", query_string=authorize_params(app_client["client_id"], challenge, prompt="none")
+    )
+    assert "code" in query_of(r.headers["Location"])
+    import time
+
+    time.sleep(1.1)
+    r = client.get(
+        "/oauth/authorize", query_string=authorize_params(app_client["client_id"], challenge, max_age="0")
+    )
+    assert r.headers["Location"].endswith("/oauth/login")
+    r = client.get(
+        "/oauth/authorize", query_string=authorize_params(app_client["client_id"], challenge, scope="admin")
+    )
+    assert query_of(r.headers["Location"])["error"] == "invalid_scope"
+
+
+def test_userinfo_needs_openid_scope(api, client):
+    owner = api.signup("acme")
+    r = client.get("/oauth/userinfo", headers=api.auth(owner))
+    assert r.status_code == 403 and "insufficient_scope" in r.headers["WWW-Authenticate"]
+    assert client.get("/oauth/userinfo").status_code == 401

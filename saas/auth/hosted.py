@@ -43,11 +43,14 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'n
 def init_app(app: Flask) -> None:
     """Cookie settings for the hosted pages' session and the blueprint."""
     issuer = app.extensions["saas.settings"].issuer
-    app.config.setdefault("SESSION_COOKIE_NAME", "saas_auth")
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    app.config.setdefault("SESSION_COOKIE_SECURE", issuer.startswith("https://"))
-    app.config.setdefault("SESSION_COOKIE_PATH", "/oauth")
+    # Flask's defaults exist already (setdefault would be a no-op): set them outright
+    app.config.update(
+        SESSION_COOKIE_NAME="saas_auth",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=issuer.startswith("https://"),
+        SESSION_COOKIE_PATH="/oauth",
+    )
     app.register_blueprint(bp)
 
 

@@ -61,6 +61,11 @@ class MfaFailed(AppError):
 
     status, code, title = 401, "mfa_invalid_code", "Invalid MFA code"
 
+    def __init__(self, detail: str, **kw: Any):
+        super().__init__(detail, **kw)
+        # RFC 9110 section 15.5.2: a 401 carries a challenge
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
+
 
 class MfaLocked(AppError):
     """Too many wrong codes: the factor is locked for a while (``Retry-After`` seconds)."""
