@@ -81,6 +81,9 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth import hosted
 
     hosted.init_app(app)
+    from saas.auth import authlib_server
+
+    authlib_server.init_app(app)
     for blueprint in (
         auth_views.blp,
         auth_views.oauth,

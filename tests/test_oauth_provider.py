@@ -693,3 +693,27 @@ def test_userinfo_needs_openid_scope(api, client):
     r = client.get("/oauth/userinfo", headers=api.auth(owner))
     assert r.status_code == 403 and "insufficient_scope" in r.headers["WWW-Authenticate"]
     assert client.get("/oauth/userinfo").status_code == 401
+
+
+def test_token_endpoint_is_authlib_and_never_accepts_plain_pkce(api, client, app, db_session):
+    from saas.auth.authlib_server import S256CodeChallenge, Server
+
+    assert isinstance(app.extensions["saas.oauth_server"], Server)
+    assert S256CodeChallenge.SUPPORTED_CODE_CHALLENGE_METHOD == ["S256"]
+    _owner, app_client = _setup(api, client)
+    code, _verifier = code_for(client, app_client["client_id"], "owner@acme.test")
+    row = db_session.scalars(
+        select(AuthorizationCode).where(AuthorizationCode.client_id == app_client["client_id"])
+    ).one()
+    # a row claiming "plain" (never issued by us) is still verified as S256: verifier == challenge fails
+    plain = "p" * 43
+    db_session.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.id == row.id)
+        .values(code_challenge=plain, code_challenge_method="plain")
+    )
+    db_session.flush()
+    r = _exchange(client, app_client, code, plain)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    r = client.post("/oauth/token", data={"client_id": app_client["client_id"]})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_request"

@@ -13,16 +13,12 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import secrets
 import uuid
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from flask import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -239,62 +235,3 @@ def find_client(session: Session, client_id: str | None) -> OAuthClient | None:
     if not client_id or len(client_id) > 64:
         return None
     return session.scalars(select(OAuthClient).where(OAuthClient.client_id == client_id)).first()
-
-
-def _basic_credentials(request: Request) -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise InvalidClient("Malformed Basic credentials.") from None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        raise InvalidClient("Malformed Basic credentials.")
-    # RFC 6749 section 2.3.1: form-urlencoded before base64
-    return unquote(client_id), unquote(secret)
-
-
-def authenticate_client(
-    session: Session, request: Request, *, require_secret: bool = False
-) -> OAuthClient | None:
-    """The client calling a form endpoint, authenticated per RFC 6749 section 2.3.
-
-    Returns None when no client is named at all (the first-party refresh flow of
-    ``POST /api/v1/auth/login`` has no registered client).
-
-    Raises:
-        InvalidClient: unknown client, wrong or missing secret for a confidential client, two
-            methods at once, or a public client where ``require_secret``.
-    """
-    basic = _basic_credentials(request)
-    form_id, form_secret = request.form.get("client_id"), request.form.get("client_secret")
-    if basic and form_secret:
-        raise InvalidClient("Use one client authentication method.")
-    if basic:
-        client_id, secret = basic
-        if form_id and form_id != client_id:
-            raise InvalidClient("client_id does not match the credentials.")
-    else:
-        client_id, secret = form_id, form_secret
-    if not client_id:
-        if require_secret:
-            raise InvalidClient("Client authentication is required.")
-        return None
-    client = find_client(session, client_id)
-    # compare against a dummy when unknown so timing does not reveal which client ids exist
-    expected = (client.secret_hash if client else None) or secret_hash("unknown-client")
-    if client is None:
-        hmac.compare_digest(expected, secret_hash(secret or ""))
-        raise InvalidClient("Unknown client.")
-    if client.is_confidential:
-        if not secret or not hmac.compare_digest(expected, secret_hash(secret)):
-            raise InvalidClient("The client secret is wrong or missing.")
-    else:
-        if secret:
-            raise InvalidClient("Public clients have no secret.")
-        if require_secret:
-            raise InvalidClient("This endpoint needs a confidential client.")
-    return client

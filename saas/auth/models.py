@@ -6,9 +6,12 @@ presenting a used token after the grace period revokes the whole family (RFC 970
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from datetime import datetime
 
+from authlib.oauth2.rfc6749 import ClientMixin
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -44,7 +47,7 @@ class RefreshToken(SharedBase):
     user_agent: Mapped[str | None] = mapped_column(String(512))
 
 
-class OAuthClient(SharedBase):
+class OAuthClient(SharedBase, ClientMixin):
     """An OAuth 2.0 client registered by a tenant (RFC 6749 section 2).
 
     ``client_type`` is ``public`` (SPA, mobile: no secret, PKCE only) or ``confidential`` (has a
@@ -78,6 +81,41 @@ class OAuthClient(SharedBase):
     def is_confidential(self) -> bool:
         return self.client_type == "confidential"
 
+    # --- Authlib ClientMixin (used by saas.auth.authlib_server) ---
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        uris = list(self.redirect_uris or [])
+        return uris[0] if len(uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        allowed = set((self.scope or "").split())
+        return " ".join(s for s in (scope or "").split() if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return any(hmac.compare_digest(redirect_uri, uri) for uri in (self.redirect_uris or []))
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if not self.secret_hash or not client_secret:
+            return False
+        presented = hashlib.sha256(client_secret.encode()).hexdigest()
+        return hmac.compare_digest(self.secret_hash, presented)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        """Confidential clients authenticate with their secret; public ones with ``none`` only
+        (and never at the introspection endpoint)."""
+        if self.is_confidential:
+            return method in ("client_secret_basic", "client_secret_post")
+        return method == "none" and endpoint != "introspection"
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in (self.grant_types or [])
+
 
 class AuthorizationCode(SharedBase):
     """A one-time authorization code (RFC 6749 section 4.1.2), stored as its SHA-256.
@@ -105,6 +143,14 @@ class AuthorizationCode(SharedBase):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     family_id: Mapped[uuid.UUID | None] = mapped_column()
+
+    # --- Authlib AuthorizationCodeMixin ---
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
 
 
 class MfaFactor(SharedBase):

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -306,73 +305,6 @@ def _active_membership(session: Session, user_id: uuid.UUID, tenant_id: uuid.UUI
             User.status == "active",
         )
     ).first()
-
-
-def exchange_code(
-    session: Session, client: OAuthClient, code: str | None, redirect_uri: str | None, verifier: str | None
-) -> TokenResponse:
-    """The ``authorization_code`` grant (RFC 6749 section 4.1.3, RFC 7636 section 4.6).
-
-    Raises:
-        InvalidRequest: missing parameters or a malformed ``code_verifier``.
-        InvalidGrant: unknown, expired, used (then the tokens issued from it are revoked), issued
-            to another client, other redirect URI, PKCE mismatch, membership gone.
-    """
-    if not code or not redirect_uri:
-        raise InvalidRequest("code and redirect_uri are required.")
-    if not verifier:
-        raise InvalidRequest("code_verifier is required (PKCE).")
-    if not valid_pkce_value(verifier):
-        raise InvalidRequest("code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~].")
-    row = session.scalars(
-        select(AuthorizationCode).where(AuthorizationCode.code_hash == token_hash(code)).with_for_update()
-    ).first()
-    if row is None or row.client_id != client.client_id:
-        raise InvalidGrant("The authorization code is invalid.")
-    tenant = session.get(Tenant, row.tenant_id)
-    if row.used_at is not None:
-        revoked = service.revoke_family(session, row.family_id, "code_reused") if row.family_id else 0
-        if tenant is not None:
-            audit.record(
-                session,
-                "auth.code_reused",
-                target_type="oauth_client",
-                target_id=client.client_id,
-                actor=audit.Actor("client", client.client_id),
-                data={"user_id": str(row.user_id), "revoked_tokens": revoked},
-                schema=tenant.schema_name,
-            )
-        session.commit()  # the revocation must persist although the request fails
-        raise InvalidGrant("The authorization code was already used; tokens issued from it are revoked.")
-    # consumed by this attempt whatever its outcome (one-time, RFC 6749 section 4.1.2)
-    row.used_at = utcnow()
-    problem = None
-    if row.expires_at <= row.used_at:
-        problem = "The authorization code has expired."
-    elif not hmac.compare_digest(row.redirect_uri, redirect_uri):
-        problem = "redirect_uri differs from the authorization request."
-    elif not hmac.compare_digest(create_s256_code_challenge(verifier), row.code_challenge):
-        problem = "The code_verifier does not match the code_challenge (PKCE)."
-    if problem:
-        session.commit()
-        raise InvalidGrant(problem)
-    found = _active_membership(session, row.user_id, row.tenant_id)
-    if found is None:
-        raise InvalidGrant("The user is no longer an active member of the tenant.")
-    membership, tenant, user = found
-    response = service.issue_tokens(
-        session,
-        user=user,
-        membership=membership,
-        tenant=tenant,
-        client_id=client.client_id,
-        scope=row.scope,
-        amr=list(row.amr or ["pwd"]),
-        auth_time=row.auth_time,
-        nonce=row.nonce,
-    )
-    row.family_id = response.family_id
-    return response
 
 
 def client_credentials(session: Session, client: OAuthClient, scope: str | None) -> TokenResponse:

@@ -126,41 +126,30 @@ def _no_store(response):
 @oauth.route("/oauth/token", methods=["POST"])
 @oauth.doc(security=[])
 def token():
-    """The token endpoint (RFC 6749 section 3.2), form-encoded.
+    """The token endpoint (RFC 6749 section 3.2), form-encoded, served by Authlib's
+    ``AuthorizationServer`` (:mod:`saas.auth.authlib_server`).
 
     Grants: ``authorization_code`` (PKCE S256 verifier required), ``refresh_token`` (rotated on
     every use), ``client_credentials`` (confidential tenant clients). Client authentication:
     ``client_secret_basic``, ``client_secret_post`` or ``none`` (public clients). Errors are RFC 6749
     section 5.2 bodies (``error``, ``error_description``) with the problem members alongside.
     """
-    from saas.auth import clients
-    from saas.auth import oauth as provider
-
-    session = db.session()
+    server = current_app.extensions["saas.oauth_server"]
     try:
-        grant_type = request.form.get("grant_type")
-        if not grant_type:
-            raise provider.InvalidRequest("grant_type is required.")
-        if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
-            raise provider.UnsupportedGrantType(f"Grant type {grant_type!r} is not supported.")
-        client = clients.authenticate_client(session, request)
-        if grant_type == "refresh_token":
-            tokens = provider.refresh_grant(session, client, request.form.get("refresh_token"))
-        elif client is None:
-            raise clients.InvalidClient("Client authentication is required.")
-        elif grant_type == "authorization_code":
-            tokens = provider.exchange_code(
-                session,
-                client,
-                request.form.get("code"),
-                request.form.get("redirect_uri"),
-                request.form.get("code_verifier"),
+        if not request.form.get("grant_type"):
+            raise AppError(
+                "grant_type is required.", status=400, code="invalid_request", title="Invalid request"
             )
-        else:
-            tokens = provider.client_credentials(session, client, request.form.get("scope"))
+        return server.create_token_response()
     except AppError as err:
         return oauth_error(err)
-    return _no_store(jsonify(tokens.to_dict()))
+
+
+def _authenticated_client(endpoint: str, methods: list[str]):
+    """The calling client, authenticated by Authlib (RFC 6749 section 2.3)."""
+    server = current_app.extensions["saas.oauth_server"]
+    oauth_request = server.create_oauth2_request(None)
+    return server.authenticate_client(oauth_request, methods, endpoint)
 
 
 @oauth.route("/oauth/revoke", methods=["POST"])
@@ -168,15 +157,17 @@ def token():
 def revoke():
     """Token revocation (RFC 7009). Client authentication as at the token endpoint; 200 even for
     unknown tokens. Revoking an access token revokes its session (refresh family)."""
-    from saas.auth import clients
-    from saas.auth import oauth as provider
+    from authlib.oauth2 import OAuth2Error
 
-    session = db.session()
+    from saas.auth import oauth as provider
+    from saas.auth.authlib_server import AUTH_METHODS
+
+    server = current_app.extensions["saas.oauth_server"]
     try:
-        client = clients.authenticate_client(session, request)
-        if client is None:
-            raise clients.InvalidClient("Client authentication is required.")
-        provider.revoke(session, client, request.form.get("token"))
+        client = _authenticated_client("revocation", AUTH_METHODS)
+        provider.revoke(db.session(), client, request.form.get("token"))
+    except OAuth2Error as err:
+        return server.handle_error_response(None, err)
     except AppError as err:
         return oauth_error(err)
     return _no_store(current_app.response_class(status=200))
@@ -187,14 +178,16 @@ def revoke():
 def introspect():
     """Token introspection (RFC 7662). Needs a confidential client; a client sees only tokens of
     its own tenant (others are ``{"active": false}``)."""
-    from saas.auth import clients
+    from authlib.oauth2 import OAuth2Error
+
     from saas.auth import oauth as provider
 
-    session = db.session()
+    server = current_app.extensions["saas.oauth_server"]
     try:
-        client = clients.authenticate_client(session, request, require_secret=True)
-        assert client is not None
-        body = provider.introspect(session, client, request.form.get("token"))
+        client = _authenticated_client("introspection", ["client_secret_basic", "client_secret_post"])
+        body = provider.introspect(db.session(), client, request.form.get("token"))
+    except OAuth2Error as err:
+        return server.handle_error_response(None, err)
     except AppError as err:
         return oauth_error(err)
     return _no_store(jsonify(body))
