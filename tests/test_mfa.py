@@ -311,3 +311,31 @@ def test_step_up_on_member_removal_and_admin_grant(api, client, app):
     )
     assert r.status_code == 403 and r.get_json()["code"] == "role_not_assignable"
     assert client.delete(f"/api/v1/members/{member_id}", headers=h).status_code == 204
+
+
+def test_mfa_token_store_down_is_503(api, client, clock, app, monkeypatch):
+    import redis as redis_lib
+
+    owner = api.signup("acme")
+    _enroll(client, api.auth(owner), clock)
+    broken = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    monkeypatch.setitem(app.extensions, "saas.redis", broken)
+    r = api.login("owner@acme.test")
+    assert r.status_code == 503 and r.get_json()["code"] == "mfa_unavailable"
+
+
+def test_operator_reset_mfa(api, client, clock, app, db_session):
+    from saas.audit import Actor
+    from saas.identity.models import User
+
+    owner = api.signup("acme")
+    _enroll(client, api.auth(owner), clock)
+    user = db_session.get(User, uuid.UUID(owner["user"]["id"]))
+    with app.test_request_context():
+        assert mfa.reset(
+            db_session, user, f"t_{owner['tenant']['id'].replace('-', '')}", Actor("operator", "ops")
+        )
+    db_session.flush()
+    assert api.login("owner@acme.test").status_code == 200
+    actions = [e["action"] for e in client.get("/api/v1/audit-events", headers=api.auth(owner)).get_json()]
+    assert "mfa.reset" in actions

@@ -717,3 +717,14 @@ def test_token_endpoint_is_authlib_and_never_accepts_plain_pkce(api, client, app
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
     r = client.post("/oauth/token", data={"client_id": app_client["client_id"]})
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_request"
+
+
+def test_hosted_login_is_audited_once(api, client):
+    owner, app_client = _setup(api, client)
+    code_for(client, app_client["client_id"], "owner@acme.test")
+    code_for(client, app_client["client_id"], "owner@acme.test")  # SSO: no second login
+    events = client.get(
+        "/api/v1/audit-events", headers=api.auth(owner), query_string={"action": "auth.login"}
+    )
+    hosted = [e for e in events.get_json() if e["data"].get("via") == "hosted"]
+    assert len(hosted) == 1 and hosted[0]["data"]["client_id"] == app_client["client_id"]

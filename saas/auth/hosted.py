@@ -180,6 +180,18 @@ def _continue():
         auth_time=datetime.fromtimestamp(login["auth_time"], UTC),
         amr=amr,
     )
+    if login.get("fresh"):
+        # the first code after a password (and MFA) login: that is the login to audit
+        audit.record(
+            sess,
+            "auth.login",
+            target_type="user",
+            target_id=user.id,
+            actor=audit.Actor("user", str(user.id)),
+            data={"amr": amr, "client_id": client.client_id, "via": "hosted"},
+            schema=tenant.schema_name,
+        )
+        session["login"] = {**login, "fresh": False}
     session.pop("areq", None)
     session.pop("consented", None)
     return redirect(provider.success_redirect(req, code))
@@ -237,7 +249,7 @@ def login():
     if mfa.has_mfa(sess, user.id):
         session["pending"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"]}
         return redirect(url_for("hosted.mfa"))
-    session["login"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"]}
+    session["login"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"], "fresh": True}
     user.last_login_at = utcnow()
     return _continue()
 
@@ -262,7 +274,12 @@ def mfa_page():
     except AppError as err:
         return _render("mfa.html", err.status, title="Two-step verification", error=err.detail)
     session.pop("pending", None)
-    session["login"] = {"uid": pending["uid"], "auth_time": int(time.time()), "amr": [*pending["amr"], "otp"]}
+    session["login"] = {
+        "uid": pending["uid"],
+        "auth_time": int(time.time()),
+        "amr": [*pending["amr"], "otp"],
+        "fresh": True,
+    }
     user.last_login_at = utcnow()
     return _continue()
 

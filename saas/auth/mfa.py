@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -65,6 +66,12 @@ class MfaFailed(AppError):
         super().__init__(detail, **kw)
         # RFC 9110 section 15.5.2: a 401 carries a challenge
         self.headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
+
+
+class MfaUnavailable(AppError):
+    """Redis (where ``mfa_token`` lives) cannot be reached: 503, try again."""
+
+    status, code, title = 503, "mfa_unavailable", "MFA temporarily unavailable"
 
 
 class MfaLocked(AppError):
@@ -247,13 +254,10 @@ def disable(session: Session, user: User, schema: str | None) -> None:
 def reset(session: Session, user: User, schema: str | None, actor: audit.Actor) -> bool:
     """Operator reset (lost device): remove factors and codes; True when there was one."""
     had = session.scalars(select(MfaFactor.id).where(MfaFactor.user_id == user.id)).first() is not None
-    disable_actor = actor
     session.execute(delete(MfaFactor).where(MfaFactor.user_id == user.id))
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
-    if schema:
-        audit.record(
-            session, "mfa.reset", target_type="user", target_id=user.id, actor=disable_actor, schema=schema
-        )
+    if schema and had:
+        audit.record(session, "mfa.reset", target_type="user", target_id=user.id, actor=actor, schema=schema)
     return had
 
 
@@ -352,7 +356,10 @@ def issue_mfa_token(user_id: uuid.UUID, tenant_id: uuid.UUID, purpose: str, amr:
         "amr": amr,
         "auth_time": int(time.time()),
     }
-    redis.set(_MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest(), json.dumps(value), ex=ttl)
+    try:
+        redis.set(_MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest(), json.dumps(value), ex=ttl)
+    except RedisError:
+        raise MfaUnavailable("The second step of the login cannot start right now; retry.") from None
     return token
 
 
@@ -366,7 +373,10 @@ def read_mfa_token(token: str | None, purposes: tuple[str, ...]) -> MfaTicket:
         raise Unauthorized("The mfa_token is missing.", code="invalid_mfa_token", error=None)
     redis = current_app.extensions["saas.redis"]
     key = _MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest()
-    raw = redis.get(key)
+    try:
+        raw = redis.get(key)
+    except RedisError:
+        raise MfaUnavailable("The second step of the login cannot be checked right now; retry.") from None
     if raw is None:
         raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
     data = json.loads(raw)
@@ -388,5 +398,9 @@ def consume_mfa_token(ticket: MfaTicket) -> None:
     Raises:
         Unauthorized: ``invalid_mfa_token`` when it was consumed meanwhile.
     """
-    if not current_app.extensions["saas.redis"].delete(ticket.key):
+    try:
+        deleted = current_app.extensions["saas.redis"].delete(ticket.key)
+    except RedisError:
+        raise MfaUnavailable("The second step of the login cannot be completed right now; retry.") from None
+    if not deleted:
         raise Unauthorized("The mfa_token was already used.", code="invalid_mfa_token", error=None)
