@@ -64,7 +64,14 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         redis if redis is not None else make_redis(settings.redis_url, settings.redis_timeout_seconds)
     )
     key_path = settings.signing_key_path or settings.var_dir / "keys"
-    keys = KeyStore(key_path, settings.signing_alg, generate=settings.signing_key_path is None)
+    from saas.auth.tokens import LEEWAY_SECONDS
+
+    keys = KeyStore(
+        key_path,
+        settings.signing_alg,
+        generate=settings.signing_key_path is None,
+        max_token_age=settings.access_token_ttl_seconds + LEEWAY_SECONDS,
+    )
     app.extensions["saas.keys"] = keys
     app.extensions["saas.tokens"] = TokenService(
         keys, settings.issuer, settings.audience, settings.access_token_ttl_seconds

@@ -111,6 +111,19 @@ def test_key_rotation_publishes_old_and_new_until_expiry(tmp_path):
     assert [k["kid"] for k in store.jwks()["keys"]] == [store.active.kid]
     with pytest.raises(Unauthorized):
         service.verify(old_token)
+    # with max_token_age, a superseded key leaves JWKS and verification on its own
+    aging = KeyStore(tmp_path / "aging", max_token_age=600)
+    aging_service = TokenService(aging, "http://issuer", "aud", 600)
+    early = aging_service.issue(subject="u", tenant_id="t", roles=[], scope="api", client_id="c").token
+    early_kid = aging.active.kid
+    aging.add_key()
+    aging.reload()
+    assert len(aging.jwks()["keys"]) == 2 and aging_service.verify(early)
+    aging.max_token_age = 0
+    aging._keys[-1] = aging._keys[-1].__class__(**{**aging._keys[-1].__dict__, "created": time.time() - 5})
+    assert [k["kid"] for k in aging.jwks()["keys"]] == [aging.active.kid] != [early_kid]
+    with pytest.raises(Unauthorized):
+        aging_service.verify(early)
     # a second worker's store notices a rotation by an unknown kid
     other = KeyStore(tmp_path / "keys")
     store.add_key()

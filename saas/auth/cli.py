@@ -20,7 +20,12 @@ def _key_store(ctx: Context):
 
     settings = ctx.settings
     path = settings.signing_key_path or settings.var_dir / "keys"
-    return KeyStore(path, settings.signing_alg, generate=settings.signing_key_path is None)
+    return KeyStore(
+        path,
+        settings.signing_alg,
+        generate=settings.signing_key_path is None,
+        max_token_age=settings.access_token_ttl_seconds + LEEWAY_SECONDS,
+    )
 
 
 def _key_rows(store) -> list[dict]:

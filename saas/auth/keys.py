@@ -42,8 +42,14 @@ def _load_pem(path: Path) -> AnyKey:
 class KeyStore:
     """The process's signing keys, loaded from ``path`` (a PEM file or a directory of them)."""
 
-    def __init__(self, path: Path, alg: str = "RS256", generate: bool = True):
+    def __init__(
+        self, path: Path, alg: str = "RS256", generate: bool = True, max_token_age: float | None = None
+    ):
+        """``max_token_age`` (seconds, access-token lifetime plus leeway): a superseded key stops
+        being published and accepted that long after its successor appeared, even before
+        ``saas keys rotate`` moves it to ``retired/``. None keeps every key."""
         self.path = path
+        self.max_token_age = max_token_age
         self.alg = alg
         self.generate = generate
         self._keys: list[SigningKey] = []
@@ -140,17 +146,29 @@ class KeyStore:
         self._maybe_reload()
         return self._keys[-1]
 
+    def _live(self) -> list[SigningKey]:
+        """The keys that may still have signed an unexpired token (the active one always)."""
+        if self.max_token_age is None:
+            return list(self._keys)
+        now = time.time()
+        live = [
+            older
+            for older, newer in zip(self._keys, self._keys[1:], strict=False)
+            if now - newer.created <= self.max_token_age
+        ]
+        return [*live, self._keys[-1]]
+
     @property
     def keys(self) -> list[SigningKey]:
-        return list(self._keys)
+        return self._live()
 
     def key_set(self) -> KeySet:
-        return KeySet([k.key for k in self._keys])
+        return KeySet([k.key for k in self._live()])
 
     def find(self, kid: str) -> SigningKey | None:
         """The key with this ``kid``; an unknown kid triggers one reload (at most once a second)."""
         for attempt in (0, 1):
-            for key in self._keys:
+            for key in self._live():
                 if key.kid == kid:
                     return key
             if attempt == 0:
@@ -164,7 +182,7 @@ class KeyStore:
         rotated-out key still verify until they expire."""
         self._maybe_reload()
         out = []
-        for k in self._keys:
+        for k in self._live():
             jwk = k.key.as_dict(private=False)
             jwk.update({"kid": k.kid, "use": "sig", "alg": k.alg})
             out.append(jwk)
