@@ -339,3 +339,18 @@ def test_operator_reset_mfa(api, client, clock, app, db_session):
     assert api.login("owner@acme.test").status_code == 200
     actions = [e["action"] for e in client.get("/api/v1/audit-events", headers=api.auth(owner)).get_json()]
     assert "mfa.reset" in actions
+
+
+def test_invitation_accept_does_not_bypass_mfa(api, client, clock):
+    acme = api.signup("acme")
+    _enroll(client, api.auth(acme), clock)
+    globex = api.signup("globex")
+    invite = client.post(
+        "/api/v1/members", json={"email": "owner@acme.test", "role": "member"}, headers=api.auth(globex)
+    )
+    accepted = client.post(
+        "/api/v1/invitations/accept", json={"token": invite.get_json()["invitation_token"]}
+    )
+    assert accepted.status_code == 200, accepted.get_json()
+    assert "token" not in accepted.get_json()
+    assert api.login("owner@acme.test", tenant="globex").get_json()["code"] == "mfa_required"

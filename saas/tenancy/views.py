@@ -249,7 +249,8 @@ class AcceptInvitation(MethodView):
     @blp.response(200, AcceptResponseSchema)
     @blp.doc(security=[])
     def post(self, body):
-        """Accept an invitation; sets the password of a new account; returns tokens."""
+        """Accept an invitation; sets the password of a new account; returns tokens, except when a
+        second factor is needed (the user has MFA or the tenant requires it): then log in."""
         session = db.session()
         membership, user, tenant = members_service.accept_invitation(
             session,
@@ -258,5 +259,11 @@ class AcceptInvitation(MethodView):
             body.get("password"),
             body.get("name"),
         )
+        out = {"tenant": tenant.to_public(), "user": user.to_public()}
+        # no tokens past a second factor: users with MFA, or in a tenant requiring it, log in next
+        from saas.auth import mfa
+
+        if mfa.has_mfa(session, user.id) or (tenant.settings or {}).get("require_mfa"):
+            return out
         tokens = auth_service.issue_tokens(session, user=user, membership=membership, tenant=tenant)
-        return {"tenant": tenant.to_public(), "user": user.to_public(), "token": tokens.to_dict()}
+        return {**out, "token": tokens.to_dict()}
