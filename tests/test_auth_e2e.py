@@ -280,3 +280,50 @@ def test_browser_login_mfa_consent_to_code(live):
     )
     claims = pyjwt.decode(token["access_token"], options={"verify_signature": False})
     assert claims["amr"] == ["pwd", "otp"]
+
+
+def test_cli_reset_mfa_on_committed_user(live, database_url, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from saas.cli import main
+
+    base, _app = live
+    owner = _signup(base)
+    headers = {"Authorization": f"Bearer {owner['token']['access_token']}"}
+    secret = requests.post(f"{base}/api/v1/me/mfa/totp", headers=headers, timeout=10).json()["secret"]
+    step = int(mfa._clock() // 30)
+    r = requests.post(
+        f"{base}/api/v1/me/mfa/totp/confirm",
+        json={"code": mfa.totp_at(secret, step)},
+        headers=headers,
+        timeout=10,
+    )
+    assert r.status_code == 200
+    login = {"email": owner["email"], "password": TEST_PASSWORD}
+    assert requests.post(f"{base}/api/v1/auth/login", json=login, timeout=10).json()["code"] == "mfa_required"
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("SAAS_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("SECRET_KEY", "cli-test")
+    monkeypatch.setenv("SAAS_OPERATOR", "ops-oncall")
+    result = CliRunner().invoke(main, ["users", "reset-mfa", owner["email"]])
+    assert result.exit_code == 0, result.output
+    # the signup session was revoked, and the next login needs no second factor
+    refresh = requests.post(
+        f"{base}/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": owner["token"]["refresh_token"]},
+        timeout=10,
+    )
+    assert refresh.status_code == 400
+    fresh = requests.post(f"{base}/api/v1/auth/login", json=login, timeout=10)
+    assert fresh.status_code == 200
+    events = requests.get(
+        f"{base}/api/v1/audit-events",
+        params={"action": "mfa.reset"},
+        headers={"Authorization": f"Bearer {fresh.json()['access_token']}"},
+        timeout=10,
+    ).json()
+    assert events and events[0]["actor"] == {"type": "operator", "id": "ops-oncall"}
+    listed = CliRunner().invoke(main, ["clients", "list", "--json"])
+    assert listed.exit_code == 0 and isinstance(json.loads(listed.output), list)
