@@ -728,3 +728,20 @@ def test_hosted_login_is_audited_once(api, client):
     )
     hosted = [e for e in events.get_json() if e["data"].get("via") == "hosted"]
     assert len(hosted) == 1 and hosted[0]["data"]["client_id"] == app_client["client_id"]
+
+
+def test_cors_for_browser_clients(client):
+    pre = client.options(
+        "/oauth/token",
+        headers={
+            "Origin": "https://spa.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert pre.status_code == 200 and pre.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in pre.headers
+    r = client.get("/.well-known/openid-configuration", headers={"Origin": "https://spa.example"})
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    hosted = client.get("/oauth/authorize", headers={"Origin": "https://spa.example"})
+    assert "Access-Control-Allow-Origin" not in hosted.headers

@@ -117,6 +117,25 @@ _OAUTH_ERRORS = {
 }
 
 
+#: endpoints browser-based public clients (SPAs) call cross-origin. None of them reads cookies,
+#: so any origin may call them (no ``Access-Control-Allow-Credentials``); introspection is
+#: server-to-server and the authorization endpoint is a navigation, so neither is listed.
+CORS_PATHS = ("/oauth/token", "/oauth/revoke", "/oauth/userinfo", "/.well-known/")
+
+
+def _cors(response):
+    if request.path.startswith(CORS_PATHS) and request.headers.get("Origin"):
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+oauth.after_request(_cors)
+wellknown.after_request(_cors)
+
+
 def _no_store(response):
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
