@@ -94,6 +94,8 @@ def document_auth(view: Callable[..., Any], permission: str | None) -> None:
     responses.setdefault(403, []).append("FORBIDDEN")
     if permission:
         doc.setdefault("manual_doc", {})["x-required-permission"] = permission
+    else:
+        doc.setdefault("manual_doc", {})["x-required-authentication"] = "any member of the token's tenant"
     view._apidoc = doc  # type: ignore[attr-defined]
 
 

@@ -71,6 +71,13 @@ def _webhook_secrets(raw: str) -> tuple[str, ...]:
     return secrets
 
 
+def _code_ttl(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 60:
+        raise ValueError("expected 1..60 seconds (RFC 9700: authorization codes live at most 60 s)")
+    return value
+
+
 def _argon2_memory(raw: str) -> int:
     value = int(raw)
     if value < 8 * 1024:
@@ -96,6 +103,10 @@ class Settings:
     refresh_token_absolute_ttl_seconds: int = 90 * 24 * 3600
     refresh_reuse_grace_seconds: int = 5
     invitation_ttl_seconds: int = 7 * 24 * 3600
+    authorization_code_ttl_seconds: int = 60
+    mfa_token_ttl_seconds: int = 300
+    mfa_lockout_seconds: int = 900
+    step_up_max_age_seconds: int = 600
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -158,6 +169,10 @@ class Settings:
         maybe("REFRESH_TOKEN_TTL", "refresh_token_ttl_seconds", _positive_int)
         maybe("REFRESH_TOKEN_ABSOLUTE_TTL", "refresh_token_absolute_ttl_seconds", _positive_int)
         maybe("INVITATION_TTL", "invitation_ttl_seconds", _positive_int)
+        maybe("AUTHORIZATION_CODE_TTL", "authorization_code_ttl_seconds", _code_ttl)
+        maybe("MFA_TOKEN_TTL", "mfa_token_ttl_seconds", _positive_int)
+        maybe("MFA_LOCKOUT", "mfa_lockout_seconds", _positive_int)
+        maybe("STEP_UP_MAX_AGE", "step_up_max_age_seconds", _positive_int)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)

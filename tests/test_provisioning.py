@@ -262,6 +262,6 @@ def test_validate_signup_checks_email_for_the_cli():
 
     with pytest.raises(ValidationError) as excinfo:
         provisioning.validate_signup(
-            {"slug": "fine-slug", "name": "Fine"}, {"email": "bogus", "password": "x" * 12}
+            {"slug": "fine-slug", "name": "Fine"}, {"email": "bogus", "password": "a decent passphrase"}
         )
     assert set(excinfo.value.extra["errors"]["owner"]) == {"email"}

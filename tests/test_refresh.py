@@ -164,7 +164,10 @@ def test_token_endpoint_needs_form_encoding(client, session_tokens):
     assert r.get_json()["code"] == "unsupported_media_type"
 
 
-def test_wrong_client_id_is_invalid_grant(client, session_tokens):
+def test_wrong_client_id_is_refused(client, session_tokens):
+    """An unknown client fails client authentication (RFC 6749 section 5.2: 401 invalid_client);
+    the refresh token stays usable by its own client."""
     _, r1 = session_tokens
-    _assert_oauth_error(_refresh(client, r1, client_id="someone-else"), "invalid_grant")
-    assert _refresh(client, r1, client_id="saas-api").status_code == 200
+    r = _refresh(client, r1, client_id="someone-else")
+    assert r.status_code == 401 and r.get_json()["error"] == "invalid_client"
+    assert _refresh(client, r1).status_code == 200  # first-party tokens carry no client_id

@@ -16,6 +16,10 @@ PUBLIC = {
     ("POST", "/api/v1/signup"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/invitations/accept"),
+    # authenticated by a bearer token or by an mfa_token (login's second step, enrollment)
+    ("POST", "/api/v1/auth/mfa"),
+    ("POST", "/api/v1/me/mfa/totp"),
+    ("POST", "/api/v1/me/mfa/totp/confirm"),
 }
 _UNSET = object()
 

@@ -10,6 +10,7 @@ from saas import audit, db
 from saas.api import Blueprint
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
+from saas.auth.stepup import check_step_up
 from saas.auth.views import TokenResponseSchema
 from saas.identity.passwords import password_problems
 from saas.rbac import ROLES
@@ -247,14 +248,19 @@ class Member(MethodView):
     @blp.arguments(RoleSchema)
     @blp.response(200, MemberSchema)
     def patch(self, body, user_id):
-        """Change a member's role (the last owner cannot be demoted)."""
+        """Change a member's role (the last owner cannot be demoted). Granting admin or owner needs
+        step-up (a recent login, with MFA when enabled; RFC 9470)."""
+        if body["role"] in ("owner", "admin"):
+            check_step_up()
         m = members_service.change_role(db.session(), current_principal(), user_id, body["role"])
         return _member_dict(m)
 
     @authenticated
     @blp.response(204)
     def delete(self, user_id):
-        """Remove a member (``members:manage``), or leave the tenant yourself."""
+        """Remove a member (``members:manage``, with step-up), or leave the tenant yourself."""
+        if current_principal().user_id != user_id:
+            check_step_up()
         members_service.remove_member(db.session(), current_principal(), user_id)
 
 
@@ -264,7 +270,8 @@ class AcceptInvitation(MethodView):
     @blp.response(200, AcceptResponseSchema)
     @blp.doc(security=[])
     def post(self, body):
-        """Accept an invitation; sets the password of a new account; returns tokens."""
+        """Accept an invitation; sets the password of a new account; returns tokens, except when a
+        second factor is needed (the user has MFA or the tenant requires it): then log in."""
         session = db.session()
         membership, user, tenant = members_service.accept_invitation(
             session,
@@ -273,5 +280,11 @@ class AcceptInvitation(MethodView):
             body.get("password"),
             body.get("name"),
         )
+        out = {"tenant": tenant.to_public(), "user": user.to_public()}
+        # no tokens past a second factor: users with MFA, or in a tenant requiring it, log in next
+        from saas.auth import mfa
+
+        if mfa.has_mfa(session, user.id) or (tenant.settings or {}).get("require_mfa"):
+            return out
         tokens = auth_service.issue_tokens(session, user=user, membership=membership, tenant=tenant)
-        return {"tenant": tenant.to_public(), "user": user.to_public(), "token": tokens.to_dict()}
+        return {**out, "token": tokens.to_dict()}
