@@ -824,3 +824,15 @@ def test_a_stale_reader_cannot_refill_the_cache_after_an_invalidation(billing_ap
         assert redis_client.get(ent.cache_key(tenant_id)) is None
         ent._cache_if_generation(redis_client, tenant_id, old, b"0")  # the stale reader
         assert redis_client.get(ent.cache_key(tenant_id)) is None
+
+
+# --- review fixes (issue #4 review) ---------------------------------------------------------------
+
+
+def test_non_utf8_body_with_a_fresh_timestamp_is_400_and_stores_nothing(bclient, bconn):
+    header = f"t={int(time.time())},v1={'0' * 64}"
+    for body in (b"\xff\xfe{}", b'{"id": "evt_\xc3"}'):
+        r = bclient.post("/webhooks/stripe", data=body, content_type="application/json",
+                         headers={"Stripe-Signature": header})  # fmt: skip
+        assert r.status_code == 400 and r.get_json()["code"] == "invalid_signature"
+    assert _events(bconn) == 0

@@ -85,7 +85,8 @@ def verify(billing: Billing, payload: bytes, header: str | None, now: float | No
 
     Raises:
         InvalidSignature: missing or malformed header, no secret matches, timestamp older than
-        300 s or more than 300 s in the future, or a body that is not a Stripe event.
+        300 s or more than 300 s in the future, a body that is not UTF-8, or one that is not a
+        Stripe event.
     """
     now = time.time() if now is None else now
     if not header:
@@ -98,6 +99,12 @@ def verify(billing: Billing, payload: bytes, header: str | None, now: float | No
         raise InvalidSignature("The signature's timestamp is in the future.")
     if timestamp < now - TOLERANCE_SECONDS:
         raise InvalidSignature("The signature's timestamp is too old.")
+    try:
+        # Stripe sends UTF-8 JSON; the library decodes the body itself and would raise
+        # UnicodeDecodeError (a 500) on anything else
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSignature("The body is not UTF-8.") from None
     for secret in billing.settings.stripe_webhook_secrets:
         try:
             stripe.WebhookSignature.verify_header(payload, header, secret, TOLERANCE_SECONDS)
