@@ -836,3 +836,19 @@ def test_non_utf8_body_with_a_fresh_timestamp_is_400_and_stores_nothing(bclient,
                          headers={"Stripe-Signature": header})  # fmt: skip
         assert r.status_code == 400 and r.get_json()["code"] == "invalid_signature"
     assert _events(bconn) == 0
+
+
+def test_limit_overrides_unlimited_and_zero_are_kept_and_booleans_refused(bapi, cli, billing_app):
+    state = ent.BillingState("pro", "active", override_limits={"requests_per_minute": -1, "seats": 0})
+    e = ent.compute_entitlements("free", state)
+    assert e.requests_per_minute is None and e.seats == 0  # unlimited, and zero, not the plan's 600
+    e = ent.compute_entitlements("free", ent.BillingState(override_limits={"requests_per_minute": 0}))
+    assert e.requests_per_minute == 0
+    e = ent.compute_entitlements("free", ent.BillingState(override_limits={"seats": True}))
+    assert e.seats == 3  # a stored boolean is not a limit: the plan's applies
+    tenant_id = bapi.signup("acme")["tenant"]["id"]
+    for bad in ("seats=true", "seats=false", "requests_per_minute=-2", "seats=1.5", "seats=ten"):
+        result = cli("tenants", "set-plan", "acme", "pro", "--limit", bad)
+        assert result.exit_code == 2, (bad, result.output)
+    assert cli("tenants", "set-plan", "acme", "pro", "--limit", "requests_per_minute=-1").exit_code == 0
+    assert entitlements_now(billing_app, tenant_id).requests_per_minute is None

@@ -253,7 +253,7 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
             parsed[key] = json.loads(raw)
         except ValueError:
             parsed[key] = raw
-        if key in ent.LIMIT_KEYS and (not isinstance(parsed[key], int) or parsed[key] < -1):
+        if key in ent.LIMIT_KEYS and not ent.valid_limit(parsed[key]):
             raise click.BadParameter(f"{key}: expected an integer >= -1", param_hint="--limit")
     app = ctx.app
     actor = operator_actor()
