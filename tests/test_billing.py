@@ -852,3 +852,55 @@ def test_limit_overrides_unlimited_and_zero_are_kept_and_booleans_refused(bapi, 
         assert result.exit_code == 2, (bad, result.output)
     assert cli("tenants", "set-plan", "acme", "pro", "--limit", "requests_per_minute=-1").exit_code == 0
     assert entitlements_now(billing_app, tenant_id).requests_per_minute is None
+
+
+def test_report_usage_refuses_an_open_period_and_records_nothing_for_zero(
+    bapi, bclient, bconn, redis_client, cli, fake_stripe, billing_app
+):
+    from saas.billing import usage
+
+    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
+    current = usage.period_of()
+    usage.count_api_call(redis_client, tenant_id)
+    result = cli("billing", "report-usage", "--period", current)
+    assert result.exit_code == 2 and "not closed" in result.output
+    with pytest.raises(usage.PeriodNotClosed):
+        usage.report_usage(billing_app.extensions["saas.db"], redis_client,
+                           billing_app.extensions["saas.billing"], "2999-01")  # fmt: skip
+    assert fake_stripe.meter_events == []
+    # zero counted (e.g. the counter not there yet): nothing sent, nothing recorded ...
+    result = cli("billing", "report-usage", "--period", "2026-09")
+    assert result.exit_code == 0 and "1 without usage" in result.output, result.output
+    assert bconn.execute(text("SELECT count(*) FROM saas.billing_usage_reports")).scalar() == 0
+    # ... so the true count is still billed by a later run
+    redis_client.set("{t:" + tenant_id + "}:usage:2026-09", 42)  # the exact key the rate limiter writes
+    result = cli("billing", "report-usage", "--period", "2026-09")
+    assert result.exit_code == 0 and "1 reported" in result.output, result.output
+    assert [e["payload"]["value"] for e in fake_stripe.meter_events] == ["42"]
+
+
+def test_usage_counter_key_and_expiry(redis_client):
+    from saas.billing import usage
+
+    tenant_id = uuid.uuid4()
+    assert usage.usage_key(str(tenant_id).upper(), "2026-09") == f"{{t:{tenant_id}}}:usage:2026-09"
+    assert usage.count_api_call(redis_client, str(tenant_id).upper(), "2026-09") == 1
+    assert usage.count_api_call(redis_client, tenant_id, "2026-09") == 2
+    assert usage.read_usage(redis_client, str(tenant_id), "2026-09") == 2
+    expires = redis_client.expiretime(f"{{t:{tenant_id}}}:usage:2026-09")
+    assert expires == int((usage.period_end("2026-09") + usage.KEEP_AFTER_PERIOD).timestamp())
+    redis_client.set(usage.usage_key(tenant_id, "2026-08"), "garbage")
+    assert usage.read_usage(redis_client, tenant_id, "2026-08") is None
+
+
+def test_report_usage_whose_row_was_lost_is_recorded_not_failed(bapi, bclient, bconn, redis_client, cli,
+                                                               fake_stripe):  # fmt: skip
+    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
+    redis_client.set(usage_key(tenant_id, "2026-10"), 7)
+    assert cli("billing", "report-usage", "--period", "2026-10").exit_code == 0
+    bconn.execute(text("DELETE FROM saas.billing_usage_reports"))  # as if the commit never happened
+    fake_stripe.idempotent.clear()  # and more than 24 h later
+    result = cli("billing", "report-usage", "--period", "2026-10")
+    assert result.exit_code == 0 and "1 reported" in result.output, result.output
+    assert len(fake_stripe.meter_events) == 1
+    assert bconn.execute(text("SELECT quantity FROM saas.billing_usage_reports")).scalar() == 7
