@@ -904,3 +904,46 @@ def test_report_usage_whose_row_was_lost_is_recorded_not_failed(bapi, bclient, b
     assert result.exit_code == 0 and "1 reported" in result.output, result.output
     assert len(fake_stripe.meter_events) == 1
     assert bconn.execute(text("SELECT quantity FROM saas.billing_usage_reports")).scalar() == 7
+
+
+def test_replaying_processed_events_never_repeats_mail_or_audit(bapi, bclient, bconn, cli, fake_stripe):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe, status="trialing")
+    customer = fake_stripe.subscriptions[sub_id]["customer"]
+    trial = fake_stripe.event("customer.subscription.trial_will_end", fake_stripe.subscriptions[sub_id])
+    paid = fake_stripe.event("invoice.paid", {"id": "in_9", "object": "invoice", "customer": customer,
+                                              "amount_paid": 1200, "currency": "usd"})  # fmt: skip
+    fake_stripe.customers[customer]["email"] = "new@acme.test"
+    updated = fake_stripe.event("customer.updated", fake_stripe.customers[customer])
+    deleted = fake_stripe.event(
+        "customer.deleted", fake_stripe.customers[customer], created=updated["created"] + 1
+    )
+    for event in (trial, paid, updated, deleted):
+        assert deliver(bclient, event).status_code == 200
+        result = cli("billing", "replay", event["id"])
+        assert result.exit_code == 0 and "processed" in result.output, result.output
+    mails = bconn.execute(
+        text("SELECT payload FROM saas.outbox WHERE topic = 'mail.trial_will_end' AND tenant_id = :t"),
+        {"t": tenant_id},
+    ).all()
+    assert [m.payload["event_id"] for m in mails] == [trial["id"]]
+    actions = audit_actions(bconn, tenant_id)
+    for action in ("billing.trial_will_end", "billing.invoice_paid", "billing.customer_updated",
+                   "billing.customer_deleted"):  # fmt: skip
+        assert actions.count(action) == 1, (action, actions)
+
+
+def test_an_older_customer_updated_never_overwrites_a_newer_one(bapi, bclient, billing_app, fake_stripe):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe)
+    customer = dict(fake_stripe.customers[fake_stripe.subscriptions[sub_id]["customer"]])
+    now = int(time.time())
+    older = fake_stripe.event("customer.updated", {**customer, "email": "old@acme.test"}, created=now - 10)
+    newer = fake_stripe.event("customer.updated", {**customer, "email": "new@acme.test"}, created=now)
+    assert deliver(bclient, newer).status_code == 200
+    r = deliver(bclient, older)
+    assert r.status_code == 200 and r.get_json()["status"] == "processed"
+    assert account_of(billing_app, tenant_id).customer_email == "new@acme.test"
+    # the same second: order unknown, Stripe's current customer decides
+    fake_stripe.customers[customer["id"]]["email"] = "live@acme.test"
+    tie = fake_stripe.event("customer.updated", {**customer, "email": "stale@acme.test"}, created=now)
+    assert deliver(bclient, tie).status_code == 200
+    assert account_of(billing_app, tenant_id).customer_email == "live@acme.test"

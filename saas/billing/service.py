@@ -194,6 +194,7 @@ def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: s
     account.stripe_customer_id = customer.id
     account.customer_email = email
     account.customer_deleted_at = None
+    account.customer_event_created = None  # a new customer: its own event clock
     audit.record(
         session,
         "billing.customer_created",
