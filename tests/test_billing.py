@@ -598,21 +598,74 @@ def test_invite_beyond_seats_is_402_naming_the_plan(bapi, bclient, bconn):
     assert bconn.execute(text("SELECT count(*) FROM saas.users WHERE email = 'c@acme.test'")).scalar() == 0
 
 
-def test_joining_and_leaving_updates_quantity_with_proration(bapi, bclient, fake_stripe):
-    _, h, sub_id = subscribed(bapi, bclient, fake_stripe)
+def run_outbox(billing_app, bconn, topic: str = "billing.sync_seats") -> int:
+    """Deliver pending outbox messages of ``topic`` the way ``saas worker`` does; returns how many."""
+    from saas.billing.jobs import HANDLERS
+
+    rows = bconn.execute(
+        text("SELECT id, payload FROM saas.outbox WHERE topic = :t AND sent_at IS NULL ORDER BY id"),
+        {"t": topic},
+    ).all()
+    for row in rows:
+        HANDLERS[topic](billing_app, row.payload)
+        bconn.execute(text("UPDATE saas.outbox SET sent_at = now() WHERE id = :i"), {"i": row.id})
+    return len(rows)
+
+
+def test_joining_and_leaving_updates_quantity_with_proration(bapi, bclient, bconn, billing_app, fake_stripe):
+    tenant_id, h, sub_id = subscribed(bapi, bclient, fake_stripe)
     item_id = fake_stripe.subscriptions[sub_id]["items"]["data"][0]["id"]
     token = _invite(bclient, h, "b@acme.test").get_json()["invitation_token"]
-    assert fake_stripe.calls("POST", "/v1/subscription_items/") == []  # invited is not active yet
+    assert run_outbox(billing_app, bconn) == 0  # invited is not active yet
     accepted = bclient.post(
         "/api/v1/invitations/accept", json={"token": token, "password": "another good pass"}
     )
     assert accepted.status_code == 200
+    assert fake_stripe.calls("POST", "/v1/subscription_items/") == []  # never inside the request
+    assert run_outbox(billing_app, bconn) == 1
     assert fake_stripe.calls("POST", f"/v1/subscription_items/{item_id}") == [
         {"quantity": "2", "proration_behavior": "create_prorations"}
     ]
+    assert account_of(billing_app, tenant_id).quantity == 2
     user_id = accepted.get_json()["user"]["id"]
     assert bclient.delete(f"/api/v1/members/{user_id}", headers=h).status_code == 204
+    run_outbox(billing_app, bconn)
     assert fake_stripe.calls("POST", f"/v1/subscription_items/{item_id}")[-1]["quantity"] == "1"
+    assert "billing.seats_changed" in audit_actions(bconn, tenant_id)
+
+
+def test_seat_pushes_carry_the_count_when_sent_and_survive_a_stripe_outage(
+    bapi, bclient, bconn, billing_app, fake_stripe
+):
+    from saas.billing.jobs import HANDLERS
+
+    tenant_id, h, sub_id = subscribed(bapi, bclient, fake_stripe)
+    item_id = fake_stripe.subscriptions[sub_id]["items"]["data"][0]["id"]
+    for email in ("b@acme.test", "c@acme.test"):
+        token = _invite(bclient, h, email).get_json()["invitation_token"]
+        r = bclient.post("/api/v1/invitations/accept", json={"token": token, "password": "another good pass"})
+        assert r.status_code == 200
+    query = text("SELECT payload FROM saas.outbox WHERE topic = 'billing.sync_seats' ORDER BY id")
+    payloads = [r.payload for r in bconn.execute(query)]
+    assert payloads == [{"tenant_id": tenant_id}] * 2
+    fake_stripe.fail_paths["/v1/subscription_items/"] = 1
+    with pytest.raises(stripe.APIError):  # Stripe down: nothing changes, the worker retries
+        HANDLERS["billing.sync_seats"](billing_app, payloads[1])
+    assert account_of(billing_app, tenant_id).quantity == 1
+    for payload in reversed(payloads):  # any order, any number of times: the current count wins
+        HANDLERS["billing.sync_seats"](billing_app, payload)
+    pushes = fake_stripe.calls("POST", f"/v1/subscription_items/{item_id}")
+    assert [p["quantity"] for p in pushes] == ["3", "3"]  # the failed attempt, then one push
+    assert account_of(billing_app, tenant_id).quantity == 3
+
+
+def test_stripe_client_has_a_short_timeout(billing_app):
+    from saas.billing import service
+
+    client = billing_app.extensions["saas.billing"].client
+    http = client._requestor._client
+    assert http._timeout == service.STRIPE_TIMEOUT_SECONDS <= 10
+    assert client._requestor._options.max_network_retries == 2
 
 
 # --- operator: sync, replay, events, set-plan, usage ----------------------------------------------

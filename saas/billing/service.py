@@ -22,10 +22,10 @@ from typing import Any
 
 import stripe
 from flask import current_app
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from saas import audit
+from saas import audit, outbox
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
 from saas.db import utcnow
@@ -39,6 +39,12 @@ log = logging.getLogger("saas.billing")
 STRIPE_API_VERSION = "2026-10-28.endive"
 #: Who changes billing state when Stripe tells us (audit actor).
 STRIPE_ACTOR = audit.Actor("system", "stripe")
+#: Stripe HTTP timeout (seconds) per attempt, and retries (SDK default: 80 s, no retries): a
+#: request path waits at most about 3 x 10 s plus backoff for Stripe
+STRIPE_TIMEOUT_SECONDS = 10.0
+STRIPE_MAX_NETWORK_RETRIES = 2
+#: Outbox topic of a seat-quantity push (handler: :func:`saas.billing.jobs.sync_seats`)
+SYNC_SEATS_TOPIC = "billing.sync_seats"
 
 
 class BillingNotConfigured(ServiceUnavailable):
@@ -83,13 +89,16 @@ class Billing:
 
 
 def make_client(settings: Settings) -> stripe.StripeClient:
-    """A Stripe client pinned to :data:`STRIPE_API_VERSION`, talking to ``STRIPE_API_BASE``."""
+    """A Stripe client pinned to :data:`STRIPE_API_VERSION`, talking to ``STRIPE_API_BASE``,
+    with a :data:`STRIPE_TIMEOUT_SECONDS` timeout and :data:`STRIPE_MAX_NETWORK_RETRIES` retries
+    (the SDK retries with idempotency keys; https://docs.stripe.com/error-low-level)."""
     base = settings.stripe_api_base.rstrip("/")
     return stripe.StripeClient(
         settings.stripe_secret_key or "",
         stripe_version=STRIPE_API_VERSION,
         base_addresses={"api": base, "meter_events": base},
-        max_network_retries=2,
+        max_network_retries=STRIPE_MAX_NETWORK_RETRIES,
+        http_client=stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
     )
 
 
@@ -248,44 +257,25 @@ def check_seat_available(session: Session, tenant: Tenant) -> None:
 
 
 def members_changed(session: Session, tenant_id: uuid.UUID) -> None:
-    """A member became active or left: once the transaction commits, set the per-seat
-    subscription's quantity to the number of active members (Stripe prorates the change).
+    """A member became active or left: queue a seat-quantity push in the caller's transaction.
 
-    A failure is logged and left to ``saas billing sync`` (which repairs quantity drift).
+    Locks the tenant's billing account (serializing with webhooks and other member changes)
+    and, for a live per-seat subscription, enqueues the outbox message
+    ``billing.sync_seats`` ``{"tenant_id": "<uuid>"}``: it is delivered after commit, survives a
+    crash, and its handler (:func:`saas.billing.jobs.sync_seats`) reads the member count when it
+    sends, so pushes cannot reach Stripe out of order. No Stripe call happens in the request.
     """
-    handle = current_app.extensions.get("saas.billing")
-    if handle is None:
+    if current_app.extensions.get("saas.billing") is None:
         return
-    account = get_account(session, tenant_id)
+    account = get_account(session, tenant_id, lock=True)
     if (
         account is None
         or not account.subscription_item_id
         or account.status not in (ent.PAID_STATUSES | ent.GRACE_STATUSES)
+        or not ent.plan(account.plan).per_seat
     ):
         return
-    if not ent.plan(account.plan).per_seat:
-        return
-    session.flush()
-    quantity = max(seats_used(session, tenant_id), 1)
-    if quantity == account.quantity:
-        return
-    item = account.subscription_item_id
-    # optimistic: Stripe's customer.subscription.updated confirms it; `saas billing sync` repairs
-    # a failed push (it compares Stripe's quantity with the active members)
-    account.quantity = quantity
-    tenant = session.get(Tenant, tenant_id)
-    assert tenant is not None
-    audit.record(session, "billing.seats_changed", target_type="subscription",
-                 target_id=account.stripe_subscription_id, data={"quantity": quantity},
-                 schema=tenant.schema_name)  # fmt: skip
-
-    def push() -> None:
-        try:
-            update_quantity(handle, item, quantity)
-        except Exception:
-            log.warning("seat quantity update failed for tenant %s; run `saas billing sync`", tenant_id)
-
-    session.info.setdefault("billing_after_commit", []).append(push)
+    outbox.enqueue(session, SYNC_SEATS_TOPIC, {"tenant_id": str(tenant_id)}, tenant_id=tenant_id)
 
 
 def update_quantity(billing: Billing, item_id: str, quantity: int) -> None:
@@ -580,14 +570,3 @@ __all__ = [
     "sync_checkout",
     "sync_tenant",
 ]
-
-
-@event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
-    for callback in session.info.pop("billing_after_commit", ()):
-        callback()
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_after_rollback(session: Session) -> None:
-    session.info.pop("billing_after_commit", None)
