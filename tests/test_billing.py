@@ -1000,3 +1000,17 @@ def test_an_older_customer_updated_never_overwrites_a_newer_one(bapi, bclient, b
     tie = fake_stripe.event("customer.updated", {**customer, "email": "stale@acme.test"}, created=now)
     assert deliver(bclient, tie).status_code == 200
     assert account_of(billing_app, tenant_id).customer_email == "live@acme.test"
+
+
+def test_a_failed_checkout_keeps_the_new_customer_id(bapi, bclient, billing_app, fake_stripe):
+    signup = bapi.signup("acme")
+    h = bapi.auth(signup)
+    fake_stripe.fail_paths["/v1/checkout/sessions"] = 1
+    r = bclient.post("/api/v1/billing/checkout", json={"plan": "pro"}, headers=h)
+    assert r.status_code == 503 and r.get_json()["code"] == "stripe_unavailable"
+    (customer_id,) = fake_stripe.customers
+    assert account_of(billing_app, signup["tenant"]["id"]).stripe_customer_id == customer_id
+    fake_stripe.idempotent.clear()  # more than 24 h later: Stripe no longer replays the create
+    checkout(bclient, h)
+    assert list(fake_stripe.customers) == [customer_id]  # no duplicate customer
+    assert fake_stripe.sessions[next(iter(fake_stripe.sessions))]["customer"] == customer_id

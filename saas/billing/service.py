@@ -180,6 +180,12 @@ def ensure_account(session: Session, tenant_id: uuid.UUID) -> BillingAccount:
 def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: str | None) -> BillingAccount:
     """The tenant's account with a Stripe customer (created once: idempotency key per tenant).
 
+    A newly created customer's id is committed at once (``session.commit()``: the unit of work
+    so far, which must hold nothing else), so a later failure of the request (Checkout
+    refused, Stripe down) cannot roll it back: Stripe's idempotency key only lasts 24 hours, after
+    which a lost id would mean a duplicate customer. The account row is locked meanwhile, so
+    concurrent requests of one tenant create one customer. Call it before any other write.
+
     Raises:
         StripeUnavailable: Stripe refused or could not be reached.
     """
@@ -211,7 +217,7 @@ def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: s
         target_id=customer.id,
         schema=tenant.schema_name,
     )
-    session.flush()
+    session.commit()  # persist the customer id on its own (see above); the request goes on
     return account
 
 
