@@ -1014,3 +1014,21 @@ def test_a_failed_checkout_keeps_the_new_customer_id(bapi, bclient, billing_app,
     checkout(bclient, h)
     assert list(fake_stripe.customers) == [customer_id]  # no duplicate customer
     assert fake_stripe.sessions[next(iter(fake_stripe.sessions))]["customer"] == customer_id
+
+
+def test_grace_runs_from_stripes_invoice_time_and_a_late_sync_does_not_restart_it(
+    bapi, bclient, billing_app, cli, fake_stripe
+):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe)
+    failed_at = int(time.time()) - 5 * 86400  # the renewal failed 5 days ago; we hear of it now
+    invoice = fake_stripe.renewal_failed(sub_id, finalized_at=failed_at)
+    assert deliver(bclient, fake_stripe.event("invoice.payment_failed", invoice)).status_code == 200
+    account = account_of(billing_app, tenant_id)
+    assert account.status == "past_due" and int(account.past_due_since.timestamp()) == failed_at
+    assert int(account.grace_until.timestamp()) == failed_at + 7 * 86400  # 2 days left, not 7
+    assert cli("billing", "sync", "acme").exit_code == 0  # a late reconciliation
+    assert int(account_of(billing_app, tenant_id).grace_until.timestamp()) == failed_at + 7 * 86400
+    # the grace is over once Stripe's time says so, even though we saw past_due only now
+    fake_stripe.renewal_failed(sub_id, finalized_at=int(time.time()) - 8 * 86400)
+    assert cli("billing", "sync", "acme").exit_code == 0
+    assert entitlements_now(billing_app, tenant_id).read_only is True

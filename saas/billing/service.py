@@ -392,7 +392,8 @@ def sync_checkout(
     sub_id = checkout["subscription"]
     sub_id = sub_id if isinstance(sub_id, str) else sub_id["id"]
     subscription = _stripe_call(
-        "read the subscription", lambda: billing.client.v1.subscriptions.retrieve(sub_id)
+        "read the subscription",
+        lambda: billing.client.v1.subscriptions.retrieve(sub_id, params={"expand": SUBSCRIPTION_EXPAND}),
     )
     apply_subscription(session, billing, account, plain(subscription), source="checkout_sync", actor=None)
     return account
@@ -416,6 +417,24 @@ def plan_of_price(billing: Billing, price: Mapping[str, Any] | None) -> tuple[st
     return None, None
 
 
+def past_due_start(sub: Mapping[str, Any]) -> datetime | None:
+    """When the unpaid invoice behind a ``past_due`` subscription fell due, from Stripe's data:
+    the expanded ``latest_invoice``'s ``due_date`` (``send_invoice`` collection), else its
+    ``status_transitions.finalized_at`` (``charge_automatically``: the first charge is attempted
+    when the invoice is finalized), else its ``created``. None when the invoice is not expanded
+    or is not unpaid (https://docs.stripe.com/api/invoices/object).
+    """
+    invoice = sub.get("latest_invoice")
+    if not isinstance(invoice, Mapping) or invoice.get("status") not in ("open", "uncollectible"):
+        return None
+    transitions = invoice.get("status_transitions") or {}
+    return _ts(invoice.get("due_date") or transitions.get("finalized_at") or invoice.get("created"))
+
+
+#: expand the latest invoice when reading a subscription (for :func:`past_due_start`)
+SUBSCRIPTION_EXPAND = ["latest_invoice"]
+
+
 def apply_subscription(
     session: Session,
     billing: Billing,
@@ -429,7 +448,8 @@ def apply_subscription(
     """Make the tenant's state match a Stripe subscription object; returns whether it changed.
 
     Maps status to entitlements through :func:`saas.billing.entitlements.compute_entitlements`:
-    entering ``past_due`` starts the grace period (``BILLING_GRACE_DAYS``); leaving it ends it.
+    ``past_due``: the grace period (``BILLING_GRACE_DAYS``) runs from :func:`past_due_start`
+    (Stripe's time, so a late event or sync never restarts it); leaving ``past_due`` ends it.
     A terminal subscription other than the tenant's current one is ignored (one subscription per
     tenant; a stale second one never clobbers the live one). Audits ``billing.subscription_changed``
     and invalidates the entitlements cache.
@@ -466,9 +486,12 @@ def apply_subscription(
     account.cancel_at_period_end = bool(sub.get("cancel_at_period_end"))
     account.trial_end = _ts(sub.get("trial_end"))
     if status in ent.GRACE_STATUSES:
-        if account.past_due_since is None:
-            account.past_due_since = now
-            account.grace_until = now + billing.grace
+        # the grace period runs from when Stripe's unpaid invoice fell due, so a late webhook or
+        # sync never restarts it; our first sight of past_due only when Stripe's time is unknown
+        candidates = [t for t in (past_due_start(sub), account.past_due_since) if t is not None]
+        since = min(candidates) if candidates else now  # a second failed invoice never extends it
+        account.past_due_since = since
+        account.grace_until = since + billing.grace
     else:
         account.past_due_since = None
         account.grace_until = None
@@ -517,7 +540,7 @@ def sync_tenant(session: Session, billing: Billing, tenant: Tenant, *, actor: au
     subs = _stripe_call(
         "list subscriptions",
         lambda: billing.client.v1.subscriptions.list(
-            params={"customer": customer_id, "status": "all", "limit": 20}
+            params={"customer": customer_id, "status": "all", "limit": 20, "expand": ["data.latest_invoice"]}
         ),
     )
     candidates = [plain(s) for s in subs.data]

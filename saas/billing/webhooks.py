@@ -47,6 +47,7 @@ from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount, WebhookEvent
 from saas.billing.service import (
     STRIPE_ACTOR,
+    SUBSCRIPTION_EXPAND,
     Billing,
     account_for_customer,
     apply_subscription,
@@ -295,7 +296,9 @@ def _apply_live_subscription(
     created = int(event["created"])
     if not replay and _stale(account, sub_id, created):
         return "processed", account.tenant_id, "stale: a newer event was already applied"
-    subscription = plain(billing.client.v1.subscriptions.retrieve(sub_id))
+    subscription = plain(
+        billing.client.v1.subscriptions.retrieve(sub_id, params={"expand": SUBSCRIPTION_EXPAND})
+    )
     apply_subscription(session, billing, account, subscription, source=event["type"], event_id=event["id"])
     if account.stripe_subscription_id == sub_id:
         account.last_event_created = max(account.last_event_created or 0, created)
