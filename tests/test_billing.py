@@ -888,6 +888,9 @@ def test_non_utf8_body_with_a_fresh_timestamp_is_400_and_stores_nothing(bclient,
         r = bclient.post("/webhooks/stripe", data=body, content_type="application/json",
                          headers={"Stripe-Signature": header})  # fmt: skip
         assert r.status_code == 400 and r.get_json()["code"] == "invalid_signature"
+    r = bclient.post("/webhooks/stripe", data=b"{}", content_type="application/json",
+                     headers={"Stripe-Signature": f"t={int(time.time())},v1=\u00e4"})  # fmt: skip
+    assert r.status_code == 400 and r.get_json()["code"] == "invalid_signature"
     assert _events(bconn) == 0
 
 

@@ -99,6 +99,8 @@ def verify(billing: Billing, payload: bytes, header: str | None, now: float | No
     now = time.time() if now is None else now
     if not header:
         raise InvalidSignature("The Stripe-Signature header is missing.")
+    if not header.isascii():  # the library's compare_digest raises TypeError on non-ASCII (a 500)
+        raise InvalidSignature("The Stripe-Signature header is malformed.")
     try:
         timestamp = int(next(p.split("=", 1)[1] for p in header.split(",") if p.strip().startswith("t=")))
     except (StopIteration, ValueError, IndexError):
