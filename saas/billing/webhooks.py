@@ -125,7 +125,7 @@ def verify(billing: Billing, payload: bytes, header: str | None, now: float | No
         raise InvalidSignature("No signature matches a configured webhook secret.")
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidSignature("The body is not JSON.") from None
     if (
         not isinstance(data, dict)
