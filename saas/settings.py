@@ -7,6 +7,7 @@ Every value has an explicit converter; a missing or malformed value raises
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -198,9 +199,10 @@ _SECRET_WORDS = ("SECRET", "KEY", "PASSWORD", "TOKEN")
 
 
 def _redact(name: str, raw: str) -> str:
+    """What may be shown of a rejected value: nothing of a secret, no credentials of a URL."""
     if any(word in name for word in _SECRET_WORDS):
         return "***"
-    return raw
+    return re.sub(r"//[^/@\s]*@", "//***@", raw)
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))

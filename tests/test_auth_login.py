@@ -233,3 +233,18 @@ def test_jwks(client):
     keys = r.get_json()["keys"]
     assert keys and all(k["use"] == "sig" and k["kid"] and k["kty"] == "RSA" for k in keys)
     assert all("d" not in k for k in keys)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b'{"alg":"RS256","typ":1}', b'{"alg":"RS256","typ":null}', b"[" * 5000 + b"]" * 5000],
+)
+def test_hostile_token_headers_are_401_not_500(client, header):
+    token = _b64(header) + ".e30.c2ln"
+    assert_problem(client.get("/api/v1/me", headers=bearer(token)), 401)
+
+
+def test_junk_bearer_does_not_break_health_or_docs(client):
+    junk = {"Authorization": "Bearer junk"}
+    assert client.get("/healthz", headers=junk).status_code == 200
+    assert client.get("/openapi.json", headers=junk).status_code == 200

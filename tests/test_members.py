@@ -182,3 +182,11 @@ def test_concurrent_invitation_race_is_409(api, client, owner, monkeypatch):
     monkeypatch.undo()
     emails = [m["email"] for m in client.get("/api/v1/members", headers=api.auth(owner)).get_json()]
     assert emails.count("race@acme.test") == 1
+
+
+def test_an_invited_owner_is_never_the_last_owner(api, client, owner):
+    """The last-owner rule counts active owners only: a pending owner can be removed."""
+    h = api.auth(owner)
+    invited = _invite(client, h, email="pending-owner@acme.test", role="owner").get_json()
+    r = client.delete(f"/api/v1/members/{invited['user_id']}", headers=h)
+    assert r.status_code == 204, r.get_json()

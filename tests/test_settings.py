@@ -143,3 +143,12 @@ def test_database_errors_do_not_carry_bound_values(database_url):
         assert "'secret':" not in message and "parameters hidden" in message
     finally:
         db.dispose()
+
+
+def test_url_credentials_are_not_echoed():
+    with pytest.raises(SettingsError) as excinfo:
+        Settings.from_env({"SAAS_ENV": "test", "DATABASE_URL": "postgresq://app:S3cret@db/app"})
+    assert "S3cret" not in str(excinfo.value)
+    with pytest.raises(SettingsError) as excinfo:
+        Settings.from_env({"SAAS_ENV": "test", "REDIS_URL": "http://:hunter2@cache:6379/0"})
+    assert "hunter2" not in str(excinfo.value)

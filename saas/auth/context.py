@@ -58,8 +58,8 @@ def authenticate_request() -> None:
     Raises:
         Unauthorized: the token is present but invalid.
     """
-    if request.path.startswith(("/oauth/", "/.well-known/")):
-        return
+    if not request.path.startswith("/api/"):
+        return  # health, docs and OAuth endpoints authenticate (or not) on their own
     token = _bearer_token()
     if token is None:
         return

@@ -38,7 +38,7 @@ def _header(token: str) -> dict[str, Any] | None:
     try:
         raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return header if isinstance(header, dict) else None
 
@@ -99,7 +99,8 @@ class TokenService:
         alg = header.get("alg")
         if alg not in ALLOWED_ALGS:
             raise Unauthorized("The access token's algorithm is not accepted.")
-        if header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
             raise Unauthorized("The token is not an access token.")
         signing_key = self.keys.find(str(header.get("kid", "")))
         if signing_key is None or signing_key.alg != alg:

@@ -3,7 +3,6 @@ acting principal and plain values, raises domain errors and writes an audit even
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from saas import audit, outbox
 from saas.auth.context import Principal
-from saas.auth.service import find_user_by_email, revoke_user_sessions
+from saas.auth.service import find_user_by_email, revoke_user_sessions, token_hash
 from saas.billing import service as billing_service
 from saas.db import utcnow
 from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
@@ -48,6 +47,9 @@ def list_members(session: Session, tenant_id: uuid.UUID) -> list[Membership]:
 
 
 def _owner_count(session: Session, tenant_id: uuid.UUID) -> int:
+    """Active owners of the tenant, counted under a lock on the tenant row so two concurrent
+    demotions or removals cannot both pass the last-owner check."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
     return (
         session.scalar(
             select(func.count()).where(
@@ -56,6 +58,13 @@ def _owner_count(session: Session, tenant_id: uuid.UUID) -> int:
         )
         or 0
     )
+
+
+def _is_last_owner(session: Session, membership: Membership) -> bool:
+    """Whether ``membership`` is the tenant's only active owner (an invited owner never is)."""
+    if membership.role != "owner" or membership.status != "active":
+        return False
+    return _owner_count(session, membership.tenant_id) <= 1
 
 
 def _check_role(actor: Principal, role: str) -> None:
@@ -110,7 +119,7 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
     session.add(
         Invitation(
             membership_id=membership.id,
-            token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            token_hash=token_hash(token),
             created_by=actor.user_id,
             expires_at=utcnow() + timedelta(seconds=ttl_seconds),
         )
@@ -138,9 +147,7 @@ def accept_invitation(
         Unauthorized: ``invalid_credentials``, an existing account's password missing or wrong.
     """
     invitation = session.scalars(
-        select(Invitation)
-        .where(Invitation.token_hash == hashlib.sha256(token.encode()).hexdigest())
-        .with_for_update()
+        select(Invitation).where(Invitation.token_hash == token_hash(token)).with_for_update()
     ).first()
     if invitation is None or invitation.accepted_at is not None or invitation.expires_at <= utcnow():
         raise NotFound("This invitation is invalid or has expired.", code="invalid_invitation")
@@ -190,7 +197,7 @@ def change_role(session: Session, actor: Principal, user_id: uuid.UUID, role: st
     _check_role(actor, role)
     if not can_assign(actor.role or "", membership.role):
         raise Forbidden("You cannot change the role of a member above you.", code="role_not_assignable")
-    if membership.role == "owner" and role != "owner" and _owner_count(session, actor.tenant.id) <= 1:
+    if _is_last_owner(session, membership) and role != "owner":
         raise Conflict("The last owner cannot be demoted.", code="last_owner")
     old = membership.role
     membership.role = role
@@ -215,7 +222,7 @@ def remove_member(session: Session, actor: Principal, user_id: uuid.UUID) -> Non
             raise Forbidden("This action needs the 'members:manage' permission.", code="permission_denied")
         if not can_assign(actor.role or "", membership.role):
             raise Forbidden("You cannot remove a member above you.", code="role_not_assignable")
-    if membership.role == "owner" and _owner_count(session, actor.tenant.id) <= 1:
+    if _is_last_owner(session, membership):
         raise Conflict("The last owner cannot leave or be removed.", code="last_owner")
     session.delete(membership)
     billing_service.members_changed(session, actor.tenant.id)
