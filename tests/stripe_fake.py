@@ -66,6 +66,7 @@ class FakeStripe:
         self.sessions: dict[str, dict] = {}
         self.subscriptions: dict[str, dict] = {}
         self.items: dict[str, dict] = {}
+        self.invoices: dict[str, dict] = {}
         self.meter_events: list[dict] = []
         self.requests: list[tuple[str, str, dict, dict]] = []
         self.idempotent: dict[str, tuple[int, dict]] = {}
@@ -117,7 +118,7 @@ class FakeStripe:
     def reset(self) -> None:
         with self.lock:
             for store in (self.customers, self.sessions, self.subscriptions, self.items, self.idempotent,
-                          self.fail_paths):  # fmt: skip
+                          self.fail_paths, self.invoices):  # fmt: skip
                 store.clear()
             self.meter_events.clear()
             self.requests.clear()
@@ -165,11 +166,7 @@ class FakeStripe:
             ),
             ("POST", r"/v1/billing_portal/sessions", self._create_portal),
             ("GET", r"/v1/subscriptions", self._list_subscriptions),
-            (
-                "GET",
-                r"/v1/subscriptions/(?P<id>[^/]+)",
-                lambda p, id: self._get(self.subscriptions, id, "sub"),
-            ),
+            ("GET", r"/v1/subscriptions/(?P<id>[^/]+)", self._get_subscription),
             ("POST", r"/v1/subscriptions/(?P<id>[^/]+)", self._update_subscription),
             ("DELETE", r"/v1/subscriptions/(?P<id>[^/]+)", self._cancel_subscription),
             ("POST", r"/v1/subscription_items/(?P<id>[^/]+)", self._update_item),
@@ -234,7 +231,20 @@ class FakeStripe:
         if p.get("status", "all") != "all":
             data = [s for s in data if s["status"] == p["status"]]
         data.sort(key=lambda s: s["created"], reverse=True)
+        if "data.latest_invoice" in (p.get("expand") or []):
+            data = [self._expanded(s) for s in data]
         return 200, {"object": "list", "data": data, "has_more": False, "url": "/v1/subscriptions"}
+
+    def _get_subscription(self, p: dict, id: str) -> tuple[int, dict]:
+        status, sub = self._get(self.subscriptions, id, "sub")
+        if status == 200 and "latest_invoice" in (p.get("expand") or []):
+            sub = self._expanded(sub)
+        return status, sub
+
+    def _expanded(self, sub: dict) -> dict:
+        """``expand[]=latest_invoice``: the invoice object in place of its id."""
+        invoice = self.invoices.get(sub.get("latest_invoice") or "")
+        return {**sub, "latest_invoice": invoice} if invoice else sub
 
     def _update_subscription(self, p: dict, id: str) -> tuple[int, dict]:
         if id not in self.subscriptions:
@@ -309,7 +319,8 @@ class FakeStripe:
             "cancel_at_period_end": False, "cancel_at": None, "canceled_at": None, "ended_at": None,
             "collection_method": "charge_automatically", "currency": "usd", "livemode": False,
             "metadata": metadata or {}, "start_date": now, "trial_start": None,
-            "trial_end": now + 14 * 86400 if status == "trialing" else None, "latest_invoice": _id("in"),
+            "trial_end": now + 14 * 86400 if status == "trialing" else None,
+            "latest_invoice": self._invoice(customer, sub_id, now)["id"],
             "billing_cycle_anchor": now,
             "items": {"object": "list", "data": [item], "has_more": False,
                       "total_count": 1, "url": f"/v1/subscription_items?subscription={sub_id}"},
@@ -317,6 +328,29 @@ class FakeStripe:
         self.items[item["id"]] = item
         self.subscriptions[sub_id] = sub
         return sub
+
+    def _invoice(self, customer: str, sub_id: str, now: int, status: str = "paid") -> dict:
+        invoice = {
+            "id": _id("in"), "object": "invoice", "customer": customer, "status": status,
+            "collection_method": "charge_automatically", "created": now, "due_date": None,
+            "amount_due": 1200, "amount_paid": 1200 if status == "paid" else 0, "attempt_count": 1,
+            "currency": "usd", "livemode": False,
+            "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub_id}},
+            "status_transitions": {"finalized_at": now, "paid_at": now if status == "paid" else None,
+                                   "marked_uncollectible_at": None, "voided_at": None},
+        }  # fmt: skip
+        self.invoices[invoice["id"]] = invoice
+        return invoice
+
+    def renewal_failed(self, sub_id: str, finalized_at: int) -> dict:
+        """A renewal invoice finalized at ``finalized_at`` could not be charged: the subscription
+        is ``past_due`` with that open invoice as its latest."""
+        with self.lock:
+            sub = self.subscriptions[sub_id]
+            invoice = self._invoice(sub["customer"], sub_id, finalized_at, status="open")
+            invoice["attempt_count"] = 1
+            sub.update(status="past_due", latest_invoice=invoice["id"])
+            return json.loads(json.dumps(invoice))
 
     def complete_checkout(self, session_id: str, status: str = "active") -> dict:
         """The customer paid: the session completes and a subscription exists."""

@@ -598,21 +598,74 @@ def test_invite_beyond_seats_is_402_naming_the_plan(bapi, bclient, bconn):
     assert bconn.execute(text("SELECT count(*) FROM saas.users WHERE email = 'c@acme.test'")).scalar() == 0
 
 
-def test_joining_and_leaving_updates_quantity_with_proration(bapi, bclient, fake_stripe):
-    _, h, sub_id = subscribed(bapi, bclient, fake_stripe)
+def run_outbox(billing_app, bconn, topic: str = "billing.sync_seats") -> int:
+    """Deliver pending outbox messages of ``topic`` the way ``saas worker`` does; returns how many."""
+    from saas.billing.jobs import HANDLERS
+
+    rows = bconn.execute(
+        text("SELECT id, payload FROM saas.outbox WHERE topic = :t AND sent_at IS NULL ORDER BY id"),
+        {"t": topic},
+    ).all()
+    for row in rows:
+        HANDLERS[topic](billing_app, row.payload)
+        bconn.execute(text("UPDATE saas.outbox SET sent_at = now() WHERE id = :i"), {"i": row.id})
+    return len(rows)
+
+
+def test_joining_and_leaving_updates_quantity_with_proration(bapi, bclient, bconn, billing_app, fake_stripe):
+    tenant_id, h, sub_id = subscribed(bapi, bclient, fake_stripe)
     item_id = fake_stripe.subscriptions[sub_id]["items"]["data"][0]["id"]
     token = _invite(bclient, h, "b@acme.test").get_json()["invitation_token"]
-    assert fake_stripe.calls("POST", "/v1/subscription_items/") == []  # invited is not active yet
+    assert run_outbox(billing_app, bconn) == 0  # invited is not active yet
     accepted = bclient.post(
         "/api/v1/invitations/accept", json={"token": token, "password": "another good pass"}
     )
     assert accepted.status_code == 200
+    assert fake_stripe.calls("POST", "/v1/subscription_items/") == []  # never inside the request
+    assert run_outbox(billing_app, bconn) == 1
     assert fake_stripe.calls("POST", f"/v1/subscription_items/{item_id}") == [
         {"quantity": "2", "proration_behavior": "create_prorations"}
     ]
+    assert account_of(billing_app, tenant_id).quantity == 2
     user_id = accepted.get_json()["user"]["id"]
     assert bclient.delete(f"/api/v1/members/{user_id}", headers=h).status_code == 204
+    run_outbox(billing_app, bconn)
     assert fake_stripe.calls("POST", f"/v1/subscription_items/{item_id}")[-1]["quantity"] == "1"
+    assert "billing.seats_changed" in audit_actions(bconn, tenant_id)
+
+
+def test_seat_pushes_carry_the_count_when_sent_and_survive_a_stripe_outage(
+    bapi, bclient, bconn, billing_app, fake_stripe
+):
+    from saas.billing.jobs import HANDLERS
+
+    tenant_id, h, sub_id = subscribed(bapi, bclient, fake_stripe)
+    item_id = fake_stripe.subscriptions[sub_id]["items"]["data"][0]["id"]
+    for email in ("b@acme.test", "c@acme.test"):
+        token = _invite(bclient, h, email).get_json()["invitation_token"]
+        r = bclient.post("/api/v1/invitations/accept", json={"token": token, "password": "another good pass"})
+        assert r.status_code == 200
+    query = text("SELECT payload FROM saas.outbox WHERE topic = 'billing.sync_seats' ORDER BY id")
+    payloads = [r.payload for r in bconn.execute(query)]
+    assert payloads == [{"tenant_id": tenant_id}] * 2
+    fake_stripe.fail_paths["/v1/subscription_items/"] = 1
+    with pytest.raises(stripe.APIError):  # Stripe down: nothing changes, the worker retries
+        HANDLERS["billing.sync_seats"](billing_app, payloads[1])
+    assert account_of(billing_app, tenant_id).quantity == 1
+    for payload in reversed(payloads):  # any order, any number of times: the current count wins
+        HANDLERS["billing.sync_seats"](billing_app, payload)
+    pushes = fake_stripe.calls("POST", f"/v1/subscription_items/{item_id}")
+    assert [p["quantity"] for p in pushes] == ["3", "3"]  # the failed attempt, then one push
+    assert account_of(billing_app, tenant_id).quantity == 3
+
+
+def test_stripe_client_has_a_short_timeout(billing_app):
+    from saas.billing import service
+
+    client = billing_app.extensions["saas.billing"].client
+    http = client._requestor._client
+    assert http._timeout == service.STRIPE_TIMEOUT_SECONDS <= 10
+    assert client._requestor._options.max_network_retries == 2
 
 
 # --- operator: sync, replay, events, set-plan, usage ----------------------------------------------
@@ -824,3 +877,161 @@ def test_a_stale_reader_cannot_refill_the_cache_after_an_invalidation(billing_ap
         assert redis_client.get(ent.cache_key(tenant_id)) is None
         ent._cache_if_generation(redis_client, tenant_id, old, b"0")  # the stale reader
         assert redis_client.get(ent.cache_key(tenant_id)) is None
+
+
+# --- review fixes (issue #4 review) ---------------------------------------------------------------
+
+
+def test_non_utf8_body_with_a_fresh_timestamp_is_400_and_stores_nothing(bclient, bconn):
+    header = f"t={int(time.time())},v1={'0' * 64}"
+    for body in (b"\xff\xfe{}", b'{"id": "evt_\xc3"}'):
+        r = bclient.post("/webhooks/stripe", data=body, content_type="application/json",
+                         headers={"Stripe-Signature": header})  # fmt: skip
+        assert r.status_code == 400 and r.get_json()["code"] == "invalid_signature"
+    r = bclient.post("/webhooks/stripe", data=b"{}", content_type="application/json",
+                     headers={"Stripe-Signature": f"t={int(time.time())},v1=\u00e4"})  # fmt: skip
+    assert r.status_code == 400 and r.get_json()["code"] == "invalid_signature"
+    assert _events(bconn) == 0
+
+
+def test_limit_overrides_unlimited_and_zero_are_kept_and_booleans_refused(bapi, cli, billing_app):
+    state = ent.BillingState("pro", "active", override_limits={"requests_per_minute": -1, "seats": 0})
+    e = ent.compute_entitlements("free", state)
+    assert e.requests_per_minute is None and e.seats == 0  # unlimited, and zero, not the plan's 600
+    e = ent.compute_entitlements("free", ent.BillingState(override_limits={"requests_per_minute": 0}))
+    assert e.requests_per_minute == 0
+    e = ent.compute_entitlements("free", ent.BillingState(override_limits={"seats": True}))
+    assert e.seats == 3  # a stored boolean is not a limit: the plan's applies
+    tenant_id = bapi.signup("acme")["tenant"]["id"]
+    for bad in ("seats=true", "seats=false", "requests_per_minute=-2", "seats=1.5", "seats=ten"):
+        result = cli("tenants", "set-plan", "acme", "pro", "--limit", bad)
+        assert result.exit_code == 2, (bad, result.output)
+    assert cli("tenants", "set-plan", "acme", "pro", "--limit", "requests_per_minute=-1").exit_code == 0
+    assert entitlements_now(billing_app, tenant_id).requests_per_minute is None
+
+
+def test_report_usage_refuses_an_open_period_and_records_nothing_for_zero(
+    bapi, bclient, bconn, redis_client, cli, fake_stripe, billing_app
+):
+    from saas.billing import usage
+
+    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
+    current = usage.period_of()
+    usage.count_api_call(redis_client, tenant_id)
+    result = cli("billing", "report-usage", "--period", current)
+    assert result.exit_code == 2 and "not closed" in result.output
+    with pytest.raises(usage.PeriodNotClosed):
+        usage.report_usage(billing_app.extensions["saas.db"], redis_client,
+                           billing_app.extensions["saas.billing"], "2999-01")  # fmt: skip
+    assert fake_stripe.meter_events == []
+    # zero counted (e.g. the counter not there yet): nothing sent, nothing recorded ...
+    result = cli("billing", "report-usage", "--period", "2026-09")
+    assert result.exit_code == 0 and "1 without usage" in result.output, result.output
+    assert bconn.execute(text("SELECT count(*) FROM saas.billing_usage_reports")).scalar() == 0
+    # ... so the true count is still billed by a later run
+    redis_client.set("{t:" + tenant_id + "}:usage:2026-09", 42)  # the exact key the rate limiter writes
+    result = cli("billing", "report-usage", "--period", "2026-09")
+    assert result.exit_code == 0 and "1 reported" in result.output, result.output
+    assert [e["payload"]["value"] for e in fake_stripe.meter_events] == ["42"]
+
+
+def test_usage_counter_key_and_expiry(redis_client):
+    from saas.billing import usage
+
+    tenant_id = uuid.uuid4()
+    assert usage.usage_key(str(tenant_id).upper(), "2026-09") == f"{{t:{tenant_id}}}:usage:2026-09"
+    assert usage.count_api_call(redis_client, str(tenant_id).upper(), "2026-09") == 1
+    assert usage.count_api_call(redis_client, tenant_id, "2026-09") == 2
+    assert usage.read_usage(redis_client, str(tenant_id), "2026-09") == 2
+    expires = redis_client.expiretime(f"{{t:{tenant_id}}}:usage:2026-09")
+    assert expires == int((usage.period_end("2026-09") + usage.KEEP_AFTER_PERIOD).timestamp())
+    redis_client.set(usage.usage_key(tenant_id, "2026-08"), "garbage")
+    assert usage.read_usage(redis_client, tenant_id, "2026-08") is None
+
+
+def test_report_usage_whose_row_was_lost_is_recorded_not_failed(bapi, bclient, bconn, redis_client, cli,
+                                                               fake_stripe):  # fmt: skip
+    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
+    redis_client.set(usage_key(tenant_id, "2026-10"), 7)
+    assert cli("billing", "report-usage", "--period", "2026-10").exit_code == 0
+    bconn.execute(text("DELETE FROM saas.billing_usage_reports"))  # as if the commit never happened
+    fake_stripe.idempotent.clear()  # and more than 24 h later
+    result = cli("billing", "report-usage", "--period", "2026-10")
+    assert result.exit_code == 0 and "1 reported" in result.output, result.output
+    assert len(fake_stripe.meter_events) == 1
+    assert bconn.execute(text("SELECT quantity FROM saas.billing_usage_reports")).scalar() == 7
+
+
+def test_replaying_processed_events_never_repeats_mail_or_audit(bapi, bclient, bconn, cli, fake_stripe):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe, status="trialing")
+    customer = fake_stripe.subscriptions[sub_id]["customer"]
+    trial = fake_stripe.event("customer.subscription.trial_will_end", fake_stripe.subscriptions[sub_id])
+    paid = fake_stripe.event("invoice.paid", {"id": "in_9", "object": "invoice", "customer": customer,
+                                              "amount_paid": 1200, "currency": "usd"})  # fmt: skip
+    fake_stripe.customers[customer]["email"] = "new@acme.test"
+    updated = fake_stripe.event("customer.updated", fake_stripe.customers[customer])
+    deleted = fake_stripe.event(
+        "customer.deleted", fake_stripe.customers[customer], created=updated["created"] + 1
+    )
+    for event in (trial, paid, updated, deleted):
+        assert deliver(bclient, event).status_code == 200
+        result = cli("billing", "replay", event["id"])
+        assert result.exit_code == 0 and "processed" in result.output, result.output
+    mails = bconn.execute(
+        text("SELECT payload FROM saas.outbox WHERE topic = 'mail.trial_will_end' AND tenant_id = :t"),
+        {"t": tenant_id},
+    ).all()
+    assert [m.payload["event_id"] for m in mails] == [trial["id"]]
+    actions = audit_actions(bconn, tenant_id)
+    for action in ("billing.trial_will_end", "billing.invoice_paid", "billing.customer_updated",
+                   "billing.customer_deleted"):  # fmt: skip
+        assert actions.count(action) == 1, (action, actions)
+
+
+def test_an_older_customer_updated_never_overwrites_a_newer_one(bapi, bclient, billing_app, fake_stripe):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe)
+    customer = dict(fake_stripe.customers[fake_stripe.subscriptions[sub_id]["customer"]])
+    now = int(time.time())
+    older = fake_stripe.event("customer.updated", {**customer, "email": "old@acme.test"}, created=now - 10)
+    newer = fake_stripe.event("customer.updated", {**customer, "email": "new@acme.test"}, created=now)
+    assert deliver(bclient, newer).status_code == 200
+    r = deliver(bclient, older)
+    assert r.status_code == 200 and r.get_json()["status"] == "processed"
+    assert account_of(billing_app, tenant_id).customer_email == "new@acme.test"
+    # the same second: order unknown, Stripe's current customer decides
+    fake_stripe.customers[customer["id"]]["email"] = "live@acme.test"
+    tie = fake_stripe.event("customer.updated", {**customer, "email": "stale@acme.test"}, created=now)
+    assert deliver(bclient, tie).status_code == 200
+    assert account_of(billing_app, tenant_id).customer_email == "live@acme.test"
+
+
+def test_a_failed_checkout_keeps_the_new_customer_id(bapi, bclient, billing_app, fake_stripe):
+    signup = bapi.signup("acme")
+    h = bapi.auth(signup)
+    fake_stripe.fail_paths["/v1/checkout/sessions"] = 1
+    r = bclient.post("/api/v1/billing/checkout", json={"plan": "pro"}, headers=h)
+    assert r.status_code == 503 and r.get_json()["code"] == "stripe_unavailable"
+    (customer_id,) = fake_stripe.customers
+    assert account_of(billing_app, signup["tenant"]["id"]).stripe_customer_id == customer_id
+    fake_stripe.idempotent.clear()  # more than 24 h later: Stripe no longer replays the create
+    checkout(bclient, h)
+    assert list(fake_stripe.customers) == [customer_id]  # no duplicate customer
+    assert fake_stripe.sessions[next(iter(fake_stripe.sessions))]["customer"] == customer_id
+
+
+def test_grace_runs_from_stripes_invoice_time_and_a_late_sync_does_not_restart_it(
+    bapi, bclient, billing_app, cli, fake_stripe
+):
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe)
+    failed_at = int(time.time()) - 5 * 86400  # the renewal failed 5 days ago; we hear of it now
+    invoice = fake_stripe.renewal_failed(sub_id, finalized_at=failed_at)
+    assert deliver(bclient, fake_stripe.event("invoice.payment_failed", invoice)).status_code == 200
+    account = account_of(billing_app, tenant_id)
+    assert account.status == "past_due" and int(account.past_due_since.timestamp()) == failed_at
+    assert int(account.grace_until.timestamp()) == failed_at + 7 * 86400  # 2 days left, not 7
+    assert cli("billing", "sync", "acme").exit_code == 0  # a late reconciliation
+    assert int(account_of(billing_app, tenant_id).grace_until.timestamp()) == failed_at + 7 * 86400
+    # the grace is over once Stripe's time says so, even though we saw past_due only now
+    fake_stripe.renewal_failed(sub_id, finalized_at=int(time.time()) - 8 * 86400)
+    assert cli("billing", "sync", "acme").exit_code == 0
+    assert entitlements_now(billing_app, tenant_id).read_only is True

@@ -213,10 +213,13 @@ def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> No
         if tenant:
             with ctx.database.transaction() as session:
                 ids = [_find_tenant(session, tenant).id]
-        run = usage.report_usage(ctx.database, app.extensions["saas.redis"], handle, period, ids)
+        try:
+            run = usage.report_usage(ctx.database, app.extensions["saas.redis"], handle, period, ids)
+        except usage.PeriodNotClosed as exc:
+            raise click.BadParameter(str(exc), param_hint="--period") from None
     click.echo(
         f"period {run.period}: {len(run.sent)} reported, {len(run.already_reported)} already reported, "
-        f"{len(run.failed)} failed"
+        f"{len(run.empty)} without usage, {len(run.failed)} failed"
     )
     for tenant_id, error in run.failed.items():
         click.echo(f"failed {tenant_id}: {error}", err=True)
@@ -253,7 +256,7 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
             parsed[key] = json.loads(raw)
         except ValueError:
             parsed[key] = raw
-        if key in ent.LIMIT_KEYS and (not isinstance(parsed[key], int) or parsed[key] < -1):
+        if key in ent.LIMIT_KEYS and not ent.valid_limit(parsed[key]):
             raise click.BadParameter(f"{key}: expected an integer >= -1", param_hint="--limit")
     app = ctx.app
     actor = operator_actor()

@@ -59,7 +59,8 @@ class Entitlements:
 
     plan: str
     seats: int | None
-    requests_per_minute: int
+    #: None: unlimited (operator override -1); 0: no API requests at all (override 0)
+    requests_per_minute: int | None
     monthly_api_calls: int | None
     features: Mapping[str, Any]
     read_only: bool = False
@@ -73,6 +74,12 @@ class Entitlements:
             "features": dict(self.features),
             "read_only": self.read_only,
         }
+
+
+def valid_limit(value: Any) -> bool:
+    """A limit as stored or overridden: an integer >= -1 (-1: unlimited); a boolean is not one
+    (``True`` is an ``int`` in Python, so ``seats=true`` must be refused explicitly)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= -1
 
 
 def _limit(plan_id: str, key: str, raw: Any, required: bool = True) -> int | None:
@@ -241,13 +248,16 @@ def compute_entitlements(
     features = dict(p.features)
     for key, value in (state.override_limits or {}).items():
         if key in LIMIT_KEYS:
-            limits[key] = None if value == -1 else value
+            if not valid_limit(value):
+                log.warning("ignoring invalid override %s=%r", key, value)
+                continue
+            limits[key] = None if value == -1 else value  # -1: unlimited; 0 is a real limit
         else:
             features[key] = value
     return Entitlements(
         p.id,
         limits["seats"],
-        limits["requests_per_minute"] or p.requests_per_minute,
+        limits["requests_per_minute"],
         limits["monthly_api_calls"],
         features,
         read_only=bool(read_only),

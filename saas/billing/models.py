@@ -46,6 +46,8 @@ class BillingAccount(SharedBase):
     grace_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_event_created: Mapped[int | None] = mapped_column(BigInteger)  # unix seconds (Stripe clock)
     last_event_id: Mapped[str | None] = mapped_column(String(255))
+    #: ``created`` of the newest ``customer.updated|deleted`` applied (unix seconds, Stripe clock)
+    customer_event_created: Mapped[int | None] = mapped_column(BigInteger)
     synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -22,10 +22,10 @@ from typing import Any
 
 import stripe
 from flask import current_app
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from saas import audit
+from saas import audit, outbox
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
 from saas.db import utcnow
@@ -39,6 +39,12 @@ log = logging.getLogger("saas.billing")
 STRIPE_API_VERSION = "2026-10-28.endive"
 #: Who changes billing state when Stripe tells us (audit actor).
 STRIPE_ACTOR = audit.Actor("system", "stripe")
+#: Stripe HTTP timeout (seconds) per attempt, and retries (SDK default: 80 s, no retries): a
+#: request path waits at most about 3 x 10 s plus backoff for Stripe
+STRIPE_TIMEOUT_SECONDS = 10.0
+STRIPE_MAX_NETWORK_RETRIES = 2
+#: Outbox topic of a seat-quantity push (handler: :func:`saas.billing.jobs.sync_seats`)
+SYNC_SEATS_TOPIC = "billing.sync_seats"
 
 
 class BillingNotConfigured(ServiceUnavailable):
@@ -83,13 +89,16 @@ class Billing:
 
 
 def make_client(settings: Settings) -> stripe.StripeClient:
-    """A Stripe client pinned to :data:`STRIPE_API_VERSION`, talking to ``STRIPE_API_BASE``."""
+    """A Stripe client pinned to :data:`STRIPE_API_VERSION`, talking to ``STRIPE_API_BASE``,
+    with a :data:`STRIPE_TIMEOUT_SECONDS` timeout and :data:`STRIPE_MAX_NETWORK_RETRIES` retries
+    (the SDK retries with idempotency keys; https://docs.stripe.com/error-low-level)."""
     base = settings.stripe_api_base.rstrip("/")
     return stripe.StripeClient(
         settings.stripe_secret_key or "",
         stripe_version=STRIPE_API_VERSION,
         base_addresses={"api": base, "meter_events": base},
-        max_network_retries=2,
+        max_network_retries=STRIPE_MAX_NETWORK_RETRIES,
+        http_client=stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
     )
 
 
@@ -171,6 +180,12 @@ def ensure_account(session: Session, tenant_id: uuid.UUID) -> BillingAccount:
 def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: str | None) -> BillingAccount:
     """The tenant's account with a Stripe customer (created once: idempotency key per tenant).
 
+    A newly created customer's id is committed at once (``session.commit()``: the unit of work
+    so far, which must hold nothing else), so a later failure of the request (Checkout
+    refused, Stripe down) cannot roll it back: Stripe's idempotency key only lasts 24 hours, after
+    which a lost id would mean a duplicate customer. The account row is locked meanwhile, so
+    concurrent requests of one tenant create one customer. Call it before any other write.
+
     Raises:
         StripeUnavailable: Stripe refused or could not be reached.
     """
@@ -194,6 +209,7 @@ def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: s
     account.stripe_customer_id = customer.id
     account.customer_email = email
     account.customer_deleted_at = None
+    account.customer_event_created = None  # a new customer: its own event clock
     audit.record(
         session,
         "billing.customer_created",
@@ -201,7 +217,7 @@ def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: s
         target_id=customer.id,
         schema=tenant.schema_name,
     )
-    session.flush()
+    session.commit()  # persist the customer id on its own (see above); the request goes on
     return account
 
 
@@ -247,44 +263,25 @@ def check_seat_available(session: Session, tenant: Tenant) -> None:
 
 
 def members_changed(session: Session, tenant_id: uuid.UUID) -> None:
-    """A member became active or left: once the transaction commits, set the per-seat
-    subscription's quantity to the number of active members (Stripe prorates the change).
+    """A member became active or left: queue a seat-quantity push in the caller's transaction.
 
-    A failure is logged and left to ``saas billing sync`` (which repairs quantity drift).
+    Locks the tenant's billing account (serializing with webhooks and other member changes)
+    and, for a live per-seat subscription, enqueues the outbox message
+    ``billing.sync_seats`` ``{"tenant_id": "<uuid>"}``: it is delivered after commit, survives a
+    crash, and its handler (:func:`saas.billing.jobs.sync_seats`) reads the member count when it
+    sends, so pushes cannot reach Stripe out of order. No Stripe call happens in the request.
     """
-    handle = current_app.extensions.get("saas.billing")
-    if handle is None:
+    if current_app.extensions.get("saas.billing") is None:
         return
-    account = get_account(session, tenant_id)
+    account = get_account(session, tenant_id, lock=True)
     if (
         account is None
         or not account.subscription_item_id
         or account.status not in (ent.PAID_STATUSES | ent.GRACE_STATUSES)
+        or not ent.plan(account.plan).per_seat
     ):
         return
-    if not ent.plan(account.plan).per_seat:
-        return
-    session.flush()
-    quantity = max(seats_used(session, tenant_id), 1)
-    if quantity == account.quantity:
-        return
-    item = account.subscription_item_id
-    # optimistic: Stripe's customer.subscription.updated confirms it; `saas billing sync` repairs
-    # a failed push (it compares Stripe's quantity with the active members)
-    account.quantity = quantity
-    tenant = session.get(Tenant, tenant_id)
-    assert tenant is not None
-    audit.record(session, "billing.seats_changed", target_type="subscription",
-                 target_id=account.stripe_subscription_id, data={"quantity": quantity},
-                 schema=tenant.schema_name)  # fmt: skip
-
-    def push() -> None:
-        try:
-            update_quantity(handle, item, quantity)
-        except Exception:
-            log.warning("seat quantity update failed for tenant %s; run `saas billing sync`", tenant_id)
-
-    session.info.setdefault("billing_after_commit", []).append(push)
+    outbox.enqueue(session, SYNC_SEATS_TOPIC, {"tenant_id": str(tenant_id)}, tenant_id=tenant_id)
 
 
 def update_quantity(billing: Billing, item_id: str, quantity: int) -> None:
@@ -395,7 +392,8 @@ def sync_checkout(
     sub_id = checkout["subscription"]
     sub_id = sub_id if isinstance(sub_id, str) else sub_id["id"]
     subscription = _stripe_call(
-        "read the subscription", lambda: billing.client.v1.subscriptions.retrieve(sub_id)
+        "read the subscription",
+        lambda: billing.client.v1.subscriptions.retrieve(sub_id, params={"expand": SUBSCRIPTION_EXPAND}),
     )
     apply_subscription(session, billing, account, plain(subscription), source="checkout_sync", actor=None)
     return account
@@ -419,6 +417,24 @@ def plan_of_price(billing: Billing, price: Mapping[str, Any] | None) -> tuple[st
     return None, None
 
 
+def past_due_start(sub: Mapping[str, Any]) -> datetime | None:
+    """When the unpaid invoice behind a ``past_due`` subscription fell due, from Stripe's data:
+    the expanded ``latest_invoice``'s ``due_date`` (``send_invoice`` collection), else its
+    ``status_transitions.finalized_at`` (``charge_automatically``: the first charge is attempted
+    when the invoice is finalized), else its ``created``. None when the invoice is not expanded
+    or is not unpaid (https://docs.stripe.com/api/invoices/object).
+    """
+    invoice = sub.get("latest_invoice")
+    if not isinstance(invoice, Mapping) or invoice.get("status") not in ("open", "uncollectible"):
+        return None
+    transitions = invoice.get("status_transitions") or {}
+    return _ts(invoice.get("due_date") or transitions.get("finalized_at") or invoice.get("created"))
+
+
+#: expand the latest invoice when reading a subscription (for :func:`past_due_start`)
+SUBSCRIPTION_EXPAND = ["latest_invoice"]
+
+
 def apply_subscription(
     session: Session,
     billing: Billing,
@@ -432,7 +448,8 @@ def apply_subscription(
     """Make the tenant's state match a Stripe subscription object; returns whether it changed.
 
     Maps status to entitlements through :func:`saas.billing.entitlements.compute_entitlements`:
-    entering ``past_due`` starts the grace period (``BILLING_GRACE_DAYS``); leaving it ends it.
+    ``past_due``: the grace period (``BILLING_GRACE_DAYS``) runs from :func:`past_due_start`
+    (Stripe's time, so a late event or sync never restarts it); leaving ``past_due`` ends it.
     A terminal subscription other than the tenant's current one is ignored (one subscription per
     tenant; a stale second one never clobbers the live one). Audits ``billing.subscription_changed``
     and invalidates the entitlements cache.
@@ -469,9 +486,12 @@ def apply_subscription(
     account.cancel_at_period_end = bool(sub.get("cancel_at_period_end"))
     account.trial_end = _ts(sub.get("trial_end"))
     if status in ent.GRACE_STATUSES:
-        if account.past_due_since is None:
-            account.past_due_since = now
-            account.grace_until = now + billing.grace
+        # the grace period runs from when Stripe's unpaid invoice fell due, so a late webhook or
+        # sync never restarts it; our first sight of past_due only when Stripe's time is unknown
+        candidates = [t for t in (past_due_start(sub), account.past_due_since) if t is not None]
+        since = min(candidates) if candidates else now  # a second failed invoice never extends it
+        account.past_due_since = since
+        account.grace_until = since + billing.grace
     else:
         account.past_due_since = None
         account.grace_until = None
@@ -520,7 +540,7 @@ def sync_tenant(session: Session, billing: Billing, tenant: Tenant, *, actor: au
     subs = _stripe_call(
         "list subscriptions",
         lambda: billing.client.v1.subscriptions.list(
-            params={"customer": customer_id, "status": "all", "limit": 20}
+            params={"customer": customer_id, "status": "all", "limit": 20, "expand": ["data.latest_invoice"]}
         ),
     )
     candidates = [plain(s) for s in subs.data]
@@ -579,14 +599,3 @@ __all__ = [
     "sync_checkout",
     "sync_tenant",
 ]
-
-
-@event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
-    for callback in session.info.pop("billing_after_commit", ()):
-        callback()
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_after_rollback(session: Session) -> None:
-    session.info.pop("billing_after_commit", None)

@@ -6,7 +6,15 @@ API call)::
     {t:<tenant_id>}:usage:<period>        period = "YYYY-MM" (UTC calendar month)
 
 The ``{t:...}`` hash tag keeps every key of a tenant in one Redis Cluster slot and puts the
-tenant in the key by construction (invariant 8). :func:`read_usage` is the only reader.
+tenant in the key by construction (invariant 8); the id is the canonical lowercase, hyphenated
+UUID. :func:`count_api_call` (increment) and :func:`read_usage` (read) are the documented pair:
+any other incrementer must use :func:`usage_key` and keep the key until the period has been
+reported (:func:`count_api_call` sets it to expire :data:`KEEP_AFTER_PERIOD` after the period
+ends, never earlier).
+
+Only a closed period is reported: one that ended at least :data:`SETTLE_SECONDS` ago, so calls
+counted in its last moments are in. A zero or unreadable count records nothing (no
+``billing_usage_reports`` row, no meter event), so a later run can still bill the true count.
 
 :func:`report_usage` sends one Stripe Billing Meter event per tenant and closed period
 (https://docs.stripe.com/api/billing/meter-event/create) with ``identifier`` =
@@ -20,9 +28,10 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import stripe
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
@@ -31,6 +40,16 @@ from saas.billing.service import Billing
 from saas.db import Database, utcnow
 
 log = logging.getLogger("saas.billing.usage")
+
+#: a period is closed (reportable) this long after its end: late increments have landed
+SETTLE_SECONDS = 300
+#: a usage counter lives this long after its period ends (reporting must happen before; Stripe
+#: accepts meter events up to 35 days back)
+KEEP_AFTER_PERIOD = timedelta(days=62)
+
+
+class PeriodNotClosed(ValueError):
+    """The period has not ended yet (or ended less than :data:`SETTLE_SECONDS` ago)."""
 
 
 def period_of(moment: datetime | None = None) -> str:
@@ -52,27 +71,47 @@ def period_end(period: str) -> datetime:
 
 
 def usage_key(tenant_id: uuid.UUID | str, period: str) -> str:
-    """The Redis key counting ``tenant_id``'s API calls in ``period``: ``{t:<id>}:usage:<period>``."""
-    return f"{{t:{tenant_id}}}:usage:{period}"
+    """The Redis key counting ``tenant_id``'s API calls in ``period``: ``{t:<id>}:usage:<period>``
+    (``<id>`` canonical: lowercase, hyphenated; ``period`` ``YYYY-MM``).
+
+    Raises:
+        ValueError: ``tenant_id`` is not a UUID.
+    """
+    return f"{{t:{uuid.UUID(str(tenant_id))}}}:usage:{period}"
 
 
 def read_usage(redis: Any, tenant_id: uuid.UUID | str, period: str) -> int | None:
-    """API calls of the tenant in ``period`` (0 when none were counted); None when Redis is down."""
+    """API calls of the tenant in ``period`` (0 when none were counted); None when Redis is down
+    or the value is not a count."""
     try:
         raw = redis.get(usage_key(tenant_id, period))
     except Exception:
         log.warning("usage counter unavailable", exc_info=True)
         return None
-    return int(raw) if raw else 0
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        log.warning("usage counter of tenant %s holds %r, not a count", tenant_id, raw)
+        return None
 
 
 def count_api_call(redis: Any, tenant_id: uuid.UUID | str, period: str | None = None) -> int:
-    """Increment the counter (for callers other than the rate limiter; 40 days' expiry)."""
-    key = usage_key(tenant_id, period or period_of())
+    """Count one API call of the tenant in ``period`` (default: now); returns the new count.
+
+    The key expires :data:`KEEP_AFTER_PERIOD` after the period's end (set once, ``EXPIREAT NX``).
+    """
+    period = period or period_of()
+    key = usage_key(tenant_id, period)
     pipe = redis.pipeline()
     pipe.incr(key)
-    pipe.expire(key, 40 * 86400, nx=True)
+    pipe.expireat(key, period_end(period) + KEEP_AFTER_PERIOD, nx=True)
     return int(pipe.execute()[0])
+
+
+def is_closed(period: str, now: datetime | None = None) -> bool:
+    """Whether ``period`` ended at least :data:`SETTLE_SECONDS` before ``now``."""
+    now = now or datetime.now(UTC)
+    return now >= period_end(period) + timedelta(seconds=SETTLE_SECONDS)
 
 
 @dataclass
@@ -82,6 +121,8 @@ class UsageRun:
     period: str
     sent: dict[str, int] = field(default_factory=dict)
     already_reported: list[str] = field(default_factory=list)
+    #: no API calls counted: nothing sent and nothing recorded (a later run may still bill)
+    empty: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -98,7 +139,17 @@ def report_usage(
     tenant already reported is skipped), then the meter event is sent with the identifier
     ``usage-<tenant_id>-<period>``; a Stripe failure rolls the row back so the next run retries.
     The event's timestamp is the period's last second (Stripe accepts up to 35 days back).
+    A tenant whose count is zero is listed in ``empty``; one whose count cannot be read in
+    ``failed``: neither records a row, so a later run can still bill the true count.
+
+    Raises:
+        PeriodNotClosed: ``period`` has not ended (or ended less than :data:`SETTLE_SECONDS` ago).
     """
+    if not is_closed(period):
+        raise PeriodNotClosed(
+            f"period {period} is not closed yet; it can be reported from "
+            f"{(period_end(period) + timedelta(seconds=SETTLE_SECONDS)).isoformat()}"
+        )
     run = UsageRun(period)
     with database.transaction() as session:
         query = select(BillingAccount.tenant_id, BillingAccount.stripe_customer_id).where(
@@ -113,6 +164,9 @@ def report_usage(
         if quantity is None:
             run.failed[str(tenant_id)] = "usage counter unavailable"
             continue
+        if quantity <= 0:
+            run.empty.append(str(tenant_id))
+            continue
         identifier = f"usage-{tenant_id}-{period}"
         try:
             with database.transaction() as session:
@@ -126,15 +180,22 @@ def report_usage(
                 if inserted is None:
                     run.already_reported.append(str(tenant_id))
                     continue
-                billing.client.v1.billing.meter_events.create(
-                    params={
-                        "event_name": billing.settings.stripe_meter_event_name,
-                        "identifier": identifier,
-                        "timestamp": timestamp,
-                        "payload": {"stripe_customer_id": customer_id, "value": str(quantity)},
-                    },
-                    options={"idempotency_key": identifier},
-                )
+                try:
+                    billing.client.v1.billing.meter_events.create(
+                        params={
+                            "event_name": billing.settings.stripe_meter_event_name,
+                            "identifier": identifier,
+                            "timestamp": timestamp,
+                            "payload": {"stripe_customer_id": customer_id, "value": str(quantity)},
+                        },
+                        options={"idempotency_key": identifier},
+                    )
+                except stripe.InvalidRequestError as exc:
+                    # an earlier run's event reached Stripe but its row was lost (answer timed
+                    # out, crash before commit): Stripe holds it, so record it as reported
+                    if exc.code != "resource_already_exists":
+                        raise
+                    log.info("usage of tenant %s for %s was already at Stripe", tenant_id, period)
                 run.sent[str(tenant_id)] = quantity
         except Exception as exc:
             log.warning("usage report for tenant %s failed: %s", tenant_id, exc.__class__.__name__)

@@ -16,6 +16,13 @@
 * **No partial effect**: the effect runs in a savepoint; on error it is rolled back, the event
   is marked ``failed`` with the error, and the answer is 500 so Stripe retries
   (https://docs.stripe.com/webhooks#retries). ``saas billing replay`` re-runs one by hand.
+* **Side effects once per event id**: an audit row or mail an event causes (invoice audits,
+  the trial-end mail, customer audits) carries the event id and is written only while the
+  event is not yet ``processed``: ``saas billing replay`` of a processed event re-applies state
+  but never writes them twice (a failed attempt's effects were rolled back, so its replay does).
+* ``customer.updated|deleted`` are guarded like subscriptions: an event older than the newest
+  customer event applied (``billing_accounts.customer_event_created``) is skipped; on a tie
+  (same second) the customer is re-fetched from Stripe.
 * Unknown types are stored as ``ignored`` and answered 200.
 """
 
@@ -40,6 +47,7 @@ from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount, WebhookEvent
 from saas.billing.service import (
     STRIPE_ACTOR,
+    SUBSCRIPTION_EXPAND,
     Billing,
     account_for_customer,
     apply_subscription,
@@ -85,11 +93,14 @@ def verify(billing: Billing, payload: bytes, header: str | None, now: float | No
 
     Raises:
         InvalidSignature: missing or malformed header, no secret matches, timestamp older than
-        300 s or more than 300 s in the future, or a body that is not a Stripe event.
+        300 s or more than 300 s in the future, a body that is not UTF-8, or one that is not a
+        Stripe event.
     """
     now = time.time() if now is None else now
     if not header:
         raise InvalidSignature("The Stripe-Signature header is missing.")
+    if not header.isascii():  # the library's compare_digest raises TypeError on non-ASCII (a 500)
+        raise InvalidSignature("The Stripe-Signature header is malformed.")
     try:
         timestamp = int(next(p.split("=", 1)[1] for p in header.split(",") if p.strip().startswith("t=")))
     except (StopIteration, ValueError, IndexError):
@@ -98,6 +109,12 @@ def verify(billing: Billing, payload: bytes, header: str | None, now: float | No
         raise InvalidSignature("The signature's timestamp is in the future.")
     if timestamp < now - TOLERANCE_SECONDS:
         raise InvalidSignature("The signature's timestamp is too old.")
+    try:
+        # Stripe sends UTF-8 JSON; the library decodes the body itself and would raise
+        # UnicodeDecodeError (a 500) on anything else
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSignature("The body is not UTF-8.") from None
     for secret in billing.settings.stripe_webhook_secrets:
         try:
             stripe.WebhookSignature.verify_header(payload, header, secret, TOLERANCE_SECONDS)
@@ -108,7 +125,7 @@ def verify(billing: Billing, payload: bytes, header: str | None, now: float | No
         raise InvalidSignature("No signature matches a configured webhook secret.")
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidSignature("The body is not JSON.") from None
     if (
         not isinstance(data, dict)
@@ -178,10 +195,13 @@ def _run(
             raise KeyError(event_id)
         if row.status in ("processed", "ignored") and not replay:
             return Outcome(event_id, "duplicate")
+        effects_done = row.status == "processed"  # committed with it; a failure rolled them back
         row.attempts += 1
         try:
             with session.begin_nested():
-                status, tenant_id, detail = process(session, billing, row.payload, replay=replay)
+                status, tenant_id, detail = process(
+                    session, billing, row.payload, replay=replay, effects_done=effects_done
+                )
         except Exception as exc:
             log.exception("stripe event %s (%s) failed", row.id, row.type)
             failure = f"{exc.__class__.__name__}: {exc}"[:2000]
@@ -200,20 +220,38 @@ def _run(
 
 # --- handlers ----------------------------------------------------------------------------------
 
-Handler = Callable[[Session, Billing, Mapping[str, Any], bool], tuple[str, uuid.UUID | None, str | None]]
+
+@dataclass(frozen=True)
+class Delivery:
+    """How an event is being applied: ``replay`` by an operator; ``effects_done``: an earlier
+    run already committed its one-time side effects (audit rows, mails), so skip them."""
+
+    replay: bool = False
+    effects_done: bool = False
+
+
+Handler = Callable[[Session, Billing, Mapping[str, Any], Delivery], tuple[str, uuid.UUID | None, str | None]]
 
 
 def process(
-    session: Session, billing: Billing, event: Mapping[str, Any], *, replay: bool = False
+    session: Session,
+    billing: Billing,
+    event: Mapping[str, Any],
+    *,
+    replay: bool = False,
+    effects_done: bool = False,
 ) -> tuple[str, uuid.UUID | None, str | None]:
-    """Apply one event; returns (status, tenant id, note). Raises on any failure."""
+    """Apply one event; returns (status, tenant id, note). Raises on any failure.
+
+    ``effects_done``: the event was processed before; its one-time side effects are skipped.
+    """
     handler = HANDLERS.get(event["type"])
     if handler is None:
         return "ignored", None, "unhandled event type"
     live_key = (billing.settings.stripe_secret_key or "").startswith(("sk_live_", "rk_live_"))
     if bool(event.get("livemode")) != live_key:
         return "ignored", None, "livemode does not match the API key's mode"
-    return handler(session, billing, event, replay)
+    return handler(session, billing, event, Delivery(replay, effects_done))
 
 
 def _tenant_account(
@@ -260,7 +298,9 @@ def _apply_live_subscription(
     created = int(event["created"])
     if not replay and _stale(account, sub_id, created):
         return "processed", account.tenant_id, "stale: a newer event was already applied"
-    subscription = plain(billing.client.v1.subscriptions.retrieve(sub_id))
+    subscription = plain(
+        billing.client.v1.subscriptions.retrieve(sub_id, params={"expand": SUBSCRIPTION_EXPAND})
+    )
     apply_subscription(session, billing, account, subscription, source=event["type"], event_id=event["id"])
     if account.stripe_subscription_id == sub_id:
         account.last_event_created = max(account.last_event_created or 0, created)
@@ -269,24 +309,25 @@ def _apply_live_subscription(
     return "processed", account.tenant_id, None
 
 
-def _on_subscription(session: Session, billing: Billing, event: Mapping[str, Any], replay: bool):
+def _on_subscription(session: Session, billing: Billing, event: Mapping[str, Any], d: Delivery):
     sub = event["data"]["object"]
     account = _tenant_account(session, sub.get("customer"), sub.get("metadata"))
     if account is None:
         return "ignored", None, "no tenant for this customer"
-    result = _apply_live_subscription(session, billing, account, sub["id"], event, replay)
-    if event["type"] == "customer.subscription.trial_will_end":
+    result = _apply_live_subscription(session, billing, account, sub["id"], event, d.replay)
+    if event["type"] == "customer.subscription.trial_will_end" and not d.effects_done:
         tenant = session.get(Tenant, account.tenant_id)
         assert tenant is not None
         audit.record(session, "billing.trial_will_end", target_type="subscription", target_id=sub["id"],
-                     data={"trial_end": sub.get("trial_end")}, actor=STRIPE_ACTOR,
+                     data={"trial_end": sub.get("trial_end"), "event": event["id"]}, actor=STRIPE_ACTOR,
                      schema=tenant.schema_name)  # fmt: skip
-        mail = {"tenant": tenant.slug, "trial_end": sub.get("trial_end")}
+        # event_id: the mail handler's idempotency key (one mail per event, even if re-queued)
+        mail = {"tenant": tenant.slug, "trial_end": sub.get("trial_end"), "event_id": event["id"]}
         outbox.enqueue(session, "mail.trial_will_end", mail, tenant_id=tenant.id)
     return result
 
 
-def _on_checkout_completed(session: Session, billing: Billing, event: Mapping[str, Any], replay: bool):
+def _on_checkout_completed(session: Session, billing: Billing, event: Mapping[str, Any], d: Delivery):
     checkout = event["data"]["object"]
     if checkout.get("mode") != "subscription" or not checkout.get("subscription"):
         return "ignored", None, "not a subscription checkout"
@@ -299,7 +340,7 @@ def _on_checkout_completed(session: Session, billing: Billing, event: Mapping[st
         if isinstance(checkout["subscription"], str)
         else checkout["subscription"]["id"]
     )
-    return _apply_live_subscription(session, billing, account, sub_id, event, replay)
+    return _apply_live_subscription(session, billing, account, sub_id, event, d.replay)
 
 
 def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
@@ -309,7 +350,7 @@ def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
     return sub if isinstance(sub, str) or sub is None else sub.get("id")
 
 
-def _on_invoice(session: Session, billing: Billing, event: Mapping[str, Any], replay: bool):
+def _on_invoice(session: Session, billing: Billing, event: Mapping[str, Any], d: Delivery):
     invoice = event["data"]["object"]
     account = _tenant_account(session, invoice.get("customer"))
     if account is None:
@@ -321,42 +362,61 @@ def _on_invoice(session: Session, billing: Billing, event: Mapping[str, Any], re
         "invoice.payment_failed": "billing.payment_failed",
         "invoice.payment_action_required": "billing.payment_action_required",
     }[event["type"]]
-    audit.record(
-        session,
-        action,
-        target_type="invoice",
-        target_id=invoice.get("id"),
-        data={
-            k: invoice.get(k)
-            for k in ("amount_due", "amount_paid", "currency", "attempt_count", "hosted_invoice_url")
-        },
-        actor=STRIPE_ACTOR,
-        schema=tenant.schema_name,
-    )
+    if not d.effects_done:
+        audit.record(
+            session,
+            action,
+            target_type="invoice",
+            target_id=invoice.get("id"),
+            data={
+                **{
+                    k: invoice.get(k)
+                    for k in ("amount_due", "amount_paid", "currency", "attempt_count", "hosted_invoice_url")
+                },
+                "event": event["id"],
+            },
+            actor=STRIPE_ACTOR,
+            schema=tenant.schema_name,
+        )
     sub_id = _invoice_subscription(invoice)
     if sub_id:
-        return _apply_live_subscription(session, billing, account, sub_id, event, replay)
+        return _apply_live_subscription(session, billing, account, sub_id, event, d.replay)
     return "processed", account.tenant_id, None
 
 
-def _on_customer(session: Session, billing: Billing, event: Mapping[str, Any], replay: bool):
+def _on_customer(session: Session, billing: Billing, event: Mapping[str, Any], d: Delivery):
     customer = event["data"]["object"]
     account = account_for_customer(session, customer["id"], lock=True)
     if account is None:
         return "ignored", None, "no tenant for this customer"
     tenant = session.get(Tenant, account.tenant_id)
     assert tenant is not None
+    created = int(event["created"])
+    last = account.customer_event_created
+    if last is not None and created < last:
+        return "processed", account.tenant_id, "stale: a newer customer event was already applied"
+    account.customer_event_created = max(last or 0, created)
     if event["type"] == "customer.deleted":
+        if account.customer_deleted_at is not None:
+            return "processed", account.tenant_id, "no change"
         account.customer_deleted_at = utcnow()
         action, data = "billing.customer_deleted", {}
     else:
+        if last is not None and created == last:
+            # same second as the newest applied: order unknown, so take Stripe's current customer
+            live = plain(billing.client.v1.customers.retrieve(customer["id"]))
+            if live.get("deleted"):
+                return "processed", account.tenant_id, "customer deleted at Stripe"
+            customer = live
         old = account.customer_email
         account.customer_email = customer.get("email")
         if old == account.customer_email:
             return "processed", account.tenant_id, "no change"
         action, data = "billing.customer_updated", {"email": {"from": old, "to": account.customer_email}}
-    audit.record(session, action, target_type="stripe_customer", target_id=customer["id"], data=data,
-                 actor=STRIPE_ACTOR, schema=tenant.schema_name)  # fmt: skip
+    if not d.effects_done:
+        audit.record(session, action, target_type="stripe_customer", target_id=customer["id"],
+                     data={**data, "event": event["id"]}, actor=STRIPE_ACTOR,
+                     schema=tenant.schema_name)  # fmt: skip
     ent.invalidate(session, tenant.id)
     return "processed", account.tenant_id, None
 
