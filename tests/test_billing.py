@@ -1035,3 +1035,25 @@ def test_grace_runs_from_stripes_invoice_time_and_a_late_sync_does_not_restart_i
     fake_stripe.renewal_failed(sub_id, finalized_at=int(time.time()) - 8 * 86400)
     assert cli("billing", "sync", "acme").exit_code == 0
     assert entitlements_now(billing_app, tenant_id).read_only is True
+
+
+def test_billing_changes_need_a_recent_authentication(bapi, bclient, billing_app, fake_stripe):
+    """Checkout and portal are step-up actions (RFC 9470): a token whose ``auth_time`` is older
+    than the step-up window answers 401 ``insufficient_user_authentication``."""
+    import time
+
+    signup = bapi.signup("acme")
+    stale = billing_app.extensions["saas.tokens"].issue(
+        subject=signup["user"]["id"],
+        tenant_id=signup["tenant"]["id"],
+        roles=["owner"],
+        scope="api",
+        client_id="saas-api",
+        auth_time=int(time.time()) - 3600,
+    )
+    h = {"Authorization": f"Bearer {stale.token}"}
+    for path, body in (("/api/v1/billing/checkout", {"plan": "pro"}), ("/api/v1/billing/portal", None)):
+        r = bclient.post(path, json=body, headers=h)
+        assert r.status_code == 401 and r.get_json()["code"] == "insufficient_user_authentication", path
+    assert bclient.get("/api/v1/billing", headers=h).status_code == 200  # reading needs no step-up
+    assert fake_stripe.calls("POST", "/v1/checkout/sessions") == []

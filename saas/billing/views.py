@@ -9,6 +9,7 @@ from flask.views import MethodView
 from saas import db
 from saas.api import Blueprint
 from saas.auth.context import current_principal, require
+from saas.auth.stepup import require_step_up
 from saas.billing import service, usage, webhooks
 from saas.billing.entitlements import INTERVALS, catalogue
 
@@ -74,6 +75,7 @@ class BillingView(MethodView):
 @blp.route("/checkout")
 class CheckoutView(MethodView):
     @require("billing:manage")
+    @require_step_up()
     @blp.arguments(CheckoutSchema)
     @blp.response(200, UrlSchema)
     def post(self, body):
@@ -93,6 +95,7 @@ class CheckoutView(MethodView):
 @blp.route("/portal")
 class PortalView(MethodView):
     @require("billing:manage")
+    @require_step_up()
     @blp.response(200, UrlSchema)
     def post(self):
         """Open a Stripe Billing Portal session (change plan, payment method, cancel)."""
