@@ -224,6 +224,8 @@ def test_browser_login_mfa_consent_to_code(live):
     base, _app = live
     owner = _signup(base)
     headers = {"Authorization": f"Bearer {owner['token']['access_token']}"}
+    # registered first: once MFA is on, a password-only token no longer passes step-up
+    app_client = _register(base, owner, client_type="public", first_party=False)
     enrol = requests.post(f"{base}/api/v1/me/mfa/totp", headers=headers, timeout=10).json()
     secret = enrol["secret"]
     step = int(mfa._clock() // 30)
@@ -234,7 +236,6 @@ def test_browser_login_mfa_consent_to_code(live):
         timeout=10,
     )
     assert confirmed.status_code == 200, confirmed.text
-    app_client = _register(base, owner, client_type="public", first_party=False)
     oauth = OAuth2Session(
         app_client["client_id"],
         redirect_uri=f"{base}/callback",
