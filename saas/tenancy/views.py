@@ -204,20 +204,16 @@ class TenantResource(MethodView):
         settings (``require_mfa``...) needs step-up (RFC 9470)."""
         tenant = current_principal().tenant
         changes = {}
-        if "settings" in body:
-            merged = dict(tenant.settings or {})
-            merged.update(body["settings"])
-            if merged != (tenant.settings or {}):
-                check_step_up()
+        merged = {**(tenant.settings or {}), **body.get("settings", {})}
+        settings_change = "settings" in body and merged != (tenant.settings or {})
+        if settings_change:
+            check_step_up()  # before any change: require_mfa and the like are security policy
         if "name" in body and body["name"].strip() != tenant.name:
             changes["name"] = {"from": tenant.name, "to": body["name"].strip()}
             tenant.name = body["name"].strip()
-        if "settings" in body:
-            merged = dict(tenant.settings or {})
-            merged.update(body["settings"])
-            if merged != tenant.settings:
-                changes["settings"] = body["settings"]
-                tenant.settings = merged
+        if settings_change:
+            changes["settings"] = body["settings"]
+            tenant.settings = merged
         if changes:
             audit.record(
                 db.session(), "tenant.updated", target_type="tenant", target_id=tenant.id, data=changes
