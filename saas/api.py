@@ -22,6 +22,7 @@ from saas.errors import PROBLEM_JSON, AppError, ValidationError
 
 JSON_PATHS = ("/api/",)
 FORM_PATHS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
+FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_BODY_BYTES = 1024 * 1024
 #: the highest page number a paginated endpoint accepts
 MAX_PAGE = 1_000_000
@@ -154,7 +155,25 @@ def _refuse_nul_characters() -> None:
             errors.update(found)
         elif found:
             errors["_schema"] = found
+    if request.method in ("POST", "PUT", "PATCH") and request.mimetype in FORM_MIMETYPES:
+        # form bodies: the OAuth endpoints and the hosted login pages
+        for key, values in request.form.lists():
+            if "\x00" in key or any("\x00" in v for v in values):
+                errors[key.replace("\x00", "")] = [NUL_MESSAGE]
     if errors:
+        if request.path.startswith("/oauth/"):
+            # RFC 6749 section 5.2 shape for the OAuth endpoints (hosted pages get it too)
+            raise AppError(
+                "Parameters must not contain NUL characters (U+0000).",
+                status=400,
+                code="invalid_request",
+                title="Invalid request",
+                extra={
+                    "error": "invalid_request",
+                    "error_description": "Parameters must not contain NUL characters (U+0000).",
+                    "errors": errors,
+                },
+            )
         raise ValidationError(errors)
 
 

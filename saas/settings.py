@@ -124,6 +124,12 @@ class Settings:
     billing_return_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # one spelling of the issuer everywhere (discovery, the iss claim, RFC 9207 iss): no
+        # trailing slash, whichever way the value arrived (env, constructor, with_overrides)
+        if self.issuer != self.issuer.rstrip("/"):
+            object.__setattr__(self, "issuer", self.issuer.rstrip("/"))
+
     @property
     def billing_enabled(self) -> bool:
         """Billing runs only with a Stripe secret key; without it every tenant is on the default plan."""

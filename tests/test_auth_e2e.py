@@ -207,6 +207,122 @@ def test_client_credentials_and_introspection_with_authlib(live):
     assert r.json()["active"] is True
 
 
+def _code_via_hosted_login(base: str, owner: dict, client_id: str) -> tuple[str, str]:
+    """(code, verifier) through the hosted login page with plain HTTP."""
+    import base64
+    import hashlib
+
+    verifier = generate_token(64)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    browser = requests.Session()
+    page = browser.get(
+        f"{base}/oauth/authorize",
+        params={
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": f"{base}/callback",
+            "scope": "openid api",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        },
+        timeout=10,
+    )
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    done = browser.post(
+        f"{base}/oauth/login",
+        data={"email": owner["email"], "password": TEST_PASSWORD, "csrf_token": csrf},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert done.status_code == 302, done.text
+    return parse_qs(urlsplit(done.headers["Location"]).query)["code"][0], verifier
+
+
+def _slow_issue_tokens(monkeypatch, seconds: float) -> None:
+    """Make the server's first token issuance slow, so a second request overlaps it for real."""
+    from saas.auth import service
+
+    real = service.issue_tokens
+    calls = {"n": 0}
+
+    def slow(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            import time
+
+            time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "issue_tokens", slow)
+
+
+def _concurrently(first, second, delay: float = 0.2):
+    """Run ``first`` in a thread, ``second`` ``delay`` seconds later; both results."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a = pool.submit(first)
+        time.sleep(delay)
+        b = pool.submit(second)
+        return a.result(timeout=20), b.result(timeout=20)
+
+
+def test_concurrent_code_redemption_revokes_the_first_tokens(live, monkeypatch):
+    """RFC 6749 section 4.1.2 under a real race: the second redemption arrives while the first is
+    still issuing tokens. It must fail, and the tokens the first one issued must end up revoked."""
+    base, _app = live
+    owner = _signup(base)
+    app_client = _register(base, owner, client_type="public", first_party=True)
+    code, verifier = _code_via_hosted_login(base, owner, app_client["client_id"])
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": f"{base}/callback",
+        "code_verifier": verifier,
+        "client_id": app_client["client_id"],
+    }
+    _slow_issue_tokens(monkeypatch, 1.0)
+
+    def redeem():
+        return requests.post(f"{base}/oauth/token", data=form, timeout=20)
+
+    first, second = _concurrently(redeem, redeem)
+    assert first.status_code == 200, first.text
+    assert second.status_code == 400 and second.json()["error"] == "invalid_grant"
+    dead = requests.post(
+        f"{base}/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": first.json()["refresh_token"],
+            "client_id": app_client["client_id"],
+        },
+        timeout=10,
+    )
+    assert dead.status_code == 400 and dead.json()["error"] == "invalid_grant"
+
+
+def test_concurrent_refresh_retry_leaves_one_working_branch(live, monkeypatch):
+    """Two overlapping refreshes with the same token (a retry): both answer, the retry's token is
+    the one that works, and the other branch presented later revokes the session."""
+    base, _app = live
+    owner = _signup(base)
+    r0 = owner["token"]["refresh_token"]
+    _slow_issue_tokens(monkeypatch, 1.0)
+
+    def refresh(token):
+        return requests.post(
+            f"{base}/oauth/token", data={"grant_type": "refresh_token", "refresh_token": token}, timeout=20
+        )
+
+    first, retry = _concurrently(lambda: refresh(r0), lambda: refresh(r0))
+    assert first.status_code == 200 and retry.status_code == 200, (first.text, retry.text)
+    working = refresh(retry.json()["refresh_token"])
+    assert working.status_code == 200, working.text
+    assert refresh(first.json()["refresh_token"]).status_code == 400
+    assert refresh(working.json()["refresh_token"]).status_code == 400
+
+
 def _chromium_available() -> bool:
     if not os.path.exists(CHROMIUM):
         return False
@@ -224,6 +340,8 @@ def test_browser_login_mfa_consent_to_code(live):
     base, _app = live
     owner = _signup(base)
     headers = {"Authorization": f"Bearer {owner['token']['access_token']}"}
+    # registered first: once MFA is on, a password-only token no longer passes step-up
+    app_client = _register(base, owner, client_type="public", first_party=False)
     enrol = requests.post(f"{base}/api/v1/me/mfa/totp", headers=headers, timeout=10).json()
     secret = enrol["secret"]
     step = int(mfa._clock() // 30)
@@ -234,7 +352,6 @@ def test_browser_login_mfa_consent_to_code(live):
         timeout=10,
     )
     assert confirmed.status_code == 200, confirmed.text
-    app_client = _register(base, owner, client_type="public", first_party=False)
     oauth = OAuth2Session(
         app_client["client_id"],
         redirect_uri=f"{base}/callback",

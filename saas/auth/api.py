@@ -143,10 +143,12 @@ class Clients(MethodView):
         return [clients_service.to_public(c) for c in rows]
 
     @require("clients:manage")
+    @require_step_up()
     @blp.arguments(ClientSchema)
     @blp.response(201, ClientWithSecretSchema)
     def post(self, body):
-        """Register a client. A confidential client's ``client_secret`` is in this answer only."""
+        """Register a client (needs step-up: a client with a role or redirect URIs is a lasting
+        door into the tenant). A confidential client's ``client_secret`` is in this answer only."""
         principal = current_principal()
         _check_client_role(body)
         client, secret = clients_service.create_client(
@@ -183,10 +185,12 @@ class ClientItem(MethodView):
         return clients_service.to_public(_own_client(client_id))
 
     @require("clients:manage")
+    @require_step_up()
     @blp.arguments(ClientPatchSchema)
     @blp.response(200, ClientSchema)
     def patch(self, body, client_id):
-        """Change a client's name, redirect URIs, grants, scope, role or consent setting."""
+        """Change a client's name, redirect URIs, grants, scope, role or consent setting (needs
+        step-up)."""
         client = _own_client(client_id)
         _check_client_role(body)
         return clients_service.to_public(clients_service.update_client(db.session(), client, body))
@@ -214,13 +218,17 @@ class ClientSecret(MethodView):
 # --- MFA -----------------------------------------------------------------------------------------
 
 
-def _mfa_subject(token: str | None, purposes: tuple[str, ...] = ("enroll",)):
-    """(user, tenant, ticket) for an mfa_token caller, or (user, tenant, None) for a bearer caller."""
+def _mfa_subject(token: str | None, purposes: tuple[str, ...] = ("enroll",), *, step_up: bool = False):
+    """(user, tenant, ticket) for an mfa_token caller, or (user, tenant, None) for a bearer caller.
+    ``step_up``: a bearer caller needs a recent login (RFC 9470; whoever binds a factor to the
+    account owns its second factor from then on)."""
     sess = db.session()
     if g.get("principal") is not None:
         principal = current_principal()
         if principal.user_id is None:
             raise Unauthorized("MFA belongs to people, not service accounts.", error=None)
+        if step_up:
+            check_step_up()
         user = sess.get(User, principal.user_id)
         return user, principal.tenant, None
     ticket = mfa.read_mfa_token(token, purposes)
@@ -243,7 +251,9 @@ class Totp(MethodView):
     def post(self, body):
         """Start TOTP enrolment: a new secret, its ``otpauth://`` URI and a QR code (SVG data URI).
         Authenticate with a bearer token, or with ``mfa_token`` from ``mfa_enrollment_required``."""
-        user, _tenant, _ticket = _mfa_subject((body or {}).get("mfa_token"))
+        user, _tenant, ticket = _mfa_subject((body or {}).get("mfa_token"))
+        if ticket is None and not mfa.has_mfa(db.session(), user.id):
+            check_step_up()  # a bearer caller binds a factor only after a recent login
         return mfa.begin_enrollment(db.session(), user).to_dict()
 
     @authenticated
@@ -259,9 +269,25 @@ class Totp(MethodView):
         if not passwords.verify(user.password_hash, body["password"]):
             raise Unauthorized("The password is incorrect.", code="invalid_credentials", error=None)
         mfa.verify(sess, user, body["code"], principal.tenant.schema_name)
-        if (principal.tenant.settings or {}).get("require_mfa"):
-            raise ValidationError({"code": ["This tenant requires MFA; it cannot be disabled."]})
+        requiring = _tenants_requiring_mfa(user.id)
+        if requiring:
+            raise ValidationError(
+                {"code": ["An organisation you belong to requires MFA; it cannot be disabled."]},
+                detail="Required by: " + ", ".join(requiring),
+            )
         mfa.disable(sess, user, None)
+
+
+def _tenants_requiring_mfa(user_id: uuid.UUID) -> list[str]:
+    """Slugs of the tenants where the user is an active member and ``require_mfa`` is on:
+    disabling MFA must respect every one of them, not just the token's tenant."""
+    rows = db.session().scalars(
+        select(Tenant)
+        .join(Membership, Membership.tenant_id == Tenant.id)
+        .where(Membership.user_id == user_id, Membership.status == "active")
+        .order_by(Tenant.slug)
+    )
+    return [t.slug for t in rows if (t.settings or {}).get("require_mfa")]
 
 
 @blp.route("/me/mfa/totp/confirm")
@@ -272,7 +298,7 @@ class TotpConfirm(MethodView):
     def post(self, body):
         """Activate the pending factor with a first code; returns 10 recovery codes (shown once).
         With an ``mfa_token`` (enrolment at login) the answer also carries tokens (``amr`` pwd+otp)."""
-        user, tenant, ticket = _mfa_subject(body.get("mfa_token"))
+        user, tenant, ticket = _mfa_subject(body.get("mfa_token"), step_up=True)
         sess = db.session()
         codes = mfa.confirm_enrollment(sess, user, body["code"], tenant.schema_name)
         out: dict[str, Any] = {"recovery_codes": codes}

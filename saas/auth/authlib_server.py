@@ -8,7 +8,9 @@ default is replaced:
 * PKCE: :class:`S256CodeChallenge` knows only ``S256`` (Authlib's ``CodeChallenge`` defaults a
   missing method to ``plain`` and accepts it) and is required for every client.
 * Authorization codes are consumed by the first attempt whatever its outcome, and a code
-  presented again revokes the tokens issued from it (Authlib only deletes the code on success).
+  presented again revokes the tokens issued from it (Authlib only deletes the code on success):
+  the family id is recorded with ``used_at`` and the code row stays locked until the tokens are
+  committed, so even a concurrent second redemption finds and revokes them.
 * Refresh tokens rotate with reuse detection and a bounded grace (:func:`saas.auth.service.refresh`;
   Authlib neither rotates nor detects reuse), and first-party tokens from
   ``POST /api/v1/auth/login`` need no client.
@@ -20,6 +22,7 @@ default is replaced:
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,12 +101,37 @@ class CodeGrant(grants.AuthorizationCodeGrant):
             raise InvalidGrantError(
                 "The authorization code was already used; tokens issued from it are revoked."
             )
-        # consumed by this attempt whatever its outcome (one-time, RFC 6749 section 4.1.2)
+        # consumed by this attempt whatever its outcome (one-time, RFC 6749 section 4.1.2). The
+        # family of the tokens it will yield is named now, with used_at, and the row stays locked
+        # until the tokens are committed with it: a second redemption queued on the lock finds
+        # them and revokes them. A failing attempt still consumes the code (validate_token_request).
         row.used_at = utcnow()
-        session.commit()
+        row.family_id = uuid.uuid4()
+        self._consumed = row
         if row.expires_at <= row.used_at:
             raise InvalidGrantError("The authorization code has expired.")
         return row
+
+    def validate_token_request(self):
+        """Authlib's checks (client, code, redirect URI, PKCE hook), then: a code requested
+        without ``redirect_uri`` (the client's single registered URI was used) needs none at the
+        token endpoint, but one sent must be registered. Any failure after the code was found
+        still consumes it (committed, although the request fails)."""
+        self._consumed = None
+        try:
+            super().validate_token_request()
+            sent = self.request.payload.redirect_uri
+            code = self.request.authorization_code
+            if sent and not code.get_redirect_uri() and not self.request.client.check_redirect_uri(sent):
+                raise InvalidGrantError("Invalid 'redirect_uri' in request.")
+        except OAuth2Error:
+            self._persist_consumption()
+            raise
+
+    def _persist_consumption(self) -> None:
+        row = getattr(self, "_consumed", None)
+        if row is not None:
+            db.session().commit()
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Nothing to do: the code was marked used when it was looked up."""
@@ -134,6 +162,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         code: AuthorizationCode = self.request.authorization_code
         grantee = self.authenticate_user(code)
         if grantee is None:
+            self._persist_consumption()
             raise InvalidGrantError("The user is no longer an active member of the tenant.")
         tokens = service.issue_tokens(
             db.session(),
@@ -145,8 +174,8 @@ class CodeGrant(grants.AuthorizationCodeGrant):
             amr=list(code.amr or ["pwd"]),
             auth_time=code.auth_time,
             nonce=code.nonce,
+            family_id=code.family_id,
         )
-        code.family_id = tokens.family_id
         return 200, _token_body(tokens), NO_STORE
 
 
@@ -211,7 +240,8 @@ class Server(AuthorizationServer):
 
 
 def _query_client(client_id: str) -> OAuthClient | None:
-    if not client_id or len(client_id) > 64:
+    # PostgreSQL text cannot hold U+0000 (a Basic-auth username is not covered by the form guard)
+    if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
         return None
     return db.session().scalars(select(OAuthClient).where(OAuthClient.client_id == client_id)).first()
 

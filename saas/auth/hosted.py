@@ -14,14 +14,23 @@ code.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Flask, Response, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from sqlalchemy import select
 
 from saas import audit, db
@@ -77,7 +86,7 @@ def _csrf_token() -> str:
 def _check_csrf() -> None:
     expected = session.get("csrf")
     sent = request.form.get("csrf_token", "")
-    if not expected or not hmac.compare_digest(expected, sent):
+    if not expected or not provider.same_string(expected, sent):
         raise _Page("Session expired", "The form expired or was not sent from this site. Start again.", 400)
 
 
@@ -125,6 +134,30 @@ def _redirect_error(req: provider.AuthorizationRequest, error: str, description:
     )
 
 
+def _interaction_required(req: provider.AuthorizationRequest, description: str):
+    """``prompt=none`` and a page would be needed: OIDC Core section 3.1.2.6."""
+    return _redirect_error(req, "interaction_required", description)
+
+
+def _set_pending(user_id: uuid.UUID, auth_time: int, amr: list[str]) -> None:
+    """Remember a password login that still needs its second factor, for ``mfa_token_ttl``."""
+    session["pending"] = {"uid": str(user_id), "auth_time": auth_time, "amr": amr, "at": int(time.time())}
+
+
+def _pending_login() -> dict[str, Any] | None:
+    """The password login awaiting its second factor, or None when absent or older than
+    ``MFA_TOKEN_TTL`` (the API's ``mfa_token`` lives as long)."""
+    pending = session.get("pending")
+    if not pending:
+        return None
+    ttl = current_app.extensions["saas.settings"].mfa_token_ttl_seconds
+    at = pending.get("at")
+    if not isinstance(at, int) or not 0 <= time.time() - at <= ttl:
+        session.pop("pending", None)
+        return None
+    return pending
+
+
 def _memberships(user_id: uuid.UUID) -> list[tuple[Membership, Tenant]]:
     rows = db.session().execute(
         select(Membership, Tenant)
@@ -147,6 +180,8 @@ def _continue():
     user = sess.get(User, uuid.UUID(login["uid"]))
     if user is None or user.status != "active":
         session.pop("login", None)
+        if req.prompt == "none":
+            return _redirect_error(req, "login_required", "The user is not signed in.")
         return redirect(url_for("hosted.login"))
     memberships = _memberships(user.id)
     if client.tenant_id is not None:
@@ -158,13 +193,17 @@ def _continue():
     chosen = [(m, t) for m, t in memberships if req.tenant_id and str(t.id) == req.tenant_id]
     if not chosen:
         if len(memberships) > 1:
+            if req.prompt == "none":
+                return _interaction_required(req, "The user must choose an organisation.")
             return redirect(url_for("hosted.tenant"))
         chosen = memberships
     _membership, tenant = chosen[0]
     amr = list(login.get("amr") or ["pwd"])
     if (tenant.settings or {}).get("require_mfa") and "otp" not in amr:
+        if req.prompt == "none":
+            return _interaction_required(req, "The organisation requires a second factor.")
         if mfa.has_mfa(sess, user.id):
-            session["pending"] = {"uid": str(user.id), "auth_time": login["auth_time"], "amr": amr}
+            _set_pending(user.id, login["auth_time"], amr)
             return redirect(url_for("hosted.mfa"))
         return redirect(url_for("hosted.enroll"))
     if req.prompt == "consent" or provider.needs_consent(sess, client, user.id, tenant.id, req.scope):
@@ -247,7 +286,7 @@ def login():
     now = int(time.time())
     session.pop("login", None)
     if mfa.has_mfa(sess, user.id):
-        session["pending"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"]}
+        _set_pending(user.id, now, ["pwd"])
         return redirect(url_for("hosted.mfa"))
     session["login"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"], "fresh": True}
     user.last_login_at = utcnow()
@@ -257,7 +296,7 @@ def login():
 @bp.route("/oauth/mfa", methods=["GET", "POST"], endpoint="mfa")
 def mfa_page():
     req, _client = _pending_request()
-    pending = session.get("pending")
+    pending = _pending_login()
     if not pending:
         return redirect(url_for("hosted.login"))
     if request.method == "GET":

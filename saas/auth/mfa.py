@@ -114,7 +114,9 @@ def totp_at(secret: str, step: int, digits: int = TOTP_DIGITS, digest: Any = has
 def match_step(secret: str, code: str, last_step: int | None, now: float | None = None) -> int | None:
     """The time step ``code`` belongs to (current one +- ``DRIFT_STEPS``) if later than
     ``last_step``; None otherwise. Constant-time comparison per candidate."""
-    if not (isinstance(code, str) and len(code) == TOTP_DIGITS and code.isdigit()):
+    # isascii: str.isdigit() also accepts other scripts' digits ("١٢٣٤٥٦"), which would reach
+    # hmac.compare_digest as non-ASCII str (TypeError)
+    if not (isinstance(code, str) and len(code) == TOTP_DIGITS and code.isascii() and code.isdigit()):
         return None
     current = int((_clock() if now is None else now) // TOTP_PERIOD)
     found = None

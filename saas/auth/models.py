@@ -95,7 +95,11 @@ class OAuthClient(SharedBase, ClientMixin):
         return " ".join(s for s in (scope or "").split() if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return any(hmac.compare_digest(redirect_uri, uri) for uri in (self.redirect_uris or []))
+        from saas.auth.oauth import same_string
+
+        if not isinstance(redirect_uri, str):
+            return False
+        return any(same_string(redirect_uri, uri) for uri in (self.redirect_uris or []))
 
     def check_client_secret(self, client_secret: str) -> bool:
         if not self.secret_hash or not client_secret:

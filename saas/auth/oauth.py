@@ -89,6 +89,12 @@ def with_query(uri: str, params: dict[str, str | None]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
+def same_string(a: str, b: str) -> bool:
+    """Constant-time equality of two strings of any characters (``hmac.compare_digest`` raises
+    ``TypeError`` on non-ASCII ``str``; UTF-8 bytes never do)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
 def valid_pkce_value(value: str | None, min_len: int = 43, max_len: int = 128) -> bool:
     """RFC 7636 section 4.1/4.2: 43..128 characters of ``[A-Z a-z 0-9 - . _ ~]``."""
     return bool(value) and min_len <= len(value) <= max_len and set(value) <= _PKCE_ALPHABET
@@ -110,6 +116,9 @@ class AuthorizationRequest:
     prompt: str | None = None
     max_age: int | None = None
     tenant_id: str | None = None
+    #: False when the request omitted ``redirect_uri`` (the single registered one is used): the
+    #: token request then needs none (RFC 6749 section 4.1.3)
+    redirect_uri_given: bool = True
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,9 +148,10 @@ def parse_authorization_request(
         )
     registered = list(client.redirect_uris or [])
     redirect_uri = args.get("redirect_uri")
+    redirect_uri_given = redirect_uri is not None
     if redirect_uri is None and len(registered) == 1:
         redirect_uri = registered[0]
-    if not redirect_uri or not any(hmac.compare_digest(redirect_uri, r) for r in registered):
+    if not redirect_uri or not any(same_string(redirect_uri, r) for r in registered):
         raise AuthorizeErrorPage(
             "Invalid redirect URI", "The redirect URI does not match any registered for this application."
         )
@@ -196,6 +206,7 @@ def parse_authorization_request(
             code_challenge=challenge,
             prompt=prompt,
             max_age=max_age_int,
+            redirect_uri_given=redirect_uri_given,
         ),
         client,
     )
@@ -257,7 +268,8 @@ def issue_code(
             client_id=req.client_id,
             tenant_id=tenant.id,
             user_id=user.id,
-            redirect_uri=req.redirect_uri,
+            # "" records that the authorization request carried no redirect_uri
+            redirect_uri=req.redirect_uri if req.redirect_uri_given else "",
             scope=req.scope,
             nonce=req.nonce,
             code_challenge=req.code_challenge,
@@ -472,7 +484,7 @@ def introspect(session: Session, client: OAuthClient, token: str | None) -> dict
 def server_metadata() -> dict[str, Any]:
     """Authorization server metadata (RFC 8414 section 2) that is also valid OIDC Discovery 1.0
     metadata: both well-known documents serve this one dictionary."""
-    issuer = _settings().issuer.rstrip("/")
+    issuer = _settings().issuer  # normalised (no trailing slash) by Settings
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/oauth/authorize",

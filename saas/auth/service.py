@@ -12,7 +12,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import current_app, has_request_context, request
 from sqlalchemy import func, select, update
@@ -31,6 +31,8 @@ FIRST_PARTY_CLIENT = "saas-api"
 DEFAULT_SCOPE = "api"
 #: how many extra children a refresh token may get inside the grace window
 MAX_GRACE_REUSES = 1
+#: ``revoked_reason`` of a child cut off by a grace retry of its parent; presenting it is reuse
+SUPERSEDED = "superseded"
 
 
 class InvalidGrant(AppError):
@@ -140,17 +142,20 @@ def issue_tokens(
     family: RefreshToken | None = None,
     parent: RefreshToken | None = None,
     nonce: str | None = None,
+    family_id: uuid.UUID | None = None,
 ) -> TokenResponse:
     """Mint an access token and a refresh token (a new family unless ``family`` is given), plus an
     OIDC ID token when ``scope`` holds ``openid`` (``nonce`` echoed, ``at_hash`` set).
 
+    ``family_id`` names the new family when the caller recorded it beforehand (the authorization
+    code grant stores it on the code, in the same commit that marks the code used).
     The access token's ``sid`` claim is the family id: the session it belongs to."""
     settings = _settings()
     now = utcnow()
     auth_time = auth_time or now
     amr = amr or ["pwd"]
     tokens = current_app.extensions["saas.tokens"]
-    family_id = family.family_id if family else uuid.uuid4()
+    family_id = family.family_id if family else (family_id or uuid.uuid4())
     access = tokens.issue(
         subject=str(user.id),
         tenant_id=str(tenant.id),
@@ -220,29 +225,43 @@ class MfaEnrollmentRequired(AppError):
     status, code, title = 403, "mfa_enrollment_required", "MFA enrolment required"
 
 
+#: a user id no row has: the unknown-email path of :func:`audit_failed_login` queries with it
+_NO_USER = uuid.UUID(int=0)
+
+
 def audit_failed_login(session: Session, email: str, tenant_slug: str | None, reason: str) -> None:
     """Record ``auth.login_failed`` in the logs of the tenants of an existing account (committed
-    although the request fails). Unknown emails leave no trace anywhere (nothing to attach it to)."""
+    although the request fails). Unknown emails leave no trace anywhere (nothing to attach it to).
+
+    Both paths run the same statements (user lookup, tenant lookup, one write per tenant, commit)
+    so that the answer's timing does not tell whether the email exists: for an unknown email the
+    tenant lookup runs with an id that matches nothing and the audit insert is replaced by an
+    update of the same cost that matches no row. (An account in several tenants, logging in
+    without naming one, gets one insert per tenant.)
+    """
     user = find_user_by_email(session, email)
-    if user is None:
-        return
+    user_id = user.id if user is not None else _NO_USER
     query = (
         select(Tenant)
         .join(Membership, Membership.tenant_id == Tenant.id)
-        .where(Membership.user_id == user.id)
+        .where(Membership.user_id == user_id)
     )
     if tenant_slug:
         query = query.where(Tenant.slug == tenant_slug.strip().lower())
-    for tenant in session.scalars(query):
+    tenants = list(session.scalars(query))
+    for tenant in tenants:
         audit.record(
             session,
             "auth.login_failed",
             target_type="user",
-            target_id=user.id,
-            actor=audit.Actor("user", str(user.id)),
+            target_id=user_id,
+            actor=audit.Actor("user", str(user_id)),
             data={"reason": reason},
             schema=tenant.schema_name,
         )
+    if not tenants:
+        # stands in for the audit insert: a primary-key update that matches nothing
+        session.execute(update(User).where(User.id == _NO_USER).values(status=User.status))
     session.commit()
 
 
@@ -371,30 +390,33 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
 
         raise InvalidClient("This refresh token belongs to a registered client: authenticate it.")
     if row.revoked_at is not None:
+        if row.revoked_reason == SUPERSEDED:
+            # a branch cut off by a grace retry came back: someone else holds the other branch
+            _reuse_detected(session, row)
         raise InvalidGrant("The refresh token has been revoked.")
-    if row.expires_at <= now or row.family_expires_at <= now:
-        raise InvalidGrant("The refresh token has expired.")
+    # a used token is reuse even once expired (checked before expiry, RFC 9700 section 4.14.2)
     if row.used_at is not None:
         grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
-        siblings = session.scalar(
-            select(func.count()).select_from(RefreshToken).where(RefreshToken.parent_id == row.id)
-        )
-        if now - row.used_at > grace or (siblings or 0) > MAX_GRACE_REUSES:
-            revoke_family(session, row.family_id, "reuse_detected")
-            tenant = session.get(Tenant, row.tenant_id)
-            if tenant is not None:
-                audit.record(
-                    session,
-                    "auth.refresh_token_reused",
-                    target_type="session",
-                    target_id=row.family_id,
-                    actor=audit.Actor("user", str(row.user_id)),
-                    schema=tenant.schema_name,
-                )
-            # the revocation must persist although the request fails
-            session.commit()
-            raise InvalidGrant("The refresh token was already used; the session has been revoked.")
+        children = session.scalars(
+            select(RefreshToken).where(RefreshToken.parent_id == row.id).with_for_update()
+        ).all()
+        if (
+            now - row.used_at > grace
+            or len(children) > MAX_GRACE_REUSES
+            or any(child.used_at is not None for child in children)
+        ):
+            _reuse_detected(session, row)
+        if row.expires_at <= now or row.family_expires_at <= now:
+            raise InvalidGrant("The refresh token has expired.")
+        # a retry inside the grace window (a lost response): the retry's child is the only branch
+        # that survives, so the family can never split in two
+        for child in children:
+            if child.revoked_at is None:
+                child.revoked_at = now
+                child.revoked_reason = SUPERSEDED
     else:
+        if row.expires_at <= now or row.family_expires_at <= now:
+            raise InvalidGrant("The refresh token has expired.")
         row.used_at = now
     membership_row = session.execute(
         select(Membership, Tenant, User)
@@ -425,6 +447,24 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
         family=row,
         parent=row,
     )
+
+
+def _reuse_detected(session: Session, row: RefreshToken) -> NoReturn:
+    """Revoke the family of a reused refresh token, audit ``auth.refresh_token_reused`` and
+    commit (the revocation must persist although the request fails), then raise."""
+    revoke_family(session, row.family_id, "reuse_detected")
+    tenant = session.get(Tenant, row.tenant_id)
+    if tenant is not None:
+        audit.record(
+            session,
+            "auth.refresh_token_reused",
+            target_type="session",
+            target_id=row.family_id,
+            actor=audit.Actor("user", str(row.user_id)),
+            schema=tenant.schema_name,
+        )
+    session.commit()
+    raise InvalidGrant("The refresh token was already used; the session has been revoked.")
 
 
 def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:

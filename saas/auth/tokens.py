@@ -2,7 +2,8 @@
 
 Claims: ``iss``, ``sub`` (user id, or client id for service accounts), ``aud``, ``exp``, ``iat``,
 ``nbf``, ``jti``, ``client_id``, ``tid`` (tenant id), ``roles``, ``scope``, ``auth_time``, ``amr``,
-``acr``, ``sid`` (the refresh-token family, i.e. the session).
+``acr`` (these three only when a person authenticated: never on service-account tokens), ``sid``
+(the refresh-token family, i.e. the session).
 Header: ``typ: at+jwt``, ``alg`` (RS256 or ES256 only), ``kid``.
 """
 
@@ -75,6 +76,9 @@ class TokenService:
         amr: list[str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> IssuedToken:
+        """Sign an access token. ``amr`` None means a password login (``["pwd"]``); an empty
+        ``amr`` means no person authenticated (a ``client_credentials`` service account), and the
+        token then carries no ``auth_time``, ``amr`` or ``acr``."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -88,10 +92,12 @@ class TokenService:
             "tid": tenant_id,
             "roles": roles,
             "scope": scope,
-            "auth_time": auth_time or now,
-            "amr": amr or ["pwd"],
-            "acr": acr_for(amr or ["pwd"]),
         }
+        if amr is None:
+            amr = ["pwd"]
+        if amr:
+            # a person authenticated: when and how (RFC 9068 section 2.2.1, RFC 8176)
+            claims.update({"auth_time": auth_time or now, "amr": amr, "acr": acr_for(amr)})
         if extra:
             claims.update(extra)
         key = self.keys.active

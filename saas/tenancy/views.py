@@ -200,18 +200,20 @@ class TenantResource(MethodView):
     @blp.arguments(TenantPatchSchema)
     @blp.response(200, TenantSchema)
     def patch(self, body):
-        """Change the tenant's name or settings (settings are merged key by key)."""
+        """Change the tenant's name or settings (settings are merged key by key). Changing the
+        settings (``require_mfa``...) needs step-up (RFC 9470)."""
         tenant = current_principal().tenant
         changes = {}
+        merged = {**(tenant.settings or {}), **body.get("settings", {})}
+        settings_change = "settings" in body and merged != (tenant.settings or {})
+        if settings_change:
+            check_step_up()  # before any change: require_mfa and the like are security policy
         if "name" in body and body["name"].strip() != tenant.name:
             changes["name"] = {"from": tenant.name, "to": body["name"].strip()}
             tenant.name = body["name"].strip()
-        if "settings" in body:
-            merged = dict(tenant.settings or {})
-            merged.update(body["settings"])
-            if merged != tenant.settings:
-                changes["settings"] = body["settings"]
-                tenant.settings = merged
+        if settings_change:
+            changes["settings"] = body["settings"]
+            tenant.settings = merged
         if changes:
             audit.record(
                 db.session(), "tenant.updated", target_type="tenant", target_id=tenant.id, data=changes
@@ -234,7 +236,11 @@ class Members(MethodView):
     @blp.response(201, InvitationResponseSchema)
     @blp.alt_response(409, description="Already a member or invited")
     def post(self, body):
-        """Invite someone by email. The invitation token is returned once and sent by mail."""
+        """Invite someone by email. The invitation token is returned once and sent by mail.
+        Inviting an admin or owner needs step-up (a person's recent login, with MFA when
+        enabled; RFC 9470): a service account never can."""
+        if body["role"] in ("owner", "admin"):
+            check_step_up()
         settings = current_app.extensions["saas.settings"]
         result = members_service.invite(
             db.session(), current_principal(), body["email"], body["role"], settings.invitation_ttl_seconds
