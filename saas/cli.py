@@ -151,25 +151,28 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--shared-only", is_flag=True, help="skip the tenant schemas")
+@click.option(
+    "--parallel",
+    "-j",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="tenant migration worker processes",
+)
+@click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_fail_cleanly
-def db_upgrade(ctx: Context, shared_only: bool) -> None:
-    """Apply the shared track, then bring every tenant schema to head."""
-    from saas.migrate import shared_head_revision, tenants_behind, upgrade_shared, upgrade_tenants
+def db_upgrade(ctx: Context, shared_only: bool, parallel: int, as_json: bool) -> None:
+    """Apply the shared track, then bring every tenant schema to head (``saas tenants migrate``)."""
+    from saas.migrate import shared_head_revision, upgrade_shared
+    from saas.ops.cli_migrate import run_tenant_migrations
 
-    engine = ctx.database.engine
-    upgrade_shared(engine)
-    click.echo(f"shared schema at {shared_head_revision()}")
+    upgrade_shared(ctx.database.engine)
+    if not as_json:
+        click.echo(f"shared schema at {shared_head_revision()}")
     if shared_only:
         return
-    total, behind = tenants_behind(engine)
-    with click.progressbar(length=len(behind), label=f"tenants ({total - len(behind)} at head)") as bar:
-        report = upgrade_tenants(engine, progress=lambda schema, ok: bar.update(1))
-    click.echo(f"tenants: {len(report.migrated)} migrated, {report.skipped} already at head")
-    for schema, error in report.failed.items():
-        click.echo(f"failed {schema}: {error}", err=True)
-    if not report.ok:
-        sys.exit(1)
+    run_tenant_migrations(ctx, (), parallel, as_json)
 
 
 # --- tenants -----------------------------------------------------------------------------------
@@ -322,6 +325,8 @@ def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
         click.echo(f"{key:>15}: {data[key]}")
     _table("members", ["email", "role", "status"], [[m["email"], m["role"], m["status"]] for m in members])
 
+
+from saas.ops import cli as _ops_cli  # noqa: E402, F401 - registers the operations commands
 
 if __name__ == "__main__":  # pragma: no cover
     main()
