@@ -265,14 +265,20 @@ def operator_actor():
 
 
 @tenants.command("list")
-@click.option("--status", type=click.Choice(["active", "suspended"]))
+@click.option(
+    "--status",
+    type=click.Choice(["active", "suspended", "deleted"]),
+    help="deleted = suspended and scheduled for purge",
+)
+@click.option("--plan", help="plan id (see saas/billing/plans.toml)")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_fail_cleanly
-def tenants_list(ctx: Context, status: str | None, as_json: bool) -> None:
+def tenants_list(ctx: Context, status: str | None, plan: str | None, as_json: bool) -> None:
     """List tenants with their member counts."""
     from sqlalchemy import func, select
 
+    from saas.ops.lifecycle import lifecycle_state
     from saas.tenancy.models import Membership, Tenant
 
     with ctx.database.transaction() as session:
@@ -282,16 +288,26 @@ def tenants_list(ctx: Context, status: str | None, as_json: bool) -> None:
             .group_by(Tenant.id)
             .order_by(Tenant.created_at)
         )
-        if status:
+        if status == "deleted":
+            query = query.where(Tenant.deleted_at.is_not(None))
+        elif status == "suspended":
+            query = query.where(Tenant.status == "suspended", Tenant.deleted_at.is_(None))
+        elif status:
             query = query.where(Tenant.status == status)
-        rows = [{**t.to_public(), "schema": t.schema_name, "members": n} for t, n in session.execute(query)]
+        if plan:
+            query = query.where(Tenant.plan == plan)
+        rows = [
+            {**t.to_public(), "state": lifecycle_state(t), "schema": t.schema_name, "members": n,
+             "purge_after": t.purge_after}
+            for t, n in session.execute(query)
+        ]  # fmt: skip
     if as_json:
         _print_json(rows)
         return
     _table(
         f"{len(rows)} tenants",
-        ["slug", "name", "status", "plan", "members", "created"],
-        [[r["slug"], r["name"], r["status"], r["plan"], r["members"], r["created_at"]] for r in rows],
+        ["slug", "name", "state", "plan", "members", "created"],
+        [[r["slug"], r["name"], r["state"], r["plan"], r["members"], r["created_at"]] for r in rows],
     )
 
 
@@ -301,29 +317,26 @@ def tenants_list(ctx: Context, status: str | None, as_json: bool) -> None:
 @pass_ctx
 @_fail_cleanly
 def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
-    """Show one tenant (by slug or id): schema, version, members."""
-    from sqlalchemy import select
-
-    from saas.tenancy.models import Membership
+    """Show one tenant (by slug or id): schema and its size, members, plan, usage, last activity."""
+    from saas.ops.lifecycle import find_tenant, tenant_overview
 
     with ctx.database.transaction() as session:
-        t = _find_tenant(session, tenant)
-        members = [
-            {"email": m.user.email, "role": m.role, "status": m.status}
-            for m in session.scalars(select(Membership).where(Membership.tenant_id == t.id))
-        ]
-        data = {
-            **t.to_public(),
-            "schema": t.schema_name,
-            "schema_version": t.schema_version,
-            "members": members,
-        }
+        data = tenant_overview(session, find_tenant(session, tenant))
     if as_json:
         _print_json(data)
         return
-    for key in ("id", "slug", "name", "status", "plan", "schema", "schema_version", "created_at"):
-        click.echo(f"{key:>15}: {data[key]}")
-    _table("members", ["email", "role", "status"], [[m["email"], m["role"], m["status"]] for m in members])
+    keys = ("id", "slug", "name", "state", "plan", "schema", "schema_version", "schema_bytes",
+            "suspended_reason", "purge_after", "last_activity_at", "created_at")  # fmt: skip
+    for key in keys:
+        if data.get(key) is not None:
+            click.echo(f"{key:>17}: {data[key]}")
+    if data["usage"]:
+        click.echo(f"{'usage':>17}: " + ", ".join(f"{k} {v}" for k, v in data["usage"].items()))
+    _table(
+        "members",
+        ["email", "role", "status", "last login"],
+        [[m["email"], m["role"], m["status"], m["last_login_at"]] for m in data["members"]],
+    )
 
 
 from saas.ops import cli as _ops_cli  # noqa: E402, F401 - registers the operations commands

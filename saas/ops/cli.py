@@ -3,4 +3,10 @@
 
 from __future__ import annotations
 
-from saas.ops import cli_migrate  # noqa: F401 - tenants migrate, db check
+import importlib
+
+for _module in (
+    "cli_migrate",  # tenants migrate, db check
+    "cli_tenants",  # tenants suspend|resume|delete|purge|export|import|rename-slug
+):
+    importlib.import_module(f"saas.ops.{_module}")
