@@ -82,6 +82,11 @@ class Settings:
     db_max_overflow: int = 10
     redis_timeout_seconds: float = 0.25
     log_level: str = "INFO"
+    # operations (saas.ops, saas.worker, saas.observability)
+    smtp_url: str | None = None
+    mail_from: str = "no-reply@localhost"
+    outbox_max_attempts: int = 8
+    log_format: str = "json"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,6 +136,10 @@ class Settings:
         maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
         maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
         maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+        maybe("SMTP_URL", "smtp_url", _url(("smtp", "smtps")))
+        maybe("MAIL_FROM", "mail_from")
+        maybe("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _positive_int)
+        maybe("LOG_FORMAT", "log_format", _choice("json", "console"))
         settings = cls(**values)
         if settings.database_url and settings.database_url.startswith("postgres://"):
             settings = replace(settings, database_url="postgresql://" + settings.database_url[11:])
