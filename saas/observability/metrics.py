@@ -129,9 +129,14 @@ class DatabaseCollector(Collector):
                 )
                 failed = case((M.failed_at.is_not(None), "failed"), else_="pending")
                 backlog = dict(
-                    conn.execute(select(failed, func.count()).where(M.sent_at.is_(None)).group_by(failed))
+                    conn.execute(
+                        select(failed, func.count()).where(M.sent_at.is_(None)).group_by(failed)
+                    ).all()
                 )
         except Exception:
+            import logging
+
+            logging.getLogger("saas.metrics").warning("metrics query failed", exc_info=True)
             up.add_metric([], 0)
             return [up]
         for name in ("active", "suspended", "deleted"):
