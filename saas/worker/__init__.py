@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import random
 import signal
 import threading
@@ -42,6 +43,18 @@ log = logging.getLogger("saas.worker")
 
 #: modules imported by ``saas worker`` so their handlers register (others append their own)
 HANDLER_MODULES: list[str] = ["saas.worker.mail"]
+
+
+#: touched by ``run_forever`` on every loop (liveness: infra/k8s/worker.yaml)
+HEARTBEAT_FILE = os.environ.get("WORKER_HEARTBEAT_FILE", "/tmp/saas-worker.heartbeat")  # noqa: S108
+
+
+def _touch(path: str) -> None:
+    try:
+        with open(path, "a"):
+            os.utime(path)
+    except OSError:
+        log.warning("cannot touch the heartbeat file %s", path)
 
 
 class PermanentError(Exception):
@@ -206,12 +219,17 @@ class Worker:
             )
             return result.rowcount or 0
 
-    def run_forever(self, poll_seconds: float = 1.0) -> None:
-        """Poll until SIGTERM/SIGINT; the message in hand is finished first (graceful stop)."""
+    def run_forever(self, poll_seconds: float = 1.0, heartbeat: str | None = HEARTBEAT_FILE) -> None:
+        """Poll until SIGTERM/SIGINT; the message in hand is finished first (graceful stop).
+
+        ``heartbeat``: a file touched every loop; the liveness probe checks its age (a worker
+        stuck in a handler stops touching it)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         log.info("worker started", extra={"topics": sorted(_handlers)})
         while not self.stopping.is_set():
+            if heartbeat:
+                _touch(heartbeat)
             try:
                 busy = self.run_one() is not None
                 if time.monotonic() - self._last_prune > 3600:
