@@ -58,6 +58,7 @@ class Context:
     def __init__(self) -> None:
         self._settings: Settings | None = None
         self._app = None
+        self._engine = None
 
     @property
     def settings(self) -> Settings:
@@ -81,6 +82,20 @@ class Context:
     @property
     def database(self):
         return self.app.extensions["saas.db"]
+
+    @property
+    def engine(self):
+        """The database engine without building the app (commands that only need the database
+        start faster: ``saas tenants migrate`` with nothing pending)."""
+        if self._app is not None:
+            return self.database.engine
+        if self._engine is None:
+            from saas.db import Database
+
+            self._engine = Database.from_url(
+                self.settings.database_url or "", pool_size=2, max_overflow=2
+            ).engine
+        return self._engine
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
@@ -167,7 +182,7 @@ def db_upgrade(ctx: Context, shared_only: bool, parallel: int, as_json: bool) ->
     from saas.migrate import shared_head_revision, upgrade_shared
     from saas.ops.cli_migrate import run_tenant_migrations
 
-    upgrade_shared(ctx.database.engine)
+    upgrade_shared(ctx.engine)
     if not as_json:
         click.echo(f"shared schema at {shared_head_revision()}")
     if shared_only:

@@ -103,7 +103,7 @@ class DatabaseCollector(Collector):
     def _read(self) -> list[Any]:
         from sqlalchemy import case, func, select
 
-        from saas.ops.migrations import TenantMigrator
+        from saas.ops.migrations import track_head
         from saas.outbox import OutboxMessage as M
         from saas.tenancy.models import Tenant
 
@@ -118,7 +118,7 @@ class DatabaseCollector(Collector):
         )
         up = GaugeMetricFamily("saas_database_up", "1 when the metrics query reached the database.")
         try:
-            head = TenantMigrator().head
+            head = track_head()
             state = case((Tenant.deleted_at.is_not(None), "deleted"), else_=Tenant.status)
             with self.engine.connect() as conn:
                 counts = dict(conn.execute(select(state, func.count()).group_by(state)).all())

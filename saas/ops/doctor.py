@@ -111,10 +111,10 @@ def check_smtp(url: str | None, timeout: float = 3.0) -> Verdict:
 def check_migrations(engine) -> Verdict:
     try:
         from saas.migrate import current_shared_revision, shared_head_revision
-        from saas.ops.migrations import TenantMigrator, tenants_behind
+        from saas.ops.migrations import tenants_behind, track_head
 
         shared, head = current_shared_revision(engine), shared_head_revision()
-        tenant_head = TenantMigrator().head
+        tenant_head = track_head()
         total, behind = tenants_behind(engine, tenant_head)
     except Exception as exc:
         return Verdict("migrations", "fail", f"{type(exc).__name__}: {exc}")

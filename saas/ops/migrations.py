@@ -25,25 +25,51 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.util
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
-from alembic.operations import Operations
-from alembic.runtime.migration import MigrationContext
-from alembic.script import Script, ScriptDirectory
 from psycopg import sql as pgsql
 from sqlalchemy import Connection, Engine, create_engine, select, update
 
 from saas.db import TENANT_PLACEHOLDER, check_schema_name, tenant_metadata
-from saas.migrate import MIGRATIONS_DIR
 
-TENANT_TRACK = MIGRATIONS_DIR / "tenant"
+if TYPE_CHECKING:  # Alembic is imported only when a tenant is behind (it costs ~0.2 s to import)
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import Script, ScriptDirectory
+
+TENANT_TRACK = Path(__file__).resolve().parent.parent.parent / "migrations" / "tenant"
+
+_REVISION_RE = re.compile(r"^revision\s*(?::[^=]+)?=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+_DOWN_RE = re.compile(r"^down_revision\s*(?::[^=]+)?=\s*(.+)$", re.MULTILINE)
+
+
+@cache
+def track_head(location: str | Path = TENANT_TRACK) -> str:
+    """The head revision of a track, read from its ``versions/*.py`` files without importing
+    Alembic (so ``saas tenants migrate`` with nothing pending never loads it). Falls back to
+    Alembic's :class:`ScriptDirectory` when the files are not plain (several heads, computed ids).
+    """
+    revisions: set[str] = set()
+    downs: set[str] = set()
+    for path in Path(location, "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        rev = _REVISION_RE.search(source)
+        down = _DOWN_RE.search(source)
+        if rev is None or down is None:
+            return TenantMigrator(location).head
+        revisions.add(rev.group(1))
+        downs.update(re.findall(r"[\"']([^\"']+)[\"']", down.group(1)))
+    heads = revisions - downs
+    if len(heads) != 1:
+        return TenantMigrator(location).head
+    return heads.pop()
 
 
 @dataclass
@@ -101,6 +127,8 @@ def _tenant_operations(context: MigrationContext, schema: str) -> Operations:
     ``schema_translate_map`` covers statements built from ``Table`` objects; Alembic renders
     ``ALTER TABLE`` and ``CREATE INDEX`` names itself, so the schema is swapped on the operation.
     Revisions that name no schema resolve through ``SET LOCAL search_path``."""
+    from alembic.operations import Operations
+
     operations = Operations(context)
     invoke = operations.invoke
 
@@ -116,6 +144,9 @@ def _tenant_operations(context: MigrationContext, schema: str) -> Operations:
 
 @cache
 def _script_directory(location: str) -> ScriptDirectory:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     cfg = Config()
     cfg.set_main_option("script_location", location)
     return ScriptDirectory.from_config(cfg)
@@ -149,6 +180,8 @@ class TenantMigrator:
     def upgrade_schema(self, conn: Connection, schema: str, current: str | None) -> None:
         """Run the revisions after ``current`` on ``schema`` and write the version row, inside
         the caller's transaction (which must have run ``SET LOCAL search_path``)."""
+        from alembic.runtime.migration import MigrationContext
+
         quoted = pgsql.Identifier(check_schema_name(schema)).as_string(None)
         tconn = conn.execution_options(schema_translate_map={TENANT_PLACEHOLDER: schema})
         context = MigrationContext.configure(
@@ -212,18 +245,23 @@ def tenants_behind(
 
     ``only`` restricts to tenants given by slug or id.
     """
+    from sqlalchemy import func
+
     from saas.tenancy.models import Tenant
 
-    query = select(Tenant.id, Tenant.schema_name, Tenant.schema_version, Tenant.slug).order_by(Tenant.id)
     wanted = {w.strip().lower() for w in only or () if w.strip()}
+    behind = Tenant.schema_version.is_distinct_from(head)
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    if wanted:
-        rows = [r for r in rows if r.slug in wanted or str(r.id) in wanted]
-        missing = wanted - {r.slug for r in rows} - {str(r.id) for r in rows}
-        if missing:
-            raise LookupError(f"no tenant {', '.join(sorted(missing))}")
-    return len(rows), [(r.id, r.schema_name) for r in rows if r.schema_version != head]
+        if not wanted:
+            total = conn.scalar(select(func.count()).select_from(Tenant)) or 0
+            rows = conn.execute(select(Tenant.id, Tenant.schema_name).where(behind).order_by(Tenant.id)).all()
+            return total, [(r.id, r.schema_name) for r in rows]
+        query = select(Tenant.id, Tenant.schema_name, Tenant.slug, behind.label("behind")).order_by(Tenant.id)
+        rows = [r for r in conn.execute(query) if r.slug in wanted or str(r.id) in wanted]
+    missing = wanted - {r.slug for r in rows} - {str(r.id) for r in rows}
+    if missing:
+        raise LookupError(f"no tenant {', '.join(sorted(missing))}")
+    return len(rows), [(r.id, r.schema_name) for r in rows if r.behind]
 
 
 # --- worker processes --------------------------------------------------------------------------
@@ -273,10 +311,11 @@ def migrate_tenants(
     """
     global _parent_engine
     start = time.perf_counter()
-    migrator = TenantMigrator(script_location)
-    total, behind = tenants_behind(engine, migrator.head, only)
-    report = MigrateReport(head=migrator.head, total=total, at_head=total - len(behind))
+    head = track_head(script_location)
+    total, behind = tenants_behind(engine, head, only)
+    report = MigrateReport(head=head, total=total, at_head=total - len(behind))
     if behind:
+        migrator = TenantMigrator(script_location)
         items = [(str(tid), schema) for tid, schema in behind]
         workers = max(1, min(parallel, len(items)))
         if workers == 1:

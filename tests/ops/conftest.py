@@ -111,3 +111,5 @@ def run_cli(cli_settings, monkeypatch):
     for ctx in contexts:
         if ctx._app is not None:
             ctx.database.dispose()
+        if ctx._engine is not None:
+            ctx._engine.dispose()

@@ -148,3 +148,28 @@ def test_cli_tenants_migrate_and_db_check(committed, run_cli, engine):
     assert not checks["tenant schemas at head"]["ok"]
     assert run_cli("db", "upgrade").exit_code == 0
     assert run_cli("db", "check").exit_code == 0
+
+
+def test_track_head_matches_alembic(scratch_track):
+    from saas.ops.migrations import TenantMigrator, track_head
+
+    assert track_head() == tenant_head_revision() == TenantMigrator().head
+    assert track_head(scratch_track) == "9001" == TenantMigrator(scratch_track).head
+
+
+def test_nothing_pending_never_imports_alembic(engine, committed):
+    import subprocess
+    import sys
+
+    committed.tenant()
+    script = (
+        "import sys\n"
+        "from sqlalchemy import create_engine\n"
+        "from saas.ops.migrations import migrate_tenants\n"
+        "report = migrate_tenants(create_engine(sys.argv[1]))\n"
+        "assert report.results == [] and report.at_head >= 1, report\n"
+        "print(sorted(m for m in sys.modules if m.startswith('alembic')))\n"
+    )
+    url = engine.url.render_as_string(hide_password=False)
+    out = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
