@@ -112,10 +112,12 @@ def test_k8s_objects_reference_each_other_and_real_routes(app):
     assert _command_exists(worker["containers"][0]["command"])
     job = _by_kind("Job")["saas-migrate"]["spec"]["template"]["spec"]
     assert job["restartPolicy"] == "Never" and _command_exists(job["containers"][0]["command"])
+    purge = _by_kind("CronJob")["saas-purge"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert _command_exists(purge["containers"][0]["command"])
 
     secret_names = set(_by_kind("Secret"))
     config_names = set(_by_kind("ConfigMap"))
-    for spec in (deployments["saas-app"]["spec"]["template"]["spec"], worker, job):
+    for spec in (deployments["saas-app"]["spec"]["template"]["spec"], worker, job, purge):
         assert spec["securityContext"]["runAsNonRoot"] is True
         for c in spec["containers"]:
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
