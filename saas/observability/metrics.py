@@ -46,11 +46,6 @@ WEBHOOKS = Counter("saas_webhook_events_total", "Webhook events by type and outc
 JOBS = Counter("saas_jobs_total", "Outbox messages handled by topic and outcome (sent|retry|failed).",
                ["topic", "outcome"])  # fmt: skip
 JOB_LATENCY = Histogram("saas_job_duration_seconds", "Time to handle one outbox message.", ["topic"])
-TENANT_MIGRATIONS = Counter(
-    "saas_tenant_migrations_total",
-    "Tenant schema migrations by outcome (migrated|skipped|failed).",
-    ["outcome"],
-)
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
@@ -80,10 +75,6 @@ def webhook_event(event_type: str, outcome: str) -> None:
 def job_processed(topic: str, outcome: str, seconds: float) -> None:
     JOBS.labels(topic, outcome).inc()
     JOB_LATENCY.labels(topic).observe(seconds)
-
-
-def tenant_migrated(outcome: str, n: int = 1) -> None:
-    TENANT_MIGRATIONS.labels(outcome).inc(n)
 
 
 class DatabaseCollector(Collector):

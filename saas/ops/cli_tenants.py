@@ -96,8 +96,10 @@ def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool
     if not yes:
         raise click.UsageError("--now drops the tenant at once: add --yes to confirm")
     engine = ctx.database.engine
-    with ctx.database.transaction() as session:
-        t = find_tenant(session, tenant)
+    with ctx.database.transaction() as session:  # suspended first: no write lands after the export
+        t = find_tenant(session, tenant, for_update=True)
+        if t.deleted_at is None:
+            schedule_deletion(session, t, operator_actor(), 0)
         slug, tid = t.slug, t.id
     path = out or _default_export_path(ctx, slug)
     counts = export_to_file(engine, str(tid), path)
