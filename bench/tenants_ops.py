@@ -132,11 +132,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def backend_anon_mib(app) -> list[float]:
+    """Private memory (RssAnon: catalogue caches, not shared buffers) of the PostgreSQL backends
+    serving the gunicorn worker (application_name ``bench-gunicorn``; same machine)."""
+    from sqlalchemy import text
+
+    with app.extensions["saas.db"].engine.connect() as conn:
+        pids = conn.scalars(
+            text("SELECT pid FROM pg_stat_activity WHERE application_name = 'bench-gunicorn'")
+        ).all()
+    out = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            out.append(round(rss_kib(pid, "RssAnon") / 1024, 1))
+    return sorted(out)
 
 
 def worker_memory(env: dict[str, str], app, tenants: list[tuple[str, str, str]], max_requests: int) -> dict:
@@ -144,8 +160,10 @@ def worker_memory(env: dict[str, str], app, tenants: list[tuple[str, str, str]],
     import requests
 
     port = free_port()
+    sep = "&" if "?" in env["DATABASE_URL"] else "?"
     genv = {
         **env,
+        "DATABASE_URL": env["DATABASE_URL"] + sep + "application_name=bench-gunicorn",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "1",
         "GUNICORN_MAX_REQUESTS": str(max_requests),
@@ -191,6 +209,7 @@ def worker_memory(env: dict[str, str], app, tenants: list[tuple[str, str, str]],
                     peak = max(peak, rss_kib(worker_pid()))
         seconds = time.perf_counter() - start
         time.sleep(0.5)
+        backends = backend_anon_mib(app)
         last = worker_pid()
         after = rss_kib(last)
         return {
@@ -200,6 +219,7 @@ def worker_memory(env: dict[str, str], app, tenants: list[tuple[str, str, str]],
             "rss_end_mib": round(after / 1024, 1),
             "rss_peak_sampled_mib": round(max(peak, after) / 1024, 1),
             "recycled": first != last,
+            "pg_backends_private_mib": backends,
             "ms_per_request": round(seconds / len(tenants) * 1000, 2),
         }
     finally:
@@ -244,38 +264,42 @@ def main() -> int:
         settings = Settings.from_env(env)
         app = create_app(settings)
         upgrade_shared(app.extensions["saas.db"].engine)
-        # the same signing key for this process and the gunicorn one
-        tracks = {
-            "a": scratch_track(work, ["9001"]),
-            "b": scratch_track(work, ["9001", "9002"]),
-            "c": scratch_track(work, ["9001", "9002", "9003"]),
-        }
+        # chained scratch tracks: track(k) = the real track + revisions 9001..900k
+        revs = [f"90{i:02d}" for i in range(1, 8)]
+        tracks = {k: str(scratch_track(work, revs[:k])) for k in range(1, 8)}
+
+        def noop(key: str, track: str | None) -> None:
+            runs = [cli(env, *(("--track", track) if track else ()))[0:2] for _ in range(3)]
+            walls = [w for w, _ in runs]
+            results[key] = {
+                "median_wall_s": round(statistics.median(walls), 3),
+                "runs_wall_s": [round(w, 3) for w in walls],
+                "in_process_s": [r["seconds"] for _, r in runs],
+            }
+            print(key, results[key], flush=True)
+
+        def one_revision(key: str, k: int, parallel: int) -> None:
+            wall, report = cli(env, "--track", tracks[k], "--parallel", str(parallel))
+            results[key] = migration_result(wall, report)
+            print(key, results[key], flush=True)
+
         tenants: list = []
         seconds, made = provision(app, sizes[0])
         tenants += made
-        results["provision_first"] = {
+        n = len(tenants)
+        results[f"provision_{n}"] = {
             "tenants": len(made),
             "seconds": round(seconds, 2),
             "ms_per_tenant": round(seconds / len(made) * 1000, 2),
         }
-        print("provisioned", results["provision_first"], flush=True)
-
-        runs = [cli(env)[0] for _ in range(3)]
-        results[f"noop_{len(tenants)}"] = {
-            "median_s": round(statistics.median(runs), 3),
-            "runs": [round(r, 3) for r in runs],
-        }
-        print("nothing pending", results[f"noop_{len(tenants)}"], flush=True)
-
-        wall, report = cli(env, "--track", str(tracks["a"]), "--parallel", "1")
-        results[f"one_revision_{len(tenants)}_p1"] = migration_result(wall, report)
-        print("one revision p1", results[f"one_revision_{len(tenants)}_p1"], flush=True)
-        wall, report = cli(env, "--track", str(tracks["b"]), "--parallel", "2")
-        results[f"one_revision_{len(tenants)}_p2"] = migration_result(wall, report)
-        print("one revision p2", results[f"one_revision_{len(tenants)}_p2"], flush=True)
-
+        print("provisioned", results[f"provision_{n}"], flush=True)
+        noop(f"noop_{n}", None)
+        # alternate --parallel 1 and 2 (one new revision each time): load on the shared machine
+        # varies, so each setting is measured twice
+        for k, parallel in ((1, 1), (2, 2), (3, 1), (4, 2)):
+            one_revision(f"one_revision_{n}_p{parallel}_run{(k + 1) // 2}", k, parallel)
         for mr in (0, 200):
-            key = f"worker_memory_{len(tenants)}_max_requests_{mr}"
+            key = f"worker_memory_{n}_max_requests_{mr}"
             results[key] = worker_memory(env, app, tenants, mr)
             print(key, results[key], flush=True)
 
@@ -288,20 +312,12 @@ def main() -> int:
                 "ms_per_tenant": round(seconds / len(made) * 1000, 2),
             }
             print("provisioned", results[f"provision_to_{size}"], flush=True)
-            wall, report = cli(env, "--track", str(tracks["b"]), "--parallel", "2")  # catch the new ones up
-            results[f"catch_up_{len(made)}_two_revisions_p2"] = {
-                "wall_s": round(wall, 2),
-                "migrated": report["migrated"],
-            }
-            runs = [cli(env, "--track", str(tracks["b"]))[0] for _ in range(3)]
-            results[f"noop_{size}"] = {
-                "median_s": round(statistics.median(runs), 3),
-                "runs": [round(r, 3) for r in runs],
-            }
-            print("nothing pending", results[f"noop_{size}"], flush=True)
-            wall, report = cli(env, "--track", str(tracks["c"]), "--parallel", "2")
-            results[f"one_revision_{size}_p2"] = migration_result(wall, report)
-            print("one revision p2", results[f"one_revision_{size}_p2"], flush=True)
+            wall, report = cli(env, "--track", tracks[4], "--parallel", "2")  # catch the new ones up
+            results[f"catch_up_{len(made)}_four_revisions_p2"] = migration_result(wall, report)
+            noop(f"noop_{size}", tracks[4])
+            one_revision(f"one_revision_{size}_p2_run1", 5, 2)
+            one_revision(f"one_revision_{size}_p1_run1", 6, 1)
+            one_revision(f"one_revision_{size}_p2_run2", 7, 2)
             for mr in (0, 1000):
                 key = f"worker_memory_{size}_max_requests_{mr}"
                 results[key] = worker_memory(env, app, tenants, mr)
