@@ -27,9 +27,8 @@ def _route() -> str:
 
 
 def init_app(app: Flask) -> None:
-    """Register the request timer, the request log and ``GET /metrics``."""
-    settings = app.extensions["saas.settings"]
-    configure_logging(settings.log_level, settings.log_format)
+    """Register the request timer, the request log and ``GET /metrics`` (``create_app`` has
+    already called :func:`configure_logging`)."""
     collector = metrics.DatabaseCollector(app.extensions["saas.db"].engine)
     app.extensions["saas.metrics_collector"] = collector
 
