@@ -54,6 +54,13 @@ def redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _drop_duplicate_message(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The standard library's ``message`` attribute repeats ``event``: keep one."""
+    if event.get("message") == event.get("event"):
+        event.pop("message", None)
+    return event
+
+
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
@@ -68,7 +75,7 @@ def formatter(fmt: str = "json") -> logging.Formatter:
         structlog.processors.JSONRenderer(default=str) if fmt == "json" else structlog.dev.ConsoleRenderer()
     )
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(), _drop_duplicate_message],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
