@@ -349,10 +349,15 @@ def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
         click.echo(f"{'usage':>17}: " + ", ".join(f"{k} {v}" for k, v in data["usage"].items()))
     _table(
         "members",
-        ["email", "role", "status", "last login"],
-        [[m["email"], m["role"], m["status"], m["last_login_at"]] for m in data["members"]],
+        ["email", "role", "status"],
+        [[m["email"], m["role"], m["status"]] for m in data["members"]],
     )
 
+
+from saas.auth.cli import register as _register_auth_commands  # noqa: E402 - needs main above
+from saas.billing import cli as _billing_cli  # noqa: E402, F401 - registers `saas billing`, `tenants set-plan`
+
+_register_auth_commands(main)
 
 from saas.ops import cli as _ops_cli  # noqa: E402, F401 - registers the operations commands
 

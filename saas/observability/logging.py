@@ -104,7 +104,9 @@ def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> Non
     for h in list(root.handlers):
         if getattr(h, "_saas_handler", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    # the process's real stderr: a command's stdout/stderr swapped by a test runner (click's
+    # CliRunner) or a caller must not receive log lines mixed into --json output
+    handler = logging.StreamHandler(stream or sys.__stderr__)
     handler.setFormatter(formatter(fmt))
     handler._saas_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)

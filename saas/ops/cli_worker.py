@@ -20,7 +20,7 @@ def worker(ctx: Context, once: bool, poll_interval: float) -> None:
 
     app = ctx.app
     load_handlers()
-    w = Worker(app.extensions["saas.db"], ctx.settings)
+    w = Worker(app.extensions["saas.db"], ctx.settings, services={"app": app})
     with app.app_context():
         if once:
             _print_json(w.run_until_idle())

@@ -226,15 +226,14 @@ def tenant_overview(session: Session, tenant: Tenant) -> dict[str, Any]:
         ),
         {"s": schema},
     )
-    members = [
-        {"email": u.email, "role": m.role, "status": m.status, "last_login_at": u.last_login_at}
-        for m, u in session.execute(
-            select(Membership, User)
-            .join(User, User.id == Membership.user_id)
-            .where(Membership.tenant_id == tenant.id)
-            .order_by(User.email)
-        )
-    ]
+    rows = session.execute(
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.tenant_id == tenant.id)
+        .order_by(User.email)
+    ).all()
+    members = [{"email": u.email, "role": m.role, "status": m.status} for m, u in rows]
+    logins = [u.last_login_at for _, u in rows if u.last_login_at]
     quoted = pgsql.Identifier(check_schema_name(schema)).as_string(None)
     names = [t.name for t in tenant_metadata.sorted_tables]
     counts_sql = " UNION ALL ".join(
@@ -248,7 +247,6 @@ def tenant_overview(session: Session, tenant: Tenant) -> dict[str, Any]:
     if exists:
         usage = {name: n for name, n in session.execute(text(counts_sql))}
         last_audit = session.scalar(text(f"SELECT max(occurred_at) FROM {quoted}.audit_events"))  # noqa: S608
-    logins = [m["last_login_at"] for m in members if m["last_login_at"]]
     candidates = [d for d in [last_audit, *logins] if d is not None]
     try:
         from saas.billing.entitlements import entitlements_for

@@ -225,3 +225,16 @@ def test_skip_locked_two_workers_never_share_a_message(committed, engine, settin
 def _max_outbox_id(engine) -> int:
     with engine.connect() as conn:
         return conn.scalar(text("SELECT coalesce(max(id), 0) FROM saas.outbox"))
+
+
+def test_billing_topics_are_delivered_through_the_worker(app, settings, db_session):
+    from saas.billing.jobs import HANDLERS
+
+    assert set(HANDLERS) <= set(worker.handlers())
+    topic = next(iter(HANDLERS))
+    outbox.enqueue(db_session, topic, {"no_tenant_id": True})  # malformed: parked at once
+    db_session.flush()
+    w = Worker(app.extensions["saas.db"], settings, services={"app": app})
+    assert w.run_one() == "failed"
+    row = db_session.scalars(select(OutboxMessage).where(OutboxMessage.topic == topic)).one()
+    assert "malformed payload" in row.last_error and row.attempts == 1

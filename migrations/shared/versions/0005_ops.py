@@ -1,14 +1,14 @@
 """operations: tenant suspension and scheduled deletion, outbox dead letters
 
-Revision ID: 0002_ops
-Revises: 0001
+Revision ID: 0005_ops
+Revises: 0004_billing_fixes
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_ops"
-down_revision = "0001"
+revision = "0005_ops"
+down_revision = "0004_billing_fixes"
 branch_labels = None
 depends_on = None
 
