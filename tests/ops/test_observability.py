@@ -132,3 +132,29 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and set(ready.get_json()["checks"]) >= {"database", "redis"}
+
+
+def test_webhook_receive_counts_events_by_type_and_outcome(monkeypatch):
+    from prometheus_client import REGISTRY
+
+    from saas.billing import webhooks
+
+    def value(outcome: str) -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "saas_webhook_events_total", {"type": "invoice.paid", "outcome": outcome}
+            )
+            or 0.0
+        )
+
+    before_ok, before_failed = value("processed"), value("failed")
+    monkeypatch.setattr(webhooks, "_run", lambda *a, **k: webhooks.Outcome("evt_1", "processed"))
+    webhooks.receive(None, None, {"id": "evt_1", "type": "invoice.paid"})
+
+    def boom(*a, **k):
+        raise webhooks.WebhookProcessingFailed("x")
+
+    monkeypatch.setattr(webhooks, "_run", boom)
+    with pytest.raises(webhooks.WebhookProcessingFailed):
+        webhooks.receive(None, None, {"id": "evt_2", "type": "invoice.paid"})
+    assert value("processed") == before_ok + 1 and value("failed") == before_failed + 1
