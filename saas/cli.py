@@ -138,11 +138,12 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     """
     os.environ.setdefault("SAAS_ENV", "development")
     settings = ctx.settings
-    from saas.migrate import upgrade_shared, upgrade_tenants
+    from saas.migrate import upgrade_shared
+    from saas.ops.migrations import migrate_tenants
 
     app = ctx.app
     upgrade_shared(app.extensions["saas.db"].engine)
-    upgrade_tenants(app.extensions["saas.db"].engine)
+    migrate_tenants(app.extensions["saas.db"].engine)
     click.echo(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     if workers > 1:
         if not settings.redis_url:
