@@ -6,7 +6,6 @@ server and runs no migration: ``saas dev`` and ``saas db upgrade`` do that.
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 import uuid
@@ -46,7 +45,9 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from tenants import contacts
 
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from saas import observability
+
+    observability.configure_logging(settings.log_level, settings.log_format)
 
     app = Flask("saas")
     app.config["SECRET_KEY"] = settings.secret_key or secrets.token_hex(32)
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     )
 
     _init_request_id(app)
+    observability.init_app(app)
     app.before_request(authenticate_request)
     smorest = api.init_app(app)
     errors.init_app(app)  # after flask-smorest, so the problem handlers win

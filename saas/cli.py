@@ -58,6 +58,7 @@ class Context:
     def __init__(self) -> None:
         self._settings: Settings | None = None
         self._app = None
+        self._engine = None
 
     @property
     def settings(self) -> Settings:
@@ -81,6 +82,20 @@ class Context:
     @property
     def database(self):
         return self.app.extensions["saas.db"]
+
+    @property
+    def engine(self):
+        """The database engine without building the app (commands that only need the database
+        start faster: ``saas tenants migrate`` with nothing pending)."""
+        if self._app is not None:
+            return self.database.engine
+        if self._engine is None:
+            from saas.db import Database
+
+            self._engine = Database.from_url(
+                self.settings.database_url or "", pool_size=2, max_overflow=2
+            ).engine
+        return self._engine
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
@@ -123,11 +138,12 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     """
     os.environ.setdefault("SAAS_ENV", "development")
     settings = ctx.settings
-    from saas.migrate import upgrade_shared, upgrade_tenants
+    from saas.migrate import upgrade_shared
+    from saas.ops.migrations import migrate_tenants
 
     app = ctx.app
     upgrade_shared(app.extensions["saas.db"].engine)
-    upgrade_tenants(app.extensions["saas.db"].engine)
+    migrate_tenants(app.extensions["saas.db"].engine)
     click.echo(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     if workers > 1:
         if not settings.redis_url:
@@ -151,25 +167,28 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--shared-only", is_flag=True, help="skip the tenant schemas")
+@click.option(
+    "--parallel",
+    "-j",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="tenant migration worker processes",
+)
+@click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_fail_cleanly
-def db_upgrade(ctx: Context, shared_only: bool) -> None:
-    """Apply the shared track, then bring every tenant schema to head."""
-    from saas.migrate import shared_head_revision, tenants_behind, upgrade_shared, upgrade_tenants
+def db_upgrade(ctx: Context, shared_only: bool, parallel: int, as_json: bool) -> None:
+    """Apply the shared track, then bring every tenant schema to head (``saas tenants migrate``)."""
+    from saas.migrate import shared_head_revision, upgrade_shared
+    from saas.ops.cli_migrate import run_tenant_migrations
 
-    engine = ctx.database.engine
-    upgrade_shared(engine)
-    click.echo(f"shared schema at {shared_head_revision()}")
+    upgrade_shared(ctx.engine)
+    if not as_json:
+        click.echo(f"shared schema at {shared_head_revision()}")
     if shared_only:
         return
-    total, behind = tenants_behind(engine)
-    with click.progressbar(length=len(behind), label=f"tenants ({total - len(behind)} at head)") as bar:
-        report = upgrade_tenants(engine, progress=lambda schema, ok: bar.update(1))
-    click.echo(f"tenants: {len(report.migrated)} migrated, {report.skipped} already at head")
-    for schema, error in report.failed.items():
-        click.echo(f"failed {schema}: {error}", err=True)
-    if not report.ok:
-        sys.exit(1)
+    run_tenant_migrations(ctx, (), parallel, as_json)
 
 
 # --- tenants -----------------------------------------------------------------------------------
@@ -262,14 +281,20 @@ def operator_actor():
 
 
 @tenants.command("list")
-@click.option("--status", type=click.Choice(["active", "suspended"]))
+@click.option(
+    "--status",
+    type=click.Choice(["active", "suspended", "deleted"]),
+    help="deleted = suspended and scheduled for purge",
+)
+@click.option("--plan", help="plan id (see saas/billing/plans.toml)")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_fail_cleanly
-def tenants_list(ctx: Context, status: str | None, as_json: bool) -> None:
+def tenants_list(ctx: Context, status: str | None, plan: str | None, as_json: bool) -> None:
     """List tenants with their member counts."""
     from sqlalchemy import func, select
 
+    from saas.ops.lifecycle import lifecycle_state
     from saas.tenancy.models import Membership, Tenant
 
     with ctx.database.transaction() as session:
@@ -279,16 +304,26 @@ def tenants_list(ctx: Context, status: str | None, as_json: bool) -> None:
             .group_by(Tenant.id)
             .order_by(Tenant.created_at)
         )
-        if status:
+        if status == "deleted":
+            query = query.where(Tenant.deleted_at.is_not(None))
+        elif status == "suspended":
+            query = query.where(Tenant.status == "suspended", Tenant.deleted_at.is_(None))
+        elif status:
             query = query.where(Tenant.status == status)
-        rows = [{**t.to_public(), "schema": t.schema_name, "members": n} for t, n in session.execute(query)]
+        if plan:
+            query = query.where(Tenant.plan == plan)
+        rows = [
+            {**t.to_public(), "state": lifecycle_state(t), "schema": t.schema_name, "members": n,
+             "purge_after": t.purge_after}
+            for t, n in session.execute(query)
+        ]  # fmt: skip
     if as_json:
         _print_json(rows)
         return
     _table(
         f"{len(rows)} tenants",
-        ["slug", "name", "status", "plan", "members", "created"],
-        [[r["slug"], r["name"], r["status"], r["plan"], r["members"], r["created_at"]] for r in rows],
+        ["slug", "name", "state", "plan", "members", "created"],
+        [[r["slug"], r["name"], r["state"], r["plan"], r["members"], r["created_at"]] for r in rows],
     )
 
 
@@ -298,35 +333,34 @@ def tenants_list(ctx: Context, status: str | None, as_json: bool) -> None:
 @pass_ctx
 @_fail_cleanly
 def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
-    """Show one tenant (by slug or id): schema, version, members."""
-    from sqlalchemy import select
-
-    from saas.tenancy.models import Membership
+    """Show one tenant (by slug or id): schema and its size, members, plan, usage, last activity."""
+    from saas.ops.lifecycle import find_tenant, tenant_overview
 
     with ctx.database.transaction() as session:
-        t = _find_tenant(session, tenant)
-        members = [
-            {"email": m.user.email, "role": m.role, "status": m.status}
-            for m in session.scalars(select(Membership).where(Membership.tenant_id == t.id))
-        ]
-        data = {
-            **t.to_public(),
-            "schema": t.schema_name,
-            "schema_version": t.schema_version,
-            "members": members,
-        }
+        data = tenant_overview(session, find_tenant(session, tenant))
     if as_json:
         _print_json(data)
         return
-    for key in ("id", "slug", "name", "status", "plan", "schema", "schema_version", "created_at"):
-        click.echo(f"{key:>15}: {data[key]}")
-    _table("members", ["email", "role", "status"], [[m["email"], m["role"], m["status"]] for m in members])
+    keys = ("id", "slug", "name", "state", "plan", "schema", "schema_version", "schema_bytes",
+            "suspended_reason", "purge_after", "last_activity_at", "created_at")  # fmt: skip
+    for key in keys:
+        if data.get(key) is not None:
+            click.echo(f"{key:>17}: {data[key]}")
+    if data["usage"]:
+        click.echo(f"{'usage':>17}: " + ", ".join(f"{k} {v}" for k, v in data["usage"].items()))
+    _table(
+        "members",
+        ["email", "role", "status"],
+        [[m["email"], m["role"], m["status"]] for m in data["members"]],
+    )
 
 
 from saas.auth.cli import register as _register_auth_commands  # noqa: E402 - needs main above
 from saas.billing import cli as _billing_cli  # noqa: E402, F401 - registers `saas billing`, `tenants set-plan`
 
 _register_auth_commands(main)
+
+from saas.ops import cli as _ops_cli  # noqa: E402, F401 - registers the operations commands
 
 if __name__ == "__main__":  # pragma: no cover
     main()

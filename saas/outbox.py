@@ -19,7 +19,10 @@ class OutboxMessage(SharedBase):
     """One pending side effect. ``topic`` names the handler (``mail.invitation``...)."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_pending", "available_at", postgresql_where="sent_at IS NULL"),)
+    __table_args__ = (
+        Index("ix_outbox_pending", "available_at", postgresql_where="sent_at IS NULL"),
+        Index("ix_outbox_failed", "failed_at", postgresql_where="failed_at IS NOT NULL"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     topic: Mapped[str] = mapped_column(String(64))
@@ -30,6 +33,8 @@ class OutboxMessage(SharedBase):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: set when the worker gave up (dead letter; ``saas jobs list --failed``, ``saas jobs retry``)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 def enqueue(

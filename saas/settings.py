@@ -114,6 +114,11 @@ class Settings:
     db_max_overflow: int = 10
     redis_timeout_seconds: float = 0.25
     log_level: str = "INFO"
+    # operations (saas.ops, saas.worker, saas.observability)
+    smtp_url: str | None = None
+    mail_from: str = "no-reply@localhost"
+    outbox_max_attempts: int = 8
+    log_format: str = "json"
     # billing (saas.billing): off while stripe_secret_key is None
     stripe_secret_key: str | None = None
     stripe_webhook_secrets: tuple[str, ...] = ()
@@ -186,6 +191,10 @@ class Settings:
         maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
         maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
         maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+        maybe("SMTP_URL", "smtp_url", _url(("smtp", "smtps")))
+        maybe("MAIL_FROM", "mail_from")
+        maybe("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _positive_int)
+        maybe("LOG_FORMAT", "log_format", _choice("json", "console"))
         maybe("STRIPE_SECRET_KEY", "stripe_secret_key", _stripe_key)
         maybe("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secrets", _webhook_secrets)
         maybe("STRIPE_API_BASE", "stripe_api_base", _url(("http", "https")))

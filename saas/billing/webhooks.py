@@ -155,7 +155,15 @@ def receive(database: Database, billing: Billing, event: Mapping[str, Any]) -> O
         WebhookProcessingFailed: the effect failed; it was rolled back and the event is stored
         as ``failed`` (committed), so a retry or ``saas billing replay`` can apply it.
     """
-    return _run(database, billing, event["id"], event, replay=False)
+    from saas.observability import metrics
+
+    try:
+        outcome = _run(database, billing, event["id"], event, replay=False)
+    except WebhookProcessingFailed:
+        metrics.webhook_event(str(event.get("type")), "failed")
+        raise
+    metrics.webhook_event(str(event.get("type")), outcome.status)
+    return outcome
 
 
 def replay(database: Database, billing: Billing, event_id: str) -> Outcome:

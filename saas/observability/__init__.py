@@ -1,0 +1,70 @@
+"""Observability: a JSON log line per request, Prometheus metrics at ``/metrics``.
+
+The request log carries: ``request_id`` (the incoming ``X-Request-ID`` when well formed, see
+``saas._init_request_id``), ``method``, ``route`` (the URL rule template, not the path, so ids
+and tokens in paths never appear), ``status``, ``duration_ms``, ``tenant_id``, ``user_id`` or
+``client_id``, ``remote_addr``. Never headers, bodies or query strings.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, current_app, g, request
+
+from saas.observability import metrics
+from saas.observability.logging import configure as configure_logging
+from saas.observability.logging import get_logger
+
+__all__ = ["configure_logging", "init_app", "metrics"]
+
+_log = get_logger("saas.request")
+
+
+def _route() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+def init_app(app: Flask) -> None:
+    """Register the request timer, the request log and ``GET /metrics`` (``create_app`` has
+    already called :func:`configure_logging`)."""
+    collector = metrics.DatabaseCollector(app.extensions["saas.db"].engine)
+    app.extensions["saas.metrics_collector"] = collector
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response: Response) -> Response:
+        started = g.get("request_started")
+        seconds = time.perf_counter() - started if started else 0.0
+        route = _route()
+        if route != "/metrics":
+            metrics.observe_request(route, request.method, response.status_code, seconds)
+        principal = g.get("principal")
+        fields = {
+            "request_id": g.get("request_id"),
+            "method": request.method,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 2),
+            "remote_addr": request.remote_addr,
+        }
+        if principal is not None:
+            fields["tenant_id"] = str(principal.tenant_id) if principal.tenant_id else None
+            if principal.user_id is not None:
+                fields["user_id"] = str(principal.user_id)
+            elif principal.client_id:
+                fields["client_id"] = principal.client_id
+        elif g.get("log_tenant_id"):
+            fields["tenant_id"] = str(g.log_tenant_id)
+        level = "warning" if response.status_code >= 500 else "info"
+        getattr(_log, level)("request", **fields)
+        return response
+
+    @app.get("/metrics")
+    def _metrics() -> Response:
+        body = metrics.render(current_app.extensions.get("saas.metrics_collector"))
+        return Response(body, mimetype="text/plain; version=0.0.4", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,387 @@
+"""Operator commands: ``saas users list|show|lock|unlock``, ``saas audit TENANT``,
+``saas jobs list|retry``, ``saas doctor``."""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from datetime import datetime, timedelta
+
+import click
+
+from saas.cli import CliError, Context, _fail_cleanly, _print_json, _table, main, operator_actor, pass_ctx
+
+
+def group(name: str, help_text: str) -> click.Group:
+    """The ``saas NAME`` group, shared with other packages' commands (``users reset-mfa`` lives
+    with auth): reuse it when registered first, else create it."""
+    existing = main.commands.get(name)
+    if isinstance(existing, click.Group):
+        return existing
+    new = click.Group(name, help=help_text)
+    main.add_command(new)
+    return new
+
+
+users = group("users", "Users (global identities): list, show, lock, unlock.")
+jobs = group("jobs", "Background jobs (the outbox): pending, failed, retry.")
+
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_since(raw: str) -> datetime:
+    """``24h``, ``7d``, ``30m``, ``90s`` (ago) or an ISO 8601 timestamp (UTC when no offset).
+
+    Raises:
+        click.BadParameter: neither.
+    """
+    from datetime import UTC
+
+    from saas.db import utcnow
+
+    match = _RELATIVE.fullmatch(raw.strip())
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        return utcnow() - timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+    try:
+        value = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise click.BadParameter("expected 24h, 7d, 30m or an ISO 8601 time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _find_user(session, ref: str):
+    from sqlalchemy import func, select
+
+    from saas.identity.models import User
+
+    try:
+        user = session.get(User, uuid.UUID(ref))
+    except ValueError:
+        user = session.scalar(select(User).where(func.lower(User.email) == ref.strip().lower()))
+    if user is None:
+        raise CliError(f"no user {ref!r}")
+    return user
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+@users.command("list")
+@click.option("--tenant", help="members of this tenant (slug or id)")
+@click.option("--status", type=click.Choice(["active", "locked"]))
+@click.option("--email", "email_like", help="substring of the email")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def users_list(ctx: Context, tenant: str | None, status: str | None, email_like: str | None, limit: int,
+               as_json: bool) -> None:  # fmt: skip
+    """List users with their number of tenants."""
+    from sqlalchemy import func, select
+
+    from saas.identity.models import User
+    from saas.ops.lifecycle import find_tenant
+    from saas.tenancy.models import Membership
+
+    with ctx.database.transaction() as session:
+        query = (
+            select(User, func.count(Membership.id))
+            .outerjoin(Membership, Membership.user_id == User.id)
+            .group_by(User.id)
+            .order_by(User.email)
+            .limit(limit)
+        )
+        if tenant:
+            t = find_tenant(session, tenant)
+            query = query.where(User.id.in_(select(Membership.user_id).where(Membership.tenant_id == t.id)))
+        if status:
+            query = query.where(User.status == status)
+        if email_like:
+            query = query.where(User.email.ilike(f"%{email_like}%"))
+        rows = [
+            {**u.to_public(), "status": u.status, "tenants": n, "last_login_at": u.last_login_at}
+            for u, n in session.execute(query)
+        ]
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        f"{len(rows)} users",
+        ["email", "name", "status", "tenants", "last login"],
+        [[r["email"], r["name"], r["status"], r["tenants"], r["last_login_at"]] for r in rows],
+    )
+
+
+@users.command("show")
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def users_show(ctx: Context, user: str, as_json: bool) -> None:
+    """Show a user (email or id): status, tenants and roles, live sessions."""
+    from sqlalchemy import func, select
+
+    from saas.auth.models import RefreshToken
+    from saas.db import utcnow
+    from saas.tenancy.models import Membership, Tenant
+
+    with ctx.database.transaction() as session:
+        u = _find_user(session, user)
+        memberships = [
+            {"tenant": t.slug, "role": m.role, "status": m.status, "since": m.created_at}
+            for m, t in session.execute(
+                select(Membership, Tenant).join(Tenant, Tenant.id == Membership.tenant_id)
+                .where(Membership.user_id == u.id).order_by(Tenant.slug)
+            )
+        ]  # fmt: skip
+        sessions = session.scalar(
+            select(func.count()).where(
+                RefreshToken.user_id == u.id,
+                RefreshToken.revoked_at.is_(None),
+                RefreshToken.expires_at > utcnow(),
+            )
+        )
+        data = {**u.to_public(), "status": u.status, "last_login_at": u.last_login_at,
+                "has_password": u.password_hash is not None, "live_sessions": sessions,
+                "memberships": memberships}  # fmt: skip
+    if as_json:
+        _print_json(data)
+        return
+    for key in (
+        "id",
+        "email",
+        "name",
+        "status",
+        "has_password",
+        "live_sessions",
+        "last_login_at",
+        "created_at",
+    ):
+        click.echo(f"{key:>14}: {data[key]}")
+    _table("tenants", ["tenant", "role", "status", "since"],
+           [[m["tenant"], m["role"], m["status"], m["since"]] for m in memberships])  # fmt: skip
+
+
+def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -> dict:
+    from sqlalchemy import select, update
+
+    from saas import audit
+    from saas.auth.models import RefreshToken
+    from saas.db import utcnow
+    from saas.tenancy.models import Membership, Tenant
+
+    actor = operator_actor()
+    with ctx.database.transaction() as session:
+        u = _find_user(session, user)
+        if u.status == status:
+            raise CliError(f"{u.email} is already {status}")
+        u.status = status
+        revoked = 0
+        if status == "locked":
+            result = session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.user_id == u.id, RefreshToken.revoked_at.is_(None))
+                .values(revoked_at=utcnow(), revoked_reason="user_locked")
+            )
+            revoked = result.rowcount or 0
+        action = "user.locked" if status == "locked" else "user.unlocked"
+        schemas = session.scalars(
+            select(Tenant.schema_name).join(Membership, Membership.tenant_id == Tenant.id)
+            .where(Membership.user_id == u.id)
+        ).all()  # fmt: skip
+        from saas import outbox
+
+        event = "account_locked" if status == "locked" else "account_unlocked"
+        outbox.enqueue(session, "mail.security", {"to": u.email, "event": event})
+        for schema in schemas:  # each tenant the user belongs to sees it in its audit log
+            audit.record(session, action, target_type="user", target_id=u.id,
+                         data={"reason": reason} if reason else {}, actor=actor, schema=schema)  # fmt: skip
+        return {"id": str(u.id), "email": u.email, "status": status, "revoked_sessions": revoked}
+
+
+@users.command("lock")
+@click.argument("user")
+@click.option("--reason", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def users_lock(ctx: Context, user: str, reason: str, as_json: bool) -> None:
+    """Lock a user: logins and refreshes refused, every refresh token revoked."""
+    data = _set_user_status(ctx, user, "locked", reason)
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(f"locked {data['email']} ({data['revoked_sessions']} sessions revoked)")
+
+
+@users.command("unlock")
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def users_unlock(ctx: Context, user: str, as_json: bool) -> None:
+    """Unlock a user."""
+    data = _set_user_status(ctx, user, "active", None)
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(f"unlocked {data['email']}")
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+@main.command("audit")
+@click.argument("tenant")
+@click.option("--since", "since_raw", help="24h, 7d, 30m or an ISO 8601 time")
+@click.option("--action", help="exact action, e.g. tenant.suspended")
+@click.option("--actor", help="actor id (user id, client id or operator name)")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def audit_cmd(ctx: Context, tenant: str, since_raw: str | None, action: str | None, actor: str | None,
+              limit: int, as_json: bool) -> None:  # fmt: skip
+    """A tenant's audit log, newest first."""
+    from sqlalchemy import select
+
+    from saas.audit import AuditEvent
+    from saas.ops.lifecycle import find_tenant
+
+    since = parse_since(since_raw) if since_raw else None
+    with ctx.database.transaction() as session:
+        schema = find_tenant(session, tenant).schema_name
+    with ctx.database.transaction(schema) as session:
+        query = select(AuditEvent).order_by(AuditEvent.occurred_at.desc()).limit(limit)
+        if since:
+            query = query.where(AuditEvent.occurred_at >= since)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        if actor:
+            query = query.where(AuditEvent.actor_id == actor)
+        rows = [e.to_public() for e in session.scalars(query)]
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        f"{len(rows)} events",
+        ["when", "actor", "action", "target", "data"],
+        [[r["occurred_at"], f"{r['actor']['type']}:{r['actor']['id'] or ''}", r["action"],
+          f"{r['target']['type'] or ''}:{r['target']['id'] or ''}", r["data"] or ""] for r in rows],
+    )  # fmt: skip
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+def _job_row(m) -> dict:
+    state = "sent" if m.sent_at else "failed" if m.failed_at else "pending"
+    return {
+        "id": m.id,
+        "topic": m.topic,
+        "tenant_id": str(m.tenant_id) if m.tenant_id else None,
+        "state": state,
+        "attempts": m.attempts,
+        "created_at": m.created_at,
+        "available_at": m.available_at,
+        "failed_at": m.failed_at,
+        "last_error": m.last_error,
+    }  # the payload is never shown: it may carry a token until delivered
+
+
+@jobs.command("list")
+@click.option("--failed", is_flag=True, help="only dead letters")
+@click.option("--topic")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def jobs_list(ctx: Context, failed: bool, topic: str | None, limit: int, as_json: bool) -> None:
+    """Undelivered outbox messages (pending and failed), oldest first; payloads are not shown."""
+    from sqlalchemy import select
+
+    from saas.outbox import OutboxMessage as M
+
+    with ctx.database.transaction() as session:
+        query = select(M).where(M.sent_at.is_(None)).order_by(M.id).limit(limit)
+        if failed:
+            query = query.where(M.failed_at.is_not(None))
+        if topic:
+            query = query.where(M.topic == topic)
+        rows = [_job_row(m) for m in session.scalars(query)]
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        f"{len(rows)} jobs",
+        ["id", "topic", "state", "attempts", "next try", "last error"],
+        [[r["id"], r["topic"], r["state"], r["attempts"], r["available_at"], (r["last_error"] or "")[:80]]
+         for r in rows],
+    )  # fmt: skip
+
+
+@jobs.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all-failed", is_flag=True, help="every dead letter")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def jobs_retry(ctx: Context, ids: tuple[int, ...], all_failed: bool, as_json: bool) -> None:
+    """Put dead letters back in the queue (attempts reset, due now)."""
+    from sqlalchemy import update
+
+    from saas.db import utcnow
+    from saas.outbox import OutboxMessage as M
+
+    if not ids and not all_failed:
+        raise click.UsageError("give job ids or --all-failed")
+    with ctx.database.transaction() as session:
+        query = update(M).where(M.failed_at.is_not(None), M.sent_at.is_(None))
+        if ids:
+            query = query.where(M.id.in_(ids))
+        result = session.execute(
+            query.values(failed_at=None, attempts=0, available_at=utcnow()).returning(M.id)
+        )
+        retried = sorted(result.scalars().all())
+    missing = sorted(set(ids) - set(retried))
+    if as_json:
+        _print_json({"retried": retried, "not_failed": missing})
+    else:
+        click.echo(f"requeued {len(retried)} jobs")
+        if missing:
+            click.echo(f"not dead letters (or unknown): {', '.join(map(str, missing))}", err=True)
+    if missing:
+        sys.exit(1)
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def doctor(ctx: Context, as_json: bool) -> None:
+    """Check configuration, database, Redis, Stripe, SMTP, migrations, outbox and signing keys.
+
+    One line each; exit code 1 when any check fails.
+    """
+    from saas.ops.doctor import run_all
+
+    def factory(settings):
+        if ctx._settings is None:
+            if not settings.database_url:
+                raise RuntimeError("DATABASE_URL: not set")
+            ctx._settings = settings
+        return ctx.app
+
+    verdicts = run_all(factory)
+    if as_json:
+        _print_json([v.to_dict() for v in verdicts])
+    else:
+        marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
+        for v in verdicts:
+            click.echo(f"{marks[v.status]}  {v.name:<13} {v.detail}")
+    if any(v.status == "fail" for v in verdicts):
+        sys.exit(1)

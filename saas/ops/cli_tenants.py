@@ -1,0 +1,203 @@
+"""Tenant lifecycle commands: ``saas tenants suspend|resume|delete|purge|export|import|rename-slug``.
+
+Each change is audited in the tenant's own log with the operator (``SAAS_OPERATOR`` or the OS
+user; :func:`saas.cli.operator_actor`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from saas.cli import Context, _fail_cleanly, _print_json, operator_actor, pass_ctx, tenants
+
+
+def _done(as_json: bool, data: dict, message: str) -> None:
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(message)
+
+
+@tenants.command("suspend")
+@click.argument("tenant")
+@click.option("--reason", required=True, help="recorded in the audit log and shown by `tenants show`")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_suspend(ctx: Context, tenant: str, reason: str, as_json: bool) -> None:
+    """Suspend a tenant: its requests and token refreshes are refused, refresh tokens revoked."""
+    from saas.ops.lifecycle import find_tenant, suspend
+
+    with ctx.database.transaction() as session:
+        t = suspend(session, find_tenant(session, tenant, for_update=True), reason, operator_actor())
+        data = {"slug": t.slug, "id": str(t.id), "status": t.status, "reason": t.suspended_reason}
+    _done(as_json, data, f"suspended {data['slug']}")
+
+
+@tenants.command("resume")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_resume(ctx: Context, tenant: str, as_json: bool) -> None:
+    """Reactivate a suspended tenant (also cancels a scheduled deletion)."""
+    from saas.ops.lifecycle import find_tenant, resume
+
+    with ctx.database.transaction() as session:
+        t = resume(session, find_tenant(session, tenant, for_update=True), operator_actor())
+        data = {"slug": t.slug, "id": str(t.id), "status": t.status}
+    _done(as_json, data, f"resumed {data['slug']}")
+
+
+def _default_export_path(ctx: Context, slug: str) -> Path:
+    from saas.db import utcnow
+
+    return ctx.settings.var_dir / "exports" / f"{slug}-{utcnow():%Y%m%dT%H%M%SZ}.jsonl"
+
+
+@tenants.command("delete")
+@click.argument("tenant")
+@click.option(
+    "--retention-days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(0, 3650),
+    help="days before `saas tenants purge` drops it",
+)
+@click.option("--now", "at_once", is_flag=True, help="export, then drop the schema and rows at once")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="export file for --now (default: <var>/exports/<slug>-<time>.jsonl)",
+)
+@click.option("--yes", is_flag=True, help="confirm --now")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool, out: Path | None,
+                   yes: bool, as_json: bool) -> None:  # fmt: skip
+    """Soft-delete a tenant: suspended now, purged after the retention period.
+
+    With --now --yes: export it, then drop its schema and shared rows at once (irreversible).
+    """
+    from saas.ops.export import export_to_file
+    from saas.ops.lifecycle import drop_tenant, find_tenant, schedule_deletion
+
+    if not at_once:
+        with ctx.database.transaction() as session:
+            t = schedule_deletion(session, find_tenant(session, tenant, for_update=True), operator_actor(),
+                                  retention_days)  # fmt: skip
+            data = {"slug": t.slug, "id": str(t.id), "state": "deleted", "purge_after": t.purge_after}
+        _done(as_json, data, f"deleted {data['slug']}: suspended, purged after {data['purge_after']}")
+        return
+    if not yes:
+        raise click.UsageError("--now drops the tenant at once: add --yes to confirm")
+    engine = ctx.database.engine
+    with ctx.database.transaction() as session:  # suspended first: no write lands after the export
+        t = find_tenant(session, tenant, for_update=True)
+        if t.deleted_at is None:
+            schedule_deletion(session, t, operator_actor(), 0)
+        slug, tid = t.slug, t.id
+    path = out or _default_export_path(ctx, slug)
+    counts = export_to_file(engine, str(tid), path)
+    with ctx.database.transaction() as session:
+        drop_tenant(session, find_tenant(session, str(tid), for_update=True))
+    import logging
+
+    logging.getLogger("saas.ops").warning(
+        "tenant dropped", extra={"tenant_id": str(tid), "slug": slug, "operator": operator_actor().id}
+    )
+    data = {"slug": slug, "id": str(tid), "state": "dropped", "export": str(path), "rows": counts}
+    _done(as_json, data, f"dropped {slug}; export in {path}")
+
+
+@tenants.command("purge")
+@click.option("--tenant", "only", multiple=True, help="only these (slug or id) among those due")
+@click.option("--dry-run", is_flag=True, help="list what is due, drop nothing")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_purge(ctx: Context, only: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Drop every soft-deleted tenant whose retention period is over (one transaction each)."""
+    from sqlalchemy import select
+
+    from saas.db import utcnow
+    from saas.ops.lifecycle import purge_due
+    from saas.tenancy.models import Tenant
+
+    engine = ctx.database.engine
+    if dry_run:
+        with engine.connect() as conn:
+            due = conn.execute(
+                select(Tenant.slug, Tenant.purge_after).where(Tenant.purge_after <= utcnow())
+            ).all()
+        rows = [{"slug": s, "purge_after": p} for s, p in due]
+        _done(as_json, {"due": rows}, "\n".join(f"due {r['slug']} ({r['purge_after']})" for r in rows)
+              or "nothing due")  # fmt: skip
+        return
+    results = purge_due(engine, only=set(only) or None)
+    data = {"purged": [r.slug for r in results if r.ok],
+            "failed": [{"slug": r.slug, "error": r.error} for r in results if not r.ok]}  # fmt: skip
+    _done(as_json, data, f"purged {len(data['purged'])} tenants" +
+          "".join(f"\\nfailed {f['slug']}: {f['error']}" for f in data["failed"]))  # fmt: skip
+    if data["failed"]:
+        sys.exit(1)
+
+
+@tenants.command("export")
+@click.argument("tenant")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON Lines file (format in docs/operations.md); '-' for stdout",
+)
+@pass_ctx
+@_fail_cleanly
+def tenants_export(ctx: Context, tenant: str, out: Path) -> None:
+    """Export a tenant's schema data and shared rows (format saas.tenant-export v1)."""
+    from saas.ops.export import export_tenant, export_to_file
+
+    if str(out) == "-":
+        export_tenant(ctx.database.engine, tenant, sys.stdout)
+        return
+    counts = export_to_file(ctx.database.engine, tenant, out)
+    click.echo(f"exported {sum(counts.values())} rows to {out}", err=True)
+
+
+@tenants.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--slug", required=True, help="slug of the NEW tenant")
+@click.option("--name", help="name of the new tenant (default: the exported one)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_import(ctx: Context, file, slug: str, name: str | None, as_json: bool) -> None:
+    """Restore an export into a NEW tenant (new id, schema and slug), in one transaction."""
+    from saas.ops.export import import_tenant
+
+    with ctx.database.transaction() as session:
+        t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor())
+        data = {"slug": t.slug, "id": str(t.id), "schema": t.schema_name, "rows": counts}
+    _done(as_json, data, f"imported into {data['slug']} ({data['id']}): {sum(counts.values())} rows")
+
+
+@tenants.command("rename-slug")
+@click.argument("tenant")
+@click.argument("new_slug")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_fail_cleanly
+def tenants_rename_slug(ctx: Context, tenant: str, new_slug: str, as_json: bool) -> None:
+    """Change a tenant's slug (its schema does not move; tokens keep working: they carry the id)."""
+    from saas.ops.lifecycle import find_tenant, rename_slug
+
+    with ctx.database.transaction() as session:
+        t = find_tenant(session, tenant, for_update=True)
+        old = t.slug
+        rename_slug(session, t, new_slug, operator_actor())
+        data = {"id": str(t.id), "old": old, "slug": t.slug}
+    _done(as_json, data, f"renamed {old} -> {data['slug']}")

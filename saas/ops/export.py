@@ -1,0 +1,319 @@
+"""Tenant export and import (``saas tenants export`` / ``saas tenants import``).
+
+Format ``saas.tenant-export`` version 1: UTF-8 JSON Lines, one JSON object per line.
+
+1. header: ``{"format": "saas.tenant-export", "version": 1, "exported_at": ISO-8601,
+   "tenant_revision": <tenant track revision of the schema>, "shared_revision": ...,
+   "tenant": {"id", "slug", "name", "status", "plan", "settings", "created_at"}}``
+2. shared rows: ``{"table": "saas.users", "row": {...}}`` (the members' users: id, email, name,
+   password_hash, status, created_at) and ``{"table": "saas.memberships", "row": {...}}``;
+3. tenant rows: ``{"table": "tenant.<name>", "row": {...}}`` for every table of the tenant
+   schema (``contacts``, ``audit_events``, ...), in dependency order;
+4. trailer: ``{"end": true, "counts": {"<table>": n, ...}}``; a file without it is truncated and
+   refused.
+
+Values: UUIDs and timestamps as strings (ISO 8601 with offset), JSON as JSON, arrays as lists.
+The file holds password hashes and all tenant data: it is written with mode 0600; treat it as a
+secret. Refresh tokens and pending invitations are not exported.
+
+Import always creates a NEW tenant (new id, schema and slug) at the current tenant head; it
+refuses a file whose ``tenant_revision`` differs from the head (migrate the source first). Users
+are matched by email (an existing account is linked, not overwritten); a new user keeps its id
+when free. User ids inside tenant rows (``created_by``, audit ``actor_id``) follow that mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection, Engine, Table, func, insert, select
+from sqlalchemy.orm import Session
+from sqlalchemy.types import Date, DateTime, Numeric, Uuid
+
+from saas import audit
+from saas.db import TENANT_PLACEHOLDER, schema_name_for, tenant_metadata, utcnow
+from saas.errors import Conflict, ValidationError
+from saas.identity.models import User
+from saas.tenancy.models import Membership, Tenant
+from saas.tenancy.slugs import normalize_slug, slug_problems
+
+FORMAT = "saas.tenant-export"
+VERSION = 1
+_USER_ID_COLUMNS = {"created_by", "updated_by", "user_id", "invited_by"}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot export {type(value).__name__}")
+
+
+def _line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, default=_encode, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def _tenant_tables() -> list[Table]:
+    import tenants.models  # noqa: F401 - registers the product's tables
+
+    return list(tenant_metadata.sorted_tables)
+
+
+def export_tenant(engine: Engine, tenant_ref: str, out: IO[str]) -> dict[str, int]:
+    """Write the tenant's export to ``out`` from one consistent snapshot (REPEATABLE READ).
+
+    Returns:
+        rows written per table.
+
+    Raises:
+        NotFound: no such tenant.
+    """
+    from saas.migrate import current_shared_revision
+    from saas.ops.lifecycle import find_tenant
+
+    counts: dict[str, int] = {}
+    shared_revision = current_shared_revision(engine)
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        session = Session(bind=conn)
+        tenant = find_tenant(session, tenant_ref)
+        schema = tenant.schema_name
+        revision = conn.exec_driver_sql(f'SELECT version_num FROM "{schema}".alembic_version').scalar()  # noqa: S608
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "exported_at": utcnow(),
+            "tenant_revision": revision,
+            "shared_revision": shared_revision,
+            "tenant": {
+                "id": tenant.id,
+                "slug": tenant.slug,
+                "name": tenant.name,
+                "status": tenant.status,
+                "plan": tenant.plan,
+                "settings": tenant.settings or {},
+                "created_at": tenant.created_at,
+            },
+        }
+        out.write(_line(header))
+        memberships = session.scalars(select(Membership).where(Membership.tenant_id == tenant.id)).all()
+        users = session.scalars(select(User).where(User.id.in_([m.user_id for m in memberships]))).all()
+        for user in users:
+            row = {
+                c: getattr(user, c) for c in ("id", "email", "name", "password_hash", "status", "created_at")
+            }
+            out.write(_line({"table": "saas.users", "row": row}))
+        counts["saas.users"] = len(users)
+        for m in memberships:
+            row = {c: getattr(m, c) for c in ("id", "user_id", "role", "status", "invited_by", "created_at")}
+            out.write(_line({"table": "saas.memberships", "row": row}))
+        counts["saas.memberships"] = len(memberships)
+        tconn = conn.execution_options(schema_translate_map={TENANT_PLACEHOLDER: schema})
+        for table in _tenant_tables():
+            n = 0
+            order = list(table.primary_key.columns) or list(table.columns)[:1]
+            for row in tconn.execute(select(table).order_by(*order)).mappings():
+                out.write(_line({"table": f"tenant.{table.name}", "row": dict(row)}))
+                n += 1
+            counts[f"tenant.{table.name}"] = n
+        out.write(_line({"end": True, "counts": counts}))
+    return counts
+
+
+def export_to_file(engine: Engine, tenant_ref: str, path: Path) -> dict[str, int]:
+    """:func:`export_tenant` into ``path`` (created 0600; written to a temporary name, renamed
+    when complete, so a failed export never leaves a file that looks whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            counts = export_tenant(engine, tenant_ref, out)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return counts
+
+
+def _read(lines: Iterator[str]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, int]]:
+    try:
+        header = json.loads(next(lines))
+    except (StopIteration, json.JSONDecodeError):
+        raise ValidationError({"file": ["Not a tenant export (no header line)."]}) from None
+    if header.get("format") != FORMAT:
+        raise ValidationError({"file": [f"Not a tenant export (format {header.get('format')!r})."]})
+    if header.get("version") != VERSION:
+        raise ValidationError({"file": [f"Unsupported export version {header.get('version')!r}."]})
+    records: list[dict[str, Any]] = []
+    trailer = None
+    for number, raw in enumerate(lines, start=2):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ValidationError({"file": [f"Line {number} is not JSON."]}) from None
+        if obj.get("end"):
+            trailer = obj
+            break
+        records.append(obj)
+    if trailer is None:
+        raise ValidationError({"file": ["The export is truncated (no trailer line)."]})
+    return header, records, trailer.get("counts") or {}
+
+
+def _convert(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for column in table.columns:
+        if column.name not in row:
+            continue
+        value = row[column.name]
+        if value is not None:
+            if isinstance(column.type, Uuid):
+                value = uuid.UUID(value)
+            elif isinstance(column.type, DateTime):
+                value = datetime.fromisoformat(value)
+            elif isinstance(column.type, Date):
+                value = date.fromisoformat(value)
+            elif isinstance(column.type, Numeric) and column.type.asdecimal:
+                value = Decimal(value)
+        values[column.name] = value
+    return values
+
+
+def import_tenant(
+    session: Session, lines: Iterator[str], *, slug: str, name: str | None, actor: audit.Actor
+) -> tuple[Tenant, dict[str, int]]:
+    """Restore an export into a new tenant in ``session``'s transaction (not committed).
+
+    Returns:
+        (the new tenant, rows inserted per table).
+
+    Raises:
+        ValidationError: malformed or truncated file, counts that do not match, bad slug, or an
+            export at another tenant revision.
+        Conflict: the slug is taken (``slug_taken``).
+    """
+    from saas.migrate import tenant_head_revision
+    from saas.tenancy.provisioning import create_tenant_schema
+
+    header, records, expected = _read(lines)
+    head = tenant_head_revision()
+    if header.get("tenant_revision") != head:
+        raise ValidationError(
+            {
+                "file": [
+                    f"Exported at tenant revision {header.get('tenant_revision')!r}; "
+                    f"this database is at {head!r}."
+                ]
+            }
+        )
+    found: dict[str, int] = {}
+    for rec in records:
+        found[rec.get("table", "?")] = found.get(rec.get("table", "?"), 0) + 1
+    if any(found.get(t, 0) != n for t, n in expected.items()) or set(found) - set(expected):
+        raise ValidationError({"file": ["Row counts do not match the trailer (a damaged file)."]})
+    slug = normalize_slug(slug)
+    if problems := slug_problems(slug):
+        raise ValidationError({"slug": problems})
+    if session.scalar(select(func.count()).select_from(Tenant).where(Tenant.slug == slug)):
+        raise Conflict("That slug is taken.", code="slug_taken")
+
+    source = header["tenant"]
+    tenant_id = uuid.uuid4()
+    schema = schema_name_for(tenant_id)
+    tenant = Tenant(
+        id=tenant_id,
+        slug=slug,
+        name=(name or source.get("name") or slug)[:200],
+        schema_name=schema,
+        plan=source.get("plan") or "free",
+        settings=source.get("settings") or {},
+        schema_version=head,
+    )
+    session.add(tenant)
+    session.flush()
+    create_tenant_schema(session.connection(), schema)
+
+    user_map: dict[str, str] = {}
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_table.setdefault(rec["table"], []).append(rec["row"])
+    for row in by_table.get("saas.users", []):
+        existing = session.scalar(select(User).where(func.lower(User.email) == row["email"].lower()))
+        if existing is not None:
+            user_map[row["id"]] = str(existing.id)
+            continue
+        wanted = uuid.UUID(row["id"])
+        new_id = wanted if session.get(User, wanted) is None else uuid.uuid4()
+        session.add(
+            User(
+                id=new_id,
+                email=row["email"],
+                name=row.get("name") or "",
+                password_hash=row.get("password_hash"),
+                status=row.get("status") or "active",
+            )
+        )
+        user_map[row["id"]] = str(new_id)
+    session.flush()
+    for row in by_table.get("saas.memberships", []):
+        session.add(
+            Membership(
+                user_id=uuid.UUID(user_map[row["user_id"]]),
+                tenant_id=tenant_id,
+                role=row["role"],
+                status=row.get("status") or "active",
+                invited_by=uuid.UUID(user_map[row["invited_by"]])
+                if row.get("invited_by") in user_map
+                else None,
+            )
+        )
+    session.flush()
+
+    counts = {
+        "saas.users": len(by_table.get("saas.users", [])),
+        "saas.memberships": len(by_table.get("saas.memberships", [])),
+    }
+    tables = {f"tenant.{t.name}": t for t in _tenant_tables()}
+    unknown = [t for t in by_table if t.startswith("tenant.") and t not in tables]
+    if unknown:
+        raise ValidationError({"file": [f"Unknown tenant tables: {', '.join(unknown)}."]})
+    conn: Connection = session.connection()
+    translate = {"schema_translate_map": {TENANT_PLACEHOLDER: schema}}
+    for key, table in tables.items():
+        rows = by_table.get(key, [])
+        converted = []
+        for row in rows:
+            values = _convert(table, row)
+            for column in _USER_ID_COLUMNS & values.keys():
+                if values[column] is not None and str(values[column]) in user_map:
+                    values[column] = uuid.UUID(user_map[str(values[column])])
+            if table.name == "audit_events" and values.get("actor_type") == "user":
+                values["actor_id"] = user_map.get(values.get("actor_id") or "", values.get("actor_id"))
+            converted.append(values)
+        if converted:
+            conn.execute(insert(table), converted, execution_options=translate)
+        counts[key] = len(converted)
+    audit.record(
+        session,
+        "tenant.imported",
+        target_type="tenant",
+        target_id=tenant_id,
+        data={"source_tenant": source.get("id"), "source_slug": source.get("slug"), "rows": counts},
+        actor=actor,
+        schema=schema,
+    )
+    session.flush()
+    return tenant, counts

@@ -1,0 +1,142 @@
+"""Mail: invitation and security messages over SMTP (``SMTP_URL``), printed in development.
+
+``SMTP_URL``: ``smtp://[user:password@]host[:port][?starttls=1]`` or ``smtps://...`` (TLS from
+the start). Without it, in ``development`` and ``test`` the message is printed to stdout; in
+production the job fails (and stays visible in ``saas jobs list --failed``) rather than drop or
+print a token.
+
+Each message carries ``Message-ID: <outbox-<id>@<issuer host>>``: a retried delivery repeats the
+same id, so mail systems can drop the duplicate (idempotency).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import sys
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from saas.settings import Settings
+from saas.worker import Job, PermanentError, WorkerContext, handler
+
+
+class Mailer(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+
+class SmtpMailer:
+    """Sends over SMTP; a new connection per message (the worker sends few)."""
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        parts = urlsplit(url)
+        self.ssl = parts.scheme == "smtps"
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (465 if self.ssl else 25)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in ("1", "true", "yes")
+        self.timeout = timeout
+
+    def send(self, message: EmailMessage) -> None:
+        cls = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
+        with cls(self.host, self.port, timeout=self.timeout) as smtp:
+            if self.starttls:
+                smtp.starttls()
+            if self.username:
+                smtp.login(self.username, self.password or "")
+            smtp.send_message(message)
+
+
+class ConsoleMailer:
+    """Development: prints the message (with its link) to stdout."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def send(self, message: EmailMessage) -> None:
+        print(f"--- mail (SMTP_URL not set) ---\n{message.as_string()}\n--- end mail ---", file=self.stream)
+
+
+class RefusingMailer:
+    """Production without ``SMTP_URL``: fail the job rather than print or drop it."""
+
+    def send(self, message: EmailMessage) -> None:
+        raise RuntimeError("SMTP_URL is not configured")
+
+
+def mailer_for(settings: Settings) -> Mailer:
+    if settings.smtp_url:
+        return SmtpMailer(settings.smtp_url)
+    if settings.env in ("development", "test"):
+        return ConsoleMailer()
+    return RefusingMailer()
+
+
+def _message(job: Job, ctx: WorkerContext, to: str, subject: str, body: str) -> EmailMessage:
+    host = urlsplit(ctx.settings.issuer).hostname or "localhost"
+    msg = EmailMessage()
+    msg["From"] = ctx.settings.mail_from
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = f"<{job.idempotency_key}@{host}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(body)
+    return msg
+
+
+def _mailer(ctx: WorkerContext) -> Mailer:
+    mailer = ctx.services.get("mailer")
+    if mailer is None:
+        mailer = ctx.services["mailer"] = mailer_for(ctx.settings)
+    return mailer
+
+
+def _require(job: Job, *keys: str) -> None:
+    missing = [k for k in keys if not job.payload.get(k)]
+    if missing:
+        raise PermanentError(f"payload lacks {', '.join(missing)}")
+
+
+@handler("mail.invitation")
+def send_invitation(job: Job, ctx: WorkerContext) -> None:
+    """Payload (``saas.tenancy.members.invite``): ``to``, ``tenant``, ``tenant_name``, ``role``,
+    ``token``. The token is in the mail and nowhere else once the row is blanked."""
+    _require(job, "to", "token", "tenant")
+    p = job.payload
+    base = ctx.settings.issuer.rstrip("/")
+    tenant_name = p.get("tenant_name") or p["tenant"]
+    body = (
+        f"You have been invited to join {tenant_name} as {p.get('role', 'member')}.\n\n"
+        f"Accept the invitation: {base}/invitations/accept#token={p['token']}\n"
+        f"(or POST the token to {base}/api/v1/invitations/accept with a password)\n\n"
+        "If you did not expect this invitation, ignore this message.\n"
+    )
+    _mailer(ctx).send(_message(job, ctx, p["to"], f"Invitation to {tenant_name}", body))
+
+
+SECURITY_EVENTS = {
+    "account_locked": "Your account was locked by an administrator.",
+    "account_unlocked": "Your account was unlocked.",
+    "password_changed": "Your password was changed.",
+    "refresh_token_reuse": "A sign-in token of yours was used twice; all your sessions were ended.",
+    "mfa_reset": "Your two-factor authentication was reset by an administrator.",
+    "new_sign_in": "There was a new sign-in to your account.",
+}
+
+
+@handler("mail.security")
+def send_security(job: Job, ctx: WorkerContext) -> None:
+    """Payload: ``to``, ``event`` (a key of :data:`SECURITY_EVENTS`), optional ``details`` (text
+    without secrets)."""
+    _require(job, "to", "event")
+    event = job.payload["event"]
+    if event not in SECURITY_EVENTS:
+        raise PermanentError(f"unknown security event {event!r}")
+    body = SECURITY_EVENTS[event] + "\n"
+    if job.payload.get("details"):
+        body += f"\n{job.payload['details']}\n"
+    body += "\nIf this was not you, contact your administrator.\n"
+    _mailer(ctx).send(_message(job, ctx, job.payload["to"], "Security notice", body))

@@ -1,0 +1,158 @@
+"""Tenant lifecycle: suspend/resume effects on the API, soft delete and purge, rename, show,
+export and import into a new tenant; every operator action audited with the operator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import text
+
+from saas.audit import Actor
+from saas.ops import lifecycle
+
+
+def _audit(engine, schema: str) -> list[tuple[str, str, str]]:
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(f'SELECT action, actor_type, actor_id FROM "{schema}".audit_events ORDER BY occurred_at')  # noqa: S608
+            )
+        ]
+
+
+def test_suspend_refuses_requests_and_refresh_until_resumed(api, client, db_session):
+    acme = api.signup("acme")
+    headers = api.auth(acme)
+    assert client.get("/api/v1/me", headers=headers).status_code == 200
+    tenant = lifecycle.find_tenant(db_session, "acme")
+    operator = Actor("operator", "alice")
+    lifecycle.suspend(db_session, tenant, "unpaid invoices", operator)
+    db_session.flush()
+
+    r = client.get("/api/v1/me", headers=headers)
+    assert r.status_code == 403 and r.get_json()["code"] == "tenant_suspended"
+    r = client.post(
+        "/oauth/token", data={"grant_type": "refresh_token", "refresh_token": acme["token"]["refresh_token"]}
+    )
+    assert r.status_code in (400, 401, 403)
+    rows = db_session.execute(
+        text(
+            "SELECT action, actor_type, actor_id, data"  # noqa: S608
+            f' FROM "{tenant.schema_name}".audit_events WHERE action = :a'
+        ),
+        {"a": "tenant.suspended"},
+    ).all()
+    assert len(rows) == 1 and rows[0].actor_id == "alice" and rows[0].data["reason"] == "unpaid invoices"
+    assert rows[0].data["revoked_sessions"] >= 1
+
+    lifecycle.resume(db_session, tenant, operator)
+    db_session.flush()
+    fresh = api.login("owner@acme.test", tenant="acme")
+    assert fresh.status_code == 200
+    assert client.get("/api/v1/me", headers=api.auth(fresh.get_json())).status_code == 200
+
+
+def test_cli_lifecycle_list_show_suspend_rename_delete_purge(committed, run_cli, engine):
+    a = committed.tenant(members=2)
+    b = committed.tenant()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE saas.tenants SET plan = 'pro' WHERE id = :i"), {"i": b.id})
+
+    shown = json.loads(run_cli("tenants", "show", a.slug, "--json").stdout)
+    assert shown["schema"] == a.schema_name and shown["schema_bytes"] > 0
+    assert len(shown["members"]) == 2 and shown["usage"] == {"audit_events": 0, "contacts": 0}
+    assert shown["state"] == "active"
+
+    r = run_cli("tenants", "suspend", a.slug, "--reason", "abuse report #12")
+    assert r.exit_code == 0, r.output
+    assert run_cli("tenants", "suspend", a.slug, "--reason", "again").exit_code == 1
+    listed = json.loads(run_cli("tenants", "list", "--status", "suspended", "--json").stdout)
+    assert a.slug in [t["slug"] for t in listed] and b.slug not in [t["slug"] for t in listed]
+    pro = json.loads(run_cli("tenants", "list", "--plan", "pro", "--json").stdout)
+    assert [t["slug"] for t in pro if t["slug"] in (a.slug, b.slug)] == [b.slug]
+    assert run_cli("tenants", "resume", a.slug).exit_code == 0
+
+    new_slug = "renamed-" + uuid.uuid4().hex[:6]
+    assert run_cli("tenants", "rename-slug", a.slug, new_slug).exit_code == 0
+    assert run_cli("tenants", "rename-slug", new_slug, b.slug).exit_code == 1  # taken
+    assert run_cli("tenants", "rename-slug", new_slug, "Bad Slug!").exit_code == 1
+
+    r = run_cli("tenants", "delete", new_slug, "--retention-days", "0", "--json")
+    assert r.exit_code == 0, r.output
+    deleted = json.loads(run_cli("tenants", "list", "--status", "deleted", "--json").stdout)
+    assert new_slug in [t["slug"] for t in deleted]
+    assert "due " + new_slug in run_cli("tenants", "purge", "--dry-run").stdout
+    actions = _audit(engine, a.schema_name)
+    assert [x[0] for x in actions] == [
+        "tenant.suspended",
+        "tenant.resumed",
+        "tenant.slug_renamed",
+        "tenant.deletion_scheduled",
+    ]
+    assert all(x[1] == "operator" and x[2] == "op-tester" for x in actions)
+
+    r = run_cli("tenants", "purge", "--tenant", new_slug, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["purged"] == [new_slug]
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE id = :i"), {"i": a.id}) == 0
+        assert (
+            conn.scalar(text("SELECT count(*) FROM pg_namespace WHERE nspname = :s"), {"s": a.schema_name})
+            == 0
+        )
+    assert run_cli("tenants", "show", b.slug).exit_code == 0  # the other one is untouched
+
+
+def test_export_import_roundtrip_and_delete_now(committed, run_cli, engine, tmp_path):
+    src = committed.tenant(members=2)
+    with engine.begin() as conn:
+        owner = conn.scalar(text("SELECT id FROM saas.users WHERE email = :e"), {"e": f"m0@{src.slug}.test"})
+        conn.execute(
+            text(
+                f'INSERT INTO "{src.schema_name}".contacts'  # noqa: S608
+                " (id, name, email, tags, created_at, updated_at, created_by, version) VALUES"
+                " (gen_random_uuid(), 'Grace', 'grace@navy.test', ARRAY['vip','navy'], now(), now(), :o, 1)"
+            ),
+            {"o": owner},
+        )
+    out = tmp_path / "export.jsonl"
+    r = run_cli("tenants", "export", src.slug, "--out", str(out))
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["format"] == "saas.tenant-export" and lines[0]["tenant"]["slug"] == src.slug
+    assert lines[-1]["end"] and lines[-1]["counts"]["tenant.contacts"] == 1
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_text("\n".join(out.read_text().splitlines()[:-1]) + "\n")
+    r = run_cli("tenants", "import", str(truncated), "--slug", "copy-" + uuid.uuid4().hex[:6])
+    assert r.exit_code == 1 and "truncated" in r.stderr
+
+    copy_slug = "copy-" + uuid.uuid4().hex[:6]
+    r = run_cli("tenants", "import", str(out), "--slug", copy_slug, "--json")
+    assert r.exit_code == 0, r.output
+    copy = json.loads(r.stdout)
+    committed.track(uuid.UUID(copy["id"]))
+    assert copy["schema"] != src.schema_name
+    with engine.connect() as conn:
+        rows = conn.execute(text(f'SELECT name, tags, created_by FROM "{copy["schema"]}".contacts')).all()  # noqa: S608
+        assert [(r.name, r.tags, r.created_by) for r in rows] == [("Grace", ["vip", "navy"], owner)]
+        members = conn.scalar(
+            text("SELECT count(*) FROM saas.memberships WHERE tenant_id = :t"), {"t": copy["id"]}
+        )
+        assert members == 2  # existing users linked by email, not duplicated
+    assert ("tenant.imported", "operator", "op-tester") in _audit(engine, copy["schema"])
+
+    # delete --now needs --yes; with it: an export, then the schema and rows are gone
+    assert run_cli("tenants", "delete", src.slug, "--now").exit_code == 2
+    final = tmp_path / "final.jsonl"
+    r = run_cli("tenants", "delete", src.slug, "--now", "--yes", "--out", str(final), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(final.read_text().splitlines()[-1])["counts"]["tenant.contacts"] == 1
+    with engine.connect() as conn:
+        assert (
+            conn.scalar(text("SELECT count(*) FROM pg_namespace WHERE nspname = :s"), {"s": src.schema_name})
+            == 0
+        )
+        assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE id = :i"), {"i": src.id}) == 0

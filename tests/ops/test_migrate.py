@@ -1,0 +1,175 @@
+"""Fast tenant migrations: skip at head, parallel workers, one failing tenant, re-runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+
+import pytest
+from psycopg import sql as pgsql
+from sqlalchemy import text
+
+from saas.migrate import MIGRATIONS_DIR, tenant_head_revision
+from saas.ops.migrations import migrate_tenants, tenants_behind
+
+SCRATCH_REVISION = '''
+"""scratch: nullable column and index
+
+Revision ID: 9001
+Revises: {down}
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9001"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("contacts", sa.Column("nickname", sa.String(50), nullable=True), schema="tenant")
+    op.create_index("ix_contacts_nickname", "contacts", ["nickname"], schema="tenant")
+
+
+def downgrade() -> None:
+    op.drop_index("ix_contacts_nickname", "contacts", schema="tenant")
+    op.drop_column("contacts", "nickname", schema="tenant")
+'''
+
+
+@pytest.fixture()
+def scratch_track(tmp_path):
+    """A copy of the tenant track with one extra revision (never committed to the real one)."""
+    track = tmp_path / "tenant"
+    shutil.copytree(MIGRATIONS_DIR / "tenant", track, ignore=shutil.ignore_patterns("__pycache__"))
+    (track / "versions" / "9001_scratch.py").write_text(
+        textwrap.dedent(SCRATCH_REVISION).format(down=tenant_head_revision())
+    )
+    return track
+
+
+def _columns(engine, schema: str) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.scalars(
+                text(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema=:s AND table_name='contacts'"
+                ),
+                {"s": schema},
+            )
+        )
+
+
+def _version(engine, schema: str) -> str:
+    with engine.connect() as conn:
+        return conn.scalar(text(f'SELECT version_num FROM "{schema}".alembic_version'))  # noqa: S608
+
+
+def test_nothing_pending_opens_no_migration_context(engine, committed):
+    tenants = [committed.tenant() for _ in range(3)]
+    report = migrate_tenants(engine, only=[t.slug for t in tenants])
+    assert report.total == 3 and report.at_head == 3 and report.results == [] and report.ok
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_pending_revision_applied_everywhere_and_one_failure_isolated(
+    engine, committed, scratch_track, parallel
+):
+    tenants = [committed.tenant() for _ in range(5)]
+    broken = tenants[2]
+    with engine.begin() as conn:  # break one tenant: its contacts table is gone
+        conn.execute(
+            text(
+                pgsql.SQL("DROP TABLE {}.contacts")
+                .format(pgsql.Identifier(broken.schema_name))
+                .as_string(None)
+            )
+        )
+    slugs = [t.slug for t in tenants]
+    seen = []
+    report = migrate_tenants(
+        engine, only=slugs, parallel=parallel, script_location=scratch_track, progress=seen.append
+    )
+    assert report.head == "9001"
+    assert len(seen) == 5
+    assert [r.schema for r in report.failed] == [broken.schema_name], [r.error for r in report.failed]
+    assert "UndefinedTable" in report.failed[0].error
+    assert len(report.migrated) == 4
+    for t in tenants:
+        if t is broken:
+            assert _version(engine, t.schema_name) == tenant_head_revision()  # rolled back entirely
+            continue
+        assert "nickname" in _columns(engine, t.schema_name)
+        assert _version(engine, t.schema_name) == "9001"
+    _total, behind = tenants_behind(engine, "9001", slugs)
+    assert [schema for _, schema in behind] == [broken.schema_name]
+
+    # re-run: only the broken one is attempted (and fails again); fixed, it goes through
+    again = migrate_tenants(engine, only=slugs, parallel=parallel, script_location=scratch_track)
+    assert again.at_head == 4 and [r.schema for r in again.failed] == [broken.schema_name]
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{broken.schema_name}".contacts (id uuid primary key)'))
+    fixed = migrate_tenants(engine, only=slugs, parallel=parallel, script_location=scratch_track)
+    assert fixed.ok and len(fixed.migrated) == 1
+    assert "nickname" in _columns(engine, broken.schema_name)
+
+
+def test_stale_catalogue_row_is_corrected_without_migrating(engine, committed):
+    tenant = committed.tenant()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE saas.tenants SET schema_version = 'old' WHERE id = :i"), {"i": tenant.id})
+    report = migrate_tenants(engine, only=[tenant.slug])
+    assert [r.status for r in report.results] == ["skipped"]
+    assert tenants_behind(engine, tenant_head_revision(), [tenant.slug])[1] == []
+
+
+def test_cli_tenants_migrate_and_db_check(committed, run_cli, engine):
+    tenant = committed.tenant()
+    result = run_cli("tenants", "migrate", "--tenant", tenant.slug, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["at_head"] == 1
+    assert run_cli("tenants", "migrate", "--tenant", "no-such-tenant").exit_code == 1
+
+    result = run_cli("db", "check")
+    assert result.exit_code == 0, result.output
+    assert "tenant models vs tenant track: no difference" in result.stdout
+    assert "tenant models vs provisioning: no difference" in result.stdout
+    assert "shared models vs database: no difference" in result.stdout
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE saas.tenants SET schema_version = 'old' WHERE id = :i"), {"i": tenant.id})
+    result = run_cli("db", "check", "--json")
+    assert result.exit_code == 1
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert not checks["tenant schemas at head"]["ok"]
+    assert run_cli("db", "upgrade").exit_code == 0
+    assert run_cli("db", "check").exit_code == 0
+
+
+def test_track_head_matches_alembic(scratch_track):
+    from saas.ops.migrations import TenantMigrator, track_head
+
+    assert track_head() == tenant_head_revision() == TenantMigrator().head
+    assert track_head(scratch_track) == "9001" == TenantMigrator(scratch_track).head
+
+
+def test_nothing_pending_never_imports_alembic(engine, committed):
+    import subprocess
+    import sys
+
+    committed.tenant()
+    script = (
+        "import sys\n"
+        "from sqlalchemy import create_engine\n"
+        "from saas.ops.migrations import migrate_tenants\n"
+        "report = migrate_tenants(create_engine(sys.argv[1]))\n"
+        "assert report.results == [] and report.at_head >= 1, report\n"
+        "print(sorted(m for m in sys.modules if m.startswith('alembic')))\n"
+    )
+    url = engine.url.render_as_string(hide_password=False)
+    out = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

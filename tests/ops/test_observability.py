@@ -1,0 +1,160 @@
+"""Request logs (fields, and no secret ever logged), /metrics (single and multiprocess),
+/healthz and /readyz."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from saas.observability import metrics
+from saas.observability.logging import formatter, redact
+
+
+@pytest.fixture()
+def log_lines():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter("json"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
+
+
+def test_request_logs_carry_context_and_never_secrets(api, client, log_lines):
+    password = "correct horse battery staple"
+    acme = api.signup("acme")
+    refresh_token = acme["token"]["refresh_token"]
+    r = api.login("owner@acme.test", password=password)
+    assert r.status_code == 200
+    access = r.get_json()["access_token"]
+    r2 = client.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+    assert r2.status_code == 200, r2.get_json()
+    new_refresh = r2.get_json()["refresh_token"]
+    inv = client.post(
+        "/api/v1/members", json={"email": "l@acme.test", "role": "member"}, headers=api.auth(access)
+    )
+    invite_token = inv.get_json()["invitation_token"]
+    assert api.login("owner@acme.test", password="wrong password here").status_code == 401
+    me = client.get("/api/v1/me", headers={**api.auth(access), "X-Request-ID": "trace-abc.123"})
+    assert me.headers["X-Request-ID"] == "trace-abc.123"
+
+    lines = log_lines()
+    raw = "\n".join(json.dumps(line) for line in lines)
+    for secret in (password, refresh_token, new_refresh, access, invite_token, acme["token"]["access_token"]):
+        assert secret not in raw
+    requests = [line for line in lines if line.get("event") == "request"]
+    assert {line["route"] for line in requests} >= {
+        "/api/v1/signup",
+        "/api/v1/auth/login",
+        "/oauth/token",
+        "/api/v1/me",
+    }
+    me_line = next(line for line in requests if line["request_id"] == "trace-abc.123")
+    assert me_line["route"] == "/api/v1/me" and me_line["status"] == 200 and me_line["method"] == "GET"
+    assert me_line["tenant_id"] == acme["tenant"]["id"] and me_line["user_id"]
+    assert isinstance(me_line["duration_ms"], float) and me_line["level"] == "info" and me_line["timestamp"]
+    assert any(line["status"] == 401 for line in requests)
+
+
+def test_redact_drops_secret_keys_and_masks_tokens():
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl"
+    event = redact(
+        None,
+        "info",
+        {
+            "event": f"got {jwt}",
+            "password": "hunter22",
+            "nested": {"refresh_token": "abc", "ok": [f"Bearer {jwt}"]},
+            "Authorization": "Basic dXNlcjpwYXNz",
+            "count": 3,
+        },
+    )
+    text = json.dumps(event)
+    assert "hunter22" not in text and jwt not in text and "abc" not in text and "dXNlcjpwYXNz" not in text
+    assert event["count"] == 3 and event["nested"]["refresh_token"] == "[redacted]"
+
+
+def test_metrics_endpoint(client, api, db_session):
+    acme = api.signup("acme")
+    client.get("/api/v1/me", headers=api.auth(acme))
+    client.get("/api/v1/contacts/not-a-uuid", headers=api.auth(acme))
+    metrics.rate_limit_rejected("tenant_rpm")
+    metrics.cache_hit("entitlements")
+    metrics.cache_miss("entitlements")
+    metrics.webhook_event("invoice.paid", "processed")
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.mimetype == "text/plain"
+    body = r.get_data(as_text=True)
+    assert 'saas_http_requests_total{method="GET",route="/api/v1/me",status="200"}' in body
+    assert (
+        'saas_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/api/v1/me",status="200"}'
+        in body
+    )
+    assert 'saas_rate_limit_rejections_total{policy="tenant_rpm"}' in body
+    assert 'saas_cache_requests_total{cache="entitlements",result="hit"}' in body
+    assert 'saas_webhook_events_total{outcome="processed",type="invoice.paid"}' in body
+    assert "saas_tenants_behind_head" in body and 'saas_tenants{state="active"}' in body
+    assert "saas_database_up 1.0" in body
+    assert "not-a-uuid" not in body  # route templates, never raw paths
+
+
+def test_multiprocess_mode_aggregates_every_process(tmp_path):
+    script = (
+        "from saas.observability import metrics\n"
+        "import sys\n"
+        "if sys.argv[1] == 'inc':\n"
+        "    metrics.rate_limit_rejected('p')\n"
+        "else:\n"
+        "    sys.stdout.write(metrics.render().decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script, "inc"], env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, "show"], env=env, check=True, capture_output=True, text=True
+    )
+    assert 'saas_rate_limit_rejections_total{policy="p"} 2.0' in out.stdout
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and set(ready.get_json()["checks"]) >= {"database", "redis"}
+
+
+def test_webhook_receive_counts_events_by_type_and_outcome(monkeypatch):
+    from prometheus_client import REGISTRY
+
+    from saas.billing import webhooks
+
+    def value(outcome: str) -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "saas_webhook_events_total", {"type": "invoice.paid", "outcome": outcome}
+            )
+            or 0.0
+        )
+
+    before_ok, before_failed = value("processed"), value("failed")
+    monkeypatch.setattr(webhooks, "_run", lambda *a, **k: webhooks.Outcome("evt_1", "processed"))
+    webhooks.receive(None, None, {"id": "evt_1", "type": "invoice.paid"})
+
+    def boom(*a, **k):
+        raise webhooks.WebhookProcessingFailed("x")
+
+    monkeypatch.setattr(webhooks, "_run", boom)
+    with pytest.raises(webhooks.WebhookProcessingFailed):
+        webhooks.receive(None, None, {"id": "evt_2", "type": "invoice.paid"})
+    assert value("processed") == before_ok + 1 and value("failed") == before_failed + 1
