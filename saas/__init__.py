@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     Raises:
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
-    from saas import api, audit_api, db, errors, health
+    from saas import api, audit_api, cache, db, errors, health, limits
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request
     from saas.auth.keys import KeyStore
@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
 
     _init_request_id(app)
     app.before_request(authenticate_request)
+    cache.init_app(app)  # Redis guard, tenant cache, key watcher, ETag / Cache-Control
+    limits.init_app(app)  # rate limits and quotas: one Lua call per request
     smorest = api.init_app(app)
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)

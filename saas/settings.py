@@ -46,6 +46,20 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return convert
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError("expected a number in (0, 1]")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("expected a number >= 0")
+    return value
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -82,6 +96,16 @@ class Settings:
     db_max_overflow: int = 10
     redis_timeout_seconds: float = 0.25
     log_level: str = "INFO"
+    # rate limits, quotas and cache (saas.limits, saas.cache; docs/limits.md)
+    ratelimit_enabled: bool = True
+    ratelimit_policies: tuple[str, ...] = ()
+    ratelimit_principal_share: float = 0.5
+    ratelimit_fail_closed: tuple[str, ...] = ("login", "mfa", "token", "signup")
+    redis_breaker_threshold: int = 2
+    redis_breaker_cooldown_seconds: float = 2.0
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = 300
+    cache_local_ttl_seconds: float = 0.5
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,6 +155,15 @@ class Settings:
         maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
         maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
         maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+        maybe("RATELIMIT_ENABLED", "ratelimit_enabled", _bool)
+        maybe("RATELIMIT_POLICIES", "ratelimit_policies", _csv)
+        maybe("RATELIMIT_PRINCIPAL_SHARE", "ratelimit_principal_share", _fraction)
+        maybe("RATELIMIT_FAIL_CLOSED", "ratelimit_fail_closed", _csv)
+        maybe("REDIS_BREAKER_THRESHOLD", "redis_breaker_threshold", _positive_int)
+        maybe("REDIS_BREAKER_COOLDOWN", "redis_breaker_cooldown_seconds", _non_negative_float)
+        maybe("CACHE_ENABLED", "cache_enabled", _bool)
+        maybe("CACHE_TTL", "cache_ttl_seconds", _positive_int)
+        maybe("CACHE_LOCAL_TTL", "cache_local_ttl_seconds", _non_negative_float)
         settings = cls(**values)
         if settings.database_url and settings.database_url.startswith("postgres://"):
             settings = replace(settings, database_url="postgresql://" + settings.database_url[11:])
