@@ -323,5 +323,10 @@ def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
     _table("members", ["email", "role", "status"], [[m["email"], m["role"], m["status"]] for m in members])
 
 
+from saas.limits.cli import limits as _limits  # noqa: E402 - registers `saas limits`
+
+main.add_command(_limits)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
