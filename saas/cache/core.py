@@ -201,11 +201,9 @@ class TenantCache:
                 pipe.set(keys.cache(name), json.dumps([v, value], separators=(",", ":")), px=ms)
             pipe.execute()
 
-        try:
+        with contextlib.suppress(RedisUnavailable):
             self.guard.call("cache", write)
-        except RedisUnavailable:
-            return
-        self.local.put(tenant_id, version, values)
+        # not copied to the local layer: only a read that saw the current version may be
 
     def get_or_set(
         self,
