@@ -98,8 +98,21 @@ def _contacts(client, headers):
     return client.get("/api/v1/contacts", headers=headers)
 
 
-def test_user_limit_exact_with_headers(lapi, lclient):
-    h = lapi.auth(lapi.signup("acme"))  # free plan: 60/min per tenant, 30/min per user
+def _consume(redis_client, check: Check, n: int) -> None:
+    """Use ``n`` requests of a policy directly (fast, so no refill happens meanwhile: the HTTP
+    requests that follow land exactly on the boundary whatever the machine's speed)."""
+    for _ in range(n):
+        assert gcra.run(redis_client, [check], None).allowed
+
+
+def _ids(signed):
+    return uuid.UUID(signed["tenant"]["id"]), uuid.UUID(signed["user"]["id"])
+
+
+def test_user_limit_exact_with_headers(lapi, lclient, redis_client):
+    signed = lapi.signup("acme")  # free plan: 60/min per tenant, 30/min per user
+    h = lapi.auth(signed)
+    tenant_id, user_id = _ids(signed)
     first = _contacts(lclient, h)
     assert first.status_code == 200
     policy = first.headers["RateLimit-Policy"]
@@ -110,8 +123,9 @@ def test_user_limit_exact_with_headers(lapi, lclient):
     assert first.headers["X-RateLimit-Limit"] == "30"
     assert first.headers["X-RateLimit-Remaining"] == "29"
     assert int(first.headers["X-RateLimit-Reset"]) > datetime.now(UTC).timestamp()
-    statuses = [_contacts(lclient, h).status_code for _ in range(29)]
-    assert statuses == [200] * 29
+    _consume(redis_client, Check("user", TenantKeys(tenant_id).rate("user", user_id.hex), 30, 60), 28)
+    last = _contacts(lclient, h)
+    assert last.status_code == 200 and last.headers["X-RateLimit-Remaining"] == "0"
     refused = _contacts(lclient, h)
     assert refused.status_code == 429
     body = refused.get_json()
@@ -121,13 +135,16 @@ def test_user_limit_exact_with_headers(lapi, lclient):
     assert '"user";r=0' in refused.headers["RateLimit"]
 
 
-def test_tenant_limit_and_tenant_b_unaffected(make_app):
+def test_tenant_limit_and_tenant_b_unaffected(make_app, redis_client):
     app = make_app(ratelimit_principal_share=1.0)
     client = app.test_client()
     api = Api(client)
-    a = api.auth(api.signup("tenant-a"))
+    signed_a = api.signup("tenant-a")
+    a = api.auth(signed_a)
     b = api.auth(api.signup("tenant-b"))
-    assert [_contacts(client, a).status_code for _ in range(60)] == [200] * 60
+    tenant_a, _ = _ids(signed_a)
+    _consume(redis_client, Check("tenant", TenantKeys(tenant_a).rate("tenant"), 60, 60), 59)
+    assert _contacts(client, a).status_code == 200  # the 60th
     refused = _contacts(client, a)
     assert refused.status_code == 429 and refused.get_json()["policy"] == "tenant"
     # tenant B has its own allowance, untouched by A's
@@ -136,14 +153,16 @@ def test_tenant_limit_and_tenant_b_unaffected(make_app):
     assert '"tenant";r=59' in ok.headers["RateLimit"]
 
 
-def test_two_app_instances_share_one_limit(make_app):
+def test_two_app_instances_share_one_limit(make_app, redis_client):
     one, two = make_app(), make_app()
     api = Api(one.test_client())
-    h = api.auth(api.signup("shared"))
+    signed = api.signup("shared")
+    h = api.auth(signed)
+    tenant_id, user_id = _ids(signed)
+    _consume(redis_client, Check("user", TenantKeys(tenant_id).rate("user", user_id.hex), 30, 60), 20)
     clients = [one.test_client(), two.test_client()]
-    statuses = [_contacts(clients[i % 2], h).status_code for i in range(31)]
-    assert statuses[:30] == [200] * 30
-    assert statuses[30] == 429
+    statuses = [_contacts(clients[i % 2], h).status_code for i in range(11)]
+    assert statuses == [200] * 10 + [429]
 
 
 def test_quota_exceeded_then_reset_at_period_boundary(lapp, lapi, lclient, redis_client):
