@@ -206,7 +206,8 @@ def test_key_rotation_reaches_other_processes(make_app, tmp_path):
     from saas.auth.keys import KeyStore
 
     key_dir = tmp_path / "keys"
-    KeyStore(key_dir, generate=True)
+    first = KeyStore(key_dir, generate=True).active.path
+    first.rename(key_dir / "20000101T000000-first.pem")  # keys are ordered by file name
     one = make_app(signing_key_path=key_dir)
     two = make_app(signing_key_path=key_dir)
     two.extensions["saas.key_watcher"].check_interval = 0
