@@ -9,7 +9,7 @@ Over a limit: 429 problem ``rate_limited`` with ``Retry-After`` and the policy h
 (``policy``, ``limit``, ``window``). Over the quota: 429 problem ``quota_exceeded`` with
 ``reset`` (ISO 8601, UTC) and ``Retry-After`` until the next period.
 
-Usage metering: every admitted authenticated request increments
+Usage metering: every admitted authenticated request (unlimited plans included) increments
 ``{t:<tenant uuid>}:usage:<YYYY-MM>`` (see :func:`usage_key`); the counter lives until 62 days
 after its period ends. Billing periods are calendar months in UTC until billing provides
 ``app.extensions["saas.limits"].period_for`` (a callable ``(tenant_id, now) -> Period``).
@@ -88,13 +88,11 @@ class Limiter:
 
     def quota_for(self, tenant_id: uuid.UUID, entitlements: dict[str, Any]) -> Quota | None:
         limit = entitlements.get("monthly_api_calls")
-        if limit is None:
-            return None
         period = self.period_for(tenant_id, self.clock())
         return Quota(
             policy="monthly",
             key=usage_key(tenant_id, period.label),
-            limit=int(limit),
+            limit=None if limit is None else int(limit),
             period_label=period.label,
             period_seconds=int((period.end - period.start).total_seconds()),
             reset_at=period.end.timestamp(),
@@ -159,7 +157,7 @@ class Limiter:
         g.rate_limit_decision = decision
         if decision.allowed:
             return
-        if decision.reason == "quota_exceeded" and decision.quota is not None:
+        if decision.reason == "quota_exceeded" and decision.quota is not None and decision.quota.limit:
             counters.inc("quota_exceeded_total")
             q = decision.quota
             reset = datetime.fromtimestamp(q.reset_at, UTC)

@@ -86,7 +86,7 @@ def tenant_limits(app: Any, tenant: Any, max_subjects: int = 1000) -> dict[str, 
             "period": q.period_label,
             "used": decision.quota_used,
             "limit": q.limit,
-            "remaining": max(0, q.limit - decision.quota_used),
+            "remaining": None if q.limit is None else max(0, q.limit - decision.quota_used),
             "key": q.key,
         }
     return {"tenant": tenant.slug, "plan": ent_data.get("plan"), "policies": rows, "quota": quota}
@@ -149,10 +149,10 @@ def show(ctx: Context, tenant: str, as_json: bool) -> None:
         ],
     )
     q = data["quota"]
-    if q:
+    if q and q["limit"] is not None:
         click.echo(f"monthly quota {q['period']}: {q['used']} of {q['limit']} used ({q['remaining']} left)")
-    else:
-        click.echo("monthly quota: unlimited")
+    elif q:
+        click.echo(f"monthly quota {q['period']}: {q['used']} used (unlimited)")
 
 
 @limits.command("reset")

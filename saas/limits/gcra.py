@@ -14,7 +14,7 @@ the quota) admit the request: a refused request consumes nothing anywhere.
 Script contract (``KEYS``, ``ARGV``)::
 
     KEYS  = [policy_1 ... policy_n, quota_counter?]
-    ARGV  = [n, cost, peek(0|1), quota_limit(-1: none), quota_expire_at(unix s),
+    ARGV  = [n, cost, peek(0|1), quota_limit(-1: count only, -2: no counter), quota_expire_at,
              T_1, tau_1, ... T_n, tau_n]          -- T and tau in microseconds
     reply = [status(0 ok, 1 rate limited, 2 quota exceeded), hit(1-based policy or 0),
              quota_used, now_us, remaining_1, reset_us_1, retry_us_1, ...]
@@ -67,16 +67,16 @@ for i = 1, n do
   out[#out + 1] = retry
 end
 local used = 0
-if quota_limit >= 0 then
+if quota_limit >= -1 then
   used = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
-  if status == 0 and used + cost > quota_limit then status = 2 end
+  if status == 0 and quota_limit >= 0 and used + cost > quota_limit then status = 2 end
 end
 if status == 0 and peek == 0 then
   for i = 1, n do
     local ttl = math.ceil((tats[i] - now) / 1000) + 1
     redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
   end
-  if quota_limit >= 0 then
+  if quota_limit >= -1 then
     used = redis.call('INCRBY', KEYS[n + 1], cost)
     redis.call('EXPIREAT', KEYS[n + 1], tonumber(ARGV[5]))
   end
@@ -113,11 +113,12 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """A counter of admitted requests per billing period (``limit`` None: not enforced)."""
+    """A counter of admitted requests per billing period (``limit`` None: counted for metering,
+    not enforced)."""
 
     policy: str
     key: str
-    limit: int
+    limit: int | None
     period_label: str
     period_seconds: int
     reset_at: float  # unix seconds, end of the period
@@ -146,7 +147,9 @@ class Decision:
 
     @property
     def quota_remaining(self) -> int | None:
-        return None if self.quota is None else max(0, self.quota.limit - self.quota_used)
+        if self.quota is None or self.quota.limit is None:
+            return None
+        return max(0, self.quota.limit - self.quota_used)
 
 
 def _ceil_seconds(us: int) -> int:
@@ -163,9 +166,9 @@ def run(client: Any, checks: list[Check], quota: Quota | None, cost: int = 1, pe
     args: list[Any] = [len(checks), cost, 1 if peek else 0]
     if quota is not None:
         keys.append(quota.key)
-        args += [quota.limit, quota.expire_at]
+        args += [-1 if quota.limit is None else quota.limit, quota.expire_at]
     else:
-        args += [-1, 0]
+        args += [-2, 0]
     for c in checks:
         args += [c.interval_us, c.tolerance_us]
     try:

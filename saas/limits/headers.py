@@ -35,7 +35,7 @@ def apply(headers: Headers, decision: Decision) -> None:
         if tightest is None or candidate < tightest:
             tightest = candidate
     quota = decision.quota
-    if quota is not None:
+    if quota is not None and quota.limit is not None:
         reset = max(0, math.ceil(quota.reset_at - decision.now))
         remaining = max(0, quota.limit - decision.quota_used)
         policies.append(f'"{quota.policy}";q={quota.limit};w={quota.period_seconds}')

@@ -223,3 +223,20 @@ def test_unauthenticated_routes_limited_per_ip_and_health_exempt(make_app):
     assert client.get("/.well-known/jwks.json").status_code == 200
     assert client.get("/.well-known/jwks.json").status_code == 429
     assert client.get("/healthz").status_code == 200
+
+
+def test_unlimited_plan_is_counted_for_metering(lapi, lclient, db_session, redis_client):
+    from saas.tenancy.models import Tenant
+
+    signed = lapi.signup("unlimited")
+    h = lapi.auth(signed)
+    tenant_id, _ = _ids(signed)
+    tenant = db_session.get(Tenant, tenant_id)
+    tenant.plan = "enterprise"  # monthly_api_calls = -1: unlimited
+    db_session.flush()  # the plan change invalidates the cached entitlements
+    response = _contacts(lclient, h)
+    assert response.status_code == 200
+    assert '"tenant";q=6000;w=60' in response.headers["RateLimit-Policy"]
+    assert "monthly" not in response.headers["RateLimit-Policy"]
+    period = calendar_month(tenant_id, datetime.now(UTC)).label
+    assert redis_client.get(usage_key(tenant_id, period)) == b"1"
