@@ -152,6 +152,34 @@ class Decision:
         return max(0, self.quota.limit - self.quota_used)
 
 
+def _call(client: Any, nkeys: int, keys: list[str], args: list[Any]) -> list[Any]:
+    """``EVALSHA`` (``EVAL`` on ``NOSCRIPT``).
+
+    On a real :class:`redis.Redis` the command goes straight to a pooled connection: redis-py 8's
+    generic command path (retry wrapper, observability hooks) costs more CPU than the script's
+    round trip. Errors are the same exceptions, and a broken connection is dropped.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if type(client) is not redis.Redis or pool is None or getattr(client, "connection", None) is not None:
+        try:
+            return client.evalsha(SHA, nkeys, *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(LUA, nkeys, *keys, *args)
+    conn = pool.get_connection()
+    try:
+        try:
+            conn.send_command("EVALSHA", SHA, nkeys, *keys, *args)
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_command("EVAL", LUA, nkeys, *keys, *args)
+            return conn.read_response()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
 def _ceil_seconds(us: int) -> int:
     return int(-(-us // 1_000_000))
 
@@ -171,10 +199,7 @@ def run(client: Any, checks: list[Check], quota: Quota | None, cost: int = 1, pe
         args += [-2, 0]
     for c in checks:
         args += [c.interval_us, c.tolerance_us]
-    try:
-        reply = client.evalsha(SHA, len(keys), *keys, *args)
-    except redis.exceptions.NoScriptError:
-        reply = client.eval(LUA, len(keys), *keys, *args)
+    reply = _call(client, len(keys), keys, args)
     status, hit, used, now_us = (int(x) for x in reply[:4])
     states = []
     for i, c in enumerate(checks):
