@@ -213,8 +213,10 @@ def main() -> None:
             ("floor 2: bare Flask + pooled PK SELECT", "bench.limits_floors:pk_app", "/floor", None),
             ("app: GET /api/v1/contacts (20 rows)", "bench.limits_wsgi:app", "/api/v1/contacts?page_size=20",
              data["bench-a"]["token"]),
+            ("app, pool without pre-ping (variant)", "bench.limits_wsgi:app", "/api/v1/contacts?page_size=20",
+             data["bench-a"]["token"]),
         ):  # fmt: skip
-            server = Server(target, env)
+            server = Server(target, {**env, "BENCH_NO_PRE_PING": "1" if "pre-ping" in name else "0"})
             try:
                 wrk(server.url(path), c, 3, token)  # warm-up
                 results[name] = wrk(server.url(path), c, d, token)
