@@ -194,11 +194,16 @@ class TenantCache:
         keys = TenantKeys(tenant_id)
         ms = int((ttl or self.ttl) * 1000)
         v = _text(version)
+        try:
+            blobs = {name: json.dumps([v, value], separators=(",", ":")) for name, value in values.items()}
+        except (TypeError, ValueError) as exc:  # not JSON: served uncached rather than altered
+            log.warning("cache entries %s of a tenant are not JSON-serialisable: %s", sorted(values), exc)
+            return
 
         def write(r: Any) -> None:
             pipe = r.pipeline(transaction=False)
-            for name, value in values.items():
-                pipe.set(keys.cache(name), json.dumps([v, value], separators=(",", ":")), px=ms)
+            for name, blob in blobs.items():
+                pipe.set(keys.cache(name), blob, px=ms)
             pipe.execute()
 
         with contextlib.suppress(RedisUnavailable):

@@ -235,3 +235,13 @@ def test_invalidate_tenant_api_drops_local_entries(lapp):
     cache.set_many(tid, version, {"x": 1})
     invalidate_tenant([tid])
     assert cache.get(tid, "x") is MISS
+
+
+def test_values_that_are_not_json_are_not_cached(lapp):
+    import datetime as dt
+
+    cache = lapp.extensions["saas.cache"]
+    tid = uuid.uuid4()
+    value = cache.get_or_set(tid, "when", lambda: {"at": dt.datetime(2026, 1, 1)})
+    assert value == {"at": dt.datetime(2026, 1, 1)}  # computed, returned unaltered
+    assert cache.get(tid, "when") is MISS
