@@ -104,3 +104,58 @@ def test_redis_killed_mid_run(make_app, own_redis):
     assert recovered is not None, "limits did not come back after Redis restarted"
     again = api.login("owner@outage.test", TEST_PASSWORD)
     assert again.status_code == 200, again.get_json()
+
+
+@pytest.fixture()
+def hung_redis():
+    """A TCP server that accepts connections and never answers (a hung Redis)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    stop = threading.Event()
+    held = []
+
+    def accept():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_hung_redis_costs_at_most_a_few_timeouts(make_app, hung_redis, redis_client):
+    from saas.redis_client import make_redis
+
+    # the tenant and its token come from an app on the working Redis
+    api = Api(make_app().test_client())
+    h = api.auth(api.signup("hung"))
+    app = make_app(
+        redis=make_redis(f"redis://127.0.0.1:{hung_redis}/0", 0.1),
+        redis_breaker_threshold=2,
+        redis_breaker_cooldown_seconds=5,
+    )
+    client = app.test_client()
+    durations = []
+    for _ in range(15):
+        t0 = time.monotonic()
+        assert client.get("/api/v1/contacts", headers=h).status_code == 200
+        durations.append(time.monotonic() - t0)
+    assert 0.2 <= durations[0] < 1.0  # two socket timeouts of 0.1 s, then the breaker opened
+    # two timeouts of 0.1 s open the breaker; after that no request touches the hung server
+    assert sum(durations) < 0.3 + 2 * 0.1 + 0.05 * len(durations)
+    metrics = app.extensions["saas.metrics"]
+    assert metrics.get("redis_errors_total") == 2 and metrics.get("breaker_opened_total") == 1
+    assert metrics.get("redis_short_circuited_total") > 0
