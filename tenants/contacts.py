@@ -9,7 +9,7 @@ import uuid
 import marshmallow as ma
 from flask import jsonify, request
 from flask.views import MethodView
-from sqlalchemy import func, or_, select
+from sqlalchemy import any_, func, or_, select
 
 from saas import audit, db
 from saas.api import Blueprint
@@ -76,11 +76,18 @@ def _dump(contact: Contact) -> dict:
     }
 
 
-def _dump_json(contact: Contact) -> dict:
-    """:func:`_dump` with datetimes as ISO 8601 text, as ``ContactSchema`` renders them."""
-    data = _dump(contact)
-    data["created_at"] = contact.created_at.isoformat() if contact.created_at else None
-    data["updated_at"] = contact.updated_at.isoformat() if contact.updated_at else None
+_LIST_COLUMNS = tuple(
+    Contact.__table__.c[name]
+    for name in ("id", "name", "email", "phone", "company", "tags", "created_at", "updated_at", "created_by")
+)
+
+
+def _dump_json(row) -> dict:
+    """:func:`_dump` of a row (or contact) with datetimes as ISO 8601 text, as ``ContactSchema``
+    renders them."""
+    data = _dump(row)
+    data["created_at"] = row.created_at.isoformat() if row.created_at else None
+    data["updated_at"] = row.updated_at.isoformat() if row.updated_at else None
     return data
 
 
@@ -104,27 +111,38 @@ class Contacts(MethodView):
     @blp.paginate()
     def get(self, args, pagination_parameters):
         """Contacts, newest first by default; ``q`` searches name, email and company."""
-        query = select(Contact)
+        conditions = []
         if args.get("q"):
             pattern = f"%{_escape_like(args['q'])}%"
-            query = query.where(
+            conditions.append(
                 or_(Contact.name.ilike(pattern), Contact.email.ilike(pattern), Contact.company.ilike(pattern))
             )
         if args.get("tag"):
-            query = query.where(Contact.tags.any(args["tag"]))
+            conditions.append(any_(Contact.tags) == args["tag"])
         sort = args["sort"]
         column = SORTS[sort.lstrip("-")]
         order = column.desc() if sort.startswith("-") else column.asc()
         session = db.session()
-        pagination_parameters.item_count = session.scalar(select(func.count()).select_from(query.subquery()))
-        page = session.scalars(
-            query.order_by(order, Contact.id)
+        # One statement on the hot path: the page as plain rows (no ORM objects to build) with the
+        # total of the filtered set as a window count; a separate count only for an empty page.
+        rows = session.execute(
+            select(*_LIST_COLUMNS, func.count().over().label("total"))
+            .where(*conditions)
+            .order_by(order, Contact.id)
             .offset(pagination_parameters.first_item)
             .limit(pagination_parameters.page_size)
-        )
+        ).all()
+        if rows:
+            pagination_parameters.item_count = rows[0].total
+        elif pagination_parameters.first_item == 0:
+            pagination_parameters.item_count = 0
+        else:
+            pagination_parameters.item_count = session.scalar(
+                select(func.count()).select_from(Contact.__table__).where(*conditions)
+            )
         # Serialised here in one pass (the same document ContactSchema dumps): the list is the
         # hottest endpoint and a second marshmallow pass over 20 rows cost ~1 ms of CPU.
-        return jsonify([_dump_json(c) for c in page])
+        return jsonify([_dump_json(row) for row in rows])
 
     @require("contacts:write")
     @blp.arguments(ContactSchema)
