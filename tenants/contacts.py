@@ -106,7 +106,7 @@ def get_contact(contact_id: uuid.UUID) -> Contact:
 @blp.route("")
 class Contacts(MethodView):
     @require("contacts:read")
-    @blp.arguments(ContactQuerySchema, location="query")
+    @blp.arguments(ContactQuerySchema(), location="query")  # an instance: not rebuilt per request
     @blp.response(200, ContactSchema(many=True))
     @blp.paginate()
     def get(self, args, pagination_parameters):
