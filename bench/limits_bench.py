@@ -256,8 +256,10 @@ def main() -> None:
                 stop.set()
                 poller.join()
                 admitted = int(r.get(key) or 0)
+                if admitted != seen[-1][1]:  # admitted after the last poll: counted as of now
+                    seen.append((time.time(), admitted))
                 first = next(t for t, v in seen if v > 0)
-                last = next(t for t, v in seen if v == admitted)
+                last = seen[-1][0]
                 elapsed = last - first
                 limit, per_second = 600, 600 / 60
                 expected = limit + elapsed * per_second
