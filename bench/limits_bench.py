@@ -216,7 +216,7 @@ def main() -> None:
             ("app, pool without pre-ping (variant)", "bench.limits_wsgi:app", "/api/v1/contacts?page_size=20",
              data["bench-a"]["token"]),
         ):  # fmt: skip
-            server = Server(target, {**env, "BENCH_NO_PRE_PING": "1" if "pre-ping" in name else "0"})
+            server = Server(target, {**env, "DB_POOL_PRE_PING": "false" if "pre-ping" in name else "true"})
             try:
                 wrk(server.url(path), c, 3, token)  # warm-up
                 results[name] = wrk(server.url(path), c, d, token)

@@ -56,7 +56,10 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         if not settings.database_url:
             raise SettingsError("DATABASE_URL: required (or run `saas dev` for an embedded PostgreSQL)")
         database = db.Database.from_url(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pre_ping=settings.db_pool_pre_ping,
         )
     db.init_app(app, database)
     app.extensions["saas.redis"] = (

@@ -94,6 +94,7 @@ class Settings:
     argon2_parallelism: int = 1
     db_pool_size: int = 10
     db_max_overflow: int = 10
+    db_pool_pre_ping: bool = True
     redis_timeout_seconds: float = 0.25
     log_level: str = "INFO"
     # rate limits, quotas and cache (saas.limits, saas.cache; docs/limits.md)
@@ -153,6 +154,7 @@ class Settings:
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)
         maybe("DB_POOL_SIZE", "db_pool_size", _positive_int)
         maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
+        maybe("DB_POOL_PRE_PING", "db_pool_pre_ping", _bool)
         maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
         maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
         maybe("RATELIMIT_ENABLED", "ratelimit_enabled", _bool)

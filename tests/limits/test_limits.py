@@ -240,3 +240,24 @@ def test_unlimited_plan_is_counted_for_metering(lapi, lclient, db_session, redis
     assert "monthly" not in response.headers["RateLimit-Policy"]
     period = calendar_month(tenant_id, datetime.now(UTC)).label
     assert redis_client.get(usage_key(tenant_id, period)) == b"1"
+
+
+def test_settings_from_env():
+    from saas.settings import Settings, SettingsError
+
+    s = Settings.from_env(
+        {
+            "RATELIMIT_POLICIES": "login-ip=5/1m, ip=10/1s",
+            "RATELIMIT_PRINCIPAL_SHARE": "0.25",
+            "RATELIMIT_FAIL_CLOSED": "login,mfa",
+            "CACHE_LOCAL_TTL": "0",
+            "DB_POOL_PRE_PING": "false",
+        }
+    )
+    assert s.ratelimit_policies == ("login-ip=5/1m", "ip=10/1s")
+    assert s.ratelimit_principal_share == 0.25 and s.ratelimit_fail_closed == ("login", "mfa")
+    assert s.cache_local_ttl_seconds == 0 and s.db_pool_pre_ping is False
+    with pytest.raises(SettingsError, match="RATELIMIT_PRINCIPAL_SHARE"):
+        Settings.from_env({"RATELIMIT_PRINCIPAL_SHARE": "2"})
+    with pytest.raises(SettingsError, match="REDIS_BREAKER_COOLDOWN"):
+        Settings.from_env({"REDIS_BREAKER_COOLDOWN": "-1"})
