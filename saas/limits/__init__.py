@@ -37,6 +37,7 @@ from saas.cache.namespace import TenantKeys
 from saas.errors import AppError, ServiceUnavailable, TooManyRequests
 from saas.limits import gcra, headers, policies
 from saas.limits.gcra import Check, Decision, Quota
+from saas.settings import SettingsError
 
 log = logging.getLogger("saas.limits")
 
@@ -79,7 +80,10 @@ class Limiter:
 
     def __init__(self, guard: RedisGuard, settings: Any) -> None:
         self.guard = guard
-        self.rates = policies.parse_policies(settings.ratelimit_policies)
+        try:
+            self.rates = policies.parse_policies(settings.ratelimit_policies)
+        except ValueError as exc:
+            raise SettingsError(f"RATELIMIT_POLICIES: {exc}") from None
         self.share = settings.ratelimit_principal_share
         self.fail_closed = frozenset(settings.ratelimit_fail_closed)
         self.secret = (settings.secret_key or "").encode() or uuid.uuid4().bytes

@@ -261,3 +261,10 @@ def test_settings_from_env():
         Settings.from_env({"RATELIMIT_PRINCIPAL_SHARE": "2"})
     with pytest.raises(SettingsError, match="REDIS_BREAKER_COOLDOWN"):
         Settings.from_env({"REDIS_BREAKER_COOLDOWN": "-1"})
+
+
+def test_bad_policy_override_stops_start_up(make_app):
+    from saas.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="RATELIMIT_POLICIES: unknown policy 'nope'"):
+        make_app(ratelimit_policies=("nope=1/1m",))
