@@ -17,7 +17,8 @@ from saas.settings import Settings, SettingsError
 
 __all__ = ["Settings", "SettingsError", "create_app"]
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: an incoming X-Request-ID is kept when it fits here (64: the audit log's request_id column)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def create_app(settings: Settings | None = None, *, database=None, redis=None) -> Flask:
@@ -32,11 +33,13 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     Raises:
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
-    from saas import api, audit_api, cache, db, errors, health, limits
+    from saas import api, audit_api, billing, cache, db, errors, health, limits
+    from saas.auth import api as auth_api
+    from saas.auth import authlib_server, hosted
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request
     from saas.auth.keys import KeyStore
-    from saas.auth.tokens import TokenService
+    from saas.auth.tokens import LEEWAY_SECONDS, TokenService
     from saas.identity.passwords import Passwords
     from saas.redis_client import make_redis
     from saas.tenancy import views as tenancy_views
@@ -66,7 +69,12 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         redis if redis is not None else make_redis(settings.redis_url, settings.redis_timeout_seconds)
     )
     key_path = settings.signing_key_path or settings.var_dir / "keys"
-    keys = KeyStore(key_path, settings.signing_alg, generate=settings.signing_key_path is None)
+    keys = KeyStore(
+        key_path,
+        settings.signing_alg,
+        generate=settings.signing_key_path is None,
+        max_token_age=settings.access_token_ttl_seconds + LEEWAY_SECONDS,
+    )
     app.extensions["saas.keys"] = keys
     app.extensions["saas.tokens"] = TokenService(
         keys, settings.issuer, settings.audience, settings.access_token_ttl_seconds
@@ -82,15 +90,19 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     smorest = api.init_app(app)
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)
+    hosted.init_app(app)  # the hosted sign-in pages (HTML)
+    authlib_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token
     for blueprint in (
         auth_views.blp,
         auth_views.oauth,
         auth_views.wellknown,
+        auth_api.blp,
         tenancy_views.blp,
         contacts.blp,
         audit_api.blp,
     ):
         smorest.register_blueprint(blueprint)
+    billing.init_app(app, smorest)
     return app
 
 

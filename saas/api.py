@@ -6,16 +6,25 @@ scheme and RFC 9457 problem responses, plus request-level guards (415 for non-JS
 
 from __future__ import annotations
 
+import copy
+import functools
+import http
+from collections.abc import Callable
+from typing import Any
+
 import marshmallow as ma
 from flask import Flask, request
 from flask_smorest import Api
 from flask_smorest import Blueprint as _Blueprint
+from flask_smorest.utils import prepare_response
 
-from saas.errors import AppError
+from saas.errors import PROBLEM_JSON, AppError, ValidationError
 
 JSON_PATHS = ("/api/",)
 FORM_PATHS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
 MAX_BODY_BYTES = 1024 * 1024
+#: the highest page number a paginated endpoint accepts
+MAX_PAGE = 1_000_000
 
 
 class ProblemSchema(ma.Schema):
@@ -32,7 +41,62 @@ class ProblemSchema(ma.Schema):
 
 
 class Blueprint(_Blueprint):
-    """flask-smorest blueprint whose pagination header is ``X-Pagination`` plus ``Link``."""
+    """flask-smorest blueprint; pagination metadata goes in the ``X-Pagination`` header.
+
+    ``alt_response`` for an error status documents an RFC 9457 problem body by default.
+    """
+
+    def paginate(self, pager=None, **kwargs):
+        """flask-smorest's ``paginate``, with ``page`` bounded (an offset past PostgreSQL's
+        bigint would otherwise fail in the database)."""
+        outer = super().paginate(pager, **kwargs)
+
+        def decorator(func):
+            @functools.wraps(func)
+            def checked(*args, **kw):
+                params = kw.get("pagination_parameters")
+                if params is not None and params.page > MAX_PAGE:
+                    raise ValidationError({"page": [f"Must be at most {MAX_PAGE}."]})
+                return func(*args, **kw)
+
+            return outer(checked)
+
+        return decorator
+
+    def alt_response(self, status_code, response=None, **kwargs):
+        if response is None and int(status_code) >= 400 and kwargs.get("schema") is None:
+            kwargs["schema"] = ProblemSchema
+            kwargs.setdefault("content_type", PROBLEM_JSON)
+        return super().alt_response(status_code, response, **kwargs)
+
+
+class _Api(Api):
+    """flask-smorest ``Api`` whose error responses are documented as ``application/problem+json``."""
+
+    def _register_responses(self) -> None:
+        for status in http.HTTPStatus:
+            response: dict = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_JSON if status >= 400 else "application/json")
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Error (RFC 9457 problem details)", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_JSON)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+
+def document_auth(view: Callable[..., Any], permission: str | None) -> None:
+    """Add 401 and 403 problem responses and ``x-required-permission`` to ``view``'s OpenAPI
+    operation (flask-smorest keeps an operation's documentation in ``view._apidoc``)."""
+    doc = copy.deepcopy(getattr(view, "_apidoc", {}))
+    responses = doc.setdefault("response", {}).setdefault("responses", {})
+    responses.setdefault(401, []).append("UNAUTHORIZED")
+    responses.setdefault(403, []).append("FORBIDDEN")
+    if permission:
+        doc.setdefault("manual_doc", {})["x-required-permission"] = permission
+    else:
+        doc.setdefault("manual_doc", {})["x-required-authentication"] = "any member of the token's tenant"
+    view._apidoc = doc  # type: ignore[attr-defined]
 
 
 class UnsupportedMediaType(AppError):
@@ -50,12 +114,48 @@ def _check_media_type() -> None:
     if length is not None and length > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body may be at most {MAX_BODY_BYTES} bytes.")
     path = request.path
+    has_body = (length or 0) > 0 or request.headers.get("Transfer-Encoding")
+    if not has_body:
+        return  # nothing to decode: the view reports what is missing
     if path.startswith(JSON_PATHS):
-        has_body = (length or 0) > 0 or request.headers.get("Transfer-Encoding")
-        if has_body and not request.is_json:
+        if not request.is_json:
             raise UnsupportedMediaType("Send the body as application/json.")
     elif path.startswith(FORM_PATHS) and request.mimetype != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType("Send the body as application/x-www-form-urlencoded (RFC 6749).")
+
+
+NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
+
+
+def _nul_errors(value: Any) -> dict | list | None:
+    """Per-field errors for strings holding U+0000 in decoded JSON (nested like marshmallow's)."""
+    if isinstance(value, str):
+        return [NUL_MESSAGE] if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    errors: dict = {}
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            errors[key.replace("\x00", "")] = [NUL_MESSAGE]
+        elif (found := _nul_errors(item)) is not None:
+            errors[key] = found
+    return errors or None
+
+
+def _refuse_nul_characters() -> None:
+    """PostgreSQL text cannot hold U+0000: refuse it at the edge with a 422 naming the field,
+    instead of a database error (500) deep in a view."""
+    errors: dict = {}
+    for key, values in request.args.lists():
+        if "\x00" in key or any("\x00" in v for v in values):
+            errors[key.replace("\x00", "")] = [NUL_MESSAGE]
+    if request.method in ("POST", "PUT", "PATCH") and request.path.startswith(JSON_PATHS) and request.is_json:
+        found = _nul_errors(request.get_json(silent=True))
+        if isinstance(found, dict):
+            errors.update(found)
+        elif found:
+            errors["_schema"] = found
+    if errors:
+        raise ValidationError(errors)
 
 
 def init_app(app: Flask) -> Api:
@@ -78,9 +178,10 @@ def init_app(app: Flask) -> Api:
             "info": {"description": "Multi-tenant SaaS backend. Errors are RFC 9457 problem documents."},
         },
     )
-    api = Api()
+    api = _Api()
     api.ERROR_SCHEMA = ProblemSchema
     api.init_app(app)
     app.before_request(_check_media_type)
+    app.before_request(_refuse_nul_characters)
     app.extensions["saas.api"] = api
     return api

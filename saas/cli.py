@@ -323,6 +323,11 @@ def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
     _table("members", ["email", "role", "status"], [[m["email"], m["role"], m["status"]] for m in members])
 
 
+from saas.auth.cli import register as _register_auth_commands  # noqa: E402 - needs main above
+from saas.billing import cli as _billing_cli  # noqa: E402, F401 - registers `saas billing`, `tenants set-plan`
+
+_register_auth_commands(main)
+
 from saas.limits.cli import limits as _limits  # noqa: E402 - registers `saas limits`
 
 main.add_command(_limits)

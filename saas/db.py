@@ -100,6 +100,8 @@ class Database:
             max_overflow=max_overflow,
             pool_pre_ping=pre_ping,
             pool_recycle=1800,
+            # error messages (and so logs) never carry bound values: hashes, tokens, personal data
+            hide_parameters=True,
         )
         _guard_search_path(engine)
         return cls(engine)
@@ -137,13 +139,22 @@ class Database:
             self.bind.dispose()
 
 
+#: ``SET [SESSION] search_path`` (not ``SET LOCAL``) at the start of any statement of a script
+_SESSION_SEARCH_PATH = re.compile(r"(?:^|;)\s*set\s+(?:session\s+)?search_path\b", re.IGNORECASE)
+#: ``set_config('search_path', ..., false)``: the function form of a session-level SET
+_SET_CONFIG_SESSION = re.compile(
+    r"set_config\s*\(\s*'search_path'\s*,.*?,\s*false\s*\)", re.IGNORECASE | re.DOTALL
+)
+
+
 def _guard_search_path(engine: Engine) -> None:
     """Refuse a session-level ``SET search_path`` (it would leak through the pool; invariant 3)."""
 
     @event.listens_for(engine, "before_cursor_execute", retval=False)
     def _check(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        head = statement.lstrip()[:40].lower()
-        if head.startswith("set search_path") or head.startswith("set session search_path"):
+        if "search_path" not in statement:
+            return
+        if _SESSION_SEARCH_PATH.search(statement) or _SET_CONFIG_SESSION.search(statement):
             raise RuntimeError("session-level SET search_path is forbidden; use SET LOCAL")
 
 

@@ -181,13 +181,15 @@ def _from_http_exception(err: HTTPException) -> Response:
     extra: dict[str, Any] = {}
     messages = data.get("messages") if isinstance(data, dict) else None
     detail = err.description
+    # webargs nests by location ({"json": {...}}); flatten a single location
+    if isinstance(messages, dict) and len(messages) == 1:
+        messages = next(iter(messages.values()))
     if status == 422 and messages is not None:
-        # webargs nests by location ({"json": {...}}); flatten a single location
-        if isinstance(messages, dict) and len(messages) == 1:
-            messages = next(iter(messages.values()))
         extra["errors"] = messages
         detail = "The request has invalid fields."
-    if status == 400 and detail and "Failed to decode JSON" in detail:
+    if status == 400 and (
+        messages == ["Invalid JSON body."] or (detail and "Failed to decode JSON" in detail)
+    ):
         detail = "The request body is not valid JSON."
     headers: dict[str, str] = {}
     valid_methods = getattr(err, "valid_methods", None)

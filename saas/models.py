@@ -1,8 +1,25 @@
 """Import every control-plane model so ``shared_metadata`` is complete (migrations, checks)."""
 
-from saas.auth.models import RefreshToken
+from saas.auth.models import AuthorizationCode, Consent, MfaFactor, OAuthClient, RecoveryCode, RefreshToken
+from saas.billing.models import BillingAccount, BillingOverride, UsageReport, WebhookEvent
 from saas.identity.models import User
 from saas.outbox import OutboxMessage
 from saas.tenancy.models import Invitation, Membership, Tenant
 
-__all__ = ["Invitation", "Membership", "OutboxMessage", "RefreshToken", "Tenant", "User"]
+__all__ = [
+    "AuthorizationCode",
+    "BillingAccount",
+    "BillingOverride",
+    "Consent",
+    "Invitation",
+    "Membership",
+    "MfaFactor",
+    "OAuthClient",
+    "OutboxMessage",
+    "RecoveryCode",
+    "RefreshToken",
+    "Tenant",
+    "UsageReport",
+    "User",
+    "WebhookEvent",
+]

@@ -7,6 +7,7 @@ Every value has an explicit converter; a missing or malformed value raises
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -64,6 +65,33 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def _stripe_key(raw: str) -> str:
+    if not raw.startswith(("sk_", "rk_")):
+        raise ValueError("expected a Stripe secret or restricted key (sk_... or rk_...)")
+    return raw
+
+
+def _webhook_secrets(raw: str) -> tuple[str, ...]:
+    secrets = _csv(raw)
+    if not secrets or any(not s.startswith("whsec_") for s in secrets):
+        raise ValueError("expected comma-separated webhook signing secrets (whsec_...)")
+    return secrets
+
+
+def _code_ttl(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 60:
+        raise ValueError("expected 1..60 seconds (RFC 9700: authorization codes live at most 60 s)")
+    return value
+
+
 def _argon2_memory(raw: str) -> int:
     value = int(raw)
     if value < 8 * 1024:
@@ -89,6 +117,10 @@ class Settings:
     refresh_token_absolute_ttl_seconds: int = 90 * 24 * 3600
     refresh_reuse_grace_seconds: int = 5
     invitation_ttl_seconds: int = 7 * 24 * 3600
+    authorization_code_ttl_seconds: int = 60
+    mfa_token_ttl_seconds: int = 300
+    mfa_lockout_seconds: int = 900
+    step_up_max_age_seconds: int = 600
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -107,7 +139,20 @@ class Settings:
     cache_enabled: bool = True
     cache_ttl_seconds: int = 300
     cache_local_ttl_seconds: float = 0.5
+    # billing (saas.billing): off while stripe_secret_key is None
+    stripe_secret_key: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    stripe_prices: Mapping[str, str] = field(default_factory=dict)  # env name -> Stripe price id
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_meter_event_name: str = "api_calls"
+    billing_grace_days: int = 7
+    billing_return_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def billing_enabled(self) -> bool:
+        """Billing runs only with a Stripe secret key; without it every tenant is on the default plan."""
+        return bool(self.stripe_secret_key)
 
     @property
     def is_testing(self) -> bool:
@@ -149,6 +194,10 @@ class Settings:
         maybe("REFRESH_TOKEN_TTL", "refresh_token_ttl_seconds", _positive_int)
         maybe("REFRESH_TOKEN_ABSOLUTE_TTL", "refresh_token_absolute_ttl_seconds", _positive_int)
         maybe("INVITATION_TTL", "invitation_ttl_seconds", _positive_int)
+        maybe("AUTHORIZATION_CODE_TTL", "authorization_code_ttl_seconds", _code_ttl)
+        maybe("MFA_TOKEN_TTL", "mfa_token_ttl_seconds", _positive_int)
+        maybe("MFA_LOCKOUT", "mfa_lockout_seconds", _positive_int)
+        maybe("STEP_UP_MAX_AGE", "step_up_max_age_seconds", _positive_int)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)
@@ -166,6 +215,18 @@ class Settings:
         maybe("CACHE_ENABLED", "cache_enabled", _bool)
         maybe("CACHE_TTL", "cache_ttl_seconds", _positive_int)
         maybe("CACHE_LOCAL_TTL", "cache_local_ttl_seconds", _non_negative_float)
+        maybe("STRIPE_SECRET_KEY", "stripe_secret_key", _stripe_key)
+        maybe("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secrets", _webhook_secrets)
+        maybe("STRIPE_API_BASE", "stripe_api_base", _url(("http", "https")))
+        maybe("STRIPE_METER_EVENT_NAME", "stripe_meter_event_name")
+        maybe("BILLING_GRACE_DAYS", "billing_grace_days", _non_negative_int)
+        maybe("BILLING_RETURN_URL", "billing_return_url", _url(("http", "https")))
+        prices = {k: v.strip() for k, v in env.items() if k.startswith("STRIPE_PRICE_") and v.strip()}
+        for name, price in prices.items():
+            if not price.startswith(("price_", "plan_")):
+                raise SettingsError(f"{name}: expected a Stripe price id (price_...) (got {price!r})")
+        if prices:
+            values["stripe_prices"] = prices
         settings = cls(**values)
         if settings.database_url and settings.database_url.startswith("postgres://"):
             settings = replace(settings, database_url="postgresql://" + settings.database_url[11:])
@@ -188,9 +249,10 @@ _SECRET_WORDS = ("SECRET", "KEY", "PASSWORD", "TOKEN")
 
 
 def _redact(name: str, raw: str) -> str:
+    """What may be shown of a rejected value: nothing of a secret, no credentials of a URL."""
     if any(word in name for word in _SECRET_WORDS):
         return "***"
-    return raw
+    return re.sub(r"//[^/@\s]*@", "//***@", raw)
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))

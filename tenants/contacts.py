@@ -9,12 +9,13 @@ import uuid
 import marshmallow as ma
 from flask import jsonify, request
 from flask.views import MethodView
-from sqlalchemy import any_, func, or_, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm.exc import StaleDataError
 
 from saas import audit, db
 from saas.api import Blueprint
 from saas.auth.context import current_principal, require
-from saas.errors import NotFound, PreconditionFailed
+from saas.errors import Conflict, NotFound, PreconditionFailed
 from tenants.models import Contact
 
 blp = Blueprint("contacts", __name__, url_prefix="/api/v1/contacts", description="Contacts (tenant CRM)")
@@ -118,7 +119,7 @@ class Contacts(MethodView):
                 or_(Contact.name.ilike(pattern), Contact.email.ilike(pattern), Contact.company.ilike(pattern))
             )
         if args.get("tag"):
-            conditions.append(any_(Contact.tags) == args["tag"])
+            conditions.append(Contact.tags.contains([args["tag"]]))
         sort = args["sort"]
         column = SORTS[sort.lstrip("-")]
         order = column.desc() if sort.startswith("-") else column.asc()
@@ -181,7 +182,7 @@ class ContactResource(MethodView):
             setattr(contact, key, value)
         if changed:
             contact.updated_at = db.utcnow()
-            db.session().flush()
+            _flush_versioned()
             audit.record(
                 db.session(),
                 "contact.updated",
@@ -199,8 +200,23 @@ class ContactResource(MethodView):
         _check_if_match(contact)
         session = db.session()
         session.delete(contact)
+        _flush_versioned()
         audit.record(session, "contact.deleted", target_type="contact", target_id=contact_id)
-        session.flush()
+
+
+def _flush_versioned() -> None:
+    """Flush a change to a contact read earlier in this request. A concurrent request that
+    changed or deleted it first makes the versioned UPDATE/DELETE match no row: that is a lost
+    update averted, reported as 412 when the client sent If-Match, else 409."""
+    try:
+        db.session().flush()
+    except StaleDataError:
+        if request.headers.get("If-Match"):
+            raise PreconditionFailed("The contact has changed since you read it; fetch it again.") from None
+        raise Conflict(
+            "The contact was changed by another request at the same time; fetch it and retry.",
+            code="concurrent_update",
+        ) from None
 
 
 def _check_if_match(contact: Contact) -> None:
@@ -209,5 +225,6 @@ def _check_if_match(contact: Contact) -> None:
         return
     current = etag_of(contact)
     candidates = [t.strip() for t in if_match.split(",")]
-    if "*" not in candidates and current not in candidates and f"W/{current}" not in candidates:
+    # strong comparison (RFC 9110 section 13.1.1): a weak tag W/"..." never matches If-Match
+    if "*" not in candidates and current not in candidates:
         raise PreconditionFailed("The contact has changed since you read it; fetch it again.")

@@ -14,6 +14,7 @@ from flask import current_app, g, request
 from sqlalchemy import select
 
 from saas import db
+from saas.api import document_auth
 from saas.errors import Forbidden, Unauthorized
 from saas.rbac import permissions_for
 from saas.tenancy.models import Membership, Tenant
@@ -113,8 +114,8 @@ def authenticate_request() -> None:
     Raises:
         Unauthorized: the token is present but invalid.
     """
-    if request.path.startswith(("/oauth/", "/.well-known/")):
-        return
+    if not request.path.startswith("/api/"):
+        return  # health, docs and OAuth endpoints authenticate (or not) on their own
     token = _bearer_token()
     if token is None:
         return
@@ -193,6 +194,7 @@ def require(permission: str) -> Callable[[F], F]:
             return view(*args, **kwargs)
 
         wrapper._required_permission = permission  # type: ignore[attr-defined]
+        document_auth(wrapper, permission)
         return wrapper  # type: ignore[return-value]
 
     return decorator
@@ -207,4 +209,5 @@ def authenticated(view: F) -> F:
         return view(*args, **kwargs)
 
     wrapper._required_permission = None  # type: ignore[attr-defined]
+    document_auth(wrapper, None)
     return wrapper  # type: ignore[return-value]

@@ -6,10 +6,13 @@ presenting a used token after the grace period revokes the whole family (RFC 970
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, String
+from authlib.oauth2.rfc6749 import ClientMixin
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from saas.db import SharedBase, utcnow
@@ -42,3 +45,156 @@ class RefreshToken(SharedBase):
     revoked_reason: Mapped[str | None] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
+
+
+class OAuthClient(SharedBase, ClientMixin):
+    """An OAuth 2.0 client registered by a tenant (RFC 6749 section 2).
+
+    ``client_type`` is ``public`` (SPA, mobile: no secret, PKCE only) or ``confidential`` (has a
+    secret, stored as its SHA-256 only; the secret is 256 random bits so a fast hash is enough).
+    ``redirect_uris`` are matched exactly (RFC 9700 section 2.1). ``role`` is the tenant role a
+    ``client_credentials`` token acts with; ``first_party`` clients skip the consent page.
+    """
+
+    __tablename__ = "oauth_clients"
+    __table_args__ = (Index("ix_oauth_clients_tenant_id", "tenant_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: the owning tenant; NULL for a platform client (the operator's own apps, registered with
+    #: ``saas clients create``), whose users pick a tenant on the hosted pages
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    client_type: Mapped[str] = mapped_column(String(16))  # public | confidential
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    redirect_uris: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    grant_types: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    scope: Mapped[str] = mapped_column(String(1024), default="openid profile email api")
+    role: Mapped[str] = mapped_column(String(32), default="member")
+    first_party: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    @property
+    def is_confidential(self) -> bool:
+        return self.client_type == "confidential"
+
+    # --- Authlib ClientMixin (used by saas.auth.authlib_server) ---
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        uris = list(self.redirect_uris or [])
+        return uris[0] if len(uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        allowed = set((self.scope or "").split())
+        return " ".join(s for s in (scope or "").split() if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return any(hmac.compare_digest(redirect_uri, uri) for uri in (self.redirect_uris or []))
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if not self.secret_hash or not client_secret:
+            return False
+        presented = hashlib.sha256(client_secret.encode()).hexdigest()
+        return hmac.compare_digest(self.secret_hash, presented)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        """Confidential clients authenticate with their secret; public ones with ``none`` only
+        (and never at the introspection endpoint)."""
+        if self.is_confidential:
+            return method in ("client_secret_basic", "client_secret_post")
+        return method == "none" and endpoint != "introspection"
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in (self.grant_types or [])
+
+
+class AuthorizationCode(SharedBase):
+    """A one-time authorization code (RFC 6749 section 4.1.2), stored as its SHA-256.
+
+    Bound to the client, the exact redirect URI, the PKCE S256 challenge (RFC 7636) and the OIDC
+    ``nonce``. ``family_id`` is the refresh-token family issued from it, revoked if the code is
+    presented again (RFC 6749 section 4.1.2, RFC 9700 section 4.5).
+    """
+
+    __tablename__ = "authorization_codes"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(String(2048))
+    scope: Mapped[str] = mapped_column(String(1024), default="")
+    nonce: Mapped[str | None] = mapped_column(String(512))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(8), default="S256")
+    auth_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    amr: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    family_id: Mapped[uuid.UUID | None] = mapped_column()
+
+    # --- Authlib AuthorizationCodeMixin ---
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class MfaFactor(SharedBase):
+    """A TOTP factor of a user (RFC 6238). The shared secret is encrypted (AES-256-GCM, key derived
+    from ``SECRET_KEY``); ``last_step`` is the last accepted time step (replay protection);
+    ``failed_count`` / ``locked_until`` implement the 5-strikes lockout."""
+
+    __tablename__ = "mfa_factors"
+    __table_args__ = (Index("ix_mfa_factors_user_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), default="totp")
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | active
+    secret_encrypted: Mapped[str] = mapped_column(String(512))
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RecoveryCode(SharedBase):
+    """A single-use MFA recovery code, stored as its SHA-256 (each has 50 random bits)."""
+
+    __tablename__ = "mfa_recovery_codes"
+    __table_args__ = (Index("ix_mfa_recovery_codes_user_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Consent(SharedBase):
+    """A user's consent to a third-party client for some scopes inside one tenant."""
+
+    __tablename__ = "oauth_consents"
+    __table_args__ = (UniqueConstraint("user_id", "tenant_id", "client_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    client_id: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(1024), default="")
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

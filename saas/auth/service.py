@@ -50,6 +50,8 @@ class TokenResponse:
     refresh_token: str | None
     scope: str
     token_type: str = "Bearer"  # noqa: S105 - a token type name
+    family_id: uuid.UUID | None = None
+    id_token: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -60,6 +62,8 @@ class TokenResponse:
         }
         if self.refresh_token:
             body["refresh_token"] = self.refresh_token
+        if self.id_token:
+            body["id_token"] = self.id_token
         return body
 
 
@@ -135,13 +139,18 @@ def issue_tokens(
     auth_time: datetime | None = None,
     family: RefreshToken | None = None,
     parent: RefreshToken | None = None,
+    nonce: str | None = None,
 ) -> TokenResponse:
-    """Mint an access token and a refresh token (a new family unless ``family`` is given)."""
+    """Mint an access token and a refresh token (a new family unless ``family`` is given), plus an
+    OIDC ID token when ``scope`` holds ``openid`` (``nonce`` echoed, ``at_hash`` set).
+
+    The access token's ``sid`` claim is the family id: the session it belongs to."""
     settings = _settings()
     now = utcnow()
     auth_time = auth_time or now
     amr = amr or ["pwd"]
     tokens = current_app.extensions["saas.tokens"]
+    family_id = family.family_id if family else uuid.uuid4()
     access = tokens.issue(
         subject=str(user.id),
         tenant_id=str(tenant.id),
@@ -150,9 +159,9 @@ def issue_tokens(
         client_id=client_id,
         auth_time=int(auth_time.timestamp()),
         amr=amr,
+        extra={"sid": str(family_id)},
     )
     refresh = secrets.token_urlsafe(32)
-    family_id = family.family_id if family else uuid.uuid4()
     family_expires = (
         family.family_expires_at
         if family
@@ -177,30 +186,177 @@ def issue_tokens(
             user_agent=(request.user_agent.string[:512] or None) if has_request_context() else None,
         )
     )
-    return TokenResponse(access.token, access.expires_in, refresh, scope)
+    id_token = None
+    if "openid" in scope.split():
+        extra: dict[str, Any] = {"sid": str(family_id), "tid": str(tenant.id)}
+        if "email" in scope.split():
+            extra["email"] = user.email
+        if "profile" in scope.split():
+            extra["name"] = user.name
+        id_token = tokens.issue_id_token(
+            subject=str(user.id),
+            client_id=client_id,
+            auth_time=int(auth_time.timestamp()),
+            amr=amr,
+            access_token=access.token,
+            nonce=nonce,
+            extra=extra,
+        )
+    return TokenResponse(
+        access.token, access.expires_in, refresh, scope, family_id=family_id, id_token=id_token
+    )
 
 
-def login(session: Session, email: str, password: str, tenant_slug: str | None) -> TokenResponse:
-    """Password login (``POST /api/v1/auth/login``). Audits success in the tenant's log."""
-    user = authenticate_password(session, email, password)
-    membership, tenant = choose_membership(session, user, tenant_slug)
+class MfaRequired(AppError):
+    """403 ``mfa_required``: the password was right; send ``mfa_token`` and a code to
+    ``POST /api/v1/auth/mfa``."""
+
+    status, code, title = 403, "mfa_required", "Second factor required"
+
+
+class MfaEnrollmentRequired(AppError):
+    """403 ``mfa_enrollment_required``: the tenant requires MFA; enrol with ``mfa_token``."""
+
+    status, code, title = 403, "mfa_enrollment_required", "MFA enrolment required"
+
+
+def audit_failed_login(session: Session, email: str, tenant_slug: str | None, reason: str) -> None:
+    """Record ``auth.login_failed`` in the logs of the tenants of an existing account (committed
+    although the request fails). Unknown emails leave no trace anywhere (nothing to attach it to)."""
+    user = find_user_by_email(session, email)
+    if user is None:
+        return
+    query = (
+        select(Tenant)
+        .join(Membership, Membership.tenant_id == Tenant.id)
+        .where(Membership.user_id == user.id)
+    )
+    if tenant_slug:
+        query = query.where(Tenant.slug == tenant_slug.strip().lower())
+    for tenant in session.scalars(query):
+        audit.record(
+            session,
+            "auth.login_failed",
+            target_type="user",
+            target_id=user.id,
+            actor=audit.Actor("user", str(user.id)),
+            data={"reason": reason},
+            schema=tenant.schema_name,
+        )
+    session.commit()
+
+
+def second_factor_gate(session: Session, user: User, tenant: Tenant, amr: list[str]) -> None:
+    """Raise when the login must not yield tokens yet: ``mfa_required`` (the user has a factor)
+    or ``mfa_enrollment_required`` (the tenant's ``require_mfa`` and no factor). Both carry an
+    ``mfa_token`` bound to the user and tenant."""
+    from saas.auth import mfa
+
+    if "otp" in amr:
+        return
+    if mfa.has_mfa(session, user.id):
+        token = mfa.issue_mfa_token(user.id, tenant.id, "login", amr)
+        raise MfaRequired(
+            "Send a TOTP or recovery code with the mfa_token to POST /api/v1/auth/mfa.",
+            extra={"mfa_token": token},
+        )
+    if (tenant.settings or {}).get("require_mfa"):
+        token = mfa.issue_mfa_token(user.id, tenant.id, "enroll", amr)
+        raise MfaEnrollmentRequired(
+            "This tenant requires MFA: enrol a TOTP factor with the mfa_token "
+            "(POST /api/v1/me/mfa/totp, then /api/v1/me/mfa/totp/confirm).",
+            extra={"mfa_token": token},
+        )
+
+
+def check_account(user: User) -> None:
+    """Refuse locked or otherwise inactive accounts with the same answer as a wrong password."""
+    if user.status != "active":
+        raise Unauthorized("The email or password is incorrect.", code="invalid_credentials", error=None)
+
+
+def complete_login(
+    session: Session,
+    user: User,
+    membership: Membership,
+    tenant: Tenant,
+    amr: list[str],
+    *,
+    auth_time: datetime | None = None,
+) -> TokenResponse:
+    """Tokens for a fully authenticated login, audited as ``auth.login``."""
     user.last_login_at = utcnow()
-    response = issue_tokens(session, user=user, membership=membership, tenant=tenant)
+    response = issue_tokens(
+        session, user=user, membership=membership, tenant=tenant, amr=amr, auth_time=auth_time
+    )
     audit.record(
         session,
         "auth.login",
         target_type="user",
         target_id=user.id,
         actor=audit.Actor("user", str(user.id)),
+        data={"amr": amr},
         schema=tenant.schema_name,
     )
     return response
 
 
+def login(session: Session, email: str, password: str, tenant_slug: str | None) -> TokenResponse:
+    """Password login (``POST /api/v1/auth/login``). Audits success and failure in the tenant's log.
+
+    Raises:
+        Unauthorized: ``invalid_credentials`` (unknown email, wrong password, locked account: one answer).
+        MfaRequired / MfaEnrollmentRequired: 403 with an ``mfa_token``.
+    """
+    try:
+        user = authenticate_password(session, email, password)
+    except Unauthorized:
+        audit_failed_login(session, email, tenant_slug, "invalid_credentials")
+        raise
+    membership, tenant = choose_membership(session, user, tenant_slug)
+    second_factor_gate(session, user, tenant, ["pwd"])
+    return complete_login(session, user, membership, tenant, ["pwd"])
+
+
+def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse:
+    """Second step of a login (``POST /api/v1/auth/mfa``): a TOTP or recovery code.
+
+    Raises:
+        Unauthorized: ``invalid_mfa_token``.
+        MfaFailed / MfaLocked: wrong code / locked factor (see :mod:`saas.auth.mfa`).
+    """
+    from saas.auth import mfa
+
+    ticket = mfa.read_mfa_token(mfa_token, ("login",))
+    row = session.execute(
+        select(Membership, Tenant, User)
+        .join(Tenant, Tenant.id == Membership.tenant_id)
+        .join(User, User.id == Membership.user_id)
+        .where(
+            Membership.user_id == ticket.user_id,
+            Membership.tenant_id == ticket.tenant_id,
+            Membership.status == "active",
+        )
+    ).first()
+    if row is None:
+        raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
+    membership, tenant, user = row
+    check_account(user)
+    if tenant.status != "active":
+        raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
+    mfa.verify(session, user, code, tenant.schema_name)
+    mfa.consume_mfa_token(ticket)
+    return complete_login(session, user, membership, tenant, [*ticket.amr, "otp"])
+
+
 def refresh(session: Session, presented: str, client_id: str | None = None) -> TokenResponse:
     """The refresh-token grant (RFC 6749 section 6) with rotation and reuse detection.
 
+    ``client_id`` None is the first-party client of ``POST /api/v1/auth/login``; a token issued
+    to a registered client is accepted only with that (authenticated) client's id.
+
     Raises:
+        InvalidClient: a registered client's token presented without its client.
         InvalidGrant: unknown, expired, revoked or reused token (reuse revokes the family).
     """
     settings = _settings()
@@ -210,6 +366,10 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
     ).first()
     if row is None or (client_id and client_id != row.client_id):
         raise InvalidGrant("The refresh token is invalid.")
+    if client_id is None and row.client_id != FIRST_PARTY_CLIENT:
+        from saas.auth.clients import InvalidClient
+
+        raise InvalidClient("This refresh token belongs to a registered client: authenticate it.")
     if row.revoked_at is not None:
         raise InvalidGrant("The refresh token has been revoked.")
     if row.expires_at <= now or row.family_expires_at <= now:

@@ -1,7 +1,8 @@
 """JWT access tokens (RFC 9068 profile): issue and verify locally against cached keys.
 
 Claims: ``iss``, ``sub`` (user id, or client id for service accounts), ``aud``, ``exp``, ``iat``,
-``nbf``, ``jti``, ``client_id``, ``tid`` (tenant id), ``roles``, ``scope``, ``auth_time``, ``amr``.
+``nbf``, ``jti``, ``client_id``, ``tid`` (tenant id), ``roles``, ``scope``, ``auth_time``, ``amr``,
+``acr``, ``sid`` (the refresh-token family, i.e. the session).
 Header: ``typ: at+jwt``, ``alg`` (RS256 or ES256 only), ``kid``.
 """
 
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from authlib.oidc.core.util import create_half_hash
 from joserfc import jwt
 from joserfc.errors import JoseError
 
@@ -22,6 +24,15 @@ from saas.errors import Unauthorized
 
 ALLOWED_ALGS = ("RS256", "ES256")
 LEEWAY_SECONDS = 30
+
+
+ACR_PASSWORD = "urn:saas:acr:pwd"  # noqa: S105 - an acr value
+ACR_MFA = "urn:saas:acr:mfa"
+
+
+def acr_for(amr: list[str]) -> str:
+    """The ``acr`` value for a list of RFC 8176 ``amr`` values: MFA when a second factor was used."""
+    return ACR_MFA if ("otp" in amr or "mfa" in amr) else ACR_PASSWORD
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ def _header(token: str) -> dict[str, Any] | None:
     try:
         raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return header if isinstance(header, dict) else None
 
@@ -79,12 +90,48 @@ class TokenService:
             "scope": scope,
             "auth_time": auth_time or now,
             "amr": amr or ["pwd"],
+            "acr": acr_for(amr or ["pwd"]),
         }
         if extra:
             claims.update(extra)
         key = self.keys.active
         header = {"alg": key.alg, "kid": key.kid, "typ": "at+jwt"}
         return IssuedToken(jwt.encode(header, claims, key.key), claims, self.access_ttl)
+
+    def issue_id_token(
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        auth_time: int,
+        amr: list[str],
+        access_token: str | None = None,
+        nonce: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """An OpenID Connect ID token (OIDC Core section 2): ``aud`` is the client, ``nonce`` echoes
+        the authorization request, ``at_hash`` (section 3.1.3.6) binds it to ``access_token``.
+        Header ``typ: JWT`` so it can never pass :meth:`verify` as an access token."""
+        now = int(time.time())
+        key = self.keys.active
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": client_id,
+            "azp": client_id,
+            "iat": now,
+            "exp": now + self.access_ttl,
+            "auth_time": auth_time,
+            "amr": amr,
+            "acr": acr_for(amr),
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        if access_token:
+            claims["at_hash"] = create_half_hash(access_token, key.alg).decode()
+        if extra:
+            claims.update(extra)
+        return jwt.encode({"alg": key.alg, "kid": key.kid, "typ": "JWT"}, claims, key.key)
 
     def verify(self, token: str) -> dict[str, Any]:
         """Verify signature, header and registered claims; return the claims.
@@ -99,7 +146,8 @@ class TokenService:
         alg = header.get("alg")
         if alg not in ALLOWED_ALGS:
             raise Unauthorized("The access token's algorithm is not accepted.")
-        if header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
             raise Unauthorized("The token is not an access token.")
         signing_key = self.keys.find(str(header.get("kid", "")))
         if signing_key is None or signing_key.alg != alg:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+
 import marshmallow as ma
 from flask import current_app, jsonify, request
 from flask.views import MethodView
 
-from saas import db
+from saas import audit, db
 from saas.api import Blueprint
 from saas.auth import service
+from saas.auth.context import authenticated, current_principal
+from saas.auth.models import RefreshToken
 from saas.errors import AppError, problem_response
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Log in and get tokens")
@@ -44,11 +48,57 @@ class Login(MethodView):
         return tokens.to_dict()
 
 
+class MfaLoginSchema(ma.Schema):
+    mfa_token = ma.fields.String(required=True, validate=ma.validate.Length(max=200))
+    code = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=6, max=16),
+        metadata={"description": "a 6-digit TOTP code or a recovery code"},
+    )
+
+
+@blp.route("/mfa")
+class MfaLogin(MethodView):
+    @blp.arguments(MfaLoginSchema)
+    @blp.response(200, TokenResponseSchema)
+    @blp.alt_response(401, description="Wrong, replayed or expired code, or invalid mfa_token")
+    @blp.alt_response(403, description="mfa_locked: 5 wrong codes; Retry-After")
+    @blp.doc(security=[])
+    def post(self, body):
+        """Second login step after ``mfa_required``: tokens with ``amr: ["pwd", "otp"]``."""
+        return service.login_with_mfa(db.session(), body["mfa_token"], body["code"]).to_dict()
+
+
+@blp.route("/logout")
+class Logout(MethodView):
+    @authenticated
+    @blp.response(204)
+    def post(self):
+        """End the current session: revoke the refresh-token family of the bearer token's ``sid``."""
+        principal = current_principal()
+        sid = principal.claims.get("sid")
+        if principal.user_id is None or not sid:
+            return
+        try:
+            family = uuid.UUID(str(sid))
+        except ValueError:
+            return
+        session = db.session()
+        owned = session.query(RefreshToken.id).filter_by(family_id=family, user_id=principal.user_id).first()
+        if owned is not None and service.revoke_family(session, family, "logout"):
+            audit.record(session, "auth.logout", target_type="session", target_id=family)
+
+
 def oauth_error(err: AppError):
     """RFC 6749 section 5.2 error body, with the problem members alongside."""
     error = err.code if err.code in _OAUTH_ERRORS else "invalid_request"
     response = problem_response(
-        err.status, err.code, err.title, err.detail, {"error": error, "error_description": err.detail}
+        err.status,
+        err.code,
+        err.title,
+        err.detail,
+        {**err.extra, "error": error, "error_description": err.detail},
+        err.headers,
     )
     response.mimetype = "application/json"
     response.headers["Cache-Control"] = "no-store"
@@ -65,35 +115,162 @@ _OAUTH_ERRORS = {
 }
 
 
-@oauth.route("/oauth/token", methods=["POST"])
-@oauth.doc(security=[])
-def token():
-    """The token endpoint (RFC 6749 section 3.2), form-encoded. Grants: ``refresh_token``."""
-    try:
-        grant_type = request.form.get("grant_type")
-        if not grant_type:
-            raise AppError(
-                "grant_type is required.", status=400, code="invalid_request", title="Invalid request"
-            )
-        if grant_type != "refresh_token":
-            raise AppError(
-                f"Grant type {grant_type!r} is not supported here.",
-                status=400,
-                code="unsupported_grant_type",
-                title="Unsupported grant type",
-            )
-        presented = request.form.get("refresh_token")
-        if not presented:
-            raise AppError(
-                "refresh_token is required.", status=400, code="invalid_request", title="Invalid request"
-            )
-        tokens = service.refresh(db.session(), presented, request.form.get("client_id"))
-    except AppError as err:
-        return oauth_error(err)
-    response = jsonify(tokens.to_dict())
+#: endpoints browser-based public clients (SPAs) call cross-origin. None of them reads cookies,
+#: so any origin may call them (no ``Access-Control-Allow-Credentials``); introspection is
+#: server-to-server and the authorization endpoint is a navigation, so neither is listed.
+CORS_PATHS = ("/oauth/token", "/oauth/revoke", "/oauth/userinfo", "/.well-known/")
+
+
+def _cors(response):
+    if request.path.startswith(CORS_PATHS) and request.headers.get("Origin"):
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+oauth.after_request(_cors)
+wellknown.after_request(_cors)
+
+
+def _no_store(response):
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
+
+
+@oauth.route("/oauth/token", methods=["POST"])
+@oauth.doc(security=[])
+def token():
+    """The token endpoint (RFC 6749 section 3.2), form-encoded, served by Authlib's
+    ``AuthorizationServer`` (:mod:`saas.auth.authlib_server`).
+
+    Grants: ``authorization_code`` (PKCE S256 verifier required), ``refresh_token`` (rotated on
+    every use), ``client_credentials`` (confidential tenant clients). Client authentication:
+    ``client_secret_basic``, ``client_secret_post`` or ``none`` (public clients). Errors are RFC 6749
+    section 5.2 bodies (``error``, ``error_description``) with the problem members alongside.
+    """
+    server = current_app.extensions["saas.oauth_server"]
+    try:
+        if not request.form.get("grant_type"):
+            raise AppError(
+                "grant_type is required.", status=400, code="invalid_request", title="Invalid request"
+            )
+        return server.create_token_response()
+    except AppError as err:
+        return oauth_error(err)
+
+
+def _authenticated_client(endpoint: str, methods: list[str]):
+    """The calling client, authenticated by Authlib (RFC 6749 section 2.3)."""
+    server = current_app.extensions["saas.oauth_server"]
+    oauth_request = server.create_oauth2_request(None)
+    return server.authenticate_client(oauth_request, methods, endpoint)
+
+
+@oauth.route("/oauth/revoke", methods=["POST"])
+@oauth.doc(security=[])
+def revoke():
+    """Token revocation (RFC 7009). Client authentication as at the token endpoint; 200 even for
+    unknown tokens. Revoking an access token revokes its session (refresh family)."""
+    from authlib.oauth2 import OAuth2Error
+
+    from saas.auth import oauth as provider
+    from saas.auth.authlib_server import AUTH_METHODS
+
+    server = current_app.extensions["saas.oauth_server"]
+    try:
+        client = _authenticated_client("revocation", AUTH_METHODS)
+        provider.revoke(db.session(), client, request.form.get("token"))
+    except OAuth2Error as err:
+        return server.handle_error_response(None, err)
+    except AppError as err:
+        return oauth_error(err)
+    return _no_store(current_app.response_class(status=200))
+
+
+@oauth.route("/oauth/introspect", methods=["POST"])
+@oauth.doc(security=[])
+def introspect():
+    """Token introspection (RFC 7662). Needs a confidential client; a client sees only tokens of
+    its own tenant (others are ``{"active": false}``)."""
+    from authlib.oauth2 import OAuth2Error
+
+    from saas.auth import oauth as provider
+
+    server = current_app.extensions["saas.oauth_server"]
+    try:
+        client = _authenticated_client("introspection", ["client_secret_basic", "client_secret_post"])
+        body = provider.introspect(db.session(), client, request.form.get("token"))
+    except OAuth2Error as err:
+        return server.handle_error_response(None, err)
+    except AppError as err:
+        return oauth_error(err)
+    return _no_store(jsonify(body))
+
+
+@oauth.route("/oauth/userinfo", methods=["GET", "POST"])
+@oauth.doc(security=[{"bearerAuth": []}])
+def userinfo():
+    """OIDC UserInfo (OIDC Core section 5.3): needs an access token with the ``openid`` scope."""
+    from sqlalchemy import select
+
+    from saas.auth.context import _bearer_token
+    from saas.errors import Forbidden, Unauthorized
+    from saas.identity.models import User
+    from saas.tenancy.models import Membership
+
+    token = _bearer_token()
+    if token is None:
+        raise Unauthorized("This endpoint needs an access token.", error=None)
+    claims = current_app.extensions["saas.tokens"].verify(token)
+    scopes = str(claims.get("scope", "")).split()
+    if "openid" not in scopes:
+        raise Forbidden(
+            "The access token lacks the openid scope.",
+            code="insufficient_scope",
+            headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'},
+        )
+    if claims.get("sub") == claims.get("client_id"):
+        raise Forbidden("A service-account token has no end user.", code="insufficient_scope")
+    session = db.session()
+    row = session.execute(
+        select(User, Membership)
+        .join(Membership, Membership.user_id == User.id)
+        .where(
+            User.id == claims["sub"],
+            Membership.tenant_id == claims["tid"],
+            Membership.status == "active",
+        )
+    ).first()
+    if row is None:
+        raise Unauthorized("The access token's user no longer exists.")
+    user, membership = row
+    body = {"sub": str(user.id), "tid": str(claims["tid"]), "roles": [membership.role]}
+    if "email" in scopes:
+        body.update({"email": user.email, "email_verified": False})
+    if "profile" in scopes:
+        body["name"] = user.name
+    return _no_store(jsonify(body))
+
+
+@wellknown.route("/openid-configuration", methods=["GET"])
+@wellknown.doc(security=[])
+def openid_configuration():
+    """OpenID Connect Discovery 1.0 metadata (the same document as RFC 8414's)."""
+    from saas.auth.oauth import server_metadata
+
+    response = jsonify(server_metadata())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@wellknown.route("/oauth-authorization-server", methods=["GET"])
+@wellknown.doc(security=[])
+def oauth_authorization_server():
+    """OAuth 2.0 Authorization Server Metadata (RFC 8414)."""
+    return openid_configuration()
 
 
 @wellknown.route("/jwks.json", methods=["GET"])

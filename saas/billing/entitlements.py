@@ -1,25 +1,44 @@
 """Plans and entitlements.
 
 The catalogue is ``plans.toml`` beside this file (reviewed like code); an invalid catalogue
-raises :class:`CatalogueError` at start-up. :func:`entitlements_for` answers what a tenant may
-use now, from its plan and status. Limits are integers; ``None`` means unlimited.
+raises :class:`CatalogueError` at start-up, and so does a paid plan without its Stripe price id
+when billing is on (:func:`validate_prices`). :func:`entitlements_for` answers what a tenant may
+use now, from its plan, its subscription status (grace period, read-only) and an operator's
+override. Limits are integers; ``None`` means unlimited.
+
+The tenant's billing state is cached in Redis under ``{t:<tenant_id>}:billing:state`` (the
+tenant in the key by construction, invariant 8) and invalidated whenever billing state changes
+(:func:`invalidate`), right away and again after the transaction commits.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import tomllib
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from flask import current_app, has_app_context, has_request_context
+from sqlalchemy import event
+from sqlalchemy.orm import Session, object_session
+
+from saas.settings import SettingsError
+
+log = logging.getLogger("saas.billing")
+
 CATALOGUE_PATH = Path(__file__).with_name("plans.toml")
 LIMIT_KEYS = ("seats", "requests_per_minute", "monthly_api_calls")
+PLAN_KEYS = frozenset({"name", "price_env", "per_seat", "features", *LIMIT_KEYS})
 
 
-class CatalogueError(RuntimeError):
-    """The plan catalogue is invalid; the message names the plan and key."""
+class CatalogueError(SettingsError):
+    """The plan catalogue is invalid; the message names the plan and key (start-up stops)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +59,8 @@ class Entitlements:
 
     plan: str
     seats: int | None
-    requests_per_minute: int
+    #: None: unlimited (operator override -1); 0: no API requests at all (override 0)
+    requests_per_minute: int | None
     monthly_api_calls: int | None
     features: Mapping[str, Any]
     read_only: bool = False
@@ -54,6 +74,12 @@ class Entitlements:
             "features": dict(self.features),
             "read_only": self.read_only,
         }
+
+
+def valid_limit(value: Any) -> bool:
+    """A limit as stored or overridden: an integer >= -1 (-1: unlimited); a boolean is not one
+    (``True`` is an ``int`` in Python, so ``seats=true`` must be refused explicitly)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= -1
 
 
 def _limit(plan_id: str, key: str, raw: Any, required: bool = True) -> int | None:
@@ -73,6 +99,21 @@ def parse_catalogue(data: Mapping[str, Any]) -> tuple[str, dict[str, Plan]]:
     for plan_id, raw in raw_plans.items():
         if not isinstance(raw, Mapping):
             raise CatalogueError(f"plans.{plan_id}: expected a table")
+        unknown = set(raw) - PLAN_KEYS
+        if unknown:
+            raise CatalogueError(f"plans.{plan_id}: unknown keys {sorted(unknown)}")
+        features = raw.get("features") or {}
+        if not isinstance(features, Mapping) or any(
+            not isinstance(v, bool | int | str) for v in features.values()
+        ):
+            raise CatalogueError(
+                f"plans.{plan_id}.features: expected a table of booleans, integers or strings"
+            )
+        price_env = raw.get("price_env") or {}
+        if not isinstance(price_env, Mapping) or any(
+            k not in ("month", "year") or not str(v).startswith("STRIPE_PRICE_") for k, v in price_env.items()
+        ):
+            raise CatalogueError(f'plans.{plan_id}.price_env: expected {{month|year = "STRIPE_PRICE_..."}}')
         rpm = _limit(plan_id, "requests_per_minute", raw.get("requests_per_minute"))
         if rpm is None:
             raise CatalogueError(f"plans.{plan_id}.requests_per_minute: must be a positive limit")
@@ -108,11 +149,278 @@ def plan(plan_id: str | None) -> Plan:
     return plans.get(plan_id or default) or plans[default]
 
 
-def entitlements_for(tenant: Any) -> Entitlements:
-    """Entitlements of ``tenant`` (anything with ``plan``) from its plan.
+#: Stripe subscription statuses (https://docs.stripe.com/api/subscriptions/object#subscription_object-status)
+PAID_STATUSES = frozenset({"trialing", "active"})
+GRACE_STATUSES = frozenset({"past_due"})
+FREE_STATUSES = frozenset({"canceled", "unpaid", "incomplete_expired", "incomplete", "paused"})
+INTERVALS = ("month", "year")
+CACHE_TTL_SECONDS = 300
 
-    The billing issue extends this with subscription status, grace periods and operator
-    overrides; callers do not change.
+
+def validate_prices(prices: Mapping[str, str], enabled: bool) -> dict[str, tuple[str, str]]:
+    """Check the catalogue's Stripe price ids against the environment; map price id -> (plan, interval).
+
+    Args:
+        prices: environment variable name -> price id (``Settings.stripe_prices``).
+        enabled: billing is on (a Stripe key is set): then each paid plan's monthly price is required.
+
+    Raises:
+        CatalogueError: a required price is missing, or one price id serves two plans or intervals.
     """
-    p = plan(getattr(tenant, "plan", None))
-    return Entitlements(p.id, p.seats, p.requests_per_minute, p.monthly_api_calls, p.features)
+    _, plans = catalogue()
+    table: dict[str, tuple[str, str]] = {}
+    for p in plans.values():
+        for interval, env_name in p.price_env.items():
+            if interval not in INTERVALS:
+                raise CatalogueError(f"plans.{p.id}.price_env: unknown interval {interval!r}")
+            price = prices.get(env_name)
+            if not price:
+                if enabled and interval == "month":
+                    raise CatalogueError(
+                        f"{env_name}: required for plan {p.id!r} when STRIPE_SECRET_KEY is set"
+                    )
+                continue
+            if price in table:
+                raise CatalogueError(f"{env_name}: price {price} is already used by plan {table[price][0]!r}")
+            table[price] = (p.id, interval)
+    return table
+
+
+def plans_allowing(seats: int) -> list[Plan]:
+    """Plans whose seat entitlement allows ``seats`` members, in catalogue order (cheapest first)."""
+    _, plans = catalogue()
+    return [p for p in plans.values() if p.seats is None or p.seats >= seats]
+
+
+@dataclass(frozen=True)
+class BillingState:
+    """What :func:`entitlements_for` needs beyond the plan catalogue (cached as JSON).
+
+    ``grace_until`` is a unix timestamp (seconds) or None; ``subscription_plan``/``status`` are
+    None for a tenant that never subscribed.
+    """
+
+    subscription_plan: str | None = None
+    status: str | None = None
+    grace_until: float | None = None
+    override_plan: str | None = None
+    override_limits: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_subscription(self) -> bool:
+        return self.status is not None
+
+
+def effective_plan_id(tenant_plan: str | None, state: BillingState) -> str:
+    """The plan whose entitlements apply (before read-only and limit overrides)."""
+    default, _ = catalogue()
+    if state.override_plan:
+        return plan(state.override_plan).id
+    if not state.has_subscription:
+        return plan(tenant_plan).id
+    if state.status in PAID_STATUSES or state.status in GRACE_STATUSES:
+        return plan(state.subscription_plan).id
+    return default
+
+
+def compute_entitlements(
+    tenant_plan: str | None, state: BillingState, now: datetime | None = None
+) -> Entitlements:
+    """Pure mapping of plan + subscription status + override to entitlements.
+
+    ``trialing``/``active``: the plan. ``past_due``: the plan, and ``read_only`` once the grace
+    period has passed. ``canceled``/``unpaid``/``incomplete_expired`` (and ``incomplete``,
+    ``paused``): the default (free) plan. An operator's plan override wins over all of these.
+    """
+    p = plan(effective_plan_id(tenant_plan, state))
+    now_ts = (now or datetime.now(UTC)).timestamp()
+    read_only = (
+        not state.override_plan
+        and state.status in GRACE_STATUSES
+        and state.grace_until is not None
+        and now_ts >= state.grace_until
+    )
+    limits = {
+        "seats": p.seats,
+        "requests_per_minute": p.requests_per_minute,
+        "monthly_api_calls": p.monthly_api_calls,
+    }
+    features = dict(p.features)
+    for key, value in (state.override_limits or {}).items():
+        if key in LIMIT_KEYS:
+            if not valid_limit(value):
+                log.warning("ignoring invalid override %s=%r", key, value)
+                continue
+            limits[key] = None if value == -1 else value  # -1: unlimited; 0 is a real limit
+        else:
+            features[key] = value
+    return Entitlements(
+        p.id,
+        limits["seats"],
+        limits["requests_per_minute"],
+        limits["monthly_api_calls"],
+        features,
+        read_only=bool(read_only),
+    )
+
+
+def cache_key(tenant_id: uuid.UUID | str) -> str:
+    """Redis key of a tenant's cached :class:`BillingState`."""
+    return f"{{t:{tenant_id}}}:billing:state"
+
+
+def generation_key(tenant_id: uuid.UUID | str) -> str:
+    """Redis key counting invalidations of the tenant's billing state."""
+    return f"{{t:{tenant_id}}}:billing:gen"
+
+
+def _drop(redis: Any, tenant_ids: set[uuid.UUID] | list[uuid.UUID]) -> None:
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for tenant_id in tenant_ids:
+            pipe.incr(generation_key(tenant_id))
+            pipe.expire(generation_key(tenant_id), 2 * CACHE_TTL_SECONDS)
+            pipe.delete(cache_key(tenant_id))
+        pipe.execute()
+    except Exception:
+        log.warning("billing state cache unavailable", exc_info=True)
+
+
+def _redis() -> Any:
+    """The app's Redis client; None outside an app or while the shared Redis circuit breaker
+    (``saas.cache.guard``) is open, so no request waits on a dead Redis here either."""
+    if not has_app_context():
+        return None
+    guard = current_app.extensions.get("saas.redis_guard")
+    if guard is not None and guard.breaker.is_open():
+        return None
+    return current_app.extensions.get("saas.redis")
+
+
+def load_state(session: Session, tenant_id: uuid.UUID) -> BillingState:
+    """Read the tenant's billing state from the database (no cache)."""
+    from saas.billing.models import BillingAccount, BillingOverride
+
+    account = session.get(BillingAccount, tenant_id)
+    override = session.get(BillingOverride, tenant_id)
+    return BillingState(
+        subscription_plan=account.plan if account else None,
+        status=account.status if account and account.stripe_subscription_id else None,
+        grace_until=account.grace_until.timestamp() if account and account.grace_until else None,
+        override_plan=override.plan if override else None,
+        override_limits=dict(override.limits or {}) if override else {},
+    )
+
+
+def billing_state(tenant: Any) -> BillingState | None:
+    """The tenant's cached billing state; loaded from the database on a miss. None when neither
+    the cache nor a session is reachable (then only ``tenant.plan`` counts).
+
+    One Redis round trip on a hit (``MGET`` of the state and its generation). On a miss the
+    state read from the database is cached only if the generation is unchanged, so a reader
+    that loaded the state of before a concurrent change cannot cache it after that change's
+    invalidation.
+    """
+    tenant_id = getattr(tenant, "id", None)
+    if tenant_id is None:
+        return None
+    redis = _redis()
+    generation = b"0"
+    if redis is not None:
+        try:
+            raw, gen = redis.mget(cache_key(tenant_id), generation_key(tenant_id))
+            if raw:
+                return BillingState(**json.loads(raw))
+            generation = gen or b"0"
+        except Exception:  # fail open to the database on Redis errors
+            log.warning("billing state cache unavailable", exc_info=True)
+            redis = None
+    session = _session_for(tenant)
+    if session is None:
+        return None
+    state = load_state(session, tenant_id)
+    if redis is not None and tenant_id not in session.info.get(_DIRTY_KEY, set()):
+        _cache_if_generation(redis, tenant_id, state, generation)
+    return state
+
+
+def _cache_if_generation(redis: Any, tenant_id: uuid.UUID, state: BillingState, generation: bytes) -> None:
+    """``SET`` the state unless the generation moved (``WATCH``/``MULTI``: an invalidation in
+    between aborts the write). Both keys share the ``{t:<id>}`` hash tag (one cluster slot)."""
+    import redis as redis_lib
+
+    try:
+        with redis.pipeline() as pipe:
+            pipe.watch(generation_key(tenant_id))
+            if (pipe.get(generation_key(tenant_id)) or b"0") != generation:
+                return
+            pipe.multi()
+            pipe.set(cache_key(tenant_id), json.dumps(asdict(state)), ex=CACHE_TTL_SECONDS)
+            pipe.execute()
+    except redis_lib.WatchError:
+        return
+    except Exception:
+        log.warning("billing state cache unavailable", exc_info=True)
+
+
+def _session_for(tenant: Any) -> Session | None:
+    try:
+        session = object_session(tenant)
+    except Exception:
+        session = None
+    if session is None and has_request_context():
+        from saas import db
+
+        session = db.session()
+    return session
+
+
+def entitlements_for(tenant: Any) -> Entitlements:
+    """Entitlements of ``tenant`` (anything with ``id`` and ``plan``, normally a ``Tenant`` row)
+    now: plan, subscription status with its grace period, and operator overrides.
+
+    Fast path: one Redis round trip; the database is read on a cache miss only. Raises nothing for an
+    unknown plan (the default plan applies).
+    """
+    state = billing_state(tenant)
+    if state is None:
+        p = plan(getattr(tenant, "plan", None))
+        return Entitlements(p.id, p.seats, p.requests_per_minute, p.monthly_api_calls, p.features)
+    return compute_entitlements(getattr(tenant, "plan", None), state)
+
+
+_DIRTY_KEY = "billing_dirty_tenants"
+
+
+def invalidate(session: Session | None, tenant_id: uuid.UUID) -> None:
+    """Drop the tenant's cached billing state now and again once ``session`` commits (so no
+    reader re-caches the state of before the change)."""
+    from saas.cache import invalidate_tenant
+
+    invalidate_tenant([tenant_id])  # the principal snapshot caches entitlements too
+    redis = _redis()
+    if session is not None:
+        session.info.setdefault(_DIRTY_KEY, set()).add(tenant_id)
+        session.info["billing_redis"] = redis
+    if redis is not None:
+        _drop(redis, [tenant_id])
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    dirty = session.info.pop(_DIRTY_KEY, None)
+    redis = session.info.pop("billing_redis", None)
+    if dirty:
+        from saas.cache import invalidate_tenant
+
+        invalidate_tenant(dirty)
+    if dirty and redis is not None:
+        _drop(redis, dirty)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    dirty = session.info.pop(_DIRTY_KEY, None)
+    redis = session.info.pop("billing_redis", None)
+    if dirty and redis is not None:
+        _drop(redis, dirty)

@@ -26,7 +26,7 @@ from flask import Flask, Response, request
 from saas.cache.core import MISS, TenantCache, invalidate_tenant
 from saas.cache.guard import CircuitBreaker, Counters, RedisGuard, RedisUnavailable
 from saas.cache.principals import PrincipalSnapshot, TenantSnapshot, snapshot_for, watch_model
-from saas.cache.signing_keys import KeyWatcher, publish_rotation
+from saas.cache.signing_keys import KeyWatcher, announce_rotation, publish_rotation
 
 __all__ = [
     "MISS",
@@ -37,6 +37,7 @@ __all__ = [
     "RedisUnavailable",
     "TenantCache",
     "TenantSnapshot",
+    "announce_rotation",
     "init_app",
     "invalidate_tenant",
     "publish_rotation",
@@ -60,7 +61,8 @@ def init_app(app: Flask) -> None:
         install_hooks()
     watcher = KeyWatcher(app.extensions["saas.keys"], guard, check_interval=0.5)
     app.extensions["saas.key_watcher"] = watcher
-    app.before_request(watcher.maybe_check)
+    # first of the request's hooks: a rotation is seen before the token is verified
+    app.before_request_funcs.setdefault(None, []).insert(0, watcher.maybe_check)
     app.after_request(_http_caching)
 
 

@@ -72,6 +72,10 @@ class CircuitBreaker:
         self._probing = False
         self._lock = threading.Lock()
 
+    def is_open(self) -> bool:
+        """True while calls are refused (open and the cool-down not over); does not probe."""
+        return self.state == self.OPEN and self.clock() - self.opened_at < self.cooldown
+
     def allow(self) -> bool:
         """Whether a call may go to Redis now."""
         if self.state == self.CLOSED:

@@ -1,13 +1,12 @@
 """Signing keys and JWKS kept fresh across processes, with a bound on staleness.
 
 Tokens are verified against the in-memory :class:`saas.auth.keys.KeyStore` (no I/O on the hot
-path). Two things make a rotation visible everywhere within a second:
-
-* ``publish_rotation(app)`` (called by whoever rotates keys, e.g. ``saas keys rotate``) bumps
-  ``{platform}:keys:version``; every process compares it with the version it loaded at most
-  once per ``check_interval`` seconds and reloads its keys when it changed;
-* a token whose ``kid`` is unknown makes the process reload its key files (at most once per
-  ``check_interval``), so a new key verifies even while Redis is down.
+path). The store reloads its key files by itself when a token names an unknown ``kid`` (at most
+once a second) and otherwise polls its directory every 10 s. This module makes a rotation
+visible everywhere within a second: ``saas keys rotate`` calls :func:`announce_rotation`, which
+bumps ``{platform}:keys:version``; every process compares it with the version it last saw at
+most every ``check_interval`` (0.5 s) and reloads its keys when it changed, so the new active
+key signs and the JWKS publishes it at once.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ log = logging.getLogger("saas.cache.keys")
 
 
 class KeyWatcher:
-    """Reloads the key store when the published key version changes or a ``kid`` is unknown."""
+    """Reloads the key store when the published key version changes."""
 
     def __init__(self, keys: Any, guard: RedisGuard, check_interval: float = 0.5) -> None:
         self.keys = keys
@@ -34,10 +33,7 @@ class KeyWatcher:
         self.check_interval = check_interval
         self._version: bytes | None = None
         self._next_check = 0.0
-        self._next_disk_reload = 0.0
         self._lock = threading.Lock()
-        self._find = keys.find
-        keys.find = self.find  # the TokenService asks the store; we answer through the watcher
 
     def maybe_check(self) -> None:
         """Compare the published version (one GET at most every ``check_interval`` seconds)."""
@@ -49,20 +45,11 @@ class KeyWatcher:
             version = self.guard.call("cache", lambda r: r.get(PLATFORM_KEYS_VERSION))
         except RedisUnavailable:
             return
-        if self._version is None:
-            self._version = version or b""
-            return
         if (version or b"") != self._version:
+            first = self._version is None
             self._version = version or b""
-            self.reload("published rotation")
-
-    def find(self, kid: str) -> Any:
-        key = self._find(kid)
-        if key is None and time.monotonic() >= self._next_disk_reload:
-            self._next_disk_reload = time.monotonic() + self.check_interval
-            self.reload(f"unknown kid {kid[:16]!r}")
-            key = self._find(kid)
-        return key
+            if not first or version:  # the first look reloads too: a rotation may predate us
+                self.reload("published rotation")
 
     def reload(self, reason: str) -> None:
         with self._lock:
@@ -83,3 +70,17 @@ def publish_rotation(app: Flask) -> None:
         guard.call("cache", lambda r: r.incr(PLATFORM_KEYS_VERSION))
     except RedisUnavailable:
         log.warning("could not publish the key rotation; other processes see it on an unknown kid")
+
+
+def announce_rotation(settings: Any) -> None:
+    """Bump the published key version from a process without an app (the CLI): every worker
+    reloads its keys within ``check_interval``. Redis unavailable: logged; workers still find
+    the new key on an unknown ``kid`` or their next directory poll."""
+    if not settings.redis_url:
+        return
+    from saas.redis_client import make_redis
+
+    try:
+        make_redis(settings.redis_url, settings.redis_timeout_seconds).incr(PLATFORM_KEYS_VERSION)
+    except Exception as exc:
+        log.warning("could not publish the key rotation: %s", exc)

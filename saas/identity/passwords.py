@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -34,11 +36,30 @@ class Passwords:
         return self._hasher.check_needs_rehash(stored)
 
 
+@cache
+def _common_passwords() -> frozenset[str]:
+    """The 30,000 most common passwords of zxcvbn's list (from leaked password corpora)."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"])
+
+
+def is_common_password(password: str) -> bool:
+    """True when ``password`` (case-insensitively, surrounding spaces ignored) is on the common
+    passwords list, or is one character repeated."""
+    folded = password.strip().lower()
+    return folded in _common_passwords() or len(set(folded)) <= 1
+
+
 def password_problems(password: str, min_length: int = MIN_LENGTH) -> list[str]:
-    """Reasons ``password`` is refused (empty when acceptable). No composition rules (NIST)."""
+    """Reasons ``password`` is refused (empty when acceptable), per NIST SP 800-63B section
+    3.1.1.2: at least ``min_length`` (8, or the tenant's higher policy) and at most 256
+    characters, not a commonly used or breached password; no composition rules."""
     problems = []
     if len(password) < min_length:
         problems.append(f"Must be at least {min_length} characters.")
     if len(password) > MAX_LENGTH:
         problems.append(f"Must be at most {MAX_LENGTH} characters.")
+    if not problems and is_common_password(password):
+        problems.append("This password is too common (it appears in lists of breached passwords).")
     return problems

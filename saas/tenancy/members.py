@@ -3,20 +3,21 @@ acting principal and plain values, raises domain errors and writes an audit even
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from saas import audit, outbox
 from saas.auth.context import Principal
-from saas.auth.service import find_user_by_email, revoke_user_sessions
+from saas.auth.service import find_user_by_email, revoke_user_sessions, token_hash
+from saas.billing import service as billing_service
 from saas.db import utcnow
-from saas.errors import Conflict, Forbidden, NotFound, ValidationError
+from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords, password_problems
 from saas.rbac import ROLES, can_assign
@@ -46,6 +47,9 @@ def list_members(session: Session, tenant_id: uuid.UUID) -> list[Membership]:
 
 
 def _owner_count(session: Session, tenant_id: uuid.UUID) -> int:
+    """Active owners of the tenant, counted under a lock on the tenant row so two concurrent
+    demotions or removals cannot both pass the last-owner check."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
     return (
         session.scalar(
             select(func.count()).where(
@@ -54,6 +58,13 @@ def _owner_count(session: Session, tenant_id: uuid.UUID) -> int:
         )
         or 0
     )
+
+
+def _is_last_owner(session: Session, membership: Membership) -> bool:
+    """Whether ``membership`` is the tenant's only active owner (an invited owner never is)."""
+    if membership.role != "owner" or membership.status != "active":
+        return False
+    return _owner_count(session, membership.tenant_id) <= 1
 
 
 def _check_role(actor: Principal, role: str) -> None:
@@ -82,25 +93,33 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
     _check_role(actor, role)
     tenant = actor.tenant
     assert tenant is not None
+    billing_service.check_seat_available(session, tenant)
     user = find_user_by_email(session, email)
-    if user is None:
-        user = User(email=email.strip(), name="")
-        session.add(user)
+    try:
+        if user is None:
+            user = User(email=email.strip(), name="")
+            session.add(user)
+            session.flush()
+        elif session.scalars(
+            select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
+        ).first():
+            raise Conflict("That person is already a member or invited.", code="already_member")
+        membership = Membership(
+            user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
+        )
+        session.add(membership)
         session.flush()
-    elif session.scalars(
-        select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
-    ).first():
-        raise Conflict("That person is already a member or invited.", code="already_member")
-    membership = Membership(
-        user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
-    )
-    session.add(membership)
-    session.flush()
+    except IntegrityError:
+        # a concurrent invitation (or signup) of the same email won between the check and the
+        # insert; the request's unit of work is rolled back
+        raise Conflict(
+            "That person was just invited or signed up; try again.", code="already_member"
+        ) from None
     token = secrets.token_urlsafe(32)
     session.add(
         Invitation(
             membership_id=membership.id,
-            token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            token_hash=token_hash(token),
             created_by=actor.user_id,
             expires_at=utcnow() + timedelta(seconds=ttl_seconds),
         )
@@ -119,16 +138,16 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
 def accept_invitation(
     session: Session, passwords: Passwords, token: str, password: str | None, name: str | None
 ) -> tuple[Membership, User, Tenant]:
-    """Accept an invitation by its token; sets the password for a user who has none.
+    """Accept an invitation by its token; sets the password of a user who has none, and checks
+    the password of one who has.
 
     Raises:
         NotFound: unknown, used or expired token (``invalid_invitation``).
         ValidationError: password missing or too weak for a new account.
+        Unauthorized: ``invalid_credentials``, an existing account's password missing or wrong.
     """
     invitation = session.scalars(
-        select(Invitation)
-        .where(Invitation.token_hash == hashlib.sha256(token.encode()).hexdigest())
-        .with_for_update()
+        select(Invitation).where(Invitation.token_hash == token_hash(token)).with_for_update()
     ).first()
     if invitation is None or invitation.accepted_at is not None or invitation.expires_at <= utcnow():
         raise NotFound("This invitation is invalid or has expired.", code="invalid_invitation")
@@ -143,10 +162,17 @@ def accept_invitation(
         if problems := password_problems(password, min_length):
             raise ValidationError({"password": problems})
         user.password_hash = passwords.hash(password)
+    elif not password or not passwords.verify(user.password_hash, password):
+        # the token alone does not prove who accepts (admins see it once): an existing account
+        # proves itself with its own password
+        raise Unauthorized(
+            "Accept with the password of your existing account.", code="invalid_credentials", error=None
+        )
     if name:
         user.name = name.strip()
     invitation.accepted_at = utcnow()
     membership.status = "active"
+    billing_service.members_changed(session, tenant.id)
     audit.record(
         session,
         "member.joined",
@@ -171,7 +197,7 @@ def change_role(session: Session, actor: Principal, user_id: uuid.UUID, role: st
     _check_role(actor, role)
     if not can_assign(actor.role or "", membership.role):
         raise Forbidden("You cannot change the role of a member above you.", code="role_not_assignable")
-    if membership.role == "owner" and role != "owner" and _owner_count(session, actor.tenant.id) <= 1:
+    if _is_last_owner(session, membership) and role != "owner":
         raise Conflict("The last owner cannot be demoted.", code="last_owner")
     old = membership.role
     membership.role = role
@@ -196,9 +222,10 @@ def remove_member(session: Session, actor: Principal, user_id: uuid.UUID) -> Non
             raise Forbidden("This action needs the 'members:manage' permission.", code="permission_denied")
         if not can_assign(actor.role or "", membership.role):
             raise Forbidden("You cannot remove a member above you.", code="role_not_assignable")
-    if membership.role == "owner" and _owner_count(session, actor.tenant.id) <= 1:
+    if _is_last_owner(session, membership):
         raise Conflict("The last owner cannot leave or be removed.", code="last_owner")
     session.delete(membership)
+    billing_service.members_changed(session, actor.tenant.id)
     revoke_user_sessions(session, user_id, actor.tenant.id, "member_removed")
     audit.record(
         session, "member.left" if leaving else "member.removed", target_type="user", target_id=user_id

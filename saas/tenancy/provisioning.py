@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+import marshmallow as ma
 from psycopg import sql as pgsql
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +28,8 @@ from saas.identity.models import User
 from saas.identity.passwords import Passwords, password_problems
 from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
+
+_EMAIL = ma.validate.And(ma.validate.Length(min=3, max=320), ma.validate.Email())
 
 #: test hook: called after the schema is created and before the rest (failure injection)
 after_schema_created: Callable[[Session, Tenant], None] | None = None
@@ -80,7 +83,11 @@ def create_tenant_schema(conn: Connection, schema: str) -> None:
     head = tenant_head()
     script = [f"CREATE SCHEMA {quoted}"]
     script += [stmt.replace(placeholder, quoted + ".") for stmt in _tenant_ddl()]
-    script.append(f"CREATE TABLE {quoted}.alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+    # the same table Alembic creates (constraint name included), so the catalogues are equal
+    script.append(
+        f"CREATE TABLE {quoted}.alembic_version "
+        "(version_num VARCHAR(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    )
     # one round trip: psycopg sends a multi-statement string when it carries no parameters
     conn.exec_driver_sql(";\n".join(script))
     conn.execute(text(f"INSERT INTO {quoted}.alembic_version (version_num) VALUES (:v)"), {"v": head})  # noqa: S608 - quoted identifier
@@ -100,6 +107,10 @@ def validate_signup(tenant: dict, owner: dict, min_password: int = 8) -> tuple[s
     owner_name = (owner.get("name") or "").strip()
     if problems := slug_problems(slug):
         errors.setdefault("tenant", {})["slug"] = problems
+    try:
+        _EMAIL(email)
+    except ma.ValidationError as exc:
+        errors.setdefault("owner", {})["email"] = list(exc.messages)
     if not name:
         errors.setdefault("tenant", {})["name"] = ["Must not be empty."]
     if problems := password_problems(password, min_password):
@@ -165,11 +176,16 @@ def provision_tenant(
         )
         savepoint.commit()
     except IntegrityError as exc:
+        # a concurrent signup won the race between the checks above and the insert
         savepoint.rollback()
-        detail = str(exc.orig)
-        if "email" in detail:
-            raise Conflict("An account with that email exists.", code="email_taken") from None
-        raise Conflict("That slug is taken.", code="slug_taken") from None
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None) or ""
+        if constraint == "uq_users_email_lower":
+            raise Conflict(
+                "An account with that email exists.", code="email_taken", extra={"field": "owner.email"}
+            ) from None
+        if constraint == "uq_tenants_slug":
+            raise Conflict("That slug is taken.", code="slug_taken", extra={"field": "tenant.slug"}) from None
+        raise
     except BaseException:
         savepoint.rollback()
         raise

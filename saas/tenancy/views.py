@@ -10,22 +10,39 @@ from saas import audit, db
 from saas.api import Blueprint
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
+from saas.auth.stepup import check_step_up
 from saas.auth.views import TokenResponseSchema
+from saas.identity.passwords import password_problems
 from saas.rbac import ROLES
 from saas.tenancy import members as members_service
 from saas.tenancy.provisioning import provision_tenant, validate_signup
+from saas.tenancy.slugs import normalize_slug, slug_problems
 
 blp = Blueprint("tenancy", __name__, url_prefix="/api/v1", description="Tenants, members, invitations")
 
 
+def _valid_slug(value: str) -> None:
+    if problems := slug_problems(normalize_slug(value)):
+        raise ma.ValidationError(problems)
+
+
+def _valid_password(value: str) -> None:
+    if problems := password_problems(value):
+        raise ma.ValidationError(problems)
+
+
 class TenantInSchema(ma.Schema):
+    """Checked field by field so one 422 lists every problem (slug rules: ``saas.tenancy.slugs``)."""
+
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
-    slug = ma.fields.String(required=True, validate=ma.validate.Length(max=200))
+    slug = ma.fields.String(required=True, validate=[ma.validate.Length(max=200), _valid_slug])
 
 
 class OwnerInSchema(ma.Schema):
     email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
-    password = ma.fields.String(required=True, validate=ma.validate.Length(max=1024), load_only=True)
+    password = ma.fields.String(
+        required=True, validate=[ma.validate.Length(max=1024), _valid_password], load_only=True
+    )
     name = ma.fields.String(load_default="", validate=ma.validate.Length(max=200))
 
 
@@ -52,8 +69,13 @@ class TenantSchema(ma.Schema):
     created_at = ma.fields.DateTime(dump_only=True)
 
 
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ma.ValidationError("Must not be blank.")
+
+
 class TenantPatchSchema(ma.Schema):
-    name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
+    name = ma.fields.String(validate=[ma.validate.Length(min=1, max=200), _not_blank])
     settings = ma.fields.Nested(TenantSettingsSchema)
 
 
@@ -226,14 +248,19 @@ class Member(MethodView):
     @blp.arguments(RoleSchema)
     @blp.response(200, MemberSchema)
     def patch(self, body, user_id):
-        """Change a member's role (the last owner cannot be demoted)."""
+        """Change a member's role (the last owner cannot be demoted). Granting admin or owner needs
+        step-up (a recent login, with MFA when enabled; RFC 9470)."""
+        if body["role"] in ("owner", "admin"):
+            check_step_up()
         m = members_service.change_role(db.session(), current_principal(), user_id, body["role"])
         return _member_dict(m)
 
     @authenticated
     @blp.response(204)
     def delete(self, user_id):
-        """Remove a member (``members:manage``), or leave the tenant yourself."""
+        """Remove a member (``members:manage``, with step-up), or leave the tenant yourself."""
+        if current_principal().user_id != user_id:
+            check_step_up()
         members_service.remove_member(db.session(), current_principal(), user_id)
 
 
@@ -243,7 +270,8 @@ class AcceptInvitation(MethodView):
     @blp.response(200, AcceptResponseSchema)
     @blp.doc(security=[])
     def post(self, body):
-        """Accept an invitation; sets the password of a new account; returns tokens."""
+        """Accept an invitation; sets the password of a new account; returns tokens, except when a
+        second factor is needed (the user has MFA or the tenant requires it): then log in."""
         session = db.session()
         membership, user, tenant = members_service.accept_invitation(
             session,
@@ -252,5 +280,11 @@ class AcceptInvitation(MethodView):
             body.get("password"),
             body.get("name"),
         )
+        out = {"tenant": tenant.to_public(), "user": user.to_public()}
+        # no tokens past a second factor: users with MFA, or in a tenant requiring it, log in next
+        from saas.auth import mfa
+
+        if mfa.has_mfa(session, user.id) or (tenant.settings or {}).get("require_mfa"):
+            return out
         tokens = auth_service.issue_tokens(session, user=user, membership=membership, tenant=tenant)
-        return {"tenant": tenant.to_public(), "user": user.to_public(), "token": tokens.to_dict()}
+        return {**out, "token": tokens.to_dict()}

@@ -1,0 +1,419 @@
+"""JSON API of the auth service: OAuth clients, MFA (TOTP), sessions.
+
+* ``/api/v1/clients`` — tenant admins (``clients:manage``) manage their tenant's OAuth clients;
+  secrets are shown once (create, rotate); rotating and deleting need step-up (RFC 9470).
+* ``/api/v1/me/mfa/...`` — TOTP enrolment, confirmation, recovery codes, disabling. Enrolment
+  also works with an ``mfa_token`` of purpose ``enroll`` (tenant ``require_mfa``), which yields
+  tokens once confirmed.
+* ``/api/v1/me/sessions`` — the caller's sessions (refresh-token families) in this tenant;
+  ``/api/v1/members/{user_id}/sessions`` — an admin revokes all of a member's sessions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import marshmallow as ma
+from flask import current_app, g
+from flask.views import MethodView
+from sqlalchemy import func, select
+
+from saas import audit, db
+from saas.api import Blueprint
+from saas.auth import clients as clients_service
+from saas.auth import mfa, service
+from saas.auth.context import authenticated, current_principal, require
+from saas.auth.models import OAuthClient, RefreshToken
+from saas.auth.stepup import check_step_up, require_step_up
+from saas.auth.views import TokenResponseSchema
+from saas.errors import Forbidden, NotFound, Unauthorized, ValidationError
+from saas.identity.models import User
+from saas.rbac import can_assign
+from saas.tenancy.models import Membership, Tenant
+
+blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+
+class ClientSchema(ma.Schema):
+    client_id = ma.fields.String(dump_only=True)
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    client_type = ma.fields.String(
+        load_default="confidential", validate=ma.validate.OneOf(clients_service.CLIENT_TYPES)
+    )
+    redirect_uris = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(max=2048)), validate=ma.validate.Length(max=20)
+    )
+    grant_types = ma.fields.List(ma.fields.String(), validate=ma.validate.Length(max=3))
+    scope = ma.fields.String(validate=ma.validate.Length(max=1024))
+    role = ma.fields.String(metadata={"description": "role of client_credentials tokens"})
+    first_party = ma.fields.Boolean(metadata={"description": "skip the consent page"})
+    token_endpoint_auth_method = ma.fields.String(dump_only=True)
+    secret_rotated_at = ma.fields.DateTime(dump_only=True)
+    created_at = ma.fields.DateTime(dump_only=True)
+    updated_at = ma.fields.DateTime(dump_only=True)
+
+
+class ClientPatchSchema(ma.Schema):
+    name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
+    redirect_uris = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(max=2048)), validate=ma.validate.Length(max=20)
+    )
+    grant_types = ma.fields.List(ma.fields.String(), validate=ma.validate.Length(max=3))
+    scope = ma.fields.String(validate=ma.validate.Length(max=1024))
+    role = ma.fields.String()
+    first_party = ma.fields.Boolean()
+
+
+class ClientWithSecretSchema(ClientSchema):
+    client_secret = ma.fields.String(dump_only=True, metadata={"description": "shown once"})
+
+
+class SecretSchema(ma.Schema):
+    client_id = ma.fields.String()
+    client_secret = ma.fields.String(metadata={"description": "shown once; the old one stops working"})
+
+
+class EnrollInSchema(ma.Schema):
+    mfa_token = ma.fields.String(
+        validate=ma.validate.Length(max=200), metadata={"description": "instead of a bearer token"}
+    )
+
+
+class EnrollOutSchema(ma.Schema):
+    secret = ma.fields.String(metadata={"description": "base32 TOTP secret"})
+    otpauth_uri = ma.fields.String()
+    qr_code = ma.fields.String(metadata={"description": "SVG data URI"})
+
+
+class ConfirmInSchema(ma.Schema):
+    code = ma.fields.String(required=True, validate=ma.validate.Length(min=6, max=6))
+    mfa_token = ma.fields.String(validate=ma.validate.Length(max=200))
+
+
+class ConfirmOutSchema(ma.Schema):
+    recovery_codes = ma.fields.List(ma.fields.String(), metadata={"description": "10 codes, shown once"})
+    token = ma.fields.Nested(
+        TokenResponseSchema, metadata={"description": "only when enrolling with an mfa_token"}
+    )
+
+
+class DisableSchema(ma.Schema):
+    password = ma.fields.String(required=True, load_only=True, validate=ma.validate.Length(max=1024))
+    code = ma.fields.String(required=True, validate=ma.validate.Length(min=6, max=16))
+
+
+class RecoveryCodesSchema(ma.Schema):
+    recovery_codes = ma.fields.List(ma.fields.String())
+
+
+class SessionSchema(ma.Schema):
+    id = ma.fields.String(metadata={"description": "the refresh-token family id"})
+    client_id = ma.fields.String()
+    created_at = ma.fields.DateTime()
+    last_used_at = ma.fields.DateTime()
+    expires_at = ma.fields.DateTime(metadata={"description": "absolute end of the session"})
+    ip = ma.fields.String(allow_none=True)
+    user_agent = ma.fields.String(allow_none=True)
+    current = ma.fields.Boolean()
+
+
+class RevokedSchema(ma.Schema):
+    revoked = ma.fields.Integer()
+
+
+# --- clients -------------------------------------------------------------------------------------
+
+
+@blp.route("/clients")
+class Clients(MethodView):
+    @require("clients:manage")
+    @blp.response(200, ClientSchema(many=True))
+    def get(self):
+        """The tenant's OAuth clients."""
+        principal = current_principal()
+        rows = db.session().scalars(
+            select(OAuthClient)
+            .where(OAuthClient.tenant_id == principal.tenant_id)
+            .order_by(OAuthClient.created_at)
+        )
+        return [clients_service.to_public(c) for c in rows]
+
+    @require("clients:manage")
+    @blp.arguments(ClientSchema)
+    @blp.response(201, ClientWithSecretSchema)
+    def post(self, body):
+        """Register a client. A confidential client's ``client_secret`` is in this answer only."""
+        principal = current_principal()
+        _check_client_role(body)
+        client, secret = clients_service.create_client(
+            db.session(), principal.tenant_id, body, principal.user_id
+        )
+        out = clients_service.to_public(client)
+        if secret:
+            out["client_secret"] = secret
+        return out
+
+
+def _check_client_role(body: dict) -> None:
+    """A member may give a service client only a role it could give a person (no escalation)."""
+    role = body.get("role")
+    principal = current_principal()
+    if role is not None and not can_assign(principal.role or "", role):
+        raise Forbidden(
+            f"You cannot give a client the role {role!r}.",
+            code="role_not_assignable",
+            title="Role not assignable",
+        )
+
+
+def _own_client(client_id: str) -> OAuthClient:
+    return clients_service.get_client(db.session(), current_principal().tenant_id, client_id)
+
+
+@blp.route("/clients/<client_id>")
+class ClientItem(MethodView):
+    @require("clients:manage")
+    @blp.response(200, ClientSchema)
+    def get(self, client_id):
+        """One client of the tenant (another tenant's is a 404)."""
+        return clients_service.to_public(_own_client(client_id))
+
+    @require("clients:manage")
+    @blp.arguments(ClientPatchSchema)
+    @blp.response(200, ClientSchema)
+    def patch(self, body, client_id):
+        """Change a client's name, redirect URIs, grants, scope, role or consent setting."""
+        client = _own_client(client_id)
+        _check_client_role(body)
+        return clients_service.to_public(clients_service.update_client(db.session(), client, body))
+
+    @require("clients:manage")
+    @require_step_up()
+    @blp.response(204)
+    def delete(self, client_id):
+        """Delete a client and revoke its refresh tokens (needs step-up)."""
+        clients_service.delete_client(db.session(), _own_client(client_id))
+
+
+@blp.route("/clients/<client_id>/secret")
+class ClientSecret(MethodView):
+    @require("clients:manage")
+    @require_step_up()
+    @blp.response(200, SecretSchema)
+    def post(self, client_id):
+        """Rotate the secret (needs step-up); the new one is in this answer only."""
+        client = _own_client(client_id)
+        secret = clients_service.rotate_secret(db.session(), client)
+        return {"client_id": client.client_id, "client_secret": secret}
+
+
+# --- MFA -----------------------------------------------------------------------------------------
+
+
+def _mfa_subject(token: str | None, purposes: tuple[str, ...] = ("enroll",)):
+    """(user, tenant, ticket) for an mfa_token caller, or (user, tenant, None) for a bearer caller."""
+    sess = db.session()
+    if g.get("principal") is not None:
+        principal = current_principal()
+        if principal.user_id is None:
+            raise Unauthorized("MFA belongs to people, not service accounts.", error=None)
+        user = sess.get(User, principal.user_id)
+        return user, principal.tenant, None
+    ticket = mfa.read_mfa_token(token, purposes)
+    row = sess.execute(
+        select(User, Tenant)
+        .join(Membership, Membership.user_id == User.id)
+        .join(Tenant, Tenant.id == Membership.tenant_id)
+        .where(User.id == ticket.user_id, Tenant.id == ticket.tenant_id, Membership.status == "active")
+    ).first()
+    if row is None or row[0].status != "active":
+        raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
+    return row[0], row[1], ticket
+
+
+@blp.route("/me/mfa/totp")
+class Totp(MethodView):
+    @blp.arguments(EnrollInSchema, required=False)
+    @blp.response(201, EnrollOutSchema)
+    @blp.doc(security=[{"bearerAuth": []}, {}])
+    def post(self, body):
+        """Start TOTP enrolment: a new secret, its ``otpauth://`` URI and a QR code (SVG data URI).
+        Authenticate with a bearer token, or with ``mfa_token`` from ``mfa_enrollment_required``."""
+        user, _tenant, _ticket = _mfa_subject((body or {}).get("mfa_token"))
+        return mfa.begin_enrollment(db.session(), user).to_dict()
+
+    @authenticated
+    @blp.arguments(DisableSchema)
+    @blp.response(204)
+    def delete(self, body):
+        """Disable TOTP: needs the password and a current code (or a recovery code), and step-up."""
+        check_step_up()
+        principal = current_principal()
+        sess = db.session()
+        user = sess.get(User, principal.user_id)
+        passwords = current_app.extensions["saas.passwords"]
+        if not passwords.verify(user.password_hash, body["password"]):
+            raise Unauthorized("The password is incorrect.", code="invalid_credentials", error=None)
+        mfa.verify(sess, user, body["code"], principal.tenant.schema_name)
+        if (principal.tenant.settings or {}).get("require_mfa"):
+            raise ValidationError({"code": ["This tenant requires MFA; it cannot be disabled."]})
+        mfa.disable(sess, user, None)
+
+
+@blp.route("/me/mfa/totp/confirm")
+class TotpConfirm(MethodView):
+    @blp.arguments(ConfirmInSchema)
+    @blp.response(200, ConfirmOutSchema)
+    @blp.doc(security=[{"bearerAuth": []}, {}])
+    def post(self, body):
+        """Activate the pending factor with a first code; returns 10 recovery codes (shown once).
+        With an ``mfa_token`` (enrolment at login) the answer also carries tokens (``amr`` pwd+otp)."""
+        user, tenant, ticket = _mfa_subject(body.get("mfa_token"))
+        sess = db.session()
+        codes = mfa.confirm_enrollment(sess, user, body["code"], tenant.schema_name)
+        out: dict[str, Any] = {"recovery_codes": codes}
+        if ticket is not None:
+            mfa.consume_mfa_token(ticket)
+            membership = sess.scalars(
+                select(Membership).where(Membership.user_id == user.id, Membership.tenant_id == tenant.id)
+            ).one()
+            out["token"] = service.complete_login(
+                sess, user, membership, tenant, [*ticket.amr, "otp"]
+            ).to_dict()
+        return out
+
+
+@blp.route("/me/mfa/recovery-codes")
+class RecoveryCodes(MethodView):
+    @authenticated
+    @require_step_up()
+    @blp.response(200, RecoveryCodesSchema)
+    def post(self):
+        """Replace the recovery codes with 10 new ones (needs step-up); the old ones stop working."""
+        principal = current_principal()
+        sess = db.session()
+        if not mfa.has_mfa(sess, principal.user_id):
+            raise NotFound("TOTP is not enabled.", code="mfa_not_enabled")
+        user = sess.get(User, principal.user_id)
+        codes = mfa.regenerate_recovery_codes(sess, user)
+        audit.record(sess, "mfa.recovery_codes_regenerated", target_type="user", target_id=user.id)
+        return {"recovery_codes": codes}
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+
+def list_sessions(user_id: uuid.UUID, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The live refresh-token families of a user in a tenant, newest activity first."""
+    now = service.utcnow()
+    sess = db.session()
+    live = (
+        select(RefreshToken.family_id)
+        .where(
+            RefreshToken.user_id == user_id,
+            RefreshToken.tenant_id == tenant_id,
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.used_at.is_(None),
+            RefreshToken.expires_at > now,
+        )
+        .scalar_subquery()
+    )
+    rows = sess.execute(
+        select(
+            RefreshToken.family_id,
+            func.min(RefreshToken.created_at),
+            func.max(RefreshToken.created_at),
+            func.min(RefreshToken.family_expires_at),
+        )
+        .where(RefreshToken.family_id.in_(live))
+        .group_by(RefreshToken.family_id)
+    ).all()
+    latest = {
+        r.family_id: r
+        for r in sess.scalars(
+            select(RefreshToken).where(RefreshToken.family_id.in_(live), RefreshToken.used_at.is_(None))
+        )
+    }
+    current = str(current_principal().claims.get("sid") or "")
+    out = []
+    for family_id, created, last, expires in rows:
+        head = latest.get(family_id)
+        out.append(
+            {
+                "id": str(family_id),
+                "client_id": head.client_id if head else None,
+                "created_at": created,
+                "last_used_at": last,
+                "expires_at": expires,
+                "ip": head.ip if head else None,
+                "user_agent": head.user_agent if head else None,
+                "current": str(family_id) == current,
+            }
+        )
+    out.sort(key=lambda s: s["last_used_at"], reverse=True)
+    return out
+
+
+@blp.route("/me/sessions")
+class MySessions(MethodView):
+    @authenticated
+    @blp.response(200, SessionSchema(many=True))
+    def get(self):
+        """My sessions in this tenant (each refresh-token family): client, created, last used, IP, UA."""
+        principal = current_principal()
+        if principal.user_id is None:
+            return []
+        return list_sessions(principal.user_id, principal.tenant_id)
+
+
+@blp.route("/me/sessions/<session_id>")
+class MySession(MethodView):
+    @authenticated
+    @blp.response(204)
+    def delete(self, session_id):
+        """End one of my sessions (its refresh tokens stop working)."""
+        principal = current_principal()
+        try:
+            family = uuid.UUID(session_id)
+        except ValueError:
+            raise NotFound("No such session.") from None
+        sess = db.session()
+        owned = sess.scalars(
+            select(RefreshToken.id).where(
+                RefreshToken.family_id == family,
+                RefreshToken.user_id == principal.user_id,
+                RefreshToken.tenant_id == principal.tenant_id,
+            )
+        ).first()
+        if owned is None:
+            raise NotFound("No such session.")
+        service.revoke_family(sess, family, "user_revoked")
+        audit.record(sess, "auth.session_revoked", target_type="session", target_id=family)
+
+
+@blp.route("/members/<user_id>/sessions")
+class MemberSessions(MethodView):
+    @require("members:manage")
+    @blp.response(200, RevokedSchema)
+    def delete(self, user_id):
+        """Revoke every session of a member of this tenant (admins). Returns how many tokens."""
+        principal = current_principal()
+        try:
+            uid = uuid.UUID(user_id)
+        except ValueError:
+            raise NotFound("No such member.") from None
+        sess = db.session()
+        member = sess.scalars(
+            select(Membership).where(Membership.user_id == uid, Membership.tenant_id == principal.tenant_id)
+        ).first()
+        if member is None:
+            raise NotFound("No such member.")
+        count = service.revoke_user_sessions(sess, uid, principal.tenant_id, "admin_revoked")
+        audit.record(
+            sess, "auth.sessions_revoked", target_type="user", target_id=uid, data={"revoked": count}
+        )
+        return {"revoked": count}

@@ -1,0 +1,227 @@
+"""The token endpoint on Authlib's ``AuthorizationServer`` with its unsafe defaults removed.
+
+Authlib parses the token request, authenticates the client (``client_secret_basic``,
+``client_secret_post``, ``none`` via :class:`saas.auth.models.OAuthClient`'s ``ClientMixin``
+methods), dispatches on ``grant_type`` and runs the PKCE extension. What it would get wrong by
+default is replaced:
+
+* PKCE: :class:`S256CodeChallenge` knows only ``S256`` (Authlib's ``CodeChallenge`` defaults a
+  missing method to ``plain`` and accepts it) and is required for every client.
+* Authorization codes are consumed by the first attempt whatever its outcome, and a code
+  presented again revokes the tokens issued from it (Authlib only deletes the code on success).
+* Refresh tokens rotate with reuse detection and a bounded grace (:func:`saas.auth.service.refresh`;
+  Authlib neither rotates nor detects reuse), and first-party tokens from
+  ``POST /api/v1/auth/login`` need no client.
+* Tokens are RFC 9068 JWTs plus an OIDC ID token (:func:`saas.auth.service.issue_tokens`), not
+  Authlib's random bearer strings.
+* Errors are RFC 6749 section 5.2 bodies carrying the RFC 9457 problem members
+  (:func:`saas.auth.views.oauth_error`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidGrantError, grants
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7636.challenge import compare_s256_code_challenge
+from flask import Flask, request
+from sqlalchemy import select
+
+from saas import audit, db
+from saas.auth import service
+from saas.auth.models import AuthorizationCode, OAuthClient
+from saas.auth.service import TokenResponse, token_hash
+from saas.db import utcnow
+from saas.errors import AppError
+from saas.identity.models import User
+from saas.tenancy.models import Membership, Tenant
+
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+NO_STORE = [("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+
+class S256CodeChallenge(CodeChallenge):
+    """RFC 7636 with ``S256`` only (RFC 9700 section 2.1.1): no ``plain``, no default method."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    CODE_CHALLENGE_METHODS = {"S256": compare_s256_code_challenge}
+
+    def get_authorization_code_challenge_method(self, authorization_code: AuthorizationCode) -> str:
+        """Always S256: a row claiming another method is verified as S256 and fails (never a 500)."""
+        return "S256"
+
+
+@dataclass
+class _Grantee:
+    """What ``authenticate_user`` hands to ``create_token_response``."""
+
+    user: User
+    membership: Membership
+    tenant: Tenant
+
+
+def _token_body(tokens: TokenResponse) -> dict[str, Any]:
+    return tokens.to_dict()
+
+
+class CodeGrant(grants.AuthorizationCodeGrant):
+    """``authorization_code`` (RFC 6749 section 4.1.3) over :class:`AuthorizationCode` rows."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+
+    def query_authorization_code(self, code: str, client: OAuthClient) -> AuthorizationCode | None:
+        session = db.session()
+        row = session.scalars(
+            select(AuthorizationCode).where(AuthorizationCode.code_hash == token_hash(code)).with_for_update()
+        ).first()
+        if row is None or row.client_id != client.client_id:
+            return None
+        if row.used_at is not None:
+            revoked = service.revoke_family(session, row.family_id, "code_reused") if row.family_id else 0
+            tenant = session.get(Tenant, row.tenant_id)
+            if tenant is not None:
+                audit.record(
+                    session,
+                    "auth.code_reused",
+                    target_type="oauth_client",
+                    target_id=client.client_id,
+                    actor=audit.Actor("client", client.client_id),
+                    data={"user_id": str(row.user_id), "revoked_tokens": revoked},
+                    schema=tenant.schema_name,
+                )
+            session.commit()  # the revocation persists although the request fails
+            raise InvalidGrantError(
+                "The authorization code was already used; tokens issued from it are revoked."
+            )
+        # consumed by this attempt whatever its outcome (one-time, RFC 6749 section 4.1.2)
+        row.used_at = utcnow()
+        session.commit()
+        if row.expires_at <= row.used_at:
+            raise InvalidGrantError("The authorization code has expired.")
+        return row
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        """Nothing to do: the code was marked used when it was looked up."""
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> _Grantee | None:
+        row = (
+            db.session()
+            .execute(
+                select(Membership, Tenant, User)
+                .join(Tenant, Tenant.id == Membership.tenant_id)
+                .join(User, User.id == Membership.user_id)
+                .where(
+                    Membership.user_id == authorization_code.user_id,
+                    Membership.tenant_id == authorization_code.tenant_id,
+                    Membership.status == "active",
+                    Tenant.status == "active",
+                    User.status == "active",
+                )
+            )
+            .first()
+        )
+        if row is None:
+            return None
+        membership, tenant, user = row
+        return _Grantee(user, membership, tenant)
+
+    def create_token_response(self):
+        code: AuthorizationCode = self.request.authorization_code
+        grantee = self.authenticate_user(code)
+        if grantee is None:
+            raise InvalidGrantError("The user is no longer an active member of the tenant.")
+        tokens = service.issue_tokens(
+            db.session(),
+            user=grantee.user,
+            membership=grantee.membership,
+            tenant=grantee.tenant,
+            client_id=self.request.client.client_id,
+            scope=code.scope,
+            amr=list(code.amr or ["pwd"]),
+            auth_time=code.auth_time,
+            nonce=code.nonce,
+        )
+        code.family_id = tokens.family_id
+        return 200, _token_body(tokens), NO_STORE
+
+
+class RefreshGrant(grants.RefreshTokenGrant):
+    """``refresh_token`` (RFC 6749 section 6) delegated to :func:`saas.auth.oauth.refresh_grant`:
+    rotation on every use, reuse revokes the family, bounded grace, absolute lifetime."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def validate_token_request(self):
+        form = self.request.form
+        named = form.get("client_id") or request.headers.get("Authorization")
+        # first-party tokens (POST /api/v1/auth/login) are presented without a client
+        self.request.client = self.authenticate_token_endpoint_client() if named else None
+
+    def create_token_response(self):
+        from saas.auth import oauth
+
+        tokens = oauth.refresh_grant(
+            db.session(), self.request.client, self.request.form.get("refresh_token")
+        )
+        return 200, _token_body(tokens), NO_STORE
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    """``client_credentials`` (RFC 6749 section 4.4): confidential tenant clients only."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def validate_token_request(self):
+        self.request.client = self.authenticate_token_endpoint_client()
+
+    def create_token_response(self):
+        from saas.auth import oauth
+
+        tokens = oauth.client_credentials(db.session(), self.request.client, self.request.form.get("scope"))
+        return 200, _token_body(tokens), NO_STORE
+
+
+class Server(AuthorizationServer):
+    """Authlib's Flask server whose errors are our problem+json OAuth errors."""
+
+    def handle_error_response(self, request, error: OAuth2Error):
+        from saas.auth.views import oauth_error
+
+        status = error.status_code
+        headers = {}
+        if error.error == "invalid_client":
+            status = 401
+            headers["WWW-Authenticate"] = 'Basic realm="oauth"'
+        title = error.error.replace("_", " ").capitalize()
+        return oauth_error(
+            AppError(
+                error.get_error_description() or title,
+                status=status,
+                code=error.error,
+                title=title,
+                headers=headers,
+            )
+        )
+
+
+def _query_client(client_id: str) -> OAuthClient | None:
+    if not client_id or len(client_id) > 64:
+        return None
+    return db.session().scalars(select(OAuthClient).where(OAuthClient.client_id == client_id)).first()
+
+
+def init_app(app: Flask) -> Server:
+    """Build the server with our three grants (no implicit, no password grant)."""
+    server = Server()
+    server.init_app(app, query_client=_query_client, save_token=lambda token, req: None)
+    server.register_grant(CodeGrant, [S256CodeChallenge(required=True)])
+    server.register_grant(RefreshGrant)
+    server.register_grant(ClientCredentialsGrant)
+    app.extensions["saas.oauth_server"] = server
+    return server

@@ -1,0 +1,408 @@
+"""The hosted pages of the authorization endpoint: login, MFA, MFA enrolment, tenant picker, consent.
+
+Server-rendered HTML (Jinja autoescaping). State between pages lives in Flask's signed session
+cookie (``HttpOnly``, ``SameSite=Lax``, ``Secure`` behind https, path ``/oauth``): the pending
+authorization request, the browser's login (user, ``auth_time``, ``amr``) and a CSRF token that
+every POST must echo (compared in constant time). Every page is sent with
+``Content-Security-Policy: frame-ancestors 'none'`` (and ``X-Frame-Options: DENY``) against
+clickjacking (RFC 9700 section 4.16), and ``Cache-Control: no-store``.
+
+The flow: ``GET /oauth/authorize`` validates the request (:mod:`saas.auth.oauth`), then
+``_continue`` sends the browser to the first missing step and finally back to the client with a
+code.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, redirect, render_template, request, session, url_for
+from sqlalchemy import select
+
+from saas import audit, db
+from saas.auth import mfa, service
+from saas.auth import oauth as provider
+from saas.auth.models import OAuthClient
+from saas.db import utcnow
+from saas.errors import AppError, Unauthorized
+from saas.identity.models import User
+from saas.tenancy.models import Membership, Tenant
+
+bp = Blueprint("hosted", __name__, template_folder="templates")
+
+#: a browser login is reused for new authorization requests for at most this long
+LOGIN_SESSION_SECONDS = 12 * 3600
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
+
+
+def init_app(app: Flask) -> None:
+    """Cookie settings for the hosted pages' session and the blueprint."""
+    issuer = app.extensions["saas.settings"].issuer
+    # Flask's defaults exist already (setdefault would be a no-op): set them outright
+    app.config.update(
+        SESSION_COOKIE_NAME="saas_auth",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=issuer.startswith("https://"),
+        SESSION_COOKIE_PATH="/oauth",
+    )
+    app.register_blueprint(bp)
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _csrf_token() -> str:
+    token = session.get("csrf")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def _check_csrf() -> None:
+    expected = session.get("csrf")
+    sent = request.form.get("csrf_token", "")
+    if not expected or not hmac.compare_digest(expected, sent):
+        raise _Page("Session expired", "The form expired or was not sent from this site. Start again.", 400)
+
+
+class _Page(Exception):
+    def __init__(self, title: str, detail: str, status: int = 400):
+        super().__init__(detail)
+        self.title, self.detail, self.status = title, detail, status
+
+
+@bp.errorhandler(_Page)
+def _error_page(err: _Page):
+    return render_template("auth/error.html", title=err.title, detail=err.detail, error=None), err.status
+
+
+def _render(template: str, status: int = 200, **context: Any):
+    context.setdefault("error", None)
+    return render_template(f"auth/{template}", csrf_token=_csrf_token(), **context), status
+
+
+def _pending_request() -> tuple[provider.AuthorizationRequest, OAuthClient]:
+    data = session.get("areq")
+    if not data:
+        raise _Page("No sign-in in progress", "Go back to the application and start signing in again.")
+    req = provider.AuthorizationRequest.from_dict(data)
+    client = db.session().scalars(select(OAuthClient).where(OAuthClient.client_id == req.client_id)).first()
+    if client is None:
+        session.pop("areq", None)
+        raise _Page("Unknown application", "The application asking you to sign in is not registered.")
+    return req, client
+
+
+def _login_state() -> dict[str, Any] | None:
+    state = session.get("login")
+    if not state or time.time() - state.get("auth_time", 0) > LOGIN_SESSION_SECONDS:
+        return None
+    return state
+
+
+def _redirect_error(req: provider.AuthorizationRequest, error: str, description: str):
+    session.pop("areq", None)
+    return redirect(
+        provider.error_redirect(
+            provider.AuthorizeRedirectError(req.redirect_uri, error, description, req.state)
+        )
+    )
+
+
+def _memberships(user_id: uuid.UUID) -> list[tuple[Membership, Tenant]]:
+    rows = db.session().execute(
+        select(Membership, Tenant)
+        .join(Tenant, Tenant.id == Membership.tenant_id)
+        .where(Membership.user_id == user_id, Membership.status == "active", Tenant.status == "active")
+        .order_by(Tenant.slug)
+    )
+    return [(m, t) for m, t in rows]
+
+
+def _continue():
+    """Send the browser to the first missing step, or back to the client with a code."""
+    req, client = _pending_request()
+    login = _login_state()
+    if login is None:
+        if req.prompt == "none":
+            return _redirect_error(req, "login_required", "The user is not signed in.")
+        return redirect(url_for("hosted.login"))
+    sess = db.session()
+    user = sess.get(User, uuid.UUID(login["uid"]))
+    if user is None or user.status != "active":
+        session.pop("login", None)
+        return redirect(url_for("hosted.login"))
+    memberships = _memberships(user.id)
+    if client.tenant_id is not None:
+        memberships = [(m, t) for m, t in memberships if t.id == client.tenant_id]
+    if not memberships:
+        return _redirect_error(
+            req, "access_denied", "The user is not a member of the application's organisation."
+        )
+    chosen = [(m, t) for m, t in memberships if req.tenant_id and str(t.id) == req.tenant_id]
+    if not chosen:
+        if len(memberships) > 1:
+            return redirect(url_for("hosted.tenant"))
+        chosen = memberships
+    _membership, tenant = chosen[0]
+    amr = list(login.get("amr") or ["pwd"])
+    if (tenant.settings or {}).get("require_mfa") and "otp" not in amr:
+        if mfa.has_mfa(sess, user.id):
+            session["pending"] = {"uid": str(user.id), "auth_time": login["auth_time"], "amr": amr}
+            return redirect(url_for("hosted.mfa"))
+        return redirect(url_for("hosted.enroll"))
+    if req.prompt == "consent" or provider.needs_consent(sess, client, user.id, tenant.id, req.scope):
+        if req.prompt == "none":
+            return _redirect_error(req, "consent_required", "The user has not consented to this application.")
+        if session.get("consented") != req.id:
+            return redirect(url_for("hosted.consent"))
+    code = provider.issue_code(
+        sess,
+        req,
+        user=user,
+        tenant=tenant,
+        auth_time=datetime.fromtimestamp(login["auth_time"], UTC),
+        amr=amr,
+    )
+    if login.get("fresh"):
+        # the first code after a password (and MFA) login: that is the login to audit
+        audit.record(
+            sess,
+            "auth.login",
+            target_type="user",
+            target_id=user.id,
+            actor=audit.Actor("user", str(user.id)),
+            data={"amr": amr, "client_id": client.client_id, "via": "hosted"},
+            schema=tenant.schema_name,
+        )
+        session["login"] = {**login, "fresh": False}
+    session.pop("areq", None)
+    session.pop("consented", None)
+    return redirect(provider.success_redirect(req, code))
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+
+@bp.get("/oauth/authorize")
+def authorize():
+    """The authorization endpoint (RFC 6749 section 3.1; OIDC Core section 3.1.2)."""
+    try:
+        req, _client = provider.parse_authorization_request(db.session(), request.args.to_dict())
+    except provider.AuthorizeErrorPage as err:
+        raise _Page(err.title, err.detail, 400) from None
+    except provider.AuthorizeRedirectError as err:
+        return redirect(provider.error_redirect(err))
+    login = _login_state()
+    if login is not None and (
+        req.prompt == "login" or (req.max_age is not None and time.time() - login["auth_time"] > req.max_age)
+    ):
+        session.pop("login", None)
+    session["areq"] = req.to_dict()
+    session.pop("consented", None)
+    return _continue()
+
+
+@bp.route("/oauth/login", methods=["GET", "POST"])
+def login():
+    _req, client = _pending_request()
+    if request.method == "GET":
+        return _render("login.html", title="Sign in", client_name=client.name)
+    _check_csrf()
+    email = request.form.get("email", "")[:320]
+    password = request.form.get("password", "")[:1024]
+    sess = db.session()
+    try:
+        user = service.authenticate_password(sess, email, password)
+    except Unauthorized:
+        tenant_slug = None
+        if client.tenant_id is not None:
+            owner = sess.get(Tenant, client.tenant_id)
+            tenant_slug = owner.slug if owner else None
+        service.audit_failed_login(sess, email, tenant_slug, "invalid_credentials")
+        return _render(
+            "login.html",
+            401,
+            title="Sign in",
+            client_name=client.name,
+            email=email,
+            error="The email or password is incorrect.",
+        )
+    now = int(time.time())
+    session.pop("login", None)
+    if mfa.has_mfa(sess, user.id):
+        session["pending"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"]}
+        return redirect(url_for("hosted.mfa"))
+    session["login"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"], "fresh": True}
+    user.last_login_at = utcnow()
+    return _continue()
+
+
+@bp.route("/oauth/mfa", methods=["GET", "POST"], endpoint="mfa")
+def mfa_page():
+    req, _client = _pending_request()
+    pending = session.get("pending")
+    if not pending:
+        return redirect(url_for("hosted.login"))
+    if request.method == "GET":
+        return _render("mfa.html", title="Two-step verification")
+    _check_csrf()
+    sess = db.session()
+    user = sess.get(User, uuid.UUID(pending["uid"]))
+    if user is None or user.status != "active":
+        session.pop("pending", None)
+        return redirect(url_for("hosted.login"))
+    schema = _audit_schema(user.id, req)
+    try:
+        mfa.verify(sess, user, request.form.get("code", "")[:64], schema)
+    except AppError as err:
+        return _render("mfa.html", err.status, title="Two-step verification", error=err.detail)
+    session.pop("pending", None)
+    session["login"] = {
+        "uid": pending["uid"],
+        "auth_time": int(time.time()),
+        "amr": [*pending["amr"], "otp"],
+        "fresh": True,
+    }
+    user.last_login_at = utcnow()
+    return _continue()
+
+
+def _audit_schema(user_id: uuid.UUID, req: provider.AuthorizationRequest) -> str | None:
+    """The tenant log where hosted-page MFA events go: the chosen tenant, else the first one."""
+    rows = _memberships(user_id)
+    for _m, t in rows:
+        if req.tenant_id and str(t.id) == req.tenant_id:
+            return t.schema_name
+    return rows[0][1].schema_name if rows else None
+
+
+@bp.route("/oauth/mfa/enroll", methods=["GET", "POST"])
+def enroll():
+    req, _client = _pending_request()
+    login = _login_state()
+    if login is None:
+        return redirect(url_for("hosted.login"))
+    sess = db.session()
+    user = sess.get(User, uuid.UUID(login["uid"]))
+    if user is None:
+        return redirect(url_for("hosted.login"))
+    if request.method == "GET":
+        enrollment = mfa.begin_enrollment(sess, user)
+        return _render(
+            "enroll.html",
+            title="Set up two-step verification",
+            secret=enrollment.secret,
+            qr_code=enrollment.qr_svg_data_uri,
+        )
+    _check_csrf()
+    try:
+        codes = mfa.confirm_enrollment(
+            sess, user, request.form.get("code", "")[:64], _audit_schema(user.id, req)
+        )
+    except AppError as err:
+        return _render(
+            "error.html",
+            err.status,
+            title="Set up two-step verification",
+            detail="Start again to get a new key.",
+            error=err.detail,
+        )
+    session["login"] = {**login, "amr": [*login["amr"], "otp"], "auth_time": int(time.time())}
+    return _render("enroll.html", title="Two-step verification is on", recovery_codes=codes)
+
+
+@bp.post("/oauth/mfa/enroll/done")
+def enroll_done():
+    _check_csrf()
+    return _continue()
+
+
+@bp.route("/oauth/tenant", methods=["GET", "POST"])
+def tenant():
+    req, client = _pending_request()
+    login = _login_state()
+    if login is None:
+        return redirect(url_for("hosted.login"))
+    memberships = _memberships(uuid.UUID(login["uid"]))
+    if request.method == "GET":
+        return _render(
+            "tenant.html",
+            title="Choose an organisation",
+            client_name=client.name,
+            tenants=[t for _m, t in memberships],
+        )
+    _check_csrf()
+    slug = request.form.get("tenant", "")
+    match = [t for _m, t in memberships if t.slug == slug]
+    if not match:
+        raise _Page("Choose an organisation", "You are not a member of that organisation.", 403)
+    req.tenant_id = str(match[0].id)
+    session["areq"] = req.to_dict()
+    return _continue()
+
+
+@bp.route("/oauth/consent", methods=["GET", "POST"])
+def consent():
+    req, client = _pending_request()
+    login = _login_state()
+    if login is None:
+        return redirect(url_for("hosted.login"))
+    sess = db.session()
+    memberships = _memberships(uuid.UUID(login["uid"]))
+    if client.tenant_id is not None:
+        memberships = [(m, t) for m, t in memberships if t.id == client.tenant_id]
+    chosen = [t for _m, t in memberships if req.tenant_id and str(t.id) == req.tenant_id] or [
+        t for _m, t in memberships
+    ]
+    if not chosen:
+        return _redirect_error(
+            req, "access_denied", "The user is not a member of the application's organisation."
+        )
+    tenant_row = chosen[0]
+    if request.method == "GET":
+        return _render(
+            "consent.html",
+            title="Allow access?",
+            client_name=client.name,
+            tenant_name=tenant_row.name,
+            scopes=req.scope.split(),
+        )
+    _check_csrf()
+    if request.form.get("decision") != "allow":
+        audit.record(
+            sess,
+            "oauth.consent_denied",
+            target_type="oauth_client",
+            target_id=client.client_id,
+            actor=audit.Actor("user", login["uid"]),
+            schema=tenant_row.schema_name,
+        )
+        return _redirect_error(req, "access_denied", "The user denied the request.")
+    provider.grant_consent(sess, client, uuid.UUID(login["uid"]), tenant_row, req.scope)
+    session["consented"] = req.id
+    return _continue()
+
+
+@bp.post("/oauth/logout")
+def logout():
+    """End the browser's login on the hosted pages (tokens already issued are not affected)."""
+    _check_csrf()
+    session.clear()
+    return _render("error.html", title="Signed out", detail="You are signed out.")

@@ -1,0 +1,406 @@
+"""TOTP multi-factor authentication (RFC 6238) with recovery codes, replay protection and lockout.
+
+* Secrets are 160 random bits (RFC 4226 section 4 recommends at least 128), stored encrypted with
+  AES-256-GCM under a key derived from ``SECRET_KEY`` (HKDF-SHA256), never returned after enrolment.
+* A code is accepted for the current 30-second step and one step either way (clock drift), and
+  only for a step later than the last accepted one: a code is never accepted twice, even inside
+  its window (RFC 6238 section 5.2).
+* 5 failed codes in a row lock the factor for ``mfa_lockout_seconds``; each failure and each
+  lockout is audited. Failures are committed even though the request fails.
+* 10 single-use recovery codes (50 random bits each), stored as SHA-256.
+* ``mfa_token``: a short-lived opaque token in Redis bound to a user and tenant, given out by a
+  password login that still needs a second factor (purpose ``login``) or an enrolment (purpose
+  ``enroll``, when the tenant requires MFA).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pyotp
+import segno
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flask import current_app
+from redis.exceptions import RedisError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from saas import audit
+from saas.auth.models import MfaFactor, RecoveryCode
+from saas.db import utcnow
+from saas.errors import AppError, Conflict, Unauthorized
+from saas.identity.models import User
+
+TOTP_DIGITS = 6
+TOTP_PERIOD = 30
+DRIFT_STEPS = 1
+MAX_FAILURES = 5
+RECOVERY_CODE_COUNT = 10
+ISSUER_NAME = "SaaS"
+_MFA_TOKEN_PREFIX = "saas:auth:mfa_token:"  # noqa: S105 - a Redis key prefix
+
+
+def _clock() -> float:
+    """The TOTP clock (a function so tests can move it without touching ``time.time``)."""
+    return time.time()
+
+
+class MfaFailed(AppError):
+    """A wrong, replayed or expired second factor (401, no ``WWW-Authenticate`` challenge)."""
+
+    status, code, title = 401, "mfa_invalid_code", "Invalid MFA code"
+
+    def __init__(self, detail: str, **kw: Any):
+        super().__init__(detail, **kw)
+        # RFC 9110 section 15.5.2: a 401 carries a challenge
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
+
+
+class MfaUnavailable(AppError):
+    """Redis (where ``mfa_token`` lives) cannot be reached: 503, try again."""
+
+    status, code, title = 503, "mfa_unavailable", "MFA temporarily unavailable"
+
+
+class MfaLocked(AppError):
+    """Too many wrong codes: the factor is locked for a while (``Retry-After`` seconds)."""
+
+    status, code, title = 403, "mfa_locked", "MFA factor locked"
+
+
+# --- secret encryption -------------------------------------------------------------------------
+
+
+def _aead() -> AESGCM:
+    secret = current_app.config["SECRET_KEY"]
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"saas mfa totp v1").derive(
+        secret.encode() if isinstance(secret, str) else secret
+    )
+    return AESGCM(key)
+
+
+def encrypt_secret(secret: str, user_id: uuid.UUID) -> str:
+    """AES-256-GCM with the user id as associated data (a row copied to another user fails)."""
+    nonce = os.urandom(12)
+    sealed = _aead().encrypt(nonce, secret.encode(), user_id.bytes)
+    return "v1:" + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+
+def decrypt_secret(stored: str, user_id: uuid.UUID) -> str:
+    raw = base64.urlsafe_b64decode(stored.removeprefix("v1:"))
+    return _aead().decrypt(raw[:12], raw[12:], user_id.bytes).decode()
+
+
+# --- TOTP ----------------------------------------------------------------------------------------
+
+
+def totp_at(secret: str, step: int, digits: int = TOTP_DIGITS, digest: Any = hashlib.sha1) -> str:
+    """The RFC 6238 code for time step ``step`` (``T = floor(unix time / 30)``)."""
+    return pyotp.TOTP(secret, digits=digits, interval=TOTP_PERIOD, digest=digest).at(step * TOTP_PERIOD)
+
+
+def match_step(secret: str, code: str, last_step: int | None, now: float | None = None) -> int | None:
+    """The time step ``code`` belongs to (current one +- ``DRIFT_STEPS``) if later than
+    ``last_step``; None otherwise. Constant-time comparison per candidate."""
+    if not (isinstance(code, str) and len(code) == TOTP_DIGITS and code.isdigit()):
+        return None
+    current = int((_clock() if now is None else now) // TOTP_PERIOD)
+    found = None
+    for step in range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1):
+        if hmac.compare_digest(totp_at(secret, step), code) and (last_step is None or step > last_step):
+            found = step
+    return found
+
+
+# --- recovery codes ------------------------------------------------------------------------------
+
+
+def _code_hash(code: str) -> str:
+    normalized = code.strip().lower().replace("-", "").replace(" ", "")
+    return hashlib.sha256(normalized.encode()).hexdigest()
+
+
+def _new_recovery_code() -> str:
+    raw = base64.b32encode(secrets.token_bytes(7)).decode().lower()[:10]  # 50 bits
+    return f"{raw[:5]}-{raw[5:]}"
+
+
+def regenerate_recovery_codes(session: Session, user: User) -> list[str]:
+    """Replace the user's recovery codes with 10 new ones; returns them (shown once)."""
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    codes = [_new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
+    session.add_all(RecoveryCode(user_id=user.id, code_hash=_code_hash(c)) for c in codes)
+    session.flush()
+    return codes
+
+
+def _looks_like_recovery_code(code: str) -> bool:
+    return len(code.strip().replace("-", "")) == 10
+
+
+# --- factors -------------------------------------------------------------------------------------
+
+
+def active_factor(session: Session, user_id: uuid.UUID, *, lock: bool = False) -> MfaFactor | None:
+    query = select(MfaFactor).where(MfaFactor.user_id == user_id, MfaFactor.status == "active")
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def has_mfa(session: Session, user_id: uuid.UUID) -> bool:
+    return active_factor(session, user_id) is not None
+
+
+@dataclass
+class Enrollment:
+    secret: str
+    otpauth_uri: str
+    qr_svg_data_uri: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"secret": self.secret, "otpauth_uri": self.otpauth_uri, "qr_code": self.qr_svg_data_uri}
+
+
+def begin_enrollment(session: Session, user: User) -> Enrollment:
+    """Create a pending TOTP factor (replacing an unconfirmed one).
+
+    Raises:
+        Conflict: ``mfa_already_enabled``.
+    """
+    if active_factor(session, user.id) is not None:
+        raise Conflict("TOTP is already enabled; disable it first.", code="mfa_already_enabled")
+    session.execute(delete(MfaFactor).where(MfaFactor.user_id == user.id, MfaFactor.status == "pending"))
+    secret = pyotp.random_base32(32)
+    session.add(
+        MfaFactor(user_id=user.id, status="pending", secret_encrypted=encrypt_secret(secret, user.id))
+    )
+    session.flush()
+    uri = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_PERIOD).provisioning_uri(
+        name=user.email, issuer_name=ISSUER_NAME
+    )
+    qr = segno.make(uri, error="m").svg_data_uri(scale=4)
+    return Enrollment(secret, uri, qr)
+
+
+def confirm_enrollment(session: Session, user: User, code: str, schema: str | None) -> list[str]:
+    """Activate the pending factor with a first valid code; returns 10 recovery codes.
+
+    Raises:
+        Conflict: ``mfa_not_pending`` (no enrolment started).
+        MfaFailed / MfaLocked: wrong code (counted like any failure).
+    """
+    factor = session.scalars(
+        select(MfaFactor).where(MfaFactor.user_id == user.id, MfaFactor.status == "pending").with_for_update()
+    ).first()
+    if factor is None:
+        raise Conflict("Start an enrolment first (POST /api/v1/me/mfa/totp).", code="mfa_not_pending")
+    _check_code(session, user, factor, code, schema, allow_recovery=False)
+    factor.status = "active"
+    factor.confirmed_at = utcnow()
+    codes = regenerate_recovery_codes(session, user)
+    audit.record(
+        session,
+        "mfa.enrolled",
+        target_type="user",
+        target_id=user.id,
+        actor=audit.Actor("user", str(user.id)),
+        data={"kind": "totp"},
+        schema=schema,
+    )
+    return codes
+
+
+def verify(session: Session, user: User, code: str, schema: str | None) -> str:
+    """Check a TOTP or recovery code of the user's active factor; returns ``"totp"`` or
+    ``"recovery_code"``.
+
+    Raises:
+        MfaFailed: wrong, replayed or used code (the failure is committed and audited).
+        MfaLocked: the factor is locked (5 failures), with ``Retry-After``.
+    """
+    factor = active_factor(session, user.id, lock=True)
+    if factor is None:
+        raise MfaFailed("No second factor is enabled for this account.")
+    return _check_code(session, user, factor, code, schema, allow_recovery=True)
+
+
+def disable(session: Session, user: User, schema: str | None) -> None:
+    """Remove the user's TOTP factor and recovery codes (the caller checked password and code)."""
+    session.execute(delete(MfaFactor).where(MfaFactor.user_id == user.id))
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    audit.record(
+        session,
+        "mfa.disabled",
+        target_type="user",
+        target_id=user.id,
+        data={"kind": "totp"},
+        schema=schema,
+    )
+
+
+def reset(session: Session, user: User, schema: str | None, actor: audit.Actor) -> bool:
+    """Operator reset (lost device): remove factors and codes; True when there was one."""
+    had = session.scalars(select(MfaFactor.id).where(MfaFactor.user_id == user.id)).first() is not None
+    session.execute(delete(MfaFactor).where(MfaFactor.user_id == user.id))
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    if schema and had:
+        audit.record(session, "mfa.reset", target_type="user", target_id=user.id, actor=actor, schema=schema)
+    return had
+
+
+def _check_code(
+    session: Session, user: User, factor: MfaFactor, code: str, schema: str | None, *, allow_recovery: bool
+) -> str:
+    settings = current_app.extensions["saas.settings"]
+    now = utcnow()
+    if factor.locked_until is not None and factor.locked_until > now:
+        retry = int((factor.locked_until - now).total_seconds()) + 1
+        raise MfaLocked(
+            "Too many wrong codes; this factor is locked for a while.",
+            headers={"Retry-After": str(retry)},
+            extra={"retry_after": retry},
+        )
+    code = (code or "").strip()
+    step = match_step(decrypt_secret(factor.secret_encrypted, user.id), code, factor.last_step)
+    if step is not None:
+        factor.last_step = step
+        factor.failed_count = 0
+        factor.locked_until = None
+        return "totp"
+    if allow_recovery and _looks_like_recovery_code(code):
+        row = session.scalars(
+            select(RecoveryCode)
+            .where(
+                RecoveryCode.user_id == user.id,
+                RecoveryCode.code_hash == _code_hash(code),
+                RecoveryCode.used_at.is_(None),
+            )
+            .with_for_update()
+        ).first()
+        if row is not None:
+            row.used_at = now
+            factor.failed_count = 0
+            factor.locked_until = None
+            audit.record(
+                session,
+                "mfa.recovery_code_used",
+                target_type="user",
+                target_id=user.id,
+                actor=audit.Actor("user", str(user.id)),
+                schema=schema,
+            )
+            return "recovery_code"
+    factor.failed_count = (factor.failed_count or 0) + 1
+    locked = factor.failed_count >= MAX_FAILURES
+    if locked:
+        factor.locked_until = now + timedelta(seconds=settings.mfa_lockout_seconds)
+        factor.failed_count = 0
+    if schema:
+        audit.record(
+            session,
+            "mfa.locked" if locked else "mfa.failed",
+            target_type="user",
+            target_id=user.id,
+            actor=audit.Actor("user", str(user.id)),
+            data={"kind": "totp"},
+            schema=schema,
+        )
+    # the failure must count although the request fails
+    session.commit()
+    if locked:
+        raise MfaLocked(
+            "Too many wrong codes; this factor is locked for a while.",
+            headers={"Retry-After": str(settings.mfa_lockout_seconds)},
+            extra={"retry_after": settings.mfa_lockout_seconds},
+        )
+    raise MfaFailed("The code is wrong, expired or already used.")
+
+
+# --- mfa_token -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MfaTicket:
+    """What an ``mfa_token`` stands for."""
+
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    purpose: str  # login | enroll
+    amr: tuple[str, ...]
+    auth_time: int
+    key: str
+
+
+def issue_mfa_token(user_id: uuid.UUID, tenant_id: uuid.UUID, purpose: str, amr: list[str]) -> str:
+    """A 256-bit opaque token valid ``mfa_token_ttl_seconds``; only its SHA-256 is a Redis key."""
+    redis = current_app.extensions["saas.redis"]
+    ttl = current_app.extensions["saas.settings"].mfa_token_ttl_seconds
+    token = secrets.token_urlsafe(32)
+    value = {
+        "user_id": str(user_id),
+        "tenant_id": str(tenant_id),
+        "purpose": purpose,
+        "amr": amr,
+        "auth_time": int(time.time()),
+    }
+    try:
+        redis.set(_MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest(), json.dumps(value), ex=ttl)
+    except RedisError:
+        raise MfaUnavailable("The second step of the login cannot start right now; retry.") from None
+    return token
+
+
+def read_mfa_token(token: str | None, purposes: tuple[str, ...]) -> MfaTicket:
+    """The ticket behind ``token`` (not consumed).
+
+    Raises:
+        Unauthorized: ``invalid_mfa_token`` (unknown, expired, used, or for another purpose).
+    """
+    if not token or len(token) > 200:
+        raise Unauthorized("The mfa_token is missing.", code="invalid_mfa_token", error=None)
+    redis = current_app.extensions["saas.redis"]
+    key = _MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+    try:
+        raw = redis.get(key)
+    except RedisError:
+        raise MfaUnavailable("The second step of the login cannot be checked right now; retry.") from None
+    if raw is None:
+        raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
+    data = json.loads(raw)
+    if data.get("purpose") not in purposes:
+        raise Unauthorized("The mfa_token cannot be used here.", code="invalid_mfa_token", error=None)
+    return MfaTicket(
+        uuid.UUID(data["user_id"]),
+        uuid.UUID(data["tenant_id"]),
+        data["purpose"],
+        tuple(data.get("amr") or ["pwd"]),
+        int(data.get("auth_time") or time.time()),
+        key,
+    )
+
+
+def consume_mfa_token(ticket: MfaTicket) -> None:
+    """Use the token up; a concurrent second use loses.
+
+    Raises:
+        Unauthorized: ``invalid_mfa_token`` when it was consumed meanwhile.
+    """
+    try:
+        deleted = current_app.extensions["saas.redis"].delete(ticket.key)
+    except RedisError:
+        raise MfaUnavailable("The second step of the login cannot be completed right now; retry.") from None
+    if not deleted:
+        raise Unauthorized("The mfa_token was already used.", code="invalid_mfa_token", error=None)

@@ -1,0 +1,291 @@
+"""Operator commands: ``saas billing plans|show|sync|events|replay|report-usage`` and
+``saas tenants set-plan`` (registered on ``saas.cli.main`` at the bottom of ``saas/cli.py``)."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy import select
+
+from saas.cli import CliError, Context, _fail_cleanly, _find_tenant, _print_json, _table, main, operator_actor
+from saas.cli import pass_ctx as _pass_ctx
+from saas.cli import tenants as tenants_group
+
+
+def _billing(ctx: Context):
+    from saas.billing.service import BillingNotConfigured
+
+    handle = ctx.app.extensions.get("saas.billing")
+    if handle is None:
+        raise BillingNotConfigured()
+    return handle
+
+
+@click.group()
+def billing() -> None:
+    """Billing: plans, tenant state, reconciliation with Stripe, webhook events, usage."""
+
+
+@billing.command("plans")
+@click.option("--json", "as_json", is_flag=True)
+@_pass_ctx
+@_fail_cleanly
+def plans_cmd(ctx: Context, as_json: bool) -> None:
+    """The plan catalogue with its entitlements and configured Stripe prices."""
+    from saas.billing.entitlements import catalogue
+
+    default, plans = catalogue()
+    prices = ctx.settings.stripe_prices
+    rows = [
+        {
+            "id": p.id,
+            "name": p.name,
+            "default": p.id == default,
+            "seats": p.seats,
+            "requests_per_minute": p.requests_per_minute,
+            "monthly_api_calls": p.monthly_api_calls,
+            "per_seat": p.per_seat,
+            "features": dict(p.features),
+            "prices": {interval: prices.get(env) for interval, env in p.price_env.items()},
+        }
+        for p in plans.values()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        "plans",
+        ["id", "name", "seats", "req/min", "API calls/month", "features", "prices"],
+        [
+            [
+                r["id"] + (" (default)" if r["default"] else ""),
+                r["name"],
+                r["seats"] if r["seats"] is not None else "unlimited",
+                r["requests_per_minute"],
+                r["monthly_api_calls"] if r["monthly_api_calls"] is not None else "unlimited",
+                ", ".join(f"{k}={v}" for k, v in r["features"].items()),
+                ", ".join(f"{k}: {v or '-'}" for k, v in r["prices"].items()),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@billing.command("show")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True)
+@_pass_ctx
+@_fail_cleanly
+def show_cmd(ctx: Context, tenant: str, as_json: bool) -> None:
+    """A tenant's plan, subscription, seats, usage and entitlements."""
+    from saas.billing import service, usage
+    from saas.billing.models import BillingOverride
+
+    app = ctx.app
+    with app.app_context(), ctx.database.transaction() as session:
+        t = _find_tenant(session, tenant)
+        period = usage.period_of()
+        data = service.describe(
+            session, t, usage.read_usage(app.extensions["saas.redis"], t.id, period), period
+        )
+        account = service.get_account(session, t.id)
+        override = session.get(BillingOverride, t.id)
+        data = {
+            "tenant": t.slug,
+            **data,
+            "stripe_customer_id": account.stripe_customer_id if account else None,
+            "stripe_subscription_id": account.stripe_subscription_id if account else None,
+            "override": {"plan": override.plan, "limits": override.limits, "reason": override.reason,
+                         "set_by": override.set_by} if override else None,
+        }  # fmt: skip
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        click.echo(f"{key:>22}: {value}")
+
+
+@billing.command("sync")
+@click.argument("tenant", required=False)
+@click.option("--all", "all_tenants", is_flag=True, help="every tenant with a Stripe customer")
+@_pass_ctx
+@_fail_cleanly
+def sync_cmd(ctx: Context, tenant: str | None, all_tenants: bool) -> None:
+    """Reconcile local billing state from Stripe (repairs drift after missed webhooks)."""
+    from saas.billing import service
+    from saas.billing.models import BillingAccount
+    from saas.tenancy.models import Tenant
+
+    if bool(tenant) == all_tenants:
+        raise click.UsageError("give a TENANT or --all")
+    app = ctx.app
+    handle = _billing(ctx)
+    with app.app_context():
+        with ctx.database.transaction() as session:
+            if tenant:
+                ids = [_find_tenant(session, tenant).id]
+            else:
+                ids = list(session.scalars(
+                    select(BillingAccount.tenant_id).where(BillingAccount.stripe_customer_id.is_not(None))
+                ))  # fmt: skip
+        failures = 0
+        for tenant_id in ids:
+            try:
+                with ctx.database.transaction() as session:
+                    t = session.get(Tenant, tenant_id)
+                    assert t is not None
+                    outcome = service.sync_tenant(session, handle, t, actor=operator_actor())
+                click.echo(f"{t.slug}: {outcome}")
+            except service.AppError as exc:
+                failures += 1
+                click.echo(f"{tenant_id}: failed: {exc.detail or exc.title}", err=True)
+    if failures:
+        raise CliError(f"{failures} of {len(ids)} tenants failed to sync")
+
+
+@billing.command("events")
+@click.option("--failed", is_flag=True, help="only events whose processing failed")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@_pass_ctx
+@_fail_cleanly
+def events_cmd(ctx: Context, failed: bool, limit: int, as_json: bool) -> None:
+    """Stored Stripe webhook events, newest first."""
+    from saas.billing.models import WebhookEvent
+
+    with ctx.database.transaction() as session:
+        query = select(WebhookEvent).order_by(WebhookEvent.received_at.desc()).limit(limit)
+        if failed:
+            query = query.where(WebhookEvent.status == "failed")
+        rows = [
+            {"id": e.id, "type": e.type, "created": e.created, "status": e.status, "attempts": e.attempts,
+             "tenant_id": e.tenant_id, "error": e.error, "processed_at": e.processed_at}
+            for e in session.scalars(query)
+        ]  # fmt: skip
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        f"{len(rows)} events",
+        ["id", "type", "status", "attempts", "created", "error"],
+        [
+            [r["id"], r["type"], r["status"], r["attempts"], r["created"], (r["error"] or "")[:60]]
+            for r in rows
+        ],
+    )
+
+
+@billing.command("replay")
+@click.argument("event_id")
+@_pass_ctx
+@_fail_cleanly
+def replay_cmd(ctx: Context, event_id: str) -> None:
+    """Apply a stored event again (it re-fetches live state from Stripe, so it never regresses)."""
+    from saas.billing import webhooks
+
+    app = ctx.app
+    handle = _billing(ctx)
+    with app.app_context():
+        try:
+            outcome = webhooks.replay(ctx.database, handle, event_id)
+        except KeyError:
+            raise CliError(f"no stored event {event_id!r}") from None
+    click.echo(f"{event_id}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
+
+
+@billing.command("report-usage")
+@click.option("--period", help="YYYY-MM (UTC); default: the previous month, which is closed")
+@click.argument("tenant", required=False)
+@_pass_ctx
+@_fail_cleanly
+def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> None:
+    """Send API-call usage to Stripe Billing Meters, once per tenant and period."""
+    import re
+
+    from saas.billing import usage
+
+    if period is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", period):
+        raise click.BadParameter("expected YYYY-MM", param_hint="--period")
+    period = period or usage.previous_period(usage.period_of())
+    app = ctx.app
+    handle = _billing(ctx)
+    with app.app_context():
+        ids = None
+        if tenant:
+            with ctx.database.transaction() as session:
+                ids = [_find_tenant(session, tenant).id]
+        try:
+            run = usage.report_usage(ctx.database, app.extensions["saas.redis"], handle, period, ids)
+        except usage.PeriodNotClosed as exc:
+            raise click.BadParameter(str(exc), param_hint="--period") from None
+    click.echo(
+        f"period {run.period}: {len(run.sent)} reported, {len(run.already_reported)} already reported, "
+        f"{len(run.empty)} without usage, {len(run.failed)} failed"
+    )
+    for tenant_id, error in run.failed.items():
+        click.echo(f"failed {tenant_id}: {error}", err=True)
+    if run.failed:
+        raise CliError("some usage reports failed; rerun to retry them (reported ones are skipped)")
+
+
+@tenants_group.command("set-plan")
+@click.argument("tenant")
+@click.argument("plan")
+@click.option("--reason", default=None, help="why (kept with the override and in the audit log)")
+@click.option("--limit", "limits", multiple=True, metavar="KEY=VALUE",
+              help="override one entitlement, e.g. seats=50 or sso=true (-1: unlimited)")  # fmt: skip
+@_pass_ctx
+@_fail_cleanly
+def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limits: tuple[str, ...]) -> None:
+    """Operator override of a tenant's plan (PLAN ``none`` removes the override). Audited."""
+    import json
+
+    from saas import audit
+    from saas.billing import entitlements as ent
+    from saas.billing.models import BillingOverride
+    from saas.db import utcnow
+
+    _, plans = ent.catalogue()
+    if plan != "none" and plan not in plans:
+        raise click.BadParameter(f"one of: {', '.join(plans)}, none", param_hint="PLAN")
+    parsed: dict[str, object] = {}
+    for item in limits:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter("expected KEY=VALUE", param_hint="--limit")
+        try:
+            parsed[key] = json.loads(raw)
+        except ValueError:
+            parsed[key] = raw
+        if key in ent.LIMIT_KEYS and not ent.valid_limit(parsed[key]):
+            raise click.BadParameter(f"{key}: expected an integer >= -1", param_hint="--limit")
+    app = ctx.app
+    actor = operator_actor()
+    with app.app_context(), ctx.database.transaction() as session:
+        t = _find_tenant(session, tenant)
+        override = session.get(BillingOverride, t.id, with_for_update=True)
+        before = {"plan": override.plan, "limits": override.limits} if override else None
+        if plan == "none" and not parsed:
+            if override is not None:
+                session.delete(override)
+            after = None
+        else:
+            if override is None:
+                override = BillingOverride(tenant_id=t.id, limits={})
+                session.add(override)
+            override.plan = None if plan == "none" else plan
+            override.limits = parsed
+            override.reason = reason
+            override.set_by = actor.id
+            override.set_at = utcnow()
+            after = {"plan": override.plan, "limits": parsed}
+        session.flush()
+        t.plan = ent.effective_plan_id(None, ent.load_state(session, t.id)) if after or before else t.plan
+        audit.record(session, "billing.plan_overridden", target_type="tenant", target_id=t.id,
+                     data={"from": before, "to": after, "reason": reason}, actor=actor,
+                     schema=t.schema_name)  # fmt: skip
+        ent.invalidate(session, t.id)
+        slug, effective = t.slug, t.plan
+    click.echo(f"{slug}: override {'removed' if after is None else after}; plan now {effective}")
+
+
+main.add_command(billing)

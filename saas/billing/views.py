@@ -1,0 +1,133 @@
+"""Billing HTTP API (``/api/v1/billing``) and the Stripe webhook endpoint (``/webhooks/stripe``)."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from flask import current_app, request
+from flask.views import MethodView
+
+from saas import db
+from saas.api import Blueprint
+from saas.auth.context import current_principal, require
+from saas.auth.stepup import require_step_up
+from saas.billing import service, usage, webhooks
+from saas.billing.entitlements import INTERVALS, catalogue
+
+blp = Blueprint("billing", __name__, url_prefix="/api/v1/billing", description="Plan, checkout, portal")
+hooks = Blueprint("stripe_webhooks", __name__, url_prefix="/webhooks", description="Stripe webhooks")
+
+
+class CheckoutSchema(ma.Schema):
+    plan = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=32))
+    interval = ma.fields.String(load_default="month", validate=ma.validate.OneOf(INTERVALS))
+
+
+class UrlSchema(ma.Schema):
+    url = ma.fields.String(metadata={"description": "Stripe-hosted page to redirect the browser to"})
+
+
+class SeatsSchema(ma.Schema):
+    used = ma.fields.Integer()
+    allowed = ma.fields.Integer(allow_none=True, metadata={"description": "null: unlimited"})
+
+
+class ApiCallsSchema(ma.Schema):
+    period = ma.fields.String(metadata={"example": "2026-11"})
+    used = ma.fields.Integer(allow_none=True)
+    allowed = ma.fields.Integer(allow_none=True)
+
+
+class BillingSchema(ma.Schema):
+    plan = ma.fields.String()
+    status = ma.fields.String(allow_none=True, metadata={"description": "Stripe subscription status"})
+    current_period_end = ma.fields.DateTime(allow_none=True)
+    cancel_at_period_end = ma.fields.Boolean()
+    grace_until = ma.fields.DateTime(allow_none=True)
+    read_only = ma.fields.Boolean()
+    seats = ma.fields.Nested(SeatsSchema)
+    api_calls = ma.fields.Nested(ApiCallsSchema)
+    entitlements = ma.fields.Dict()
+
+
+class WebhookAckSchema(ma.Schema):
+    received = ma.fields.Boolean()
+    status = ma.fields.String(metadata={"description": "processed | ignored | duplicate"})
+
+
+def _email(principal) -> str | None:
+    membership = principal.membership
+    return membership.user.email if membership is not None else None
+
+
+@blp.route("")
+class BillingView(MethodView):
+    @require("billing:manage")
+    @blp.response(200, BillingSchema)
+    def get(self):
+        """Plan, status, period end, seats, API calls this period, entitlements."""
+        service.current_billing()
+        principal = current_principal()
+        period = usage.period_of()
+        calls = usage.read_usage(current_app.extensions["saas.redis"], principal.tenant_id, period)
+        return service.describe(db.session(), principal.tenant, calls, period)
+
+
+@blp.route("/checkout")
+class CheckoutView(MethodView):
+    @require("billing:manage")
+    @require_step_up()
+    @blp.arguments(CheckoutSchema)
+    @blp.response(200, UrlSchema)
+    def post(self, body):
+        """Start a Stripe Checkout Session (mode subscription) for a paid plan."""
+        billing = service.current_billing()
+        principal = current_principal()
+        if body["plan"] not in catalogue()[1]:
+            from saas.errors import ValidationError
+
+            raise ValidationError({"plan": ["Unknown plan."]})
+        url = service.start_checkout(
+            db.session(), billing, principal.tenant, _email(principal), body["plan"], body["interval"]
+        )
+        return {"url": url}
+
+
+@blp.route("/portal")
+class PortalView(MethodView):
+    @require("billing:manage")
+    @require_step_up()
+    @blp.response(200, UrlSchema)
+    def post(self):
+        """Open a Stripe Billing Portal session (change plan, payment method, cancel)."""
+        billing = service.current_billing()
+        principal = current_principal()
+        return {"url": service.open_portal(db.session(), billing, principal.tenant, _email(principal))}
+
+
+@blp.route("/checkout/<string:session_id>/sync")
+class CheckoutSyncView(MethodView):
+    @require("billing:manage")
+    @blp.response(200, BillingSchema)
+    def get(self, session_id: str):
+        """Apply a completed Checkout Session now (the return page), before the webhook lands."""
+        billing = service.current_billing()
+        principal = current_principal()
+        session = db.session()
+        service.sync_checkout(session, billing, principal.tenant, session_id)
+        period = usage.period_of()
+        calls = usage.read_usage(current_app.extensions["saas.redis"], principal.tenant_id, period)
+        return service.describe(session, principal.tenant, calls, period)
+
+
+@hooks.route("/stripe")
+class StripeWebhookView(MethodView):
+    @hooks.response(200, WebhookAckSchema)
+    @hooks.alt_response(400, description="bad or missing signature: nothing stored")
+    @hooks.alt_response(500, description="processing failed: rolled back, Stripe retries")
+    def post(self):
+        """Stripe webhook: verified on the raw body, applied exactly once, order-proof."""
+        billing = service.current_billing()
+        payload = request.get_data(cache=False)
+        event = webhooks.verify(billing, payload, request.headers.get("Stripe-Signature"))
+        outcome = webhooks.receive(db.database(), billing, event)
+        return {"received": True, "status": outcome.status}

@@ -1,0 +1,78 @@
+"""Helpers for the auth tests: PKCE pairs, client registration, the hosted flow via the test client."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from urllib.parse import parse_qs, urlsplit
+
+from tests.conftest import TEST_PASSWORD
+
+REDIRECT = "https://app.example.com/callback"
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def register_client(client, headers, **fields) -> dict:
+    body = {"name": "Test app", "redirect_uris": [REDIRECT], **fields}
+    response = client.post("/api/v1/clients", json=body, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def query_of(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def authorize_params(client_id: str, challenge: str, **extra) -> dict:
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT,
+        "scope": "openid email api",
+        "state": "st-123",
+        "nonce": "n-456",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    params.update(extra)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def browser_login(client, client_id: str, email: str, challenge: str, password: str = TEST_PASSWORD, **extra):
+    """Drive the hosted pages with the Flask test client up to the redirect back to the client.
+    Returns the final response (a redirect to REDIRECT, or a page needing more steps)."""
+    response = client.get("/oauth/authorize", query_string=authorize_params(client_id, challenge, **extra))
+    if response.status_code == 302 and response.headers["Location"].endswith("/oauth/login"):
+        page = client.get("/oauth/login")
+        assert page.status_code == 200
+        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+        response = client.post(
+            "/oauth/login",
+            data={"email": email, "password": password, "csrf_token": csrf_of(page.get_data(as_text=True))},
+        )
+    return response
+
+
+def code_for(client, client_id: str, email: str, **extra) -> tuple[str, str]:
+    """(code, verifier) for a first-party client and a user with no MFA."""
+    verifier, challenge = pkce_pair()
+    response = browser_login(client, client_id, email, challenge, **extra)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT), location
+    params = query_of(location)
+    assert params["state"] == "st-123"
+    return params["code"], verifier

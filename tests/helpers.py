@@ -1,0 +1,95 @@
+"""Shared test helpers: problem assertions, members of a given role, tokens, committed tenants."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import delete, select, text
+
+from saas.db import schema_name_for
+from saas.identity.models import User
+from saas.tenancy.models import Membership, Tenant
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response, status: int, code: str | None = None) -> dict[str, Any]:
+    """Assert an RFC 9457 problem response and return its body."""
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    assert response.mimetype == PROBLEM, response.mimetype
+    body = response.get_json()
+    assert body["status"] == status
+    assert body["type"] == f"https://errors.saas.dev/{body['code']}"
+    assert body["title"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def add_member(
+    app: Flask, tenant_id: str | uuid.UUID, role: str, *, email: str | None = None, status: str = "active"
+) -> User:
+    """A user with ``role`` in the tenant, written straight to the test transaction."""
+    session = app.extensions["saas.db"].session()
+    try:
+        user = User(email=email or f"{role}-{uuid.uuid4().hex[:8]}@example.test", name=role.title())
+        session.add(user)
+        session.flush()
+        session.add(
+            Membership(user_id=user.id, tenant_id=uuid.UUID(str(tenant_id)), role=role, status=status)
+        )
+        session.commit()
+        return user
+    finally:
+        session.close()
+
+
+def token_for(app: Flask, user_id: Any, tenant_id: Any, role: str, scope: str = "api") -> str:
+    """A valid access token, minted without the login flow (no password hashing)."""
+    issued = app.extensions["saas.tokens"].issue(
+        subject=str(user_id), tenant_id=str(tenant_id), roles=[role], scope=scope, client_id="saas-api"
+    )
+    return issued.token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def role_headers(app: Flask, tenant_id: Any, role: str) -> tuple[User, dict[str, str]]:
+    user = add_member(app, tenant_id, role)
+    return user, bearer(token_for(app, user.id, tenant_id, role))
+
+
+def drop_tenant(engine, tenant_id: Any) -> None:
+    """Remove a committed tenant: its schema, row, memberships and users left without one."""
+    tenant_id = uuid.UUID(str(tenant_id))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema_name_for(tenant_id)}" CASCADE')
+        user_ids = list(conn.scalars(select(Membership.user_id).where(Membership.tenant_id == tenant_id)))
+        conn.execute(delete(Tenant).where(Tenant.id == tenant_id))
+        for user_id in user_ids:
+            others = conn.scalar(select(Membership.id).where(Membership.user_id == user_id).limit(1))
+            if others is None:
+                conn.execute(delete(User).where(User.id == user_id))
+
+
+def schema_exists(conn, schema: str) -> bool:
+    return bool(conn.scalar(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}))
+
+
+def give_plan(session, tenant_id: Any, plan: str) -> None:
+    """Operator override of a tenant's plan (as ``saas tenants set-plan`` does), for tests that
+    need more seats than the free plan gives."""
+    from saas.billing import entitlements
+    from saas.billing.models import BillingOverride
+    from saas.tenancy.models import Tenant
+
+    tid = uuid.UUID(str(tenant_id))
+    session.add(BillingOverride(tenant_id=tid, plan=plan, limits={}, reason="test"))
+    session.get(Tenant, tid).plan = plan
+    session.flush()
+    entitlements.invalidate(session, tid)

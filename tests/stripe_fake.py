@@ -1,0 +1,403 @@
+"""A local HTTP server speaking the parts of the Stripe API the billing code uses, so the real
+``stripe`` SDK runs end to end in tests and benchmarks (fakes only at the network edge).
+
+Objects are shaped after Stripe's published fixtures (stripe/openapi ``fixtures3.json``) for API
+versions >= 2025-03-31 (billing period fields on subscription items). Requests are form-encoded
+with bracketed keys, as the SDK sends them; ``Idempotency-Key`` replays the first answer; a
+missing or malformed key is a 401 like Stripe's.
+
+Test helpers act as Stripe's side: :meth:`FakeStripe.complete_checkout`,
+:meth:`FakeStripe.update_subscription`, :meth:`FakeStripe.event` (an event envelope) and
+:func:`sign` (``Stripe-Signature`` exactly as Stripe computes it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import stripe
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def decode_form(body: str) -> dict[str, Any]:
+    """Decode Stripe's form encoding (``a[b][0][c]=v``) into nested dicts and lists."""
+    root: dict[str, Any] = {}
+    for key, value in parse_qsl(body, keep_blank_values=True):
+        parts = re.findall(r"[^\[\]]+|\[\]", key)
+        node = root
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return _lists(root)
+
+
+def _lists(node: Any) -> Any:
+    if isinstance(node, dict):
+        node = {k: _lists(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node):
+            return [node[k] for k in sorted(node, key=int)]
+    return node
+
+
+def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
+    """The ``Stripe-Signature`` header Stripe would send for ``payload``."""
+    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
+
+
+class FakeStripe:
+    """State and server. ``requests`` records (method, path, params, headers) of every call."""
+
+    def __init__(self, prices: dict[str, dict[str, Any]]):
+        self.prices = prices  # price id -> {"interval": ..., "unit_amount": ...}
+        self.customers: dict[str, dict] = {}
+        self.sessions: dict[str, dict] = {}
+        self.subscriptions: dict[str, dict] = {}
+        self.items: dict[str, dict] = {}
+        self.invoices: dict[str, dict] = {}
+        self.meter_events: list[dict] = []
+        self.requests: list[tuple[str, str, dict, dict]] = []
+        self.idempotent: dict[str, tuple[int, dict]] = {}
+        self.fail_paths: dict[str, int] = {}  # path prefix -> failures left (503)
+        self.delay_seconds = 0.0  # added to GET /v1/subscriptions/... (widens race windows)
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+
+    # --- server ---------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stall)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode() if length else ""
+                url = urlsplit(self.path)
+                params = decode_form(body or url.query)
+                status, payload, extra = fake.dispatch(self.command, url.path, params, dict(self.headers))
+                raw = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.send_header("Request-Id", _id("req"))
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            for store in (self.customers, self.sessions, self.subscriptions, self.items, self.idempotent,
+                          self.fail_paths, self.invoices):  # fmt: skip
+                store.clear()
+            self.meter_events.clear()
+            self.requests.clear()
+            self.delay_seconds = 0.0
+
+    def calls(self, method: str, prefix: str) -> list[dict]:
+        return [p for m, path, p, _ in self.requests if m == method and path.startswith(prefix)]
+
+    # --- routing --------------------------------------------------------------------------------
+
+    def dispatch(self, method: str, path: str, params: dict, headers: dict) -> tuple[int, dict, dict]:
+        auth = headers.get("Authorization", "")
+        if not auth.startswith("Bearer sk_test_"):
+            return 401, _error("invalid_request_error", "Invalid API Key provided.", None), {}
+        if self.delay_seconds and method == "GET" and path.startswith("/v1/subscriptions/"):
+            time.sleep(self.delay_seconds)
+        with self.lock:
+            self.requests.append((method, path, params, headers))
+            for prefix, left in list(self.fail_paths.items()):
+                if path.startswith(prefix) and left > 0:
+                    self.fail_paths[prefix] = left - 1
+                    return (
+                        503,
+                        _error("api_error", "Simulated outage.", None),
+                        {"Stripe-Should-Retry": "false"},
+                    )
+            key = headers.get("Idempotency-Key")
+            if method == "POST" and key and key in self.idempotent:
+                status, body = self.idempotent[key]
+                return status, body, {"Idempotent-Replayed": "true"}
+            status, body = self._route(method, path, params)
+            if method == "POST" and key:
+                self.idempotent[key] = (status, body)
+            return status, body, {}
+
+    def _route(self, method: str, path: str, p: dict) -> tuple[int, dict]:
+        routes = [
+            ("POST", r"/v1/customers", self._create_customer),
+            ("GET", r"/v1/customers/(?P<id>[^/]+)", lambda p, id: self._get(self.customers, id, "customer")),
+            ("POST", r"/v1/checkout/sessions", self._create_session),
+            (
+                "GET",
+                r"/v1/checkout/sessions/(?P<id>[^/]+)",
+                lambda p, id: self._get(self.sessions, id, "session"),
+            ),
+            ("POST", r"/v1/billing_portal/sessions", self._create_portal),
+            ("GET", r"/v1/subscriptions", self._list_subscriptions),
+            ("GET", r"/v1/subscriptions/(?P<id>[^/]+)", self._get_subscription),
+            ("POST", r"/v1/subscriptions/(?P<id>[^/]+)", self._update_subscription),
+            ("DELETE", r"/v1/subscriptions/(?P<id>[^/]+)", self._cancel_subscription),
+            ("POST", r"/v1/subscription_items/(?P<id>[^/]+)", self._update_item),
+            ("POST", r"/v1/billing/meter_events", self._meter_event),
+        ]
+        for m, pattern, handler in routes:
+            match = re.fullmatch(pattern, path)
+            if m == method and match:
+                return handler(p, **match.groupdict())
+        return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path}).", None)
+
+    def _get(self, store: dict, id: str, what: str) -> tuple[int, dict]:
+        if id not in store:
+            return 404, _error("invalid_request_error", f"No such {what}: '{id}'", "id", "resource_missing")
+        return 200, store[id]
+
+    def _create_customer(self, p: dict) -> tuple[int, dict]:
+        cus = {
+            "id": _id("cus"), "object": "customer", "address": None, "balance": 0,
+            "created": int(time.time()), "currency": None, "default_source": None, "delinquent": False,
+            "description": None,
+            "email": p.get("email"), "invoice_prefix": secrets.token_hex(4).upper(),
+            "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None},
+            "livemode": False, "metadata": p.get("metadata") or {}, "name": p.get("name"),
+            "preferred_locales": [], "shipping": None, "tax_exempt": "none", "test_clock": None,
+        }  # fmt: skip
+        self.customers[cus["id"]] = cus
+        return 200, cus
+
+    def _create_session(self, p: dict) -> tuple[int, dict]:
+        if p.get("mode") != "subscription" or not p.get("line_items"):
+            return 400, _error("invalid_request_error", "Missing required param: line_items.", "line_items")
+        for item in p["line_items"]:
+            if item.get("price") not in self.prices:
+                return 400, _error("invalid_request_error", f"No such price: '{item.get('price')}'",
+                                   "line_items[0][price]", "resource_missing")  # fmt: skip
+        sid = "cs_test_" + secrets.token_hex(20)
+        session = {
+            "id": sid, "object": "checkout.session", "mode": "subscription", "status": "open",
+            "payment_status": "unpaid", "url": f"https://checkout.stripe.com/c/pay/{sid}",
+            "customer": p.get("customer"), "client_reference_id": p.get("client_reference_id"),
+            "subscription": None, "metadata": p.get("metadata") or {}, "success_url": p.get("success_url"),
+            "cancel_url": p.get("cancel_url"), "livemode": False, "created": int(time.time()),
+            "expires_at": int(time.time()) + 86400,
+            "_line_items": p["line_items"], "_subscription_data": p.get("subscription_data") or {},
+        }  # fmt: skip
+        self.sessions[sid] = session
+        return 200, _public(session)
+
+    def _create_portal(self, p: dict) -> tuple[int, dict]:
+        if p.get("customer") not in self.customers:
+            return 400, _error("invalid_request_error", "No such customer", "customer", "resource_missing")
+        bps = _id("bps")
+        return 200, {
+            "id": bps, "object": "billing_portal.session", "customer": p["customer"], "livemode": False,
+            "return_url": p.get("return_url"), "created": int(time.time()), "configuration": _id("bpc"),
+            "url": f"https://billing.stripe.com/p/session/test_{bps}",
+        }  # fmt: skip
+
+    def _list_subscriptions(self, p: dict) -> tuple[int, dict]:
+        data = [s for s in self.subscriptions.values() if s["customer"] == p.get("customer")]
+        if p.get("status", "all") != "all":
+            data = [s for s in data if s["status"] == p["status"]]
+        data.sort(key=lambda s: s["created"], reverse=True)
+        if "data.latest_invoice" in (p.get("expand") or []):
+            data = [self._expanded(s) for s in data]
+        return 200, {"object": "list", "data": data, "has_more": False, "url": "/v1/subscriptions"}
+
+    def _get_subscription(self, p: dict, id: str) -> tuple[int, dict]:
+        status, sub = self._get(self.subscriptions, id, "sub")
+        if status == 200 and "latest_invoice" in (p.get("expand") or []):
+            sub = self._expanded(sub)
+        return status, sub
+
+    def _expanded(self, sub: dict) -> dict:
+        """``expand[]=latest_invoice``: the invoice object in place of its id."""
+        invoice = self.invoices.get(sub.get("latest_invoice") or "")
+        return {**sub, "latest_invoice": invoice} if invoice else sub
+
+    def _update_subscription(self, p: dict, id: str) -> tuple[int, dict]:
+        if id not in self.subscriptions:
+            return self._get(self.subscriptions, id, "subscription")
+        if "cancel_at_period_end" in p:
+            self.subscriptions[id]["cancel_at_period_end"] = p["cancel_at_period_end"] == "true"
+        return 200, self.subscriptions[id]
+
+    def _cancel_subscription(self, p: dict, id: str) -> tuple[int, dict]:
+        if id not in self.subscriptions:
+            return self._get(self.subscriptions, id, "subscription")
+        sub = self.subscriptions[id]
+        sub.update(status="canceled", canceled_at=int(time.time()), ended_at=int(time.time()))
+        return 200, sub
+
+    def _update_item(self, p: dict, id: str) -> tuple[int, dict]:
+        if id not in self.items:
+            return self._get(self.items, id, "subscription_item")
+        item = self.items[id]
+        if "quantity" in p:
+            item["quantity"] = int(p["quantity"])
+        if "price" in p:
+            item["price"] = self._price(p["price"])
+        return 200, item
+
+    def _meter_event(self, p: dict) -> tuple[int, dict]:
+        for field in ("event_name", "payload"):
+            if field not in p:
+                return 400, _error("invalid_request_error", f"Missing required param: {field}.", field)
+        identifier = p.get("identifier") or _id("mev")
+        if any(e["identifier"] == identifier for e in self.meter_events):
+            message = f"An event already exists with identifier {identifier}."
+            return 400, _error("invalid_request_error", message, "identifier", "resource_already_exists")
+        event = {
+            "object": "billing.meter_event", "created": int(time.time()), "event_name": p["event_name"],
+            "identifier": identifier, "livemode": False, "payload": p["payload"],
+            "timestamp": int(p.get("timestamp") or time.time()),
+        }  # fmt: skip
+        self.meter_events.append(event)
+        return 200, event
+
+    # --- Stripe's side (test helpers) -----------------------------------------------------------
+
+    def _price(self, price_id: str) -> dict:
+        info = self.prices[price_id]
+        return {
+            "id": price_id, "object": "price", "active": True, "billing_scheme": "per_unit",
+            "currency": "usd", "livemode": False, "lookup_key": None, "metadata": info.get("metadata", {}),
+            "product": "prod_" + price_id[6:], "type": "recurring",
+            "recurring": {"interval": info["interval"], "interval_count": 1, "usage_type": "licensed"},
+            "unit_amount": info.get("unit_amount", 1000),
+        }  # fmt: skip
+
+    def create_subscription(
+        self,
+        customer: str,
+        price: str,
+        quantity: int = 1,
+        status: str = "active",
+        metadata: dict | None = None,
+    ) -> dict:
+        now = int(time.time())
+        sub_id = _id("sub")
+        end = now + (365 if self.prices[price]["interval"] == "year" else 30) * 86400
+        item = {
+            "id": _id("si"), "object": "subscription_item", "created": now, "metadata": {},
+            "price": self._price(price), "quantity": quantity, "subscription": sub_id,
+            "current_period_start": now, "current_period_end": end, "discounts": [], "tax_rates": [],
+        }  # fmt: skip
+        sub = {
+            "id": sub_id, "object": "subscription", "customer": customer, "status": status, "created": now,
+            "cancel_at_period_end": False, "cancel_at": None, "canceled_at": None, "ended_at": None,
+            "collection_method": "charge_automatically", "currency": "usd", "livemode": False,
+            "metadata": metadata or {}, "start_date": now, "trial_start": None,
+            "trial_end": now + 14 * 86400 if status == "trialing" else None,
+            "latest_invoice": self._invoice(customer, sub_id, now)["id"],
+            "billing_cycle_anchor": now,
+            "items": {"object": "list", "data": [item], "has_more": False,
+                      "total_count": 1, "url": f"/v1/subscription_items?subscription={sub_id}"},
+        }  # fmt: skip
+        self.items[item["id"]] = item
+        self.subscriptions[sub_id] = sub
+        return sub
+
+    def _invoice(self, customer: str, sub_id: str, now: int, status: str = "paid") -> dict:
+        invoice = {
+            "id": _id("in"), "object": "invoice", "customer": customer, "status": status,
+            "collection_method": "charge_automatically", "created": now, "due_date": None,
+            "amount_due": 1200, "amount_paid": 1200 if status == "paid" else 0, "attempt_count": 1,
+            "currency": "usd", "livemode": False,
+            "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub_id}},
+            "status_transitions": {"finalized_at": now, "paid_at": now if status == "paid" else None,
+                                   "marked_uncollectible_at": None, "voided_at": None},
+        }  # fmt: skip
+        self.invoices[invoice["id"]] = invoice
+        return invoice
+
+    def renewal_failed(self, sub_id: str, finalized_at: int) -> dict:
+        """A renewal invoice finalized at ``finalized_at`` could not be charged: the subscription
+        is ``past_due`` with that open invoice as its latest."""
+        with self.lock:
+            sub = self.subscriptions[sub_id]
+            invoice = self._invoice(sub["customer"], sub_id, finalized_at, status="open")
+            invoice["attempt_count"] = 1
+            sub.update(status="past_due", latest_invoice=invoice["id"])
+            return json.loads(json.dumps(invoice))
+
+    def complete_checkout(self, session_id: str, status: str = "active") -> dict:
+        """The customer paid: the session completes and a subscription exists."""
+        with self.lock:
+            session = self.sessions[session_id]
+            line = session["_line_items"][0]
+            sub = self.create_subscription(
+                session["customer"], line["price"], int(line.get("quantity", 1)), status,
+                session["_subscription_data"].get("metadata"),
+            )  # fmt: skip
+            session.update(status="complete", payment_status="paid", subscription=sub["id"])
+            return _public(session)
+
+    def update_subscription(self, sub_id: str, *, price: str | None = None, **changes: Any) -> dict:
+        """Change a subscription on Stripe's side (status, cancel_at_period_end, price...)."""
+        with self.lock:
+            sub = self.subscriptions[sub_id]
+            sub.update(changes)
+            if price:
+                sub["items"]["data"][0]["price"] = self._price(price)
+            return json.loads(json.dumps(sub))
+
+    def snapshot(self, obj: dict) -> dict:
+        return json.loads(json.dumps(_public(obj)))
+
+    def event(self, type: str, obj: dict, created: int | None = None, previous: dict | None = None) -> dict:
+        """An event envelope as Stripe delivers it (api_version pinned like the code)."""
+        from saas.billing.service import STRIPE_API_VERSION
+
+        data: dict[str, Any] = {"object": self.snapshot(obj)}
+        if previous is not None:
+            data["previous_attributes"] = previous
+        return {
+            "id": _id("evt"), "object": "event", "api_version": STRIPE_API_VERSION,
+            "created": int(time.time()) if created is None else created, "data": data, "livemode": False,
+            "pending_webhooks": 1, "request": {"id": _id("req"), "idempotency_key": None}, "type": type,
+        }  # fmt: skip
+
+
+def _public(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+def _error(type_: str, message: str, param: str | None, code: str | None = None) -> dict:
+    err: dict[str, Any] = {"type": type_, "message": message}
+    if param:
+        err["param"] = param
+    if code:
+        err["code"] = code
+    return {"error": err}

@@ -1,0 +1,83 @@
+"""The OpenAPI 3 document and the interactive docs."""
+
+from __future__ import annotations
+
+import pytest
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture()
+def spec(client):
+    r = client.get("/openapi.json")
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    return r.get_json()
+
+
+def _resolve(spec, response):
+    if "$ref" in response:
+        name = response["$ref"].rsplit("/", 1)[-1]
+        return spec["components"]["responses"][name]
+    return response
+
+
+def test_document_basics(spec):
+    assert spec["openapi"].startswith("3.")
+    assert spec["info"]["title"] and spec["info"]["version"] == "v1"
+    for path in (
+        "/api/v1/signup",
+        "/api/v1/auth/login",
+        "/api/v1/contacts",
+        "/api/v1/contacts/{contact_id}",
+        "/api/v1/members",
+        "/api/v1/members/{user_id}",
+        "/api/v1/invitations/accept",
+        "/api/v1/audit-events",
+        "/api/v1/me",
+        "/api/v1/tenant",
+        "/oauth/token",
+    ):
+        assert path in spec["paths"], path
+
+
+def test_bearer_security_scheme(spec):
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert spec["security"] == [{"bearerAuth": []}]
+    # public operations opt out
+    assert spec["paths"]["/api/v1/signup"]["post"]["security"] == []
+    assert spec["paths"]["/api/v1/auth/login"]["post"]["security"] == []
+
+
+def test_error_responses_are_problem_documents(spec):
+    problem = spec["components"]["schemas"]["Problem"]["properties"]
+    assert {"type", "title", "status", "detail", "code", "instance", "errors"} <= set(problem)
+    op = spec["paths"]["/api/v1/contacts/{contact_id}"]["patch"]
+    for status in ("default", "401", "403", "412", "422"):
+        response = _resolve(spec, op["responses"][status])
+        assert list(response["content"]) == [PROBLEM], (status, response)
+        assert response["content"][PROBLEM]["schema"]["$ref"].endswith("/Problem")
+    assert op["x-required-permission"] == "contacts:write"
+
+
+def test_every_secured_operation_documents_401_403_and_its_permission(spec):
+    count = 0
+    for path, ops in spec["paths"].items():
+        if not path.startswith("/api/v1"):
+            continue
+        for method, op in ops.items():
+            if method not in ("get", "post", "put", "patch", "delete") or op.get("security") == []:
+                continue
+            if {} in op.get("security", []):  # bearer or another credential (an mfa_token)
+                continue
+            assert "401" in op["responses"] and "403" in op["responses"], (method, path)
+            assert op.get("x-required-permission") or op.get("x-required-authentication"), (method, path)
+            count += 1
+    assert count >= 10
+
+
+def test_docs_serve_html(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    assert "swagger" in r.get_data(as_text=True).lower()
+    assert "/openapi.json" in r.get_data(as_text=True)
