@@ -10,9 +10,11 @@ policy               applies to                             default           ke
 ``user``/``client``  same, per user or OAuth client         share x tenant    user or client
 ``monthly``          same (quota, not a rate)               monthly_api_calls tenant, period
 ``ip``               unauthenticated routes                 300/1m            client IP
-``login-ip``         ``POST /api/v1/auth/login``            30/1m             client IP
+``login-ip``         ``POST /api/v1/auth/login``, hosted    30/1m             client IP
+                     ``POST /oauth/login``
 ``login-account``    same                                   10/1m             HMAC(email)
-``mfa-ip``           ``POST /api/v1/auth/mfa``              30/1m             client IP
+``mfa-ip``           ``POST /api/v1/auth/mfa``, hosted      30/1m             client IP
+                     ``POST /oauth/mfa``
 ``mfa-account``      same                                   5/1m              email / token sub
 ``token-ip``         ``POST /oauth/token``                  60/1m             client IP
 ``token-client``     same                                   30/1m             client_id, else
@@ -64,7 +66,9 @@ DEFAULT_POLICIES: dict[str, str] = {
 #: (method, path) -> failure-policy group of the strict pre-authentication throttles
 AUTH_ENDPOINTS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/auth/login"): "login",
+    ("POST", "/oauth/login"): "login",  # the hosted sign-in page (form)
     ("POST", "/api/v1/auth/mfa"): "mfa",
+    ("POST", "/oauth/mfa"): "mfa",
     ("POST", "/oauth/token"): "token",
     ("POST", "/api/v1/signup"): "signup",
 }
@@ -174,7 +178,9 @@ def _account_of(group: str, secret: bytes, body: Any, form: Any, auth: Any) -> s
         refresh = form.get("refresh_token") if form else None
         return "r:" + account_subject(secret, refresh) if refresh else None
     if not isinstance(body, dict):
-        return None
+        body = form if form is not None else None  # hosted pages post forms
+        if body is None:
+            return None
     email = body.get("email")
     if group == "signup":
         owner = body.get("owner")

@@ -269,3 +269,13 @@ def test_bad_policy_override_stops_start_up(make_app):
 
     with pytest.raises(SettingsError, match="RATELIMIT_POLICIES: unknown policy 'nope'"):
         make_app(ratelimit_policies=("nope=1/1m",))
+
+
+def test_hosted_login_form_is_throttled_per_account(make_app):
+    app = make_app(ratelimit_policies=("login-account=2/1m",))
+    client = app.test_client()
+    form = {"email": "someone@example.test", "password": "wrong"}
+    first = [client.post("/oauth/login", data=form).status_code for _ in range(2)]
+    assert 429 not in first
+    refused = client.post("/oauth/login", data={**form, "email": "SOMEONE@example.test"})
+    assert refused.status_code == 429 and refused.get_json()["policy"] == "login-account"
