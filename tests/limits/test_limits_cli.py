@@ -56,3 +56,15 @@ def _ctx(app, settings):
     ctx._settings = settings
     ctx._app = app
     return ctx
+
+
+def test_billing_override_reaches_the_limiter_at_once(lapp, lapi, lclient, settings):
+    h = lapi.auth(lapi.signup("override"))
+    before = lclient.get("/api/v1/contacts", headers=h)
+    assert '"tenant";q=60;w=60' in before.headers["RateLimit-Policy"]  # cached now
+    result = _cli(
+        lapp, settings, "tenants", "set-plan", "override", "pro", "--limit", "requests_per_minute=7"
+    )
+    assert result.exit_code == 0, result.output
+    after = lclient.get("/api/v1/contacts", headers=h)
+    assert '"tenant";q=7;w=60' in after.headers["RateLimit-Policy"]
