@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     Raises:
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
-    from saas import api, audit_api, billing, db, errors, health
+    from saas import api, audit_api, billing, cache, db, errors, health, limits
     from saas.auth import api as auth_api
     from saas.auth import authlib_server, hosted
     from saas.auth import views as auth_views
@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         if not settings.database_url:
             raise SettingsError("DATABASE_URL: required (or run `saas dev` for an embedded PostgreSQL)")
         database = db.Database.from_url(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pre_ping=settings.db_pool_pre_ping,
         )
     db.init_app(app, database)
     app.extensions["saas.redis"] = (
@@ -84,6 +87,8 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     _init_request_id(app)
     observability.init_app(app)
     app.before_request(authenticate_request)
+    cache.init_app(app)  # Redis guard, tenant cache, key watcher, ETag / Cache-Control
+    limits.init_app(app)  # rate limits and quotas: one Lua call per request
     smorest = api.init_app(app)
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)

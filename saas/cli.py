@@ -360,7 +360,11 @@ from saas.billing import cli as _billing_cli  # noqa: E402, F401 - registers `sa
 
 _register_auth_commands(main)
 
+from saas.limits.cli import limits as _limits  # noqa: E402 - registers `saas limits`
 from saas.ops import cli as _ops_cli  # noqa: E402, F401 - registers the operations commands
+
+main.add_command(_limits)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -47,6 +47,20 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return convert
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError("expected a number in (0, 1]")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("expected a number >= 0")
+    return value
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -112,6 +126,7 @@ class Settings:
     argon2_parallelism: int = 1
     db_pool_size: int = 10
     db_max_overflow: int = 10
+    db_pool_pre_ping: bool = True
     redis_timeout_seconds: float = 0.25
     log_level: str = "INFO"
     # operations (saas.ops, saas.worker, saas.observability)
@@ -119,6 +134,16 @@ class Settings:
     mail_from: str = "no-reply@localhost"
     outbox_max_attempts: int = 8
     log_format: str = "json"
+    # rate limits, quotas and cache (saas.limits, saas.cache; docs/limits.md)
+    ratelimit_enabled: bool = True
+    ratelimit_policies: tuple[str, ...] = ()
+    ratelimit_principal_share: float = 0.5
+    ratelimit_fail_closed: tuple[str, ...] = ("login", "mfa", "token", "signup")
+    redis_breaker_threshold: int = 2
+    redis_breaker_cooldown_seconds: float = 2.0
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = 300
+    cache_local_ttl_seconds: float = 0.5
     # billing (saas.billing): off while stripe_secret_key is None
     stripe_secret_key: str | None = None
     stripe_webhook_secrets: tuple[str, ...] = ()
@@ -189,12 +214,22 @@ class Settings:
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)
         maybe("DB_POOL_SIZE", "db_pool_size", _positive_int)
         maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
+        maybe("DB_POOL_PRE_PING", "db_pool_pre_ping", _bool)
         maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
         maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
         maybe("SMTP_URL", "smtp_url", _url(("smtp", "smtps")))
         maybe("MAIL_FROM", "mail_from")
         maybe("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _positive_int)
         maybe("LOG_FORMAT", "log_format", _choice("json", "console"))
+        maybe("RATELIMIT_ENABLED", "ratelimit_enabled", _bool)
+        maybe("RATELIMIT_POLICIES", "ratelimit_policies", _csv)
+        maybe("RATELIMIT_PRINCIPAL_SHARE", "ratelimit_principal_share", _fraction)
+        maybe("RATELIMIT_FAIL_CLOSED", "ratelimit_fail_closed", _csv)
+        maybe("REDIS_BREAKER_THRESHOLD", "redis_breaker_threshold", _positive_int)
+        maybe("REDIS_BREAKER_COOLDOWN", "redis_breaker_cooldown_seconds", _non_negative_float)
+        maybe("CACHE_ENABLED", "cache_enabled", _bool)
+        maybe("CACHE_TTL", "cache_ttl_seconds", _positive_int)
+        maybe("CACHE_LOCAL_TTL", "cache_local_ttl_seconds", _non_negative_float)
         maybe("STRIPE_SECRET_KEY", "stripe_secret_key", _stripe_key)
         maybe("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secrets", _webhook_secrets)
         maybe("STRIPE_API_BASE", "stripe_api_base", _url(("http", "https")))

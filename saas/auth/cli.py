@@ -81,6 +81,9 @@ def keys_rotate(ctx: Context, as_json: bool) -> None:
     store.reload()
     max_age = ctx.settings.access_token_ttl_seconds + LEEWAY_SECONDS
     retired = store.retire(max_age)
+    from saas.cache.signing_keys import announce_rotation
+
+    announce_rotation(ctx.settings)  # workers reload within a second, not at their next poll
     security_log.warning(
         "signing key rotated",
         extra={

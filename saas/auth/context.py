@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -23,23 +22,80 @@ from saas.tenancy.models import Membership, Tenant
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
 class Principal:
-    """The authenticated caller of this request."""
+    """The authenticated caller of this request.
 
-    user_id: uuid.UUID | None
-    tenant_id: uuid.UUID
-    client_id: str | None
-    scope: frozenset[str]
-    claims: dict[str, Any]
-    roles: tuple[str, ...] = ()
-    permissions: frozenset[str] = field(default_factory=frozenset)
-    tenant: Tenant | None = None
-    membership: Membership | None = None
+    ``tenant`` and ``membership`` are ORM objects loaded lazily from the request's session the
+    first time a view reads them: the hot path (permission checks) runs on the cached snapshot
+    (``tenant_snapshot``, ``roles``, ``permissions``) and issues no SQL.
+    """
+
+    def __init__(
+        self,
+        user_id: uuid.UUID | None,
+        tenant_id: uuid.UUID,
+        client_id: str | None,
+        scope: frozenset[str],
+        claims: dict[str, Any],
+        roles: tuple[str, ...] = (),
+        permissions: frozenset[str] = frozenset(),
+        tenant: Tenant | None = None,
+        membership: Membership | None = None,
+    ) -> None:
+        self.user_id = user_id
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self.scope = scope
+        self.claims = claims
+        self.roles = roles
+        self.permissions = permissions
+        self._tenant = tenant
+        self._membership = membership
+        self.tenant_snapshot: Any = None
+        self.entitlements: dict[str, Any] = {}
+        self.resolved = tenant is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"Principal(user_id={self.user_id!r}, tenant_id={self.tenant_id!r}, "
+            f"client_id={self.client_id!r}, roles={self.roles!r})"
+        )
 
     @property
     def role(self) -> str | None:
         return self.roles[0] if self.roles else None
+
+    @property
+    def tenant(self) -> Tenant | None:
+        """The caller's tenant (ORM object of the request's session; loaded on first use)."""
+        if self._tenant is None and self.resolved:
+            self._tenant = db.session().get(Tenant, self.tenant_id)
+        return self._tenant
+
+    @tenant.setter
+    def tenant(self, value: Tenant | None) -> None:
+        self._tenant = value
+
+    @property
+    def membership(self) -> Membership | None:
+        """The caller's active membership (ORM object; loaded on first use), None for clients."""
+        if self._membership is None and self.resolved and self.user_id is not None:
+            self._membership = (
+                db.session()
+                .scalars(
+                    select(Membership).where(
+                        Membership.user_id == self.user_id,
+                        Membership.tenant_id == self.tenant_id,
+                        Membership.status == "active",
+                    )
+                )
+                .first()
+            )
+        return self._membership
+
+    @membership.setter
+    def membership(self, value: Membership | None) -> None:
+        self._membership = value
 
 
 def _bearer_token() -> str | None:
@@ -80,45 +136,40 @@ def authenticate_request() -> None:
 
 
 def current_principal() -> Principal:
-    """The caller, with its tenant and membership loaded (one query, once per request).
+    """The caller, with its tenant status, role and permissions resolved once per request.
+
+    Served from the cache (:func:`saas.cache.snapshot_for`): on a hit no SQL runs; on a miss one
+    query loads tenant and membership.
 
     Raises:
         Unauthorized: no bearer token; or the membership is gone (token outlived it).
         Forbidden: the tenant is suspended (``tenant_suspended``).
     """
+    from saas.cache.principals import snapshot_for
+
     principal: Principal | None = g.get("principal")
     if principal is None:
         raise Unauthorized("This endpoint needs an access token.", error=None)
-    if principal.tenant is not None:
+    if principal.resolved:
         return principal
-    session = db.session()
+    snap = snapshot_for(principal.tenant_id, principal.user_id)
+    if snap.tenant is None:
+        raise Unauthorized("The access token's tenant no longer exists.")
     if principal.user_id is not None:
-        row = session.execute(
-            select(Membership, Tenant)
-            .join(Tenant, Tenant.id == Membership.tenant_id)
-            .where(
-                Membership.user_id == principal.user_id,
-                Membership.tenant_id == principal.tenant_id,
-                Membership.status == "active",
-            )
-        ).first()
-        if row is None:
+        if snap.role is None:
             raise Unauthorized("The access token's membership no longer exists.")
-        membership, tenant = row
-        principal.membership = membership
-        principal.roles = (membership.role,)
+        principal.roles = (snap.role,)
     else:
-        tenant = session.get(Tenant, principal.tenant_id)
-        if tenant is None:
-            raise Unauthorized("The access token's tenant no longer exists.")
         principal.roles = tuple(principal.claims.get("roles") or ())
-    if tenant.status != "active":
+    if snap.tenant.status != "active":
         raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
-    principal.tenant = tenant
+    principal.tenant_snapshot = snap.tenant
+    principal.entitlements = snap.entitlements
     granted = permissions_for(principal.roles)
     if "api" not in principal.scope:
         granted = granted & principal.scope
     principal.permissions = granted
+    principal.resolved = True
     return principal
 
 

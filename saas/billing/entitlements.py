@@ -287,7 +287,14 @@ def _drop(redis: Any, tenant_ids: set[uuid.UUID] | list[uuid.UUID]) -> None:
 
 
 def _redis() -> Any:
-    return current_app.extensions.get("saas.redis") if has_app_context() else None
+    """The app's Redis client; None outside an app or while the shared Redis circuit breaker
+    (``saas.cache.guard``) is open, so no request waits on a dead Redis here either."""
+    if not has_app_context():
+        return None
+    guard = current_app.extensions.get("saas.redis_guard")
+    if guard is not None and guard.breaker.is_open():
+        return None
+    return current_app.extensions.get("saas.redis")
 
 
 def load_state(session: Session, tenant_id: uuid.UUID) -> BillingState:
@@ -388,6 +395,9 @@ _DIRTY_KEY = "billing_dirty_tenants"
 def invalidate(session: Session | None, tenant_id: uuid.UUID) -> None:
     """Drop the tenant's cached billing state now and again once ``session`` commits (so no
     reader re-caches the state of before the change)."""
+    from saas.cache import invalidate_tenant
+
+    invalidate_tenant([tenant_id])  # the principal snapshot caches entitlements too
     redis = _redis()
     if session is not None:
         session.info.setdefault(_DIRTY_KEY, set()).add(tenant_id)
@@ -400,6 +410,10 @@ def invalidate(session: Session | None, tenant_id: uuid.UUID) -> None:
 def _after_commit(session: Session) -> None:
     dirty = session.info.pop(_DIRTY_KEY, None)
     redis = session.info.pop("billing_redis", None)
+    if dirty:
+        from saas.cache import invalidate_tenant
+
+        invalidate_tenant(dirty)
     if dirty and redis is not None:
         _drop(redis, dirty)
 

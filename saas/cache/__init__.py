@@ -1,0 +1,88 @@
+"""Caching: a tenant-namespaced Redis cache, the cached principal snapshot, fresh signing keys,
+and the HTTP caching headers of the API.
+
+``init_app(app)`` (called by ``create_app``) registers:
+
+* ``app.extensions["saas.redis_guard"]``: the Redis client behind the circuit breaker shared with
+  the limiter (:mod:`saas.cache.guard`); ``app.extensions["saas.metrics"]``: its counters;
+* ``app.extensions["saas.cache"]``: the :class:`~saas.cache.core.TenantCache` (absent when
+  ``CACHE_ENABLED=false``);
+* the ORM hooks that invalidate a tenant's entries on every change of a watched model;
+* ``app.extensions["saas.key_watcher"]``: signing keys reloaded on rotation;
+* response headers: ``ETag`` on ``GET`` of a single JSON resource (with ``If-None-Match`` ->
+  304) and ``Cache-Control: private, no-store`` on every authenticated JSON response that does
+  not set its own.
+
+Public API: :func:`invalidate_tenant`, :func:`watch_model`, :func:`snapshot_for`,
+:class:`TenantCache`, :func:`publish_rotation`. See docs/limits.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from flask import Flask, Response, request
+
+from saas.cache.core import MISS, TenantCache, invalidate_tenant
+from saas.cache.guard import CircuitBreaker, Counters, RedisGuard, RedisUnavailable
+from saas.cache.principals import PrincipalSnapshot, TenantSnapshot, snapshot_for, watch_model
+from saas.cache.signing_keys import KeyWatcher, announce_rotation, publish_rotation
+
+__all__ = [
+    "MISS",
+    "CircuitBreaker",
+    "Counters",
+    "PrincipalSnapshot",
+    "RedisGuard",
+    "RedisUnavailable",
+    "TenantCache",
+    "TenantSnapshot",
+    "announce_rotation",
+    "init_app",
+    "invalidate_tenant",
+    "publish_rotation",
+    "snapshot_for",
+    "watch_model",
+]
+
+
+def init_app(app: Flask) -> None:
+    from saas.cache.principals import install_hooks
+
+    settings = app.extensions["saas.settings"]
+    counters = app.extensions.setdefault("saas.metrics", Counters())
+    breaker = CircuitBreaker(settings.redis_breaker_threshold, settings.redis_breaker_cooldown_seconds)
+    guard = RedisGuard(app.extensions["saas.redis"], breaker, counters)
+    app.extensions["saas.redis_guard"] = guard
+    if settings.cache_enabled:
+        app.extensions["saas.cache"] = TenantCache(
+            guard, ttl=settings.cache_ttl_seconds, local_ttl=settings.cache_local_ttl_seconds
+        )
+        install_hooks()
+    watcher = KeyWatcher(app.extensions["saas.keys"], guard, check_interval=0.5)
+    app.extensions["saas.key_watcher"] = watcher
+    # first of the request's hooks: a rotation is seen before the token is verified
+    app.before_request_funcs.setdefault(None, []).insert(0, watcher.maybe_check)
+    app.after_request(_http_caching)
+
+
+def _http_caching(response: Response) -> Response:
+    """``ETag`` on single JSON resources, ``no-store`` on authenticated JSON."""
+    if response.mimetype != "application/json":
+        return response
+    authenticated = "Authorization" in request.headers
+    if "Cache-Control" not in response.headers and (authenticated or request.path.startswith("/api/")):
+        response.headers["Cache-Control"] = "private, no-store"
+    if (
+        request.method in ("GET", "HEAD")
+        and response.status_code == 200
+        and request.path.startswith("/api/")
+        and not response.is_streamed
+    ):
+        if "ETag" not in response.headers:
+            body = response.get_data()
+            if body[:1] != b"{":  # a collection or anything else: no validator
+                return response
+            response.set_etag(hashlib.sha256(body).hexdigest()[:32], weak=True)
+        response.make_conditional(request)
+    return response

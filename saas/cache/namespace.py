@@ -1,0 +1,71 @@
+"""Redis key names that carry the tenant by construction (design invariant 8).
+
+Every key of tenant data is built by :class:`TenantKeys`, whose only constructor argument is the
+tenant's :class:`uuid.UUID`: a tenant-less key cannot be spelled through this API. Keys start
+with the Redis Cluster hash tag ``{t:<tenant uuid>}`` so one tenant's keys (rate limits, usage,
+cache entries, cache version) live in one slot and one Lua script may touch them all.
+
+Layout (``<id>`` is the canonical UUID text, ``8c0f...-....``):
+
+==================================  ===========================================================
+``{t:<id>}:rl:<policy>[:<subject>]``  GCRA theoretical arrival time of a rate-limit policy
+``{t:<id>}:usage:<YYYY-MM>``          API calls counted in the billing period (metering reads it)
+``{t:<id>}:cv``                       cache version of the tenant (bumped on every change)
+``{t:<id>}:c:<name>``                 cache entry ``[version, value]`` (JSON)
+==================================  ===========================================================
+
+Keys that belong to no tenant (pre-authentication throttles, platform keys) are built by
+:class:`PublicKeys` under their own hash tags and can never be confused with a tenant's.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+
+class TenantKeys:
+    """Key builder for one tenant. ``TenantKeys(tenant_id)``; raises ``TypeError`` for anything
+    but a :class:`uuid.UUID` (no strings, no ``None``)."""
+
+    __slots__ = ("tag", "tenant_id")
+
+    def __init__(self, tenant_id: uuid.UUID) -> None:
+        if not isinstance(tenant_id, uuid.UUID):
+            raise TypeError(f"a tenant key needs the tenant's UUID, got {type(tenant_id).__name__}")
+        self.tenant_id = tenant_id
+        self.tag = "{t:" + str(tenant_id) + "}"
+
+    def rate(self, policy: str, subject: str | None = None) -> str:
+        """GCRA state key of ``policy`` (optionally for one ``subject`` inside the tenant)."""
+        return f"{self.tag}:rl:{policy}:{subject}" if subject else f"{self.tag}:rl:{policy}"
+
+    def usage(self, period: str) -> str:
+        """Usage counter of billing period ``period`` (``YYYY-MM``)."""
+        return f"{self.tag}:usage:{period}"
+
+    def cache_version(self) -> str:
+        return f"{self.tag}:cv"
+
+    def cache(self, name: str) -> str:
+        return f"{self.tag}:c:{name}"
+
+    def pattern(self, kind: str = "*") -> str:
+        """A SCAN pattern over this tenant's keys of ``kind`` (``rl``, ``c``...)."""
+        return f"{self.tag}:{kind}*" if kind != "*" else f"{self.tag}:*"
+
+
+class PublicKeys:
+    """Keys of throttles that run before any tenant is known (login, signup, per-IP).
+
+    They share the hash tag ``{pre}`` so the per-IP and per-account keys of one request can be
+    checked in one script on a Redis Cluster too (pre-authentication traffic is small).
+    """
+
+    TAG = "{pre}"
+
+    @classmethod
+    def rate(cls, policy: str, subject: str) -> str:
+        return f"{cls.TAG}:rl:{policy}:{subject}"
+
+
+PLATFORM_KEYS_VERSION = "{platform}:keys:version"

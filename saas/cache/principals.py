@@ -1,0 +1,197 @@
+"""Cached tenant resolution, tenant status, entitlements and membership role.
+
+One hot-path read, :func:`snapshot_for`, answers everything the request pipeline needs about a
+caller before the view runs, in one Redis round trip (none when the in-process layer is
+fresh) and no SQL on a hit:
+
+* ``tenant``: id, slug, name, status, plan, schema (entry ``tenant``);
+* ``entitlements``: ``saas.billing.entitlements.entitlements_for(tenant).to_dict()`` (``ent``);
+* the user's membership role and status in the tenant (``m:<user id hex>``).
+
+On a miss the three are computed with one SQL query (tenant left-joined with the membership)
+plus whatever ``entitlements_for`` needs, and stored under the tenant's cache version.
+
+Invalidation is automatic for ORM changes: a flush that inserts, updates or deletes a watched
+model (``Tenant``, ``Membership`` and whatever :func:`watch_model` registers, e.g. billing's
+subscription table) bumps the tenant's version at once, and again after the commit (so a reader
+that refilled the cache between flush and commit from the old committed row is overruled).
+Core ``UPDATE`` statements bypass the ORM: call :func:`saas.cache.invalidate_tenant` after them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app, g
+from sqlalchemy import and_, event, select
+from sqlalchemy.orm import Session
+
+from saas.cache.core import MISS, invalidate_tenant
+
+_WATCHED: dict[type, Callable[[Any], uuid.UUID | None]] = {}
+_INSTALLED = False
+
+
+@dataclass(frozen=True)
+class TenantSnapshot:
+    id: uuid.UUID
+    slug: str
+    name: str
+    status: str
+    plan: str | None
+    schema_name: str
+
+    def to_cache(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "slug": self.slug,
+            "name": self.name,
+            "status": self.status,
+            "plan": self.plan,
+            "schema_name": self.schema_name,
+        }
+
+    @classmethod
+    def from_cache(cls, data: dict[str, Any]) -> TenantSnapshot:
+        return cls(
+            uuid.UUID(data["id"]),
+            data["slug"],
+            data["name"],
+            data["status"],
+            data["plan"],
+            data["schema_name"],
+        )
+
+
+@dataclass(frozen=True)
+class PrincipalSnapshot:
+    """What the pipeline knows about a caller. ``tenant`` None: no such tenant.
+    ``role`` None: no active membership (or a client token, ``user_id`` None)."""
+
+    tenant: TenantSnapshot | None
+    entitlements: dict[str, Any]
+    role: str | None
+    membership_status: str | None
+
+
+def _member_name(user_id: uuid.UUID) -> str:
+    return "m:" + user_id.hex
+
+
+def snapshot_for(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> PrincipalSnapshot:
+    """The caller's snapshot (memoised on ``flask.g`` for the request).
+
+    Uses the request's session (``saas.db.session()``) on a miss.
+    """
+    memo_key = (tenant_id, user_id)
+    memo = g.get("_principal_snapshot")
+    if memo is not None and memo[0] == memo_key:
+        return memo[1]
+    cache = current_app.extensions.get("saas.cache")
+    names = ["tenant", "ent"] + ([_member_name(user_id)] if user_id else [])
+    if cache is not None:
+        values, version = cache.get_many(tenant_id, names)
+    else:
+        values, version = dict.fromkeys(names, MISS), None
+    if any(v is MISS for v in values.values()):
+        computed = _compute(tenant_id, user_id)
+        values = {"tenant": computed["tenant"], "ent": computed["ent"]}
+        if user_id is not None:
+            values[_member_name(user_id)] = computed["member"]
+        if cache is not None and computed["tenant"] is not None:
+            cache.set_many(tenant_id, version, values)
+    tenant_data = values["tenant"]
+    member = values[_member_name(user_id)] if user_id else None
+    snap = PrincipalSnapshot(
+        tenant=TenantSnapshot.from_cache(tenant_data) if tenant_data else None,
+        entitlements=values["ent"] or {},
+        role=member["role"] if member and member.get("status") == "active" else None,
+        membership_status=member.get("status") if member else None,
+    )
+    g._principal_snapshot = (memo_key, snap)
+    return snap
+
+
+def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> dict[str, Any]:
+    from saas import db
+    from saas.billing.entitlements import entitlements_for
+    from saas.tenancy.models import Membership, Tenant
+
+    session = db.session()
+    member: dict[str, Any] | None = None
+    if user_id is not None:
+        row = session.execute(
+            select(Tenant, Membership.role, Membership.status)
+            .outerjoin(Membership, and_(Membership.tenant_id == Tenant.id, Membership.user_id == user_id))
+            .where(Tenant.id == tenant_id)
+        ).first()
+        tenant = row[0] if row else None
+        if row is not None:
+            member = {"role": row[1], "status": row[2]}
+    else:
+        tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        return {"tenant": None, "ent": None, "member": None}
+    ent = entitlements_for(tenant)
+    ent_data = ent.to_dict() if hasattr(ent, "to_dict") else dict(vars(ent))
+    snap = TenantSnapshot(tenant.id, tenant.slug, tenant.name, tenant.status, tenant.plan, tenant.schema_name)
+    out: dict[str, Any] = {"tenant": snap.to_cache(), "ent": ent_data}
+    if user_id is not None:
+        out["member"] = member
+    return out
+
+
+# --- invalidation through ORM events --------------------------------------------------------
+
+
+def watch_model(model: type, tenant_of: Callable[[Any], uuid.UUID | None]) -> None:
+    """Invalidate the tenant's cache whenever a ``model`` row is inserted, updated or deleted
+    through the ORM. ``tenant_of(row)`` returns the row's tenant id.
+
+    Example (billing): ``watch_model(Subscription, lambda s: s.tenant_id)``.
+    """
+    _WATCHED[model] = tenant_of
+    install_hooks()
+
+
+def install_hooks() -> None:
+    """Register the session events once per process (idempotent)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    from saas.tenancy.models import Membership, Tenant
+
+    _WATCHED.setdefault(Tenant, lambda t: t.id)
+    _WATCHED.setdefault(Membership, lambda m: m.tenant_id)
+    event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "after_commit", _after_commit)
+    event.listen(Session, "after_soft_rollback", _after_rollback)
+    _INSTALLED = True
+
+
+def _after_flush(session: Session, flush_context: Any) -> None:
+    touched: set[uuid.UUID] = set()
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        tenant_of = _WATCHED.get(type(obj))
+        if tenant_of is None:
+            continue
+        tenant_id = tenant_of(obj)
+        if isinstance(tenant_id, uuid.UUID):
+            touched.add(tenant_id)
+    if touched:
+        session.info.setdefault("saas.cache.touched", set()).update(touched)
+        invalidate_tenant(touched)
+
+
+def _after_commit(session: Session) -> None:
+    touched = session.info.pop("saas.cache.touched", None)
+    if touched:
+        invalidate_tenant(touched)
+
+
+def _after_rollback(session: Session, previous_transaction: Any) -> None:
+    if not session.in_transaction():
+        session.info.pop("saas.cache.touched", None)

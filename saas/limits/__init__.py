@@ -1,0 +1,221 @@
+"""Tenant-scoped rate limits and monthly quotas on Redis.
+
+``init_app(app)`` installs a ``before_request`` hook that checks every policy that applies to the
+request (see :mod:`saas.limits.policies`) and the tenant's monthly quota in ONE atomic Lua call
+(:mod:`saas.limits.gcra`), and an ``after_request`` hook that adds the ``RateLimit-Policy`` /
+``RateLimit`` / ``X-RateLimit-*`` headers (:mod:`saas.limits.headers`).
+
+Over a limit: 429 problem ``rate_limited`` with ``Retry-After`` and the policy hit
+(``policy``, ``limit``, ``window``). Over the quota: 429 problem ``quota_exceeded`` with
+``reset`` (ISO 8601, UTC) and ``Retry-After`` until the next period.
+
+Usage metering: every admitted authenticated request (unlimited plans included) increments
+``{t:<tenant uuid>}:usage:<YYYY-MM>`` (see :func:`usage_key`); the counter lives until 62 days
+after its period ends. Billing periods are calendar months in UTC until billing provides
+``app.extensions["saas.limits"].period_for`` (a callable ``(tenant_id, now) -> Period``).
+
+Redis failure policy (``RATELIMIT_FAIL_CLOSED``, default ``login,mfa,token,signup``): requests
+whose policies are all in other groups are served (fail open: the error is logged and
+``limits_fail_open_total`` counted); a request with a policy of a fail-closed group gets a 503
+problem ``rate_limit_unavailable`` (``limits_fail_closed_total``). The circuit breaker of
+:mod:`saas.cache.guard` keeps requests from waiting on a dead Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+
+from saas.cache.guard import RedisGuard, RedisUnavailable
+from saas.cache.namespace import TenantKeys
+from saas.errors import AppError, ServiceUnavailable, TooManyRequests
+from saas.limits import gcra, headers, policies
+from saas.limits.gcra import Check, Decision, Quota
+from saas.settings import SettingsError
+
+log = logging.getLogger("saas.limits")
+
+QUOTA_RETENTION = timedelta(days=62)
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A billing period ``[start, end)`` in UTC; ``label`` is ``YYYY-MM`` for calendar months."""
+
+    label: str
+    start: datetime
+    end: datetime
+
+
+def calendar_month(tenant_id: uuid.UUID, now: datetime) -> Period:
+    """The calendar month (UTC) containing ``now``."""
+    now = now.astimezone(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return Period(f"{start:%Y-%m}", start, end)
+
+
+def usage_key(tenant_id: uuid.UUID, period_label: str) -> str:
+    """The metering counter of a tenant's period: ``{t:<tenant uuid>}:usage:<YYYY-MM>`` (an
+    integer string; absent means 0)."""
+    return TenantKeys(tenant_id).usage(period_label)
+
+
+class QuotaExceeded(AppError):
+    status, code, title = 429, "quota_exceeded", "Monthly quota exceeded"
+
+
+class Limiter:
+    """Checks a request's policies. Attributes may be replaced (tests, billing):
+
+    * ``clock``: ``() -> datetime`` (UTC) used to pick the billing period;
+    * ``period_for``: ``(tenant_id, now) -> Period``.
+    """
+
+    def __init__(self, guard: RedisGuard, settings: Any) -> None:
+        self.guard = guard
+        try:
+            self.rates = policies.parse_policies(settings.ratelimit_policies)
+        except ValueError as exc:
+            raise SettingsError(f"RATELIMIT_POLICIES: {exc}") from None
+        self.share = settings.ratelimit_principal_share
+        self.fail_closed = frozenset(settings.ratelimit_fail_closed)
+        self.secret = (settings.secret_key or "").encode() or uuid.uuid4().bytes
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.period_for: Callable[[uuid.UUID, datetime], Period] = calendar_month
+
+    def quota_for(self, tenant_id: uuid.UUID, entitlements: dict[str, Any]) -> Quota | None:
+        limit = entitlements.get("monthly_api_calls")
+        period = self.period_for(tenant_id, self.clock())
+        return Quota(
+            policy="monthly",
+            key=usage_key(tenant_id, period.label),
+            limit=None if limit is None else int(limit),
+            period_label=period.label,
+            period_seconds=int((period.end - period.start).total_seconds()),
+            reset_at=period.end.timestamp(),
+            expire_at=int((period.end + QUOTA_RETENTION).timestamp()),
+        )
+
+    def checks_for_request(self) -> tuple[list[Check], Quota | None]:
+        """The checks and quota of the current request (empty when nothing applies)."""
+        principal = g.get("principal")
+        if principal is not None:
+            from saas.cache.principals import snapshot_for
+
+            snap = snapshot_for(principal.tenant_id, principal.user_id)
+            if snap.tenant is None:
+                return [], None  # the view answers 401
+            checks = policies.tenant_checks(
+                principal.tenant_id, snap.entitlements, principal.user_id, principal.client_id, self.share
+            )
+            return checks, self.quota_for(principal.tenant_id, snap.entitlements)
+        method, path = request.method, request.path
+        body = form = auth = None
+        if (method, path) in policies.AUTH_ENDPOINTS:
+            if request.is_json:
+                body = request.get_json(silent=True)
+            elif request.mimetype == "application/x-www-form-urlencoded":
+                form = request.form
+            auth = request.authorization
+        ip = policies.client_ip(request.remote_addr)
+        return policies.public_checks(method, path, ip, self.rates, self.secret, body, form, auth), None
+
+    def hit(self, checks: list[Check], quota: Quota | None, cost: int = 1, peek: bool = False) -> Decision:
+        """Run the script through the breaker.
+
+        Raises:
+            RedisUnavailable: Redis failed or the breaker is open.
+        """
+        return self.guard.call("limits", lambda r: gcra.run(r, checks, quota, cost, peek))
+
+    def enforce(self) -> None:
+        """``before_request``: admit, or raise 429 / 503 problems."""
+        if request.path in policies.EXEMPT_PATHS or request.method == "OPTIONS":
+            return
+        checks, quota = self.checks_for_request()
+        if not checks:
+            return
+        counters = self.guard.counters
+        try:
+            decision = self.hit(checks, quota)
+        except RedisUnavailable:
+            closed = sorted({c.group for c in checks} & self.fail_closed)
+            if closed:
+                counters.inc("limits_fail_closed_total")
+                raise ServiceUnavailable(
+                    "Sign-in throttling is temporarily unavailable; try again shortly.",
+                    code="rate_limit_unavailable",
+                    title="Rate limiting unavailable",
+                    headers={"Retry-After": str(max(1, round(self.guard.breaker.cooldown)))},
+                ) from None
+            counters.inc("limits_fail_open_total")
+            log.debug("rate limits skipped (redis unavailable): %s %s", request.method, request.path)
+            return
+        g.rate_limit_decision = decision
+        if decision.allowed:
+            return
+        if decision.reason == "quota_exceeded" and decision.quota is not None and decision.quota.limit:
+            counters.inc("quota_exceeded_total")
+            q = decision.quota
+            reset = datetime.fromtimestamp(q.reset_at, UTC)
+            raise QuotaExceeded(
+                f"The tenant used its {q.limit} API calls of period {q.period_label}.",
+                extra={
+                    "policy": q.policy,
+                    "limit": q.limit,
+                    "period": q.period_label,
+                    "reset": reset.isoformat().replace("+00:00", "Z"),
+                },
+                headers={"Retry-After": str(max(1, int(q.reset_at - decision.now) + 1))},
+            )
+        hit = decision.hit
+        assert hit is not None
+        counters.inc(f'rate_limited_total{{policy="{hit.check.policy}"}}')
+        counters.inc("rate_limited_total")
+        raise TooManyRequests(
+            f"Too many requests for policy '{hit.check.policy}' "
+            f"({hit.check.limit} per {hit.check.period} s); retry in {hit.retry_seconds} s.",
+            extra={
+                "policy": hit.check.policy,
+                "limit": hit.check.limit,
+                "window": hit.check.period,
+                "retry_after": max(1, hit.retry_seconds),
+            },
+            headers={"Retry-After": str(max(1, hit.retry_seconds))},
+        )
+
+
+def _add_headers(response: Response) -> Response:
+    decision: Decision | None = g.get("rate_limit_decision")
+    if decision is not None:
+        headers.apply(response.headers, decision)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the limiter (after ``saas.cache.init_app``, which provides the Redis guard)."""
+    settings = app.extensions["saas.settings"]
+    guard: RedisGuard = app.extensions["saas.redis_guard"]
+    limiter = Limiter(guard, settings)
+    app.extensions["saas.limits"] = limiter
+    if not settings.ratelimit_enabled:
+        return
+    if type(guard.client).__module__.startswith("fakeredis"):
+        try:
+            import lupa  # noqa: F401
+        except ImportError:
+            log.warning("rate limits disabled: the in-process Redis stand-in cannot run Lua (set REDIS_URL)")
+            return
+    app.before_request(limiter.enforce)
+    app.after_request(_add_headers)
+
+
+def limiter() -> Limiter:
+    return current_app.extensions["saas.limits"]

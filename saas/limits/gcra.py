@@ -1,0 +1,217 @@
+"""GCRA rate limits and the monthly quota, all checked in one atomic Lua call.
+
+GCRA (the Generic Cell Rate Algorithm, ITU-T I.371; also "leaky bucket as a meter") keeps one
+number per key, the *theoretical arrival time* (TAT), so memory per key is constant whatever the
+limit. A policy of ``limit`` requests per ``period`` seconds uses the emission interval
+``T = ceil(period / limit)`` (in microseconds, an integer so the arithmetic is exact) and the
+tolerance ``tau = limit * T``: a fresh key admits exactly ``limit`` requests at once, then one
+every ``T``. A request at time ``now`` is admitted when ``max(TAT, now) + T - now <= tau``.
+
+The clock is the Redis server's (``TIME`` inside the script), so workers and hosts with skewed
+clocks agree. The script checks every policy first and writes nothing unless all of them (and
+the quota) admit the request: a refused request consumes nothing anywhere.
+
+Script contract (``KEYS``, ``ARGV``)::
+
+    KEYS  = [policy_1 ... policy_n, quota_counter?]
+    ARGV  = [n, cost, peek(0|1), quota_limit(-1: count only, -2: no counter), quota_expire_at,
+             T_1, tau_1, ... T_n, tau_n]          -- T and tau in microseconds
+    reply = [status(0 ok, 1 rate limited, 2 quota exceeded), hit(1-based policy or 0),
+             quota_used, now_us, remaining_1, reset_us_1, retry_us_1, ...]
+
+It runs with ``EVALSHA``; on ``NOSCRIPT`` (server restarted, ``SCRIPT FLUSH``) it is sent once
+with ``EVAL``, which also caches it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+LUA = r"""
+local n = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local peek = tonumber(ARGV[3])
+local quota_limit = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local status, hit, worst = 0, 0, -1
+local out = {}
+local tats = {}
+for i = 1, n do
+  local T = tonumber(ARGV[4 + 2 * i])
+  local tau = tonumber(ARGV[5 + 2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + T * cost
+  local diff = new_tat - now
+  local remaining, reset, retry
+  if diff > tau then
+    retry = diff - tau
+    remaining = math.floor((tau - (tat - now)) / T)
+    reset = tat - now
+    if retry > worst then worst = retry; hit = i end
+    status = 1
+  else
+    retry = 0
+    remaining = math.floor((tau - diff) / T)
+    reset = diff
+  end
+  if remaining < 0 then remaining = 0 end
+  tats[i] = new_tat
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+local used = 0
+if quota_limit >= -1 then
+  used = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
+  if status == 0 and quota_limit >= 0 and used + cost > quota_limit then status = 2 end
+end
+if status == 0 and peek == 0 then
+  for i = 1, n do
+    local ttl = math.ceil((tats[i] - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+  end
+  if quota_limit >= -1 then
+    used = redis.call('INCRBY', KEYS[n + 1], cost)
+    redis.call('EXPIREAT', KEYS[n + 1], tonumber(ARGV[5]))
+  end
+end
+local reply = {status, hit, used, now}
+for i = 1, #out do reply[#reply + 1] = out[i] end
+return reply
+"""
+
+SHA = hashlib.sha1(LUA.encode()).hexdigest()  # noqa: S324 - the script id Redis uses
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One policy applied to one key. ``limit`` requests per ``period`` seconds.
+
+    ``group`` is the failure-policy group (``general``, ``login``, ``mfa``, ``token``, ``signup``).
+    """
+
+    policy: str
+    key: str
+    limit: int
+    period: int
+    group: str = "general"
+
+    @property
+    def interval_us(self) -> int:
+        return -(-self.period * 1_000_000 // self.limit)
+
+    @property
+    def tolerance_us(self) -> int:
+        return self.interval_us * self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A counter of admitted requests per billing period (``limit`` None: counted for metering,
+    not enforced)."""
+
+    policy: str
+    key: str
+    limit: int | None
+    period_label: str
+    period_seconds: int
+    reset_at: float  # unix seconds, end of the period
+    expire_at: int  # unix seconds, when the counter may be dropped
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    check: Check
+    remaining: int
+    reset_seconds: int
+    retry_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one request. ``reason``: ``ok``, ``rate_limited`` or ``quota_exceeded``."""
+
+    allowed: bool
+    reason: str
+    states: tuple[PolicyState, ...]
+    hit: PolicyState | None
+    quota: Quota | None
+    quota_used: int
+    now: float  # unix seconds (Redis clock)
+
+    @property
+    def quota_remaining(self) -> int | None:
+        if self.quota is None or self.quota.limit is None:
+            return None
+        return max(0, self.quota.limit - self.quota_used)
+
+
+def _call(client: Any, nkeys: int, keys: list[str], args: list[Any]) -> list[Any]:
+    """``EVALSHA`` (``EVAL`` on ``NOSCRIPT``).
+
+    On a real :class:`redis.Redis` the command goes straight to a pooled connection: redis-py 8's
+    generic command path (retry wrapper, observability hooks) costs more CPU than the script's
+    round trip. Errors are the same exceptions, and a broken connection is dropped.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if type(client) is not redis.Redis or pool is None or getattr(client, "connection", None) is not None:
+        try:
+            return client.evalsha(SHA, nkeys, *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(LUA, nkeys, *keys, *args)
+    conn = pool.get_connection()
+    try:
+        try:
+            conn.send_command("EVALSHA", SHA, nkeys, *keys, *args)
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_command("EVAL", LUA, nkeys, *keys, *args)
+            return conn.read_response()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _ceil_seconds(us: int) -> int:
+    return int(-(-us // 1_000_000))
+
+
+def run(client: Any, checks: list[Check], quota: Quota | None, cost: int = 1, peek: bool = False) -> Decision:
+    """Check (and unless ``peek``, consume) all ``checks`` and the ``quota`` atomically.
+
+    Raises:
+        redis.RedisError, OSError: Redis failed (the caller applies the failure policy).
+    """
+    keys = [c.key for c in checks]
+    args: list[Any] = [len(checks), cost, 1 if peek else 0]
+    if quota is not None:
+        keys.append(quota.key)
+        args += [-1 if quota.limit is None else quota.limit, quota.expire_at]
+    else:
+        args += [-2, 0]
+    for c in checks:
+        args += [c.interval_us, c.tolerance_us]
+    reply = _call(client, len(keys), keys, args)
+    status, hit, used, now_us = (int(x) for x in reply[:4])
+    states = []
+    for i, c in enumerate(checks):
+        remaining, reset_us, retry_us = (int(x) for x in reply[4 + 3 * i : 7 + 3 * i])
+        states.append(PolicyState(c, remaining, _ceil_seconds(reset_us), _ceil_seconds(retry_us)))
+    reason = ("ok", "rate_limited", "quota_exceeded")[status]
+    return Decision(
+        allowed=status == 0,
+        reason=reason,
+        states=tuple(states),
+        hit=states[hit - 1] if status == 1 and hit else None,
+        quota=quota,
+        quota_used=used,
+        now=now_us / 1_000_000,
+    )

@@ -1,0 +1,214 @@
+"""Which limits apply to a request, and the keys they use.
+
+Policies (names appear in the ``RateLimit-Policy`` header and in 429 problems):
+
+===================  =====================================  ================  ==============
+policy               applies to                             default           key subject
+===================  =====================================  ================  ==============
+``tenant``           every authenticated request            plan's requests_  the tenant
+                                                            per_minute / 1m
+``user``/``client``  same, per user or OAuth client         share x tenant    user or client
+``monthly``          same (quota, not a rate)               monthly_api_calls tenant, period
+``ip``               unauthenticated routes                 300/1m            client IP
+``login-ip``         ``POST /api/v1/auth/login``, hosted    30/1m             client IP
+                     ``POST /oauth/login``
+``login-account``    same                                   10/1m             HMAC(email)
+``mfa-ip``           ``POST /api/v1/auth/mfa``, hosted      30/1m             client IP
+                     ``POST /oauth/mfa``
+``mfa-account``      same                                   5/1m              email / token sub
+``token-ip``         ``POST /oauth/token``                  60/1m             client IP
+``token-client``     same                                   30/1m             client_id, else
+                                                                              HMAC(refresh tok)
+``signup-ip``        ``POST /api/v1/signup``                10/1h             client IP
+``signup-account``   same                                   3/1h              HMAC(owner email)
+===================  =====================================  ================  ==============
+
+Override any fixed one with ``RATELIMIT_POLICIES="login-ip=20/1m,signup-ip=5/1h"`` (units ``s``,
+``m``, ``h``, ``d``). Tenant keys are built by :class:`saas.cache.namespace.TenantKeys` (the
+only way to spell them), pre-authentication keys by :class:`saas.cache.namespace.PublicKeys`.
+IPv6 clients are limited per /64. Account subjects are HMAC-SHA-256 of the normalised value with
+the app's secret key, so Redis never holds an email address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import math
+import re
+import unicodedata
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from saas.cache.namespace import PublicKeys, TenantKeys
+from saas.limits.gcra import Check
+
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+DEFAULT_POLICIES: dict[str, str] = {
+    "ip": "300/1m",
+    "login-ip": "30/1m",
+    "login-account": "10/1m",
+    "mfa-ip": "30/1m",
+    "mfa-account": "5/1m",
+    "token-ip": "60/1m",
+    "token-client": "30/1m",
+    "signup-ip": "10/1h",
+    "signup-account": "3/1h",
+}
+
+#: (method, path) -> failure-policy group of the strict pre-authentication throttles
+AUTH_ENDPOINTS: dict[tuple[str, str], str] = {
+    ("POST", "/api/v1/auth/login"): "login",
+    ("POST", "/oauth/login"): "login",  # the hosted sign-in page (form)
+    ("POST", "/api/v1/auth/mfa"): "mfa",
+    ("POST", "/oauth/mfa"): "mfa",
+    ("POST", "/oauth/token"): "token",
+    ("POST", "/api/v1/signup"): "signup",
+}
+
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    limit: int
+    period: int  # seconds
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """``"30/1m"``, ``"10/h"``, ``"5/30s"``.
+
+        Raises:
+            ValueError: malformed, or a zero limit or period.
+        """
+        match = _RATE_RE.match(text)
+        if not match:
+            raise ValueError(f"expected <count>/<n><s|m|h|d>, got {text!r}")
+        count, n, unit = int(match[1]), int(match[2] or 1), match[3]
+        if count <= 0 or n <= 0:
+            raise ValueError(f"limit and period must be positive in {text!r}")
+        return cls(count, n * _UNITS[unit])
+
+
+def parse_policies(overrides: Iterable[str]) -> dict[str, Rate]:
+    """The fixed policies with ``name=rate`` overrides applied.
+
+    Raises:
+        ValueError: unknown policy name or malformed rate.
+    """
+    specs = dict(DEFAULT_POLICIES)
+    for item in overrides:
+        name, sep, rate = item.partition("=")
+        name = name.strip()
+        if not sep or name not in DEFAULT_POLICIES:
+            raise ValueError(f"unknown policy {name!r} (known: {', '.join(DEFAULT_POLICIES)})")
+        specs[name] = rate
+    return {name: Rate.parse(spec) for name, spec in specs.items()}
+
+
+def client_ip(remote_addr: str | None) -> str:
+    """The rate-limit subject of an address: IPv4 as is, IPv6 as its /64 network."""
+    if not remote_addr:
+        return "unknown"
+    try:
+        addr = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return "invalid"
+    if addr.version == 6:
+        if addr.ipv4_mapped:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False).network_address) + "/64"
+    return str(addr)
+
+
+def account_subject(secret: bytes, value: str) -> str:
+    """HMAC-SHA-256 (first 24 hex digits) of an NFKC-normalised, trimmed, lower-cased value."""
+    normal = unicodedata.normalize("NFKC", value).strip().lower()
+    return hmac.new(secret, normal.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def tenant_checks(
+    tenant_id: uuid.UUID, entitlements: Mapping[str, Any], user_id: uuid.UUID | None, client_id: str | None,
+    share: float,
+) -> list[Check]:  # fmt: skip
+    """The per-tenant and per-principal policies of an authenticated request."""
+    keys = TenantKeys(tenant_id)
+    rpm = int(entitlements.get("requests_per_minute") or 0) or 60
+    checks = [Check("tenant", keys.rate("tenant"), rpm, 60)]
+    per_principal = max(1, math.ceil(rpm * share))
+    if user_id is not None:
+        checks.append(Check("user", keys.rate("user", user_id.hex), per_principal, 60))
+    elif client_id:
+        checks.append(Check("client", keys.rate("client", _safe(client_id)), per_principal, 60))
+    return checks
+
+
+def public_checks(
+    method: str, path: str, ip: str, rates: Mapping[str, Rate], secret: bytes, body: Any, form: Any, auth: Any
+) -> list[Check]:
+    """The policies of an unauthenticated request: the endpoint's strict pair, or ``ip``."""
+    group = AUTH_ENDPOINTS.get((method, path))
+    if group is None:
+        rate = rates["ip"]
+        return [Check("ip", PublicKeys.rate("ip", ip), rate.limit, rate.period)]
+    ip_rate = rates[f"{group}-ip"]
+    checks = [Check(f"{group}-ip", PublicKeys.rate(f"{group}-ip", ip), ip_rate.limit, ip_rate.period, group)]
+    account_policy = "token-client" if group == "token" else f"{group}-account"
+    subject = _account_of(group, secret, body, form, auth)
+    if subject:
+        rate = rates[account_policy]
+        checks.append(
+            Check(account_policy, PublicKeys.rate(account_policy, subject), rate.limit, rate.period, group)
+        )
+    return checks
+
+
+def _account_of(group: str, secret: bytes, body: Any, form: Any, auth: Any) -> str | None:
+    if group == "token":
+        client_id = (form.get("client_id") if form else None) or (auth.username if auth else None)
+        if client_id:
+            return "c:" + account_subject(secret, str(client_id))
+        refresh = form.get("refresh_token") if form else None
+        return "r:" + account_subject(secret, refresh) if refresh else None
+    if not isinstance(body, dict):
+        body = form if form is not None else None  # hosted pages post forms
+        if body is None:
+            return None
+    email = body.get("email")
+    if group == "signup":
+        owner = body.get("owner")
+        email = owner.get("email") if isinstance(owner, dict) else None
+    if isinstance(email, str) and email.strip():
+        return "e:" + account_subject(secret, email)
+    if group == "mfa":
+        token = body.get("mfa_token")
+        if isinstance(token, str) and token:
+            sub = _unverified_sub(token)
+            return ("s:" + account_subject(secret, sub)) if sub else ("m:" + account_subject(secret, token))
+    return None
+
+
+def _unverified_sub(token: str) -> str | None:
+    """The ``sub`` of a JWT-shaped token, unverified (a throttle key only, never trusted)."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > 8192:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    sub = payload.get("sub") if isinstance(payload, dict) else None
+    return sub if isinstance(sub, str) and sub else None
+
+
+def _safe(value: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        return value
+    return hashlib.sha256(value.encode()).hexdigest()[:24]
