@@ -16,6 +16,7 @@ from saas.ops.cli_ops import parse_since
 
 def test_doctor_reports_each_dependency(run_cli, monkeypatch, cli_settings):
     monkeypatch.setenv("SAAS_ENV", "test")
+    monkeypatch.setenv("REDIS_URL", cli_settings.redis_url)  # doctor reads the environment itself
     monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
     monkeypatch.delenv("STRIPE_API_KEY", raising=False)
     r = run_cli("doctor", "--json")
