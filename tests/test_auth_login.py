@@ -248,3 +248,20 @@ def test_junk_bearer_does_not_break_health_or_docs(client):
     junk = {"Authorization": "Bearer junk"}
     assert client.get("/healthz", headers=junk).status_code == 200
     assert client.get("/openapi.json", headers=junk).status_code == 200
+
+
+def test_locked_account_tokens_stop_at_once(api, client, db_session):
+    """An operator lock (``saas users lock``) ends the account's live access tokens at the next
+    request, although the principal was cached: the cached snapshot carries the account status."""
+    from sqlalchemy import update
+
+    from saas.cache import invalidate_tenant
+    from saas.identity.models import User
+
+    acme = api.signup("acme")
+    h = api.auth(acme)
+    assert client.get("/api/v1/me", headers=h).status_code == 200  # cached now
+    db_session.execute(update(User).where(User.id == uuid.UUID(acme["user"]["id"])).values(status="locked"))
+    db_session.flush()
+    invalidate_tenant([uuid.UUID(acme["tenant"]["id"])])  # what the lock command's commit does
+    assert_problem(client.get("/api/v1/me", headers=h), 401)

@@ -118,19 +118,23 @@ def snapshot_for(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> PrincipalSn
 def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> dict[str, Any]:
     from saas import db
     from saas.billing.entitlements import entitlements_for
+    from saas.identity.models import User
     from saas.tenancy.models import Membership, Tenant
 
     session = db.session()
     member: dict[str, Any] | None = None
     if user_id is not None:
         row = session.execute(
-            select(Tenant, Membership.role, Membership.status)
+            select(Tenant, Membership.role, Membership.status, User.status)
             .outerjoin(Membership, and_(Membership.tenant_id == Tenant.id, Membership.user_id == user_id))
+            .outerjoin(User, User.id == Membership.user_id)
             .where(Tenant.id == tenant_id)
         ).first()
         tenant = row[0] if row else None
         if row is not None:
-            member = {"role": row[1], "status": row[2]}
+            # a locked account's tokens stop working at once, like a removed membership's
+            status = row[2] if row[3] in (None, "active") else "account_locked"
+            member = {"role": row[1], "status": status}
     else:
         tenant = session.get(Tenant, tenant_id)
     if tenant is None:

@@ -187,10 +187,13 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
             )
             revoked = result.rowcount or 0
         action = "user.locked" if status == "locked" else "user.unlocked"
-        schemas = session.scalars(
-            select(Tenant.schema_name).join(Membership, Membership.tenant_id == Tenant.id)
+        tenants = session.execute(
+            select(Tenant.id, Tenant.schema_name).join(Membership, Membership.tenant_id == Tenant.id)
             .where(Membership.user_id == u.id)
         ).all()  # fmt: skip
+        schemas = [schema for _, schema in tenants]
+        # cached principals of every tenant the user is in must see the new status at once
+        session.info.setdefault("saas.cache.touched", set()).update(tid for tid, _ in tenants)
         from saas import outbox
 
         event = "account_locked" if status == "locked" else "account_unlocked"
