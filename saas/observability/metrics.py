@@ -48,6 +48,24 @@ JOBS = Counter("saas_jobs_total", "Outbox messages handled by topic and outcome 
 JOB_LATENCY = Histogram("saas_job_duration_seconds", "Time to handle one outbox message.", ["topic"])
 
 
+def ensure_multiproc_dir() -> str | None:
+    """Create ``PROMETHEUS_MULTIPROC_DIR`` when it is set and missing (gunicorn's ``on_starting``
+    creates it for the app; ``saas worker`` and other processes call this at start): without
+    it every metric update raises FileNotFoundError. Returns the directory, or None when unset
+    or when it cannot be created (logged; metric updates then fail and callers ignore that)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        import logging
+
+        logging.getLogger("saas.metrics").warning("cannot create PROMETHEUS_MULTIPROC_DIR %s", path)
+        return None
+    return path
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     labels = (route, method, str(status))
     REQUESTS.labels(*labels).inc()
