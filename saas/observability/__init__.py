@@ -46,7 +46,7 @@ def init_app(app: Flask) -> None:
         principal = g.get("principal")
         fields = {
             "request_id": g.get("request_id"),
-            "method": request.method,
+            "method": metrics.method_label(request.method),
             "route": route,
             "status": response.status_code,
             "duration_ms": round(seconds * 1000, 2),

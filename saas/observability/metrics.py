@@ -66,8 +66,20 @@ def ensure_multiproc_dir() -> str | None:
     return path
 
 
+#: the ``method`` label's values: anything else (``PROPFIND``, garbage) counts as ``OTHER``, so a
+#: client cannot create label values (a new time series per invented method)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """``method`` when it is one of :data:`HTTP_METHODS`, else ``"OTHER"``."""
+    return method if method in HTTP_METHODS else "OTHER"
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    labels = (route, method, str(status))
+    """Count one request. ``route`` must be a URL rule template (``/api/v1/contacts/<uuid:id>``)
+    or ``unmatched``, never a raw path; ``method`` is mapped by :func:`method_label`."""
+    labels = (route, method_label(method), str(status))
     REQUESTS.labels(*labels).inc()
     LATENCY.labels(*labels).observe(seconds)
 

@@ -158,3 +158,36 @@ def test_webhook_receive_counts_events_by_type_and_outcome(monkeypatch):
     with pytest.raises(webhooks.WebhookProcessingFailed):
         webhooks.receive(None, None, {"id": "evt_2", "type": "invoice.paid"})
     assert value("processed") == before_ok + 1 and value("failed") == before_failed + 1
+
+
+def test_method_label_is_a_fixed_set_and_route_never_the_raw_path(client, api):
+    """Review defect: the ``method`` label was the raw method (a client could mint series)."""
+    acme = api.signup("acme")
+    for method in ("PROPFIND", "XYZZY-1", "get"):
+        client.open(f"/api/v1/contacts/{method}-id", method=method, headers=api.auth(acme))
+    client.get("/no/such/path/abc123")
+    body = client.get("/metrics").get_data(as_text=True)
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in body.splitlines()
+        if line.startswith("saas_http_requests_total{")
+    }
+    assert methods <= metrics.HTTP_METHODS | {"OTHER"} and "OTHER" in methods
+    assert "PROPFIND" not in body and "XYZZY" not in body and "abc123" not in body
+    assert "-id" not in body  # the path segment never becomes a label value
+
+
+def test_gunicorn_child_exit_removes_the_dead_workers_live_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    namespace: dict = {}
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "infra", "gunicorn.conf.py")
+    exec(compile(open(path).read(), "gunicorn.conf.py", "exec"), namespace)  # noqa: S102
+    (tmp_path / "gauge_livesum_4242.db").write_bytes(b"")
+    (tmp_path / "gauge_liveall_4242.db").write_bytes(b"")
+    (tmp_path / "gauge_livesum_4343.db").write_bytes(b"")
+
+    class _Worker:
+        pid = 4242
+
+    namespace["child_exit"](None, _Worker())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gauge_livesum_4343.db"]
