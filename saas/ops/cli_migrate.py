@@ -76,13 +76,39 @@ def tenants_migrate(
 
 @db.command("check")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--migrations-only",
+    is_flag=True,
+    help="only: shared track at head and every tenant at head (cheap; what a release waits for)",
+)
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=0,
+    type=click.IntRange(0, 86400),
+    help="re-check every 5 s for up to this many seconds until it passes (an initContainer)",
+)
 @pass_ctx
 @_fail_cleanly
-def db_check(ctx: Context, as_json: bool) -> None:
+def db_check(ctx: Context, as_json: bool, migrations_only: bool, wait_seconds: int) -> None:
     """Models and both migration tracks agree; every tenant schema at head (exit 1 otherwise)."""
+    import time
+
     from saas.ops.dbcheck import check_database
 
-    results = check_database(ctx.engine)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            results = check_database(ctx.engine, migrations_only=migrations_only)
+        except Exception as exc:  # database not reachable yet: retried while waiting
+            if time.monotonic() >= deadline:
+                raise
+            click.echo(f"waiting: {type(exc).__name__}", err=True)
+        else:
+            if all(r.ok for r in results) or time.monotonic() >= deadline:
+                break
+            click.echo("waiting: " + "; ".join(r.detail for r in results if not r.ok), err=True)
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     if as_json:
         _print_json([r.to_dict() for r in results])
     else:

@@ -173,3 +173,18 @@ def test_nothing_pending_never_imports_alembic(engine, committed):
     url = engine.url.render_as_string(hide_password=False)
     out = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_db_check_migrations_only_waits_for_the_migration(committed, run_cli, engine):
+    """What the app's wait-for-migrations initContainer runs before a release serves."""
+    tenant = committed.tenant()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE saas.tenants SET schema_version = 'old' WHERE id = :i"), {"i": tenant.id})
+    result = run_cli("db", "check", "--migrations-only", "--wait", "1", "--json")
+    assert result.exit_code == 1
+    checks = {c["name"]: c["ok"] for c in json.loads(result.stdout)}
+    assert checks == {"shared revision": True, "tenant schemas at head": False}
+    assert "waiting:" in result.stderr
+    assert run_cli("tenants", "migrate", "--tenant", tenant.slug).exit_code == 0
+    result = run_cli("db", "check", "--migrations-only", "--wait", "30")
+    assert result.exit_code == 0, result.output

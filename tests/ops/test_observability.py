@@ -180,8 +180,10 @@ def test_method_label_is_a_fixed_set_and_route_never_the_raw_path(client, api):
 def test_gunicorn_child_exit_removes_the_dead_workers_live_files(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     namespace: dict = {}
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "infra", "gunicorn.conf.py")
-    exec(compile(open(path).read(), "gunicorn.conf.py", "exec"), namespace)  # noqa: S102
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "infra" / "gunicorn.conf.py").read_text()
+    exec(compile(source, "gunicorn.conf.py", "exec"), namespace)  # noqa: S102
     (tmp_path / "gauge_livesum_4242.db").write_bytes(b"")
     (tmp_path / "gauge_liveall_4242.db").write_bytes(b"")
     (tmp_path / "gauge_livesum_4343.db").write_bytes(b"")
@@ -191,3 +193,32 @@ def test_gunicorn_child_exit_removes_the_dead_workers_live_files(tmp_path, monke
 
     namespace["child_exit"](None, _Worker())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gauge_livesum_4343.db"]
+
+
+def test_readyz_optional_redis_decides_by_the_database_alone(settings, engine, connection):
+    """Review defect: the readiness probe answered 503 in a Redis outage, removing every pod
+    (while limits and caches fail open). ``?optional=redis`` reports Redis, decides by the DB."""
+    import socket
+
+    from saas import create_app
+    from saas.db import Database
+    from saas.redis_client import make_redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nothing listens here once closed
+    app = create_app(
+        settings, database=Database(engine), redis=make_redis(f"redis://127.0.0.1:{dead_port}/0", 0.1)
+    )
+    app.testing = True
+    http = app.test_client()
+    strict = http.get("/readyz")
+    assert strict.status_code == 503 and strict.get_json()["checks"]["redis"]["ok"] is False
+    relaxed = http.get("/readyz?optional=redis")
+    assert relaxed.status_code == 200, relaxed.get_json()
+    body = relaxed.get_json()
+    assert body["status"] == "ready" and body["checks"]["database"]["ok"] is True
+    assert body["checks"]["redis"] == {**body["checks"]["redis"], "ok": False, "optional": True}
+    bad = http.get("/readyz?optional=database")
+    assert bad.status_code == 422 and bad.mimetype == "application/problem+json"
+    app.extensions["saas.db"].dispose()
