@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from saas.cli import Context, _fail_cleanly, _print_json, operator_actor, pass_ctx, tenants
+from saas.cli import CliError, Context, _fail_cleanly, _print_json, operator_actor, pass_ctx, tenants
 
 
 def _done(as_json: bool, data: dict, message: str) -> None:
@@ -52,10 +52,13 @@ def tenants_resume(ctx: Context, tenant: str, as_json: bool) -> None:
     _done(as_json, data, f"resumed {data['slug']}")
 
 
-def _default_export_path(ctx: Context, slug: str) -> Path:
+def _default_export_path(ctx: Context, slug: str) -> Path | None:
+    """``<SAAS_EXPORT_DIR>/<slug>-<time>.jsonl``, or None when no durable directory is set."""
     from saas.db import utcnow
 
-    return ctx.settings.var_dir / "exports" / f"{slug}-{utcnow():%Y%m%dT%H%M%SZ}.jsonl"
+    if ctx.settings.export_dir is None:
+        return None
+    return ctx.settings.export_dir / f"{slug}-{utcnow():%Y%m%dT%H%M%SZ}.jsonl"
 
 
 @tenants.command("delete")
@@ -71,7 +74,7 @@ def _default_export_path(ctx: Context, slug: str) -> Path:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="export file for --now (default: <var>/exports/<slug>-<time>.jsonl)",
+    help="export file for --now (required unless SAAS_EXPORT_DIR names a durable directory)",
 )
 @click.option("--yes", is_flag=True, help="confirm --now")
 @click.option("--json", "as_json", is_flag=True)
@@ -95,14 +98,40 @@ def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool
         return
     if not yes:
         raise click.UsageError("--now drops the tenant at once: add --yes to confirm")
+    if out is None and ctx.settings.export_dir is None:
+        raise click.UsageError(
+            "--now drops the tenant after exporting it: give --out FILE on durable storage "
+            "(or set SAAS_EXPORT_DIR to a durable directory)"
+        )
+    from saas.ops.lifecycle import resume, suspend
+
     engine = ctx.database.engine
-    with ctx.database.transaction() as session:  # suspended first: no write lands after the export
+    actor = operator_actor()
+    # 1. suspended (no request or refresh gets through) but NOT scheduled for deletion: if the
+    #    export fails, nothing is dropped, by us or by the purge CronJob
+    with ctx.database.transaction() as session:
         t = find_tenant(session, tenant, for_update=True)
-        if t.deleted_at is None:
-            schedule_deletion(session, t, operator_actor(), 0)
+        was_active = t.status == "active" and t.deleted_at is None
+        if t.status == "active":
+            suspend(session, t, "deletion in progress (saas tenants delete --now)", actor)
         slug, tid = t.slug, t.id
     path = out or _default_export_path(ctx, slug)
-    counts = export_to_file(engine, str(tid), path)
+    assert path is not None
+    # 2. the export, streamed from one snapshot, written to a temporary name and renamed whole
+    try:
+        counts = export_to_file(engine, str(tid), path)
+    except BaseException as exc:
+        if was_active:  # back as it was: the operator retries once the cause is fixed
+            with ctx.database.transaction() as session:
+                resume(session, find_tenant(session, str(tid), for_update=True), actor)
+        if isinstance(exc, Exception):
+            state = "resumed" if was_active else "left as it was"
+            raise CliError(
+                f"export to {path} failed ({type(exc).__name__}: {exc}); "
+                f"nothing was deleted, the tenant {state}"
+            ) from exc
+        raise
+    # 3. only now: the schema and the shared rows go, in one transaction
     with ctx.database.transaction() as session:
         drop_tenant(session, find_tenant(session, str(tid), for_update=True))
     import logging

@@ -118,7 +118,10 @@ def export_tenant(engine: Engine, tenant_ref: str, out: IO[str]) -> dict[str, in
             row = {c: getattr(m, c) for c in ("id", "user_id", "role", "status", "invited_by", "created_at")}
             out.write(_line({"table": "saas.memberships", "row": row}))
         counts["saas.memberships"] = len(memberships)
-        tconn = conn.execution_options(schema_translate_map={TENANT_PLACEHOLDER: schema})
+        # a server-side cursor fetched 1,000 rows at a time: a large tenant is never held in memory
+        tconn = conn.execution_options(
+            schema_translate_map={TENANT_PLACEHOLDER: schema}, stream_results=True, yield_per=1000
+        )
         for table in _tenant_tables():
             n = 0
             order = list(table.primary_key.columns) or list(table.columns)[:1]

@@ -156,3 +156,30 @@ def test_export_import_roundtrip_and_delete_now(committed, run_cli, engine, tmp_
             == 0
         )
         assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE id = :i"), {"i": src.id}) == 0
+
+
+def test_delete_now_exports_first_and_a_failed_export_deletes_nothing(
+    committed, run_cli, engine, monkeypatch
+):
+    """Review defect: --now committed a 0-day deletion before exporting; a failed export left a
+    tenant the purge CronJob then dropped with no export anywhere."""
+    from saas.ops import export
+
+    tenant = committed.tenant()
+    r = run_cli("tenants", "delete", tenant.slug, "--now", "--yes")
+    assert r.exit_code == 2 and "--out" in r.output  # no durable destination: refused up front
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "export_to_file", disk_full)
+    r = run_cli("tenants", "delete", tenant.slug, "--now", "--yes", "--out", "/nonexistent/x.jsonl")
+    assert r.exit_code == 1 and "nothing was deleted" in r.stderr
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, deleted_at, purge_after FROM saas.tenants WHERE id = :i"), {"i": tenant.id}
+        ).one()
+    assert tuple(row) == ("active", None, None)  # resumed; never scheduled for the purge
+    actions = [a for a, _, _ in _audit(engine, tenant.schema_name)]
+    assert "tenant.suspended" in actions and "tenant.resumed" in actions
+    assert "tenant.deletion_scheduled" not in actions
