@@ -171,7 +171,7 @@ def tenants_purge(ctx: Context, only: tuple[str, ...], dry_run: bool, as_json: b
     data = {"purged": [r.slug for r in results if r.ok],
             "failed": [{"slug": r.slug, "error": r.error} for r in results if not r.ok]}  # fmt: skip
     _done(as_json, data, f"purged {len(data['purged'])} tenants" +
-          "".join(f"\\nfailed {f['slug']}: {f['error']}" for f in data["failed"]))  # fmt: skip
+          "".join(f"\nfailed {f['slug']}: {f['error']}" for f in data["failed"]))  # fmt: skip
     if data["failed"]:
         sys.exit(1)
 
@@ -201,17 +201,29 @@ def tenants_export(ctx: Context, tenant: str, out: Path) -> None:
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--slug", required=True, help="slug of the NEW tenant")
 @click.option("--name", help="name of the new tenant (default: the exported one)")
+@click.option(
+    "--reuse-stripe-customer",
+    is_flag=True,
+    help="attach the export's Stripe customer and subscription (only once no tenant holds them)",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_fail_cleanly
-def tenants_import(ctx: Context, file, slug: str, name: str | None, as_json: bool) -> None:
-    """Restore an export into a NEW tenant (new id, schema and slug), in one transaction."""
+def tenants_import(ctx: Context, file, slug: str, name: str | None, reuse_stripe_customer: bool,
+                   as_json: bool) -> None:  # fmt: skip
+    """Restore an export into a NEW tenant (new id, schema and slug), in one transaction.
+
+    Stripe ids in the file are NOT attached unless --reuse-stripe-customer (docs/operations.md).
+    """
     from saas.ops.export import import_tenant
 
+    notes: list[str] = []
     with ctx.database.transaction() as session:
-        t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor())
-        data = {"slug": t.slug, "id": str(t.id), "schema": t.schema_name, "rows": counts}
-    _done(as_json, data, f"imported into {data['slug']} ({data['id']}): {sum(counts.values())} rows")
+        t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor(),
+                                  reuse_stripe_customer=reuse_stripe_customer, notes=notes)  # fmt: skip
+        data = {"slug": t.slug, "id": str(t.id), "schema": t.schema_name, "rows": counts, "notes": notes}
+    _done(as_json, data, f"imported into {data['slug']} ({data['id']}): {sum(counts.values())} rows"
+          + "".join(f"\nnote: {n}" for n in notes))  # fmt: skip
 
 
 @tenants.command("rename-slug")

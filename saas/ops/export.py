@@ -1,12 +1,17 @@
 """Tenant export and import (``saas tenants export`` / ``saas tenants import``).
 
-Format ``saas.tenant-export`` version 1: UTF-8 JSON Lines, one JSON object per line.
+Format ``saas.tenant-export`` version 2 (version 1 files, without the shared rows marked *v2*
+below, are still imported): UTF-8 JSON Lines, one JSON object per line.
 
 1. header: ``{"format": "saas.tenant-export", "version": 1, "exported_at": ISO-8601,
    "tenant_revision": <tenant track revision of the schema>, "shared_revision": ...,
    "tenant": {"id", "slug", "name", "status", "plan", "settings", "created_at"}}``
 2. shared rows: ``{"table": "saas.users", "row": {...}}`` (the members' users: id, email, name,
    password_hash, status, created_at) and ``{"table": "saas.memberships", "row": {...}}``;
+   *v2*: every column of the tenant's ``saas.oauth_clients`` (secret as its hash),
+   ``saas.oauth_consents``, ``saas.billing_accounts`` (Stripe ids included),
+   ``saas.billing_overrides``, and the members' ``saas.mfa_factors`` (TOTP secret still
+   encrypted under the source's ``SECRET_KEY``) and ``saas.mfa_recovery_codes`` (hashes);
 3. tenant rows: ``{"table": "tenant.<name>", "row": {...}}`` for every table of the tenant
    schema (``contacts``, ``audit_events``, ...), in dependency order;
 4. trailer: ``{"end": true, "counts": {"<table>": n, ...}}``; a file without it is truncated and
@@ -18,14 +23,27 @@ secret. Refresh tokens and pending invitations are not exported.
 
 Import always creates a NEW tenant (new id, schema and slug) at the current tenant head; it
 refuses a file whose ``tenant_revision`` differs from the head (migrate the source first). Users
-are matched by email (an existing account is linked, not overwritten); a new user keeps its id
-when free. User ids inside tenant rows (``created_by``, audit ``actor_id``) follow that mapping.
+are matched by email (an existing account is linked, not overwritten: its own MFA factors stay,
+the file's are ignored); a new user keeps its id when free and gets the file's MFA factors and
+recovery codes (new row ids; the TOTP secrets decrypt only where ``SECRET_KEY`` is the
+source's). User ids inside tenant rows (``created_by``, audit ``actor_id``) follow that mapping.
+
+Shared rows of the tenant get new row ids and the new tenant id. OAuth clients keep their
+``client_id`` (and secret) when it is free, else get a new ``c_...`` one (the file's source
+tenant still exists: a copy); consents follow the client mapping. Billing overrides are copied.
+The billing account carries Stripe's customer and subscription ids, which must never silently
+bill two tenants to one customer: by default they are **not** attached (no billing account row;
+the ids are named in the import notes and the audit event, and the tenant's plan is copied);
+``reuse_stripe_customer=True`` (``saas tenants import --reuse-stripe-customer``, for a move
+after the source is gone) copies the account, and fails with ``stripe_customer_in_use`` while
+another tenant holds that customer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -45,7 +63,9 @@ from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
 
 FORMAT = "saas.tenant-export"
-VERSION = 1
+VERSION = 2
+#: versions :func:`import_tenant` reads
+READABLE_VERSIONS = (1, 2)
 _USER_ID_COLUMNS = {"created_by", "updated_by", "user_id", "invited_by"}
 
 
@@ -67,6 +87,29 @@ def _tenant_tables() -> list[Table]:
     import tenants.models  # noqa: F401 - registers the product's tables
 
     return list(tenant_metadata.sorted_tables)
+
+
+def _shared_queries(tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[tuple[str, Any]]:
+    """(record table name, SELECT) for the tenant's v2 shared rows, in import order."""
+    from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
+    from saas.billing.models import BillingAccount, BillingOverride
+
+    def of_tenant(model: Any) -> Any:
+        table = model.__table__
+        return select(table).where(table.c.tenant_id == tenant_id).order_by(*table.primary_key.columns)
+
+    def of_users(model: Any) -> Any:
+        table = model.__table__
+        return select(table).where(table.c.user_id.in_(user_ids)).order_by(table.c.id)
+
+    return [
+        ("saas.mfa_factors", of_users(MfaFactor)),
+        ("saas.mfa_recovery_codes", of_users(RecoveryCode)),
+        ("saas.oauth_clients", of_tenant(OAuthClient)),
+        ("saas.oauth_consents", of_tenant(Consent)),
+        ("saas.billing_accounts", of_tenant(BillingAccount)),
+        ("saas.billing_overrides", of_tenant(BillingOverride)),
+    ]
 
 
 def export_tenant(engine: Engine, tenant_ref: str, out: IO[str]) -> dict[str, int]:
@@ -118,6 +161,12 @@ def export_tenant(engine: Engine, tenant_ref: str, out: IO[str]) -> dict[str, in
             row = {c: getattr(m, c) for c in ("id", "user_id", "role", "status", "invited_by", "created_at")}
             out.write(_line({"table": "saas.memberships", "row": row}))
         counts["saas.memberships"] = len(memberships)
+        for key, query in _shared_queries(tenant.id, [u.id for u in users]):
+            n = 0
+            for row in conn.execute(query).mappings():
+                out.write(_line({"table": key, "row": dict(row)}))
+                n += 1
+            counts[key] = n
         # a server-side cursor fetched 1,000 rows at a time: a large tenant is never held in memory
         tconn = conn.execution_options(
             schema_translate_map={TENANT_PLACEHOLDER: schema}, stream_results=True, yield_per=1000
@@ -156,7 +205,7 @@ def _read(lines: Iterator[str]) -> tuple[dict[str, Any], list[dict[str, Any]], d
         raise ValidationError({"file": ["Not a tenant export (no header line)."]}) from None
     if header.get("format") != FORMAT:
         raise ValidationError({"file": [f"Not a tenant export (format {header.get('format')!r})."]})
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise ValidationError({"file": [f"Unsupported export version {header.get('version')!r}."]})
     records: list[dict[str, Any]] = []
     trailer = None
@@ -196,9 +245,22 @@ def _convert(table: Table, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def import_tenant(
-    session: Session, lines: Iterator[str], *, slug: str, name: str | None, actor: audit.Actor
+    session: Session,
+    lines: Iterator[str],
+    *,
+    slug: str,
+    name: str | None,
+    actor: audit.Actor,
+    reuse_stripe_customer: bool = False,
+    notes: list[str] | None = None,
 ) -> tuple[Tenant, dict[str, int]]:
     """Restore an export into a new tenant in ``session``'s transaction (not committed).
+
+    Args:
+        reuse_stripe_customer: attach the file's Stripe customer and subscription to the new
+            tenant (see the module docstring); by default they are left out.
+        notes: appended with what the operator must know (a renamed ``client_id``, Stripe ids
+            not attached).
 
     Returns:
         (the new tenant, rows inserted per table).
@@ -206,7 +268,8 @@ def import_tenant(
     Raises:
         ValidationError: malformed or truncated file, counts that do not match, bad slug, or an
             export at another tenant revision.
-        Conflict: the slug is taken (``slug_taken``).
+        Conflict: the slug is taken (``slug_taken``), or the Stripe customer to reuse belongs
+            to another tenant (``stripe_customer_in_use``).
     """
     from saas.migrate import tenant_head_revision
     from saas.tenancy.provisioning import create_tenant_schema
@@ -250,6 +313,7 @@ def import_tenant(
     create_tenant_schema(session.connection(), schema)
 
     user_map: dict[str, str] = {}
+    created_users: set[str] = set()  # source ids of users this import created
     by_table: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         by_table.setdefault(rec["table"], []).append(rec["row"])
@@ -270,6 +334,7 @@ def import_tenant(
             )
         )
         user_map[row["id"]] = str(new_id)
+        created_users.add(row["id"])
     session.flush()
     for row in by_table.get("saas.memberships", []):
         session.add(
@@ -289,6 +354,9 @@ def import_tenant(
         "saas.users": len(by_table.get("saas.users", [])),
         "saas.memberships": len(by_table.get("saas.memberships", [])),
     }
+    billing_note = _import_shared(
+        session, by_table, tenant_id, user_map, created_users, reuse_stripe_customer, counts, notes
+    )
     tables = {f"tenant.{t.name}": t for t in _tenant_tables()}
     unknown = [t for t in by_table if t.startswith("tenant.") and t not in tables]
     if unknown:
@@ -314,9 +382,119 @@ def import_tenant(
         "tenant.imported",
         target_type="tenant",
         target_id=tenant_id,
-        data={"source_tenant": source.get("id"), "source_slug": source.get("slug"), "rows": counts},
+        data={
+            "source_tenant": source.get("id"),
+            "source_slug": source.get("slug"),
+            "rows": counts,
+            **billing_note,
+        },
         actor=actor,
         schema=schema,
     )
     session.flush()
     return tenant, counts
+
+
+def _import_shared(
+    session: Session,
+    by_table: dict[str, list[dict[str, Any]]],
+    tenant_id: uuid.UUID,
+    user_map: dict[str, str],
+    created_users: set[str],
+    reuse_stripe_customer: bool,
+    counts: dict[str, int],
+    notes: list[str] | None,
+) -> dict[str, Any]:
+    """Insert the v2 shared rows for the new tenant; returns what the audit event records about
+    billing."""
+    from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
+    from saas.billing.models import BillingAccount, BillingOverride
+
+    notes = notes if notes is not None else []
+    conn = session.connection()
+
+    def mapped_user(value: Any) -> uuid.UUID | None:
+        return uuid.UUID(user_map[str(value)]) if value is not None and str(value) in user_map else None
+
+    def insert_rows(key: str, model: Any, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(insert(model.__table__), rows)
+        counts[key] = len(rows)
+
+    # MFA: only for users this import created (an existing account keeps its own factors)
+    for key, model in (("saas.mfa_factors", MfaFactor), ("saas.mfa_recovery_codes", RecoveryCode)):
+        rows = []
+        for raw in by_table.get(key, []):
+            if raw.get("user_id") not in created_users:
+                continue
+            values = _convert(model.__table__, raw)
+            values.update(id=uuid.uuid4(), user_id=mapped_user(raw["user_id"]))
+            rows.append(values)
+        insert_rows(key, model, rows)
+
+    client_map: dict[str, str] = {}
+    rows = []
+    for raw in by_table.get("saas.oauth_clients", []):
+        values = _convert(OAuthClient.__table__, raw)
+        wanted = values["client_id"]
+        taken = session.scalar(select(func.count()).where(OAuthClient.__table__.c.client_id == wanted))
+        new_client_id = f"c_{secrets.token_urlsafe(16)}" if taken else wanted
+        if taken:
+            notes.append(f"OAuth client {wanted} is in use: imported as {new_client_id}")
+        client_map[wanted] = new_client_id
+        values.update(id=uuid.uuid4(), tenant_id=tenant_id, client_id=new_client_id,
+                      created_by=mapped_user(values.get("created_by")))  # fmt: skip
+        rows.append(values)
+    insert_rows("saas.oauth_clients", OAuthClient, rows)
+
+    rows = []
+    for raw in by_table.get("saas.oauth_consents", []):
+        user = mapped_user(raw.get("user_id"))
+        if user is None:
+            continue
+        values = _convert(Consent.__table__, raw)
+        values.update(id=uuid.uuid4(), tenant_id=tenant_id, user_id=user,
+                      client_id=client_map.get(values["client_id"], values["client_id"]))  # fmt: skip
+        rows.append(values)
+    insert_rows("saas.oauth_consents", Consent, rows)
+
+    rows = []
+    for raw in by_table.get("saas.billing_overrides", []):
+        values = _convert(BillingOverride.__table__, raw)
+        values["tenant_id"] = tenant_id
+        rows.append(values)
+    insert_rows("saas.billing_overrides", BillingOverride, rows)
+
+    billing: dict[str, Any] = {}
+    rows = []
+    for raw in by_table.get("saas.billing_accounts", []):
+        values = _convert(BillingAccount.__table__, raw)
+        customer = values.get("stripe_customer_id")
+        billing = {
+            "source_stripe_customer_id": customer,
+            "source_stripe_subscription_id": values.get("stripe_subscription_id"),
+            "stripe_customer_attached": bool(reuse_stripe_customer and customer),
+        }
+        if not reuse_stripe_customer:
+            if customer:
+                notes.append(
+                    f"Stripe customer {customer} was NOT attached (it may still bill the source "
+                    "tenant); re-run with --reuse-stripe-customer to move it, or subscribe anew"
+                )
+            continue
+        holder = session.scalar(
+            select(BillingAccount.__table__.c.tenant_id).where(
+                BillingAccount.__table__.c.stripe_customer_id == customer
+            )
+        )
+        if customer and holder is not None:
+            raise Conflict(
+                f"Stripe customer {customer} belongs to tenant {holder}: delete that tenant first.",
+                code="stripe_customer_in_use",
+            )
+        values["tenant_id"] = tenant_id
+        rows.append(values)
+        notes.append(f"Stripe customer {customer} attached to the new tenant")
+    insert_rows("saas.billing_accounts", BillingAccount, rows)
+    session.flush()
+    return billing

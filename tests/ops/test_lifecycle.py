@@ -183,3 +183,78 @@ def test_delete_now_exports_first_and_a_failed_export_deletes_nothing(
     actions = [a for a, _, _ in _audit(engine, tenant.schema_name)]
     assert "tenant.suspended" in actions and "tenant.resumed" in actions
     assert "tenant.deletion_scheduled" not in actions
+
+
+def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_cli, engine, tmp_path):
+    """Review defect: OAuth clients, consents, billing account and overrides, and the members'
+    MFA factors and recovery codes were lost by export/import."""
+    from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
+    from saas.billing.models import BillingAccount, BillingOverride
+    from saas.db import Database
+    from saas.identity.models import User
+
+    src = committed.tenant(members=2)
+    tag = uuid.uuid4().hex[:8]
+    with Database(engine).transaction() as session:
+        owner = session.query(User).filter_by(email=f"m0@{src.slug}.test").one()
+        member = session.query(User).filter_by(email=f"m1@{src.slug}.test").one()
+        member_id = member.id
+        session.add(MfaFactor(user_id=member.id, status="active", secret_encrypted="enc-" + tag, last_step=7))
+        session.add(RecoveryCode(user_id=member.id, code_hash="h" * 64))
+        session.add(
+            OAuthClient(
+                client_id=f"c_{tag}",
+                tenant_id=src.id,
+                name="CRM sync",
+                client_type="confidential",
+                secret_hash="s" * 64,
+                redirect_uris=["https://crm.test/cb"],
+                grant_types=["authorization_code"],
+                created_by=owner.id,
+            )  # fmt: skip
+        )
+        session.add(Consent(user_id=owner.id, tenant_id=src.id, client_id=f"c_{tag}", scope="openid api"))
+        session.add(BillingAccount(tenant_id=src.id, stripe_customer_id=f"cus_{tag}",
+                                   stripe_subscription_id=f"sub_{tag}", plan="pro", status="active"))  # fmt: skip
+        session.add(BillingOverride(tenant_id=src.id, plan="enterprise", limits={"seats": 50}, reason="deal"))
+    out = tmp_path / "export.jsonl"
+    assert run_cli("tenants", "export", src.slug, "--out", str(out)).exit_code == 0
+    tables = [json.loads(line).get("table") for line in out.read_text().splitlines()]
+    for table in ("saas.oauth_clients", "saas.oauth_consents", "saas.billing_accounts",
+                  "saas.billing_overrides", "saas.mfa_factors", "saas.mfa_recovery_codes"):  # fmt: skip
+        assert table in tables, table
+    assert json.loads(out.read_text().splitlines()[0])["version"] == 2
+
+    with engine.begin() as conn:  # the member's account is gone: the import creates it anew
+        conn.execute(text("DELETE FROM saas.users WHERE id = :i"), {"i": member_id})
+    r = run_cli("tenants", "import", str(out), "--slug", "copy-" + tag, "--json")
+    assert r.exit_code == 0, r.output
+    copy = json.loads(r.stdout)
+    committed.track(uuid.UUID(copy["id"]))
+    assert any(f"cus_{tag}" in n and "NOT attached" in n for n in copy["notes"])
+    assert any(f"c_{tag}" in n for n in copy["notes"])  # the client_id was taken by the source
+    with engine.connect() as conn:
+        new_member = conn.scalar(
+            text("SELECT id FROM saas.users WHERE email = :e"), {"e": f"m1@{src.slug}.test"}
+        )
+        factor = conn.execute(text("SELECT status, secret_encrypted, last_step FROM saas.mfa_factors"
+                                   " WHERE user_id = :u"), {"u": new_member}).one()  # fmt: skip
+        assert tuple(factor) == ("active", "enc-" + tag, 7)
+        assert conn.scalar(text("SELECT count(*) FROM saas.mfa_recovery_codes WHERE user_id = :u"),
+                           {"u": new_member}) == 1  # fmt: skip
+        client = conn.execute(text("SELECT client_id, name, secret_hash, created_by FROM saas.oauth_clients"
+                                   " WHERE tenant_id = :t"), {"t": copy["id"]}).one()  # fmt: skip
+        assert client.client_id.startswith("c_") and client.client_id != f"c_{tag}"
+        assert client.name == "CRM sync" and client.secret_hash == "s" * 64
+        consent = conn.execute(text("SELECT client_id, scope FROM saas.oauth_consents WHERE tenant_id = :t"),
+                               {"t": copy["id"]}).one()  # fmt: skip
+        assert tuple(consent) == (client.client_id, "openid api")
+        override = conn.execute(text("SELECT plan, limits FROM saas.billing_overrides WHERE tenant_id = :t"),
+                                {"t": copy["id"]}).one()  # fmt: skip
+        assert tuple(override) == ("enterprise", {"seats": 50})
+        accounts = conn.scalar(text("SELECT count(*) FROM saas.billing_accounts WHERE tenant_id = :t"),
+                               {"t": copy["id"]})  # fmt: skip
+        assert accounts == 0  # Stripe ids never silently reused
+    # reusing the customer while the source holds it is refused, nothing written
+    r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer")
+    assert r.exit_code == 1 and "stripe_customer_in_use" in r.stderr
