@@ -211,17 +211,30 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
                 redirect_uris=["https://crm.test/cb"],
                 grant_types=["authorization_code"],
                 created_by=owner.id,
-            )  # fmt: skip
+            )
         )
         session.add(Consent(user_id=owner.id, tenant_id=src.id, client_id=f"c_{tag}", scope="openid api"))
-        session.add(BillingAccount(tenant_id=src.id, stripe_customer_id=f"cus_{tag}",
-                                   stripe_subscription_id=f"sub_{tag}", plan="pro", status="active"))  # fmt: skip
+        session.add(
+            BillingAccount(
+                tenant_id=src.id,
+                stripe_customer_id=f"cus_{tag}",
+                stripe_subscription_id=f"sub_{tag}",
+                plan="pro",
+                status="active",
+            )
+        )
         session.add(BillingOverride(tenant_id=src.id, plan="enterprise", limits={"seats": 50}, reason="deal"))
     out = tmp_path / "export.jsonl"
     assert run_cli("tenants", "export", src.slug, "--out", str(out)).exit_code == 0
     tables = [json.loads(line).get("table") for line in out.read_text().splitlines()]
-    for table in ("saas.oauth_clients", "saas.oauth_consents", "saas.billing_accounts",
-                  "saas.billing_overrides", "saas.mfa_factors", "saas.mfa_recovery_codes"):  # fmt: skip
+    for table in (
+        "saas.oauth_clients",
+        "saas.oauth_consents",
+        "saas.billing_accounts",
+        "saas.billing_overrides",
+        "saas.mfa_factors",
+        "saas.mfa_recovery_codes",
+    ):
         assert table in tables, table
     assert json.loads(out.read_text().splitlines()[0])["version"] == 2
 
@@ -237,23 +250,36 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
         new_member = conn.scalar(
             text("SELECT id FROM saas.users WHERE email = :e"), {"e": f"m1@{src.slug}.test"}
         )
-        factor = conn.execute(text("SELECT status, secret_encrypted, last_step FROM saas.mfa_factors"
-                                   " WHERE user_id = :u"), {"u": new_member}).one()  # fmt: skip
+        factor = conn.execute(
+            text("SELECT status, secret_encrypted, last_step FROM saas.mfa_factors WHERE user_id = :u"),
+            {"u": new_member},
+        ).one()
         assert tuple(factor) == ("active", "enc-" + tag, 7)
-        assert conn.scalar(text("SELECT count(*) FROM saas.mfa_recovery_codes WHERE user_id = :u"),
-                           {"u": new_member}) == 1  # fmt: skip
-        client = conn.execute(text("SELECT client_id, name, secret_hash, created_by FROM saas.oauth_clients"
-                                   " WHERE tenant_id = :t"), {"t": copy["id"]}).one()  # fmt: skip
+        assert (
+            conn.scalar(
+                text("SELECT count(*) FROM saas.mfa_recovery_codes WHERE user_id = :u"), {"u": new_member}
+            )
+            == 1
+        )
+        client = conn.execute(
+            text(
+                "SELECT client_id, name, secret_hash, created_by FROM saas.oauth_clients WHERE tenant_id = :t"
+            ),
+            {"t": copy["id"]},
+        ).one()
         assert client.client_id.startswith("c_") and client.client_id != f"c_{tag}"
         assert client.name == "CRM sync" and client.secret_hash == "s" * 64
-        consent = conn.execute(text("SELECT client_id, scope FROM saas.oauth_consents WHERE tenant_id = :t"),
-                               {"t": copy["id"]}).one()  # fmt: skip
+        consent = conn.execute(
+            text("SELECT client_id, scope FROM saas.oauth_consents WHERE tenant_id = :t"), {"t": copy["id"]}
+        ).one()
         assert tuple(consent) == (client.client_id, "openid api")
-        override = conn.execute(text("SELECT plan, limits FROM saas.billing_overrides WHERE tenant_id = :t"),
-                                {"t": copy["id"]}).one()  # fmt: skip
+        override = conn.execute(
+            text("SELECT plan, limits FROM saas.billing_overrides WHERE tenant_id = :t"), {"t": copy["id"]}
+        ).one()
         assert tuple(override) == ("enterprise", {"seats": 50})
-        accounts = conn.scalar(text("SELECT count(*) FROM saas.billing_accounts WHERE tenant_id = :t"),
-                               {"t": copy["id"]})  # fmt: skip
+        accounts = conn.scalar(
+            text("SELECT count(*) FROM saas.billing_accounts WHERE tenant_id = :t"), {"t": copy["id"]}
+        )
         assert accounts == 0  # Stripe ids never silently reused
     # reusing the customer while the source holds it is refused, nothing written
     r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer")
