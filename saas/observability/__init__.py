@@ -31,6 +31,7 @@ def init_app(app: Flask) -> None:
     already called :func:`configure_logging`)."""
     collector = metrics.DatabaseCollector(app.extensions["saas.db"].engine)
     app.extensions["saas.metrics_collector"] = collector
+    app.extensions["saas.guard_collector"] = metrics.GuardCollector(app)
 
     @app.before_request
     def _start_timer() -> None:
@@ -66,5 +67,8 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def _metrics() -> Response:
-        body = metrics.render(current_app.extensions.get("saas.metrics_collector"))
+        extensions = current_app.extensions
+        body = metrics.render(
+            extensions.get("saas.metrics_collector"), extensions.get("saas.guard_collector")
+        )
         return Response(body, mimetype="text/plain; version=0.0.4", headers={"Cache-Control": "no-store"})

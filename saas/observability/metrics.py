@@ -17,6 +17,7 @@ backlog) are computed at scrape time by :class:`DatabaseCollector`, cached for 1
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -169,21 +170,73 @@ class DatabaseCollector(Collector):
         return [tenants, behind, outbox, up]
 
 
-def render(database_collector: DatabaseCollector | None = None) -> bytes:
-    """The exposition text: every process's samples in multiprocess mode, else this process's."""
+#: ``name{label="value",...}`` keys of :class:`saas.cache.guard.Counters`
+_COUNTER_KEY = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)(?:\{(.*)\})?$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+class GuardCollector(Collector):
+    """The limiter's and cache's Redis counters (:class:`saas.cache.guard.Counters`, read-only)
+    and the circuit breaker's state, at scrape time.
+
+    Each counter ``<name>[{labels}]`` becomes ``saas_<name>`` (a Prometheus counter):
+    ``saas_redis_errors_total{component}``, ``saas_redis_short_circuited_total``,
+    ``saas_breaker_opened_total``, ``saas_limits_fail_open_total``,
+    ``saas_limits_fail_closed_total``, ``saas_rate_limited_total{policy}``,
+    ``saas_quota_exceeded_total``, ``saas_cache_hits_total``, ``saas_cache_misses_total``. When a
+    counter is kept both bare and with labels, only the labelled series are exported (their sum
+    is the bare one; mixing both would double-count in ``sum()``). ``saas_redis_breaker_open``
+    is 1 while the breaker refuses calls.
+
+    The values are the answering process's: under gunicorn each worker has its own breaker and
+    counters (see docs/operations.md, "Metrics").
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        counters = self.app.extensions.get("saas.metrics")
+        samples: dict[str, list[tuple[dict[str, str], int]]] = {}
+        for key, value in sorted((counters.snapshot() if counters is not None else {}).items()):
+            match = _COUNTER_KEY.match(key)
+            if match is None:
+                continue
+            labels = dict(_LABEL.findall(match.group(2) or ""))
+            samples.setdefault(match.group(1), []).append((labels, value))
+        for name, values in samples.items():
+            labelled = [v for v in values if v[0]]
+            chosen = labelled or values
+            names = sorted({k for labels, _ in chosen for k in labels})
+            family = CounterMetricFamily(
+                f"saas_{name.removesuffix('_total')}", f"Redis guard counter {name}.", labels=names
+            )
+            for labels, value in chosen:
+                family.add_metric([labels.get(k, "") for k in names], value)
+            yield family
+        guard = self.app.extensions.get("saas.redis_guard")
+        if guard is not None:
+            state = GaugeMetricFamily("saas_redis_breaker_open", "1 while the Redis circuit breaker is open.")
+            state.add_metric([], 1 if guard.breaker.is_open() else 0)
+            yield state
+
+
+def render(*collectors: Collector | None) -> bytes:
+    """The exposition text: every process's samples in multiprocess mode, else this process's,
+    followed by the scrape-time ``collectors`` (:class:`DatabaseCollector`,
+    :class:`GuardCollector`)."""
     from prometheus_client import REGISTRY
 
+    extra = CollectorRegistry()
+    for collector in collectors:
+        if collector is not None:
+            extra.register(collector)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        if database_collector is not None:
-            registry.register(database_collector)
-        return generate_latest(registry)
-    output = generate_latest(REGISTRY)
-    if database_collector is not None:
-        registry = CollectorRegistry()
-        registry.register(database_collector)
-        output += generate_latest(registry)
-    return output
+        return generate_latest(registry) + generate_latest(extra)
+    return generate_latest(REGISTRY) + generate_latest(extra)

@@ -222,3 +222,23 @@ def test_readyz_optional_redis_decides_by_the_database_alone(settings, engine, c
     bad = http.get("/readyz?optional=database")
     assert bad.status_code == 422 and bad.mimetype == "application/problem+json"
     app.extensions["saas.db"].dispose()
+
+
+def test_limiter_and_breaker_counters_are_exported(app, client):
+    counters = app.extensions["saas.metrics"]
+    counters.inc('rate_limited_total{policy="tenant_rpm"}', 2)
+    counters.inc("rate_limited_total", 2)
+    counters.inc("limits_fail_open_total", 3)
+    counters.inc("breaker_opened_total")
+    counters.inc('redis_errors_total{component="limits"}')
+    counters.inc("redis_errors_total")
+    body = client.get("/metrics").get_data(as_text=True)
+    assert 'saas_rate_limited_total{policy="tenant_rpm"} 2.0' in body
+    assert "saas_rate_limited_total 2.0" not in body  # only the labelled series: sum() stays right
+    assert "saas_limits_fail_open_total 3.0" in body and "saas_breaker_opened_total 1.0" in body
+    assert 'saas_redis_errors_total{component="limits"} 1.0' in body
+    assert "# TYPE saas_limits_fail_open_total counter" in body
+    assert "saas_redis_breaker_open 0.0" in body
+    app.extensions["saas.redis_guard"].breaker.failure()
+    app.extensions["saas.redis_guard"].breaker.failure()
+    assert "saas_redis_breaker_open 1.0" in client.get("/metrics").get_data(as_text=True)
