@@ -284,3 +284,19 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
     # reusing the customer while the source holds it is refused, nothing written
     r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer")
     assert r.exit_code == 1 and "stripe_customer_in_use" in r.stderr
+    # a move: the source deleted (its export taken), then the customer is attached to the copy
+    r = run_cli("tenants", "delete", src.slug, "--now", "--yes", "--out", str(tmp_path / "final.jsonl"))
+    assert r.exit_code == 0, r.output
+    r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer", "--json")
+    assert r.exit_code == 0, r.output
+    moved = json.loads(r.stdout)
+    committed.track(uuid.UUID(moved["id"]))
+    with engine.connect() as conn:
+        account = conn.execute(
+            text(
+                "SELECT stripe_customer_id, stripe_subscription_id, plan FROM saas.billing_accounts"
+                " WHERE tenant_id = :t"
+            ),
+            {"t": moved["id"]},
+        ).one()
+    assert tuple(account) == (f"cus_{tag}", f"sub_{tag}", "pro")
