@@ -29,6 +29,7 @@ def _route() -> str:
 def init_app(app: Flask) -> None:
     """Register the request timer, the request log and ``GET /metrics`` (``create_app`` has
     already called :func:`configure_logging`)."""
+    metrics.ensure_multiproc_dir()
     collector = metrics.DatabaseCollector(app.extensions["saas.db"].engine)
     app.extensions["saas.metrics_collector"] = collector
     app.extensions["saas.guard_collector"] = metrics.GuardCollector(app)
@@ -43,7 +44,10 @@ def init_app(app: Flask) -> None:
         seconds = time.perf_counter() - started if started else 0.0
         route = _route()
         if route != "/metrics":
-            metrics.observe_request(route, request.method, response.status_code, seconds)
+            try:  # a metrics failure (a missing multiprocess dir) must never fail the request
+                metrics.observe_request(route, request.method, response.status_code, seconds)
+            except Exception:
+                _log.warning("cannot record request metrics", exc_info=True)
         principal = g.get("principal")
         fields = {
             "request_id": g.get("request_id"),

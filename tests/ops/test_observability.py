@@ -242,3 +242,11 @@ def test_limiter_and_breaker_counters_are_exported(app, client):
     app.extensions["saas.redis_guard"].breaker.failure()
     app.extensions["saas.redis_guard"].breaker.failure()
     assert "saas_redis_breaker_open 1.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_metrics_failure_never_fails_a_request(client, monkeypatch):
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("/tmp/saas-metrics/counter_1.db")
+
+    monkeypatch.setattr(metrics, "observe_request", broken)
+    assert client.get("/healthz").status_code == 200
