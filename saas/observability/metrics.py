@@ -16,10 +16,11 @@ backlog) are computed at scrape time by :class:`DatabaseCollector`, cached for 1
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -47,6 +48,22 @@ WEBHOOKS = Counter("saas_webhook_events_total", "Webhook events by type and outc
 JOBS = Counter("saas_jobs_total", "Outbox messages handled by topic and outcome (sent|retry|failed).",
                ["topic", "outcome"])  # fmt: skip
 JOB_LATENCY = Histogram("saas_job_duration_seconds", "Time to handle one outbox message.", ["topic"])
+
+
+def _never_raises(fn: Callable[..., None]) -> Callable[..., None]:
+    """Counting must never break what is counted (a request, a webhook, a delivery): a failure
+    (a missing ``PROMETHEUS_MULTIPROC_DIR``, a full disk) is logged and dropped."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            import logging
+
+            logging.getLogger("saas.metrics").warning("cannot record metric %s", fn.__name__, exc_info=True)
+
+    return wrapper
 
 
 def ensure_multiproc_dir() -> str | None:
@@ -85,24 +102,29 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
     LATENCY.labels(*labels).observe(seconds)
 
 
+@_never_raises
 def rate_limit_rejected(policy: str) -> None:
     """One request refused by ``policy`` (a policy name from the limits configuration)."""
     RATE_LIMIT_REJECTIONS.labels(policy).inc()
 
 
+@_never_raises
 def cache_hit(cache: str) -> None:
     CACHE.labels(cache, "hit").inc()
 
 
+@_never_raises
 def cache_miss(cache: str) -> None:
     CACHE.labels(cache, "miss").inc()
 
 
+@_never_raises
 def webhook_event(event_type: str, outcome: str) -> None:
     """A webhook event (e.g. Stripe ``invoice.paid``) and its outcome (processed|ignored|failed|duplicate)."""
     WEBHOOKS.labels(event_type, outcome).inc()
 
 
+@_never_raises
 def job_processed(topic: str, outcome: str, seconds: float) -> None:
     JOBS.labels(topic, outcome).inc()
     JOB_LATENCY.labels(topic).observe(seconds)

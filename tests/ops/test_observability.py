@@ -250,3 +250,16 @@ def test_a_metrics_failure_never_fails_a_request(client, monkeypatch):
 
     monkeypatch.setattr(metrics, "observe_request", broken)
     assert client.get("/healthz").status_code == 200
+
+
+def test_counting_functions_never_raise(monkeypatch):
+    class Broken:
+        def labels(self, *args):
+            raise FileNotFoundError("/tmp/saas-metrics/counter_1.db")
+
+    for name in ("WEBHOOKS", "RATE_LIMIT_REJECTIONS", "CACHE", "JOBS"):
+        monkeypatch.setattr(metrics, name, Broken())
+    metrics.webhook_event("invoice.paid", "processed")
+    metrics.rate_limit_rejected("tenant_rpm")
+    metrics.cache_hit("entitlements")
+    metrics.job_processed("mail.invitation", "sent", 0.1)
