@@ -150,6 +150,8 @@ def test_hpa_owns_the_app_replicas_and_the_app_waits_for_migrations():
     assert init["command"][:4] == ["saas", "db", "check", "--migrations-only"] and "--wait" in init["command"]
     assert _command_exists(init["command"])
     assert init["image"] == app["spec"]["template"]["spec"]["containers"][0]["image"] == "saas-backend"
+    worker = _by_kind("Deployment")["saas-worker"]["spec"]["template"]["spec"]
+    assert worker["initContainers"][0]["command"] == init["command"]
 
 
 def test_every_image_is_set_by_kustomize_in_one_place():
