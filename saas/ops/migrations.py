@@ -447,9 +447,15 @@ def migrate_tenants(
         items = [(str(tid), schema) for tid, schema in behind]
         workers = max(1, min(parallel, len(items)))
         if workers == 1:
-            with engine.connect() as conn:
-                for item in items:
-                    emit(migrator.migrate(conn, *item))
+            try:
+                conn = engine.connect()
+            except Exception as exc:  # reported per tenant, like a worker process's
+                for tid, schema in items:
+                    emit(MigrationResult(tid, schema, "failed", error=f"connection failed: {_one_line(exc)}"))
+            else:
+                with conn:
+                    for item in items:
+                        emit(migrator.migrate(conn, *item))
         else:
             _run_parallel(engine, migrator, items, workers, script_location, emit)
     if report.migrated or report.results:

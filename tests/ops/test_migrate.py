@@ -260,3 +260,21 @@ def test_parallel_connection_failure_is_a_per_tenant_failure(engine, committed, 
         engine, only=[t.slug for t in tenants], parallel=2, script_location=scratch_track
     )
     assert len(report.failed) == 3 and all("connection failed" in r.error for r in report.failed)
+
+
+def test_serial_connection_failure_is_a_per_tenant_failure(engine, committed, scratch_track, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    tenants = [committed.tenant() for _ in range(2)]
+    real = engine.connect
+    calls = []
+
+    def second_call_refused():
+        calls.append(1)
+        if len(calls) == 2:  # 1: who is behind; 2: the migration connection
+            raise OperationalError("connect", {}, Exception("too many clients"))
+        return real()
+
+    monkeypatch.setattr(engine, "connect", second_call_refused)
+    report = migrate_tenants(engine, only=[t.slug for t in tenants], script_location=scratch_track)
+    assert len(report.failed) == 2 and all("connection failed" in r.error for r in report.failed)
