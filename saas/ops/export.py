@@ -17,6 +17,10 @@ below, are still imported): UTF-8 JSON Lines, one JSON object per line.
 4. trailer: ``{"end": true, "counts": {"<table>": n, ...}}``; a file without it is truncated and
    refused.
 
+Both directions stream: the export reads tenant tables through a server-side cursor (1,000 rows
+per fetch); the import reads the file line by line and inserts tenant rows 1,000 at a time (the
+shared rows, a tenant's members and their satellites, are held until the first tenant row).
+
 Values: UUIDs and timestamps as strings (ISO 8601 with offset), JSON as JSON, arrays as lists.
 The file holds password hashes and all tenant data: it is written with mode 0600; treat it as a
 secret. Refresh tokens and pending invitations are not exported.
@@ -198,17 +202,25 @@ def export_to_file(engine: Engine, tenant_ref: str, path: Path) -> dict[str, int
     return counts
 
 
-def _read(lines: Iterator[str]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, int]]:
+def _read_header(lines: Iterator[str]) -> dict[str, Any]:
     try:
         header = json.loads(next(lines))
     except (StopIteration, json.JSONDecodeError):
         raise ValidationError({"file": ["Not a tenant export (no header line)."]}) from None
-    if header.get("format") != FORMAT:
-        raise ValidationError({"file": [f"Not a tenant export (format {header.get('format')!r})."]})
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else None
+        raise ValidationError({"file": [f"Not a tenant export (format {got!r})."]})
     if header.get("version") not in READABLE_VERSIONS:
         raise ValidationError({"file": [f"Unsupported export version {header.get('version')!r}."]})
-    records: list[dict[str, Any]] = []
-    trailer = None
+    return header
+
+
+def _records(lines: Iterator[str], trailer: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(table, row) for each record line, one at a time; fills ``trailer`` from the last line.
+
+    Raises:
+        ValidationError: a line that is not JSON or not a record; no trailer (truncated).
+    """
     for number, raw in enumerate(lines, start=2):
         if not raw.strip():
             continue
@@ -216,13 +228,15 @@ def _read(lines: Iterator[str]) -> tuple[dict[str, Any], list[dict[str, Any]], d
             obj = json.loads(raw)
         except json.JSONDecodeError:
             raise ValidationError({"file": [f"Line {number} is not JSON."]}) from None
-        if obj.get("end"):
-            trailer = obj
-            break
-        records.append(obj)
-    if trailer is None:
-        raise ValidationError({"file": ["The export is truncated (no trailer line)."]})
-    return header, records, trailer.get("counts") or {}
+        if isinstance(obj, dict) and obj.get("end"):
+            trailer.update(obj)
+            return
+        if not (
+            isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("row"), dict)
+        ):
+            raise ValidationError({"file": [f"Line {number} is not a table record."]})
+        yield obj["table"], obj["row"]
+    raise ValidationError({"file": ["The export is truncated (no trailer line)."]})
 
 
 def _convert(table: Table, row: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +288,7 @@ def import_tenant(
     from saas.migrate import tenant_head_revision
     from saas.tenancy.provisioning import create_tenant_schema
 
-    header, records, expected = _read(lines)
+    header = _read_header(lines)
     head = tenant_head_revision()
     if header.get("tenant_revision") != head:
         raise ValidationError(
@@ -285,11 +299,6 @@ def import_tenant(
                 ]
             }
         )
-    found: dict[str, int] = {}
-    for rec in records:
-        found[rec.get("table", "?")] = found.get(rec.get("table", "?"), 0) + 1
-    if any(found.get(t, 0) != n for t, n in expected.items()) or set(found) - set(expected):
-        raise ValidationError({"file": ["Row counts do not match the trailer (a damaged file)."]})
     slug = normalize_slug(slug)
     if problems := slug_problems(slug):
         raise ValidationError({"slug": problems})
@@ -312,71 +321,71 @@ def import_tenant(
     session.flush()
     create_tenant_schema(session.connection(), schema)
 
-    user_map: dict[str, str] = {}
-    created_users: set[str] = set()  # source ids of users this import created
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    for rec in records:
-        by_table.setdefault(rec["table"], []).append(rec["row"])
-    for row in by_table.get("saas.users", []):
-        existing = session.scalar(select(User).where(func.lower(User.email) == row["email"].lower()))
-        if existing is not None:
-            user_map[row["id"]] = str(existing.id)
-            continue
-        wanted = uuid.UUID(row["id"])
-        new_id = wanted if session.get(User, wanted) is None else uuid.uuid4()
-        session.add(
-            User(
-                id=new_id,
-                email=row["email"],
-                name=row.get("name") or "",
-                password_hash=row.get("password_hash"),
-                status=row.get("status") or "active",
-            )
-        )
-        user_map[row["id"]] = str(new_id)
-        created_users.add(row["id"])
-    session.flush()
-    for row in by_table.get("saas.memberships", []):
-        session.add(
-            Membership(
-                user_id=uuid.UUID(user_map[row["user_id"]]),
-                tenant_id=tenant_id,
-                role=row["role"],
-                status=row.get("status") or "active",
-                invited_by=uuid.UUID(user_map[row["invited_by"]])
-                if row.get("invited_by") in user_map
-                else None,
-            )
-        )
-    session.flush()
-
-    counts = {
-        "saas.users": len(by_table.get("saas.users", [])),
-        "saas.memberships": len(by_table.get("saas.memberships", [])),
-    }
-    billing_note = _import_shared(
-        session, by_table, tenant_id, user_map, created_users, reuse_stripe_customer, counts, notes
-    )
+    # Streamed: the shared rows (members and their satellites: small) are gathered and applied
+    # at the first tenant row; tenant rows are inserted 1,000 at a time, in file order (an
+    # export's order is the tables' dependency order). Any error raises and the caller's
+    # transaction rolls everything back, schema included.
     tables = {f"tenant.{t.name}": t for t in _tenant_tables()}
-    unknown = [t for t in by_table if t.startswith("tenant.") and t not in tables]
-    if unknown:
-        raise ValidationError({"file": [f"Unknown tenant tables: {', '.join(unknown)}."]})
+    counts: dict[str, int] = {}
+    found: dict[str, int] = {}
+    shared: dict[str, list[dict[str, Any]]] = {}
+    user_map: dict[str, str] = {}
+    billing_note: dict[str, Any] = {}
+    shared_done = False
     conn: Connection = session.connection()
     translate = {"schema_translate_map": {TENANT_PLACEHOLDER: schema}}
-    for key, table in tables.items():
-        rows = by_table.get(key, [])
-        converted = []
-        for row in rows:
-            values = _convert(table, row)
-            for column in _USER_ID_COLUMNS & values.keys():
-                if values[column] is not None and str(values[column]) in user_map:
-                    values[column] = uuid.UUID(user_map[str(values[column])])
-            if table.name == "audit_events" and values.get("actor_type") == "user":
-                values["actor_id"] = user_map.get(values.get("actor_id") or "", values.get("actor_id"))
-            converted.append(values)
-        if converted:
-            conn.execute(insert(table), converted, execution_options=translate)
-        counts[key] = len(converted)
+    batch: list[dict[str, Any]] = []
+    batch_table: Table | None = None
+
+    def flush_batch() -> None:
+        if batch and batch_table is not None:
+            conn.execute(insert(batch_table), batch, execution_options=translate)
+            batch.clear()
+
+    def apply_shared() -> None:
+        nonlocal shared_done, billing_note
+        created = _import_members(session, shared, tenant_id, user_map, counts)
+        billing_note = _import_shared(
+            session, shared, tenant_id, user_map, created, reuse_stripe_customer, counts, notes
+        )
+        shared_done = True
+
+    trailer: dict[str, Any] = {}
+    for key, row in _records(lines, trailer):
+        found[key] = found.get(key, 0) + 1
+        if key.startswith("saas."):
+            if shared_done:
+                raise ValidationError(
+                    {"file": [f"A {key} row after the tenant rows (not an export's order)."]}
+                )
+            shared.setdefault(key, []).append(row)
+            continue
+        table = tables.get(key)
+        if table is None:
+            raise ValidationError({"file": [f"Unknown tenant table {key!r}."]})
+        if not shared_done:
+            apply_shared()
+        if table is not batch_table:
+            flush_batch()
+            batch_table = table
+        values = _convert(table, row)
+        for column in _USER_ID_COLUMNS & values.keys():
+            if values[column] is not None and str(values[column]) in user_map:
+                values[column] = uuid.UUID(user_map[str(values[column])])
+        if table.name == "audit_events" and values.get("actor_type") == "user":
+            values["actor_id"] = user_map.get(values.get("actor_id") or "", values.get("actor_id"))
+        batch.append(values)
+        counts[key] = counts.get(key, 0) + 1
+        if len(batch) >= 1000:
+            flush_batch()
+    if not shared_done:
+        apply_shared()
+    flush_batch()
+    expected = trailer.get("counts") or {}
+    if any(found.get(t, 0) != n for t, n in expected.items()) or set(found) - set(expected):
+        raise ValidationError({"file": ["Row counts do not match the trailer (a damaged file)."]})
+    for key in tables:
+        counts.setdefault(key, 0)
     audit.record(
         session,
         "tenant.imported",
@@ -393,6 +402,53 @@ def import_tenant(
     )
     session.flush()
     return tenant, counts
+
+
+def _import_members(
+    session: Session,
+    shared: dict[str, list[dict[str, Any]]],
+    tenant_id: uuid.UUID,
+    user_map: dict[str, str],
+    counts: dict[str, int],
+) -> set[str]:
+    """Users (linked by email or created) and memberships; fills ``user_map`` (source id ->
+    new id) and returns the source ids of the users this import created."""
+    created: set[str] = set()
+    for row in shared.get("saas.users", []):
+        existing = session.scalar(select(User).where(func.lower(User.email) == row["email"].lower()))
+        if existing is not None:
+            user_map[row["id"]] = str(existing.id)
+            continue
+        wanted = uuid.UUID(row["id"])
+        new_id = wanted if session.get(User, wanted) is None else uuid.uuid4()
+        session.add(
+            User(
+                id=new_id,
+                email=row["email"],
+                name=row.get("name") or "",
+                password_hash=row.get("password_hash"),
+                status=row.get("status") or "active",
+            )
+        )
+        user_map[row["id"]] = str(new_id)
+        created.add(row["id"])
+    session.flush()
+    for row in shared.get("saas.memberships", []):
+        session.add(
+            Membership(
+                user_id=uuid.UUID(user_map[row["user_id"]]),
+                tenant_id=tenant_id,
+                role=row["role"],
+                status=row.get("status") or "active",
+                invited_by=uuid.UUID(user_map[row["invited_by"]])
+                if row.get("invited_by") in user_map
+                else None,
+            )
+        )
+    session.flush()
+    counts["saas.users"] = len(shared.get("saas.users", []))
+    counts["saas.memberships"] = len(shared.get("saas.memberships", []))
+    return created
 
 
 def _import_shared(

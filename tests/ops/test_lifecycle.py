@@ -300,3 +300,37 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
             {"t": moved["id"]},
         ).one()
     assert tuple(account) == (f"cus_{tag}", f"sub_{tag}", "pro")
+
+
+def test_import_streams_in_batches_and_a_damaged_file_writes_nothing(committed, run_cli, engine, tmp_path):
+    src = committed.tenant()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f'INSERT INTO "{src.schema_name}".contacts'  # noqa: S608
+                " (id, name, email, tags, created_at, updated_at, version)"
+                " SELECT gen_random_uuid(), 'c' || i, 'c' || i || '@x.test', ARRAY['t'], now(), now(), 1"
+                " FROM generate_series(1, 2500) i"
+            )
+        )
+    out = tmp_path / "big.jsonl"
+    assert run_cli("tenants", "export", src.slug, "--out", str(out)).exit_code == 0
+    slug = "big-" + uuid.uuid4().hex[:6]
+    r = run_cli("tenants", "import", str(out), "--slug", slug, "--json")
+    assert r.exit_code == 0, r.output
+    copy = json.loads(r.stdout)
+    committed.track(uuid.UUID(copy["id"]))
+    assert copy["rows"]["tenant.contacts"] == 2500
+    with engine.connect() as conn:
+        assert conn.scalar(text(f'SELECT count(*) FROM "{copy["schema"]}".contacts')) == 2500  # noqa: S608
+
+    lines = out.read_text().splitlines()
+    trailer = json.loads(lines[-1])
+    trailer["counts"]["tenant.contacts"] = 2499
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join([*lines[:-1], json.dumps(trailer)]) + "\n")
+    bad_slug = "bad-" + uuid.uuid4().hex[:6]
+    r = run_cli("tenants", "import", str(damaged), "--slug", bad_slug)
+    assert r.exit_code == 1 and "counts do not match" in r.stderr
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE slug = :s"), {"s": bad_slug}) == 0
