@@ -49,19 +49,29 @@ MISS: Any = object()
 _LIVE: weakref.WeakSet[TenantCache] = weakref.WeakSet()
 
 
+_metrics: Any = None
+
+
+def _load_metrics() -> Any:
+    global _metrics
+    from saas.observability import metrics
+
+    _metrics = metrics
+    return metrics
+
+
 def _observe(hits: Iterable[str], misses: Iterable[str]) -> None:
     """Count lookups in ``saas_cache_requests_total`` (:mod:`saas.observability.metrics`), labelled
     by the entry name up to its first ``:`` (``tenant``, ``ent``, ``m``: never an id). A metrics
     failure never affects the lookup."""
     try:
-        from saas.observability import metrics
-
+        metrics = _metrics or _load_metrics()
         hit, miss = getattr(metrics, "cache_hit", None), getattr(metrics, "cache_miss", None)
-        for name in hits:
-            if hit is not None:
+        if hit is not None:
+            for name in hits:
                 hit(name.partition(":")[0])
-        for name in misses:
-            if miss is not None:
+        if miss is not None:
+            for name in misses:
                 miss(name.partition(":")[0])
     except Exception:
         log.warning("cache metrics failed", exc_info=True)
