@@ -55,6 +55,14 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     app.config["JSON_SORT_KEYS"] = False
     app.url_map.strict_slashes = False
     app.extensions["saas.settings"] = settings
+    if settings.trusted_proxy_hops > 0:
+        # the client's address and scheme from the last N X-Forwarded-For/-Proto entries (the
+        # ones our proxies appended), never from what the client sent: rate-limit keys, audit
+        # IPs and the request log see the real client (docs/limits.md)
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     if database is None:
         if not settings.database_url:

@@ -141,6 +141,9 @@ class Settings:
     ratelimit_policies: tuple[str, ...] = ()
     ratelimit_principal_share: float = 0.5
     ratelimit_fail_closed: tuple[str, ...] = ("login", "mfa", "token", "signup")
+    #: reverse proxies in front of the app that append to X-Forwarded-For/-Proto (0: none; the
+    #: client address is the socket peer). See docs/limits.md "Client IP behind a proxy".
+    trusted_proxy_hops: int = 0
     redis_breaker_threshold: int = 2
     redis_breaker_cooldown_seconds: float = 2.0
     cache_enabled: bool = True
@@ -228,6 +231,7 @@ class Settings:
         maybe("RATELIMIT_POLICIES", "ratelimit_policies", _csv)
         maybe("RATELIMIT_PRINCIPAL_SHARE", "ratelimit_principal_share", _fraction)
         maybe("RATELIMIT_FAIL_CLOSED", "ratelimit_fail_closed", _csv)
+        maybe("TRUSTED_PROXY_HOPS", "trusted_proxy_hops", _non_negative_int)
         maybe("REDIS_BREAKER_THRESHOLD", "redis_breaker_threshold", _positive_int)
         maybe("REDIS_BREAKER_COOLDOWN", "redis_breaker_cooldown_seconds", _non_negative_float)
         maybe("CACHE_ENABLED", "cache_enabled", _bool)

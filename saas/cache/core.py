@@ -49,6 +49,34 @@ MISS: Any = object()
 _LIVE: weakref.WeakSet[TenantCache] = weakref.WeakSet()
 
 
+_metrics: Any = None
+
+
+def _load_metrics() -> Any:
+    global _metrics
+    from saas.observability import metrics
+
+    _metrics = metrics
+    return metrics
+
+
+def _observe(hits: Iterable[str], misses: Iterable[str]) -> None:
+    """Count lookups in ``saas_cache_requests_total`` (:mod:`saas.observability.metrics`), labelled
+    by the entry name up to its first ``:`` (``tenant``, ``ent``, ``m``: never an id). A metrics
+    failure never affects the lookup."""
+    try:
+        metrics = _metrics or _load_metrics()
+        hit, miss = getattr(metrics, "cache_hit", None), getattr(metrics, "cache_miss", None)
+        if hit is not None:
+            for name in hits:
+                hit(name.partition(":")[0])
+        if miss is not None:
+            for name in misses:
+                miss(name.partition(":")[0])
+    except Exception:
+        log.warning("cache metrics failed", exc_info=True)
+
+
 class LocalLayer:
     """Bounded in-process entries: ``{tenant: {name: (expires_at, version, value)}}``.
 
@@ -136,6 +164,7 @@ class TenantCache:
             hit = self.local.get(tenant_id, names)
             if hit is not None:
                 self.guard.counters.inc("cache_hits_total", len(names))
+                _observe(names, ())
                 return hit, None
         keys = TenantKeys(tenant_id)
         try:
@@ -163,6 +192,7 @@ class TenantCache:
             counters.inc("cache_hits_total", len(hits))
         if len(hits) < len(names):
             counters.inc("cache_misses_total", len(names) - len(hits))
+        _observe(hits, [name for name in names if name not in hits])
         if local and hits:
             self.local.put(tenant_id, version, hits)
         return out, version

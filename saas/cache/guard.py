@@ -7,7 +7,8 @@ Every Redis call of the cache and the limiter goes through :class:`RedisGuard`:
   request touches Redis at all (callers get :class:`RedisUnavailable` at once and apply their
   failure policy), so a dead or hung Redis costs at most ``threshold`` timeouts per process;
 * after the cool-down one request probes Redis (*half-open*); success closes the breaker,
-  failure opens it for another cool-down. Recovery needs no operator.
+  failure opens it for another cool-down. Any exception from the probe is a failure (the
+  probe slot is always freed). Recovery needs no operator.
 
 Counters (``app.extensions["saas.metrics"]``, a :class:`Counters`): ``redis_errors_total``,
 ``redis_short_circuited_total``, ``breaker_opened_total``, ``limits_fail_open_total``,
@@ -144,6 +145,16 @@ class RedisGuard:
             else:
                 log.warning("redis error in %s: %s", component, exc)
             raise RedisUnavailable(str(exc)) from exc
+        except BaseException as exc:
+            if not was_closed:
+                # a half-open probe that raised anything else (a bug, a decode error, a worker
+                # timeout) is a failure too: it frees the probe slot and opens the breaker for
+                # another cool-down, instead of leaving the slot taken and every call refused
+                self.counters.inc("redis_errors_total")
+                self.counters.inc(f'redis_errors_total{{component="{component}"}}')
+                breaker.failure()
+                log.error("redis probe in %s raised %s: circuit breaker open", component, type(exc).__name__)
+            raise
         if not was_closed or breaker.failures:
             breaker.success()
             for callback in list(self.on_recover):

@@ -140,7 +140,7 @@ class Limiter:
         if request.path in policies.EXEMPT_PATHS or request.method == "OPTIONS":
             return
         checks, quota = self.checks_for_request()
-        if not checks:
+        if not checks and quota is None:
             return
         counters = self.guard.counters
         try:
@@ -161,12 +161,13 @@ class Limiter:
         g.rate_limit_decision = decision
         if decision.allowed:
             return
-        if decision.reason == "quota_exceeded" and decision.quota is not None and decision.quota.limit:
+        if decision.reason == "quota_exceeded" and decision.quota is not None:
             counters.inc("quota_exceeded_total")
             q = decision.quota
+            _observe_rejection(q.policy)
             reset = datetime.fromtimestamp(q.reset_at, UTC)
             raise QuotaExceeded(
-                f"The tenant used its {q.limit} API calls of period {q.period_label}.",
+                f"The tenant's quota of {q.limit} API calls for period {q.period_label} is used up.",
                 extra={
                     "policy": q.policy,
                     "limit": q.limit,
@@ -176,9 +177,12 @@ class Limiter:
                 headers={"Retry-After": str(max(1, int(q.reset_at - decision.now) + 1))},
             )
         hit = decision.hit
-        assert hit is not None
+        if hit is None:  # the script names the policy of every refusal; never a 500 if not
+            log.error("rate-limit refusal without a policy: %s", decision.reason)
+            raise TooManyRequests("Too many requests.", headers={"Retry-After": "1"})
         counters.inc(f'rate_limited_total{{policy="{hit.check.policy}"}}')
         counters.inc("rate_limited_total")
+        _observe_rejection(hit.check.policy)
         raise TooManyRequests(
             f"Too many requests for policy '{hit.check.policy}' "
             f"({hit.check.limit} per {hit.check.period} s); retry in {hit.retry_seconds} s.",
@@ -190,6 +194,19 @@ class Limiter:
             },
             headers={"Retry-After": str(max(1, hit.retry_seconds))},
         )
+
+
+def _observe_rejection(policy: str) -> None:
+    """``saas.observability.metrics.rate_limit_rejected(policy)``; a metrics failure (or a
+    build without the module) never changes the response."""
+    try:
+        from saas.observability import metrics
+
+        hook = getattr(metrics, "rate_limit_rejected", None)
+        if hook is not None:
+            hook(policy)
+    except Exception:
+        log.warning("rate-limit rejection metric failed", exc_info=True)
 
 
 def _add_headers(response: Response) -> Response:

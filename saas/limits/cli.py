@@ -44,7 +44,8 @@ def tenant_limits(app: Any, tenant: Any, max_subjects: int = 1000) -> dict[str, 
     ent_data = ent.to_dict() if hasattr(ent, "to_dict") else dict(vars(ent))
     keys = TenantKeys(tenant.id)
     base = tenant_checks(tenant.id, ent_data, None, None, limiter.share)
-    per_principal = tenant_checks(tenant.id, ent_data, tenant.id, None, limiter.share)[1]
+    principal_checks = tenant_checks(tenant.id, ent_data, tenant.id, None, limiter.share)
+    per_principal = principal_checks[1] if len(principal_checks) > 1 else None  # None: unlimited
     try:
         found: list[bytes] = []
 
@@ -56,12 +57,13 @@ def tenant_limits(app: Any, tenant: Any, max_subjects: int = 1000) -> dict[str, 
                     break
             return out
 
-        for kind in ("user", "client"):
+        for kind in ("user", "client") if per_principal is not None else ():
             found += guard.call("limits", lambda r, p=keys.rate(kind, "*"): scan(r, p))
         checks = list(base)
         for raw in sorted(found):
             key = raw.decode()
             kind = key.split(":rl:", 1)[1].split(":", 1)[0]
+            assert per_principal is not None
             checks.append(Check(kind, key, per_principal.limit, per_principal.period))
         decision = limiter.hit(checks, limiter.quota_for(tenant.id, ent_data), cost=0, peek=True)
     except RedisUnavailable as exc:

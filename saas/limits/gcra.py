@@ -15,7 +15,8 @@ Script contract (``KEYS``, ``ARGV``)::
 
     KEYS  = [policy_1 ... policy_n, quota_counter?]
     ARGV  = [n, cost, peek(0|1), quota_limit(-1: count only, -2: no counter), quota_expire_at,
-             T_1, tau_1, ... T_n, tau_n]          -- T and tau in microseconds
+             T_1, tau_1, ... T_n, tau_n]          -- T and tau in microseconds; T = 0: a limit
+                                                  -- of 0, always refused, retry after tau
     reply = [status(0 ok, 1 rate limited, 2 quota exceeded), hit(1-based policy or 0),
              quota_used, now_us, remaining_1, reset_us_1, retry_us_1, ...]
 
@@ -49,7 +50,14 @@ for i = 1, n do
   local new_tat = tat + T * cost
   local diff = new_tat - now
   local remaining, reset, retry
-  if diff > tau then
+  if T == 0 then
+    -- a limit of 0: always refused (retry after one window, passed as tau), writes nothing
+    retry = tau
+    remaining = 0
+    reset = 0
+    if retry > worst then worst = retry; hit = i end
+    status = 1
+  elseif diff > tau then
     retry = diff - tau
     remaining = math.floor((tau - (tat - now)) / T)
     reset = tat - now
@@ -104,10 +112,16 @@ class Check:
 
     @property
     def interval_us(self) -> int:
+        """The emission interval ``T`` (µs); 0 for a limit of 0 (the script refuses it)."""
+        if self.limit <= 0:
+            return 0
         return -(-self.period * 1_000_000 // self.limit)
 
     @property
     def tolerance_us(self) -> int:
+        """``tau`` (µs); for a limit of 0, the window (the ``Retry-After`` of a refusal)."""
+        if self.limit <= 0:
+            return self.period * 1_000_000
         return self.interval_us * self.limit
 
 

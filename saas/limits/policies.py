@@ -75,6 +75,10 @@ AUTH_ENDPOINTS: dict[tuple[str, str], str] = {
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 
+#: requests per minute of a tenant whose entitlements lack the key (never the case for
+#: :func:`saas.billing.entitlements.entitlements_for`'s output)
+DEFAULT_TENANT_RPM = 60
+
 
 @dataclass(frozen=True, slots=True)
 class Rate:
@@ -138,11 +142,20 @@ def tenant_checks(
     tenant_id: uuid.UUID, entitlements: Mapping[str, Any], user_id: uuid.UUID | None, client_id: str | None,
     share: float,
 ) -> list[Check]:  # fmt: skip
-    """The per-tenant and per-principal policies of an authenticated request."""
+    """The per-tenant and per-principal policies of an authenticated request.
+
+    ``requests_per_minute`` of the entitlements: ``None`` (an override of -1) is unlimited, so
+    there are no checks (and no headers) for ``tenant``/``user``/``client``; ``0`` refuses
+    every request (a check of limit 0, see :class:`saas.limits.gcra.Check`); an absent key
+    falls back to :data:`DEFAULT_TENANT_RPM`.
+    """
     keys = TenantKeys(tenant_id)
-    rpm = int(entitlements.get("requests_per_minute") or 0) or 60
+    raw = entitlements.get("requests_per_minute", DEFAULT_TENANT_RPM)
+    if raw is None or int(raw) < 0:  # -1 is the catalogue's spelling of unlimited
+        return []
+    rpm = int(raw)
     checks = [Check("tenant", keys.rate("tenant"), rpm, 60)]
-    per_principal = max(1, math.ceil(rpm * share))
+    per_principal = max(1, math.ceil(rpm * share)) if rpm > 0 else 0
     if user_id is not None:
         checks.append(Check("user", keys.rate("user", user_id.hex), per_principal, 60))
     elif client_id:
