@@ -110,6 +110,8 @@ class Settings:
     audience: str = "saas-api"
     secret_key: str | None = None
     var_dir: Path = Path("var")
+    #: durable directory for ``saas tenants delete --now`` exports (a volume, not the pod's /tmp)
+    export_dir: Path | None = None
     signing_key_path: Path | None = None
     signing_alg: str = "RS256"
     access_token_ttl_seconds: int = 600
@@ -202,6 +204,7 @@ class Settings:
         maybe("SAAS_AUDIENCE", "audience")
         maybe("SECRET_KEY", "secret_key")
         maybe("SAAS_VAR_DIR", "var_dir", Path)
+        maybe("SAAS_EXPORT_DIR", "export_dir", Path)
         maybe("SAAS_SIGNING_KEY_PATH", "signing_key_path", Path)
         maybe("SAAS_SIGNING_ALG", "signing_alg", _choice("RS256", "ES256"))
         maybe("ACCESS_TOKEN_TTL", "access_token_ttl_seconds", _positive_int)

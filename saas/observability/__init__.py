@@ -29,8 +29,10 @@ def _route() -> str:
 def init_app(app: Flask) -> None:
     """Register the request timer, the request log and ``GET /metrics`` (``create_app`` has
     already called :func:`configure_logging`)."""
+    metrics.ensure_multiproc_dir()
     collector = metrics.DatabaseCollector(app.extensions["saas.db"].engine)
     app.extensions["saas.metrics_collector"] = collector
+    app.extensions["saas.guard_collector"] = metrics.GuardCollector(app)
 
     @app.before_request
     def _start_timer() -> None:
@@ -42,11 +44,14 @@ def init_app(app: Flask) -> None:
         seconds = time.perf_counter() - started if started else 0.0
         route = _route()
         if route != "/metrics":
-            metrics.observe_request(route, request.method, response.status_code, seconds)
+            try:  # a metrics failure (a missing multiprocess dir) must never fail the request
+                metrics.observe_request(route, request.method, response.status_code, seconds)
+            except Exception:
+                _log.warning("cannot record request metrics", exc_info=True)
         principal = g.get("principal")
         fields = {
             "request_id": g.get("request_id"),
-            "method": request.method,
+            "method": metrics.method_label(request.method),
             "route": route,
             "status": response.status_code,
             "duration_ms": round(seconds * 1000, 2),
@@ -66,5 +71,8 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def _metrics() -> Response:
-        body = metrics.render(current_app.extensions.get("saas.metrics_collector"))
+        extensions = current_app.extensions
+        body = metrics.render(
+            extensions.get("saas.metrics_collector"), extensions.get("saas.guard_collector")
+        )
         return Response(body, mimetype="text/plain; version=0.0.4", headers={"Cache-Control": "no-store"})

@@ -16,9 +16,11 @@ backlog) are computed at scrape time by :class:`DatabaseCollector`, cached for 1
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -48,30 +50,81 @@ JOBS = Counter("saas_jobs_total", "Outbox messages handled by topic and outcome 
 JOB_LATENCY = Histogram("saas_job_duration_seconds", "Time to handle one outbox message.", ["topic"])
 
 
+def _never_raises(fn: Callable[..., None]) -> Callable[..., None]:
+    """Counting must never break what is counted (a request, a webhook, a delivery): a failure
+    (a missing ``PROMETHEUS_MULTIPROC_DIR``, a full disk) is logged and dropped."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            import logging
+
+            logging.getLogger("saas.metrics").warning("cannot record metric %s", fn.__name__, exc_info=True)
+
+    return wrapper
+
+
+def ensure_multiproc_dir() -> str | None:
+    """Create ``PROMETHEUS_MULTIPROC_DIR`` when it is set and missing (gunicorn's ``on_starting``
+    creates it for the app; ``saas worker`` and other processes call this at start): without
+    it every metric update raises FileNotFoundError. Returns the directory, or None when unset
+    or when it cannot be created (logged; metric updates then fail and callers ignore that)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        import logging
+
+        logging.getLogger("saas.metrics").warning("cannot create PROMETHEUS_MULTIPROC_DIR %s", path)
+        return None
+    return path
+
+
+#: the ``method`` label's values: anything else (``PROPFIND``, garbage) counts as ``OTHER``, so a
+#: client cannot create label values (a new time series per invented method)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """``method`` when it is one of :data:`HTTP_METHODS`, else ``"OTHER"``."""
+    return method if method in HTTP_METHODS else "OTHER"
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    labels = (route, method, str(status))
+    """Count one request. ``route`` must be a URL rule template (``/api/v1/contacts/<uuid:id>``)
+    or ``unmatched``, never a raw path; ``method`` is mapped by :func:`method_label`."""
+    labels = (route, method_label(method), str(status))
     REQUESTS.labels(*labels).inc()
     LATENCY.labels(*labels).observe(seconds)
 
 
+@_never_raises
 def rate_limit_rejected(policy: str) -> None:
     """One request refused by ``policy`` (a policy name from the limits configuration)."""
     RATE_LIMIT_REJECTIONS.labels(policy).inc()
 
 
+@_never_raises
 def cache_hit(cache: str) -> None:
     CACHE.labels(cache, "hit").inc()
 
 
+@_never_raises
 def cache_miss(cache: str) -> None:
     CACHE.labels(cache, "miss").inc()
 
 
+@_never_raises
 def webhook_event(event_type: str, outcome: str) -> None:
     """A webhook event (e.g. Stripe ``invoice.paid``) and its outcome (processed|ignored|failed|duplicate)."""
     WEBHOOKS.labels(event_type, outcome).inc()
 
 
+@_never_raises
 def job_processed(topic: str, outcome: str, seconds: float) -> None:
     JOBS.labels(topic, outcome).inc()
     JOB_LATENCY.labels(topic).observe(seconds)
@@ -139,21 +192,73 @@ class DatabaseCollector(Collector):
         return [tenants, behind, outbox, up]
 
 
-def render(database_collector: DatabaseCollector | None = None) -> bytes:
-    """The exposition text: every process's samples in multiprocess mode, else this process's."""
+#: ``name{label="value",...}`` keys of :class:`saas.cache.guard.Counters`
+_COUNTER_KEY = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)(?:\{(.*)\})?$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+class GuardCollector(Collector):
+    """The limiter's and cache's Redis counters (:class:`saas.cache.guard.Counters`, read-only)
+    and the circuit breaker's state, at scrape time.
+
+    Each counter ``<name>[{labels}]`` becomes ``saas_<name>`` (a Prometheus counter):
+    ``saas_redis_errors_total{component}``, ``saas_redis_short_circuited_total``,
+    ``saas_breaker_opened_total``, ``saas_limits_fail_open_total``,
+    ``saas_limits_fail_closed_total``, ``saas_rate_limited_total{policy}``,
+    ``saas_quota_exceeded_total``, ``saas_cache_hits_total``, ``saas_cache_misses_total``. When a
+    counter is kept both bare and with labels, only the labelled series are exported (their sum
+    is the bare one; mixing both would double-count in ``sum()``). ``saas_redis_breaker_open``
+    is 1 while the breaker refuses calls.
+
+    The values are the answering process's: under gunicorn each worker has its own breaker and
+    counters (see docs/operations.md, "Metrics").
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        counters = self.app.extensions.get("saas.metrics")
+        samples: dict[str, list[tuple[dict[str, str], int]]] = {}
+        for key, value in sorted((counters.snapshot() if counters is not None else {}).items()):
+            match = _COUNTER_KEY.match(key)
+            if match is None:
+                continue
+            labels = dict(_LABEL.findall(match.group(2) or ""))
+            samples.setdefault(match.group(1), []).append((labels, value))
+        for name, values in samples.items():
+            labelled = [v for v in values if v[0]]
+            chosen = labelled or values
+            names = sorted({k for labels, _ in chosen for k in labels})
+            family = CounterMetricFamily(
+                f"saas_{name.removesuffix('_total')}", f"Redis guard counter {name}.", labels=names
+            )
+            for labels, value in chosen:
+                family.add_metric([labels.get(k, "") for k in names], value)
+            yield family
+        guard = self.app.extensions.get("saas.redis_guard")
+        if guard is not None:
+            state = GaugeMetricFamily("saas_redis_breaker_open", "1 while the Redis circuit breaker is open.")
+            state.add_metric([], 1 if guard.breaker.is_open() else 0)
+            yield state
+
+
+def render(*collectors: Collector | None) -> bytes:
+    """The exposition text: every process's samples in multiprocess mode, else this process's,
+    followed by the scrape-time ``collectors`` (:class:`DatabaseCollector`,
+    :class:`GuardCollector`)."""
     from prometheus_client import REGISTRY
 
+    extra = CollectorRegistry()
+    for collector in collectors:
+        if collector is not None:
+            extra.register(collector)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        if database_collector is not None:
-            registry.register(database_collector)
-        return generate_latest(registry)
-    output = generate_latest(REGISTRY)
-    if database_collector is not None:
-        registry = CollectorRegistry()
-        registry.register(database_collector)
-        output += generate_latest(registry)
-    return output
+        return generate_latest(registry) + generate_latest(extra)
+    return generate_latest(REGISTRY) + generate_latest(extra)

@@ -10,7 +10,12 @@ from saas.cli import CliError, Context, _fail_cleanly, _print_json, db, pass_ctx
 
 
 def run_tenant_migrations(
-    ctx: Context, only: tuple[str, ...], parallel: int, as_json: bool, track: str | None = None
+    ctx: Context,
+    only: tuple[str, ...],
+    parallel: int,
+    as_json: bool,
+    track: str | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> None:
     """Shared by ``saas tenants migrate`` and ``saas db upgrade``: exits 1 when a tenant failed."""
     from saas.ops.migrations import TENANT_TRACK, migrate_tenants, tenants_behind, track_head
@@ -24,7 +29,9 @@ def run_tenant_migrations(
     except LookupError as exc:
         raise CliError(str(exc)) from None
     if as_json or not behind:
-        report = migrate_tenants(engine, only=only, parallel=parallel, script_location=location)
+        report = migrate_tenants(
+            engine, only=only, parallel=parallel, script_location=location, lock_timeout_ms=lock_timeout_ms
+        )
     else:
         with click.progressbar(
             length=len(behind), label=f"tenants ({total - len(behind)} of {total} at head)", file=sys.stderr
@@ -35,6 +42,7 @@ def run_tenant_migrations(
                 parallel=parallel,
                 script_location=location,
                 progress=lambda r: bar.update(1),
+                lock_timeout_ms=lock_timeout_ms,
             )
     if as_json:
         _print_json(report.to_dict())
@@ -61,28 +69,65 @@ def run_tenant_migrations(
 @click.option("--tenant", "only", multiple=True, help="slug or id (repeatable); all tenants when omitted")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--track", hidden=True, help="another tenant track directory (benchmarks, rehearsals)")
+@click.option(
+    "--lock-timeout",
+    "lock_timeout_ms",
+    type=click.IntRange(0, 600_000),
+    help="ms a tenant waits for a lock, then fails (default MIGRATE_LOCK_TIMEOUT_MS or 2000; 0: forever)",
+)
 @pass_ctx
 @_fail_cleanly
 def tenants_migrate(
-    ctx: Context, parallel: int, only: tuple[str, ...], as_json: bool, track: str | None
+    ctx: Context,
+    parallel: int,
+    only: tuple[str, ...],
+    as_json: bool,
+    track: str | None,
+    lock_timeout_ms: int | None,
 ) -> None:
     """Bring tenant schemas to the tenant track's head.
 
     Tenants already at head are skipped by one catalogue query; each other tenant is migrated in
     its own transaction; a failure is reported and the rest go on (exit code 1). Safe to re-run.
     """
-    run_tenant_migrations(ctx, only, parallel, as_json, track)
+    run_tenant_migrations(ctx, only, parallel, as_json, track, lock_timeout_ms)
 
 
 @db.command("check")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--migrations-only",
+    is_flag=True,
+    help="only: shared track at head and every tenant at head (cheap; what a release waits for)",
+)
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=0,
+    type=click.IntRange(0, 86400),
+    help="re-check every 5 s for up to this many seconds until it passes (an initContainer)",
+)
 @pass_ctx
 @_fail_cleanly
-def db_check(ctx: Context, as_json: bool) -> None:
+def db_check(ctx: Context, as_json: bool, migrations_only: bool, wait_seconds: int) -> None:
     """Models and both migration tracks agree; every tenant schema at head (exit 1 otherwise)."""
+    import time
+
     from saas.ops.dbcheck import check_database
 
-    results = check_database(ctx.engine)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            results = check_database(ctx.engine, migrations_only=migrations_only)
+        except Exception as exc:  # database not reachable yet: retried while waiting
+            if time.monotonic() >= deadline:
+                raise
+            click.echo(f"waiting: {type(exc).__name__}", err=True)
+        else:
+            if all(r.ok for r in results) or time.monotonic() >= deadline:
+                break
+            click.echo("waiting: " + "; ".join(r.detail for r in results if not r.ok), err=True)
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     if as_json:
         _print_json([r.to_dict() for r in results])
     else:

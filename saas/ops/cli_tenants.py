@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from saas.cli import Context, _fail_cleanly, _print_json, operator_actor, pass_ctx, tenants
+from saas.cli import CliError, Context, _fail_cleanly, _print_json, operator_actor, pass_ctx, tenants
 
 
 def _done(as_json: bool, data: dict, message: str) -> None:
@@ -52,10 +52,13 @@ def tenants_resume(ctx: Context, tenant: str, as_json: bool) -> None:
     _done(as_json, data, f"resumed {data['slug']}")
 
 
-def _default_export_path(ctx: Context, slug: str) -> Path:
+def _default_export_path(ctx: Context, slug: str) -> Path | None:
+    """``<SAAS_EXPORT_DIR>/<slug>-<time>.jsonl``, or None when no durable directory is set."""
     from saas.db import utcnow
 
-    return ctx.settings.var_dir / "exports" / f"{slug}-{utcnow():%Y%m%dT%H%M%SZ}.jsonl"
+    if ctx.settings.export_dir is None:
+        return None
+    return ctx.settings.export_dir / f"{slug}-{utcnow():%Y%m%dT%H%M%SZ}.jsonl"
 
 
 @tenants.command("delete")
@@ -71,7 +74,7 @@ def _default_export_path(ctx: Context, slug: str) -> Path:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="export file for --now (default: <var>/exports/<slug>-<time>.jsonl)",
+    help="export file for --now (required unless SAAS_EXPORT_DIR names a durable directory)",
 )
 @click.option("--yes", is_flag=True, help="confirm --now")
 @click.option("--json", "as_json", is_flag=True)
@@ -95,14 +98,40 @@ def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool
         return
     if not yes:
         raise click.UsageError("--now drops the tenant at once: add --yes to confirm")
+    if out is None and ctx.settings.export_dir is None:
+        raise click.UsageError(
+            "--now drops the tenant after exporting it: give --out FILE on durable storage "
+            "(or set SAAS_EXPORT_DIR to a durable directory)"
+        )
+    from saas.ops.lifecycle import resume, suspend
+
     engine = ctx.database.engine
-    with ctx.database.transaction() as session:  # suspended first: no write lands after the export
+    actor = operator_actor()
+    # 1. suspended (no request or refresh gets through) but NOT scheduled for deletion: if the
+    #    export fails, nothing is dropped, by us or by the purge CronJob
+    with ctx.database.transaction() as session:
         t = find_tenant(session, tenant, for_update=True)
-        if t.deleted_at is None:
-            schedule_deletion(session, t, operator_actor(), 0)
+        was_active = t.status == "active" and t.deleted_at is None
+        if t.status == "active":
+            suspend(session, t, "deletion in progress (saas tenants delete --now)", actor)
         slug, tid = t.slug, t.id
     path = out or _default_export_path(ctx, slug)
-    counts = export_to_file(engine, str(tid), path)
+    assert path is not None
+    # 2. the export, streamed from one snapshot, written to a temporary name and renamed whole
+    try:
+        counts = export_to_file(engine, str(tid), path)
+    except BaseException as exc:
+        if was_active:  # back as it was: the operator retries once the cause is fixed
+            with ctx.database.transaction() as session:
+                resume(session, find_tenant(session, str(tid), for_update=True), actor)
+        if isinstance(exc, Exception):
+            state = "resumed" if was_active else "left as it was"
+            raise CliError(
+                f"export to {path} failed ({type(exc).__name__}: {exc}); "
+                f"nothing was deleted, the tenant {state}"
+            ) from exc
+        raise
+    # 3. only now: the schema and the shared rows go, in one transaction
     with ctx.database.transaction() as session:
         drop_tenant(session, find_tenant(session, str(tid), for_update=True))
     import logging
@@ -142,7 +171,7 @@ def tenants_purge(ctx: Context, only: tuple[str, ...], dry_run: bool, as_json: b
     data = {"purged": [r.slug for r in results if r.ok],
             "failed": [{"slug": r.slug, "error": r.error} for r in results if not r.ok]}  # fmt: skip
     _done(as_json, data, f"purged {len(data['purged'])} tenants" +
-          "".join(f"\\nfailed {f['slug']}: {f['error']}" for f in data["failed"]))  # fmt: skip
+          "".join(f"\nfailed {f['slug']}: {f['error']}" for f in data["failed"]))  # fmt: skip
     if data["failed"]:
         sys.exit(1)
 
@@ -172,17 +201,29 @@ def tenants_export(ctx: Context, tenant: str, out: Path) -> None:
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--slug", required=True, help="slug of the NEW tenant")
 @click.option("--name", help="name of the new tenant (default: the exported one)")
+@click.option(
+    "--reuse-stripe-customer",
+    is_flag=True,
+    help="attach the export's Stripe customer and subscription (only once no tenant holds them)",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_fail_cleanly
-def tenants_import(ctx: Context, file, slug: str, name: str | None, as_json: bool) -> None:
-    """Restore an export into a NEW tenant (new id, schema and slug), in one transaction."""
+def tenants_import(ctx: Context, file, slug: str, name: str | None, reuse_stripe_customer: bool,
+                   as_json: bool) -> None:  # fmt: skip
+    """Restore an export into a NEW tenant (new id, schema and slug), in one transaction.
+
+    Stripe ids in the file are NOT attached unless --reuse-stripe-customer (docs/operations.md).
+    """
     from saas.ops.export import import_tenant
 
+    notes: list[str] = []
     with ctx.database.transaction() as session:
-        t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor())
-        data = {"slug": t.slug, "id": str(t.id), "schema": t.schema_name, "rows": counts}
-    _done(as_json, data, f"imported into {data['slug']} ({data['id']}): {sum(counts.values())} rows")
+        t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor(),
+                                  reuse_stripe_customer=reuse_stripe_customer, notes=notes)  # fmt: skip
+        data = {"slug": t.slug, "id": str(t.id), "schema": t.schema_name, "rows": counts, "notes": notes}
+    _done(as_json, data, f"imported into {data['slug']} ({data['id']}): {sum(counts.values())} rows"
+          + "".join(f"\nnote: {n}" for n in notes))  # fmt: skip
 
 
 @tenants.command("rename-slug")

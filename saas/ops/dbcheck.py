@@ -7,6 +7,10 @@
   the whole tenant track and another by :func:`~saas.tenancy.provisioning.create_tenant_schema`
   (what signup does); both must compare equal to ``tenant_metadata``;
 * tenants: none behind the tenant head (one catalogue query) and none whose schema is missing.
+
+``migrations_only=True`` (``saas db check --migrations-only``) runs only the two cheap checks a
+new release needs before it serves (shared revision at head, every tenant at head): the app's
+``wait-for-migrations`` initContainer (infra/k8s/app.yaml) polls it with ``--wait``.
 """
 
 from __future__ import annotations
@@ -72,12 +76,14 @@ def _tenant_metadata_in(schema: str) -> MetaData:
     return copy
 
 
-def check_database(engine: Engine) -> list[CheckResult]:
-    """Run every check; never raises for a failed check (each is a :class:`CheckResult`)."""
+def check_database(engine: Engine, *, migrations_only: bool = False) -> list[CheckResult]:
+    """Run every check; never raises for a failed check (each is a :class:`CheckResult`).
+
+    ``migrations_only``: only "shared revision" and "tenant schemas at head" (two queries, no
+    scratch schemas, no autogenerate comparison)."""
     import saas.models  # noqa: F401 - every shared table
     from saas.migrate import current_shared_revision, shared_head_revision
-    from saas.ops.migrations import TenantMigrator, tenants_behind
-    from saas.tenancy.provisioning import create_tenant_schema
+    from saas.ops.migrations import TenantMigrator
 
     results: list[CheckResult] = []
     shared_head = shared_head_revision()
@@ -89,6 +95,16 @@ def check_database(engine: Engine) -> list[CheckResult]:
             f"at {current}" if current == shared_head else f"at {current}, head is {shared_head}",
         )
     )
+    migrator = TenantMigrator()
+    if not migrations_only:
+        _check_models(engine, migrator, results)
+    _check_tenants(engine, migrator, results)
+    return results
+
+
+def _check_models(engine: Engine, migrator: Any, results: list[CheckResult]) -> None:
+    from saas.tenancy.provisioning import create_tenant_schema
+
     with engine.connect() as conn:
         diffs = _compare(conn, shared_metadata, SHARED_SCHEMA, SHARED_SCHEMA)
     results.append(
@@ -99,7 +115,6 @@ def check_database(engine: Engine) -> list[CheckResult]:
         )
     )
 
-    migrator = TenantMigrator()
     with engine.connect() as conn:
         trans = conn.begin()
         try:
@@ -136,6 +151,10 @@ def check_database(engine: Engine) -> list[CheckResult]:
         finally:
             trans.rollback()
 
+
+def _check_tenants(engine: Engine, migrator: Any, results: list[CheckResult]) -> None:
+    from saas.ops.migrations import tenants_behind
+
     total, behind = tenants_behind(engine, migrator.head)
     with engine.connect() as conn:
         missing = (
@@ -155,4 +174,3 @@ def check_database(engine: Engine) -> list[CheckResult]:
     if missing:
         detail += f"; {len(missing)} schemas missing: {', '.join(missing[:3])}"
     results.append(CheckResult("tenant schemas at head", ok, detail))
-    return results

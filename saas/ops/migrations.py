@@ -20,6 +20,14 @@ Safety:
   second sees head and skips), the revisions, the version row and ``saas.tenants.schema_version``
   updated, commit. A failure rolls that tenant back completely (PostgreSQL DDL is
   transactional) and is reported; the others go on. Re-running is safe.
+* ``SET LOCAL lock_timeout`` (``lock_timeout_ms``, 2 s by default, ``MIGRATE_LOCK_TIMEOUT_MS``
+  or ``--lock-timeout``): an ``ALTER TABLE`` waiting behind a long transaction would otherwise
+  queue every later query on that table behind itself (an outage for the tenant); instead that
+  tenant fails with ``LockNotAvailable`` and a re-run picks it up.
+* Worker processes (``--parallel``) run under :class:`concurrent.futures.ProcessPoolExecutor`:
+  a worker that dies (OOM kill, segfault) breaks the pool, which is reported as a failure of
+  every tenant not yet reported (some may in fact have committed: a re-run skips those) and
+  never hangs; a worker that cannot connect reports each of its tenants failed.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.util
+import os
 import re
 import time
 import uuid
@@ -72,6 +81,22 @@ def track_head(location: str | Path = TENANT_TRACK) -> str:
     if len(heads) != 1:
         return TenantMigrator(location).head
     return heads.pop()
+
+
+#: ``lock_timeout`` of each tenant's migration transaction when not configured (milliseconds)
+DEFAULT_LOCK_TIMEOUT_MS = 2000
+
+
+def default_lock_timeout_ms() -> int:
+    """``MIGRATE_LOCK_TIMEOUT_MS`` from the environment (0 = wait forever), else 2000."""
+    raw = os.environ.get("MIGRATE_LOCK_TIMEOUT_MS", "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_LOCK_TIMEOUT_MS
+    except ValueError:
+        raise ValueError(f"MIGRATE_LOCK_TIMEOUT_MS must be milliseconds, not {raw!r}") from None
+    if value < 0:
+        raise ValueError("MIGRATE_LOCK_TIMEOUT_MS must not be negative")
+    return value
 
 
 @dataclass
@@ -167,7 +192,8 @@ class TenantMigrator:
         script_location: the tenant track's directory (a scratch copy in benchmarks and tests).
     """
 
-    def __init__(self, script_location: str | Path = TENANT_TRACK):
+    def __init__(self, script_location: str | Path = TENANT_TRACK, lock_timeout_ms: int | None = None):
+        self.lock_timeout_ms = default_lock_timeout_ms() if lock_timeout_ms is None else int(lock_timeout_ms)
         self.script = _script_directory(str(script_location))
         head = self.script.get_current_head()
         if head is None:
@@ -243,7 +269,8 @@ class TenantMigrator:
                 # (schema change and version row together), so they are simply behind again;
                 # migrate_tenants ends with one synchronous commit, which flushes them all.
                 conn.exec_driver_sql(
-                    f"SET LOCAL search_path TO {quoted}; SET LOCAL synchronous_commit TO off"
+                    f"SET LOCAL search_path TO {quoted}; SET LOCAL synchronous_commit TO off; "
+                    f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}"
                 )
                 current = conn.exec_driver_sql(
                     f"SELECT version_num FROM {quoted}.alembic_version FOR UPDATE"  # noqa: S608 - quoted
@@ -260,8 +287,7 @@ class TenantMigrator:
                     )
         except Exception as exc:
             result.status = "failed"
-            message = str(exc).strip().splitlines()
-            result.error = f"{type(exc).__name__}: {message[0] if message else ''}"[:500]
+            result.error = _one_line(exc)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -295,23 +321,88 @@ def tenants_behind(
 # --- worker processes --------------------------------------------------------------------------
 
 _parent_engine: Engine | None = None
-_worker: tuple[TenantMigrator, Connection] | None = None
+_worker: tuple[TenantMigrator, Connection | None, str | None] | None = None
 
 
-def _init_worker(url: str, script_location: str) -> None:
+def _init_worker(url: str, script_location: str, lock_timeout_ms: int) -> None:
+    """Runs once in each worker process. Never raises (an initializer error would break the
+    whole pool): a connection failure is kept and reported for each tenant of this worker."""
     global _worker
     if _parent_engine is not None:
         _parent_engine.dispose(close=False)  # the parent's pooled connections are not ours
-    engine = create_engine(url, pool_size=1, max_overflow=0)
-    conn = engine.connect()
-    _worker = (TenantMigrator(script_location), conn)
+    migrator = TenantMigrator(script_location, lock_timeout_ms)
+    try:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        conn = engine.connect()
+    except Exception as exc:
+        _worker = (migrator, None, _one_line(exc))
+        return
+    _worker = (migrator, conn, None)
     multiprocessing.util.Finalize(None, conn.close, exitpriority=10)  # close cleanly at exit
 
 
-def _migrate_in_worker(item: tuple[str, str]) -> MigrationResult:
+def _one_line(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0] if message else ''}"[:500]
+
+
+def _migrate_chunk(items: list[tuple[str, str]]) -> list[MigrationResult]:
     assert _worker is not None
-    migrator, conn = _worker
-    return migrator.migrate(conn, item[0], item[1])
+    migrator, conn, error = _worker
+    if conn is None:
+        return [
+            MigrationResult(tid, schema, "failed", error=f"connection failed: {error}")
+            for tid, schema in items
+        ]
+    return [migrator.migrate(conn, tid, schema) for tid, schema in items]
+
+
+def _run_parallel(
+    engine: Engine,
+    migrator: TenantMigrator,
+    items: list[tuple[str, str]],
+    workers: int,
+    script_location: str | Path,
+    emit: Callable[[MigrationResult], None],
+) -> None:
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _parent_engine
+    for path in migrator.path_from(None):
+        _ = path.module  # imported before the fork: every worker has them
+    url = engine.url.render_as_string(hide_password=False)
+    chunk = max(1, min(32, len(items) // (workers * 8) or 1))
+    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    _parent_engine = engine
+    try:
+        executor = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_worker,
+            initargs=(url, str(script_location), migrator.lock_timeout_ms),
+        )
+        try:
+            pending = {executor.submit(_migrate_chunk, c): c for c in chunks}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    part = pending.pop(future)
+                    try:
+                        results = future.result()
+                    except BrokenProcessPool as exc:
+                        reason = f"worker process died ({exc or 'BrokenProcessPool'}); re-run to retry"
+                        results = [MigrationResult(t, s, "failed", error=reason[:500]) for t, s in part]
+                    except Exception as exc:  # pragma: no cover - migrate() reports its own errors
+                        results = [MigrationResult(t, s, "failed", error=_one_line(exc)) for t, s in part]
+                    for result in results:
+                        emit(result)
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        executor.shutdown(wait=True)
+    finally:
+        _parent_engine = None
 
 
 def migrate_tenants(
@@ -321,6 +412,7 @@ def migrate_tenants(
     parallel: int = 1,
     script_location: str | Path = TENANT_TRACK,
     progress: Callable[[MigrationResult], None] | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> MigrateReport:
     """Bring every tenant schema (or ``only`` those) to the tenant track's head.
 
@@ -330,51 +422,42 @@ def migrate_tenants(
         parallel: worker processes (1 = this process, no fork).
         script_location: the tenant track directory.
         progress: called once per tenant that was behind, with its result.
+        lock_timeout_ms: ``lock_timeout`` of each tenant's transaction (None:
+            :func:`default_lock_timeout_ms`; 0: wait forever).
 
     Returns:
-        a :class:`MigrateReport`; ``report.ok`` is False when any tenant failed.
+        a :class:`MigrateReport`; ``report.ok`` is False when any tenant failed (including
+        tenants whose worker process died: ``error`` says so).
 
     Raises:
         LookupError: a tenant in ``only`` does not exist.
     """
-    global _parent_engine
     start = time.perf_counter()
     head = track_head(script_location)
     total, behind = tenants_behind(engine, head, only)
     report = MigrateReport(head=head, total=total, at_head=total - len(behind))
+
+    def emit(result: MigrationResult) -> None:
+        report.results.append(result)
+        if progress:
+            progress(result)
+
     if behind:
-        migrator = TenantMigrator(script_location)
+        migrator = TenantMigrator(script_location, lock_timeout_ms)
         items = [(str(tid), schema) for tid, schema in behind]
         workers = max(1, min(parallel, len(items)))
         if workers == 1:
-            with engine.connect() as conn:
-                for item in items:
-                    result = migrator.migrate(conn, *item)
-                    report.results.append(result)
-                    if progress:
-                        progress(result)
-        else:
-            for path in migrator.path_from(None):
-                _ = path.module
-            url = engine.url.render_as_string(hide_password=False)
-            _parent_engine = engine
-            ctx = multiprocessing.get_context("fork")
-            chunk = max(1, min(32, len(items) // (workers * 8) or 1))
             try:
-                pool = ctx.Pool(workers, initializer=_init_worker, initargs=(url, str(script_location)))
-                try:
-                    for result in pool.imap_unordered(_migrate_in_worker, items, chunksize=chunk):
-                        report.results.append(result)
-                        if progress:
-                            progress(result)
-                    pool.close()
-                except BaseException:
-                    pool.terminate()
-                    raise
-                finally:
-                    pool.join()
-            finally:
-                _parent_engine = None
+                conn = engine.connect()
+            except Exception as exc:  # reported per tenant, like a worker process's
+                for tid, schema in items:
+                    emit(MigrationResult(tid, schema, "failed", error=f"connection failed: {_one_line(exc)}"))
+            else:
+                with conn:
+                    for item in items:
+                        emit(migrator.migrate(conn, *item))
+        else:
+            _run_parallel(engine, migrator, items, workers, script_location, emit)
     if report.migrated or report.results:
         durable_barrier(engine)
     report.seconds = time.perf_counter() - start

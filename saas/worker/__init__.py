@@ -57,6 +57,16 @@ def _touch(path: str) -> None:
         log.warning("cannot touch the heartbeat file %s", path)
 
 
+def _record_job(topic: str, outcome: str, seconds: float) -> None:
+    """Count a handled message; never raises (called after the delivery committed)."""
+    try:
+        from saas.observability import metrics
+
+        metrics.job_processed(topic, outcome, seconds)
+    except Exception:
+        log.warning("cannot record job metrics", exc_info=True)
+
+
 class PermanentError(Exception):
     """A handler's failure that retrying cannot fix (malformed payload): dead letter at once."""
 
@@ -142,11 +152,16 @@ class Worker:
         self.services = services or {}
         self.stopping = threading.Event()
         self._last_prune = 0.0
+        from saas.observability.metrics import ensure_multiproc_dir
+
+        ensure_multiproc_dir()
 
     def run_one(self) -> str | None:
-        """Deliver at most one due message. Returns ``sent``, ``retry``, ``failed`` or None (idle)."""
-        from saas.observability import metrics
+        """Deliver at most one due message. Returns ``sent``, ``retry``, ``failed`` or None (idle).
 
+        Metrics are recorded after the commit and never raise: a metrics failure (a missing
+        ``PROMETHEUS_MULTIPROC_DIR``, a full disk) must not roll back a delivery whose side
+        effect (the mail) has already happened, or the message would be delivered forever."""
         with self.database.transaction() as session:
             row = session.scalars(
                 select(OutboxMessage)
@@ -198,7 +213,7 @@ class Worker:
                     },
                 )
             row.attempts = job.attempts
-            metrics.job_processed(job.topic, outcome, time.perf_counter() - start)
+        _record_job(job.topic, outcome, time.perf_counter() - start)
         return outcome
 
     def run_until_idle(self, limit: int = 10_000) -> dict[str, int]:

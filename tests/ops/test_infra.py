@@ -20,7 +20,7 @@ INFRA = ROOT / "infra"
 
 def _k8s() -> list[dict]:
     docs = []
-    for path in sorted((INFRA / "k8s").glob("*.yaml")):
+    for path in sorted((INFRA / "k8s").rglob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
 
@@ -97,9 +97,10 @@ def test_k8s_objects_reference_each_other_and_real_routes(app):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == 8000
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["path"] in routes
+        assert container[probe]["httpGet"]["path"].split("?")[0] in routes
         assert container[probe]["httpGet"]["port"] in ports
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # a Redis outage must not unready every pod (limits fail open): Redis reported, not decisive
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz?optional=redis"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     service = services["saas-app"]
     assert service["spec"]["selector"].items() <= labels.items()
@@ -119,6 +120,9 @@ def test_k8s_objects_reference_each_other_and_real_routes(app):
     config_names = set(_by_kind("ConfigMap"))
     for spec in (deployments["saas-app"]["spec"]["template"]["spec"], worker, job, purge):
         assert spec["securityContext"]["runAsNonRoot"] is True
+        if any(v.get("secret", {}).get("defaultMode") == 0o400 for v in spec["volumes"]):
+            # 0400 Secret files are readable by the non-root user only through fsGroup
+            assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"]
         for c in spec["containers"]:
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             for source in c["envFrom"]:
@@ -139,6 +143,27 @@ def test_k8s_config_names_are_settings_and_secrets_are_placeholders():
             assert "REPLACE_ME" in value or "REPLACE" in value
 
 
+def test_hpa_owns_the_app_replicas_and_the_app_waits_for_migrations():
+    app = _by_kind("Deployment")["saas-app"]
+    assert "replicas" not in app["spec"]  # a value would fight the HPA on every apply
+    (init,) = app["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"][:4] == ["saas", "db", "check", "--migrations-only"] and "--wait" in init["command"]
+    assert _command_exists(init["command"])
+    assert init["image"] == app["spec"]["template"]["spec"]["containers"][0]["image"] == "saas-backend"
+    worker = _by_kind("Deployment")["saas-worker"]["spec"]["template"]["spec"]
+    assert worker["initContainers"][0]["command"] == init["command"]
+
+
+def test_every_image_is_set_by_kustomize_in_one_place():
+    images = [d for d in _k8s() if d.get("kind") == "Component"]
+    assert [i["name"] for i in images[0]["images"]] == ["saas-backend"]
+    for kustomization in ("kustomization.yaml", "migrate/kustomization.yaml"):
+        doc = yaml.safe_load((INFRA / "k8s" / kustomization).read_text())
+        assert "images" not in doc and any(c.rstrip("/").endswith("images") for c in doc["components"])
+    job = _by_kind("Job")["saas-migrate"]["spec"]["template"]["spec"]["containers"][0]
+    assert job["image"] == "saas-backend"  # never a hard-coded registry tag
+
+
 def test_kustomize_builds_when_kubectl_exists():
     kubectl = shutil.which("kubectl")
     if not kubectl:
@@ -147,6 +172,13 @@ def test_kustomize_builds_when_kubectl_exists():
     assert out.returncode == 0, out.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
     assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler"} <= kinds
+    images = {line.split("image:")[1].strip() for line in out.stdout.splitlines() if "image:" in line}
+    migrate = subprocess.run(
+        [kubectl, "kustomize", str(INFRA / "k8s" / "migrate")], capture_output=True, text=True
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    job_images = {line.split("image:")[1].strip() for line in migrate.stdout.splitlines() if "image:" in line}
+    assert len(images) == 1 and job_images == images and "saas-backend:" in images.pop()
 
 
 def test_gunicorn_config(monkeypatch, tmp_path):

@@ -156,3 +156,181 @@ def test_export_import_roundtrip_and_delete_now(committed, run_cli, engine, tmp_
             == 0
         )
         assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE id = :i"), {"i": src.id}) == 0
+
+
+def test_delete_now_exports_first_and_a_failed_export_deletes_nothing(
+    committed, run_cli, engine, monkeypatch
+):
+    """Review defect: --now committed a 0-day deletion before exporting; a failed export left a
+    tenant the purge CronJob then dropped with no export anywhere."""
+    from saas.ops import export
+
+    tenant = committed.tenant()
+    r = run_cli("tenants", "delete", tenant.slug, "--now", "--yes")
+    assert r.exit_code == 2 and "--out" in r.output  # no durable destination: refused up front
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "export_to_file", disk_full)
+    r = run_cli("tenants", "delete", tenant.slug, "--now", "--yes", "--out", "/nonexistent/x.jsonl")
+    assert r.exit_code == 1 and "nothing was deleted" in r.stderr
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, deleted_at, purge_after FROM saas.tenants WHERE id = :i"), {"i": tenant.id}
+        ).one()
+    assert tuple(row) == ("active", None, None)  # resumed; never scheduled for the purge
+    actions = [a for a, _, _ in _audit(engine, tenant.schema_name)]
+    assert "tenant.suspended" in actions and "tenant.resumed" in actions
+    assert "tenant.deletion_scheduled" not in actions
+
+
+def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_cli, engine, tmp_path):
+    """Review defect: OAuth clients, consents, billing account and overrides, and the members'
+    MFA factors and recovery codes were lost by export/import."""
+    from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
+    from saas.billing.models import BillingAccount, BillingOverride
+    from saas.db import Database
+    from saas.identity.models import User
+
+    src = committed.tenant(members=2)
+    tag = uuid.uuid4().hex[:8]
+    with Database(engine).transaction() as session:
+        owner = session.query(User).filter_by(email=f"m0@{src.slug}.test").one()
+        member = session.query(User).filter_by(email=f"m1@{src.slug}.test").one()
+        member_id = member.id
+        session.add(MfaFactor(user_id=member.id, status="active", secret_encrypted="enc-" + tag, last_step=7))
+        session.add(RecoveryCode(user_id=member.id, code_hash="h" * 64))
+        session.add(
+            OAuthClient(
+                client_id=f"c_{tag}",
+                tenant_id=src.id,
+                name="CRM sync",
+                client_type="confidential",
+                secret_hash="s" * 64,
+                redirect_uris=["https://crm.test/cb"],
+                grant_types=["authorization_code"],
+                created_by=owner.id,
+            )
+        )
+        session.add(Consent(user_id=owner.id, tenant_id=src.id, client_id=f"c_{tag}", scope="openid api"))
+        session.add(
+            BillingAccount(
+                tenant_id=src.id,
+                stripe_customer_id=f"cus_{tag}",
+                stripe_subscription_id=f"sub_{tag}",
+                plan="pro",
+                status="active",
+            )
+        )
+        session.add(BillingOverride(tenant_id=src.id, plan="enterprise", limits={"seats": 50}, reason="deal"))
+    out = tmp_path / "export.jsonl"
+    assert run_cli("tenants", "export", src.slug, "--out", str(out)).exit_code == 0
+    tables = [json.loads(line).get("table") for line in out.read_text().splitlines()]
+    for table in (
+        "saas.oauth_clients",
+        "saas.oauth_consents",
+        "saas.billing_accounts",
+        "saas.billing_overrides",
+        "saas.mfa_factors",
+        "saas.mfa_recovery_codes",
+    ):
+        assert table in tables, table
+    assert json.loads(out.read_text().splitlines()[0])["version"] == 2
+
+    with engine.begin() as conn:  # the member's account is gone: the import creates it anew
+        conn.execute(text("DELETE FROM saas.users WHERE id = :i"), {"i": member_id})
+    r = run_cli("tenants", "import", str(out), "--slug", "copy-" + tag, "--json")
+    assert r.exit_code == 0, r.output
+    copy = json.loads(r.stdout)
+    committed.track(uuid.UUID(copy["id"]))
+    assert any(f"cus_{tag}" in n and "NOT attached" in n for n in copy["notes"])
+    assert any(f"c_{tag}" in n for n in copy["notes"])  # the client_id was taken by the source
+    with engine.connect() as conn:
+        new_member = conn.scalar(
+            text("SELECT id FROM saas.users WHERE email = :e"), {"e": f"m1@{src.slug}.test"}
+        )
+        factor = conn.execute(
+            text("SELECT status, secret_encrypted, last_step FROM saas.mfa_factors WHERE user_id = :u"),
+            {"u": new_member},
+        ).one()
+        assert tuple(factor) == ("active", "enc-" + tag, 7)
+        assert (
+            conn.scalar(
+                text("SELECT count(*) FROM saas.mfa_recovery_codes WHERE user_id = :u"), {"u": new_member}
+            )
+            == 1
+        )
+        client = conn.execute(
+            text(
+                "SELECT client_id, name, secret_hash, created_by FROM saas.oauth_clients WHERE tenant_id = :t"
+            ),
+            {"t": copy["id"]},
+        ).one()
+        assert client.client_id.startswith("c_") and client.client_id != f"c_{tag}"
+        assert client.name == "CRM sync" and client.secret_hash == "s" * 64
+        consent = conn.execute(
+            text("SELECT client_id, scope FROM saas.oauth_consents WHERE tenant_id = :t"), {"t": copy["id"]}
+        ).one()
+        assert tuple(consent) == (client.client_id, "openid api")
+        override = conn.execute(
+            text("SELECT plan, limits FROM saas.billing_overrides WHERE tenant_id = :t"), {"t": copy["id"]}
+        ).one()
+        assert tuple(override) == ("enterprise", {"seats": 50})
+        accounts = conn.scalar(
+            text("SELECT count(*) FROM saas.billing_accounts WHERE tenant_id = :t"), {"t": copy["id"]}
+        )
+        assert accounts == 0  # Stripe ids never silently reused
+    # reusing the customer while the source holds it is refused, nothing written
+    r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer")
+    assert r.exit_code == 1 and "stripe_customer_in_use" in r.stderr
+    # a move: the source deleted (its export taken), then the customer is attached to the copy
+    r = run_cli("tenants", "delete", src.slug, "--now", "--yes", "--out", str(tmp_path / "final.jsonl"))
+    assert r.exit_code == 0, r.output
+    r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer", "--json")
+    assert r.exit_code == 0, r.output
+    moved = json.loads(r.stdout)
+    committed.track(uuid.UUID(moved["id"]))
+    with engine.connect() as conn:
+        account = conn.execute(
+            text(
+                "SELECT stripe_customer_id, stripe_subscription_id, plan FROM saas.billing_accounts"
+                " WHERE tenant_id = :t"
+            ),
+            {"t": moved["id"]},
+        ).one()
+    assert tuple(account) == (f"cus_{tag}", f"sub_{tag}", "pro")
+
+
+def test_import_streams_in_batches_and_a_damaged_file_writes_nothing(committed, run_cli, engine, tmp_path):
+    src = committed.tenant()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f'INSERT INTO "{src.schema_name}".contacts'  # noqa: S608
+                " (id, name, email, tags, created_at, updated_at, version)"
+                " SELECT gen_random_uuid(), 'c' || i, 'c' || i || '@x.test', ARRAY['t'], now(), now(), 1"
+                " FROM generate_series(1, 2500) i"
+            )
+        )
+    out = tmp_path / "big.jsonl"
+    assert run_cli("tenants", "export", src.slug, "--out", str(out)).exit_code == 0
+    slug = "big-" + uuid.uuid4().hex[:6]
+    r = run_cli("tenants", "import", str(out), "--slug", slug, "--json")
+    assert r.exit_code == 0, r.output
+    copy = json.loads(r.stdout)
+    committed.track(uuid.UUID(copy["id"]))
+    assert copy["rows"]["tenant.contacts"] == 2500
+    with engine.connect() as conn:
+        assert conn.scalar(text(f'SELECT count(*) FROM "{copy["schema"]}".contacts')) == 2500  # noqa: S608
+
+    lines = out.read_text().splitlines()
+    trailer = json.loads(lines[-1])
+    trailer["counts"]["tenant.contacts"] = 2499
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join([*lines[:-1], json.dumps(trailer)]) + "\n")
+    bad_slug = "bad-" + uuid.uuid4().hex[:6]
+    r = run_cli("tenants", "import", str(damaged), "--slug", bad_slug)
+    assert r.exit_code == 1 and "counts do not match" in r.stderr
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE slug = :s"), {"s": bad_slug}) == 0

@@ -173,3 +173,108 @@ def test_nothing_pending_never_imports_alembic(engine, committed):
     url = engine.url.render_as_string(hide_password=False)
     out = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_db_check_migrations_only_waits_for_the_migration(committed, run_cli, engine):
+    """What the app's wait-for-migrations initContainer runs before a release serves."""
+    tenant = committed.tenant()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE saas.tenants SET schema_version = 'old' WHERE id = :i"), {"i": tenant.id})
+    result = run_cli("db", "check", "--migrations-only", "--wait", "1", "--json")
+    assert result.exit_code == 1
+    checks = {c["name"]: c["ok"] for c in json.loads(result.stdout)}
+    assert checks == {"shared revision": True, "tenant schemas at head": False}
+    assert "waiting:" in result.stderr
+    assert run_cli("tenants", "migrate", "--tenant", tenant.slug).exit_code == 0
+    result = run_cli("db", "check", "--migrations-only", "--wait", "30")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_locked_tenant_fails_fast_and_a_rerun_picks_it_up(engine, committed, scratch_track, run_cli):
+    """Review defect: no lock_timeout, so a migration queued forever behind a long transaction
+    (and every query on that table queued behind the migration)."""
+    import time
+
+    tenants = [committed.tenant() for _ in range(3)]
+    blocked = tenants[1]
+    slugs = [t.slug for t in tenants]
+    holder = engine.connect()
+    try:
+        holder.begin()
+        holder.execute(text(f'SELECT * FROM "{blocked.schema_name}".contacts LIMIT 1'))  # noqa: S608 - ACCESS SHARE
+        start = time.perf_counter()
+        report = migrate_tenants(engine, only=slugs, script_location=scratch_track, lock_timeout_ms=200)
+        assert time.perf_counter() - start < 10
+        assert [r.schema for r in report.failed] == [blocked.schema_name]
+        assert "LockNotAvailable" in report.failed[0].error and len(report.migrated) == 2
+    finally:
+        holder.rollback()
+        holder.close()
+    assert _version(engine, blocked.schema_name) == tenant_head_revision()  # rolled back whole
+    again = migrate_tenants(engine, only=slugs, script_location=scratch_track)
+    assert again.ok and [r.schema for r in again.migrated] == [blocked.schema_name]
+
+    result = run_cli("tenants", "migrate", "--lock-timeout", "-1")
+    assert result.exit_code == 2  # a usage error, not a silent default
+
+
+def test_parallel_worker_death_is_reported_not_hung(engine, committed, scratch_track, monkeypatch):
+    """Review defect: Pool.imap_unordered waited forever for a result from a dead worker."""
+    import os
+
+    from saas.ops import migrations
+
+    tenants = [committed.tenant() for _ in range(4)]
+    doomed = tenants[0].schema_name
+    real = migrations.TenantMigrator.migrate
+
+    def dying(self, conn, tenant_id, schema):
+        if schema == doomed:
+            os._exit(9)  # what an OOM kill looks like to the parent (fork: the patch is inherited)
+        return real(self, conn, tenant_id, schema)
+
+    monkeypatch.setattr(migrations.TenantMigrator, "migrate", dying)
+    report = migrate_tenants(
+        engine, only=[t.slug for t in tenants], parallel=2, script_location=scratch_track
+    )
+    assert not report.ok and len(report.results) == 4
+    assert doomed in {r.schema for r in report.failed}
+    assert all("worker process died" in r.error for r in report.failed)
+    monkeypatch.setattr(migrations.TenantMigrator, "migrate", real)
+    again = migrate_tenants(engine, only=[t.slug for t in tenants], parallel=2, script_location=scratch_track)
+    assert again.ok and again.at_head + len(again.migrated) == 4
+
+
+def test_parallel_connection_failure_is_a_per_tenant_failure(engine, committed, scratch_track, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from saas.ops import migrations
+
+    tenants = [committed.tenant() for _ in range(3)]
+
+    def refused(*args, **kwargs):
+        raise OperationalError("connect", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(migrations, "create_engine", refused)
+    report = migrate_tenants(
+        engine, only=[t.slug for t in tenants], parallel=2, script_location=scratch_track
+    )
+    assert len(report.failed) == 3 and all("connection failed" in r.error for r in report.failed)
+
+
+def test_serial_connection_failure_is_a_per_tenant_failure(engine, committed, scratch_track, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    tenants = [committed.tenant() for _ in range(2)]
+    real = engine.connect
+    calls = []
+
+    def second_call_refused():
+        calls.append(1)
+        if len(calls) == 2:  # 1: who is behind; 2: the migration connection
+            raise OperationalError("connect", {}, Exception("too many clients"))
+        return real()
+
+    monkeypatch.setattr(engine, "connect", second_call_refused)
+    report = migrate_tenants(engine, only=[t.slug for t in tenants], script_location=scratch_track)
+    assert len(report.failed) == 2 and all("connection failed" in r.error for r in report.failed)

@@ -158,3 +158,108 @@ def test_webhook_receive_counts_events_by_type_and_outcome(monkeypatch):
     with pytest.raises(webhooks.WebhookProcessingFailed):
         webhooks.receive(None, None, {"id": "evt_2", "type": "invoice.paid"})
     assert value("processed") == before_ok + 1 and value("failed") == before_failed + 1
+
+
+def test_method_label_is_a_fixed_set_and_route_never_the_raw_path(client, api):
+    """Review defect: the ``method`` label was the raw method (a client could mint series)."""
+    acme = api.signup("acme")
+    for method in ("PROPFIND", "XYZZY-1", "get"):
+        client.open(f"/api/v1/contacts/{method}-id", method=method, headers=api.auth(acme))
+    client.get("/no/such/path/abc123")
+    body = client.get("/metrics").get_data(as_text=True)
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in body.splitlines()
+        if line.startswith("saas_http_requests_total{")
+    }
+    assert methods <= metrics.HTTP_METHODS | {"OTHER"} and "OTHER" in methods
+    assert "PROPFIND" not in body and "XYZZY" not in body and "abc123" not in body
+    assert "-id" not in body  # the path segment never becomes a label value
+
+
+def test_gunicorn_child_exit_removes_the_dead_workers_live_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    namespace: dict = {}
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "infra" / "gunicorn.conf.py").read_text()
+    exec(compile(source, "gunicorn.conf.py", "exec"), namespace)  # noqa: S102
+    (tmp_path / "gauge_livesum_4242.db").write_bytes(b"")
+    (tmp_path / "gauge_liveall_4242.db").write_bytes(b"")
+    (tmp_path / "gauge_livesum_4343.db").write_bytes(b"")
+
+    class _Worker:
+        pid = 4242
+
+    namespace["child_exit"](None, _Worker())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gauge_livesum_4343.db"]
+
+
+def test_readyz_optional_redis_decides_by_the_database_alone(settings, engine, connection):
+    """Review defect: the readiness probe answered 503 in a Redis outage, removing every pod
+    (while limits and caches fail open). ``?optional=redis`` reports Redis, decides by the DB."""
+    import socket
+
+    from saas import create_app
+    from saas.db import Database
+    from saas.redis_client import make_redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nothing listens here once closed
+    app = create_app(
+        settings, database=Database(engine), redis=make_redis(f"redis://127.0.0.1:{dead_port}/0", 0.1)
+    )
+    app.testing = True
+    http = app.test_client()
+    strict = http.get("/readyz")
+    assert strict.status_code == 503 and strict.get_json()["checks"]["redis"]["ok"] is False
+    relaxed = http.get("/readyz?optional=redis")
+    assert relaxed.status_code == 200, relaxed.get_json()
+    body = relaxed.get_json()
+    assert body["status"] == "ready" and body["checks"]["database"]["ok"] is True
+    assert body["checks"]["redis"] == {**body["checks"]["redis"], "ok": False, "optional": True}
+    bad = http.get("/readyz?optional=database")
+    assert bad.status_code == 422 and bad.mimetype == "application/problem+json"
+    app.extensions["saas.db"].dispose()
+
+
+def test_limiter_and_breaker_counters_are_exported(app, client):
+    counters = app.extensions["saas.metrics"]
+    counters.inc('rate_limited_total{policy="tenant_rpm"}', 2)
+    counters.inc("rate_limited_total", 2)
+    counters.inc("limits_fail_open_total", 3)
+    counters.inc("breaker_opened_total")
+    counters.inc('redis_errors_total{component="limits"}')
+    counters.inc("redis_errors_total")
+    body = client.get("/metrics").get_data(as_text=True)
+    assert 'saas_rate_limited_total{policy="tenant_rpm"} 2.0' in body
+    assert "saas_rate_limited_total 2.0" not in body  # only the labelled series: sum() stays right
+    assert "saas_limits_fail_open_total 3.0" in body and "saas_breaker_opened_total 1.0" in body
+    assert 'saas_redis_errors_total{component="limits"} 1.0' in body
+    assert "# TYPE saas_limits_fail_open_total counter" in body
+    assert "saas_redis_breaker_open 0.0" in body
+    app.extensions["saas.redis_guard"].breaker.failure()
+    app.extensions["saas.redis_guard"].breaker.failure()
+    assert "saas_redis_breaker_open 1.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_metrics_failure_never_fails_a_request(client, monkeypatch):
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("/tmp/saas-metrics/counter_1.db")
+
+    monkeypatch.setattr(metrics, "observe_request", broken)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_counting_functions_never_raise(monkeypatch):
+    class Broken:
+        def labels(self, *args):
+            raise FileNotFoundError("/tmp/saas-metrics/counter_1.db")
+
+    for name in ("WEBHOOKS", "RATE_LIMIT_REJECTIONS", "CACHE", "JOBS"):
+        monkeypatch.setattr(metrics, name, Broken())
+    metrics.webhook_event("invoice.paid", "processed")
+    metrics.rate_limit_rejected("tenant_rpm")
+    metrics.cache_hit("entitlements")
+    metrics.job_processed("mail.invitation", "sent", 0.1)

@@ -238,3 +238,35 @@ def test_billing_topics_are_delivered_through_the_worker(app, settings, db_sessi
     assert w.run_one() == "failed"
     row = db_session.scalars(select(OutboxMessage).where(OutboxMessage.topic == topic)).one()
     assert "malformed payload" in row.last_error and row.attempts == 1
+
+
+def test_a_metrics_failure_never_undoes_a_delivery(app, settings, db_session, monkeypatch):
+    """Review defect: metrics raised inside the delivery transaction (FileNotFoundError from a
+    missing PROMETHEUS_MULTIPROC_DIR), rolling back a mail already sent: sent forever."""
+    from saas.observability import metrics
+
+    sent = []
+
+    @worker.handler("test.side_effect")
+    def side_effect(job, ctx):
+        sent.append(job.id)
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("/tmp/saas-metrics/counter_1.db")
+
+    monkeypatch.setattr(metrics, "job_processed", broken)
+    outbox.enqueue(db_session, "test.side_effect", {})
+    db_session.flush()
+    w = Worker(app.extensions["saas.db"], settings)
+    assert w.run_one() == "sent"
+    assert w.run_until_idle() == {}  # committed: never delivered again
+    assert len(sent) == 1
+    row = db_session.scalars(select(OutboxMessage).where(OutboxMessage.topic == "test.side_effect")).one()
+    assert row.sent_at is not None
+
+
+def test_worker_creates_the_multiprocess_metrics_dir(app, settings, tmp_path, monkeypatch):
+    target = tmp_path / "not" / "yet"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(target))
+    Worker(app.extensions["saas.db"], settings)
+    assert target.is_dir()
