@@ -137,21 +137,8 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         """Nothing to do: the code was marked used when it was looked up."""
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> _Grantee | None:
-        row = (
-            db.session()
-            .execute(
-                select(Membership, Tenant, User)
-                .join(Tenant, Tenant.id == Membership.tenant_id)
-                .join(User, User.id == Membership.user_id)
-                .where(
-                    Membership.user_id == authorization_code.user_id,
-                    Membership.tenant_id == authorization_code.tenant_id,
-                    Membership.status == "active",
-                    Tenant.status == "active",
-                    User.status == "active",
-                )
-            )
-            .first()
+        row = service.membership_of(
+            db.session(), authorization_code.user_id, authorization_code.tenant_id, usable=True
         )
         if row is None:
             return None

@@ -36,7 +36,7 @@ from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import User
 from saas.settings import Settings
-from saas.tenancy.models import Membership, Tenant
+from saas.tenancy.models import Tenant
 
 _PKCE_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -305,18 +305,7 @@ def error_redirect(err: AuthorizeRedirectError) -> str:
 
 
 def _active_membership(session: Session, user_id: uuid.UUID, tenant_id: uuid.UUID):
-    return session.execute(
-        select(Membership, Tenant, User)
-        .join(Tenant, Tenant.id == Membership.tenant_id)
-        .join(User, User.id == Membership.user_id)
-        .where(
-            Membership.user_id == user_id,
-            Membership.tenant_id == tenant_id,
-            Membership.status == "active",
-            Tenant.status == "active",
-            User.status == "active",
-        )
-    ).first()
+    return service.membership_of(session, user_id, tenant_id, usable=True)
 
 
 def client_credentials(session: Session, client: OAuthClient, scope: str | None) -> TokenResponse:

@@ -77,6 +77,26 @@ def _passwords() -> Passwords:
     return current_app.extensions["saas.passwords"]
 
 
+def membership_of(
+    session: Session, user_id: uuid.UUID, tenant_id: uuid.UUID, *, usable: bool = False
+) -> tuple[Membership, Tenant, User] | None:
+    """The user's active membership in the tenant with both rows, or None. With ``usable``, also
+    None when the tenant is suspended or the account locked (callers that report those apart
+    check the statuses themselves)."""
+    query = (
+        select(Membership, Tenant, User)
+        .join(Tenant, Tenant.id == Membership.tenant_id)
+        .join(User, User.id == Membership.user_id)
+        .where(
+            Membership.user_id == user_id, Membership.tenant_id == tenant_id, Membership.status == "active"
+        )
+    )
+    if usable:
+        query = query.where(Tenant.status == "active", User.status == "active")
+    row = session.execute(query).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
 def find_user_by_email(session: Session, email: str) -> User | None:
     return session.scalars(select(User).where(func.lower(User.email) == email.strip().lower())).first()
 
@@ -347,16 +367,7 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
     from saas.auth import mfa
 
     ticket = mfa.read_mfa_token(mfa_token, ("login",))
-    row = session.execute(
-        select(Membership, Tenant, User)
-        .join(Tenant, Tenant.id == Membership.tenant_id)
-        .join(User, User.id == Membership.user_id)
-        .where(
-            Membership.user_id == ticket.user_id,
-            Membership.tenant_id == ticket.tenant_id,
-            Membership.status == "active",
-        )
-    ).first()
+    row = membership_of(session, ticket.user_id, ticket.tenant_id)
     if row is None:
         raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
     membership, tenant, user = row
@@ -418,16 +429,7 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
         if row.expires_at <= now or row.family_expires_at <= now:
             raise InvalidGrant("The refresh token has expired.")
         row.used_at = now
-    membership_row = session.execute(
-        select(Membership, Tenant, User)
-        .join(Tenant, Tenant.id == Membership.tenant_id)
-        .join(User, User.id == Membership.user_id)
-        .where(
-            Membership.user_id == row.user_id,
-            Membership.tenant_id == row.tenant_id,
-            Membership.status == "active",
-        )
-    ).first()
+    membership_row = membership_of(session, row.user_id, row.tenant_id)
     if membership_row is None:
         revoke_family(session, row.family_id, "membership_gone")
         session.commit()

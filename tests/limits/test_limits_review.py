@@ -153,10 +153,11 @@ def test_gcra_bound_is_the_documented_burst_plus_continuous_refill(redis_client)
     """docs/limits.md "Algorithm": ``limit`` at once, then one per ``period/limit``. The script's
     ``tau`` of ``limit x T`` is the textbook ``(limit - 1) x T`` (it compares after adding ``T``)."""
     redis_client.flushdb()
-    check = Check("p", PublicKeys.rate("p", "bound"), limit=4, period=2)  # T = 0.5 s
+    # T = 1.5 s: wide enough that a loaded machine cannot let a whole interval pass unseen
+    check = Check("p", PublicKeys.rate("p", "bound"), limit=4, period=6)
     assert check.tolerance_us - check.interval_us == (check.limit - 1) * check.interval_us
     assert [gcra.run(redis_client, [check], None).allowed for _ in range(5)] == [True] * 4 + [False]
-    time.sleep(0.55)  # one emission interval later: exactly one more
+    time.sleep(1.55)  # one emission interval later: exactly one more
     assert gcra.run(redis_client, [check], None).allowed
     assert not gcra.run(redis_client, [check], None).allowed
 
