@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-DB_NAME = "saas_bench_limits"
+DB_NAME = os.environ.get("BENCH_DB_NAME", "saas_bench_limits")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/5")
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a benchmark account
 
