@@ -225,12 +225,20 @@ def _plain_read(context: Any, statement: str) -> bool:
     """A SELECT compiled by SQLAlchemy from a :class:`~sqlalchemy.sql.Select` with no row lock
     and none of :data:`_NOT_A_READ`'s words; text SQL, DML and DDL are never plain reads."""
     compiled = getattr(context, "compiled", None)
-    return (
-        compiled is not None
-        and isinstance(compiled.statement, Select)
-        and compiled.statement._for_update_arg is None
-        and not _NOT_A_READ.search(statement)
-    )
+    if compiled is None or not isinstance(compiled.statement, Select):
+        return False
+    if compiled.statement._for_update_arg is not None:
+        return False
+    words = _WORDS_SEEN.get(statement)
+    if words is None:  # statements repeat (SQLAlchemy caches their compiled text): scan once
+        if len(_WORDS_SEEN) >= 2048:
+            _WORDS_SEEN.clear()
+        words = _WORDS_SEEN[statement] = _NOT_A_READ.search(statement) is not None
+    return not words
+
+
+#: statement text -> whether :data:`_NOT_A_READ` matches it
+_WORDS_SEEN: dict[str, bool] = {}
 
 
 def _begin_before_write(
