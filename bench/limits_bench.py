@@ -104,12 +104,14 @@ def wrk(url: str, connections: int, duration: float, token: str | None = None, d
 
 
 class Server:
-    def __init__(self, target: str, env: dict[str, str]):
+    def __init__(self, target: str, env: dict[str, str], cwd: Path = ROOT):
+        """gunicorn serving ``target`` from ``cwd`` (a checkout: its ``saas`` package is imported
+        before the installed one, so ``--before`` can serve an older commit)."""
         self.port = _free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
              "-b", f"127.0.0.1:{self.port}", target],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_port(self.port)
 
@@ -186,6 +188,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--accuracy-duration", type=float, default=20)
     parser.add_argument("--only", choices=["throughput", "accuracy", "noisy"], action="append")
+    parser.add_argument("--rounds", type=int, default=1, help="throughput rows, this many times over")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of an older commit (e.g. `git archive <sha> | tar -x -C DIR`): its app is "
+        "measured in the same run, next to this tree's",
+    )
     args = parser.parse_args()
     only = set(args.only or ["throughput", "accuracy", "noisy"])
     keydir = tempfile.mkdtemp(prefix="bench-keys-")
@@ -205,30 +214,38 @@ def main() -> None:
     data = setup(env)
     env["BENCH_PK_SCHEMA"] = data["schema_a"]
     env["BENCH_PK_ID"] = data["bench-a"]["contact"]
-    results: dict[str, dict] = {}
     d, c = args.duration, args.connections
     if "throughput" in only:
-        for name, target, path, token in (
-            ("floor 1: bare Flask JSON", "bench.limits_floors:json_app", "/floor", None),
-            ("floor 2: bare Flask + pooled PK SELECT", "bench.limits_floors:pk_app", "/floor", None),
-            ("app: GET /api/v1/contacts (20 rows)", "bench.limits_wsgi:app", "/api/v1/contacts?page_size=20",
-             data["bench-a"]["token"]),
-            ("app, pool without pre-ping (variant)", "bench.limits_wsgi:app", "/api/v1/contacts?page_size=20",
-             data["bench-a"]["token"]),
-        ):  # fmt: skip
-            server = Server(target, {**env, "DB_POOL_PRE_PING": "false" if "pre-ping" in name else "true"})
-            try:
-                wrk(server.url(path), c, 3, token)  # warm-up
-                results[name] = wrk(server.url(path), c, d, token)
-            finally:
-                server.stop()
-        print(f"\n| {c} connections, 2 sync workers, {d:.0f} s | req/s | p50 ms | p99 ms | non-2xx |")
-        print("|---|---:|---:|---:|---:|")
-        for name, r in results.items():
-            print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']} |")
-        floor2 = results["floor 2: bare Flask + pooled PK SELECT"]["rps"]
-        app_rps = results["app: GET /api/v1/contacts (20 rows)"]["rps"]
-        print(f"\napp / floor 2 = {app_rps / floor2:.2f}")
+        app_path, token_a = "/api/v1/contacts?page_size=20", data["bench-a"]["token"]
+        rows = [
+            ("floor 1: bare Flask JSON", "bench.limits_floors:json_app", "/floor", None, ROOT),
+            ("floor 2: bare Flask + pooled PK SELECT", "bench.limits_floors:pk_app", "/floor", None, ROOT),
+        ]
+        if args.before:
+            rows.append(("app before (--before)", "bench.limits_wsgi:app", app_path, token_a, args.before))
+        rows += [
+            ("app: GET /api/v1/contacts (20 rows)", "bench.limits_wsgi:app", app_path, token_a, ROOT),
+            ("floor 2 again (drift check)", "bench.limits_floors:pk_app", "/floor", None, ROOT),
+        ]
+        for round_ in range(1, args.rounds + 1):
+            results = {}
+            for name, target, path, token, cwd in rows:
+                server = Server(target, env, cwd)
+                try:
+                    wrk(server.url(path), c, 3, token)  # warm-up
+                    results[name] = wrk(server.url(path), c, d, token)
+                finally:
+                    server.stop()
+            floor2 = results["floor 2: bare Flask + pooled PK SELECT"]["rps"]
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            print(f"\nround {round_}: {when}, load average {os.getloadavg()[0]:.2f} (1 min) after it")
+            head = f"{c} connections, 2 sync workers, {d:.0f} s"
+            print(f"| {head} | req/s | p50 ms | p99 ms | non-2xx | vs floor 2 |")
+            print("|---|---:|---:|---:|---:|---:|")
+            for name, r in results.items():
+                ratio = r["rps"] / floor2
+                row = f"{r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']} | {ratio:.2f}"
+                print(f"| {name} | {row} |", flush=True)
     if "accuracy" in only or "noisy" in only:
         import redis
 
