@@ -118,12 +118,52 @@ class Server:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def workers(self) -> list[int]:
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """user + system CPU seconds of each live process (``/proc/<pid>/stat`` fields 14 and 15)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _backends() -> list[int]:
+    """PostgreSQL backends connected to the benchmark database (the servers' pools)."""
+    import psycopg
+
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (DB_NAME,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def measure(server: Server, url: str, connections: int, duration: float, token: str | None) -> dict:
+    """:func:`wrk`, plus the CPU per request the gunicorn workers and the database's backends
+    spent (ms): less sensitive to a noisy machine than requests per second."""
+    workers, backends = server.workers(), _backends()
+    before = _cpu_seconds(workers) | _cpu_seconds(backends)
+    result = wrk(url, connections, duration, token)
+    backends = sorted(set(backends) | set(_backends()))
+    after_w, after_b = _cpu_seconds(workers), _cpu_seconds(backends)
+    n = max(result["total"], 1)
+    result["worker_ms"] = 1000 * sum(t - before.get(p, 0.0) for p, t in after_w.items()) / n
+    result["pg_ms"] = 1000 * sum(t - before.get(p, 0.0) for p, t in after_b.items()) / n
+    return result
 
 
 def setup(env: dict[str, str]) -> dict:
@@ -233,18 +273,20 @@ def main() -> None:
                 server = Server(target, env, cwd)
                 try:
                     wrk(server.url(path), c, 3, token)  # warm-up
-                    results[name] = wrk(server.url(path), c, d, token)
+                    results[name] = measure(server, server.url(path), c, d, token)
                 finally:
                     server.stop()
             floor2 = results["floor 2: bare Flask + pooled PK SELECT"]["rps"]
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             print(f"\nround {round_}: {when}, load average {os.getloadavg()[0]:.2f} (1 min) after it")
             head = f"{c} connections, 2 sync workers, {d:.0f} s"
-            print(f"| {head} | req/s | p50 ms | p99 ms | non-2xx | vs floor 2 |")
-            print("|---|---:|---:|---:|---:|---:|")
+            cols = "req/s | p50 ms | p99 ms | non-2xx | vs floor 2 | worker CPU ms/req | PG CPU ms/req"
+            print(f"| {head} | {cols} |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
             for name, r in results.items():
                 ratio = r["rps"] / floor2
                 row = f"{r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']} | {ratio:.2f}"
+                row += f" | {r['worker_ms']:.2f} | {r['pg_ms']:.2f}"
                 print(f"| {name} | {row} |", flush=True)
     if "accuracy" in only or "noisy" in only:
         import redis
