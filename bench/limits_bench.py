@@ -8,7 +8,11 @@ by ``wrk`` from a separate process on 127.0.0.1:
 1. floor 1: bare Flask JSON endpoint;
 2. floor 2: bare Flask with one pooled primary-key SELECT;
 3. the app: authenticated ``GET /api/v1/contacts?page_size=20`` (20 rows) with all middleware
-   on (JWT, cache, one Lua call for rate limits and quota, headers, unit of work);
+   on (JWT, cache, one Lua call for rate limits and quota, headers, unit of work); with
+   ``--before DIR`` (a checkout of an older commit) that commit's app too, in the same run;
+   then floor 2 again, to show drift. ``--rounds N`` repeats these rows. Each row reports
+   req/s, p50/p99, and the CPU per request of the gunicorn workers and of the database's
+   PostgreSQL backends (``/proc``), steadier than req/s on a shared machine;
 4. accuracy: 64 connections on a tenant with 600 requests/minute; admitted requests (the
    tenant's usage counter) against what GCRA allows in the measured time;
 5. noisy neighbour: tenant B paced (~200 req/s) alone, then while tenant A (at its limit of
