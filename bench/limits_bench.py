@@ -8,7 +8,11 @@ by ``wrk`` from a separate process on 127.0.0.1:
 1. floor 1: bare Flask JSON endpoint;
 2. floor 2: bare Flask with one pooled primary-key SELECT;
 3. the app: authenticated ``GET /api/v1/contacts?page_size=20`` (20 rows) with all middleware
-   on (JWT, cache, one Lua call for rate limits and quota, headers, unit of work);
+   on (JWT, cache, one Lua call for rate limits and quota, headers, unit of work); with
+   ``--before DIR`` (a checkout of an older commit) that commit's app too, in the same run;
+   then floor 2 again, to show drift. ``--rounds N`` repeats these rows. Each row reports
+   req/s, p50/p99, and the CPU per request of the gunicorn workers and of the database's
+   PostgreSQL backends (``/proc``), steadier than req/s on a shared machine;
 4. accuracy: 64 connections on a tenant with 600 requests/minute; admitted requests (the
    tenant's usage counter) against what GCRA allows in the measured time;
 5. noisy neighbour: tenant B paced (~200 req/s) alone, then while tenant A (at its limit of
@@ -35,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-DB_NAME = "saas_bench_limits"
+DB_NAME = os.environ.get("BENCH_DB_NAME", "saas_bench_limits")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/5")
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a benchmark account
 
@@ -104,17 +108,23 @@ def wrk(url: str, connections: int, duration: float, token: str | None = None, d
 
 
 class Server:
-    def __init__(self, target: str, env: dict[str, str]):
+    def __init__(self, target: str, env: dict[str, str], cwd: Path = ROOT):
+        """gunicorn serving ``target`` from ``cwd`` (a checkout: its ``saas`` package is imported
+        before the installed one, so ``--before`` can serve an older commit)."""
         self.port = _free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
              "-b", f"127.0.0.1:{self.port}", target],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_port(self.port)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def workers(self) -> list[int]:
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -122,6 +132,42 @@ class Server:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """user + system CPU seconds of each live process (``/proc/<pid>/stat`` fields 14 and 15)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _backends() -> list[int]:
+    """PostgreSQL backends connected to the benchmark database (the servers' pools)."""
+    import psycopg
+
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (DB_NAME,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def measure(server: Server, url: str, connections: int, duration: float, token: str | None) -> dict:
+    """:func:`wrk`, plus the CPU per request the gunicorn workers and the database's backends
+    spent (ms): less sensitive to a noisy machine than requests per second."""
+    workers, backends = server.workers(), _backends()
+    before = _cpu_seconds(workers) | _cpu_seconds(backends)
+    result = wrk(url, connections, duration, token)
+    backends = sorted(set(backends) | set(_backends()))
+    after_w, after_b = _cpu_seconds(workers), _cpu_seconds(backends)
+    n = max(result["total"], 1)
+    result["worker_ms"] = 1000 * sum(t - before.get(p, 0.0) for p, t in after_w.items()) / n
+    result["pg_ms"] = 1000 * sum(t - before.get(p, 0.0) for p, t in after_b.items()) / n
+    return result
 
 
 def setup(env: dict[str, str]) -> dict:
@@ -186,6 +232,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--accuracy-duration", type=float, default=20)
     parser.add_argument("--only", choices=["throughput", "accuracy", "noisy"], action="append")
+    parser.add_argument("--rounds", type=int, default=1, help="throughput rows, this many times over")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of an older commit (e.g. `git archive <sha> | tar -x -C DIR`): its app is "
+        "measured in the same run, next to this tree's",
+    )
     args = parser.parse_args()
     only = set(args.only or ["throughput", "accuracy", "noisy"])
     keydir = tempfile.mkdtemp(prefix="bench-keys-")
@@ -205,30 +258,40 @@ def main() -> None:
     data = setup(env)
     env["BENCH_PK_SCHEMA"] = data["schema_a"]
     env["BENCH_PK_ID"] = data["bench-a"]["contact"]
-    results: dict[str, dict] = {}
     d, c = args.duration, args.connections
     if "throughput" in only:
-        for name, target, path, token in (
-            ("floor 1: bare Flask JSON", "bench.limits_floors:json_app", "/floor", None),
-            ("floor 2: bare Flask + pooled PK SELECT", "bench.limits_floors:pk_app", "/floor", None),
-            ("app: GET /api/v1/contacts (20 rows)", "bench.limits_wsgi:app", "/api/v1/contacts?page_size=20",
-             data["bench-a"]["token"]),
-            ("app, pool without pre-ping (variant)", "bench.limits_wsgi:app", "/api/v1/contacts?page_size=20",
-             data["bench-a"]["token"]),
-        ):  # fmt: skip
-            server = Server(target, {**env, "DB_POOL_PRE_PING": "false" if "pre-ping" in name else "true"})
-            try:
-                wrk(server.url(path), c, 3, token)  # warm-up
-                results[name] = wrk(server.url(path), c, d, token)
-            finally:
-                server.stop()
-        print(f"\n| {c} connections, 2 sync workers, {d:.0f} s | req/s | p50 ms | p99 ms | non-2xx |")
-        print("|---|---:|---:|---:|---:|")
-        for name, r in results.items():
-            print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']} |")
-        floor2 = results["floor 2: bare Flask + pooled PK SELECT"]["rps"]
-        app_rps = results["app: GET /api/v1/contacts (20 rows)"]["rps"]
-        print(f"\napp / floor 2 = {app_rps / floor2:.2f}")
+        app_path, token_a = "/api/v1/contacts?page_size=20", data["bench-a"]["token"]
+        rows = [
+            ("floor 1: bare Flask JSON", "bench.limits_floors:json_app", "/floor", None, ROOT),
+            ("floor 2: bare Flask + pooled PK SELECT", "bench.limits_floors:pk_app", "/floor", None, ROOT),
+        ]
+        if args.before:
+            rows.append(("app before (--before)", "bench.limits_wsgi:app", app_path, token_a, args.before))
+        rows += [
+            ("app: GET /api/v1/contacts (20 rows)", "bench.limits_wsgi:app", app_path, token_a, ROOT),
+            ("floor 2 again (drift check)", "bench.limits_floors:pk_app", "/floor", None, ROOT),
+        ]
+        for round_ in range(1, args.rounds + 1):
+            results = {}
+            for name, target, path, token, cwd in rows:
+                server = Server(target, env, cwd)
+                try:
+                    wrk(server.url(path), c, 3, token)  # warm-up
+                    results[name] = measure(server, server.url(path), c, d, token)
+                finally:
+                    server.stop()
+            floor2 = results["floor 2: bare Flask + pooled PK SELECT"]["rps"]
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            print(f"\nround {round_}: {when}, load average {os.getloadavg()[0]:.2f} (1 min) after it")
+            head = f"{c} connections, 2 sync workers, {d:.0f} s"
+            cols = "req/s | p50 ms | p99 ms | non-2xx | vs floor 2 | worker CPU ms/req | PG CPU ms/req"
+            print(f"| {head} | {cols} |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            for name, r in results.items():
+                ratio = r["rps"] / floor2
+                row = f"{r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']} | {ratio:.2f}"
+                row += f" | {r['worker_ms']:.2f} | {r['pg_ms']:.2f}"
+                print(f"| {name} | {row} |", flush=True)
     if "accuracy" in only or "noisy" in only:
         import redis
 

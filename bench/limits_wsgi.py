@@ -3,7 +3,6 @@
 ``bench`` is the enterprise plan with a limit no benchmark reaches (100 M requests per minute,
 10^12 calls a month), so the throughput run measures the cost of the limiter (the Lua call,
 the quota counter, the headers) without being throttled. Every other plan is the catalogue's.
-The variant row of the benchmark runs it with ``DB_POOL_PRE_PING=false``.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 
 import marshmallow as ma
 from flask import jsonify, request
 from flask.views import MethodView
-from sqlalchemy import func, or_, select
+from sqlalchemy import Integer, bindparam, func, or_, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from saas import audit, db
@@ -83,13 +84,40 @@ _LIST_COLUMNS = tuple(
 )
 
 
-def _dump_json(row) -> dict:
-    """:func:`_dump` of a row (or contact) with datetimes as ISO 8601 text, as ``ContactSchema``
-    renders them."""
-    data = _dump(row)
-    data["created_at"] = row.created_at.isoformat() if row.created_at else None
-    data["updated_at"] = row.updated_at.isoformat() if row.updated_at else None
-    return data
+def _row_json(row) -> dict:
+    """A row of :data:`_LIST_COLUMNS` as ``ContactSchema`` dumps a contact (datetimes as ISO 8601
+    text), in one step: the list's hot loop."""
+    id_, name, email, phone, company, tags, created_at, updated_at, created_by = row[:9]
+    return {
+        "id": str(id_),
+        "name": name,
+        "email": email,
+        "phone": phone,
+        "company": company,
+        "tags": list(tags) if tags else [],
+        "created_at": created_at.isoformat() if created_at else None,
+        "updated_at": updated_at.isoformat() if updated_at else None,
+        "created_by": str(created_by) if created_by else None,
+    }
+
+
+_TABLE = Contact.__table__
+_FIRST, _SIZE = bindparam("first_item", type_=Integer), bindparam("page_size", type_=Integer)
+
+
+@functools.cache
+def _page_query(sort: str):
+    """The page statement for a sort (``SORTS`` key, ``-`` for descending); built once per sort
+    when unfiltered (the common case), its offset and limit bound per request. Core columns, so
+    no ORM loading machinery runs for plain rows."""
+    column = _TABLE.c[sort.lstrip("-")]
+    order = column.desc() if sort.startswith("-") else column.asc()
+    return (
+        select(*_LIST_COLUMNS, func.count().over().label("total"))
+        .order_by(order, _TABLE.c.id)
+        .offset(_FIRST)
+        .limit(_SIZE)
+    )
 
 
 def _escape_like(text: str) -> str:
@@ -121,18 +149,25 @@ class Contacts(MethodView):
         if args.get("tag"):
             conditions.append(Contact.tags.contains([args["tag"]]))
         sort = args["sort"]
-        column = SORTS[sort.lstrip("-")]
-        order = column.desc() if sort.startswith("-") else column.asc()
+        if sort.lstrip("-") not in SORTS:  # the schema validated it; never build SQL from input
+            raise ValueError(sort)
+        query = _page_query(sort)
+        if conditions:
+            query = query.where(*conditions)
         session = db.session()
         # One statement on the hot path: the page as plain rows (no ORM objects to build) with the
         # total of the filtered set as a window count; a separate count only for an empty page.
-        rows = session.execute(
-            select(*_LIST_COLUMNS, func.count().over().label("total"))
-            .where(*conditions)
-            .order_by(order, Contact.id)
-            .offset(pagination_parameters.first_item)
-            .limit(pagination_parameters.page_size)
-        ).all()
+        rows = (
+            session.connection()
+            .execute(
+                query,
+                {
+                    "first_item": pagination_parameters.first_item,
+                    "page_size": pagination_parameters.page_size,
+                },
+            )
+            .all()
+        )
         if rows:
             pagination_parameters.item_count = rows[0].total
         elif pagination_parameters.first_item == 0:
@@ -143,7 +178,7 @@ class Contacts(MethodView):
             )
         # Serialised here in one pass (the same document ContactSchema dumps): the list is the
         # hottest endpoint and a second marshmallow pass over 20 rows cost ~1 ms of CPU.
-        return jsonify([_dump_json(row) for row in rows])
+        return jsonify([_row_json(row) for row in rows])
 
     @require("contacts:write")
     @blp.arguments(ContactSchema)
