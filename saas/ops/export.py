@@ -434,6 +434,10 @@ def _import_members(
         created.add(row["id"])
     session.flush()
     for row in shared.get("saas.memberships", []):
+        if row.get("user_id") not in user_map:
+            raise ValidationError(
+                {"file": [f"A membership names user {row.get('user_id')!r}, who is not in the export."]}
+            )
         session.add(
             Membership(
                 user_id=uuid.UUID(user_map[row["user_id"]]),

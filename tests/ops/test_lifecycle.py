@@ -334,3 +334,22 @@ def test_import_streams_in_batches_and_a_damaged_file_writes_nothing(committed, 
     assert r.exit_code == 1 and "counts do not match" in r.stderr
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE slug = :s"), {"s": bad_slug}) == 0
+
+
+def test_import_of_a_membership_without_its_user_is_a_clear_error(committed, run_cli, engine, tmp_path):
+    src = committed.tenant()
+    out = tmp_path / "t.jsonl"
+    assert run_cli("tenants", "export", src.slug, "--out", str(out)).exit_code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    kept = [r for r in records if r.get("table") != "saas.users"]
+    trailer = kept[-1]
+    if "counts" in trailer:
+        trailer["counts"].pop("saas.users", None)
+    broken = tmp_path / "no-users.jsonl"
+    broken.write_text("\n".join(json.dumps(r) for r in kept) + "\n")
+    slug = "nousers-" + uuid.uuid4().hex[:6]
+    r = run_cli("tenants", "import", str(broken), "--slug", slug)
+    assert r.exit_code == 1 and "not in the export" in r.stderr, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE slug = :s"), {"s": slug}) == 0
