@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth import api as auth_api
     from saas.auth import authlib_server, hosted
     from saas.auth import views as auth_views
-    from saas.auth.context import authenticate_request
+    from saas.auth.context import authenticate_request, reject_bad_credentials
     from saas.auth.keys import KeyStore
     from saas.auth.tokens import LEEWAY_SECONDS, TokenService
     from saas.identity.passwords import Passwords
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     app.before_request(authenticate_request)
     cache.init_app(app)  # Redis guard, tenant cache, key watcher, ETag / Cache-Control
     limits.init_app(app)  # rate limits and quotas: one Lua call per request
+    app.before_request(reject_bad_credentials)  # a forged token's 401, after the IP limit counted it
     smorest = api.init_app(app)
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)

@@ -114,7 +114,26 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     console.print(table)
 
 
-@click.group()
+class SaasGroup(click.Group):
+    """The root group: an unreachable database or Redis, in any command, is one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import logging
+
+        import redis
+        from sqlalchemy.exc import DBAPIError
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # no INFO chatter before results
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else ""
+            raise CliError(f"database error: {type(exc.orig or exc).__name__}: {first}") from None
+        except redis.RedisError as exc:
+            raise CliError(f"redis unreachable: {type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=SaasGroup)
 @click.version_option(package_name="saas-backend")
 def main() -> None:
     """Operate the multi-tenant SaaS backend."""
@@ -196,7 +215,7 @@ def db_upgrade(ctx: Context, shared_only: bool, parallel: int, as_json: bool) ->
 
 @main.group()
 def tenants() -> None:
-    """Tenants: create, list, show."""
+    """Tenants: provisioning, lifecycle, export and import, migrations."""
 
 
 def _find_tenant(session, ref: str):

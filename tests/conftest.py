@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as redis_lib
@@ -49,11 +50,15 @@ def _server_url() -> str:
 
 
 def _redis_url(worker: str) -> str:
+    """This run's (or xdist worker's) Redis database: the suite flushes it before every test, so
+    two workers must never share one. ``REDIS_URL`` names the first; worker N uses the Nth next."""
+    offset = int(worker[2:]) if worker.startswith("gw") else 0
     url = os.environ.get("REDIS_URL")
     if url:
-        return url
-    index = 15 - (int(worker[2:]) if worker.startswith("gw") else 0)
-    return f"redis://127.0.0.1:6379/{max(index, 1)}"
+        parsed = urlsplit(url)
+        base = int(parsed.path.lstrip("/") or 0)
+        return urlunsplit(parsed._replace(path=f"/{(base + offset) % 16}"))
+    return f"redis://127.0.0.1:6379/{max(15 - offset, 1)}"
 
 
 @pytest.fixture(scope="session")

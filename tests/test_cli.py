@@ -232,3 +232,17 @@ def test_db_upgrade(run, cleanup):
 def test_version(run):
     r = run("--version")
     assert r.exit_code == 0 and "version" in r.stdout
+
+
+def test_unreachable_database_is_one_line_and_exit_1(settings):
+    """Any command meeting a database it cannot reach prints one line, no traceback."""
+    from click.testing import CliRunner
+
+    from saas.cli import Context, main
+
+    ctx = Context()
+    ctx._settings = settings.with_overrides(database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    r = CliRunner().invoke(main, ["tenants", "list"], obj=ctx)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    assert r.stderr.strip().splitlines()[-1].startswith("error: database error: OperationalError")

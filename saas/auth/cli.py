@@ -263,6 +263,6 @@ def register(main: click.Group) -> None:
     main.add_command(clients)
     users = main.commands.get("users")
     if not isinstance(users, click.Group):
-        users = click.Group("users", help="Users: reset MFA.")
+        users = click.Group("users", help="Users: list, show, lock, unlock, reset MFA.")
         main.add_command(users)
     users.add_command(reset_mfa)

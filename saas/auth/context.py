@@ -111,11 +111,31 @@ def _bearer_token() -> str | None:
 def authenticate_request() -> None:
     """``before_request`` hook: verify a bearer token if present and bind the tenant schema.
 
-    Raises:
-        Unauthorized: the token is present but invalid.
+    A bad token is not answered here: the error waits on ``g`` until
+    :func:`reject_bad_credentials` (after the rate limiter), so forged tokens are counted
+    against the caller's IP like any unauthenticated request.
     """
     if not request.path.startswith("/api/"):
         return  # health, docs and OAuth endpoints authenticate (or not) on their own
+    try:
+        _authenticate()
+    except Unauthorized as err:
+        g.principal = None
+        g.auth_error = err
+
+
+def reject_bad_credentials() -> None:
+    """``before_request`` hook, after the limiter: answer the 401 of a bad bearer token.
+
+    Raises:
+        Unauthorized: the token was present but invalid (RFC 6750 ``invalid_token``).
+    """
+    err = g.pop("auth_error", None)
+    if err is not None:
+        raise err
+
+
+def _authenticate() -> None:
     token = _bearer_token()
     if token is None:
         return

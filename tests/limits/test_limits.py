@@ -279,3 +279,15 @@ def test_hosted_login_form_is_throttled_per_account(make_app):
     assert 429 not in first
     refused = client.post("/oauth/login", data={**form, "email": "SOMEONE@example.test"})
     assert refused.status_code == 429 and refused.get_json()["policy"] == "login-account"
+
+
+def test_forged_bearer_tokens_count_against_the_ip_limit(make_app):
+    """A bad token is answered 401 only after the limiter has counted the request per IP, so
+    forging tokens (each costing a signature check) is throttled like any anonymous caller."""
+    app = make_app(ratelimit_policies=("ip=3/1m",))
+    client = app.test_client()
+    forged = {"Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}
+    statuses = [client.get("/api/v1/contacts", headers=forged).status_code for _ in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]
+    r = client.get("/api/v1/contacts", headers=forged)
+    assert r.get_json()["code"] == "rate_limited" and "Retry-After" in r.headers
