@@ -17,14 +17,14 @@ from datetime import timedelta
 
 import pytest
 from psycopg.pq import TransactionStatus
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, select, update
 
 from saas import create_app
 from saas import db as saas_db
 from saas.audit import AuditEvent
 from saas.auth.models import RefreshToken
 from saas.auth.service import token_hash
-from saas.db import Database, schema_name_for
+from saas.db import Database, schema_name_for, shared_metadata
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import drop_tenant
 
@@ -75,7 +75,12 @@ def lazy(settings, database_url, redis_client) -> Iterator[tuple]:
     tenants: list[str] = []
     app.config["lazy_tenants"] = tenants
     yield app, recorder
-    for tenant_id in tenants:
+    ids = [uuid.UUID(t) for t in tenants]
+    with database.engine.begin() as conn:  # rows keyed by tenant but not cascaded (the outbox...)
+        for table in reversed(shared_metadata.sorted_tables):
+            if "tenant_id" in table.c and table.name != "memberships":
+                conn.execute(delete(table).where(table.c.tenant_id.in_(ids)))
+    for tenant_id in ids:
         drop_tenant(database.engine, tenant_id)
     database.dispose()
 
