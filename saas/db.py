@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import select
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,10 @@ from typing import Any
 from flask import Flask, Response, g, has_app_context
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
 from sqlalchemy.orm import DeclarativeBase, Session
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Select, visitors
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import ColumnClause, TextClause
+from sqlalchemy.sql.functions import FunctionElement
 
 SHARED_SCHEMA = "saas"
 TENANT_PLACEHOLDER = "tenant"
@@ -98,12 +102,16 @@ class Database:
     ) -> Database:
         """An engine on ``url``.
 
-        ``pre_ping`` (``DB_POOL_PRE_PING``) checks each pooled connection before use, without a
-        round trip: :func:`_check_alive` polls the socket, and only when the server has sent
-        something to an idle connection (its termination notice, or end of file) pings it
-        with ``SELECT 1``; a dead connection is replaced before the request sees it. Off, a
-        request meeting a connection the server dropped fails once and the pool is refreshed.
-        ``pool_recycle`` (30 minutes) bounds a connection's age either way."""
+        ``pre_ping`` (``DB_POOL_PRE_PING``) checks each pooled connection before use
+        (:func:`_check_alive`): a connection idle in the pool for less than
+        :data:`PING_AFTER_IDLE_SECONDS` costs a socket poll, no round trip (a ``SELECT 1`` only
+        when the server has written to it, e.g. terminated it); one idle longer is pinged with
+        ``SELECT 1``, which catches a connection a NAT or load balancer dropped silently (no FIN
+        or RST reaches an idle socket). A dead connection is replaced before the request sees
+        it. Off, a request meeting a connection the server dropped fails once and the pool is
+        refreshed. TCP keepalives (:data:`KEEPALIVES`) keep idle connections through NAT
+        tables and let the kernel notice a dead peer; ``pool_recycle`` (30 minutes) bounds a
+        connection's age either way."""
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://") :]
         engine = create_engine(
@@ -113,9 +121,11 @@ class Database:
             pool_recycle=1800,
             # error messages (and so logs) never carry bound values: hashes, tokens, personal data
             hide_parameters=True,
+            connect_args=dict(KEEPALIVES),
         )
         _guard_search_path(engine)
         if pre_ping:
+            event.listen(engine, "checkin", _record_checkin)
             event.listen(engine, "checkout", _check_alive)
         return cls(engine)
 
@@ -174,23 +184,61 @@ class Database:
             self.bind.dispose()
 
 
-def _check_alive(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Pool ``checkout`` hook: refuse a connection the server has closed, with no round trip.
+#: libpq TCP options of the engine's connections (seconds, except ``tcp_user_timeout`` in ms):
+#: a keepalive after 30 s idle, every 10 s, 3 unanswered -> the kernel closes the socket (so a
+#: NAT/LB that dropped the flow is noticed in about a minute, and a flow kept alive is not
+#: dropped); data left unacknowledged for 30 s likewise (bounds a ping on a dead path, which
+#: would otherwise wait for TCP's retransmissions, ~15 minutes).
+#: Source: PostgreSQL docs, libpq-connect.html#LIBPQ-PARAMKEYWORDS.
+KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
-    An idle connection outside a transaction receives nothing from PostgreSQL unless the
-    server ends it (``pg_terminate_backend``, restart, ``idle_session_timeout``: an
-    ``ErrorResponse`` then end of file) or reports an asynchronous message (a parameter change,
-    a notice). So the socket is polled (no wait); only when it is readable does a real
-    ``SELECT 1`` decide. Raising :class:`~sqlalchemy.exc.DisconnectionError` makes the pool
-    discard the connection and check out another (SQLAlchemy's "pessimistic disconnect
-    handling", docs: core/pooling.html#custom-legacy-pessimistic-ping).
+#: a pooled connection idle longer than this (seconds) is pinged with ``SELECT 1`` at checkout:
+#: NAT and load balancer idle timeouts drop a flow without telling either end
+PING_AFTER_IDLE_SECONDS = 30.0
+
+#: key of the pool record's ``info``: ``time.monotonic()`` when the connection was checked in
+_CHECKED_IN_AT = "saas_checked_in_at"
+
+
+def _record_checkin(dbapi_connection: Any, record: Any) -> None:
+    """Pool ``checkin`` hook: remember when the connection went idle (``record.info``)."""
+    if record is not None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+
+def _check_alive(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` hook: refuse a connection that is dead, with a round trip only when needed.
+
+    * idle in the pool longer than :data:`PING_AFTER_IDLE_SECONDS` (``record.info``, set by
+      :func:`_record_checkin`): ``SELECT 1``. A NAT or load balancer that dropped the flow sends
+      nothing, so nothing short of a packet tells; the ping fails (RST, or
+      ``tcp_user_timeout``) and the connection is replaced.
+    * otherwise: the socket is polled (no wait). An idle connection outside a transaction
+      receives nothing from PostgreSQL unless the server ends it (``pg_terminate_backend``,
+      restart, ``idle_session_timeout``: an ``ErrorResponse`` then end of file) or reports an
+      asynchronous message (a parameter change, a notice); only when it is readable does a
+      ``SELECT 1`` decide.
+
+    A fresh connection (never checked in) is used as is. Raising
+    :class:`~sqlalchemy.exc.DisconnectionError` makes the pool discard the connection and check
+    out another (SQLAlchemy's "pessimistic disconnect handling", docs:
+    core/pooling.html#custom-legacy-pessimistic-ping).
     """
     if dbapi_connection.closed or getattr(dbapi_connection, "broken", False):
         raise exc.DisconnectionError("connection closed")
-    poller = select.poll()
-    poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-    if not poller.poll(0):
-        return
+    checked_in_at = record.info.get(_CHECKED_IN_AT) if record is not None else None
+    idle_too_long = checked_in_at is not None and time.monotonic() - checked_in_at > PING_AFTER_IDLE_SECONDS
+    if not idle_too_long:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        if not poller.poll(0):
+            return
     try:
         _ping(dbapi_connection)
     except Exception as error:  # any failure of the ping means "not usable"
@@ -212,33 +260,81 @@ def _ping(dbapi_connection: Any) -> None:
 #: a plain read (:meth:`Database.session` with ``lazy_begin``)
 LAZY_BEGIN = "saas_lazy_begin"
 
-#: words that make a statement more than a plain read: DML (also inside a CTE), row locks,
-#: functions with side effects (sequences, settings, advisory locks, notifications)
-_NOT_A_READ = re.compile(
-    r"\b(?:insert|update|delete|merge|share|nextval|setval|set_config|pg_advisory\w*|pg_notify"
-    r"|txid_current|pg_current_xact_id\w*|lo_\w+|dblink\w*)\b",
-    re.IGNORECASE,
-)
+#: functions a plain read may call: side-effect free (STABLE or IMMUTABLE in PostgreSQL), the
+#: ones the request path's SELECTs use (aggregates of lists and counts, case-folded lookups,
+#: window numbering) and a few of the same kind. Anything else (sequences, advisory locks,
+#: ``set_config``, a user-defined VOLATILE function that writes) makes the statement open the
+#: transaction first.
+SAFE_FUNCTIONS = frozenset(
+    {
+        "count", "min", "max", "sum", "avg", "bool_and", "bool_or", "every",
+        "lower", "upper", "length", "char_length", "coalesce", "nullif", "greatest", "least",
+        "now", "current_timestamp", "current_date", "localtimestamp",
+        "array_agg", "string_agg", "json_agg", "jsonb_agg", "json_build_object",
+        "jsonb_build_object", "json_object_agg", "jsonb_object_agg",
+        "row_number", "rank", "dense_rank",
+    }
+)  # fmt: skip
+
+#: literal SQL fragments allowed in a plain read: ``*`` (``count(*)``) and bare identifiers
+_SAFE_LITERAL = re.compile(r'[\w."*]*')
+
+#: execution options that make psycopg use a server-side cursor (``DECLARE`` needs a transaction)
+_STREAMING = ("stream_results", "yield_per")
 
 
 def _plain_read(context: Any, statement: str) -> bool:
-    """A SELECT compiled by SQLAlchemy from a :class:`~sqlalchemy.sql.Select` with no row lock
-    and none of :data:`_NOT_A_READ`'s words; text SQL, DML and DDL are never plain reads."""
+    """Whether the statement may run outside the request's transaction: an allow-list.
+
+    A plain read is compiled by SQLAlchemy from a :class:`~sqlalchemy.sql.Select` (ORM or Core)
+    with no ``stream_results``/``yield_per`` execution option, and whose whole tree holds no
+    row lock (``FOR UPDATE/SHARE``, also in a subquery), no DML (a data-modifying CTE), no
+    text SQL, and no call of a function outside :data:`SAFE_FUNCTIONS`. Text SQL, DML and DDL
+    are never plain reads. The tree walk runs once per compiled form (SQLAlchemy caches those,
+    across tenants: the schema map is applied after compilation); the verdict is kept on the
+    compiled object."""
     compiled = getattr(context, "compiled", None)
     if compiled is None or not isinstance(compiled.statement, Select):
         return False
-    if compiled.statement._for_update_arg is not None:
+    options = context.execution_options
+    if any(options.get(name) for name in _STREAMING):
         return False
-    words = _WORDS_SEEN.get(statement)
-    if words is None:  # statements repeat (SQLAlchemy caches their compiled text): scan once
-        if len(_WORDS_SEEN) >= 2048:
-            _WORDS_SEEN.clear()
-        words = _WORDS_SEEN[statement] = _NOT_A_READ.search(statement) is not None
-    return not words
+    verdict = getattr(compiled, _VERDICT, None)
+    if verdict is None:
+        # an ORM select's columns (column_property expressions, eager joins) appear only in the
+        # Core statement its compile state built: walk that one too
+        core = getattr(getattr(compiled, "compile_state", None), "statement", None)
+        verdict = _select_is_plain_read(compiled.statement) and (
+            core is None or core is compiled.statement or _select_is_plain_read(core)
+        )
+        setattr(compiled, _VERDICT, verdict)
+    return verdict
 
 
-#: statement text -> whether :data:`_NOT_A_READ` matches it
-_WORDS_SEEN: dict[str, bool] = {}
+#: attribute of a compiled statement holding :func:`_plain_read`'s verdict on its tree
+_VERDICT = "_saas_plain_read"
+
+
+def _select_is_plain_read(statement: Any) -> bool:
+    """The statement-only part of :func:`_plain_read` (one walk of the expression tree)."""
+    for element in visitors.iterate(statement):
+        if isinstance(element, Select) and element._for_update_arg is not None:
+            return False
+        if isinstance(element, (UpdateBase, TextClause)):
+            return False
+        if isinstance(element, FunctionElement):
+            name = getattr(element, "name", None)
+            if getattr(element, "packagenames", ()) or not isinstance(name, str):
+                return False
+            if name.lower() not in SAFE_FUNCTIONS:
+                return False
+        elif (
+            isinstance(element, ColumnClause)
+            and element.is_literal
+            and not _SAFE_LITERAL.fullmatch(element.name)
+        ):
+            return False
+    return True
 
 
 def _begin_before_write(
