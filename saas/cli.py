@@ -105,6 +105,15 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def emit_rows(rows: list[dict[str, Any]], as_json: bool, title: str, columns: dict[str, str]) -> None:
+    """Print ``rows`` as JSON for scripts (``--json``) or as a table for people; ``columns``
+    maps each column header to the row key it shows."""
+    if as_json:
+        _print_json(rows)
+        return
+    _table(title, list(columns), [[row.get(key) for key in columns.values()] for row in rows])
+
+
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     table = Table(title=title)
     for column in columns:
@@ -336,13 +345,18 @@ def tenants_list(ctx: Context, status: str | None, plan: str | None, as_json: bo
              "purge_after": t.purge_after}
             for t, n in session.execute(query)
         ]  # fmt: skip
-    if as_json:
-        _print_json(rows)
-        return
-    _table(
+    emit_rows(
+        rows,
+        as_json,
         f"{len(rows)} tenants",
-        ["slug", "name", "state", "plan", "members", "created"],
-        [[r["slug"], r["name"], r["state"], r["plan"], r["members"], r["created_at"]] for r in rows],
+        {
+            "slug": "slug",
+            "name": "name",
+            "state": "state",
+            "plan": "plan",
+            "members": "members",
+            "created": "created_at",
+        },
     )
 
 

@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 import click
 
 from saas.auth.tokens import LEEWAY_SECONDS
-from saas.cli import CliError, Context, _fail_cleanly, _print_json, _table, operator_actor, pass_ctx
+from saas.cli import (
+    CliError,
+    Context,
+    _fail_cleanly,
+    _print_json,
+    _table,
+    emit_rows,
+    operator_actor,
+    pass_ctx,
+)
 
 security_log = logging.getLogger("saas.security")
 
@@ -55,13 +64,11 @@ def keys() -> None:
 def keys_list(ctx: Context, as_json: bool) -> None:
     """The keys published in JWKS: the active one signs, the others only verify."""
     rows = _key_rows(_key_store(ctx))
-    if as_json:
-        _print_json(rows)
-        return
-    _table(
+    emit_rows(
+        rows,
+        as_json,
         f"{len(rows)} signing keys",
-        ["kid", "alg", "created", "status", "file"],
-        [[r["kid"], r["alg"], r["created"], r["status"], r["file"]] for r in rows],
+        {"kid": "kid", "alg": "alg", "created": "created", "status": "status", "file": "file"},
     )
 
 

@@ -10,7 +10,17 @@ from datetime import datetime, timedelta
 
 import click
 
-from saas.cli import CliError, Context, _fail_cleanly, _print_json, _table, main, operator_actor, pass_ctx
+from saas.cli import (
+    CliError,
+    Context,
+    _fail_cleanly,
+    _print_json,
+    _table,
+    emit_rows,
+    main,
+    operator_actor,
+    pass_ctx,
+)
 
 
 def group(name: str, help_text: str) -> click.Group:
@@ -104,13 +114,17 @@ def users_list(ctx: Context, tenant: str | None, status: str | None, email_like:
             {**u.to_public(), "status": u.status, "tenants": n, "last_login_at": u.last_login_at}
             for u, n in session.execute(query)
         ]
-    if as_json:
-        _print_json(rows)
-        return
-    _table(
+    emit_rows(
+        rows,
+        as_json,
         f"{len(rows)} users",
-        ["email", "name", "status", "tenants", "last login"],
-        [[r["email"], r["name"], r["status"], r["tenants"], r["last_login_at"]] for r in rows],
+        {
+            "email": "email",
+            "name": "name",
+            "status": "status",
+            "tenants": "tenants",
+            "last login": "last_login_at",
+        },
     )
 
 
