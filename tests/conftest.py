@@ -12,6 +12,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -127,6 +128,14 @@ def app(settings, engine, redis_client):
 @pytest.fixture()
 def connection(engine, app, redis_client) -> Iterator:
     """The test's outer transaction: everything the test does is rolled back."""
+    with rolled_back(app, engine, redis_client) as conn:
+        yield conn
+
+
+@contextmanager
+def rolled_back(app, engine, redis_client) -> Iterator:
+    """Bind ``app``'s database to a connection inside an outer transaction, with an empty Redis
+    database, and roll everything back on exit."""
     conn = engine.connect()
     outer = conn.begin()
     db = app.extensions["saas.db"]

@@ -22,7 +22,7 @@ from saas.cli import Context, main
 from saas.db import Database, utcnow
 from saas.settings import Settings, SettingsError
 from saas.tenancy.models import Tenant
-from tests.conftest import Api
+from tests.conftest import Api, rolled_back
 from tests.stripe_fake import FakeStripe, sign
 
 SECRET = "whsec_test_current_0123456789"
@@ -68,20 +68,9 @@ def billing_app(settings, engine, redis_client, fake_stripe):
 @pytest.fixture()
 def bconn(billing_app, engine, redis_client, fake_stripe):
     """Like ``connection``, for the app with billing on; the fake Stripe starts empty."""
-    conn = engine.connect()
-    outer = conn.begin()
-    db = billing_app.extensions["saas.db"]
-    previous = db.bind
-    db.bind = conn
-    redis_client.flushdb()
     fake_stripe.reset()
-    try:
+    with rolled_back(billing_app, engine, redis_client) as conn:
         yield conn
-    finally:
-        db.bind = previous
-        if outer.is_active:
-            outer.rollback()
-        conn.close()
 
 
 @pytest.fixture()
