@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import marshmallow as ma
-from flask import Flask, request
+import orjson
+from flask import Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from flask_smorest import Blueprint as _Blueprint
 from flask_smorest.pagination import PaginationMetadataSchema
@@ -28,6 +30,39 @@ FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_BODY_BYTES = 1024 * 1024
 #: the highest page number a paginated endpoint accepts
 MAX_PAGE = 1_000_000
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """Flask's JSON provider with orjson doing the encoding (``jsonify``, flask-smorest
+    responses, problems): about ten times faster than the standard library's encoder, and it
+    writes ``datetime`` (RFC 3339, as ``isoformat()``), ``date``, ``UUID`` and dataclasses
+    itself, so views can hand rows over without converting each value.
+
+    Keys are sorted (Flask's default). What orjson cannot encode goes through Flask's own
+    ``default`` (``Decimal`` -> string, ``__html__``); what it refuses outright (an integer
+    beyond 64 bits) and any call with explicit options (``indent``, ...) use the standard
+    library's encoder, so the output is the same document either way. Decoding stays with the
+    standard library (its error messages are the ones the API reports)."""
+
+    OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if kwargs:
+            return super().dumps(obj, **kwargs)
+        return self.dumpb(obj).decode()
+
+    def dumpb(self, obj: Any) -> bytes:
+        """``obj`` as compact JSON bytes."""
+        try:
+            return orjson.dumps(obj, default=self.default, option=self.OPTIONS)
+        except TypeError:
+            return super().dumps(obj, separators=(",", ":")).encode()
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        if (self._app.debug and self.compact is None) or self.compact is False:
+            return super().response(obj)
+        return self._app.response_class(self.dumpb(obj) + b"\n", mimetype=self.mimetype)
 
 
 class ProblemSchema(ma.Schema):
@@ -238,6 +273,7 @@ def init_app(app: Flask) -> Api:
             "info": {"description": "Multi-tenant SaaS backend. Errors are RFC 9457 problem documents."},
         },
     )
+    app.json = OrjsonProvider(app)
     api = _Api()
     api.ERROR_SCHEMA = ProblemSchema
     api.init_app(app)

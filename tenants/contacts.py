@@ -84,21 +84,17 @@ _LIST_COLUMNS = tuple(
 )
 
 
+_LIST_NAMES = tuple(column.name for column in _LIST_COLUMNS)
+
+
 def _row_json(row) -> dict:
-    """A row of :data:`_LIST_COLUMNS` as ``ContactSchema`` dumps a contact (datetimes as ISO 8601
-    text), in one step: the list's hot loop."""
-    id_, name, email, phone, company, tags, created_at, updated_at, created_by = row[:9]
-    return {
-        "id": str(id_),
-        "name": name,
-        "email": email,
-        "phone": phone,
-        "company": company,
-        "tags": list(tags) if tags else [],
-        "created_at": created_at.isoformat() if created_at else None,
-        "updated_at": updated_at.isoformat() if updated_at else None,
-        "created_by": str(created_by) if created_by else None,
-    }
+    """A row of :data:`_LIST_COLUMNS` as the document ``ContactSchema`` dumps: the values as
+    they come (the JSON provider writes UUIDs and datetimes in the same ISO 8601 form), only a
+    NULL ``tags`` as ``[]``."""
+    item = dict(zip(_LIST_NAMES, row, strict=False))
+    if item["tags"] is None:
+        item["tags"] = []
+    return item
 
 
 _TABLE = Contact.__table__

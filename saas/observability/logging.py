@@ -12,11 +12,13 @@ ids, the route template and timings (never bodies, headers or query strings).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 SECRET_KEY_RE = re.compile(
@@ -28,16 +30,34 @@ _BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 REDACTED = "[redacted]"
 
 
+#: a string can hold a JWT or a credential only if this matches (one scan, usually no match)
+_SUSPECT_RE = re.compile(r"eyJ|bearer|basic", re.IGNORECASE)
+_BEARER_REPLACEMENT = r"\1 " + REDACTED
+#: key -> whether it names a secret (keys come from code, so the set is small; bounded anyway)
+_KEY_VERDICTS: dict[str, bool] = {}
+_SCALARS = (int, float, bool, type(None))
+
+
+def _secret_key(key: Any) -> bool:
+    key = str(key)
+    verdict = _KEY_VERDICTS.get(key)
+    if verdict is None:
+        verdict = SECRET_KEY_RE.search(key) is not None
+        if len(_KEY_VERDICTS) < 4096:
+            _KEY_VERDICTS[key] = verdict
+    return verdict
+
+
 def _scrub(value: Any, depth: int = 0) -> Any:
-    if depth > 6:
-        return value
     if isinstance(value, str):
+        if _SUSPECT_RE.search(value) is None:
+            return value
         value = _JWT_RE.sub(REDACTED, value)
-        return _BEARER_RE.sub(r"\1 " + REDACTED, value)
+        return _BEARER_RE.sub(_BEARER_REPLACEMENT, value)
+    if isinstance(value, _SCALARS) or depth > 6:
+        return value
     if isinstance(value, dict):
-        return {
-            k: (REDACTED if SECRET_KEY_RE.search(str(k)) else _scrub(v, depth + 1)) for k, v in value.items()
-        }
+        return {k: (REDACTED if _secret_key(k) else _scrub(v, depth + 1)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_scrub(v, depth + 1) for v in value)
     return value
@@ -45,13 +65,25 @@ def _scrub(value: Any, depth: int = 0) -> Any:
 
 def redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: secrets out of every field (see the module docstring)."""
-    for key in list(event):
+    for key, value in event.items():
         if key in ("event", "logger", "level", "timestamp"):
-            if isinstance(event[key], str):
-                event[key] = _scrub(event[key])
-            continue
-        event[key] = REDACTED if SECRET_KEY_RE.search(key) else _scrub(event[key])
+            if isinstance(value, str):
+                event[key] = _scrub(value)
+        elif _secret_key(key):
+            event[key] = REDACTED
+        elif not isinstance(value, _SCALARS):
+            event[key] = _scrub(value)
     return event
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    """JSON text of a log event: orjson (datetimes as RFC 3339, anything else it cannot encode
+    through ``str``); the standard library's encoder for what orjson refuses (an integer
+    beyond 64 bits)."""
+    try:
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(obj, default=str)
 
 
 def _drop_duplicate_message(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +103,7 @@ _SHARED: list[Any] = [
 
 def formatter(fmt: str = "json") -> logging.Formatter:
     """The formatter of every handler: structlog's ProcessorFormatter, with :func:`redact`."""
-    renderer = (
-        structlog.processors.JSONRenderer(default=str) if fmt == "json" else structlog.dev.ConsoleRenderer()
-    )
+    renderer = structlog.processors.JSONRenderer(_dumps) if fmt == "json" else structlog.dev.ConsoleRenderer()
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(), _drop_duplicate_message],
         processors=[
