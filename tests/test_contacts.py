@@ -58,6 +58,25 @@ def test_pagination_header(client, h):
     assert r.status_code == 200 and r.get_json() == []
 
 
+def test_list_documents_are_the_single_documents_byte_for_byte(app, client, h):
+    """The list's JSON is written by PostgreSQL (tenants.contacts._page_document): it must be the
+    document the API writes for each contact, in the JSON provider's exact form."""
+    odd = 'Zoë "Q" \\ Ünïcödé \u2028 \t tab'
+    _create(client, h, name=odd, email="z@example.test", tags=["vip", "ü", 'q"'])
+    _create(client, h, name="Plain", phone="+1 555", company="Acme\nCo", tags=[])
+    _create(client, h, name="Emoji 🚀 </script>", tags=["a/b"])
+    r = client.get("/api/v1/contacts?sort=name", headers=h)
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    items = r.get_json()
+    assert [item["name"] for item in items] == sorted(item["name"] for item in items)
+    singles = [client.get(f"/api/v1/contacts/{item['id']}", headers=h).get_json() for item in items]
+    assert items == singles
+    assert r.get_data() == app.json.dumpb(singles) + b"\n"  # same bytes as the provider's
+    with_filter = client.get("/api/v1/contacts?q=emoji&tag=a/b", headers=h)
+    emoji = [s for s in singles if s["name"].startswith("Emoji")]
+    assert with_filter.get_data() == app.json.dumpb(emoji) + b"\n"
+
+
 def test_search_name_email_company(client, h):
     _create(client, h, name="Grace Hopper", email="grace@navy.test", company="US Navy")
     _create(client, h, name="Alan Turing", email="alan@bletchley.test", company="GC&CS")
