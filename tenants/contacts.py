@@ -6,11 +6,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
+from typing import Any
 
 import marshmallow as ma
 from flask import current_app, request
 from flask.views import MethodView
-from sqlalchemy import Integer, Select, Text, bindparam, cast, func, literal, or_, select, true
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    Text,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -85,6 +99,23 @@ _TABLE = Contact.__table__
 _FIRST, _SIZE = bindparam("first_item", type_=Integer), bindparam("page_size", type_=Integer)
 
 
+_TIMESTAMPS = frozenset({"created_at", "updated_at"})
+
+
+def _isoformat(column: Any) -> Any:
+    """``column`` (``timestamptz``) as the text Python's ``datetime.isoformat()`` writes for it
+    (in the session's time zone, as psycopg returns it): six fractional digits unless they are
+    all zero, then none, and a ``+HH:MM`` offset. PostgreSQL's own JSON form drops trailing
+    zeros (``.74679``), which is the same instant but not the same document."""
+    fraction = case(
+        (func.date_part("microseconds", column).cast(BigInteger) % 1_000_000 == 0, ""),
+        else_=func.to_char(column, ".US"),
+    )
+    return (
+        func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS') + fraction + func.to_char(column, "TZH:TZM")
+    ).label(column.name)
+
+
 def _page_document(sort: str, conditions: tuple = ()) -> Select:
     """One statement answering a page: ``(json_text, total)``.
 
@@ -108,7 +139,11 @@ def _page_document(sort: str, conditions: tuple = ()) -> Select:
         .limit(_SIZE)
         .subquery("page")
     )
-    document = select(*(page.c[key] for key in _LIST_KEYS)).correlate(page).lateral("doc")
+    document = (
+        select(*(_isoformat(page.c[key]) if key in _TIMESTAMPS else page.c[key] for key in _LIST_KEYS))
+        .correlate(page)
+        .lateral("doc")
+    )
     order = page.c[column.name].desc() if descending else page.c[column.name].asc()
     elements = func.string_agg(
         cast(func.row_to_json(document.table_valued()), Text),

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+from sqlalchemy import text
 
 from tests.helpers import assert_problem
 
@@ -58,19 +59,35 @@ def test_pagination_header(client, h):
     assert r.status_code == 200 and r.get_json() == []
 
 
-def test_list_documents_are_the_single_documents_byte_for_byte(app, client, h):
+def test_list_documents_are_the_single_documents_byte_for_byte(app, api, client, connection):
     """The list's JSON is written by PostgreSQL (tenants.contacts._page_document): it must be the
-    document the API writes for each contact, in the JSON provider's exact form."""
+    document the API writes for each contact, in the JSON provider's exact form, whatever the
+    text, the timestamps' fractions and the session's time zone."""
+    acme = api.signup("acme")
+    h = api.auth(acme)
     odd = 'Zoë "Q" \\ Ünïcödé \u2028 \t tab'
     _create(client, h, name=odd, email="z@example.test", tags=["vip", "ü", 'q"'])
     _create(client, h, name="Plain", phone="+1 555", company="Acme\nCo", tags=[])
     _create(client, h, name="Emoji 🚀 </script>", tags=["a/b"])
+    schema = "t_" + uuid.UUID(acme["tenant"]["id"]).hex
+    # fractions Python writes with six digits and PostgreSQL's JSON would shorten, or drop
+    stamps = (
+        "created_at = CASE name WHEN 'Plain' THEN '2026-01-02 03:04:05.746790+00'::timestamptz"
+        " ELSE '2026-01-02 03:04:05+00'::timestamptz END,"
+        " updated_at = '2026-06-30 23:59:59.000001+00'::timestamptz"
+    )
+    connection.execute(text(f'UPDATE "{schema}".contacts SET {stamps}'))  # noqa: S608 - test data
+    connection.execute(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))  # offsets as +05:30
     r = client.get("/api/v1/contacts?sort=name", headers=h)
     assert r.status_code == 200 and r.mimetype == "application/json"
     items = r.get_json()
     assert [item["name"] for item in items] == sorted(item["name"] for item in items)
     singles = [client.get(f"/api/v1/contacts/{item['id']}", headers=h).get_json() for item in items]
     assert items == singles
+    assert {item["created_at"] for item in items} == {
+        "2026-01-02T08:34:05+05:30",
+        "2026-01-02T08:34:05.746790+05:30",
+    }
     assert r.get_data() == app.json.dumpb(singles) + b"\n"  # same bytes as the provider's
     with_filter = client.get("/api/v1/contacts?q=emoji&tag=a/b", headers=h)
     emoji = [s for s in singles if s["name"].startswith("Emoji")]

@@ -89,10 +89,16 @@ class Limiter:
         self.secret = (settings.secret_key or "").encode() or uuid.uuid4().bytes
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self.period_for: Callable[[uuid.UUID, datetime], Period] = calendar_month
+        #: (tenant, user, client, rpm, monthly calls) -> (plan, its period's start and end)
+        self._plans: dict[tuple[Any, ...], tuple[gcra.Plan, datetime, datetime]] = {}
 
-    def quota_for(self, tenant_id: uuid.UUID, entitlements: dict[str, Any]) -> Quota | None:
+    def quota_for(
+        self, tenant_id: uuid.UUID, entitlements: dict[str, Any], now: datetime | None = None
+    ) -> Quota | None:
+        return self._quota(tenant_id, entitlements, self.period_for(tenant_id, now or self.clock()))
+
+    def _quota(self, tenant_id: uuid.UUID, entitlements: dict[str, Any], period: Period) -> Quota:
         limit = entitlements.get("monthly_api_calls")
-        period = self.period_for(tenant_id, self.clock())
         return Quota(
             policy="monthly",
             key=usage_key(tenant_id, period.label),
@@ -105,17 +111,43 @@ class Limiter:
 
     def checks_for_request(self) -> tuple[list[Check], Quota | None]:
         """The checks and quota of the current request (empty when nothing applies)."""
+        plan = self.plan_for_request()
+        return list(plan.checks), plan.quota
+
+    def plan_for_request(self) -> gcra.Plan:
+        """The current request's :class:`~saas.limits.gcra.Plan`.
+
+        An authenticated request's plan depends only on the principal, two entitlements and
+        the billing period, so it is kept (bounded, per process) and rebuilt when one of those
+        changes or the clock leaves its period."""
         principal = g.get("principal")
         if principal is not None:
             from saas.cache.principals import snapshot_for
 
             snap = snapshot_for(principal.tenant_id, principal.user_id)
             if snap.tenant is None:
-                return [], None  # the view answers 401
-            checks = policies.tenant_checks(
-                principal.tenant_id, snap.entitlements, principal.user_id, principal.client_id, self.share
+                return _NOTHING  # the view answers 401
+            ent = snap.entitlements
+            key = (
+                principal.tenant_id,
+                principal.user_id,
+                principal.client_id,
+                ent.get("requests_per_minute", policies.DEFAULT_TENANT_RPM),
+                ent.get("monthly_api_calls"),
             )
-            return checks, self.quota_for(principal.tenant_id, snap.entitlements)
+            now = self.clock()
+            kept = self._plans.get(key)
+            if kept is not None and kept[1] <= now < kept[2]:
+                return kept[0]
+            period = self.period_for(principal.tenant_id, now)
+            checks = policies.tenant_checks(
+                principal.tenant_id, ent, principal.user_id, principal.client_id, self.share
+            )
+            plan = gcra.Plan.of(checks, self._quota(principal.tenant_id, ent, period))
+            if len(self._plans) >= 10_000:
+                self._plans.clear()
+            self._plans[key] = (plan, period.start, period.end)
+            return plan
         method, path = request.method, request.path
         body = form = auth = None
         if (method, path) in policies.AUTH_ENDPOINTS:
@@ -125,7 +157,8 @@ class Limiter:
                 form = request.form
             auth = request.authorization
         ip = policies.client_ip(request.remote_addr)
-        return policies.public_checks(method, path, ip, self.rates, self.secret, body, form, auth), None
+        checks = policies.public_checks(method, path, ip, self.rates, self.secret, body, form, auth)
+        return gcra.Plan.of(checks, None)
 
     def hit(self, checks: list[Check], quota: Quota | None, cost: int = 1, peek: bool = False) -> Decision:
         """Run the script through the breaker.
@@ -139,14 +172,14 @@ class Limiter:
         """``before_request``: admit, or raise 429 / 503 problems."""
         if request.path in policies.EXEMPT_PATHS or request.method == "OPTIONS":
             return
-        checks, quota = self.checks_for_request()
-        if not checks and quota is None:
+        plan = self.plan_for_request()
+        if not plan.keys:
             return
         counters = self.guard.counters
         try:
-            decision = self.hit(checks, quota)
+            decision = self.guard.call("limits", plan.run)
         except RedisUnavailable:
-            closed = sorted({c.group for c in checks} & self.fail_closed)
+            closed = sorted({c.group for c in plan.checks} & self.fail_closed)
             if closed:
                 counters.inc("limits_fail_closed_total")
                 raise ServiceUnavailable(
@@ -194,6 +227,9 @@ class Limiter:
             },
             headers={"Retry-After": str(max(1, hit.retry_seconds))},
         )
+
+
+_NOTHING = gcra.Plan.of([], None)
 
 
 def _observe_rejection(policy: str) -> None:

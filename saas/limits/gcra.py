@@ -27,6 +27,7 @@ with ``EVAL``, which also caches it again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +167,7 @@ class Decision:
         return max(0, self.quota.limit - self.quota_used)
 
 
-def _call(client: Any, nkeys: int, keys: list[str], args: list[Any]) -> list[Any]:
+def _call(client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
     """``EVALSHA`` (``EVAL`` on ``NOSCRIPT``).
 
     On a real :class:`redis.Redis` the command goes straight to a pooled connection: redis-py 8's
@@ -198,34 +199,59 @@ def _ceil_seconds(us: int) -> int:
     return int(-(-us // 1_000_000))
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Checks and a quota with the script's fixed arguments worked out once (a request's plan
+    is the same for every request of one principal until its entitlements or the billing
+    period change, so :class:`saas.limits.Limiter` keeps it)."""
+
+    checks: tuple[Check, ...]
+    quota: Quota | None
+    keys: tuple[str, ...]
+    args: tuple[int, ...]  # ARGV from quota_limit on: quota_limit, quota_expire_at, T_1, tau_1...
+
+    @classmethod
+    def of(cls, checks: list[Check] | tuple[Check, ...], quota: Quota | None) -> Plan:
+        keys = [c.key for c in checks]
+        args: list[int] = []
+        if quota is not None:
+            keys.append(quota.key)
+            args += [-1 if quota.limit is None else quota.limit, quota.expire_at]
+        else:
+            args += [-2, 0]
+        for c in checks:
+            args += [c.interval_us, c.tolerance_us]
+        return cls(tuple(checks), quota, tuple(keys), tuple(args))
+
+    def run(self, client: Any, cost: int = 1, peek: bool = False) -> Decision:
+        """Check (and unless ``peek``, consume) the checks and the quota atomically.
+
+        Raises:
+            redis.RedisError, OSError: Redis failed (the caller applies the failure policy).
+        """
+        checks = self.checks
+        reply = _call(client, len(self.keys), self.keys, (len(checks), cost, 1 if peek else 0, *self.args))
+        status, hit, used, now_us = (int(x) for x in reply[:4])
+        states = tuple(
+            PolicyState(c, int(reply[4 + 3 * i]), _ceil_seconds(int(reply[5 + 3 * i])),
+                        _ceil_seconds(int(reply[6 + 3 * i])))
+            for i, c in enumerate(checks)
+        )  # fmt: skip
+        return Decision(
+            allowed=status == 0,
+            reason=("ok", "rate_limited", "quota_exceeded")[status],
+            states=states,
+            hit=states[hit - 1] if status == 1 and hit else None,
+            quota=self.quota,
+            quota_used=used,
+            now=now_us / 1_000_000,
+        )
+
+
 def run(client: Any, checks: list[Check], quota: Quota | None, cost: int = 1, peek: bool = False) -> Decision:
     """Check (and unless ``peek``, consume) all ``checks`` and the ``quota`` atomically.
 
     Raises:
         redis.RedisError, OSError: Redis failed (the caller applies the failure policy).
     """
-    keys = [c.key for c in checks]
-    args: list[Any] = [len(checks), cost, 1 if peek else 0]
-    if quota is not None:
-        keys.append(quota.key)
-        args += [-1 if quota.limit is None else quota.limit, quota.expire_at]
-    else:
-        args += [-2, 0]
-    for c in checks:
-        args += [c.interval_us, c.tolerance_us]
-    reply = _call(client, len(keys), keys, args)
-    status, hit, used, now_us = (int(x) for x in reply[:4])
-    states = []
-    for i, c in enumerate(checks):
-        remaining, reset_us, retry_us = (int(x) for x in reply[4 + 3 * i : 7 + 3 * i])
-        states.append(PolicyState(c, remaining, _ceil_seconds(reset_us), _ceil_seconds(retry_us)))
-    reason = ("ok", "rate_limited", "quota_exceeded")[status]
-    return Decision(
-        allowed=status == 0,
-        reason=reason,
-        states=tuple(states),
-        hit=states[hit - 1] if status == 1 and hit else None,
-        quota=quota,
-        quota_used=used,
-        now=now_us / 1_000_000,
-    )
+    return Plan.of(checks, quota).run(client, cost, peek)

@@ -12,6 +12,7 @@ import time
 
 from flask import Flask, Response, current_app, g, request
 
+from saas.observability import logging as _logging
 from saas.observability import metrics
 from saas.observability.logging import configure as configure_logging
 from saas.observability.logging import get_logger
@@ -65,8 +66,8 @@ def init_app(app: Flask) -> None:
                 fields["client_id"] = principal.client_id
         elif g.get("log_tenant_id"):
             fields["tenant_id"] = str(g.log_tenant_id)
-        level = "warning" if response.status_code >= 500 else "info"
-        getattr(_log, level)("request", **fields)
+        log = _logging.request_log()
+        (log.warning if response.status_code >= 500 else log.info)("request", **fields)
         return response
 
     @app.get("/metrics")

@@ -101,9 +101,13 @@ _SHARED: list[Any] = [
 ]
 
 
+def _renderer(fmt: str) -> Any:
+    return structlog.processors.JSONRenderer(_dumps) if fmt == "json" else structlog.dev.ConsoleRenderer()
+
+
 def formatter(fmt: str = "json") -> logging.Formatter:
     """The formatter of every handler: structlog's ProcessorFormatter, with :func:`redact`."""
-    renderer = structlog.processors.JSONRenderer(_dumps) if fmt == "json" else structlog.dev.ConsoleRenderer()
+    renderer = _renderer(fmt)
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(), _drop_duplicate_message],
         processors=[
@@ -118,10 +122,34 @@ def formatter(fmt: str = "json") -> logging.Formatter:
 _configured = False
 
 
+class _Unconfigured:
+    """The request log before :func:`configure` ran: drops everything."""
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    warning = info
+
+
+_request_log: Any = _Unconfigured()
+
+
+def request_log() -> Any:
+    """The logger of the per-request line (``saas.request``).
+
+    It writes straight to the same stream as the root handler, in the same form (same
+    processors: timestamp, level, :func:`redact`, renderer), without going through the standard
+    library's logging: structlog's own filtering logger and ``WriteLogger``, its documented fast
+    path, because this line is written on every request. Below the configured level its methods
+    do nothing at all (``LOG_LEVEL=WARNING`` keeps only the 5xx lines).
+    """
+    return _request_log
+
+
 def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
     """Route structlog through logging and give the root logger one JSON handler (idempotent:
     the handler is replaced, not added twice)."""
-    global _configured
+    global _configured, _request_log
     if not _configured:
         structlog.configure(
             processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -136,8 +164,21 @@ def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> Non
             root.removeHandler(h)
     # the process's real stderr: a command's stdout/stderr swapped by a test runner (click's
     # CliRunner) or a caller must not receive log lines mixed into --json output
-    handler = logging.StreamHandler(stream or sys.__stderr__)
+    out = stream or sys.__stderr__
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter(fmt))
+    _request_log = structlog.wrap_logger(
+        structlog.WriteLogger(out),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            _renderer(fmt),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    ).bind(logger="saas.request")
     handler._saas_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)

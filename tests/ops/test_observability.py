@@ -13,23 +13,20 @@ import sys
 import pytest
 
 from saas.observability import metrics
-from saas.observability.logging import formatter, redact
+from saas.observability.logging import configure, redact
 
 
 @pytest.fixture()
 def log_lines():
+    """Every line the process logs (the root handler's and the request log's), parsed."""
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter("json"))
     root = logging.getLogger()
-    root.addHandler(handler)
     old = root.level
-    root.setLevel(logging.DEBUG)
+    configure("DEBUG", "json", stream)
     try:
         yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
     finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
+        configure(logging.getLevelName(old), "json")
 
 
 def test_request_logs_carry_context_and_never_secrets(api, client, log_lines):
@@ -66,6 +63,28 @@ def test_request_logs_carry_context_and_never_secrets(api, client, log_lines):
     assert me_line["tenant_id"] == acme["tenant"]["id"] and me_line["user_id"]
     assert isinstance(me_line["duration_ms"], float) and me_line["level"] == "info" and me_line["timestamp"]
     assert any(line["status"] == 401 for line in requests)
+
+
+def test_request_log_level_keeps_only_server_errors_at_warning(api, client, monkeypatch):
+    from saas.tenancy import members as members_service
+
+    stream = io.StringIO()
+    configure("WARNING", "json", stream)
+    try:
+        h = api.auth(api.signup("acme"))
+        assert client.get("/api/v1/me", headers=h).status_code == 200
+
+        def explode(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(members_service, "list_members", explode)
+        assert client.get("/api/v1/members", headers={**h, "X-Request-ID": "req-500"}).status_code == 500
+    finally:
+        configure("INFO", "json")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    requests = [line for line in lines if line.get("event") == "request"]
+    assert [(r["route"], r["status"], r["level"]) for r in requests] == [("/api/v1/members", 500, "warning")]
+    assert requests[0]["request_id"] == "req-500" and requests[0]["logger"] == "saas.request"
 
 
 def test_redact_drops_secret_keys_and_masks_tokens():
