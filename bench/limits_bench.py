@@ -251,7 +251,7 @@ def main() -> None:
         "SAAS_SIGNING_KEY_PATH": keydir,
         "ACCESS_TOKEN_TTL": "7200",
         "RATELIMIT_PRINCIPAL_SHARE": "1.0",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         "GUNICORN_MAX_REQUESTS": "0",
         "GUNICORN_WORKERS": "2",
     }

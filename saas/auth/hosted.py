@@ -31,6 +31,8 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 
 from saas import audit, db
@@ -49,6 +51,33 @@ LOGIN_SESSION_SECONDS = 12 * 3600
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 
 
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer built once per set of keys.
+
+    Flask builds a new ``URLSafeTimedSerializer`` for every request (to open the session) and
+    again to save it; every API request paid for it although only the hosted pages use the
+    session. The serializer holds no per-request state, so one per key set serves them all
+    (``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS`` are the cache key: a rotation builds a new one).
+    """
+
+    def __init__(self) -> None:
+        self._serializers: dict[tuple, URLSafeTimedSerializer | None] = {}
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        fallbacks = app.config.get("SECRET_KEY_FALLBACKS") or ()
+        key = (app.secret_key, *fallbacks)
+        serializer = self._serializers.get(key, MISSING)
+        if serializer is MISSING:
+            serializer = super().get_signing_serializer(app)
+            if len(self._serializers) >= 8:
+                self._serializers.clear()
+            self._serializers[key] = serializer
+        return serializer
+
+
+MISSING: Any = object()
+
+
 def init_app(app: Flask) -> None:
     """Cookie settings for the hosted pages' session and the blueprint."""
     issuer = app.extensions["saas.settings"].issuer
@@ -60,6 +89,7 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_SECURE=issuer.startswith("https://"),
         SESSION_COOKIE_PATH="/oauth",
     )
+    app.session_interface = SessionInterface()
     app.register_blueprint(bp)
 
 

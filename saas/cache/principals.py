@@ -105,14 +105,29 @@ def snapshot_for(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> PrincipalSn
             cache.set_many(tenant_id, version, values)
     tenant_data = values["tenant"]
     member = values[_member_name(user_id)] if user_id else None
-    snap = PrincipalSnapshot(
-        tenant=TenantSnapshot.from_cache(tenant_data) if tenant_data else None,
-        entitlements=values["ent"] or {},
-        role=member["role"] if member and member.get("status") == "active" else None,
-        membership_status=member.get("status") if member else None,
-    )
+    inputs = (tenant_data, values["ent"], member)
+    built = _BUILT.get(memo_key)
+    if built is not None and all(a is b for a, b in zip(built[0], inputs, strict=True)):
+        snap = built[1]  # the same cached entries as last time: the same snapshot
+    else:
+        snap = PrincipalSnapshot(
+            tenant=TenantSnapshot.from_cache(tenant_data) if tenant_data else None,
+            entitlements=values["ent"] or {},
+            role=member["role"] if member and member.get("status") == "active" else None,
+            membership_status=member.get("status") if member else None,
+        )
+        if len(_BUILT) >= 10_000:
+            _BUILT.clear()
+        _BUILT[memo_key] = (inputs, snap)
     g._principal_snapshot = (memo_key, snap)
     return snap
+
+
+#: (tenant, user) -> (the cache entries a snapshot was built from, the snapshot). The in-process
+#: cache layer hands out the same objects while they are fresh, so identical inputs (``is``)
+#: mean the snapshot is still the right one; new entries (a refresh, an invalidation) never
+#: match. It holds the inputs, so their ids cannot be reused while kept.
+_BUILT: dict[tuple[uuid.UUID, uuid.UUID | None], tuple[tuple[Any, ...], PrincipalSnapshot]] = {}
 
 
 def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> dict[str, Any]:

@@ -94,12 +94,27 @@ def method_label(method: str) -> str:
     return method if method in HTTP_METHODS else "OTHER"
 
 
+def _child(metric: Any, labels: tuple[str, ...]) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set (prometheus-client takes a lock
+    and builds a key on every ``labels`` call; label sets are few and fixed by design)."""
+    key = (metric, labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        if len(_CHILDREN) >= 10_000:
+            _CHILDREN.clear()
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
+_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """Count one request. ``route`` must be a URL rule template (``/api/v1/contacts/<uuid:id>``)
     or ``unmatched``, never a raw path; ``method`` is mapped by :func:`method_label`."""
     labels = (route, method_label(method), str(status))
-    REQUESTS.labels(*labels).inc()
-    LATENCY.labels(*labels).observe(seconds)
+    _child(REQUESTS, labels).inc()
+    _child(LATENCY, labels).observe(seconds)
 
 
 @_never_raises
@@ -109,13 +124,13 @@ def rate_limit_rejected(policy: str) -> None:
 
 
 @_never_raises
-def cache_hit(cache: str) -> None:
-    CACHE.labels(cache, "hit").inc()
+def cache_hit(cache: str, count: int = 1) -> None:
+    _child(CACHE, (cache, "hit")).inc(count)
 
 
 @_never_raises
-def cache_miss(cache: str) -> None:
-    CACHE.labels(cache, "miss").inc()
+def cache_miss(cache: str, count: int = 1) -> None:
+    _child(CACHE, (cache, "miss")).inc(count)
 
 
 @_never_raises
