@@ -272,7 +272,7 @@ SAFE_FUNCTIONS = frozenset(
         "now", "current_timestamp", "current_date", "localtimestamp",
         "array_agg", "string_agg", "json_agg", "jsonb_agg", "json_build_object",
         "jsonb_build_object", "json_object_agg", "jsonb_object_agg", "row_to_json", "to_json", "to_char",
-        "to_jsonb", "date_part",
+        "to_jsonb", "replace",
         "row_number", "rank", "dense_rank",
     }
 )  # fmt: skip

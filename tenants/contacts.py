@@ -12,12 +12,10 @@ import marshmallow as ma
 from flask import current_app, request
 from flask.views import MethodView
 from sqlalchemy import (
-    BigInteger,
     Integer,
     Select,
     Text,
     bindparam,
-    case,
     cast,
     func,
     literal,
@@ -106,14 +104,11 @@ def _isoformat(column: Any) -> Any:
     """``column`` (``timestamptz``) as the text Python's ``datetime.isoformat()`` writes for it
     (in the session's time zone, as psycopg returns it): six fractional digits unless they are
     all zero, then none, and a ``+HH:MM`` offset. PostgreSQL's own JSON form drops trailing
-    zeros (``.74679``), which is the same instant but not the same document."""
-    fraction = case(
-        (func.date_part("microseconds", column).cast(BigInteger) % 1_000_000 == 0, ""),
-        else_=func.to_char(column, ".US"),
+    zeros (``.74679``), which is the same instant but not the same document. (``.000000`` can
+    only be the fraction: the other fields have no dot.)"""
+    return func.replace(func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS.USTZH:TZM'), ".000000", "").label(
+        column.name
     )
-    return (
-        func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS') + fraction + func.to_char(column, "TZH:TZM")
-    ).label(column.name)
 
 
 def _page_document(sort: str, conditions: tuple = ()) -> Select:
