@@ -18,7 +18,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
-    literal,
+    literal_column,
     or_,
     select,
     true,
@@ -94,6 +94,9 @@ def _dump(contact: Contact) -> dict:
 #: the list's document keys, in the order the JSON provider writes them (sorted)
 _LIST_KEYS = ("company", "created_at", "created_by", "email", "id", "name", "phone", "tags", "updated_at")
 _TABLE = Contact.__table__
+#: the table under a short alias in the list's statements: the schema is named once (the
+#: schema map rewrites every schema-qualified name on each execution)
+_ROWS = _TABLE.alias("c")
 _FIRST, _SIZE = bindparam("first_item", type_=Integer), bindparam("page_size", type_=Integer)
 
 
@@ -106,9 +109,12 @@ def _isoformat(column: Any) -> Any:
     all zero, then none, and a ``+HH:MM`` offset. PostgreSQL's own JSON form drops trailing
     zeros (``.74679``), which is the same instant but not the same document. (``.000000`` can
     only be the fraction: the other fields have no dot.)"""
-    return func.replace(func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS.USTZH:TZM'), ".000000", "").label(
-        column.name
-    )
+    return func.replace(func.to_char(column, _ISO_TEMPLATE), _NO_FRACTION, _EMPTY).label(column.name)
+
+
+#: constants written into the statement (bound parameters would be sent with every execution)
+_ISO_TEMPLATE = literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.USTZH:TZM'""")
+_NO_FRACTION, _EMPTY, _COMMA = literal_column("'.000000'"), literal_column("''"), literal_column("','")
 
 
 def _page_document(sort: str, conditions: tuple = ()) -> Select:
@@ -124,12 +130,12 @@ def _page_document(sort: str, conditions: tuple = ()) -> Select:
 
     ``sort`` is a ``SORTS`` key, ``-`` for descending; offset and limit are bound per request.
     """
-    column = _TABLE.c[sort.lstrip("-")]
+    column = _ROWS.c[sort.lstrip("-")]
     descending = sort.startswith("-")
     page = (
-        select(*(_TABLE.c[key] for key in _LIST_KEYS), func.count().over().label("total"))
+        select(*(_ROWS.c[key] for key in _LIST_KEYS), func.count().over().label("total"))
         .where(*conditions)
-        .order_by(column.desc() if descending else column.asc(), _TABLE.c.id)
+        .order_by(column.desc() if descending else column.asc(), _ROWS.c.id)
         .offset(_FIRST)
         .limit(_SIZE)
         .subquery("page")
@@ -142,7 +148,7 @@ def _page_document(sort: str, conditions: tuple = ()) -> Select:
     order = page.c[column.name].desc() if descending else page.c[column.name].asc()
     elements = func.string_agg(
         cast(func.row_to_json(document.table_valued()), Text),
-        aggregate_order_by(literal(","), order, page.c.id),
+        aggregate_order_by(_COMMA, order, page.c.id),
     )
     return select(elements, func.max(page.c.total)).select_from(page).join(document, true())
 
@@ -175,34 +181,24 @@ class Contacts(MethodView):
         if args.get("q"):
             pattern = f"%{_escape_like(args['q'])}%"
             conditions.append(
-                or_(Contact.name.ilike(pattern), Contact.email.ilike(pattern), Contact.company.ilike(pattern))
+                or_(_ROWS.c.name.ilike(pattern), _ROWS.c.email.ilike(pattern), _ROWS.c.company.ilike(pattern))
             )
         if args.get("tag"):
-            conditions.append(Contact.tags.contains([args["tag"]]))
+            conditions.append(_ROWS.c.tags.contains([args["tag"]]))
         sort = args["sort"]
         if sort.lstrip("-") not in SORTS:  # the schema validated it; never build SQL from input
             raise ValueError(sort)
         query = _page_document(sort, tuple(conditions)) if conditions else _unfiltered_page_document(sort)
-        session = db.session()
-        elements, total = (
-            session.connection()
-            .execute(
-                query,
-                {
-                    "first_item": pagination_parameters.first_item,
-                    "page_size": pagination_parameters.page_size,
-                },
-            )
-            .one()
-        )
-        if total is not None:
-            pagination_parameters.item_count = total
-        elif pagination_parameters.first_item == 0:
-            pagination_parameters.item_count = 0
-        else:  # past the last page: the window count saw no row
-            pagination_parameters.item_count = session.scalar(
-                select(func.count()).select_from(Contact.__table__).where(*conditions)
-            )
+        params = {
+            "first_item": pagination_parameters.first_item,
+            "page_size": pagination_parameters.page_size,
+        }
+        with db.read_connection() as connection:  # a read-only request: no session, no BEGIN
+            elements, total = connection.execute(query, params).one()
+            if total is None and pagination_parameters.first_item > 0:
+                # past the last page: the window count saw no row
+                total = connection.scalar(select(func.count()).select_from(_ROWS).where(*conditions))
+        pagination_parameters.item_count = total or 0
         # the JSON document as PostgreSQL wrote it (see _page_document)
         return current_app.response_class(f"[{elements or ''}]\n", mimetype="application/json")
 
