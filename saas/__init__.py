@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from saas.http import request_header, set_default_header
 from saas.settings import Settings, SettingsError
 
 __all__ = ["Settings", "SettingsError", "create_app"]
@@ -142,7 +143,7 @@ class App(Flask):
 def _init_request_id(app: Flask) -> None:
     @app.before_request
     def _assign() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
+        incoming = request_header("X-Request-ID")
         g.request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
 
     @app.after_request
@@ -150,7 +151,8 @@ def _init_request_id(app: Flask) -> None:
         rid = g.get("request_id")
         if rid:
             response.headers["X-Request-ID"] = rid
-        if request.path.startswith("/api/") and "Cache-Control" not in response.headers:
-            response.headers["Cache-Control"] = "private, no-store"
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers = response.headers
+        if request.path.startswith("/api/"):
+            set_default_header(headers, "Cache-Control", "private, no-store")
+        set_default_header(headers, "X-Content-Type-Options", "nosniff")
         return response

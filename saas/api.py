@@ -23,6 +23,7 @@ from flask_smorest.utils import prepare_response
 from webargs.flaskparser import FlaskParser
 
 from saas.errors import PROBLEM_JSON, AppError, ValidationError
+from saas.http import request_header
 
 JSON_PATHS = ("/api/",)
 FORM_PATHS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
@@ -191,7 +192,7 @@ def _check_media_type() -> None:
     if length is not None and length > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body may be at most {MAX_BODY_BYTES} bytes.")
     path = request.path
-    has_body = (length or 0) > 0 or request.headers.get("Transfer-Encoding")
+    has_body = (length or 0) > 0 or request_header("Transfer-Encoding")
     if not has_body:
         return  # nothing to decode: the view reports what is missing
     if path.startswith(JSON_PATHS):

@@ -27,6 +27,7 @@ from saas.cache.core import MISS, TenantCache, invalidate_tenant
 from saas.cache.guard import CircuitBreaker, Counters, RedisGuard, RedisUnavailable
 from saas.cache.principals import PrincipalSnapshot, TenantSnapshot, snapshot_for, watch_model
 from saas.cache.signing_keys import KeyWatcher, announce_rotation, publish_rotation
+from saas.http import has_header, set_default_header
 
 __all__ = [
     "MISS",
@@ -70,16 +71,16 @@ def _http_caching(response: Response) -> Response:
     """``ETag`` on single JSON resources, ``no-store`` on authenticated JSON."""
     if response.mimetype != "application/json":
         return response
-    authenticated = "Authorization" in request.headers
-    if "Cache-Control" not in response.headers and (authenticated or request.path.startswith("/api/")):
-        response.headers["Cache-Control"] = "private, no-store"
+    authenticated = "HTTP_AUTHORIZATION" in request.environ
+    if authenticated or request.path.startswith("/api/"):
+        set_default_header(response.headers, "Cache-Control", "private, no-store")
     if (
         request.method in ("GET", "HEAD")
         and response.status_code == 200
         and request.path.startswith("/api/")
         and not response.is_streamed
     ):
-        if "ETag" not in response.headers:
+        if not has_header(response.headers, "ETag"):
             body = response.get_data()
             if body[:1] != b"{":  # a collection or anything else: no validator
                 return response
