@@ -15,21 +15,21 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 from werkzeug.datastructures import Headers
 
-from saas.limits.gcra import Decision
+from saas.limits.gcra import Check, Decision, PolicyState, Quota
 
 
 def apply(headers: Headers, decision: Decision) -> None:
-    """Add the rate-limit headers of ``decision`` to ``headers``."""
-    policies = []
+    """Add the rate-limit headers of ``decision`` to ``headers`` (which hold none of them yet:
+    nothing else writes these names)."""
     current = []
     tightest = None  # (remaining, -reset, limit, reset)
     for state in decision.states:
         c = state.check
-        policies.append(f'"{c.policy}";q={c.limit};w={c.period}')
         current.append(f'"{c.policy}";r={state.remaining};t={state.reset_seconds}')
         candidate = (state.remaining, -state.reset_seconds, c.limit, state.reset_seconds)
         if tightest is None or candidate < tightest:
@@ -38,17 +38,32 @@ def apply(headers: Headers, decision: Decision) -> None:
     if quota is not None and quota.limit is not None:
         reset = max(0, math.ceil(quota.reset_at - decision.now))
         remaining = max(0, quota.limit - decision.quota_used)
-        policies.append(f'"{quota.policy}";q={quota.limit};w={quota.period_seconds}')
         current.append(f'"{quota.policy}";r={remaining};t={reset}')
         candidate = (remaining, -reset, quota.limit, reset)
         if tightest is None or candidate < tightest:
             tightest = candidate
-    if not policies:
+    if tightest is None:
         return
-    headers["RateLimit-Policy"] = ", ".join(policies)
-    headers["RateLimit"] = ", ".join(current)
-    assert tightest is not None
     remaining, _, limit, reset = tightest
-    headers["X-RateLimit-Limit"] = str(limit)
-    headers["X-RateLimit-Remaining"] = str(remaining)
-    headers["X-RateLimit-Reset"] = str(math.ceil(decision.now) + reset)
+    add = headers.add
+    add("RateLimit-Policy", policy_header(decision.states, quota))
+    add("RateLimit", ", ".join(current))
+    add("X-RateLimit-Limit", str(limit))
+    add("X-RateLimit-Remaining", str(remaining))
+    add("X-RateLimit-Reset", str(math.ceil(decision.now) + reset))
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_items(checks: tuple[Check, ...], quota_item: str | None) -> str:
+    items = [f'"{c.policy}";q={c.limit};w={c.period}' for c in checks]
+    if quota_item:
+        items.append(quota_item)
+    return ", ".join(items)
+
+
+def policy_header(states: tuple[PolicyState, ...], quota: Quota | None) -> str:
+    """The ``RateLimit-Policy`` value: fixed for a plan, so built once per set of policies."""
+    quota_item = None
+    if quota is not None and quota.limit is not None:
+        quota_item = f'"{quota.policy}";q={quota.limit};w={quota.period_seconds}'
+    return _policy_items(tuple(state.check for state in states), quota_item)
