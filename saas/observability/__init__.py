@@ -9,6 +9,7 @@ and tokens in paths never appear), ``status``, ``duration_ms``, ``tenant_id``, `
 from __future__ import annotations
 
 import time
+from logging import INFO, WARNING  # not `import logging`: the name is this package's module
 
 from flask import Flask, Response, current_app, g, request
 
@@ -49,6 +50,10 @@ def init_app(app: Flask) -> None:
                 metrics.observe_request(route, request.method, response.status_code, seconds)
             except Exception:
                 _log.warning("cannot record request metrics", exc_info=True)
+        log = _logging.request_log()
+        level = WARNING if response.status_code >= 500 else INFO
+        if not log.is_enabled_for(level):
+            return response
         principal = g.get("principal")
         fields = {
             "request_id": g.get("request_id"),
@@ -66,8 +71,7 @@ def init_app(app: Flask) -> None:
                 fields["client_id"] = principal.client_id
         elif g.get("log_tenant_id"):
             fields["tenant_id"] = str(g.log_tenant_id)
-        log = _logging.request_log()
-        (log.warning if response.status_code >= 500 else log.info)("request", **fields)
+        log.log(level, "request", **fields)
         return response
 
     @app.get("/metrics")

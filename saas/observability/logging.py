@@ -125,10 +125,13 @@ _configured = False
 class _Unconfigured:
     """The request log before :func:`configure` ran: drops everything."""
 
-    def info(self, *args: Any, **kwargs: Any) -> None:
+    def log(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    warning = info
+    info = warning = log
+
+    def is_enabled_for(self, level: int) -> bool:
+        return False
 
 
 _request_log: Any = _Unconfigured()
