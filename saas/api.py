@@ -7,8 +7,10 @@ scheme and RFC 9457 problem responses, plus request-level guards (415 for non-JS
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import http
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -79,10 +81,49 @@ class ProblemSchema(ma.Schema):
     errors = ma.fields.Dict(metadata={"description": "422 only: messages per field"})
 
 
+class QueryArgsSchema(ma.Schema):
+    """Base of query-string schemas whose parsed arguments may be memoised per query string
+    (:class:`_SchemaReusingParser`): their loading must be a pure function of the query string
+    (no validator reading the clock, the caller or the database)."""
+
+
+#: values a memoised parse result may hold (shared between requests, so never mutable)
+_IMMUTABLE = (str, int, float, bool, type(None), uuid.UUID, datetime.date, datetime.datetime, frozenset)
+
+
 class _SchemaReusingParser(FlaskParser):
     """webargs parser that builds a schema given as a class once, not on every request
     (marshmallow's ``Schema.__init__`` deep-copies the declared fields: ~40 us each time).
-    Schemas keep no per-load state, so one instance serves every request."""
+    Schemas keep no per-load state, so one instance serves every request.
+
+    With ``memoize`` (every schema, as for flask-smorest's pagination parameters) or for a
+    :class:`QueryArgsSchema`, a query-string parse is kept per query string (bounded): a list
+    endpoint is called with the same few query strings over and over. Each request gets its
+    own shallow copy of the result, and only results made of immutable values are kept.
+    Invalid input is never kept (it raises before)."""
+
+    def __init__(self, *args: Any, memoize: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.memoize = memoize
+        self._parsed: dict[tuple[Any, str, bytes], Any] = {}
+
+    def parse(self, argmap: Any, req: Any = None, *, location: str | None = None, **kwargs: Any) -> Any:
+        schema_type = argmap if isinstance(argmap, type) else type(argmap)
+        if location not in ("query", "querystring") or not (
+            self.memoize or issubclass(schema_type, QueryArgsSchema)
+        ):
+            return super().parse(argmap, req, location=location, **kwargs)
+        key = (argmap, location, (req or request).query_string)
+        kept = self._parsed.get(key, _MISSING)
+        if kept is _MISSING:
+            kept = super().parse(argmap, req, location=location, **kwargs)
+            values = kept.values() if isinstance(kept, dict) else vars(kept).values()
+            if not all(isinstance(value, _IMMUTABLE) for value in values):
+                return kept
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[key] = kept
+        return copy.copy(kept)
 
     def _get_schema(self, argmap, req):
         if isinstance(argmap, type) and issubclass(argmap, ma.Schema):
@@ -94,6 +135,7 @@ class _SchemaReusingParser(FlaskParser):
 
 
 _SCHEMAS: dict[type, ma.Schema] = {}
+_MISSING: Any = object()
 _PAGINATION_METADATA = PaginationMetadataSchema()
 
 
@@ -104,7 +146,7 @@ class Blueprint(_Blueprint):
     """
 
     ARGUMENTS_PARSER = _SchemaReusingParser()
-    PAGINATION_ARGUMENTS_PARSER = _SchemaReusingParser()
+    PAGINATION_ARGUMENTS_PARSER = _SchemaReusingParser(memoize=True)
 
     @staticmethod
     def _make_pagination_metadata(page, page_size, item_count):

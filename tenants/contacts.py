@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm.exc import StaleDataError
 
 from saas import audit, db
-from saas.api import Blueprint
+from saas.api import Blueprint, QueryArgsSchema
 from saas.auth.context import current_principal, require
 from saas.errors import Conflict, NotFound, PreconditionFailed
 from tenants.models import Contact
@@ -62,7 +62,7 @@ class ContactPatchSchema(ContactSchema):
     tags = ma.fields.List(Tag, validate=ma.validate.Length(max=50))
 
 
-class ContactQuerySchema(ma.Schema):
+class ContactQuerySchema(QueryArgsSchema):
     q = ma.fields.String(validate=ma.validate.Length(max=200), metadata={"description": "search"})
     tag = ma.fields.String(validate=ma.validate.Length(max=50))
     sort = ma.fields.String(

@@ -37,3 +37,39 @@ def test_a_list_request_builds_no_schema(api, monkeypatch):
     r = api.client.get("/api/v1/contacts?q=C1&sort=-name", headers=h)
     assert [c["name"] for c in r.get_json()] == ["C1"]
     assert built == []
+
+
+def test_parsed_query_arguments_are_kept_per_query_string_never_shared(api, monkeypatch):
+    """Memoised query parsing (saas.api._SchemaReusingParser): the second request with a query
+    string loads nothing, yet each request gets its own pagination object (two tenants, one
+    query string, their own totals) and invalid input is refused every time."""
+    totals = {}
+    headers = {}
+    for slug, n in (("memo-a", 3), ("memo-b", 1)):
+        headers[slug] = api.auth(api.signup(slug))
+        for i in range(n):
+            api.client.post("/api/v1/contacts", headers=headers[slug], json={"name": f"{slug}{i}"})
+    loads: list[type] = []
+    real_load = ma.Schema.load
+
+    def counting(self, *args, **kwargs):
+        loads.append(type(self))
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ma.Schema, "load", counting)
+    query = "/api/v1/contacts?page_size=2&sort=name&q=memo"
+    for _ in range(2):
+        for slug in ("memo-a", "memo-b"):
+            r = api.client.get(query, headers=headers[slug])
+            assert r.status_code == 200
+            totals.setdefault(slug, set()).add(r.headers["X-Pagination"])
+    assert len(loads) == 2  # query arguments and pagination, once each for the four requests
+    assert totals == {
+        "memo-a": {
+            '{"total": 3, "total_pages": 2, "first_page": 1, "last_page": 2, "page": 1, "next_page": 2}'
+        },
+        "memo-b": {'{"total": 1, "total_pages": 1, "first_page": 1, "last_page": 1, "page": 1}'},
+    }
+    for _ in range(2):
+        bad = api.client.get("/api/v1/contacts?sort=nope", headers=headers["memo-a"])
+        assert bad.status_code == 422
