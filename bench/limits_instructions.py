@@ -93,7 +93,7 @@ def main() -> None:
         "ACCESS_TOKEN_TTL": "7200", "RATELIMIT_PRINCIPAL_SHARE": "1.0",
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
     }  # fmt: skip
-    data = lb.setup({**os.environ, **env})
+    data = lb.setup({**os.environ, **env, "LOG_LEVEL": "WARNING"})  # quiet set-up
     env["BENCH_PK_SCHEMA"], env["BENCH_PK_ID"] = data["schema_a"], data["bench-a"]["contact"]
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state.json"
