@@ -88,9 +88,19 @@ class Limiter:
         self.fail_closed = frozenset(settings.ratelimit_fail_closed)
         self.secret = (settings.secret_key or "").encode() or uuid.uuid4().bytes
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-        self.period_for: Callable[[uuid.UUID, datetime], Period] = calendar_month
         #: (tenant, user, client, rpm, monthly calls) -> (plan, its period's start and end)
         self._plans: dict[tuple[Any, ...], tuple[gcra.Plan, datetime, datetime]] = {}
+        self.period_for = calendar_month
+
+    @property
+    def period_for(self) -> Callable[[uuid.UUID, datetime], Period]:
+        return self._period_for
+
+    @period_for.setter
+    def period_for(self, value: Callable[[uuid.UUID, datetime], Period]) -> None:
+        """Replacing the period function drops every kept plan (their periods came from it)."""
+        self._period_for = value
+        self._plans.clear()
 
     def quota_for(
         self, tenant_id: uuid.UUID, entitlements: dict[str, Any], now: datetime | None = None

@@ -291,3 +291,24 @@ def test_forged_bearer_tokens_count_against_the_ip_limit(make_app):
     assert statuses == [401, 401, 401, 429, 429]
     r = client.get("/api/v1/contacts", headers=forged)
     assert r.get_json()["code"] == "rate_limited" and "Retry-After" in r.headers
+
+
+def test_kept_plans_follow_a_new_period_function(lapp, lapi, lclient):
+    """The limiter keeps each principal's plan for its billing period; a new ``period_for``
+    (billing's periods) is used from the next request on."""
+    from saas.limits import Period
+
+    h = lapi.auth(lapi.signup("periods"))
+    limiter = lapp.extensions["saas.limits"]
+    limiter.clock = lambda: datetime(2026, 11, 20, tzinfo=UTC)
+    assert _contacts(lclient, h).headers["RateLimit-Policy"].endswith("w=2592000")  # November: 30 days
+    original = limiter.period_for
+    start, end = datetime(2026, 11, 15, tzinfo=UTC), datetime(2026, 12, 20, tzinfo=UTC)  # 35 days
+    limiter.period_for = lambda tenant_id, now: Period("2026-11-15", start, end)
+    try:
+        r = _contacts(lclient, h)
+        assert r.status_code == 200
+        assert '"monthly";q=' in r.headers["RateLimit-Policy"]
+        assert f"w={int((end - start).total_seconds())}" in r.headers["RateLimit-Policy"]
+    finally:
+        limiter.period_for = original
