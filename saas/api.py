@@ -114,8 +114,8 @@ class _SchemaReusingParser(FlaskParser):
         ):
             return super().parse(argmap, req, location=location, **kwargs)
         key = (argmap, location, (req or request).query_string)
-        kept = self._parsed.get(key, _MISSING)
-        if kept is _MISSING:
+        kept = self._parsed.get(key)  # a dict or an object, never None
+        if kept is None:
             kept = super().parse(argmap, req, location=location, **kwargs)
             values = kept.values() if isinstance(kept, dict) else vars(kept).values()
             if not all(isinstance(value, _IMMUTABLE) for value in values):
@@ -135,7 +135,6 @@ class _SchemaReusingParser(FlaskParser):
 
 
 _SCHEMAS: dict[type, ma.Schema] = {}
-_MISSING: Any = object()
 _PAGINATION_METADATA = PaginationMetadataSchema()
 
 

@@ -66,16 +66,11 @@ class SessionInterface(SecureCookieSessionInterface):
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         fallbacks = app.config.get("SECRET_KEY_FALLBACKS") or ()
         key = (app.secret_key, *fallbacks)
-        serializer = self._serializers.get(key, MISSING)
-        if serializer is MISSING:
-            serializer = super().get_signing_serializer(app)
+        if key not in self._serializers:
             if len(self._serializers) >= 8:
                 self._serializers.clear()
-            self._serializers[key] = serializer
-        return serializer
-
-
-MISSING: Any = object()
+            self._serializers[key] = super().get_signing_serializer(app)
+        return self._serializers[key]
 
 
 def init_app(app: Flask) -> None:
