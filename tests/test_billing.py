@@ -928,14 +928,18 @@ def test_usage_counter_key_and_expiry(redis_client):
     from saas.billing import usage
 
     tenant_id = uuid.uuid4()
-    assert usage.usage_key(str(tenant_id).upper(), "2026-09") == f"{{t:{tenant_id}}}:usage:2026-09"
-    assert usage.count_api_call(redis_client, str(tenant_id).upper(), "2026-09") == 1
-    assert usage.count_api_call(redis_client, tenant_id, "2026-09") == 2
-    assert usage.read_usage(redis_client, str(tenant_id), "2026-09") == 2
-    expires = redis_client.expiretime(f"{{t:{tenant_id}}}:usage:2026-09")
-    assert expires == int((usage.period_end("2026-09") + usage.KEEP_AFTER_PERIOD).timestamp())
-    redis_client.set(usage.usage_key(tenant_id, "2026-08"), "garbage")
-    assert usage.read_usage(redis_client, tenant_id, "2026-08") is None
+    # the counter's key expires on the Redis server's clock, which tests cannot move: count in the
+    # current period (whatever today is), whose key lives until 62 days after the period's end
+    period = usage.period_of()
+    assert usage.usage_key(str(tenant_id).upper(), period) == f"{{t:{tenant_id}}}:usage:{period}"
+    assert usage.count_api_call(redis_client, str(tenant_id).upper(), period) == 1
+    assert usage.count_api_call(redis_client, tenant_id, period) == 2
+    assert usage.read_usage(redis_client, str(tenant_id), period) == 2
+    expires = redis_client.expiretime(f"{{t:{tenant_id}}}:usage:{period}")
+    assert expires == int((usage.period_end(period) + usage.KEEP_AFTER_PERIOD).timestamp())
+    earlier = usage.previous_period(period)
+    redis_client.set(usage.usage_key(tenant_id, earlier), "garbage")
+    assert usage.read_usage(redis_client, tenant_id, earlier) is None
 
 
 def test_report_usage_whose_row_was_lost_is_recorded_not_failed(bapi, bclient, bconn, redis_client, cli,
