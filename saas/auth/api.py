@@ -173,7 +173,25 @@ def _check_client_role(body: dict) -> None:
 
 
 def _own_client(client_id: str) -> OAuthClient:
-    return clients_service.get_client(db.session(), current_principal().tenant_id, client_id)
+    """The tenant's client, if the caller could have given it its role.
+
+    A client acts with its ``role`` (``client_credentials``); whoever reads, changes, rotates
+    or deletes it could act with that role, so each of these needs a role at or above it, as
+    giving the role would (:func:`saas.rbac.can_assign`).
+
+    Raises:
+        NotFound: no such client in the tenant.
+        Forbidden: ``role_not_assignable``, the client's role is above the caller's.
+    """
+    principal = current_principal()
+    client = clients_service.get_client(db.session(), principal.tenant_id, client_id)
+    if not can_assign(principal.role or "", client.role):
+        raise Forbidden(
+            f"This client acts with the role {client.role!r}, above yours.",
+            code="role_not_assignable",
+            title="Role not assignable",
+        )
+    return client
 
 
 @blp.route("/clients/<client_id>")
