@@ -51,6 +51,9 @@ class ClientSchema(ma.Schema):
     scope = ma.fields.String(validate=ma.validate.Length(max=1024))
     role = ma.fields.String(metadata={"description": "role of client_credentials tokens"})
     first_party = ma.fields.Boolean(metadata={"description": "skip the consent page"})
+    resource_server = ma.fields.Boolean(
+        metadata={"description": "may introspect the tenant's tokens (RFC 7662); confidential only"}
+    )
     token_endpoint_auth_method = ma.fields.String(dump_only=True)
     secret_rotated_at = ma.fields.DateTime(dump_only=True)
     created_at = ma.fields.DateTime(dump_only=True)
@@ -66,6 +69,7 @@ class ClientPatchSchema(ma.Schema):
     scope = ma.fields.String(validate=ma.validate.Length(max=1024))
     role = ma.fields.String()
     first_party = ma.fields.Boolean()
+    resource_server = ma.fields.Boolean()
 
 
 class ClientWithSecretSchema(ClientSchema):
@@ -207,8 +211,8 @@ class ClientItem(MethodView):
     @blp.arguments(ClientPatchSchema)
     @blp.response(200, ClientSchema)
     def patch(self, body, client_id):
-        """Change a client's name, redirect URIs, grants, scope, role or consent setting (needs
-        step-up)."""
+        """Change a client's name, redirect URIs, grants, scope, role, consent or resource-server
+        setting (needs step-up)."""
         client = _own_client(client_id)
         _check_client_role(body)
         return clients_service.to_public(clients_service.update_client(db.session(), client, body))

@@ -54,6 +54,8 @@ class OAuthClient(SharedBase, ClientMixin):
     secret, stored as its SHA-256 only; the secret is 256 random bits so a fast hash is enough).
     ``redirect_uris`` are matched exactly (RFC 9700 section 2.1). ``role`` is the tenant role a
     ``client_credentials`` token acts with; ``first_party`` clients skip the consent page.
+    ``resource_server`` (confidential clients only) lets the client introspect its tenant's
+    tokens (RFC 7662 section 4); any other client learns only ``{"active": false}``.
     """
 
     __tablename__ = "oauth_clients"
@@ -73,6 +75,7 @@ class OAuthClient(SharedBase, ClientMixin):
     scope: Mapped[str] = mapped_column(String(1024), default="openid profile email api")
     role: Mapped[str] = mapped_column(String(32), default="member")
     first_party: Mapped[bool] = mapped_column(Boolean, default=False)
+    resource_server: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by: Mapped[uuid.UUID | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

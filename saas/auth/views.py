@@ -193,8 +193,9 @@ def revoke():
 @oauth.route("/oauth/introspect", methods=["POST"])
 @oauth.doc(security=[])
 def introspect():
-    """Token introspection (RFC 7662). Needs a confidential client; a client sees only tokens of
-    its own tenant (others are ``{"active": false}``)."""
+    """Token introspection (RFC 7662). Needs a confidential client; only a resource server of the
+    token's tenant (a client with ``resource_server``) or the token's audience learns more than
+    ``{"active": false}`` (section 4)."""
     from authlib.oauth2 import OAuth2Error
 
     from saas.auth import oauth as provider
