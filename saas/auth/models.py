@@ -181,7 +181,12 @@ class MfaFactor(SharedBase):
 
 
 class RecoveryCode(SharedBase):
-    """A single-use MFA recovery code, stored as its SHA-256 (each has 50 random bits)."""
+    """A single-use MFA recovery code (50 random bits), stored as a keyed hash.
+
+    ``hash_scheme`` ``hmac-sha256``: ``code_hash`` is HMAC-SHA256, under a server key, of the
+    user id and the code's SHA-256 (:mod:`saas.auth.mfa`). ``sha256``: a row from before, the
+    plain SHA-256 of the code, rewritten to ``hmac-sha256`` without the code.
+    """
 
     __tablename__ = "mfa_recovery_codes"
     __table_args__ = (Index("ix_mfa_recovery_codes_user_id", "user_id"),)
@@ -189,6 +194,7 @@ class RecoveryCode(SharedBase):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
     code_hash: Mapped[str] = mapped_column(String(64))
+    hash_scheme: Mapped[str] = mapped_column(String(16), default="hmac-sha256")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
