@@ -35,3 +35,37 @@ def test_rehash_recovery_codes_rewrites_legacy_rows(committed, run_cli, engine, 
     assert {r.code_hash for r in rows} == expected and {r.hash_scheme for r in rows} == {"hmac-sha256"}
     again = run_cli("users", "rehash-recovery-codes")
     assert again.exit_code == 0 and "0 recovery code(s) rewritten" in again.output
+
+
+def test_an_export_from_before_keyed_hashes_imports_as_legacy_rows(committed, run_cli, engine, tmp_path):
+    """A file written before ``hash_scheme`` existed holds plain SHA-256 hashes: they are imported
+    as such (and rewritten later), not mislabelled as keyed hashes that never verify."""
+    import json
+    import uuid
+
+    src = committed.tenant(members=2)
+    db = Database(engine)
+    legacy = hashlib.sha256(b"abcdefghij").hexdigest()
+    with db.transaction() as session:
+        member = session.scalars(select(User).where(User.email == f"m1@{src.slug}.test")).one()
+        member_id = member.id
+        session.add(RecoveryCode(user_id=member_id, code_hash=legacy, hash_scheme="sha256"))
+    out = tmp_path / "export.jsonl"
+    assert run_cli("tenants", "export", src.slug, "--out", str(out)).exit_code == 0
+    lines = []
+    for line in out.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("table") == "saas.mfa_recovery_codes":
+            record["row"].pop("hash_scheme")  # as the older code wrote it
+        lines.append(json.dumps(record))
+    out.write_text("\n".join(lines) + "\n")
+    with engine.begin() as conn:
+        conn.execute(RecoveryCode.__table__.delete().where(RecoveryCode.user_id == member_id))
+        conn.execute(User.__table__.delete().where(User.id == member_id))
+    r = run_cli("tenants", "import", str(out), "--slug", "copy-" + uuid.uuid4().hex[:8], "--json")
+    assert r.exit_code == 0, r.output
+    committed.track(uuid.UUID(json.loads(r.stdout)["id"]))
+    with db.transaction() as session:
+        user = session.scalars(select(User).where(User.email == f"m1@{src.slug}.test")).one()
+        rows = list(session.scalars(select(RecoveryCode).where(RecoveryCode.user_id == user.id)))
+    assert [(r.code_hash, r.hash_scheme) for r in rows] == [(legacy, "sha256")]
