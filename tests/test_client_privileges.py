@@ -53,6 +53,10 @@ def test_admin_cannot_take_over_an_owner_role_client(api, app, client):
     assert_problem(client.get(path, headers=admin), 403, "role_not_assignable")
     assert_problem(client.patch(path, json={"name": "mine"}, headers=admin), 403, "role_not_assignable")
     assert_problem(client.delete(path, headers=admin), 403, "role_not_assignable")
+    listed = [c["client_id"] for c in client.get("/api/v1/clients", headers=admin).get_json()]
+    assert robot["client_id"] not in listed
+    owner_list = client.get("/api/v1/clients", headers=api.auth(owner)).get_json()
+    assert robot["client_id"] in [c["client_id"] for c in owner_list]
     # nothing changed: the original secret still works and the client is intact
     _client_token(client, robot)
     kept = client.get(path, headers=api.auth(owner)).get_json()

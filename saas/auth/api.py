@@ -137,14 +137,15 @@ class Clients(MethodView):
     @require("clients:manage")
     @blp.response(200, ClientSchema(many=True))
     def get(self):
-        """The tenant's OAuth clients."""
+        """The tenant's OAuth clients the caller may manage (those whose role it could assign;
+        the others are refused one by one too, see ``GET /clients/{client_id}``)."""
         principal = current_principal()
         rows = db.session().scalars(
             select(OAuthClient)
             .where(OAuthClient.tenant_id == principal.tenant_id)
             .order_by(OAuthClient.created_at)
         )
-        return [clients_service.to_public(c) for c in rows]
+        return [clients_service.to_public(c) for c in rows if can_assign(principal.role or "", c.role)]
 
     @require("clients:manage")
     @require_step_up()
