@@ -185,6 +185,7 @@ def test_client_credentials_and_introspection_with_authlib(live):
         grant_types=["client_credentials"],
         redirect_uris=[],
         scope="api",
+        resource_server=True,  # only a resource server learns anything from introspection
     )
     oauth = OAuth2Session(svc["client_id"], svc["client_secret"], scope="api")
     token = oauth.fetch_token(f"{base}/oauth/token", grant_type="client_credentials")

@@ -444,8 +444,9 @@ def test_client_credentials_service_account(api, client, app):
 def test_introspection_sees_only_own_tenant(api, client):
     a_owner, a_app = _setup(api, client, "acme")
     b_owner = api.signup("globex")
-    a_svc = _service_client(api, client, api.auth(a_owner))
-    b_svc = _service_client(api, client, api.auth(b_owner))
+    # resource servers: only they learn anything from introspection (RFC 7662 section 4)
+    a_svc = _service_client(api, client, api.auth(a_owner), resource_server=True)
+    b_svc = _service_client(api, client, api.auth(b_owner), resource_server=True)
     code, verifier = code_for(client, a_app["client_id"], "owner@acme.test")
     tokens = _exchange(client, a_app, code, verifier).get_json()
     for token in (tokens["access_token"], tokens["refresh_token"]):

@@ -51,6 +51,9 @@ class ClientSchema(ma.Schema):
     scope = ma.fields.String(validate=ma.validate.Length(max=1024))
     role = ma.fields.String(metadata={"description": "role of client_credentials tokens"})
     first_party = ma.fields.Boolean(metadata={"description": "skip the consent page"})
+    resource_server = ma.fields.Boolean(
+        metadata={"description": "may introspect the tenant's tokens (RFC 7662); confidential only"}
+    )
     token_endpoint_auth_method = ma.fields.String(dump_only=True)
     secret_rotated_at = ma.fields.DateTime(dump_only=True)
     created_at = ma.fields.DateTime(dump_only=True)
@@ -66,6 +69,7 @@ class ClientPatchSchema(ma.Schema):
     scope = ma.fields.String(validate=ma.validate.Length(max=1024))
     role = ma.fields.String()
     first_party = ma.fields.Boolean()
+    resource_server = ma.fields.Boolean()
 
 
 class ClientWithSecretSchema(ClientSchema):
@@ -133,14 +137,15 @@ class Clients(MethodView):
     @require("clients:manage")
     @blp.response(200, ClientSchema(many=True))
     def get(self):
-        """The tenant's OAuth clients."""
+        """The tenant's OAuth clients the caller may manage (those whose role it could assign;
+        the others are refused one by one too, see ``GET /clients/{client_id}``)."""
         principal = current_principal()
         rows = db.session().scalars(
             select(OAuthClient)
             .where(OAuthClient.tenant_id == principal.tenant_id)
             .order_by(OAuthClient.created_at)
         )
-        return [clients_service.to_public(c) for c in rows]
+        return [clients_service.to_public(c) for c in rows if can_assign(principal.role or "", c.role)]
 
     @require("clients:manage")
     @require_step_up()
@@ -173,7 +178,25 @@ def _check_client_role(body: dict) -> None:
 
 
 def _own_client(client_id: str) -> OAuthClient:
-    return clients_service.get_client(db.session(), current_principal().tenant_id, client_id)
+    """The tenant's client, if the caller could have given it its role.
+
+    A client acts with its ``role`` (``client_credentials``); whoever reads, changes, rotates
+    or deletes it could act with that role, so each of these needs a role at or above it, as
+    giving the role would (:func:`saas.rbac.can_assign`).
+
+    Raises:
+        NotFound: no such client in the tenant.
+        Forbidden: ``role_not_assignable``, the client's role is above the caller's.
+    """
+    principal = current_principal()
+    client = clients_service.get_client(db.session(), principal.tenant_id, client_id)
+    if not can_assign(principal.role or "", client.role):
+        raise Forbidden(
+            f"This client acts with the role {client.role!r}, above yours.",
+            code="role_not_assignable",
+            title="Role not assignable",
+        )
+    return client
 
 
 @blp.route("/clients/<client_id>")
@@ -189,8 +212,8 @@ class ClientItem(MethodView):
     @blp.arguments(ClientPatchSchema)
     @blp.response(200, ClientSchema)
     def patch(self, body, client_id):
-        """Change a client's name, redirect URIs, grants, scope, role or consent setting (needs
-        step-up)."""
+        """Change a client's name, redirect URIs, grants, scope, role, consent or resource-server
+        setting (needs step-up)."""
         client = _own_client(client_id)
         _check_client_role(body)
         return clients_service.to_public(clients_service.update_client(db.session(), client, body))

@@ -1,5 +1,5 @@
 """Operator commands of the auth service: ``saas keys list|rotate``, ``saas clients list|create``,
-``saas users reset-mfa``. Registered on :data:`saas.cli.main` by :func:`register`."""
+``saas users reset-mfa|rehash-recovery-codes``. Registered on :data:`saas.cli.main` by :func:`register`."""
 
 from __future__ import annotations
 
@@ -264,6 +264,23 @@ def reset_mfa(ctx: Context, email: str) -> None:
     click.echo(f"MFA {'reset' if had else 'was not enabled'} for {email}; sessions revoked")
 
 
+@click.command("rehash-recovery-codes")
+@pass_ctx
+@_fail_cleanly
+def rehash_recovery_codes(ctx: Context) -> None:
+    """Rewrite recovery codes stored as plain SHA-256 (before keyed hashes) as HMAC-SHA256 under
+    the key derived from SECRET_KEY; needs no code and no user. Idempotent; run once after
+    upgrading (a user's old rows are otherwise rewritten at that user's next recovery-code check).
+    """
+    from saas.auth import mfa
+
+    if not ctx.settings.secret_key:
+        raise CliError("SECRET_KEY is not set: the keyed hashes would not verify in the server")
+    with ctx.database.transaction() as session:
+        count = mfa.rehash_legacy_recovery_codes(session, ctx.settings.secret_key)
+    click.echo(f"{count} recovery code(s) rewritten")
+
+
 def register(main: click.Group) -> None:
     """Add the auth commands to ``main``; ``reset-mfa`` joins an existing ``users`` group."""
     main.add_command(keys)
@@ -273,3 +290,4 @@ def register(main: click.Group) -> None:
         users = click.Group("users", help="Users: list, show, lock, unlock, reset MFA.")
         main.add_command(users)
     users.add_command(reset_mfa)
+    users.add_command(rehash_recovery_codes)

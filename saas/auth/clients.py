@@ -9,6 +9,9 @@
 * Client authentication at the token, revocation and introspection endpoints (RFC 6749 section
   2.3): ``client_secret_basic`` or ``client_secret_post`` for confidential clients, ``none``
   (``client_id`` only) for public ones.
+* ``resource_server``: a confidential client an admin marks as an API that accepts the tenant's
+  access tokens; only such a client (or the token's audience) learns anything from introspection
+  (RFC 7662 section 4).
 """
 
 from __future__ import annotations
@@ -100,9 +103,12 @@ def validate_client_fields(data: dict[str, Any], client_type: str) -> dict[str, 
         if data["role"] not in ROLES:
             errors["role"] = [f"One of {', '.join(ROLES)}."]
         cleaned["role"] = data["role"]
-    for key in ("name", "first_party"):
+    for key in ("name", "first_party", "resource_server"):
         if key in data:
             cleaned[key] = data[key]
+    if cleaned.get("resource_server") and client_type != "confidential":
+        # introspection needs client authentication (RFC 7662 section 2.1)
+        errors["resource_server"] = ["Only confidential clients can be resource servers."]
     grants = cleaned.get("grant_types", data.get("grant_types") or [])
     uris = cleaned.get("redirect_uris", data.get("redirect_uris") or [])
     if "authorization_code" in grants and not uris and "redirect_uris" not in errors:
@@ -122,6 +128,7 @@ def to_public(client: OAuthClient) -> dict[str, Any]:
         "scope": client.scope,
         "role": client.role,
         "first_party": client.first_party,
+        "resource_server": client.resource_server,
         "token_endpoint_auth_method": "client_secret_basic" if client.is_confidential else "none",
         "secret_rotated_at": client.secret_rotated_at,
         "created_at": client.created_at,
@@ -140,6 +147,7 @@ def create_client(
         "scope": "openid profile email api",
         "role": "member",
         "first_party": False,
+        "resource_server": False,
         "redirect_uris": [],
     }
     merged = {**defaults, **{k: v for k, v in data.items() if v is not None}}

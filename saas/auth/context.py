@@ -155,6 +155,22 @@ def _authenticate() -> None:
     db.set_tenant_schema(db.schema_name_for(tenant_id))
 
 
+def authenticate_bearer() -> Principal:
+    """Authenticate the request's bearer token where :func:`authenticate_request` does not run
+    (outside ``/api/``, e.g. OIDC UserInfo), and resolve it with every check of
+    :func:`current_principal`: the token's signature and claims, then the tenant (gone or
+    suspended), the membership (gone) and the account (locked).
+
+    Raises:
+        Unauthorized: no token, or one that is invalid (RFC 6750 ``invalid_token``) or no longer
+            backed by an active membership of an active account.
+        Forbidden: the tenant is suspended (``tenant_suspended``).
+    """
+    if g.get("principal") is None:
+        _authenticate()
+    return current_principal()
+
+
 def current_principal() -> Principal:
     """The caller, with its tenant status, role and permissions resolved once per request.
 

@@ -7,7 +7,10 @@
   its window (RFC 6238 section 5.2).
 * 5 failed codes in a row lock the factor for ``mfa_lockout_seconds``; each failure and each
   lockout is audited. Failures are committed even though the request fails.
-* 10 single-use recovery codes (50 random bits each), stored as SHA-256.
+* 10 single-use recovery codes (50 random bits each), stored as HMAC-SHA256 under a key derived
+  from ``SECRET_KEY`` (HKDF-SHA256) of the user id and the code's SHA-256: a database dump
+  without the key cannot check a single guess, and with it every guess is for one user only.
+  Rows from before (plain SHA-256) are rewritten from their stored hash, without the code.
 * ``mfa_token``: a short-lived opaque token in Redis bound to a user and tenant, given out by a
   password login that still needs a second factor (purpose ``login``) or an enrolment (purpose
   ``enroll``, when the tenant requires MFA).
@@ -129,9 +132,75 @@ def match_step(secret: str, code: str, last_step: int | None, now: float | None 
 # --- recovery codes ------------------------------------------------------------------------------
 
 
-def _code_hash(code: str) -> str:
+RECOVERY_HASH_SCHEME = "hmac-sha256"
+LEGACY_RECOVERY_HASH_SCHEME = "sha256"
+
+
+def recovery_code_key(secret_key: str | bytes | None = None) -> bytes:
+    """The 256-bit HMAC key of recovery codes: HKDF-SHA256 (RFC 5869) of ``secret_key`` (default
+    the app's ``SECRET_KEY``), with its own ``info`` so it is never the TOTP encryption key."""
+    secret = current_app.config["SECRET_KEY"] if secret_key is None else secret_key
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"saas mfa recovery codes v1").derive(
+        secret.encode() if isinstance(secret, str) else secret
+    )
+
+
+def _keyed_hash(key: bytes, user_id: uuid.UUID, digest: bytes) -> str:
+    """HMAC-SHA256(key, user id (16 bytes) || SHA-256 of the code), hex: what is stored."""
+    return hmac.new(key, user_id.bytes + digest, hashlib.sha256).hexdigest()
+
+
+def _code_hash(user_id: uuid.UUID, code: str, key: bytes | None = None) -> str:
     normalized = code.strip().lower().replace("-", "").replace(" ", "")
-    return hashlib.sha256(normalized.encode()).hexdigest()
+    return _keyed_hash(key or recovery_code_key(), user_id, hashlib.sha256(normalized.encode()).digest())
+
+
+def _rehash_legacy(rows: list[RecoveryCode], key: bytes) -> int:
+    """Rewrite plain SHA-256 rows as keyed hashes in place (no code needed: the stored SHA-256 is
+    what the keyed hash is taken of). Returns how many rows changed."""
+    changed = 0
+    for row in rows:
+        if row.hash_scheme == LEGACY_RECOVERY_HASH_SCHEME:
+            row.code_hash = _keyed_hash(key, row.user_id, bytes.fromhex(row.code_hash))
+            row.hash_scheme = RECOVERY_HASH_SCHEME
+            changed += 1
+    return changed
+
+
+def rehash_legacy_recovery_codes(session: Session, secret_key: str | bytes, batch: int = 1000) -> int:
+    """Rewrite every stored plain-SHA-256 recovery code as its keyed hash (``saas users
+    rehash-recovery-codes``); idempotent. Returns the number of rows rewritten."""
+    key = recovery_code_key(secret_key)
+    total = 0
+    while True:
+        rows = list(
+            session.scalars(
+                select(RecoveryCode)
+                .where(RecoveryCode.hash_scheme == LEGACY_RECOVERY_HASH_SCHEME)
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not rows:
+            return total
+        total += _rehash_legacy(rows, key)
+        session.flush()
+
+
+def _use_recovery_code(session: Session, user: User, code: str) -> RecoveryCode | None:
+    """The user's unused recovery code matching ``code`` (rows locked), or None. Every unused
+    code is compared, in constant time; the user's legacy rows are rewritten first."""
+    rows = list(
+        session.scalars(select(RecoveryCode).where(RecoveryCode.user_id == user.id).with_for_update())
+    )
+    key = recovery_code_key()
+    _rehash_legacy(rows, key)
+    presented = _code_hash(user.id, code, key)
+    found = None
+    for row in rows:
+        if hmac.compare_digest(row.code_hash, presented) and row.used_at is None and found is None:
+            found = row
+    return found
 
 
 def _new_recovery_code() -> str:
@@ -143,7 +212,11 @@ def regenerate_recovery_codes(session: Session, user: User) -> list[str]:
     """Replace the user's recovery codes with 10 new ones; returns them (shown once)."""
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     codes = [_new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
-    session.add_all(RecoveryCode(user_id=user.id, code_hash=_code_hash(c)) for c in codes)
+    key = recovery_code_key()
+    session.add_all(
+        RecoveryCode(user_id=user.id, code_hash=_code_hash(user.id, c, key), hash_scheme=RECOVERY_HASH_SCHEME)
+        for c in codes
+    )
     session.flush()
     return codes
 
@@ -283,15 +356,7 @@ def _check_code(
         factor.locked_until = None
         return "totp"
     if allow_recovery and _looks_like_recovery_code(code):
-        row = session.scalars(
-            select(RecoveryCode)
-            .where(
-                RecoveryCode.user_id == user.id,
-                RecoveryCode.code_hash == _code_hash(code),
-                RecoveryCode.used_at.is_(None),
-            )
-            .with_for_update()
-        ).first()
+        row = _use_recovery_code(session, user, code)
         if row is not None:
             row.used_at = now
             factor.failed_count = 0

@@ -54,6 +54,8 @@ class OAuthClient(SharedBase, ClientMixin):
     secret, stored as its SHA-256 only; the secret is 256 random bits so a fast hash is enough).
     ``redirect_uris`` are matched exactly (RFC 9700 section 2.1). ``role`` is the tenant role a
     ``client_credentials`` token acts with; ``first_party`` clients skip the consent page.
+    ``resource_server`` (confidential clients only) lets the client introspect its tenant's
+    tokens (RFC 7662 section 4); any other client learns only ``{"active": false}``.
     """
 
     __tablename__ = "oauth_clients"
@@ -73,6 +75,7 @@ class OAuthClient(SharedBase, ClientMixin):
     scope: Mapped[str] = mapped_column(String(1024), default="openid profile email api")
     role: Mapped[str] = mapped_column(String(32), default="member")
     first_party: Mapped[bool] = mapped_column(Boolean, default=False)
+    resource_server: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by: Mapped[uuid.UUID | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
@@ -178,7 +181,12 @@ class MfaFactor(SharedBase):
 
 
 class RecoveryCode(SharedBase):
-    """A single-use MFA recovery code, stored as its SHA-256 (each has 50 random bits)."""
+    """A single-use MFA recovery code (50 random bits), stored as a keyed hash.
+
+    ``hash_scheme`` ``hmac-sha256``: ``code_hash`` is HMAC-SHA256, under a server key, of the
+    user id and the code's SHA-256 (:mod:`saas.auth.mfa`). ``sha256``: a row from before, the
+    plain SHA-256 of the code, rewritten to ``hmac-sha256`` without the code.
+    """
 
     __tablename__ = "mfa_recovery_codes"
     __table_args__ = (Index("ix_mfa_recovery_codes_user_id", "user_id"),)
@@ -186,6 +194,7 @@ class RecoveryCode(SharedBase):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
     code_hash: Mapped[str] = mapped_column(String(64))
+    hash_scheme: Mapped[str] = mapped_column(String(16), default="hmac-sha256")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

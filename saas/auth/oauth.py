@@ -10,7 +10,8 @@
 * Grants at the token endpoint: ``authorization_code``, ``refresh_token`` (rotation + reuse
   detection in :mod:`saas.auth.service`), ``client_credentials`` (confidential tenant clients
   as service accounts). No implicit, no password grant.
-* Revocation (RFC 7009) and introspection (RFC 7662, a client sees only its own tenant's tokens).
+* Revocation (RFC 7009) and introspection (RFC 7662: only a resource server of the token's
+  tenant, or the token's audience, sees it; section 4).
 """
 
 from __future__ import annotations
@@ -361,9 +362,16 @@ def _refresh_row(session: Session, token: str) -> RefreshToken | None:
     return session.scalars(select(RefreshToken).where(RefreshToken.token_hash == token_hash(token))).first()
 
 
-def _client_may_see(client: OAuthClient, token_client_id: str | None, tenant_id: str | None) -> bool:
-    if client.tenant_id is None:
-        return token_client_id == client.client_id
+def _may_introspect(client: OAuthClient, audience: Any, tenant_id: str | None) -> bool:
+    """Whether ``client`` is a resource server allowed to see a token (RFC 7662 section 4): the
+    token's audience (``aud`` names the client), or a client its tenant marked as a resource
+    server (``resource_server``) asking about a token of that same tenant. Any other client,
+    even the one the token was issued to, is told nothing."""
+    audiences = audience if isinstance(audience, list) else [audience]
+    if client.client_id in audiences:
+        return True
+    if not client.resource_server or client.tenant_id is None:
+        return False
     return tenant_id == str(client.tenant_id)
 
 
@@ -402,8 +410,10 @@ def revoke(session: Session, client: OAuthClient, token: str | None) -> None:
 
 
 def introspect(session: Session, client: OAuthClient, token: str | None) -> dict[str, Any]:
-    """RFC 7662 section 2.2. ``{"active": false}`` for anything invalid, revoked, expired, or of
-    another tenant (a client never learns about other tenants' tokens)."""
+    """RFC 7662 section 2.2. ``{"active": false}`` for anything invalid, revoked or expired, and
+    for a caller that is not a resource server allowed to see the token (:func:`_may_introspect`;
+    section 4): the same answer as for an unknown token, so a plain client cannot even tell that
+    a token is live, let alone read its owner's roles."""
     if not token:
         raise InvalidRequest("token is required.")
     inactive = {"active": False}
@@ -412,7 +422,7 @@ def introspect(session: Session, client: OAuthClient, token: str | None) -> dict
             claims = current_app.extensions["saas.tokens"].verify(token)
         except Unauthorized:
             return inactive
-        if not _client_may_see(client, claims.get("client_id"), str(claims.get("tid"))):
+        if not _may_introspect(client, claims.get("aud"), str(claims.get("tid"))):
             return inactive
         sid = claims.get("sid")
         if sid:
@@ -451,7 +461,7 @@ def introspect(session: Session, client: OAuthClient, token: str | None) -> dict
         or row.revoked_at is not None
         or row.used_at is not None
         or row.expires_at <= now
-        or not _client_may_see(client, row.client_id, str(row.tenant_id))
+        or not _may_introspect(client, None, str(row.tenant_id))
     ):
         return inactive
     return {

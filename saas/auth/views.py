@@ -193,8 +193,9 @@ def revoke():
 @oauth.route("/oauth/introspect", methods=["POST"])
 @oauth.doc(security=[])
 def introspect():
-    """Token introspection (RFC 7662). Needs a confidential client; a client sees only tokens of
-    its own tenant (others are ``{"active": false}``)."""
+    """Token introspection (RFC 7662). Needs a confidential client; only a resource server of the
+    token's tenant (a client with ``resource_server``) or the token's audience learns more than
+    ``{"active": false}`` (section 4)."""
     from authlib.oauth2 import OAuth2Error
 
     from saas.auth import oauth as provider
@@ -213,41 +214,33 @@ def introspect():
 @oauth.route("/oauth/userinfo", methods=["GET", "POST"])
 @oauth.doc(security=[{"bearerAuth": []}])
 def userinfo():
-    """OIDC UserInfo (OIDC Core section 5.3): needs an access token with the ``openid`` scope."""
-    from sqlalchemy import select
+    """OIDC UserInfo (OIDC Core section 5.3): needs an access token with the ``openid`` scope.
 
-    from saas.auth.context import _bearer_token
+    The token is checked as every API request's is (:func:`saas.auth.context.authenticate_bearer`):
+    a locked account, a removed membership or a suspended tenant is 401 ``invalid_token``
+    (RFC 6750 section 3.1, as OIDC Core section 5.3.3 asks); a token without ``openid`` is 403
+    ``insufficient_scope``."""
+    from saas.auth.context import authenticate_bearer
     from saas.errors import Forbidden, Unauthorized
-    from saas.identity.models import User
-    from saas.tenancy.models import Membership
 
-    token = _bearer_token()
-    if token is None:
-        raise Unauthorized("This endpoint needs an access token.", error=None)
-    claims = current_app.extensions["saas.tokens"].verify(token)
-    scopes = str(claims.get("scope", "")).split()
+    try:
+        principal = authenticate_bearer()
+    except Forbidden as err:  # tenant_suspended: the token no longer speaks for its user
+        raise Unauthorized(err.detail, code=err.code) from None
+    scopes = principal.scope
     if "openid" not in scopes:
         raise Forbidden(
             "The access token lacks the openid scope.",
             code="insufficient_scope",
             headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'},
         )
-    if claims.get("sub") == claims.get("client_id"):
+    if principal.user_id is None:
         raise Forbidden("A service-account token has no end user.", code="insufficient_scope")
-    session = db.session()
-    row = session.execute(
-        select(User, Membership)
-        .join(Membership, Membership.user_id == User.id)
-        .where(
-            User.id == claims["sub"],
-            Membership.tenant_id == claims["tid"],
-            Membership.status == "active",
-        )
-    ).first()
-    if row is None:
+    membership = principal.membership
+    if membership is None:
         raise Unauthorized("The access token's user no longer exists.")
-    user, membership = row
-    body = {"sub": str(user.id), "tid": str(claims["tid"]), "roles": [membership.role]}
+    user = membership.user
+    body = {"sub": str(user.id), "tid": str(principal.tenant_id), "roles": [membership.role]}
     if "email" in scopes:
         body.update({"email": user.email, "email_verified": False})
     if "profile" in scopes:

@@ -489,6 +489,8 @@ def _import_shared(
                 continue
             values = _convert(model.__table__, raw)
             values.update(id=uuid.uuid4(), user_id=mapped_user(raw["user_id"]))
+            if model is RecoveryCode:
+                values.setdefault("hash_scheme", "sha256")  # a file from before keyed hashes
             rows.append(values)
         insert_rows(key, model, rows)
 

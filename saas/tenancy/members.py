@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from saas import audit, outbox
 from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions, token_hash
+from saas.auth.stepup import check_step_up
 from saas.billing import service as billing_service
 from saas.db import utcnow
 from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
@@ -186,10 +187,12 @@ def accept_invitation(
 
 
 def change_role(session: Session, actor: Principal, user_id: uuid.UUID, role: str) -> Membership:
-    """Change a member's role.
+    """Change a member's role. Demoting an owner needs step-up (RFC 9470: a person's recent
+    login, with MFA when enabled), which a service account's token never has.
 
     Raises:
         NotFound, ValidationError, Forbidden (role above the actor's, or the target's role is),
+        InsufficientUserAuthentication (401, demoting an owner without step-up),
         Conflict ``last_owner`` (the last owner cannot be demoted).
     """
     assert actor.tenant is not None
@@ -197,6 +200,8 @@ def change_role(session: Session, actor: Principal, user_id: uuid.UUID, role: st
     _check_role(actor, role)
     if not can_assign(actor.role or "", membership.role):
         raise Forbidden("You cannot change the role of a member above you.", code="role_not_assignable")
+    if membership.role == "owner" and role != "owner":
+        check_step_up()
     if _is_last_owner(session, membership) and role != "owner":
         raise Conflict("The last owner cannot be demoted.", code="last_owner")
     old = membership.role
