@@ -399,3 +399,85 @@ def test_end_to_end_over_gunicorn_with_mail_from_smtp(gunicorn_base, smtp_inbox,
         with engine.begin() as conn:
             conn.execute(delete(User).where(User.email.like(f"%{tag}%")))
             conn.execute(delete(OutboxMessage).where(OutboxMessage.id > first_outbox_id))
+
+
+# --- saas dev prints the mail ------------------------------------------------------------------
+
+
+def test_saas_dev_prints_the_invitation_mail_to_its_console(database_url, worker_id_str, tmp_path, engine):
+    """The README walkthrough: ``saas dev`` delivers the outbox itself and, without SMTP_URL,
+    prints each mail; the token read from its console accepts the invitation."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("SMTP_URL", "SAAS_ENV")},
+        "DATABASE_URL": database_url.replace("postgresql+psycopg://", "postgresql://", 1),
+        "REDIS_URL": _redis_url(worker_id_str),
+        "SAAS_VAR_DIR": str(tmp_path / "var"),
+        "ARGON2_MEMORY_KIB": "8192",
+        "ARGON2_TIME_COST": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    out_path = tmp_path / "dev.out"
+    out = open(out_path, "w")  # noqa: SIM115 - closed below
+    saas = Path(sys.executable).parent / "saas"
+    proc = subprocess.Popen(
+        [str(saas), "dev", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+    tag = uuid.uuid4().hex[:8]
+    tenant_id = None
+    with engine.connect() as conn:
+        first_outbox_id = conn.scalar(select(func.coalesce(func.max(OutboxMessage.id), 0)))
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, out_path.read_text()[-3000:]
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "saas dev did not start"
+            time.sleep(0.3)
+        r = requests.post(
+            f"{base}/api/v1/signup",
+            json={
+                "tenant": {"name": "Dev", "slug": f"dev-{tag}"},
+                "owner": {"email": f"ada@dev-{tag}.test", "password": TEST_PASSWORD},
+            },
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        tenant_id = r.json()["tenant"]["id"]
+        invitee = f"linus@dev-{tag}.test"
+        r = requests.post(
+            f"{base}/api/v1/members",
+            json={"email": invitee, "role": "member"},
+            headers={"Authorization": f"Bearer {r.json()['token']['access_token']}"},
+            timeout=10,
+        )
+        assert r.status_code == 201 and "token" not in r.text, r.text
+        deadline = time.monotonic() + 20
+        while not (
+            match := re.search(
+                rf"To: {re.escape(invitee)}[\s\S]*?Invitation token: (\S+)", out_path.read_text()
+            )
+        ):
+            assert time.monotonic() < deadline, out_path.read_text()[-3000:]
+            time.sleep(0.2)
+        r = requests.post(
+            f"{base}/api/v1/invitations/accept",
+            json={"token": match.group(1), "password": NEW_PASSWORD, "name": "Linus"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["user"]["name"] == "Linus"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        out.close()
+        if tenant_id:
+            drop_tenant(engine, tenant_id)
+        with engine.begin() as conn:
+            conn.execute(delete(OutboxMessage).where(OutboxMessage.id > first_outbox_id))
