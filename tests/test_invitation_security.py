@@ -236,6 +236,34 @@ def test_signup_with_a_taken_email_reveals_nothing(api, client, app, db_session)
     assert api.login("boss@globex.test").status_code == 200  # the account is unchanged
 
 
+def test_a_signed_in_account_creates_another_tenant_with_its_bearer(api, client):
+    """What the account-exists notice tells its reader to do: signup with the bearer, no owner."""
+    ada = api.signup("acme", email="ada@acme.test")
+    h = api.auth(ada)
+    r = client.post("/api/v1/signup", json={"tenant": {"name": "Side", "slug": "side-project"}}, headers=h)
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["user"]["id"] == ada["user"]["id"] and body["tenant"]["slug"] == "side-project"
+    assert "token" not in body  # it logs in to the new tenant next
+    login = api.login("ada@acme.test", tenant="side-project")
+    assert login.status_code == 200, login.get_json()
+    me = client.get("/api/v1/me", headers=api.auth(login.get_json())).get_json()
+    assert me["role"] == "owner" and me["tenant"]["slug"] == "side-project"
+    # signed in, the body names no owner; signed out, it must
+    owner = {"email": "mallory@evil.test", "password": TEST_PASSWORD}
+    r = client.post(
+        "/api/v1/signup", json={"tenant": {"name": "X", "slug": "xyz-one"}, "owner": owner}, headers=h
+    )
+    assert "owner" in assert_problem(r, 422)["errors"]
+    r = client.post("/api/v1/signup", json={"tenant": {"name": "X", "slug": "xyz-two"}})
+    assert "owner" in assert_problem(r, 422)["errors"]
+    assert_problem(
+        client.post("/api/v1/signup", json={"tenant": {"name": "Y", "slug": "side-project"}}, headers=h),
+        409,
+        "slug_taken",
+    )
+
+
 # --- end to end: gunicorn, requests, a real SMTP server -----------------------------------------
 
 

@@ -13,11 +13,12 @@ from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
 from saas.auth.stepup import check_step_up
 from saas.auth.views import TokenResponseSchema
-from saas.errors import Forbidden
+from saas.errors import Forbidden, ValidationError
+from saas.identity.models import User
 from saas.identity.passwords import password_problems
 from saas.rbac import ROLES
 from saas.tenancy import members as members_service
-from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup
+from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup, validate_tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
 
 blp = Blueprint("tenancy", __name__, url_prefix="/api/v1", description="Tenants, members, invitations")
@@ -50,7 +51,15 @@ class OwnerInSchema(ma.Schema):
 
 class SignupSchema(ma.Schema):
     tenant = ma.fields.Nested(TenantInSchema, required=True)
-    owner = ma.fields.Nested(OwnerInSchema, required=True)
+    owner = ma.fields.Nested(
+        OwnerInSchema,
+        metadata={"description": "required, except signed in (the tenant is then the caller's)"},
+    )
+
+    @ma.validates_schema(skip_on_field_errors=False)
+    def _owner_unless_signed_in(self, data, **kwargs):
+        if "owner" not in data and flask.g.get("principal") is None:
+            raise ma.ValidationError({"owner": ["Missing data for required field."]})
 
 
 class TenantSettingsSchema(ma.Schema):
@@ -190,10 +199,16 @@ class Signup(MethodView):
 
         When the email already has an account, nothing is created and the answer is 202 with
         ``SIGNUP_PENDING`` (never ``email_taken``): the account's mailbox gets a notice
-        (outbox ``mail.account_exists``) saying how to create a tenant from that account."""
-        slug, name, email, password, owner_name = validate_signup(body["tenant"], body["owner"])
+        (outbox ``mail.account_exists``) saying how to create a tenant from that account.
+
+        Signed in (``Authorization: Bearer``, any tenant), the body has no ``owner``: the tenant
+        is created for the caller's own account, and the answer has no tokens (log in to the new
+        tenant next)."""
         session = db.session()
         passwords = current_app.extensions["saas.passwords"]
+        if flask.g.get("principal") is not None:
+            return self._for_signed_in_user(session, passwords, body)
+        slug, name, email, password, owner_name = validate_signup(body["tenant"], body["owner"])
         try:
             done = provision_tenant(
                 session,
@@ -216,6 +231,18 @@ class Signup(MethodView):
             session, user=done.owner, membership=done.membership, tenant=done.tenant
         )
         return {"tenant": done.tenant.to_public(), "user": done.owner.to_public(), "token": tokens.to_dict()}
+
+    @staticmethod
+    def _for_signed_in_user(session, passwords, body) -> dict:
+        if "owner" in body:
+            raise ValidationError({"owner": ["Signed in, the tenant is yours: send no owner."]})
+        user = session.get(User, _signed_in_user_id())
+        assert user is not None
+        slug, name = validate_tenant(body["tenant"])
+        done = provision_tenant(
+            session, passwords, slug=slug, name=name, owner_email=user.email, owner_password=None, owner=user
+        )
+        return {"tenant": done.tenant.to_public(), "user": done.owner.to_public()}
 
 
 @blp.route("/me")

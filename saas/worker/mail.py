@@ -135,9 +135,9 @@ def send_account_exists(job: Job, ctx: WorkerContext) -> None:
     body = (
         f'Someone, perhaps you, tried to sign up a new tenant "{p.get("tenant_name") or p["tenant"]}" '
         f"({p['tenant']}) with this address at {base}.\n\n"
-        "This address already has an account, so nothing was created. To add a tenant to your\n"
-        "account, sign in and ask an operator to run `saas tenants create` for it, or join an\n"
-        "existing tenant by accepting its invitation while signed in.\n\n"
+        "This address already has an account, so nothing was created. To create a tenant for\n"
+        f"your account, sign in, then POST {base}/api/v1/signup with only the tenant\n"
+        '({"tenant": {"name": ..., "slug": ...}}) and your access token (Authorization: Bearer ...).\n\n'
         "If this was not you, ignore this message: your account was not changed.\n"
     )
     _mailer(ctx).send(_message(job, ctx, p["to"], "Your sign-up", body))
