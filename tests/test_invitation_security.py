@@ -115,6 +115,19 @@ def test_victim_signs_up_after_an_attacker_invited_the_address(api, client, app)
     assert_problem(_accept(client, {"token": attackers_mail, "password": "guess"}), 401, "sign_in_required")
 
 
+def test_another_tenant_cannot_withdraw_an_invitation(api, client, app):
+    acme = api.signup("acme")
+    globex = api.signup("globex")
+    invitation_id = _invite(client, api.auth(acme), "new@acme.test").get_json()["invitation_id"]
+    assert_problem(client.delete(f"/api/v1/invitations/{invitation_id}", headers=api.auth(globex)), 404)
+    _, member_h = role_headers(app, acme["tenant"]["id"], "member")
+    assert_problem(client.delete(f"/api/v1/invitations/{invitation_id}", headers=member_h), 403)
+    token = mailed_invitation_token(app, "new@acme.test")
+    assert _accept(client, {"token": token, "password": NEW_PASSWORD}).status_code == 200
+    # once accepted, it is a member to remove, not an invitation to withdraw
+    assert_problem(client.delete(f"/api/v1/invitations/{invitation_id}", headers=api.auth(acme)), 404)
+
+
 # --- the oracle --------------------------------------------------------------------------------
 
 
