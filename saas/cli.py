@@ -162,7 +162,9 @@ def main() -> None:
 def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     """Run the service on the configured servers, or an embedded PostgreSQL and Redis stand-in.
 
-    Applies pending migrations first, so a fresh clone serves the API at once.
+    Applies pending migrations first, so a fresh clone serves the API at once, and delivers the
+    outbox as ``saas worker`` does: without ``SMTP_URL`` every outgoing mail (invitations and
+    their tokens included) is printed to this console.
     """
     os.environ.setdefault("SAAS_ENV", "development")
     settings = ctx.settings
@@ -173,16 +175,40 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     upgrade_shared(app.extensions["saas.db"].engine)
     migrate_tenants(app.extensions["saas.db"].engine)
     click.echo(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    mail = "printed here" if not settings.smtp_url else "sent over SMTP_URL"
+    click.echo(f"delivering the outbox (mail {mail})")
     if workers > 1:
         if not settings.redis_url:
             raise CliError("several workers need REDIS_URL (the in-process stand-in is per process)")
         os.environ["DATABASE_URL"] = settings.database_url or ""
+        # the outbox worker in a child process sharing this console; gunicorn replaces this one
+        import subprocess
+
+        subprocess.Popen([sys.executable, "-c", "from saas.cli import main; main(['worker'])"])
         os.execvp(  # noqa: S606 - replaces this process with gunicorn
             sys.executable,
             [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-b", f"{host}:{port}",
              "-w", str(workers), "wsgi:app"],
         )  # fmt: skip
+    _deliver_outbox_in_background(app)
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
+
+
+def _deliver_outbox_in_background(app) -> None:
+    """Run the outbox worker in a daemon thread of ``saas dev``'s single process (the embedded
+    Redis stand-in is per process, and the mail then prints to the same console)."""
+    import threading
+
+    from saas.worker import Worker, load_handlers
+
+    load_handlers()
+    worker = Worker(app.extensions["saas.db"], app.extensions["saas.settings"], services={"app": app})
+
+    def run() -> None:
+        with app.app_context():
+            worker.run_forever(heartbeat=None, signals=False)
+
+    threading.Thread(target=run, name="outbox-worker", daemon=True).start()
 
 
 # --- database ----------------------------------------------------------------------------------

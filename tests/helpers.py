@@ -93,3 +93,23 @@ def give_plan(session, tenant_id: Any, plan: str) -> None:
     session.get(Tenant, tid).plan = plan
     session.flush()
     entitlements.invalidate(session, tid)
+
+
+def mailed_invitation_token(app: Flask, email: str) -> str:
+    """The token of the newest invitation mailed to ``email``, read from the queued
+    ``mail.invitation`` message (the API never returns it)."""
+    from saas.outbox import OutboxMessage
+
+    session = app.extensions["saas.db"].session()
+    try:
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.topic == "mail.invitation")
+            .order_by(OutboxMessage.id.desc())
+        ).all()
+        for row in rows:
+            if (row.payload or {}).get("to", "").lower() == email.strip().lower():
+                return row.payload["token"]
+        raise AssertionError(f"no invitation mailed to {email}")
+    finally:
+        session.close()

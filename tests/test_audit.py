@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.helpers import assert_problem, role_headers
+from tests.helpers import assert_problem, mailed_invitation_token, role_headers
 
 
 @pytest.fixture()
@@ -40,16 +40,18 @@ def test_every_change_is_audited(api, app, client, owner):
     inv = client.post(
         "/api/v1/members", json={"email": "new@acme.test", "role": "member"}, headers=h
     ).get_json()
-    expected.append(("member.invited", inv["user_id"]))
+    expected.append(("member.invited", inv["invitation_id"]))  # the invitation, not a user id
+    invitation_token = mailed_invitation_token(client.application, "new@acme.test")
     r = client.post(
-        "/api/v1/invitations/accept", json={"token": inv["invitation_token"], "password": "twelve chars ok"}
+        "/api/v1/invitations/accept", json={"token": invitation_token, "password": "twelve chars ok"}
     )
     assert r.status_code == 200, r.get_json()
-    expected.append(("member.joined", inv["user_id"]))
-    client.patch(f"/api/v1/members/{inv['user_id']}", json={"role": "viewer"}, headers=h)
-    expected.append(("member.role_changed", inv["user_id"]))
-    client.delete(f"/api/v1/members/{inv['user_id']}", headers=h)
-    expected.append(("member.removed", inv["user_id"]))
+    joined_id = r.get_json()["user"]["id"]
+    expected.append(("member.joined", joined_id))
+    client.patch(f"/api/v1/members/{joined_id}", json={"role": "viewer"}, headers=h)
+    expected.append(("member.role_changed", joined_id))
+    client.delete(f"/api/v1/members/{joined_id}", headers=h)
+    expected.append(("member.removed", joined_id))
 
     events = _events(client, api.auth(owner), page_size=100)
     got = [(e["action"], e["target"]["id"]) for e in reversed(events)]
@@ -62,11 +64,11 @@ def test_every_change_is_audited(api, app, client, owner):
         assert e["user_agent"] == "audit-test/1.0"
         assert e["ip"] == "127.0.0.1"
         assert datetime.fromisoformat(e["occurred_at"]) > datetime.now(UTC) - timedelta(minutes=1)
-    assert by_action["member.joined"]["actor"]["id"] == inv["user_id"]
+    assert by_action["member.joined"]["actor"]["id"] == joined_id
     assert by_action["contact.updated"]["data"] == {"fields": ["company"]}
     assert by_action["member.role_changed"]["data"] == {"from": "member", "to": "viewer"}
     # no secrets in the log
-    assert inv["invitation_token"] not in json.dumps(events)
+    assert invitation_token not in json.dumps(events)
     assert "twelve chars ok" not in json.dumps(events)
 
 

@@ -23,6 +23,7 @@ from saas.db import Database, utcnow
 from saas.settings import Settings, SettingsError
 from saas.tenancy.models import Tenant
 from tests.conftest import Api, rolled_back
+from tests.helpers import mailed_invitation_token
 from tests.stripe_fake import FakeStripe, sign
 
 SECRET = "whsec_test_current_0123456789"
@@ -280,7 +281,8 @@ def test_checkout_session_shape_idempotency_and_permission(bapi, bclient, fake_s
         assert r.status_code == 422, body
     # an admin lacks billing:manage
     invite = bclient.post("/api/v1/members", json={"email": "admin@acme.test", "role": "admin"}, headers=h)
-    token = invite.get_json()["invitation_token"]
+    assert invite.status_code == 201, invite.get_json()
+    token = mailed_invitation_token(bclient.application, "admin@acme.test")
     accepted = bclient.post(
         "/api/v1/invitations/accept", json={"token": token, "password": "another good pass"}
     )
@@ -604,7 +606,8 @@ def run_outbox(billing_app, bconn, topic: str = "billing.sync_seats") -> int:
 def test_joining_and_leaving_updates_quantity_with_proration(bapi, bclient, bconn, billing_app, fake_stripe):
     tenant_id, h, sub_id = subscribed(bapi, bclient, fake_stripe)
     item_id = fake_stripe.subscriptions[sub_id]["items"]["data"][0]["id"]
-    token = _invite(bclient, h, "b@acme.test").get_json()["invitation_token"]
+    assert _invite(bclient, h, "b@acme.test").status_code == 201
+    token = mailed_invitation_token(bclient.application, "b@acme.test")
     assert run_outbox(billing_app, bconn) == 0  # invited is not active yet
     accepted = bclient.post(
         "/api/v1/invitations/accept", json={"token": token, "password": "another good pass"}
@@ -631,7 +634,8 @@ def test_seat_pushes_carry_the_count_when_sent_and_survive_a_stripe_outage(
     tenant_id, h, sub_id = subscribed(bapi, bclient, fake_stripe)
     item_id = fake_stripe.subscriptions[sub_id]["items"]["data"][0]["id"]
     for email in ("b@acme.test", "c@acme.test"):
-        token = _invite(bclient, h, email).get_json()["invitation_token"]
+        assert _invite(bclient, h, email).status_code == 201
+        token = mailed_invitation_token(bclient.application, email)
         r = bclient.post("/api/v1/invitations/accept", json={"token": token, "password": "another good pass"})
         assert r.status_code == 200
     query = text("SELECT payload FROM saas.outbox WHERE topic = 'billing.sync_seats' ORDER BY id")

@@ -13,7 +13,7 @@ from saas.db import utcnow
 from saas.outbox import OutboxMessage
 from saas.tenancy.models import Invitation, Membership
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import assert_problem, role_headers
+from tests.helpers import assert_problem, mailed_invitation_token, role_headers
 
 NEW_PASSWORD = "a long enough password"
 
@@ -35,8 +35,9 @@ def test_invite_new_user_who_sets_a_password(api, client, owner, db_session):
     r = _invite(client, api.auth(owner))
     assert r.status_code == 201, r.get_json()
     invited = r.get_json()
-    assert invited["status"] == "invited" and invited["role"] == "member" and invited["invitation_token"]
-    token = invited["invitation_token"]
+    assert invited["status"] == "invited" and invited["role"] == "member" and invited["invitation_id"]
+    assert "invitation_token" not in invited  # the token goes only to the invitee's mailbox
+    token = mailed_invitation_token(client.application, "new@acme.test")
     # only a hash is stored; the mail goes through the outbox
     inv = db_session.scalars(select(Invitation)).one()
     assert inv.token_hash != token and token not in inv.token_hash
@@ -65,16 +66,18 @@ def test_invite_new_user_who_sets_a_password(api, client, owner, db_session):
     assert_problem(_accept(client, token, password=NEW_PASSWORD), 404, "invalid_invitation")
 
 
-def test_existing_user_joins_with_own_password(api, client, owner):
+def test_existing_user_joins_signed_in(api, client, owner):
     other = api.signup("globex", email="boss@globex.test")
     r = _invite(client, api.auth(owner), email="Boss@Globex.test", role="viewer")
     assert r.status_code == 201
-    assert r.get_json()["user_id"] == other["user"]["id"]  # the same global identity
-    token = r.get_json()["invitation_token"]
-    # holding the token is not enough to act as an existing account
-    assert_problem(_accept(client, token), 401, "invalid_credentials")
-    assert_problem(_accept(client, token, password="not my password"), 401, "invalid_credentials")
-    r = _accept(client, token, password=TEST_PASSWORD)
+    assert "user_id" not in r.get_json()  # the inviter learns nothing of the account
+    token = mailed_invitation_token(client.application, "boss@globex.test")
+    # holding the token is not enough to act as an existing account, and no password is checked
+    assert_problem(_accept(client, token), 401, "sign_in_required")
+    assert_problem(_accept(client, token, password="not my password"), 401, "sign_in_required")
+    assert_problem(_accept(client, token, password=TEST_PASSWORD), 401, "sign_in_required")
+    # signed in with its own token of the other tenant
+    r = client.post("/api/v1/invitations/accept", json={"token": token}, headers=api.auth(other))
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["user"]["id"] == other["user"]["id"]
     # the password did not change and both memberships work
@@ -83,7 +86,8 @@ def test_existing_user_joins_with_own_password(api, client, owner):
 
 
 def test_expired_and_unknown_invitations(api, client, owner, db_session):
-    token = _invite(client, api.auth(owner)).get_json()["invitation_token"]
+    assert _invite(client, api.auth(owner)).status_code == 201
+    token = mailed_invitation_token(client.application, "new@acme.test")
     db_session.execute(update(Invitation).values(expires_at=utcnow() - timedelta(seconds=1)))
     db_session.commit()
     assert_problem(_accept(client, token, password=NEW_PASSWORD), 404, "invalid_invitation")
@@ -167,8 +171,13 @@ def test_member_may_leave_and_viewer_may_not_remove_others(api, app, client, own
 
 def test_removing_an_invited_member_voids_the_invitation(api, client, owner):
     r = _invite(client, api.auth(owner)).get_json()
-    assert client.delete(f"/api/v1/members/{r['user_id']}", headers=api.auth(owner)).status_code == 204
-    assert_problem(_accept(client, r["invitation_token"], password=NEW_PASSWORD), 404, "invalid_invitation")
+    token = mailed_invitation_token(client.application, "new@acme.test")
+    members = client.get("/api/v1/members", headers=api.auth(owner)).get_json()
+    listed = [m for m in members if m["user_id"] is None]
+    assert [m["invitation_id"] for m in listed] == [r["invitation_id"]]
+    r = client.delete(f"/api/v1/invitations/{r['invitation_id']}", headers=api.auth(owner))
+    assert r.status_code == 204
+    assert_problem(_accept(client, token, password=NEW_PASSWORD), 404, "invalid_invitation")
 
 
 def test_concurrent_invitation_race_is_409(api, client, owner, monkeypatch):
@@ -188,5 +197,5 @@ def test_an_invited_owner_is_never_the_last_owner(api, client, owner):
     """The last-owner rule counts active owners only: a pending owner can be removed."""
     h = api.auth(owner)
     invited = _invite(client, h, email="pending-owner@acme.test", role="owner").get_json()
-    r = client.delete(f"/api/v1/members/{invited['user_id']}", headers=h)
+    r = client.delete(f"/api/v1/invitations/{invited['invitation_id']}", headers=h)
     assert r.status_code == 204, r.get_json()

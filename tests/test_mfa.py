@@ -12,6 +12,7 @@ import pytest
 
 from saas.auth import mfa
 from tests.conftest import TEST_PASSWORD
+from tests.helpers import mailed_invitation_token
 
 T0 = 1_900_000_020.0  # a fixed TOTP clock, in the middle of a 30 s step
 
@@ -272,7 +273,7 @@ def test_step_up_on_member_removal_and_admin_grant(api, client, app):
     assert invite.status_code == 201, invite.get_json()
     joined = client.post(
         "/api/v1/invitations/accept",
-        json={"token": invite.get_json()["invitation_token"], "password": "another good passphrase"},
+        json={"token": mailed_invitation_token(app, "ada@acme.test"), "password": "another good passphrase"},
     ).get_json()
     member_id = joined["user"]["id"]
     stale = (
@@ -348,9 +349,12 @@ def test_invitation_accept_does_not_bypass_mfa(api, client, clock):
     invite = client.post(
         "/api/v1/members", json={"email": "owner@acme.test", "role": "member"}, headers=api.auth(globex)
     )
+    assert invite.status_code == 201, invite.get_json()
+    # an existing account accepts signed in (its own acme token), without a password
     accepted = client.post(
         "/api/v1/invitations/accept",
-        json={"token": invite.get_json()["invitation_token"], "password": TEST_PASSWORD},
+        json={"token": mailed_invitation_token(client.application, "owner@acme.test")},
+        headers=api.auth(acme),
     )
     assert accepted.status_code == 200, accepted.get_json()
     assert "token" not in accepted.get_json()

@@ -20,6 +20,7 @@ from tests.auth_helpers import (
     query_of,
     register_client,
 )
+from tests.helpers import mailed_invitation_token
 
 
 def _basic(client_id: str, secret: str) -> dict:
@@ -579,17 +580,17 @@ def test_ops_revoke_all_sessions_and_me_sessions(api, client):
 def test_tenant_picker_for_platform_client(api, client, db_session, app):
     from tests.auth_helpers import csrf_of
 
-    api.signup("acme")
+    acme = api.signup("acme")
     globex = api.signup("globex")
     invite = client.post(
         "/api/v1/members", json={"email": "owner@acme.test", "role": "member"}, headers=api.auth(globex)
     )
     assert invite.status_code == 201, invite.get_json()
-    from tests.conftest import TEST_PASSWORD
 
-    accepted = client.post(
+    accepted = client.post(  # an existing account accepts signed in, with its own token
         "/api/v1/invitations/accept",
-        json={"token": invite.get_json()["invitation_token"], "password": TEST_PASSWORD},
+        json={"token": mailed_invitation_token(client.application, "owner@acme.test")},
+        headers=api.auth(acme),
     )
     assert accepted.status_code == 200, accepted.get_json()
     platform = OAuthClient(

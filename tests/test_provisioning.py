@@ -8,14 +8,16 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 
 from saas import create_app
 from saas.db import Database, schema_name_for
 from saas.identity.models import User
 from saas.migrate import tenant_head_revision
+from saas.outbox import OutboxMessage
 from saas.tenancy import provisioning
 from saas.tenancy.models import Membership, Tenant
+from saas.tenancy.views import SIGNUP_PENDING
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import assert_problem, drop_tenant, schema_exists
 
@@ -109,15 +111,15 @@ def test_failure_after_schema_created_leaves_nothing_committed(app, engine, monk
         assert conn.scalar(select(User.id).where(User.email == "a@atomic.test")) is None
 
 
-def test_duplicate_slug_and_email_are_409_and_leave_nothing(client, connection):
+def test_duplicate_slug_is_409_taken_email_is_202_and_both_leave_nothing(client, connection):
     assert _signup(client).status_code == 201
     before = _counts(connection)
     r = _signup(client, email="other@acme.test")
     body = assert_problem(r, 409, "slug_taken")
     assert body["field"] == "tenant.slug"
     r = _signup(client, slug="acme-two", email="ADA@Acme.Test")  # email unique case-insensitively
-    body = assert_problem(r, 409, "email_taken")
-    assert body["field"] == "owner.email"
+    # never email_taken: the account's mailbox is told instead
+    assert r.status_code == 202 and r.get_json() == SIGNUP_PENDING
     assert _counts(connection) == before
 
 
@@ -174,7 +176,10 @@ def test_concurrent_signup_race_is_409(app, engine, settings, redis_client, seco
         thread.join(timeout=20)
         assert not thread.is_alive()
         r = result["response"]
-        assert_problem(r, 409, code)
+        if code == "email_taken":  # never said: the account's mailbox is told instead
+            assert r.status_code == 202 and r.get_json() == SIGNUP_PENDING
+        else:
+            assert_problem(r, 409, code)
         with engine.connect() as conn:
             after = _counts(conn)
             assert after == (before[0] + 1, before[1] + 1, before[2] + 1, before[3] + 1)
@@ -184,6 +189,8 @@ def test_concurrent_signup_race_is_409(app, engine, settings, redis_client, seco
     finally:
         first.close()
         drop_tenant(engine, done.tenant.id)
+        with engine.begin() as conn:  # the notice the losing signup queued (committed)
+            conn.execute(delete(OutboxMessage).where(OutboxMessage.topic == "mail.account_exists"))
 
 
 # --- validation ------------------------------------------------------------------------------

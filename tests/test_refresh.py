@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from saas.auth.models import RefreshToken
 from saas.auth.service import token_hash
 from saas.db import utcnow
+from tests.helpers import mailed_invitation_token
 
 
 @pytest.fixture()
@@ -132,9 +133,10 @@ def test_removed_member_cannot_refresh(client, api, app, db_session):
     r = client.post(
         "/api/v1/members", json={"email": "m@acme.test", "role": "member"}, headers=api.auth(owner)
     )
+    assert r.status_code == 201, r.get_json()
     accept = client.post(
         "/api/v1/invitations/accept",
-        json={"token": r.get_json()["invitation_token"], "password": "a long enough password"},
+        json={"token": mailed_invitation_token(app, "m@acme.test"), "password": "a long enough password"},
     ).get_json()
     member_refresh = accept["token"]["refresh_token"]
     assert (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import assert_problem, role_headers
+from tests.helpers import assert_problem, mailed_invitation_token, role_headers
 
 
 @pytest.fixture()
@@ -53,9 +53,9 @@ def test_patch_validation(api, client, owner, body):
 def test_password_policy_applies_to_invitations(api, client, owner):
     h = api.auth(owner)
     client.patch("/api/v1/tenant", json={"settings": {"password_min_length": 16}}, headers=h)
-    token = client.post(
-        "/api/v1/members", json={"email": "n@acme.test", "role": "viewer"}, headers=h
-    ).get_json()["invitation_token"]
+    invited = client.post("/api/v1/members", json={"email": "n@acme.test", "role": "viewer"}, headers=h)
+    assert invited.status_code == 201, invited.get_json()
+    token = mailed_invitation_token(client.application, "n@acme.test")
     r = client.post("/api/v1/invitations/accept", json={"token": token, "password": "fifteen chars!!"})
     assert "16" in assert_problem(r, 422)["errors"]["password"][0]
     r = client.post("/api/v1/invitations/accept", json={"token": token, "password": "sixteen chars!!!"})

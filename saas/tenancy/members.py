@@ -79,17 +79,34 @@ def _check_role(actor: Principal, role: str) -> None:
 
 @dataclass
 class InvitationResult:
+    """What the inviter learns: the invitation and the address as invited, nothing of the
+    account behind it (``saas.tenancy.views.InvitationResponseSchema``). The token is not here:
+    it goes only to the invitee's mailbox."""
+
+    invitation: Invitation
     membership: Membership
-    token: str
+    email: str
+
+
+def invitee_email(email: str) -> str:
+    """The address of a pending invitation as shown to the inviting tenant: the invited address,
+    lower-cased, so an existing account's own spelling of its address is never shown."""
+    return email.strip().lower()
 
 
 def invite(session: Session, actor: Principal, email: str, role: str, ttl_seconds: int) -> InvitationResult:
-    """Invite ``email`` with ``role``: creates the user if unknown, a pending membership, an
-    invitation (token hashed) and an outbox message ``mail.invitation``.
+    """Invite ``email`` with ``role``: creates a user without a password if the address has none
+    (a placeholder the invitee or a signup claims), a pending membership, an invitation (only
+    the SHA-256 of its token is stored) and an outbox message ``mail.invitation`` carrying the
+    token to the invitee's mailbox, the only place it goes.
+
+    The result and the audit event are the same whether or not the address has an account: the
+    inviting tenant learns nothing of another tenant's user (no user id, no name).
 
     Raises:
         ValidationError: unknown role. Forbidden: role above the actor's.
-        Conflict: ``already_member``.
+        Conflict: ``already_member`` (a member or pending invitee of this tenant).
+        PaymentRequired: ``seats_exceeded``.
     """
     _check_role(actor, role)
     tenant = actor.tenant
@@ -117,35 +134,107 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
             "That person was just invited or signed up; try again.", code="already_member"
         ) from None
     token = secrets.token_urlsafe(32)
-    session.add(
-        Invitation(
-            membership_id=membership.id,
-            token_hash=token_hash(token),
-            created_by=actor.user_id,
-            expires_at=utcnow() + timedelta(seconds=ttl_seconds),
-        )
+    invitation = Invitation(
+        membership_id=membership.id,
+        token_hash=token_hash(token),
+        created_by=actor.user_id,
+        expires_at=utcnow() + timedelta(seconds=ttl_seconds),
     )
+    session.add(invitation)
+    session.flush()
     outbox.enqueue(
         session,
         "mail.invitation",
         {"to": user.email, "tenant": tenant.slug, "tenant_name": tenant.name, "role": role, "token": token},
         tenant_id=tenant.id,
     )
-    audit.record(session, "member.invited", target_type="user", target_id=user.id, data={"role": role})
+    shown = invitee_email(email)
+    audit.record(
+        session,
+        "member.invited",
+        target_type="invitation",
+        target_id=invitation.id,
+        data={"role": role, "email": shown},
+    )
     session.flush()
-    return InvitationResult(membership, token)
+    return InvitationResult(invitation, membership, shown)
+
+
+def pending_invitations(session: Session, tenant_id: uuid.UUID) -> dict[uuid.UUID, Invitation]:
+    """The open invitations of ``tenant_id``, by membership id."""
+    rows = session.scalars(
+        select(Invitation)
+        .join(Membership, Membership.id == Invitation.membership_id)
+        .where(Membership.tenant_id == tenant_id, Invitation.accepted_at.is_(None))
+    )
+    return {inv.membership_id: inv for inv in rows}
+
+
+def revoke_invitation(session: Session, actor: Principal, invitation_id: uuid.UUID) -> None:
+    """Withdraw a pending invitation of the actor's tenant: its membership and token go.
+
+    Raises:
+        NotFound: no open invitation with that id in this tenant.
+        Forbidden: ``role_not_assignable``, the invited role is above the actor's.
+    """
+    assert actor.tenant is not None
+    membership = session.scalars(
+        select(Membership)
+        .join(Invitation, Invitation.membership_id == Membership.id)
+        .where(
+            Invitation.id == invitation_id,
+            Invitation.accepted_at.is_(None),
+            Membership.tenant_id == actor.tenant.id,
+            Membership.status == "invited",
+        )
+    ).first()
+    if membership is None:
+        raise NotFound("No such invitation in this tenant.")
+    if not can_assign(actor.role or "", membership.role):
+        raise Forbidden("You cannot withdraw an invitation above your role.", code="role_not_assignable")
+    session.delete(membership)
+    audit.record(session, "member.invitation_revoked", target_type="invitation", target_id=invitation_id)
+    session.flush()
+
+
+def has_account(session: Session, user: User) -> bool:
+    """Whether ``user`` is an account (it has a password, or belongs to a tenant), rather than
+    the placeholder an invitation creates for an address nobody has signed up with."""
+    if user.password_hash is not None:
+        return True
+    return (
+        session.scalar(
+            select(Membership.id).where(Membership.user_id == user.id, Membership.status == "active").limit(1)
+        )
+        is not None
+    )
 
 
 def accept_invitation(
-    session: Session, passwords: Passwords, token: str, password: str | None, name: str | None
+    session: Session,
+    passwords: Passwords,
+    token: str,
+    password: str | None,
+    name: str | None,
+    signed_in_user_id: uuid.UUID | None = None,
 ) -> tuple[Membership, User, Tenant]:
-    """Accept an invitation by its token; sets the password of a user who has none, and checks
-    the password of one who has.
+    """Accept an invitation by its token (which only ever went to the invitee's mailbox).
+
+    - An address without an account: the mailed token proves the mailbox, so accepting sets the
+      account's password (``password``, the tenant's policy) and optional ``name``. Nobody may be
+      signed in as another account meanwhile.
+    - An existing account: the invitee must be signed in, ``signed_in_user_id`` being the user
+      of the request's own bearer token (of any tenant). There is no password path, so the
+      endpoint verifies no password: one sent along is refused like none at all, the same way
+      whether or not it is right.
+
+    The membership joins the inviting tenant, whose audit log records ``member.joined``.
 
     Raises:
-        NotFound: unknown, used or expired token (``invalid_invitation``).
+        NotFound: ``invalid_invitation``, an unknown, used or expired token.
+        Unauthorized: ``sign_in_required``, an existing account accepting without its token.
+        Forbidden: ``wrong_account``, signed in as someone other than the invitee.
         ValidationError: password missing or too weak for a new account.
-        Unauthorized: ``invalid_credentials``, an existing account's password missing or wrong.
     """
     invitation = session.scalars(
         select(Invitation).where(Invitation.token_hash == token_hash(token)).with_for_update()
@@ -153,22 +242,30 @@ def accept_invitation(
     if invitation is None or invitation.accepted_at is not None or invitation.expires_at <= utcnow():
         raise NotFound("This invitation is invalid or has expired.", code="invalid_invitation")
     membership = invitation.membership
-    user = session.get(User, membership.user_id)
+    # locked: a concurrent signup claiming the same placeholder waits (saas.tenancy.provisioning)
+    user = session.get(User, membership.user_id, with_for_update=True)
     tenant = session.get(Tenant, membership.tenant_id)
     assert user is not None and tenant is not None
-    min_length = int((tenant.settings or {}).get("password_min_length", 8))
-    if user.password_hash is None:
+    if has_account(session, user):
+        if signed_in_user_id is None:
+            raise Unauthorized(
+                "This invitation is for an existing account: sign in, then accept it with your "
+                "own access token (Authorization: Bearer). Passwords are not accepted here.",
+                code="sign_in_required",
+                title="Sign-in required",
+                error=None,
+            )
+        if signed_in_user_id != user.id:
+            raise Forbidden("This invitation is for another account.", code="wrong_account")
+    else:
+        if signed_in_user_id is not None:
+            raise Forbidden("This invitation is for another account.", code="wrong_account")
+        min_length = int((tenant.settings or {}).get("password_min_length", 8))
         if not password:
             raise ValidationError({"password": ["A password is required to create your account."]})
         if problems := password_problems(password, min_length):
             raise ValidationError({"password": problems})
         user.password_hash = passwords.hash(password)
-    elif not password or not passwords.verify(user.password_hash, password):
-        # the token alone does not prove who accepts (admins see it once): an existing account
-        # proves itself with its own password
-        raise Unauthorized(
-            "Accept with the password of your existing account.", code="invalid_credentials", error=None
-        )
     if name:
         user.name = name.strip()
     invitation.accepted_at = utcnow()

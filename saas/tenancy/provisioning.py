@@ -35,6 +35,18 @@ _EMAIL = ma.validate.And(ma.validate.Length(min=3, max=320), ma.validate.Email()
 after_schema_created: Callable[[Session, Tenant], None] | None = None
 
 
+class AccountExists(Conflict):
+    """The owner's email belongs to an existing account (409 ``email_taken`` where it is not
+    caught: the operator CLI). Signup catches it and answers as for a new address, mailing the
+    account instead (``saas.tenancy.views.Signup``), so it does not tell who has an account."""
+
+    code = "email_taken"
+
+    def __init__(self, email: str) -> None:
+        super().__init__("An account with that email exists.", extra={"field": "owner.email"})
+        self.email = email
+
+
 @dataclass
 class Provisioned:
     tenant: Tenant
@@ -93,6 +105,30 @@ def create_tenant_schema(conn: Connection, schema: str) -> None:
     conn.execute(text(f"INSERT INTO {quoted}.alembic_version (version_num) VALUES (:v)"), {"v": head})  # noqa: S608 - quoted identifier
 
 
+def _tenant_fields(tenant: dict, errors: dict[str, dict[str, list[str]]]) -> tuple[str, str]:
+    slug = normalize_slug(tenant.get("slug") or "")
+    name = (tenant.get("name") or "").strip()
+    if problems := slug_problems(slug):
+        errors.setdefault("tenant", {})["slug"] = problems
+    if not name:
+        errors.setdefault("tenant", {})["name"] = ["Must not be empty."]
+    return slug, name
+
+
+def validate_tenant(tenant: dict) -> tuple[str, str]:
+    """Normalise and check a new tenant's fields alone (a signed-in user's signup). Returns
+    (slug, name).
+
+    Raises:
+        ValidationError: per-field errors under ``tenant.*``.
+    """
+    errors: dict[str, dict[str, list[str]]] = {}
+    slug, name = _tenant_fields(tenant, errors)
+    if errors:
+        raise ValidationError(errors)
+    return slug, name
+
+
 def validate_signup(tenant: dict, owner: dict, min_password: int = 8) -> tuple[str, str, str, str, str]:
     """Normalise and check signup input. Returns (slug, name, email, password, owner name).
 
@@ -100,19 +136,14 @@ def validate_signup(tenant: dict, owner: dict, min_password: int = 8) -> tuple[s
         ValidationError: per-field errors under ``tenant.*`` and ``owner.*``.
     """
     errors: dict[str, dict[str, list[str]]] = {}
-    slug = normalize_slug(tenant.get("slug") or "")
-    name = (tenant.get("name") or "").strip()
+    slug, name = _tenant_fields(tenant, errors)
     email = (owner.get("email") or "").strip()
     password = owner.get("password") or ""
     owner_name = (owner.get("name") or "").strip()
-    if problems := slug_problems(slug):
-        errors.setdefault("tenant", {})["slug"] = problems
     try:
         _EMAIL(email)
     except ma.ValidationError as exc:
         errors.setdefault("owner", {})["email"] = list(exc.messages)
-    if not name:
-        errors.setdefault("tenant", {})["name"] = ["Must not be empty."]
     if problems := password_problems(password, min_password):
         errors.setdefault("owner", {})["password"] = problems
     if errors:
@@ -130,34 +161,48 @@ def provision_tenant(
     owner_password: str | None,
     owner_name: str = "",
     settings: dict | None = None,
+    owner: User | None = None,
 ) -> Provisioned:
     """Create a tenant, its schema and its owner in ``session``'s transaction (not committed).
 
-    The owner is a new user; an existing email is a conflict (log in and create the tenant from
-    the CLI or a future endpoint instead), so signup never attaches a tenant to someone else's
-    account.
+    The owner is a new user, or the passwordless placeholder an invitation created for an address
+    nobody had signed up with (``saas.tenancy.members.invite``): the owner claims it, its pending
+    invitations still needing their mailed tokens. An existing account is never attached to a
+    tenant here, so signup never hands a tenant to someone else's account.
+
+    ``owner``: an existing account that creates the tenant itself (signed in); ``owner_email``
+    and ``owner_password`` are then ignored.
 
     Raises:
-        Conflict: ``slug_taken`` or ``email_taken``.
+        Conflict: ``slug_taken``. AccountExists: ``email_taken``, an account has that email.
     """
     from saas.auth.service import find_user_by_email
+    from saas.tenancy.members import has_account
 
     if session.query(Tenant.id).filter(Tenant.slug == slug).first():
         raise Conflict("That slug is taken.", code="slug_taken", extra={"field": "tenant.slug"})
-    if find_user_by_email(session, owner_email) is not None:
-        raise Conflict(
-            "An account with that email exists.", code="email_taken", extra={"field": "owner.email"}
-        )
+    placeholder = find_user_by_email(session, owner_email) if owner is None else None
+    if placeholder is not None:
+        # locked: an invitation accepted at the same moment sets the password first, or waits
+        placeholder = session.get(User, placeholder.id, with_for_update=True, populate_existing=True)
+        assert placeholder is not None
+        if has_account(session, placeholder) or not owner_password:
+            raise AccountExists(placeholder.email)
     tenant_id = uuid.uuid4()
     schema = schema_name_for(tenant_id)
-    password_hash = passwords.hash(owner_password) if owner_password else None
+    password_hash = passwords.hash(owner_password) if owner_password and owner is None else None
     savepoint = session.begin_nested()
     try:
         tenant = Tenant(id=tenant_id, slug=slug, name=name, schema_name=schema, settings=settings or {})
         tenant.schema_version = tenant_head()
         session.add(tenant)
-        owner = User(email=owner_email, name=owner_name, password_hash=password_hash)
-        session.add(owner)
+        if owner is None and placeholder is not None:
+            owner = placeholder
+            owner.email, owner.password_hash = owner_email, password_hash
+            owner.name = owner_name or owner.name
+        elif owner is None:
+            owner = User(email=owner_email, name=owner_name, password_hash=password_hash)
+            session.add(owner)
         session.flush()
         create_tenant_schema(session.connection(), schema)
         if after_schema_created is not None:
@@ -180,9 +225,7 @@ def provision_tenant(
         savepoint.rollback()
         constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None) or ""
         if constraint == "uq_users_email_lower":
-            raise Conflict(
-                "An account with that email exists.", code="email_taken", extra={"field": "owner.email"}
-            ) from None
+            raise AccountExists(owner_email) from None
         if constraint == "uq_tenants_slug":
             raise Conflict("That slug is taken.", code="slug_taken", extra={"field": "tenant.slug"}) from None
         raise

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import flask
 import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
 
-from saas import audit, db
+from saas import audit, db, outbox
 from saas.api import Blueprint
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
 from saas.auth.stepup import check_step_up
 from saas.auth.views import TokenResponseSchema
+from saas.errors import Forbidden, ValidationError
+from saas.identity.models import User
 from saas.identity.passwords import password_problems
 from saas.rbac import ROLES
 from saas.tenancy import members as members_service
-from saas.tenancy.provisioning import provision_tenant, validate_signup
+from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup, validate_tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
 
 blp = Blueprint("tenancy", __name__, url_prefix="/api/v1", description="Tenants, members, invitations")
@@ -48,7 +51,15 @@ class OwnerInSchema(ma.Schema):
 
 class SignupSchema(ma.Schema):
     tenant = ma.fields.Nested(TenantInSchema, required=True)
-    owner = ma.fields.Nested(OwnerInSchema, required=True)
+    owner = ma.fields.Nested(
+        OwnerInSchema,
+        metadata={"description": "required, except signed in (the tenant is then the caller's)"},
+    )
+
+    @ma.validates_schema(skip_on_field_errors=False)
+    def _owner_unless_signed_in(self, data, **kwargs):
+        if "owner" not in data and flask.g.get("principal") is None:
+            raise ma.ValidationError({"owner": ["Missing data for required field."]})
 
 
 class TenantSettingsSchema(ma.Schema):
@@ -100,12 +111,17 @@ class MeSchema(ma.Schema):
 
 
 class MemberSchema(ma.Schema):
-    user_id = ma.fields.String()
+    """A member, or a pending invitee: ``user_id`` and ``name`` stay null until they joined (an
+    invitee's account may belong to other tenants), and ``invitation_id`` names the invitation
+    to withdraw (``DELETE /api/v1/invitations/{invitation_id}``)."""
+
+    user_id = ma.fields.String(allow_none=True)
     email = ma.fields.String()
-    name = ma.fields.String()
+    name = ma.fields.String(allow_none=True)
     role = ma.fields.String()
     status = ma.fields.String()
     created_at = ma.fields.DateTime()
+    invitation_id = ma.fields.String(allow_none=True)
 
 
 class InviteSchema(ma.Schema):
@@ -113,10 +129,16 @@ class InviteSchema(ma.Schema):
     role = ma.fields.String(required=True, validate=ma.validate.OneOf(list(ROLES)))
 
 
-class InvitationResponseSchema(MemberSchema):
-    invitation_token = ma.fields.String(
-        metadata={"description": "shown once; also sent by mail through the outbox"}
-    )
+class InvitationResponseSchema(ma.Schema):
+    """ "The invitation was sent": the same shape whether or not the address has an account. The
+    token goes only to the invitee's mailbox (outbox topic ``mail.invitation``)."""
+
+    invitation_id = ma.fields.String()
+    email = ma.fields.String(metadata={"description": "the invited address, lower-cased"})
+    role = ma.fields.String()
+    status = ma.fields.String(metadata={"description": "always 'invited'"})
+    created_at = ma.fields.DateTime()
+    expires_at = ma.fields.DateTime()
 
 
 class RoleSchema(ma.Schema):
@@ -135,7 +157,18 @@ class AcceptResponseSchema(ma.Schema):
     token = ma.fields.Nested(TokenResponseSchema)
 
 
-def _member_dict(m) -> dict:
+def _member_dict(m, invitation=None) -> dict:
+    if m.status == "invited":
+        # another tenant's account may stand behind the address: nothing of it is shown
+        return {
+            "user_id": None,
+            "email": members_service.invitee_email(m.user.email),
+            "name": None,
+            "role": m.role,
+            "status": m.status,
+            "created_at": m.created_at,
+            "invitation_id": str(invitation.id) if invitation is not None else None,
+        }
     return {
         "user_id": str(m.user_id),
         "email": m.user.email,
@@ -146,30 +179,70 @@ def _member_dict(m) -> dict:
     }
 
 
+class SignupPendingSchema(ma.Schema):
+    detail = ma.fields.String()
+
+
+#: the answer to a signup whose email has an account: it says no more than "check your mail"
+SIGNUP_PENDING = {"detail": "Check the owner's mailbox to continue."}
+
+
 @blp.route("/signup")
 class Signup(MethodView):
     @blp.arguments(SignupSchema)
     @blp.response(201, SignupResponseSchema)
-    @blp.alt_response(409, description="Slug or email taken")
+    @blp.alt_response(202, schema=SignupPendingSchema, description="The email has an account: mailed")
+    @blp.alt_response(409, description="Slug taken")
     @blp.doc(security=[])
     def post(self, body):
-        """Create a tenant with its own schema and its owner; returns tokens for the owner."""
-        slug, name, email, password, owner_name = validate_signup(body["tenant"], body["owner"])
+        """Create a tenant with its own schema and its owner; returns tokens for the owner.
+
+        When the email already has an account, nothing is created and the answer is 202 with
+        ``SIGNUP_PENDING`` (never ``email_taken``): the account's mailbox gets a notice
+        (outbox ``mail.account_exists``) saying how to create a tenant from that account.
+
+        Signed in (``Authorization: Bearer``, any tenant), the body has no ``owner``: the tenant
+        is created for the caller's own account, and the answer has no tokens (log in to the new
+        tenant next)."""
         session = db.session()
         passwords = current_app.extensions["saas.passwords"]
-        done = provision_tenant(
-            session,
-            passwords,
-            slug=slug,
-            name=name,
-            owner_email=email,
-            owner_password=password,
-            owner_name=owner_name,
-        )
+        if flask.g.get("principal") is not None:
+            return self._for_signed_in_user(session, passwords, body)
+        slug, name, email, password, owner_name = validate_signup(body["tenant"], body["owner"])
+        try:
+            done = provision_tenant(
+                session,
+                passwords,
+                slug=slug,
+                name=name,
+                owner_email=email,
+                owner_password=password,
+                owner_name=owner_name,
+            )
+        except AccountExists as exists:
+            outbox.enqueue(
+                session, "mail.account_exists", {"to": exists.email, "tenant": slug, "tenant_name": name}
+            )
+            session.flush()
+            pending = flask.jsonify(SIGNUP_PENDING)
+            pending.status_code = 202
+            return pending
         tokens = auth_service.issue_tokens(
             session, user=done.owner, membership=done.membership, tenant=done.tenant
         )
         return {"tenant": done.tenant.to_public(), "user": done.owner.to_public(), "token": tokens.to_dict()}
+
+    @staticmethod
+    def _for_signed_in_user(session, passwords, body) -> dict:
+        if "owner" in body:
+            raise ValidationError({"owner": ["Signed in, the tenant is yours: send no owner."]})
+        user = session.get(User, _signed_in_user_id())
+        assert user is not None
+        slug, name = validate_tenant(body["tenant"])
+        done = provision_tenant(
+            session, passwords, slug=slug, name=name, owner_email=user.email, owner_password=None, owner=user
+        )
+        return {"tenant": done.tenant.to_public(), "user": done.owner.to_public()}
 
 
 @blp.route("/me")
@@ -229,23 +302,34 @@ class Members(MethodView):
     def get(self):
         """Members of the tenant, invited ones included."""
         p = current_principal()
-        return [_member_dict(m) for m in members_service.list_members(db.session(), p.tenant.id)]
+        session = db.session()
+        pending = members_service.pending_invitations(session, p.tenant.id)
+        listed = members_service.list_members(session, p.tenant.id)
+        return [_member_dict(m, pending.get(m.id)) for m in listed]
 
     @require("members:manage")
     @blp.arguments(InviteSchema)
     @blp.response(201, InvitationResponseSchema)
     @blp.alt_response(409, description="Already a member or invited")
     def post(self, body):
-        """Invite someone by email. The invitation token is returned once and sent by mail.
-        Inviting an admin or owner needs step-up (a person's recent login, with MFA when
-        enabled; RFC 9470): a service account never can."""
+        """Invite someone by email: the invitation token is mailed to that address (outbox
+        ``mail.invitation``) and never returned. The answer is the same whether or not the
+        address has an account. Inviting an admin or owner needs step-up (a person's recent
+        login, with MFA when enabled; RFC 9470): a service account never can."""
         if body["role"] in ("owner", "admin"):
             check_step_up()
         settings = current_app.extensions["saas.settings"]
         result = members_service.invite(
             db.session(), current_principal(), body["email"], body["role"], settings.invitation_ttl_seconds
         )
-        return {**_member_dict(result.membership), "invitation_token": result.token}
+        return {
+            "invitation_id": str(result.invitation.id),
+            "email": result.email,
+            "role": result.membership.role,
+            "status": "invited",
+            "created_at": result.invitation.created_at,
+            "expires_at": result.invitation.expires_at,
+        }
 
 
 @blp.route("/members/<uuid:user_id>")
@@ -270,27 +354,65 @@ class Member(MethodView):
         members_service.remove_member(db.session(), current_principal(), user_id)
 
 
+@blp.route("/invitations/<uuid:invitation_id>")
+class InvitationResource(MethodView):
+    @require("members:manage")
+    @blp.response(204)
+    def delete(self, invitation_id):
+        """Withdraw a pending invitation of this tenant (its token stops working)."""
+        members_service.revoke_invitation(db.session(), current_principal(), invitation_id)
+
+
+def _signed_in_user_id():
+    """The user of the request's own bearer token (any tenant), None without one.
+
+    Raises:
+        Unauthorized, Forbidden: as :func:`current_principal` (membership gone, account locked,
+        tenant suspended); ``wrong_account`` for a service account's token.
+    """
+    if flask.g.get("principal") is None:
+        return None
+    principal = current_principal()
+    if principal.user_id is None:
+        raise Forbidden("A service account cannot accept an invitation.", code="wrong_account")
+    return principal.user_id
+
+
 @blp.route("/invitations/accept")
 class AcceptInvitation(MethodView):
     @blp.arguments(AcceptSchema)
     @blp.response(200, AcceptResponseSchema)
-    @blp.doc(security=[])
+    @blp.alt_response(401, description="sign_in_required: the invitee has an account; accept signed in")
+    @blp.doc(security=[{"bearerAuth": []}, {}])
     def post(self, body):
-        """Accept an invitation; sets the password of a new account; returns tokens, except when a
-        second factor is needed (the user has MFA or the tenant requires it): then log in."""
+        """Accept an invitation with the token from its mail.
+
+        For an address without an account, this sets its password (and name) and returns tokens
+        for the inviting tenant, except when a second factor is needed (the tenant requires it):
+        then log in. An existing account accepts signed in, with its own access token of any
+        tenant (``Authorization: Bearer``), and no password: the answer has no tokens (log in
+        to the inviting tenant next). A password for an existing account is refused with 401
+        ``sign_in_required`` and never checked."""
         session = db.session()
+        signed_in = _signed_in_user_id()
         membership, user, tenant = members_service.accept_invitation(
             session,
             current_app.extensions["saas.passwords"],
             body["token"],
             body.get("password"),
             body.get("name"),
+            signed_in_user_id=signed_in,
         )
         out = {"tenant": tenant.to_public(), "user": user.to_public()}
-        # no tokens past a second factor: users with MFA, or in a tenant requiring it, log in next
+        # no tokens past a second factor (users with MFA, or in a tenant requiring it, log in
+        # next), nor for a signed-in account: its sign-in was to another tenant, not this one
         from saas.auth import mfa
 
-        if mfa.has_mfa(session, user.id) or (tenant.settings or {}).get("require_mfa"):
+        if (
+            signed_in is not None
+            or mfa.has_mfa(session, user.id)
+            or (tenant.settings or {}).get("require_mfa")
+        ):
             return out
         tokens = auth_service.issue_tokens(session, user=user, membership=membership, tenant=tenant)
         return {**out, "token": tokens.to_dict()}

@@ -234,13 +234,18 @@ class Worker:
             )
             return result.rowcount or 0
 
-    def run_forever(self, poll_seconds: float = 1.0, heartbeat: str | None = HEARTBEAT_FILE) -> None:
-        """Poll until SIGTERM/SIGINT; the message in hand is finished first (graceful stop).
+    def run_forever(
+        self, poll_seconds: float = 1.0, heartbeat: str | None = HEARTBEAT_FILE, signals: bool = True
+    ) -> None:
+        """Poll until SIGTERM/SIGINT (or :attr:`stopping` is set); the message in hand is
+        finished first (graceful stop).
 
         ``heartbeat``: a file touched every loop; the liveness probe checks its age (a worker
-        stuck in a handler stops touching it)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stopping.set())
+        stuck in a handler stops touching it). ``signals``: install the signal handlers (only
+        the main thread can; ``saas dev`` runs the worker in a thread without them)."""
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stopping.set())
         log.info("worker started", extra={"topics": sorted(_handlers)})
         while not self.stopping.is_set():
             if heartbeat:

@@ -56,7 +56,11 @@ class ConsoleMailer:
         self.stream = stream or sys.stdout
 
     def send(self, message: EmailMessage) -> None:
-        print(f"--- mail (SMTP_URL not set) ---\n{message.as_string()}\n--- end mail ---", file=self.stream)
+        print(
+            f"--- mail (SMTP_URL not set) ---\n{message.as_string()}\n--- end mail ---",
+            file=self.stream,
+            flush=True,
+        )
 
 
 class RefusingMailer:
@@ -103,18 +107,40 @@ def _require(job: Job, *keys: str) -> None:
 @handler("mail.invitation")
 def send_invitation(job: Job, ctx: WorkerContext) -> None:
     """Payload (``saas.tenancy.members.invite``): ``to``, ``tenant``, ``tenant_name``, ``role``,
-    ``token``. The token is in the mail and nowhere else once the row is blanked."""
+    ``token``. The token is in this mail and nowhere else once the row is blanked: the API never
+    returns it, the database keeps only its SHA-256."""
     _require(job, "to", "token", "tenant")
     p = job.payload
     base = ctx.settings.issuer.rstrip("/")
     tenant_name = p.get("tenant_name") or p["tenant"]
     body = (
         f"You have been invited to join {tenant_name} as {p.get('role', 'member')}.\n\n"
-        f"Accept the invitation: {base}/invitations/accept#token={p['token']}\n"
-        f"(or POST the token to {base}/api/v1/invitations/accept with a password)\n\n"
+        f"Invitation token: {p['token']}\n\n"
+        f'To accept, POST it to {base}/api/v1/invitations/accept as {{"token": "..."}}:\n'
+        "- new to the service: add a password (and your name) to create your account;\n"
+        "- already have an account: send no password, but sign in first and send your own\n"
+        "  access token (Authorization: Bearer ...), whichever tenant it is for.\n\n"
         "If you did not expect this invitation, ignore this message.\n"
     )
     _mailer(ctx).send(_message(job, ctx, p["to"], f"Invitation to {tenant_name}", body))
+
+
+@handler("mail.account_exists")
+def send_account_exists(job: Job, ctx: WorkerContext) -> None:
+    """Payload (``saas.tenancy.views.Signup``): ``to``, ``tenant`` (the slug asked for),
+    ``tenant_name``. Sent instead of telling a signup that the email has an account."""
+    _require(job, "to", "tenant")
+    p = job.payload
+    base = ctx.settings.issuer.rstrip("/")
+    body = (
+        f'Someone, perhaps you, tried to sign up a new tenant "{p.get("tenant_name") or p["tenant"]}" '
+        f"({p['tenant']}) with this address at {base}.\n\n"
+        "This address already has an account, so nothing was created. To create a tenant for\n"
+        f"your account, sign in, then POST {base}/api/v1/signup with only the tenant\n"
+        '({"tenant": {"name": ..., "slug": ...}}) and your access token (Authorization: Bearer ...).\n\n'
+        "If this was not you, ignore this message: your account was not changed.\n"
+    )
+    _mailer(ctx).send(_message(job, ctx, p["to"], "Your sign-up", body))
 
 
 SECURITY_EVENTS = {

@@ -14,6 +14,7 @@ import pytest
 
 from saas.observability import metrics
 from saas.observability.logging import configure, redact
+from tests.helpers import mailed_invitation_token
 
 
 @pytest.fixture()
@@ -39,10 +40,10 @@ def test_request_logs_carry_context_and_never_secrets(api, client, log_lines):
     r2 = client.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token})
     assert r2.status_code == 200, r2.get_json()
     new_refresh = r2.get_json()["refresh_token"]
-    inv = client.post(
+    client.post(
         "/api/v1/members", json={"email": "l@acme.test", "role": "member"}, headers=api.auth(access)
     )
-    invite_token = inv.get_json()["invitation_token"]
+    invite_token = mailed_invitation_token(client.application, "l@acme.test")
     assert api.login("owner@acme.test", password="wrong password here").status_code == 401
     me = client.get("/api/v1/me", headers={**api.auth(access), "X-Request-ID": "trace-abc.123"})
     assert me.headers["X-Request-ID"] == "trace-abc.123"
