@@ -127,48 +127,67 @@ class Limiter:
     def plan_for_request(self) -> gcra.Plan:
         """The current request's :class:`~saas.limits.gcra.Plan`.
 
+        Selection, in order: a sign-in endpoint (:data:`~saas.limits.policies.AUTH_ENDPOINTS`)
+        gets its sign-in throttles, whatever credentials the request carries; a request with
+        a principal whose tenant exists gets the tenant's plan; anything else (no token, a
+        forged one, or one whose tenant is gone) gets ``ip``.
+
         An authenticated request's plan depends only on the principal, two entitlements and
         the billing period, so it is kept (bounded, per process) and rebuilt when one of those
         changes or the clock leaves its period."""
-        principal = g.get("principal")
-        if principal is not None:
-            from saas.cache.principals import snapshot_for
-
-            snap = snapshot_for(principal.tenant_id, principal.user_id)
-            if snap.tenant is None:
-                return _NOTHING  # the view answers 401
-            ent = snap.entitlements
-            key = (
-                principal.tenant_id,
-                principal.user_id,
-                principal.client_id,
-                ent.get("requests_per_minute", policies.DEFAULT_TENANT_RPM),
-                ent.get("monthly_api_calls"),
-            )
-            now = self.clock()
-            kept = self._plans.get(key)
-            if kept is not None and kept[1] <= now < kept[2]:
-                return kept[0]
-            period = self.period_for(principal.tenant_id, now)
-            checks = policies.tenant_checks(
-                principal.tenant_id, ent, principal.user_id, principal.client_id, self.share
-            )
-            plan = gcra.Plan.of(checks, self._quota(principal.tenant_id, ent, period))
-            if len(self._plans) >= 10_000:
-                self._plans.clear()
-            self._plans[key] = (plan, period.start, period.end)
-            return plan
         method, path = request.method, request.path
-        body = form = auth = None
-        if (method, path) in policies.AUTH_ENDPOINTS:
-            if request.is_json:
-                body = request.get_json(silent=True)
-            elif request.mimetype == "application/x-www-form-urlencoded":
-                form = request.form
-            auth = request.authorization
+        principal = g.get("principal")
+        groups = policies.AUTH_ENDPOINTS.get((method, path))
+        if groups is not None:
+            return self._signin_plan(groups, principal)
+        if principal is not None:
+            plan = self._principal_plan(principal)
+            if plan is not None:
+                return plan
+        return gcra.Plan.of(policies.ip_checks(policies.client_ip(request.remote_addr), self.rates), None)
+
+    def _signin_plan(self, groups: tuple[str, ...], principal: Any) -> gcra.Plan:
+        body = form = None
+        if request.is_json:
+            body = request.get_json(silent=True)
+        elif request.mimetype == "application/x-www-form-urlencoded":
+            form = request.form
+        user = str(principal.user_id) if principal is not None and principal.user_id is not None else None
         ip = policies.client_ip(request.remote_addr)
-        checks = policies.public_checks(method, path, ip, self.rates, self.secret, body, form, auth)
+        checks = policies.signin_checks(
+            groups, ip, self.rates, self.secret, body, form, request.authorization, user
+        )
         return gcra.Plan.of(checks, None)
+
+    def _principal_plan(self, principal: Any) -> gcra.Plan | None:
+        """The kept plan of a principal; None when its tenant no longer exists (the request is
+        then limited like an anonymous one, and the view answers 401)."""
+        from saas.cache.principals import snapshot_for
+
+        snap = snapshot_for(principal.tenant_id, principal.user_id)
+        if snap.tenant is None:
+            return None
+        ent = snap.entitlements
+        key = (
+            principal.tenant_id,
+            principal.user_id,
+            principal.client_id,
+            ent.get("requests_per_minute", policies.DEFAULT_TENANT_RPM),
+            ent.get("monthly_api_calls"),
+        )
+        now = self.clock()
+        kept = self._plans.get(key)
+        if kept is not None and kept[1] <= now < kept[2]:
+            return kept[0]
+        period = self.period_for(principal.tenant_id, now)
+        checks = policies.tenant_checks(
+            principal.tenant_id, ent, principal.user_id, principal.client_id, self.share
+        )
+        plan = gcra.Plan.of(checks, self._quota(principal.tenant_id, ent, period))
+        if len(self._plans) >= 10_000:
+            self._plans.clear()
+        self._plans[key] = (plan, period.start, period.end)
+        return plan
 
     def hit(self, checks: list[Check], quota: Quota | None, cost: int = 1, peek: bool = False) -> Decision:
         """Run the script through the breaker.
@@ -237,9 +256,6 @@ class Limiter:
             },
             headers={"Retry-After": str(max(1, hit.retry_seconds))},
         )
-
-
-_NOTHING = gcra.Plan.of([], None)
 
 
 def _observe_rejection(policy: str) -> None:

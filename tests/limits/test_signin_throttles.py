@@ -1,0 +1,109 @@
+"""Sign-in throttles apply by endpoint, whatever credentials the request carries (hardening
+issue, item 1), and a login lockout is audited once per lockout window."""
+
+from __future__ import annotations
+
+import uuid
+
+from saas.cache import invalidate_tenant
+from tests.conftest import TEST_PASSWORD, Api
+
+
+def _wrong_login(client, email, headers=None, ip="10.9.0.1"):
+    return client.post(
+        "/api/v1/auth/login",
+        json={"email": email, "password": "wrong password"},
+        headers=headers or {},
+        environ_base={"REMOTE_ADDR": ip},
+    )
+
+
+def test_a_bearer_token_does_not_lift_the_login_throttle(make_app):
+    """12 wrong passwords with a valid bearer token of another account: the account's bucket
+    (login-account, 10/1m) empties and the right password is then refused while throttled."""
+    client = make_app().test_client()
+    api = Api(client)
+    api.signup("victim")
+    attacker = api.auth(api.signup("attacker"))
+    statuses = [
+        _wrong_login(client, "owner@victim.test", attacker, ip=f"10.9.0.{i}").status_code for i in range(12)
+    ]
+    assert statuses == [401] * 10 + [429] * 2
+    refused = client.post(
+        "/api/v1/auth/login", json={"email": "owner@victim.test", "password": TEST_PASSWORD}, headers=attacker
+    )
+    assert refused.status_code == 429
+    assert refused.get_json()["policy"] == "login-account"
+    assert "access_token" not in refused.get_json()
+
+
+def test_a_bearer_token_does_not_lift_the_mfa_and_signup_throttles(make_app):
+    app = make_app(ratelimit_policies=("mfa-ip=3/1m", "signup-ip=2/1h"))
+    client = app.test_client()
+    api = Api(client)
+    bearer = api.auth(api.signup("holder"))  # one signup of the 2 this IP may make
+    mfa = [
+        client.post("/api/v1/auth/mfa", json={"mfa_token": f"t{i}", "code": "000000"}, headers=bearer)
+        for i in range(4)
+    ]
+    assert [r.status_code for r in mfa] == [401, 401, 401, 429]
+    assert mfa[-1].get_json()["policy"] == "mfa-ip"
+
+    def signup(slug):
+        owner = {"email": f"o@{slug}.test", "password": TEST_PASSWORD}
+        body = {"tenant": {"name": "X", "slug": slug}, "owner": owner}
+        return client.post("/api/v1/signup", json=body, headers=bearer)
+
+    assert signup("second").status_code == 201
+    refused = signup("third")
+    assert refused.status_code == 429 and refused.get_json()["policy"] == "signup-ip"
+
+
+def test_a_sign_in_endpoint_has_the_same_policies_with_or_without_a_bearer(make_app, redis_client):
+    """By endpoint: the bearer's tenant limits are neither added (nor is the login metered)."""
+    client = make_app().test_client()
+    api = Api(client)
+    signed = api.signup("both")
+    bare = _wrong_login(client, "nobody@both.test")
+    with_bearer = _wrong_login(client, "nobody@both.test", api.auth(signed))
+    assert bare.status_code == with_bearer.status_code == 401
+    assert with_bearer.headers["RateLimit-Policy"] == bare.headers["RateLimit-Policy"]
+    policy = bare.headers["RateLimit-Policy"]
+    assert '"login-ip"' in policy and '"login-account"' in policy
+    tenant_id = uuid.UUID(signed["tenant"]["id"])
+    assert redis_client.keys(f"{{t:{tenant_id}}}:rl:*") == []  # no tenant limit
+    assert redis_client.keys(f"{{t:{tenant_id}}}:usage:*") == []  # no usage counted
+
+
+def _dead_tenant_token(api, db_session, slug):
+    from saas.ops.lifecycle import drop_tenant
+    from saas.tenancy.models import Tenant
+
+    signed = api.signup(slug)
+    tenant = db_session.get(Tenant, uuid.UUID(signed["tenant"]["id"]))
+    drop_tenant(db_session, tenant)
+    invalidate_tenant([tenant.id])
+    return api.auth(signed)
+
+
+def test_a_deleted_tenants_token_is_limited_per_ip_and_refused(make_app, db_session):
+    """A token whose tenant no longer exists is no principal for the limiter: the IP limit
+    applies, and the view answers 401."""
+    app = make_app(ratelimit_policies=("ip=3/1m",))
+    client = app.test_client()
+    dead = _dead_tenant_token(Api(client), db_session, "gone")
+    responses = [client.get("/api/v1/contacts", headers=dead) for _ in range(4)]
+    assert [r.status_code for r in responses] == [401, 401, 401, 429]
+    assert responses[0].get_json()["detail"] == "The access token's tenant no longer exists."
+    assert '"ip";q=3' in responses[0].headers["RateLimit-Policy"]
+    assert responses[-1].get_json()["policy"] == "ip"
+
+
+def test_a_deleted_tenants_token_does_not_lift_the_login_throttle(make_app, db_session):
+    app = make_app(ratelimit_policies=("login-account=3/1m",))
+    client = app.test_client()
+    api = Api(client)
+    api.signup("target")
+    dead = _dead_tenant_token(api, db_session, "ghost")
+    statuses = [_wrong_login(client, "owner@target.test", dead).status_code for _ in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]
