@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -238,6 +238,7 @@ class Limiter:
                 },
                 headers={"Retry-After": str(max(1, int(q.reset_at - decision.now) + 1))},
             )
+        self._audit_lockouts(decision)
         hit = decision.hit
         if hit is None:  # the script names the policy of every refusal; never a 500 if not
             log.error("rate-limit refusal without a policy: %s", decision.reason)
@@ -256,6 +257,45 @@ class Limiter:
             },
             headers={"Retry-After": str(max(1, hit.retry_seconds))},
         )
+
+
+    def _audit_lockouts(self, decision: Decision) -> None:
+        """When the per-account login throttle refuses, audit ``auth.login_throttled`` in the
+        account's tenants (:func:`saas.auth.service.audit_login_throttled`) once per lockout
+        window: the first refusal sets :func:`~saas.limits.policies.lockout_marker` of the
+        account's key (``SET NX``, expiring after the policy's window) and only that request
+        writes the event. Neither a Redis nor a database failure changes the 429."""
+        for state in decision.states:
+            if state.check.policy == policies.LOCKOUT_POLICY and state.retry_seconds > 0:
+                self._audit_lockout(state)
+
+    def _audit_lockout(self, state: gcra.PolicyState) -> None:
+        from saas import db
+        from saas.auth import service
+
+        check = state.check
+        marker = policies.lockout_marker(check.key)
+        try:
+            if not self.guard.call("limits", lambda r: r.set(marker, b"1", nx=True, ex=check.period)):
+                return  # this window's lockout is audited already
+        except RedisUnavailable:
+            return
+        body = request.get_json(silent=True) if request.is_json else request.form
+        email = body.get("email") if isinstance(body, Mapping) else None
+        email = email if isinstance(email, str) and email.strip() else None
+        principal = g.get("principal")
+        user_id = principal.user_id if principal is not None and email is None else None
+        data = {
+            "policy": check.policy,
+            "limit": check.limit,
+            "window": check.period,
+            "retry_after": max(1, state.retry_seconds),
+        }
+        try:
+            service.audit_login_throttled(db.session(), email, user_id, data)
+        except Exception:
+            log.exception("auth.login_throttled could not be audited")
+            db.session().rollback()
 
 
 def _observe_rejection(policy: str) -> None:

@@ -89,6 +89,10 @@ AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 
+#: the per-account login throttle: when it starts refusing, the account is locked out of
+#: password sign-in (audited as ``auth.login_throttled``, once per window)
+LOCKOUT_POLICY = "login-account"
+
 #: requests per minute of a tenant whose entitlements lack the key (never the case for
 #: :func:`saas.billing.entitlements.entitlements_for`'s output)
 DEFAULT_TENANT_RPM = 60
@@ -217,6 +221,12 @@ def signin_checks(
             key = PublicKeys.rate(account_policy, subject)
             checks.append(Check(account_policy, key, rate.limit, rate.period, group))
     return checks
+
+
+def lockout_marker(key: str) -> str:
+    """The key marking that the lockout of the account throttled by ``key`` (a
+    :data:`LOCKOUT_POLICY` key) is already audited; it expires after the policy's window."""
+    return f"{key}:audited"
 
 
 def _account_of(group: str, secret: bytes, body: Any, form: Any, auth: Any) -> str | None:

@@ -107,3 +107,95 @@ def test_a_deleted_tenants_token_does_not_lift_the_login_throttle(make_app, db_s
     dead = _dead_tenant_token(api, db_session, "ghost")
     statuses = [_wrong_login(client, "owner@target.test", dead).status_code for _ in range(5)]
     assert statuses == [401, 401, 401, 429, 429]
+
+
+# --- auth.login_throttled ------------------------------------------------------------------------
+
+
+def _member_of_two_tenants(api, db_session):
+    """The owner of ``home`` who is also a member of ``other``; tokens of both owners."""
+    from saas.tenancy.models import Membership
+
+    home, other = api.signup("home"), api.signup("other")
+    db_session.add(
+        Membership(
+            user_id=uuid.UUID(home["user"]["id"]), tenant_id=uuid.UUID(other["tenant"]["id"]), role="member"
+        )
+    )
+    db_session.flush()
+    return api.auth(home), api.auth(other)
+
+
+def _throttled_events(client, headers):
+    r = client.get("/api/v1/audit-events?action=auth.login_throttled", headers=headers)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def _lockout_keys(app, email):
+    from saas.cache.namespace import PublicKeys
+    from saas.limits import policies
+
+    subject = "e:" + policies.account_subject(app.extensions["saas.limits"].secret, email)
+    key = PublicKeys.rate("login-account", subject)
+    return key, policies.lockout_marker(key)
+
+
+def test_a_login_lockout_is_audited_once_per_window_in_every_tenant(make_app, db_session, redis_client):
+    app = make_app(ratelimit_policies=("login-account=10/1h",))  # no refill while the test runs
+    client = app.test_client()
+    api = Api(client)
+    home, other = _member_of_two_tenants(api, db_session)
+    email = "owner@home.test"
+    brute = {"User-Agent": "brute/1"}
+    statuses = [_wrong_login(client, email, brute, ip=f"10.8.0.{i}").status_code for i in range(30)]
+    assert statuses == [401] * 10 + [429] * 20
+    for headers in (home, other):
+        events = _throttled_events(client, headers)
+        assert len(events) == 1, events
+        event = events[0]
+        assert event["target"]["type"] == "user" and event["ip"] == "10.8.0.10"
+        assert event["user_agent"] == "brute/1"
+        assert event["data"]["policy"] == "login-account" and event["data"]["window"] == 3600
+    # the marker lives as long as the policy's window
+    throttle, marker = _lockout_keys(app, email)
+    assert 3500 < redis_client.ttl(marker) <= 3600
+    # the window passes: the bucket refills and the marker expires (moved on by deleting them,
+    # the GCRA runs on the Redis server's clock); the next lockout is a new event
+    redis_client.delete(throttle, marker)
+    statuses = [_wrong_login(client, email).status_code for _ in range(12)]
+    assert statuses == [401] * 10 + [429] * 2
+    for headers in (home, other):
+        assert len(_throttled_events(client, headers)) == 2
+
+
+def test_a_throttled_unknown_email_is_audited_nowhere(make_app, db_session):
+    app = make_app(ratelimit_policies=("login-account=2/1m",))
+    client = app.test_client()
+    api = Api(client)
+    h = api.auth(api.signup("bystander"))
+    assert [_wrong_login(client, "nobody@nowhere.test").status_code for _ in range(3)] == [401, 401, 429]
+    assert _throttled_events(client, h) == []
+
+
+def test_a_hosted_login_lockout_is_audited_too(make_app):
+    app = make_app(ratelimit_policies=("login-account=2/1m",))
+    client = app.test_client()
+    api = Api(client)
+    h = api.auth(api.signup("hosted"))
+    form = {"email": "owner@hosted.test", "password": "wrong"}
+    statuses = [client.post("/oauth/login", data=form).status_code for _ in range(4)]
+    assert statuses[-2:] == [429, 429]
+    assert [e["data"]["policy"] for e in _throttled_events(client, h)] == ["login-account"]
+
+
+def test_a_failing_lockout_audit_never_changes_the_429(make_app, monkeypatch):
+    from saas.auth import service
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(service, "audit_login_throttled", broken)
+    client = make_app(ratelimit_policies=("login-account=1/1m",)).test_client()
+    statuses = [_wrong_login(client, "someone@x.test").status_code for _ in range(3)]
+    assert statuses == [401, 429, 429]
