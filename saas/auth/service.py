@@ -423,7 +423,7 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
     check_account(user)
     if tenant.status != "active":
         raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
-    mfa.verify(session, user, code, tenant.schema_name)
+    mfa.verify(session, user, code, tenant.schema_name, mfa_token=mfa_token)
     mfa.consume_mfa_token(ticket)
     return complete_login(session, user, membership, tenant, [*ticket.amr, "otp"])
 

@@ -199,3 +199,25 @@ def test_a_failing_lockout_audit_never_changes_the_429(make_app, monkeypatch):
     client = make_app(ratelimit_policies=("login-account=1/1m",)).test_client()
     statuses = [_wrong_login(client, "someone@x.test").status_code for _ in range(3)]
     assert statuses == [401, 429, 429]
+
+
+def test_disabling_mfa_checks_a_password_so_it_is_throttled_by_the_bearers_account(make_app, monkeypatch):
+    """``DELETE /api/v1/me/mfa/totp`` checks a password and a code: the login and MFA pairs
+    apply, keyed by the bearer's subject (its body names no account)."""
+    from saas.auth import mfa
+    from tests.test_mfa import T0, _code, _enroll
+
+    clock = {"t": T0}
+    monkeypatch.setattr(mfa, "_clock", lambda: clock["t"])
+    client = make_app(ratelimit_policies=("login-account=3/1m",)).test_client()
+    api = Api(client)
+    secret, _ = _enroll(client, api.auth(api.signup("disabler")), clock)
+    token = api.login("owner@disabler.test").get_json()["mfa_token"]
+    strong = client.post("/api/v1/auth/mfa", json={"mfa_token": token, "code": _code(secret, clock, 1)})
+    assert strong.status_code == 200, strong.get_json()
+    h = api.auth(strong.get_json())
+    body = {"password": "not the password", "code": "000000"}
+    answers = [client.delete("/api/v1/me/mfa/totp", json=body, headers=h) for _ in range(4)]
+    assert [r.status_code for r in answers] == [401, 401, 401, 429]
+    assert answers[-1].get_json()["policy"] == "login-account"
+    assert '"mfa-account"' in answers[0].headers["RateLimit-Policy"]
