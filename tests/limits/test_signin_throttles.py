@@ -211,7 +211,8 @@ def test_disabling_mfa_checks_a_password_so_it_is_throttled_by_the_bearers_accou
     monkeypatch.setattr(mfa, "_clock", lambda: clock["t"])
     client = make_app(ratelimit_policies=("login-account=3/1m",)).test_client()
     api = Api(client)
-    secret, _ = _enroll(client, api.auth(api.signup("disabler")), clock)
+    signed = api.signup("disabler")
+    secret, _ = _enroll(client, api.auth(signed), clock)
     token = api.login("owner@disabler.test").get_json()["mfa_token"]
     strong = client.post("/api/v1/auth/mfa", json={"mfa_token": token, "code": _code(secret, clock, 1)})
     assert strong.status_code == 200, strong.get_json()
@@ -221,3 +222,22 @@ def test_disabling_mfa_checks_a_password_so_it_is_throttled_by_the_bearers_accou
     assert [r.status_code for r in answers] == [401, 401, 401, 429]
     assert answers[-1].get_json()["policy"] == "login-account"
     assert '"mfa-account"' in answers[0].headers["RateLimit-Policy"]
+    # the lockout of the bearer's account is audited like a login's
+    events = client.get("/api/v1/audit-events?action=auth.login_throttled", headers=h).get_json()
+    assert [e["target"]["id"] for e in events] == [signed["user"]["id"]]
+
+
+def test_every_sign_in_endpoint_reports_only_its_sign_in_policies_with_a_bearer(make_app):
+    from saas.limits.policies import AUTH_ENDPOINTS
+
+    client = make_app().test_client()
+    api = Api(client)
+    bearer = api.auth(api.signup("every"))
+    for (method, path), groups in AUTH_ENDPOINTS.items():
+        if path.startswith("/oauth/"):
+            r = client.open(path, method=method, data={"x": "1"}, headers=bearer)
+        else:
+            r = client.open(path, method=method, json={}, headers=bearer)
+        assert r.status_code != 500, (path, r.get_data(as_text=True))
+        names = [item.split(";")[0].strip().strip('"') for item in r.headers["RateLimit-Policy"].split(",")]
+        assert {n.rsplit("-", 1)[0] for n in names} == set(groups), (method, path, names)
