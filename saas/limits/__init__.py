@@ -7,7 +7,12 @@ request (see :mod:`saas.limits.policies`) and the tenant's monthly quota in ONE 
 
 Over a limit: 429 problem ``rate_limited`` with ``Retry-After`` and the policy hit
 (``policy``, ``limit``, ``window``). Over the quota: 429 problem ``quota_exceeded`` with
-``reset`` (ISO 8601, UTC) and ``Retry-After`` until the next period.
+``reset`` (ISO 8601, UTC) and ``Retry-After`` until the next period. When ``login-account``
+starts refusing, the account's lockout is audited (``auth.login_throttled`` in each of its
+tenants), once per window of that policy.
+
+Sign-in endpoints get their throttles by endpoint, whatever ``Authorization`` header they
+carry; a token whose tenant no longer exists is limited like an anonymous request.
 
 Usage metering: every admitted authenticated request (unlimited plans included) increments
 ``{t:<tenant uuid>}:usage:<YYYY-MM>`` (see :func:`usage_key`); the counter lives until 62 days
@@ -257,7 +262,6 @@ class Limiter:
             },
             headers={"Retry-After": str(max(1, hit.retry_seconds))},
         )
-
 
     def _audit_lockouts(self, decision: Decision) -> None:
         """When the per-account login throttle refuses, audit ``auth.login_throttled`` in the

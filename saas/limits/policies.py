@@ -5,11 +5,13 @@ Policies (names appear in the ``RateLimit-Policy`` header and in 429 problems):
 ===================  =====================================  ================  ==============
 policy               applies to                             default           key subject
 ===================  =====================================  ================  ==============
-``tenant``           every authenticated request            plan's requests_  the tenant
+``tenant``           authenticated requests (not sign-in)   plan's requests_  the tenant
                                                             per_minute / 1m
 ``user``/``client``  same, per user or OAuth client         share x tenant    user or client
 ``monthly``          same (quota, not a rate)               monthly_api_calls tenant, period
-``ip``               unauthenticated routes                 300/1m            client IP
+``ip``               other requests without a live          300/1m            client IP
+                     principal (no token, a forged one,
+                     or one of a deleted tenant)
 ``login-ip``         ``POST /api/v1/auth/login``, hosted    30/1m             client IP
                      ``POST /oauth/login``, ``DELETE
                      /api/v1/me/mfa/totp``
@@ -30,9 +32,10 @@ policy               applies to                             default           ke
 ===================  =====================================  ================  ==============
 
 The sign-in policies apply by endpoint (:data:`AUTH_ENDPOINTS`), whatever credentials the
-request carries. Override any fixed one with ``RATELIMIT_POLICIES="login-ip=20/1m,signup-ip=5/1h"``
-(units ``s``, ``m``, ``h``, ``d``). Tenant keys are built by :class:`saas.cache.namespace.TenantKeys` (the
-only way to spell them), pre-authentication keys by :class:`saas.cache.namespace.PublicKeys`.
+request carries. Override any fixed one with
+``RATELIMIT_POLICIES="login-ip=20/1m,signup-ip=5/1h"`` (units ``s``, ``m``, ``h``, ``d``).
+Tenant keys are built by :class:`saas.cache.namespace.TenantKeys` (the only way to spell
+them), pre-authentication keys by :class:`saas.cache.namespace.PublicKeys`.
 IPv6 clients are limited per /64. Account subjects are HMAC-SHA-256 of the normalised value with
 the app's secret key, so Redis never holds an email address.
 """
