@@ -5,8 +5,21 @@
 * A code is accepted for the current 30-second step and one step either way (clock drift), and
   only for a step later than the last accepted one: a code is never accepted twice, even inside
   its window (RFC 6238 section 5.2).
-* 5 failed codes in a row lock the factor for ``mfa_lockout_seconds``; each failure and each
-  lockout is audited. Failures are committed even though the request fails.
+* Two lockouts, each lasting ``mfa_lockout_seconds`` (15 minutes) and each audited as
+  ``mfa.locked`` in every tenant of the account, once per lockout:
+
+  - per attempt: 5 wrong codes from one sign-in attempt (the client IP, IPv6 by /64, and the
+    ``mfa_token``; the IP alone on the hosted page) lock that attempt only (Redis counter);
+    someone who knows the password cannot lock the owner's own attempts out this way;
+  - per account: 20 wrong codes in a row, whatever their attempts (a correct code resets the
+    count), lock the factor for everyone (``locked_until`` on the factor row, committed even
+    though the request fails). A guess is right with probability 3 / 10^6 (a 6-digit code,
+    the current 30-second step and one either way), so this bounds brute force to 20 guesses
+    per 15 minutes: at most 80 an hour, under 0.6 % a day and about 174 days on average to a
+    hit, while a denial of service needs 20 codes from at least four attempts, each of which
+    took a password login (itself throttled to 10 a minute per account).
+
+  Each failure is audited as ``mfa.failed``.
 * 10 single-use recovery codes (50 random bits each), stored as HMAC-SHA256 under a key derived
   from ``SECRET_KEY`` (HKDF-SHA256) of the user id and the code's SHA-256: a database dump
   without the key cannot check a single guess, and with it every guess is for one user only.
@@ -19,6 +32,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -35,7 +49,7 @@ import segno
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flask import current_app
+from flask import current_app, has_request_context, request
 from redis.exceptions import RedisError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -49,10 +63,14 @@ from saas.identity.models import User
 TOTP_DIGITS = 6
 TOTP_PERIOD = 30
 DRIFT_STEPS = 1
+#: wrong codes one sign-in attempt (IP and mfa_token) may make before it is locked
 MAX_FAILURES = 5
+#: wrong codes in a row, from any attempts, before the account's factor is locked
+ACCOUNT_MAX_FAILURES = 20
 RECOVERY_CODE_COUNT = 10
 ISSUER_NAME = "SaaS"
 _MFA_TOKEN_PREFIX = "saas:auth:mfa_token:"  # noqa: S105 - a Redis key prefix
+_ATTEMPT_PREFIX = "saas:auth:mfa_attempt:"
 
 
 def _clock() -> float:
@@ -298,18 +316,23 @@ def confirm_enrollment(session: Session, user: User, code: str, schema: str | No
     return codes
 
 
-def verify(session: Session, user: User, code: str, schema: str | None) -> str:
+def verify(
+    session: Session, user: User, code: str, schema: str | None, *, mfa_token: str | None = None
+) -> str:
     """Check a TOTP or recovery code of the user's active factor; returns ``"totp"`` or
-    ``"recovery_code"``.
+    ``"recovery_code"``. ``mfa_token``: the login's token, which with the client IP names the
+    attempt (see the module's lockouts).
 
     Raises:
         MfaFailed: wrong, replayed or used code (the failure is committed and audited).
-        MfaLocked: the factor is locked (5 failures), with ``Retry-After``.
+        MfaLocked: this attempt (5 failures) or the factor (20 in a row) is locked, with
+            ``Retry-After``.
+        MfaUnavailable: Redis (the attempt counters) cannot be reached.
     """
     factor = active_factor(session, user.id, lock=True)
     if factor is None:
         raise MfaFailed("No second factor is enabled for this account.")
-    return _check_code(session, user, factor, code, schema, allow_recovery=True)
+    return _check_code(session, user, factor, code, schema, allow_recovery=True, mfa_token=mfa_token)
 
 
 def disable(session: Session, user: User, schema: str | None) -> None:
@@ -336,31 +359,53 @@ def reset(session: Session, user: User, schema: str | None, actor: audit.Actor) 
     return had
 
 
+def attempt_key(user_id: uuid.UUID, mfa_token: str | None = None) -> str:
+    """The Redis counter of wrong codes of one sign-in attempt of the current request: the
+    user, the client IP (IPv6 by /64, as the rate limits) and the ``mfa_token`` (hashed)."""
+    from saas.limits.policies import client_ip
+
+    ip = client_ip(request.remote_addr if has_request_context() else None)
+    attempt = f"{ip}|{mfa_token or ''}"
+    return f"{_ATTEMPT_PREFIX}{user_id.hex}:{hashlib.sha256(attempt.encode()).hexdigest()[:32]}"
+
+
+def _locked(retry: int, scope: str) -> MfaLocked:
+    detail = {
+        "attempt": "Too many wrong codes in this sign-in; sign in again later.",
+        "account": "Too many wrong codes; this factor is locked for a while.",
+    }[scope]
+    extra = {"retry_after": retry, "scope": scope}
+    return MfaLocked(detail, headers={"Retry-After": str(retry)}, extra=extra)
+
+
 def _check_code(
-    session: Session, user: User, factor: MfaFactor, code: str, schema: str | None, *, allow_recovery: bool
-) -> str:
+    session: Session, user: User, factor: MfaFactor, code: str, schema: str | None, *, allow_recovery: bool,
+    mfa_token: str | None = None,
+) -> str:  # fmt: skip
     settings = current_app.extensions["saas.settings"]
+    redis = current_app.extensions["saas.redis"]
+    lockout = settings.mfa_lockout_seconds
     now = utcnow()
     if factor.locked_until is not None and factor.locked_until > now:
-        retry = int((factor.locked_until - now).total_seconds()) + 1
-        raise MfaLocked(
-            "Too many wrong codes; this factor is locked for a while.",
-            headers={"Retry-After": str(retry)},
-            extra={"retry_after": retry},
-        )
+        raise _locked(int((factor.locked_until - now).total_seconds()) + 1, "account")
+    key = attempt_key(user.id, mfa_token)
+    try:
+        failures = int(redis.get(key) or 0)
+        if failures >= MAX_FAILURES:
+            raise _locked(max(1, int(redis.ttl(key))), "attempt")
+    except RedisError:
+        raise MfaUnavailable("The second factor cannot be checked right now; retry.") from None
     code = (code or "").strip()
     step = match_step(decrypt_secret(factor.secret_encrypted, user.id), code, factor.last_step)
     if step is not None:
         factor.last_step = step
-        factor.failed_count = 0
-        factor.locked_until = None
+        _succeeded(factor, redis, key)
         return "totp"
     if allow_recovery and _looks_like_recovery_code(code):
         row = _use_recovery_code(session, user, code)
         if row is not None:
             row.used_at = now
-            factor.failed_count = 0
-            factor.locked_until = None
+            _succeeded(factor, redis, key)
             audit.record(
                 session,
                 "mfa.recovery_code_used",
@@ -370,30 +415,48 @@ def _check_code(
                 schema=schema,
             )
             return "recovery_code"
+    try:
+        with redis.pipeline() as pipe:  # MULTI: the count and its window together
+            failures = pipe.incr(key).expire(key, lockout, nx=True).execute()[0]
+        if failures == MAX_FAILURES:
+            redis.expire(key, lockout)  # the attempt's lock lasts from now
+    except RedisError:
+        raise MfaUnavailable("The second factor cannot be checked right now; retry.") from None
     factor.failed_count = (factor.failed_count or 0) + 1
-    locked = factor.failed_count >= MAX_FAILURES
-    if locked:
-        factor.locked_until = now + timedelta(seconds=settings.mfa_lockout_seconds)
+    account_locked = factor.failed_count >= ACCOUNT_MAX_FAILURES
+    if account_locked:
+        factor.locked_until = now + timedelta(seconds=lockout)
         factor.failed_count = 0
     if schema:
         audit.record(
             session,
-            "mfa.locked" if locked else "mfa.failed",
+            "mfa.failed",
             target_type="user",
             target_id=user.id,
             actor=audit.Actor("user", str(user.id)),
             data={"kind": "totp"},
             schema=schema,
         )
+    scope = "account" if account_locked else "attempt" if failures == MAX_FAILURES else None
+    if scope is not None:
+        from saas.auth.service import audit_account_event
+
+        audit_account_event(
+            session, user.id, "mfa.locked", {"kind": "totp", "scope": scope, "retry_after": lockout}
+        )
     # the failure must count although the request fails
     session.commit()
-    if locked:
-        raise MfaLocked(
-            "Too many wrong codes; this factor is locked for a while.",
-            headers={"Retry-After": str(settings.mfa_lockout_seconds)},
-            extra={"retry_after": settings.mfa_lockout_seconds},
-        )
+    if account_locked or failures >= MAX_FAILURES:
+        raise _locked(lockout, "account" if account_locked else "attempt")
     raise MfaFailed("The code is wrong, expired or already used.")
+
+
+def _succeeded(factor: MfaFactor, redis: Any, key: str) -> None:
+    """A right code ends the run of failures: the account's and this attempt's."""
+    factor.failed_count = 0
+    factor.locked_until = None
+    with contextlib.suppress(RedisError):  # the counter expires on its own; the code was right
+        redis.delete(key)
 
 
 # --- mfa_token -----------------------------------------------------------------------------------

@@ -285,6 +285,55 @@ def audit_failed_login(session: Session, email: str, tenant_slug: str | None, re
     session.commit()
 
 
+def account_tenants(session: Session, user_id: uuid.UUID) -> list[Tenant]:
+    """The tenants the account is an active member of: where events about the account itself
+    (lockouts) are audited."""
+    query = (
+        select(Tenant)
+        .join(Membership, Membership.tenant_id == Tenant.id)
+        .where(Membership.user_id == user_id, Membership.status == "active")
+    )
+    return list(session.scalars(query.order_by(Tenant.slug)))
+
+
+def audit_account_event(
+    session: Session, user_id: uuid.UUID, action: str, data: dict[str, Any] | None = None
+) -> int:
+    """Record ``action`` about the account (target the user, actor ``system``: nobody proved
+    who made the attempts) in the log of every tenant of the account, in ``session``'s
+    transaction. Returns how many tenants got it."""
+    tenants = account_tenants(session, user_id)
+    for tenant in tenants:
+        audit.record(
+            session,
+            action,
+            target_type="user",
+            target_id=user_id,
+            actor=audit.Actor("system", None),
+            data=data,
+            schema=tenant.schema_name,
+        )
+    return len(tenants)
+
+
+def audit_login_throttled(
+    session: Session, email: str | None, user_id: uuid.UUID | None, data: dict[str, Any]
+) -> None:
+    """Record ``auth.login_throttled`` in every tenant of the account whose per-account login
+    throttle (``login-account``) has just started refusing, and commit (the request is
+    answered 429 and rolled back). The limiter calls this once per lockout window
+    (:mod:`saas.limits`). The account is the ``email`` of the attempt, else ``user_id`` (a
+    bearer's subject). An unknown email leaves no trace and costs the same statements
+    (lookup, no-op update, commit) as :func:`audit_failed_login` does.
+    """
+    if user_id is None:
+        user = find_user_by_email(session, email) if email else None
+        user_id = user.id if user is not None else None
+    if user_id is None or not audit_account_event(session, user_id, "auth.login_throttled", data):
+        session.execute(update(User).where(User.id == _NO_USER).values(status=User.status))
+    session.commit()
+
+
 def second_factor_gate(session: Session, user: User, tenant: Tenant, amr: list[str]) -> None:
     """Raise when the login must not yield tokens yet: ``mfa_required`` (the user has a factor)
     or ``mfa_enrollment_required`` (the tenant's ``require_mfa`` and no factor). Both carry an
@@ -374,7 +423,7 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
     check_account(user)
     if tenant.status != "active":
         raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
-    mfa.verify(session, user, code, tenant.schema_name)
+    mfa.verify(session, user, code, tenant.schema_name, mfa_token=mfa_token)
     mfa.consume_mfa_token(ticket)
     return complete_login(session, user, membership, tenant, [*ticket.amr, "otp"])
 

@@ -7,7 +7,12 @@ request (see :mod:`saas.limits.policies`) and the tenant's monthly quota in ONE 
 
 Over a limit: 429 problem ``rate_limited`` with ``Retry-After`` and the policy hit
 (``policy``, ``limit``, ``window``). Over the quota: 429 problem ``quota_exceeded`` with
-``reset`` (ISO 8601, UTC) and ``Retry-After`` until the next period.
+``reset`` (ISO 8601, UTC) and ``Retry-After`` until the next period. When ``login-account``
+starts refusing, the account's lockout is audited (``auth.login_throttled`` in each of its
+tenants), once per window of that policy.
+
+Sign-in endpoints get their throttles by endpoint, whatever ``Authorization`` header they
+carry; a token whose tenant no longer exists is limited like an anonymous request.
 
 Usage metering: every admitted authenticated request (unlimited plans included) increments
 ``{t:<tenant uuid>}:usage:<YYYY-MM>`` (see :func:`usage_key`); the counter lives until 62 days
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -127,48 +132,67 @@ class Limiter:
     def plan_for_request(self) -> gcra.Plan:
         """The current request's :class:`~saas.limits.gcra.Plan`.
 
+        Selection, in order: a sign-in endpoint (:data:`~saas.limits.policies.AUTH_ENDPOINTS`)
+        gets its sign-in throttles, whatever credentials the request carries; a request with
+        a principal whose tenant exists gets the tenant's plan; anything else (no token, a
+        forged one, or one whose tenant is gone) gets ``ip``.
+
         An authenticated request's plan depends only on the principal, two entitlements and
         the billing period, so it is kept (bounded, per process) and rebuilt when one of those
         changes or the clock leaves its period."""
-        principal = g.get("principal")
-        if principal is not None:
-            from saas.cache.principals import snapshot_for
-
-            snap = snapshot_for(principal.tenant_id, principal.user_id)
-            if snap.tenant is None:
-                return _NOTHING  # the view answers 401
-            ent = snap.entitlements
-            key = (
-                principal.tenant_id,
-                principal.user_id,
-                principal.client_id,
-                ent.get("requests_per_minute", policies.DEFAULT_TENANT_RPM),
-                ent.get("monthly_api_calls"),
-            )
-            now = self.clock()
-            kept = self._plans.get(key)
-            if kept is not None and kept[1] <= now < kept[2]:
-                return kept[0]
-            period = self.period_for(principal.tenant_id, now)
-            checks = policies.tenant_checks(
-                principal.tenant_id, ent, principal.user_id, principal.client_id, self.share
-            )
-            plan = gcra.Plan.of(checks, self._quota(principal.tenant_id, ent, period))
-            if len(self._plans) >= 10_000:
-                self._plans.clear()
-            self._plans[key] = (plan, period.start, period.end)
-            return plan
         method, path = request.method, request.path
-        body = form = auth = None
-        if (method, path) in policies.AUTH_ENDPOINTS:
-            if request.is_json:
-                body = request.get_json(silent=True)
-            elif request.mimetype == "application/x-www-form-urlencoded":
-                form = request.form
-            auth = request.authorization
+        principal = g.get("principal")
+        groups = policies.AUTH_ENDPOINTS.get((method, path))
+        if groups is not None:
+            return self._signin_plan(groups, principal)
+        if principal is not None:
+            plan = self._principal_plan(principal)
+            if plan is not None:
+                return plan
+        return gcra.Plan.of(policies.ip_checks(policies.client_ip(request.remote_addr), self.rates), None)
+
+    def _signin_plan(self, groups: tuple[str, ...], principal: Any) -> gcra.Plan:
+        body = form = None
+        if request.is_json:
+            body = request.get_json(silent=True)
+        elif request.mimetype == "application/x-www-form-urlencoded":
+            form = request.form
+        user = str(principal.user_id) if principal is not None and principal.user_id is not None else None
         ip = policies.client_ip(request.remote_addr)
-        checks = policies.public_checks(method, path, ip, self.rates, self.secret, body, form, auth)
+        checks = policies.signin_checks(
+            groups, ip, self.rates, self.secret, body, form, request.authorization, user
+        )
         return gcra.Plan.of(checks, None)
+
+    def _principal_plan(self, principal: Any) -> gcra.Plan | None:
+        """The kept plan of a principal; None when its tenant no longer exists (the request is
+        then limited like an anonymous one, and the view answers 401)."""
+        from saas.cache.principals import snapshot_for
+
+        snap = snapshot_for(principal.tenant_id, principal.user_id)
+        if snap.tenant is None:
+            return None
+        ent = snap.entitlements
+        key = (
+            principal.tenant_id,
+            principal.user_id,
+            principal.client_id,
+            ent.get("requests_per_minute", policies.DEFAULT_TENANT_RPM),
+            ent.get("monthly_api_calls"),
+        )
+        now = self.clock()
+        kept = self._plans.get(key)
+        if kept is not None and kept[1] <= now < kept[2]:
+            return kept[0]
+        period = self.period_for(principal.tenant_id, now)
+        checks = policies.tenant_checks(
+            principal.tenant_id, ent, principal.user_id, principal.client_id, self.share
+        )
+        plan = gcra.Plan.of(checks, self._quota(principal.tenant_id, ent, period))
+        if len(self._plans) >= 10_000:
+            self._plans.clear()
+        self._plans[key] = (plan, period.start, period.end)
+        return plan
 
     def hit(self, checks: list[Check], quota: Quota | None, cost: int = 1, peek: bool = False) -> Decision:
         """Run the script through the breaker.
@@ -219,6 +243,7 @@ class Limiter:
                 },
                 headers={"Retry-After": str(max(1, int(q.reset_at - decision.now) + 1))},
             )
+        self._audit_lockouts(decision)
         hit = decision.hit
         if hit is None:  # the script names the policy of every refusal; never a 500 if not
             log.error("rate-limit refusal without a policy: %s", decision.reason)
@@ -238,8 +263,43 @@ class Limiter:
             headers={"Retry-After": str(max(1, hit.retry_seconds))},
         )
 
+    def _audit_lockouts(self, decision: Decision) -> None:
+        """When the per-account login throttle refuses, audit ``auth.login_throttled`` in the
+        account's tenants (:func:`saas.auth.service.audit_login_throttled`) once per lockout
+        window: the first refusal sets :func:`~saas.limits.policies.lockout_marker` of the
+        account's key (``SET NX``, expiring after the policy's window) and only that request
+        writes the event. Neither a Redis nor a database failure changes the 429."""
+        for state in decision.states:
+            if state.check.policy == policies.LOCKOUT_POLICY and state.retry_seconds > 0:
+                self._audit_lockout(state)
 
-_NOTHING = gcra.Plan.of([], None)
+    def _audit_lockout(self, state: gcra.PolicyState) -> None:
+        from saas import db
+        from saas.auth import service
+
+        check = state.check
+        marker = policies.lockout_marker(check.key)
+        try:
+            if not self.guard.call("limits", lambda r: r.set(marker, b"1", nx=True, ex=check.period)):
+                return  # this window's lockout is audited already
+        except RedisUnavailable:
+            return
+        body = request.get_json(silent=True) if request.is_json else request.form
+        email = body.get("email") if isinstance(body, Mapping) else None
+        email = email if isinstance(email, str) and email.strip() else None
+        principal = g.get("principal")
+        user_id = principal.user_id if principal is not None and email is None else None
+        data = {
+            "policy": check.policy,
+            "limit": check.limit,
+            "window": check.period,
+            "retry_after": max(1, state.retry_seconds),
+        }
+        try:
+            service.audit_login_throttled(db.session(), email, user_id, data)
+        except Exception:
+            log.exception("auth.login_throttled could not be audited")
+            db.session().rollback()
 
 
 def _observe_rejection(policy: str) -> None:

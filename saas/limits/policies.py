@@ -5,17 +5,25 @@ Policies (names appear in the ``RateLimit-Policy`` header and in 429 problems):
 ===================  =====================================  ================  ==============
 policy               applies to                             default           key subject
 ===================  =====================================  ================  ==============
-``tenant``           every authenticated request            plan's requests_  the tenant
+``tenant``           authenticated requests (not sign-in)   plan's requests_  the tenant
                                                             per_minute / 1m
 ``user``/``client``  same, per user or OAuth client         share x tenant    user or client
 ``monthly``          same (quota, not a rate)               monthly_api_calls tenant, period
-``ip``               unauthenticated routes                 300/1m            client IP
+``ip``               other requests without a live          300/1m            client IP
+                     principal (no token, a forged one,
+                     or one of a deleted tenant)
 ``login-ip``         ``POST /api/v1/auth/login``, hosted    30/1m             client IP
-                     ``POST /oauth/login``
-``login-account``    same                                   10/1m             HMAC(email)
+                     ``POST /oauth/login``, ``DELETE
+                     /api/v1/me/mfa/totp``
+``login-account``    same                                   10/1m             HMAC(email), else
+                                                                              HMAC(bearer sub)
 ``mfa-ip``           ``POST /api/v1/auth/mfa``, hosted      30/1m             client IP
-                     ``POST /oauth/mfa``
+                     ``POST /oauth/mfa`` and ``/oauth/mfa/
+                     enroll``, ``POST /api/v1/me/mfa/totp/
+                     confirm``, ``DELETE /api/v1/me/mfa/
+                     totp``
 ``mfa-account``      same                                   5/1m              email / token sub
+                                                                              / bearer sub
 ``token-ip``         ``POST /oauth/token``                  60/1m             client IP
 ``token-client``     same                                   30/1m             client_id, else
                                                                               HMAC(refresh tok)
@@ -23,9 +31,11 @@ policy               applies to                             default           ke
 ``signup-account``   same                                   3/1h              HMAC(owner email)
 ===================  =====================================  ================  ==============
 
-Override any fixed one with ``RATELIMIT_POLICIES="login-ip=20/1m,signup-ip=5/1h"`` (units ``s``,
-``m``, ``h``, ``d``). Tenant keys are built by :class:`saas.cache.namespace.TenantKeys` (the
-only way to spell them), pre-authentication keys by :class:`saas.cache.namespace.PublicKeys`.
+The sign-in policies apply by endpoint (:data:`AUTH_ENDPOINTS`), whatever credentials the
+request carries. Override any fixed one with
+``RATELIMIT_POLICIES="login-ip=20/1m,signup-ip=5/1h"`` (units ``s``, ``m``, ``h``, ``d``).
+Tenant keys are built by :class:`saas.cache.namespace.TenantKeys` (the only way to spell
+them), pre-authentication keys by :class:`saas.cache.namespace.PublicKeys`.
 IPv6 clients are limited per /64. Account subjects are HMAC-SHA-256 of the normalised value with
 the app's secret key, so Redis never holds an email address.
 """
@@ -63,17 +73,28 @@ DEFAULT_POLICIES: dict[str, str] = {
     "signup-account": "3/1h",
 }
 
-#: (method, path) -> failure-policy group of the strict pre-authentication throttles
-AUTH_ENDPOINTS: dict[tuple[str, str], str] = {
-    ("POST", "/api/v1/auth/login"): "login",
-    ("POST", "/oauth/login"): "login",  # the hosted sign-in page (form)
-    ("POST", "/api/v1/auth/mfa"): "mfa",
-    ("POST", "/oauth/mfa"): "mfa",
-    ("POST", "/oauth/token"): "token",
-    ("POST", "/api/v1/signup"): "signup",
+#: (method, path) -> the groups of sign-in throttles of every endpoint that checks a password,
+#: a code or a client secret, or creates an account. They apply by endpoint, whatever
+#: credentials the request carries: a bearer token (valid, forged, or of a deleted tenant)
+#: neither lifts them nor adds the tenant's limits (which would also put tenant keys and
+#: ``{pre}`` keys in one script, two Redis Cluster slots).
+AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("POST", "/api/v1/auth/login"): ("login",),
+    ("POST", "/oauth/login"): ("login",),  # the hosted sign-in page (form)
+    ("POST", "/api/v1/auth/mfa"): ("mfa",),
+    ("POST", "/oauth/mfa"): ("mfa",),
+    ("POST", "/oauth/mfa/enroll"): ("mfa",),  # the hosted enrolment's first code
+    ("POST", "/api/v1/me/mfa/totp/confirm"): ("mfa",),
+    ("DELETE", "/api/v1/me/mfa/totp"): ("login", "mfa"),  # password and code
+    ("POST", "/oauth/token"): ("token",),
+    ("POST", "/api/v1/signup"): ("signup",),
 }
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+
+#: the per-account login throttle: when it starts refusing, the account is locked out of
+#: password sign-in (audited as ``auth.login_throttled``, once per window)
+LOCKOUT_POLICY = "login-account"
 
 #: requests per minute of a tenant whose entitlements lack the key (never the case for
 #: :func:`saas.billing.entitlements.entitlements_for`'s output)
@@ -166,21 +187,49 @@ def tenant_checks(
 def public_checks(
     method: str, path: str, ip: str, rates: Mapping[str, Rate], secret: bytes, body: Any, form: Any, auth: Any
 ) -> list[Check]:
-    """The policies of an unauthenticated request: the endpoint's strict pair, or ``ip``."""
-    group = AUTH_ENDPOINTS.get((method, path))
-    if group is None:
-        rate = rates["ip"]
-        return [Check("ip", PublicKeys.rate("ip", ip), rate.limit, rate.period)]
-    ip_rate = rates[f"{group}-ip"]
-    checks = [Check(f"{group}-ip", PublicKeys.rate(f"{group}-ip", ip), ip_rate.limit, ip_rate.period, group)]
-    account_policy = "token-client" if group == "token" else f"{group}-account"
-    subject = _account_of(group, secret, body, form, auth)
-    if subject:
-        rate = rates[account_policy]
+    """The policies of a request without a live principal: the endpoint's sign-in throttles
+    (:func:`signin_checks`), or ``ip``."""
+    groups = AUTH_ENDPOINTS.get((method, path))
+    if groups is None:
+        return ip_checks(ip, rates)
+    return signin_checks(groups, ip, rates, secret, body, form, auth)
+
+
+def ip_checks(ip: str, rates: Mapping[str, Rate]) -> list[Check]:
+    """The ``ip`` policy of any request that is neither a sign-in nor a live principal's."""
+    rate = rates["ip"]
+    return [Check("ip", PublicKeys.rate("ip", ip), rate.limit, rate.period)]
+
+
+def signin_checks(
+    groups: Iterable[str], ip: str, rates: Mapping[str, Rate], secret: bytes, body: Any, form: Any, auth: Any,
+    user: str | None = None,
+) -> list[Check]:  # fmt: skip
+    """The strict pair of each group: ``<group>-ip`` on the client IP and the account policy
+    (``<group>-account``, ``token-client``) on the account the body names. ``user`` (the
+    ``sub`` of a verified bearer token) is the account when the body names none, as for
+    ``DELETE /api/v1/me/mfa/totp``; its subject is the one a JWT-shaped ``mfa_token`` gives."""
+    checks: list[Check] = []
+    for group in groups:
+        ip_rate = rates[f"{group}-ip"]
         checks.append(
-            Check(account_policy, PublicKeys.rate(account_policy, subject), rate.limit, rate.period, group)
+            Check(f"{group}-ip", PublicKeys.rate(f"{group}-ip", ip), ip_rate.limit, ip_rate.period, group)
         )
+        account_policy = "token-client" if group == "token" else f"{group}-account"
+        subject = _account_of(group, secret, body, form, auth)
+        if subject is None and user and group != "token":
+            subject = "s:" + account_subject(secret, user)
+        if subject:
+            rate = rates[account_policy]
+            key = PublicKeys.rate(account_policy, subject)
+            checks.append(Check(account_policy, key, rate.limit, rate.period, group))
     return checks
+
+
+def lockout_marker(key: str) -> str:
+    """The key marking that the lockout of the account throttled by ``key`` (a
+    :data:`LOCKOUT_POLICY` key) is already audited; it expires after the policy's window."""
+    return f"{key}:audited"
 
 
 def _account_of(group: str, secret: bytes, body: Any, form: Any, auth: Any) -> str | None:
