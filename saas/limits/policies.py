@@ -88,6 +88,8 @@ AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("DELETE", "/api/v1/me/mfa/totp"): ("login", "mfa"),  # password and code
     ("POST", "/oauth/token"): ("token",),
     ("POST", "/api/v1/signup"): ("signup",),
+    # the mailed invitation token proves the mailbox and sets a new account's password
+    ("POST", "/api/v1/invitations/accept"): ("login",),
 }
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
