@@ -285,14 +285,13 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
         )
         assert accounts == 0  # Stripe ids never silently reused
     # reusing the customer while the source holds it is refused, nothing written
-    r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer", "--trusted")
+    move = ("tenants", "import", str(out), "--slug", "move-" + tag, "--trusted", "--reuse-stripe-customer")
+    r = run_cli(*move)
     assert r.exit_code == 1 and "stripe_customer_in_use" in r.stderr
     # a move: the source deleted (its export taken), then the customer is attached to the copy
     r = run_cli("tenants", "delete", src.slug, "--now", "--yes", "--out", str(tmp_path / "final.jsonl"))
     assert r.exit_code == 0, r.output
-    r = run_cli(
-        "tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer", "--trusted", "--json"
-    )
+    r = run_cli(*move, "--json")
     assert r.exit_code == 0, r.output
     moved = json.loads(r.stdout)
     committed.track(uuid.UUID(moved["id"]))
