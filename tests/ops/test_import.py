@@ -22,15 +22,12 @@ KNOWN_PASSWORD = "hunter2hunter2"
 @pytest.fixture()
 def crafted(committed, run_cli, engine, tmp_path):
     """Exports a committed tenant and imports edited copies of the export."""
-    helper = Crafted(committed, run_cli, engine, tmp_path)
-    yield helper
-    helper.cleanup()
+    return Crafted(committed, run_cli, engine, tmp_path)
 
 
 class Crafted:
     def __init__(self, committed, run_cli, engine, tmp_path: Path) -> None:
         self.committed, self.run_cli, self.engine, self.tmp_path = committed, run_cli, engine, tmp_path
-        self.imported: list[uuid.UUID] = []
 
     def export(self, members: int = 1, contacts: int = 1) -> list[dict]:
         self.src = self.committed.tenant(members=members)
@@ -73,7 +70,6 @@ class Crafted:
 
     def track(self, tenant_id: uuid.UUID) -> None:
         self.committed.track(tenant_id)
-        self.imported.append(tenant_id)
 
     def refused(self, records: list | Path, *args: str, fix_counts: bool = True) -> str:
         """Imports a bad file; asserts exit 2, one line, and nothing written; returns the line."""
@@ -106,11 +102,6 @@ class Crafted:
     def tenant(self, slug: str):
         with self.engine.connect() as conn:
             return conn.execute(text("SELECT * FROM saas.tenants WHERE slug = :s"), {"s": slug}).one()
-
-    def cleanup(self) -> None:
-        with self.engine.begin() as conn:
-            for tid in self.imported:
-                conn.execute(text("DELETE FROM saas.outbox WHERE tenant_id = :t"), {"t": tid})
 
 
 def _index(records: list[dict], table: str) -> int:
@@ -581,3 +572,17 @@ def test_round_trip_of_a_normal_tenant(crafted):
     r, _slug = crafted.run(path, "--trusted")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["rows"]["tenant.contacts"] == 5
+
+
+def test_invitations_keep_the_api_seat_limit(crafted):
+    """Members come in through ``members.invite``, so the plan's seats bound them as in the API:
+    four members on the default plan (3 seats) are refused at the fourth's line."""
+    records = crafted.export(members=4)
+    fourth = [i for i, r in enumerate(records) if r.get("table") == "saas.memberships"][3]
+    line = crafted.refused(records)
+    expected = f"error: line {fourth + 1} (saas.memberships): seats_exceeded: Your plan 'free'"
+    assert line.startswith(expected), line
+    records[0]["tenant"]["plan"] = "pro"  # a trusted file's plan is taken: its seats apply
+    r, _slug = crafted.run(records, "--trusted")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["rows"]["saas.memberships"] == 4
