@@ -197,32 +197,68 @@ def tenants_export(ctx: Context, tenant: str, out: Path) -> None:
     click.echo(f"exported {sum(counts.values())} rows to {out}", err=True)
 
 
+class BadImportFile(CliError):
+    """A refused import file: one line naming its line and field (exit code 2, bad input)."""
+
+    exit_code = 2
+
+
+TRUSTED_SAYS = "trusted import: plan, overrides, secrets and ids taken from the file"
+UNTRUSTED_SAYS = (
+    "untrusted import: no plan, overrides, secrets, consents, audit history or ids taken from the "
+    "file (--trusted takes them); members invited"
+)
+
+
 @tenants.command("import")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--slug", required=True, help="slug of the NEW tenant")
 @click.option("--name", help="name of the new tenant (default: the exported one)")
 @click.option(
+    "--trusted",
+    is_flag=True,
+    help="only for a file of this service's own export, kept safe: also take its plan, billing "
+    "overrides, secrets (password hashes, client secrets, MFA factors and recovery codes), "
+    "consents, audit history and user and client ids (still checked by the API's rules; "
+    "existing accounts are still only invited)",
+)
+@click.option(
     "--reuse-stripe-customer",
     is_flag=True,
-    help="attach the export's Stripe customer and subscription (only once no tenant holds them)",
+    help="with --trusted: attach the export's Stripe customer and subscription (only once no "
+    "tenant holds them)",
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @_fail_cleanly
-def tenants_import(ctx: Context, file, slug: str, name: str | None, reuse_stripe_customer: bool,
-                   as_json: bool) -> None:  # fmt: skip
+def tenants_import(ctx: Context, file, slug: str, name: str | None, trusted: bool,
+                   reuse_stripe_customer: bool, as_json: bool) -> None:  # fmt: skip
     """Restore an export into a NEW tenant (new id, schema and slug), in one transaction.
 
-    Stripe ids in the file are NOT attached unless --reuse-stripe-customer (docs/operations.md).
+    Every line is checked with the API's own rules; a bad one is refused as one line naming
+    its line and field (exit 2), and nothing is written. Without --trusted the file's plan,
+    overrides, secrets, consents, audit history and ids are not taken (each is named in the
+    output). Members whose account exists already are invited, never linked; without
+    --trusted every member is. Stripe ids are not attached unless --trusted
+    --reuse-stripe-customer (docs/operations.md).
     """
-    from saas.ops.export import import_tenant
+    from saas.ops.export import ImportFileError, import_tenant
 
+    if reuse_stripe_customer and not trusted:
+        raise click.UsageError("--reuse-stripe-customer takes Stripe ids from the file: add --trusted")
     notes: list[str] = []
-    with ctx.database.transaction() as session:
-        t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor(),
-                                  reuse_stripe_customer=reuse_stripe_customer, notes=notes)  # fmt: skip
-        data = {"slug": t.slug, "id": str(t.id), "schema": t.schema_name, "rows": counts, "notes": notes}
-    _done(as_json, data, f"imported into {data['slug']} ({data['id']}): {sum(counts.values())} rows"
+    try:
+        with ctx.app.app_context(), ctx.database.transaction() as session:
+            t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor(),
+                                      trusted=trusted, reuse_stripe_customer=reuse_stripe_customer,
+                                      invitation_ttl_seconds=ctx.settings.invitation_ttl_seconds,
+                                      notes=notes)  # fmt: skip
+            data = {"slug": t.slug, "id": str(t.id), "schema": t.schema_name, "trusted": trusted,
+                    "rows": counts, "notes": notes}  # fmt: skip
+    except ImportFileError as exc:
+        raise BadImportFile(exc.detail or exc.title) from None
+    says = TRUSTED_SAYS if trusted else UNTRUSTED_SAYS
+    _done(as_json, data, f"{says}\nimported into {data['slug']} ({data['id']}): {sum(counts.values())} rows"
           + "".join(f"\nnote: {n}" for n in notes))  # fmt: skip
 
 

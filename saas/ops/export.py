@@ -26,25 +26,48 @@ The file holds password hashes and all tenant data: it is written with mode 0600
 secret. Refresh tokens and pending invitations are not exported.
 
 Import always creates a NEW tenant (new id, schema and slug) at the current tenant head; it
-refuses a file whose ``tenant_revision`` differs from the head (migrate the source first). Users
-are matched by email (an existing account is linked, not overwritten: its own MFA factors stay,
-the file's are ignored); a new user keeps its id when free and gets the file's MFA factors and
-recovery codes (new row ids; the TOTP secrets decrypt only where ``SECRET_KEY`` is the
-source's). User ids inside tenant rows (``created_by``, audit ``actor_id``) follow that mapping.
+refuses a file whose ``tenant_revision`` differs from the head (migrate the source first).
 
-Shared rows of the tenant get new row ids and the new tenant id. OAuth clients keep their
-``client_id`` (and secret) when it is free, else get a new ``c_...`` one (the file's source
-tenant still exists: a copy); consents follow the client mapping. Billing overrides are copied.
-The billing account carries Stripe's customer and subscription ids, which must never silently
-bill two tenants to one customer: by default they are **not** attached (no billing account row;
-the ids are named in the import notes and the audit event, and the tenant's plan is copied);
-``reuse_stripe_customer=True`` (``saas tenants import --reuse-stripe-customer``, for a move
-after the source is gone) copies the account, and fails with ``stripe_customer_in_use`` while
-another tenant holds that customer.
+An import file is input like any request: every line is checked before it is used, with the
+API's own rules where the API writes such rows (tenant name and settings: the tenant schemas;
+members' emails and roles: the invitation schemas; OAuth clients: ``saas.auth.clients``, so no
+``javascript:`` redirect URI, no ``password`` grant, roles within the role set; contacts: the
+contacts schema), and with the tables' column types elsewhere; unknown fields, duplicated keys
+and unknown tables are refused. The first bad line raises :class:`ImportFileError`, one line
+naming the line and field (``line 12 (saas.oauth_clients): redirect_uris: ...``), and the
+caller's rollback leaves nothing behind (no tenant, schema, user, invitation or mail).
+
+**Untrusted by default.** Without ``trusted`` the import takes no plan (the tenant gets the
+catalogue's default), no billing overrides, no secrets (password hashes, client secrets, MFA
+factors and recovery codes), no consents, no audit history and no user or client ids; each
+value left out is named, with its lines, in the import notes. Clients are registered anew by
+the clients service (new ``client_id``, a new secret nobody knows: rotate it before use), with
+at most the ``member`` role and never first-party. ``trusted`` (``saas tenants import
+--trusted``, for a file of this service's own export kept safe) takes all of them, still
+checked by the same rules.
+
+**Existing accounts are never linked.** Users are matched by email: an account that exists
+already is invited (``saas.tenancy.members.invite``: a pending membership, an invitation
+mailed through the outbox, accepted with that account's own password), never made a member
+silently, trusted or not; its MFA factors stay its own and the file's consents for it are
+dropped. Without ``trusted`` every member is invited (a new account gets no password until it
+accepts). A trusted file's new users keep their password hash, id (when free), MFA factors and
+consents, and their active memberships. User ids inside tenant rows (``created_by``, audit
+``actor_id``) follow the new ids.
+
+Shared rows of the tenant get new row ids and the new tenant id. A trusted import keeps an
+OAuth client's ``client_id`` (and secret) when it is free, else gives it a new ``c_...`` one (the
+file's source tenant still exists: a copy); consents follow the client mapping. The billing
+account carries Stripe's customer and subscription ids, which must never silently bill two
+tenants to one customer: they are **not** attached (no billing account row; the ids are named
+in the import notes and the audit event); ``reuse_stripe_customer=True`` (``saas tenants
+import --trusted --reuse-stripe-customer``, for a move after the source is gone) copies the
+account, and fails with ``stripe_customer_in_use`` while another tenant holds that customer.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
@@ -52,16 +75,19 @@ import uuid
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select
+import marshmallow as ma
+from sqlalchemy import ARRAY, Boolean, Engine, Integer, String, Table, func, insert, select
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Date, DateTime, Numeric, Uuid
 
 from saas import audit
-from saas.db import TENANT_PLACEHOLDER, schema_name_for, tenant_metadata, utcnow
-from saas.errors import Conflict, ValidationError
+from saas.db import TENANT_PLACEHOLDER, schema_name_for, tenant_metadata, translate_map, utcnow
+from saas.errors import AppError, Conflict, ValidationError
 from saas.identity.models import User
 from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
@@ -202,60 +228,361 @@ def export_to_file(engine: Engine, tenant_ref: str, path: Path) -> dict[str, int
     return counts
 
 
-def _read_header(lines: Iterator[str]) -> dict[str, Any]:
-    try:
-        header = json.loads(next(lines))
-    except (StopIteration, json.JSONDecodeError):
-        raise ValidationError({"file": ["Not a tenant export (no header line)."]}) from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else None
-        raise ValidationError({"file": [f"Not a tenant export (format {got!r})."]})
-    if header.get("version") not in READABLE_VERSIONS:
-        raise ValidationError({"file": [f"Unsupported export version {header.get('version')!r}."]})
-    return header
+# --- import ------------------------------------------------------------------------------------
 
 
-def _records(lines: Iterator[str], trailer: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(table, row) for each record line, one at a time; fills ``trailer`` from the last line.
+class ImportFileError(ValidationError):
+    """A bad import file, as one line: ``line 12 (saas.oauth_clients): redirect_uris[0]: ...``.
+
+    ``line`` is the file's line number (1-based; the header is line 1), or a range of lines
+    (``"40-1039"``: a batch the database refused), or None for the file as a whole.
+    """
+
+    def __init__(
+        self,
+        line: int | str | None,
+        message: str,
+        *,
+        field: str | None = None,
+        table: str | None = None,
+        column: int | None = None,
+    ) -> None:
+        where = "file" if line is None else f"line{'s' if isinstance(line, str) else ''} {line}"
+        if column is not None:
+            where += f", column {column}"
+        if table:
+            where += f" ({table})"
+        text = f"{where}: {field}: {message}" if field else f"{where}: {message}"
+        super().__init__({field or "file": [message]}, detail=text)
+        self.line, self.field = line, field
+
+
+def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
+    """(dotted field path, message) of the first error of a marshmallow/``ValidationError``
+    messages tree (``{"redirect_uris": {0: ["..."]}}`` -> ``("redirect_uris[0]", "...")``)."""
+    if isinstance(messages, dict) and messages:
+        key, value = next(iter(messages.items()))
+        if key == "_schema":
+            name = prefix
+        elif isinstance(key, int):
+            name = f"{prefix}[{key}]"
+        else:
+            name = f"{prefix}.{key}" if prefix else str(key)
+        return _first_error(value, name)
+    if isinstance(messages, list) and messages:
+        if isinstance(messages[0], dict | list):
+            return _first_error(messages[0], prefix)
+        return prefix, str(messages[0])
+    return prefix, str(messages)
+
+
+def _refused(exc: AppError, line: int, table: str, prefix: str = "") -> ImportFileError:
+    """A service's refusal of a record (the API's own rules) as the file's error at ``line``."""
+    errors = exc.extra.get("errors")
+    if errors:
+        field, message = _first_error(errors, prefix)
+        return ImportFileError(line, message, field=field or None, table=table)
+    return ImportFileError(line, f"{exc.code}: {exc.detail or exc.title}", table=table)
+
+
+def _column_field(column: Any) -> ma.fields.Field:
+    """A marshmallow field checking a value for ``column`` (type, length, NULL) as the export
+    writes it (UUIDs and timestamps as ISO strings)."""
+    kind = column.type
+    required = not column.nullable and column.default is None and column.server_default is None
+    kw: dict[str, Any] = {"allow_none": bool(column.nullable), "required": required}
+    if isinstance(kind, Uuid):
+        return ma.fields.UUID(**kw)
+    if isinstance(kind, DateTime):
+        return ma.fields.AwareDateTime(format="iso", **kw)
+    if isinstance(kind, Date):
+        return ma.fields.Date(**kw)
+    if isinstance(kind, Boolean):
+        return ma.fields.Boolean(**kw)
+    if isinstance(kind, Integer):
+        return ma.fields.Integer(strict=True, **kw)
+    if isinstance(kind, Numeric):
+        return ma.fields.Decimal(**kw)
+    if isinstance(kind, String):
+        length = getattr(kind, "length", None)
+        return ma.fields.String(validate=ma.validate.Length(max=length) if length else None, **kw)
+    if isinstance(kind, ARRAY):
+        return ma.fields.List(ma.fields.String(), **kw)
+    return ma.fields.Raw(**kw)  # JSON
+
+
+def _row_schema(table: Table, overrides: dict[str, ma.fields.Field] | None = None) -> ma.Schema:
+    """A schema of every column of ``table`` (unknown keys refused), with ``overrides`` (the
+    API's own fields) in place of the plain column checks."""
+    fields: dict[str, ma.fields.Field] = {c.name: _column_field(c) for c in table.columns}
+    fields.update(overrides or {})
+    return ma.Schema.from_dict(fields, name=f"Import_{table.name}")()
+
+
+def _api_fields(schema: type[ma.Schema], *names: str, **changes: Any) -> dict[str, ma.fields.Field]:
+    """Copies of the API schema's own field checks (so the import applies the API's rules)."""
+    out = {}
+    for name in names:
+        field = copy.deepcopy(schema._declared_fields[name])
+        for key, value in changes.items():
+            setattr(field, key, value)
+        out[name] = field
+    return out
+
+
+def _plan_ids() -> list[str]:
+    from saas.billing import entitlements as ent
+
+    return list(ent.catalogue()[1])
+
+
+def _valid_limits(limits: Any) -> None:
+    from saas.billing import entitlements as ent
+
+    for key, value in (limits or {}).items():
+        if key in ent.LIMIT_KEYS and not ent.valid_limit(value):
+            raise ma.ValidationError(f"{key}: expected an integer >= -1.")
+        if not isinstance(value, bool | int | str):
+            raise ma.ValidationError(f"{key}: expected a boolean, an integer or a string.")
+
+
+@cache
+def _schemas() -> dict[str, ma.Schema]:
+    """The check of each record kind: the API's schemas where the API writes such rows (tenant
+    name and settings, invitations' emails and roles, OAuth clients, contacts), the tables'
+    column types elsewhere. Unknown fields are refused everywhere."""
+    from saas.audit import AuditEvent
+    from saas.auth.api import ClientSchema
+    from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
+    from saas.billing.entitlements import INTERVALS
+    from saas.billing.models import BillingAccount, BillingOverride
+    from saas.tenancy.views import (
+        InviteSchema,
+        OwnerInSchema,
+        RoleSchema,
+        TenantInSchema,
+        TenantSettingsSchema,
+    )
+    from tenants.contacts import ContactSchema
+    from tenants.models import Contact
+
+    plans = ma.validate.OneOf(_plan_ids())
+    users = User.__table__
+    memberships = Membership.__table__
+    tenant = ma.Schema.from_dict(
+        {
+            "id": ma.fields.UUID(required=True),
+            "slug": ma.fields.String(validate=ma.validate.Length(max=63)),
+            **_api_fields(TenantInSchema, "name"),
+            "status": ma.fields.String(validate=ma.validate.OneOf(["active", "suspended"])),
+            "plan": ma.fields.String(allow_none=True, validate=plans),
+            "settings": ma.fields.Nested(TenantSettingsSchema, allow_none=True),
+            "created_at": ma.fields.AwareDateTime(format="iso", allow_none=True),
+        },
+        name="ImportTenant",
+    )
+    schemas: dict[str, ma.Schema] = {
+        "header": ma.Schema.from_dict(
+            {
+                "format": ma.fields.String(required=True, validate=ma.validate.Equal(FORMAT)),
+                "version": ma.fields.Integer(
+                    strict=True, required=True, validate=ma.validate.OneOf(READABLE_VERSIONS)
+                ),
+                "exported_at": ma.fields.AwareDateTime(format="iso"),
+                "tenant_revision": ma.fields.String(required=True, allow_none=True),
+                "shared_revision": ma.fields.String(allow_none=True),
+                "tenant": ma.fields.Nested(tenant, required=True),
+            },
+            name="ImportHeader",
+        )(),
+        "record": ma.Schema.from_dict(
+            {"table": ma.fields.String(required=True), "row": ma.fields.Dict(required=True)},
+            name="ImportRecord",
+        )(),
+        "trailer": ma.Schema.from_dict(
+            {
+                "end": ma.fields.Boolean(required=True, validate=ma.validate.Equal(True)),
+                "counts": ma.fields.Dict(
+                    keys=ma.fields.String(), values=ma.fields.Integer(strict=True), required=True
+                ),
+            },
+            name="ImportTrailer",
+        )(),
+        "saas.users": ma.Schema.from_dict(
+            {
+                "id": ma.fields.UUID(required=True),
+                **_api_fields(InviteSchema, "email"),
+                **_api_fields(OwnerInSchema, "name"),
+                "password_hash": ma.fields.String(
+                    allow_none=True,
+                    validate=[
+                        ma.validate.Length(max=users.c.password_hash.type.length),
+                        ma.validate.Regexp(r"^\$argon2(id|i|d)\$", error="Not an argon2 hash."),
+                    ],
+                ),
+                "status": ma.fields.String(validate=ma.validate.OneOf(["active", "locked"])),
+                "created_at": ma.fields.AwareDateTime(format="iso", allow_none=True),
+            },
+            name="ImportUser",
+        )(),
+        "saas.memberships": ma.Schema.from_dict(
+            {
+                "id": _column_field(memberships.c.id),
+                "user_id": ma.fields.UUID(required=True),
+                **_api_fields(RoleSchema, "role"),
+                "status": ma.fields.String(validate=ma.validate.OneOf(["active", "invited"])),
+                "invited_by": ma.fields.UUID(allow_none=True),
+                "created_at": ma.fields.AwareDateTime(format="iso", allow_none=True),
+            },
+            name="ImportMembership",
+        )(),
+        "saas.mfa_factors": _row_schema(MfaFactor.__table__),
+        "saas.mfa_recovery_codes": _row_schema(RecoveryCode.__table__),
+        "saas.oauth_clients": _row_schema(
+            OAuthClient.__table__,
+            {
+                **_api_fields(
+                    ClientSchema,
+                    "name",
+                    "client_type",
+                    "redirect_uris",
+                    "grant_types",
+                    "scope",
+                    "role",
+                    "first_party",
+                ),
+                "client_id": ma.fields.String(
+                    required=True,
+                    validate=[ma.validate.Length(min=1, max=64), ma.validate.Regexp(r"^[A-Za-z0-9_-]+$")],
+                ),
+                "secret_hash": ma.fields.String(
+                    allow_none=True,
+                    validate=ma.validate.Regexp(r"^[0-9a-f]{64}$", error="Not a SHA-256 hash."),
+                ),
+            },
+        ),
+        "saas.oauth_consents": _row_schema(Consent.__table__),
+        "saas.billing_accounts": _row_schema(
+            BillingAccount.__table__,
+            {
+                "plan": ma.fields.String(allow_none=True, validate=plans),
+                "interval": ma.fields.String(allow_none=True, validate=ma.validate.OneOf(INTERVALS)),
+            },
+        ),
+        "saas.billing_overrides": _row_schema(
+            BillingOverride.__table__,
+            {
+                "plan": ma.fields.String(allow_none=True, validate=plans),
+                "limits": ma.fields.Dict(keys=ma.fields.String(), validate=_valid_limits),
+            },
+        ),
+        "tenant.contacts": _row_schema(
+            Contact.__table__,
+            {
+                **_api_fields(ContactSchema, "name", "email", "phone", "company", "tags"),
+                "version": ma.fields.Integer(strict=True, validate=ma.validate.Range(min=1)),
+            },
+        ),
+        "tenant.audit_events": _row_schema(AuditEvent.__table__),
+    }
+    for table in _tenant_tables():  # a tenant table without an API of its own: column checks
+        schemas.setdefault(f"tenant.{table.name}", _row_schema(table))
+    return schemas
+
+
+#: tenant tables written through an API's rules; the others (the audit log) are history that
+#: no API writes, taken only from a trusted file
+_API_TENANT_TABLES = frozenset({"tenant.contacts"})
+#: the order in which an export writes the shared tables (a v1 file has the first two only)
+_SHARED_TABLES = (
+    "saas.users",
+    "saas.memberships",
+    "saas.mfa_factors",
+    "saas.mfa_recovery_codes",
+    "saas.oauth_clients",
+    "saas.oauth_consents",
+    "saas.billing_accounts",
+    "saas.billing_overrides",
+)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"{key}: the key appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_lines(lines: Iterator[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line.
 
     Raises:
-        ValidationError: a line that is not JSON or not a record; no trailer (truncated).
+        ImportFileError: a line that is not UTF-8 or not JSON (with its line and column), or
+            an object with a duplicated key.
     """
-    for number, raw in enumerate(lines, start=2):
+    it = iter(lines)
+    number = 0
+    while True:
+        number += 1
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise ImportFileError(number, f"not UTF-8 text ({exc.reason})") from None
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ValidationError({"file": [f"Line {number} is not JSON."]}) from None
-        if isinstance(obj, dict) and obj.get("end"):
-            trailer.update(obj)
-            return
-        if not (
-            isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("row"), dict)
-        ):
-            raise ValidationError({"file": [f"Line {number} is not a table record."]})
-        yield obj["table"], obj["row"]
-    raise ValidationError({"file": ["The export is truncated (no trailer line)."]})
+            yield number, json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        except json.JSONDecodeError as exc:
+            raise ImportFileError(number, f"not JSON ({exc.msg})", column=exc.colno) from None
+        except ValueError as exc:
+            raise ImportFileError(number, f"not JSON ({exc})") from None
 
 
-def _convert(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for column in table.columns:
-        if column.name not in row:
-            continue
-        value = row[column.name]
-        if value is not None:
-            if isinstance(column.type, Uuid):
-                value = uuid.UUID(value)
-            elif isinstance(column.type, DateTime):
-                value = datetime.fromisoformat(value)
-            elif isinstance(column.type, Date):
-                value = date.fromisoformat(value)
-            elif isinstance(column.type, Numeric) and column.type.asdecimal:
-                value = Decimal(value)
-        values[column.name] = value
-    return values
+def _load(kind: str, data: Any, line: int, table: str | None = None) -> dict[str, Any]:
+    """``data`` checked by the record kind's schema.
+
+    Raises:
+        ImportFileError: naming ``line`` and the first bad field.
+    """
+    try:
+        return _schemas()[kind].load(data)
+    except ma.ValidationError as exc:
+        field, message = _first_error(exc.messages)
+        raise ImportFileError(line, message, field=field or None, table=table) from None
+
+
+class _Untaken:
+    """What an untrusted import leaves out, by field, with the lines it came from."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[int]] = {}
+
+    def add(self, what: str, line: int) -> None:
+        self.lines.setdefault(what, []).append(line)
+
+    def notes(self) -> list[str]:
+        out = []
+        for what, lines in self.lines.items():
+            shown = ", ".join(str(n) for n in lines[:5]) + (
+                f"... ({len(lines)} in all)" if len(lines) > 5 else ""
+            )
+            out.append(f"not taken (needs --trusted): {what} (line{'s' if len(lines) > 1 else ''} {shown})")
+        return out
+
+
+class _Record:
+    __slots__ = ("line", "values")
+
+    def __init__(self, line: int, values: dict[str, Any]) -> None:
+        self.line, self.values = line, values
 
 
 def import_tenant(
@@ -265,298 +592,504 @@ def import_tenant(
     slug: str,
     name: str | None,
     actor: audit.Actor,
+    trusted: bool = False,
     reuse_stripe_customer: bool = False,
+    invitation_ttl_seconds: int = 7 * 24 * 3600,
     notes: list[str] | None = None,
 ) -> tuple[Tenant, dict[str, int]]:
     """Restore an export into a new tenant in ``session``'s transaction (not committed).
 
+    Every record is checked before it is used, with the API's own rules where the API writes
+    such rows (see the module docstring); the first bad one raises and the caller's rollback
+    leaves nothing (no tenant, schema, user, invitation or outbox row). Needs a Flask app
+    context (the invitations read the tenant's entitlements and queue their mail).
+
     Args:
+        trusted: take the file's plan, billing overrides, secrets (password hashes, client
+            secrets, MFA factors and recovery codes), consents, audit history and user and
+            client ids; without it those are left out and named in ``notes``.
         reuse_stripe_customer: attach the file's Stripe customer and subscription to the new
-            tenant (see the module docstring); by default they are left out.
-        notes: appended with what the operator must know (a renamed ``client_id``, Stripe ids
-            not attached).
+            tenant (see the module docstring); needs ``trusted``.
+        invitation_ttl_seconds: lifetime of the invitations sent to the members.
+        notes: appended with what the operator must know (invitations, new ``client_id``s,
+            what was not taken, Stripe ids not attached).
 
     Returns:
         (the new tenant, rows inserted per table).
 
     Raises:
-        ValidationError: malformed or truncated file, counts that do not match, bad slug, or an
-            export at another tenant revision.
+        ImportFileError: a malformed, truncated or refused file; names the line and field.
+        ValidationError: bad slug or name; ``reuse_stripe_customer`` without ``trusted``.
         Conflict: the slug is taken (``slug_taken``), or the Stripe customer to reuse belongs
             to another tenant (``stripe_customer_in_use``).
     """
-    from saas.migrate import tenant_head_revision
-    from saas.tenancy.provisioning import create_tenant_schema
-
-    header = _read_header(lines)
-    head = tenant_head_revision()
-    if header.get("tenant_revision") != head:
+    if reuse_stripe_customer and not trusted:
         raise ValidationError(
-            {
-                "file": [
-                    f"Exported at tenant revision {header.get('tenant_revision')!r}; "
-                    f"this database is at {head!r}."
-                ]
-            }
+            {"reuse_stripe_customer": ["Takes Stripe ids from the file: only with a trusted import."]}
         )
-    slug = normalize_slug(slug)
-    if problems := slug_problems(slug):
-        raise ValidationError({"slug": problems})
-    if session.scalar(select(func.count()).select_from(Tenant).where(Tenant.slug == slug)):
-        raise Conflict("That slug is taken.", code="slug_taken")
-
-    source = header["tenant"]
-    tenant_id = uuid.uuid4()
-    schema = schema_name_for(tenant_id)
-    tenant = Tenant(
-        id=tenant_id,
-        slug=slug,
-        name=(name or source.get("name") or slug)[:200],
-        schema_name=schema,
-        plan=source.get("plan") or "free",
-        settings=source.get("settings") or {},
-        schema_version=head,
-    )
-    session.add(tenant)
-    session.flush()
-    create_tenant_schema(session.connection(), schema)
-
-    # Streamed: the shared rows (members and their satellites: small) are gathered and applied
-    # at the first tenant row; tenant rows are inserted 1,000 at a time, in file order (an
-    # export's order is the tables' dependency order). Any error raises and the caller's
-    # transaction rolls everything back, schema included.
-    tables = {f"tenant.{t.name}": t for t in _tenant_tables()}
-    counts: dict[str, int] = {}
-    found: dict[str, int] = {}
-    shared: dict[str, list[dict[str, Any]]] = {}
-    user_map: dict[str, str] = {}
-    billing_note: dict[str, Any] = {}
-    shared_done = False
-    conn: Connection = session.connection()
-    translate = {"schema_translate_map": {TENANT_PLACEHOLDER: schema}}
-    batch: list[dict[str, Any]] = []
-    batch_table: Table | None = None
-
-    def flush_batch() -> None:
-        if batch and batch_table is not None:
-            conn.execute(insert(batch_table), batch, execution_options=translate)
-            batch.clear()
-
-    def apply_shared() -> None:
-        nonlocal shared_done, billing_note
-        created = _import_members(session, shared, tenant_id, user_map, counts)
-        billing_note = _import_shared(
-            session, shared, tenant_id, user_map, created, reuse_stripe_customer, counts, notes
-        )
-        shared_done = True
-
-    trailer: dict[str, Any] = {}
-    for key, row in _records(lines, trailer):
-        found[key] = found.get(key, 0) + 1
-        if key.startswith("saas."):
-            if shared_done:
-                raise ValidationError(
-                    {"file": [f"A {key} row after the tenant rows (not an export's order)."]}
-                )
-            shared.setdefault(key, []).append(row)
-            continue
-        table = tables.get(key)
-        if table is None:
-            raise ValidationError({"file": [f"Unknown tenant table {key!r}."]})
-        if not shared_done:
-            apply_shared()
-        if table is not batch_table:
-            flush_batch()
-            batch_table = table
-        values = _convert(table, row)
-        for column in _USER_ID_COLUMNS & values.keys():
-            if values[column] is not None and str(values[column]) in user_map:
-                values[column] = uuid.UUID(user_map[str(values[column])])
-        if table.name == "audit_events" and values.get("actor_type") == "user":
-            values["actor_id"] = user_map.get(values.get("actor_id") or "", values.get("actor_id"))
-        batch.append(values)
-        counts[key] = counts.get(key, 0) + 1
-        if len(batch) >= 1000:
-            flush_batch()
-    if not shared_done:
-        apply_shared()
-    flush_batch()
-    expected = trailer.get("counts") or {}
-    if any(found.get(t, 0) != n for t, n in expected.items()) or set(found) - set(expected):
-        raise ValidationError({"file": ["Row counts do not match the trailer (a damaged file)."]})
-    for key in tables:
-        counts.setdefault(key, 0)
-    audit.record(
-        session,
-        "tenant.imported",
-        target_type="tenant",
-        target_id=tenant_id,
-        data={
-            "source_tenant": source.get("id"),
-            "source_slug": source.get("slug"),
-            "rows": counts,
-            **billing_note,
-        },
-        actor=actor,
-        schema=schema,
-    )
-    session.flush()
+    importer = _Importer(session, actor, trusted, reuse_stripe_customer, invitation_ttl_seconds)
+    tenant, counts = importer.run(_json_lines(lines), slug, name)
+    if notes is not None:
+        notes.extend(importer.notes + importer.untaken.notes())
     return tenant, counts
 
 
-def _import_members(
-    session: Session,
-    shared: dict[str, list[dict[str, Any]]],
-    tenant_id: uuid.UUID,
-    user_map: dict[str, str],
-    counts: dict[str, int],
-) -> set[str]:
-    """Users (linked by email or created) and memberships; fills ``user_map`` (source id ->
-    new id) and returns the source ids of the users this import created."""
-    created: set[str] = set()
-    for row in shared.get("saas.users", []):
-        existing = session.scalar(select(User).where(func.lower(User.email) == row["email"].lower()))
-        if existing is not None:
-            user_map[row["id"]] = str(existing.id)
-            continue
-        wanted = uuid.UUID(row["id"])
-        new_id = wanted if session.get(User, wanted) is None else uuid.uuid4()
-        session.add(
-            User(
-                id=new_id,
-                email=row["email"],
-                name=row.get("name") or "",
-                password_hash=row.get("password_hash"),
-                status=row.get("status") or "active",
+class _Importer:
+    """The state of one import (see :func:`import_tenant`)."""
+
+    def __init__(
+        self, session: Session, actor: audit.Actor, trusted: bool, reuse_stripe_customer: bool, ttl: int
+    ) -> None:
+        self.session = session
+        self.actor = actor
+        self.trusted = trusted
+        self.reuse_stripe_customer = reuse_stripe_customer
+        self.ttl = ttl
+        self.notes: list[str] = []
+        self.untaken = _Untaken()
+        self.counts: dict[str, int] = {}
+        self.user_map: dict[uuid.UUID, uuid.UUID] = {}  # source user id -> new user id
+        self.created: set[uuid.UUID] = set()  # source ids of the users this import created
+        self.client_map: dict[str, str] = {}
+        self.invited: list[str] = []
+        self.billing_note: dict[str, Any] = {}
+
+    # -- the file, in order -----------------------------------------------------------------
+
+    def run(
+        self, records: Iterator[tuple[int, Any]], slug: str, name: str | None
+    ) -> tuple[Tenant, dict[str, int]]:
+        from saas.migrate import tenant_head_revision
+
+        try:
+            line, raw = next(records)
+        except StopIteration:
+            raise ImportFileError(None, "empty (no header line)") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ImportFileError(line, f"not a {FORMAT} header", field="format")
+        header = _load("header", raw, line)
+        head = tenant_head_revision()
+        if header["tenant_revision"] != head:
+            raise ImportFileError(
+                line,
+                f"exported at tenant revision {header['tenant_revision']!r}; this database is at "
+                f"{head!r} (migrate the source first)",
+                field="tenant_revision",
             )
-        )
-        user_map[row["id"]] = str(new_id)
-        created.add(row["id"])
-    session.flush()
-    for row in shared.get("saas.memberships", []):
-        if row.get("user_id") not in user_map:
-            raise ValidationError(
-                {"file": [f"A membership names user {row.get('user_id')!r}, who is not in the export."]}
-            )
-        session.add(
-            Membership(
-                user_id=uuid.UUID(user_map[row["user_id"]]),
-                tenant_id=tenant_id,
-                role=row["role"],
-                status=row.get("status") or "active",
-                invited_by=uuid.UUID(user_map[row["invited_by"]])
-                if row.get("invited_by") in user_map
-                else None,
-            )
-        )
-    session.flush()
-    counts["saas.users"] = len(shared.get("saas.users", []))
-    counts["saas.memberships"] = len(shared.get("saas.memberships", []))
-    return created
+        self.source = header["tenant"]
+        self._create_tenant(line, slug, name)
 
-
-def _import_shared(
-    session: Session,
-    by_table: dict[str, list[dict[str, Any]]],
-    tenant_id: uuid.UUID,
-    user_map: dict[str, str],
-    created_users: set[str],
-    reuse_stripe_customer: bool,
-    counts: dict[str, int],
-    notes: list[str] | None,
-) -> dict[str, Any]:
-    """Insert the v2 shared rows for the new tenant; returns what the audit event records about
-    billing."""
-    from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
-    from saas.billing.models import BillingAccount, BillingOverride
-
-    notes = notes if notes is not None else []
-    conn = session.connection()
-
-    def mapped_user(value: Any) -> uuid.UUID | None:
-        return uuid.UUID(user_map[str(value)]) if value is not None and str(value) in user_map else None
-
-    def insert_rows(key: str, model: Any, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            conn.execute(insert(model.__table__), rows)
-        counts[key] = len(rows)
-
-    # MFA: only for users this import created (an existing account keeps its own factors)
-    for key, model in (("saas.mfa_factors", MfaFactor), ("saas.mfa_recovery_codes", RecoveryCode)):
-        rows = []
-        for raw in by_table.get(key, []):
-            if raw.get("user_id") not in created_users:
+        tables = {f"tenant.{t.name}": t for t in _tenant_tables()}
+        shared: dict[str, list[_Record]] = {}
+        found: dict[str, int] = {}
+        shared_done = False
+        trailer: dict[str, Any] | None = None
+        self.batch: list[dict[str, Any]] = []
+        self.batch_table: Table | None = None
+        self.batch_lines: tuple[int, int] = (0, 0)
+        for line, raw in records:
+            if trailer is not None:
+                raise ImportFileError(line, "a line after the trailer")
+            if isinstance(raw, dict) and "end" in raw:
+                trailer = _load("trailer", raw, line)
+                trailer_line = line
                 continue
-            values = _convert(model.__table__, raw)
-            values.update(id=uuid.uuid4(), user_id=mapped_user(raw["user_id"]))
-            if model is RecoveryCode:
-                values.setdefault("hash_scheme", "sha256")  # a file from before keyed hashes
-            rows.append(values)
-        insert_rows(key, model, rows)
-
-    client_map: dict[str, str] = {}
-    rows = []
-    for raw in by_table.get("saas.oauth_clients", []):
-        values = _convert(OAuthClient.__table__, raw)
-        wanted = values["client_id"]
-        taken = session.scalar(select(func.count()).where(OAuthClient.__table__.c.client_id == wanted))
-        new_client_id = f"c_{secrets.token_urlsafe(16)}" if taken else wanted
-        if taken:
-            notes.append(f"OAuth client {wanted} is in use: imported as {new_client_id}")
-        client_map[wanted] = new_client_id
-        values.update(id=uuid.uuid4(), tenant_id=tenant_id, client_id=new_client_id,
-                      created_by=mapped_user(values.get("created_by")))  # fmt: skip
-        rows.append(values)
-    insert_rows("saas.oauth_clients", OAuthClient, rows)
-
-    rows = []
-    for raw in by_table.get("saas.oauth_consents", []):
-        user = mapped_user(raw.get("user_id"))
-        if user is None:
-            continue
-        values = _convert(Consent.__table__, raw)
-        values.update(id=uuid.uuid4(), tenant_id=tenant_id, user_id=user,
-                      client_id=client_map.get(values["client_id"], values["client_id"]))  # fmt: skip
-        rows.append(values)
-    insert_rows("saas.oauth_consents", Consent, rows)
-
-    rows = []
-    for raw in by_table.get("saas.billing_overrides", []):
-        values = _convert(BillingOverride.__table__, raw)
-        values["tenant_id"] = tenant_id
-        rows.append(values)
-    insert_rows("saas.billing_overrides", BillingOverride, rows)
-
-    billing: dict[str, Any] = {}
-    rows = []
-    for raw in by_table.get("saas.billing_accounts", []):
-        values = _convert(BillingAccount.__table__, raw)
-        customer = values.get("stripe_customer_id")
-        billing = {
-            "source_stripe_customer_id": customer,
-            "source_stripe_subscription_id": values.get("stripe_subscription_id"),
-            "stripe_customer_attached": bool(reuse_stripe_customer and customer),
-        }
-        if not reuse_stripe_customer:
-            if customer:
-                notes.append(
-                    f"Stripe customer {customer} was NOT attached (it may still bill the source "
-                    "tenant); re-run with --reuse-stripe-customer to move it, or subscribe anew"
+            record = _load("record", raw, line)
+            key, row = record["table"], record["row"]
+            found[key] = found.get(key, 0) + 1
+            if key in _SHARED_TABLES:
+                if shared_done:
+                    raise ImportFileError(line, "a shared row after the tenant rows (not an export's order)",
+                                          field="table")  # fmt: skip
+                shared.setdefault(key, []).append(_Record(line, _load(key, row, line, key)))
+                continue
+            table = tables.get(key)
+            if table is None:
+                raise ImportFileError(line, f"unknown table {key!r}", field="table")
+            if not shared_done:
+                self._apply_shared(shared)
+                shared_done = True
+            self._tenant_row(table, key, _load(key, row, line, key), line)
+        if trailer is None:
+            raise ImportFileError(None, "the export is truncated (no trailer line)")
+        if not shared_done:
+            self._apply_shared(shared)
+        self._flush_batch()
+        expected = trailer["counts"]
+        for key in sorted(set(expected) | set(found)):
+            if found.get(key, 0) != expected.get(key, 0):
+                raise ImportFileError(
+                    trailer_line,
+                    f"row counts do not match the trailer (a damaged file): {found.get(key, 0)} "
+                    f"{key} rows, the trailer says {expected.get(key, 0)}",
+                    field=f"counts.{key}",
                 )
-            continue
-        holder = session.scalar(
-            select(BillingAccount.__table__.c.tenant_id).where(
-                BillingAccount.__table__.c.stripe_customer_id == customer
+        for key in tables:
+            self.counts.setdefault(key, 0)
+        if self.invited:
+            shown = ", ".join(self.invited[:10]) + (
+                f"... ({len(self.invited)} in all)" if len(self.invited) > 10 else ""
             )
+            self.notes.insert(0, f"invited (an invitation mailed to each; no account linked): {shown}")
+        audit.record(
+            self.session,
+            "tenant.imported",
+            target_type="tenant",
+            target_id=self.tenant.id,
+            data={
+                "source_tenant": str(self.source["id"]),
+                "source_slug": self.source.get("slug"),
+                "trusted": self.trusted,
+                "rows": self.counts,
+                "invited": len(self.invited),
+                **self.billing_note,
+            },
+            actor=self.actor,
+            schema=self.tenant.schema_name,
         )
-        if customer and holder is not None:
-            raise Conflict(
-                f"Stripe customer {customer} belongs to tenant {holder}: delete that tenant first.",
-                code="stripe_customer_in_use",
+        self.session.flush()
+        return self.tenant, self.counts
+
+    def _create_tenant(self, line: int, slug: str, name: str | None) -> None:
+        from saas.billing import entitlements as ent
+        from saas.migrate import tenant_head_revision
+        from saas.tenancy.provisioning import create_tenant_schema
+        from saas.tenancy.views import TenantInSchema
+
+        slug = normalize_slug(slug)
+        if problems := slug_problems(slug):
+            raise ValidationError({"slug": problems})
+        if name is not None:
+            try:
+                TenantInSchema(only=("name",)).load({"name": name})
+            except ma.ValidationError as exc:
+                raise ValidationError({"name": exc.messages["name"]}) from None
+        if self.session.scalar(select(func.count()).select_from(Tenant).where(Tenant.slug == slug)):
+            raise Conflict("That slug is taken.", code="slug_taken")
+        default_plan = ent.catalogue()[0]
+        plan = self.source.get("plan") or default_plan
+        if plan != default_plan and not self.trusted:
+            self.untaken.add(f"tenant.plan {plan!r} (the tenant is on {default_plan!r})", line)
+            plan = default_plan
+        tenant_id = uuid.uuid4()
+        schema = schema_name_for(tenant_id)
+        self.tenant = Tenant(
+            id=tenant_id,
+            slug=slug,
+            name=(name or self.source["name"]).strip(),
+            schema_name=schema,
+            plan=plan,
+            settings=self.source.get("settings") or {},
+            schema_version=tenant_head_revision(),
+        )
+        self.session.add(self.tenant)
+        self.session.flush()
+        create_tenant_schema(self.session.connection(), schema)
+        # the services called below (invitations, clients) write the tenant's audit log through
+        # the session: its connection maps the placeholder schema to the new one
+        self.session.connection().execution_options(schema_translate_map=translate_map(schema))
+
+    # -- shared rows ------------------------------------------------------------------------
+
+    def _apply_shared(self, shared: dict[str, list[_Record]]) -> None:
+        self._billing(shared)
+        self._members(shared)
+        self._mfa(shared)
+        self._clients(shared.get("saas.oauth_clients", []))
+        self._consents(shared.get("saas.oauth_consents", []))
+        self.session.flush()
+
+    def _insert(self, key: str, model: Any, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.session.connection().execute(insert(model.__table__), rows)
+        self.counts[key] = len(rows)
+
+    def _billing(self, shared: dict[str, list[_Record]]) -> None:
+        """Overrides (trusted) and the billing account (``reuse_stripe_customer``), before the
+        members: the seat check of their invitations reads the tenant's entitlements."""
+        from saas.billing import entitlements as ent
+        from saas.billing.models import BillingAccount, BillingOverride
+
+        rows = []
+        for record in shared.get("saas.billing_overrides", []):
+            if not self.trusted:
+                self.untaken.add("saas.billing_overrides", record.line)
+                continue
+            rows.append({**record.values, "tenant_id": self.tenant.id})
+        self._insert("saas.billing_overrides", BillingOverride, rows)
+
+        rows = []
+        for record in shared.get("saas.billing_accounts", []):
+            values = record.values
+            customer = values.get("stripe_customer_id")
+            self.billing_note = {
+                "source_stripe_customer_id": customer,
+                "source_stripe_subscription_id": values.get("stripe_subscription_id"),
+                "stripe_customer_attached": bool(self.reuse_stripe_customer and customer),
+            }
+            if not self.reuse_stripe_customer:
+                if customer:
+                    self.notes.append(
+                        f"Stripe customer {customer} was NOT attached (it may still bill the source "
+                        "tenant); re-run with --trusted --reuse-stripe-customer to move it, or subscribe anew"
+                    )
+                continue
+            holder = self.session.scalar(
+                select(BillingAccount.__table__.c.tenant_id).where(
+                    BillingAccount.__table__.c.stripe_customer_id == customer
+                )
             )
-        values["tenant_id"] = tenant_id
-        rows.append(values)
-        notes.append(f"Stripe customer {customer} attached to the new tenant")
-    insert_rows("saas.billing_accounts", BillingAccount, rows)
-    session.flush()
-    return billing
+            if customer and holder is not None:
+                raise Conflict(
+                    f"Stripe customer {customer} belongs to tenant {holder}: delete that tenant first.",
+                    code="stripe_customer_in_use",
+                )
+            rows.append({**values, "tenant_id": self.tenant.id})
+            self.notes.append(f"Stripe customer {customer} attached to the new tenant")
+        self._insert("saas.billing_accounts", BillingAccount, rows)
+        if self.counts["saas.billing_overrides"] or self.counts["saas.billing_accounts"]:
+            ent.invalidate(self.session, self.tenant.id)
+
+    def _members(self, shared: dict[str, list[_Record]]) -> None:
+        """Users and memberships. An account that exists already (matched by email) is only
+        ever invited (``members.invite``: a pending membership and an invitation mailed through
+        the outbox, accepted with that account's own password); so is every member of an
+        untrusted file (the account is created without a password, set on acceptance). A
+        trusted file's new users keep their password hash (and id when free) and their
+        active memberships."""
+        from saas.auth.context import Principal
+        from saas.auth.service import find_user_by_email
+        from saas.rbac import ROLES
+        from saas.tenancy import members
+
+        users: dict[uuid.UUID, _Record] = {}
+        emails: dict[str, int] = {}
+        for record in shared.get("saas.users", []):
+            user_id, email = record.values["id"], record.values["email"].strip().lower()
+            if user_id in users:
+                raise ImportFileError(record.line, f"the user appears twice (line {users[user_id].line})",
+                                      field="id", table="saas.users")  # fmt: skip
+            if email in emails:
+                raise ImportFileError(record.line, f"the email appears twice (line {emails[email]})",
+                                      field="email", table="saas.users")  # fmt: skip
+            users[user_id], emails[email] = record, record.line
+            if record.values.get("password_hash") and not self.trusted:
+                self.untaken.add("saas.users.password_hash", record.line)
+
+        operator = Principal(
+            None, self.tenant.id, None, frozenset(), {}, roles=("owner",), permissions=ROLES["owner"],
+            tenant=self.tenant,
+        )  # fmt: skip
+        direct: list[tuple[Membership, uuid.UUID | None]] = []
+        for record in shared.get("saas.memberships", []):
+            values = record.values
+            source_id = values["user_id"]
+            user_record = users.get(source_id)
+            if user_record is None:
+                raise ImportFileError(record.line, f"names user {source_id}, who is not in the export",
+                                      field="user_id", table="saas.memberships")  # fmt: skip
+            if source_id in self.user_map:
+                raise ImportFileError(record.line, "a second membership of this user",
+                                      field="user_id", table="saas.memberships")  # fmt: skip
+            user_values = user_record.values
+            existing = find_user_by_email(self.session, user_values["email"])
+            if existing is None and self.trusted:
+                wanted = user_values["id"]
+                user = User(
+                    id=wanted if self.session.get(User, wanted) is None else uuid.uuid4(),
+                    email=user_values["email"].strip(),
+                    name=user_values.get("name") or "",
+                    password_hash=user_values.get("password_hash"),
+                    status=user_values.get("status") or "active",
+                )
+                self.session.add(user)
+                self.session.flush()
+                self.created.add(source_id)
+                if (values.get("status") or "active") == "active":
+                    membership = Membership(user_id=user.id, tenant_id=self.tenant.id, role=values["role"])
+                    self.session.add(membership)
+                    self.session.flush()
+                    self.user_map[source_id] = user.id
+                    direct.append((membership, values.get("invited_by")))
+                    continue
+            try:
+                result = members.invite(
+                    self.session, operator, user_values["email"], values["role"], self.ttl
+                )
+            except AppError as exc:
+                raise _refused(exc, record.line, "saas.memberships") from None
+            user_id = result.membership.user_id
+            self.user_map[source_id] = user_id
+            if existing is None and not self.trusted:
+                self.created.add(source_id)
+                new_user = self.session.get(User, user_id)
+                if new_user is not None and user_values.get("name"):
+                    new_user.name = user_values["name"]
+            self.invited.append(f"{user_values['email']} as {values['role']} (line {record.line})")
+        for membership, invited_by in direct:
+            membership.invited_by = self.user_map.get(invited_by) if invited_by else None
+        self.session.flush()
+        self.counts["saas.users"] = len(self.created)
+        self.counts["saas.memberships"] = len(self.user_map)
+
+    def _mfa(self, shared: dict[str, list[_Record]]) -> None:
+        """MFA factors and recovery codes (secrets): from a trusted file, for the users it
+        created only (an existing account keeps its own)."""
+        from saas.auth.models import MfaFactor, RecoveryCode
+
+        for key, model in (("saas.mfa_factors", MfaFactor), ("saas.mfa_recovery_codes", RecoveryCode)):
+            rows = []
+            for record in shared.get(key, []):
+                source_user = record.values["user_id"]
+                if not self.trusted:
+                    self.untaken.add(key, record.line)
+                    continue
+                if source_user not in self.created:
+                    continue
+                values = {**record.values, "id": uuid.uuid4(), "user_id": self.user_map[source_user]}
+                if model is RecoveryCode:
+                    values.setdefault("hash_scheme", "sha256")  # a file from before keyed hashes
+                rows.append(values)
+            self._insert(key, model, rows)
+
+    def _clients(self, records: list[_Record]) -> None:
+        """OAuth clients, through the clients service's rules (redirect URIs, grants, scopes,
+        roles). Untrusted: registered anew by ``create_client`` (a new ``client_id``, a new
+        secret nobody knows: rotate it before use), at most the ``member`` role and never
+        first-party (the API grants more only to an owner or admin after step-up). Trusted:
+        the file's ``client_id`` (when free), secret hash, role and consent setting."""
+        from saas.auth import clients as clients_service
+        from saas.auth.models import OAuthClient
+
+        api_keys = ("name", "client_type", "redirect_uris", "grant_types", "scope", "role", "first_party")
+        for record in records:
+            values = record.values
+            data = {k: values[k] for k in api_keys if k in values}
+            created_by = self.user_map.get(values["created_by"]) if values.get("created_by") else None
+            wanted = values["client_id"]
+            if wanted in self.client_map:
+                raise ImportFileError(record.line, "the client appears twice", field="client_id",
+                                      table="saas.oauth_clients")  # fmt: skip
+            if not self.trusted:
+                if data.get("role") in ("owner", "admin"):
+                    self.untaken.add(
+                        f"saas.oauth_clients.role {data['role']!r} (given 'member')", record.line
+                    )
+                    data["role"] = "member"
+                if data.get("first_party"):
+                    self.untaken.add("saas.oauth_clients.first_party (consent is asked)", record.line)
+                    data["first_party"] = False
+                if values.get("secret_hash"):
+                    self.untaken.add("saas.oauth_clients.secret_hash", record.line)
+                try:
+                    client, _secret = clients_service.create_client(
+                        self.session, self.tenant.id, data, created_by
+                    )
+                except AppError as exc:
+                    raise _refused(exc, record.line, "saas.oauth_clients") from None
+                self.client_map[wanted] = client.client_id
+                self.notes.append(
+                    f"line {record.line}: OAuth client {wanted} imported as {client.client_id}"
+                    + (
+                        " with a new secret: rotate it before use"
+                        if client.client_type == "confidential"
+                        else ""
+                    )
+                )
+                continue
+            client_type = data.get("client_type") or "confidential"
+            try:
+                cleaned = clients_service.validate_client_fields(data, client_type)
+            except AppError as exc:
+                raise _refused(exc, record.line, "saas.oauth_clients") from None
+            if client_type == "public" and values.get("secret_hash"):
+                raise ImportFileError(record.line, "a public client has no secret", field="secret_hash",
+                                      table="saas.oauth_clients")  # fmt: skip
+            taken = self.session.scalar(
+                select(func.count()).where(OAuthClient.__table__.c.client_id == wanted)
+            )
+            new_client_id = f"c_{secrets.token_urlsafe(16)}" if taken else wanted
+            if taken:
+                self.notes.append(
+                    f"line {record.line}: OAuth client {wanted} is in use: imported as {new_client_id}"
+                )
+            self.client_map[wanted] = new_client_id
+            self.session.connection().execute(
+                insert(OAuthClient.__table__),
+                [{**values, **cleaned, "id": uuid.uuid4(), "tenant_id": self.tenant.id,
+                  "client_id": new_client_id, "client_type": client_type, "created_by": created_by}],
+            )  # fmt: skip
+        self.counts["saas.oauth_clients"] = len(self.client_map)
+
+    def _consents(self, records: list[_Record]) -> None:
+        """Consents (a person's decision, not the file's): from a trusted file, for the users
+        it created, to the clients it carried."""
+        from saas.auth import clients as clients_service
+        from saas.auth.models import Consent
+
+        rows = []
+        for record in records:
+            values = record.values
+            if not self.trusted:
+                self.untaken.add("saas.oauth_consents", record.line)
+                continue
+            if values["client_id"] not in self.client_map:
+                raise ImportFileError(record.line, "names a client that is not in the export",
+                                      field="client_id", table="saas.oauth_consents")  # fmt: skip
+            try:
+                scope = clients_service.validate_client_fields(
+                    {"scope": values.get("scope") or ""}, "confidential"
+                )
+            except AppError as exc:
+                raise _refused(exc, record.line, "saas.oauth_consents") from None
+            if values["user_id"] not in self.created:
+                continue
+            rows.append({**values, **scope, "id": uuid.uuid4(), "tenant_id": self.tenant.id,
+                         "user_id": self.user_map[values["user_id"]],
+                         "client_id": self.client_map[values["client_id"]]})  # fmt: skip
+        self._insert("saas.oauth_consents", Consent, rows)
+
+    # -- tenant rows ------------------------------------------------------------------------
+
+    def _tenant_row(self, table: Table, key: str, values: dict[str, Any], line: int) -> None:
+        """One tenant row, batched 1,000 at a time. Contacts (checked by the contacts API's
+        schema) always; the audit log and other tables no API writes, from a trusted file only."""
+        if key not in _API_TENANT_TABLES and not self.trusted:
+            self.untaken.add(key, line)
+            return
+        for column in _USER_ID_COLUMNS & values.keys():
+            if values[column] is not None:
+                mapped = self.user_map.get(values[column])
+                values[column] = mapped if mapped is not None or self.trusted else None
+        if table.name == "audit_events" and values.get("actor_type") == "user" and values.get("actor_id"):
+            try:
+                mapped = self.user_map.get(uuid.UUID(values["actor_id"]))
+            except ValueError:
+                mapped = None
+            if mapped is not None:
+                values["actor_id"] = str(mapped)
+        if table is not self.batch_table:
+            self._flush_batch()
+            self.batch_table = table
+            self.batch_lines = (line, line)
+        if not self.batch:
+            self.batch_lines = (line, line)
+        self.batch.append(values)
+        self.batch_lines = (self.batch_lines[0], line)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if len(self.batch) >= 1000:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if not self.batch or self.batch_table is None:
+            return
+        try:
+            self.session.connection().execute(insert(self.batch_table), self.batch)
+        except (IntegrityError, DataError) as exc:
+            diag = getattr(exc.orig, "diag", None)
+            detail = (getattr(diag, "message_detail", None) or getattr(diag, "message_primary", None)
+                      or type(exc.orig).__name__)  # fmt: skip
+            first, last = self.batch_lines
+            raise ImportFileError(f"{first}-{last}", f"refused by the database: {detail}",
+                                  table=f"tenant.{self.batch_table.name}") from None  # fmt: skip
+        self.batch.clear()

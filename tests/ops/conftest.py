@@ -15,6 +15,7 @@ from saas.cli import Context, main
 from saas.db import Database, schema_name_for
 from saas.identity.models import User
 from saas.migrate import tenant_head_revision
+from saas.outbox import OutboxMessage
 from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.provisioning import create_tenant_schema
 
@@ -64,6 +65,8 @@ class Committed:
             for tid in ids:
                 session.execute(_drop(schema_name_for(tid)))
             session.execute(delete(Tenant).where(Tenant.id.in_(ids)))
+            # mail queued for them (imports invite their members) has no foreign key to cascade
+            session.execute(delete(OutboxMessage).where(OutboxMessage.tenant_id.in_(ids)))
             emails = {e.lower() for e in self.user_emails}
             if emails:
                 from sqlalchemy import func

@@ -127,7 +127,7 @@ def test_export_import_roundtrip_and_delete_now(committed, run_cli, engine, tmp_
     truncated = tmp_path / "truncated.jsonl"
     truncated.write_text("\n".join(out.read_text().splitlines()[:-1]) + "\n")
     r = run_cli("tenants", "import", str(truncated), "--slug", "copy-" + uuid.uuid4().hex[:6])
-    assert r.exit_code == 1 and "truncated" in r.stderr
+    assert r.exit_code == 2 and "truncated" in r.stderr  # a bad file: exit 2, one line
 
     copy_slug = "copy-" + uuid.uuid4().hex[:6]
     r = run_cli("tenants", "import", str(out), "--slug", copy_slug, "--json")
@@ -138,10 +138,11 @@ def test_export_import_roundtrip_and_delete_now(committed, run_cli, engine, tmp_
     with engine.connect() as conn:
         rows = conn.execute(text(f'SELECT name, tags, created_by FROM "{copy["schema"]}".contacts')).all()  # noqa: S608
         assert [(r.name, r.tags, r.created_by) for r in rows] == [("Grace", ["vip", "navy"], owner)]
-        members = conn.scalar(
-            text("SELECT count(*) FROM saas.memberships WHERE tenant_id = :t"), {"t": copy["id"]}
-        )
-        assert members == 2  # existing users linked by email, not duplicated
+        members = conn.execute(
+            text("SELECT status, count(*) FROM saas.memberships WHERE tenant_id = :t GROUP BY status"),
+            {"t": copy["id"]},
+        ).all()
+        assert [tuple(m) for m in members] == [("invited", 2)]  # existing users invited, never linked
     assert ("tenant.imported", "operator", "op-tester") in _audit(engine, copy["schema"])
 
     # delete --now needs --yes; with it: an export, then the schema and rows are gone
@@ -207,13 +208,15 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
                 tenant_id=src.id,
                 name="CRM sync",
                 client_type="confidential",
-                secret_hash="s" * 64,
+                secret_hash="5e" * 32,
                 redirect_uris=["https://crm.test/cb"],
                 grant_types=["authorization_code"],
                 created_by=owner.id,
             )
         )
-        session.add(Consent(user_id=owner.id, tenant_id=src.id, client_id=f"c_{tag}", scope="openid api"))
+        session.add(Consent(user_id=member.id, tenant_id=src.id, client_id=f"c_{tag}", scope="openid api"))
+        # the owner's account stays: an existing account is invited, its consent not copied
+        session.add(Consent(user_id=owner.id, tenant_id=src.id, client_id=f"c_{tag}", scope="openid"))
         session.add(
             BillingAccount(
                 tenant_id=src.id,
@@ -240,7 +243,7 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
 
     with engine.begin() as conn:  # the member's account is gone: the import creates it anew
         conn.execute(text("DELETE FROM saas.users WHERE id = :i"), {"i": member_id})
-    r = run_cli("tenants", "import", str(out), "--slug", "copy-" + tag, "--json")
+    r = run_cli("tenants", "import", str(out), "--slug", "copy-" + tag, "--json", "--trusted")
     assert r.exit_code == 0, r.output
     copy = json.loads(r.stdout)
     committed.track(uuid.UUID(copy["id"]))
@@ -268,11 +271,11 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
             {"t": copy["id"]},
         ).one()
         assert client.client_id.startswith("c_") and client.client_id != f"c_{tag}"
-        assert client.name == "CRM sync" and client.secret_hash == "s" * 64
+        assert client.name == "CRM sync" and client.secret_hash == "5e" * 32
         consent = conn.execute(
             text("SELECT client_id, scope FROM saas.oauth_consents WHERE tenant_id = :t"), {"t": copy["id"]}
         ).one()
-        assert tuple(consent) == (client.client_id, "openid api")
+        assert tuple(consent) == (client.client_id, "openid api")  # the member's only: the owner was invited
         override = conn.execute(
             text("SELECT plan, limits FROM saas.billing_overrides WHERE tenant_id = :t"), {"t": copy["id"]}
         ).one()
@@ -282,12 +285,13 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
         )
         assert accounts == 0  # Stripe ids never silently reused
     # reusing the customer while the source holds it is refused, nothing written
-    r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer")
+    move = ("tenants", "import", str(out), "--slug", "move-" + tag, "--trusted", "--reuse-stripe-customer")
+    r = run_cli(*move)
     assert r.exit_code == 1 and "stripe_customer_in_use" in r.stderr
     # a move: the source deleted (its export taken), then the customer is attached to the copy
     r = run_cli("tenants", "delete", src.slug, "--now", "--yes", "--out", str(tmp_path / "final.jsonl"))
     assert r.exit_code == 0, r.output
-    r = run_cli("tenants", "import", str(out), "--slug", "move-" + tag, "--reuse-stripe-customer", "--json")
+    r = run_cli(*move, "--json")
     assert r.exit_code == 0, r.output
     moved = json.loads(r.stdout)
     committed.track(uuid.UUID(moved["id"]))
@@ -331,7 +335,7 @@ def test_import_streams_in_batches_and_a_damaged_file_writes_nothing(committed, 
     damaged.write_text("\n".join([*lines[:-1], json.dumps(trailer)]) + "\n")
     bad_slug = "bad-" + uuid.uuid4().hex[:6]
     r = run_cli("tenants", "import", str(damaged), "--slug", bad_slug)
-    assert r.exit_code == 1 and "counts do not match" in r.stderr
+    assert r.exit_code == 2 and "counts do not match" in r.stderr
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE slug = :s"), {"s": bad_slug}) == 0
 
@@ -349,7 +353,7 @@ def test_import_of_a_membership_without_its_user_is_a_clear_error(committed, run
     broken.write_text("\n".join(json.dumps(r) for r in kept) + "\n")
     slug = "nousers-" + uuid.uuid4().hex[:6]
     r = run_cli("tenants", "import", str(broken), "--slug", slug)
-    assert r.exit_code == 1 and "not in the export" in r.stderr, (r.stdout, r.stderr)
+    assert r.exit_code == 2 and "not in the export" in r.stderr, (r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM saas.tenants WHERE slug = :s"), {"s": slug}) == 0
