@@ -62,7 +62,8 @@ def test_an_export_from_before_keyed_hashes_imports_as_legacy_rows(committed, ru
     with engine.begin() as conn:
         conn.execute(RecoveryCode.__table__.delete().where(RecoveryCode.user_id == member_id))
         conn.execute(User.__table__.delete().where(User.id == member_id))
-    r = run_cli("tenants", "import", str(out), "--trusted", "--slug", "copy-" + uuid.uuid4().hex[:8], "--json")
+    slug = "copy-" + uuid.uuid4().hex[:8]
+    r = run_cli("tenants", "import", str(out), "--trusted", "--slug", slug, "--json")
     assert r.exit_code == 0, r.output
     committed.track(uuid.UUID(json.loads(r.stdout)["id"]))
     with db.transaction() as session:
