@@ -287,7 +287,23 @@ def test_checkout_session_shape_idempotency_and_permission(bapi, bclient, fake_s
     admin_h = bapi.auth(accepted.get_json())
     r = bclient.post("/api/v1/billing/checkout", json={"plan": "pro"}, headers=admin_h)
     assert r.status_code == 403 and r.get_json()["code"] == "permission_denied"
-    assert bclient.get("/api/v1/billing", headers=admin_h).status_code == 200  # billing:read
+    assert bclient.get("/api/v1/billing", headers=admin_h).status_code == 403  # billing:manage too
+
+
+def test_billing_overview_needs_billing_manage(bapi, bclient, billing_app):
+    """Every billing endpoint needs ``billing:manage``, the overview too: only owners see the
+    plan, seats and usage; admins, members and viewers get the same 403 as for checkout."""
+    from tests.helpers import role_headers
+
+    signup = bapi.signup("acme")
+    owner = bclient.get("/api/v1/billing", headers=bapi.auth(signup))
+    assert owner.status_code == 200 and owner.get_json()["plan"]
+    for role in ("admin", "member", "viewer"):
+        _, h = role_headers(billing_app, signup["tenant"]["id"], role)
+        r = bclient.get("/api/v1/billing", headers=h)
+        assert r.status_code == 403, (role, r.get_json())
+        assert r.mimetype == "application/problem+json"
+        assert r.get_json()["code"] == "permission_denied" and r.get_json()["permission"] == "billing:manage"
 
 
 def test_portal_returns_stripe_url(bapi, bclient, fake_stripe):

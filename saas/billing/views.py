@@ -61,7 +61,7 @@ def _email(principal) -> str | None:
 
 @blp.route("")
 class BillingView(MethodView):
-    @require("billing:read")
+    @require("billing:manage")
     @blp.response(200, BillingSchema)
     def get(self):
         """Plan, status, period end, seats, API calls this period, entitlements."""
