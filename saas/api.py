@@ -69,7 +69,13 @@ class OrjsonProvider(DefaultJSONProvider):
 
 
 class ProblemSchema(ma.Schema):
-    """RFC 9457 problem details."""
+    """RFC 9457 problem details. Problems carry extension members (section 3.2: ``errors``,
+    ``retry_after``, ``permission``, OAuth's ``error``...), so the document allows members
+    beyond those declared here (``additionalProperties: true``), as the RFC tells clients to
+    ignore the ones they do not know."""
+
+    class Meta:
+        unknown = ma.INCLUDE  # documented as additionalProperties: true
 
     type = ma.fields.String(metadata={"example": "https://errors.saas.dev/not_found"})
     title = ma.fields.String()
@@ -79,6 +85,10 @@ class ProblemSchema(ma.Schema):
     instance = ma.fields.String()
     request_id = ma.fields.String()
     errors = ma.fields.Dict(metadata={"description": "422 only: messages per field"})
+    retry_after = ma.fields.Integer(metadata={"description": "429 only: seconds until a retry may pass"})
+    permission = ma.fields.String(metadata={"description": "403 permission_denied: the permission lacking"})
+    error = ma.fields.String(metadata={"description": "OAuth endpoints: the RFC 6749 section 5.2 code"})
+    error_description = ma.fields.String(metadata={"description": "OAuth endpoints: RFC 6749 section 5.2"})
 
 
 class QueryArgsSchema(ma.Schema):
@@ -216,6 +226,25 @@ def document_auth(view: Callable[..., Any], permission: str | None) -> None:
     else:
         doc.setdefault("manual_doc", {})["x-required-authentication"] = "any member of the token's tenant"
     view._apidoc = doc  # type: ignore[attr-defined]
+
+
+def document_errors_as(media_type: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator (below the route decorator): document ``view``'s error responses (``default``)
+    as ``media_type`` instead of ``application/problem+json``. The OAuth token, revocation and
+    introspection endpoints answer errors as RFC 6749 section 5.2 requires, ``application/json``,
+    with the problem members alongside ``error`` (:func:`saas.auth.views.oauth_error`)."""
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        doc = copy.deepcopy(getattr(view, "_apidoc", {}))
+        responses = doc.setdefault("manual_doc", {}).setdefault("responses", {})
+        responses["default"] = {
+            "description": "Error (RFC 6749 section 5.2 members with RFC 9457's)",
+            "content": {media_type: {"schema": ProblemSchema}},
+        }
+        view._apidoc = doc  # type: ignore[attr-defined]
+        return view
+
+    return decorator
 
 
 class UnsupportedMediaType(AppError):

@@ -81,3 +81,34 @@ def test_docs_serve_html(client):
     assert r.status_code == 200 and r.mimetype == "text/html"
     assert "swagger" in r.get_data(as_text=True).lower()
     assert "/openapi.json" in r.get_data(as_text=True)
+
+
+def test_problem_schema_allows_extension_members(spec):
+    """RFC 9457 section 3.2: problems carry extension members (``errors``, ``retry_after``,
+    ``permission``, OAuth's ``error``...); the document must not forbid them."""
+    problem = spec["components"]["schemas"]["Problem"]
+    assert problem.get("additionalProperties", True) is not False
+    assert {"errors", "retry_after", "permission", "error", "error_description"} <= set(problem["properties"])
+
+
+def test_oauth_endpoints_document_json_errors_and_their_success_bodies(spec):
+    """RFC 6749 section 5.2 errors are ``application/json`` (problem members alongside)."""
+    for path in ("/oauth/token", "/oauth/revoke", "/oauth/introspect"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert list(responses["default"]["content"]) == ["application/json"], path
+        assert responses["default"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
+        assert "200" in responses, path
+    for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server",
+                 "/.well-known/jwks.json"):  # fmt: skip
+        assert list(spec["paths"][path]["get"]["responses"]["200"]["content"]) == ["application/json"]
+    # the other OAuth endpoint answers problems like the API
+    userinfo = spec["paths"]["/oauth/userinfo"]["get"]["responses"]
+    assert list(_resolve(spec, userinfo["default"])["content"]) == [PROBLEM]
+
+
+def test_billing_operations_document_their_503_without_stripe(spec):
+    for path, ops in spec["paths"].items():
+        if path.startswith(("/api/v1/billing", "/webhooks/stripe")):
+            for method, op in ops.items():
+                if method in ("get", "post", "put", "patch", "delete"):
+                    assert "503" in op["responses"], (method, path)
