@@ -18,6 +18,12 @@ from saas.settings import Settings, SettingsError
 
 __all__ = ["Settings", "SettingsError", "create_app"]
 
+#: RFC 6797 on every response that came over https: two years (hstspreload.org's minimum; a
+#: shorter max-age is a window for SSL stripping between visits) and the host's own subdomains
+#: (which only this host's operator creates). No ``preload``: that commits the whole registrable
+#: domain and is the operator's decision, not the application's.
+HSTS = "max-age=63072000; includeSubDomains"
+
 #: an incoming X-Request-ID is kept when it fits here (64: the audit log's request_id column)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -155,4 +161,6 @@ def _init_request_id(app: Flask) -> None:
         if request.path.startswith("/api/"):
             set_default_header(headers, "Cache-Control", "private, no-store")
         set_default_header(headers, "X-Content-Type-Options", "nosniff")
+        if request.scheme == "https":  # from the socket, or X-Forwarded-Proto of a trusted proxy only
+            set_default_header(headers, "Strict-Transport-Security", HSTS)
         return response

@@ -1,7 +1,10 @@
 """The HTTP API surface: flask-smorest ``Api`` with an OpenAPI 3 document, bearer security
 scheme and RFC 9457 problem responses, plus request-level guards (415 for non-JSON bodies).
 
-``GET /openapi.json`` serves the document; ``GET /docs`` the interactive Swagger UI.
+``GET /openapi.json`` serves the document; ``GET /docs`` the interactive Swagger UI, its assets
+served by the app from the ``swagger-ui-bundle`` package (no CDN) under a strict
+Content-Security-Policy (:data:`DOCS_CSP`: scripts, styles and requests to this origin only,
+no inline script).
 """
 
 from __future__ import annotations
@@ -69,7 +72,13 @@ class OrjsonProvider(DefaultJSONProvider):
 
 
 class ProblemSchema(ma.Schema):
-    """RFC 9457 problem details."""
+    """RFC 9457 problem details. Problems carry extension members (section 3.2: ``errors``,
+    ``retry_after``, ``permission``, OAuth's ``error``...), so the document allows members
+    beyond those declared here (``additionalProperties: true``), as the RFC tells clients to
+    ignore the ones they do not know."""
+
+    class Meta:
+        unknown = ma.INCLUDE  # documented as additionalProperties: true
 
     type = ma.fields.String(metadata={"example": "https://errors.saas.dev/not_found"})
     title = ma.fields.String()
@@ -79,6 +88,10 @@ class ProblemSchema(ma.Schema):
     instance = ma.fields.String()
     request_id = ma.fields.String()
     errors = ma.fields.Dict(metadata={"description": "422 only: messages per field"})
+    retry_after = ma.fields.Integer(metadata={"description": "429 only: seconds until a retry may pass"})
+    permission = ma.fields.String(metadata={"description": "403 permission_denied: the permission lacking"})
+    error = ma.fields.String(metadata={"description": "OAuth endpoints: the RFC 6749 section 5.2 code"})
+    error_description = ma.fields.String(metadata={"description": "OAuth endpoints: RFC 6749 section 5.2"})
 
 
 class QueryArgsSchema(ma.Schema):
@@ -218,6 +231,25 @@ def document_auth(view: Callable[..., Any], permission: str | None) -> None:
     view._apidoc = doc  # type: ignore[attr-defined]
 
 
+def document_errors_as(media_type: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator (below the route decorator): document ``view``'s error responses (``default``)
+    as ``media_type`` instead of ``application/problem+json``. The OAuth token, revocation and
+    introspection endpoints answer errors as RFC 6749 section 5.2 requires, ``application/json``,
+    with the problem members alongside ``error`` (:func:`saas.auth.views.oauth_error`)."""
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        doc = copy.deepcopy(getattr(view, "_apidoc", {}))
+        responses = doc.setdefault("manual_doc", {}).setdefault("responses", {})
+        responses["default"] = {
+            "description": "Error (RFC 6749 section 5.2 members with RFC 9457's)",
+            "content": {media_type: {"schema": ProblemSchema}},
+        }
+        view._apidoc = doc  # type: ignore[attr-defined]
+        return view
+
+    return decorator
+
+
 class UnsupportedMediaType(AppError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
@@ -295,14 +327,100 @@ def _refuse_nul_characters() -> None:
         raise ValidationError(errors)
 
 
+#: the /docs page and its assets: everything from this origin, no inline script or style
+#: element, no plugins, no framing; ``data:`` images are the icons inside Swagger UI's CSS
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+#: the files of ``swagger_ui_bundle.swagger_ui_path`` the page uses (nothing else is served)
+DOCS_ASSETS = frozenset(
+    {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"}
+)
+#: the page's initializer, a script file of its own (an inline script would need
+#: 'unsafe-inline'); the document's URL comes from the page (``data-url``)
+DOCS_INIT_JS = """\
+window.addEventListener("load", function () {
+  var root = document.getElementById("swagger-ui");
+  window.ui = SwaggerUIBundle({
+    url: root.dataset.url,
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout"
+  });
+});
+"""
+_DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<link rel="stylesheet" href="{assets}swagger-ui.css">
+<link rel="icon" type="image/png" href="{assets}favicon-32x32.png" sizes="32x32">
+<link rel="icon" type="image/png" href="{assets}favicon-16x16.png" sizes="16x16">
+</head>
+<body>
+<div id="swagger-ui" data-url="{spec_url}"></div>
+<script src="{assets}swagger-ui-bundle.js"></script>
+<script src="{init}"></script>
+</body>
+</html>
+"""
+
+
+def _init_docs(app: Flask) -> None:
+    """``GET /docs`` (Swagger UI), ``/docs/init.js`` and ``/docs/assets/<name>``, all under
+    :data:`DOCS_CSP`."""
+    from pathlib import Path
+
+    import swagger_ui_bundle
+    from flask import Blueprint as FlaskBlueprint
+    from flask import abort, send_from_directory, url_for
+    from markupsafe import escape
+
+    root = Path(str(swagger_ui_bundle.swagger_ui_path))
+    docs = FlaskBlueprint("swagger_ui", __name__)
+
+    @docs.get("/docs")
+    def page() -> Response:
+        html = _DOCS_PAGE.format(
+            title=escape(app.config["API_TITLE"]),
+            assets=url_for("swagger_ui.page") + "/assets/",
+            init=url_for("swagger_ui.init_js"),
+            spec_url=escape(url_for("api-docs.openapi_json")),
+        )
+        return Response(html, mimetype="text/html")
+
+    @docs.get("/docs/init.js")
+    def init_js() -> Response:
+        response = Response(DOCS_INIT_JS, mimetype="text/javascript")
+        response.cache_control.max_age = 3600
+        return response
+
+    @docs.get("/docs/assets/<name>")
+    def asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            abort(404)
+        return send_from_directory(root, name, max_age=86400)
+
+    @docs.after_request
+    def _policy(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = DOCS_CSP
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    app.register_blueprint(docs)
+
+
 def init_app(app: Flask) -> Api:
     app.config.setdefault("API_TITLE", "SaaS backend API")
     app.config.setdefault("API_VERSION", "v1")
     app.config.setdefault("OPENAPI_VERSION", "3.0.3")
     app.config.setdefault("OPENAPI_URL_PREFIX", "/")
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
-    app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
-    app.config.setdefault("OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/")
     app.config.setdefault(
         "API_SPEC_OPTIONS",
         {
@@ -319,6 +437,7 @@ def init_app(app: Flask) -> Api:
     api = _Api()
     api.ERROR_SCHEMA = ProblemSchema
     api.init_app(app)
+    _init_docs(app)  # flask-smorest's own Swagger UI page loads from a CDN with an inline script
     app.before_request(_check_media_type)
     app.before_request(_refuse_nul_characters)
     app.extensions["saas.api"] = api

@@ -136,6 +136,8 @@ class Settings:
     mail_from: str = "no-reply@localhost"
     outbox_max_attempts: int = 8
     log_format: str = "json"
+    #: bearer token a Prometheus scraper sends to ``GET /metrics`` (None: the endpoint is off, 404)
+    metrics_token: str | None = None
     # rate limits, quotas and cache (saas.limits, saas.cache; docs/limits.md)
     ratelimit_enabled: bool = True
     ratelimit_policies: tuple[str, ...] = ()
@@ -227,6 +229,7 @@ class Settings:
         maybe("MAIL_FROM", "mail_from")
         maybe("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _positive_int)
         maybe("LOG_FORMAT", "log_format", _choice("json", "console"))
+        maybe("METRICS_TOKEN", "metrics_token")
         maybe("RATELIMIT_ENABLED", "ratelimit_enabled", _bool)
         maybe("RATELIMIT_POLICIES", "ratelimit_policies", _csv)
         maybe("RATELIMIT_PRINCIPAL_SHARE", "ratelimit_principal_share", _fraction)

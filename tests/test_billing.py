@@ -289,7 +289,23 @@ def test_checkout_session_shape_idempotency_and_permission(bapi, bclient, fake_s
     admin_h = bapi.auth(accepted.get_json())
     r = bclient.post("/api/v1/billing/checkout", json={"plan": "pro"}, headers=admin_h)
     assert r.status_code == 403 and r.get_json()["code"] == "permission_denied"
-    assert bclient.get("/api/v1/billing", headers=admin_h).status_code == 200  # billing:read
+    assert bclient.get("/api/v1/billing", headers=admin_h).status_code == 403  # billing:manage too
+
+
+def test_billing_overview_needs_billing_manage(bapi, bclient, billing_app):
+    """Every billing endpoint needs ``billing:manage``, the overview too: only owners see the
+    plan, seats and usage; admins, members and viewers get the same 403 as for checkout."""
+    from tests.helpers import role_headers
+
+    signup = bapi.signup("acme")
+    owner = bclient.get("/api/v1/billing", headers=bapi.auth(signup))
+    assert owner.status_code == 200 and owner.get_json()["plan"]
+    for role in ("admin", "member", "viewer"):
+        _, h = role_headers(billing_app, signup["tenant"]["id"], role)
+        r = bclient.get("/api/v1/billing", headers=h)
+        assert r.status_code == 403, (role, r.get_json())
+        assert r.mimetype == "application/problem+json"
+        assert r.get_json()["code"] == "permission_denied" and r.get_json()["permission"] == "billing:manage"
 
 
 def test_portal_returns_stripe_url(bapi, bclient, fake_stripe):
@@ -538,6 +554,47 @@ def test_past_due_grace_then_read_only_then_paid(bapi, bclient, bconn, billing_a
     assert bclient.post("/api/v1/contacts", json={"name": "Grace"}, headers=h).status_code == 201
     assert account_of(billing_app, tenant_id).grace_until is None
     assert {"billing.payment_failed", "billing.invoice_paid"} <= set(audit_actions(bconn, tenant_id))
+
+
+def test_trial_will_end_mail_arrives_with_the_trial_end_date(bapi, bclient, bconn, billing_app, fake_stripe):
+    """``customer.subscription.trial_will_end`` -> outbox ``mail.trial_will_end`` -> the worker
+    -> a real SMTP server: one mail to the billing contact and the owners with the end date."""
+    from email.utils import getaddresses
+
+    from saas.worker import Worker, load_handlers
+    from tests.ops.test_worker import _free_port, _Inbox
+
+    tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe, status="trialing")
+    customer = fake_stripe.customers[account_of(billing_app, tenant_id).stripe_customer_id]
+    customer["email"] = "billing@acme.test"
+    assert deliver(bclient, fake_stripe.event("customer.updated", customer)).status_code == 200
+    trial_end = 1799055000  # Monday 4 January 2027, 09:30 UTC
+    subscription = {**fake_stripe.subscriptions[sub_id], "trial_end": trial_end}
+    event = fake_stripe.event("customer.subscription.trial_will_end", subscription)
+    assert deliver(bclient, event).status_code == 200
+
+    from aiosmtpd.controller import Controller
+
+    inbox, port = _Inbox(), _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        load_handlers()
+        settings = billing_app.extensions["saas.settings"].with_overrides(smtp_url=f"smtp://127.0.0.1:{port}")
+        outcome = Worker(billing_app.extensions["saas.db"], settings, {"app": billing_app}).run_until_idle()
+    finally:
+        controller.stop()
+    assert "failed" not in outcome and "retry" not in outcome, outcome
+    left = bconn.execute(text("SELECT topic, last_error FROM saas.outbox WHERE sent_at IS NULL")).all()
+    assert left == []
+    (mail,) = [m for m in inbox.messages if "trial" in m["Subject"]]
+    (envelope,) = [e for e in inbox.envelopes if e.content.find(b"trial") >= 0]
+    assert sorted(envelope.rcpt_tos) == ["billing@acme.test", "owner@acme.test"]
+    assert sorted(a for _, a in getaddresses([mail["To"]])) == ["billing@acme.test", "owner@acme.test"]
+    assert mail["Subject"] == "Your Acme trial ends on 04 January 2027"
+    body = mail.get_payload(decode=True).decode()
+    assert "Monday 04 January 2027, 09:30 UTC" in body and "/billing" in body
+    assert mail["Message-ID"] == f"<trial-will-end-{event['id']}@localhost>"
 
 
 def test_customer_events_trial_end_and_action_required(bapi, bclient, bconn, billing_app, fake_stripe):

@@ -9,7 +9,7 @@ from flask import current_app, jsonify, request
 from flask.views import MethodView
 
 from saas import audit, db
-from saas.api import Blueprint
+from saas.api import Blueprint, document_errors_as
 from saas.auth import service
 from saas.auth.context import authenticated, current_principal
 from saas.auth.models import RefreshToken
@@ -34,6 +34,33 @@ class TokenResponseSchema(ma.Schema):
     expires_in = ma.fields.Integer(metadata={"description": "seconds"})
     refresh_token = ma.fields.String()
     scope = ma.fields.String()
+
+
+class _OpenSchema(ma.Schema):
+    """A JSON object documented by the members it always has; other members may follow."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
+
+class IntrospectionSchema(_OpenSchema):
+    """RFC 7662 section 2.2: ``active``, and the token's claims when it is active."""
+
+    active = ma.fields.Boolean(required=True)
+
+
+class ServerMetadataSchema(_OpenSchema):
+    """RFC 8414 section 2 / OIDC Discovery 1.0 section 3."""
+
+    issuer = ma.fields.String(required=True)
+    token_endpoint = ma.fields.String()
+    jwks_uri = ma.fields.String()
+
+
+class JwkSetSchema(ma.Schema):
+    """RFC 7517 section 5."""
+
+    keys = ma.fields.List(ma.fields.Dict(), required=True)
 
 
 @blp.route("/login")
@@ -142,6 +169,8 @@ def _no_store(response):
 
 @oauth.route("/oauth/token", methods=["POST"])
 @oauth.doc(security=[])
+@document_errors_as("application/json")
+@oauth.alt_response(200, schema=TokenResponseSchema, description="RFC 6749 section 5.1")
 def token():
     """The token endpoint (RFC 6749 section 3.2), form-encoded, served by Authlib's
     ``AuthorizationServer`` (:mod:`saas.auth.authlib_server`).
@@ -171,6 +200,8 @@ def _authenticated_client(endpoint: str, methods: list[str]):
 
 @oauth.route("/oauth/revoke", methods=["POST"])
 @oauth.doc(security=[])
+@document_errors_as("application/json")
+@oauth.alt_response(200, description="Revoked, or unknown (RFC 7009 section 2.2): no body")
 def revoke():
     """Token revocation (RFC 7009). Client authentication as at the token endpoint; 200 even for
     unknown tokens. Revoking an access token revokes its session (refresh family)."""
@@ -192,6 +223,8 @@ def revoke():
 
 @oauth.route("/oauth/introspect", methods=["POST"])
 @oauth.doc(security=[])
+@document_errors_as("application/json")
+@oauth.alt_response(200, schema=IntrospectionSchema, description="RFC 7662 section 2.2")
 def introspect():
     """Token introspection (RFC 7662). Needs a confidential client; only a resource server of the
     token's tenant (a client with ``resource_server``) or the token's audience learns more than
@@ -250,6 +283,7 @@ def userinfo():
 
 @wellknown.route("/openid-configuration", methods=["GET"])
 @wellknown.doc(security=[])
+@wellknown.alt_response(200, schema=ServerMetadataSchema, description="Provider metadata")
 def openid_configuration():
     """OpenID Connect Discovery 1.0 metadata (the same document as RFC 8414's)."""
     from saas.auth.oauth import server_metadata
@@ -261,6 +295,7 @@ def openid_configuration():
 
 @wellknown.route("/oauth-authorization-server", methods=["GET"])
 @wellknown.doc(security=[])
+@wellknown.alt_response(200, schema=ServerMetadataSchema, description="Server metadata")
 def oauth_authorization_server():
     """OAuth 2.0 Authorization Server Metadata (RFC 8414)."""
     return openid_configuration()
@@ -268,6 +303,7 @@ def oauth_authorization_server():
 
 @wellknown.route("/jwks.json", methods=["GET"])
 @wellknown.doc(security=[])
+@wellknown.alt_response(200, schema=JwkSetSchema, description="The JWK Set")
 def jwks():
     """The public signing keys (RFC 7517 JWK Set)."""
     response = jsonify(current_app.extensions["saas.keys"].jwks())

@@ -16,6 +16,9 @@ from saas.billing.entitlements import INTERVALS, catalogue
 blp = Blueprint("billing", __name__, url_prefix="/api/v1/billing", description="Plan, checkout, portal")
 hooks = Blueprint("stripe_webhooks", __name__, url_prefix="/webhooks", description="Stripe webhooks")
 
+#: every billing operation answers 503 ``billing_not_configured`` on a deployment without Stripe
+OFF = "billing_not_configured: billing is off on this deployment (no STRIPE_SECRET_KEY)"
+
 
 class CheckoutSchema(ma.Schema):
     plan = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=32))
@@ -61,7 +64,8 @@ def _email(principal) -> str | None:
 
 @blp.route("")
 class BillingView(MethodView):
-    @require("billing:read")
+    @require("billing:manage")
+    @blp.alt_response(503, description=OFF)
     @blp.response(200, BillingSchema)
     def get(self):
         """Plan, status, period end, seats, API calls this period, entitlements."""
@@ -75,6 +79,7 @@ class BillingView(MethodView):
 @blp.route("/checkout")
 class CheckoutView(MethodView):
     @require("billing:manage")
+    @blp.alt_response(503, description=OFF)
     @require_step_up()
     @blp.arguments(CheckoutSchema)
     @blp.response(200, UrlSchema)
@@ -95,6 +100,7 @@ class CheckoutView(MethodView):
 @blp.route("/portal")
 class PortalView(MethodView):
     @require("billing:manage")
+    @blp.alt_response(503, description=OFF)
     @require_step_up()
     @blp.response(200, UrlSchema)
     def post(self):
@@ -107,6 +113,7 @@ class PortalView(MethodView):
 @blp.route("/checkout/<string:session_id>/sync")
 class CheckoutSyncView(MethodView):
     @require("billing:manage")
+    @blp.alt_response(503, description=OFF)
     @blp.response(200, BillingSchema)
     def get(self, session_id: str):
         """Apply a completed Checkout Session now (the return page), before the webhook lands."""
@@ -124,6 +131,7 @@ class StripeWebhookView(MethodView):
     @hooks.response(200, WebhookAckSchema)
     @hooks.alt_response(400, description="bad or missing signature: nothing stored")
     @hooks.alt_response(500, description="processing failed: rolled back, Stripe retries")
+    @hooks.alt_response(503, description=OFF)
     def post(self):
         """Stripe webhook: verified on the raw body, applied exactly once, order-proof."""
         billing = service.current_billing()

@@ -1,5 +1,9 @@
 """Observability: a JSON log line per request, Prometheus metrics at ``/metrics``.
 
+``/metrics`` answers only a scraper that sends ``Authorization: Bearer <METRICS_TOKEN>``
+(RFC 6750 section 2.1; compared in constant time): 401 without it or with another token, 404
+while ``METRICS_TOKEN`` is unset (the endpoint is off).
+
 The request log carries: ``request_id`` (the incoming ``X-Request-ID`` when well formed, see
 ``saas._init_request_id``), ``method``, ``route`` (the URL rule template, not the path, so ids
 and tokens in paths never appear), ``status``, ``duration_ms``, ``tenant_id``, ``user_id`` or
@@ -77,7 +81,31 @@ def init_app(app: Flask) -> None:
     @app.get("/metrics")
     def _metrics() -> Response:
         extensions = current_app.extensions
+        check_scraper(extensions["saas.settings"].metrics_token)
         body = metrics.render(
             extensions.get("saas.metrics_collector"), extensions.get("saas.guard_collector")
         )
         return Response(body, mimetype="text/plain; version=0.0.4", headers={"Cache-Control": "no-store"})
+
+
+def check_scraper(token: str | None) -> None:
+    """Admit the request only with ``Authorization: Bearer <token>`` (RFC 6750 section 2.1).
+
+    Raises:
+        NotFound: (werkzeug's) ``token`` is unset: the endpoint is off (404, as for any unknown path).
+        Unauthorized: no bearer credential, or another one (401 with a ``Bearer`` challenge,
+            RFC 6750 section 3). The comparison takes the same time wherever the two differ.
+    """
+    from werkzeug.exceptions import NotFound
+
+    from saas.auth.oauth import same_string
+    from saas.errors import Unauthorized
+    from saas.http import request_header
+
+    if not token:
+        raise NotFound()  # the same problem as any unknown path
+    scheme, _, presented = request_header("Authorization").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("Send 'Authorization: Bearer <METRICS_TOKEN>'.", error=None)
+    if not same_string(presented.strip(), token):
+        raise Unauthorized("The metrics token is not valid.")

@@ -16,8 +16,10 @@ def run_tenant_migrations(
     as_json: bool,
     track: str | None = None,
     lock_timeout_ms: int | None = None,
+    verify: bool = False,
 ) -> None:
-    """Shared by ``saas tenants migrate`` and ``saas db upgrade``: exits 1 when a tenant failed."""
+    """Shared by ``saas tenants migrate`` and ``saas db upgrade``: exits 1 when a tenant failed.
+    ``verify``: read each schema's own version (drift), see :func:`migrate_tenants`."""
     from saas.ops.migrations import TENANT_TRACK, migrate_tenants, tenants_behind, track_head
 
     engine = ctx.engine
@@ -28,9 +30,14 @@ def run_tenant_migrations(
         total, behind = tenants_behind(engine, head, only)
     except LookupError as exc:
         raise CliError(str(exc)) from None
-    if as_json or not behind:
+    if as_json or not behind or verify:
         report = migrate_tenants(
-            engine, only=only, parallel=parallel, script_location=location, lock_timeout_ms=lock_timeout_ms
+            engine,
+            only=only,
+            parallel=parallel,
+            script_location=location,
+            lock_timeout_ms=lock_timeout_ms,
+            verify=verify,
         )
     else:
         with click.progressbar(
@@ -51,6 +58,10 @@ def run_tenant_migrations(
             f"tenants at {report.head}: {len(report.migrated)} migrated, {report.at_head} already at head, "
             f"{len(report.failed)} failed ({report.seconds:.2f} s)"
         )
+        if report.verified:
+            click.echo(f"{len(report.drifted)} schemas drifted from saas.tenants.schema_version")
+            for drift in report.drifted:
+                click.echo(f"drifted {drift.describe()}")
         for result in report.failed:
             click.echo(f"failed {result.schema} ({result.tenant_id}): {result.error}", err=True)
     if not report.ok:
@@ -75,6 +86,11 @@ def run_tenant_migrations(
     type=click.IntRange(0, 600_000),
     help="ms a tenant waits for a lock, then fails (default MIGRATE_LOCK_TIMEOUT_MS or 2000; 0: forever)",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="read each schema's own alembic_version, not only saas.tenants.schema_version (drift)",
+)
 @pass_ctx
 @_fail_cleanly
 def tenants_migrate(
@@ -84,13 +100,16 @@ def tenants_migrate(
     as_json: bool,
     track: str | None,
     lock_timeout_ms: int | None,
+    verify: bool,
 ) -> None:
     """Bring tenant schemas to the tenant track's head.
 
     Tenants already at head are skipped by one catalogue query; each other tenant is migrated in
     its own transaction; a failure is reported and the rest go on (exit code 1). Safe to re-run.
+    With --verify, each schema's own version is read too: a schema whose version differs from
+    the catalogue's is migrated from the version it really has (or its row corrected) and listed.
     """
-    run_tenant_migrations(ctx, only, parallel, as_json, track, lock_timeout_ms)
+    run_tenant_migrations(ctx, only, parallel, as_json, track, lock_timeout_ms, verify)
 
 
 @db.command("check")

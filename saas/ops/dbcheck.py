@@ -6,10 +6,14 @@
 * tenant track: inside a transaction that is rolled back, a scratch schema is built by running
   the whole tenant track and another by :func:`~saas.tenancy.provisioning.create_tenant_schema`
   (what signup does); both must compare equal to ``tenant_metadata``;
-* tenants: none behind the tenant head (one catalogue query) and none whose schema is missing.
+* tenants: none behind the tenant head (one catalogue query), none whose schema is missing, and
+  none whose schema's own ``alembic_version`` differs from ``saas.tenants.schema_version``
+  (drift: :func:`saas.ops.migrations.drifted_schemas`; ``saas tenants migrate --verify`` repairs
+  it).
 
 ``migrations_only=True`` (``saas db check --migrations-only``) runs only the two cheap checks a
-new release needs before it serves (shared revision at head, every tenant at head): the app's
+new release needs before it serves (shared revision at head, every tenant's catalogue row at
+head; it does not read each schema's version): the app's
 ``wait-for-migrations`` initContainer (infra/k8s/app.yaml) polls it with ``--wait``.
 """
 
@@ -98,7 +102,7 @@ def check_database(engine: Engine, *, migrations_only: bool = False) -> list[Che
     migrator = TenantMigrator()
     if not migrations_only:
         _check_models(engine, migrator, results)
-    _check_tenants(engine, migrator, results)
+    _check_tenants(engine, migrator, results, read_schemas=not migrations_only)
     return results
 
 
@@ -152,8 +156,10 @@ def _check_models(engine: Engine, migrator: Any, results: list[CheckResult]) -> 
             trans.rollback()
 
 
-def _check_tenants(engine: Engine, migrator: Any, results: list[CheckResult]) -> None:
-    from saas.ops.migrations import tenants_behind
+def _check_tenants(
+    engine: Engine, migrator: Any, results: list[CheckResult], *, read_schemas: bool = True
+) -> None:
+    from saas.ops.migrations import drifted_schemas, tenants_behind
 
     total, behind = tenants_behind(engine, migrator.head)
     with engine.connect() as conn:
@@ -167,10 +173,20 @@ def _check_tenants(engine: Engine, migrator: Any, results: list[CheckResult]) ->
             .scalars()
             .all()
         )
-    ok = not behind and not missing
+    # the catalogue column can be wrong (a schema restored or changed behind its back): read
+    # each schema's own alembic_version too; a missing schema is reported above, not twice
+    drifted = [d for d in drifted_schemas(engine)[1] if not d.schema_missing] if read_schemas else []
+    ok = not behind and not missing and not drifted
     detail = f"{total} tenants at {migrator.head}"
     if behind:
         detail = f"{len(behind)} of {total} tenants behind {migrator.head} (run `saas tenants migrate`)"
     if missing:
         detail += f"; {len(missing)} schemas missing: {', '.join(missing[:3])}"
+    if drifted:
+        shown = ", ".join(d.describe() for d in drifted[:3])
+        more = f" (+{len(drifted) - 3} more)" if len(drifted) > 3 else ""
+        detail += (
+            f"; {len(drifted)} schemas drifted from saas.tenants.schema_version: {shown}{more}"
+            " (run `saas tenants migrate --verify`)"
+        )
     results.append(CheckResult("tenant schemas at head", ok, detail))

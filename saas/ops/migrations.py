@@ -112,15 +112,46 @@ class MigrationResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class DriftedSchema:
+    """A tenant whose schema's own ``alembic_version`` (``schema_revision``: None when the row or
+    the table is missing, several revisions joined by ``,``) is not what
+    ``saas.tenants.schema_version`` (``recorded``) says. ``schema_missing``: no such schema."""
+
+    tenant_id: uuid.UUID
+    schema: str
+    recorded: str | None
+    schema_revision: str | None
+    schema_missing: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant_id": str(self.tenant_id),
+            "schema": self.schema,
+            "recorded": self.recorded,
+            "schema_revision": self.schema_revision,
+            "schema_missing": self.schema_missing,
+        }
+
+    def describe(self) -> str:
+        if self.schema_missing:
+            return f"{self.schema} (schema missing; recorded {self.recorded})"
+        return f"{self.schema} (schema at {self.schema_revision}, recorded {self.recorded})"
+
+
 @dataclass
 class MigrateReport:
-    """Summary of a run. ``at_head`` counts tenants skipped by the catalogue query."""
+    """Summary of a run. ``at_head`` counts tenants skipped by the catalogue query (with
+    ``verify``: whose schema's own version is head too). ``drifted`` (``verify`` only): tenants
+    whose schema's own version differed from the catalogue's before the run."""
 
     head: str
     total: int = 0
     at_head: int = 0
     results: list[MigrationResult] = field(default_factory=list)
     seconds: float = 0.0
+    verified: bool = False
+    drifted: list[DriftedSchema] = field(default_factory=list)
 
     @property
     def migrated(self) -> list[MigrationResult]:
@@ -142,6 +173,7 @@ class MigrateReport:
             "migrated": len(self.migrated),
             "failed": [{"tenant_id": r.tenant_id, "schema": r.schema, "error": r.error} for r in self.failed],
             "seconds": round(self.seconds, 3),
+            **({"drifted": [d.to_dict() for d in self.drifted]} if self.verified else {}),
         }
 
 
@@ -318,6 +350,60 @@ def tenants_behind(
     return len(rows), [(r.id, r.schema_name) for r in rows if r.behind]
 
 
+#: schemas whose ``alembic_version`` one query reads (a UNION ALL of scalar subqueries)
+VERSION_QUERY_CHUNK = 500
+
+
+def drifted_schemas(engine: Engine, only: Iterable[str] | None = None) -> tuple[int, list[DriftedSchema]]:
+    """(tenants considered, those whose schema's own ``alembic_version`` differs from
+    ``saas.tenants.schema_version``): what the catalogue query of :func:`tenants_behind` cannot
+    see (a schema changed or restored behind the catalogue's back). A missing schema or version
+    table counts as drift. Reads the catalogue once, then one query per
+    :data:`VERSION_QUERY_CHUNK` schemas.
+
+    Raises:
+        LookupError: a tenant in ``only`` does not exist.
+    """
+    from sqlalchemy import text
+
+    wanted = {w.strip().lower() for w in only or () if w.strip()}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT t.id, t.slug, t.schema_name, t.schema_version, n.oid IS NOT NULL AS has_schema, "
+                "c.oid IS NOT NULL AS has_table FROM saas.tenants t "
+                "LEFT JOIN pg_namespace n ON n.nspname = t.schema_name "
+                "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'alembic_version' "
+                "AND c.relkind IN ('r', 'p') ORDER BY t.id"
+            )
+        ).all()
+        if wanted:
+            rows = [r for r in rows if r.slug in wanted or str(r.id) in wanted]
+            missing = wanted - {r.slug for r in rows} - {str(r.id) for r in rows}
+            if missing:
+                raise LookupError(f"no tenant {', '.join(sorted(missing))}")
+        versions: dict[uuid.UUID, str | None] = {}
+        readable = [r for r in rows if r.has_table]
+        for start in range(0, len(readable), VERSION_QUERY_CHUNK):
+            chunk = readable[start : start + VERSION_QUERY_CHUNK]
+            parts = [
+                pgsql.SQL(
+                    "SELECT {i} AS i, (SELECT string_agg(version_num, ',' ORDER BY version_num) "
+                    "FROM {s}.alembic_version) AS v"
+                ).format(i=pgsql.Literal(i), s=pgsql.Identifier(check_schema_name(r.schema_name)))
+                for i, r in enumerate(chunk)
+            ]
+            query = pgsql.SQL(" UNION ALL ").join(parts).as_string(None)
+            for i, version in conn.exec_driver_sql(query):
+                versions[chunk[i].id] = version
+    drifted = [
+        DriftedSchema(r.id, r.schema_name, r.schema_version, versions.get(r.id), not r.has_schema)
+        for r in rows
+        if not r.has_table or versions.get(r.id) != r.schema_version
+    ]
+    return len(rows), drifted
+
+
 # --- worker processes --------------------------------------------------------------------------
 
 _parent_engine: Engine | None = None
@@ -413,6 +499,7 @@ def migrate_tenants(
     script_location: str | Path = TENANT_TRACK,
     progress: Callable[[MigrationResult], None] | None = None,
     lock_timeout_ms: int | None = None,
+    verify: bool = False,
 ) -> MigrateReport:
     """Bring every tenant schema (or ``only`` those) to the tenant track's head.
 
@@ -424,6 +511,10 @@ def migrate_tenants(
         progress: called once per tenant that was behind, with its result.
         lock_timeout_ms: ``lock_timeout`` of each tenant's transaction (None:
             :func:`default_lock_timeout_ms`; 0: wait forever).
+        verify: read each schema's own ``alembic_version`` (:func:`drifted_schemas`) instead of
+            trusting ``saas.tenants.schema_version`` alone: a drifted tenant is migrated from
+            the version its schema really has (or its catalogue row corrected) and reported in
+            ``report.drifted``.
 
     Returns:
         a :class:`MigrateReport`; ``report.ok`` is False when any tenant failed (including
@@ -435,7 +526,13 @@ def migrate_tenants(
     start = time.perf_counter()
     head = track_head(script_location)
     total, behind = tenants_behind(engine, head, only)
-    report = MigrateReport(head=head, total=total, at_head=total - len(behind))
+    report = MigrateReport(head=head, total=total, verified=verify)
+    if verify:
+        _, report.drifted = drifted_schemas(engine, only)
+        known = {tid for tid, _ in behind}
+        behind += [(d.tenant_id, d.schema) for d in report.drifted if d.tenant_id not in known]
+        behind.sort()
+    report.at_head = total - len(behind)
 
     def emit(result: MigrationResult) -> None:
         report.results.append(result)

@@ -166,3 +166,60 @@ def send_security(job: Job, ctx: WorkerContext) -> None:
         body += f"\n{job.payload['details']}\n"
     body += "\nIf this was not you, contact your administrator.\n"
     _mailer(ctx).send(_message(job, ctx, job.payload["to"], "Security notice", body))
+
+
+@handler("mail.trial_will_end")
+def send_trial_will_end(job: Job, ctx: WorkerContext) -> None:
+    """Payload (``saas.billing.webhooks``, Stripe's ``customer.subscription.trial_will_end``,
+    sent three days before the trial ends): ``tenant`` (slug), ``trial_end`` (Unix seconds, UTC),
+    ``event_id`` (the Stripe event: the ``Message-ID``, so one mail per event even when the
+    message is queued again).
+
+    One mail to the tenant's billing contact (the Stripe customer's email) and its owners (the
+    members who can change the plan, ``billing:manage``) with the date the trial ends. A tenant
+    deleted since, or left with nobody to tell, gets no mail (nothing to retry).
+
+    Raises:
+        PermanentError: the payload lacks a key or ``trial_end`` is not a timestamp.
+    """
+    import datetime
+
+    from sqlalchemy import select
+
+    from saas.billing.models import BillingAccount
+    from saas.identity.models import User
+    from saas.tenancy.models import Membership, Tenant
+
+    _require(job, "tenant", "trial_end", "event_id")
+    p = job.payload
+    try:
+        trial_end = datetime.datetime.fromtimestamp(int(p["trial_end"]), datetime.UTC)
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise PermanentError(f"trial_end is not a Unix timestamp: {p['trial_end']!r}") from exc
+    session = ctx.session
+    tenant = session.scalars(select(Tenant).where(Tenant.slug == p["tenant"])).one_or_none()
+    if tenant is None or tenant.deleted_at is not None:
+        return
+    owners = session.scalars(
+        select(User.email)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.tenant_id == tenant.id, Membership.role == "owner", Membership.status == "active")
+    ).all()
+    account = session.get(BillingAccount, tenant.id)
+    contact = account.customer_email if account is not None and not account.customer_deleted_at else None
+    recipients = sorted({e.lower(): e for e in [*([contact] if contact else []), *owners]}.values())
+    if not recipients:
+        return
+    base = ctx.settings.issuer.rstrip("/")
+    billing_url = ctx.settings.billing_return_url or f"{base}/billing"
+    when = trial_end.strftime("%A %d %B %Y, %H:%M UTC")
+    body = (
+        f"The free trial of {tenant.name} ends on {when}.\n\n"
+        "To keep your plan after that, add a payment method before then:\n"
+        f"{billing_url}\n"
+    )
+    subject = f"Your {tenant.name} trial ends on {trial_end:%d %B %Y}"
+    msg = _message(job, ctx, ", ".join(recipients), subject, body)
+    host = urlsplit(ctx.settings.issuer).hostname or "localhost"
+    msg.replace_header("Message-ID", f"<trial-will-end-{p['event_id']}@{host}>")
+    _mailer(ctx).send(msg)

@@ -128,9 +128,37 @@ def test_k8s_objects_reference_each_other_and_real_routes(app):
             for source in c["envFrom"]:
                 ref = source.get("secretRef") or source.get("configMapRef")
                 assert ref["name"] in secret_names | config_names
+            for var in c.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None and not ref.get("optional"):
+                    assert ref["key"] in _by_kind("Secret")[ref["name"]]["stringData"], var
         for volume in spec["volumes"]:
             if "secret" in volume:
                 assert volume["secret"]["secretName"] in secret_names
+
+
+def test_prometheus_scrapes_metrics_with_the_apps_bearer_token(app):
+    """/metrics answers only ``Bearer <METRICS_TOKEN>``: the app reads the token from a Secret
+    and the PodMonitor sends the same Secret key (RFC 6750), on a port and path that exist."""
+    api = _by_kind("Deployment")["saas-app"]["spec"]["template"]
+    container = api["spec"]["containers"][0]
+    (token,) = [v for v in container["env"] if v["name"] == "METRICS_TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    secret = _by_kind("Secret")[ref["name"]]
+    assert ref["name"] != "saas-secrets"  # Prometheus may read this Secret and nothing else
+    assert ref["key"] in secret["stringData"]
+    # an annotation-driven scrape cannot send the token: it would only collect 401s
+    assert not any(k.startswith("prometheus.io/") for k in api["metadata"].get("annotations", {}))
+
+    (monitor,) = _by_kind("PodMonitor").values()
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= api["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] in _routes(app) and endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in container["ports"]}
+    credentials = {"name": ref["name"], "key": ref["key"]}
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": credentials}
+    assert "bearerTokenSecret" not in endpoint and "basicAuth" not in endpoint
 
 
 def test_k8s_config_names_are_settings_and_secrets_are_placeholders():
@@ -179,6 +207,11 @@ def test_kustomize_builds_when_kubectl_exists():
     assert migrate.returncode == 0, migrate.stderr
     job_images = {line.split("image:")[1].strip() for line in migrate.stdout.splitlines() if "image:" in line}
     assert len(images) == 1 and job_images == images and "saas-backend:" in images.pop()
+    monitoring = subprocess.run(
+        [kubectl, "kustomize", str(INFRA / "k8s" / "monitoring")], capture_output=True, text=True
+    )
+    assert monitoring.returncode == 0, monitoring.stderr
+    assert [d["kind"] for d in yaml.safe_load_all(monitoring.stdout) if d] == ["PodMonitor"]
 
 
 def test_gunicorn_config(monkeypatch, tmp_path):

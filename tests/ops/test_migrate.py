@@ -278,3 +278,94 @@ def test_serial_connection_failure_is_a_per_tenant_failure(engine, committed, sc
     monkeypatch.setattr(engine, "connect", second_call_refused)
     report = migrate_tenants(engine, only=[t.slug for t in tenants], script_location=scratch_track)
     assert len(report.failed) == 2 and all("connection failed" in r.error for r in report.failed)
+
+
+def _set_schema_version(engine, schema: str, version: str | None) -> None:
+    """Change a schema's own alembic_version behind saas.tenants.schema_version's back."""
+    table = pgsql.SQL("{}.alembic_version").format(pgsql.Identifier(schema)).as_string(None)
+    with engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - quoted identifier
+        if version is not None:
+            conn.execute(text(f"INSERT INTO {table} (version_num) VALUES (:v)"), {"v": version})  # noqa: S608
+
+
+def test_db_check_reports_a_schema_whose_own_version_drifted(committed, run_cli, engine, monkeypatch):
+    from saas.ops import migrations
+
+    monkeypatch.setattr(migrations, "VERSION_QUERY_CHUNK", 2)  # several version queries
+    tenants = [committed.tenant() for _ in range(3)]
+    head = tenant_head_revision()
+    assert run_cli("db", "check").exit_code == 0
+    _set_schema_version(engine, tenants[1].schema_name, "ffff0000")  # e.g. restored from elsewhere
+    _set_schema_version(engine, tenants[2].schema_name, None)
+    assert tenants_behind(engine, head, [t.slug for t in tenants])[1] == []  # the catalogue cannot see it
+
+    result = run_cli("db", "check", "--json")
+    assert result.exit_code == 1, result.output
+    check = {c["name"]: c for c in json.loads(result.stdout)}["tenant schemas at head"]
+    assert not check["ok"]
+    assert "2 schemas drifted" in check["detail"]
+    assert f"{tenants[1].schema_name} (schema at ffff0000, recorded {head})" in check["detail"]
+    assert f"{tenants[2].schema_name} (schema at None, recorded {head})" in check["detail"]
+    assert tenants[0].schema_name not in check["detail"]
+    assert "saas tenants migrate --verify" in check["detail"]
+    result = run_cli("db", "check")
+    assert result.exit_code == 1 and "FAIL  tenant schemas at head" in result.stdout
+
+    _set_schema_version(engine, tenants[1].schema_name, head)
+    _set_schema_version(engine, tenants[2].schema_name, head)
+    assert run_cli("db", "check").exit_code == 0
+
+
+def test_migrate_verify_reads_each_schemas_own_version(committed, run_cli, engine, scratch_track):
+    """The catalogue says the tenant is at the scratch head (9001) while its schema is at the
+    real head: a plain run skips it, --verify migrates it from the version it really has."""
+    tenant, other = committed.tenant(), committed.tenant()
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE saas.tenants SET schema_version = '9001' WHERE id = :i"), {"i": tenant.id}
+        )
+    track = str(scratch_track)
+    slugs = ["--tenant", tenant.slug, "--tenant", other.slug]
+    blind = run_cli("tenants", "migrate", *slugs, "--track", track, "--json")
+    assert blind.exit_code == 0, blind.output
+    assert json.loads(blind.stdout)["migrated"] == 1  # only the other tenant, behind by its row
+    assert "nickname" not in _columns(engine, tenant.schema_name)  # never seen as behind
+
+    verified = run_cli("tenants", "migrate", *slugs, "--track", track, "--verify", "--json")
+    assert verified.exit_code == 0, verified.output
+    report = json.loads(verified.stdout)
+    assert report["migrated"] == 1 and report["at_head"] == 1
+    assert report["drifted"] == [
+        {
+            "tenant_id": str(tenant.id),
+            "schema": tenant.schema_name,
+            "recorded": "9001",
+            "schema_revision": tenant_head_revision(),
+            "schema_missing": False,
+        }
+    ]
+    assert "nickname" in _columns(engine, tenant.schema_name)
+    assert _version(engine, tenant.schema_name) == "9001"
+
+    again = run_cli("tenants", "migrate", *slugs, "--track", track, "--verify")
+    assert again.exit_code == 0, again.output
+    assert "0 schemas drifted" in again.stdout and "0 migrated, 2 already at head" in again.stdout
+
+
+def test_migrate_verify_corrects_a_stale_row_and_reports_a_lost_version(engine, committed):
+    tenant, lost = committed.tenant(), committed.tenant()
+    head = tenant_head_revision()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE saas.tenants SET schema_version = 'old' WHERE id = :i"), {"i": tenant.id})
+    _set_schema_version(engine, lost.schema_name, None)  # the version row is gone
+    report = migrate_tenants(engine, only=[tenant.slug, lost.slug], verify=True)
+    assert {(d.schema, d.recorded, d.schema_revision) for d in report.drifted} == {
+        (tenant.schema_name, "old", head),
+        (lost.schema_name, head, None),
+    }
+    by_schema = {r.schema: r for r in report.results}
+    assert by_schema[tenant.schema_name].status == "skipped"  # the row corrected, nothing run
+    # no version row: the whole track would run on existing tables; it fails and says so
+    assert by_schema[lost.schema_name].status == "failed" and not report.ok
+    assert tenants_behind(engine, head, [tenant.slug])[1] == []

@@ -16,6 +16,16 @@ from saas.observability import metrics
 from saas.observability.logging import configure, redact
 from tests.helpers import mailed_invitation_token
 
+METRICS_TOKEN = "scrape-token-0123456789abcdef"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+@pytest.fixture(autouse=True)
+def metrics_token(app, monkeypatch):
+    """The shared app with ``METRICS_TOKEN`` set, as in production (the endpoint is off without)."""
+    settings = app.extensions["saas.settings"]
+    monkeypatch.setitem(app.extensions, "saas.settings", settings.with_overrides(metrics_token=METRICS_TOKEN))
+
 
 @pytest.fixture()
 def log_lines():
@@ -114,7 +124,7 @@ def test_metrics_endpoint(client, api, db_session):
     metrics.cache_hit("entitlements")
     metrics.cache_miss("entitlements")
     metrics.webhook_event("invoice.paid", "processed")
-    r = client.get("/metrics")
+    r = client.get("/metrics", headers=SCRAPER)
     assert r.status_code == 200 and r.mimetype == "text/plain"
     body = r.get_data(as_text=True)
     assert 'saas_http_requests_total{method="GET",route="/api/v1/me",status="200"}' in body
@@ -128,6 +138,46 @@ def test_metrics_endpoint(client, api, db_session):
     assert "saas_tenants_behind_head" in body and 'saas_tenants{state="active"}' in body
     assert "saas_database_up 1.0" in body
     assert "not-a-uuid" not in body  # route templates, never raw paths
+
+
+def test_metrics_answer_only_the_scraper_with_the_token(client):
+    """/metrics is on the public port: only ``Authorization: Bearer <METRICS_TOKEN>`` reads it."""
+    assert client.get("/metrics", headers=SCRAPER).status_code == 200
+    refused = [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}"},  # a prefix
+        {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+        {"Authorization": f"Basic {METRICS_TOKEN}"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer caf\u00e9"},  # non-ASCII: 401, never a 500
+    ]
+    for headers in refused:
+        r = client.get("/metrics", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.mimetype == "application/problem+json" and r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "saas_http_requests_total" not in r.get_data(as_text=True)
+    assert 'error="invalid_token"' in client.get("/metrics", headers=refused[1]).headers["WWW-Authenticate"]
+
+
+def test_metrics_are_off_while_no_token_is_set(app, client, monkeypatch):
+    settings = app.extensions["saas.settings"]
+    monkeypatch.setitem(app.extensions, "saas.settings", settings.with_overrides(metrics_token=None))
+    for headers in ({}, SCRAPER, {"Authorization": "Bearer "}):
+        r = client.get("/metrics", headers=headers)
+        assert r.status_code == 404 and r.mimetype == "application/problem+json", headers
+        unknown = client.get("/no-such-path").get_json()
+        assert {k: v for k, v in r.get_json().items() if k not in ("instance", "request_id")} == {
+            k: v for k, v in unknown.items() if k not in ("instance", "request_id")
+        }
+
+
+def test_metrics_token_is_read_from_the_environment():
+    from saas.settings import Settings
+
+    assert Settings.from_env({"METRICS_TOKEN": "abc"}).metrics_token == "abc"
+    assert Settings.from_env({}).metrics_token is None
+    assert Settings.from_env({"METRICS_TOKEN": ""}).metrics_token is None
 
 
 def test_multiprocess_mode_aggregates_every_process(tmp_path):
@@ -186,7 +236,7 @@ def test_method_label_is_a_fixed_set_and_route_never_the_raw_path(client, api):
     for method in ("PROPFIND", "XYZZY-1", "get"):
         client.open(f"/api/v1/contacts/{method}-id", method=method, headers=api.auth(acme))
     client.get("/no/such/path/abc123")
-    body = client.get("/metrics").get_data(as_text=True)
+    body = client.get("/metrics", headers=SCRAPER).get_data(as_text=True)
     methods = {
         line.split('method="', 1)[1].split('"', 1)[0]
         for line in body.splitlines()
@@ -252,7 +302,7 @@ def test_limiter_and_breaker_counters_are_exported(app, client):
     counters.inc("breaker_opened_total")
     counters.inc('redis_errors_total{component="limits"}')
     counters.inc("redis_errors_total")
-    body = client.get("/metrics").get_data(as_text=True)
+    body = client.get("/metrics", headers=SCRAPER).get_data(as_text=True)
     assert 'saas_rate_limited_total{policy="tenant_rpm"} 2.0' in body
     assert "saas_rate_limited_total 2.0" not in body  # only the labelled series: sum() stays right
     assert "saas_limits_fail_open_total 3.0" in body and "saas_breaker_opened_total 1.0" in body
@@ -261,7 +311,7 @@ def test_limiter_and_breaker_counters_are_exported(app, client):
     assert "saas_redis_breaker_open 0.0" in body
     app.extensions["saas.redis_guard"].breaker.failure()
     app.extensions["saas.redis_guard"].breaker.failure()
-    assert "saas_redis_breaker_open 1.0" in client.get("/metrics").get_data(as_text=True)
+    assert "saas_redis_breaker_open 1.0" in client.get("/metrics", headers=SCRAPER).get_data(as_text=True)
 
 
 def test_a_metrics_failure_never_fails_a_request(client, monkeypatch):
