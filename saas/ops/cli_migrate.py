@@ -20,7 +20,7 @@ def run_tenant_migrations(
     """Shared by ``saas tenants migrate`` and ``saas db upgrade``: exits 1 when a tenant failed."""
     from saas.ops.migrations import TENANT_TRACK, migrate_tenants, tenants_behind, track_head
 
-    engine = ctx.engine
+    engine = ctx.migration_engine
 
     location = track or TENANT_TRACK
     head = track_head(location)
