@@ -248,9 +248,10 @@ def verify_prepared_statements(engine: Engine, setting: str = "DATABASE_URL") ->
     """Prove that prepared statements are safe on ``engine``'s connections; return how.
 
     On one connection, three transactions each run a probe statement prepared by psycopg
-    (``prepare=True``: a protocol-level Parse, later executions send only its name), its
-    server's ``pg_backend_pid()``, and the names under which ``pg_prepared_statements`` holds
-    the probe. Proven safe when either:
+    (``prepare=True``: a protocol-level Parse under a name of psycopg's; the statement returns
+    its server's ``pg_backend_pid()``), read the names under which ``pg_prepared_statements``
+    holds the probe, and ``DEALLOCATE`` it again (a pooler would otherwise hand the server
+    connection, statement included, to another client). Proven safe when either:
 
     * ``direct``: every transaction ran on the backend whose process id the server announced
       at connection start (``BackendKeyData``, libpq's ``PQbackendPID``). PostgreSQL announces
@@ -268,6 +269,7 @@ def verify_prepared_statements(engine: Engine, setting: str = "DATABASE_URL") ->
         SettingsError: not proven; one line naming ``setting`` and ``DB_PREPARED_STATEMENTS``.
     """
     from psycopg import Error as PsycopgError
+    from psycopg import sql as pgsql
 
     from saas.settings import SettingsError
 
@@ -277,7 +279,6 @@ def verify_prepared_statements(engine: Engine, setting: str = "DATABASE_URL") ->
             "at PostgreSQL directly, or use PgBouncer >= 1.21 with max_prepared_statements > 0"
         )
 
-    marker = f"/* {_PROBE} {uuid.uuid4().hex} */"
     try:
         raw = engine.raw_connection()
     except Exception as exc:  # no connection: nothing can be proven
@@ -290,6 +291,7 @@ def verify_prepared_statements(engine: Engine, setting: str = "DATABASE_URL") ->
         names: set[str] = set()
         try:
             for _ in range(3):
+                marker = f"/* {_PROBE} {uuid.uuid4().hex} */"
                 with conn.cursor() as cur:
                     cur.execute(f"SELECT pg_backend_pid() {marker}", prepare=True)  # type: ignore[call-overload]
                     backends.add(cur.fetchone()[0])
@@ -298,13 +300,18 @@ def verify_prepared_statements(engine: Engine, setting: str = "DATABASE_URL") ->
                         (marker,),
                         prepare=False,
                     )
-                    names.update(row[0] for row in cur.fetchall())
+                    found = {row[0] for row in cur.fetchall()}
+                    for name in found - {n for n in found if n.startswith("PGBOUNCER_")}:
+                        # leave nothing on the server connection (a pooler would hand it to
+                        # another client); PgBouncer's own names are its to manage
+                        cur.execute(f"DEALLOCATE {pgsql.Identifier(name).as_string(None)}", prepare=False)
+                    names |= found
                 conn.commit()
         except PsycopgError as exc:
             raise refuse(f"a prepared statement failed on {setting} ({type(exc).__name__}): its "
                          "server connections are shared by a pooler") from None  # fmt: skip
         finally:
-            raw.invalidate()  # the probe's prepared statement is not left on a pooled connection
+            raw.invalidate()  # psycopg's cache of the probes goes with it; the pool opens a new one
     finally:
         raw.close()
     how = prepared_statements_verdict(announced, backends, names)

@@ -22,13 +22,14 @@ from sqlalchemy.engine import make_url
 
 from saas import SettingsError, create_app
 from saas.cli import Context, main
-from saas.db import Database, prepared_statements_verdict, verify_prepared_statements
+from saas.db import Database, connect_args, prepared_statements_verdict, verify_prepared_statements
 from saas.migrate import MIGRATIONS_DIR, tenant_head_revision
 from saas.outbox import OutboxMessage
 from saas.worker import Worker, load_handlers
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import drop_tenant
 from tests.pgbouncer import harness
+from tests.pgbouncer.conftest import DEFAULT_POOL_SIZE
 
 ROUNDS = 7  # more than psycopg's prepare_threshold (5): a statement would be prepared by now
 INVITES = 2  # the free plan's seats, beside the owner
@@ -427,3 +428,30 @@ def test_concurrent_mixed_load_returns_only_own_rows(pooled_url, redis_client, t
     assert result.foreign_rows == 0, result.examples
     assert result.server_errors == 0, result.summary()
     assert result.other_errors == 0, result.summary()
+
+
+def test_no_server_connection_carries_tenant_state(pooled_apps, pooled_url, cleanup):
+    """After tenant requests through PgBouncer, every server connection of the pool (all five
+    held at once, so each is a different one) has the default search path and no tenant schema."""
+    client = pooled_apps[0].test_client()
+    tenant = _signup(client, f"pgb{uuid.uuid4().hex[:6]}-s")
+    cleanup.append(tenant["id"])
+    for n in range(ROUNDS):
+        body = harness.contact_body(harness.Tenant(tenant["slug"], tenant["h"]), n)
+        assert client.post("/api/v1/contacts", json=body, headers=tenant["h"]).status_code == 201
+        assert client.get("/api/v1/contacts", headers=tenant["h"]).status_code == 200
+    eng = create_engine(pooled_url, pool_size=DEFAULT_POOL_SIZE, max_overflow=0, connect_args=connect_args())
+    conns = [eng.connect() for _ in range(DEFAULT_POOL_SIZE)]
+    try:
+        seen = set()
+        for conn in conns:
+            conn.begin()  # held open: PgBouncer gives each its own server connection
+            seen.add(conn.scalar(text("SELECT pg_backend_pid()")))
+            assert conn.scalar(text("SHOW search_path")) == '"$user", public'
+            assert "t_" not in conn.scalar(text("SELECT current_schemas(false)::text"))
+            assert conn.scalar(text("SELECT count(*) FROM pg_prepared_statements")) == 0
+        assert len(seen) == DEFAULT_POOL_SIZE
+    finally:
+        for conn in conns:
+            conn.close()
+        eng.dispose()
