@@ -2,7 +2,7 @@
 
 Used by the suite in this package and by ``bench/pgbouncer_load.py``. PgBouncer refuses to
 run as root, so as root it is started with ``-u postgres`` (the user Debian's PostgreSQL runs
-as); its files are then made readable for that user.
+as; ``nobody`` without it); its files then belong to that user.
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ def pgbouncer(
         "max_client_conn": "1000",
         "admin_users": user,
         "logfile": str(directory / "pgbouncer.log"),
-        "server_reset_query": "DISCARD ALL",
         **(extra or {}),
     }
     ini = f"[databases]\n* = host={server_host} port={server_port}\n\n[pgbouncer]\n" + "".join(
@@ -127,11 +126,14 @@ def pgbouncer(
     (directory / "pgbouncer.log").write_text("")
     command = [binary, str(directory / "pgbouncer.ini")]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
-        account = pwd.getpwnam("postgres")
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = pwd.getpwnam("nobody")
         os.chmod(directory, 0o755)  # noqa: S103 - the postgres user reads its ini
         for path in directory.iterdir():
             os.chown(path, account.pw_uid, account.pw_gid)
-        command[1:1] = ["-u", "postgres"]
+        command[1:1] = ["-u", account.pw_name]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         _wait_port(port, process, directory / "pgbouncer.log")

@@ -14,6 +14,7 @@ import shutil
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -455,3 +456,35 @@ def test_no_server_connection_carries_tenant_state(pooled_apps, pooled_url, clea
         for conn in conns:
             conn.close()
         eng.dispose()
+
+
+def test_k8s_migrations_connect_directly():
+    """The secret template carries ``DATABASE_URL_DIRECT`` (PostgreSQL, not the pooler) next to
+    ``DATABASE_URL`` (PgBouncer); the migrate Job gets both and the CLI picks the direct one;
+    the app's config keeps prepared statements off."""
+    import yaml
+
+    infra = Path(__file__).resolve().parents[2] / "infra" / "k8s"
+    secret = next(yaml.safe_load_all((infra / "secret.template.yaml").read_text()))["stringData"]
+    assert make_url(secret["DATABASE_URL"]).port == 6432
+    assert make_url(secret["DATABASE_URL_DIRECT"]).port == 5432
+    job = yaml.safe_load((infra / "migrate" / "job.yaml").read_text())["spec"]["template"]["spec"]
+    container = job["containers"][0]
+    assert {"secretRef": {"name": "saas-secrets"}} in container["envFrom"]
+    assert all(e["name"] != "DATABASE_URL" for e in container.get("env", []))  # not overridden
+    config = yaml.safe_load((infra / "configmap.yaml").read_text())["data"]
+    assert config["DB_PREPARED_STATEMENTS"] == "off"
+
+
+def test_settings_of_the_pooled_deployment():
+    from saas.settings import Settings
+
+    s = Settings.from_env(
+        {"DATABASE_URL_DIRECT": "postgres://u@db:5432/saas", "DB_PREPARED_STATEMENTS": "on"}
+    )
+    assert s.database_url_direct == "postgresql://u@db:5432/saas" and s.db_prepared_statements is True
+    assert Settings.from_env({}).db_prepared_statements is False
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL_DIRECT: "):
+        Settings.from_env({"DATABASE_URL_DIRECT": "mysql://u:secret@db/saas"})
+    with pytest.raises(SettingsError, match=r"^DB_PREPARED_STATEMENTS: "):
+        Settings.from_env({"DB_PREPARED_STATEMENTS": "sometimes"})
