@@ -294,6 +294,8 @@ def _cli(settings, *args: str):
         for engine in (ctx._engine, ctx._migration_engine):
             if engine is not None:
                 engine.dispose()
+        if ctx._app is not None:
+            ctx.database.dispose()
 
 
 @pytest.mark.parametrize("parallel", ["1", "2"])
@@ -332,6 +334,23 @@ def test_migrations_run_through_the_pooler(
                 ),
                 {"s": schema},
             )
+
+
+def test_export_through_the_pooler(pooled_apps, pooled_settings, cleanup, tmp_path):
+    """``saas tenants export``: a REPEATABLE READ, read-only transaction streaming rows through
+    a server-side cursor, all inside one transaction, so one server connection."""
+    client = pooled_apps[0].test_client()
+    tenant = _signup(client, f"pgb{uuid.uuid4().hex[:6]}-e")
+    cleanup.append(tenant["id"])
+    for n in range(3):
+        body = harness.contact_body(harness.Tenant(tenant["slug"], tenant["h"]), n)
+        assert client.post("/api/v1/contacts", json=body, headers=tenant["h"]).status_code == 201
+    out = tmp_path / "export.jsonl"
+    result = _cli(pooled_settings, "tenants", "export", tenant["slug"], "--out", str(out))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    companies = [json.dumps(line) for line in lines if '"company"' in json.dumps(line)]
+    assert len(companies) == 3 and all(tenant["slug"] in c for c in companies)
 
 
 def test_migrations_use_database_url_direct(pooled_settings, database_url):
