@@ -218,6 +218,7 @@ KEEPALIVES: dict[str, int] = {
     "tcp_user_timeout": 30_000,
 }
 
+
 def connect_args(prepared_statements: bool = False) -> dict[str, Any]:
     """psycopg ``connect()`` arguments of every engine the application makes: TCP keepalives
     and, unless ``prepared_statements``, ``prepare_threshold = None``.

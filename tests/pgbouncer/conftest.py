@@ -27,7 +27,7 @@ def bouncer(database_url) -> Iterator[harness.PgBouncer]:
         pytest.skip("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
     server = make_url(database_url)
     with harness.pgbouncer(
-        server.host or "127.0.0.1",
+        server.host or server.query.get("host") or "127.0.0.1",  # a socket directory works too
         server.port or 5432,
         server.username or "postgres",
         default_pool_size=DEFAULT_POOL_SIZE,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, delete, select, text
 from sqlalchemy.engine import make_url
 
 from saas import SettingsError, create_app
@@ -44,12 +44,28 @@ def direct_engine(database_url):
     eng.dispose()
 
 
+def _drop(engine, tenant_ids) -> None:
+    """Drop committed tenants and the outbox messages they left (invitation mails, seat syncs),
+    which other tests of the run would otherwise see."""
+    from saas.identity.models import User
+    from saas.tenancy.models import Tenant
+
+    ids = [uuid.UUID(str(t)) for t in tenant_ids]
+    with engine.begin() as conn:
+        slugs = conn.scalars(select(Tenant.slug).where(Tenant.id.in_(ids))).all()
+        conn.execute(delete(OutboxMessage).where(OutboxMessage.tenant_id.in_(ids)))
+    for tenant_id in ids:
+        drop_tenant(engine, tenant_id)
+    with engine.begin() as conn:  # members removed in a test have no membership left to find
+        for slug in slugs:
+            conn.execute(delete(User).where(User.email.like(f"%@{slug}.test")))
+
+
 @pytest.fixture()
 def cleanup(direct_engine):
     tenant_ids: list[str] = []
     yield tenant_ids
-    for tenant_id in tenant_ids:
-        drop_tenant(direct_engine, tenant_id)
+    _drop(direct_engine, tenant_ids)
 
 
 def _signup(client, slug: str) -> dict:
@@ -440,8 +456,7 @@ def test_concurrent_mixed_load_returns_only_own_rows(pooled_url, redis_client, t
                 ids = conn.scalars(
                     text("SELECT id FROM saas.tenants WHERE slug = ANY(:s)"), {"s": [t.slug for t in tenants]}
                 ).all()
-            for tenant_id in ids:
-                drop_tenant(direct_engine, tenant_id)
+            _drop(direct_engine, ids)
     print(result.summary(), file=sys.stderr)
     assert result.requests >= 100, result.summary()  # a load, also on a slow machine
     assert result.by_kind["create"] and result.by_kind["get"] and result.by_kind["search"]
