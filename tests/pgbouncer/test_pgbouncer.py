@@ -129,6 +129,8 @@ def test_every_engine_of_the_application_has_prepared_statements_off(
         return real(url, **kwargs)
 
     monkeypatch.setattr(migrations, "create_engine", spy)
+    monkeypatch.setattr(migrations, "_parent_engine", None)  # this process is no forked worker
+    monkeypatch.setattr(migrations, "_worker", None)
     migrations._init_worker(pooled_settings.database_url, str(migrations.TENANT_TRACK), 2000)
     assert seen["connect_args"]["prepare_threshold"] is None
     migrations._worker[1].close()
