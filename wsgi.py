@@ -4,6 +4,12 @@ Configuration comes from the environment (``DATABASE_URL`` is required here; ``s
 the command that starts an embedded PostgreSQL).
 """
 
-from saas import create_app
+import sys
 
-app = create_app()
+from saas import SettingsError, create_app
+
+try:
+    app = create_app()
+except SettingsError as exc:  # one line, not a traceback per worker; gunicorn stops on exit code 3
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(3) from None

@@ -21,8 +21,9 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 20))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", 5))
 # recycle workers to bound memory held by per-schema caches (SQLAlchemy compiled statements
-# under schema_translate_map, psycopg prepared statements) across many tenants; the jitter keeps
-# workers from restarting all at once (docs/benchmarks.md measures the effect)
+# under schema_translate_map; psycopg prepared statements with DB_PREPARED_STATEMENTS=on) across
+# many tenants; the jitter keeps workers from restarting all at once (docs/benchmarks.md
+# measures the effect)
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 5000))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", 500))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", None)  # the app logs every request as JSON

@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pre_ping=settings.db_pool_pre_ping,
+            prepared_statements=settings.db_prepared_statements,
         )
     db.init_app(app, database)
     app.extensions["saas.redis"] = (

@@ -59,6 +59,7 @@ class Context:
         self._settings: Settings | None = None
         self._app = None
         self._engine = None
+        self._migration_engine = None
 
     @property
     def settings(self) -> Settings:
@@ -93,9 +94,31 @@ class Context:
             from saas.db import Database
 
             self._engine = Database.from_url(
-                self.settings.database_url or "", pool_size=2, max_overflow=2
+                self.settings.database_url or "",
+                pool_size=2,
+                max_overflow=2,
+                prepared_statements=self.settings.db_prepared_statements,
             ).engine
         return self._engine
+
+    @property
+    def migration_engine(self):
+        """The engine migrations run on: ``DATABASE_URL_DIRECT`` (PostgreSQL itself, not a
+        pooler: long DDL transactions do not hold pooled server connections) when set, else
+        :attr:`engine`."""
+        if not self.settings.database_url_direct:
+            return self.engine
+        if self._migration_engine is None:
+            from saas.db import Database
+
+            self._migration_engine = Database.from_url(
+                self.settings.database_url_direct,
+                pool_size=2,
+                max_overflow=2,
+                prepared_statements=self.settings.db_prepared_statements,
+                setting="DATABASE_URL_DIRECT",
+            ).engine
+        return self._migration_engine
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
@@ -172,8 +195,8 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     from saas.ops.migrations import migrate_tenants
 
     app = ctx.app
-    upgrade_shared(app.extensions["saas.db"].engine)
-    migrate_tenants(app.extensions["saas.db"].engine)
+    upgrade_shared(ctx.migration_engine)
+    migrate_tenants(ctx.migration_engine)
     click.echo(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     mail = "printed here" if not settings.smtp_url else "sent over SMTP_URL"
     click.echo(f"delivering the outbox (mail {mail})")
@@ -237,7 +260,7 @@ def db_upgrade(ctx: Context, shared_only: bool, parallel: int, as_json: bool) ->
     from saas.migrate import shared_head_revision, upgrade_shared
     from saas.ops.cli_migrate import run_tenant_migrations
 
-    upgrade_shared(ctx.engine)
+    upgrade_shared(ctx.migration_engine)
     if not as_json:
         click.echo(f"shared schema at {shared_head_revision()}")
     if shared_only:

@@ -98,9 +98,25 @@ class Database:
 
     @classmethod
     def from_url(
-        cls, url: str, *, pool_size: int = 10, max_overflow: int = 10, pre_ping: bool = True
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pre_ping: bool = True,
+        prepared_statements: bool = False,
+        setting: str = "DATABASE_URL",
     ) -> Database:
         """An engine on ``url``.
+
+        ``prepared_statements`` (``DB_PREPARED_STATEMENTS``, off by default): off, every
+        connection runs with psycopg's ``prepare_threshold = None`` (:func:`connect_args`), so
+        no statement is ever prepared on a server connection and any PgBouncer pool mode that
+        keeps a transaction on one server connection is safe. On, the connection is verified
+        first (:func:`verify_prepared_statements`, one connection, three short transactions)
+        and :class:`~saas.settings.SettingsError` naming ``setting`` is raised unless it is
+        proven to reach PostgreSQL directly or through a pooler that tracks prepared
+        statements (PgBouncer >= 1.21 with ``max_prepared_statements`` > 0).
 
         ``pre_ping`` (``DB_POOL_PRE_PING``) checks each pooled connection before use
         (:func:`_check_alive`): a connection idle in the pool for less than
@@ -121,12 +137,16 @@ class Database:
             pool_recycle=1800,
             # error messages (and so logs) never carry bound values: hashes, tokens, personal data
             hide_parameters=True,
-            connect_args=dict(KEEPALIVES),
+            connect_args=connect_args(prepared_statements),
         )
         _guard_search_path(engine)
+        if not prepared_statements:
+            event.listen(engine, "connect", _refuse_prepared_statements)
         if pre_ping:
             event.listen(engine, "checkin", _record_checkin)
             event.listen(engine, "checkout", _check_alive)
+        if prepared_statements:
+            verify_prepared_statements(engine, setting)
         return cls(engine)
 
     @property
@@ -197,6 +217,126 @@ KEEPALIVES: dict[str, int] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,
 }
+
+
+def connect_args(prepared_statements: bool = False) -> dict[str, Any]:
+    """psycopg ``connect()`` arguments of every engine the application makes: TCP keepalives
+    and, unless ``prepared_statements``, ``prepare_threshold = None``.
+
+    psycopg 3 prepares a statement on the server after it ran ``prepare_threshold`` (5) times on
+    one client connection, and later sends only its name. Behind a pooler in transaction mode
+    the next transaction may run on another server connection, where that name is unknown or
+    names another statement: a tenant's schema is part of each statement's text, so the name
+    can point to another tenant's query (rows of another tenant, or ``InvalidSqlStatementName``
+    / ``DuplicatePreparedStatement``). Source: psycopg docs, advanced/prepare.html and
+    advanced/pgbouncer.html; PgBouncer docs, config.html#max_prepared_statements."""
+    args: dict[str, Any] = dict(KEEPALIVES)
+    if not prepared_statements:
+        args["prepare_threshold"] = None
+    return args
+
+
+def _refuse_prepared_statements(dbapi_connection: Any, record: Any) -> None:
+    """Pool ``connect`` hook: every new connection has prepared statements off, whatever made it."""
+    dbapi_connection.prepare_threshold = None
+
+
+#: marks the probe statements of :func:`verify_prepared_statements` in ``pg_prepared_statements``
+_PROBE = "saas prepared-statement probe"
+
+
+def verify_prepared_statements(engine: Engine, setting: str = "DATABASE_URL") -> str:
+    """Prove that prepared statements are safe on ``engine``'s connections; return how.
+
+    On one connection, three transactions each run a probe statement prepared by psycopg
+    (``prepare=True``: a protocol-level Parse under a name of psycopg's; the statement returns
+    its server's ``pg_backend_pid()``), read the names under which ``pg_prepared_statements``
+    holds the probe, and ``DEALLOCATE`` it again (a pooler would otherwise hand the server
+    connection, statement included, to another client). Proven safe when either:
+
+    * ``direct``: every transaction ran on the backend whose process id the server announced
+      at connection start (``BackendKeyData``, libpq's ``PQbackendPID``). PostgreSQL announces
+      its own backend; a pooler announces a key of its own (PgBouncer: random) because it
+      picks a server connection only later;
+    * ``tracking pooler``: the server holds the probe only under names of the form
+      ``PGBOUNCER_<n>``, i.e. PgBouncer >= 1.21 with ``max_prepared_statements`` > 0, which
+      renames each client's prepared statements per server connection and prepares them again
+      wherever the client's next transaction runs.
+
+    Anything else (a pooler passing the client's statement names through, whatever its pool
+    mode: a client cannot tell session from transaction pooling) is refused.
+
+    Raises:
+        SettingsError: not proven; one line naming ``setting`` and ``DB_PREPARED_STATEMENTS``.
+    """
+    from psycopg import Error as PsycopgError
+    from psycopg import sql as pgsql
+
+    from saas.settings import SettingsError
+
+    def refuse(why: str) -> SettingsError:
+        return SettingsError(
+            f"DB_PREPARED_STATEMENTS: on, but {why}; set DB_PREPARED_STATEMENTS=off, point {setting} "
+            "at PostgreSQL directly, or use PgBouncer >= 1.21 with max_prepared_statements > 0"
+        )
+
+    try:
+        raw = engine.raw_connection()
+    except Exception as exc:  # no connection: nothing can be proven
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        raise refuse(f"{setting} could not be reached to verify it ({type(exc).__name__}: {first})") from None
+    try:
+        conn = raw.driver_connection
+        announced = conn.info.backend_pid
+        backends: set[int] = set()
+        names: set[str] = set()
+        try:
+            for _ in range(3):
+                marker = f"/* {_PROBE} {uuid.uuid4().hex} */"
+                with conn.cursor() as cur:
+                    cur.execute(f"SELECT pg_backend_pid() {marker}", prepare=True)  # type: ignore[call-overload]
+                    backends.add(cur.fetchone()[0])
+                    cur.execute(
+                        "SELECT name FROM pg_prepared_statements WHERE strpos(statement, %s) > 0",
+                        (marker,),
+                        prepare=False,
+                    )
+                    found = {row[0] for row in cur.fetchall()}
+                    for name in found - {n for n in found if n.startswith("PGBOUNCER_")}:
+                        # leave nothing on the server connection (a pooler would hand it to
+                        # another client); PgBouncer's own names are its to manage
+                        cur.execute(f"DEALLOCATE {pgsql.Identifier(name).as_string(None)}", prepare=False)
+                    names |= found
+                conn.commit()
+        except PsycopgError as exc:
+            raise refuse(f"a prepared statement failed on {setting} ({type(exc).__name__}): its "
+                         "server connections are shared by a pooler") from None  # fmt: skip
+        finally:
+            raw.invalidate()  # psycopg's cache of the probes goes with it; the pool opens a new one
+    finally:
+        raw.close()
+    how = prepared_statements_verdict(announced, backends, names)
+    if how is None:
+        raise refuse(
+            f"{setting} goes through a connection pooler that does not track prepared statements "
+            f"(server backends {sorted(backends)}, announced {announced}, statement names {sorted(names)})"
+        )
+    return how
+
+
+def prepared_statements_verdict(announced: int, backends: set[int], names: set[str]) -> str | None:
+    """:func:`verify_prepared_statements`' decision: ``"direct"``, ``"tracking pooler"`` or
+    None (not proven). ``announced``: the startup ``BackendKeyData`` process id; ``backends``:
+    ``pg_backend_pid()`` of each probe transaction; ``names``: the probe's names in
+    ``pg_prepared_statements``."""
+    if not names:
+        return None
+    if backends == {announced} and not any(n.startswith("PGBOUNCER_") for n in names):
+        return "direct"
+    if all(re.fullmatch(r"PGBOUNCER_\d+", n) for n in names):
+        return "tracking pooler"
+    return None
+
 
 #: a pooled connection idle longer than this (seconds) is pinged with ``SELECT 1`` at checkout:
 #: NAT and load balancer idle timeouts drop a flow without telling either end

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from psycopg import sql as pgsql
 from sqlalchemy import Engine, select, text, update
 
-from saas.db import SHARED_SCHEMA, check_schema_name
+from saas.db import SHARED_SCHEMA, check_schema_name, connect_args
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if not url:
         print("DATABASE_URL: required", file=sys.stderr)
         return 2
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1), connect_args=connect_args()
+    )
     with engine.begin() as conn:
         cfg = alembic_config(args.track)
         cfg.attributes["connection"] = conn

@@ -105,6 +105,9 @@ class Settings:
 
     env: str = "production"
     database_url: str | None = None
+    #: PostgreSQL itself, bypassing a pooler: migrations (``saas db upgrade``, ``saas tenants
+    #: migrate``, ``saas dev``) use it when set (docs/scaling.md)
+    database_url_direct: str | None = None
     redis_url: str | None = None
     issuer: str = "http://localhost:8000"
     audience: str = "saas-api"
@@ -129,6 +132,9 @@ class Settings:
     db_pool_size: int = 10
     db_max_overflow: int = 10
     db_pool_pre_ping: bool = True
+    #: psycopg's automatic prepared statements; off, safe behind any PgBouncer; on, start-up
+    #: refuses a connection it cannot prove direct or tracked (saas.db.verify_prepared_statements)
+    db_prepared_statements: bool = False
     redis_timeout_seconds: float = 0.25
     log_level: str = "INFO"
     # operations (saas.ops, saas.worker, saas.observability)
@@ -201,6 +207,8 @@ class Settings:
 
         maybe("SAAS_ENV", "env", _choice("development", "production", "test"))
         maybe("DATABASE_URL", "database_url", _url(("postgresql", "postgresql+psycopg", "postgres")))
+        direct = _url(("postgresql", "postgresql+psycopg", "postgres"))
+        maybe("DATABASE_URL_DIRECT", "database_url_direct", direct)
         maybe("REDIS_URL", "redis_url", _url(("redis", "rediss", "unix")))
         maybe("SAAS_ISSUER", "issuer", _url(("http", "https")))
         maybe("SAAS_AUDIENCE", "audience")
@@ -223,6 +231,7 @@ class Settings:
         maybe("DB_POOL_SIZE", "db_pool_size", _positive_int)
         maybe("DB_MAX_OVERFLOW", "db_max_overflow", int)
         maybe("DB_POOL_PRE_PING", "db_pool_pre_ping", _bool)
+        maybe("DB_PREPARED_STATEMENTS", "db_prepared_statements", _bool)
         maybe("REDIS_TIMEOUT", "redis_timeout_seconds", float)
         maybe("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
         maybe("SMTP_URL", "smtp_url", _url(("smtp", "smtps")))
@@ -253,8 +262,10 @@ class Settings:
         if prices:
             values["stripe_prices"] = prices
         settings = cls(**values)
-        if settings.database_url and settings.database_url.startswith("postgres://"):
-            settings = replace(settings, database_url="postgresql://" + settings.database_url[11:])
+        for attr in ("database_url", "database_url_direct"):
+            url = getattr(settings, attr)
+            if url and url.startswith("postgres://"):
+                settings = replace(settings, **{attr: "postgresql://" + url[11:]})
         if settings.env == "production" and not settings.secret_key and settings.database_url:
             raise SettingsError("SECRET_KEY: required when SAAS_ENV=production and DATABASE_URL is set")
         return settings

@@ -22,7 +22,7 @@ def run_tenant_migrations(
     ``verify``: read each schema's own version (drift), see :func:`migrate_tenants`."""
     from saas.ops.migrations import TENANT_TRACK, migrate_tenants, tenants_behind, track_head
 
-    engine = ctx.engine
+    engine = ctx.migration_engine
 
     location = track or TENANT_TRACK
     head = track_head(location)

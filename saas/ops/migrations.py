@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql as pgsql
 from sqlalchemy import Connection, Engine, create_engine, select, update
 
-from saas.db import TENANT_PLACEHOLDER, check_schema_name, tenant_metadata
+from saas.db import TENANT_PLACEHOLDER, check_schema_name, connect_args, tenant_metadata
 
 if TYPE_CHECKING:  # Alembic is imported only when a tenant is behind (it costs ~0.2 s to import)
     from alembic.operations import Operations
@@ -418,7 +418,7 @@ def _init_worker(url: str, script_location: str, lock_timeout_ms: int) -> None:
         _parent_engine.dispose(close=False)  # the parent's pooled connections are not ours
     migrator = TenantMigrator(script_location, lock_timeout_ms)
     try:
-        engine = create_engine(url, pool_size=1, max_overflow=0)
+        engine = create_engine(url, pool_size=1, max_overflow=0, connect_args=connect_args())
         conn = engine.connect()
     except Exception as exc:
         _worker = (migrator, None, _one_line(exc))
