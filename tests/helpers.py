@@ -65,10 +65,14 @@ def role_headers(app: Flask, tenant_id: Any, role: str) -> tuple[User, dict[str,
 
 
 def drop_tenant(engine, tenant_id: Any) -> None:
-    """Remove a committed tenant: its schema, row, memberships and users left without one."""
+    """Remove a committed tenant: its schema, row, outbox messages, memberships and users left
+    without one."""
+    from saas.outbox import OutboxMessage
+
     tenant_id = uuid.UUID(str(tenant_id))
     with engine.begin() as conn:
         conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema_name_for(tenant_id)}" CASCADE')
+        conn.execute(delete(OutboxMessage).where(OutboxMessage.tenant_id == tenant_id))
         user_ids = list(conn.scalars(select(Membership.user_id).where(Membership.tenant_id == tenant_id)))
         conn.execute(delete(Tenant).where(Tenant.id == tenant_id))
         for user_id in user_ids:
