@@ -469,25 +469,34 @@ def _reuse_detected(session: Session, row: RefreshToken) -> NoReturn:
     raise InvalidGrant("The refresh token was already used; the session has been revoked.")
 
 
-def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
-    """Revoke every live token of a family; returns how many."""
-    result = session.execute(
+def revoke_tokens(session: Session, *where: Any, reason: str) -> int:
+    """Revoke every live refresh token matching ``where`` and end their sessions' access tokens
+    (:func:`saas.auth.revocation.revoke_sessions`, written to Redis at commit); returns how many
+    refresh tokens. Every revocation of refresh tokens goes through here."""
+    from saas.auth import revocation
+
+    rows = session.execute(
         update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .where(*where, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=utcnow(), revoked_reason=reason)
-    )
-    return result.rowcount or 0
+        .returning(RefreshToken.tenant_id, RefreshToken.family_id, RefreshToken.created_at)
+    ).all()
+    newest: dict[tuple[uuid.UUID, uuid.UUID], datetime] = {}
+    for tenant_id, family_id, created_at in rows:
+        key = (tenant_id, family_id)
+        if key not in newest or created_at > newest[key]:
+            newest[key] = created_at
+    revocation.revoke_sessions(session, ((t, f, at) for (t, f), at in newest.items()))
+    return len(rows)
+
+
+def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
+    """Revoke every live token of a family (one session); returns how many."""
+    return revoke_tokens(session, RefreshToken.family_id == family_id, reason=reason)
 
 
 def revoke_user_sessions(session: Session, user_id: uuid.UUID, tenant_id: uuid.UUID, reason: str) -> int:
     """Revoke all refresh tokens of a user in a tenant (member removed, password changed...)."""
-    result = session.execute(
-        update(RefreshToken)
-        .where(
-            RefreshToken.user_id == user_id,
-            RefreshToken.tenant_id == tenant_id,
-            RefreshToken.revoked_at.is_(None),
-        )
-        .values(revoked_at=utcnow(), revoked_reason=reason)
+    return revoke_tokens(
+        session, RefreshToken.user_id == user_id, RefreshToken.tenant_id == tenant_id, reason=reason
     )
-    return result.rowcount or 0

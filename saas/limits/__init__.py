@@ -32,6 +32,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
+from saas.auth import revocation
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
 from saas.errors import AppError, ServiceUnavailable, TooManyRequests
@@ -134,7 +135,7 @@ class Limiter:
         if principal is not None:
             from saas.cache.principals import snapshot_for
 
-            snap = snapshot_for(principal.tenant_id, principal.user_id)
+            snap = snapshot_for(principal.tenant_id, principal.user_id, principal.client_id)
             if snap.tenant is None:
                 return _NOTHING  # the view answers 401
             ent = snap.entitlements
@@ -186,9 +187,14 @@ class Limiter:
         if not plan.keys:
             return
         counters = self.guard.counters
+        principal = g.get("principal")
+        # the caller's session and client revocation markers ride the same call
+        marks = revocation.keys_for(principal) if principal is not None else ()
         try:
-            decision = self.guard.call("limits", plan.run)
+            decision = self.guard.call("limits", lambda r: plan.run(r, 1, False, marks))
         except RedisUnavailable:
+            if marks:
+                revocation.note(revocation.UNKNOWN)
             closed = sorted({c.group for c in plan.checks} & self.fail_closed)
             if closed:
                 counters.inc("limits_fail_closed_total")
@@ -201,6 +207,11 @@ class Limiter:
             counters.inc("limits_fail_open_total")
             log.debug("rate limits skipped (redis unavailable): %s %s", request.method, request.path)
             return
+        if marks:
+            if decision.revoked:
+                revocation.note(revocation.REVOKED)
+                raise revocation.refuse()  # before the view, and nothing was consumed
+            revocation.note(revocation.CLEAR)
         g.rate_limit_decision = decision
         if decision.allowed:
             return
