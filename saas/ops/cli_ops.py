@@ -193,9 +193,11 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
         u.status = status
         revoked = 0
         if status == "locked":
+            from saas.auth import browser_sessions
             from saas.auth.service import revoke_tokens
 
             revoked = revoke_tokens(session, RefreshToken.user_id == u.id, reason="user_locked")
+            browser_sessions.end_for_user(session, u.id, "user_locked")
         action = "user.locked" if status == "locked" else "user.unlocked"
         tenants = session.execute(
             select(Tenant.id, Tenant.schema_name).join(Membership, Membership.tenant_id == Tenant.id)

@@ -13,13 +13,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from saas import audit, outbox
+from saas.auth.accounts import set_password
 from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions, token_hash
 from saas.billing import service as billing_service
 from saas.db import utcnow
 from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
-from saas.identity.passwords import Passwords, password_problems
+from saas.identity.passwords import Passwords
 from saas.rbac import ROLES, can_assign
 from saas.tenancy.models import Invitation, Membership, Tenant
 
@@ -155,13 +156,11 @@ def accept_invitation(
     user = session.get(User, membership.user_id)
     tenant = session.get(Tenant, membership.tenant_id)
     assert user is not None and tenant is not None
-    min_length = int((tenant.settings or {}).get("password_min_length", 8))
     if user.password_hash is None:
         if not password:
             raise ValidationError({"password": ["A password is required to create your account."]})
-        if problems := password_problems(password, min_length):
-            raise ValidationError({"password": problems})
-        user.password_hash = passwords.hash(password)
+        # the strictest password_min_length of this tenant and the user's others
+        set_password(session, user, password, joining=[tenant], passwords=passwords)
     elif not password or not passwords.verify(user.password_hash, password):
         # the token alone does not prove who accepts (admins see it once): an existing account
         # proves itself with its own password
