@@ -7,6 +7,8 @@ on an app with the limiter on (the check rides the limiter's Lua call)."""
 from __future__ import annotations
 
 import base64
+import socket
+import time
 
 import pytest
 
@@ -163,3 +165,23 @@ def test_a_rolled_back_revocation_writes_no_marker(app, db_session, api, redis_c
     service.revoke_family(db_session, family, "logout")
     db_session.rollback()
     assert redis_client.keys("*:rv:*") == []
+
+
+def test_markers_written_while_redis_was_down_follow_when_it_answers(redis_client, settings):
+    from saas.auth.revocation import RevocationStore
+    from saas.cache.guard import CircuitBreaker, Counters, RedisGuard
+    from saas.redis_client import make_redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nothing listens here once closed
+    dead = make_redis(f"redis://127.0.0.1:{dead_port}/0", 0.1)
+    guard = RedisGuard(dead, CircuitBreaker(5, 1.0), Counters())
+    store = RevocationStore(guard, settings.access_token_ttl_seconds + LEEWAY_SECONDS)
+    redis_client.flushdb()
+    key = "{t:00000000-0000-4000-8000-000000000001}:rv:s:abc"
+    assert store.publish({key: time.time() + 60}) is False
+    assert not redis_client.exists(key)
+    guard.client = redis_client  # Redis answers again: its first answer replays what waited
+    store.any_exists((key,))
+    assert redis_client.exists(key) and 0 < redis_client.ttl(key) <= 60

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from saas import db
 from saas.api import document_auth
+from saas.auth import revocation
 from saas.errors import Forbidden, Unauthorized
 from saas.rbac import permissions_for
 from saas.tenancy.models import Membership, Tenant
@@ -172,7 +173,6 @@ def current_principal() -> Principal:
         Forbidden: the tenant is suspended (``tenant_suspended``).
         ServiceUnavailable: a non-safe method while the revocation state cannot be read.
     """
-    from saas.auth import revocation
     from saas.cache.principals import snapshot_for
 
     principal: Principal | None = g.get("principal")
