@@ -185,3 +185,27 @@ def test_markers_written_while_redis_was_down_follow_when_it_answers(redis_clien
     guard.client = redis_client  # Redis answers again: its first answer replays what waited
     store.any_exists((key,))
     assert redis_client.exists(key) and 0 < redis_client.ttl(key) <= 60
+
+
+def test_introspection_reports_a_deleted_clients_token_inactive(http):
+    api = Api(http)
+    owner = api.signup("acme")
+    h = api.auth(owner)
+    fields = dict(
+        client_type="confidential", grant_types=["client_credentials"], redirect_uris=[], scope="api"
+    )
+    svc = register_client(http, h, role="viewer", **fields)
+    checker = register_client(http, h, name="Resource server", **fields)
+    token = _service_token(http, svc)
+
+    def introspect() -> dict:
+        r = http.post(
+            "/oauth/introspect",
+            data={"token": token},
+            headers=_basic(checker["client_id"], checker["client_secret"]),
+        )
+        return r.get_json()
+
+    assert introspect()["active"] is True
+    assert http.delete(f"/api/v1/clients/{svc['client_id']}", headers=h).status_code == 204
+    assert introspect() == {"active": False}
