@@ -124,11 +124,14 @@ def test_an_idle_browser_sign_in_ends(api, client, db_session):
     app_client = register_client(client, api.auth(owner), client_type="public", first_party=True)
     client.patch("/api/v1/tenant", json={"settings": {"session_idle_minutes": 30}}, headers=api.auth(owner))
     code_for(client, app_client["client_id"], "owner@acme.test")
-    db_session.execute(update(BrowserSession).values(last_seen_at=utcnow() - timedelta(minutes=31)))
+    mine = BrowserSession.user_id == owner["user"]["id"]  # other tests' committed rows aside
+    db_session.execute(
+        update(BrowserSession).where(mine).values(last_seen_at=utcnow() - timedelta(minutes=31))
+    )
     db_session.commit()
     assert _silent(client, app_client)["error"] == "login_required"
     db_session.expire_all()
-    assert db_session.scalars(select(BrowserSession.ended_reason)).all() == ["idle"]
+    assert db_session.scalars(select(BrowserSession.ended_reason).where(mine)).all() == ["idle"]
 
 
 # --- password_min_length -------------------------------------------------------------------------
@@ -218,8 +221,9 @@ def test_revoke_all_sessions_ends_browser_sign_ins(api, client):
 
 
 def test_browser_sign_in_is_a_row_named_by_the_cookie(api, client, db_session):
-    _signed_in_browser(api, client)
-    rows = db_session.scalars(select(BrowserSession)).all()
+    owner, _app_client, _cookie = _signed_in_browser(api, client)
+    mine = select(BrowserSession).where(BrowserSession.user_id == owner["user"]["id"])
+    rows = db_session.scalars(mine).all()
     assert len(rows) == 1 and rows[0].amr == ["pwd"] and rows[0].ended_at is None
     assert api.login("owner@acme.test", TEST_PASSWORD).status_code == 200  # the API login makes none
-    assert len(db_session.scalars(select(BrowserSession)).all()) == 1
+    assert len(db_session.scalars(mine).all()) == 1
