@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from saas.auth.models import BrowserSession, RefreshToken
 from saas.db import Database, utcnow
 from saas.identity.models import User
+from saas.outbox import OutboxMessage
 
 
 def test_lock_ends_browser_sign_ins_and_marks_sessions_revoked(committed, run_cli, engine, redis_client):
@@ -28,9 +29,14 @@ def test_lock_ends_browser_sign_ins_and_marks_sessions_revoked(committed, run_cl
             family_expires_at=later,
         )  # fmt: skip
         session.add(refresh)
-    r = run_cli("users", "lock", email, "--reason", "compromised", "--json")
-    assert r.exit_code == 0, r.output
-    with db.transaction() as session:
-        row = session.scalars(select(BrowserSession).where(BrowserSession.user_id == user.id)).one()
-        assert row.ended_at is not None and row.ended_reason == "user_locked"
+        start_id = session.scalar(select(func.coalesce(func.max(OutboxMessage.id), 0)))
+    try:
+        r = run_cli("users", "lock", email, "--reason", "compromised", "--json")
+        assert r.exit_code == 0, r.output
+        with db.transaction() as session:
+            row = session.scalars(select(BrowserSession).where(BrowserSession.user_id == user.id)).one()
+            assert row.ended_at is not None and row.ended_reason == "user_locked"
+    finally:  # the lock's security mail is committed: leave no job for the worker tests
+        with db.transaction() as session:
+            session.execute(delete(OutboxMessage).where(OutboxMessage.id > start_id))
     assert redis_client.exists(f"{{t:{tenant.id}}}:rv:s:{user.id}")
