@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
     from saas.auth import api as auth_api
-    from saas.auth import authlib_server, hosted
+    from saas.auth import authlib_server, hosted, revocation
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
     from saas.auth.keys import KeyStore
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     observability.init_app(app)
     app.before_request(authenticate_request)
     cache.init_app(app)  # Redis guard, tenant cache, key watcher, ETag / Cache-Control
+    revocation.init_app(app)  # revoked sessions and clients, checked with the principal
     limits.init_app(app)  # rate limits and quotas: one Lua call per request
     app.before_request(reject_bad_credentials)  # a forged token's 401, after the IP limit counted it
     smorest = api.init_app(app)

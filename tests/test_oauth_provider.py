@@ -566,6 +566,9 @@ def test_ops_revoke_all_sessions_and_me_sessions(api, client):
     assert client.delete(f"/api/v1/me/sessions/{other['id']}", headers=h).status_code == 204
     assert len(client.get("/api/v1/me/sessions", headers=h).get_json()) == 2
     assert client.post("/api/v1/auth/logout", headers=h).status_code == 204
+    # the logged-out session's access token stops at once; a new login carries on
+    assert client.get("/api/v1/me/sessions", headers=h).status_code == 401
+    h = api.auth(api.login("owner@acme.test").get_json()["access_token"])
     ids = [s["id"] for s in client.get("/api/v1/me/sessions", headers=h).get_json()]
     assert current["id"] not in ids
     r = client.post(
@@ -574,7 +577,9 @@ def test_ops_revoke_all_sessions_and_me_sessions(api, client):
     assert r.status_code == 400
     revoked = client.delete(f"/api/v1/members/{owner['user']['id']}/sessions", headers=h)
     assert revoked.status_code == 200 and revoked.get_json()["revoked"] >= 1
-    assert client.get("/api/v1/me/sessions", headers=h).get_json() == []
+    assert client.get("/api/v1/me/sessions", headers=h).status_code == 401  # its own session too
+    h = api.auth(api.login("owner@acme.test").get_json()["access_token"])
+    assert [s["current"] for s in client.get("/api/v1/me/sessions", headers=h).get_json()] == [True]
 
 
 def test_tenant_picker_for_platform_client(api, client, db_session, app):

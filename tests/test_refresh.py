@@ -99,7 +99,11 @@ def test_reuse_revocation_persists_and_is_audited(client, api, session_tokens, d
         select(RefreshToken).where(RefreshToken.family_id == _row(db_session, r1).family_id)
     )
     assert all(r.revoked_at is not None for r in rows)
-    events = client.get("/api/v1/audit-events?action=auth.refresh_token_reused", headers=api.auth(signup))
+    # the revoked session's access token stops too; a new login reads the log
+    old = client.get("/api/v1/audit-events?action=auth.refresh_token_reused", headers=api.auth(signup))
+    assert old.status_code == 401 and old.get_json()["code"] == "session_revoked"
+    fresh = api.login("owner@acme.test").get_json()
+    events = client.get("/api/v1/audit-events?action=auth.refresh_token_reused", headers=api.auth(fresh))
     assert len(events.get_json()) == 1
 
 

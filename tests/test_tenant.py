@@ -25,13 +25,15 @@ def test_get_tenant_and_me(api, client, owner):
 def test_patch_name_and_merge_settings(api, client, owner):
     h = api.auth(owner)
     r = client.patch(
-        "/api/v1/tenant", json={"name": "  Acme Two  ", "settings": {"require_mfa": True}}, headers=h
+        "/api/v1/tenant", json={"name": "  Acme Two  ", "settings": {"password_min_length": 12}}, headers=h
     )
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["name"] == "Acme Two"
-    r = client.patch("/api/v1/tenant", json={"settings": {"password_min_length": 12}}, headers=h)
-    assert r.get_json()["settings"] == {"require_mfa": True, "password_min_length": 12}
     assert client.get("/api/v1/tenant", headers=h).get_json()["settings"]["password_min_length"] == 12
+    r = client.patch("/api/v1/tenant", json={"settings": {"require_mfa": True}}, headers=h)
+    assert r.get_json()["settings"] == {"require_mfa": True, "password_min_length": 12}
+    # require_mfa ended this password-only session (tests/test_session_policies.py)
+    assert client.get("/api/v1/tenant", headers=h).status_code == 401
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 
 from saas import audit, db
 from saas.api import Blueprint
+from saas.auth import browser_sessions, mfa, service
 from saas.auth import clients as clients_service
-from saas.auth import mfa, service
 from saas.auth.context import authenticated, current_principal, require
 from saas.auth.models import OAuthClient, RefreshToken
 from saas.auth.stepup import check_step_up, require_step_up
@@ -449,7 +449,9 @@ class MemberSessions(MethodView):
     @require("members:manage")
     @blp.response(200, RevokedSchema)
     def delete(self, user_id):
-        """Revoke every session of a member of this tenant (admins). Returns how many tokens."""
+        """Revoke every session of a member of this tenant (admins): refresh tokens with their
+        access tokens, and the member's browser sign-ins on the hosted pages. Returns how many
+        refresh tokens."""
         principal = current_principal()
         try:
             uid = uuid.UUID(user_id)
@@ -462,7 +464,12 @@ class MemberSessions(MethodView):
         if member is None:
             raise NotFound("No such member.")
         count = service.revoke_user_sessions(sess, uid, principal.tenant_id, "admin_revoked")
+        browsers = browser_sessions.end_for_user(sess, uid, "admin_revoked")
         audit.record(
-            sess, "auth.sessions_revoked", target_type="user", target_id=uid, data={"revoked": count}
+            sess,
+            "auth.sessions_revoked",
+            target_type="user",
+            target_id=uid,
+            data={"revoked": count, "browser_sessions": browsers},
         )
         return {"revoked": count}

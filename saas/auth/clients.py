@@ -224,16 +224,15 @@ def rotate_secret(session: Session, client: OAuthClient) -> str:
 
 
 def delete_client(session: Session, client: OAuthClient) -> None:
-    """Delete the client and revoke every refresh token issued to it."""
-    from sqlalchemy import update
-
+    """Delete the client and revoke every refresh token issued to it; its access tokens (of
+    every session, and its ``client_credentials`` ones) stop once this commits."""
+    from saas.auth import revocation
     from saas.auth.models import RefreshToken
+    from saas.auth.service import revoke_tokens
 
-    session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.client_id == client.client_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow(), revoked_reason="client_deleted")
-    )
+    revoke_tokens(session, RefreshToken.client_id == client.client_id, reason="client_deleted")
+    if client.tenant_id is not None:
+        revocation.revoke_client(session, client.tenant_id, client.client_id)
     audit.record(session, "client.deleted", target_type="oauth_client", target_id=client.client_id)
     session.delete(client)
     session.flush()

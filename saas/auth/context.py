@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from saas import db
 from saas.api import document_auth
+from saas.auth import revocation
 from saas.errors import Forbidden, Unauthorized
 from saas.rbac import permissions_for
 from saas.tenancy.models import Membership, Tenant
@@ -177,9 +178,16 @@ def current_principal() -> Principal:
     Served from the cache (:func:`saas.cache.snapshot_for`): on a hit no SQL runs; on a miss one
     query loads tenant and membership.
 
+    The token's session and client must not be revoked (:func:`saas.auth.revocation.check`,
+    read in the limiter's Redis call or with one ``EXISTS``), and a person's token must carry
+    ``otp`` in ``amr`` when the tenant requires MFA.
+
     Raises:
-        Unauthorized: no bearer token; or the membership is gone (token outlived it).
+        Unauthorized: no bearer token; the membership or the client is gone (token outlived
+            it); the session was revoked (``session_revoked``); the tenant requires MFA and
+            the token has no second factor (``mfa_required``).
         Forbidden: the tenant is suspended (``tenant_suspended``).
+        ServiceUnavailable: a non-safe method while the revocation state cannot be read.
     """
     from saas.cache.principals import snapshot_for
 
@@ -188,15 +196,22 @@ def current_principal() -> Principal:
         raise Unauthorized("This endpoint needs an access token.", error=None)
     if principal.resolved:
         return principal
-    snap = snapshot_for(principal.tenant_id, principal.user_id)
+    revocation.check(principal)
+    snap = snapshot_for(principal.tenant_id, principal.user_id, principal.client_id)
     if snap.tenant is None:
         raise Unauthorized("The access token's tenant no longer exists.")
-    if principal.user_id is not None:
-        if snap.role is None:
+    if snap.role is None:
+        if principal.user_id is not None:
             raise Unauthorized("The access token's membership no longer exists.")
-        principal.roles = (snap.role,)
-    else:
-        principal.roles = tuple(principal.claims.get("roles") or ())
+        raise Unauthorized("The access token's client no longer exists.")
+    principal.roles = (snap.role,)  # from the database, never from the token
+    amr = principal.claims.get("amr") or ()
+    if principal.user_id is not None and snap.tenant.require_mfa and "otp" not in amr:
+        raise Unauthorized(
+            "This organisation requires a second factor: sign in again with MFA.",
+            code="mfa_required",
+            error="insufficient_user_authentication",
+        )
     if snap.tenant.status != "active":
         raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
     principal.tenant_snapshot = snap.tenant

@@ -2,8 +2,10 @@
 
 Server-rendered HTML (Jinja autoescaping). State between pages lives in Flask's signed session
 cookie (``HttpOnly``, ``SameSite=Lax``, ``Secure`` behind https, path ``/oauth``): the pending
-authorization request, the browser's login (user, ``auth_time``, ``amr``) and a CSRF token that
-every POST must echo (compared in constant time). Every page is sent with
+authorization request, the id of the browser's sign-in (a server-side row,
+:mod:`saas.auth.browser_sessions`, holding user, ``auth_time`` and ``amr``; logout, revocation,
+an account lock or a password change end it) and a CSRF token that every POST must echo
+(compared in constant time). Every page is sent with
 ``Content-Security-Policy: frame-ancestors 'none'`` (and ``X-Frame-Options: DENY``) against
 clickjacking (RFC 9700 section 4.16), and ``Cache-Control: no-store``.
 
@@ -25,6 +27,7 @@ from flask import (
     Flask,
     Response,
     current_app,
+    g,
     redirect,
     render_template,
     request,
@@ -36,7 +39,7 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 
 from saas import audit, db
-from saas.auth import mfa, service
+from saas.auth import browser_sessions, mfa, service
 from saas.auth import oauth as provider
 from saas.auth.models import OAuthClient
 from saas.db import utcnow
@@ -47,7 +50,7 @@ from saas.tenancy.models import Membership, Tenant
 bp = Blueprint("hosted", __name__, template_folder="templates")
 
 #: a browser login is reused for new authorization requests for at most this long
-LOGIN_SESSION_SECONDS = 12 * 3600
+LOGIN_SESSION_SECONDS = int(browser_sessions.MAX_AGE.total_seconds())
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 
 
@@ -144,10 +147,41 @@ def _pending_request() -> tuple[provider.AuthorizationRequest, OAuthClient]:
 
 
 def _login_state() -> dict[str, Any] | None:
+    """The browser's sign-in, read from its server-side row (None when the cookie names none,
+    or the row was ended or has expired: then the cookie forgets it)."""
     state = session.get("login")
-    if not state or time.time() - state.get("auth_time", 0) > LOGIN_SESSION_SECONDS:
+    if not state:
         return None
-    return state
+    row = browser_sessions.find_live(db.session(), state.get("bsid"), state.get("uid"))
+    if row is None:
+        session.pop("login", None)
+        return None
+    g.browser_session = row
+    return {
+        "uid": str(row.user_id),
+        "auth_time": int(row.auth_time.timestamp()),
+        "amr": list(row.amr or []),
+        "fresh": bool(state.get("fresh")),
+    }
+
+
+def _sign_in(user_id: uuid.UUID, auth_time: int, amr: list[str]) -> None:
+    """Start the browser's sign-in (a new row; the one it replaces ends)."""
+    _end_sign_in("replaced")
+    row = browser_sessions.start(db.session(), user_id, datetime.fromtimestamp(auth_time, UTC), amr)
+    session["login"] = {"bsid": str(row.id), "uid": str(user_id), "fresh": True}
+
+
+def _end_sign_in(reason: str) -> uuid.UUID | None:
+    """End the browser's current sign-in, if any; returns its user."""
+    state = session.pop("login", None)
+    if not state:
+        return None
+    row = browser_sessions.find_live(db.session(), state.get("bsid"), state.get("uid"))
+    if row is None:
+        return None
+    browser_sessions.end(db.session(), row, reason)
+    return row.user_id
 
 
 def _redirect_error(req: provider.AuthorizationRequest, error: str, description: str):
@@ -223,6 +257,13 @@ def _continue():
             return redirect(url_for("hosted.tenant"))
         chosen = memberships
     _membership, tenant = chosen[0]
+    row = g.browser_session
+    if browser_sessions.is_idle(row, (tenant.settings or {}).get("session_idle_minutes")):
+        browser_sessions.end(sess, row, "idle")
+        session.pop("login", None)
+        if req.prompt == "none":
+            return _redirect_error(req, "login_required", "The sign-in was idle too long.")
+        return redirect(url_for("hosted.login"))
     amr = list(login.get("amr") or ["pwd"])
     if (tenant.settings or {}).get("require_mfa") and "otp" not in amr:
         if req.prompt == "none":
@@ -244,6 +285,7 @@ def _continue():
         auth_time=datetime.fromtimestamp(login["auth_time"], UTC),
         amr=amr,
     )
+    row.last_seen_at = utcnow()
     if login.get("fresh"):
         # the first code after a password (and MFA) login: that is the login to audit
         audit.record(
@@ -255,7 +297,7 @@ def _continue():
             data={"amr": amr, "client_id": client.client_id, "via": "hosted"},
             schema=tenant.schema_name,
         )
-        session["login"] = {**login, "fresh": False}
+        session["login"] = {**session["login"], "fresh": False}
     session.pop("areq", None)
     session.pop("consented", None)
     return redirect(provider.success_redirect(req, code))
@@ -277,7 +319,7 @@ def authorize():
     if login is not None and (
         req.prompt == "login" or (req.max_age is not None and time.time() - login["auth_time"] > req.max_age)
     ):
-        session.pop("login", None)
+        _end_sign_in("reauthentication")
     session["areq"] = req.to_dict()
     session.pop("consented", None)
     return _continue()
@@ -309,11 +351,11 @@ def login():
             error="The email or password is incorrect.",
         )
     now = int(time.time())
-    session.pop("login", None)
+    _end_sign_in("replaced")
     if mfa.has_mfa(sess, user.id):
         _set_pending(user.id, now, ["pwd"])
         return redirect(url_for("hosted.mfa"))
-    session["login"] = {"uid": str(user.id), "auth_time": now, "amr": ["pwd"], "fresh": True}
+    _sign_in(user.id, now, ["pwd"])
     user.last_login_at = utcnow()
     return _continue()
 
@@ -338,12 +380,7 @@ def mfa_page():
     except AppError as err:
         return _render("mfa.html", err.status, title="Two-step verification", error=err.detail)
     session.pop("pending", None)
-    session["login"] = {
-        "uid": pending["uid"],
-        "auth_time": int(time.time()),
-        "amr": [*pending["amr"], "otp"],
-        "fresh": True,
-    }
+    _sign_in(user.id, int(time.time()), [*pending["amr"], "otp"])
     user.last_login_at = utcnow()
     return _continue()
 
@@ -388,7 +425,10 @@ def enroll():
             detail="Start again to get a new key.",
             error=err.detail,
         )
-    session["login"] = {**login, "amr": [*login["amr"], "otp"], "auth_time": int(time.time())}
+    row = g.browser_session  # the sign-in now has its second factor
+    row.amr = [*login["amr"], "otp"]
+    row.auth_time = utcnow()
+    row.expires_at = row.auth_time + browser_sessions.MAX_AGE
     return _render("enroll.html", title="Two-step verification is on", recovery_codes=codes)
 
 
@@ -466,7 +506,21 @@ def consent():
 
 @bp.post("/oauth/logout")
 def logout():
-    """End the browser's login on the hosted pages (tokens already issued are not affected)."""
+    """End the browser's sign-in on the hosted pages: its server-side row ends, so the cookie
+    signs nobody in any more (tokens already issued are not affected). Audited as
+    ``auth.logout`` in the user's tenants."""
     _check_csrf()
+    user_id = _end_sign_in("logout")
+    if user_id is not None:
+        for _m, tenant_row in _memberships(user_id):
+            audit.record(
+                db.session(),
+                "auth.logout",
+                target_type="user",
+                target_id=user_id,
+                actor=audit.Actor("user", str(user_id)),
+                data={"via": "hosted"},
+                schema=tenant_row.schema_name,
+            )
     session.clear()
     return _render("error.html", title="Signed out", detail="You are signed out.")

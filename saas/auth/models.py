@@ -211,3 +211,28 @@ class Consent(SharedBase):
     client_id: Mapped[str] = mapped_column(String(64))
     scope: Mapped[str] = mapped_column(String(1024), default="")
     granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BrowserSession(SharedBase):
+    """A browser's sign-in on the hosted pages: the ``saas_auth`` cookie carries only its id.
+
+    Logout, an admin's "revoke all sessions", an account lock and a password change set
+    ``ended_at``; an ended, expired (``expires_at``, 12 h after the sign-in) or idle (the
+    tenant's ``session_idle_minutes`` since ``last_seen_at``) row signs nobody in, so its cookie
+    gets no more codes, ``prompt=none`` included (``login_required``).
+    """
+
+    __tablename__ = "browser_sessions"
+    __table_args__ = (Index("ix_browser_sessions_user_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    auth_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    amr: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_reason: Mapped[str | None] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))

@@ -377,8 +377,8 @@ def _may_introspect(client: OAuthClient, audience: Any, tenant_id: str | None) -
 
 def revoke(session: Session, client: OAuthClient, token: str | None) -> None:
     """RFC 7009: revoke a refresh token (its whole family) or the session behind an access token
-    (its ``sid``; the access token itself stays valid until it expires, at most
-    ``ACCESS_TOKEN_TTL``). Unknown or foreign tokens are ignored (200 either way, section 2.2);
+    (its ``sid``; the session's access tokens stop too, :mod:`saas.auth.revocation`). Unknown
+    or foreign tokens are ignored (200 either way, section 2.2);
     ``token_type_hint`` is unnecessary since both kinds are recognised by shape."""
     if not token:
         raise InvalidRequest("token is required.")
@@ -424,6 +424,10 @@ def introspect(session: Session, client: OAuthClient, token: str | None) -> dict
             return inactive
         if not _may_introspect(client, claims.get("aud"), str(claims.get("tid"))):
             return inactive
+        if claims.get("sub") == claims.get("client_id"):
+            owner = session.scalars(select(OAuthClient.id).where(OAuthClient.client_id == claims["sub"]))
+            if owner.first() is None:
+                return inactive  # a deleted client's service-account token
         sid = claims.get("sid")
         if sid:
             try:

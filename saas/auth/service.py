@@ -486,6 +486,7 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
     membership, tenant, user = membership_row
     if tenant.status != "active" or user.status != "active":
         raise InvalidGrant("The tenant or the account is not active.")
+    check_session_policy(tenant, list(row.amr or []), row.created_at, now)
     return issue_tokens(
         session,
         user=user,
@@ -498,6 +499,41 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
         family=row,
         parent=row,
     )
+
+
+def check_session_policy(tenant: Tenant, amr: list[str], last_issued_at: datetime, now: datetime) -> None:
+    """The tenant's session settings, applied when a session is about to get new tokens.
+
+    * ``require_mfa``: a session whose login had no second factor (no ``otp`` in ``amr``)
+      gets nothing more (those live when the setting was turned on were revoked then);
+    * ``session_idle_minutes``: a session is idle from the moment its last token was issued
+      (login or refresh: access tokens are verified without any server-side write, so that is
+      the last time the server saw it); idle longer than that, it gets nothing more.
+
+    Raises:
+        InvalidGrant: either rule refuses the session.
+    """
+    settings = tenant.settings or {}
+    if settings.get("require_mfa") and "otp" not in amr:
+        raise InvalidGrant("This organisation requires a second factor: sign in again with MFA.")
+    idle = settings.get("session_idle_minutes")
+    if idle and now - last_issued_at > timedelta(minutes=int(idle)):
+        raise InvalidGrant("The session was idle too long: sign in again.")
+
+
+def revoke_sessions_without_mfa(session: Session, tenant_id: uuid.UUID, reason: str = "mfa_required") -> int:
+    """Revoke the tenant's live sessions whose login had no second factor (``otp`` not in
+    ``amr``), with their access tokens (:func:`revoke_tokens`); returns how many refresh tokens.
+    Called when the tenant turns ``require_mfa`` on."""
+    rows = session.execute(
+        select(RefreshToken.family_id, RefreshToken.amr).where(
+            RefreshToken.tenant_id == tenant_id, RefreshToken.revoked_at.is_(None)
+        )
+    ).all()
+    families = {family for family, amr in rows if "otp" not in (amr or [])}
+    if not families:
+        return 0
+    return revoke_tokens(session, RefreshToken.family_id.in_(families), reason=reason)
 
 
 def _reuse_detected(session: Session, row: RefreshToken) -> NoReturn:
@@ -518,25 +554,34 @@ def _reuse_detected(session: Session, row: RefreshToken) -> NoReturn:
     raise InvalidGrant("The refresh token was already used; the session has been revoked.")
 
 
-def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
-    """Revoke every live token of a family; returns how many."""
-    result = session.execute(
+def revoke_tokens(session: Session, *where: Any, reason: str) -> int:
+    """Revoke every live refresh token matching ``where`` and end their sessions' access tokens
+    (:func:`saas.auth.revocation.revoke_sessions`, written to Redis at commit); returns how many
+    refresh tokens. Every revocation of refresh tokens goes through here."""
+    from saas.auth import revocation
+
+    rows = session.execute(
         update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .where(*where, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=utcnow(), revoked_reason=reason)
-    )
-    return result.rowcount or 0
+        .returning(RefreshToken.tenant_id, RefreshToken.family_id, RefreshToken.created_at)
+    ).all()
+    newest: dict[tuple[uuid.UUID, uuid.UUID], datetime] = {}
+    for tenant_id, family_id, created_at in rows:
+        key = (tenant_id, family_id)
+        if key not in newest or created_at > newest[key]:
+            newest[key] = created_at
+    revocation.revoke_sessions(session, ((t, f, at) for (t, f), at in newest.items()))
+    return len(rows)
+
+
+def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
+    """Revoke every live token of a family (one session); returns how many."""
+    return revoke_tokens(session, RefreshToken.family_id == family_id, reason=reason)
 
 
 def revoke_user_sessions(session: Session, user_id: uuid.UUID, tenant_id: uuid.UUID, reason: str) -> int:
     """Revoke all refresh tokens of a user in a tenant (member removed, password changed...)."""
-    result = session.execute(
-        update(RefreshToken)
-        .where(
-            RefreshToken.user_id == user_id,
-            RefreshToken.tenant_id == tenant_id,
-            RefreshToken.revoked_at.is_(None),
-        )
-        .values(revoked_at=utcnow(), revoked_reason=reason)
+    return revoke_tokens(
+        session, RefreshToken.user_id == user_id, RefreshToken.tenant_id == tenant_id, reason=reason
     )
-    return result.rowcount or 0

@@ -12,6 +12,8 @@ Layout (``<id>`` is the canonical UUID text, ``8c0f...-....``):
 ``{t:<id>}:usage:<YYYY-MM>``          API calls counted in the billing period (metering reads it)
 ``{t:<id>}:cv``                       cache version of the tenant (bumped on every change)
 ``{t:<id>}:c:<name>``                 cache entry ``[version, value]`` (JSON)
+``{t:<id>}:rv:s:<session id>``        a revoked session (refresh-token family; ``saas.auth.revocation``)
+``{t:<id>}:rv:c:<client id>``         a deleted OAuth client of the tenant (same module)
 ==================================  ===========================================================
 
 Keys that belong to no tenant (pre-authentication throttles, platform keys) are built by
@@ -48,6 +50,14 @@ class TenantKeys:
 
     def cache(self, name: str) -> str:
         return f"{self.tag}:c:{name}"
+
+    def revoked_session(self, session_id: str) -> str:
+        """Marker of a revoked session (``sid``) of the tenant; see :mod:`saas.auth.revocation`."""
+        return f"{self.tag}:rv:s:{session_id}"
+
+    def revoked_client(self, client_id: str) -> str:
+        """Marker of a deleted OAuth client of the tenant; see :mod:`saas.auth.revocation`."""
+        return f"{self.tag}:rv:c:{client_id}"
 
     def pattern(self, kind: str = "*") -> str:
         """A SCAN pattern over this tenant's keys of ``kind`` (``rl``, ``c``...)."""

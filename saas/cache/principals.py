@@ -6,7 +6,9 @@ fresh) and no SQL on a hit:
 
 * ``tenant``: id, slug, name, status, plan, schema (entry ``tenant``);
 * ``entitlements``: ``saas.billing.entitlements.entitlements_for(tenant).to_dict()`` (``ent``);
-* the user's membership role and status in the tenant (``m:<user id hex>``).
+* the user's membership role and status in the tenant (``m:<user id hex>``);
+* for a service account (no user), its OAuth client's current role (``cl:<client_id>``; None
+  when the client is no longer the tenant's), never the role written in the token.
 
 On a miss the three are computed with one SQL query (tenant left-joined with the membership)
 plus whatever ``entitlements_for`` needs, and stored under the tenant's cache version.
@@ -43,6 +45,8 @@ class TenantSnapshot:
     status: str
     plan: str | None
     schema_name: str
+    #: the tenant's ``require_mfa`` setting: a person's token without ``otp`` in ``amr`` is refused
+    require_mfa: bool = False
 
     def to_cache(self) -> dict[str, Any]:
         return {
@@ -52,6 +56,7 @@ class TenantSnapshot:
             "status": self.status,
             "plan": self.plan,
             "schema_name": self.schema_name,
+            "require_mfa": self.require_mfa,
         }
 
     @classmethod
@@ -63,13 +68,15 @@ class TenantSnapshot:
             data["status"],
             data["plan"],
             data["schema_name"],
+            bool(data.get("require_mfa")),
         )
 
 
 @dataclass(frozen=True)
 class PrincipalSnapshot:
     """What the pipeline knows about a caller. ``tenant`` None: no such tenant.
-    ``role`` None: no active membership (or a client token, ``user_id`` None)."""
+    ``role`` None: no active membership, or (a client token, ``user_id`` None) no such client
+    in the tenant; a client's ``role`` is its current one."""
 
     tenant: TenantSnapshot | None
     entitlements: dict[str, Any]
@@ -81,30 +88,46 @@ def _member_name(user_id: uuid.UUID) -> str:
     return "m:" + user_id.hex
 
 
-def snapshot_for(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> PrincipalSnapshot:
-    """The caller's snapshot (memoised on ``flask.g`` for the request).
+def _client_name(client_id: str) -> str:
+    return "cl:" + client_id
+
+
+def snapshot_for(
+    tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | None = None
+) -> PrincipalSnapshot:
+    """The caller's snapshot (memoised on ``flask.g`` for the request). ``client_id`` is read
+    only for a service account (``user_id`` None).
 
     Uses the request's session (``saas.db.session()``) on a miss.
     """
-    memo_key = (tenant_id, user_id)
+    if user_id is not None:
+        client_id = None
+    memo_key = (tenant_id, user_id, client_id)
     memo = g.get("_principal_snapshot")
     if memo is not None and memo[0] == memo_key:
         return memo[1]
     cache = current_app.extensions.get("saas.cache")
-    names = ["tenant", "ent"] + ([_member_name(user_id)] if user_id else [])
+    if user_id:
+        names = ["tenant", "ent", _member_name(user_id)]
+    elif client_id:
+        names = ["tenant", "ent", _client_name(client_id)]
+    else:
+        names = ["tenant", "ent"]
     if cache is not None:
         values, version = cache.get_many(tenant_id, names)
     else:
         values, version = dict.fromkeys(names, MISS), None
     if any(v is MISS for v in values.values()):
-        computed = _compute(tenant_id, user_id)
+        computed = _compute(tenant_id, user_id, client_id)
         values = {"tenant": computed["tenant"], "ent": computed["ent"]}
         if user_id is not None:
             values[_member_name(user_id)] = computed["member"]
+        elif client_id:
+            values[_client_name(client_id)] = computed["member"]
         if cache is not None and computed["tenant"] is not None:
             cache.set_many(tenant_id, version, values)
     tenant_data = values["tenant"]
-    member = values[_member_name(user_id)] if user_id else None
+    member = values[names[2]] if len(names) > 2 else None
     inputs = (tenant_data, values["ent"], member)
     built = _BUILT.get(memo_key)
     if built is not None and all(a is b for a, b in zip(built[0], inputs, strict=True)):
@@ -127,11 +150,12 @@ def snapshot_for(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> PrincipalSn
 #: cache layer hands out the same objects while they are fresh, so identical inputs (``is``)
 #: mean the snapshot is still the right one; new entries (a refresh, an invalidation) never
 #: match. It holds the inputs, so their ids cannot be reused while kept.
-_BUILT: dict[tuple[uuid.UUID, uuid.UUID | None], tuple[tuple[Any, ...], PrincipalSnapshot]] = {}
+_BUILT: dict[tuple[uuid.UUID, uuid.UUID | None, str | None], tuple[tuple[Any, ...], PrincipalSnapshot]] = {}
 
 
-def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> dict[str, Any]:
+def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | None = None) -> dict[str, Any]:
     from saas import db
+    from saas.auth.models import OAuthClient
     from saas.billing.entitlements import entitlements_for
     from saas.identity.models import User
     from saas.tenancy.models import Membership, Tenant
@@ -150,15 +174,30 @@ def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> dict[str, Any]:
             # a locked account's tokens stop working at once, like a removed membership's
             status = row[2] if row[3] in (None, "active") else "account_locked"
             member = {"role": row[1], "status": status}
+    elif client_id:
+        row = session.execute(
+            select(Tenant, OAuthClient.role)
+            .outerjoin(
+                OAuthClient, and_(OAuthClient.tenant_id == Tenant.id, OAuthClient.client_id == client_id)
+            )
+            .where(Tenant.id == tenant_id)
+        ).first()
+        tenant = row[0] if row else None
+        if row is not None:
+            # the client's role now (a deleted client has none), not the one in its token
+            member = {"role": row[1], "status": "active" if row[1] else "gone"}
     else:
         tenant = session.get(Tenant, tenant_id)
     if tenant is None:
         return {"tenant": None, "ent": None, "member": None}
     ent = entitlements_for(tenant)
     ent_data = ent.to_dict() if hasattr(ent, "to_dict") else dict(vars(ent))
-    snap = TenantSnapshot(tenant.id, tenant.slug, tenant.name, tenant.status, tenant.plan, tenant.schema_name)
+    snap = TenantSnapshot(
+        tenant.id, tenant.slug, tenant.name, tenant.status, tenant.plan, tenant.schema_name,
+        bool((tenant.settings or {}).get("require_mfa")),
+    )  # fmt: skip
     out: dict[str, Any] = {"tenant": snap.to_cache(), "ent": ent_data}
-    if user_id is not None:
+    if user_id is not None or client_id:
         out["member"] = member
     return out
 
@@ -181,10 +220,12 @@ def install_hooks() -> None:
     global _INSTALLED
     if _INSTALLED:
         return
+    from saas.auth.models import OAuthClient
     from saas.tenancy.models import Membership, Tenant
 
     _WATCHED.setdefault(Tenant, lambda t: t.id)
     _WATCHED.setdefault(Membership, lambda m: m.tenant_id)
+    _WATCHED.setdefault(OAuthClient, lambda c: c.tenant_id)  # a client's role and existence
     event.listen(Session, "after_flush", _after_flush)
     event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_soft_rollback", _after_rollback)

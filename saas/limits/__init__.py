@@ -37,6 +37,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
+from saas.auth import revocation
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
 from saas.errors import AppError, ServiceUnavailable, TooManyRequests
@@ -140,16 +141,22 @@ class Limiter:
         An authenticated request's plan depends only on the principal, two entitlements and
         the billing period, so it is kept (bounded, per process) and rebuilt when one of those
         changes or the clock leaves its period."""
+        return self._select_plan()[0]
+
+    def _select_plan(self) -> tuple[gcra.Plan, bool]:
+        """:meth:`plan_for_request`'s plan, and whether it is the principal's tenant plan (whose
+        keys share the tenant's Redis Cluster slot with its revocation markers)."""
         method, path = request.method, request.path
         principal = g.get("principal")
         groups = policies.AUTH_ENDPOINTS.get((method, path))
         if groups is not None:
-            return self._signin_plan(groups, principal)
+            return self._signin_plan(groups, principal), False
         if principal is not None:
             plan = self._principal_plan(principal)
             if plan is not None:
-                return plan
-        return gcra.Plan.of(policies.ip_checks(policies.client_ip(request.remote_addr), self.rates), None)
+                return plan, True
+        ip_plan = gcra.Plan.of(policies.ip_checks(policies.client_ip(request.remote_addr), self.rates), None)
+        return ip_plan, False
 
     def _signin_plan(self, groups: tuple[str, ...], principal: Any) -> gcra.Plan:
         body = form = None
@@ -169,7 +176,7 @@ class Limiter:
         then limited like an anonymous one, and the view answers 401)."""
         from saas.cache.principals import snapshot_for
 
-        snap = snapshot_for(principal.tenant_id, principal.user_id)
+        snap = snapshot_for(principal.tenant_id, principal.user_id, principal.client_id)
         if snap.tenant is None:
             return None
         ent = snap.entitlements
@@ -206,13 +213,19 @@ class Limiter:
         """``before_request``: admit, or raise 429 / 503 problems."""
         if request.path in policies.EXEMPT_PATHS or request.method == "OPTIONS":
             return
-        plan = self.plan_for_request()
+        plan, tenant_plan = self._select_plan()
         if not plan.keys:
             return
         counters = self.guard.counters
+        principal = g.get("principal")
+        # the caller's session and client revocation markers ride the same call when they are in
+        # its slot (the tenant's plan); otherwise current_principal checks them itself
+        marks = revocation.keys_for(principal) if tenant_plan else ()
         try:
-            decision = self.guard.call("limits", plan.run)
+            decision = self.guard.call("limits", lambda r: plan.run(r, 1, False, marks))
         except RedisUnavailable:
+            if marks:
+                revocation.note(revocation.UNKNOWN)
             closed = sorted({c.group for c in plan.checks} & self.fail_closed)
             if closed:
                 counters.inc("limits_fail_closed_total")
@@ -225,6 +238,11 @@ class Limiter:
             counters.inc("limits_fail_open_total")
             log.debug("rate limits skipped (redis unavailable): %s %s", request.method, request.path)
             return
+        if marks:
+            if decision.revoked:
+                revocation.note(revocation.REVOKED)
+                raise revocation.refuse()  # before the view, and nothing was consumed
+            revocation.note(revocation.CLEAR)
         g.rate_limit_decision = decision
         if decision.allowed:
             return

@@ -13,12 +13,16 @@ the quota) admit the request: a refused request consumes nothing anywhere.
 
 Script contract (``KEYS``, ``ARGV``)::
 
-    KEYS  = [policy_1 ... policy_n, quota_counter?]
+    KEYS  = [policy_1 ... policy_n, quota_counter?, revocation_1 ... revocation_m]
     ARGV  = [n, cost, peek(0|1), quota_limit(-1: count only, -2: no counter), quota_expire_at,
              T_1, tau_1, ... T_n, tau_n]          -- T and tau in microseconds; T = 0: a limit
                                                   -- of 0, always refused, retry after tau
-    reply = [status(0 ok, 1 rate limited, 2 quota exceeded), hit(1-based policy or 0),
-             quota_used, now_us, remaining_1, reset_us_1, retry_us_1, ...]
+    reply = [status(0 ok, 1 rate limited, 2 quota exceeded, 3 revoked), hit(1-based policy,
+             or revocation key, or 0), quota_used, now_us, remaining_1, reset_us_1, retry_us_1, ...]
+
+The revocation keys (``saas.auth.revocation``: the caller's session and OAuth client markers,
+in the tenant's hash slot like the rest) ride the same call: when one exists the script answers
+status 3 at once, with no policy states, and consumes nothing.
 
 It runs with ``EVALSHA``; on ``NOSCRIPT`` (server restarted, ``SCRIPT FLUSH``) it is sent once
 with ``EVAL``, which also caches it again.
@@ -40,6 +44,11 @@ local peek = tonumber(ARGV[3])
 local quota_limit = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local first = n + 1
+if quota_limit >= -1 then first = n + 2 end
+for j = first, #KEYS do
+  if redis.call('EXISTS', KEYS[j]) == 1 then return {3, j - first + 1, 0, now} end
+end
 local status, hit, worst = 0, 0, -1
 local out = {}
 local tats = {}
@@ -159,6 +168,8 @@ class Decision:
     quota: Quota | None
     quota_used: int
     now: float  # unix seconds (Redis clock)
+    #: a revocation key of the call exists (status 3): nothing was checked or consumed
+    revoked: bool = False
 
     @property
     def quota_remaining(self) -> int | None:
@@ -223,15 +234,21 @@ class Plan:
             args += [c.interval_us, c.tolerance_us]
         return cls(tuple(checks), quota, tuple(keys), tuple(args))
 
-    def run(self, client: Any, cost: int = 1, peek: bool = False) -> Decision:
-        """Check (and unless ``peek``, consume) the checks and the quota atomically.
+    def run(
+        self, client: Any, cost: int = 1, peek: bool = False, revocation: tuple[str, ...] = ()
+    ) -> Decision:
+        """Check (and unless ``peek``, consume) the checks and the quota atomically; with
+        ``revocation`` keys, first check that none exists (:attr:`Decision.revoked`).
 
         Raises:
             redis.RedisError, OSError: Redis failed (the caller applies the failure policy).
         """
         checks = self.checks
-        reply = _call(client, len(self.keys), self.keys, (len(checks), cost, 1 if peek else 0, *self.args))
+        keys = self.keys + revocation if revocation else self.keys
+        reply = _call(client, len(keys), keys, (len(checks), cost, 1 if peek else 0, *self.args))
         status, hit, used, now_us = (int(x) for x in reply[:4])
+        if status == 3:
+            return Decision(False, "revoked", (), None, self.quota, used, now_us / 1_000_000, True)
         states = tuple(
             PolicyState(c, int(reply[4 + 3 * i]), _ceil_seconds(int(reply[5 + 3 * i])),
                         _ceil_seconds(int(reply[6 + 3 * i])))

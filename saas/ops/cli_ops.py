@@ -179,11 +179,10 @@ def users_show(ctx: Context, user: str, as_json: bool) -> None:
 
 
 def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -> dict:
-    from sqlalchemy import select, update
+    from sqlalchemy import select
 
     from saas import audit
     from saas.auth.models import RefreshToken
-    from saas.db import utcnow
     from saas.tenancy.models import Membership, Tenant
 
     actor = operator_actor()
@@ -194,12 +193,11 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
         u.status = status
         revoked = 0
         if status == "locked":
-            result = session.execute(
-                update(RefreshToken)
-                .where(RefreshToken.user_id == u.id, RefreshToken.revoked_at.is_(None))
-                .values(revoked_at=utcnow(), revoked_reason="user_locked")
-            )
-            revoked = result.rowcount or 0
+            from saas.auth import browser_sessions
+            from saas.auth.service import revoke_tokens
+
+            revoked = revoke_tokens(session, RefreshToken.user_id == u.id, reason="user_locked")
+            browser_sessions.end_for_user(session, u.id, "user_locked")
         action = "user.locked" if status == "locked" else "user.unlocked"
         tenants = session.execute(
             select(Tenant.id, Tenant.schema_name).join(Membership, Membership.tenant_id == Tenant.id)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql as pgsql
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from saas import audit
@@ -67,13 +67,9 @@ def _audit(session: Session, tenant: Tenant, action: str, actor: audit.Actor, **
 
 def _revoke_tenant_sessions(session: Session, tenant: Tenant, reason: str) -> int:
     from saas.auth.models import RefreshToken
+    from saas.auth.service import revoke_tokens
 
-    result = session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.tenant_id == tenant.id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow(), revoked_reason=reason)
-    )
-    return result.rowcount or 0
+    return revoke_tokens(session, RefreshToken.tenant_id == tenant.id, reason=reason)
 
 
 def suspend(session: Session, tenant: Tenant, reason: str, actor: audit.Actor) -> Tenant:

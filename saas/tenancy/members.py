@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from saas import audit, outbox
+from saas.auth.accounts import set_password
 from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions, token_hash
 from saas.auth.stepup import check_step_up
@@ -20,7 +21,7 @@ from saas.billing import service as billing_service
 from saas.db import utcnow
 from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
-from saas.identity.passwords import Passwords, password_problems
+from saas.identity.passwords import Passwords
 from saas.rbac import ROLES, can_assign
 from saas.tenancy.models import Invitation, Membership, Tenant
 
@@ -260,12 +261,10 @@ def accept_invitation(
     else:
         if signed_in_user_id is not None:
             raise Forbidden("This invitation is for another account.", code="wrong_account")
-        min_length = int((tenant.settings or {}).get("password_min_length", 8))
         if not password:
             raise ValidationError({"password": ["A password is required to create your account."]})
-        if problems := password_problems(password, min_length):
-            raise ValidationError({"password": problems})
-        user.password_hash = passwords.hash(password)
+        # the strictest password_min_length of this tenant and the user's others
+        set_password(session, user, password, joining=[tenant], passwords=passwords)
     if name:
         user.name = name.strip()
     invitation.accepted_at = utcnow()

@@ -285,14 +285,40 @@ class TenantResource(MethodView):
             changes["name"] = {"from": tenant.name, "to": body["name"].strip()}
             tenant.name = body["name"].strip()
         if settings_change:
+            _check_settings(body["settings"])
             changes["settings"] = body["settings"]
+            mfa_on = merged.get("require_mfa") and not (tenant.settings or {}).get("require_mfa")
             tenant.settings = merged
+            if mfa_on:
+                # sessions signed in without a second factor end now, access tokens included
+                revoked = auth_service.revoke_sessions_without_mfa(db.session(), tenant.id)
+                audit.record(
+                    db.session(), "auth.sessions_revoked", target_type="tenant", target_id=tenant.id,
+                    data={"reason": "require_mfa", "revoked": revoked},
+                )  # fmt: skip
         if changes:
             audit.record(
                 db.session(), "tenant.updated", target_type="tenant", target_id=tenant.id, data=changes
             )
             db.session().flush()
         return tenant.to_public()
+
+
+def _check_settings(settings: dict) -> None:
+    """Settings valid alone but not with this deployment.
+
+    Raises:
+        ValidationError: ``session_idle_minutes`` shorter than an access token's lifetime (a
+            session is idle from its last token issuance, so a client using the API without
+            pause would look idle before it needs to refresh).
+    """
+    from saas.errors import ValidationError
+
+    idle = settings.get("session_idle_minutes")
+    ttl = current_app.extensions["saas.settings"].access_token_ttl_seconds
+    if idle is not None and idle * 60 < ttl:
+        message = f"Must be at least {-(-ttl // 60)} (the access-token lifetime, minutes)."
+        raise ValidationError({"settings": {"session_idle_minutes": [message]}})
 
 
 @blp.route("/members")

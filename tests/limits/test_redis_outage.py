@@ -83,8 +83,13 @@ def test_redis_killed_mid_run(make_app, own_redis):
     assert metrics.get("limits_fail_open_total") == 20
     assert metrics.get("breaker_opened_total") >= 1
     assert metrics.get("redis_short_circuited_total") > 0  # later requests skipped Redis entirely
+    # writes fail closed: whether the token's session was revoked cannot be read
     created = client.post("/api/v1/contacts", json={"name": "Ada"}, headers=h)
-    assert created.status_code == 201
+    assert created.status_code == 503
+    assert created.get_json()["code"] == "revocation_check_unavailable"
+    assert created.headers["Retry-After"]
+    assert metrics.get("revocation_fail_closed_total") == 1
+    assert metrics.get("revocation_fail_open_total") == 20  # the reads above were served
     login = api.login("owner@outage.test")
     assert login.status_code == 503  # fail closed
     assert login.get_json()["code"] == "rate_limit_unavailable"
@@ -104,6 +109,7 @@ def test_redis_killed_mid_run(make_app, own_redis):
     assert recovered is not None, "limits did not come back after Redis restarted"
     again = api.login("owner@outage.test", TEST_PASSWORD)
     assert again.status_code == 200, again.get_json()
+    assert client.post("/api/v1/contacts", json={"name": "Ada"}, headers=h).status_code == 201
 
 
 @pytest.fixture()

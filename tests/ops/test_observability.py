@@ -309,9 +309,13 @@ def test_limiter_and_breaker_counters_are_exported(app, client):
     assert 'saas_redis_errors_total{component="limits"} 1.0' in body
     assert "# TYPE saas_limits_fail_open_total counter" in body
     assert "saas_redis_breaker_open 0.0" in body
-    app.extensions["saas.redis_guard"].breaker.failure()
-    app.extensions["saas.redis_guard"].breaker.failure()
-    assert "saas_redis_breaker_open 1.0" in client.get("/metrics", headers=SCRAPER).get_data(as_text=True)
+    breaker = app.extensions["saas.redis_guard"].breaker
+    breaker.failure()
+    breaker.failure()
+    try:
+        assert "saas_redis_breaker_open 1.0" in client.get("/metrics", headers=SCRAPER).get_data(as_text=True)
+    finally:
+        breaker.success()  # the shared app's breaker: later tests' writes would fail closed
 
 
 def test_a_metrics_failure_never_fails_a_request(client, monkeypatch):

@@ -1,0 +1,72 @@
+"""Setting a person's password: the one road every password of a member takes.
+
+:func:`set_password` checks the password against the strictest ``password_min_length`` of the
+tenants the user belongs to (or is joining), hashes it (argon2id), and, when it replaces an
+existing password, ends every session of the account: refresh-token families with their access
+tokens (:func:`saas.auth.service.revoke_tokens`) and browser sign-ins
+(:func:`saas.auth.browser_sessions.end_for_user`). A password change endpoint calls it; so do
+invitation acceptance (a new account's first password) and any operator command that sets one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from saas.errors import ValidationError
+from saas.identity.models import User
+from saas.identity.passwords import MIN_LENGTH, Passwords, password_problems
+from saas.tenancy.models import Membership, Tenant
+
+
+def _minimum(tenant: Tenant) -> int:
+    return int((tenant.settings or {}).get("password_min_length") or MIN_LENGTH)
+
+
+def password_min_length(session: Session, user_id: uuid.UUID | None, joining: Iterable[Tenant] = ()) -> int:
+    """The strictest ``password_min_length`` (characters) of the tenants where ``user_id`` is an
+    active or invited member, and of ``joining``; at least :data:`MIN_LENGTH`."""
+    tenants = list(joining)
+    if user_id is not None:
+        tenants += session.scalars(
+            select(Tenant)
+            .join(Membership, Membership.tenant_id == Tenant.id)
+            .where(Membership.user_id == user_id, Membership.status.in_(("active", "invited")))
+        )
+    return max([MIN_LENGTH, *map(_minimum, tenants)])
+
+
+def set_password(
+    session: Session,
+    user: User,
+    password: str,
+    *,
+    joining: Iterable[Tenant] = (),
+    passwords: Passwords | None = None,
+    reason: str = "password_changed",
+) -> int:
+    """Check, hash and store ``user``'s new password (NIST SP 800-63B section 5.1.1.2 rules,
+    :func:`saas.identity.passwords.password_problems`, with the tenants' minimum length).
+
+    Returns how many refresh tokens were revoked (0 for a first password).
+
+    Raises:
+        ValidationError: 422 on the ``password`` field (too short for one of the user's
+            tenants, too long, or a common password).
+    """
+    from saas.auth import browser_sessions
+    from saas.auth.models import RefreshToken
+    from saas.auth.service import revoke_tokens
+
+    if problems := password_problems(password, password_min_length(session, user.id, joining)):
+        raise ValidationError({"password": problems})
+    replacing = user.password_hash is not None
+    user.password_hash = (passwords or current_app.extensions["saas.passwords"]).hash(password)
+    if not replacing:
+        return 0
+    browser_sessions.end_for_user(session, user.id, reason)
+    return revoke_tokens(session, RefreshToken.user_id == user.id, reason=reason)
