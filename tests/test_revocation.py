@@ -17,6 +17,7 @@ from saas.auth.tokens import LEEWAY_SECONDS
 from saas.db import Database
 from tests.auth_helpers import REDIRECT, code_for, register_client
 from tests.conftest import Api
+from tests.helpers import mailed_invitation_token
 
 
 @pytest.fixture(params=["limiter-off", "limiter-on"])
@@ -82,10 +83,12 @@ def test_admin_revocation_ends_every_access_token_of_the_member(http):
     owner = api.signup("acme")
     invite = http.post(
         "/api/v1/members", json={"email": "bob@acme.test", "role": "member"}, headers=api.auth(owner)
-    ).get_json()
+    )
+    assert invite.status_code == 201, invite.get_json()
     accepted = http.post(
         "/api/v1/invitations/accept",
-        json={"token": invite["invitation_token"], "password": "a long enough passphrase"},
+        json={"token": mailed_invitation_token(http.application, "bob@acme.test"),
+              "password": "a long enough passphrase"},
     ).get_json()
     bob = accepted["token"]
     bob2 = api.login("bob@acme.test", "a long enough passphrase").get_json()
@@ -195,7 +198,7 @@ def test_introspection_reports_a_deleted_clients_token_inactive(http):
         client_type="confidential", grant_types=["client_credentials"], redirect_uris=[], scope="api"
     )
     svc = register_client(http, h, role="viewer", **fields)
-    checker = register_client(http, h, name="Resource server", **fields)
+    checker = register_client(http, h, name="Resource server", resource_server=True, **fields)
     token = _service_token(http, svc)
 
     def introspect() -> dict:
