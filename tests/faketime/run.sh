@@ -12,7 +12,8 @@ shift
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 offset=$(( $(date -u -d "$target UTC" +%s) - $(date -u +%s) ))
+[ "$offset" -lt 0 ] && sign="" || sign="+"
 export DONT_FAKE_MONOTONIC=1
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-echo "faketime offset ${offset}s: the run starts at $(date -u -d "@$(( $(date -u +%s) + offset ))" '+%F %T') UTC"
-exec faketime -f "+${offset}s" "${PYTEST:-$root/.venv/bin/pytest}" "$@"
+echo "faketime offset ${sign}${offset}s: the run starts at $(date -u -d "@$(( $(date -u +%s) + offset ))" '+%F %T') UTC"
+exec faketime -f "${sign}${offset}s" "${PYTEST:-$root/.venv/bin/pytest}" "$@"
