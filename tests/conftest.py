@@ -152,6 +152,19 @@ def rolled_back(app, engine, redis_client) -> Iterator:
 
 
 @pytest.fixture()
+def steady_month(time_machine, redis_client):
+    """Move the Python clock (running) to noon on the 15th of the Redis server's current month,
+    and return that instant: a test that meters calls in "the current period" never straddles a
+    month end, and the counter's expiry (its period's end + 62 days, ``EXPIREAT`` on the Redis
+    clock) is in the future for Redis whatever the real date."""
+    from tests.helpers import redis_now
+
+    middle = redis_now(redis_client).replace(day=15, hour=12, minute=0, second=0, microsecond=0)
+    time_machine.move_to(middle, tick=True)
+    return middle
+
+
+@pytest.fixture()
 def client(app, connection):
     return app.test_client()
 

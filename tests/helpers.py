@@ -1,8 +1,10 @@
-"""Shared test helpers: problem assertions, members of a given role, tokens, committed tenants."""
+"""Shared test helpers: problem assertions, members of a given role, tokens, committed tenants,
+the Redis server's clock."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
@@ -117,3 +119,10 @@ def mailed_invitation_token(app: Flask, email: str) -> str:
         raise AssertionError(f"no invitation mailed to {email}")
     finally:
         session.close()
+
+
+def redis_now(redis_client) -> datetime:
+    """The Redis server's clock (``TIME``), which no test can move: key expiries (``EXPIREAT``,
+    ``TTL``) and the limiter's GCRA are measured on it, whatever the Python clock says."""
+    seconds, micros = redis_client.time()
+    return datetime.fromtimestamp(seconds + micros / 1e6, UTC)

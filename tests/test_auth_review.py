@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-import types
 from datetime import timedelta
 
 import pytest
@@ -32,10 +31,10 @@ T0 = 1_900_000_020.0
 
 
 @pytest.fixture()
-def clock(monkeypatch):
-    now = {"t": T0}
-    monkeypatch.setattr(mfa, "_clock", lambda: now["t"])
-    return now
+def clock(time_machine):
+    """The process's clock frozen at T0 (TOTP steps, tokens, expiries): ``clock.shift(s)``."""
+    time_machine.move_to(T0, tick=False)
+    return time_machine
 
 
 def _basic(client_id: str, secret: str) -> dict:
@@ -349,7 +348,7 @@ def test_fuzz_auth_endpoints_never_answer_5xx(api, client, clock):
     assert (
         client.post(
             "/api/v1/me/mfa/totp/confirm",
-            json={"code": mfa.totp_at(secret, int(clock["t"] // 30))},
+            json={"code": mfa.totp_at(secret, int(time.time() // 30))},
             headers=h,
         ).status_code
         == 200
@@ -417,7 +416,7 @@ def test_disabling_mfa_checks_require_mfa_in_every_membership(api, client, clock
     assert accepted.status_code == 200, accepted.get_json()
     h = api.auth(acme)
     secret = client.post("/api/v1/me/mfa/totp", headers=h).get_json()["secret"]
-    step = int(clock["t"] // 30)
+    step = int(time.time() // 30)
     assert (
         client.post(
             "/api/v1/me/mfa/totp/confirm", json={"code": mfa.totp_at(secret, step)}, headers=h
@@ -431,7 +430,7 @@ def test_disabling_mfa_checks_require_mfa_in_every_membership(api, client, clock
         "/api/v1/auth/mfa", json={"mfa_token": ticket, "code": mfa.totp_at(secret, step + 1)}
     )
     assert strong.status_code == 200, strong.get_json()
-    clock["t"] += 60
+    clock.shift(60)
     r = client.delete(
         "/api/v1/me/mfa/totp",
         json={"password": TEST_PASSWORD, "code": mfa.totp_at(secret, step + 2)},
@@ -444,22 +443,19 @@ def test_disabling_mfa_checks_require_mfa_in_every_membership(api, client, clock
 # --- 8. the hosted pending login expires -------------------------------------------------------
 
 
-def test_hosted_pending_mfa_login_expires(api, client, app, clock, monkeypatch):
-    from saas.auth import hosted
-
+def test_hosted_pending_mfa_login_expires(api, client, app, clock):
     owner = api.signup("acme")
     app_client = _first_party(api, client, owner)
     h = api.auth(owner)
     secret = client.post("/api/v1/me/mfa/totp", headers=h).get_json()["secret"]
-    step = int(clock["t"] // 30)
+    step = int(time.time() // 30)
     client.post("/api/v1/me/mfa/totp/confirm", json={"code": mfa.totp_at(secret, step)}, headers=h)
     _v, challenge = pkce_pair()
     r = browser_login(client, app_client["client_id"], "owner@acme.test", challenge)
     assert r.headers["Location"].endswith("/oauth/mfa")
     html = client.get("/oauth/mfa").get_data(as_text=True)
     ttl = app.extensions["saas.settings"].mfa_token_ttl_seconds
-    later = time.time() + ttl + 5
-    monkeypatch.setattr(hosted, "time", types.SimpleNamespace(time=lambda: later))
+    clock.shift(ttl + 5)
     r = client.post("/oauth/mfa", data={"code": mfa.totp_at(secret, step + 1), "csrf_token": csrf_of(html)})
     assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/login")
 

@@ -260,7 +260,8 @@ def test_without_keys_billing_answers_503_and_default_plan(api, client, app):
 # --- checkout, portal, sync ----------------------------------------------------------------------
 
 
-def test_checkout_session_shape_idempotency_and_permission(bapi, bclient, fake_stripe):
+def test_checkout_session_shape_idempotency_and_permission(bapi, bclient, fake_stripe, steady_month):
+    # steady_month: both checkouts in the same hour, which the idempotency key carries
     signup = bapi.signup("acme")
     h = bapi.auth(signup)
     first = checkout(bclient, h, "pro")
@@ -536,10 +537,9 @@ def test_past_due_grace_then_read_only_then_paid(bapi, bclient, bconn, billing_a
     assert bclient.post("/api/v1/contacts", json={"name": "Ada"}, headers=h).status_code == 201
     # grace over: read-only
     bconn.execute(
-        text(
-            "UPDATE saas.billing_accounts SET grace_until = now() - interval '1 second' WHERE tenant_id = :t"
-        ),
-        {"t": tenant_id},
+        # on the service's clock (not the database server's: they need not agree)
+        text("UPDATE saas.billing_accounts SET grace_until = :g WHERE tenant_id = :t"),
+        {"g": utcnow() - timedelta(seconds=1), "t": tenant_id},
     )
     with billing_app.app_context():
         ent.invalidate(None, uuid.UUID(tenant_id))
@@ -773,17 +773,20 @@ def test_set_plan_override_is_audited_and_wins(bapi, bclient, bconn, billing_app
 
 
 def test_report_usage_sends_one_meter_event_per_tenant_and_period(
-    bapi, bclient, redis_client, cli, fake_stripe
+    bapi, bclient, redis_client, cli, fake_stripe, steady_month
 ):
+    from saas.billing.usage import period_of, previous_period
+
+    period = previous_period(period_of(steady_month))  # closed since the 1st
     tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
-    redis_client.set(usage_key(tenant_id, "2026-10"), 1234)
-    result = cli("billing", "report-usage", "--period", "2026-10")
+    redis_client.set(usage_key(tenant_id, period), 1234)
+    result = cli("billing", "report-usage", "--period", period)
     assert result.exit_code == 0, result.output
     (event,) = fake_stripe.meter_events
-    assert event["identifier"] == f"usage-{tenant_id}-2026-10" and event["event_name"] == "api_calls"
+    assert event["identifier"] == f"usage-{tenant_id}-{period}" and event["event_name"] == "api_calls"
     assert event["payload"]["value"] == "1234"
     assert event["payload"]["stripe_customer_id"].startswith("cus_")
-    rerun = cli("billing", "report-usage", "--period", "2026-10")
+    rerun = cli("billing", "report-usage", "--period", period)
     assert rerun.exit_code == 0 and "1 already reported" in rerun.output
     assert len(fake_stripe.meter_events) == 1  # never billed twice
     assert cli("billing", "report-usage", "--period", "2026-13").exit_code == 2
@@ -961,12 +964,13 @@ def test_limit_overrides_unlimited_and_zero_are_kept_and_booleans_refused(bapi, 
 
 
 def test_report_usage_refuses_an_open_period_and_records_nothing_for_zero(
-    bapi, bclient, bconn, redis_client, cli, fake_stripe, billing_app
+    bapi, bclient, bconn, redis_client, cli, fake_stripe, billing_app, steady_month
 ):
     from saas.billing import usage
 
     tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
     current = usage.period_of()
+    earlier = usage.previous_period(current)
     usage.count_api_call(redis_client, tenant_id)
     result = cli("billing", "report-usage", "--period", current)
     assert result.exit_code == 2 and "not closed" in result.output
@@ -975,22 +979,23 @@ def test_report_usage_refuses_an_open_period_and_records_nothing_for_zero(
                            billing_app.extensions["saas.billing"], "2999-01")  # fmt: skip
     assert fake_stripe.meter_events == []
     # zero counted (e.g. the counter not there yet): nothing sent, nothing recorded ...
-    result = cli("billing", "report-usage", "--period", "2026-09")
+    result = cli("billing", "report-usage", "--period", earlier)
     assert result.exit_code == 0 and "1 without usage" in result.output, result.output
     assert bconn.execute(text("SELECT count(*) FROM saas.billing_usage_reports")).scalar() == 0
     # ... so the true count is still billed by a later run
-    redis_client.set("{t:" + tenant_id + "}:usage:2026-09", 42)  # the exact key the rate limiter writes
-    result = cli("billing", "report-usage", "--period", "2026-09")
+    redis_client.set("{t:" + tenant_id + "}:usage:" + earlier, 42)  # the exact key the rate limiter writes
+    result = cli("billing", "report-usage", "--period", earlier)
     assert result.exit_code == 0 and "1 reported" in result.output, result.output
     assert [e["payload"]["value"] for e in fake_stripe.meter_events] == ["42"]
 
 
-def test_usage_counter_key_and_expiry(redis_client):
+def test_usage_counter_key_and_expiry(redis_client, steady_month):
     from saas.billing import usage
 
     tenant_id = uuid.uuid4()
     # the counter's key expires on the Redis server's clock, which tests cannot move: count in the
-    # current period (whatever today is), whose key lives until 62 days after the period's end
+    # current period of a Python clock set in the Redis server's month (steady_month), whose key
+    # lives until 62 days after the period's end
     period = usage.period_of()
     assert usage.usage_key(str(tenant_id).upper(), period) == f"{{t:{tenant_id}}}:usage:{period}"
     assert usage.count_api_call(redis_client, str(tenant_id).upper(), period) == 1
@@ -1004,13 +1009,16 @@ def test_usage_counter_key_and_expiry(redis_client):
 
 
 def test_report_usage_whose_row_was_lost_is_recorded_not_failed(bapi, bclient, bconn, redis_client, cli,
-                                                               fake_stripe):  # fmt: skip
+                                                               fake_stripe, steady_month):  # fmt: skip
+    from saas.billing.usage import period_of, previous_period
+
+    period = previous_period(period_of(steady_month))
     tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
-    redis_client.set(usage_key(tenant_id, "2026-10"), 7)
-    assert cli("billing", "report-usage", "--period", "2026-10").exit_code == 0
+    redis_client.set(usage_key(tenant_id, period), 7)
+    assert cli("billing", "report-usage", "--period", period).exit_code == 0
     bconn.execute(text("DELETE FROM saas.billing_usage_reports"))  # as if the commit never happened
     fake_stripe.idempotent.clear()  # and more than 24 h later
-    result = cli("billing", "report-usage", "--period", "2026-10")
+    result = cli("billing", "report-usage", "--period", period)
     assert result.exit_code == 0 and "1 reported" in result.output, result.output
     assert len(fake_stripe.meter_events) == 1
     assert bconn.execute(text("SELECT quantity FROM saas.billing_usage_reports")).scalar() == 7

@@ -60,14 +60,14 @@ def test_match_step_drift_and_replay():
 
 
 @pytest.fixture()
-def clock(monkeypatch):
-    now = {"t": T0}
-    monkeypatch.setattr(mfa, "_clock", lambda: now["t"])
-    return now
+def clock(time_machine):
+    """The process's clock frozen at T0 (TOTP steps, tokens, expiries): ``clock.shift(s)``."""
+    time_machine.move_to(T0, tick=False)
+    return time_machine
 
 
-def _code(secret: str, clock: dict, offset: int = 0) -> str:
-    return mfa.totp_at(secret, int(clock["t"] // 30) + offset)
+def _code(secret: str, clock, offset: int = 0) -> str:
+    return mfa.totp_at(secret, int(time.time() // 30) + offset)
 
 
 def _enroll(client, headers, clock) -> tuple[str, list[str]]:
@@ -131,7 +131,7 @@ def test_totp_replay_rejected_inside_window(api, client, clock):
     replay = client.post("/api/v1/auth/mfa", json={"mfa_token": token, "code": code})
     assert replay.status_code == 401 and replay.get_json()["code"] == "mfa_invalid_code"
     # an older code in the drift window is refused too (the step must move forward)
-    clock["t"] += 30
+    clock.shift(30)
     older = client.post("/api/v1/auth/mfa", json={"mfa_token": token, "code": _code(secret, clock, -1)})
     assert older.status_code == 401
 
@@ -188,7 +188,7 @@ def test_disable_needs_password_code_and_step_up(api, client, clock):
         "/api/v1/auth/mfa", json={"mfa_token": token, "code": _code(secret, clock, 1)}
     ).get_json()
     hs = api.auth(strong["access_token"])
-    clock["t"] += 30
+    clock.shift(30)
     wrong_pw = client.delete(
         "/api/v1/me/mfa/totp",
         json={"password": "not the password", "code": _code(secret, clock, 1)},

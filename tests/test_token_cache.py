@@ -47,11 +47,10 @@ def test_a_token_is_verified_once_and_its_claims_are_a_fresh_copy(service, decod
     assert decodes == [token]
 
 
-def test_a_cached_token_still_expires(service, decodes, monkeypatch):
+def test_a_cached_token_still_expires(service, decodes, time_machine):
     token = _issue(service)
     service.verify(token)
-    later = time.time() + 600 + LEEWAY_SECONDS + 5
-    monkeypatch.setattr(tokens_module.time, "time", lambda: later)
+    time_machine.move_to(time.time() + 600 + LEEWAY_SECONDS + 5)
     with pytest.raises(Unauthorized, match="expired"):
         service.verify(token)
 

@@ -7,7 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import time
+from datetime import UTC, datetime
 
 import jwt as pyjwt
 import pytest
@@ -253,3 +255,30 @@ def test_cli_keys_and_clients(tmp_path, database_url, monkeypatch):
     assert client_id in [c["client_id"] for c in json.loads(out.output)]
     missing = runner.invoke(main, ["users", "reset-mfa", "nobody@example.test"])
     assert missing.exit_code == 1 and "no user" in missing.output
+
+
+def test_key_ages_are_read_on_the_service_clock_not_the_file_system(tmp_path, time_machine):
+    """A key's creation time is the stamp ``KeyStore.add_key`` writes into its file name with
+    the service's clock, not the file's modification time (another clock, and reset by a copy
+    or a restore from backup): the publication window of a superseded key and the doctor's age
+    check both measure on the clock that issues the tokens."""
+    from saas.ops.doctor import check_keys
+
+    made = datetime(2028, 2, 29, 12, 0, 0, 250000, tzinfo=UTC)
+    time_machine.move_to(made, tick=False)
+    store = KeyStore(tmp_path / "keys", max_token_age=600)
+    old_kid = store.active.kid
+    time_machine.shift(1)
+    store.add_key()
+    store.reload()
+    for path in (tmp_path / "keys").glob("*.pem"):  # restored a year later, without their times
+        os.utime(path, (made.timestamp() + 365 * 86400,) * 2)
+    store.reload()
+    assert [k.created for k in store.keys] == [made.timestamp(), made.timestamp() + 1]
+    assert {k["kid"] for k in store.jwks()["keys"]} == {old_kid, store.active.kid}
+    assert check_keys(store).status == "ok"
+    time_machine.shift(601)
+    assert [k["kid"] for k in store.jwks()["keys"]] == [store.active.kid]
+    time_machine.shift(91 * 86400)
+    verdict = check_keys(store)
+    assert verdict.status == "warn" and "91 days old" in verdict.detail

@@ -6,8 +6,10 @@ Key ids are RFC 7638 thumbprints. With no key configured, one is generated on fi
 
 from __future__ import annotations
 
+import calendar
 import fcntl
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +19,28 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 AnyKey = RSAKey | ECKey
 
+#: the creation stamp ``KeyStore.add_key`` puts in front of a key file's name (UTC, microseconds)
+_STAMP = re.compile(r"(\d{8}T\d{6})\.(\d{6})-")
+
 
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
     alg: str
     key: AnyKey
+    #: when the key was made, seconds since the epoch (see :func:`_created`)
     created: float
     path: Path | None = None
+
+
+def _created(path: Path) -> float:
+    """When the key in ``path`` was made: the stamp in its name, written by
+    :meth:`KeyStore.add_key` with the clock that issues and checks tokens; the file's modification
+    time only for a file named otherwise (a copy or a restore resets that time)."""
+    match = _STAMP.match(path.name)
+    if match is None:
+        return path.stat().st_mtime
+    return calendar.timegm(time.strptime(match[1], "%Y%m%dT%H%M%S")) + int(match[2]) / 1e6
 
 
 def _alg_for(key: AnyKey) -> str:
@@ -89,7 +105,7 @@ class KeyStore:
         for file in files:
             key = _load_pem(file)
             kid = key.thumbprint()
-            keys.append(SigningKey(kid, _alg_for(key), key, file.stat().st_mtime, file))
+            keys.append(SigningKey(kid, _alg_for(key), key, _created(file), file))
         if not keys:
             raise RuntimeError(f"no signing key found at {self.path}")
         keys.sort(key=lambda k: (k.path.name if k.path else "", k.created))

@@ -136,7 +136,7 @@ def check_keys(keys, max_age_days: int = 90) -> Verdict:
     except Exception as exc:
         return Verdict("signing keys", "fail", f"{type(exc).__name__}: {exc}")
     detail = f"{count} key(s), active kid {active.kid}"
-    created = getattr(active, "created", None)  # file mtime, seconds since the epoch
+    created = getattr(active, "created", None)  # seconds since the epoch (saas.auth.keys._created)
     if created is not None:
         age = timedelta(seconds=max(0.0, time.time() - created))
         detail += f", {age.days} days old"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,6 +14,7 @@ from saas.limits import calendar_month, gcra, usage_key
 from saas.limits.gcra import Check, Quota
 from saas.limits.policies import Rate, client_ip, parse_policies
 from tests.conftest import Api
+from tests.helpers import redis_now
 
 
 def test_gcra_exact_at_the_boundary(redis_client):
@@ -56,7 +57,8 @@ def test_noscript_fallback(redis_client):
 def test_quota_counts_and_stops(redis_client):
     redis_client.flushdb()
     tenant = uuid.uuid4()
-    quota = Quota("monthly", usage_key(tenant, "2026-11"), 3, "2026-11", 30 * 86400, 2e9, 2_000_000_000)
+    expire_at = int(redis_now(redis_client).timestamp()) + 86400  # EXPIREAT is on the Redis clock
+    quota = Quota("monthly", usage_key(tenant, "2026-11"), 3, "2026-11", 30 * 86400, 2e9, expire_at)
     check = Check("tenant", TenantKeys(tenant).rate("tenant"), 100, 60)
     used = [gcra.run(redis_client, [check], quota).quota_used for _ in range(3)]
     assert used == [1, 2, 3]
@@ -122,7 +124,7 @@ def test_user_limit_exact_with_headers(lapi, lclient, redis_client):
     assert '"user";r=29;t=2' in first.headers["RateLimit"]
     assert first.headers["X-RateLimit-Limit"] == "30"
     assert first.headers["X-RateLimit-Remaining"] == "29"
-    assert int(first.headers["X-RateLimit-Reset"]) > datetime.now(UTC).timestamp()
+    assert int(first.headers["X-RateLimit-Reset"]) > redis_now(redis_client).timestamp()  # GCRA's clock
     _consume(redis_client, Check("user", TenantKeys(tenant_id).rate("user", user_id.hex), 30, 60), 28)
     last = _contacts(lclient, h)
     assert last.status_code == 200 and last.headers["X-RateLimit-Remaining"] == "0"
@@ -165,25 +167,28 @@ def test_two_app_instances_share_one_limit(make_app, redis_client):
     assert statuses == [200] * 10 + [429]
 
 
-def test_quota_exceeded_then_reset_at_period_boundary(lapp, lapi, lclient, redis_client):
+def test_quota_exceeded_then_reset_at_period_boundary(lapp, lapi, lclient, redis_client, time_machine):
+    # the Redis server's current month: its counters expire (EXPIREAT, on the Redis clock) 62 days
+    # after it ends, so a hard-coded month would vanish at once some day
+    period = calendar_month(uuid.uuid4(), redis_now(redis_client))
+    following = calendar_month(uuid.uuid4(), period.end)
+    time_machine.move_to(period.end - timedelta(seconds=1), tick=False)
     signed = lapi.signup("quota")
     h = lapi.auth(signed)
     tenant_id = uuid.UUID(signed["tenant"]["id"])
-    limiter = lapp.extensions["saas.limits"]
-    limiter.clock = lambda: datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)
-    redis_client.set(usage_key(tenant_id, "2026-11"), 9999)
+    redis_client.set(usage_key(tenant_id, period.label), 9999)
     assert _contacts(lclient, h).status_code == 200  # the 10,000th call
     over = _contacts(lclient, h)
     assert over.status_code == 429
     body = over.get_json()
-    assert body["code"] == "quota_exceeded" and body["reset"] == "2026-12-01T00:00:00Z"
+    assert body["code"] == "quota_exceeded" and body["reset"] == f"{period.end:%Y-%m-%dT%H:%M:%SZ}"
     assert int(over.headers["Retry-After"]) >= 1
-    limiter.clock = lambda: datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    time_machine.move_to(period.end + timedelta(seconds=1), tick=False)
     again = _contacts(lclient, h)
     assert again.status_code == 200
-    assert redis_client.get(usage_key(tenant_id, "2026-12")) == b"1"
-    assert redis_client.get(usage_key(tenant_id, "2026-11")) == b"10000"
-    assert redis_client.ttl(usage_key(tenant_id, "2026-12")) > 60 * 86400
+    assert redis_client.get(usage_key(tenant_id, following.label)) == b"1"
+    assert redis_client.get(usage_key(tenant_id, period.label)) == b"10000"
+    assert redis_client.ttl(usage_key(tenant_id, following.label)) > 60 * 86400
 
 
 def test_login_throttled_per_account_across_ips_and_per_ip(make_app):
@@ -226,7 +231,7 @@ def test_unauthenticated_routes_limited_per_ip_and_health_exempt(make_app):
     assert client.get("/healthz").status_code == 200
 
 
-def test_unlimited_plan_is_counted_for_metering(lapi, lclient, db_session, redis_client):
+def test_unlimited_plan_is_counted_for_metering(lapi, lclient, db_session, redis_client, steady_month):
     from saas.tenancy.models import Tenant
 
     signed = lapi.signup("unlimited")
@@ -239,7 +244,7 @@ def test_unlimited_plan_is_counted_for_metering(lapi, lclient, db_session, redis
     assert response.status_code == 200
     assert '"tenant";q=6000;w=60' in response.headers["RateLimit-Policy"]
     assert "monthly" not in response.headers["RateLimit-Policy"]
-    period = calendar_month(tenant_id, datetime.now(UTC)).label
+    period = calendar_month(tenant_id, steady_month).label
     assert redis_client.get(usage_key(tenant_id, period)) == b"1"
 
 
@@ -293,18 +298,19 @@ def test_forged_bearer_tokens_count_against_the_ip_limit(make_app):
     assert r.get_json()["code"] == "rate_limited" and "Retry-After" in r.headers
 
 
-def test_kept_plans_follow_a_new_period_function(lapp, lapi, lclient):
+def test_kept_plans_follow_a_new_period_function(lapp, lapi, lclient, steady_month):
     """The limiter keeps each principal's plan for its billing period; a new ``period_for``
     (billing's periods) is used from the next request on."""
     from saas.limits import Period
 
     h = lapi.auth(lapi.signup("periods"))
     limiter = lapp.extensions["saas.limits"]
-    limiter.clock = lambda: datetime(2026, 11, 20, tzinfo=UTC)
-    assert _contacts(lclient, h).headers["RateLimit-Policy"].endswith("w=2592000")  # November: 30 days
+    month = calendar_month(uuid.uuid4(), steady_month)
+    month_seconds = int((month.end - month.start).total_seconds())  # 28 to 31 days
+    assert _contacts(lclient, h).headers["RateLimit-Policy"].endswith(f"w={month_seconds}")
     original = limiter.period_for
-    start, end = datetime(2026, 11, 15, tzinfo=UTC), datetime(2026, 12, 20, tzinfo=UTC)  # 35 days
-    limiter.period_for = lambda tenant_id, now: Period("2026-11-15", start, end)
+    start, end = steady_month - timedelta(days=5), steady_month + timedelta(days=30)  # 35 days
+    limiter.period_for = lambda tenant_id, now: Period(f"{start:%Y-%m-%d}", start, end)
     try:
         r = _contacts(lclient, h)
         assert r.status_code == 200

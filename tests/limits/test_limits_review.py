@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
@@ -90,7 +89,9 @@ def _override(app, settings, slug, limit):
     assert result.exit_code == 0, result.output
 
 
-def test_monthly_quota_of_zero_refuses_every_request(lapp, lapi, lclient, settings, redis_client):
+def test_monthly_quota_of_zero_refuses_every_request(
+    lapp, lapi, lclient, settings, redis_client, steady_month
+):
     signed = lapi.signup("zeroquota")
     h = lapi.auth(signed)
     _override(lapp, settings, "zeroquota", "monthly_api_calls=0")
@@ -100,12 +101,12 @@ def test_monthly_quota_of_zero_refuses_every_request(lapp, lapi, lclient, settin
     assert body["code"] == "quota_exceeded" and body["limit"] == 0
     assert int(refused.headers["Retry-After"]) >= 1
     tenant_id = uuid.UUID(signed["tenant"]["id"])
-    period = calendar_month(tenant_id, datetime.now(UTC)).label
+    period = calendar_month(tenant_id, steady_month).label
     assert redis_client.get(usage_key(tenant_id, period)) in (None, b"0")  # nothing consumed
 
 
 def test_unlimited_requests_per_minute_has_no_rate_checks_but_is_metered(
-    lapp, lapi, lclient, settings, redis_client
+    lapp, lapi, lclient, settings, redis_client, steady_month
 ):
     signed = lapi.signup("norpm")
     h = lapi.auth(signed)
@@ -117,13 +118,13 @@ def test_unlimited_requests_per_minute_has_no_rate_checks_but_is_metered(
     assert '"tenant"' not in policy and '"user"' not in policy  # not 60/min
     assert '"monthly";q=1000000' in policy
     tenant_id = uuid.UUID(signed["tenant"]["id"])
-    period = calendar_month(tenant_id, datetime.now(UTC)).label
+    period = calendar_month(tenant_id, steady_month).label
     assert redis_client.get(usage_key(tenant_id, period)) == b"3"
     shown = json.loads(_cli(lapp, settings, "limits", "show", "norpm", "--json").output)
     assert shown["policies"] == [] and shown["quota"]["used"] == 3
 
 
-def test_zero_requests_per_minute_refuses(lapp, lapi, lclient, settings, redis_client):
+def test_zero_requests_per_minute_refuses(lapp, lapi, lclient, settings, redis_client, steady_month):
     signed = lapi.signup("zerorpm")
     h = lapi.auth(signed)
     _override(lapp, settings, "zerorpm", "requests_per_minute=0")
@@ -134,7 +135,7 @@ def test_zero_requests_per_minute_refuses(lapp, lapi, lclient, settings, redis_c
     assert refused.headers["Retry-After"] == "60"
     assert '"tenant";q=0;w=60' in refused.headers["RateLimit-Policy"]
     tenant_id = uuid.UUID(signed["tenant"]["id"])
-    period = calendar_month(tenant_id, datetime.now(UTC)).label
+    period = calendar_month(tenant_id, steady_month).label
     assert redis_client.get(usage_key(tenant_id, period)) is None  # a refused request is not metered
     shown = json.loads(_cli(lapp, settings, "limits", "show", "zerorpm", "--json").output)
     assert {p["policy"]: (p["limit"], p["remaining"]) for p in shown["policies"]} == {"tenant": (0, 0)}

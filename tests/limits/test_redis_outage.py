@@ -27,6 +27,9 @@ def _start(port: int) -> subprocess.Popen:
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # a server keeps the host's clock, like the shared PostgreSQL and Redis, when the suite
+        # runs under tests/faketime/run.sh (libfaketime also stops redis-server from starting)
+        env={k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")},
     )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

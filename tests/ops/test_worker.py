@@ -181,8 +181,9 @@ def test_lock_user_mails_and_jobs_commands(committed, run_cli, engine, settings,
                 text(
                     "INSERT INTO saas.outbox"
                     " (topic, payload, created_at, available_at, attempts, failed_at, last_error)"
-                    " VALUES ('usage.report', '{}', now(), now(), 8, now(), 'HTTP 500') RETURNING id"
-                )
+                    " VALUES ('usage.report', '{}', :now, :now, 8, :now, 'HTTP 500') RETURNING id"
+                ),
+                {"now": utcnow()},  # the service's clock, not the database server's
             )
         failed = json.loads(run_cli("jobs", "list", "--failed", "--json").stdout)
         assert dead in [j["id"] for j in failed] and all(j["state"] == "failed" for j in failed)
@@ -210,8 +211,9 @@ def test_skip_locked_two_workers_never_share_a_message(committed, engine, settin
             conn.execute(
                 text(
                     "INSERT INTO saas.outbox (topic, payload, created_at, available_at, attempts)"
-                    " VALUES ('test.once', '{}', now(), now(), 0)"
-                )
+                    " VALUES ('test.once', '{}', :now, :now, 0)"
+                ),
+                {"now": utcnow()},  # the worker compares available_at with the service's clock
             )
         with engine.connect() as holder, holder.begin():
             holder.execute(text("SELECT id FROM saas.outbox WHERE id > :i FOR UPDATE"), {"i": start_id})
