@@ -10,17 +10,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from saas.auth import mfa
 from saas.auth.models import MfaFactor
 from saas.db import utcnow
 from tests.test_mfa import T0, _code, _enroll
 
 
 @pytest.fixture()
-def clock(monkeypatch):
-    now = {"t": T0}
-    monkeypatch.setattr(mfa, "_clock", lambda: now["t"])
-    return now
+def clock(time_machine):
+    """The process's clock frozen at T0 (TOTP steps, tokens, expiries): ``clock.shift(s)``."""
+    time_machine.move_to(T0, tick=False)
+    return time_machine
 
 
 def _mfa_token(client, email, ip, tenant=None):
@@ -63,7 +62,7 @@ def test_wrong_codes_of_an_attacker_do_not_lock_the_owners_attempts(api, client,
     mine = _mfa_token(client, email, "198.51.100.7")
     assert _second_step(client, mine, _code(secret, clock, 1), "198.51.100.7").status_code == 200
     # and behind the attacker's address (a shared NAT), with their own mfa_token
-    clock["t"] += 30
+    clock.shift(30)
     shared = _mfa_token(client, email, "203.0.113.9")
     assert _second_step(client, shared, _code(secret, clock, 1), "203.0.113.9").status_code == 200
     events = _locked_events(client, h)
@@ -123,5 +122,5 @@ def test_a_right_code_ends_the_run_of_account_failures(api, client, clock, db_se
     token = _mfa_token(client, email, "203.0.113.50")
     assert [_second_step(client, token, "000000", "203.0.113.50").status_code for _ in range(5)][-1] == 403
     mine = _mfa_token(client, email, "198.51.100.8")
-    clock["t"] += 30
+    clock.shift(30)
     assert _second_step(client, mine, _code(secret, clock, 1), "198.51.100.8").status_code == 200

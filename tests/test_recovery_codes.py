@@ -19,10 +19,10 @@ T0 = 1_900_000_020.0
 
 
 @pytest.fixture()
-def clock(monkeypatch):
-    now = {"t": T0}
-    monkeypatch.setattr(mfa, "_clock", lambda: now["t"])
-    return now
+def clock(time_machine):
+    """The process's clock frozen at T0 (TOTP steps, tokens, expiries): ``clock.shift(s)``."""
+    time_machine.move_to(T0, tick=False)
+    return time_machine
 
 
 def _plain_sha256(code: str) -> str:

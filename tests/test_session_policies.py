@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -29,10 +30,10 @@ T0 = 1_800_000_000.0
 
 
 @pytest.fixture()
-def clock(monkeypatch):
-    now = {"t": T0}
-    monkeypatch.setattr(mfa, "_clock", lambda: now["t"])
-    return now
+def clock(time_machine):
+    """The process's clock frozen at T0 (TOTP steps, tokens, expiries): ``clock.shift(s)``."""
+    time_machine.move_to(T0, tick=False)
+    return time_machine
 
 
 def _refresh(client, token):
@@ -43,7 +44,7 @@ def _mfa_login(api, client, clock) -> dict:
     """Enrol TOTP for the owner of "acme" and log in with it: a session with ``otp`` in ``amr``."""
     h = api.auth(api.login("owner@acme.test").get_json())
     secret = client.post("/api/v1/me/mfa/totp", headers=h).get_json()["secret"]
-    step = int(clock["t"] // 30)
+    step = int(time.time() // 30)
     confirmed = client.post(
         "/api/v1/me/mfa/totp/confirm", json={"code": mfa.totp_at(secret, step)}, headers=h
     )

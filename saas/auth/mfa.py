@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import time
@@ -387,7 +388,7 @@ def _check_code(
     lockout = settings.mfa_lockout_seconds
     now = utcnow()
     if factor.locked_until is not None and factor.locked_until > now:
-        raise _locked(int((factor.locked_until - now).total_seconds()) + 1, "account")
+        raise _locked(max(1, math.ceil((factor.locked_until - now).total_seconds())), "account")
     key = attempt_key(user.id, mfa_token)
     try:
         failures = int(redis.get(key) or 0)

@@ -199,14 +199,13 @@ def test_a_failing_lockout_audit_never_changes_the_429(make_app, monkeypatch):
     assert statuses == [401, 429, 429]
 
 
-def test_disabling_mfa_checks_a_password_so_it_is_throttled_by_the_bearers_account(make_app, monkeypatch):
+def test_disabling_mfa_checks_a_password_so_it_is_throttled_by_the_bearers_account(make_app, time_machine):
     """``DELETE /api/v1/me/mfa/totp`` checks a password and a code: the login and MFA pairs
     apply, keyed by the bearer's subject (its body names no account)."""
-    from saas.auth import mfa
     from tests.test_mfa import T0, _code, _enroll
 
-    clock = {"t": T0}
-    monkeypatch.setattr(mfa, "_clock", lambda: clock["t"])
+    time_machine.move_to(T0, tick=False)
+    clock = time_machine
     client = make_app(ratelimit_policies=("login-account=3/1m",)).test_client()
     api = Api(client)
     signed = api.signup("disabler")
