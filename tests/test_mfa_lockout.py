@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from saas.auth.models import MfaFactor
 from saas.db import utcnow
+from tests.auth_helpers import REDIRECT, browser_login, csrf_of, pkce_pair, register_client
 from tests.test_mfa import T0, _code, _enroll
 
 
@@ -124,3 +125,28 @@ def test_a_right_code_ends_the_run_of_account_failures(api, client, clock, db_se
     mine = _mfa_token(client, email, "198.51.100.8")
     clock.shift(30)
     assert _second_step(client, mine, _code(secret, clock, 1), "198.51.100.8").status_code == 200
+
+
+def test_wrong_codes_in_another_browser_do_not_lock_the_owners_hosted_sign_in(app, api, client, clock):
+    """The hosted page keys its lockout on the pending sign-in as well (the API's ``mfa_token``):
+    five wrong codes in the attacker's browser, from the owner's own IP, lock that browser's
+    attempt only; the owner's browser still signs in with the right code."""
+    owner = api.signup("acme")
+    app_client = register_client(client, api.auth(owner), client_type="public", first_party=True)
+    secret, _ = _enroll(client, api.auth(owner), clock)
+    clock.shift(30)
+
+    def pending_mfa_page(browser):
+        _verifier, challenge = pkce_pair()
+        r = browser_login(browser, app_client["client_id"], "owner@acme.test", challenge)
+        assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/mfa"), r.headers
+        return csrf_of(browser.get("/oauth/mfa").get_data(as_text=True))
+
+    attacker = app.test_client()
+    csrf = pending_mfa_page(attacker)
+    answers = [attacker.post("/oauth/mfa", data={"code": "000000", "csrf_token": csrf}) for _ in range(6)]
+    assert [r.status_code for r in answers] == [401] * 4 + [403] * 2
+    victim = app.test_client()
+    csrf = pending_mfa_page(victim)
+    r = victim.post("/oauth/mfa", data={"code": _code(secret, clock), "csrf_token": csrf})
+    assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT), r.get_data(as_text=True)

@@ -200,7 +200,15 @@ def _interaction_required(req: provider.AuthorizationRequest, description: str):
 
 def _set_pending(user_id: uuid.UUID, auth_time: int, amr: list[str]) -> None:
     """Remember a password login that still needs its second factor, for ``mfa_token_ttl``."""
-    session["pending"] = {"uid": str(user_id), "auth_time": auth_time, "amr": amr, "at": int(time.time())}
+    session["pending"] = {
+        "uid": str(user_id),
+        "auth_time": auth_time,
+        "amr": amr,
+        "at": int(time.time()),
+        # this sign-in attempt's id: the MFA lockout is keyed on it and the IP, as the API's
+        # mfa_token (so wrong codes of another browser never lock this one's attempt)
+        "attempt": secrets.token_urlsafe(16),
+    }
 
 
 def _pending_login() -> dict[str, Any] | None:
@@ -376,7 +384,7 @@ def mfa_page():
         return redirect(url_for("hosted.login"))
     schema = _audit_schema(user.id, req)
     try:
-        mfa.verify(sess, user, request.form.get("code", "")[:64], schema)
+        mfa.verify(sess, user, request.form.get("code", "")[:64], schema, mfa_token=pending.get("attempt"))
     except AppError as err:
         return _render("mfa.html", err.status, title="Two-step verification", error=err.detail)
     session.pop("pending", None)
