@@ -9,8 +9,9 @@
   ``mfa.locked`` in every tenant of the account, once per lockout:
 
   - per attempt: 5 wrong codes from one sign-in attempt (the client IP, IPv6 by /64, and the
-    ``mfa_token``; on the hosted page the pending sign-in's own attempt id) lock that attempt only (Redis counter);
-    someone who knows the password cannot lock the owner's own attempts out this way;
+    ``mfa_token``; on the hosted page the pending sign-in's own attempt id) lock that attempt
+    only (Redis counter); someone who knows the password cannot lock the owner's own attempts
+    out this way;
   - per account: 20 wrong codes in a row, whatever their attempts (a correct code resets the
     count), lock the factor for everyone (``locked_until`` on the factor row, committed even
     though the request fails). A guess is right with probability 3 / 10^6 (a 6-digit code,
