@@ -8,9 +8,7 @@ These tests commit for real (their own tenants in the run's database, dropped at
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -26,8 +24,7 @@ from saas import create_app
 from saas.auth import mfa
 from saas.db import Database
 from tests.conftest import TEST_PASSWORD
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.peers import CHROMIUM, chromium_available
 
 
 class _Dispatch:
@@ -324,17 +321,7 @@ def test_concurrent_refresh_retry_leaves_one_working_branch(live, monkeypatch):
     assert refresh(working.json()["refresh_token"]).status_code == 400
 
 
-def _chromium_available() -> bool:
-    if not os.path.exists(CHROMIUM):
-        return False
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _chromium_available(), reason="Debian chromium or playwright is not installed")
+@pytest.mark.skipif(not chromium_available(), reason="Debian chromium or playwright is not installed")
 def test_browser_login_mfa_consent_to_code(live):
     from playwright.sync_api import sync_playwright
 

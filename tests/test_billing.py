@@ -562,7 +562,7 @@ def test_trial_will_end_mail_arrives_with_the_trial_end_date(bapi, bclient, bcon
     from email.utils import getaddresses
 
     from saas.worker import Worker, load_handlers
-    from tests.ops.test_worker import _free_port, _Inbox
+    from tests.peers import smtp_inbox
 
     tenant_id, _, sub_id = subscribed(bapi, bclient, fake_stripe, status="trialing")
     customer = fake_stripe.customers[account_of(billing_app, tenant_id).stripe_customer_id]
@@ -573,17 +573,10 @@ def test_trial_will_end_mail_arrives_with_the_trial_end_date(bapi, bclient, bcon
     event = fake_stripe.event("customer.subscription.trial_will_end", subscription)
     assert deliver(bclient, event).status_code == 200
 
-    from aiosmtpd.controller import Controller
-
-    inbox, port = _Inbox(), _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_inbox() as inbox:
         load_handlers()
-        settings = billing_app.extensions["saas.settings"].with_overrides(smtp_url=f"smtp://127.0.0.1:{port}")
+        settings = billing_app.extensions["saas.settings"].with_overrides(smtp_url=inbox.url)
         outcome = Worker(billing_app.extensions["saas.db"], settings, {"app": billing_app}).run_until_idle()
-    finally:
-        controller.stop()
     assert "failed" not in outcome and "retry" not in outcome, outcome
     left = bconn.execute(text("SELECT topic, last_error FROM saas.outbox WHERE sent_at IS NULL")).all()
     assert left == []

@@ -3,8 +3,6 @@ under the page's Content-Security-Policy, with no violation and no request leavi
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 
 import pytest
@@ -12,18 +10,7 @@ from werkzeug.serving import make_server
 
 from saas import create_app
 from saas.db import Database
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def _chromium_available() -> bool:
-    if not os.path.exists(CHROMIUM):
-        return False
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from tests.peers import CHROMIUM, chromium_available
 
 
 @pytest.fixture()
@@ -38,7 +25,7 @@ def live_docs(settings, engine, redis_client):
     thread.join(timeout=5)
 
 
-@pytest.mark.skipif(not _chromium_available(), reason="Debian chromium or playwright is not installed")
+@pytest.mark.skipif(not chromium_available(), reason="Debian chromium or playwright is not installed")
 def test_swagger_ui_renders_under_its_csp_from_this_origin_only(live_docs):
     from playwright.sync_api import sync_playwright
 

@@ -16,7 +16,6 @@ import email
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from aiosmtpd.controller import Controller
 from sqlalchemy import delete, func, select
 
 from saas import worker as worker_module
@@ -37,6 +35,7 @@ from saas.tenancy.views import SIGNUP_PENDING
 from saas.worker import Worker, load_handlers
 from tests.conftest import TEST_PASSWORD, _redis_url
 from tests.helpers import assert_problem, drop_tenant, mailed_invitation_token, role_headers
+from tests.peers import free_port, smtp_inbox
 
 NEW_PASSWORD = "a long enough password"
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,41 +279,16 @@ def test_a_signed_in_account_creates_another_tenant_with_its_bearer(api, client)
 # --- end to end: gunicorn, requests, a real SMTP server -----------------------------------------
 
 
-class _Inbox:
-    def __init__(self):
-        self.messages: list[email.message.Message] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def to(self, address: str) -> list[email.message.Message]:
-        return [m for m in self.messages if m["To"].lower() == address.lower()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def smtp_inbox():
-    inbox = _Inbox()
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    inbox.url = f"smtp://127.0.0.1:{port}"
-    try:
+def smtp_server():
+    with smtp_inbox() as inbox:
         yield inbox
-    finally:
-        controller.stop()
 
 
 @pytest.fixture()
 def gunicorn_base(database_url, worker_id_str, tmp_path, redis_client):
     """gunicorn (one sync worker) serving ``wsgi:app`` on a free port, committing for real."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     redis_client.flushdb()
     env = {
@@ -357,14 +331,14 @@ def _token_in(message: email.message.Message) -> str:
     return match.group(1)
 
 
-def test_end_to_end_over_gunicorn_with_mail_from_smtp(gunicorn_base, smtp_inbox, engine, settings):
+def test_end_to_end_over_gunicorn_with_mail_from_smtp(gunicorn_base, smtp_server, engine, settings):
     base = gunicorn_base
     tag = uuid.uuid4().hex[:8]
     victim_email = f"victim-{tag}@corp.test"
     tenants: list[str] = []
     load_handlers()
     handlers_before = worker_module.handlers()
-    deliver = Worker(Database(engine), settings.with_overrides(smtp_url=smtp_inbox.url, issuer=base))
+    deliver = Worker(Database(engine), settings.with_overrides(smtp_url=smtp_server.url, issuer=base))
     with engine.connect() as conn:
         first_outbox_id = conn.scalar(select(func.coalesce(func.max(OutboxMessage.id), 0)))
 
@@ -403,7 +377,7 @@ def test_end_to_end_over_gunicorn_with_mail_from_smtp(gunicorn_base, smtp_inbox,
         assert accept({"token": "x" * 43, "password": "attacker pw 123"}).status_code == 404
         assert invite(corp, victim_email).status_code == 201
         assert deliver.run_until_idle().get("sent", 0) >= 2
-        mails = smtp_inbox.to(victim_email)
+        mails = smtp_server.to(victim_email)
         assert len(mails) == 2
         by_tenant = {("evil" if "evil" in m["Subject"] else "corp"): _token_in(m) for m in mails}
         # the victim accepts the real one with the mailed token: a new account
@@ -429,7 +403,7 @@ def test_end_to_end_over_gunicorn_with_mail_from_smtp(gunicorn_base, smtp_inbox,
         r = signup(f"again-{tag}", victim_email.upper(), password=NEW_PASSWORD)
         assert r.status_code == 202 and r.json() == SIGNUP_PENDING
         assert deliver.run_until_idle().get("sent", 0) >= 1
-        notices = [m for m in smtp_inbox.to(victim_email) if m["Subject"] == "Your sign-up"]
+        notices = [m for m in smtp_server.to(victim_email) if m["Subject"] == "Your sign-up"]
         assert len(notices) == 1
         assert "already has an account" in notices[0].get_payload(decode=True).decode()
     finally:
@@ -448,7 +422,7 @@ def test_end_to_end_over_gunicorn_with_mail_from_smtp(gunicorn_base, smtp_inbox,
 def test_saas_dev_prints_the_invitation_mail_to_its_console(database_url, worker_id_str, tmp_path, engine):
     """The README walkthrough: ``saas dev`` delivers the outbox itself and, without SMTP_URL,
     prints each mail; the token read from its console accepts the invitation."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("SMTP_URL", "SAAS_ENV")},

@@ -8,7 +8,6 @@ These tests commit for real (their own tenants in the run's database, dropped at
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,21 +19,16 @@ import pytest
 import requests
 
 from tests.conftest import TEST_PASSWORD, _redis_url
+from tests.peers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["true", "false"], ids=["limiter-on", "limiter-off"])
 def gunicorn(request, database_url, worker_id_str, redis_client, tmp_path):
     """(base url, access log path): gunicorn, 2 sync workers, the access log naming the worker pid."""
     redis_client.flushdb()  # this run's own Redis database: no throttle state of earlier tests
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "access.log"
     env = {
         **os.environ,
@@ -119,6 +113,7 @@ def test_logout_reaches_every_worker_within_a_second(gunicorn):
         timeout=30,
     )
     assert signup.status_code == 201, signup.text
+    _wait_logged(log, 1)  # the signup's own line is written after its answer: never count it below
     token = signup.json()["token"]["access_token"]
     headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
 

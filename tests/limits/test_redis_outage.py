@@ -12,14 +12,9 @@ import time
 import pytest
 
 from tests.conftest import TEST_PASSWORD, Api
+from tests.peers import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(port: int) -> subprocess.Popen:
@@ -52,7 +47,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def own_redis():
     if not os.path.exists(REDIS_SERVER):
         pytest.skip("redis-server binary not installed")
-    port = _free_port()
+    port = free_port()
     procs = [_start(port)]
     yield port, procs
     for proc in procs:

@@ -3,13 +3,10 @@ jobs commands, SKIP LOCKED between workers."""
 
 from __future__ import annotations
 
-import email
 import json
-import socket
 from datetime import timedelta
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import delete, select, text
 
 from saas import outbox, worker
@@ -17,36 +14,13 @@ from saas.db import Database, utcnow
 from saas.outbox import OutboxMessage
 from saas.worker import PermanentError, Worker, load_handlers
 from tests.helpers import mailed_invitation_token
-
-
-class _Inbox:
-    def __init__(self):
-        self.messages: list[email.message.Message] = []
-        self.envelopes = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.envelopes.append(envelope)
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.peers import free_port, smtp_inbox
 
 
 @pytest.fixture()
 def smtp_server():
-    inbox = _Inbox()
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    inbox.url = f"smtp://127.0.0.1:{port}"
-    try:
+    with smtp_inbox() as inbox:
         yield inbox
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +109,7 @@ def test_smtp_down_is_retried(app, settings, db_session):
     outbox.enqueue(db_session, "mail.security", {"to": "a@example.test", "event": "password_changed"})
     db_session.flush()
     w = Worker(
-        app.extensions["saas.db"], settings.with_overrides(smtp_url=f"smtp://127.0.0.1:{_free_port()}")
+        app.extensions["saas.db"], settings.with_overrides(smtp_url=f"smtp://127.0.0.1:{free_port()}")
     )
     assert w.run_one() == "retry"
 
