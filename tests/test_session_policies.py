@@ -230,3 +230,22 @@ def test_browser_sign_in_is_a_row_named_by_the_cookie(api, client, db_session):
     assert len(rows) == 1 and rows[0].amr == ["pwd"] and rows[0].ended_at is None
     assert api.login("owner@acme.test", TEST_PASSWORD).status_code == 200  # the API login makes none
     assert len(db_session.scalars(mine).all()) == 1
+
+
+def test_signup_of_an_invited_address_meets_the_inviting_tenants_password_minimum(api, client):
+    """An address invited by a tenant with ``password_min_length`` 20 cannot sign up with a
+    shorter password (and so join that tenant with it later)."""
+    strict = api.signup("pwlen")
+    h = api.auth(strict)
+    r = client.patch("/api/v1/tenant", json={"settings": {"password_min_length": 20}}, headers=h)
+    assert r.status_code == 200, r.get_json()
+    r = client.post("/api/v1/members", json={"email": "inv@x.test", "role": "member"}, headers=h)
+    assert r.status_code == 201, r.get_json()
+
+    def signup(password):
+        owner = {"email": "inv@x.test", "password": password}
+        return client.post("/api/v1/signup", json={"tenant": {"name": "Own", "slug": "own"}, "owner": owner})
+
+    short = signup("twelve chars")
+    assert short.status_code == 422 and "password" in short.get_json()["errors"]["owner"], short.get_json()
+    assert signup("a passphrase of twenty+ chars").status_code == 201

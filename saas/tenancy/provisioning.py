@@ -188,6 +188,11 @@ def provision_tenant(
         assert placeholder is not None
         if has_account(session, placeholder) or not owner_password:
             raise AccountExists(placeholder.email)
+        # the address is invited elsewhere: its first password meets those tenants' minimum too
+        from saas.auth.accounts import password_min_length
+
+        if problems := password_problems(owner_password, password_min_length(session, placeholder.id)):
+            raise ValidationError({"owner": {"password": problems}})
     tenant_id = uuid.uuid4()
     schema = schema_name_for(tenant_id)
     password_hash = passwords.hash(owner_password) if owner_password and owner is None else None
