@@ -29,6 +29,10 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", 500))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", None)  # the app logs every request as JSON
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# the request's scheme comes from the socket, or from X-Forwarded-Proto through the app's ProxyFix
+# and TRUSTED_PROXY_HOPS only (docs/limits.md): gunicorn's own scheme headers would let any peer
+# in forwarded_allow_ips claim https (and so HSTS, Secure cookies) with TRUSTED_PROXY_HOPS=0
+secure_scheme_headers: dict[str, str] = {}
 preload_app = False
 _SHM = "/dev/shm"  # noqa: S108 - gunicorn's heartbeat files: memory, not a disk in a container
 worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR", _SHM if os.path.isdir(_SHM) else None)

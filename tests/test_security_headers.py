@@ -7,6 +7,7 @@ import pytest
 
 from saas import HSTS, create_app
 from saas.db import Database
+from tests.test_revocation_gunicorn import gunicorn  # noqa: F401 - the fixture: gunicorn, 2 workers
 
 PATHS = ("/healthz", "/api/v1/me", "/no-such-path", "/openapi.json", "/.well-known/openid-configuration")
 
@@ -44,3 +45,16 @@ def test_https_at_a_trusted_proxy_sends_hsts(proxied):
     spoofed = proxied.get("/healthz", headers={"X-Forwarded-Proto": "https, http"})
     assert "Strict-Transport-Security" not in spoofed.headers
     assert "Strict-Transport-Security" not in proxied.get("/healthz").headers
+
+
+def test_gunicorn_never_takes_https_from_a_clients_header(gunicorn):  # noqa: F811 - the imported fixture
+    """Through gunicorn with ``TRUSTED_PROXY_HOPS=0``: a loopback client's own
+    ``X-Forwarded-Proto: https`` (a peer in gunicorn's ``forwarded_allow_ips``) turns on no
+    HSTS; the scheme comes from the socket or from ProxyFix alone."""
+    import requests
+
+    base, _log = gunicorn
+    spoofed = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "on"}
+    r = requests.get(f"{base}/healthz", headers=spoofed, timeout=30)
+    assert r.status_code == 200
+    assert "Strict-Transport-Security" not in r.headers
