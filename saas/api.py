@@ -13,6 +13,7 @@ import copy
 import datetime
 import functools
 import http
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from flask_smorest.pagination import PaginationMetadataSchema
 from flask_smorest.utils import prepare_response
 from webargs.flaskparser import FlaskParser
 
-from saas.errors import PROBLEM_JSON, AppError, ValidationError
+from saas.errors import PROBLEM_JSON, AppError, BadRequest, NotFound, ValidationError
 from saas.http import request_header
 
 JSON_PATHS = ("/api/",)
@@ -63,6 +64,14 @@ class OrjsonProvider(DefaultJSONProvider):
             return orjson.dumps(obj, default=self.default, option=self.OPTIONS)
         except TypeError:
             return super().dumps(obj, separators=(",", ":")).encode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Decode with the standard library; a document nested deeper than Python's recursion
+        limit is a :class:`ValueError` (Flask's 400 for an undecodable body), never a 500."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
@@ -119,6 +128,14 @@ class _SchemaReusingParser(FlaskParser):
         super().__init__(*args, **kwargs)
         self.memoize = memoize
         self._parsed: dict[tuple[Any, str, bytes], Any] = {}
+
+    def _raw_load_json(self, req: Any) -> Any:
+        """webargs' body decoding (the standard library's), with a document nested deeper than
+        Python's recursion limit answered as invalid JSON (400), never a 500."""
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError as exc:
+            self._handle_invalid_json_error(ValueError(str(exc)), req)  # type: ignore[arg-type]
 
     def parse(self, argmap: Any, req: Any = None, *, location: str | None = None, **kwargs: Any) -> Any:
         schema_type = argmap if isinstance(argmap, type) else type(argmap)
@@ -276,31 +293,78 @@ def _check_media_type() -> None:
 
 
 NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
+SURROGATE_MESSAGE = "Must not contain unpaired surrogates (U+D800 to U+DFFF): not Unicode text."
+#: the characters no PostgreSQL text (nor UTF-8) can hold
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _nul_errors(value: Any) -> dict | list | None:
-    """Per-field errors for strings holding U+0000 in decoded JSON (nested like marshmallow's)."""
+def _text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text: NUL (U+0000) or an unpaired surrogate (a JSON
+    ``\\ud800`` escape decodes to one); None when it can."""
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    return NUL_MESSAGE if found.group() == "\x00" else SURROGATE_MESSAGE
+
+
+#: how deeply a JSON body may nest (no schema of the API nests more than a few levels)
+MAX_JSON_DEPTH = 32
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _nul_errors(value: Any, depth: int = 0) -> dict | list | None:
+    """Per-field errors for strings that text cannot hold (NUL, unpaired surrogates) in decoded
+    JSON, nested like marshmallow's.
+
+    Raises:
+        _TooDeep: the document nests deeper than :data:`MAX_JSON_DEPTH`.
+    """
     if isinstance(value, str):
-        return [NUL_MESSAGE] if "\x00" in value else None
+        problem = _text_problem(value)
+        return [problem] if problem else None
+    if depth > MAX_JSON_DEPTH:
+        raise _TooDeep
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     errors: dict = {}
     for key, item in items:
-        if isinstance(key, str) and "\x00" in key:
-            errors[key.replace("\x00", "")] = [NUL_MESSAGE]
-        elif (found := _nul_errors(item)) is not None:
+        if isinstance(key, str) and (problem := _text_problem(key)):
+            errors[_UNSTORABLE.sub("", key)] = [problem]
+        elif (found := _nul_errors(item, depth + 1)) is not None:
             errors[key] = found
     return errors or None
+
+
+def text_errors(value: Any) -> dict | list | None:
+    """Per-field errors (marshmallow's shape) for the strings in decoded JSON ``value`` that
+    PostgreSQL text cannot hold: NUL (U+0000) and unpaired surrogates. None when all can be.
+
+    Raises:
+        ValueError: ``value`` nests deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    try:
+        return _nul_errors(value)
+    except _TooDeep:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
 def _refuse_nul_characters() -> None:
     """PostgreSQL text cannot hold U+0000: refuse it at the edge with a 422 naming the field,
     instead of a database error (500) deep in a view."""
+    if "\x00" in request.path:
+        raise NotFound("No such resource.")  # no route's id holds a NUL (and no text column could look it up)
     errors: dict = {}
     for key, values in request.args.lists():
-        if "\x00" in key or any("\x00" in v for v in values):
-            errors[key.replace("\x00", "")] = [NUL_MESSAGE]
+        problems = [p for p in (_text_problem(key), *map(_text_problem, values)) if p]
+        if problems:
+            errors[_UNSTORABLE.sub("", key)] = problems[:1]
     if request.method in ("POST", "PUT", "PATCH") and request.path.startswith(JSON_PATHS) and request.is_json:
-        found = _nul_errors(request.get_json(silent=True))
+        try:
+            found = _nul_errors(request.get_json(silent=True))
+        except _TooDeep:
+            raise BadRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.") from None
         if isinstance(found, dict):
             errors.update(found)
         elif found:
@@ -308,8 +372,9 @@ def _refuse_nul_characters() -> None:
     if request.method in ("POST", "PUT", "PATCH") and request.mimetype in FORM_MIMETYPES:
         # form bodies: the OAuth endpoints and the hosted login pages
         for key, values in request.form.lists():
-            if "\x00" in key or any("\x00" in v for v in values):
-                errors[key.replace("\x00", "")] = [NUL_MESSAGE]
+            problems = [p for p in (_text_problem(key), *map(_text_problem, values)) if p]
+            if problems:
+                errors[_UNSTORABLE.sub("", key)] = problems[:1]
     if errors:
         if request.path.startswith("/oauth/"):
             # RFC 6749 section 5.2 shape for the OAuth endpoints (hosted pages get it too)

@@ -173,6 +173,43 @@ def test_nul_in_signup_is_422(client):
     }
 
 
+DEEP = ['{"a":' * 5000 + "1" + "}" * 5000, "[" * 1000 + "]" * 1000, '{"a":' * 40 + "1" + "}" * 40]
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/auth/login", "/api/v1/signup", "/api/v1/contacts", "/api/v1/nowhere"]
+)
+@pytest.mark.parametrize("body", DEEP, ids=["object-5000", "array-1000", "object-40"])
+def test_deeply_nested_json_is_400_not_500(client, h, path, body):
+    """Deeper than the decoder's recursion limit, or than any schema of the API nests."""
+    r = client.post(path, data=body, content_type="application/json", headers=h)
+    assert r.status_code in (400, 404), r.get_data(as_text=True)[:300]
+    assert r.mimetype == PROBLEM
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("post", "/api/v1/contacts", {"name": "a\ud800b"}, "name"),
+        ("patch", "/api/v1/tenant", {"name": "\udfff"}, "name"),
+        ("post", "/api/v1/clients", {"name": "x\ud83d", "redirect_uris": ["https://a.test/cb"]}, "name"),
+        ("post", "/api/v1/auth/login", {"email": "\ud800@x.test", "password": "pw"}, "email"),
+    ],
+)
+def test_unpaired_surrogates_are_422_naming_the_field(client, h, method, path, body, field):
+    """A JSON ``\\ud800`` escape decodes to text neither UTF-8 nor PostgreSQL can hold."""
+    r = getattr(client, method)(path, json=body, headers=h)
+    errors = assert_problem(r, 422, "validation_error")["errors"]
+    assert field in errors and "surrogate" in errors[field][0]
+
+
+@pytest.mark.parametrize("method", ["get", "patch", "delete"])
+def test_nul_in_a_path_parameter_is_404(client, h, method):
+    r = getattr(client, method)("/api/v1/clients/a%00b", json={}, headers=h)
+    assert_problem(r, 404)
+    assert_problem(client.post("/api/v1/clients/%00/secret", headers=h), 404)
+
+
 def test_absurd_page_is_422(client, h):
     body = assert_problem(client.get("/api/v1/contacts?page=99999999999999999999", headers=h), 422)
     assert "page" in body["errors"]

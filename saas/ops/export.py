@@ -552,6 +552,17 @@ def _load(kind: str, data: Any, line: int, table: str | None = None) -> dict[str
     Raises:
         ImportFileError: naming ``line`` and the first bad field.
     """
+    from saas.api import text_errors
+
+    try:
+        # NUL and unpaired surrogates, refused as the API refuses them (a record's row is
+        # checked when it is loaded as its table's row, so its fields are named)
+        found = text_errors(data) if kind != "record" else None
+    except ValueError as exc:
+        raise ImportFileError(line, str(exc), table=table) from None
+    if found:
+        field, message = _first_error(found if isinstance(found, dict) else {"": found})
+        raise ImportFileError(line, message, field=field or None, table=table)
     try:
         return _schemas()[kind].load(data)
     except ma.ValidationError as exc:
