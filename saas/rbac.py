@@ -15,7 +15,6 @@ PERMISSIONS: dict[str, str] = {
     "members:manage": "Invite, change and remove members",
     "tenant:read": "Read the tenant's profile",
     "tenant:manage": "Change the tenant's name and settings",
-    "billing:read": "See plan and usage",
     "billing:manage": "Change plan and payment",
     "audit:read": "Read the audit log",
     "clients:manage": "Manage OAuth clients",
@@ -24,7 +23,7 @@ PERMISSIONS: dict[str, str] = {
 ROLES: dict[str, frozenset[str]] = {
     "owner": frozenset(PERMISSIONS),
     "admin": frozenset(PERMISSIONS) - {"billing:manage"},
-    "member": frozenset({"contacts:read", "contacts:write", "members:read", "tenant:read", "billing:read"}),
+    "member": frozenset({"contacts:read", "contacts:write", "members:read", "tenant:read"}),
     "viewer": frozenset({"contacts:read", "members:read", "tenant:read"}),
 }
 
