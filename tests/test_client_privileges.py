@@ -112,3 +112,20 @@ def test_demoting_an_owner_needs_a_recent_login(api, app, client):
     assert_problem(r, 401, "insufficient_user_authentication")
     r = client.patch(f"/api/v1/members/{other.id}", json={"role": "viewer"}, headers=api.auth(owner))
     assert r.status_code == 200 and r.get_json()["role"] == "viewer"
+
+
+def test_an_admin_cannot_end_the_sessions_of_an_owner(api, app, client):
+    """As removing or demoting them: ending a member's sessions needs a role that could assign
+    theirs; an admin still ends a member's, and its own."""
+    owner = api.signup("acme")
+    tid = owner["tenant"]["id"]
+    admin_user, admin = role_headers(app, tid, "admin")
+    member_user, _member = role_headers(app, tid, "member")
+
+    def end(user_id):
+        return client.delete(f"/api/v1/members/{user_id}/sessions", headers=admin)
+
+    assert_problem(end(owner["user"]["id"]), 403, "role_not_assignable")
+    assert client.get("/api/v1/me", headers=api.auth(owner)).status_code == 200  # still signed in
+    assert end(member_user.id).status_code == 200
+    assert end(admin_user.id).status_code == 200

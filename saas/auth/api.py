@@ -463,6 +463,9 @@ class MemberSessions(MethodView):
         ).first()
         if member is None:
             raise NotFound("No such member.")
+        if uid != principal.user_id and not can_assign(principal.role or "", member.role):
+            # as removing or demoting them: nobody ends the sessions of a member above them
+            raise Forbidden("You cannot end the sessions of a member above you.", code="role_not_assignable")
         count = service.revoke_user_sessions(sess, uid, principal.tenant_id, "admin_revoked")
         browsers = browser_sessions.end_for_user(sess, uid, "admin_revoked")
         audit.record(
