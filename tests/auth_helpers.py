@@ -19,6 +19,22 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
+def basic_auth(client_id: str, secret: str) -> dict:
+    """The ``Authorization`` header of HTTP Basic client authentication (RFC 6749 section 2.3.1)."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+def client_credentials_token(client, svc: dict) -> str:
+    """An access token of the registered confidential client ``svc`` (its id and secret)."""
+    r = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers=basic_auth(svc["client_id"], svc["client_secret"]),
+    )
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()["access_token"]
+
+
 def register_client(client, headers, **fields) -> dict:
     body = {"name": "Test app", "redirect_uris": [REDIRECT], **fields}
     response = client.post("/api/v1/clients", json=body, headers=headers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from datetime import timedelta
 
@@ -17,6 +16,7 @@ from saas.settings import Settings
 from tests.auth_helpers import (
     REDIRECT,
     authorize_params,
+    basic_auth,
     browser_login,
     code_for,
     csrf_of,
@@ -35,11 +35,6 @@ def clock(time_machine):
     """The process's clock frozen at T0 (TOTP steps, tokens, expiries): ``clock.shift(s)``."""
     time_machine.move_to(T0, tick=False)
     return time_machine
-
-
-def _basic(client_id: str, secret: str) -> dict:
-    raw = f"{client_id}:{secret}".encode()
-    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
 def _stale(app, signup: dict, role: str = "owner") -> dict:
@@ -73,7 +68,7 @@ def _service_token(api, client, owner, role: str) -> str:
     r = client.post(
         "/oauth/token",
         data={"grant_type": "client_credentials"},
-        headers=_basic(svc["client_id"], svc["client_secret"]),
+        headers=basic_auth(svc["client_id"], svc["client_secret"]),
     )
     assert r.status_code == 200, r.get_json()
     return r.get_json()["access_token"]
@@ -305,7 +300,7 @@ def test_fuzz_auth_endpoints_never_answer_5xx(api, client, clock):
                 client.post(
                     "/oauth/token",
                     data={"grant_type": grant, "code": "c", "redirect_uri": REDIRECT + value},
-                    headers=_basic(confidential["client_id"] + value, value),
+                    headers=basic_auth(confidential["client_id"] + value, value),
                 ),
                 ("token basic", grant, value),
             )
@@ -313,14 +308,14 @@ def test_fuzz_auth_endpoints_never_answer_5xx(api, client, clock):
             client.post(
                 "/oauth/token",
                 data={"grant_type": "authorization_code", "code": "c", "redirect_uri": REDIRECT + value},
-                headers=_basic(confidential["client_id"], confidential["client_secret"]),
+                headers=basic_auth(confidential["client_id"], confidential["client_secret"]),
             ),
             ("token redirect_uri", value),
         )
         for path in ("/oauth/revoke", "/oauth/introspect"):
             check(
                 client.post(
-                    path, data={"token": value}, headers=_basic(confidential["client_id"] + value, value)
+                    path, data={"token": value}, headers=basic_auth(confidential["client_id"] + value, value)
                 ),
                 (path, value),
             )

@@ -4,14 +4,10 @@ owner (that needs a person's step-up, RFC 9470)."""
 
 from __future__ import annotations
 
-import base64
 import time
 
+from tests.auth_helpers import client_credentials_token
 from tests.helpers import add_member, assert_problem, bearer, role_headers
-
-
-def _basic(client_id: str, secret: str) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
 def _service_client(client, headers, role: str) -> dict:
@@ -31,16 +27,6 @@ def _service_client(client, headers, role: str) -> dict:
     return r.get_json()
 
 
-def _client_token(client, svc: dict) -> str:
-    r = client.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        headers=_basic(svc["client_id"], svc["client_secret"]),
-    )
-    assert r.status_code == 200, r.get_json()
-    return r.get_json()["access_token"]
-
-
 def test_admin_cannot_take_over_an_owner_role_client(api, app, client):
     owner = api.signup("acme")
     tid = owner["tenant"]["id"]
@@ -58,7 +44,7 @@ def test_admin_cannot_take_over_an_owner_role_client(api, app, client):
     owner_list = client.get("/api/v1/clients", headers=api.auth(owner)).get_json()
     assert robot["client_id"] in [c["client_id"] for c in owner_list]
     # nothing changed: the original secret still works and the client is intact
-    _client_token(client, robot)
+    client_credentials_token(client, robot)
     kept = client.get(path, headers=api.auth(owner)).get_json()
     assert kept["name"] == "owner robot" and kept["role"] == "owner"
 
@@ -79,7 +65,7 @@ def test_an_owner_role_client_cannot_demote_an_owner(api, app, client):
     tid = owner["tenant"]["id"]
     other_owner = add_member(app, tid, "owner")  # so the last-owner rule is not what stops it
     robot = _service_client(client, api.auth(owner), "owner")
-    robot_h = bearer(_client_token(client, robot))
+    robot_h = bearer(client_credentials_token(client, robot))
     for user_id in (owner["user"]["id"], other_owner.id):
         for role in ("admin", "member", "viewer"):
             r = client.patch(f"/api/v1/members/{user_id}", json={"role": role}, headers=robot_h)

@@ -3,7 +3,6 @@ token endpoint grants, revocation, introspection, userinfo, clients API."""
 
 from __future__ import annotations
 
-import base64
 from datetime import timedelta
 
 import jwt as pyjwt
@@ -14,6 +13,7 @@ from saas.db import utcnow
 from tests.auth_helpers import (
     REDIRECT,
     authorize_params,
+    basic_auth,
     browser_login,
     code_for,
     pkce_pair,
@@ -23,17 +23,13 @@ from tests.auth_helpers import (
 from tests.helpers import mailed_invitation_token
 
 
-def _basic(client_id: str, secret: str) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
-
-
 def _exchange(client, app_client: dict, code: str, verifier: str | None, redirect_uri: str = REDIRECT):
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
     if verifier is not None:
         data["code_verifier"] = verifier
     headers = {}
     if app_client.get("client_secret"):
-        headers = _basic(app_client["client_id"], app_client["client_secret"])
+        headers = basic_auth(app_client["client_id"], app_client["client_secret"])
     else:
         data["client_id"] = app_client["client_id"]
     return client.post("/oauth/token", data=data, headers=headers)
@@ -91,14 +87,14 @@ def test_client_registration_secret_once_and_rotation(api, client, db_session):
     # the old secret stops working, the new one works
     data = {"grant_type": "client_credentials"}
     old = client.post(
-        "/oauth/token", data=data, headers=_basic(created["client_id"], created["client_secret"])
+        "/oauth/token", data=data, headers=basic_auth(created["client_id"], created["client_secret"])
     )
     assert old.status_code == 401 and old.get_json()["error"] == "invalid_client"
     patched = client.patch(
         f"/api/v1/clients/{created['client_id']}", json={"grant_types": ["client_credentials"]}, headers=h
     )
     assert patched.status_code == 200, patched.get_json()
-    ok = client.post("/oauth/token", data=data, headers=_basic(created["client_id"], new_secret))
+    ok = client.post("/oauth/token", data=data, headers=basic_auth(created["client_id"], new_secret))
     assert ok.status_code == 200, ok.get_json()
 
 
@@ -413,7 +409,7 @@ def test_client_credentials_service_account(api, client, app):
     r = client.post(
         "/oauth/token",
         data={"grant_type": "client_credentials"},
-        headers=_basic(svc["client_id"], svc["client_secret"]),
+        headers=basic_auth(svc["client_id"], svc["client_secret"]),
     )
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
@@ -431,13 +427,13 @@ def test_client_credentials_service_account(api, client, app):
     bad = client.post(
         "/oauth/token",
         data={"grant_type": "client_credentials"},
-        headers=_basic(svc["client_id"], "cs_wrong"),
+        headers=basic_auth(svc["client_id"], "cs_wrong"),
     )
     assert bad.status_code == 401
     scope = client.post(
         "/oauth/token",
         data={"grant_type": "client_credentials", "scope": "openid"},
-        headers=_basic(svc["client_id"], svc["client_secret"]),
+        headers=basic_auth(svc["client_id"], svc["client_secret"]),
     )
     assert scope.status_code == 400 and scope.get_json()["error"] == "invalid_scope"
 
@@ -454,13 +450,13 @@ def test_introspection_sees_only_own_tenant(api, client):
         mine = client.post(
             "/oauth/introspect",
             data={"token": token},
-            headers=_basic(a_svc["client_id"], a_svc["client_secret"]),
+            headers=basic_auth(a_svc["client_id"], a_svc["client_secret"]),
         ).get_json()
         assert mine["active"] is True and mine["tid"] == a_owner["tenant"]["id"]
         theirs = client.post(
             "/oauth/introspect",
             data={"token": token},
-            headers=_basic(b_svc["client_id"], b_svc["client_secret"]),
+            headers=basic_auth(b_svc["client_id"], b_svc["client_secret"]),
         ).get_json()
         assert theirs == {"active": False}
     # public clients and anonymous callers may not introspect
@@ -482,7 +478,7 @@ def test_revocation(api, client):
     r = client.post(
         "/oauth/revoke",
         data={"token": tokens["refresh_token"]},
-        headers=_basic(svc["client_id"], svc["client_secret"]),
+        headers=basic_auth(svc["client_id"], svc["client_secret"]),
     )
     assert r.status_code == 200
     data = {"grant_type": "refresh_token", "client_id": app_client["client_id"]}
@@ -497,7 +493,7 @@ def test_revocation(api, client):
     introspected = client.post(
         "/oauth/introspect",
         data={"token": tokens["access_token"]},
-        headers=_basic(svc["client_id"], svc["client_secret"]),
+        headers=basic_auth(svc["client_id"], svc["client_secret"]),
     ).get_json()
     assert introspected == {"active": False}
     assert (

@@ -6,7 +6,6 @@ on an app with the limiter on (the check rides the limiter's Lua call)."""
 
 from __future__ import annotations
 
-import base64
 import socket
 import time
 
@@ -15,7 +14,7 @@ import pytest
 from saas import create_app
 from saas.auth.tokens import LEEWAY_SECONDS
 from saas.db import Database
-from tests.auth_helpers import REDIRECT, code_for, register_client
+from tests.auth_helpers import REDIRECT, basic_auth, client_credentials_token, code_for, register_client
 from tests.conftest import Api
 from tests.helpers import mailed_invitation_token
 
@@ -33,20 +32,6 @@ def http(request, app, settings, engine, redis_client, connection):
     limited.testing = True
     limited.extensions["saas.db"].bind = connection
     return limited.test_client()
-
-
-def _basic(client_id: str, secret: str) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
-
-
-def _service_token(http, svc: dict) -> str:
-    response = http.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        headers=_basic(svc["client_id"], svc["client_secret"]),
-    )
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["access_token"]
 
 
 def _refused(response) -> bool:
@@ -112,7 +97,7 @@ def test_deleted_clients_tokens_stop(http):
         scope="api", role="viewer",
     )  # fmt: skip
     web = register_client(http, h, client_type="public", first_party=True)
-    service_token = _service_token(http, svc)
+    service_token = client_credentials_token(http, svc)
     code, verifier = code_for(http, web["client_id"], "owner@acme.test")
     user_token = http.post(
         "/oauth/token",
@@ -135,7 +120,7 @@ def test_service_accounts_role_is_the_clients_current_one(http):
         http, h, client_type="confidential", grant_types=["client_credentials"], redirect_uris=[],
         scope="api", role="member",
     )  # fmt: skip
-    sh = api.auth(_service_token(http, svc))
+    sh = api.auth(client_credentials_token(http, svc))
     assert http.post("/api/v1/contacts", json={"name": "a"}, headers=sh).status_code == 201
     changed = http.patch(f"/api/v1/clients/{svc['client_id']}", json={"role": "viewer"}, headers=h)
     assert changed.status_code == 200
@@ -199,13 +184,13 @@ def test_introspection_reports_a_deleted_clients_token_inactive(http):
     )
     svc = register_client(http, h, role="viewer", **fields)
     checker = register_client(http, h, name="Resource server", resource_server=True, **fields)
-    token = _service_token(http, svc)
+    token = client_credentials_token(http, svc)
 
     def introspect() -> dict:
         r = http.post(
             "/oauth/introspect",
             data={"token": token},
-            headers=_basic(checker["client_id"], checker["client_secret"]),
+            headers=basic_auth(checker["client_id"], checker["client_secret"]),
         )
         return r.get_json()
 
