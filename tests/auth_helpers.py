@@ -92,3 +92,21 @@ def code_for(client, client_id: str, email: str, **extra) -> tuple[str, str]:
     params = query_of(location)
     assert params["state"] == "st-123"
     return params["code"], verifier
+
+
+def code_flow_tokens(client, app_client: dict, email: str) -> dict:
+    """The token response of a browser login (hosted pages, PKCE) of ``email`` through the public
+    first-party ``app_client``, its code redeemed at ``/oauth/token``."""
+    code, verifier = code_for(client, app_client["client_id"], email)
+    r = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "client_id": app_client["client_id"],
+            "redirect_uri": app_client["redirect_uris"][0],
+        },
+    )
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()

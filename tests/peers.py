@@ -33,6 +33,15 @@ def chromium_available() -> bool:
     return True
 
 
+#: the flags this machine's Chromium needs headless as root, without network chatter
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium, headless, through Playwright (``sync_playwright()``'s object)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
 class Inbox:
     """An aiosmtpd handler keeping every message (parsed) and envelope it receives; ``url`` is
     the server's ``smtp://`` address once started by :func:`smtp_inbox`."""

@@ -24,7 +24,7 @@ from saas import create_app
 from saas.auth import mfa
 from saas.db import Database
 from tests.conftest import TEST_PASSWORD
-from tests.peers import CHROMIUM, chromium_available
+from tests.peers import chromium_available, launch_chromium
 
 
 class _Dispatch:
@@ -352,11 +352,7 @@ def test_browser_login_mfa_consent_to_code(live):
 
     captured: dict[str, str] = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             page.goto(url)

@@ -10,7 +10,7 @@ from werkzeug.serving import make_server
 
 from saas import create_app
 from saas.db import Database
-from tests.peers import CHROMIUM, chromium_available
+from tests.peers import chromium_available, launch_chromium
 
 
 @pytest.fixture()
@@ -35,11 +35,7 @@ def test_swagger_ui_renders_under_its_csp_from_this_origin_only(live_docs):
     failed: list[str] = []
     console: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 
-from tests.auth_helpers import code_for, register_client
+from tests.auth_helpers import code_flow_tokens, register_client
 from tests.helpers import assert_problem, role_headers
 
 INACTIVE = {"active": False}
@@ -33,17 +33,7 @@ def _confidential(client, headers, **fields) -> dict:
 def _owner_tokens(api, client, slug: str = "acme") -> tuple[dict, dict]:
     owner = api.signup(slug)
     app_client = register_client(client, api.auth(owner), first_party=True, client_type="public")
-    code, verifier = code_for(client, app_client["client_id"], f"owner@{slug}.test")
-    tokens = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": app_client["client_id"],
-            "redirect_uri": app_client["redirect_uris"][0],
-        },
-    ).get_json()
+    tokens = code_flow_tokens(client, app_client, f"owner@{slug}.test")
     return owner, tokens
 
 

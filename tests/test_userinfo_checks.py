@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from saas.identity.models import User
 from saas.tenancy.models import Membership, Tenant
-from tests.auth_helpers import code_for, register_client
+from tests.auth_helpers import code_flow_tokens, register_client
 from tests.helpers import assert_problem, bearer, token_for
 
 
@@ -68,17 +68,7 @@ def test_userinfo_answers_a_revoked_session_as_me_does(api, client):
     resolve the caller through the same principal check."""
     owner = api.signup("acme")
     app_client = register_client(client, api.auth(owner), first_party=True, client_type="public")
-    code, verifier = code_for(client, app_client["client_id"], "owner@acme.test")
-    tokens = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": app_client["client_id"],
-            "redirect_uri": app_client["redirect_uris"][0],
-        },
-    ).get_json()
+    tokens = code_flow_tokens(client, app_client, "owner@acme.test")
     h = bearer(tokens["access_token"])
     assert client.get("/oauth/userinfo", headers=h).status_code == 200
     r = client.post(
