@@ -186,17 +186,6 @@ def tenant_checks(
     return checks
 
 
-def public_checks(
-    method: str, path: str, ip: str, rates: Mapping[str, Rate], secret: bytes, body: Any, form: Any, auth: Any
-) -> list[Check]:
-    """The policies of a request without a live principal: the endpoint's sign-in throttles
-    (:func:`signin_checks`), or ``ip``."""
-    groups = AUTH_ENDPOINTS.get((method, path))
-    if groups is None:
-        return ip_checks(ip, rates)
-    return signin_checks(groups, ip, rates, secret, body, form, auth)
-
-
 def ip_checks(ip: str, rates: Mapping[str, Rate]) -> list[Check]:
     """The ``ip`` policy of any request that is neither a sign-in nor a live principal's."""
     rate = rates["ip"]
