@@ -119,13 +119,7 @@ class RevocationStore:
 
 
 def init_app(app: Flask) -> None:
-    """``app.extensions["saas.revocations"]`` and the ORM hooks (after ``saas.cache.init_app``)."""
-    from saas.auth.tokens import LEEWAY_SECONDS
-
-    settings = app.extensions["saas.settings"]
-    app.extensions["saas.revocations"] = RevocationStore(
-        app.extensions["saas.redis_guard"], settings.access_token_ttl_seconds + LEEWAY_SECONDS
-    )
+    """The ORM hooks that publish revocations (the store is ``services().revocations``)."""
     install_hooks()
 
 

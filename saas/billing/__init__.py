@@ -42,24 +42,14 @@ def enforce_read_only() -> None:
 
 
 def init_app(app: Flask, smorest) -> None:
-    """Set up billing on ``app`` (called once by ``create_app``).
-
-    Raises:
-        CatalogueError: invalid plan catalogue, or a paid plan without its price id.
-        SettingsError: billing on without ``STRIPE_WEBHOOK_SECRET``.
-    """
+    """Set up billing's hooks and routes on ``app`` (called once by ``create_app``; the billing
+    handle and the catalogue check are in :func:`saas.services.build_services`)."""
     import logging
 
-    from saas.billing import entitlements, service, views
-    from saas.settings import SettingsError
+    from saas.billing import views
 
     logging.getLogger("stripe").setLevel(logging.WARNING)  # the SDK logs each request at INFO
 
-    settings = app.extensions["saas.settings"]
-    entitlements.catalogue()
-    if settings.billing_enabled and not settings.stripe_webhook_secrets:
-        raise SettingsError("STRIPE_WEBHOOK_SECRET: required when STRIPE_SECRET_KEY is set")
-    app.extensions["saas.billing"] = service.make_billing(settings)
     app.before_request(enforce_read_only)
     smorest.register_blueprint(views.blp)
     smorest.register_blueprint(views.hooks)

@@ -33,6 +33,7 @@ __all__ = [
     "MISS",
     "CircuitBreaker",
     "Counters",
+    "KeyWatcher",
     "PrincipalSnapshot",
     "RedisGuard",
     "RedisUnavailable",
@@ -48,22 +49,16 @@ __all__ = [
 
 
 def init_app(app: Flask) -> None:
+    """The cache's hooks: the key watcher first of the request's hooks, ETag / Cache-Control last
+    (the guard, the cache and the watcher themselves are built by :func:`saas.services.build_services`)."""
     from saas.cache.principals import install_hooks
+    from saas.services import EXTENSION
 
-    settings = app.extensions["saas.settings"]
-    counters = app.extensions.setdefault("saas.metrics", Counters())
-    breaker = CircuitBreaker(settings.redis_breaker_threshold, settings.redis_breaker_cooldown_seconds)
-    guard = RedisGuard(app.extensions["saas.redis"], breaker, counters)
-    app.extensions["saas.redis_guard"] = guard
-    if settings.cache_enabled:
-        app.extensions["saas.cache"] = TenantCache(
-            guard, ttl=settings.cache_ttl_seconds, local_ttl=settings.cache_local_ttl_seconds
-        )
+    services = app.extensions[EXTENSION]
+    if services.cache is not None:
         install_hooks()
-    watcher = KeyWatcher(app.extensions["saas.keys"], guard, check_interval=0.5)
-    app.extensions["saas.key_watcher"] = watcher
     # first of the request's hooks: a rotation is seen before the token is verified
-    app.before_request_funcs.setdefault(None, []).insert(0, watcher.maybe_check)
+    app.before_request_funcs.setdefault(None, []).insert(0, services.key_watcher.maybe_check)
     app.after_request(_http_caching)
 
 

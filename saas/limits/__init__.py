@@ -341,11 +341,11 @@ def _add_headers(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    """Register the limiter (after ``saas.cache.init_app``, which provides the Redis guard)."""
-    settings = app.extensions["saas.settings"]
-    guard: RedisGuard = app.extensions["saas.redis_guard"]
-    limiter = Limiter(guard, settings)
-    app.extensions["saas.limits"] = limiter
+    """Register the limiter's hooks (the :class:`Limiter` is ``services().limiter``)."""
+    from saas.services import EXTENSION
+
+    services = app.extensions[EXTENSION]
+    settings, guard, limiter = services.settings, services.redis_guard, services.limiter
     if not settings.ratelimit_enabled:
         return
     if type(guard.client).__module__.startswith("fakeredis"):
