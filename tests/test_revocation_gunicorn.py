@@ -104,6 +104,8 @@ def _wait_logged(log: Path, count: int) -> None:
 def test_logout_reaches_every_worker_within_a_second(gunicorn):
     base, log = gunicorn
     slug = f"rv-{uuid.uuid4().hex[:8]}"
+    _wait_logged(log, 1)  # the readiness probe's line
+    before_signup = _log_lines(log)
     signup = requests.post(
         f"{base}/api/v1/signup",
         json={
@@ -113,7 +115,8 @@ def test_logout_reaches_every_worker_within_a_second(gunicorn):
         timeout=30,
     )
     assert signup.status_code == 201, signup.text
-    _wait_logged(log, 1)  # the signup's own line is written after its answer: never count it below
+    # the signup's own line is written after its answer (and after the probe's): never count it below
+    _wait_logged(log, before_signup + 1)
     token = signup.json()["token"]["access_token"]
     headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
 
