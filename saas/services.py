@@ -2,13 +2,13 @@
 
 :func:`build_services` makes every framework-free service the platform has, from
 :class:`~saas.settings.Settings`, in dependency order. ``create_app`` builds it once and keeps it
-as ``app.extensions["saas"]``; a request reaches it with :func:`services`. A CLI command that
-needs a service but no HTTP layer builds it without an app (``saas.cli.common.Context.services``).
+as ``app.extensions["saas"]``; a request reaches it with :func:`services`. Code that needs a
+service but no HTTP layer (a CLI command, a job) can call :func:`build_services` without an app.
 
 The design follows warehouse's services registered by interface
 (``warehouse/subscriptions/interfaces.py`` beside ``services.py``): code asks for a typed
-attribute, never for a string key, so a missing or misspelt service is an ``AttributeError`` at
-import-checking time rather than a ``KeyError`` in production.
+attribute, never for a string key, so a type checker sees a missing or misspelt service and
+every field's type.
 """
 
 from __future__ import annotations
