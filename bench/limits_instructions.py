@@ -35,6 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from saas.services import services
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -51,7 +53,7 @@ def _child(state: dict, requests: int, floor: bool, local_ttl: str = "3600") -> 
     else:
         from bench.limits_wsgi import app
 
-        app.extensions["saas.key_watcher"].check_interval = 1e9
+        services(app).key_watcher.check_interval = 1e9
     environ = {
         "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",

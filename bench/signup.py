@@ -56,6 +56,7 @@ from saas import create_app  # noqa: E402
 from saas.cli import Context  # noqa: E402
 from saas.cli import main as cli_main  # noqa: E402
 from saas.db import Database, schema_name_for  # noqa: E402
+from saas.services import services  # noqa: E402
 from saas.settings import Settings  # noqa: E402
 
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a benchmark account
@@ -103,7 +104,7 @@ def measure(label: str) -> Iterator[None]:
 
 
 def instrument(app) -> None:
-    passwords = app.extensions["saas.passwords"]
+    passwords = services(app).passwords
     passwords.hash = splits.wrap("hash", passwords.hash)
     provisioning.create_tenant_schema = splits.wrap("ddl", provisioning.create_tenant_schema)
     Session.commit = splits.wrap("commit", Session.commit)

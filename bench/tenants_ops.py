@@ -94,10 +94,11 @@ def cli(env: dict[str, str], *args: str) -> tuple[float, dict]:
 
 def provision(app, n: int) -> tuple[float, list[tuple[str, str, str]]]:
     """Provision ``n`` tenants, one transaction each; returns (seconds, [(tenant id, user id, role)])."""
+    from saas.services import services
     from saas.tenancy.provisioning import provision_tenant
 
-    database = app.extensions["saas.db"]
-    passwords = app.extensions["saas.passwords"]
+    database = services(app).database
+    passwords = services(app).passwords
     made = []
     start = time.perf_counter()
     with app.app_context():
@@ -144,7 +145,9 @@ def backend_anon_mib(app) -> list[float]:
     serving the gunicorn worker (application_name ``bench-gunicorn``; same machine)."""
     from sqlalchemy import text
 
-    with app.extensions["saas.db"].engine.connect() as conn:
+    from saas.services import services
+
+    with services(app).database.engine.connect() as conn:
         pids = conn.scalars(
             text("SELECT pid FROM pg_stat_activity WHERE application_name = 'bench-gunicorn'")
         ).all()
@@ -158,6 +161,8 @@ def backend_anon_mib(app) -> list[float]:
 def worker_memory(env: dict[str, str], app, tenants: list[tuple[str, str, str]], max_requests: int) -> dict:
     """One gunicorn sync worker; one request per tenant; the worker's RSS before and after."""
     import requests
+
+    from saas.services import services
 
     port = free_port()
     sep = "&" if "?" in env["DATABASE_URL"] else "?"
@@ -178,7 +183,7 @@ def worker_memory(env: dict[str, str], app, tenants: list[tuple[str, str, str]],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    tokens = app.extensions["saas.tokens"]
+    tokens = services(app).tokens
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -241,6 +246,7 @@ def main() -> int:
 
     from saas import create_app
     from saas.migrate import upgrade_shared
+    from saas.services import services
     from saas.settings import Settings
 
     server = make_url(args.server.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -263,7 +269,7 @@ def main() -> int:
     try:
         settings = Settings.from_env(env)
         app = create_app(settings)
-        upgrade_shared(app.extensions["saas.db"].engine)
+        upgrade_shared(services(app).database.engine)
         # chained scratch tracks: track(k) = the real track + revisions 9001..900k
         revs = [f"90{i:02d}" for i in range(1, 8)]
         tracks = {k: str(scratch_track(work, revs[:k])) for k in range(1, 8)}
@@ -322,7 +328,7 @@ def main() -> int:
                 key = f"worker_memory_{size}_max_requests_{mr}"
                 results[key] = worker_memory(env, app, tenants, mr)
                 print(key, results[key], flush=True)
-        app.extensions["saas.db"].dispose()
+        services(app).database.dispose()
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'))

@@ -70,8 +70,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
 
     services = build_services(settings, database=database, redis=redis)
     app.extensions[EXTENSION] = services
-    _legacy_keys(app, services)
-    db.init_app(app, services.database)
+    db.init_app(app)
 
     _init_request_id(app)
     observability.init_app(app)
@@ -97,19 +96,6 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         smorest.register_blueprint(blueprint)
     billing.init_app(app, smorest)
     return app
-
-
-def _legacy_keys(app: Flask, services: Any) -> None:
-    """The string keys of the modules that do not yet read :func:`saas.services.services`; each
-    names the same object as the typed field (one instance, two names)."""
-    fields = {"settings": "settings", "redis": "redis", "keys": "keys", "tokens": "tokens",
-              "passwords": "passwords", "metrics": "counters", "redis_guard": "redis_guard",
-              "key_watcher": "key_watcher", "revocations": "revocations", "limits": "limiter",
-              "billing": "billing"}  # fmt: skip
-    for key, field in fields.items():
-        app.extensions[f"saas.{key}"] = getattr(services, field)
-    if services.cache is not None:
-        app.extensions["saas.cache"] = services.cache
 
 
 class App(Flask):

@@ -399,9 +399,7 @@ DOCS_CSP = (
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 #: the files of ``swagger_ui_bundle.swagger_ui_path`` the page uses (nothing else is served)
-DOCS_ASSETS = frozenset(
-    {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"}
-)
+DOCS_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
 #: the page's initializer, a script file of its own (an inline script would need
 #: 'unsafe-inline'); the document's URL comes from the page (``data-url``)
 DOCS_INIT_JS = """\
@@ -505,5 +503,4 @@ def init_app(app: Flask) -> Api:
     _init_docs(app)  # flask-smorest's own Swagger UI page loads from a CDN with an inline script
     app.before_request(_check_media_type)
     app.before_request(_refuse_nul_characters)
-    app.extensions["saas.api"] = api
     return api

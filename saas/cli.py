@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from saas.services import services
 from saas.settings import Settings, SettingsError
 
 console = Console(stderr=False)
@@ -82,7 +83,7 @@ class Context:
 
     @property
     def database(self):
-        return self.app.extensions["saas.db"]
+        return services(self.app).database
 
     @property
     def engine(self):
@@ -225,7 +226,7 @@ def _deliver_outbox_in_background(app) -> None:
     from saas.worker import Worker, load_handlers
 
     load_handlers()
-    worker = Worker(app.extensions["saas.db"], app.extensions["saas.settings"], services={"app": app})
+    worker = Worker(services(app).database, services(app).settings, services={"app": app})
 
     def run() -> None:
         with app.app_context():
@@ -326,7 +327,7 @@ def tenants_create(
         with ctx.database.transaction() as session:
             done = provision_tenant(
                 session,
-                app.extensions["saas.passwords"],
+                services(app).passwords,
                 slug=slug,
                 name=name,
                 owner_email=email,

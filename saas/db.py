@@ -31,6 +31,8 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ColumnClause, TextClause
 from sqlalchemy.sql.functions import FunctionElement
 
+from saas.services import services
+
 SHARED_SCHEMA = "saas"
 TENANT_PLACEHOLDER = "tenant"
 _SCHEMA_RE = re.compile(r"^t_[0-9a-f]{32}$")
@@ -526,9 +528,8 @@ def _guard_search_path(engine: Engine) -> None:
 
 
 def database() -> Database:
-    from flask import current_app
 
-    return current_app.extensions["saas.db"]
+    return services().database
 
 
 def set_tenant_schema(schema: str | None) -> None:
@@ -565,8 +566,8 @@ def read_connection() -> Iterator[Connection]:
         yield conn.execution_options(**{READ_ONLY: True})
 
 
-def init_app(app: Flask, db: Database) -> None:
-    app.extensions["saas.db"] = db
+def init_app(app: Flask) -> None:
+    """Commit the request's unit of work after a successful view, roll it back otherwise."""
 
     @app.after_request
     def _commit(response: Response) -> Response:

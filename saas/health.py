@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from sqlalchemy import text
 
 from saas.errors import ValidationError
+from saas.services import services
 
 #: dependencies ``?optional=`` may name
 OPTIONAL_DEPENDENCIES = frozenset({"redis"})
@@ -45,7 +46,7 @@ def readyz():
     ready = True
     start = time.perf_counter()
     try:
-        with current_app.extensions["saas.db"].engine.connect() as conn:
+        with services().database.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = {"ok": True}
     except Exception as exc:
@@ -54,7 +55,7 @@ def readyz():
     checks["database"]["ms"] = round((time.perf_counter() - start) * 1000, 1)
     start = time.perf_counter()
     try:
-        current_app.extensions["saas.redis"].ping()
+        services().redis.ping()
         checks["redis"] = {"ok": True}
     except Exception as exc:
         ready = ready and "redis" in optional

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app
+from flask import Flask, current_app
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -149,10 +149,11 @@ def build_services(settings: Settings, *, database: Database | None = None, redi
     )
 
 
-def services() -> Services:
-    """The current app's services (inside an app context).
+def services(app: Flask | None = None) -> Services:
+    """The services of ``app``, or of the current app when ``app`` is None.
 
     Raises:
-        RuntimeError: outside an application context (Flask's own error).
+        RuntimeError: ``app`` is None outside an application context (Flask's own error).
+        KeyError: ``app`` was not made by ``create_app``.
     """
-    return current_app.extensions[EXTENSION]
+    return (app if app is not None else current_app).extensions[EXTENSION]

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from saas import create_app
 from saas.db import Database, _guard_search_path
 from saas.migrate import upgrade_shared
+from saas.services import services
 from saas.settings import Settings
 
 TEST_PASSWORD = "correct horse battery staple"
@@ -138,7 +139,7 @@ def rolled_back(app, engine, redis_client) -> Iterator:
     database, and roll everything back on exit."""
     conn = engine.connect()
     outer = conn.begin()
-    db = app.extensions["saas.db"]
+    db = services(app).database
     previous = db.bind
     db.bind = conn
     redis_client.flushdb()
@@ -172,7 +173,7 @@ def client(app, connection):
 @pytest.fixture()
 def db_session(app, connection):
     """A session on the test's transaction (shared tables only)."""
-    session = app.extensions["saas.db"].session()
+    session = services(app).database.session()
     yield session
     session.close()
 

@@ -4,6 +4,7 @@ the Redis server's clock."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +13,16 @@ from sqlalchemy import delete, select, text
 
 from saas.db import schema_name_for
 from saas.identity.models import User
+from saas.services import EXTENSION, services
 from saas.tenancy.models import Membership, Tenant
 
 PROBLEM = "application/problem+json"
+
+
+def replace_services(monkeypatch, app: Flask, **fields: Any) -> None:
+    """Give ``app`` a copy of its services with ``fields`` replaced, for this test only (the
+    services object is frozen; ``monkeypatch`` puts the original back)."""
+    monkeypatch.setitem(app.extensions, EXTENSION, replace(services(app), **fields))
 
 
 def assert_problem(response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -35,7 +43,7 @@ def add_member(
     app: Flask, tenant_id: str | uuid.UUID, role: str, *, email: str | None = None, status: str = "active"
 ) -> User:
     """A user with ``role`` in the tenant, written straight to the test transaction."""
-    session = app.extensions["saas.db"].session()
+    session = services(app).database.session()
     try:
         user = User(email=email or f"{role}-{uuid.uuid4().hex[:8]}@example.test", name=role.title())
         session.add(user)
@@ -51,7 +59,7 @@ def add_member(
 
 def token_for(app: Flask, user_id: Any, tenant_id: Any, role: str, scope: str = "api") -> str:
     """A valid access token, minted without the login flow (no password hashing)."""
-    issued = app.extensions["saas.tokens"].issue(
+    issued = services(app).tokens.issue(
         subject=str(user_id), tenant_id=str(tenant_id), roles=[role], scope=scope, client_id="saas-api"
     )
     return issued.token
@@ -106,7 +114,7 @@ def mailed_invitation_token(app: Flask, email: str) -> str:
     ``mail.invitation`` message (the API never returns it)."""
     from saas.outbox import OutboxMessage
 
-    session = app.extensions["saas.db"].session()
+    session = services(app).database.session()
     try:
         rows = session.scalars(
             select(OutboxMessage)

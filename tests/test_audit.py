@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from saas.services import services
 from tests.helpers import assert_problem, mailed_invitation_token, role_headers
 
 
@@ -119,7 +120,7 @@ def test_audit_record_without_tenant_context_fails(app, connection):
 
     from saas import audit
 
-    session = app.extensions["saas.db"].session()
+    session = services(app).database.session()
     try:
         with pytest.raises(ProgrammingError, match="tenant"):
             audit.record(session, "x.y")

@@ -10,6 +10,7 @@ import uuid
 import jwt as pyjwt
 import pytest
 
+from saas.services import services
 from saas.tenancy.models import Membership
 from tests.helpers import assert_problem, bearer
 
@@ -162,7 +163,7 @@ def test_tampered_expired_and_foreign_tokens_are_401(app, client, owner):
     r = client.get("/api/v1/contacts", headers=bearer(tampered))
     assert_problem(r, 401)
     assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
-    tokens = app.extensions["saas.tokens"]
+    tokens = services(app).tokens
     expired = tokens.issue(
         subject=owner["user"]["id"],
         tenant_id=owner["tenant"]["id"],
@@ -210,8 +211,8 @@ def test_alg_none_and_hs256_confusion_are_refused(app, client, owner):
     none_token = pyjwt.encode(claims, None, algorithm="none", headers={"typ": "at+jwt"})
     assert_problem(client.get("/api/v1/me", headers=bearer(none_token)), 401)
     # HS256 signed with the public key's PEM (the classic key-confusion attack)
-    kid = app.extensions["saas.keys"].active.kid
-    public_pem = app.extensions["saas.keys"].active.key.as_pem(private=False)
+    kid = services(app).keys.active.kid
+    public_pem = services(app).keys.active.key.as_pem(private=False)
     hs = _hs256({"typ": "at+jwt", "alg": "HS256", "kid": kid}, claims, public_pem)
     assert_problem(client.get("/api/v1/me", headers=bearer(hs)), 401)
 

@@ -12,6 +12,7 @@ from saas.auth import mfa
 from saas.auth.models import AuthorizationCode, RefreshToken
 from saas.auth.service import token_hash
 from saas.db import utcnow
+from saas.services import services
 from saas.settings import Settings
 from tests.auth_helpers import (
     REDIRECT,
@@ -40,8 +41,8 @@ def clock(time_machine):
 def _stale(app, signup: dict, role: str = "owner") -> dict:
     """A bearer header for the signup's user whose login is an hour old (no step-up)."""
     token = (
-        app.extensions["saas.tokens"]
-        .issue(
+        services(app)
+        .tokens.issue(
             subject=signup["user"]["id"],
             tenant_id=signup["tenant"]["id"],
             roles=[role],
@@ -449,7 +450,7 @@ def test_hosted_pending_mfa_login_expires(api, client, app, clock):
     r = browser_login(client, app_client["client_id"], "owner@acme.test", challenge)
     assert r.headers["Location"].endswith("/oauth/mfa")
     html = client.get("/oauth/mfa").get_data(as_text=True)
-    ttl = app.extensions["saas.settings"].mfa_token_ttl_seconds
+    ttl = services(app).settings.mfa_token_ttl_seconds
     clock.shift(ttl + 5)
     r = client.post("/oauth/mfa", data={"code": mfa.totp_at(secret, step + 1), "csrf_token": csrf_of(html)})
     assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/login")
@@ -460,7 +461,7 @@ def test_hosted_pending_mfa_login_expires(api, client, app, clock):
 
 def test_service_account_token_has_no_amr_acr_auth_time(api, client, app):
     owner = api.signup("acme")
-    claims = app.extensions["saas.tokens"].verify(_service_token(api, client, owner, "viewer"))
+    claims = services(app).tokens.verify(_service_token(api, client, owner, "viewer"))
     assert not {"amr", "acr", "auth_time"} & set(claims)
     r = client.post("/oauth/introspect", data={"token": "x"})
     assert r.status_code == 401
@@ -486,7 +487,7 @@ def test_discovery_token_and_redirect_iss_agree(api, client, app):
     tokens = _exchange(
         client, app_client["client_id"], params["code"], verifier, redirect_uri=REDIRECT
     ).get_json()
-    assert app.extensions["saas.tokens"].verify(tokens["access_token"])["iss"] == issuer
+    assert services(app).tokens.verify(tokens["access_token"])["iss"] == issuer
 
 
 # --- 12. prompt=none never shows a page; omitted redirect_uri ------------------------------------

@@ -20,6 +20,7 @@ from saas.billing.service import STRIPE_API_VERSION
 from saas.billing.usage import usage_key
 from saas.cli import Context, main
 from saas.db import Database, utcnow
+from saas.services import services
 from saas.settings import Settings, SettingsError
 from saas.tenancy.models import Tenant
 from tests.conftest import Api, rolled_back
@@ -90,7 +91,7 @@ def cli(billing_app, bconn):
 
     def run(*args: str):
         ctx = Context()
-        ctx._settings = billing_app.extensions["saas.settings"]
+        ctx._settings = services(billing_app).settings
         ctx._app = billing_app
         return CliRunner().invoke(main, list(args), obj=ctx, catch_exceptions=False)
 
@@ -120,7 +121,7 @@ def audit_actions(conn, tenant_id: str, prefix: str = "billing.") -> list[str]:
 
 def tenant_row(billing_app, tenant_id: str) -> Tenant:
     with billing_app.app_context():
-        session = billing_app.extensions["saas.db"].session()
+        session = services(billing_app).database.session()
         tenant = session.get(Tenant, uuid.UUID(tenant_id))
         assert tenant is not None
         return tenant
@@ -128,7 +129,7 @@ def tenant_row(billing_app, tenant_id: str) -> Tenant:
 
 def entitlements_now(billing_app, tenant_id: str) -> ent.Entitlements:
     with billing_app.app_context():
-        session = billing_app.extensions["saas.db"].session()
+        session = services(billing_app).database.session()
         try:
             return ent.entitlements_for(session.get(Tenant, uuid.UUID(tenant_id)))
         finally:
@@ -136,7 +137,7 @@ def entitlements_now(billing_app, tenant_id: str) -> ent.Entitlements:
 
 
 def account_of(billing_app, tenant_id: str) -> BillingAccount | None:
-    session = billing_app.extensions["saas.db"].session()
+    session = services(billing_app).database.session()
     try:
         return session.get(BillingAccount, uuid.UUID(tenant_id))
     finally:
@@ -575,8 +576,8 @@ def test_trial_will_end_mail_arrives_with_the_trial_end_date(bapi, bclient, bcon
 
     with smtp_inbox() as inbox:
         load_handlers()
-        settings = billing_app.extensions["saas.settings"].with_overrides(smtp_url=inbox.url)
-        outcome = Worker(billing_app.extensions["saas.db"], settings, {"app": billing_app}).run_until_idle()
+        settings = services(billing_app).settings.with_overrides(smtp_url=inbox.url)
+        outcome = Worker(services(billing_app).database, settings, {"app": billing_app}).run_until_idle()
     assert "failed" not in outcome and "retry" not in outcome, outcome
     left = bconn.execute(text("SELECT topic, last_error FROM saas.outbox WHERE sent_at IS NULL")).all()
     assert left == []
@@ -705,7 +706,7 @@ def test_seat_pushes_carry_the_count_when_sent_and_survive_a_stripe_outage(
 def test_stripe_client_has_a_short_timeout(billing_app):
     from saas.billing import service
 
-    client = billing_app.extensions["saas.billing"].client
+    client = services(billing_app).billing.client
     http = client._requestor._client
     assert http._timeout == service.STRIPE_TIMEOUT_SECONDS <= 10
     assert client._requestor._options.max_network_retries == 2
@@ -968,8 +969,8 @@ def test_report_usage_refuses_an_open_period_and_records_nothing_for_zero(
     result = cli("billing", "report-usage", "--period", current)
     assert result.exit_code == 2 and "not closed" in result.output
     with pytest.raises(usage.PeriodNotClosed):
-        usage.report_usage(billing_app.extensions["saas.db"], redis_client,
-                           billing_app.extensions["saas.billing"], "2999-01")  # fmt: skip
+        usage.report_usage(services(billing_app).database, redis_client,
+                           services(billing_app).billing, "2999-01")  # fmt: skip
     assert fake_stripe.meter_events == []
     # zero counted (e.g. the counter not there yet): nothing sent, nothing recorded ...
     result = cli("billing", "report-usage", "--period", earlier)
@@ -1098,7 +1099,7 @@ def test_billing_changes_need_a_recent_authentication(bapi, bclient, billing_app
     import time
 
     signup = bapi.signup("acme")
-    stale = billing_app.extensions["saas.tokens"].issue(
+    stale = services(billing_app).tokens.issue(
         subject=signup["user"]["id"],
         tenant_id=signup["tenant"]["id"],
         roles=["owner"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from saas.services import services
 from tests.auth_helpers import client_credentials_token
 from tests.helpers import add_member, assert_problem, bearer, role_headers
 
@@ -85,7 +86,7 @@ def test_demoting_an_owner_needs_a_recent_login(api, app, client):
     owner = api.signup("acme")
     tid = owner["tenant"]["id"]
     other = add_member(app, tid, "owner")
-    tokens = app.extensions["saas.tokens"]
+    tokens = services(app).tokens
     stale = tokens.issue(
         subject=owner["user"]["id"],
         tenant_id=tid,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from flask import Flask, abort, g
@@ -39,6 +40,7 @@ from sqlalchemy.orm import DeclarativeBase, column_property
 
 from saas import db as saas_db
 from saas.db import Database
+from saas.services import EXTENSION
 
 _meta = MetaData()
 _rows = Table("hot_path_rows", _meta, Column("id", Integer, primary_key=True))
@@ -252,7 +254,7 @@ def test_request_unit_of_work_is_lazy_and_atomic(database):
     """The after_request hook: a read-only request opens no transaction; a failing request
     that wrote leaves nothing; a succeeding one commits."""
     app = Flask("t")
-    saas_db.init_app(app, database)
+    _with_database(app, database)
     seen = _statuses(database.engine)
 
     @app.get("/read")
@@ -279,7 +281,7 @@ def test_read_connection_reads_outside_a_session_and_refuses_writes(database):
     """``saas.db.read_connection``: plain reads with no session and no BEGIN, on the request's
     tenant schema; anything else is refused before it is sent; with a session, its connection."""
     app = Flask("t")
-    saas_db.init_app(app, database)
+    _with_database(app, database)
     with database.engine.begin() as conn:
         tenant_conn = conn.execution_options(schema_translate_map={"tenant": _SCHEMAS[0]})
         tenant_conn.execute(_tenant_rows.insert(), {"id": 7})
@@ -403,7 +405,7 @@ def test_checkout_pings_a_connection_idle_too_long_and_replaces_it_when_dead(dat
     _terminate(database, pid)
 
     app = Flask("t")
-    saas_db.init_app(app, database)
+    _with_database(app, database)
 
     @app.get("/pid")
     def backend_pid():
@@ -450,3 +452,9 @@ def test_connections_use_tcp_keepalives(database):
     assert {k: parameters.get(k) for k in saas_db.KEEPALIVES} == {
         k: str(v) for k, v in saas_db.KEEPALIVES.items()
     }
+
+
+def _with_database(app: Flask, database: Database) -> None:
+    """A bare app whose only service is ``database``, with the request unit of work."""
+    app.extensions[EXTENSION] = SimpleNamespace(database=database)
+    saas_db.init_app(app)

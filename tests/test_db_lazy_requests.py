@@ -25,6 +25,7 @@ from saas.audit import AuditEvent
 from saas.auth.models import RefreshToken
 from saas.auth.service import token_hash
 from saas.db import Database, schema_name_for, shared_metadata
+from saas.services import services
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import drop_tenant, mailed_invitation_token
 
@@ -118,7 +119,7 @@ def _signup(app, client, recorder) -> dict:
 
 
 def _audit_actions(app, tenant_id: str) -> list[str]:
-    with app.extensions["saas.db"].transaction(schema_name_for(uuid.UUID(tenant_id))) as session:
+    with services(app).database.transaction(schema_name_for(uuid.UUID(tenant_id))) as session:
         return list(session.scalars(select(AuditEvent.action)))
 
 
@@ -222,7 +223,7 @@ def test_refresh_reuse_commits_its_revocation(lazy, client, recorder):
     assert r.status_code == 200, r.get_json()
     assert_lazy_writes(recorder.take(), reads_first=False)  # the token is read FOR UPDATE
     r2 = r.get_json()["refresh_token"]
-    with app.extensions["saas.db"].transaction() as session:  # past the grace window
+    with services(app).database.transaction() as session:  # past the grace window
         session.execute(
             update(RefreshToken)
             .where(RefreshToken.token_hash == token_hash(r1))
@@ -233,7 +234,7 @@ def test_refresh_reuse_commits_its_revocation(lazy, client, recorder):
     r = client.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": r1})
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
     assert_lazy_writes(recorder.take(), reads_first=False)
-    with app.extensions["saas.db"].transaction() as session:
+    with services(app).database.transaction() as session:
         rows = session.scalars(select(RefreshToken).where(RefreshToken.token_hash == token_hash(r2))).all()
         assert [row.revoked_reason for row in rows] == ["reuse_detected"]
     recorder.take()

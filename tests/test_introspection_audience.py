@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 
+from saas.services import services
 from tests.auth_helpers import code_flow_tokens, register_client
 from tests.helpers import assert_problem, role_headers
 
@@ -78,7 +79,7 @@ def test_another_tenants_resource_server_learns_nothing(api, client):
 def test_the_tokens_audience_sees_it(api, app, client):
     owner = api.signup("acme")
     plain = _confidential(client, api.auth(owner))
-    tokens = app.extensions["saas.tokens"]
+    tokens = services(app).tokens
     issued = tokens.issue(
         subject=owner["user"]["id"],
         tenant_id=owner["tenant"]["id"],

@@ -30,6 +30,7 @@ from saas import worker as worker_module
 from saas.db import Database
 from saas.identity.models import User
 from saas.outbox import OutboxMessage
+from saas.services import services
 from saas.tenancy.models import Membership
 from saas.tenancy.views import SIGNUP_PENDING
 from saas.worker import Worker, load_handlers
@@ -133,7 +134,7 @@ def test_another_tenant_cannot_withdraw_an_invitation(api, client, app):
 @pytest.fixture()
 def password_calls(app, monkeypatch):
     """Counts every password verification and hash the app makes."""
-    passwords = app.extensions["saas.passwords"]
+    passwords = services(app).passwords
     calls = {"verify": 0, "hash": 0}
     real_verify, real_hash = passwords.verify, passwords.hash
 

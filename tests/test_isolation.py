@@ -12,6 +12,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from saas import create_app
 from saas.db import Database, check_schema_name, schema_name_for, translate_map
+from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 from tenants.models import Contact
 from tests.helpers import assert_problem, bearer, drop_tenant, token_for
@@ -165,7 +166,7 @@ def test_token_signed_by_another_key_is_refused(client, pair, tmp_path):
 
 
 def test_tenant_query_without_tenant_context_fails_loudly(app, connection):
-    session = app.extensions["saas.db"].session()  # no tenant schema
+    session = services(app).database.session()  # no tenant schema
     with pytest.raises(ProgrammingError) as excinfo:
         session.execute(select(Contact)).all()
     assert '"tenant.contacts"' in str(excinfo.value) or 'schema "tenant"' in str(excinfo.value)
@@ -264,7 +265,7 @@ def committed_tenant(app, engine):
     with app.app_context(), db.transaction() as session:
         done = provision_tenant(
             session,
-            app.extensions["saas.passwords"],
+            services(app).passwords,
             slug=slug,
             name="Pool",
             owner_email=f"o@{slug}.test",

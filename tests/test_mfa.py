@@ -11,8 +11,9 @@ import uuid
 import pytest
 
 from saas.auth import mfa
+from saas.services import services
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import mailed_invitation_token
+from tests.helpers import mailed_invitation_token, replace_services
 
 T0 = 1_900_000_020.0  # a fixed TOTP clock, in the middle of a 30 s step
 
@@ -110,7 +111,7 @@ def test_enroll_then_login_needs_second_factor(api, client, clock, app):
         "/api/v1/auth/mfa", json={"mfa_token": problem["mfa_token"], "code": _code(secret, clock, 1)}
     )
     assert r.status_code == 200, r.get_json()
-    claims = app.extensions["saas.tokens"].verify(r.get_json()["access_token"])
+    claims = services(app).tokens.verify(r.get_json()["access_token"])
     assert claims["amr"] == ["pwd", "otp"] and claims["acr"] == "urn:saas:acr:mfa"
     # the mfa_token is single-use
     r = client.post(
@@ -222,7 +223,7 @@ def test_tenant_require_mfa_forces_enrollment_before_tokens(api, client, clock, 
     assert done.status_code == 200, done.get_json()
     body = done.get_json()
     assert len(body["recovery_codes"]) == 10
-    claims = app.extensions["saas.tokens"].verify(body["token"]["access_token"])
+    claims = services(app).tokens.verify(body["token"]["access_token"])
     assert claims["amr"] == ["pwd", "otp"]
     # used up
     assert client.post("/api/v1/me/mfa/totp", json={"mfa_token": token}).status_code == 401
@@ -234,7 +235,7 @@ def test_step_up_requires_recent_auth_time(api, client, app):
     created = client.post(
         "/api/v1/clients", json={"name": "svc", "redirect_uris": ["https://a.example/cb"]}, headers=h
     ).get_json()
-    tokens = app.extensions["saas.tokens"]
+    tokens = services(app).tokens
     stale = tokens.issue(
         subject=owner["user"]["id"],
         tenant_id=owner["tenant"]["id"],
@@ -277,8 +278,8 @@ def test_step_up_on_member_removal_and_admin_grant(api, client, app):
     ).get_json()
     member_id = joined["user"]["id"]
     stale = (
-        app.extensions["saas.tokens"]
-        .issue(
+        services(app)
+        .tokens.issue(
             subject=owner["user"]["id"],
             tenant_id=owner["tenant"]["id"],
             roles=["owner"],
@@ -320,7 +321,7 @@ def test_mfa_token_store_down_is_503(api, client, clock, app, monkeypatch):
     owner = api.signup("acme")
     _enroll(client, api.auth(owner), clock)
     broken = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    monkeypatch.setitem(app.extensions, "saas.redis", broken)
+    replace_services(monkeypatch, app, redis=broken)
     r = api.login("owner@acme.test")
     assert r.status_code == 503 and r.get_json()["code"] == "mfa_unavailable"
 

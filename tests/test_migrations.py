@@ -16,6 +16,7 @@ from saas.migrate import (
     upgrade_shared,
     upgrade_tenant_schema,
 )
+from saas.services import services
 from saas.tenancy.provisioning import create_tenant_schema
 
 
@@ -166,7 +167,7 @@ def test_upgrade_tenants_skips_tenants_at_head(app, engine):
     with app.app_context(), db.transaction() as session:
         done = provision_tenant(
             session,
-            app.extensions["saas.passwords"],
+            services(app).passwords,
             slug="mig-skip",
             name="M",
             owner_email="o@mig-skip.test",

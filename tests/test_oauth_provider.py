@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 
 from saas.auth.models import AuthorizationCode, OAuthClient, RefreshToken
 from saas.db import utcnow
+from saas.services import services
 from tests.auth_helpers import (
     REDIRECT,
     authorize_params,
@@ -191,7 +192,7 @@ def test_code_flow_tokens_and_id_token(api, client, app):
     assert {"access_token", "refresh_token", "id_token", "expires_in"} <= set(body)
     header = pyjwt.get_unverified_header(body["access_token"])
     assert header["typ"] == "at+jwt"
-    claims = app.extensions["saas.tokens"].verify(body["access_token"])
+    claims = services(app).tokens.verify(body["access_token"])
     assert claims["client_id"] == app_client["client_id"]
     assert claims["tid"] == owner["tenant"]["id"] and claims["amr"] == ["pwd"]
     assert claims["acr"] == "urn:saas:acr:pwd" and isinstance(claims["auth_time"], int)
@@ -414,7 +415,7 @@ def test_client_credentials_service_account(api, client, app):
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     assert "refresh_token" not in body
-    claims = app.extensions["saas.tokens"].verify(body["access_token"])
+    claims = services(app).tokens.verify(body["access_token"])
     assert (
         claims["sub"] == svc["client_id"]
         and claims["tid"] == owner["tenant"]["id"]
@@ -618,7 +619,7 @@ def test_tenant_picker_for_platform_client(api, client, db_session, app):
     assert chosen.status_code == 302, chosen.get_data(as_text=True)
     code = query_of(chosen.headers["Location"])["code"]
     tokens = _exchange(client, {"client_id": platform.client_id}, code, verifier).get_json()
-    claims = app.extensions["saas.tokens"].verify(tokens["access_token"])
+    claims = services(app).tokens.verify(tokens["access_token"])
     assert claims["tid"] == globex["tenant"]["id"] and claims["roles"] == ["member"]
 
 
@@ -649,7 +650,7 @@ def test_hosted_enrollment_when_tenant_requires_mfa(api, client, app, monkeypatc
     assert done.status_code == 302
     code = query_of(done.headers["Location"])["code"]
     tokens = _exchange(client, app_client, code, verifier).get_json()
-    assert app.extensions["saas.tokens"].verify(tokens["access_token"])["amr"] == ["pwd", "otp"]
+    assert services(app).tokens.verify(tokens["access_token"])["amr"] == ["pwd", "otp"]
 
 
 def test_openapi_document_lists_auth_endpoints(client):
@@ -702,9 +703,10 @@ def test_userinfo_needs_openid_scope(api, client):
 
 
 def test_token_endpoint_is_authlib_and_never_accepts_plain_pkce(api, client, app, db_session):
+    from saas.auth import authlib_server
     from saas.auth.authlib_server import S256CodeChallenge, Server
 
-    assert isinstance(app.extensions["saas.oauth_server"], Server)
+    assert isinstance(authlib_server.server(app), Server)
     assert S256CodeChallenge.SUPPORTED_CODE_CHALLENGE_METHOD == ["S256"]
     _owner, app_client = _setup(api, client)
     code, _verifier = code_for(client, app_client["client_id"], "owner@acme.test")

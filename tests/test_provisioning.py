@@ -15,6 +15,7 @@ from saas.db import Database, schema_name_for
 from saas.identity.models import User
 from saas.migrate import tenant_head_revision
 from saas.outbox import OutboxMessage
+from saas.services import services
 from saas.tenancy import provisioning
 from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.views import SIGNUP_PENDING
@@ -99,7 +100,7 @@ def test_failure_after_schema_created_leaves_nothing_committed(app, engine, monk
     with app.app_context(), pytest.raises(RuntimeError), db.transaction() as session:
         provisioning.provision_tenant(
             session,
-            app.extensions["saas.passwords"],
+            services(app).passwords,
             slug="atomic",
             name="Atomic",
             owner_email="a@atomic.test",
@@ -162,7 +163,7 @@ def test_concurrent_signup_race_is_409(app, engine, settings, redis_client, seco
         with app.app_context():
             done = provisioning.provision_tenant(
                 first,
-                app.extensions["saas.passwords"],
+                services(app).passwords,
                 slug="email-race",
                 name="Race",
                 owner_email="first@race.test",

@@ -14,6 +14,7 @@ import pytest
 from saas import create_app
 from saas.auth.tokens import LEEWAY_SECONDS
 from saas.db import Database
+from saas.services import services
 from tests.auth_helpers import REDIRECT, basic_auth, client_credentials_token, code_for, register_client
 from tests.conftest import Api
 from tests.helpers import mailed_invitation_token
@@ -30,7 +31,7 @@ def http(request, app, settings, engine, redis_client, connection):
         redis=redis_client,
     )
     limited.testing = True
-    limited.extensions["saas.db"].bind = connection
+    services(limited).database.bind = connection
     return limited.test_client()
 
 
@@ -72,8 +73,10 @@ def test_admin_revocation_ends_every_access_token_of_the_member(http):
     assert invite.status_code == 201, invite.get_json()
     accepted = http.post(
         "/api/v1/invitations/accept",
-        json={"token": mailed_invitation_token(http.application, "bob@acme.test"),
-              "password": "a long enough passphrase"},
+        json={
+            "token": mailed_invitation_token(http.application, "bob@acme.test"),
+            "password": "a long enough passphrase",
+        },
     ).get_json()
     bob = accepted["token"]
     bob2 = api.login("bob@acme.test", "a long enough passphrase").get_json()
@@ -133,7 +136,7 @@ def test_service_accounts_role_is_the_clients_current_one(http):
 def test_markers_are_tenant_scoped_and_expire_with_the_tokens(http, app, redis_client, settings):
     api = Api(http)
     owner = api.signup("acme")
-    claims = app.extensions["saas.tokens"].verify(owner["token"]["access_token"])
+    claims = services(app).tokens.verify(owner["token"]["access_token"])
     assert http.post("/api/v1/auth/logout", headers=api.auth(owner)).status_code == 204
     key = f"{{t:{owner['tenant']['id']}}}:rv:s:{claims['sid']}"
     assert redis_client.exists(key)

@@ -19,6 +19,8 @@ from saas.auth.keys import KeyStore
 from saas.auth.tokens import TokenService
 from saas.errors import Unauthorized
 from saas.identity.passwords import Passwords, password_problems
+from saas.services import services
+from tests.helpers import replace_services
 
 
 def _b64(data: bytes) -> str:
@@ -47,7 +49,7 @@ def _claims(owner, **changes):
 
 
 def _sign(app, claims, **header):
-    key = app.extensions["saas.keys"].active
+    key = services(app).keys.active
     pem = key.key.as_pem(private=True)
     headers = {"kid": key.kid, "typ": "at+jwt", **header}
     return pyjwt.encode(claims, pem, algorithm=key.alg, headers=headers)
@@ -65,7 +67,7 @@ def test_forged_and_defective_tokens_are_refused(api, client, app):
     other = api.signup("globex")
     good = _sign(app, _claims(owner))
     assert _status(client, good) == 200
-    key = app.extensions["saas.keys"].active
+    key = services(app).keys.active
     public_pem = key.key.as_pem(private=False)
     header_none = _b64(json.dumps({"alg": "none", "typ": "at+jwt", "kid": key.kid}).encode())
     payload = _b64(json.dumps(_claims(owner)).encode())
@@ -179,7 +181,7 @@ def test_password_rehashed_when_parameters_change(api, app, db_session, monkeypa
     mine = select(User.password_hash).where(User.email == owner["user"]["email"])
     before = db_session.scalars(mine).one()
     stronger = Passwords(memory_kib=9216, time_cost=1)
-    monkeypatch.setitem(app.extensions, "saas.passwords", stronger)
+    replace_services(monkeypatch, app, passwords=stronger)
     assert api.login("owner@acme.test").status_code == 200
     db_session.expire_all()
     after = db_session.scalars(mine).one()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas.errors import ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import MIN_LENGTH, Passwords, password_problems
+from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 
 
@@ -65,7 +65,7 @@ def set_password(
     if problems := password_problems(password, password_min_length(session, user.id, joining)):
         raise ValidationError({"password": problems})
     replacing = user.password_hash is not None
-    user.password_hash = (passwords or current_app.extensions["saas.passwords"]).hash(password)
+    user.password_hash = (passwords or services().passwords).hash(password)
     if not replacing:
         return 0
     browser_sessions.end_for_user(session, user.id, reason)

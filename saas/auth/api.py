@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 import marshmallow as ma
-from flask import current_app, g
+from flask import g
 from flask.views import MethodView
 from sqlalchemy import func, select
 
@@ -30,6 +30,7 @@ from saas.auth.views import TokenResponseSchema
 from saas.errors import Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.rbac import can_assign
+from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 
 blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
@@ -288,7 +289,7 @@ class Totp(MethodView):
         principal = current_principal()
         sess = db.session()
         user = sess.get(User, principal.user_id)
-        passwords = current_app.extensions["saas.passwords"]
+        passwords = services().passwords
         if not passwords.verify(user.password_hash, body["password"]):
             raise Unauthorized("The password is incorrect.", code="invalid_credentials", error=None)
         mfa.verify(sess, user, body["code"], principal.tenant.schema_name)

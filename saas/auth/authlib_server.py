@@ -31,7 +31,7 @@ from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidGrantError, grants
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7636.challenge import compare_s256_code_challenge
-from flask import Flask, request
+from flask import Flask, current_app, request
 from sqlalchemy import select
 
 from saas import audit, db
@@ -226,6 +226,10 @@ class Server(AuthorizationServer):
         )
 
 
+#: ``app.extensions[EXTENSION]``: the app's :class:`Server` (Flask-bound, so not in ``Services``)
+EXTENSION = "saas.oauth_server"
+
+
 def _query_client(client_id: str) -> OAuthClient | None:
     # PostgreSQL text cannot hold U+0000 (a Basic-auth username is not covered by the form guard)
     if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
@@ -240,5 +244,10 @@ def init_app(app: Flask) -> Server:
     server.register_grant(CodeGrant, [S256CodeChallenge(required=True)])
     server.register_grant(RefreshGrant)
     server.register_grant(ClientCredentialsGrant)
-    app.extensions["saas.oauth_server"] = server
+    app.extensions[EXTENSION] = server
     return server
+
+
+def server(app: Flask | None = None) -> Server:
+    """The app's authorization server (``current_app``'s when ``app`` is None)."""
+    return (app or current_app).extensions[EXTENSION]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import g, request
 from sqlalchemy import select
 
 from saas import db
@@ -18,6 +18,7 @@ from saas.api import document_auth
 from saas.auth import revocation
 from saas.errors import Forbidden, Unauthorized
 from saas.rbac import permissions_for
+from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -140,7 +141,7 @@ def _authenticate() -> None:
     token = _bearer_token()
     if token is None:
         return
-    claims = current_app.extensions["saas.tokens"].verify(token)
+    claims = services().tokens.verify(token)
     try:
         tenant_id = uuid.UUID(str(claims["tid"]))
         user_id = uuid.UUID(str(claims["sub"])) if claims.get("client_id") != claims.get("sub") else None

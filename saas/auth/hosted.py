@@ -26,7 +26,6 @@ from flask import (
     Blueprint,
     Flask,
     Response,
-    current_app,
     g,
     redirect,
     render_template,
@@ -45,6 +44,7 @@ from saas.auth.models import OAuthClient
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import User
+from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 
 bp = Blueprint("hosted", __name__, template_folder="templates")
@@ -78,7 +78,7 @@ class SessionInterface(SecureCookieSessionInterface):
 
 def init_app(app: Flask) -> None:
     """Cookie settings for the hosted pages' session and the blueprint."""
-    issuer = app.extensions["saas.settings"].issuer
+    issuer = services(app).settings.issuer
     # Flask's defaults exist already (setdefault would be a no-op): set them outright
     app.config.update(
         SESSION_COOKIE_NAME="saas_auth",
@@ -217,7 +217,7 @@ def _pending_login() -> dict[str, Any] | None:
     pending = session.get("pending")
     if not pending:
         return None
-    ttl = current_app.extensions["saas.settings"].mfa_token_ttl_seconds
+    ttl = services().settings.mfa_token_ttl_seconds
     at = pending.get("at")
     if not isinstance(at, int) or not 0 <= time.time() - at <= ttl:
         session.pop("pending", None)

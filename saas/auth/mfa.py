@@ -61,6 +61,7 @@ from saas.auth.models import MfaFactor, RecoveryCode
 from saas.db import utcnow
 from saas.errors import AppError, Conflict, Unauthorized
 from saas.identity.models import User
+from saas.services import services
 
 TOTP_DIGITS = 6
 TOTP_PERIOD = 30
@@ -384,8 +385,8 @@ def _check_code(
     session: Session, user: User, factor: MfaFactor, code: str, schema: str | None, *, allow_recovery: bool,
     mfa_token: str | None = None,
 ) -> str:  # fmt: skip
-    settings = current_app.extensions["saas.settings"]
-    redis = current_app.extensions["saas.redis"]
+    settings = services().settings
+    redis = services().redis
     lockout = settings.mfa_lockout_seconds
     now = utcnow()
     if factor.locked_until is not None and factor.locked_until > now:
@@ -478,8 +479,8 @@ class MfaTicket:
 
 def issue_mfa_token(user_id: uuid.UUID, tenant_id: uuid.UUID, purpose: str, amr: list[str]) -> str:
     """A 256-bit opaque token valid ``mfa_token_ttl_seconds``; only its SHA-256 is a Redis key."""
-    redis = current_app.extensions["saas.redis"]
-    ttl = current_app.extensions["saas.settings"].mfa_token_ttl_seconds
+    redis = services().redis
+    ttl = services().settings.mfa_token_ttl_seconds
     token = secrets.token_urlsafe(32)
     value = {
         "user_id": str(user_id),
@@ -503,7 +504,7 @@ def read_mfa_token(token: str | None, purposes: tuple[str, ...]) -> MfaTicket:
     """
     if not token or len(token) > 200:
         raise Unauthorized("The mfa_token is missing.", code="invalid_mfa_token", error=None)
-    redis = current_app.extensions["saas.redis"]
+    redis = services().redis
     key = _MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest()
     try:
         raw = redis.get(key)
@@ -531,7 +532,7 @@ def consume_mfa_token(ticket: MfaTicket) -> None:
         Unauthorized: ``invalid_mfa_token`` when it was consumed meanwhile.
     """
     try:
-        deleted = current_app.extensions["saas.redis"].delete(ticket.key)
+        deleted = services().redis.delete(ticket.key)
     except RedisError:
         raise MfaUnavailable("The second step of the login cannot be completed right now; retry.") from None
     if not deleted:

@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,6 +35,7 @@ from saas.auth.service import InvalidGrant, TokenResponse, token_hash
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import User
+from saas.services import services
 from saas.settings import Settings
 from saas.tenancy.models import Tenant
 
@@ -79,7 +79,7 @@ class UnauthorizedClient(AppError):
 
 
 def _settings() -> Settings:
-    return current_app.extensions["saas.settings"]
+    return services().settings
 
 
 def with_query(uri: str, params: dict[str, str | None]) -> str:
@@ -328,7 +328,7 @@ def client_credentials(session: Session, client: OAuthClient, scope: str | None)
     requested = list(dict.fromkeys((scope or "").split())) or sorted(allowed)
     if not set(requested) <= allowed:
         raise InvalidScope(f"Scopes not allowed: {' '.join(sorted(set(requested) - allowed))}.")
-    tokens = current_app.extensions["saas.tokens"]
+    tokens = services().tokens
     access = tokens.issue(
         subject=client.client_id,
         tenant_id=str(tenant.id),
@@ -385,7 +385,7 @@ def revoke(session: Session, client: OAuthClient, token: str | None) -> None:
     row = _refresh_row(session, token)
     if row is None and token.count(".") == 2:
         try:
-            claims = current_app.extensions["saas.tokens"].verify(token)
+            claims = services().tokens.verify(token)
         except Unauthorized:
             claims = None
         if claims and claims.get("client_id") == client.client_id and claims.get("sid"):
@@ -419,7 +419,7 @@ def introspect(session: Session, client: OAuthClient, token: str | None) -> dict
     inactive = {"active": False}
     if token.count(".") == 2:
         try:
-            claims = current_app.extensions["saas.tokens"].verify(token)
+            claims = services().tokens.verify(token)
         except Unauthorized:
             return inactive
         if not _may_introspect(client, claims.get("aud"), str(claims.get("tid"))):

@@ -42,13 +42,14 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
 from saas.errors import ServiceUnavailable, Unauthorized
+from saas.services import services
 
 log = logging.getLogger("saas.auth.revocation")
 
@@ -234,7 +235,7 @@ def check(principal: Any) -> None:
     state = g.get("_revocation")
     if state is None:
         keys = keys_for(principal)
-        store = current_app.extensions.get("saas.revocations")
+        store = services().revocations
         if not keys or store is None:
             state = CLEAR
         else:
@@ -247,12 +248,12 @@ def check(principal: Any) -> None:
         return
     if state == REVOKED:
         raise refuse()
-    counters = current_app.extensions["saas.redis_guard"].counters
+    counters = services().redis_guard.counters
     if request.method in SAFE_METHODS:
         counters.inc("revocation_fail_open_total")
         return
     counters.inc("revocation_fail_closed_total")
-    guard = current_app.extensions["saas.redis_guard"]
+    guard = services().redis_guard
     raise ServiceUnavailable(
         "Session state is temporarily unavailable, so changes are refused; try again shortly.",
         code="revocation_check_unavailable",

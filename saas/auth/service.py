@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from flask import current_app, has_request_context, request
+from flask import has_request_context, request
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,7 @@ from saas.db import utcnow
 from saas.errors import AppError, Forbidden, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords
+from saas.services import services
 from saas.settings import Settings
 from saas.tenancy.models import Membership, Tenant
 
@@ -70,11 +71,11 @@ class TokenResponse:
 
 
 def _settings() -> Settings:
-    return current_app.extensions["saas.settings"]
+    return services().settings
 
 
 def _passwords() -> Passwords:
-    return current_app.extensions["saas.passwords"]
+    return services().passwords
 
 
 def membership_of(
@@ -174,7 +175,7 @@ def issue_tokens(
     now = utcnow()
     auth_time = auth_time or now
     amr = amr or ["pwd"]
-    tokens = current_app.extensions["saas.tokens"]
+    tokens = services().tokens
     family_id = family.family_id if family else (family_id or uuid.uuid4())
     access = tokens.issue(
         subject=str(user.id),

@@ -26,12 +26,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import current_app
-
 from saas import db
 from saas.auth.context import current_principal
 from saas.auth.tokens import ACR_MFA, ACR_PASSWORD
 from saas.errors import AppError
+from saas.services import services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,7 +53,7 @@ def check_step_up(max_age: int | None = None) -> None:
     (``auth_time`` within ``max_age`` seconds) and MFA-backed when the user has MFA."""
     from saas.auth import mfa
 
-    max_age = max_age or current_app.extensions["saas.settings"].step_up_max_age_seconds
+    max_age = max_age or services().settings.step_up_max_age_seconds
     principal = current_principal()
     if principal.user_id is None:
         raise InsufficientUserAuthentication(

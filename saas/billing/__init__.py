@@ -5,7 +5,7 @@ Everything that enforces a limit (rate limits, seats, feature gates) asks
 
 :func:`init_app` validates the plan catalogue and the Stripe settings (start-up fails with one
 line on an invalid catalogue or a missing price id), stores the billing handle in
-``app.extensions["saas.billing"]`` (None when billing is off), registers the blueprints and
+``services(app).billing`` (None when billing is off), registers the blueprints and
 the read-only guard.
 """
 

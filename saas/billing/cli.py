@@ -9,12 +9,13 @@ from sqlalchemy import select
 from saas.cli import CliError, Context, _fail_cleanly, _find_tenant, _print_json, _table, main, operator_actor
 from saas.cli import pass_ctx as _pass_ctx
 from saas.cli import tenants as tenants_group
+from saas.services import services
 
 
 def _billing(ctx: Context):
     from saas.billing.service import BillingNotConfigured
 
-    handle = ctx.app.extensions.get("saas.billing")
+    handle = services(ctx.app).billing
     if handle is None:
         raise BillingNotConfigured()
     return handle
@@ -84,9 +85,7 @@ def show_cmd(ctx: Context, tenant: str, as_json: bool) -> None:
     with app.app_context(), ctx.database.transaction() as session:
         t = _find_tenant(session, tenant)
         period = usage.period_of()
-        data = service.describe(
-            session, t, usage.read_usage(app.extensions["saas.redis"], t.id, period), period
-        )
+        data = service.describe(session, t, usage.read_usage(services(app).redis, t.id, period), period)
         account = service.get_account(session, t.id)
         override = session.get(BillingOverride, t.id)
         data = {
@@ -214,7 +213,7 @@ def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> No
             with ctx.database.transaction() as session:
                 ids = [_find_tenant(session, tenant).id]
         try:
-            run = usage.report_usage(ctx.database, app.extensions["saas.redis"], handle, period, ids)
+            run = usage.report_usage(ctx.database, services(app).redis, handle, period, ids)
         except usage.PeriodNotClosed as exc:
             raise click.BadParameter(str(exc), param_hint="--period") from None
     click.echo(

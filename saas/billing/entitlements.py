@@ -24,10 +24,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from flask import current_app, has_app_context, has_request_context
+from flask import has_app_context, has_request_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
+from saas.services import services
 from saas.settings import SettingsError
 
 log = logging.getLogger("saas.billing")
@@ -291,10 +292,10 @@ def _redis() -> Any:
     (``saas.cache.guard``) is open, so no request waits on a dead Redis here either."""
     if not has_app_context():
         return None
-    guard = current_app.extensions.get("saas.redis_guard")
+    guard = services().redis_guard
     if guard is not None and guard.breaker.is_open():
         return None
-    return current_app.extensions.get("saas.redis")
+    return services().redis
 
 
 def load_state(session: Session, tenant_id: uuid.UUID) -> BillingState:

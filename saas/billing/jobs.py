@@ -9,7 +9,7 @@
   of the same topic; it is idempotent and reads current state rather than trusting the payload.
 * It returns normally when the message is done (sent, or nothing to do: billing off, tenant
   gone, quantity already right) and raises to have the worker retry it later (Stripe down).
-* It opens its own transaction(s) on ``app.extensions["saas.db"]`` and runs in ``app``'s context.
+* It opens its own transaction(s) on ``services(app).database`` and runs in ``app``'s context.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from saas import audit
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
 from saas.billing.service import SYNC_SEATS_TOPIC, get_account, seats_used, update_quantity
+from saas.services import services
 from saas.tenancy.models import Tenant
 
 log = logging.getLogger("saas.billing.jobs")
@@ -50,10 +51,10 @@ def sync_seats(app: Flask, payload: dict[str, Any]) -> None:
         stripe.StripeError: Stripe refused or was unreachable: nothing changed; retry later.
     """
     tenant_id = uuid.UUID(str(payload["tenant_id"]))
-    handle = app.extensions.get("saas.billing")
+    handle = services(app).billing
     if handle is None:
         return
-    with app.app_context(), app.extensions["saas.db"].transaction() as session:
+    with app.app_context(), services(app).database.transaction() as session:
         session.execute(
             select(func.pg_advisory_xact_lock(func.hashtextextended(f"billing.sync_seats:{tenant_id}", 0)))
         )

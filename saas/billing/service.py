@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import stripe
-from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -30,6 +29,7 @@ from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
 from saas.db import utcnow
 from saas.errors import AppError, Conflict, NotFound, PaymentRequired, ServiceUnavailable, ValidationError
+from saas.services import services
 from saas.settings import Settings
 from saas.tenancy.models import Membership, Tenant
 
@@ -120,7 +120,7 @@ def current_billing() -> Billing:
     Raises:
         BillingNotConfigured: 503 ``billing_not_configured`` when billing is off.
     """
-    handle = current_app.extensions.get("saas.billing")
+    handle = services().billing
     if handle is None:
         raise BillingNotConfigured()
     return handle
@@ -271,7 +271,7 @@ def members_changed(session: Session, tenant_id: uuid.UUID) -> None:
     crash, and its handler (:func:`saas.billing.jobs.sync_seats`) reads the member count when it
     sends, so pushes cannot reach Stripe out of order. No Stripe call happens in the request.
     """
-    if current_app.extensions.get("saas.billing") is None:
+    if services().billing is None:
         return
     account = get_account(session, tenant_id, lock=True)
     if (

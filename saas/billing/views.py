@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import marshmallow as ma
-from flask import current_app, request
+from flask import request
 from flask.views import MethodView
 
 from saas import db
@@ -12,6 +12,7 @@ from saas.auth.context import current_principal, require
 from saas.auth.stepup import require_step_up
 from saas.billing import service, usage, webhooks
 from saas.billing.entitlements import INTERVALS, catalogue
+from saas.services import services
 
 blp = Blueprint("billing", __name__, url_prefix="/api/v1/billing", description="Plan, checkout, portal")
 hooks = Blueprint("stripe_webhooks", __name__, url_prefix="/webhooks", description="Stripe webhooks")
@@ -72,7 +73,7 @@ class BillingView(MethodView):
         service.current_billing()
         principal = current_principal()
         period = usage.period_of()
-        calls = usage.read_usage(current_app.extensions["saas.redis"], principal.tenant_id, period)
+        calls = usage.read_usage(services().redis, principal.tenant_id, period)
         return service.describe(db.session(), principal.tenant, calls, period)
 
 
@@ -122,7 +123,7 @@ class CheckoutSyncView(MethodView):
         session = db.session()
         service.sync_checkout(session, billing, principal.tenant, session_id)
         period = usage.period_of()
-        calls = usage.read_usage(current_app.extensions["saas.redis"], principal.tenant_id, period)
+        calls = usage.read_usage(services().redis, principal.tenant_id, period)
         return service.describe(session, principal.tenant, calls, period)
 
 

@@ -3,12 +3,12 @@ and the HTTP caching headers of the API.
 
 ``init_app(app)`` (called by ``create_app``) registers:
 
-* ``app.extensions["saas.redis_guard"]``: the Redis client behind the circuit breaker shared with
-  the limiter (:mod:`saas.cache.guard`); ``app.extensions["saas.metrics"]``: its counters;
-* ``app.extensions["saas.cache"]``: the :class:`~saas.cache.core.TenantCache` (absent when
+* ``services(app).redis_guard``: the Redis client behind the circuit breaker shared with
+  the limiter (:mod:`saas.cache.guard`); ``services(app).counters``: its counters;
+* ``services(app).cache``: the :class:`~saas.cache.core.TenantCache` (absent when
   ``CACHE_ENABLED=false``);
 * the ORM hooks that invalidate a tenant's entries on every change of a watched model;
-* ``app.extensions["saas.key_watcher"]``: signing keys reloaded on rotation;
+* ``services(app).key_watcher``: signing keys reloaded on rotation;
 * response headers: ``ETag`` on ``GET`` of a single JSON resource (with ``If-None-Match`` ->
   304) and ``Cache-Control: private, no-store`` on every authenticated JSON response that does
   not set its own.
@@ -28,6 +28,7 @@ from saas.cache.guard import CircuitBreaker, Counters, RedisGuard, RedisUnavaila
 from saas.cache.principals import PrincipalSnapshot, TenantSnapshot, snapshot_for, watch_model
 from saas.cache.signing_keys import KeyWatcher, announce_rotation, publish_rotation
 from saas.http import has_header, set_default_header
+from saas.services import services
 
 __all__ = [
     "MISS",
@@ -52,13 +53,12 @@ def init_app(app: Flask) -> None:
     """The cache's hooks: the key watcher first of the request's hooks, ETag / Cache-Control last
     (the guard, the cache and the watcher themselves are built by :func:`saas.services.build_services`)."""
     from saas.cache.principals import install_hooks
-    from saas.services import EXTENSION
 
-    services = app.extensions[EXTENSION]
-    if services.cache is not None:
+    svc = services(app)
+    if svc.cache is not None:
         install_hooks()
     # first of the request's hooks: a rotation is seen before the token is verified
-    app.before_request_funcs.setdefault(None, []).insert(0, services.key_watcher.maybe_check)
+    app.before_request_funcs.setdefault(None, []).insert(0, svc.key_watcher.maybe_check)
     app.after_request(_http_caching)
 
 

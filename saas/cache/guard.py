@@ -10,7 +10,7 @@ Every Redis call of the cache and the limiter goes through :class:`RedisGuard`:
   failure opens it for another cool-down. Any exception from the probe is a failure (the
   probe slot is always freed). Recovery needs no operator.
 
-Counters (``app.extensions["saas.metrics"]``, a :class:`Counters`): ``redis_errors_total``,
+Counters (``services(app).counters``, a :class:`Counters`): ``redis_errors_total``,
 ``redis_short_circuited_total``, ``breaker_opened_total``, ``limits_fail_open_total``,
 ``limits_fail_closed_total``, ``rate_limited_total``, ``quota_exceeded_total``,
 ``cache_hits_total``, ``cache_misses_total``. The ops exporter reads :meth:`Counters.snapshot`.

@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, g
+from flask import g
 from sqlalchemy import and_, event, select
 from sqlalchemy.orm import Session
 
 from saas.cache.core import MISS, invalidate_tenant
+from saas.services import services
 
 _WATCHED: dict[type, Callable[[Any], uuid.UUID | None]] = {}
 _INSTALLED = False
@@ -106,7 +107,7 @@ def snapshot_for(
     memo = g.get("_principal_snapshot")
     if memo is not None and memo[0] == memo_key:
         return memo[1]
-    cache = current_app.extensions.get("saas.cache")
+    cache = services().cache
     if user_id:
         names = ["tenant", "ent", _member_name(user_id)]
     elif client_id:

@@ -20,6 +20,7 @@ from flask import Flask
 
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import PLATFORM_KEYS_VERSION
+from saas.services import services
 
 log = logging.getLogger("saas.cache.keys")
 
@@ -62,8 +63,8 @@ class KeyWatcher:
 
 def publish_rotation(app: Flask) -> None:
     """Tell every process to reload its signing keys (call after adding or retiring a key)."""
-    watcher: KeyWatcher | None = app.extensions.get("saas.key_watcher")
-    guard: RedisGuard = app.extensions["saas.redis_guard"]
+    watcher: KeyWatcher | None = services(app).key_watcher
+    guard: RedisGuard = services(app).redis_guard
     if watcher is not None:
         watcher.reload("local rotation")
     try:

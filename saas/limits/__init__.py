@@ -17,7 +17,7 @@ carry; a token whose tenant no longer exists is limited like an anonymous reques
 Usage metering: every admitted authenticated request (unlimited plans included) increments
 ``{t:<tenant uuid>}:usage:<YYYY-MM>`` (see :func:`usage_key`); the counter lives until 62 days
 after its period ends. Billing periods are calendar months in UTC until billing provides
-``app.extensions["saas.limits"].period_for`` (a callable ``(tenant_id, now) -> Period``).
+``services(app).limiter.period_for`` (a callable ``(tenant_id, now) -> Period``).
 
 Redis failure policy (``RATELIMIT_FAIL_CLOSED``, default ``login,mfa,token,signup``): requests
 whose policies are all in other groups are served (fail open: the error is logged and
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from saas.auth import revocation
 from saas.cache.guard import RedisGuard, RedisUnavailable
@@ -43,6 +43,7 @@ from saas.cache.namespace import TenantKeys
 from saas.errors import AppError, ServiceUnavailable, TooManyRequests
 from saas.limits import gcra, headers, policies
 from saas.limits.gcra import Check, Decision, Quota
+from saas.services import services
 from saas.settings import SettingsError
 
 log = logging.getLogger("saas.limits")
@@ -342,10 +343,8 @@ def _add_headers(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Register the limiter's hooks (the :class:`Limiter` is ``services().limiter``)."""
-    from saas.services import EXTENSION
-
-    services = app.extensions[EXTENSION]
-    settings, guard, limiter = services.settings, services.redis_guard, services.limiter
+    svc = services(app)
+    settings, guard, limiter = svc.settings, svc.redis_guard, svc.limiter
     if not settings.ratelimit_enabled:
         return
     if type(guard.client).__module__.startswith("fakeredis"):
@@ -359,4 +358,4 @@ def init_app(app: Flask) -> None:
 
 
 def limiter() -> Limiter:
-    return current_app.extensions["saas.limits"]
+    return services().limiter

@@ -16,6 +16,7 @@ from saas.cli import (
     operator_actor,
     pass_ctx,
 )
+from saas.services import services
 
 
 @click.group()
@@ -38,8 +39,8 @@ def tenant_limits(app: Any, tenant: Any, max_subjects: int = 1000) -> dict[str, 
     from saas.limits.gcra import Check
     from saas.limits.policies import tenant_checks
 
-    limiter = app.extensions["saas.limits"]
-    guard = app.extensions["saas.redis_guard"]
+    limiter = services(app).limiter
+    guard = services(app).redis_guard
     ent = entitlements_for(tenant)
     ent_data = ent.to_dict() if hasattr(ent, "to_dict") else dict(vars(ent))
     keys = TenantKeys(tenant.id)
@@ -110,8 +111,8 @@ def reset_tenant_limits(app: Any, tenant: Any, include_quota: bool = False) -> i
     from saas.cache.guard import RedisUnavailable
     from saas.cache.namespace import TenantKeys
 
-    limiter = app.extensions["saas.limits"]
-    guard = app.extensions["saas.redis_guard"]
+    limiter = services(app).limiter
+    guard = services(app).redis_guard
     keys = TenantKeys(tenant.id)
 
     def delete(r: Any) -> int:

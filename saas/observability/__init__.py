@@ -15,12 +15,13 @@ from __future__ import annotations
 import time
 from logging import INFO, WARNING  # not `import logging`: the name is this package's module
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from saas.observability import logging as _logging
 from saas.observability import metrics
 from saas.observability.logging import configure as configure_logging
 from saas.observability.logging import get_logger
+from saas.services import services
 
 __all__ = ["configure_logging", "init_app", "metrics"]
 
@@ -36,9 +37,8 @@ def init_app(app: Flask) -> None:
     """Register the request timer, the request log and ``GET /metrics`` (``create_app`` has
     already called :func:`configure_logging`)."""
     metrics.ensure_multiproc_dir()
-    collector = metrics.DatabaseCollector(app.extensions["saas.db"].engine)
-    app.extensions["saas.metrics_collector"] = collector
-    app.extensions["saas.guard_collector"] = metrics.GuardCollector(app)
+    db_collector = metrics.DatabaseCollector(services(app).database.engine)
+    guard_collector = metrics.GuardCollector(app)
 
     @app.before_request
     def _start_timer() -> None:
@@ -80,11 +80,8 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def _metrics() -> Response:
-        extensions = current_app.extensions
-        check_scraper(extensions["saas.settings"].metrics_token)
-        body = metrics.render(
-            extensions.get("saas.metrics_collector"), extensions.get("saas.guard_collector")
-        )
+        check_scraper(services().settings.metrics_token)
+        body = metrics.render(db_collector, guard_collector)
         return Response(body, mimetype="text/plain; version=0.0.4", headers={"Cache-Control": "no-store"})
 
 

@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from saas.services import services
+
 REQUESTS = Counter(
     "saas_http_requests_total",
     "HTTP requests by route template, method and status.",
@@ -235,7 +237,7 @@ class GuardCollector(Collector):
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
 
-        counters = self.app.extensions.get("saas.metrics")
+        counters = services(self.app).counters
         samples: dict[str, list[tuple[dict[str, str], int]]] = {}
         for key, value in sorted((counters.snapshot() if counters is not None else {}).items()):
             match = _COUNTER_KEY.match(key)
@@ -253,7 +255,7 @@ class GuardCollector(Collector):
             for labels, value in chosen:
                 family.add_metric([labels.get(k, "") for k in names], value)
             yield family
-        guard = self.app.extensions.get("saas.redis_guard")
+        guard = services(self.app).redis_guard
         if guard is not None:
             state = GaugeMetricFamily("saas_redis_breaker_open", "1 while the Redis circuit breaker is open.")
             state.add_metric([], 1 if guard.breaker.is_open() else 0)

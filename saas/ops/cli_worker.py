@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from saas.cli import Context, _fail_cleanly, _print_json, main, pass_ctx
+from saas.services import services
 
 
 @main.command("worker")
@@ -20,7 +21,7 @@ def worker(ctx: Context, once: bool, poll_interval: float) -> None:
 
     app = ctx.app
     load_handlers()
-    w = Worker(app.extensions["saas.db"], ctx.settings, services={"app": app})
+    w = Worker(services(app).database, ctx.settings, services={"app": app})
     with app.app_context():
         if once:
             _print_json(w.run_until_idle())

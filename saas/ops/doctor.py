@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from saas.services import services
 from saas.settings import Settings, SettingsError
 
 
@@ -177,13 +178,13 @@ def run_all(app_factory: Callable[[Settings], Any], environ: dict[str, str] | No
     except Exception as exc:
         verdicts.append(Verdict("app", "fail", f"{type(exc).__name__}: {exc}"))
         return verdicts
-    engine = app.extensions["saas.db"].engine
+    engine = services(app).database.engine
     verdicts.append(check_database(engine))
-    verdicts.append(check_redis(app.extensions["saas.redis"], bool(settings.redis_url)))
+    verdicts.append(check_redis(services(app).redis, bool(settings.redis_url)))
     verdicts.append(check_stripe(environ))
     verdicts.append(check_smtp(settings.smtp_url))
     if verdicts[1].status == "ok":
         verdicts.append(check_migrations(engine))
         verdicts.append(check_outbox(engine))
-    verdicts.append(check_keys(app.extensions["saas.keys"]))
+    verdicts.append(check_keys(services(app).keys))
     return verdicts

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import flask
 import marshmallow as ma
-from flask import current_app
 from flask.views import MethodView
 
 from saas import audit, db, outbox
@@ -17,6 +16,7 @@ from saas.errors import Forbidden, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import password_problems
 from saas.rbac import ROLES
+from saas.services import services
 from saas.tenancy import members as members_service
 from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup, validate_tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
@@ -205,7 +205,7 @@ class Signup(MethodView):
         is created for the caller's own account, and the answer has no tokens (log in to the new
         tenant next)."""
         session = db.session()
-        passwords = current_app.extensions["saas.passwords"]
+        passwords = services().passwords
         if flask.g.get("principal") is not None:
             return self._for_signed_in_user(session, passwords, body)
         slug, name, email, password, owner_name = validate_signup(body["tenant"], body["owner"])
@@ -315,7 +315,7 @@ def _check_settings(settings: dict) -> None:
     from saas.errors import ValidationError
 
     idle = settings.get("session_idle_minutes")
-    ttl = current_app.extensions["saas.settings"].access_token_ttl_seconds
+    ttl = services().settings.access_token_ttl_seconds
     if idle is not None and idle * 60 < ttl:
         message = f"Must be at least {-(-ttl // 60)} (the access-token lifetime, minutes)."
         raise ValidationError({"settings": {"session_idle_minutes": [message]}})
@@ -344,7 +344,7 @@ class Members(MethodView):
         login, with MFA when enabled; RFC 9470): a service account never can."""
         if body["role"] in ("owner", "admin"):
             check_step_up()
-        settings = current_app.extensions["saas.settings"]
+        settings = services().settings
         result = members_service.invite(
             db.session(), current_principal(), body["email"], body["role"], settings.invitation_ttl_seconds
         )
@@ -423,7 +423,7 @@ class AcceptInvitation(MethodView):
         signed_in = _signed_in_user_id()
         membership, user, tenant = members_service.accept_invitation(
             session,
-            current_app.extensions["saas.passwords"],
+            services().passwords,
             body["token"],
             body.get("password"),
             body.get("name"),

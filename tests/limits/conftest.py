@@ -7,6 +7,7 @@ import pytest
 
 from saas import create_app
 from saas.db import Database
+from saas.services import services
 from tests.conftest import Api
 
 
@@ -22,7 +23,7 @@ def make_app(settings, engine, redis_client, connection):
             redis=redis if redis is not None else redis_client,
         )
         app.testing = True
-        app.extensions["saas.db"].bind = connection
+        services(app).database.bind = connection
         return app
 
     return factory

@@ -13,13 +13,14 @@ from sqlalchemy import event, select
 
 from saas.cache import MISS, invalidate_tenant, publish_rotation
 from saas.cache.namespace import TenantKeys
+from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 from tests.conftest import Api
 from tests.helpers import mailed_invitation_token
 
 
 def test_entries_never_cross_tenants(lapp):
-    cache = lapp.extensions["saas.cache"]
+    cache = services(lapp).cache
     a, b = uuid.uuid4(), uuid.uuid4()
     _, version = cache.get_many(a, ["plan"])
     cache.set_many(a, version, {"plan": "A's secret"})
@@ -33,7 +34,7 @@ def test_entries_never_cross_tenants(lapp):
 
 
 def test_version_invalidation_and_racing_writer(lapp, redis_client):
-    cache = lapp.extensions["saas.cache"]
+    cache = services(lapp).cache
     tid = uuid.uuid4()
     _, version = cache.get_many(tid, ["x"])
     cache.set_many(tid, version, {"x": 1})
@@ -52,7 +53,7 @@ def test_version_invalidation_and_racing_writer(lapp, redis_client):
 
 
 def test_local_layer_staleness_is_bounded(lapp, redis_client):
-    cache = lapp.extensions["saas.cache"]
+    cache = services(lapp).cache
     tid = uuid.uuid4()
     _, version = cache.get_many(tid, ["x"])
     cache.set_many(tid, version, {"x": "old"})
@@ -63,7 +64,7 @@ def test_local_layer_staleness_is_bounded(lapp, redis_client):
 
 
 def test_stampede_lock_computes_once(lapp):
-    cache = lapp.extensions["saas.cache"]
+    cache = services(lapp).cache
     tid = uuid.uuid4()
     calls = []
 
@@ -90,7 +91,8 @@ def _member(client, owner_headers, email, role):
     assert invited.status_code == 201, invited.get_json()
     accepted = client.post(
         "/api/v1/invitations/accept",
-        json={"token": mailed_invitation_token(client.application, email),
+        json={
+            "token": mailed_invitation_token(client.application, email),
             "password": "another good passphrase",
         },
     )
@@ -137,12 +139,12 @@ def test_other_app_sees_changes_within_one_second(make_app, redis_client):
     c2 = two.test_client()
     assert c2.get("/api/v1/me", headers=h).get_json()["role"] == "owner"
     # an invalidation published by another process reaches this one through Redis only
-    two.extensions["saas.cache"].local.ttl = 0.5
+    services(two).cache.local.ttl = 0.5
     redis_client.incr(TenantKeys(uuid.UUID(signed["tenant"]["id"])).cache_version())
     time.sleep(0.6)
-    hits_before = two.extensions["saas.metrics"].get("cache_misses_total")
+    hits_before = services(two).counters.get("cache_misses_total")
     assert c2.get("/api/v1/me", headers=h).status_code == 200
-    assert two.extensions["saas.metrics"].get("cache_misses_total") > hits_before
+    assert services(two).counters.get("cache_misses_total") > hits_before
 
 
 class CountingRedis(redis_lib.Redis):
@@ -218,22 +220,22 @@ def test_key_rotation_reaches_other_processes(make_app, tmp_path):
     first.rename(key_dir / "20000101T000000-first.pem")  # keys are ordered by file name
     one = make_app(signing_key_path=key_dir)
     two = make_app(signing_key_path=key_dir)
-    two.extensions["saas.key_watcher"].check_interval = 0
-    old_kid = two.extensions["saas.keys"].active.kid
-    one.extensions["saas.keys"].add_key()
+    services(two).key_watcher.check_interval = 0
+    old_kid = services(two).keys.active.kid
+    services(one).keys.add_key()
     publish_rotation(one)
-    new_kid = one.extensions["saas.keys"].active.kid
+    new_kid = services(one).keys.active.kid
     assert new_kid != old_kid
     api = Api(one.test_client())
     h = api.auth(api.signup("rotation"))  # signed with the new key
     assert two.test_client().get("/api/v1/me", headers=h).status_code == 200
-    assert two.extensions["saas.keys"].active.kid == new_kid
+    assert services(two).keys.active.kid == new_kid
     jwks = two.test_client().get("/.well-known/jwks.json").get_json()
     assert {k["kid"] for k in jwks["keys"]} == {old_kid, new_kid}
 
 
 def test_invalidate_tenant_api_drops_local_entries(lapp):
-    cache = lapp.extensions["saas.cache"]
+    cache = services(lapp).cache
     tid = uuid.uuid4()
     _, version = cache.get_many(tid, ["x"])
     cache.set_many(tid, version, {"x": 1})
@@ -244,7 +246,7 @@ def test_invalidate_tenant_api_drops_local_entries(lapp):
 def test_values_that_are_not_json_are_not_cached(lapp):
     import datetime as dt
 
-    cache = lapp.extensions["saas.cache"]
+    cache = services(lapp).cache
     tid = uuid.uuid4()
     value = cache.get_or_set(tid, "when", lambda: {"at": dt.datetime(2026, 1, 1)})
     assert value == {"at": dt.datetime(2026, 1, 1)}  # computed, returned unaltered

@@ -13,6 +13,7 @@ from saas.cache.namespace import PublicKeys, TenantKeys
 from saas.limits import calendar_month, gcra, usage_key
 from saas.limits.gcra import Check, Quota
 from saas.limits.policies import Rate, client_ip, parse_policies
+from saas.services import services
 from tests.conftest import Api
 from tests.helpers import redis_now
 
@@ -304,7 +305,7 @@ def test_kept_plans_follow_a_new_period_function(lapp, lapi, lclient, steady_mon
     from saas.limits import Period
 
     h = lapi.auth(lapi.signup("periods"))
-    limiter = lapp.extensions["saas.limits"]
+    limiter = services(lapp).limiter
     month = calendar_month(uuid.uuid4(), steady_month)
     month_seconds = int((month.end - month.start).total_seconds())  # 28 to 31 days
     assert _contacts(lclient, h).headers["RateLimit-Policy"].endswith(f"w={month_seconds}")

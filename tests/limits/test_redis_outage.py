@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from saas.services import services
 from tests.conftest import TEST_PASSWORD, Api
 from tests.peers import free_port
 
@@ -67,7 +68,7 @@ def test_redis_killed_mid_run(make_app, own_redis):
     api = Api(client)
     h = api.auth(api.signup("outage"))
     assert client.get("/api/v1/contacts", headers=h).headers.get("RateLimit")
-    metrics = app.extensions["saas.metrics"]
+    metrics = services(app).counters
 
     _stop(procs[0])  # SIGKILL by PID
     started = time.monotonic()
@@ -160,6 +161,6 @@ def test_hung_redis_costs_at_most_a_few_timeouts(make_app, hung_redis, redis_cli
     assert 0.2 <= durations[0] < 1.0  # two socket timeouts of 0.1 s, then the breaker opened
     # two timeouts of 0.1 s open the breaker; after that no request touches the hung server
     assert sum(durations) < 0.3 + 2 * 0.1 + 0.05 * len(durations)
-    metrics = app.extensions["saas.metrics"]
+    metrics = services(app).counters
     assert metrics.get("redis_errors_total") == 2 and metrics.get("breaker_opened_total") == 1
     assert metrics.get("redis_short_circuited_total") > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 from saas.cache import invalidate_tenant
+from saas.services import services
 from tests.conftest import TEST_PASSWORD, Api
 
 
@@ -134,7 +135,7 @@ def _lockout_keys(app, email):
     from saas.cache.namespace import PublicKeys
     from saas.limits import policies
 
-    subject = "e:" + policies.account_subject(app.extensions["saas.limits"].secret, email)
+    subject = "e:" + policies.account_subject(services(app).limiter.secret, email)
     key = PublicKeys.rate("login-account", subject)
     return key, policies.lockout_marker(key)
 

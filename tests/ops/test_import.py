@@ -455,8 +455,10 @@ def test_duplicated_keys_and_non_json_numbers_are_refused(crafted):
         (lambda row: row.pop("name"), "name: Missing data for required field."),
         (lambda row: row.update(is_admin=True), "is_admin: Unknown field."),
         (lambda row: row.update(name="a\x00b"), "name: Must not contain NUL characters (U+0000)."),
-        (lambda row: row.update(company="\ud800"),
-         "company: Must not contain unpaired surrogates (U+D800 to U+DFFF): not Unicode text."),
+        (
+            lambda row: row.update(company="\ud800"),
+            "company: Must not contain unpaired surrogates (U+D800 to U+DFFF): not Unicode text.",
+        ),
     ],
 )
 def test_bad_contact_rows_name_line_and_field(crafted, change, expected):

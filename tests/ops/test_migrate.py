@@ -322,9 +322,7 @@ def test_migrate_verify_reads_each_schemas_own_version(committed, run_cli, engin
     real head: a plain run skips it, --verify migrates it from the version it really has."""
     tenant, other = committed.tenant(), committed.tenant()
     with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE saas.tenants SET schema_version = '9001' WHERE id = :i"), {"i": tenant.id}
-        )
+        conn.execute(text("UPDATE saas.tenants SET schema_version = '9001' WHERE id = :i"), {"i": tenant.id})
     track = str(scratch_track)
     slugs = ["--tenant", tenant.slug, "--tenant", other.slug]
     blind = run_cli("tenants", "migrate", *slugs, "--track", track, "--json")

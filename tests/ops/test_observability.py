@@ -14,7 +14,8 @@ import pytest
 
 from saas.observability import metrics
 from saas.observability.logging import configure, redact
-from tests.helpers import mailed_invitation_token
+from saas.services import services
+from tests.helpers import mailed_invitation_token, replace_services
 
 METRICS_TOKEN = "scrape-token-0123456789abcdef"
 SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
@@ -23,8 +24,8 @@ SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 @pytest.fixture(autouse=True)
 def metrics_token(app, monkeypatch):
     """The shared app with ``METRICS_TOKEN`` set, as in production (the endpoint is off without)."""
-    settings = app.extensions["saas.settings"]
-    monkeypatch.setitem(app.extensions, "saas.settings", settings.with_overrides(metrics_token=METRICS_TOKEN))
+    settings = services(app).settings
+    replace_services(monkeypatch, app, settings=settings.with_overrides(metrics_token=METRICS_TOKEN))
 
 
 @pytest.fixture()
@@ -50,9 +51,7 @@ def test_request_logs_carry_context_and_never_secrets(api, client, log_lines):
     r2 = client.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token})
     assert r2.status_code == 200, r2.get_json()
     new_refresh = r2.get_json()["refresh_token"]
-    client.post(
-        "/api/v1/members", json={"email": "l@acme.test", "role": "member"}, headers=api.auth(access)
-    )
+    client.post("/api/v1/members", json={"email": "l@acme.test", "role": "member"}, headers=api.auth(access))
     invite_token = mailed_invitation_token(client.application, "l@acme.test")
     assert api.login("owner@acme.test", password="wrong password here").status_code == 401
     me = client.get("/api/v1/me", headers={**api.auth(access), "X-Request-ID": "trace-abc.123"})
@@ -161,8 +160,8 @@ def test_metrics_answer_only_the_scraper_with_the_token(client):
 
 
 def test_metrics_are_off_while_no_token_is_set(app, client, monkeypatch):
-    settings = app.extensions["saas.settings"]
-    monkeypatch.setitem(app.extensions, "saas.settings", settings.with_overrides(metrics_token=None))
+    settings = services(app).settings
+    replace_services(monkeypatch, app, settings=settings.with_overrides(metrics_token=None))
     for headers in ({}, SCRAPER, {"Authorization": "Bearer "}):
         r = client.get("/metrics", headers=headers)
         assert r.status_code == 404 and r.mimetype == "application/problem+json", headers
@@ -291,11 +290,11 @@ def test_readyz_optional_redis_decides_by_the_database_alone(settings, engine, c
     assert body["checks"]["redis"] == {**body["checks"]["redis"], "ok": False, "optional": True}
     bad = http.get("/readyz?optional=database")
     assert bad.status_code == 422 and bad.mimetype == "application/problem+json"
-    app.extensions["saas.db"].dispose()
+    services(app).database.dispose()
 
 
 def test_limiter_and_breaker_counters_are_exported(app, client):
-    counters = app.extensions["saas.metrics"]
+    counters = services(app).counters
     counters.inc('rate_limited_total{policy="tenant_rpm"}', 2)
     counters.inc("rate_limited_total", 2)
     counters.inc("limits_fail_open_total", 3)
@@ -309,7 +308,7 @@ def test_limiter_and_breaker_counters_are_exported(app, client):
     assert 'saas_redis_errors_total{component="limits"} 1.0' in body
     assert "# TYPE saas_limits_fail_open_total counter" in body
     assert "saas_redis_breaker_open 0.0" in body
-    breaker = app.extensions["saas.redis_guard"].breaker
+    breaker = services(app).redis_guard.breaker
     breaker.failure()
     breaker.failure()
     try:

@@ -12,6 +12,7 @@ from sqlalchemy import delete, select, text
 from saas import outbox, worker
 from saas.db import Database, utcnow
 from saas.outbox import OutboxMessage
+from saas.services import services
 from saas.worker import PermanentError, Worker, load_handlers
 from tests.helpers import mailed_invitation_token
 from tests.peers import free_port, smtp_inbox
@@ -42,7 +43,7 @@ def test_invitation_mail_arrives_and_token_is_blanked(api, client, app, settings
     token = mailed_invitation_token(app, "linus@acme.test")
 
     w = Worker(
-        app.extensions["saas.db"],
+        services(app).database,
         settings.with_overrides(smtp_url=smtp_server.url, mail_from="ops@acme.test"),
     )
     assert w.run_until_idle() == {"sent": 1}
@@ -74,7 +75,7 @@ def test_retry_with_backoff_then_dead_letter(app, settings, db_session):
 
     outbox.enqueue(db_session, "test.flaky", {"n": 1})
     db_session.flush()
-    w = Worker(app.extensions["saas.db"], settings.with_overrides(outbox_max_attempts=2))
+    w = Worker(services(app).database, settings.with_overrides(outbox_max_attempts=2))
     before = utcnow()
     assert w.run_one() == "retry"
     row = db_session.scalars(select(OutboxMessage).where(OutboxMessage.payload["n"].as_integer() == 1)).one()
@@ -99,7 +100,7 @@ def test_permanent_errors_and_unknown_topics_go_straight_to_dead_letter(app, set
     outbox.enqueue(db_session, "no.such.topic", {})
     outbox.enqueue(db_session, "mail.invitation", {"to": "x@example.test"})  # no token
     db_session.flush()
-    w = Worker(app.extensions["saas.db"], settings)
+    w = Worker(services(app).database, settings)
     assert w.run_until_idle() == {"failed": 3}
     errors = sorted(r.last_error for r in db_session.scalars(select(OutboxMessage)))
     assert any("no handler" in e for e in errors) and any("lacks token" in e for e in errors)
@@ -108,9 +109,7 @@ def test_permanent_errors_and_unknown_topics_go_straight_to_dead_letter(app, set
 def test_smtp_down_is_retried(app, settings, db_session):
     outbox.enqueue(db_session, "mail.security", {"to": "a@example.test", "event": "password_changed"})
     db_session.flush()
-    w = Worker(
-        app.extensions["saas.db"], settings.with_overrides(smtp_url=f"smtp://127.0.0.1:{free_port()}")
-    )
+    w = Worker(services(app).database, settings.with_overrides(smtp_url=f"smtp://127.0.0.1:{free_port()}"))
     assert w.run_one() == "retry"
 
 
@@ -212,7 +211,7 @@ def test_billing_topics_are_delivered_through_the_worker(app, settings, db_sessi
     topic = next(iter(HANDLERS))
     outbox.enqueue(db_session, topic, {"no_tenant_id": True})  # malformed: parked at once
     db_session.flush()
-    w = Worker(app.extensions["saas.db"], settings, services={"app": app})
+    w = Worker(services(app).database, settings, services={"app": app})
     assert w.run_one() == "failed"
     row = db_session.scalars(select(OutboxMessage).where(OutboxMessage.topic == topic)).one()
     assert "malformed payload" in row.last_error and row.attempts == 1
@@ -235,7 +234,7 @@ def test_a_metrics_failure_never_undoes_a_delivery(app, settings, db_session, mo
     monkeypatch.setattr(metrics, "job_processed", broken)
     outbox.enqueue(db_session, "test.side_effect", {})
     db_session.flush()
-    w = Worker(app.extensions["saas.db"], settings)
+    w = Worker(services(app).database, settings)
     assert w.run_one() == "sent"
     assert w.run_until_idle() == {}  # committed: never delivered again
     assert len(sent) == 1
@@ -246,5 +245,5 @@ def test_a_metrics_failure_never_undoes_a_delivery(app, settings, db_session, mo
 def test_worker_creates_the_multiprocess_metrics_dir(app, settings, tmp_path, monkeypatch):
     target = tmp_path / "not" / "yet"
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(target))
-    Worker(app.extensions["saas.db"], settings)
+    Worker(services(app).database, settings)
     assert target.is_dir()

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from saas import create_app
 from saas.db import Database, _guard_search_path, connect_args
+from saas.services import services
 from tests.pgbouncer import harness
 
 DEFAULT_POOL_SIZE = 5
@@ -86,4 +87,4 @@ def pooled_apps(pooled_settings, redis_client):
         application.testing = True
     yield apps
     for application in apps:
-        application.extensions["saas.db"].dispose()
+        services(application).database.dispose()

@@ -26,6 +26,7 @@ from saas.cli import Context, main
 from saas.db import Database, connect_args, prepared_statements_verdict, verify_prepared_statements
 from saas.migrate import MIGRATIONS_DIR, tenant_head_revision
 from saas.outbox import OutboxMessage
+from saas.services import services
 from saas.worker import Worker, load_handlers
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import drop_tenant, mailed_invitation_token
@@ -107,7 +108,7 @@ def test_every_engine_of_the_application_has_prepared_statements_off(
         with engine.connect() as conn:
             return conn.connection.driver_connection.prepare_threshold
 
-    assert threshold(pooled_apps[0].extensions["saas.db"].engine) is None
+    assert threshold(services(pooled_apps[0]).database.engine) is None
     with pooled_apps[0].test_request_context("/"):
         from flask import g
 
@@ -401,7 +402,7 @@ def test_prepared_statements_on_needs_a_direct_connection(database_url, settings
     """Needs PostgreSQL directly: there, the check proves it (the backend that announced
     itself at connection start runs every transaction) and psycopg prepares as usual."""
     application = create_app(settings.with_overrides(db_prepared_statements=True), redis=redis_client)
-    engine = application.extensions["saas.db"].engine
+    engine = services(application).database.engine
     try:
         assert verify_prepared_statements(engine) == "direct"
         with engine.connect() as conn:
