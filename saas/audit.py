@@ -1,20 +1,93 @@
 """The audit writer (design invariant 7): every change a person makes is recorded in the
 tenant's own ``audit_events`` table: who (actor), what (action, target, data), when, from where
-(IP, user agent, request id)."""
+(IP, user agent, request id).
+
+Every action is a member of :class:`AuditAction`, the one registry of what the log can say: a
+tenant's admins filter and alert on these names (``GET /api/v1/audit-events?action=``,
+``saas audit --action``), so each is declared once and :func:`record` refuses any other.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from flask import g, has_request_context, request
 from sqlalchemy import DateTime, Index, String, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from saas.db import TenantBase, translate_map, utcnow
-from saas.tenancy.models import JSONType
+from saas.db import JSONType, TenantBase, schema_name_for, translate_map, utcnow
+
+
+class AuditAction(StrEnum):
+    """What an audit event says happened (``audit_events.action``, at most 64 characters):
+    ``<subject>.<past participle>``. A member compares equal to its string."""
+
+    # sign-in and sessions (saas.auth)
+    AUTH_LOGIN = "auth.login"
+    AUTH_LOGIN_FAILED = "auth.login_failed"
+    AUTH_LOGIN_THROTTLED = "auth.login_throttled"
+    AUTH_LOGOUT = "auth.logout"
+    AUTH_CODE_REUSED = "auth.code_reused"  # RFC 9700 section 4.4: the grant's tokens revoked
+    AUTH_REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"  # noqa: S105 - RFC 9700 section 4.14.2
+    AUTH_SESSION_REVOKED = "auth.session_revoked"
+    AUTH_SESSIONS_REVOKED = "auth.sessions_revoked"
+    AUTH_TOKEN_REVOKED = "auth.token_revoked"  # noqa: S105 - RFC 7009
+    USER_LOCKED = "user.locked"
+    USER_UNLOCKED = "user.unlocked"
+    # multi-factor authentication
+    MFA_ENROLLED = "mfa.enrolled"
+    MFA_DISABLED = "mfa.disabled"
+    MFA_FAILED = "mfa.failed"
+    MFA_LOCKED = "mfa.locked"
+    MFA_RECOVERY_CODE_USED = "mfa.recovery_code_used"
+    MFA_RECOVERY_CODES_REGENERATED = "mfa.recovery_codes_regenerated"
+    MFA_RESET = "mfa.reset"
+    # OAuth clients and consent
+    CLIENT_CREATED = "client.created"
+    CLIENT_UPDATED = "client.updated"
+    CLIENT_DELETED = "client.deleted"
+    CLIENT_SECRET_ROTATED = "client.secret_rotated"  # noqa: S105 - an action name
+    OAUTH_CONSENT_GRANTED = "oauth.consent_granted"
+    OAUTH_CONSENT_DENIED = "oauth.consent_denied"
+    KEY_ROTATED = "key.rotated"
+    # tenants and members
+    TENANT_CREATED = "tenant.created"
+    TENANT_CREATED_BY_OPERATOR = "tenant.created_by_operator"
+    TENANT_UPDATED = "tenant.updated"
+    TENANT_SUSPENDED = "tenant.suspended"
+    TENANT_RESUMED = "tenant.resumed"
+    TENANT_DELETION_SCHEDULED = "tenant.deletion_scheduled"
+    TENANT_SLUG_RENAMED = "tenant.slug_renamed"
+    TENANT_IMPORTED = "tenant.imported"
+    MEMBER_INVITED = "member.invited"
+    MEMBER_INVITATION_REVOKED = "member.invitation_revoked"
+    MEMBER_JOINED = "member.joined"
+    MEMBER_ROLE_CHANGED = "member.role_changed"
+    MEMBER_REMOVED = "member.removed"
+    MEMBER_LEFT = "member.left"
+    LIMITS_RESET = "limits.reset"
+    # billing (saas.billing; Stripe events where the name says so)
+    BILLING_CHECKOUT_STARTED = "billing.checkout_started"
+    BILLING_PORTAL_OPENED = "billing.portal_opened"
+    BILLING_CUSTOMER_CREATED = "billing.customer_created"
+    BILLING_CUSTOMER_UPDATED = "billing.customer_updated"
+    BILLING_CUSTOMER_DELETED = "billing.customer_deleted"
+    BILLING_SUBSCRIPTION_CHANGED = "billing.subscription_changed"
+    BILLING_TRIAL_WILL_END = "billing.trial_will_end"
+    BILLING_INVOICE_PAID = "billing.invoice_paid"
+    BILLING_PAYMENT_FAILED = "billing.payment_failed"
+    BILLING_PAYMENT_ACTION_REQUIRED = "billing.payment_action_required"
+    BILLING_SEATS_CHANGED = "billing.seats_changed"
+    BILLING_SEATS_SYNCED = "billing.seats_synced"
+    BILLING_PLAN_OVERRIDDEN = "billing.plan_overridden"
+    # the product (tenants/)
+    CONTACT_CREATED = "contact.created"
+    CONTACT_UPDATED = "contact.updated"
+    CONTACT_DELETED = "contact.deleted"
 
 
 class AuditEvent(TenantBase):
@@ -62,6 +135,30 @@ class Actor:
     id: str | None
 
 
+#: nobody in particular: a job, a webhook, or attempts nobody has proved are the account's own
+SYSTEM = Actor("system", None)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """Where an action came from: the client's address (after the trusted proxies), its
+    ``User-Agent`` (at most 512 characters) and the request id (``X-Request-ID``)."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def current(cls) -> RequestMeta | None:
+        """The current request's metadata, or None outside a request."""
+        if not has_request_context():
+            return None
+        return cls(request.remote_addr, (request.user_agent.string or "")[:512] or None, g.get("request_id"))
+
+
+_NO_REQUEST = RequestMeta()
+
+
 def current_actor() -> Actor:
     """The actor of the current request (the authenticated principal), or ``system``."""
     principal = g.get("principal") if has_request_context() else None
@@ -69,30 +166,43 @@ def current_actor() -> Actor:
         if principal.user_id is not None:
             return Actor("user", str(principal.user_id))
         return Actor("client", principal.client_id)
-    return Actor("system", None)
+    return SYSTEM
 
 
 def record(
     session: Session,
-    action: str,
+    action: AuditAction | str,
     *,
     target_type: str | None = None,
     target_id: Any = None,
     data: dict[str, Any] | None = None,
     actor: Actor | None = None,
+    tenant_id: uuid.UUID | None = None,
     schema: str | None = None,
+    meta: RequestMeta | None = None,
 ) -> None:
     """Write one audit event in ``session``'s transaction.
 
-    ``schema`` names the tenant schema when the session is not bound to one (signup, CLI).
-    Never pass secrets in ``data``.
+    Args:
+        action: an :class:`AuditAction` (its string value is accepted and checked).
+        actor: who acted; the current request's principal (or ``system``) when omitted.
+        tenant_id: the tenant whose log gets the event, when the session is not bound to its
+            schema (signup, operator commands, webhooks): the schema name follows from the id
+            (:func:`saas.db.schema_name_for`), so no tenant row is loaded.
+        schema: the tenant schema's name instead of ``tenant_id``.
+        meta: where the action came from; the current request's when omitted.
+        data: JSON details. Never pass secrets.
+
+    Raises:
+        ValueError: ``action`` is not an :class:`AuditAction`.
     """
+    action = AuditAction(action)
     actor = actor or current_actor()
-    ip = ua = rid = None
-    if has_request_context():
-        ip = request.remote_addr
-        ua = (request.user_agent.string or "")[:512] or None
-        rid = g.get("request_id")
+    if meta is None:
+        meta = RequestMeta.current() or _NO_REQUEST
+    if tenant_id is not None:
+        schema = schema_name_for(tenant_id)
+    ip, ua, rid = meta.ip, meta.user_agent, meta.request_id
     values = {
         "id": uuid.uuid4(),
         "occurred_at": utcnow(),

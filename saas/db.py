@@ -21,10 +21,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from flask import Flask, Response, g, has_app_context
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
+from sqlalchemy import JSON, Connection, Engine, MetaData, create_engine, event, exc
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.sql import Select, visitors
 from sqlalchemy.sql.dml import UpdateBase
@@ -47,6 +49,10 @@ NAMING = {
 
 shared_metadata = MetaData(schema=SHARED_SCHEMA, naming_convention=NAMING)
 tenant_metadata = MetaData(schema=TENANT_PLACEHOLDER, naming_convention=NAMING)
+
+
+#: a JSON column: ``jsonb`` on PostgreSQL, plain JSON elsewhere
+JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 class SharedBase(DeclarativeBase):
@@ -564,6 +570,46 @@ def read_connection() -> Iterator[Connection]:
         return
     with db._engine_for(g.get("db_tenant_schema"), True).connect() as conn:
         yield conn.execution_options(**{READ_ONLY: True})
+
+
+class EarlyCommit(StrEnum):
+    """Why a unit of work commits before its request fails: each names a write that must outlive
+    the failing response (the request's ``after_request`` hook rolls back anything after it)."""
+
+    #: a failed sign-in's counter, lock and audit events (or the timing stand-in that hides
+    #: that the account does not exist): the attempt counts although the answer is 401
+    SIGN_IN_FAILURE = "sign_in_failure"
+    #: a throttled sign-in's audit event (``auth.login_throttled``); the answer is 429
+    SIGN_IN_THROTTLED = "sign_in_throttled"
+    #: an MFA code's failure counter (and the factor's lock): the answer is 401 or 403
+    MFA_FAILURE = "mfa_failure"
+    #: a refresh token whose membership is gone: its family is revoked, the answer 400
+    REFRESH_MEMBERSHIP_GONE = "refresh_membership_gone"
+    #: a refresh token used twice: its family is revoked (RFC 9700 section 4.14.2)
+    REFRESH_TOKEN_REUSED = "refresh_token_reused"  # noqa: S105 - a reason, not a secret
+    #: an authorization code used twice: the tokens issued from it are revoked (RFC 9700 section 4.4)
+    AUTHORIZATION_CODE_REUSED = "authorization_code_reused"
+    #: an authorization code consumed by a token request that then fails (RFC 6749 section 4.1.2:
+    #: a code is used once, whatever the outcome)
+    AUTHORIZATION_CODE_CONSUMED = "authorization_code_consumed"
+    #: a new Stripe customer's id: the next Stripe call may fail, and the customer must not be
+    #: created twice (the idempotency key covers 24 hours only)
+    STRIPE_CUSTOMER_CREATED = "stripe_customer_created"
+
+
+def commit_early(session: Session, reason: EarlyCommit) -> None:
+    """Commit ``session``'s unit of work now, before the request fails, for ``reason``.
+
+    This is the one place besides the unit of work's owner (``after_request``, a CLI command's or
+    job's :meth:`Database.transaction`) that commits: the rule that a failing request writes
+    nothing has exactly the exceptions :class:`EarlyCommit` lists, and a test checks that no
+    other module calls ``commit()``.
+
+    Raises:
+        ValueError: ``reason`` is not an :class:`EarlyCommit`.
+    """
+    EarlyCommit(reason)
+    session.commit()
 
 
 def init_app(app: Flask) -> None:

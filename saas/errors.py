@@ -8,12 +8,17 @@ Werkzeug HTTP error, validation error and unexpected exception) into a problem d
 
 Extra members (``errors`` for 422, ``mfa_token``...) are added with ``extra``. A 5xx never
 carries internals: its detail is generic and the request id lets operators find the log line.
+
+Every ``code`` is a member of :class:`ErrorCode`, the one registry of the API's error codes: a
+code is part of the public contract (clients branch on it), so it is declared once, with one
+meaning and one status, and an :class:`AppError` with an unregistered code fails at import.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 from flask import Flask, Response, g, json, request
@@ -23,6 +28,104 @@ log = logging.getLogger("saas.errors")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://errors.saas.dev/"
+
+
+class ErrorCode(StrEnum):
+    """The API's error codes: the ``code`` member of a problem document and its ``type`` URI's
+    tail (RFC 9457 section 3.1.1). A member compares equal to its string, so clients and tests
+    that match on ``"not_found"`` keep working."""
+
+    # generic HTTP errors (status in the name); the fallback for a status without its own code
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    PAYMENT_REQUIRED = "payment_required"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_ACCEPTABLE = "not_acceptable"
+    CONFLICT = "conflict"
+    PRECONDITION_FAILED = "precondition_failed"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    VALIDATION_ERROR = "validation_error"
+    PRECONDITION_REQUIRED = "precondition_required"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    HTTP_ERROR = "http_error"
+    CONCURRENT_UPDATE = "concurrent_update"  # 409: a serialization failure; retry
+    # sign-in, tokens and sessions (docs/auth.md)
+    INVALID_CREDENTIALS = "invalid_credentials"  # 401
+    SIGN_IN_REQUIRED = "sign_in_required"  # 401
+    SESSION_REVOKED = "session_revoked"  # 401
+    REVOCATION_CHECK_UNAVAILABLE = "revocation_check_unavailable"  # 503
+    INSUFFICIENT_SCOPE = "insufficient_scope"  # 403, RFC 6750 section 3.1
+    INSUFFICIENT_USER_AUTHENTICATION = "insufficient_user_authentication"  # 401, RFC 9470
+    WRONG_ACCOUNT = "wrong_account"  # 403: signed in as someone else than the link names
+    PERMISSION_DENIED = "permission_denied"  # 403: the role lacks the permission
+    # OAuth 2.x error codes also used as problem codes (RFC 6749 section 5.2)
+    INVALID_REQUEST = "invalid_request"
+    INVALID_CLIENT = "invalid_client"
+    INVALID_GRANT = "invalid_grant"
+    UNAUTHORIZED_CLIENT = "unauthorized_client"
+    UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
+    INVALID_SCOPE = "invalid_scope"
+    # ... and the rest that Authlib raises at the OAuth and OpenID Connect endpoints (RFC 6749
+    # sections 4.1.2.1 and 5.2, RFC 6750 section 3.1, RFC 7009 section 2.2.1, OpenID Connect
+    # Core section 3.1.2.6), passed through as the problem's code
+    ACCESS_DENIED = "access_denied"
+    UNSUPPORTED_RESPONSE_TYPE = "unsupported_response_type"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code
+    UNSUPPORTED_TOKEN_TYPE = "unsupported_token_type"  # noqa: S105 - an error code
+    INVALID_REDIRECT_URI = "invalid_redirect_uri"
+    INSECURE_TRANSPORT = "insecure_transport"
+    MISMATCHING_STATE = "mismatching_state"
+    MISSING_AUTHORIZATION = "missing_authorization"
+    LOGIN_REQUIRED = "login_required"
+    CONSENT_REQUIRED = "consent_required"
+    INTERACTION_REQUIRED = "interaction_required"
+    ACCOUNT_SELECTION_REQUIRED = "account_selection_required"
+    INVALID_REQUEST_URI = "invalid_request_uri"
+    INVALID_REQUEST_OBJECT = "invalid_request_object"
+    REQUEST_NOT_SUPPORTED = "request_not_supported"
+    REQUEST_URI_NOT_SUPPORTED = "request_uri_not_supported"
+    PUBLIC_CLIENT = "public_client"  # 409: the operation needs a confidential client
+    # multi-factor authentication
+    MFA_REQUIRED = "mfa_required"  # 403: answer with the mfa_token
+    MFA_ENROLLMENT_REQUIRED = "mfa_enrollment_required"  # 403: the tenant requires MFA
+    INVALID_MFA_TOKEN = "invalid_mfa_token"  # noqa: S105 - 401, not a secret
+    MFA_INVALID_CODE = "mfa_invalid_code"  # 401
+    MFA_LOCKED = "mfa_locked"  # 403
+    MFA_UNAVAILABLE = "mfa_unavailable"  # 503: the MFA token store is down
+    MFA_ALREADY_ENABLED = "mfa_already_enabled"  # 409
+    MFA_NOT_ENABLED = "mfa_not_enabled"  # 404
+    MFA_NOT_PENDING = "mfa_not_pending"  # 409
+    # tenants and their lifecycle (docs/operations.md)
+    TENANT_NOT_FOUND = "tenant_not_found"  # 404
+    TENANT_SUSPENDED = "tenant_suspended"  # 403: a request on behalf of a suspended tenant
+    TENANT_ALREADY_SUSPENDED = "tenant_already_suspended"  # 409: suspend of a suspended tenant
+    TENANT_ACTIVE = "tenant_active"  # 409: the operation needs a suspended or deleted tenant
+    TENANT_DELETED = "tenant_deleted"  # 409
+    SLUG_TAKEN = "slug_taken"  # 409
+    SLUG_UNCHANGED = "slug_unchanged"  # 409
+    EMAIL_TAKEN = "email_taken"  # 409
+    # memberships and invitations
+    ALREADY_MEMBER = "already_member"  # 409
+    NOT_A_MEMBER = "not_a_member"  # 403
+    LAST_OWNER = "last_owner"  # 409: a tenant keeps one owner
+    ROLE_NOT_ASSIGNABLE = "role_not_assignable"  # 403
+    INVALID_INVITATION = "invalid_invitation"  # 404
+    # limits and billing (docs/limits.md, docs/billing.md)
+    QUOTA_EXCEEDED = "quota_exceeded"  # 429
+    RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"  # 503
+    SEATS_EXCEEDED = "seats_exceeded"  # 402
+    SUBSCRIPTION_EXISTS = "subscription_exists"  # 409
+    CHECKOUT_INCOMPLETE = "checkout_incomplete"  # 409
+    STRIPE_CUSTOMER_IN_USE = "stripe_customer_in_use"  # 409
+    WEBHOOK_PROCESSING_FAILED = "webhook_processing_failed"  # 500: Stripe retries
+    INVALID_SIGNATURE = "invalid_signature"  # 400: a webhook whose signature does not verify
+    BILLING_NOT_CONFIGURED = "billing_not_configured"  # 503: no STRIPE_SECRET_KEY
+    STRIPE_UNAVAILABLE = "stripe_unavailable"  # 503: Stripe's API failed or timed out
 
 
 class AppError(Exception):
@@ -38,8 +141,12 @@ class AppError(Exception):
     """
 
     status: int = 500
-    code: str = "internal_error"
+    code: str = ErrorCode.INTERNAL_ERROR
     title: str = "Internal server error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = ErrorCode(cls.code)  # ValueError at import: an unregistered code
 
     def __init__(
         self,
@@ -54,7 +161,7 @@ class AppError(Exception):
         super().__init__(detail or title or self.title)
         self.detail = detail
         if code is not None:
-            self.code = code
+            self.code = ErrorCode(code)
         if title is not None:
             self.title = title
         if status is not None:
@@ -64,13 +171,13 @@ class AppError(Exception):
 
 
 class BadRequest(AppError):
-    status, code, title = 400, "bad_request", "Bad request"
+    status, code, title = 400, ErrorCode.BAD_REQUEST, "Bad request"
 
 
 class Unauthorized(AppError):
     """401 with ``WWW-Authenticate: Bearer`` (RFC 6750 section 3)."""
 
-    status, code, title = 401, "unauthorized", "Authentication required"
+    status, code, title = 401, ErrorCode.UNAUTHORIZED, "Authentication required"
 
     def __init__(self, detail: str | None = None, *, error: str | None = "invalid_token", **kw: Any):
         super().__init__(detail, **kw)
@@ -83,44 +190,44 @@ class Unauthorized(AppError):
 
 
 class Forbidden(AppError):
-    status, code, title = 403, "forbidden", "Forbidden"
+    status, code, title = 403, ErrorCode.FORBIDDEN, "Forbidden"
 
 
 class NotFound(AppError):
-    status, code, title = 404, "not_found", "Not found"
+    status, code, title = 404, ErrorCode.NOT_FOUND, "Not found"
 
 
 class Conflict(AppError):
-    status, code, title = 409, "conflict", "Conflict"
+    status, code, title = 409, ErrorCode.CONFLICT, "Conflict"
 
 
 class PreconditionFailed(AppError):
-    status, code, title = 412, "precondition_failed", "Precondition failed"
+    status, code, title = 412, ErrorCode.PRECONDITION_FAILED, "Precondition failed"
 
 
 class PreconditionRequired(AppError):
-    status, code, title = 428, "precondition_required", "Precondition required"
+    status, code, title = 428, ErrorCode.PRECONDITION_REQUIRED, "Precondition required"
 
 
 class ValidationError(AppError):
     """422 with ``errors``: ``{field: [messages]}`` (nested for nested fields)."""
 
-    status, code, title = 422, "validation_error", "Validation failed"
+    status, code, title = 422, ErrorCode.VALIDATION_ERROR, "Validation failed"
 
     def __init__(self, errors: Mapping[str, Any], detail: str | None = None):
         super().__init__(detail or "The request has invalid fields.", extra={"errors": errors})
 
 
 class PaymentRequired(AppError):
-    status, code, title = 402, "payment_required", "Payment required"
+    status, code, title = 402, ErrorCode.PAYMENT_REQUIRED, "Payment required"
 
 
 class TooManyRequests(AppError):
-    status, code, title = 429, "rate_limited", "Too many requests"
+    status, code, title = 429, ErrorCode.RATE_LIMITED, "Too many requests"
 
 
 class ServiceUnavailable(AppError):
-    status, code, title = 503, "service_unavailable", "Service unavailable"
+    status, code, title = 503, ErrorCode.SERVICE_UNAVAILABLE, "Service unavailable"
 
 
 def problem_response(
@@ -155,20 +262,20 @@ def _from_app_error(err: AppError) -> Response:
     return problem_response(err.status, err.code, err.title, err.detail, err.extra, err.headers)
 
 
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    412: "precondition_failed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    428: "precondition_required",
-    429: "rate_limited",
+_HTTP_CODES: dict[int, ErrorCode] = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    406: ErrorCode.NOT_ACCEPTABLE,
+    409: ErrorCode.CONFLICT,
+    412: ErrorCode.PRECONDITION_FAILED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    422: ErrorCode.VALIDATION_ERROR,
+    428: ErrorCode.PRECONDITION_REQUIRED,
+    429: ErrorCode.RATE_LIMITED,
 }
 
 
@@ -198,13 +305,15 @@ def _from_http_exception(err: HTTPException) -> Response:
     if isinstance(data, dict):
         headers.update(data.get("headers") or {})
     title = err.name or "Error"
-    return problem_response(status, _HTTP_CODES.get(status, "http_error"), title, detail, extra, headers)
+    return problem_response(
+        status, _HTTP_CODES.get(status, ErrorCode.HTTP_ERROR), title, detail, extra, headers
+    )
 
 
 def _internal() -> Response:
     return problem_response(
         500,
-        "internal_error",
+        ErrorCode.INTERNAL_ERROR,
         "Internal server error",
         "An unexpected error occurred. Quote the request id when reporting it.",
     )

@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from saas.db import SharedBase, utcnow
-from saas.tenancy.models import JSONType
+from saas.db import JSONType, SharedBase, utcnow
 
 
 class OutboxMessage(SharedBase):

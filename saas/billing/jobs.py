@@ -23,6 +23,7 @@ from flask import Flask
 from sqlalchemy import func, select, update
 
 from saas import audit
+from saas.audit import AuditAction
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
 from saas.billing.service import SYNC_SEATS_TOPIC, get_account, seats_used, update_quantity
@@ -82,9 +83,15 @@ def sync_seats(app: Flask, payload: dict[str, Any]) -> None:
         )
         tenant = session.get(Tenant, tenant_id)
         if tenant is not None:
-            audit.record(session, "billing.seats_changed", target_type="subscription", target_id=sub_id,
-                         data={"from": previous, "to": quantity}, actor=SEATS_ACTOR,
-                         schema=tenant.schema_name)  # fmt: skip
+            audit.record(
+                session,
+                AuditAction.BILLING_SEATS_CHANGED,
+                target_type="subscription",
+                target_id=sub_id,
+                data={"from": previous, "to": quantity},
+                actor=SEATS_ACTOR,
+                tenant_id=tenant.id,
+            )
         log.info("tenant %s: seat quantity %s -> %s", tenant_id, previous, quantity)
 
 

@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from saas.db import SharedBase, utcnow
-from saas.tenancy.models import JSONType, Tenant
+from saas.db import JSONType, SharedBase, utcnow
+from saas.tenancy.models import Tenant
 
 
 class BillingAccount(SharedBase):

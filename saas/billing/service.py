@@ -24,11 +24,20 @@ import stripe
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from saas import audit, outbox
+from saas import audit, db, outbox
+from saas.audit import AuditAction
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
 from saas.db import utcnow
-from saas.errors import AppError, Conflict, NotFound, PaymentRequired, ServiceUnavailable, ValidationError
+from saas.errors import (
+    AppError,
+    Conflict,
+    ErrorCode,
+    NotFound,
+    PaymentRequired,
+    ServiceUnavailable,
+    ValidationError,
+)
 from saas.services import services
 from saas.settings import Settings
 from saas.tenancy.models import Membership, Tenant
@@ -48,14 +57,14 @@ SYNC_SEATS_TOPIC = "billing.sync_seats"
 
 
 class BillingNotConfigured(ServiceUnavailable):
-    code, title = "billing_not_configured", "Billing is not configured"
+    code, title = ErrorCode.BILLING_NOT_CONFIGURED, "Billing is not configured"
 
     def __init__(self) -> None:
         super().__init__("Billing is off on this deployment (no STRIPE_SECRET_KEY).")
 
 
 class StripeUnavailable(ServiceUnavailable):
-    code, title = "stripe_unavailable", "Payment provider unavailable"
+    code, title = ErrorCode.STRIPE_UNAVAILABLE, "Payment provider unavailable"
 
 
 @dataclass
@@ -180,7 +189,7 @@ def ensure_account(session: Session, tenant_id: uuid.UUID) -> BillingAccount:
 def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: str | None) -> BillingAccount:
     """The tenant's account with a Stripe customer (created once: idempotency key per tenant).
 
-    A newly created customer's id is committed at once (``session.commit()``: the unit of work
+    A newly created customer's id is committed at once (``db.commit_early``: the unit of work
     so far, which must hold nothing else), so a later failure of the request (Checkout
     refused, Stripe down) cannot roll it back: Stripe's idempotency key only lasts 24 hours, after
     which a lost id would mean a duplicate customer. The account row is locked meanwhile, so
@@ -212,12 +221,12 @@ def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: s
     account.customer_event_created = None  # a new customer: its own event clock
     audit.record(
         session,
-        "billing.customer_created",
+        AuditAction.BILLING_CUSTOMER_CREATED,
         target_type="stripe_customer",
         target_id=customer.id,
-        schema=tenant.schema_name,
+        tenant_id=tenant.id,
     )
-    session.commit()  # persist the customer id on its own (see above); the request goes on
+    db.commit_early(session, db.EarlyCommit.STRIPE_CUSTOMER_CREATED)  # the request goes on
     return account
 
 
@@ -255,7 +264,7 @@ def check_seat_available(session: Session, tenant: Tenant) -> None:
     raise PaymentRequired(
         f"Your plan '{entitlements.plan}' includes {entitlements.seats} seats and {used} are taken"
         + (f"; the '{required}' plan allows more." if required else "."),
-        code="seats_exceeded",
+        code=ErrorCode.SEATS_EXCEEDED,
         title="Seat limit reached",
         extra={"plan": entitlements.plan, "seats": entitlements.seats, "seats_used": used,
                "required_plan": required},
@@ -317,7 +326,7 @@ def start_checkout(
     if account.stripe_subscription_id and account.status in (ent.PAID_STATUSES | ent.GRACE_STATUSES):
         raise Conflict(
             "This tenant already has a subscription; change it in the billing portal.",
-            code="subscription_exists",
+            code=ErrorCode.SUBSCRIPTION_EXISTS,
         )
     quantity = max(seats_used(session, tenant.id), 1) if ent.plan(plan_id).per_seat else 1
     base = _return_url(billing)
@@ -341,11 +350,11 @@ def start_checkout(
     )
     audit.record(
         session,
-        "billing.checkout_started",
+        AuditAction.BILLING_CHECKOUT_STARTED,
         target_type="checkout_session",
         target_id=checkout.id,
         data={"plan": plan_id, "interval": interval, "quantity": quantity},
-        schema=tenant.schema_name,
+        tenant_id=tenant.id,
     )
     return checkout.url
 
@@ -359,8 +368,13 @@ def open_portal(session: Session, billing: Billing, tenant: Tenant, email: str |
             params={"customer": account.stripe_customer_id or "", "return_url": _return_url(billing)}
         ),
     )
-    audit.record(session, "billing.portal_opened", target_type="stripe_customer",
-                 target_id=account.stripe_customer_id, schema=tenant.schema_name)  # fmt: skip
+    audit.record(
+        session,
+        AuditAction.BILLING_PORTAL_OPENED,
+        target_type="stripe_customer",
+        target_id=account.stripe_customer_id,
+        tenant_id=tenant.id,
+    )
     return portal.url
 
 
@@ -385,7 +399,7 @@ def sync_checkout(
     if checkout.get("client_reference_id") != str(tenant.id):
         raise NotFound("No such checkout session.")
     if checkout.get("status") != "complete" or not checkout.get("subscription"):
-        raise Conflict("The checkout is not complete yet.", code="checkout_incomplete")
+        raise Conflict("The checkout is not complete yet.", code=ErrorCode.CHECKOUT_INCOMPLETE)
     account = ensure_account(session, tenant.id)
     if not account.stripe_customer_id:
         account.stripe_customer_id = checkout.get("customer")
@@ -504,12 +518,12 @@ def apply_subscription(
     if changed:
         audit.record(
             session,
-            "billing.subscription_changed",
+            AuditAction.BILLING_SUBSCRIPTION_CHANGED,
             target_type="subscription",
             target_id=sub_id,
             data={"from": before, "to": after, "source": source, **({"event": event_id} if event_id else {})},
             actor=actor,
-            schema=tenant.schema_name,
+            tenant_id=tenant.id,
         )
     ent.invalidate(session, tenant.id)
     session.flush()
@@ -558,10 +572,15 @@ def sync_tenant(session: Session, billing: Billing, tenant: Tenant, *, actor: au
         if quantity != account.quantity:
             item_id = account.subscription_item_id
             _stripe_call("update the seats", lambda: update_quantity(billing, item_id, quantity))
-            audit.record(session, "billing.seats_synced", target_type="subscription",
-                         target_id=account.stripe_subscription_id,
-                         data={"from": account.quantity, "to": quantity}, actor=actor,
-                         schema=tenant.schema_name)  # fmt: skip
+            audit.record(
+                session,
+                AuditAction.BILLING_SEATS_SYNCED,
+                target_type="subscription",
+                target_id=account.stripe_subscription_id,
+                data={"from": account.quantity, "to": quantity},
+                actor=actor,
+                tenant_id=tenant.id,
+            )
             account.quantity = quantity
             changed = True
     session.flush()

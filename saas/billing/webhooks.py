@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from saas import audit, outbox
+from saas.audit import AuditAction
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount, WebhookEvent
 from saas.billing.service import (
@@ -56,7 +57,7 @@ from saas.billing.service import (
     plain,
 )
 from saas.db import Database, utcnow
-from saas.errors import AppError, BadRequest
+from saas.errors import AppError, BadRequest, ErrorCode
 from saas.tenancy.models import Tenant
 
 log = logging.getLogger("saas.billing.webhooks")
@@ -81,11 +82,11 @@ HANDLED_TYPES = (
 
 
 class InvalidSignature(BadRequest):
-    code, title = "invalid_signature", "Invalid webhook signature"
+    code, title = ErrorCode.INVALID_SIGNATURE, "Invalid webhook signature"
 
 
 class WebhookProcessingFailed(AppError):
-    status, code, title = 500, "webhook_processing_failed", "Webhook processing failed"
+    status, code, title = 500, ErrorCode.WEBHOOK_PROCESSING_FAILED, "Webhook processing failed"
 
 
 def verify(billing: Billing, payload: bytes, header: str | None, now: float | None = None) -> dict[str, Any]:
@@ -326,9 +327,15 @@ def _on_subscription(session: Session, billing: Billing, event: Mapping[str, Any
     if event["type"] == "customer.subscription.trial_will_end" and not d.effects_done:
         tenant = session.get(Tenant, account.tenant_id)
         assert tenant is not None
-        audit.record(session, "billing.trial_will_end", target_type="subscription", target_id=sub["id"],
-                     data={"trial_end": sub.get("trial_end"), "event": event["id"]}, actor=STRIPE_ACTOR,
-                     schema=tenant.schema_name)  # fmt: skip
+        audit.record(
+            session,
+            AuditAction.BILLING_TRIAL_WILL_END,
+            target_type="subscription",
+            target_id=sub["id"],
+            data={"trial_end": sub.get("trial_end"), "event": event["id"]},
+            actor=STRIPE_ACTOR,
+            tenant_id=tenant.id,
+        )
         # event_id: the mail handler's idempotency key (one mail per event, even if re-queued)
         mail = {"tenant": tenant.slug, "trial_end": sub.get("trial_end"), "event_id": event["id"]}
         outbox.enqueue(session, "mail.trial_will_end", mail, tenant_id=tenant.id)
@@ -366,9 +373,9 @@ def _on_invoice(session: Session, billing: Billing, event: Mapping[str, Any], d:
     tenant = session.get(Tenant, account.tenant_id)
     assert tenant is not None
     action = {
-        "invoice.paid": "billing.invoice_paid",
-        "invoice.payment_failed": "billing.payment_failed",
-        "invoice.payment_action_required": "billing.payment_action_required",
+        "invoice.paid": AuditAction.BILLING_INVOICE_PAID,
+        "invoice.payment_failed": AuditAction.BILLING_PAYMENT_FAILED,
+        "invoice.payment_action_required": AuditAction.BILLING_PAYMENT_ACTION_REQUIRED,
     }[event["type"]]
     if not d.effects_done:
         audit.record(
@@ -384,7 +391,7 @@ def _on_invoice(session: Session, billing: Billing, event: Mapping[str, Any], d:
                 "event": event["id"],
             },
             actor=STRIPE_ACTOR,
-            schema=tenant.schema_name,
+            tenant_id=tenant.id,
         )
     sub_id = _invoice_subscription(invoice)
     if sub_id:
@@ -408,7 +415,7 @@ def _on_customer(session: Session, billing: Billing, event: Mapping[str, Any], d
         if account.customer_deleted_at is not None:
             return "processed", account.tenant_id, "no change"
         account.customer_deleted_at = utcnow()
-        action, data = "billing.customer_deleted", {}
+        action, data = AuditAction.BILLING_CUSTOMER_DELETED, {}
     else:
         if last is not None and created == last:
             # same second as the newest applied: order unknown, so take Stripe's current customer
@@ -420,11 +427,20 @@ def _on_customer(session: Session, billing: Billing, event: Mapping[str, Any], d
         account.customer_email = customer.get("email")
         if old == account.customer_email:
             return "processed", account.tenant_id, "no change"
-        action, data = "billing.customer_updated", {"email": {"from": old, "to": account.customer_email}}
+        action, data = (
+            AuditAction.BILLING_CUSTOMER_UPDATED,
+            {"email": {"from": old, "to": account.customer_email}},
+        )
     if not d.effects_done:
-        audit.record(session, action, target_type="stripe_customer", target_id=customer["id"],
-                     data={**data, "event": event["id"]}, actor=STRIPE_ACTOR,
-                     schema=tenant.schema_name)  # fmt: skip
+        audit.record(
+            session,
+            action,
+            target_type="stripe_customer",
+            target_id=customer["id"],
+            data={**data, "event": event["id"]},
+            actor=STRIPE_ACTOR,
+            tenant_id=tenant.id,
+        )
     ent.invalidate(session, tenant.id)
     return "processed", account.tenant_id, None
 

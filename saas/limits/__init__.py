@@ -40,7 +40,7 @@ from flask import Flask, Response, g, request
 from saas.auth import revocation
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
-from saas.errors import AppError, ServiceUnavailable, TooManyRequests
+from saas.errors import AppError, ErrorCode, ServiceUnavailable, TooManyRequests
 from saas.limits import gcra, headers, policies
 from saas.limits.gcra import Check, Decision, Quota
 from saas.services import services
@@ -75,7 +75,7 @@ def usage_key(tenant_id: uuid.UUID, period_label: str) -> str:
 
 
 class QuotaExceeded(AppError):
-    status, code, title = 429, "quota_exceeded", "Monthly quota exceeded"
+    status, code, title = 429, ErrorCode.QUOTA_EXCEEDED, "Monthly quota exceeded"
 
 
 class Limiter:
@@ -232,7 +232,7 @@ class Limiter:
                 counters.inc("limits_fail_closed_total")
                 raise ServiceUnavailable(
                     "Sign-in throttling is temporarily unavailable; try again shortly.",
-                    code="rate_limit_unavailable",
+                    code=ErrorCode.RATE_LIMIT_UNAVAILABLE,
                     title="Rate limiting unavailable",
                     headers={"Retry-After": str(max(1, round(self.guard.breaker.cooldown)))},
                 ) from None

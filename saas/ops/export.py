@@ -86,8 +86,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import Date, DateTime, Numeric, Uuid
 
 from saas import audit
+from saas.actions import ActionContext
+from saas.audit import AuditAction
 from saas.db import TENANT_PLACEHOLDER, schema_name_for, tenant_metadata, translate_map, utcnow
-from saas.errors import AppError, Conflict, ValidationError
+from saas.errors import AppError, Conflict, ErrorCode, ValidationError
 from saas.identity.models import User
 from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
@@ -744,7 +746,7 @@ class _Importer:
             self.notes.insert(0, f"invited (an invitation mailed to each; no account linked): {shown}")
         audit.record(
             self.session,
-            "tenant.imported",
+            AuditAction.TENANT_IMPORTED,
             target_type="tenant",
             target_id=self.tenant.id,
             data={
@@ -756,7 +758,7 @@ class _Importer:
                 **self.billing_note,
             },
             actor=self.actor,
-            schema=self.tenant.schema_name,
+            tenant_id=self.tenant.id,
         )
         self.session.flush()
         return self.tenant, self.counts
@@ -776,7 +778,7 @@ class _Importer:
             except ma.ValidationError as exc:
                 raise ValidationError({"name": exc.messages["name"]}) from None
         if self.session.scalar(select(func.count()).select_from(Tenant).where(Tenant.slug == slug)):
-            raise Conflict("That slug is taken.", code="slug_taken")
+            raise Conflict("That slug is taken.", code=ErrorCode.SLUG_TAKEN)
         default_plan = ent.catalogue()[0]
         plan = self.source.get("plan") or default_plan
         if plan != default_plan and not self.trusted:
@@ -853,7 +855,7 @@ class _Importer:
             if customer and holder is not None:
                 raise Conflict(
                     f"Stripe customer {customer} belongs to tenant {holder}: delete that tenant first.",
-                    code="stripe_customer_in_use",
+                    code=ErrorCode.STRIPE_CUSTOMER_IN_USE,
                 )
             rows.append({**values, "tenant_id": self.tenant.id})
             self.notes.append(f"Stripe customer {customer} attached to the new tenant")
@@ -891,6 +893,7 @@ class _Importer:
             None, self.tenant.id, None, frozenset(), {}, roles=("owner",), permissions=ROLES["owner"],
             tenant=self.tenant,
         )  # fmt: skip
+        as_operator = ActionContext(self.session, self.actor, operator)
         direct: list[tuple[Membership, uuid.UUID | None]] = []
         for record in shared.get("saas.memberships", []):
             values = record.values
@@ -924,9 +927,7 @@ class _Importer:
                     direct.append((membership, values.get("invited_by")))
                     continue
             try:
-                result = members.invite(
-                    self.session, operator, user_values["email"], values["role"], self.ttl
-                )
+                result = members.invite(as_operator, user_values["email"], values["role"], self.ttl)
             except AppError as exc:
                 raise _refused(exc, record.line, "saas.memberships") from None
             user_id = result.membership.user_id

@@ -19,8 +19,9 @@ from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from saas import audit
+from saas.audit import AuditAction
 from saas.db import check_schema_name, utcnow
-from saas.errors import Conflict, NotFound, ValidationError
+from saas.errors import Conflict, ErrorCode, NotFound, ValidationError
 from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
 
@@ -42,7 +43,7 @@ def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tena
         query = query.with_for_update()
     tenant = session.scalars(query).first()
     if tenant is None:
-        raise NotFound(f"No tenant {ref!r}.", code="tenant_not_found")
+        raise NotFound(f"No tenant {ref!r}.", code=ErrorCode.TENANT_NOT_FOUND)
     return tenant
 
 
@@ -61,7 +62,7 @@ def _audit(session: Session, tenant: Tenant, action: str, actor: audit.Actor, **
         target_id=tenant.id,
         data={k: v for k, v in data.items() if v is not None},
         actor=actor,
-        schema=tenant.schema_name,
+        tenant_id=tenant.id,
     )
 
 
@@ -77,18 +78,18 @@ def suspend(session: Session, tenant: Tenant, reason: str, actor: audit.Actor) -
 
     Raises:
         ValidationError: empty reason.
-        Conflict: already suspended (``tenant_suspended``).
+        Conflict: already suspended (``tenant_already_suspended``).
     """
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError({"reason": ["Must not be empty."]})
     if tenant.status == "suspended":
-        raise Conflict("The tenant is already suspended.", code="tenant_suspended")
+        raise Conflict("The tenant is already suspended.", code=ErrorCode.TENANT_ALREADY_SUSPENDED)
     tenant.status = "suspended"
     tenant.suspended_reason = reason[:1000]
     tenant.suspended_at = utcnow()
     revoked = _revoke_tenant_sessions(session, tenant, "tenant_suspended")
-    _audit(session, tenant, "tenant.suspended", actor, reason=reason, revoked_sessions=revoked)
+    _audit(session, tenant, AuditAction.TENANT_SUSPENDED, actor, reason=reason, revoked_sessions=revoked)
     session.flush()
     return tenant
 
@@ -100,11 +101,11 @@ def resume(session: Session, tenant: Tenant, actor: audit.Actor) -> Tenant:
         Conflict: the tenant is active (``tenant_active``).
     """
     if tenant.status == "active" and tenant.deleted_at is None:
-        raise Conflict("The tenant is active.", code="tenant_active")
+        raise Conflict("The tenant is active.", code=ErrorCode.TENANT_ACTIVE)
     was_deleted = tenant.deleted_at is not None
     tenant.status = "active"
     tenant.suspended_reason = tenant.suspended_at = tenant.deleted_at = tenant.purge_after = None
-    _audit(session, tenant, "tenant.resumed", actor, deletion_cancelled=was_deleted or None)
+    _audit(session, tenant, AuditAction.TENANT_RESUMED, actor, deletion_cancelled=was_deleted or None)
     session.flush()
     return tenant
 
@@ -121,7 +122,7 @@ def schedule_deletion(
     if retention_days < 0:
         raise ValidationError({"retention_days": ["Must be zero or more."]})
     if tenant.deleted_at is not None:
-        raise Conflict("The tenant's deletion is already scheduled.", code="tenant_deleted")
+        raise Conflict("The tenant's deletion is already scheduled.", code=ErrorCode.TENANT_DELETED)
     now = utcnow()
     if tenant.status != "suspended":
         tenant.suspended_at = now
@@ -130,7 +131,13 @@ def schedule_deletion(
     tenant.status = "suspended"
     tenant.deleted_at = now
     tenant.purge_after = now + timedelta(days=retention_days)
-    _audit(session, tenant, "tenant.deletion_scheduled", actor, purge_after=tenant.purge_after.isoformat())
+    _audit(
+        session,
+        tenant,
+        AuditAction.TENANT_DELETION_SCHEDULED,
+        actor,
+        purge_after=tenant.purge_after.isoformat(),
+    )
     session.flush()
     return tenant
 
@@ -197,12 +204,12 @@ def rename_slug(session: Session, tenant: Tenant, new_slug: str, actor: audit.Ac
     if problems := slug_problems(slug):
         raise ValidationError({"slug": problems})
     if slug == tenant.slug:
-        raise Conflict("That is already the tenant's slug.", code="slug_unchanged")
+        raise Conflict("That is already the tenant's slug.", code=ErrorCode.SLUG_UNCHANGED)
     if session.scalar(select(func.count()).select_from(Tenant).where(Tenant.slug == slug)):
-        raise Conflict("That slug is taken.", code="slug_taken")
+        raise Conflict("That slug is taken.", code=ErrorCode.SLUG_TAKEN)
     old = tenant.slug
     tenant.slug = slug
-    _audit(session, tenant, "tenant.slug_renamed", actor, old=old, new=slug)
+    _audit(session, tenant, AuditAction.TENANT_SLUG_RENAMED, actor, old=old, new=slug)
     session.flush()
     return tenant
 

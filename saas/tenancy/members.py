@@ -1,5 +1,6 @@
-"""Membership services: list, invite, accept, change role, remove. Each takes the session, the
-acting principal and plain values, raises domain errors and writes an audit event."""
+"""Membership services: list, invite, accept, change role, remove. Each change takes an
+:class:`~saas.actions.ActionContext` (the unit of work, the acting principal, the request's
+metadata) and plain values, raises domain errors and writes an audit event."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from saas import audit, outbox
+from saas import outbox
+from saas.actions import ActionContext
+from saas.audit import Actor, AuditAction
 from saas.auth.accounts import set_password
 from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions, token_hash
 from saas.auth.stepup import check_step_up
 from saas.billing import service as billing_service
 from saas.db import utcnow
-from saas.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
+from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords
 from saas.rbac import ROLES, can_assign
@@ -69,12 +72,20 @@ def _is_last_owner(session: Session, membership: Membership) -> bool:
     return _owner_count(session, membership.tenant_id) <= 1
 
 
+def _principal(ctx: ActionContext) -> Principal:
+    """The API caller the action's permission checks read (a membership change always has one:
+    the request's principal, or the stand-in of an operator's import)."""
+    if ctx.principal is None or ctx.principal.tenant is None:
+        raise TypeError("a membership change needs a tenant principal in its ActionContext")
+    return ctx.principal
+
+
 def _check_role(actor: Principal, role: str) -> None:
     if role not in ROLES:
         raise ValidationError({"role": [f"Must be one of: {', '.join(ROLES)}."]})
     if not can_assign(actor.role or "", role):
         raise Forbidden(
-            f"Your role cannot grant '{role}'.", code="role_not_assignable", title="Permission denied"
+            f"Your role cannot grant '{role}'.", code=ErrorCode.ROLE_NOT_ASSIGNABLE, title="Permission denied"
         )
 
 
@@ -95,7 +106,7 @@ def invitee_email(email: str) -> str:
     return email.strip().lower()
 
 
-def invite(session: Session, actor: Principal, email: str, role: str, ttl_seconds: int) -> InvitationResult:
+def invite(ctx: ActionContext, email: str, role: str, ttl_seconds: int) -> InvitationResult:
     """Invite ``email`` with ``role``: creates a user without a password if the address has none
     (a placeholder the invitee or a signup claims), a pending membership, an invitation (only
     the SHA-256 of its token is stored) and an outbox message ``mail.invitation`` carrying the
@@ -109,6 +120,7 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
         Conflict: ``already_member`` (a member or pending invitee of this tenant).
         PaymentRequired: ``seats_exceeded``.
     """
+    session, actor = ctx.session, _principal(ctx)
     _check_role(actor, role)
     tenant = actor.tenant
     assert tenant is not None
@@ -122,7 +134,7 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
         elif session.scalars(
             select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
         ).first():
-            raise Conflict("That person is already a member or invited.", code="already_member")
+            raise Conflict("That person is already a member or invited.", code=ErrorCode.ALREADY_MEMBER)
         membership = Membership(
             user_id=user.id, tenant_id=tenant.id, role=role, status="invited", invited_by=actor.user_id
         )
@@ -132,7 +144,7 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
         # a concurrent invitation (or signup) of the same email won between the check and the
         # insert; the request's unit of work is rolled back
         raise Conflict(
-            "That person was just invited or signed up; try again.", code="already_member"
+            "That person was just invited or signed up; try again.", code=ErrorCode.ALREADY_MEMBER
         ) from None
     token = secrets.token_urlsafe(32)
     invitation = Invitation(
@@ -150,9 +162,9 @@ def invite(session: Session, actor: Principal, email: str, role: str, ttl_second
         tenant_id=tenant.id,
     )
     shown = invitee_email(email)
-    audit.record(
-        session,
-        "member.invited",
+    ctx.record(
+        AuditAction.MEMBER_INVITED,
+        tenant_id=tenant.id,
         target_type="invitation",
         target_id=invitation.id,
         data={"role": role, "email": shown},
@@ -171,13 +183,14 @@ def pending_invitations(session: Session, tenant_id: uuid.UUID) -> dict[uuid.UUI
     return {inv.membership_id: inv for inv in rows}
 
 
-def revoke_invitation(session: Session, actor: Principal, invitation_id: uuid.UUID) -> None:
+def revoke_invitation(ctx: ActionContext, invitation_id: uuid.UUID) -> None:
     """Withdraw a pending invitation of the actor's tenant: its membership and token go.
 
     Raises:
         NotFound: no open invitation with that id in this tenant.
         Forbidden: ``role_not_assignable``, the invited role is above the actor's.
     """
+    session, actor = ctx.session, _principal(ctx)
     assert actor.tenant is not None
     membership = session.scalars(
         select(Membership)
@@ -192,9 +205,16 @@ def revoke_invitation(session: Session, actor: Principal, invitation_id: uuid.UU
     if membership is None:
         raise NotFound("No such invitation in this tenant.")
     if not can_assign(actor.role or "", membership.role):
-        raise Forbidden("You cannot withdraw an invitation above your role.", code="role_not_assignable")
+        raise Forbidden(
+            "You cannot withdraw an invitation above your role.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
+        )
     session.delete(membership)
-    audit.record(session, "member.invitation_revoked", target_type="invitation", target_id=invitation_id)
+    ctx.record(
+        AuditAction.MEMBER_INVITATION_REVOKED,
+        tenant_id=actor.tenant.id,
+        target_type="invitation",
+        target_id=invitation_id,
+    )
     session.flush()
 
 
@@ -212,7 +232,7 @@ def has_account(session: Session, user: User) -> bool:
 
 
 def accept_invitation(
-    session: Session,
+    ctx: ActionContext,
     passwords: Passwords,
     token: str,
     password: str | None,
@@ -237,11 +257,12 @@ def accept_invitation(
         Forbidden: ``wrong_account``, signed in as someone other than the invitee.
         ValidationError: password missing or too weak for a new account.
     """
+    session = ctx.session
     invitation = session.scalars(
         select(Invitation).where(Invitation.token_hash == token_hash(token)).with_for_update()
     ).first()
     if invitation is None or invitation.accepted_at is not None or invitation.expires_at <= utcnow():
-        raise NotFound("This invitation is invalid or has expired.", code="invalid_invitation")
+        raise NotFound("This invitation is invalid or has expired.", code=ErrorCode.INVALID_INVITATION)
     membership = invitation.membership
     # locked: a concurrent signup claiming the same placeholder waits (saas.tenancy.provisioning)
     user = session.get(User, membership.user_id, with_for_update=True)
@@ -252,15 +273,15 @@ def accept_invitation(
             raise Unauthorized(
                 "This invitation is for an existing account: sign in, then accept it with your "
                 "own access token (Authorization: Bearer). Passwords are not accepted here.",
-                code="sign_in_required",
+                code=ErrorCode.SIGN_IN_REQUIRED,
                 title="Sign-in required",
                 error=None,
             )
         if signed_in_user_id != user.id:
-            raise Forbidden("This invitation is for another account.", code="wrong_account")
+            raise Forbidden("This invitation is for another account.", code=ErrorCode.WRONG_ACCOUNT)
     else:
         if signed_in_user_id is not None:
-            raise Forbidden("This invitation is for another account.", code="wrong_account")
+            raise Forbidden("This invitation is for another account.", code=ErrorCode.WRONG_ACCOUNT)
         if not password:
             raise ValidationError({"password": ["A password is required to create your account."]})
         # the strictest password_min_length of this tenant and the user's others
@@ -270,19 +291,14 @@ def accept_invitation(
     invitation.accepted_at = utcnow()
     membership.status = "active"
     billing_service.members_changed(session, tenant.id)
-    audit.record(
-        session,
-        "member.joined",
-        target_type="user",
-        target_id=user.id,
-        actor=audit.Actor("user", str(user.id)),
-        schema=tenant.schema_name,
+    ctx.as_actor(Actor("user", str(user.id))).record(
+        AuditAction.MEMBER_JOINED, tenant_id=tenant.id, target_type="user", target_id=user.id
     )
     session.flush()
     return membership, user, tenant
 
 
-def change_role(session: Session, actor: Principal, user_id: uuid.UUID, role: str) -> Membership:
+def change_role(ctx: ActionContext, user_id: uuid.UUID, role: str) -> Membership:
     """Change a member's role. Demoting an owner needs step-up (RFC 9470: a person's recent
     login, with MFA when enabled), which a service account's token never has.
 
@@ -291,44 +307,57 @@ def change_role(session: Session, actor: Principal, user_id: uuid.UUID, role: st
         InsufficientUserAuthentication (401, demoting an owner without step-up),
         Conflict ``last_owner`` (the last owner cannot be demoted).
     """
+    session, actor = ctx.session, _principal(ctx)
     assert actor.tenant is not None
     membership = get_membership(session, actor.tenant.id, user_id)
     _check_role(actor, role)
     if not can_assign(actor.role or "", membership.role):
-        raise Forbidden("You cannot change the role of a member above you.", code="role_not_assignable")
+        raise Forbidden(
+            "You cannot change the role of a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
+        )
     if membership.role == "owner" and role != "owner":
         check_step_up()
     if _is_last_owner(session, membership) and role != "owner":
-        raise Conflict("The last owner cannot be demoted.", code="last_owner")
+        raise Conflict("The last owner cannot be demoted.", code=ErrorCode.LAST_OWNER)
     old = membership.role
     membership.role = role
-    audit.record(
-        session, "member.role_changed", target_type="user", target_id=user_id, data={"from": old, "to": role}
+    ctx.record(
+        AuditAction.MEMBER_ROLE_CHANGED,
+        tenant_id=actor.tenant.id,
+        target_type="user",
+        target_id=user_id,
+        data={"from": old, "to": role},
     )
     session.flush()
     return membership
 
 
-def remove_member(session: Session, actor: Principal, user_id: uuid.UUID) -> None:
+def remove_member(ctx: ActionContext, user_id: uuid.UUID) -> None:
     """Remove a member (or let a member leave); revokes their sessions in this tenant.
 
     Raises:
         NotFound; Forbidden (not yours to remove); Conflict ``last_owner``.
     """
+    session, actor = ctx.session, _principal(ctx)
     assert actor.tenant is not None
     membership = get_membership(session, actor.tenant.id, user_id)
     leaving = actor.user_id == user_id
     if not leaving:
         if "members:manage" not in actor.permissions:
-            raise Forbidden("This action needs the 'members:manage' permission.", code="permission_denied")
+            raise Forbidden(
+                "This action needs the 'members:manage' permission.", code=ErrorCode.PERMISSION_DENIED
+            )
         if not can_assign(actor.role or "", membership.role):
-            raise Forbidden("You cannot remove a member above you.", code="role_not_assignable")
+            raise Forbidden("You cannot remove a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE)
     if _is_last_owner(session, membership):
-        raise Conflict("The last owner cannot leave or be removed.", code="last_owner")
+        raise Conflict("The last owner cannot leave or be removed.", code=ErrorCode.LAST_OWNER)
     session.delete(membership)
     billing_service.members_changed(session, actor.tenant.id)
     revoke_user_sessions(session, user_id, actor.tenant.id, "member_removed")
-    audit.record(
-        session, "member.left" if leaving else "member.removed", target_type="user", target_id=user_id
+    ctx.record(
+        AuditAction.MEMBER_LEFT if leaving else AuditAction.MEMBER_REMOVED,
+        tenant_id=actor.tenant.id,
+        target_type="user",
+        target_id=user_id,
     )
     session.flush()

@@ -6,14 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, Text, UniqueConstraint, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import DateTime, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from saas.db import SharedBase, utcnow
+from saas.db import JSONType, SharedBase, utcnow
 from saas.identity.models import User
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Tenant(SharedBase):

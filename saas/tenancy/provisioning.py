@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from saas import audit
+from saas.audit import AuditAction
 from saas.db import schema_name_for, tenant_metadata
-from saas.errors import Conflict, ValidationError
+from saas.errors import Conflict, ErrorCode, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords, password_problems
 from saas.tenancy.models import Membership, Tenant
@@ -40,7 +41,7 @@ class AccountExists(Conflict):
     caught: the operator CLI). Signup catches it and answers as for a new address, mailing the
     account instead (``saas.tenancy.views.Signup``), so it does not tell who has an account."""
 
-    code = "email_taken"
+    code = ErrorCode.EMAIL_TAKEN
 
     def __init__(self, email: str) -> None:
         super().__init__("An account with that email exists.", extra={"field": "owner.email"})
@@ -180,7 +181,7 @@ def provision_tenant(
     from saas.tenancy.members import has_account
 
     if session.query(Tenant.id).filter(Tenant.slug == slug).first():
-        raise Conflict("That slug is taken.", code="slug_taken", extra={"field": "tenant.slug"})
+        raise Conflict("That slug is taken.", code=ErrorCode.SLUG_TAKEN, extra={"field": "tenant.slug"})
     placeholder = find_user_by_email(session, owner_email) if owner is None else None
     if placeholder is not None:
         # locked: an invitation accepted at the same moment sets the password first, or waits
@@ -217,12 +218,12 @@ def provision_tenant(
         session.flush()
         audit.record(
             session,
-            "tenant.created",
+            AuditAction.TENANT_CREATED,
+            tenant_id=tenant_id,
             target_type="tenant",
             target_id=tenant.id,
             data={"slug": slug, "owner": str(owner.id)},
             actor=audit.Actor("user", str(owner.id)),
-            schema=schema,
         )
         savepoint.commit()
     except IntegrityError as exc:
@@ -232,7 +233,9 @@ def provision_tenant(
         if constraint == "uq_users_email_lower":
             raise AccountExists(owner_email) from None
         if constraint == "uq_tenants_slug":
-            raise Conflict("That slug is taken.", code="slug_taken", extra={"field": "tenant.slug"}) from None
+            raise Conflict(
+                "That slug is taken.", code=ErrorCode.SLUG_TAKEN, extra={"field": "tenant.slug"}
+            ) from None
         raise
     except BaseException:
         savepoint.rollback()

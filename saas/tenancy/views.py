@@ -6,13 +6,15 @@ import flask
 import marshmallow as ma
 from flask.views import MethodView
 
-from saas import audit, db, outbox
+from saas import db, outbox
+from saas.actions import ActionContext
 from saas.api import Blueprint
+from saas.audit import AuditAction
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
 from saas.auth.stepup import check_step_up
 from saas.auth.views import TokenResponseSchema
-from saas.errors import Forbidden, ValidationError
+from saas.errors import ErrorCode, Forbidden, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import password_problems
 from saas.rbac import ROLES
@@ -292,14 +294,15 @@ class TenantResource(MethodView):
             if mfa_on:
                 # sessions signed in without a second factor end now, access tokens included
                 revoked = auth_service.revoke_sessions_without_mfa(db.session(), tenant.id)
-                audit.record(
-                    db.session(), "auth.sessions_revoked", target_type="tenant", target_id=tenant.id,
-                    data={"reason": "require_mfa", "revoked": revoked},
+                ActionContext.from_request().record(
+                    AuditAction.AUTH_SESSIONS_REVOKED, tenant_id=tenant.id, target_type="tenant",
+                    target_id=tenant.id, data={"reason": "require_mfa", "revoked": revoked},
                 )  # fmt: skip
         if changes:
-            audit.record(
-                db.session(), "tenant.updated", target_type="tenant", target_id=tenant.id, data=changes
-            )
+            ActionContext.from_request().record(
+                AuditAction.TENANT_UPDATED, tenant_id=tenant.id, target_type="tenant", target_id=tenant.id,
+                data=changes,
+            )  # fmt: skip
             db.session().flush()
         return tenant.to_public()
 
@@ -346,7 +349,7 @@ class Members(MethodView):
             check_step_up()
         settings = services().settings
         result = members_service.invite(
-            db.session(), current_principal(), body["email"], body["role"], settings.invitation_ttl_seconds
+            ActionContext.from_request(), body["email"], body["role"], settings.invitation_ttl_seconds
         )
         return {
             "invitation_id": str(result.invitation.id),
@@ -368,7 +371,7 @@ class Member(MethodView):
         step-up (a recent login, with MFA when enabled; RFC 9470)."""
         if body["role"] in ("owner", "admin"):
             check_step_up()
-        m = members_service.change_role(db.session(), current_principal(), user_id, body["role"])
+        m = members_service.change_role(ActionContext.from_request(), user_id, body["role"])
         return _member_dict(m)
 
     @authenticated
@@ -377,7 +380,7 @@ class Member(MethodView):
         """Remove a member (``members:manage``, with step-up), or leave the tenant yourself."""
         if current_principal().user_id != user_id:
             check_step_up()
-        members_service.remove_member(db.session(), current_principal(), user_id)
+        members_service.remove_member(ActionContext.from_request(), user_id)
 
 
 @blp.route("/invitations/<uuid:invitation_id>")
@@ -386,7 +389,7 @@ class InvitationResource(MethodView):
     @blp.response(204)
     def delete(self, invitation_id):
         """Withdraw a pending invitation of this tenant (its token stops working)."""
-        members_service.revoke_invitation(db.session(), current_principal(), invitation_id)
+        members_service.revoke_invitation(ActionContext.from_request(), invitation_id)
 
 
 def _signed_in_user_id():
@@ -400,7 +403,7 @@ def _signed_in_user_id():
         return None
     principal = current_principal()
     if principal.user_id is None:
-        raise Forbidden("A service account cannot accept an invitation.", code="wrong_account")
+        raise Forbidden("A service account cannot accept an invitation.", code=ErrorCode.WRONG_ACCOUNT)
     return principal.user_id
 
 
@@ -422,7 +425,7 @@ class AcceptInvitation(MethodView):
         session = db.session()
         signed_in = _signed_in_user_id()
         membership, user, tenant = members_service.accept_invitation(
-            session,
+            ActionContext.from_request(session),
             services().passwords,
             body["token"],
             body.get("password"),
