@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from saas import audit, db, outbox
+from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
@@ -186,7 +187,9 @@ def ensure_account(session: Session, tenant_id: uuid.UUID) -> BillingAccount:
     return account
 
 
-def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: str | None) -> BillingAccount:
+def ensure_customer(
+    ctx: ActionContext, billing: Billing, tenant: Tenant, email: str | None
+) -> BillingAccount:
     """The tenant's account with a Stripe customer (created once: idempotency key per tenant).
 
     A newly created customer's id is committed at once (``db.commit_early``: the unit of work
@@ -198,6 +201,7 @@ def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: s
     Raises:
         StripeUnavailable: Stripe refused or could not be reached.
     """
+    session = ctx.session
     account = ensure_account(session, tenant.id)
     if account.stripe_customer_id and account.customer_deleted_at is None:
         return account
@@ -219,8 +223,7 @@ def ensure_customer(session: Session, billing: Billing, tenant: Tenant, email: s
     account.customer_email = email
     account.customer_deleted_at = None
     account.customer_event_created = None  # a new customer: its own event clock
-    audit.record(
-        session,
+    ctx.record(
         AuditAction.BILLING_CUSTOMER_CREATED,
         target_type="stripe_customer",
         target_id=customer.id,
@@ -310,7 +313,7 @@ def _return_url(billing: Billing) -> str:
 
 
 def start_checkout(
-    session: Session, billing: Billing, tenant: Tenant, email: str | None, plan_id: str, interval: str
+    ctx: ActionContext, billing: Billing, tenant: Tenant, email: str | None, plan_id: str, interval: str
 ) -> str:
     """A Stripe Checkout Session (mode ``subscription``) for ``plan_id``; returns its URL.
 
@@ -321,8 +324,9 @@ def start_checkout(
         ValidationError: unknown plan or interval. Conflict ``subscription_exists``: the tenant
         already has a live subscription (change it in the portal). StripeUnavailable.
     """
+    session = ctx.session
     price = billing.price_for(plan_id, interval)
-    account = ensure_customer(session, billing, tenant, email)
+    account = ensure_customer(ctx, billing, tenant, email)
     if account.stripe_subscription_id and account.status in (ent.PAID_STATUSES | ent.GRACE_STATUSES):
         raise Conflict(
             "This tenant already has a subscription; change it in the billing portal.",
@@ -348,8 +352,7 @@ def start_checkout(
             options={"idempotency_key": "checkout-" + hashlib.sha256(key_material.encode()).hexdigest()[:32]},
         ),
     )
-    audit.record(
-        session,
+    ctx.record(
         AuditAction.BILLING_CHECKOUT_STARTED,
         target_type="checkout_session",
         target_id=checkout.id,
@@ -359,17 +362,20 @@ def start_checkout(
     return checkout.url
 
 
-def open_portal(session: Session, billing: Billing, tenant: Tenant, email: str | None) -> str:
-    """A Stripe Billing Portal session URL for the tenant's customer (created if missing)."""
-    account = ensure_customer(session, billing, tenant, email)
+def open_portal(ctx: ActionContext, billing: Billing, tenant: Tenant, email: str | None) -> str:
+    """A Stripe Billing Portal session URL for the tenant's customer (created if missing).
+
+    Raises:
+        StripeUnavailable: Stripe refused or could not be reached.
+    """
+    account = ensure_customer(ctx, billing, tenant, email)
     portal = _stripe_call(
         "open the billing portal",
         lambda: billing.client.v1.billing_portal.sessions.create(
             params={"customer": account.stripe_customer_id or "", "return_url": _return_url(billing)}
         ),
     )
-    audit.record(
-        session,
+    ctx.record(
         AuditAction.BILLING_PORTAL_OPENED,
         target_type="stripe_customer",
         target_id=account.stripe_customer_id,
@@ -379,7 +385,7 @@ def open_portal(session: Session, billing: Billing, tenant: Tenant, email: str |
 
 
 def sync_checkout(
-    session: Session, billing: Billing, tenant: Tenant, session_id: str
+    ctx: ActionContext, billing: Billing, tenant: Tenant, session_id: str
 ) -> BillingAccount | None:
     """Apply a completed Checkout Session right away (the return page calls this, so the tenant
     sees its plan before the webhook lands). Idempotent with the webhook.
@@ -400,6 +406,7 @@ def sync_checkout(
         raise NotFound("No such checkout session.")
     if checkout.get("status") != "complete" or not checkout.get("subscription"):
         raise Conflict("The checkout is not complete yet.", code=ErrorCode.CHECKOUT_INCOMPLETE)
+    session = ctx.session
     account = ensure_account(session, tenant.id)
     if not account.stripe_customer_id:
         account.stripe_customer_id = checkout.get("customer")
@@ -409,7 +416,9 @@ def sync_checkout(
         "read the subscription",
         lambda: billing.client.v1.subscriptions.retrieve(sub_id, params={"expand": SUBSCRIPTION_EXPAND}),
     )
-    apply_subscription(session, billing, account, plain(subscription), source="checkout_sync", actor=None)
+    apply_subscription(
+        session, billing, account, plain(subscription), source="checkout_sync", actor=ctx.actor
+    )
     return account
 
 

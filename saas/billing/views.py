@@ -7,6 +7,7 @@ from flask import request
 from flask.views import MethodView
 
 from saas import db
+from saas.actions import ActionContext
 from saas.api import Blueprint
 from saas.auth.context import current_principal, require
 from saas.auth.stepup import require_step_up
@@ -93,7 +94,12 @@ class CheckoutView(MethodView):
 
             raise ValidationError({"plan": ["Unknown plan."]})
         url = service.start_checkout(
-            db.session(), billing, principal.tenant, _email(principal), body["plan"], body["interval"]
+            ActionContext.from_request(),
+            billing,
+            principal.tenant,
+            _email(principal),
+            body["plan"],
+            body["interval"],
         )
         return {"url": url}
 
@@ -108,7 +114,11 @@ class PortalView(MethodView):
         """Open a Stripe Billing Portal session (change plan, payment method, cancel)."""
         billing = service.current_billing()
         principal = current_principal()
-        return {"url": service.open_portal(db.session(), billing, principal.tenant, _email(principal))}
+        return {
+            "url": service.open_portal(
+                ActionContext.from_request(), billing, principal.tenant, _email(principal)
+            )
+        }
 
 
 @blp.route("/checkout/<string:session_id>/sync")
@@ -120,11 +130,11 @@ class CheckoutSyncView(MethodView):
         """Apply a completed Checkout Session now (the return page), before the webhook lands."""
         billing = service.current_billing()
         principal = current_principal()
-        session = db.session()
-        service.sync_checkout(session, billing, principal.tenant, session_id)
+        ctx = ActionContext.from_request()
+        service.sync_checkout(ctx, billing, principal.tenant, session_id)
         period = usage.period_of()
         calls = usage.read_usage(services().redis, principal.tenant_id, period)
-        return service.describe(session, principal.tenant, calls, period)
+        return service.describe(ctx.session, principal.tenant, calls, period)
 
 
 @hooks.route("/stripe")
