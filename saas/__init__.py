@@ -45,9 +45,9 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth import authlib_server, hosted, revocation
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
+    from saas.product import product
     from saas.services import EXTENSION, build_services
     from saas.tenancy import views as tenancy_views
-    from tenants import contacts
 
     settings = settings or Settings.from_env()
     from saas import observability
@@ -90,11 +90,12 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         auth_views.wellknown,
         auth_api.blp,
         tenancy_views.blp,
-        contacts.blp,
         audit_api.blp,
     ):
         smorest.register_blueprint(blueprint)
     billing.init_app(app, smorest)
+    for blueprint in product().blueprints:  # the product's own routes (saas.product)
+        smorest.register_blueprint(blueprint)
     return app
 
 

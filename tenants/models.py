@@ -13,8 +13,7 @@ from sqlalchemy import DateTime, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
-import saas.audit  # noqa: F401 - audit_events is part of every tenant schema
-from saas.db import TenantBase, utcnow
+from saas.product import TenantBase, utcnow
 
 
 class Contact(TenantBase):

@@ -8,8 +8,10 @@ from alembic import context
 from psycopg import sql as pgsql
 from sqlalchemy import text
 
-import tenants.models  # noqa: F401 - registers every tenant table
 from saas.db import TENANT_PLACEHOLDER, check_schema_name, tenant_metadata
+from saas.product import tenant_tables
+
+tenant_tables()  # the platform's and the product's tables on tenant_metadata
 
 config = context.config
 connection = config.attributes["connection"]

@@ -27,7 +27,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg import sql as pgsql
 from sqlalchemy import Engine, MetaData, text
 
-from saas.db import SHARED_SCHEMA, shared_metadata, tenant_metadata
+from saas.db import SHARED_SCHEMA, shared_metadata
 
 _SCRATCH_MIGRATED = "t_" + "0" * 31 + "a"
 _SCRATCH_PROVISIONED = "t_" + "0" * 31 + "b"
@@ -72,10 +72,10 @@ def _compare(conn, metadata: MetaData, schema: str, version_table_schema: str) -
 
 
 def _tenant_metadata_in(schema: str) -> MetaData:
-    import tenants.models  # noqa: F401 - registers the product's tables
+    from saas.product import tenant_tables
 
     copy = MetaData()
-    for table in tenant_metadata.sorted_tables:
+    for table in tenant_tables():
         table.to_metadata(copy, schema=schema)
     return copy
 

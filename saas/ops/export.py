@@ -88,7 +88,7 @@ from sqlalchemy.types import Date, DateTime, Numeric, Uuid
 from saas import audit
 from saas.actions import ActionContext
 from saas.audit import AuditAction
-from saas.db import TENANT_PLACEHOLDER, schema_name_for, tenant_metadata, translate_map, utcnow
+from saas.db import TENANT_PLACEHOLDER, schema_name_for, translate_map, utcnow
 from saas.errors import AppError, Conflict, ErrorCode, ValidationError
 from saas.identity.models import User
 from saas.tenancy.models import Membership, Tenant
@@ -116,9 +116,9 @@ def _line(obj: dict[str, Any]) -> str:
 
 
 def _tenant_tables() -> list[Table]:
-    import tenants.models  # noqa: F401 - registers the product's tables
+    from saas.product import tenant_tables
 
-    return list(tenant_metadata.sorted_tables)
+    return tenant_tables()
 
 
 def _shared_queries(tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[tuple[str, Any]]:
@@ -332,6 +332,18 @@ def _api_fields(schema: type[ma.Schema], *names: str, **changes: Any) -> dict[st
     return out
 
 
+def _resource_schema(model: Any, schema: type[ma.Schema]) -> ma.Schema:
+    """A product table's row check: the API schema's own checks of the fields it writes, the
+    column checks elsewhere, and a version counter (``version_id_col``) of at least 1."""
+    columns = model.__table__.columns
+    writable = [n for n, f in schema._declared_fields.items() if not f.dump_only and n in columns]
+    overrides = _api_fields(schema, *writable)
+    version = model.__mapper__.version_id_col
+    if version is not None:
+        overrides[version.name] = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=1))
+    return _row_schema(model.__table__, overrides)
+
+
 def _plan_ids() -> list[str]:
     from saas.billing import entitlements as ent
 
@@ -358,6 +370,7 @@ def _schemas() -> dict[str, ma.Schema]:
     from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
     from saas.billing.entitlements import INTERVALS
     from saas.billing.models import BillingAccount, BillingOverride
+    from saas.product import product
     from saas.tenancy.views import (
         InviteSchema,
         OwnerInSchema,
@@ -365,8 +378,6 @@ def _schemas() -> dict[str, ma.Schema]:
         TenantInSchema,
         TenantSettingsSchema,
     )
-    from tenants.contacts import ContactSchema
-    from tenants.models import Contact
 
     plans = ma.validate.OneOf(_plan_ids())
     users = User.__table__
@@ -478,23 +489,23 @@ def _schemas() -> dict[str, ma.Schema]:
                 "limits": ma.fields.Dict(keys=ma.fields.String(), validate=_valid_limits),
             },
         ),
-        "tenant.contacts": _row_schema(
-            Contact.__table__,
-            {
-                **_api_fields(ContactSchema, "name", "email", "phone", "company", "tags"),
-                "version": ma.fields.Integer(strict=True, validate=ma.validate.Range(min=1)),
-            },
-        ),
         "tenant.audit_events": _row_schema(AuditEvent.__table__),
     }
+    for name, resource in product().resources.items():  # the API's checks of the product's rows
+        schemas[f"tenant.{name}"] = _resource_schema(resource.model, resource.schema)
     for table in _tenant_tables():  # a tenant table without an API of its own: column checks
         schemas.setdefault(f"tenant.{table.name}", _row_schema(table))
     return schemas
 
 
-#: tenant tables written through an API's rules; the others (the audit log) are history that
-#: no API writes, taken only from a trusted file
-_API_TENANT_TABLES = frozenset({"tenant.contacts"})
+def _api_tenant_tables() -> frozenset[str]:
+    """Tenant tables written through an API's rules (the product's resources); the others (the
+    audit log) are history that no API writes, taken only from a trusted file."""
+    from saas.product import product
+
+    return frozenset(f"tenant.{name}" for name in product().resources)
+
+
 #: the order in which an export writes the shared tables (a v1 file has the first two only)
 _SHARED_TABLES = (
     "saas.users",
@@ -1066,7 +1077,7 @@ class _Importer:
     def _tenant_row(self, table: Table, key: str, values: dict[str, Any], line: int) -> None:
         """One tenant row, batched 1,000 at a time. Contacts (checked by the contacts API's
         schema) always; the audit log and other tables no API writes, from a trusted file only."""
-        if key not in _API_TENANT_TABLES and not self.trusted:
+        if key not in _api_tenant_tables() and not self.trusted:
             self.untaken.add(key, line)
             return
         for column in _USER_ID_COLUMNS & values.keys():

@@ -217,9 +217,8 @@ def rename_slug(session: Session, tenant: Tenant, new_slug: str, actor: audit.Ac
 def tenant_overview(session: Session, tenant: Tenant) -> dict[str, Any]:
     """What ``saas tenants show`` prints: schema size (bytes), members, plan and entitlements,
     usage (rows per tenant table), last activity (newest audit event or member login)."""
-    import tenants.models  # noqa: F401 - registers the product's tables
-    from saas.db import tenant_metadata
     from saas.identity.models import User
+    from saas.product import tenant_tables
 
     schema = tenant.schema_name
     size = session.scalar(
@@ -238,7 +237,7 @@ def tenant_overview(session: Session, tenant: Tenant) -> dict[str, Any]:
     members = [{"email": u.email, "role": m.role, "status": m.status} for m, u in rows]
     logins = [u.last_login_at for _, u in rows if u.last_login_at]
     quoted = pgsql.Identifier(check_schema_name(schema)).as_string(None)
-    names = [t.name for t in tenant_metadata.sorted_tables]
+    names = [t.name for t in tenant_tables()]
     counts_sql = " UNION ALL ".join(
         f"SELECT {pgsql.Literal(name).as_string(None)}, count(*) "  # noqa: S608 - quoted identifiers
         f"FROM {quoted}.{pgsql.Identifier(name).as_string(None)}"

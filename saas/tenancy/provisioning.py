@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from saas import audit
 from saas.audit import AuditAction
-from saas.db import schema_name_for, tenant_metadata
+from saas.db import schema_name_for
 from saas.errors import Conflict, ErrorCode, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords, password_problems
@@ -65,11 +65,11 @@ def _tenant_ddl() -> tuple[str, ...]:
     from sqlalchemy import MetaData
     from sqlalchemy.dialects import postgresql
 
-    import tenants.models  # noqa: F401 - registers the product's tables on tenant_metadata
+    from saas.product import tenant_tables
 
     dialect = postgresql.dialect()
     copy = MetaData()
-    for table in tenant_metadata.sorted_tables:
+    for table in tenant_tables():
         table.to_metadata(copy, schema=_SENTINEL)
     statements: list[str] = []
     for table in copy.sorted_tables:
