@@ -45,8 +45,9 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth import authlib_server, hosted, revocation
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
+    from saas.bootstrap import build_services
     from saas.product import product
-    from saas.services import EXTENSION, build_services
+    from saas.services import EXTENSION
     from saas.tenancy import views as tenancy_views
 
     settings = settings or Settings.from_env()

@@ -43,7 +43,7 @@ def enforce_read_only() -> None:
 
 def init_app(app: Flask, smorest) -> None:
     """Set up billing's hooks and routes on ``app`` (called once by ``create_app``; the billing
-    handle and the catalogue check are in :func:`saas.services.build_services`)."""
+    handle and the catalogue check are in :func:`saas.bootstrap.build_services`)."""
     import logging
 
     from saas.billing import views

@@ -51,7 +51,7 @@ __all__ = [
 
 def init_app(app: Flask) -> None:
     """The cache's hooks: the key watcher first of the request's hooks, ETag / Cache-Control last
-    (the guard, the cache and the watcher themselves are built by :func:`saas.services.build_services`)."""
+    (the guard, the cache and the watcher themselves are built by :func:`saas.bootstrap.build_services`)."""
     from saas.cache.principals import install_hooks
 
     svc = services(app)
