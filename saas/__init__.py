@@ -42,9 +42,11 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
     from saas.auth import api as auth_api
-    from saas.auth import authlib_server, hosted, revocation
+    from saas.auth import hosted, revocation
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
+    from saas.auth.oauth import routes as oauth_routes
+    from saas.auth.oauth import server as oauth_server
     from saas.bootstrap import build_services
     from saas.product import product
     from saas.services import EXTENSION
@@ -84,11 +86,11 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)
     hosted.init_app(app)  # the hosted sign-in pages (HTML)
-    authlib_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token
+    oauth_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token, revoke, introspect
     for blueprint in (
         auth_views.blp,
-        auth_views.oauth,
-        auth_views.wellknown,
+        oauth_routes.oauth,
+        oauth_routes.wellknown,
         auth_api.blp,
         tenancy_views.blp,
         audit_api.blp,

@@ -252,7 +252,7 @@ def document_errors_as(media_type: str) -> Callable[[Callable[..., Any]], Callab
     """Decorator (below the route decorator): document ``view``'s error responses (``default``)
     as ``media_type`` instead of ``application/problem+json``. The OAuth token, revocation and
     introspection endpoints answer errors as RFC 6749 section 5.2 requires, ``application/json``,
-    with the problem members alongside ``error`` (:func:`saas.auth.views.oauth_error`)."""
+    with the problem members alongside ``error`` (:func:`saas.auth.errors.oauth_response`)."""
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         doc = copy.deepcopy(getattr(view, "_apidoc", {}))

@@ -10,7 +10,7 @@ from sqlalchemy import event, select, update
 
 from saas.auth import mfa
 from saas.auth.models import AuthorizationCode, RefreshToken
-from saas.auth.service import token_hash
+from saas.auth.security import token_hash
 from saas.db import utcnow
 from saas.services import services
 from saas.settings import Settings
@@ -210,7 +210,8 @@ def test_used_refresh_token_after_expiry_is_still_reuse(api, client, db_session)
 
 
 def test_code_family_is_recorded_before_tokens_are_issued(api, client, db_session, monkeypatch):
-    from saas.auth import authlib_server, service
+    from saas.auth import service
+    from saas.auth.oauth import grants as authlib_server
 
     owner = api.signup("acme")
     app_client = _first_party(api, client, owner)

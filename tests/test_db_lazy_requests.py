@@ -23,7 +23,7 @@ from saas import create_app
 from saas import db as saas_db
 from saas.audit import AuditEvent
 from saas.auth.models import RefreshToken
-from saas.auth.service import token_hash
+from saas.auth.security import token_hash
 from saas.db import Database, schema_name_for, shared_metadata
 from saas.services import services
 from tests.conftest import TEST_PASSWORD

@@ -703,8 +703,9 @@ def test_userinfo_needs_openid_scope(api, client):
 
 
 def test_token_endpoint_is_authlib_and_never_accepts_plain_pkce(api, client, app, db_session):
-    from saas.auth import authlib_server
-    from saas.auth.authlib_server import S256CodeChallenge, Server
+    from saas.auth.oauth import server as authlib_server
+    from saas.auth.oauth.grants import S256CodeChallenge
+    from saas.auth.oauth.server import Server
 
     assert isinstance(authlib_server.server(app), Server)
     assert S256CodeChallenge.SUPPORTED_CODE_CHALLENGE_METHOD == ["S256"]

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from saas.auth.models import RefreshToken
-from saas.auth.service import token_hash
+from saas.auth.security import token_hash
 from saas.db import utcnow
 from tests.helpers import mailed_invitation_token
 

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from saas.auth import mfa
 from saas.auth.models import BrowserSession, RefreshToken
-from saas.auth.service import token_hash
+from saas.auth.security import token_hash
 from saas.db import utcnow
 from saas.tenancy.models import Tenant
 from tests.auth_helpers import authorize_params, code_for, pkce_pair, query_of, register_client

@@ -1,21 +1,30 @@
-"""Setting a person's password: the one road every password of a member takes.
+"""A person's account across its tenants: its password, and the events about the account itself.
 
-:func:`set_password` checks the password against the strictest ``password_min_length`` of the
-tenants the user belongs to (or is joining), hashes it (argon2id), and, when it replaces an
-existing password, ends every session of the account: refresh-token families with their access
-tokens (:func:`saas.auth.service.revoke_tokens`) and browser sign-ins
+:func:`set_password` is the one road every password of a member takes: it checks the password
+against the strictest ``password_min_length`` of the tenants the user belongs to (or is
+joining), hashes it (argon2id), and, when it replaces an existing password, ends every
+session of the account: refresh-token families with their access tokens
+(:func:`saas.auth.sessions.revoke_tokens`) and browser sign-ins
 (:func:`saas.auth.browser_sessions.end_for_user`). A password change endpoint calls it; so do
 invitation acceptance (a new account's first password) and any operator command that sets one.
+
+:func:`audit_account_event` records what happened to the account rather than in one tenant
+(an MFA lockout, a login throttle) in the log of every tenant the account is a member of.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from saas import audit
+from saas.auth import browser_sessions
+from saas.auth.models import RefreshToken
+from saas.auth.sessions import revoke_tokens
 from saas.errors import ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import MIN_LENGTH, Passwords, password_problems
@@ -58,10 +67,6 @@ def set_password(
         ValidationError: 422 on the ``password`` field (too short for one of the user's
             tenants, too long, or a common password).
     """
-    from saas.auth import browser_sessions
-    from saas.auth.models import RefreshToken
-    from saas.auth.service import revoke_tokens
-
     if problems := password_problems(password, password_min_length(session, user.id, joining)):
         raise ValidationError({"password": problems})
     replacing = user.password_hash is not None
@@ -70,3 +75,34 @@ def set_password(
         return 0
     browser_sessions.end_for_user(session, user.id, reason)
     return revoke_tokens(session, RefreshToken.user_id == user.id, reason=reason)
+
+
+def account_tenants(session: Session, user_id: uuid.UUID) -> list[Tenant]:
+    """The tenants the account is an active member of: where events about the account itself
+    (lockouts) are audited."""
+    query = (
+        select(Tenant)
+        .join(Membership, Membership.tenant_id == Tenant.id)
+        .where(Membership.user_id == user_id, Membership.status == "active")
+    )
+    return list(session.scalars(query.order_by(Tenant.slug)))
+
+
+def audit_account_event(
+    session: Session, user_id: uuid.UUID, action: str, data: dict[str, Any] | None = None
+) -> int:
+    """Record ``action`` about the account (target the user, actor ``system``: nobody proved
+    who made the attempts) in the log of every tenant of the account, in ``session``'s
+    transaction. Returns how many tenants got it."""
+    tenants = account_tenants(session, user_id)
+    for tenant in tenants:
+        audit.record(
+            session,
+            action,
+            target_type="user",
+            target_id=user_id,
+            actor=audit.Actor("system", None),
+            data=data,
+            schema=tenant.schema_name,
+        )
+    return len(tenants)

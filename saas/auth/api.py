@@ -14,19 +14,31 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import marshmallow as ma
 from flask import g
 from flask.views import MethodView
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from saas import audit, db
 from saas.api import Blueprint
-from saas.auth import browser_sessions, mfa, service
+from saas.auth import browser_sessions, mfa, service, sessions
 from saas.auth import clients as clients_service
 from saas.auth.context import authenticated, current_principal, require
-from saas.auth.models import OAuthClient, RefreshToken
+from saas.auth.models import OAuthClient
+from saas.auth.schemas import (
+    ClientPatchSchema,
+    ClientSchema,
+    ClientWithSecretSchema,
+    ConfirmInSchema,
+    ConfirmOutSchema,
+    DisableSchema,
+    EnrollInSchema,
+    EnrollOutSchema,
+    RecoveryCodesSchema,
+    RevokedSchema,
+    SecretSchema,
+    SessionSchema,
+)
 from saas.auth.stepup import check_step_up, require_step_up
-from saas.auth.views import TokenResponseSchema
 from saas.errors import Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.rbac import can_assign
@@ -34,100 +46,6 @@ from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 
 blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
-
-
-# --- schemas -------------------------------------------------------------------------------------
-
-
-class ClientSchema(ma.Schema):
-    client_id = ma.fields.String(dump_only=True)
-    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
-    client_type = ma.fields.String(
-        load_default="confidential", validate=ma.validate.OneOf(clients_service.CLIENT_TYPES)
-    )
-    redirect_uris = ma.fields.List(
-        ma.fields.String(validate=ma.validate.Length(max=2048)), validate=ma.validate.Length(max=20)
-    )
-    grant_types = ma.fields.List(ma.fields.String(), validate=ma.validate.Length(max=3))
-    scope = ma.fields.String(validate=ma.validate.Length(max=1024))
-    role = ma.fields.String(metadata={"description": "role of client_credentials tokens"})
-    first_party = ma.fields.Boolean(metadata={"description": "skip the consent page"})
-    resource_server = ma.fields.Boolean(
-        metadata={"description": "may introspect the tenant's tokens (RFC 7662); confidential only"}
-    )
-    token_endpoint_auth_method = ma.fields.String(dump_only=True)
-    secret_rotated_at = ma.fields.DateTime(dump_only=True)
-    created_at = ma.fields.DateTime(dump_only=True)
-    updated_at = ma.fields.DateTime(dump_only=True)
-
-
-class ClientPatchSchema(ma.Schema):
-    name = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
-    redirect_uris = ma.fields.List(
-        ma.fields.String(validate=ma.validate.Length(max=2048)), validate=ma.validate.Length(max=20)
-    )
-    grant_types = ma.fields.List(ma.fields.String(), validate=ma.validate.Length(max=3))
-    scope = ma.fields.String(validate=ma.validate.Length(max=1024))
-    role = ma.fields.String()
-    first_party = ma.fields.Boolean()
-    resource_server = ma.fields.Boolean()
-
-
-class ClientWithSecretSchema(ClientSchema):
-    client_secret = ma.fields.String(dump_only=True, metadata={"description": "shown once"})
-
-
-class SecretSchema(ma.Schema):
-    client_id = ma.fields.String()
-    client_secret = ma.fields.String(metadata={"description": "shown once; the old one stops working"})
-
-
-class EnrollInSchema(ma.Schema):
-    mfa_token = ma.fields.String(
-        validate=ma.validate.Length(max=200), metadata={"description": "instead of a bearer token"}
-    )
-
-
-class EnrollOutSchema(ma.Schema):
-    secret = ma.fields.String(metadata={"description": "base32 TOTP secret"})
-    otpauth_uri = ma.fields.String()
-    qr_code = ma.fields.String(metadata={"description": "SVG data URI"})
-
-
-class ConfirmInSchema(ma.Schema):
-    code = ma.fields.String(required=True, validate=ma.validate.Length(min=6, max=6))
-    mfa_token = ma.fields.String(validate=ma.validate.Length(max=200))
-
-
-class ConfirmOutSchema(ma.Schema):
-    recovery_codes = ma.fields.List(ma.fields.String(), metadata={"description": "10 codes, shown once"})
-    token = ma.fields.Nested(
-        TokenResponseSchema, metadata={"description": "only when enrolling with an mfa_token"}
-    )
-
-
-class DisableSchema(ma.Schema):
-    password = ma.fields.String(required=True, load_only=True, validate=ma.validate.Length(max=1024))
-    code = ma.fields.String(required=True, validate=ma.validate.Length(min=6, max=16))
-
-
-class RecoveryCodesSchema(ma.Schema):
-    recovery_codes = ma.fields.List(ma.fields.String())
-
-
-class SessionSchema(ma.Schema):
-    id = ma.fields.String(metadata={"description": "the refresh-token family id"})
-    client_id = ma.fields.String()
-    created_at = ma.fields.DateTime()
-    last_used_at = ma.fields.DateTime()
-    expires_at = ma.fields.DateTime(metadata={"description": "absolute end of the session"})
-    ip = ma.fields.String(allow_none=True)
-    user_agent = ma.fields.String(allow_none=True)
-    current = ma.fields.Boolean()
-
-
-class RevokedSchema(ma.Schema):
-    revoked = ma.fields.Integer()
 
 
 # --- clients -------------------------------------------------------------------------------------
@@ -357,57 +275,6 @@ class RecoveryCodes(MethodView):
 # --- sessions ------------------------------------------------------------------------------------
 
 
-def list_sessions(user_id: uuid.UUID, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The live refresh-token families of a user in a tenant, newest activity first."""
-    now = service.utcnow()
-    sess = db.session()
-    live = (
-        select(RefreshToken.family_id)
-        .where(
-            RefreshToken.user_id == user_id,
-            RefreshToken.tenant_id == tenant_id,
-            RefreshToken.revoked_at.is_(None),
-            RefreshToken.used_at.is_(None),
-            RefreshToken.expires_at > now,
-        )
-        .scalar_subquery()
-    )
-    rows = sess.execute(
-        select(
-            RefreshToken.family_id,
-            func.min(RefreshToken.created_at),
-            func.max(RefreshToken.created_at),
-            func.min(RefreshToken.family_expires_at),
-        )
-        .where(RefreshToken.family_id.in_(live))
-        .group_by(RefreshToken.family_id)
-    ).all()
-    latest = {
-        r.family_id: r
-        for r in sess.scalars(
-            select(RefreshToken).where(RefreshToken.family_id.in_(live), RefreshToken.used_at.is_(None))
-        )
-    }
-    current = str(current_principal().claims.get("sid") or "")
-    out = []
-    for family_id, created, last, expires in rows:
-        head = latest.get(family_id)
-        out.append(
-            {
-                "id": str(family_id),
-                "client_id": head.client_id if head else None,
-                "created_at": created,
-                "last_used_at": last,
-                "expires_at": expires,
-                "ip": head.ip if head else None,
-                "user_agent": head.user_agent if head else None,
-                "current": str(family_id) == current,
-            }
-        )
-    out.sort(key=lambda s: s["last_used_at"], reverse=True)
-    return out
-
-
 @blp.route("/me/sessions")
 class MySessions(MethodView):
     @authenticated
@@ -417,7 +284,9 @@ class MySessions(MethodView):
         principal = current_principal()
         if principal.user_id is None:
             return []
-        return list_sessions(principal.user_id, principal.tenant_id)
+        return sessions.list_sessions(
+            db.session(), principal.user_id, principal.tenant_id, principal.claims.get("sid")
+        )
 
 
 @blp.route("/me/sessions/<session_id>")
@@ -427,21 +296,11 @@ class MySession(MethodView):
     def delete(self, session_id):
         """End one of my sessions (its refresh tokens stop working)."""
         principal = current_principal()
-        try:
-            family = uuid.UUID(session_id)
-        except ValueError:
-            raise NotFound("No such session.") from None
         sess = db.session()
-        owned = sess.scalars(
-            select(RefreshToken.id).where(
-                RefreshToken.family_id == family,
-                RefreshToken.user_id == principal.user_id,
-                RefreshToken.tenant_id == principal.tenant_id,
-            )
-        ).first()
-        if owned is None:
+        family = sessions.owned_family(sess, session_id, principal.user_id, principal.tenant_id)
+        if family is None:
             raise NotFound("No such session.")
-        service.revoke_family(sess, family, "user_revoked")
+        sessions.revoke_family(sess, family, "user_revoked")
         audit.record(sess, "auth.session_revoked", target_type="session", target_id=family)
 
 

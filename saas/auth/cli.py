@@ -181,8 +181,9 @@ def clients_create(
     sign in). The secret of a confidential client is printed once."""
     import secrets
 
-    from saas.auth.clients import secret_hash, to_public, validate_client_fields
+    from saas.auth.clients import to_public, validate_client_fields
     from saas.auth.models import OAuthClient
+    from saas.auth.security import token_hash as secret_hash
     from saas.db import utcnow
 
     data = {

@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +24,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import audit
-from saas.auth.models import OAuthClient
+from saas.auth import revocation
+from saas.auth.models import OAuthClient, RefreshToken
+from saas.auth.security import random_token, token_hash
+from saas.auth.sessions import revoke_tokens
 from saas.db import utcnow
 from saas.errors import AppError, NotFound, ValidationError
 from saas.rbac import ROLES
@@ -37,19 +38,6 @@ SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access", "api")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
-
-class InvalidClient(AppError):
-    """RFC 6749 section 5.2 ``invalid_client`` (401 with a Basic challenge)."""
-
-    status, code, title = 401, "invalid_client", "Client authentication failed"
-
-    def __init__(self, detail: str = "Client authentication failed.", **kw: Any):
-        super().__init__(detail, **kw)
-        self.headers.setdefault("WWW-Authenticate", 'Basic realm="oauth"')
-
-
-def secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def validate_redirect_uri(uri: str) -> str | None:
@@ -152,12 +140,12 @@ def create_client(
     }
     merged = {**defaults, **{k: v for k, v in data.items() if v is not None}}
     cleaned = validate_client_fields(merged, client_type)
-    secret = f"cs_{secrets.token_urlsafe(32)}" if client_type == "confidential" else None
+    secret = f"cs_{random_token()}" if client_type == "confidential" else None
     client = OAuthClient(
-        client_id=f"c_{secrets.token_urlsafe(16)}",
+        client_id=f"c_{random_token(16)}",
         tenant_id=tenant_id,
         client_type=client_type,
-        secret_hash=secret_hash(secret) if secret else None,
+        secret_hash=token_hash(secret) if secret else None,
         secret_rotated_at=utcnow() if secret else None,
         created_by=created_by,
         **cleaned,
@@ -215,8 +203,8 @@ def rotate_secret(session: Session, client: OAuthClient) -> str:
         raise AppError(
             "Public clients have no secret.", status=409, code="public_client", title="Public client"
         )
-    secret = f"cs_{secrets.token_urlsafe(32)}"
-    client.secret_hash = secret_hash(secret)
+    secret = f"cs_{random_token()}"
+    client.secret_hash = token_hash(secret)
     client.secret_rotated_at = utcnow()
     session.flush()
     audit.record(session, "client.secret_rotated", target_type="oauth_client", target_id=client.client_id)
@@ -226,10 +214,6 @@ def rotate_secret(session: Session, client: OAuthClient) -> str:
 def delete_client(session: Session, client: OAuthClient) -> None:
     """Delete the client and revoke every refresh token issued to it; its access tokens (of
     every session, and its ``client_credentials`` ones) stop once this commits."""
-    from saas.auth import revocation
-    from saas.auth.models import RefreshToken
-    from saas.auth.service import revoke_tokens
-
     revoke_tokens(session, RefreshToken.client_id == client.client_id, reason="client_deleted")
     if client.tenant_id is not None:
         revocation.revoke_client(session, client.tenant_id, client.client_id)

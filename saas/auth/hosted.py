@@ -9,14 +9,13 @@ an account lock or a password change end it) and a CSRF token that every POST mu
 ``Content-Security-Policy: frame-ancestors 'none'`` (and ``X-Frame-Options: DENY``) against
 clickjacking (RFC 9700 section 4.16), and ``Cache-Control: no-store``.
 
-The flow: ``GET /oauth/authorize`` validates the request (:mod:`saas.auth.oauth`), then
-``_continue`` sends the browser to the first missing step and finally back to the client with a
-code.
+The flow: ``GET /oauth/authorize`` validates the request
+(:mod:`saas.auth.oauth.authorization`), then ``_continue`` sends the browser to the first missing
+step and finally back to the client with a code.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from datetime import UTC, datetime
@@ -39,8 +38,10 @@ from sqlalchemy import select
 
 from saas import audit, db
 from saas.auth import browser_sessions, mfa, service
-from saas.auth import oauth as provider
+from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
+from saas.auth.oauth import authorization as provider
+from saas.auth.security import random_token, same_string
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import User
@@ -106,7 +107,7 @@ def _security_headers(response: Response) -> Response:
 def _csrf_token() -> str:
     token = session.get("csrf")
     if not token:
-        token = secrets.token_urlsafe(32)
+        token = random_token()
         session["csrf"] = token
     return token
 
@@ -114,18 +115,12 @@ def _csrf_token() -> str:
 def _check_csrf() -> None:
     expected = session.get("csrf")
     sent = request.form.get("csrf_token", "")
-    if not expected or not provider.same_string(expected, sent):
-        raise _Page("Session expired", "The form expired or was not sent from this site. Start again.", 400)
+    if not expected or not same_string(expected, sent):
+        raise ErrorPage("Session expired", "The form expired or was not sent from this site. Start again.")
 
 
-class _Page(Exception):
-    def __init__(self, title: str, detail: str, status: int = 400):
-        super().__init__(detail)
-        self.title, self.detail, self.status = title, detail, status
-
-
-@bp.errorhandler(_Page)
-def _error_page(err: _Page):
+@bp.errorhandler(ErrorPage)
+def _error_page(err: ErrorPage):
     return render_template("auth/error.html", title=err.title, detail=err.detail, error=None), err.status
 
 
@@ -137,12 +132,12 @@ def _render(template: str, status: int = 200, **context: Any):
 def _pending_request() -> tuple[provider.AuthorizationRequest, OAuthClient]:
     data = session.get("areq")
     if not data:
-        raise _Page("No sign-in in progress", "Go back to the application and start signing in again.")
+        raise ErrorPage("No sign-in in progress", "Go back to the application and start signing in again.")
     req = provider.AuthorizationRequest.from_dict(data)
     client = db.session().scalars(select(OAuthClient).where(OAuthClient.client_id == req.client_id)).first()
     if client is None:
         session.pop("areq", None)
-        raise _Page("Unknown application", "The application asking you to sign in is not registered.")
+        raise ErrorPage("Unknown application", "The application asking you to sign in is not registered.")
     return req, client
 
 
@@ -188,7 +183,7 @@ def _redirect_error(req: provider.AuthorizationRequest, error: str, description:
     session.pop("areq", None)
     return redirect(
         provider.error_redirect(
-            provider.AuthorizeRedirectError(req.redirect_uri, error, description, req.state)
+            AuthorizeRedirectError(req.redirect_uri, error, description, req.state)
         )
     )
 
@@ -207,7 +202,7 @@ def _set_pending(user_id: uuid.UUID, auth_time: int, amr: list[str]) -> None:
         "at": int(time.time()),
         # this sign-in attempt's id: the MFA lockout is keyed on it and the IP, as the API's
         # mfa_token (so wrong codes of another browser never lock this one's attempt)
-        "attempt": secrets.token_urlsafe(16),
+        "attempt": random_token(16),
     }
 
 
@@ -319,9 +314,7 @@ def authorize():
     """The authorization endpoint (RFC 6749 section 3.1; OIDC Core section 3.1.2)."""
     try:
         req, _client = provider.parse_authorization_request(db.session(), request.args.to_dict())
-    except provider.AuthorizeErrorPage as err:
-        raise _Page(err.title, err.detail, 400) from None
-    except provider.AuthorizeRedirectError as err:
+    except AuthorizeRedirectError as err:
         return redirect(provider.error_redirect(err))
     login = _login_state()
     if login is not None and (
@@ -464,7 +457,7 @@ def tenant():
     slug = request.form.get("tenant", "")
     match = [t for _m, t in memberships if t.slug == slug]
     if not match:
-        raise _Page("Choose an organisation", "You are not a member of that organisation.", 403)
+        raise ErrorPage("Choose an organisation", "You are not a member of that organisation.", 403)
     req.tenant_id = str(match[0].id)
     session["areq"] = req.to_dict()
     return _continue()

@@ -57,9 +57,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from saas import audit
+from saas.auth.accounts import audit_account_event
+from saas.auth.errors import MfaFailed, MfaLocked, MfaUnavailable
 from saas.auth.models import MfaFactor, RecoveryCode
+from saas.auth.security import random_token, same_string, token_hash
 from saas.db import utcnow
-from saas.errors import AppError, Conflict, Unauthorized
+from saas.errors import Conflict, Unauthorized
 from saas.identity.models import User
 from saas.services import services
 
@@ -79,29 +82,6 @@ _ATTEMPT_PREFIX = "saas:auth:mfa_attempt:"
 def _clock() -> float:
     """The TOTP clock (a function so tests can move it without touching ``time.time``)."""
     return time.time()
-
-
-class MfaFailed(AppError):
-    """A wrong, replayed or expired second factor (401, no ``WWW-Authenticate`` challenge)."""
-
-    status, code, title = 401, "mfa_invalid_code", "Invalid MFA code"
-
-    def __init__(self, detail: str, **kw: Any):
-        super().__init__(detail, **kw)
-        # RFC 9110 section 15.5.2: a 401 carries a challenge
-        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
-
-
-class MfaUnavailable(AppError):
-    """Redis (where ``mfa_token`` lives) cannot be reached: 503, try again."""
-
-    status, code, title = 503, "mfa_unavailable", "MFA temporarily unavailable"
-
-
-class MfaLocked(AppError):
-    """Too many wrong codes: the factor is locked for a while (``Retry-After`` seconds)."""
-
-    status, code, title = 403, "mfa_locked", "MFA factor locked"
 
 
 # --- secret encryption -------------------------------------------------------------------------
@@ -138,14 +118,13 @@ def totp_at(secret: str, step: int, digits: int = TOTP_DIGITS, digest: Any = has
 def match_step(secret: str, code: str, last_step: int | None, now: float | None = None) -> int | None:
     """The time step ``code`` belongs to (current one +- ``DRIFT_STEPS``) if later than
     ``last_step``; None otherwise. Constant-time comparison per candidate."""
-    # isascii: str.isdigit() also accepts other scripts' digits ("١٢٣٤٥٦"), which would reach
-    # hmac.compare_digest as non-ASCII str (TypeError)
+    # isascii: str.isdigit() also accepts other scripts' digits ("١٢٣٤٥٦"), which are no code
     if not (isinstance(code, str) and len(code) == TOTP_DIGITS and code.isascii() and code.isdigit()):
         return None
     current = int((_clock() if now is None else now) // TOTP_PERIOD)
     found = None
     for step in range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1):
-        if hmac.compare_digest(totp_at(secret, step), code) and (last_step is None or step > last_step):
+        if same_string(totp_at(secret, step), code) and (last_step is None or step > last_step):
             found = step
     return found
 
@@ -219,7 +198,7 @@ def _use_recovery_code(session: Session, user: User, code: str) -> RecoveryCode 
     presented = _code_hash(user.id, code, key)
     found = None
     for row in rows:
-        if hmac.compare_digest(row.code_hash, presented) and row.used_at is None and found is None:
+        if same_string(row.code_hash, presented) and row.used_at is None and found is None:
             found = row
     return found
 
@@ -369,7 +348,7 @@ def attempt_key(user_id: uuid.UUID, mfa_token: str | None = None) -> str:
 
     ip = client_ip(request.remote_addr if has_request_context() else None)
     attempt = f"{ip}|{mfa_token or ''}"
-    return f"{_ATTEMPT_PREFIX}{user_id.hex}:{hashlib.sha256(attempt.encode()).hexdigest()[:32]}"
+    return f"{_ATTEMPT_PREFIX}{user_id.hex}:{token_hash(attempt)[:32]}"
 
 
 def _locked(retry: int, scope: str) -> MfaLocked:
@@ -442,8 +421,6 @@ def _check_code(
         )
     scope = "account" if account_locked else "attempt" if failures == MAX_FAILURES else None
     if scope is not None:
-        from saas.auth.service import audit_account_event
-
         audit_account_event(
             session, user.id, "mfa.locked", {"kind": "totp", "scope": scope, "retry_after": lockout}
         )
@@ -481,7 +458,7 @@ def issue_mfa_token(user_id: uuid.UUID, tenant_id: uuid.UUID, purpose: str, amr:
     """A 256-bit opaque token valid ``mfa_token_ttl_seconds``; only its SHA-256 is a Redis key."""
     redis = services().redis
     ttl = services().settings.mfa_token_ttl_seconds
-    token = secrets.token_urlsafe(32)
+    token = random_token()
     value = {
         "user_id": str(user_id),
         "tenant_id": str(tenant_id),
@@ -490,7 +467,7 @@ def issue_mfa_token(user_id: uuid.UUID, tenant_id: uuid.UUID, purpose: str, amr:
         "auth_time": int(time.time()),
     }
     try:
-        redis.set(_MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest(), json.dumps(value), ex=ttl)
+        redis.set(_MFA_TOKEN_PREFIX + token_hash(token), json.dumps(value), ex=ttl)
     except RedisError:
         raise MfaUnavailable("The second step of the login cannot start right now; retry.") from None
     return token
@@ -505,7 +482,7 @@ def read_mfa_token(token: str | None, purposes: tuple[str, ...]) -> MfaTicket:
     if not token or len(token) > 200:
         raise Unauthorized("The mfa_token is missing.", code="invalid_mfa_token", error=None)
     redis = services().redis
-    key = _MFA_TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+    key = _MFA_TOKEN_PREFIX + token_hash(token)
     try:
         raw = redis.get(key)
     except RedisError:

@@ -6,8 +6,6 @@ presenting a used token after the grace period revokes the whole family (RFC 970
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from datetime import datetime
 
@@ -15,6 +13,7 @@ from authlib.oauth2.rfc6749 import ClientMixin
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from saas.auth import security
 from saas.db import SharedBase, utcnow
 from saas.identity.models import User
 from saas.tenancy.models import JSONType, Tenant
@@ -84,7 +83,7 @@ class OAuthClient(SharedBase, ClientMixin):
     def is_confidential(self) -> bool:
         return self.client_type == "confidential"
 
-    # --- Authlib ClientMixin (used by saas.auth.authlib_server) ---
+    # --- Authlib ClientMixin (used by saas.auth.oauth.server) ---
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -98,17 +97,14 @@ class OAuthClient(SharedBase, ClientMixin):
         return " ".join(s for s in (scope or "").split() if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        from saas.auth.oauth import same_string
-
         if not isinstance(redirect_uri, str):
             return False
-        return any(same_string(redirect_uri, uri) for uri in (self.redirect_uris or []))
+        return any(security.same_string(redirect_uri, uri) for uri in (self.redirect_uris or []))
 
     def check_client_secret(self, client_secret: str) -> bool:
         if not self.secret_hash or not client_secret:
             return False
-        presented = hashlib.sha256(client_secret.encode()).hexdigest()
-        return hmac.compare_digest(self.secret_hash, presented)
+        return security.same_string(self.secret_hash, security.token_hash(client_secret))
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         """Confidential clients authenticate with their secret; public ones with ``none`` only

@@ -46,6 +46,7 @@ from flask import Flask, g, request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from saas.auth.tokens import FIRST_PARTY_CLIENT
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
 from saas.errors import ServiceUnavailable, Unauthorized
@@ -199,8 +200,6 @@ def keys_for(principal: Any) -> tuple[str, ...]:
     memo = (principal.tenant_id, claims.get("sid"), principal.client_id)
     keys = _KEYS.get(memo)
     if keys is None:
-        from saas.auth.service import FIRST_PARTY_CLIENT
-
         tenant_keys = TenantKeys(principal.tenant_id)
         out = []
         if memo[1]:

@@ -2,13 +2,12 @@
 
 Token responses follow RFC 6749 section 5.1. Refresh tokens rotate on every use and a reused
 token revokes its family (RFC 9700 section 4.14.2), with a short bounded grace for concurrent
-retries of the same request.
+retries of the same request. Sessions end through :mod:`saas.auth.sessions`; the revocations a
+policy asks for (a member's sessions, those without a second factor) are named here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,31 +18,26 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from saas import audit
+from saas.auth import mfa
+from saas.auth.accounts import audit_account_event
+from saas.auth.errors import InvalidClient, InvalidGrant, MfaEnrollmentRequired, MfaRequired
 from saas.auth.models import RefreshToken
+from saas.auth.security import random_token, token_hash
+from saas.auth.sessions import revoke_family, revoke_tokens
+from saas.auth.tokens import FIRST_PARTY_CLIENT
 from saas.db import utcnow
-from saas.errors import AppError, Forbidden, Unauthorized, ValidationError
+from saas.errors import Forbidden, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords
 from saas.services import services
 from saas.settings import Settings
 from saas.tenancy.models import Membership, Tenant
 
-FIRST_PARTY_CLIENT = "saas-api"
 DEFAULT_SCOPE = "api"
 #: how many extra children a refresh token may get inside the grace window
 MAX_GRACE_REUSES = 1
 #: ``revoked_reason`` of a child cut off by a grace retry of its parent; presenting it is reuse
 SUPERSEDED = "superseded"
-
-
-class InvalidGrant(AppError):
-    """RFC 6749 section 5.2 ``invalid_grant``."""
-
-    status, code, title = 400, "invalid_grant", "Invalid grant"
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -187,7 +181,7 @@ def issue_tokens(
         amr=amr,
         extra={"sid": str(family_id)},
     )
-    refresh = secrets.token_urlsafe(32)
+    refresh = random_token()
     family_expires = (
         family.family_expires_at
         if family
@@ -233,19 +227,6 @@ def issue_tokens(
     )
 
 
-class MfaRequired(AppError):
-    """403 ``mfa_required``: the password was right; send ``mfa_token`` and a code to
-    ``POST /api/v1/auth/mfa``."""
-
-    status, code, title = 403, "mfa_required", "Second factor required"
-
-
-class MfaEnrollmentRequired(AppError):
-    """403 ``mfa_enrollment_required``: the tenant requires MFA; enrol with ``mfa_token``."""
-
-    status, code, title = 403, "mfa_enrollment_required", "MFA enrolment required"
-
-
 #: a user id no row has: the unknown-email path of :func:`audit_failed_login` queries with it
 _NO_USER = uuid.UUID(int=0)
 
@@ -286,37 +267,6 @@ def audit_failed_login(session: Session, email: str, tenant_slug: str | None, re
     session.commit()
 
 
-def account_tenants(session: Session, user_id: uuid.UUID) -> list[Tenant]:
-    """The tenants the account is an active member of: where events about the account itself
-    (lockouts) are audited."""
-    query = (
-        select(Tenant)
-        .join(Membership, Membership.tenant_id == Tenant.id)
-        .where(Membership.user_id == user_id, Membership.status == "active")
-    )
-    return list(session.scalars(query.order_by(Tenant.slug)))
-
-
-def audit_account_event(
-    session: Session, user_id: uuid.UUID, action: str, data: dict[str, Any] | None = None
-) -> int:
-    """Record ``action`` about the account (target the user, actor ``system``: nobody proved
-    who made the attempts) in the log of every tenant of the account, in ``session``'s
-    transaction. Returns how many tenants got it."""
-    tenants = account_tenants(session, user_id)
-    for tenant in tenants:
-        audit.record(
-            session,
-            action,
-            target_type="user",
-            target_id=user_id,
-            actor=audit.Actor("system", None),
-            data=data,
-            schema=tenant.schema_name,
-        )
-    return len(tenants)
-
-
 def audit_login_throttled(
     session: Session, email: str | None, user_id: uuid.UUID | None, data: dict[str, Any]
 ) -> None:
@@ -339,8 +289,6 @@ def second_factor_gate(session: Session, user: User, tenant: Tenant, amr: list[s
     """Raise when the login must not yield tokens yet: ``mfa_required`` (the user has a factor)
     or ``mfa_enrollment_required`` (the tenant's ``require_mfa`` and no factor). Both carry an
     ``mfa_token`` bound to the user and tenant."""
-    from saas.auth import mfa
-
     if "otp" in amr:
         return
     if mfa.has_mfa(session, user.id):
@@ -414,8 +362,6 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
         Unauthorized: ``invalid_mfa_token``.
         MfaFailed / MfaLocked: wrong code / locked factor (see :mod:`saas.auth.mfa`).
     """
-    from saas.auth import mfa
-
     ticket = mfa.read_mfa_token(mfa_token, ("login",))
     row = membership_of(session, ticket.user_id, ticket.tenant_id)
     if row is None:
@@ -447,8 +393,6 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
     if row is None or (client_id and client_id != row.client_id):
         raise InvalidGrant("The refresh token is invalid.")
     if client_id is None and row.client_id != FIRST_PARTY_CLIENT:
-        from saas.auth.clients import InvalidClient
-
         raise InvalidClient("This refresh token belongs to a registered client: authenticate it.")
     if row.revoked_at is not None:
         if row.revoked_reason == SUPERSEDED:
@@ -553,32 +497,6 @@ def _reuse_detected(session: Session, row: RefreshToken) -> NoReturn:
         )
     session.commit()
     raise InvalidGrant("The refresh token was already used; the session has been revoked.")
-
-
-def revoke_tokens(session: Session, *where: Any, reason: str) -> int:
-    """Revoke every live refresh token matching ``where`` and end their sessions' access tokens
-    (:func:`saas.auth.revocation.revoke_sessions`, written to Redis at commit); returns how many
-    refresh tokens. Every revocation of refresh tokens goes through here."""
-    from saas.auth import revocation
-
-    rows = session.execute(
-        update(RefreshToken)
-        .where(*where, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow(), revoked_reason=reason)
-        .returning(RefreshToken.tenant_id, RefreshToken.family_id, RefreshToken.created_at)
-    ).all()
-    newest: dict[tuple[uuid.UUID, uuid.UUID], datetime] = {}
-    for tenant_id, family_id, created_at in rows:
-        key = (tenant_id, family_id)
-        if key not in newest or created_at > newest[key]:
-            newest[key] = created_at
-    revocation.revoke_sessions(session, ((t, f, at) for (t, f), at in newest.items()))
-    return len(rows)
-
-
-def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
-    """Revoke every live token of a family (one session); returns how many."""
-    return revoke_tokens(session, RefreshToken.family_id == family_id, reason=reason)
 
 
 def revoke_user_sessions(session: Session, user_id: uuid.UUID, tenant_id: uuid.UUID, reason: str) -> int:

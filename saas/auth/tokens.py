@@ -26,6 +26,8 @@ from saas.errors import Unauthorized
 
 ALLOWED_ALGS = ("RS256", "ES256")
 LEEWAY_SECONDS = 30
+#: the ``client_id`` of tokens from ``POST /api/v1/auth/login`` (no registered client)
+FIRST_PARTY_CLIENT = "saas-api"
 
 
 ACR_PASSWORD = "urn:saas:acr:pwd"  # noqa: S105 - an acr value

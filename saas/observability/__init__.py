@@ -95,7 +95,7 @@ def check_scraper(token: str | None) -> None:
     """
     from werkzeug.exceptions import NotFound
 
-    from saas.auth.oauth import same_string
+    from saas.auth.security import same_string
     from saas.errors import Unauthorized
     from saas.http import request_header
 

@@ -194,7 +194,7 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
         revoked = 0
         if status == "locked":
             from saas.auth import browser_sessions
-            from saas.auth.service import revoke_tokens
+            from saas.auth.sessions import revoke_tokens
 
             revoked = revoke_tokens(session, RefreshToken.user_id == u.id, reason="user_locked")
             browser_sessions.end_for_user(session, u.id, "user_locked")

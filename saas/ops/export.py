@@ -366,8 +366,8 @@ def _schemas() -> dict[str, ma.Schema]:
     name and settings, invitations' emails and roles, OAuth clients, contacts), the tables'
     column types elsewhere. Unknown fields are refused everywhere."""
     from saas.audit import AuditEvent
-    from saas.auth.api import ClientSchema
     from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
+    from saas.auth.schemas import ClientSchema
     from saas.billing.entitlements import INTERVALS
     from saas.billing.models import BillingAccount, BillingOverride
     from saas.product import product

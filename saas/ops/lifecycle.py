@@ -68,7 +68,7 @@ def _audit(session: Session, tenant: Tenant, action: str, actor: audit.Actor, **
 
 def _revoke_tenant_sessions(session: Session, tenant: Tenant, reason: str) -> int:
     from saas.auth.models import RefreshToken
-    from saas.auth.service import revoke_tokens
+    from saas.auth.sessions import revoke_tokens
 
     return revoke_tokens(session, RefreshToken.tenant_id == tenant.id, reason=reason)
 

@@ -18,8 +18,9 @@ from saas.actions import ActionContext
 from saas.audit import Actor, AuditAction
 from saas.auth.accounts import set_password
 from saas.auth.context import Principal
-from saas.auth.service import find_user_by_email, revoke_user_sessions, token_hash
-from saas.auth.stepup import check_step_up
+from saas.auth.security import token_hash
+from saas.auth.service import find_user_by_email, revoke_user_sessions
+from saas.auth.stepup import step_up_for
 from saas.billing import service as billing_service
 from saas.db import utcnow
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
@@ -315,8 +316,7 @@ def change_role(ctx: ActionContext, user_id: uuid.UUID, role: str) -> Membership
         raise Forbidden(
             "You cannot change the role of a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
         )
-    if membership.role == "owner" and role != "owner":
-        check_step_up()
+    step_up_for("member.demote_owner", from_role=membership.role, to_role=role)
     if _is_last_owner(session, membership) and role != "owner":
         raise Conflict("The last owner cannot be demoted.", code=ErrorCode.LAST_OWNER)
     old = membership.role

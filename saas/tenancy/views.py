@@ -12,8 +12,8 @@ from saas.api import Blueprint
 from saas.audit import AuditAction
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
-from saas.auth.stepup import check_step_up
-from saas.auth.views import TokenResponseSchema
+from saas.auth.schemas import TokenResponseSchema
+from saas.auth.stepup import step_up_for
 from saas.errors import ErrorCode, Forbidden, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import password_problems
@@ -281,8 +281,7 @@ class TenantResource(MethodView):
         changes = {}
         merged = {**(tenant.settings or {}), **body.get("settings", {})}
         settings_change = "settings" in body and merged != (tenant.settings or {})
-        if settings_change:
-            check_step_up()  # before any change: require_mfa and the like are security policy
+        step_up_for("tenant.update", settings_changed=settings_change)  # before any change
         if "name" in body and body["name"].strip() != tenant.name:
             changes["name"] = {"from": tenant.name, "to": body["name"].strip()}
             tenant.name = body["name"].strip()
@@ -345,8 +344,7 @@ class Members(MethodView):
         ``mail.invitation``) and never returned. The answer is the same whether or not the
         address has an account. Inviting an admin or owner needs step-up (a person's recent
         login, with MFA when enabled; RFC 9470): a service account never can."""
-        if body["role"] in ("owner", "admin"):
-            check_step_up()
+        step_up_for("member.invite", role=body["role"])
         settings = services().settings
         result = members_service.invite(
             ActionContext.from_request(), body["email"], body["role"], settings.invitation_ttl_seconds
@@ -369,8 +367,7 @@ class Member(MethodView):
     def patch(self, body, user_id):
         """Change a member's role (the last owner cannot be demoted). Granting admin or owner needs
         step-up (a recent login, with MFA when enabled; RFC 9470)."""
-        if body["role"] in ("owner", "admin"):
-            check_step_up()
+        step_up_for("member.change_role", role=body["role"])
         m = members_service.change_role(ActionContext.from_request(), user_id, body["role"])
         return _member_dict(m)
 
@@ -378,8 +375,7 @@ class Member(MethodView):
     @blp.response(204)
     def delete(self, user_id):
         """Remove a member (``members:manage``, with step-up), or leave the tenant yourself."""
-        if current_principal().user_id != user_id:
-            check_step_up()
+        step_up_for("member.remove", user_id=user_id)
         members_service.remove_member(ActionContext.from_request(), user_id)
 
 

@@ -1,23 +1,26 @@
-"""The token endpoint on Authlib's ``AuthorizationServer`` with its unsafe defaults removed.
+"""The token endpoint's grants on Authlib's grant classes, with Authlib's unsafe defaults replaced.
 
 Authlib parses the token request, authenticates the client (``client_secret_basic``,
 ``client_secret_post``, ``none`` via :class:`saas.auth.models.OAuthClient`'s ``ClientMixin``
 methods), dispatches on ``grant_type`` and runs the PKCE extension. What it would get wrong by
-default is replaced:
+default is replaced here:
 
 * PKCE: :class:`S256CodeChallenge` knows only ``S256`` (Authlib's ``CodeChallenge`` defaults a
   missing method to ``plain`` and accepts it) and is required for every client.
-* Authorization codes are consumed by the first attempt whatever its outcome, and a code
-  presented again revokes the tokens issued from it (Authlib only deletes the code on success):
-  the family id is recorded with ``used_at`` and the code row stays locked until the tokens are
-  committed, so even a concurrent second redemption finds and revokes them.
-* Refresh tokens rotate with reuse detection and a bounded grace (:func:`saas.auth.service.refresh`;
-  Authlib neither rotates nor detects reuse), and first-party tokens from
-  ``POST /api/v1/auth/login`` need no client.
+* Authorization codes (:class:`CodeGrant`) are consumed by the first attempt whatever its
+  outcome, and a code presented again revokes the tokens issued from it (Authlib only deletes
+  the code on success): the family id is recorded with ``used_at`` and the code row stays
+  locked until the tokens are committed, so even a concurrent second redemption finds and
+  revokes them.
+* Refresh tokens (:class:`RefreshGrant`, :func:`refresh_grant`) rotate with reuse detection and
+  a bounded grace (:func:`saas.auth.service.refresh`; Authlib neither rotates nor detects
+  reuse), and first-party tokens from ``POST /api/v1/auth/login`` need no client.
+* ``client_credentials`` (:class:`ClientCredentialsGrant`, :func:`client_credentials`):
+  confidential tenant clients as service accounts, with the client's ``role``; no refresh token.
 * Tokens are RFC 9068 JWTs plus an OIDC ID token (:func:`saas.auth.service.issue_tokens`), not
   Authlib's random bearer strings.
-* Errors are RFC 6749 section 5.2 bodies carrying the RFC 9457 problem members
-  (:func:`saas.auth.views.oauth_error`).
+
+No implicit, no password grant.
 """
 
 from __future__ import annotations
@@ -26,24 +29,30 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidGrantError, grants
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7636.challenge import compare_s256_code_challenge
-from flask import Flask, current_app, request
+from flask import request
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from saas import audit, db
-from saas.auth import service
+from saas.auth import clients, service, sessions
+from saas.auth.errors import InvalidGrant, InvalidRequest, InvalidScope, UnauthorizedClient
 from saas.auth.models import AuthorizationCode, OAuthClient
-from saas.auth.service import TokenResponse, token_hash
+from saas.auth.security import token_hash
+from saas.auth.service import TokenResponse
 from saas.db import utcnow
-from saas.errors import AppError
 from saas.identity.models import User
+from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 
-AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+#: client authentication at the token and revocation endpoints (RFC 6749 section 2.3); Authlib
+#: names the list in its ``invalid_client`` description, so it stays a list
+AUTH_METHODS = list(clients.AUTH_METHODS)
+#: confidential clients only: ``client_credentials`` and introspection
+SECRET_AUTH_METHODS = [method for method in AUTH_METHODS if method != "none"]
 NO_STORE = [("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache")]
 
 
@@ -85,7 +94,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         if row is None or row.client_id != client.client_id:
             return None
         if row.used_at is not None:
-            revoked = service.revoke_family(session, row.family_id, "code_reused") if row.family_id else 0
+            revoked = sessions.revoke_family(session, row.family_id, "code_reused") if row.family_id else 0
             tenant = session.get(Tenant, row.tenant_id)
             if tenant is not None:
                 audit.record(
@@ -167,8 +176,8 @@ class CodeGrant(grants.AuthorizationCodeGrant):
 
 
 class RefreshGrant(grants.RefreshTokenGrant):
-    """``refresh_token`` (RFC 6749 section 6) delegated to :func:`saas.auth.oauth.refresh_grant`:
-    rotation on every use, reuse revokes the family, bounded grace, absolute lifetime."""
+    """``refresh_token`` (RFC 6749 section 6) delegated to :func:`refresh_grant`: rotation on
+    every use, reuse revokes the family, bounded grace, absolute lifetime."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
@@ -180,74 +189,64 @@ class RefreshGrant(grants.RefreshTokenGrant):
         self.request.client = self.authenticate_token_endpoint_client() if named else None
 
     def create_token_response(self):
-        from saas.auth import oauth
-
-        tokens = oauth.refresh_grant(
-            db.session(), self.request.client, self.request.form.get("refresh_token")
-        )
+        tokens = refresh_grant(db.session(), self.request.client, self.request.form.get("refresh_token"))
         return 200, _token_body(tokens), NO_STORE
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     """``client_credentials`` (RFC 6749 section 4.4): confidential tenant clients only."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = SECRET_AUTH_METHODS
 
     def validate_token_request(self):
         self.request.client = self.authenticate_token_endpoint_client()
 
     def create_token_response(self):
-        from saas.auth import oauth
-
-        tokens = oauth.client_credentials(db.session(), self.request.client, self.request.form.get("scope"))
+        tokens = client_credentials(db.session(), self.request.client, self.request.form.get("scope"))
         return 200, _token_body(tokens), NO_STORE
 
 
-class Server(AuthorizationServer):
-    """Authlib's Flask server whose errors are our problem+json OAuth errors."""
+def client_credentials(session: Session, client: OAuthClient, scope: str | None) -> TokenResponse:
+    """The ``client_credentials`` grant (RFC 6749 section 4.4): a tenant's confidential client acting
+    as a service account with its configured ``role``. No refresh token.
 
-    def handle_error_response(self, request, error: OAuth2Error):
-        from saas.auth.views import oauth_error
-
-        status = error.status_code
-        headers = {}
-        if error.error == "invalid_client":
-            status = 401
-            headers["WWW-Authenticate"] = 'Basic realm="oauth"'
-        title = error.error.replace("_", " ").capitalize()
-        return oauth_error(
-            AppError(
-                error.get_error_description() or title,
-                status=status,
-                code=error.error,
-                title=title,
-                headers=headers,
-            )
-        )
-
-
-#: ``app.extensions[EXTENSION]``: the app's :class:`Server` (Flask-bound, so not in ``Services``)
-EXTENSION = "saas.oauth_server"
-
-
-def _query_client(client_id: str) -> OAuthClient | None:
-    # PostgreSQL text cannot hold U+0000 (a Basic-auth username is not covered by the form guard)
-    if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
-        return None
-    return db.session().scalars(select(OAuthClient).where(OAuthClient.client_id == client_id)).first()
+    Raises:
+        UnauthorizedClient: public client, platform client, or the grant not enabled.
+        InvalidScope: a scope outside the client's.
+    """
+    if not client.is_confidential or client.tenant_id is None:
+        raise UnauthorizedClient("Only a tenant's confidential clients may use client_credentials.")
+    if "client_credentials" not in (client.grant_types or []):
+        raise UnauthorizedClient("The client_credentials grant is not enabled for this client.")
+    tenant = session.get(Tenant, client.tenant_id)
+    if tenant is None or tenant.status != "active":
+        raise InvalidGrant("The client's tenant is not active.")
+    allowed = set((client.scope or "").split()) - {"openid", "profile", "email", "offline_access"}
+    requested = list(dict.fromkeys((scope or "").split())) or sorted(allowed)
+    if not set(requested) <= allowed:
+        raise InvalidScope(f"Scopes not allowed: {' '.join(sorted(set(requested) - allowed))}.")
+    tokens = services().tokens
+    access = tokens.issue(
+        subject=client.client_id,
+        tenant_id=str(tenant.id),
+        roles=[client.role],
+        scope=" ".join(requested),
+        client_id=client.client_id,
+        amr=[],
+    )
+    return TokenResponse(access.token, access.expires_in, None, " ".join(requested))
 
 
-def init_app(app: Flask) -> Server:
-    """Build the server with our three grants (no implicit, no password grant)."""
-    server = Server()
-    server.init_app(app, query_client=_query_client, save_token=lambda token, req: None)
-    server.register_grant(CodeGrant, [S256CodeChallenge(required=True)])
-    server.register_grant(RefreshGrant)
-    server.register_grant(ClientCredentialsGrant)
-    app.extensions[EXTENSION] = server
-    return server
+def refresh_grant(session: Session, client: OAuthClient | None, presented: str | None) -> TokenResponse:
+    """The ``refresh_token`` grant: rotation and reuse detection live in :func:`service.refresh`.
 
-
-def server(app: Flask | None = None) -> Server:
-    """The app's authorization server (``current_app``'s when ``app`` is None)."""
-    return (app or current_app).extensions[EXTENSION]
+    A token issued to a registered client is only accepted from that client (authenticated when
+    confidential); first-party tokens from ``POST /api/v1/auth/login`` need no client.
+    """
+    if not presented:
+        raise InvalidRequest("refresh_token is required.")
+    if client is None:
+        return service.refresh(session, presented, None)
+    if "refresh_token" not in (client.grant_types or []):
+        raise UnauthorizedClient("The refresh_token grant is not enabled for this client.")
+    return service.refresh(session, presented, client.client_id)
