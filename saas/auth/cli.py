@@ -1,5 +1,5 @@
 """Operator commands of the auth service: ``saas keys list|rotate``, ``saas clients list|create``,
-``saas users reset-mfa|rehash-recovery-codes``. Registered on :data:`saas.cli.main` by :func:`register`."""
+``saas users reset-mfa|rehash-recovery-codes``. Added to ``saas`` by :func:`register`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from datetime import UTC, datetime
 import click
 
 from saas.auth.tokens import LEEWAY_SECONDS
-from saas.cli import (
+from saas.cli.helpers import (
     CliError,
     Context,
-    _fail_cleanly,
-    _print_json,
-    _table,
     emit_rows,
+    fail_cleanly,
+    find_tenant,
+    group_of,
     operator_actor,
     pass_ctx,
+    print_json,
+    print_table,
 )
 
 security_log = logging.getLogger("saas.security")
@@ -60,7 +62,7 @@ def keys() -> None:
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def keys_list(ctx: Context, as_json: bool) -> None:
     """The keys published in JWKS: the active one signs, the others only verify."""
     rows = _key_rows(_key_store(ctx))
@@ -75,7 +77,7 @@ def keys_list(ctx: Context, as_json: bool) -> None:
 @keys.command("rotate")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def keys_rotate(ctx: Context, as_json: bool) -> None:
     """Add a new active key. The previous keys stay in JWKS until every token they signed has
     expired (access-token lifetime plus leeway after their successor appeared), then move to
@@ -109,7 +111,7 @@ def keys_rotate(ctx: Context, as_json: bool) -> None:
         "at": int(time.time()),
     }
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     click.echo(f"new active key {result['active']} (previous {previous} still verifies)")
     for kid in result["retired"]:
@@ -128,28 +130,27 @@ def clients() -> None:
 @click.option("--tenant", help="slug or id; default all tenants")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def clients_list(ctx: Context, tenant: str | None, as_json: bool) -> None:
     """List OAuth clients (never their secrets)."""
     from sqlalchemy import select
 
     from saas.auth.clients import to_public
     from saas.auth.models import OAuthClient
-    from saas.cli import _find_tenant
     from saas.tenancy.models import Tenant
 
     with ctx.database.transaction() as session:
         query = select(OAuthClient, Tenant.slug).outerjoin(Tenant, Tenant.id == OAuthClient.tenant_id)
         if tenant:
-            query = query.where(OAuthClient.tenant_id == _find_tenant(session, tenant).id)
+            query = query.where(OAuthClient.tenant_id == find_tenant(session, tenant).id)
         rows = [
             {**to_public(c), "tenant": slug}
             for c, slug in session.execute(query.order_by(OAuthClient.created_at))
         ]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(
+    print_table(
         f"{len(rows)} clients",
         ["client_id", "name", "tenant", "type", "grants", "created"],
         [
@@ -173,7 +174,7 @@ def clients_list(ctx: Context, tenant: str | None, as_json: bool) -> None:
 @click.option("--scope", default="openid profile email api")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def clients_create(
     ctx: Context, name: str, client_type: str, redirect_uris: tuple[str, ...], scope: str, as_json: bool
 ) -> None:
@@ -215,7 +216,7 @@ def clients_create(
     if secret:
         out["client_secret"] = secret
     if as_json:
-        _print_json(out)
+        print_json(out)
         return
     click.echo(f"client_id: {out['client_id']}")
     if secret:
@@ -228,7 +229,7 @@ def clients_create(
 @click.command("reset-mfa")
 @click.argument("email")
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def reset_mfa(ctx: Context, email: str) -> None:
     """Remove a user's TOTP factor and recovery codes (lost device) and end their sessions.
     Audited in each of the user's tenants as ``mfa.reset`` by the operator."""
@@ -267,7 +268,7 @@ def reset_mfa(ctx: Context, email: str) -> None:
 
 @click.command("rehash-recovery-codes")
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def rehash_recovery_codes(ctx: Context) -> None:
     """Rewrite recovery codes stored as plain SHA-256 (before keyed hashes) as HMAC-SHA256 under
     the key derived from SECRET_KEY; needs no code and no user. Idempotent; run once after
@@ -283,12 +284,10 @@ def rehash_recovery_codes(ctx: Context) -> None:
 
 
 def register(main: click.Group) -> None:
-    """Add the auth commands to ``main``; ``reset-mfa`` joins an existing ``users`` group."""
+    """Add ``saas keys`` and ``saas clients``; add ``reset-mfa`` and ``rehash-recovery-codes``
+    to ``saas users`` (:mod:`saas.ops.cli_ops`)."""
     main.add_command(keys)
     main.add_command(clients)
-    users = main.commands.get("users")
-    if not isinstance(users, click.Group):
-        users = click.Group("users", help="Users: list, show, lock, unlock, reset MFA.")
-        main.add_command(users)
+    users = group_of(main, "users")
     users.add_command(reset_mfa)
     users.add_command(rehash_recovery_codes)

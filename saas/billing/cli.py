@@ -1,21 +1,34 @@
 """Operator commands: ``saas billing plans|show|sync|events|replay|report-usage`` and
-``saas tenants set-plan`` (registered on ``saas.cli.main`` at the bottom of ``saas/cli.py``)."""
+``saas tenants set-plan``. Added to ``saas`` by :func:`register`."""
 
 from __future__ import annotations
 
 import click
 from sqlalchemy import select
 
-from saas.cli import CliError, Context, _fail_cleanly, _find_tenant, _print_json, _table, main, operator_actor
-from saas.cli import pass_ctx as _pass_ctx
-from saas.cli import tenants as tenants_group
-from saas.services import services
+from saas.cli.helpers import (
+    CliError,
+    Context,
+    fail_cleanly,
+    find_tenant,
+    group_of,
+    operator_actor,
+    pass_ctx,
+    print_json,
+    print_table,
+)
+
+
+def register(main: click.Group) -> None:
+    """Add ``saas billing``; add ``set-plan`` to ``saas tenants`` (:mod:`saas.ops.cli_tenants`)."""
+    main.add_command(billing)
+    group_of(main, "tenants").add_command(set_plan_cmd)
 
 
 def _billing(ctx: Context):
     from saas.billing.service import BillingNotConfigured
 
-    handle = services(ctx.app).billing
+    handle = ctx.services.billing
     if handle is None:
         raise BillingNotConfigured()
     return handle
@@ -28,8 +41,8 @@ def billing() -> None:
 
 @billing.command("plans")
 @click.option("--json", "as_json", is_flag=True)
-@_pass_ctx
-@_fail_cleanly
+@pass_ctx
+@fail_cleanly
 def plans_cmd(ctx: Context, as_json: bool) -> None:
     """The plan catalogue with its entitlements and configured Stripe prices."""
     from saas.billing.entitlements import catalogue
@@ -51,9 +64,9 @@ def plans_cmd(ctx: Context, as_json: bool) -> None:
         for p in plans.values()
     ]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(
+    print_table(
         "plans",
         ["id", "name", "seats", "req/min", "API calls/month", "features", "prices"],
         [
@@ -74,18 +87,17 @@ def plans_cmd(ctx: Context, as_json: bool) -> None:
 @billing.command("show")
 @click.argument("tenant")
 @click.option("--json", "as_json", is_flag=True)
-@_pass_ctx
-@_fail_cleanly
+@pass_ctx
+@fail_cleanly
 def show_cmd(ctx: Context, tenant: str, as_json: bool) -> None:
     """A tenant's plan, subscription, seats, usage and entitlements."""
     from saas.billing import service, usage
     from saas.billing.models import BillingOverride
 
-    app = ctx.app
-    with app.app_context(), ctx.database.transaction() as session:
-        t = _find_tenant(session, tenant)
+    with ctx.database.transaction() as session:
+        t = find_tenant(session, tenant)
         period = usage.period_of()
-        data = service.describe(session, t, usage.read_usage(services(app).redis, t.id, period), period)
+        data = service.describe(session, t, usage.read_usage(ctx.services.redis, t.id, period), period)
         account = service.get_account(session, t.id)
         override = session.get(BillingOverride, t.id)
         data = {
@@ -97,7 +109,7 @@ def show_cmd(ctx: Context, tenant: str, as_json: bool) -> None:
                          "set_by": override.set_by} if override else None,
         }  # fmt: skip
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for key, value in data.items():
         click.echo(f"{key:>22}: {value}")
@@ -106,8 +118,8 @@ def show_cmd(ctx: Context, tenant: str, as_json: bool) -> None:
 @billing.command("sync")
 @click.argument("tenant", required=False)
 @click.option("--all", "all_tenants", is_flag=True, help="every tenant with a Stripe customer")
-@_pass_ctx
-@_fail_cleanly
+@pass_ctx
+@fail_cleanly
 def sync_cmd(ctx: Context, tenant: str | None, all_tenants: bool) -> None:
     """Reconcile local billing state from Stripe (repairs drift after missed webhooks)."""
     from saas.billing import service
@@ -116,12 +128,12 @@ def sync_cmd(ctx: Context, tenant: str | None, all_tenants: bool) -> None:
 
     if bool(tenant) == all_tenants:
         raise click.UsageError("give a TENANT or --all")
-    app = ctx.app
+    app = ctx.app  # applying a subscription drops the cached state through current_app's Redis
     handle = _billing(ctx)
     with app.app_context():
         with ctx.database.transaction() as session:
             if tenant:
-                ids = [_find_tenant(session, tenant).id]
+                ids = [find_tenant(session, tenant).id]
             else:
                 ids = list(session.scalars(
                     select(BillingAccount.tenant_id).where(BillingAccount.stripe_customer_id.is_not(None))
@@ -145,8 +157,8 @@ def sync_cmd(ctx: Context, tenant: str | None, all_tenants: bool) -> None:
 @click.option("--failed", is_flag=True, help="only events whose processing failed")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True)
-@_pass_ctx
-@_fail_cleanly
+@pass_ctx
+@fail_cleanly
 def events_cmd(ctx: Context, failed: bool, limit: int, as_json: bool) -> None:
     """Stored Stripe webhook events, newest first."""
     from saas.billing.models import WebhookEvent
@@ -161,9 +173,9 @@ def events_cmd(ctx: Context, failed: bool, limit: int, as_json: bool) -> None:
             for e in session.scalars(query)
         ]  # fmt: skip
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(
+    print_table(
         f"{len(rows)} events",
         ["id", "type", "status", "attempts", "created", "error"],
         [
@@ -175,13 +187,13 @@ def events_cmd(ctx: Context, failed: bool, limit: int, as_json: bool) -> None:
 
 @billing.command("replay")
 @click.argument("event_id")
-@_pass_ctx
-@_fail_cleanly
+@pass_ctx
+@fail_cleanly
 def replay_cmd(ctx: Context, event_id: str) -> None:
     """Apply a stored event again (it re-fetches live state from Stripe, so it never regresses)."""
     from saas.billing import webhooks
 
-    app = ctx.app
+    app = ctx.app  # applying the event drops the cached state through current_app's Redis
     handle = _billing(ctx)
     with app.app_context():
         try:
@@ -194,8 +206,8 @@ def replay_cmd(ctx: Context, event_id: str) -> None:
 @billing.command("report-usage")
 @click.option("--period", help="YYYY-MM (UTC); default: the previous month, which is closed")
 @click.argument("tenant", required=False)
-@_pass_ctx
-@_fail_cleanly
+@pass_ctx
+@fail_cleanly
 def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> None:
     """Send API-call usage to Stripe Billing Meters, once per tenant and period."""
     import re
@@ -205,17 +217,15 @@ def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> No
     if period is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", period):
         raise click.BadParameter("expected YYYY-MM", param_hint="--period")
     period = period or usage.previous_period(usage.period_of())
-    app = ctx.app
     handle = _billing(ctx)
-    with app.app_context():
-        ids = None
-        if tenant:
-            with ctx.database.transaction() as session:
-                ids = [_find_tenant(session, tenant).id]
-        try:
-            run = usage.report_usage(ctx.database, services(app).redis, handle, period, ids)
-        except usage.PeriodNotClosed as exc:
-            raise click.BadParameter(str(exc), param_hint="--period") from None
+    ids = None
+    if tenant:
+        with ctx.database.transaction() as session:
+            ids = [find_tenant(session, tenant).id]
+    try:
+        run = usage.report_usage(ctx.database, ctx.services.redis, handle, period, ids)
+    except usage.PeriodNotClosed as exc:
+        raise click.BadParameter(str(exc), param_hint="--period") from None
     click.echo(
         f"period {run.period}: {len(run.sent)} reported, {len(run.already_reported)} already reported, "
         f"{len(run.empty)} without usage, {len(run.failed)} failed"
@@ -226,14 +236,14 @@ def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> No
         raise CliError("some usage reports failed; rerun to retry them (reported ones are skipped)")
 
 
-@tenants_group.command("set-plan")
+@click.command("set-plan")
 @click.argument("tenant")
 @click.argument("plan")
 @click.option("--reason", default=None, help="why (kept with the override and in the audit log)")
 @click.option("--limit", "limits", multiple=True, metavar="KEY=VALUE",
               help="override one entitlement, e.g. seats=50 or sso=true (-1: unlimited)")  # fmt: skip
-@_pass_ctx
-@_fail_cleanly
+@pass_ctx
+@fail_cleanly
 def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limits: tuple[str, ...]) -> None:
     """Operator override of a tenant's plan (PLAN ``none`` removes the override). Audited."""
     import json
@@ -257,10 +267,9 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
             parsed[key] = raw
         if key in ent.LIMIT_KEYS and not ent.valid_limit(parsed[key]):
             raise click.BadParameter(f"{key}: expected an integer >= -1", param_hint="--limit")
-    app = ctx.app
     actor = operator_actor()
-    with app.app_context(), ctx.database.transaction() as session:
-        t = _find_tenant(session, tenant)
+    with ctx.database.transaction() as session:
+        t = find_tenant(session, tenant)
         override = session.get(BillingOverride, t.id, with_for_update=True)
         before = {"plan": override.plan, "limits": override.limits} if override else None
         if plan == "none" and not parsed:
@@ -282,9 +291,6 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
         audit.record(session, "billing.plan_overridden", target_type="tenant", target_id=t.id,
                      data={"from": before, "to": after, "reason": reason}, actor=actor,
                      schema=t.schema_name)  # fmt: skip
-        ent.invalidate(session, t.id)
+        ent.invalidate(session, t.id, redis=ctx.services.redis)  # the API's cached state goes now
         slug, effective = t.slug, t.plan
     click.echo(f"{slug}: override {'removed' if after is None else after}; plan now {effective}")
-
-
-main.add_command(billing)

@@ -393,13 +393,16 @@ def entitlements_for(tenant: Any) -> Entitlements:
 _DIRTY_KEY = "billing_dirty_tenants"
 
 
-def invalidate(session: Session | None, tenant_id: uuid.UUID) -> None:
+def invalidate(session: Session | None, tenant_id: uuid.UUID, *, redis: Any = None) -> None:
     """Drop the tenant's cached billing state now and again once ``session`` commits (so no
-    reader re-caches the state of before the change)."""
+    reader re-caches the state of before the change).
+
+    ``redis``: the client holding the cache; the current app's when omitted (a CLI command,
+    which has no app, passes its services' own)."""
     from saas.cache import invalidate_tenant
 
     invalidate_tenant([tenant_id])  # the principal snapshot caches entitlements too
-    redis = _redis()
+    redis = redis if redis is not None else _redis()
     if session is not None:
         session.info.setdefault(_DIRTY_KEY, set()).add(tenant_id)
         session.info["billing_redis"] = redis

@@ -1,22 +1,29 @@
-"""``saas limits show TENANT`` and ``saas limits reset TENANT`` (registered on ``saas.cli.main``)."""
+"""``saas limits show TENANT`` and ``saas limits reset TENANT``. Added to ``saas`` by
+:func:`register`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from saas.cli import (
+from saas.cli.helpers import (
     CliError,
     Context,
-    _fail_cleanly,
-    _find_tenant,
-    _print_json,
-    _table,
+    fail_cleanly,
+    find_tenant,
     operator_actor,
     pass_ctx,
+    print_json,
+    print_table,
 )
-from saas.services import services
+
+if TYPE_CHECKING:
+    from saas.services import Services
+
+
+def register(main: click.Group) -> None:
+    main.add_command(limits)
 
 
 @click.group()
@@ -24,7 +31,7 @@ def limits() -> None:
     """Rate limits and quotas of a tenant."""
 
 
-def tenant_limits(app: Any, tenant: Any, max_subjects: int = 1000) -> dict[str, Any]:
+def tenant_limits(svc: Services, tenant: Any, max_subjects: int = 1000) -> dict[str, Any]:
     """Current usage of ``tenant`` against each of its policies (reads only; consumes nothing).
 
     Returns ``{"tenant", "plan", "policies": [{policy, subject, limit, window, remaining,
@@ -39,8 +46,8 @@ def tenant_limits(app: Any, tenant: Any, max_subjects: int = 1000) -> dict[str, 
     from saas.limits.gcra import Check
     from saas.limits.policies import tenant_checks
 
-    limiter = services(app).limiter
-    guard = services(app).redis_guard
+    limiter = svc.limiter
+    guard = svc.redis_guard
     ent = entitlements_for(tenant)
     ent_data = ent.to_dict() if hasattr(ent, "to_dict") else dict(vars(ent))
     keys = TenantKeys(tenant.id)
@@ -101,7 +108,7 @@ def _subject_of(key: str) -> str:
     return parts[1] if len(parts) == 2 else "tenant"
 
 
-def reset_tenant_limits(app: Any, tenant: Any, include_quota: bool = False) -> int:
+def reset_tenant_limits(svc: Services, tenant: Any, include_quota: bool = False) -> int:
     """Delete the tenant's rate-limit state (and the current period's usage counter when
     ``include_quota``); returns how many keys were deleted.
 
@@ -111,8 +118,8 @@ def reset_tenant_limits(app: Any, tenant: Any, include_quota: bool = False) -> i
     from saas.cache.guard import RedisUnavailable
     from saas.cache.namespace import TenantKeys
 
-    limiter = services(app).limiter
-    guard = services(app).redis_guard
+    limiter = svc.limiter
+    guard = svc.redis_guard
     keys = TenantKeys(tenant.id)
 
     def delete(r: Any) -> int:
@@ -134,16 +141,15 @@ def reset_tenant_limits(app: Any, tenant: Any, include_quota: bool = False) -> i
 @click.argument("tenant")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def show(ctx: Context, tenant: str, as_json: bool) -> None:
     """Current usage of TENANT (slug or id) against each policy and its monthly quota."""
-    app = ctx.app
-    with app.app_context(), ctx.database.transaction() as session:
-        data = tenant_limits(app, _find_tenant(session, tenant))
+    with ctx.database.transaction() as session:
+        data = tenant_limits(ctx.services, find_tenant(session, tenant))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
-    _table(
+    print_table(
         f"limits of {data['tenant']} (plan {data['plan']})",
         ["policy", "subject", "limit", "window s", "remaining", "full in s"],
         [
@@ -162,15 +168,14 @@ def show(ctx: Context, tenant: str, as_json: bool) -> None:
 @click.argument("tenant")
 @click.option("--quota", "include_quota", is_flag=True, help="also zero this period's usage counter")
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def reset(ctx: Context, tenant: str, include_quota: bool) -> None:
     """Clear TENANT's rate-limit state (audited in the tenant's log)."""
     from saas import audit
 
-    app = ctx.app
-    with app.app_context(), ctx.database.transaction() as session:
-        t = _find_tenant(session, tenant)
-        deleted = reset_tenant_limits(app, t, include_quota)
+    with ctx.database.transaction() as session:
+        t = find_tenant(session, tenant)
+        deleted = reset_tenant_limits(ctx.services, t, include_quota)
         audit.record(
             session,
             "limits.reset",

@@ -1,4 +1,4 @@
-"""``saas tenants migrate`` and ``saas db check``."""
+"""``saas db`` (the group): ``upgrade`` and ``check``; and ``saas tenants migrate``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import sys
 
 import click
 
-from saas.cli import CliError, Context, _fail_cleanly, _print_json, db, pass_ctx, tenants
+from saas.cli.helpers import CliError, Context, fail_cleanly, group_of, pass_ctx, print_json
+
+
+@click.group()
+def db() -> None:
+    """Database schema: the shared track and every tenant schema."""
+
+
+def register(main: click.Group) -> None:
+    """Create ``saas db``; add ``migrate`` to ``saas tenants`` (:mod:`saas.ops.cli_tenants`)."""
+    main.add_command(db)
+    group_of(main, "tenants").add_command(tenants_migrate)
 
 
 def run_tenant_migrations(
@@ -52,7 +63,7 @@ def run_tenant_migrations(
                 lock_timeout_ms=lock_timeout_ms,
             )
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         click.echo(
             f"tenants at {report.head}: {len(report.migrated)} migrated, {report.at_head} already at head, "
@@ -68,7 +79,32 @@ def run_tenant_migrations(
         sys.exit(1)
 
 
-@tenants.command("migrate")
+@db.command("upgrade")
+@click.option("--shared-only", is_flag=True, help="skip the tenant schemas")
+@click.option(
+    "--parallel",
+    "-j",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="tenant migration worker processes",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def db_upgrade(ctx: Context, shared_only: bool, parallel: int, as_json: bool) -> None:
+    """Apply the shared track, then bring every tenant schema to head (``saas tenants migrate``)."""
+    from saas.migrate import shared_head_revision, upgrade_shared
+
+    upgrade_shared(ctx.migration_engine)
+    if not as_json:
+        click.echo(f"shared schema at {shared_head_revision()}")
+    if shared_only:
+        return
+    run_tenant_migrations(ctx, (), parallel, as_json)
+
+
+@click.command("migrate")
 @click.option(
     "--parallel",
     "-j",
@@ -92,7 +128,7 @@ def run_tenant_migrations(
     help="read each schema's own alembic_version, not only saas.tenants.schema_version (drift)",
 )
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_migrate(
     ctx: Context,
     parallel: int,
@@ -127,7 +163,7 @@ def tenants_migrate(
     help="re-check every 5 s for up to this many seconds until it passes (an initContainer)",
 )
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def db_check(ctx: Context, as_json: bool, migrations_only: bool, wait_seconds: int) -> None:
     """Models and both migration tracks agree; every tenant schema at head (exit 1 otherwise)."""
     import time
@@ -148,7 +184,7 @@ def db_check(ctx: Context, as_json: bool, migrations_only: bool, wait_seconds: i
             click.echo("waiting: " + "; ".join(r.detail for r in results if not r.ok), err=True)
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     if as_json:
-        _print_json([r.to_dict() for r in results])
+        print_json([r.to_dict() for r in results])
     else:
         for r in results:
             click.echo(f"{'ok  ' if r.ok else 'FAIL'}  {r.name}: {r.detail}")

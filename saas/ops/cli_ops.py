@@ -1,4 +1,4 @@
-"""Operator commands: ``saas users list|show|lock|unlock``, ``saas audit TENANT``,
+"""Operator commands: ``saas users`` (the group) ``list|show|lock|unlock``, ``saas audit TENANT``,
 ``saas jobs list|retry``, ``saas doctor``."""
 
 from __future__ import annotations
@@ -10,32 +10,35 @@ from datetime import datetime, timedelta
 
 import click
 
-from saas.cli import (
+from saas.cli.helpers import (
     CliError,
     Context,
-    _fail_cleanly,
-    _print_json,
-    _table,
     emit_rows,
-    main,
+    fail_cleanly,
+    find_tenant,
     operator_actor,
     pass_ctx,
+    print_json,
+    print_table,
 )
 
 
-def group(name: str, help_text: str) -> click.Group:
-    """The ``saas NAME`` group, shared with other packages' commands (``users reset-mfa`` lives
-    with auth): reuse it when registered first, else create it."""
-    existing = main.commands.get(name)
-    if isinstance(existing, click.Group):
-        return existing
-    new = click.Group(name, help=help_text)
-    main.add_command(new)
-    return new
+@click.group()
+def users() -> None:
+    """Users: list, show, lock, unlock, reset MFA."""
 
 
-users = group("users", "Users (global identities): list, show, lock, unlock.")
-jobs = group("jobs", "Background jobs (the outbox): pending, failed, retry.")
+@click.group()
+def jobs() -> None:
+    """Background jobs (the outbox): pending, failed, retry."""
+
+
+def register(main: click.Group) -> None:
+    """Create ``saas users`` (``reset-mfa`` and ``rehash-recovery-codes`` join it from
+    :mod:`saas.auth.cli`) and ``saas jobs``; add ``saas audit`` and ``saas doctor``."""
+    for command in (users, audit_cmd, jobs, doctor):
+        main.add_command(command)
+
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 
@@ -85,14 +88,13 @@ def _find_user(session, ref: str):
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def users_list(ctx: Context, tenant: str | None, status: str | None, email_like: str | None, limit: int,
                as_json: bool) -> None:  # fmt: skip
     """List users with their number of tenants."""
     from sqlalchemy import func, select
 
     from saas.identity.models import User
-    from saas.ops.lifecycle import find_tenant
     from saas.tenancy.models import Membership
 
     with ctx.database.transaction() as session:
@@ -132,7 +134,7 @@ def users_list(ctx: Context, tenant: str | None, status: str | None, email_like:
 @click.argument("user")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def users_show(ctx: Context, user: str, as_json: bool) -> None:
     """Show a user (email or id): status, tenants and roles, live sessions."""
     from sqlalchemy import func, select
@@ -161,7 +163,7 @@ def users_show(ctx: Context, user: str, as_json: bool) -> None:
                 "has_password": u.password_hash is not None, "live_sessions": sessions,
                 "memberships": memberships}  # fmt: skip
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for key in (
         "id",
@@ -174,7 +176,7 @@ def users_show(ctx: Context, user: str, as_json: bool) -> None:
         "created_at",
     ):
         click.echo(f"{key:>14}: {data[key]}")
-    _table("tenants", ["tenant", "role", "status", "since"],
+    print_table("tenants", ["tenant", "role", "status", "since"],
            [[m["tenant"], m["role"], m["status"], m["since"]] for m in memberships])  # fmt: skip
 
 
@@ -221,12 +223,12 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
 @click.option("--reason", required=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def users_lock(ctx: Context, user: str, reason: str, as_json: bool) -> None:
     """Lock a user: logins and refreshes refused, every refresh token revoked."""
     data = _set_user_status(ctx, user, "locked", reason)
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         click.echo(f"locked {data['email']} ({data['revoked_sessions']} sessions revoked)")
 
@@ -235,12 +237,12 @@ def users_lock(ctx: Context, user: str, reason: str, as_json: bool) -> None:
 @click.argument("user")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def users_unlock(ctx: Context, user: str, as_json: bool) -> None:
     """Unlock a user."""
     data = _set_user_status(ctx, user, "active", None)
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         click.echo(f"unlocked {data['email']}")
 
@@ -248,7 +250,7 @@ def users_unlock(ctx: Context, user: str, as_json: bool) -> None:
 # --- audit -------------------------------------------------------------------------------------
 
 
-@main.command("audit")
+@click.command("audit")
 @click.argument("tenant")
 @click.option("--since", "since_raw", help="24h, 7d, 30m or an ISO 8601 time")
 @click.option("--action", help="exact action, e.g. tenant.suspended")
@@ -256,14 +258,13 @@ def users_unlock(ctx: Context, user: str, as_json: bool) -> None:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def audit_cmd(ctx: Context, tenant: str, since_raw: str | None, action: str | None, actor: str | None,
               limit: int, as_json: bool) -> None:  # fmt: skip
     """A tenant's audit log, newest first."""
     from sqlalchemy import select
 
     from saas.audit import AuditEvent
-    from saas.ops.lifecycle import find_tenant
 
     since = parse_since(since_raw) if since_raw else None
     with ctx.database.transaction() as session:
@@ -278,9 +279,9 @@ def audit_cmd(ctx: Context, tenant: str, since_raw: str | None, action: str | No
             query = query.where(AuditEvent.actor_id == actor)
         rows = [e.to_public() for e in session.scalars(query)]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(
+    print_table(
         f"{len(rows)} events",
         ["when", "actor", "action", "target", "data"],
         [[r["occurred_at"], f"{r['actor']['type']}:{r['actor']['id'] or ''}", r["action"],
@@ -312,7 +313,7 @@ def _job_row(m) -> dict:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def jobs_list(ctx: Context, failed: bool, topic: str | None, limit: int, as_json: bool) -> None:
     """Undelivered outbox messages (pending and failed), oldest first; payloads are not shown."""
     from sqlalchemy import select
@@ -327,9 +328,9 @@ def jobs_list(ctx: Context, failed: bool, topic: str | None, limit: int, as_json
             query = query.where(M.topic == topic)
         rows = [_job_row(m) for m in session.scalars(query)]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(
+    print_table(
         f"{len(rows)} jobs",
         ["id", "topic", "state", "attempts", "next try", "last error"],
         [[r["id"], r["topic"], r["state"], r["attempts"], r["available_at"], (r["last_error"] or "")[:80]]
@@ -342,7 +343,7 @@ def jobs_list(ctx: Context, failed: bool, topic: str | None, limit: int, as_json
 @click.option("--all-failed", is_flag=True, help="every dead letter")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def jobs_retry(ctx: Context, ids: tuple[int, ...], all_failed: bool, as_json: bool) -> None:
     """Put dead letters back in the queue (attempts reset, due now)."""
     from sqlalchemy import update
@@ -362,7 +363,7 @@ def jobs_retry(ctx: Context, ids: tuple[int, ...], all_failed: bool, as_json: bo
         retried = sorted(result.scalars().all())
     missing = sorted(set(ids) - set(retried))
     if as_json:
-        _print_json({"retried": retried, "not_failed": missing})
+        print_json({"retried": retried, "not_failed": missing})
     else:
         click.echo(f"requeued {len(retried)} jobs")
         if missing:
@@ -374,7 +375,7 @@ def jobs_retry(ctx: Context, ids: tuple[int, ...], all_failed: bool, as_json: bo
 # --- doctor ------------------------------------------------------------------------------------
 
 
-@main.command("doctor")
+@click.command("doctor")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def doctor(ctx: Context, as_json: bool) -> None:
@@ -389,11 +390,11 @@ def doctor(ctx: Context, as_json: bool) -> None:
             if not settings.database_url:
                 raise RuntimeError("DATABASE_URL: not set")
             ctx._settings = settings
-        return ctx.app
+        return ctx.services
 
     verdicts = run_all(factory)
     if as_json:
-        _print_json([v.to_dict() for v in verdicts])
+        print_json([v.to_dict() for v in verdicts])
     else:
         marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
         for v in verdicts:

@@ -1,7 +1,8 @@
-"""Tenant lifecycle commands: ``saas tenants suspend|resume|delete|purge|export|import|rename-slug``.
+"""``saas tenants``: the group and its commands ``create|list|show`` and the lifecycle
+``suspend|resume|delete|purge|export|import|rename-slug``.
 
 Each change is audited in the tenant's own log with the operator (``SAAS_OPERATOR`` or the OS
-user; :func:`saas.cli.operator_actor`).
+user; :func:`saas.cli.helpers.operator_actor`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,171 @@ from pathlib import Path
 
 import click
 
-from saas.cli import CliError, Context, _fail_cleanly, _print_json, operator_actor, pass_ctx, tenants
+from saas.cli.helpers import (
+    CliError,
+    Context,
+    emit_rows,
+    fail_cleanly,
+    find_tenant,
+    operator_actor,
+    pass_ctx,
+    print_json,
+    print_table,
+)
+
+
+@click.group()
+def tenants() -> None:
+    """Tenants: provisioning, lifecycle, export and import, migrations."""
+
+
+def register(main: click.Group) -> None:
+    """Create ``saas tenants`` (``tenants migrate`` and ``tenants set-plan`` join it from
+    :mod:`saas.ops.cli_migrate` and :mod:`saas.billing.cli`)."""
+    main.add_command(tenants)
+
+
+# --- create, list, show ------------------------------------------------------------------------
+
+
+@tenants.command("create")
+@click.option("--slug", required=True)
+@click.option("--name", required=True)
+@click.option("--owner-email", required=True)
+@click.option(
+    "--owner-password",
+    envvar="SAAS_OWNER_PASSWORD",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="or SAAS_OWNER_PASSWORD (asked for when neither is given)",
+)
+@click.option("--owner-name", default="")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def tenants_create(
+    ctx: Context, slug: str, name: str, owner_email: str, owner_password: str, owner_name: str, as_json: bool
+) -> None:
+    """Provision a tenant (row, schema at head, owner) in one transaction."""
+    from saas import audit
+    from saas.tenancy.provisioning import provision_tenant, validate_signup
+
+    slug, name, email, _, owner_name = validate_signup(
+        {"slug": slug, "name": name},
+        {"email": owner_email, "password": owner_password, "name": owner_name},
+    )
+    with ctx.database.transaction() as session:
+        done = provision_tenant(
+            session,
+            ctx.services.passwords,
+            slug=slug,
+            name=name,
+            owner_email=email,
+            owner_password=owner_password,
+            owner_name=owner_name,
+        )
+        audit.record(
+            session,
+            "tenant.created_by_operator",
+            target_type="tenant",
+            target_id=done.tenant.id,
+            actor=operator_actor(),
+            schema=done.tenant.schema_name,
+        )
+        result = {**done.tenant.to_public(), "schema": done.tenant.schema_name, "owner": done.owner.email}
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"created tenant {result['slug']} ({result['id']}) in schema {result['schema']}")
+
+
+@tenants.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["active", "suspended", "deleted"]),
+    help="deleted = suspended and scheduled for purge",
+)
+@click.option("--plan", help="plan id (see saas/billing/plans.toml)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def tenants_list(ctx: Context, status: str | None, plan: str | None, as_json: bool) -> None:
+    """List tenants with their member counts."""
+    from sqlalchemy import func, select
+
+    from saas.ops.lifecycle import lifecycle_state
+    from saas.tenancy.models import Membership, Tenant
+
+    with ctx.database.transaction() as session:
+        query = (
+            select(Tenant, func.count(Membership.id))
+            .outerjoin(Membership, Membership.tenant_id == Tenant.id)
+            .group_by(Tenant.id)
+            .order_by(Tenant.created_at)
+        )
+        if status == "deleted":
+            query = query.where(Tenant.deleted_at.is_not(None))
+        elif status == "suspended":
+            query = query.where(Tenant.status == "suspended", Tenant.deleted_at.is_(None))
+        elif status:
+            query = query.where(Tenant.status == status)
+        if plan:
+            query = query.where(Tenant.plan == plan)
+        rows = [
+            {**t.to_public(), "state": lifecycle_state(t), "schema": t.schema_name, "members": n,
+             "purge_after": t.purge_after}
+            for t, n in session.execute(query)
+        ]  # fmt: skip
+    emit_rows(
+        rows,
+        as_json,
+        f"{len(rows)} tenants",
+        {
+            "slug": "slug",
+            "name": "name",
+            "state": "state",
+            "plan": "plan",
+            "members": "members",
+            "created": "created_at",
+        },
+    )
+
+
+@tenants.command("show")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def tenants_show(ctx: Context, tenant: str, as_json: bool) -> None:
+    """Show one tenant (by slug or id): schema and its size, members, plan, usage, last activity."""
+    from saas.ops.lifecycle import tenant_overview
+
+    with ctx.database.transaction() as session:
+        data = tenant_overview(session, find_tenant(session, tenant))
+    if as_json:
+        print_json(data)
+        return
+    keys = ("id", "slug", "name", "state", "plan", "schema", "schema_version", "schema_bytes",
+            "suspended_reason", "purge_after", "last_activity_at", "created_at")  # fmt: skip
+    for key in keys:
+        if data.get(key) is not None:
+            click.echo(f"{key:>17}: {data[key]}")
+    if data["usage"]:
+        click.echo(f"{'usage':>17}: " + ", ".join(f"{k} {v}" for k, v in data["usage"].items()))
+    print_table(
+        "members",
+        ["email", "role", "status"],
+        [[m["email"], m["role"], m["status"]] for m in data["members"]],
+    )
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
 
 
 def _done(as_json: bool, data: dict, message: str) -> None:
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         click.echo(message)
 
@@ -26,10 +186,10 @@ def _done(as_json: bool, data: dict, message: str) -> None:
 @click.option("--reason", required=True, help="recorded in the audit log and shown by `tenants show`")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_suspend(ctx: Context, tenant: str, reason: str, as_json: bool) -> None:
     """Suspend a tenant: its requests and token refreshes are refused, refresh tokens revoked."""
-    from saas.ops.lifecycle import find_tenant, suspend
+    from saas.ops.lifecycle import suspend
 
     with ctx.database.transaction() as session:
         t = suspend(session, find_tenant(session, tenant, for_update=True), reason, operator_actor())
@@ -41,10 +201,10 @@ def tenants_suspend(ctx: Context, tenant: str, reason: str, as_json: bool) -> No
 @click.argument("tenant")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_resume(ctx: Context, tenant: str, as_json: bool) -> None:
     """Reactivate a suspended tenant (also cancels a scheduled deletion)."""
-    from saas.ops.lifecycle import find_tenant, resume
+    from saas.ops.lifecycle import resume
 
     with ctx.database.transaction() as session:
         t = resume(session, find_tenant(session, tenant, for_update=True), operator_actor())
@@ -79,7 +239,7 @@ def _default_export_path(ctx: Context, slug: str) -> Path | None:
 @click.option("--yes", is_flag=True, help="confirm --now")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool, out: Path | None,
                    yes: bool, as_json: bool) -> None:  # fmt: skip
     """Soft-delete a tenant: suspended now, purged after the retention period.
@@ -87,7 +247,7 @@ def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool
     With --now --yes: export it, then drop its schema and shared rows at once (irreversible).
     """
     from saas.ops.export import export_to_file
-    from saas.ops.lifecycle import drop_tenant, find_tenant, schedule_deletion
+    from saas.ops.lifecycle import drop_tenant, schedule_deletion
 
     if not at_once:
         with ctx.database.transaction() as session:
@@ -148,7 +308,7 @@ def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool
 @click.option("--dry-run", is_flag=True, help="list what is due, drop nothing")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_purge(ctx: Context, only: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Drop every soft-deleted tenant whose retention period is over (one transaction each)."""
     from sqlalchemy import select
@@ -185,11 +345,13 @@ def tenants_purge(ctx: Context, only: tuple[str, ...], dry_run: bool, as_json: b
     help="JSON Lines file (format in docs/operations.md); '-' for stdout",
 )
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_export(ctx: Context, tenant: str, out: Path) -> None:
     """Export a tenant's schema data and shared rows (format saas.tenant-export v1)."""
     from saas.ops.export import export_tenant, export_to_file
 
+    with ctx.database.transaction() as session:
+        find_tenant(session, tenant)  # an unknown one is the same one line as in every command
     if str(out) == "-":
         export_tenant(ctx.database.engine, tenant, sys.stdout)
         return
@@ -230,7 +392,7 @@ UNTRUSTED_SAYS = (
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_import(ctx: Context, file, slug: str, name: str | None, trusted: bool,
                    reuse_stripe_customer: bool, as_json: bool) -> None:  # fmt: skip
     """Restore an export into a NEW tenant (new id, schema and slug), in one transaction.
@@ -247,7 +409,7 @@ def tenants_import(ctx: Context, file, slug: str, name: str | None, trusted: boo
     if reuse_stripe_customer and not trusted:
         raise click.UsageError("--reuse-stripe-customer takes Stripe ids from the file: add --trusted")
     notes: list[str] = []
-    try:
+    try:  # an app context: the invitations read the tenant's entitlements and queue their mail
         with ctx.app.app_context(), ctx.database.transaction() as session:
             t, counts = import_tenant(session, iter(file), slug=slug, name=name, actor=operator_actor(),
                                       trusted=trusted, reuse_stripe_customer=reuse_stripe_customer,
@@ -267,10 +429,10 @@ def tenants_import(ctx: Context, file, slug: str, name: str | None, trusted: boo
 @click.argument("new_slug")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_fail_cleanly
+@fail_cleanly
 def tenants_rename_slug(ctx: Context, tenant: str, new_slug: str, as_json: bool) -> None:
     """Change a tenant's slug (its schema does not move; tokens keep working: they carry the id)."""
-    from saas.ops.lifecycle import find_tenant, rename_slug
+    from saas.ops.lifecycle import rename_slug
 
     with ctx.database.transaction() as session:
         t = find_tenant(session, tenant, for_update=True)

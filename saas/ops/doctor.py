@@ -9,11 +9,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from saas.services import services
 from saas.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from saas.services import Services
 
 
 @dataclass
@@ -167,24 +169,28 @@ def check_outbox(engine) -> Verdict:
     return Verdict("outbox", "ok", detail)
 
 
-def run_all(app_factory: Callable[[Settings], Any], environ: dict[str, str] | None = None) -> list[Verdict]:
-    """Every check. ``app_factory(settings)`` builds the app (its database, Redis and keys)."""
+def run_all(
+    services_factory: Callable[[Settings], Services], environ: dict[str, str] | None = None
+) -> list[Verdict]:
+    """Every check. ``services_factory(settings)`` builds the services (database, Redis, keys:
+    :func:`saas.services.build_services`); its failure is the verdict ``app``, the part that
+    would stop the service from starting."""
     config, settings = check_config(environ)
     verdicts = [config]
     if settings is None:
         return verdicts
     try:
-        app = app_factory(settings)
+        svc = services_factory(settings)
     except Exception as exc:
         verdicts.append(Verdict("app", "fail", f"{type(exc).__name__}: {exc}"))
         return verdicts
-    engine = services(app).database.engine
+    engine = svc.database.engine
     verdicts.append(check_database(engine))
-    verdicts.append(check_redis(services(app).redis, bool(settings.redis_url)))
+    verdicts.append(check_redis(svc.redis, bool(settings.redis_url)))
     verdicts.append(check_stripe(environ))
     verdicts.append(check_smtp(settings.smtp_url))
     if verdicts[1].status == "ok":
         verdicts.append(check_migrations(engine))
         verdicts.append(check_outbox(engine))
-    verdicts.append(check_keys(services(app).keys))
+    verdicts.append(check_keys(svc.keys))
     return verdicts

@@ -112,7 +112,4 @@ def run_cli(cli_settings, monkeypatch):
 
     yield run
     for ctx in contexts:
-        if ctx._app is not None:
-            ctx.database.dispose()
-        if ctx._engine is not None:
-            ctx._engine.dispose()
+        ctx.close()

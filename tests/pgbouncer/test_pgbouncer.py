@@ -310,11 +310,7 @@ def _cli(settings, *args: str):
     try:
         return CliRunner().invoke(main, list(args), obj=ctx, catch_exceptions=False)
     finally:
-        for engine in (ctx._engine, ctx._migration_engine):
-            if engine is not None:
-                engine.dispose()
-        if ctx._app is not None:
-            ctx.database.dispose()
+        ctx.close()
 
 
 @pytest.mark.parametrize("parallel", ["1", "2"])

@@ -1,0 +1,5 @@
+"""``python -m saas.cli``: the ``saas`` console script."""
+
+from saas.cli import main
+
+main()

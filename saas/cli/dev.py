@@ -1,0 +1,75 @@
+"""``saas dev``: the service on this machine, migrations applied and the outbox delivered."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from saas.cli.helpers import CliError, Context, fail_cleanly, pass_ctx
+
+
+def register(main: click.Group) -> None:
+    main.add_command(dev)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--workers", default=1, show_default=True, type=int, help="gunicorn workers (1 = Flask dev server)"
+)
+@pass_ctx
+@fail_cleanly
+def dev(ctx: Context, host: str, port: int, workers: int) -> None:
+    """Run the service on the configured servers, or an embedded PostgreSQL and Redis stand-in.
+
+    Applies pending migrations first, so a fresh clone serves the API at once, and delivers the
+    outbox as ``saas worker`` does: without ``SMTP_URL`` every outgoing mail (invitations and
+    their tokens included) is printed to this console.
+    """
+    os.environ.setdefault("SAAS_ENV", "development")
+    settings = ctx.settings
+    from saas.migrate import upgrade_shared
+    from saas.ops.migrations import migrate_tenants
+
+    app = ctx.app
+    upgrade_shared(ctx.migration_engine)
+    migrate_tenants(ctx.migration_engine)
+    click.echo(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    mail = "printed here" if not settings.smtp_url else "sent over SMTP_URL"
+    click.echo(f"delivering the outbox (mail {mail})")
+    if workers > 1:
+        if not settings.redis_url:
+            raise CliError("several workers need REDIS_URL (the in-process stand-in is per process)")
+        os.environ["DATABASE_URL"] = settings.database_url or ""
+        # the outbox worker in a child process sharing this console; gunicorn replaces this one
+        import subprocess
+
+        subprocess.Popen([sys.executable, "-c", "from saas.cli import main; main(['worker'])"])
+        os.execvp(  # noqa: S606 - replaces this process with gunicorn
+            sys.executable,
+            [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-b", f"{host}:{port}",
+             "-w", str(workers), "wsgi:app"],
+        )  # fmt: skip
+    _deliver_outbox_in_background(app)
+    app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
+
+
+def _deliver_outbox_in_background(app) -> None:
+    """Run the outbox worker in a daemon thread of ``saas dev``'s single process (the embedded
+    Redis stand-in is per process, and the mail then prints to the same console)."""
+    import threading
+
+    from saas.services import services
+    from saas.worker import Worker, load_handlers
+
+    load_handlers()
+    worker = Worker(services(app).database, services(app).settings, services={"app": app})
+
+    def run() -> None:
+        with app.app_context():
+            worker.run_forever(heartbeat=None, signals=False)
+
+    threading.Thread(target=run, name="outbox-worker", daemon=True).start()
