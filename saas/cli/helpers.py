@@ -80,7 +80,7 @@ class Context:
     """Lazily built settings, services, database engines and app for the commands.
 
     A command that needs a service reads :attr:`services` (built once per invocation by
-    :func:`saas.services.build_services`, no Flask app); only a command that needs Flask itself
+    :func:`saas.bootstrap.build_services`, no Flask app); only a command that needs Flask itself
     (serving, the worker's handlers, code that reads ``current_app``) reads :attr:`app`. Tests
     hand a context with ``_settings`` (and ``_app``: then :attr:`services` are that app's).
     """
@@ -185,14 +185,14 @@ class Context:
 
 
 def _services_without_app(settings: Settings) -> Services:
-    """:func:`saas.services.build_services` and what ``create_app`` does around it that a
+    """:func:`saas.bootstrap.build_services` and what ``create_app`` does around it that a
     command relies on: log lines configured as the service's (JSON on the real stderr, never
     in ``--json`` output), and the process-wide ORM hooks that publish revocation markers
     (``revocation.init_app``) and invalidate cached tenants (``cache.init_app``) on commit."""
     from saas import observability
     from saas.auth import revocation
+    from saas.bootstrap import build_services
     from saas.cache import principals
-    from saas.services import build_services
 
     observability.configure_logging(settings.log_level, settings.log_format)
     built = build_services(settings)

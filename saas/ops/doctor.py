@@ -173,7 +173,7 @@ def run_all(
     services_factory: Callable[[Settings], Services], environ: dict[str, str] | None = None
 ) -> list[Verdict]:
     """Every check. ``services_factory(settings)`` builds the services (database, Redis, keys:
-    :func:`saas.services.build_services`); its failure is the verdict ``app``, the part that
+    :func:`saas.bootstrap.build_services`); its failure is the verdict ``app``, the part that
     would stop the service from starting."""
     config, settings = check_config(environ)
     verdicts = [config]
