@@ -28,7 +28,7 @@ from flask_smorest.pagination import PaginationMetadataSchema
 from flask_smorest.utils import prepare_response
 from webargs.flaskparser import FlaskParser
 
-from saas.errors import PROBLEM_JSON, AppError, BadRequest, NotFound, ValidationError
+from saas.errors import PROBLEM_JSON, AppError, BadRequest, ErrorCode, NotFound, ValidationError
 from saas.http import request_header
 
 JSON_PATHS = ("/api/",)
@@ -268,11 +268,11 @@ def document_errors_as(media_type: str) -> Callable[[Callable[..., Any]], Callab
 
 
 class UnsupportedMediaType(AppError):
-    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+    status, code, title = 415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"
 
 
 class PayloadTooLarge(AppError):
-    status, code, title = 413, "payload_too_large", "Payload too large"
+    status, code, title = 413, ErrorCode.PAYLOAD_TOO_LARGE, "Payload too large"
 
 
 def _check_media_type() -> None:
@@ -381,7 +381,7 @@ def _refuse_nul_characters() -> None:
             raise AppError(
                 "Parameters must not contain NUL characters (U+0000).",
                 status=400,
-                code="invalid_request",
+                code=ErrorCode.INVALID_REQUEST,
                 title="Invalid request",
                 extra={
                     "error": "invalid_request",

@@ -103,6 +103,6 @@ def audit_account_event(
             target_id=user_id,
             actor=audit.Actor("system", None),
             data=data,
-            schema=tenant.schema_name,
+            tenant_id=tenant.id,
         )
     return len(tenants)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from saas import audit, db
 from saas.api import Blueprint
+from saas.audit import AuditAction
 from saas.auth import browser_sessions, mfa, service, sessions
 from saas.auth import clients as clients_service
 from saas.auth.context import authenticated, current_principal, require
@@ -39,7 +40,7 @@ from saas.auth.schemas import (
     SessionSchema,
 )
 from saas.auth.stepup import check_step_up, require_step_up
-from saas.errors import Forbidden, NotFound, Unauthorized, ValidationError
+from saas.errors import ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.rbac import can_assign
 from saas.services import services
@@ -91,7 +92,7 @@ def _check_client_role(body: dict) -> None:
     if role is not None and not can_assign(principal.role or "", role):
         raise Forbidden(
             f"You cannot give a client the role {role!r}.",
-            code="role_not_assignable",
+            code=ErrorCode.ROLE_NOT_ASSIGNABLE,
             title="Role not assignable",
         )
 
@@ -112,7 +113,7 @@ def _own_client(client_id: str) -> OAuthClient:
     if not can_assign(principal.role or "", client.role):
         raise Forbidden(
             f"This client acts with the role {client.role!r}, above yours.",
-            code="role_not_assignable",
+            code=ErrorCode.ROLE_NOT_ASSIGNABLE,
             title="Role not assignable",
         )
     return client
@@ -181,7 +182,9 @@ def _mfa_subject(token: str | None, purposes: tuple[str, ...] = ("enroll",), *, 
         .where(User.id == ticket.user_id, Tenant.id == ticket.tenant_id, Membership.status == "active")
     ).first()
     if row is None or row[0].status != "active":
-        raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
+        raise Unauthorized(
+            "The mfa_token is invalid or has expired.", code=ErrorCode.INVALID_MFA_TOKEN, error=None
+        )
     return row[0], row[1], ticket
 
 
@@ -209,7 +212,7 @@ class Totp(MethodView):
         user = sess.get(User, principal.user_id)
         passwords = services().passwords
         if not passwords.verify(user.password_hash, body["password"]):
-            raise Unauthorized("The password is incorrect.", code="invalid_credentials", error=None)
+            raise Unauthorized("The password is incorrect.", code=ErrorCode.INVALID_CREDENTIALS, error=None)
         mfa.verify(sess, user, body["code"], principal.tenant.schema_name)
         requiring = _tenants_requiring_mfa(user.id)
         if requiring:
@@ -265,10 +268,10 @@ class RecoveryCodes(MethodView):
         principal = current_principal()
         sess = db.session()
         if not mfa.has_mfa(sess, principal.user_id):
-            raise NotFound("TOTP is not enabled.", code="mfa_not_enabled")
+            raise NotFound("TOTP is not enabled.", code=ErrorCode.MFA_NOT_ENABLED)
         user = sess.get(User, principal.user_id)
         codes = mfa.regenerate_recovery_codes(sess, user)
-        audit.record(sess, "mfa.recovery_codes_regenerated", target_type="user", target_id=user.id)
+        audit.record(sess, AuditAction.MFA_RECOVERY_CODES_REGENERATED, target_type="user", target_id=user.id)
         return {"recovery_codes": codes}
 
 
@@ -301,7 +304,7 @@ class MySession(MethodView):
         if family is None:
             raise NotFound("No such session.")
         sessions.revoke_family(sess, family, "user_revoked")
-        audit.record(sess, "auth.session_revoked", target_type="session", target_id=family)
+        audit.record(sess, AuditAction.AUTH_SESSION_REVOKED, target_type="session", target_id=family)
 
 
 @blp.route("/members/<user_id>/sessions")
@@ -325,12 +328,14 @@ class MemberSessions(MethodView):
             raise NotFound("No such member.")
         if uid != principal.user_id and not can_assign(principal.role or "", member.role):
             # as removing or demoting them: nobody ends the sessions of a member above them
-            raise Forbidden("You cannot end the sessions of a member above you.", code="role_not_assignable")
+            raise Forbidden(
+                "You cannot end the sessions of a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
+            )
         count = service.revoke_user_sessions(sess, uid, principal.tenant_id, "admin_revoked")
         browsers = browser_sessions.end_for_user(sess, uid, "admin_revoked")
         audit.record(
             sess,
-            "auth.sessions_revoked",
+            AuditAction.AUTH_SESSIONS_REVOKED,
             target_type="user",
             target_id=uid,
             data={"revoked": count, "browser_sessions": browsers},

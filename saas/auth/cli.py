@@ -211,7 +211,11 @@ def clients_create(
         out = to_public(client)
     security_log.warning(
         "platform client created",
-        extra={"event": "client.created", "client_id": out["client_id"], "actor": operator_actor().id},
+        extra={
+            "event": "client.created",
+            "client_id": out["client_id"],
+            "actor": operator_actor().id,
+        },
     )
     if secret:
         out["client_secret"] = secret
@@ -253,14 +257,15 @@ def reset_mfa(ctx: Context, email: str) -> None:
         for tenant in tenants:
             if had:
                 from saas import audit
+                from saas.audit import AuditAction
 
                 audit.record(
                     session,
-                    "mfa.reset",
+                    AuditAction.MFA_RESET,
                     target_type="user",
                     target_id=user.id,
                     actor=operator_actor(),
-                    schema=tenant.schema_name,
+                    tenant_id=tenant.id,
                 )
             service.revoke_user_sessions(session, user.id, tenant.id, "mfa_reset")
     click.echo(f"MFA {'reset' if had else 'was not enabled'} for {email}; sessions revoked")

@@ -24,12 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import audit
+from saas.audit import AuditAction
 from saas.auth import revocation
 from saas.auth.models import OAuthClient, RefreshToken
 from saas.auth.security import random_token, token_hash
 from saas.auth.sessions import revoke_tokens
 from saas.db import utcnow
-from saas.errors import AppError, NotFound, ValidationError
+from saas.errors import AppError, ErrorCode, NotFound, ValidationError
 from saas.rbac import ROLES
 
 CLIENT_TYPES = ("public", "confidential")
@@ -37,7 +38,6 @@ GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access", "api")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
-
 
 
 def validate_redirect_uri(uri: str) -> str | None:
@@ -154,7 +154,7 @@ def create_client(
     session.flush()
     audit.record(
         session,
-        "client.created",
+        AuditAction.CLIENT_CREATED,
         target_type="oauth_client",
         target_id=client.client_id,
         data={"name": client.name, "client_type": client_type, "grant_types": client.grant_types},
@@ -185,7 +185,7 @@ def update_client(session: Session, client: OAuthClient, data: dict[str, Any]) -
     session.flush()
     audit.record(
         session,
-        "client.updated",
+        AuditAction.CLIENT_UPDATED,
         target_type="oauth_client",
         target_id=client.client_id,
         data={"fields": changed},
@@ -201,13 +201,15 @@ def rotate_secret(session: Session, client: OAuthClient) -> str:
     """
     if not client.is_confidential:
         raise AppError(
-            "Public clients have no secret.", status=409, code="public_client", title="Public client"
+            "Public clients have no secret.", status=409, code=ErrorCode.PUBLIC_CLIENT, title="Public client"
         )
     secret = f"cs_{random_token()}"
     client.secret_hash = token_hash(secret)
     client.secret_rotated_at = utcnow()
     session.flush()
-    audit.record(session, "client.secret_rotated", target_type="oauth_client", target_id=client.client_id)
+    audit.record(
+        session, AuditAction.CLIENT_SECRET_ROTATED, target_type="oauth_client", target_id=client.client_id
+    )
     return secret
 
 
@@ -217,7 +219,7 @@ def delete_client(session: Session, client: OAuthClient) -> None:
     revoke_tokens(session, RefreshToken.client_id == client.client_id, reason="client_deleted")
     if client.tenant_id is not None:
         revocation.revoke_client(session, client.tenant_id, client.client_id)
-    audit.record(session, "client.deleted", target_type="oauth_client", target_id=client.client_id)
+    audit.record(session, AuditAction.CLIENT_DELETED, target_type="oauth_client", target_id=client.client_id)
     session.delete(client)
     session.flush()
 

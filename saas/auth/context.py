@@ -16,7 +16,7 @@ from sqlalchemy import select
 from saas import db
 from saas.api import document_auth
 from saas.auth import revocation
-from saas.errors import Forbidden, Unauthorized
+from saas.errors import ErrorCode, Forbidden, Unauthorized
 from saas.rbac import permissions_for
 from saas.services import services
 from saas.tenancy.models import Membership, Tenant
@@ -210,11 +210,13 @@ def current_principal() -> Principal:
     if principal.user_id is not None and snap.tenant.require_mfa and "otp" not in amr:
         raise Unauthorized(
             "This organisation requires a second factor: sign in again with MFA.",
-            code="mfa_required",
+            code=ErrorCode.MFA_REQUIRED,
             error="insufficient_user_authentication",
         )
     if snap.tenant.status != "active":
-        raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
+        raise Forbidden(
+            "This tenant is suspended.", code=ErrorCode.TENANT_SUSPENDED, title="Tenant suspended"
+        )
     principal.tenant_snapshot = snap.tenant
     principal.entitlements = snap.entitlements
     granted = permissions_for(principal.roles)
@@ -239,7 +241,7 @@ def require(permission: str) -> Callable[[F], F]:
             if permission not in principal.permissions:
                 raise Forbidden(
                     f"This action needs the '{permission}' permission.",
-                    code="permission_denied",
+                    code=ErrorCode.PERMISSION_DENIED,
                     title="Permission denied",
                     extra={"permission": permission},
                 )

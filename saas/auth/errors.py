@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response
 
-from saas.errors import AppError, problem_response
+from saas.errors import AppError, ErrorCode, problem_response
 
 if TYPE_CHECKING:
     from authlib.oauth2 import OAuth2Error
@@ -58,17 +58,17 @@ class OAuthError(AppError):
     """An error of the token, revocation or introspection endpoint: ``code`` is its RFC 6749
     section 5.2 ``error``."""
 
-    status, code, title = 400, "invalid_request", "Invalid request"
+    status, code, title = 400, ErrorCode.INVALID_REQUEST, "Invalid request"
 
 
 class InvalidRequest(OAuthError):
-    status, code, title = 400, "invalid_request", "Invalid request"
+    status, code, title = 400, ErrorCode.INVALID_REQUEST, "Invalid request"
 
 
 class InvalidClient(OAuthError):
     """``invalid_client``: 401 with a Basic challenge (RFC 6749 section 5.2)."""
 
-    status, code, title = 401, "invalid_client", "Client authentication failed"
+    status, code, title = 401, ErrorCode.INVALID_CLIENT, "Client authentication failed"
 
     def __init__(self, detail: str = "Client authentication failed.", **kw: Any):
         super().__init__(detail, **kw)
@@ -76,19 +76,19 @@ class InvalidClient(OAuthError):
 
 
 class InvalidGrant(OAuthError):
-    status, code, title = 400, "invalid_grant", "Invalid grant"
+    status, code, title = 400, ErrorCode.INVALID_GRANT, "Invalid grant"
 
 
 class UnauthorizedClient(OAuthError):
-    status, code, title = 400, "unauthorized_client", "Unauthorized client"
+    status, code, title = 400, ErrorCode.UNAUTHORIZED_CLIENT, "Unauthorized client"
 
 
 class UnsupportedGrantType(OAuthError):
-    status, code, title = 400, "unsupported_grant_type", "Unsupported grant type"
+    status, code, title = 400, ErrorCode.UNSUPPORTED_GRANT_TYPE, "Unsupported grant type"
 
 
 class InvalidScope(OAuthError):
-    status, code, title = 400, "invalid_scope", "Invalid scope"
+    status, code, title = 400, ErrorCode.INVALID_SCOPE, "Invalid scope"
 
 
 _BY_CODE: dict[str, type[OAuthError]] = {
@@ -162,19 +162,19 @@ class MfaRequired(AppError):
     """403 ``mfa_required``: the password was right; send ``mfa_token`` and a code to
     ``POST /api/v1/auth/mfa``."""
 
-    status, code, title = 403, "mfa_required", "Second factor required"
+    status, code, title = 403, ErrorCode.MFA_REQUIRED, "Second factor required"
 
 
 class MfaEnrollmentRequired(AppError):
     """403 ``mfa_enrollment_required``: the tenant requires MFA; enrol with ``mfa_token``."""
 
-    status, code, title = 403, "mfa_enrollment_required", "MFA enrolment required"
+    status, code, title = 403, ErrorCode.MFA_ENROLLMENT_REQUIRED, "MFA enrolment required"
 
 
 class MfaFailed(AppError):
     """A wrong, replayed or expired second factor (401, no ``WWW-Authenticate`` challenge)."""
 
-    status, code, title = 401, "mfa_invalid_code", "Invalid MFA code"
+    status, code, title = 401, ErrorCode.MFA_INVALID_CODE, "Invalid MFA code"
 
     def __init__(self, detail: str, **kw: Any):
         super().__init__(detail, **kw)
@@ -185,19 +185,19 @@ class MfaFailed(AppError):
 class MfaUnavailable(AppError):
     """Redis (where ``mfa_token`` lives) cannot be reached: 503, try again."""
 
-    status, code, title = 503, "mfa_unavailable", "MFA temporarily unavailable"
+    status, code, title = 503, ErrorCode.MFA_UNAVAILABLE, "MFA temporarily unavailable"
 
 
 class MfaLocked(AppError):
     """Too many wrong codes: the factor is locked for a while (``Retry-After`` seconds)."""
 
-    status, code, title = 403, "mfa_locked", "MFA factor locked"
+    status, code, title = 403, ErrorCode.MFA_LOCKED, "MFA factor locked"
 
 
 class InsufficientUserAuthentication(AppError):
     """RFC 9470 section 3: 401 with the ``insufficient_user_authentication`` challenge."""
 
-    status, code, title = 401, "insufficient_user_authentication", "Recent authentication required"
+    status, code, title = 401, ErrorCode.INSUFFICIENT_USER_AUTHENTICATION, "Recent authentication required"
 
     def __init__(self, detail: str, *, max_age: int, acr: str):
         super().__init__(detail, extra={"max_age": max_age, "acr_values": acr})

@@ -37,6 +37,7 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 
 from saas import audit, db
+from saas.audit import AuditAction
 from saas.auth import browser_sessions, mfa, service
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
@@ -182,9 +183,7 @@ def _end_sign_in(reason: str) -> uuid.UUID | None:
 def _redirect_error(req: provider.AuthorizationRequest, error: str, description: str):
     session.pop("areq", None)
     return redirect(
-        provider.error_redirect(
-            AuthorizeRedirectError(req.redirect_uri, error, description, req.state)
-        )
+        provider.error_redirect(AuthorizeRedirectError(req.redirect_uri, error, description, req.state))
     )
 
 
@@ -293,12 +292,12 @@ def _continue():
         # the first code after a password (and MFA) login: that is the login to audit
         audit.record(
             sess,
-            "auth.login",
+            AuditAction.AUTH_LOGIN,
             target_type="user",
             target_id=user.id,
             actor=audit.Actor("user", str(user.id)),
             data={"amr": amr, "client_id": client.client_id, "via": "hosted"},
-            schema=tenant.schema_name,
+            tenant_id=tenant.id,
         )
         session["login"] = {**session["login"], "fresh": False}
     session.pop("areq", None)
@@ -493,11 +492,11 @@ def consent():
     if request.form.get("decision") != "allow":
         audit.record(
             sess,
-            "oauth.consent_denied",
+            AuditAction.OAUTH_CONSENT_DENIED,
             target_type="oauth_client",
             target_id=client.client_id,
             actor=audit.Actor("user", login["uid"]),
-            schema=tenant_row.schema_name,
+            tenant_id=tenant_row.id,
         )
         return _redirect_error(req, "access_denied", "The user denied the request.")
     provider.grant_consent(sess, client, uuid.UUID(login["uid"]), tenant_row, req.scope)
@@ -516,12 +515,12 @@ def logout():
         for _m, tenant_row in _memberships(user_id):
             audit.record(
                 db.session(),
-                "auth.logout",
+                AuditAction.AUTH_LOGOUT,
                 target_type="user",
                 target_id=user_id,
                 actor=audit.Actor("user", str(user_id)),
                 data={"via": "hosted"},
-                schema=tenant_row.schema_name,
+                tenant_id=tenant_row.id,
             )
     session.clear()
     return _render("error.html", title="Signed out", detail="You are signed out.")

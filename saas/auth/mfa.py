@@ -57,12 +57,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from saas import audit
+from saas.audit import AuditAction
 from saas.auth.accounts import audit_account_event
 from saas.auth.errors import MfaFailed, MfaLocked, MfaUnavailable
 from saas.auth.models import MfaFactor, RecoveryCode
 from saas.auth.security import random_token, same_string, token_hash
-from saas.db import utcnow
-from saas.errors import Conflict, Unauthorized
+from saas.db import EarlyCommit, commit_early, utcnow
+from saas.errors import Conflict, ErrorCode, Unauthorized
 from saas.identity.models import User
 from saas.services import services
 
@@ -256,7 +257,7 @@ def begin_enrollment(session: Session, user: User) -> Enrollment:
         Conflict: ``mfa_already_enabled``.
     """
     if active_factor(session, user.id) is not None:
-        raise Conflict("TOTP is already enabled; disable it first.", code="mfa_already_enabled")
+        raise Conflict("TOTP is already enabled; disable it first.", code=ErrorCode.MFA_ALREADY_ENABLED)
     session.execute(delete(MfaFactor).where(MfaFactor.user_id == user.id, MfaFactor.status == "pending"))
     secret = pyotp.random_base32(32)
     session.add(
@@ -281,14 +282,14 @@ def confirm_enrollment(session: Session, user: User, code: str, schema: str | No
         select(MfaFactor).where(MfaFactor.user_id == user.id, MfaFactor.status == "pending").with_for_update()
     ).first()
     if factor is None:
-        raise Conflict("Start an enrolment first (POST /api/v1/me/mfa/totp).", code="mfa_not_pending")
+        raise Conflict("Start an enrolment first (POST /api/v1/me/mfa/totp).", code=ErrorCode.MFA_NOT_PENDING)
     _check_code(session, user, factor, code, schema, allow_recovery=False)
     factor.status = "active"
     factor.confirmed_at = utcnow()
     codes = regenerate_recovery_codes(session, user)
     audit.record(
         session,
-        "mfa.enrolled",
+        AuditAction.MFA_ENROLLED,
         target_type="user",
         target_id=user.id,
         actor=audit.Actor("user", str(user.id)),
@@ -323,7 +324,7 @@ def disable(session: Session, user: User, schema: str | None) -> None:
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     audit.record(
         session,
-        "mfa.disabled",
+        AuditAction.MFA_DISABLED,
         target_type="user",
         target_id=user.id,
         data={"kind": "totp"},
@@ -337,7 +338,9 @@ def reset(session: Session, user: User, schema: str | None, actor: audit.Actor) 
     session.execute(delete(MfaFactor).where(MfaFactor.user_id == user.id))
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     if schema and had:
-        audit.record(session, "mfa.reset", target_type="user", target_id=user.id, actor=actor, schema=schema)
+        audit.record(
+            session, AuditAction.MFA_RESET, target_type="user", target_id=user.id, actor=actor, schema=schema
+        )
     return had
 
 
@@ -390,7 +393,7 @@ def _check_code(
             _succeeded(factor, redis, key)
             audit.record(
                 session,
-                "mfa.recovery_code_used",
+                AuditAction.MFA_RECOVERY_CODE_USED,
                 target_type="user",
                 target_id=user.id,
                 actor=audit.Actor("user", str(user.id)),
@@ -412,7 +415,7 @@ def _check_code(
     if schema:
         audit.record(
             session,
-            "mfa.failed",
+            AuditAction.MFA_FAILED,
             target_type="user",
             target_id=user.id,
             actor=audit.Actor("user", str(user.id)),
@@ -422,10 +425,10 @@ def _check_code(
     scope = "account" if account_locked else "attempt" if failures == MAX_FAILURES else None
     if scope is not None:
         audit_account_event(
-            session, user.id, "mfa.locked", {"kind": "totp", "scope": scope, "retry_after": lockout}
+            session, user.id, AuditAction.MFA_LOCKED, {"kind": "totp", "scope": scope, "retry_after": lockout}
         )
     # the failure must count although the request fails
-    session.commit()
+    commit_early(session, EarlyCommit.MFA_FAILURE)
     if account_locked or failures >= MAX_FAILURES:
         raise _locked(lockout, "account" if account_locked else "attempt")
     raise MfaFailed("The code is wrong, expired or already used.")
@@ -480,7 +483,7 @@ def read_mfa_token(token: str | None, purposes: tuple[str, ...]) -> MfaTicket:
         Unauthorized: ``invalid_mfa_token`` (unknown, expired, used, or for another purpose).
     """
     if not token or len(token) > 200:
-        raise Unauthorized("The mfa_token is missing.", code="invalid_mfa_token", error=None)
+        raise Unauthorized("The mfa_token is missing.", code=ErrorCode.INVALID_MFA_TOKEN, error=None)
     redis = services().redis
     key = _MFA_TOKEN_PREFIX + token_hash(token)
     try:
@@ -488,10 +491,12 @@ def read_mfa_token(token: str | None, purposes: tuple[str, ...]) -> MfaTicket:
     except RedisError:
         raise MfaUnavailable("The second step of the login cannot be checked right now; retry.") from None
     if raw is None:
-        raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
+        raise Unauthorized(
+            "The mfa_token is invalid or has expired.", code=ErrorCode.INVALID_MFA_TOKEN, error=None
+        )
     data = json.loads(raw)
     if data.get("purpose") not in purposes:
-        raise Unauthorized("The mfa_token cannot be used here.", code="invalid_mfa_token", error=None)
+        raise Unauthorized("The mfa_token cannot be used here.", code=ErrorCode.INVALID_MFA_TOKEN, error=None)
     return MfaTicket(
         uuid.UUID(data["user_id"]),
         uuid.UUID(data["tenant_id"]),
@@ -513,4 +518,4 @@ def consume_mfa_token(ticket: MfaTicket) -> None:
     except RedisError:
         raise MfaUnavailable("The second step of the login cannot be completed right now; retry.") from None
     if not deleted:
-        raise Unauthorized("The mfa_token was already used.", code="invalid_mfa_token", error=None)
+        raise Unauthorized("The mfa_token was already used.", code=ErrorCode.INVALID_MFA_TOKEN, error=None)

@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 from saas.auth.tokens import FIRST_PARTY_CLIENT
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
-from saas.errors import ServiceUnavailable, Unauthorized
+from saas.errors import ErrorCode, ServiceUnavailable, Unauthorized
 from saas.services import services
 
 log = logging.getLogger("saas.auth.revocation")
@@ -220,7 +220,7 @@ def note(state: str) -> None:
 
 def refuse() -> Unauthorized:
     """The 401 of a revoked credential (RFC 6750 ``invalid_token``)."""
-    return Unauthorized("The access token's session has ended.", code="session_revoked")
+    return Unauthorized("The access token's session has ended.", code=ErrorCode.SESSION_REVOKED)
 
 
 def check(principal: Any) -> None:
@@ -255,7 +255,7 @@ def check(principal: Any) -> None:
     guard = services().redis_guard
     raise ServiceUnavailable(
         "Session state is temporarily unavailable, so changes are refused; try again shortly.",
-        code="revocation_check_unavailable",
+        code=ErrorCode.REVOCATION_CHECK_UNAVAILABLE,
         title="Session check unavailable",
         headers={"Retry-After": str(max(1, round(guard.breaker.cooldown)))},
     )

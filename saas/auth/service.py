@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from saas import audit
+from saas.audit import AuditAction
 from saas.auth import mfa
 from saas.auth.accounts import audit_account_event
 from saas.auth.errors import InvalidClient, InvalidGrant, MfaEnrollmentRequired, MfaRequired
@@ -25,8 +26,8 @@ from saas.auth.models import RefreshToken
 from saas.auth.security import random_token, token_hash
 from saas.auth.sessions import revoke_family, revoke_tokens
 from saas.auth.tokens import FIRST_PARTY_CLIENT
-from saas.db import utcnow
-from saas.errors import Forbidden, Unauthorized, ValidationError
+from saas.db import EarlyCommit, commit_early, utcnow
+from saas.errors import ErrorCode, Forbidden, Unauthorized, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords
 from saas.services import services
@@ -106,7 +107,9 @@ def authenticate_password(session: Session, email: str, password: str) -> User:
     user = find_user_by_email(session, email)
     ok = _passwords().verify(user.password_hash if user else None, password)
     if not ok or user is None or user.status != "active":
-        raise Unauthorized("The email or password is incorrect.", code="invalid_credentials", error=None)
+        raise Unauthorized(
+            "The email or password is incorrect.", code=ErrorCode.INVALID_CREDENTIALS, error=None
+        )
     if user.password_hash and _passwords().needs_rehash(user.password_hash):
         user.password_hash = _passwords().hash(password)
     return user
@@ -128,7 +131,9 @@ def choose_membership(session: Session, user: User, tenant_slug: str | None) -> 
     if tenant_slug:
         rows = [r for r in rows if r[1].slug == tenant_slug.strip().lower()]
         if not rows:
-            raise Forbidden("You are not a member of that tenant.", code="not_a_member", title="Not a member")
+            raise Forbidden(
+                "You are not a member of that tenant.", code=ErrorCode.NOT_A_MEMBER, title="Not a member"
+            )
     elif len(rows) > 1:
         raise ValidationError(
             {"tenant": ["You belong to several tenants: name one."]},
@@ -136,11 +141,13 @@ def choose_membership(session: Session, user: User, tenant_slug: str | None) -> 
         )
     elif not rows:
         raise Forbidden(
-            "You are not an active member of any tenant.", code="not_a_member", title="Not a member"
+            "You are not an active member of any tenant.", code=ErrorCode.NOT_A_MEMBER, title="Not a member"
         )
     membership, tenant = rows[0]
     if tenant.status != "active":
-        raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
+        raise Forbidden(
+            "This tenant is suspended.", code=ErrorCode.TENANT_SUSPENDED, title="Tenant suspended"
+        )
     return membership, tenant
 
 
@@ -254,17 +261,17 @@ def audit_failed_login(session: Session, email: str, tenant_slug: str | None, re
     for tenant in tenants:
         audit.record(
             session,
-            "auth.login_failed",
+            AuditAction.AUTH_LOGIN_FAILED,
             target_type="user",
             target_id=user_id,
             actor=audit.Actor("user", str(user_id)),
             data={"reason": reason},
-            schema=tenant.schema_name,
+            tenant_id=tenant.id,
         )
     if not tenants:
         # stands in for the audit insert: a primary-key update that matches nothing
         session.execute(update(User).where(User.id == _NO_USER).values(status=User.status))
-    session.commit()
+    commit_early(session, EarlyCommit.SIGN_IN_FAILURE)
 
 
 def audit_login_throttled(
@@ -280,9 +287,9 @@ def audit_login_throttled(
     if user_id is None:
         user = find_user_by_email(session, email) if email else None
         user_id = user.id if user is not None else None
-    if user_id is None or not audit_account_event(session, user_id, "auth.login_throttled", data):
+    if user_id is None or not audit_account_event(session, user_id, AuditAction.AUTH_LOGIN_THROTTLED, data):
         session.execute(update(User).where(User.id == _NO_USER).values(status=User.status))
-    session.commit()
+    commit_early(session, EarlyCommit.SIGN_IN_THROTTLED)
 
 
 def second_factor_gate(session: Session, user: User, tenant: Tenant, amr: list[str]) -> None:
@@ -309,7 +316,9 @@ def second_factor_gate(session: Session, user: User, tenant: Tenant, amr: list[s
 def check_account(user: User) -> None:
     """Refuse locked or otherwise inactive accounts with the same answer as a wrong password."""
     if user.status != "active":
-        raise Unauthorized("The email or password is incorrect.", code="invalid_credentials", error=None)
+        raise Unauthorized(
+            "The email or password is incorrect.", code=ErrorCode.INVALID_CREDENTIALS, error=None
+        )
 
 
 def complete_login(
@@ -328,12 +337,12 @@ def complete_login(
     )
     audit.record(
         session,
-        "auth.login",
+        AuditAction.AUTH_LOGIN,
         target_type="user",
         target_id=user.id,
         actor=audit.Actor("user", str(user.id)),
         data={"amr": amr},
-        schema=tenant.schema_name,
+        tenant_id=tenant.id,
     )
     return response
 
@@ -365,11 +374,15 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
     ticket = mfa.read_mfa_token(mfa_token, ("login",))
     row = membership_of(session, ticket.user_id, ticket.tenant_id)
     if row is None:
-        raise Unauthorized("The mfa_token is invalid or has expired.", code="invalid_mfa_token", error=None)
+        raise Unauthorized(
+            "The mfa_token is invalid or has expired.", code=ErrorCode.INVALID_MFA_TOKEN, error=None
+        )
     membership, tenant, user = row
     check_account(user)
     if tenant.status != "active":
-        raise Forbidden("This tenant is suspended.", code="tenant_suspended", title="Tenant suspended")
+        raise Forbidden(
+            "This tenant is suspended.", code=ErrorCode.TENANT_SUSPENDED, title="Tenant suspended"
+        )
     mfa.verify(session, user, code, tenant.schema_name, mfa_token=mfa_token)
     mfa.consume_mfa_token(ticket)
     return complete_login(session, user, membership, tenant, [*ticket.amr, "otp"])
@@ -426,7 +439,7 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
     membership_row = membership_of(session, row.user_id, row.tenant_id)
     if membership_row is None:
         revoke_family(session, row.family_id, "membership_gone")
-        session.commit()
+        commit_early(session, EarlyCommit.REFRESH_MEMBERSHIP_GONE)
         raise InvalidGrant("The membership behind this refresh token no longer exists.")
     membership, tenant, user = membership_row
     if tenant.status != "active" or user.status != "active":
@@ -489,13 +502,13 @@ def _reuse_detected(session: Session, row: RefreshToken) -> NoReturn:
     if tenant is not None:
         audit.record(
             session,
-            "auth.refresh_token_reused",
+            AuditAction.AUTH_REFRESH_TOKEN_REUSED,
             target_type="session",
             target_id=row.family_id,
             actor=audit.Actor("user", str(row.user_id)),
-            schema=tenant.schema_name,
+            tenant_id=tenant.id,
         )
-    session.commit()
+    commit_early(session, EarlyCommit.REFRESH_TOKEN_REUSED)
     raise InvalidGrant("The refresh token was already used; the session has been revoked.")
 
 

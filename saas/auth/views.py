@@ -10,6 +10,7 @@ from flask.views import MethodView
 
 from saas import audit, db
 from saas.api import Blueprint
+from saas.audit import AuditAction
 from saas.auth import service, sessions
 from saas.auth.context import authenticated, current_principal
 from saas.auth.schemas import LoginSchema, MfaLoginSchema, TokenResponseSchema
@@ -54,4 +55,4 @@ class Logout(MethodView):
         session = db.session()
         family = sessions.owned_family(session, sid, principal.user_id, principal.tenant_id)
         if family is not None and sessions.revoke_family(session, family, "logout"):
-            audit.record(session, "auth.logout", target_type="session", target_id=family)
+            audit.record(session, AuditAction.AUTH_LOGOUT, target_type="session", target_id=family)

@@ -249,6 +249,7 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
     import json
 
     from saas import audit
+    from saas.audit import AuditAction
     from saas.billing import entitlements as ent
     from saas.billing.models import BillingOverride
     from saas.db import utcnow
@@ -288,9 +289,15 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
             after = {"plan": override.plan, "limits": parsed}
         session.flush()
         t.plan = ent.effective_plan_id(None, ent.load_state(session, t.id)) if after or before else t.plan
-        audit.record(session, "billing.plan_overridden", target_type="tenant", target_id=t.id,
-                     data={"from": before, "to": after, "reason": reason}, actor=actor,
-                     schema=t.schema_name)  # fmt: skip
+        audit.record(
+            session,
+            AuditAction.BILLING_PLAN_OVERRIDDEN,
+            target_type="tenant",
+            target_id=t.id,
+            data={"from": before, "to": after, "reason": reason},
+            actor=actor,
+            tenant_id=t.id,
+        )
         ent.invalidate(session, t.id, redis=ctx.services.redis)  # the API's cached state goes now
         slug, effective = t.slug, t.plan
     click.echo(f"{slug}: override {'removed' if after is None else after}; plan now {effective}")

@@ -269,9 +269,13 @@ def check_seat_available(session: Session, tenant: Tenant) -> None:
         + (f"; the '{required}' plan allows more." if required else "."),
         code=ErrorCode.SEATS_EXCEEDED,
         title="Seat limit reached",
-        extra={"plan": entitlements.plan, "seats": entitlements.seats, "seats_used": used,
-               "required_plan": required},
-    )  # fmt: skip
+        extra={
+            "plan": entitlements.plan,
+            "seats": entitlements.seats,
+            "seats_used": used,
+            "required_plan": required,
+        },
+    )
 
 
 def members_changed(session: Session, tenant_id: uuid.UUID) -> None:

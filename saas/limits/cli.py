@@ -172,18 +172,19 @@ def show(ctx: Context, tenant: str, as_json: bool) -> None:
 def reset(ctx: Context, tenant: str, include_quota: bool) -> None:
     """Clear TENANT's rate-limit state (audited in the tenant's log)."""
     from saas import audit
+    from saas.audit import AuditAction
 
     with ctx.database.transaction() as session:
         t = find_tenant(session, tenant)
         deleted = reset_tenant_limits(ctx.services, t, include_quota)
         audit.record(
             session,
-            "limits.reset",
+            AuditAction.LIMITS_RESET,
             target_type="tenant",
             target_id=t.id,
             data={"keys_deleted": deleted, "quota": include_quota},
             actor=operator_actor(),
-            schema=t.schema_name,
+            tenant_id=t.id,
         )
     suffix = " (quota included)" if include_quota else ""
     click.echo(f"reset {deleted} rate-limit keys of {t.slug}{suffix}")

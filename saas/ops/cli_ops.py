@@ -184,8 +184,9 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
     from sqlalchemy import select
 
     from saas import audit
+    from saas.audit import AuditAction
     from saas.auth.models import RefreshToken
-    from saas.tenancy.models import Membership, Tenant
+    from saas.tenancy.models import Membership
 
     actor = operator_actor()
     with ctx.database.transaction() as session:
@@ -200,21 +201,24 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
 
             revoked = revoke_tokens(session, RefreshToken.user_id == u.id, reason="user_locked")
             browser_sessions.end_for_user(session, u.id, "user_locked")
-        action = "user.locked" if status == "locked" else "user.unlocked"
-        tenants = session.execute(
-            select(Tenant.id, Tenant.schema_name).join(Membership, Membership.tenant_id == Tenant.id)
-            .where(Membership.user_id == u.id)
-        ).all()  # fmt: skip
-        schemas = [schema for _, schema in tenants]
+        action = AuditAction.USER_LOCKED if status == "locked" else AuditAction.USER_UNLOCKED
+        tenant_ids = session.scalars(select(Membership.tenant_id).where(Membership.user_id == u.id)).all()
         # cached principals of every tenant the user is in must see the new status at once
-        session.info.setdefault("saas.cache.touched", set()).update(tid for tid, _ in tenants)
+        session.info.setdefault("saas.cache.touched", set()).update(tenant_ids)
         from saas import outbox
 
         event = "account_locked" if status == "locked" else "account_unlocked"
         outbox.enqueue(session, "mail.security", {"to": u.email, "event": event})
-        for schema in schemas:  # each tenant the user belongs to sees it in its audit log
-            audit.record(session, action, target_type="user", target_id=u.id,
-                         data={"reason": reason} if reason else {}, actor=actor, schema=schema)  # fmt: skip
+        for tenant_id in tenant_ids:  # each tenant the user belongs to sees it in its audit log
+            audit.record(
+                session,
+                action,
+                target_type="user",
+                target_id=u.id,
+                data={"reason": reason} if reason else {},
+                actor=actor,
+                tenant_id=tenant_id,
+            )
         return {"id": str(u.id), "email": u.email, "status": status, "revoked_sessions": revoked}
 
 

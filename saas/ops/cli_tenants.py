@@ -60,6 +60,7 @@ def tenants_create(
 ) -> None:
     """Provision a tenant (row, schema at head, owner) in one transaction."""
     from saas import audit
+    from saas.audit import AuditAction
     from saas.tenancy.provisioning import provision_tenant, validate_signup
 
     slug, name, email, _, owner_name = validate_signup(
@@ -78,11 +79,11 @@ def tenants_create(
         )
         audit.record(
             session,
-            "tenant.created_by_operator",
+            AuditAction.TENANT_CREATED_BY_OPERATOR,
             target_type="tenant",
             target_id=done.tenant.id,
             actor=operator_actor(),
-            schema=done.tenant.schema_name,
+            tenant_id=done.tenant.id,
         )
         result = {**done.tenant.to_public(), "schema": done.tenant.schema_name, "owner": done.owner.email}
     if as_json:

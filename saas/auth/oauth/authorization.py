@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import audit
+from saas.audit import AuditAction
 from saas.auth.clients import SUPPORTED_SCOPES
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import AuthorizationCode, Consent, OAuthClient
@@ -196,12 +197,12 @@ def grant_consent(
     consent.granted_at = utcnow()
     audit.record(
         session,
-        "oauth.consent_granted",
+        AuditAction.OAUTH_CONSENT_GRANTED,
         target_type="oauth_client",
         target_id=client.client_id,
         actor=audit.Actor("user", str(user_id)),
         data={"scope": scope},
-        schema=tenant.schema_name,
+        tenant_id=tenant.id,
     )
 
 

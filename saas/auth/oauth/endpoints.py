@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import audit, db
+from saas.audit import AuditAction
 from saas.auth import sessions
 from saas.auth.errors import InvalidRequest
 from saas.auth.models import OAuthClient, RefreshToken
@@ -141,11 +142,11 @@ class RevocationEndpoint(_RevocationEndpoint):
             if tenant is not None:
                 audit.record(
                     session,
-                    "auth.token_revoked",
+                    AuditAction.AUTH_TOKEN_REVOKED,
                     target_type="session",
                     target_id=token.family_id,
                     actor=audit.Actor("client", client.client_id),
-                    schema=tenant.schema_name,
+                    tenant_id=tenant.id,
                 )
 
     def create_endpoint_response(self, request):

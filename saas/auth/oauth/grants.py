@@ -38,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import audit, db
+from saas.audit import AuditAction
 from saas.auth import clients, service, sessions
 from saas.auth.errors import InvalidGrant, InvalidRequest, InvalidScope, UnauthorizedClient
 from saas.auth.models import AuthorizationCode, OAuthClient
@@ -99,14 +100,14 @@ class CodeGrant(grants.AuthorizationCodeGrant):
             if tenant is not None:
                 audit.record(
                     session,
-                    "auth.code_reused",
+                    AuditAction.AUTH_CODE_REUSED,
                     target_type="oauth_client",
                     target_id=client.client_id,
                     actor=audit.Actor("client", client.client_id),
                     data={"user_id": str(row.user_id), "revoked_tokens": revoked},
-                    schema=tenant.schema_name,
+                    tenant_id=tenant.id,
                 )
-            session.commit()  # the revocation persists although the request fails
+            db.commit_early(session, db.EarlyCommit.AUTHORIZATION_CODE_REUSED)  # outlives the failure
             raise InvalidGrantError(
                 "The authorization code was already used; tokens issued from it are revoked."
             )
@@ -140,7 +141,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):
     def _persist_consumption(self) -> None:
         row = getattr(self, "_consumed", None)
         if row is not None:
-            db.session().commit()
+            db.commit_early(db.session(), db.EarlyCommit.AUTHORIZATION_CODE_CONSUMED)
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Nothing to do: the code was marked used when it was looked up."""

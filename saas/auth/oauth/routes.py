@@ -18,7 +18,7 @@ from saas.auth.oauth.endpoints import IntrospectionEndpoint, RevocationEndpoint
 from saas.auth.oauth.metadata import server_metadata
 from saas.auth.oauth.server import server
 from saas.auth.schemas import IntrospectionSchema, JwkSetSchema, ServerMetadataSchema, TokenResponseSchema
-from saas.errors import AppError, Forbidden, Unauthorized
+from saas.errors import AppError, ErrorCode, Forbidden, Unauthorized
 from saas.services import services
 
 oauth = Blueprint("oauth", __name__, description="OAuth 2.0 endpoints (RFC 6749)")
@@ -114,11 +114,11 @@ def userinfo():
     if "openid" not in scopes:
         raise Forbidden(
             "The access token lacks the openid scope.",
-            code="insufficient_scope",
+            code=ErrorCode.INSUFFICIENT_SCOPE,
             headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'},
         )
     if principal.user_id is None:
-        raise Forbidden("A service-account token has no end user.", code="insufficient_scope")
+        raise Forbidden("A service-account token has no end user.", code=ErrorCode.INSUFFICIENT_SCOPE)
     membership = principal.membership
     if membership is None:
         raise Unauthorized("The access token's user no longer exists.")
