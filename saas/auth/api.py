@@ -19,6 +19,7 @@ from flask.views import MethodView
 from sqlalchemy import select
 
 from saas import audit, db
+from saas.actions import ActionContext
 from saas.api import Blueprint
 from saas.audit import AuditAction
 from saas.auth import browser_sessions, mfa, service, sessions
@@ -77,7 +78,7 @@ class Clients(MethodView):
         principal = current_principal()
         _check_client_role(body)
         client, secret = clients_service.create_client(
-            db.session(), principal.tenant_id, body, principal.user_id
+            ActionContext.from_request(), principal.tenant_id, body, principal.user_id
         )
         out = clients_service.to_public(client)
         if secret:
@@ -136,14 +137,16 @@ class ClientItem(MethodView):
         setting (needs step-up)."""
         client = _own_client(client_id)
         _check_client_role(body)
-        return clients_service.to_public(clients_service.update_client(db.session(), client, body))
+        return clients_service.to_public(
+            clients_service.update_client(ActionContext.from_request(), client, body)
+        )
 
     @require("clients:manage")
     @require_step_up()
     @blp.response(204)
     def delete(self, client_id):
         """Delete a client and revoke its refresh tokens (needs step-up)."""
-        clients_service.delete_client(db.session(), _own_client(client_id))
+        clients_service.delete_client(ActionContext.from_request(), _own_client(client_id))
 
 
 @blp.route("/clients/<client_id>/secret")
@@ -154,7 +157,7 @@ class ClientSecret(MethodView):
     def post(self, client_id):
         """Rotate the secret (needs step-up); the new one is in this answer only."""
         client = _own_client(client_id)
-        secret = clients_service.rotate_secret(db.session(), client)
+        secret = clients_service.rotate_secret(ActionContext.from_request(), client)
         return {"client_id": client.client_id, "client_secret": secret}
 
 
@@ -220,7 +223,7 @@ class Totp(MethodView):
                 {"code": ["An organisation you belong to requires MFA; it cannot be disabled."]},
                 detail="Required by: " + ", ".join(requiring),
             )
-        mfa.disable(sess, user, None)
+        mfa.disable(sess, user, None, audit.Actor("user", str(user.id)))
 
 
 def _tenants_requiring_mfa(user_id: uuid.UUID) -> list[str]:
@@ -271,7 +274,9 @@ class RecoveryCodes(MethodView):
             raise NotFound("TOTP is not enabled.", code=ErrorCode.MFA_NOT_ENABLED)
         user = sess.get(User, principal.user_id)
         codes = mfa.regenerate_recovery_codes(sess, user)
-        audit.record(sess, AuditAction.MFA_RECOVERY_CODES_REGENERATED, target_type="user", target_id=user.id)
+        ActionContext.from_request(sess).record(
+            AuditAction.MFA_RECOVERY_CODES_REGENERATED, target_type="user", target_id=user.id
+        )
         return {"recovery_codes": codes}
 
 
@@ -304,7 +309,9 @@ class MySession(MethodView):
         if family is None:
             raise NotFound("No such session.")
         sessions.revoke_family(sess, family, "user_revoked")
-        audit.record(sess, AuditAction.AUTH_SESSION_REVOKED, target_type="session", target_id=family)
+        ActionContext.from_request(sess).record(
+            AuditAction.AUTH_SESSION_REVOKED, target_type="session", target_id=family
+        )
 
 
 @blp.route("/members/<user_id>/sessions")
@@ -333,8 +340,7 @@ class MemberSessions(MethodView):
             )
         count = service.revoke_user_sessions(sess, uid, principal.tenant_id, "admin_revoked")
         browsers = browser_sessions.end_for_user(sess, uid, "admin_revoked")
-        audit.record(
-            sess,
+        ActionContext.from_request(sess).record(
             AuditAction.AUTH_SESSIONS_REVOKED,
             target_type="user",
             target_id=uid,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from saas import audit
+from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth import revocation
 from saas.auth.models import OAuthClient, RefreshToken
@@ -125,10 +125,11 @@ def to_public(client: OAuthClient) -> dict[str, Any]:
 
 
 def create_client(
-    session: Session, tenant_id: uuid.UUID, data: dict[str, Any], created_by: uuid.UUID | None
+    ctx: ActionContext, tenant_id: uuid.UUID, data: dict[str, Any], created_by: uuid.UUID | None
 ) -> tuple[OAuthClient, str | None]:
     """Register a client in the tenant; returns it and its secret (confidential only, shown once).
     Audited as ``client.created``."""
+    session = ctx.session
     client_type = data.get("client_type", "confidential")
     defaults = {
         "grant_types": ["authorization_code", "refresh_token"],
@@ -152,9 +153,9 @@ def create_client(
     )
     session.add(client)
     session.flush()
-    audit.record(
-        session,
+    ctx.record(
         AuditAction.CLIENT_CREATED,
+        tenant_id=client.tenant_id,
         target_type="oauth_client",
         target_id=client.client_id,
         data={"name": client.name, "client_type": client_type, "grant_types": client.grant_types},
@@ -172,7 +173,14 @@ def get_client(session: Session, tenant_id: uuid.UUID, client_id: str) -> OAuthC
     return client
 
 
-def update_client(session: Session, client: OAuthClient, data: dict[str, Any]) -> OAuthClient:
+def update_client(ctx: ActionContext, client: OAuthClient, data: dict[str, Any]) -> OAuthClient:
+    """Change the fields in ``data`` (None leaves a field); audited as ``client.updated`` with
+    the names of the fields that changed.
+
+    Raises:
+        ValidationError: a field is invalid for the client's type.
+    """
+    session = ctx.session
     merged = {
         "redirect_uris": client.redirect_uris,
         "grant_types": client.grant_types,
@@ -183,9 +191,9 @@ def update_client(session: Session, client: OAuthClient, data: dict[str, Any]) -
     for key in data:
         setattr(client, key, cleaned[key])
     session.flush()
-    audit.record(
-        session,
+    ctx.record(
         AuditAction.CLIENT_UPDATED,
+        tenant_id=client.tenant_id,
         target_type="oauth_client",
         target_id=client.client_id,
         data={"fields": changed},
@@ -193,12 +201,13 @@ def update_client(session: Session, client: OAuthClient, data: dict[str, Any]) -
     return client
 
 
-def rotate_secret(session: Session, client: OAuthClient) -> str:
+def rotate_secret(ctx: ActionContext, client: OAuthClient) -> str:
     """A new secret (the old one stops working at once); audited as ``client.secret_rotated``.
 
     Raises:
         AppError: 409 ``public_client`` (public clients have no secret).
     """
+    session = ctx.session
     if not client.is_confidential:
         raise AppError(
             "Public clients have no secret.", status=409, code=ErrorCode.PUBLIC_CLIENT, title="Public client"
@@ -207,19 +216,28 @@ def rotate_secret(session: Session, client: OAuthClient) -> str:
     client.secret_hash = token_hash(secret)
     client.secret_rotated_at = utcnow()
     session.flush()
-    audit.record(
-        session, AuditAction.CLIENT_SECRET_ROTATED, target_type="oauth_client", target_id=client.client_id
+    ctx.record(
+        AuditAction.CLIENT_SECRET_ROTATED,
+        tenant_id=client.tenant_id,
+        target_type="oauth_client",
+        target_id=client.client_id,
     )
     return secret
 
 
-def delete_client(session: Session, client: OAuthClient) -> None:
+def delete_client(ctx: ActionContext, client: OAuthClient) -> None:
     """Delete the client and revoke every refresh token issued to it; its access tokens (of
     every session, and its ``client_credentials`` ones) stop once this commits."""
+    session = ctx.session
     revoke_tokens(session, RefreshToken.client_id == client.client_id, reason="client_deleted")
     if client.tenant_id is not None:
         revocation.revoke_client(session, client.tenant_id, client.client_id)
-    audit.record(session, AuditAction.CLIENT_DELETED, target_type="oauth_client", target_id=client.client_id)
+    ctx.record(
+        AuditAction.CLIENT_DELETED,
+        tenant_id=client.tenant_id,
+        target_type="oauth_client",
+        target_id=client.client_id,
+    )
     session.delete(client)
     session.flush()
 

@@ -318,8 +318,9 @@ def verify(
     return _check_code(session, user, factor, code, schema, allow_recovery=True, mfa_token=mfa_token)
 
 
-def disable(session: Session, user: User, schema: str | None) -> None:
-    """Remove the user's TOTP factor and recovery codes (the caller checked password and code)."""
+def disable(session: Session, user: User, schema: str | None, actor: audit.Actor) -> None:
+    """Remove the user's TOTP factor and recovery codes (the caller checked password and code);
+    audited as ``mfa.disabled`` by ``actor`` (the user) in ``schema`` (None: the session's)."""
     session.execute(delete(MfaFactor).where(MfaFactor.user_id == user.id))
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     audit.record(
@@ -328,6 +329,7 @@ def disable(session: Session, user: User, schema: str | None) -> None:
         target_type="user",
         target_id=user.id,
         data={"kind": "totp"},
+        actor=actor,
         schema=schema,
     )
 

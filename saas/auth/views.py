@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from saas import audit, db
+from saas import db
+from saas.actions import ActionContext
 from saas.api import Blueprint
 from saas.audit import AuditAction
 from saas.auth import service, sessions
@@ -55,4 +56,6 @@ class Logout(MethodView):
         session = db.session()
         family = sessions.owned_family(session, sid, principal.user_id, principal.tenant_id)
         if family is not None and sessions.revoke_family(session, family, "logout"):
-            audit.record(session, AuditAction.AUTH_LOGOUT, target_type="session", target_id=family)
+            ActionContext.from_request(session).record(
+                AuditAction.AUTH_LOGOUT, target_type="session", target_id=family
+            )

@@ -1006,7 +1006,7 @@ class _Importer:
                     self.untaken.add("saas.oauth_clients.secret_hash", record.line)
                 try:
                     client, _secret = clients_service.create_client(
-                        self.session, self.tenant.id, data, created_by
+                        ActionContext(self.session, self.actor), self.tenant.id, data, created_by
                     )
                 except AppError as exc:
                     raise _refused(exc, record.line, "saas.oauth_clients") from None
