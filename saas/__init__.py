@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
     from saas.auth import api as auth_api
-    from saas.auth import hosted, revocation
+    from saas.auth import hosted, principals, revocation
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
     from saas.auth.oauth import routes as oauth_routes
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     observability.init_app(app)
     app.before_request(authenticate_request)
     cache.init_app(app)  # Redis guard, tenant cache, key watcher, ETag / Cache-Control
+    principals.init_app(app)  # cached principals invalidated by watched ORM changes
     revocation.init_app(app)  # revoked sessions and clients, checked with the principal
     limits.init_app(app)  # rate limits and quotas: one Lua call per request
     app.before_request(reject_bad_credentials)  # a forged token's 401, after the IP limit counted it

@@ -91,4 +91,5 @@ def build_services(settings: Settings, *, database: Database | None = None, redi
         revocations=RevocationStore(guard, settings.access_token_ttl_seconds + LEEWAY_SECONDS),
         limiter=Limiter(guard, settings),
         billing=make_billing(settings),
+        entitlements=entitlements.entitlements_for,
     )

@@ -9,6 +9,8 @@ the WSGI environ (PEP 3333: ``HTTP_`` + the name upper-cased, ``-`` as ``_``).
 
 from __future__ import annotations
 
+import ipaddress
+
 from flask import request
 from werkzeug.datastructures import Headers
 
@@ -31,3 +33,18 @@ def request_header(name: str, default: str = "") -> str:
     if key == "HTTP_CONTENT_TYPE" or key == "HTTP_CONTENT_LENGTH":
         key = key[5:]  # the two headers PEP 3333 keeps without the prefix
     return request.environ.get(key, default)
+
+
+def client_ip(remote_addr: str | None) -> str:
+    """The rate-limit subject of an address: IPv4 as is, IPv6 as its /64 network."""
+    if not remote_addr:
+        return "unknown"
+    try:
+        addr = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return "invalid"
+    if addr.version == 6:
+        if addr.ipv4_mapped:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False).network_address) + "/64"
+    return str(addr)

@@ -91,7 +91,7 @@ def tenants_behind(
     engine: Engine, only: Iterable[str] | None = None
 ) -> tuple[int, list[tuple[uuid.UUID, str]]]:
     """(number of tenants considered, [(id, schema)] of those not at head): one query."""
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     head = tenant_head_revision()
     query = select(Tenant.id, Tenant.schema_name, Tenant.schema_version, Tenant.slug)
@@ -109,7 +109,7 @@ def upgrade_tenants(
     progress: Callable[[str, bool], None] | None = None,
 ) -> TenantMigrationReport:
     """Migrate every tenant schema that is behind, one transaction each."""
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     head = tenant_head_revision()
     total, behind = tenants_behind(engine, only)

@@ -2,9 +2,8 @@
 
 from saas.auth.models import AuthorizationCode, Consent, MfaFactor, OAuthClient, RecoveryCode, RefreshToken
 from saas.billing.models import BillingAccount, BillingOverride, UsageReport, WebhookEvent
-from saas.identity.models import User
+from saas.identity.models import Invitation, Membership, Tenant, User
 from saas.outbox import OutboxMessage
-from saas.tenancy.models import Invitation, Membership, Tenant
 
 __all__ = [
     "AuthorizationCode",

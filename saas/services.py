@@ -15,8 +15,9 @@ every field's type.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from saas.auth.keys import KeyStore
     from saas.auth.revocation import RevocationStore
     from saas.auth.tokens import TokenService
+    from saas.billing.entitlements import Entitlements
     from saas.billing.service import Billing
     from saas.cache.core import TenantCache
     from saas.cache.guard import Counters, RedisGuard
@@ -59,6 +61,9 @@ class Services:
         revocations: revoked sessions and clients on Redis (:mod:`saas.auth.revocation`).
         limiter: rate limits and quotas (:mod:`saas.limits`).
         billing: the Stripe-backed billing handle, or None when billing is off.
+        entitlements: ``tenant -> Entitlements`` (plan, grace, overrides; cached in Redis), the
+            function the principal snapshot calls, so authentication depends on the interface
+            and not on the billing package (:func:`saas.billing.entitlements.entitlements_for`).
     """
 
     settings: Settings
@@ -74,6 +79,7 @@ class Services:
     revocations: RevocationStore
     limiter: Limiter
     billing: Billing | None
+    entitlements: Callable[[Any], Entitlements]
 
 
 def services(app: Flask | None = None) -> Services:

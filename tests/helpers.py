@@ -12,9 +12,8 @@ from flask import Flask
 from sqlalchemy import delete, select, text
 
 from saas.db import schema_name_for
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
 from saas.services import EXTENSION, services
-from saas.tenancy.models import Membership, Tenant
 
 PROBLEM = "application/problem+json"
 
@@ -100,7 +99,7 @@ def give_plan(session, tenant_id: Any, plan: str) -> None:
     need more seats than the free plan gives."""
     from saas.billing import entitlements
     from saas.billing.models import BillingOverride
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     tid = uuid.UUID(str(tenant_id))
     session.add(BillingOverride(tenant_id=tid, plan=plan, limits={}, reason="test"))

@@ -10,8 +10,8 @@ import uuid
 import jwt as pyjwt
 import pytest
 
+from saas.identity.models import Membership
 from saas.services import services
-from saas.tenancy.models import Membership
 from tests.helpers import assert_problem, bearer
 
 
@@ -107,7 +107,7 @@ def test_multi_membership_login_needs_tenant(api, app, db_session):
 
 
 def test_suspended_tenant_cannot_log_in_or_call(api, client, db_session):
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     signup = api.signup("acme")
     tenant = db_session.get(Tenant, uuid.UUID(signup["tenant"]["id"]))

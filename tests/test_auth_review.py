@@ -10,8 +10,8 @@ from sqlalchemy import event, select, update
 
 from saas.auth import mfa
 from saas.auth.models import AuthorizationCode, RefreshToken
-from saas.auth.security import token_hash
 from saas.db import utcnow
+from saas.security import token_hash
 from saas.services import services
 from saas.settings import Settings
 from tests.auth_helpers import (

@@ -20,9 +20,9 @@ from saas.billing.service import STRIPE_API_VERSION
 from saas.billing.usage import usage_key
 from saas.cli import Context, main
 from saas.db import Database, utcnow
+from saas.identity.models import Tenant
 from saas.services import services
 from saas.settings import Settings, SettingsError
-from saas.tenancy.models import Tenant
 from tests.conftest import Api, rolled_back
 from tests.helpers import mailed_invitation_token
 from tests.stripe_fake import FakeStripe, sign

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from saas.cli import main
-from saas.tenancy.models import Tenant
+from saas.identity.models import Tenant
 from tests.helpers import drop_tenant, schema_exists
 
 PASSWORD = "operator chosen password"

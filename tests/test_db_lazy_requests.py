@@ -23,8 +23,8 @@ from saas import create_app
 from saas import db as saas_db
 from saas.audit import AuditEvent
 from saas.auth.models import RefreshToken
-from saas.auth.security import token_hash
 from saas.db import Database, schema_name_for, shared_metadata
+from saas.security import token_hash
 from saas.services import services
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import drop_tenant, mailed_invitation_token

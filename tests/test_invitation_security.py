@@ -28,10 +28,9 @@ from sqlalchemy import delete, func, select
 
 from saas import worker as worker_module
 from saas.db import Database
-from saas.identity.models import User
+from saas.identity.models import Membership, User
 from saas.outbox import OutboxMessage
 from saas.services import services
-from saas.tenancy.models import Membership
 from saas.tenancy.views import SIGNUP_PENDING
 from saas.worker import Worker, load_handlers
 from tests.conftest import TEST_PASSWORD, _redis_url

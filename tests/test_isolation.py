@@ -12,8 +12,8 @@ from sqlalchemy.exc import ProgrammingError
 
 from saas import create_app
 from saas.db import Database, check_schema_name, schema_name_for, translate_map
+from saas.identity.models import Membership, Tenant
 from saas.services import services
-from saas.tenancy.models import Membership, Tenant
 from tenants.models import Contact
 from tests.helpers import assert_problem, bearer, drop_tenant, token_for
 

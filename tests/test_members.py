@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select, update
 
 from saas.db import utcnow
+from saas.identity.models import Invitation, Membership
 from saas.outbox import OutboxMessage
-from saas.tenancy.models import Invitation, Membership
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import assert_problem, mailed_invitation_token, role_headers
 

@@ -74,7 +74,7 @@ def test_wrong_codes_of_an_attacker_do_not_lock_the_owners_attempts(api, client,
 def test_twenty_wrong_codes_in_a_row_lock_the_factor_audited_once_in_every_tenant(
     api, client, clock, db_session
 ):
-    from saas.tenancy.models import Membership
+    from saas.identity.models import Membership
 
     home, other = api.signup("home"), api.signup("other")
     user_id = uuid.UUID(home["user"]["id"])

@@ -12,12 +12,11 @@ from sqlalchemy import delete, func, select, text
 
 from saas import create_app
 from saas.db import Database, schema_name_for
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
 from saas.migrate import tenant_head_revision
 from saas.outbox import OutboxMessage
 from saas.services import services
 from saas.tenancy import provisioning
-from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.views import SIGNUP_PENDING
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import assert_problem, drop_tenant, schema_exists

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select, update
 
 from saas.auth.models import RefreshToken
-from saas.auth.security import token_hash
 from saas.db import utcnow
+from saas.security import token_hash
 from tests.helpers import mailed_invitation_token
 
 
@@ -131,7 +131,7 @@ def test_family_absolute_expiry_caps_children(client, session_tokens, db_session
 
 
 def test_removed_member_cannot_refresh(client, api, app, db_session):
-    from saas.tenancy.models import Membership
+    from saas.identity.models import Membership
 
     owner = api.signup("acme")
     r = client.post(

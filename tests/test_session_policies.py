@@ -19,9 +19,9 @@ from sqlalchemy import select, update
 
 from saas.auth import mfa
 from saas.auth.models import BrowserSession, RefreshToken
-from saas.auth.security import token_hash
 from saas.db import utcnow
-from saas.tenancy.models import Tenant
+from saas.identity.models import Tenant
+from saas.security import token_hash
 from tests.auth_helpers import authorize_params, code_for, pkce_pair, query_of, register_client
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import mailed_invitation_token

@@ -8,8 +8,7 @@ import uuid
 
 from sqlalchemy import select
 
-from saas.identity.models import User
-from saas.tenancy.models import Membership, Tenant
+from saas.identity.models import Membership, Tenant, User
 from tests.auth_helpers import code_flow_tokens, register_client
 from tests.helpers import assert_problem, bearer, token_for
 

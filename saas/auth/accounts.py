@@ -26,10 +26,9 @@ from saas.auth import browser_sessions
 from saas.auth.models import RefreshToken
 from saas.auth.sessions import revoke_tokens
 from saas.errors import ValidationError
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
 from saas.identity.passwords import MIN_LENGTH, Passwords, password_problems
 from saas.services import services
-from saas.tenancy.models import Membership, Tenant
 
 
 def _minimum(tenant: Tenant) -> int:

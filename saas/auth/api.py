@@ -42,10 +42,9 @@ from saas.auth.schemas import (
 )
 from saas.auth.stepup import check_step_up, require_step_up
 from saas.errors import ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
 from saas.rbac import can_assign
 from saas.services import services
-from saas.tenancy.models import Membership, Tenant
 
 blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
 

@@ -137,7 +137,7 @@ def clients_list(ctx: Context, tenant: str | None, as_json: bool) -> None:
 
     from saas.auth.clients import to_public
     from saas.auth.models import OAuthClient
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     with ctx.database.transaction() as session:
         query = select(OAuthClient, Tenant.slug).outerjoin(Tenant, Tenant.id == OAuthClient.tenant_id)
@@ -184,8 +184,8 @@ def clients_create(
 
     from saas.auth.clients import to_public, validate_client_fields
     from saas.auth.models import OAuthClient
-    from saas.auth.security import token_hash as secret_hash
     from saas.db import utcnow
+    from saas.security import token_hash as secret_hash
 
     data = {
         "name": name,
@@ -240,7 +240,7 @@ def reset_mfa(ctx: Context, email: str) -> None:
     from sqlalchemy import select
 
     from saas.auth import mfa, service
-    from saas.tenancy.models import Membership, Tenant
+    from saas.identity.models import Membership, Tenant
 
     with ctx.database.transaction() as session:
         user = service.find_user_by_email(session, email)

@@ -27,11 +27,11 @@ from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth import revocation
 from saas.auth.models import OAuthClient, RefreshToken
-from saas.auth.security import random_token, token_hash
 from saas.auth.sessions import revoke_tokens
 from saas.db import utcnow
 from saas.errors import AppError, ErrorCode, NotFound, ValidationError
 from saas.rbac import ROLES
+from saas.security import random_token, token_hash
 
 CLIENT_TYPES = ("public", "confidential")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")

@@ -17,9 +17,9 @@ from saas import db
 from saas.api import document_auth
 from saas.auth import revocation
 from saas.errors import ErrorCode, Forbidden, Unauthorized
+from saas.identity.models import Membership, Tenant
 from saas.rbac import permissions_for
 from saas.services import services
-from saas.tenancy.models import Membership, Tenant
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,7 +176,7 @@ def authenticate_bearer() -> Principal:
 def current_principal() -> Principal:
     """The caller, with its tenant status, role and permissions resolved once per request.
 
-    Served from the cache (:func:`saas.cache.snapshot_for`): on a hit no SQL runs; on a miss one
+    Served from the cache (:func:`saas.auth.principals.snapshot_for`): on a hit no SQL runs; on a miss one
     query loads tenant and membership.
 
     The token's session and client must not be revoked (:func:`saas.auth.revocation.check`,
@@ -190,7 +190,7 @@ def current_principal() -> Principal:
         Forbidden: the tenant is suspended (``tenant_suspended``).
         ServiceUnavailable: a non-safe method while the revocation state cannot be read.
     """
-    from saas.cache.principals import snapshot_for
+    from saas.auth.principals import snapshot_for
 
     principal: Principal | None = g.get("principal")
     if principal is None:

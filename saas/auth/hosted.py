@@ -42,12 +42,11 @@ from saas.auth import browser_sessions, mfa, service
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
-from saas.auth.security import random_token, same_string
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
+from saas.security import random_token, same_string
 from saas.services import services
-from saas.tenancy.models import Membership, Tenant
 
 bp = Blueprint("hosted", __name__, template_folder="templates")
 

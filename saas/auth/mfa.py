@@ -61,10 +61,10 @@ from saas.audit import AuditAction
 from saas.auth.accounts import audit_account_event
 from saas.auth.errors import MfaFailed, MfaLocked, MfaUnavailable
 from saas.auth.models import MfaFactor, RecoveryCode
-from saas.auth.security import random_token, same_string, token_hash
 from saas.db import EarlyCommit, commit_early, utcnow
 from saas.errors import Conflict, ErrorCode, Unauthorized
 from saas.identity.models import User
+from saas.security import random_token, same_string, token_hash
 from saas.services import services
 
 TOTP_DIGITS = 6
@@ -349,7 +349,7 @@ def reset(session: Session, user: User, schema: str | None, actor: audit.Actor) 
 def attempt_key(user_id: uuid.UUID, mfa_token: str | None = None) -> str:
     """The Redis counter of wrong codes of one sign-in attempt of the current request: the
     user, the client IP (IPv6 by /64, as the rate limits) and the ``mfa_token`` (hashed)."""
-    from saas.limits.policies import client_ip
+    from saas.http import client_ip
 
     ip = client_ip(request.remote_addr if has_request_context() else None)
     attempt = f"{ip}|{mfa_token or ''}"

@@ -13,10 +13,9 @@ from authlib.oauth2.rfc6749 import ClientMixin
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from saas.auth import security
+from saas import security
 from saas.db import SharedBase, utcnow
-from saas.identity.models import User
-from saas.tenancy.models import JSONType, Tenant
+from saas.identity.models import JSONType, Tenant, User
 
 
 class RefreshToken(SharedBase):

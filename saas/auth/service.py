@@ -23,16 +23,15 @@ from saas.auth import mfa
 from saas.auth.accounts import audit_account_event
 from saas.auth.errors import InvalidClient, InvalidGrant, MfaEnrollmentRequired, MfaRequired
 from saas.auth.models import RefreshToken
-from saas.auth.security import random_token, token_hash
 from saas.auth.sessions import revoke_family, revoke_tokens
 from saas.auth.tokens import FIRST_PARTY_CLIENT
 from saas.db import EarlyCommit, commit_early, utcnow
 from saas.errors import ErrorCode, Forbidden, Unauthorized, ValidationError
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
 from saas.identity.passwords import Passwords
+from saas.security import random_token, token_hash
 from saas.services import services
 from saas.settings import Settings
-from saas.tenancy.models import Membership, Tenant
 
 DEFAULT_SCOPE = "api"
 #: how many extra children a refresh token may get inside the grace window

@@ -124,7 +124,7 @@ def sync_cmd(ctx: Context, tenant: str | None, all_tenants: bool) -> None:
     """Reconcile local billing state from Stripe (repairs drift after missed webhooks)."""
     from saas.billing import service
     from saas.billing.models import BillingAccount
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     if bool(tenant) == all_tenants:
         raise click.UsageError("give a TENANT or --all")

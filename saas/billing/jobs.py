@@ -27,8 +27,8 @@ from saas.audit import AuditAction
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
 from saas.billing.service import SYNC_SEATS_TOPIC, get_account, seats_used, update_quantity
+from saas.identity.models import Tenant
 from saas.services import services
-from saas.tenancy.models import Tenant
 
 log = logging.getLogger("saas.billing.jobs")
 

@@ -20,7 +20,7 @@ from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer
 from sqlalchemy.orm import Mapped, mapped_column
 
 from saas.db import JSONType, SharedBase, utcnow
-from saas.tenancy.models import Tenant
+from saas.identity.models import Tenant
 
 
 class BillingAccount(SharedBase):

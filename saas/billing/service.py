@@ -39,9 +39,9 @@ from saas.errors import (
     ServiceUnavailable,
     ValidationError,
 )
+from saas.identity.models import Membership, Tenant
 from saas.services import services
 from saas.settings import Settings
-from saas.tenancy.models import Membership, Tenant
 
 log = logging.getLogger("saas.billing")
 

@@ -58,7 +58,7 @@ from saas.billing.service import (
 )
 from saas.db import Database, utcnow
 from saas.errors import AppError, BadRequest, ErrorCode
-from saas.tenancy.models import Tenant
+from saas.identity.models import Tenant
 
 log = logging.getLogger("saas.billing.webhooks")
 

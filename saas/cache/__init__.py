@@ -1,5 +1,5 @@
-"""Caching: a tenant-namespaced Redis cache, the cached principal snapshot, fresh signing keys,
-and the HTTP caching headers of the API.
+"""Caching: a tenant-namespaced Redis cache, fresh signing keys, and the HTTP caching headers
+of the API (the cached principal snapshot built on it is :mod:`saas.auth.principals`).
 
 ``init_app(app)`` (called by ``create_app``) registers:
 
@@ -7,14 +7,12 @@ and the HTTP caching headers of the API.
   the limiter (:mod:`saas.cache.guard`); ``services(app).counters``: its counters;
 * ``services(app).cache``: the :class:`~saas.cache.core.TenantCache` (absent when
   ``CACHE_ENABLED=false``);
-* the ORM hooks that invalidate a tenant's entries on every change of a watched model;
 * ``services(app).key_watcher``: signing keys reloaded on rotation;
 * response headers: ``ETag`` on ``GET`` of a single JSON resource (with ``If-None-Match`` ->
   304) and ``Cache-Control: private, no-store`` on every authenticated JSON response that does
   not set its own.
 
-Public API: :func:`invalidate_tenant`, :func:`watch_model`, :func:`snapshot_for`,
-:class:`TenantCache`, :func:`publish_rotation`. See docs/limits.md.
+Public API: :func:`invalidate_tenant`, :class:`TenantCache`, :func:`publish_rotation`. See docs/limits.md.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from flask import Flask, Response, request
 
 from saas.cache.core import MISS, TenantCache, invalidate_tenant
 from saas.cache.guard import CircuitBreaker, Counters, RedisGuard, RedisUnavailable
-from saas.cache.principals import PrincipalSnapshot, TenantSnapshot, snapshot_for, watch_model
 from saas.cache.signing_keys import KeyWatcher, announce_rotation, publish_rotation
 from saas.http import has_header, set_default_header
 from saas.services import services
@@ -35,28 +32,20 @@ __all__ = [
     "CircuitBreaker",
     "Counters",
     "KeyWatcher",
-    "PrincipalSnapshot",
     "RedisGuard",
     "RedisUnavailable",
     "TenantCache",
-    "TenantSnapshot",
     "announce_rotation",
     "init_app",
     "invalidate_tenant",
     "publish_rotation",
-    "snapshot_for",
-    "watch_model",
 ]
 
 
 def init_app(app: Flask) -> None:
     """The cache's hooks: the key watcher first of the request's hooks, ETag / Cache-Control last
     (the guard, the cache and the watcher themselves are built by :func:`saas.bootstrap.build_services`)."""
-    from saas.cache.principals import install_hooks
-
     svc = services(app)
-    if svc.cache is not None:
-        install_hooks()
     # first of the request's hooks: a rotation is seen before the token is verified
     app.before_request_funcs.setdefault(None, []).insert(0, svc.key_watcher.maybe_check)
     app.after_request(_http_caching)

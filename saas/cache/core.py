@@ -333,7 +333,7 @@ def invalidate_tenant(tenant_ids: Iterable[uuid.UUID]) -> None:
     """Invalidate the tenants' entries in every cache of this process (all apps).
 
     Call it after a change the ORM hooks cannot see (a Core ``UPDATE``, an outside system).
-    Changes to watched models through the ORM (:func:`saas.cache.watch_model`) invalidate by
+    Changes to watched models through the ORM (:func:`saas.auth.principals.watch_model`) invalidate by
     themselves.
     """
     ids = {t for t in tenant_ids if isinstance(t, uuid.UUID)}

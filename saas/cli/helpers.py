@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     from saas.audit import Actor
     from saas.db import Database
+    from saas.identity.models import Tenant
     from saas.services import Services
-    from saas.tenancy.models import Tenant
 
 __all__ = [
     "CliError",
@@ -190,9 +190,8 @@ def _services_without_app(settings: Settings) -> Services:
     in ``--json`` output), and the process-wide ORM hooks that publish revocation markers
     (``revocation.init_app``) and invalidate cached tenants (``cache.init_app``) on commit."""
     from saas import observability
-    from saas.auth import revocation
+    from saas.auth import principals, revocation
     from saas.bootstrap import build_services
-    from saas.cache import principals
 
     observability.configure_logging(settings.log_level, settings.log_format)
     built = build_services(settings)
@@ -237,14 +236,14 @@ def operator_actor() -> Actor:
 
 
 def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tenant:
-    """The tenant with slug or id ``ref`` (:func:`saas.ops.lifecycle.find_tenant`, the one
+    """The tenant with slug or id ``ref`` (:func:`saas.identity.models.find_tenant`, the one
     lookup; ``for_update`` locks its row).
 
     Raises:
         CliError: ``no tenant 'REF'`` (exit code 1).
     """
     from saas.errors import NotFound
-    from saas.ops.lifecycle import find_tenant as lookup
+    from saas.identity.models import find_tenant as lookup
 
     try:
         return lookup(session, ref, for_update=for_update)

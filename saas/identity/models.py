@@ -1,14 +1,22 @@
-"""The ``users`` table: one global identity per person, across tenants."""
+"""The control plane's directory: who exists and where they belong.
+
+``users`` (one global identity per person, across tenants), ``tenants`` (a customer
+organisation and its schema), ``memberships`` (a user's role in a tenant) and ``invitations``.
+Every layer reads these tables, so this module imports nothing above :mod:`saas.db`.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Index, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import DateTime, ForeignKey, Index, String, Text, UniqueConstraint, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from saas.db import SharedBase, utcnow
+from saas.db import JSONType, SharedBase, utcnow
+from saas.errors import ErrorCode, NotFound
+from saas.identity.slugs import normalize_slug
 
 
 class User(SharedBase):
@@ -29,3 +37,98 @@ class User(SharedBase):
 
     def to_public(self) -> dict:
         return {"id": str(self.id), "email": self.email, "name": self.name, "created_at": self.created_at}
+
+
+class Tenant(SharedBase):
+    """A customer organisation. ``schema_name`` is derived from ``id`` (``t_<hex>``)."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        Index("ix_tenants_purge_after", "purge_after", postgresql_where=text("purge_after IS NOT NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    schema_name: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    plan: Mapped[str] = mapped_column(String(32), default="free")
+    schema_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # operations (saas.ops.lifecycle): suspension and scheduled deletion
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
+    suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    purge_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "slug": self.slug,
+            "name": self.name,
+            "status": self.status,
+            "plan": self.plan,
+            "settings": self.settings or {},
+            "created_at": self.created_at,
+        }
+
+
+class Membership(SharedBase):
+    """A user's place in a tenant: one ``role`` and a ``status`` (invited | active)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (
+        UniqueConstraint("user_id", "tenant_id"),
+        Index("ix_memberships_tenant_id", "tenant_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # invited | active
+    invited_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    user: Mapped[User] = relationship(lazy="joined")
+    tenant: Mapped[Tenant] = relationship()
+
+
+class Invitation(SharedBase):
+    """A pending invitation. Only the SHA-256 of the token is stored; the token is shown once."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    membership_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(Membership.id, ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    membership: Mapped[Membership] = relationship()
+
+
+def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tenant:
+    """The tenant with slug or id ``ref``.
+
+    Raises:
+        NotFound: no such tenant (``tenant_not_found``).
+    """
+    query = select(Tenant)
+    try:
+        query = query.where(Tenant.id == uuid.UUID(ref))
+    except ValueError:
+        query = query.where(Tenant.slug == normalize_slug(ref))
+    if for_update:
+        query = query.with_for_update()
+    tenant = session.scalars(query).first()
+    if tenant is None:
+        raise NotFound(f"No tenant {ref!r}.", code=ErrorCode.TENANT_NOT_FOUND)
+    return tenant

@@ -41,6 +41,7 @@ from saas.auth import revocation
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
 from saas.errors import AppError, ErrorCode, ServiceUnavailable, TooManyRequests
+from saas.http import client_ip
 from saas.limits import gcra, headers, policies
 from saas.limits.gcra import Check, Decision, Quota
 from saas.services import services
@@ -156,7 +157,7 @@ class Limiter:
             plan = self._principal_plan(principal)
             if plan is not None:
                 return plan, True
-        ip_plan = gcra.Plan.of(policies.ip_checks(policies.client_ip(request.remote_addr), self.rates), None)
+        ip_plan = gcra.Plan.of(policies.ip_checks(client_ip(request.remote_addr), self.rates), None)
         return ip_plan, False
 
     def _signin_plan(self, groups: tuple[str, ...], principal: Any) -> gcra.Plan:
@@ -166,7 +167,7 @@ class Limiter:
         elif request.mimetype == "application/x-www-form-urlencoded":
             form = request.form
         user = str(principal.user_id) if principal is not None and principal.user_id is not None else None
-        ip = policies.client_ip(request.remote_addr)
+        ip = client_ip(request.remote_addr)
         checks = policies.signin_checks(
             groups, ip, self.rates, self.secret, body, form, request.authorization, user
         )
@@ -175,7 +176,7 @@ class Limiter:
     def _principal_plan(self, principal: Any) -> gcra.Plan | None:
         """The kept plan of a principal; None when its tenant no longer exists (the request is
         then limited like an anonymous one, and the view answers 401)."""
-        from saas.cache.principals import snapshot_for
+        from saas.auth.principals import snapshot_for
 
         snap = snapshot_for(principal.tenant_id, principal.user_id, principal.client_id)
         if snap.tenant is None:

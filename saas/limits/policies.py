@@ -45,7 +45,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import math
 import re
@@ -138,21 +137,6 @@ def parse_policies(overrides: Iterable[str]) -> dict[str, Rate]:
             raise ValueError(f"unknown policy {name!r} (known: {', '.join(DEFAULT_POLICIES)})")
         specs[name] = rate
     return {name: Rate.parse(spec) for name, spec in specs.items()}
-
-
-def client_ip(remote_addr: str | None) -> str:
-    """The rate-limit subject of an address: IPv4 as is, IPv6 as its /64 network."""
-    if not remote_addr:
-        return "unknown"
-    try:
-        addr = ipaddress.ip_address(remote_addr)
-    except ValueError:
-        return "invalid"
-    if addr.version == 6:
-        if addr.ipv4_mapped:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False).network_address) + "/64"
-    return str(addr)
 
 
 def account_subject(secret: bytes, value: str) -> str:

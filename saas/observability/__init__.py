@@ -95,9 +95,9 @@ def check_scraper(token: str | None) -> None:
     """
     from werkzeug.exceptions import NotFound
 
-    from saas.auth.security import same_string
     from saas.errors import Unauthorized
     from saas.http import request_header
+    from saas.security import same_string
 
     if not token:
         raise NotFound()  # the same problem as any unknown path

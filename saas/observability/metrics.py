@@ -164,9 +164,9 @@ class DatabaseCollector(Collector):
     def _read(self) -> list[Any]:
         from sqlalchemy import case, func, select
 
-        from saas.ops.migrations import track_head
+        from saas.identity.models import Tenant
+        from saas.migrate import tenant_head_revision
         from saas.outbox import OutboxMessage as M
-        from saas.tenancy.models import Tenant
 
         tenants = GaugeMetricFamily(
             "saas_tenants", "Tenants by state (active|suspended|deleted).", labels=["state"]
@@ -179,7 +179,7 @@ class DatabaseCollector(Collector):
         )
         up = GaugeMetricFamily("saas_database_up", "1 when the metrics query reached the database.")
         try:
-            head = track_head()
+            head = tenant_head_revision()
             state = case((Tenant.deleted_at.is_not(None), "deleted"), else_=Tenant.status)
             with self.engine.connect() as conn:
                 counts = dict(conn.execute(select(state, func.count()).group_by(state)).all())

@@ -94,8 +94,7 @@ def users_list(ctx: Context, tenant: str | None, status: str | None, email_like:
     """List users with their number of tenants."""
     from sqlalchemy import func, select
 
-    from saas.identity.models import User
-    from saas.tenancy.models import Membership
+    from saas.identity.models import Membership, User
 
     with ctx.database.transaction() as session:
         query = (
@@ -141,7 +140,7 @@ def users_show(ctx: Context, user: str, as_json: bool) -> None:
 
     from saas.auth.models import RefreshToken
     from saas.db import utcnow
-    from saas.tenancy.models import Membership, Tenant
+    from saas.identity.models import Membership, Tenant
 
     with ctx.database.transaction() as session:
         u = _find_user(session, user)
@@ -186,7 +185,7 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
     from saas import audit
     from saas.audit import AuditAction
     from saas.auth.models import RefreshToken
-    from saas.tenancy.models import Membership
+    from saas.identity.models import Membership
 
     actor = operator_actor()
     with ctx.database.transaction() as session:

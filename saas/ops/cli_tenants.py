@@ -106,8 +106,8 @@ def tenants_list(ctx: Context, status: str | None, plan: str | None, as_json: bo
     """List tenants with their member counts."""
     from sqlalchemy import func, select
 
+    from saas.identity.models import Membership, Tenant
     from saas.ops.lifecycle import lifecycle_state
-    from saas.tenancy.models import Membership, Tenant
 
     with ctx.database.transaction() as session:
         query = (
@@ -315,8 +315,8 @@ def tenants_purge(ctx: Context, only: tuple[str, ...], dry_run: bool, as_json: b
     from sqlalchemy import select
 
     from saas.db import utcnow
+    from saas.identity.models import Tenant
     from saas.ops.lifecycle import purge_due
-    from saas.tenancy.models import Tenant
 
     engine = ctx.database.engine
     if dry_run:

@@ -90,9 +90,8 @@ from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.db import TENANT_PLACEHOLDER, schema_name_for, translate_map, utcnow
 from saas.errors import AppError, Conflict, ErrorCode, ValidationError
-from saas.identity.models import User
-from saas.tenancy.models import Membership, Tenant
-from saas.tenancy.slugs import normalize_slug, slug_problems
+from saas.identity.models import Membership, Tenant, User
+from saas.identity.slugs import normalize_slug, slug_problems
 
 FORMAT = "saas.tenant-export"
 VERSION = 2
@@ -153,8 +152,8 @@ def export_tenant(engine: Engine, tenant_ref: str, out: IO[str]) -> dict[str, in
     Raises:
         NotFound: no such tenant.
     """
+    from saas.identity.models import find_tenant
     from saas.migrate import current_shared_revision
-    from saas.ops.lifecycle import find_tenant
 
     counts: dict[str, int] = {}
     shared_revision = current_shared_revision(engine)

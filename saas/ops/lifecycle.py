@@ -9,7 +9,6 @@ Statuses: ``active``; ``suspended`` (every request and token refresh is refused:
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,30 +20,11 @@ from sqlalchemy.orm import Session
 from saas import audit
 from saas.audit import AuditAction
 from saas.db import check_schema_name, utcnow
-from saas.errors import Conflict, ErrorCode, NotFound, ValidationError
-from saas.tenancy.models import Membership, Tenant
-from saas.tenancy.slugs import normalize_slug, slug_problems
+from saas.errors import Conflict, ErrorCode, ValidationError
+from saas.identity.models import Membership, Tenant
+from saas.identity.slugs import normalize_slug, slug_problems
 
 DEFAULT_RETENTION_DAYS = 30
-
-
-def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tenant:
-    """The tenant with slug or id ``ref``.
-
-    Raises:
-        NotFound: no such tenant (``tenant_not_found``).
-    """
-    query = select(Tenant)
-    try:
-        query = query.where(Tenant.id == uuid.UUID(ref))
-    except ValueError:
-        query = query.where(Tenant.slug == normalize_slug(ref))
-    if for_update:
-        query = query.with_for_update()
-    tenant = session.scalars(query).first()
-    if tenant is None:
-        raise NotFound(f"No tenant {ref!r}.", code=ErrorCode.TENANT_NOT_FOUND)
-    return tenant
 
 
 def lifecycle_state(tenant: Tenant) -> str:

@@ -212,7 +212,7 @@ def _script_directory(location: str) -> ScriptDirectory:
 
 
 def _tenant_table():
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     return Tenant.__table__
 
@@ -333,7 +333,7 @@ def tenants_behind(
     """
     from sqlalchemy import func
 
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     wanted = {w.strip().lower() for w in only or () if w.strip()}
     behind = Tenant.schema_version.is_distinct_from(head)

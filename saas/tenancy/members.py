@@ -18,16 +18,15 @@ from saas.actions import ActionContext
 from saas.audit import Actor, AuditAction
 from saas.auth.accounts import set_password
 from saas.auth.context import Principal
-from saas.auth.security import token_hash
 from saas.auth.service import find_user_by_email, revoke_user_sessions
 from saas.auth.stepup import step_up_for
 from saas.billing import service as billing_service
 from saas.db import utcnow
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
-from saas.identity.models import User
+from saas.identity.models import Invitation, Membership, Tenant, User
 from saas.identity.passwords import Passwords
 from saas.rbac import ROLES, can_assign
-from saas.tenancy.models import Invitation, Membership, Tenant
+from saas.security import token_hash
 
 
 def get_membership(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Membership:

@@ -25,10 +25,9 @@ from saas import audit
 from saas.audit import AuditAction
 from saas.db import schema_name_for
 from saas.errors import Conflict, ErrorCode, ValidationError
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
 from saas.identity.passwords import Passwords, password_problems
-from saas.tenancy.models import Membership, Tenant
-from saas.tenancy.slugs import normalize_slug, slug_problems
+from saas.identity.slugs import normalize_slug, slug_problems
 
 _EMAIL = ma.validate.And(ma.validate.Length(min=3, max=320), ma.validate.Email())
 

@@ -17,11 +17,11 @@ from saas.auth.stepup import step_up_for
 from saas.errors import ErrorCode, Forbidden, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import password_problems
+from saas.identity.slugs import normalize_slug, slug_problems
 from saas.rbac import ROLES
 from saas.services import services
 from saas.tenancy import members as members_service
 from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup, validate_tenant
-from saas.tenancy.slugs import normalize_slug, slug_problems
 
 blp = Blueprint("tenancy", __name__, url_prefix="/api/v1", description="Tenants, members, invitations")
 
@@ -37,7 +37,7 @@ def _valid_password(value: str) -> None:
 
 
 class TenantInSchema(ma.Schema):
-    """Checked field by field so one 422 lists every problem (slug rules: ``saas.tenancy.slugs``)."""
+    """Checked field by field so one 422 lists every problem (slug rules: ``saas.identity.slugs``)."""
 
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
     slug = ma.fields.String(required=True, validate=[ma.validate.Length(max=200), _valid_slug])

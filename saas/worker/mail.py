@@ -187,8 +187,7 @@ def send_trial_will_end(job: Job, ctx: WorkerContext) -> None:
     from sqlalchemy import select
 
     from saas.billing.models import BillingAccount
-    from saas.identity.models import User
-    from saas.tenancy.models import Membership, Tenant
+    from saas.identity.models import Membership, Tenant, User
 
     _require(job, "tenant", "trial_end", "event_id")
     p = job.payload

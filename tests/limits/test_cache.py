@@ -13,8 +13,8 @@ from sqlalchemy import event, select
 
 from saas.cache import MISS, invalidate_tenant, publish_rotation
 from saas.cache.namespace import TenantKeys
+from saas.identity.models import Membership, Tenant
 from saas.services import services
-from saas.tenancy.models import Membership, Tenant
 from tests.conftest import Api
 from tests.helpers import mailed_invitation_token
 

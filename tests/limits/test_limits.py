@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from saas.cache.namespace import PublicKeys, TenantKeys
+from saas.http import client_ip
 from saas.limits import calendar_month, gcra, usage_key
 from saas.limits.gcra import Check, Quota
-from saas.limits.policies import Rate, client_ip, parse_policies
+from saas.limits.policies import Rate, parse_policies
 from saas.services import services
 from tests.conftest import Api
 from tests.helpers import redis_now
@@ -233,7 +234,7 @@ def test_unauthenticated_routes_limited_per_ip_and_health_exempt(make_app):
 
 
 def test_unlimited_plan_is_counted_for_metering(lapi, lclient, db_session, redis_client, steady_month):
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant
 
     signed = lapi.signup("unlimited")
     h = lapi.auth(signed)

@@ -75,8 +75,8 @@ def test_a_sign_in_endpoint_has_the_same_policies_with_or_without_a_bearer(make_
 
 
 def _dead_tenant_token(api, db_session, slug):
+    from saas.identity.models import Tenant
     from saas.ops.lifecycle import drop_tenant
-    from saas.tenancy.models import Tenant
 
     signed = api.signup(slug)
     tenant = db_session.get(Tenant, uuid.UUID(signed["tenant"]["id"]))
@@ -113,7 +113,7 @@ def test_a_deleted_tenants_token_does_not_lift_the_login_throttle(make_app, db_s
 
 def _member_of_two_tenants(api, db_session):
     """The owner of ``home`` who is also a member of ``other``; tokens of both owners."""
-    from saas.tenancy.models import Membership
+    from saas.identity.models import Membership
 
     home, other = api.signup("home"), api.signup("other")
     db_session.add(

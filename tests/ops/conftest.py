@@ -13,10 +13,9 @@ from sqlalchemy import delete, select
 
 from saas.cli import Context, main
 from saas.db import Database, schema_name_for
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
 from saas.migrate import tenant_head_revision
 from saas.outbox import OutboxMessage
-from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.provisioning import create_tenant_schema
 
 

@@ -201,7 +201,7 @@ def test_service_commands_build_no_app(committed, cli_settings, no_app, monkeypa
     ],
 )
 def test_an_unknown_tenant_is_the_same_line_everywhere(run_cli, args):
-    """One tenant lookup (``saas.ops.lifecycle.find_tenant``) behind every command."""
+    """One tenant lookup (``saas.identity.models.find_tenant``) behind every command."""
     result = run_cli(*args)
     assert result.exit_code == 1, result.output
     assert result.stderr.strip().splitlines() == ["error: no tenant 'nope'"]

@@ -9,6 +9,7 @@ import uuid
 from sqlalchemy import text
 
 from saas.audit import Actor
+from saas.identity.models import find_tenant
 from saas.ops import lifecycle
 
 
@@ -26,7 +27,7 @@ def test_suspend_refuses_requests_and_refresh_until_resumed(api, client, db_sess
     acme = api.signup("acme")
     headers = api.auth(acme)
     assert client.get("/api/v1/me", headers=headers).status_code == 200
-    tenant = lifecycle.find_tenant(db_session, "acme")
+    tenant = find_tenant(db_session, "acme")
     operator = Actor("operator", "alice")
     lifecycle.suspend(db_session, tenant, "unpaid invoices", operator)
     db_session.flush()

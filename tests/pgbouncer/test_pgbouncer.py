@@ -48,8 +48,7 @@ def direct_engine(database_url):
 def _drop(engine, tenant_ids) -> None:
     """Drop committed tenants and the outbox messages they left (invitation mails, seat syncs),
     which other tests of the run would otherwise see."""
-    from saas.identity.models import User
-    from saas.tenancy.models import Tenant
+    from saas.identity.models import Tenant, User
 
     ids = [uuid.UUID(str(t)) for t in tenant_ids]
     with engine.begin() as conn:

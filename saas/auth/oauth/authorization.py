@@ -31,12 +31,11 @@ from saas.audit import AuditAction
 from saas.auth.clients import SUPPORTED_SCOPES
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import AuthorizationCode, Consent, OAuthClient
-from saas.auth.security import random_token, same_string, token_hash
 from saas.db import utcnow
-from saas.identity.models import User
+from saas.identity.models import Tenant, User
+from saas.security import random_token, same_string, token_hash
 from saas.services import services
 from saas.settings import Settings
-from saas.tenancy.models import Tenant
 
 _PKCE_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 

@@ -39,11 +39,11 @@ from saas.auth import sessions
 from saas.auth.errors import InvalidRequest
 from saas.auth.models import OAuthClient, RefreshToken
 from saas.auth.oauth.grants import AUTH_METHODS, NO_STORE, SECRET_AUTH_METHODS
-from saas.auth.security import token_hash
 from saas.db import utcnow
 from saas.errors import Unauthorized
+from saas.identity.models import Tenant
+from saas.security import token_hash
 from saas.services import services
-from saas.tenancy.models import Tenant
 
 #: the claims of an active access token that introspection shows (RFC 7662 section 2.2)
 INTROSPECTED_CLAIMS = (

@@ -42,12 +42,11 @@ from saas.audit import AuditAction
 from saas.auth import clients, service, sessions
 from saas.auth.errors import InvalidGrant, InvalidRequest, InvalidScope, UnauthorizedClient
 from saas.auth.models import AuthorizationCode, OAuthClient
-from saas.auth.security import token_hash
 from saas.auth.service import TokenResponse
 from saas.db import utcnow
-from saas.identity.models import User
+from saas.identity.models import Membership, Tenant, User
+from saas.security import token_hash
 from saas.services import services
-from saas.tenancy.models import Membership, Tenant
 
 #: client authentication at the token and revocation endpoints (RFC 6749 section 2.3); Authlib
 #: names the list in its ``invalid_client`` description, so it stays a list

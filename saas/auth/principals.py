@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import g
+from flask import Flask, g
 from sqlalchemy import and_, event, select
 from sqlalchemy.orm import Session
 
@@ -157,9 +157,7 @@ _BUILT: dict[tuple[uuid.UUID, uuid.UUID | None, str | None], tuple[tuple[Any, ..
 def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | None = None) -> dict[str, Any]:
     from saas import db
     from saas.auth.models import OAuthClient
-    from saas.billing.entitlements import entitlements_for
-    from saas.identity.models import User
-    from saas.tenancy.models import Membership, Tenant
+    from saas.identity.models import Membership, Tenant, User
 
     session = db.session()
     member: dict[str, Any] | None = None
@@ -191,7 +189,7 @@ def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | N
         tenant = session.get(Tenant, tenant_id)
     if tenant is None:
         return {"tenant": None, "ent": None, "member": None}
-    ent = entitlements_for(tenant)
+    ent = services().entitlements(tenant)
     ent_data = ent.to_dict() if hasattr(ent, "to_dict") else dict(vars(ent))
     snap = TenantSnapshot(
         tenant.id, tenant.slug, tenant.name, tenant.status, tenant.plan, tenant.schema_name,
@@ -216,13 +214,20 @@ def watch_model(model: type, tenant_of: Callable[[Any], uuid.UUID | None]) -> No
     install_hooks()
 
 
+def init_app(app: Flask) -> None:
+    """Invalidate cached principals on every committed change of a watched model (when the
+    tenant cache is on; called once by ``create_app``)."""
+    if services(app).cache is not None:
+        install_hooks()
+
+
 def install_hooks() -> None:
     """Register the session events once per process (idempotent)."""
     global _INSTALLED
     if _INSTALLED:
         return
     from saas.auth.models import OAuthClient
-    from saas.tenancy.models import Membership, Tenant
+    from saas.identity.models import Membership, Tenant
 
     _WATCHED.setdefault(Tenant, lambda t: t.id)
     _WATCHED.setdefault(Membership, lambda m: m.tenant_id)

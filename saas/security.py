@@ -1,4 +1,4 @@
-"""The auth package's shared primitives: constant-time comparison, token hashing, random tokens.
+"""The platform's security primitives: constant-time comparison, token hashing, random tokens.
 
 Every secret the package hands out (refresh tokens, authorization codes, client secrets,
 ``mfa_token``\\s, invitation tokens) is 128 bits of randomness or more, so its SHA-256 is what is
