@@ -9,7 +9,6 @@ from flask.views import MethodView
 from saas import db, outbox
 from saas.actions import ActionContext
 from saas.api import Blueprint
-from saas.audit import AuditAction
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require
 from saas.auth.schemas import TokenResponseSchema
@@ -21,6 +20,7 @@ from saas.identity.slugs import normalize_slug, slug_problems
 from saas.rbac import ROLES
 from saas.services import services
 from saas.tenancy import members as members_service
+from saas.tenancy import tenants as tenants_service
 from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup, validate_tenant
 
 blp = Blueprint("tenancy", __name__, url_prefix="/api/v1", description="Tenants, members, invitations")
@@ -277,50 +277,7 @@ class TenantResource(MethodView):
     def patch(self, body):
         """Change the tenant's name or settings (settings are merged key by key). Changing the
         settings (``require_mfa``...) needs step-up (RFC 9470)."""
-        tenant = current_principal().tenant
-        changes = {}
-        merged = {**(tenant.settings or {}), **body.get("settings", {})}
-        settings_change = "settings" in body and merged != (tenant.settings or {})
-        step_up_for("tenant.update", settings_changed=settings_change)  # before any change
-        if "name" in body and body["name"].strip() != tenant.name:
-            changes["name"] = {"from": tenant.name, "to": body["name"].strip()}
-            tenant.name = body["name"].strip()
-        if settings_change:
-            _check_settings(body["settings"])
-            changes["settings"] = body["settings"]
-            mfa_on = merged.get("require_mfa") and not (tenant.settings or {}).get("require_mfa")
-            tenant.settings = merged
-            if mfa_on:
-                # sessions signed in without a second factor end now, access tokens included
-                revoked = auth_service.revoke_sessions_without_mfa(db.session(), tenant.id)
-                ActionContext.from_request().record(
-                    AuditAction.AUTH_SESSIONS_REVOKED, tenant_id=tenant.id, target_type="tenant",
-                    target_id=tenant.id, data={"reason": "require_mfa", "revoked": revoked},
-                )  # fmt: skip
-        if changes:
-            ActionContext.from_request().record(
-                AuditAction.TENANT_UPDATED, tenant_id=tenant.id, target_type="tenant", target_id=tenant.id,
-                data=changes,
-            )  # fmt: skip
-            db.session().flush()
-        return tenant.to_public()
-
-
-def _check_settings(settings: dict) -> None:
-    """Settings valid alone but not with this deployment.
-
-    Raises:
-        ValidationError: ``session_idle_minutes`` shorter than an access token's lifetime (a
-            session is idle from its last token issuance, so a client using the API without
-            pause would look idle before it needs to refresh).
-    """
-    from saas.errors import ValidationError
-
-    idle = settings.get("session_idle_minutes")
-    ttl = services().settings.access_token_ttl_seconds
-    if idle is not None and idle * 60 < ttl:
-        message = f"Must be at least {-(-ttl // 60)} (the access-token lifetime, minutes)."
-        raise ValidationError({"settings": {"session_idle_minutes": [message]}})
+        return tenants_service.update_tenant(ActionContext.from_request(), body).to_public()
 
 
 @blp.route("/members")
