@@ -44,6 +44,7 @@ from saas.auth.models import OAuthClient
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import User
+from saas.memo import MISSING, Memo
 from saas.services import services
 from saas.tenancy.models import Membership, Tenant
 
@@ -64,16 +65,17 @@ class SessionInterface(SecureCookieSessionInterface):
     """
 
     def __init__(self) -> None:
-        self._serializers: dict[tuple, URLSafeTimedSerializer | None] = {}
+        self._serializers: Memo[tuple, URLSafeTimedSerializer | None] = Memo(
+            "auth.session_serializers", maxsize=8
+        )
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         fallbacks = app.config.get("SECRET_KEY_FALLBACKS") or ()
         key = (app.secret_key, *fallbacks)
-        if key not in self._serializers:
-            if len(self._serializers) >= 8:
-                self._serializers.clear()
-            self._serializers[key] = super().get_signing_serializer(app)
-        return self._serializers[key]
+        serializer = self._serializers.get(key, MISSING)  # a kept serializer may be None
+        if serializer is MISSING:
+            serializer = self._serializers.put(key, super().get_signing_serializer(app))
+        return serializer
 
 
 def init_app(app: Flask) -> None:

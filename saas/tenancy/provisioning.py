@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import marshmallow as ma
 from psycopg import sql as pgsql
@@ -26,6 +25,7 @@ from saas.db import schema_name_for, tenant_metadata
 from saas.errors import Conflict, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import Passwords, password_problems
+from saas.memo import memoize
 from saas.tenancy.models import Membership, Tenant
 from saas.tenancy.slugs import normalize_slug, slug_problems
 
@@ -58,7 +58,7 @@ class Provisioned:
 _SENTINEL = "__TENANT_SCHEMA__"
 
 
-@cache
+@memoize("tenancy.tenant_ddl", maxsize=1)
 def _tenant_ddl() -> tuple[str, ...]:
     """``CREATE TABLE``/``CREATE INDEX`` statements for the placeholder schema, compiled once."""
     from sqlalchemy import MetaData
