@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from inspect import CO_COROUTINE, iscoroutinefunction
+from types import FunctionType
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -106,22 +108,21 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
 class App(Flask):
     """The platform's Flask application class.
 
-    ``ensure_sync`` is decided once per function: Flask asks ``inspect.iscoroutinefunction``
-    of every view and hook on every request (about twenty calls per request here), though a
-    function's kind never changes. Every view and hook of this app is synchronous; an async
-    one would still be wrapped by Flask's ``async_to_sync`` as usual."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._sync: dict[Any, Any] = {}
+    ``ensure_sync``: Flask asks ``inspect.iscoroutinefunction`` of every view and hook on every
+    request (about twenty calls per request here), which unwraps methods and partials in Python
+    each time. For a function or a method (every view and hook of this app) the answer is one
+    flag of its code object, read here directly; anything else goes through ``inspect``. Every
+    view and hook of this app is synchronous; an async one is still wrapped by Flask's
+    ``async_to_sync`` as usual. (This replaced a memo keyed by the function, which grew by two
+    entries per ``MethodView`` request: its methods are bound to a new instance each time.)"""
 
     def ensure_sync(self, func: Any) -> Any:
-        wrapped = self._sync.get(func)
-        if wrapped is None:
-            wrapped = super().ensure_sync(func)
-            if len(self._sync) < 4096:  # views and hooks: a fixed set
-                self._sync[func] = wrapped
-        return wrapped
+        target = getattr(func, "__func__", func)
+        if type(target) is FunctionType and "_is_coroutine_marker" not in target.__dict__:
+            is_async = target.__code__.co_flags & CO_COROUTINE  # (the marker: 3.12's markcoroutinefunction)
+        else:
+            is_async = iscoroutinefunction(func)
+        return self.async_to_sync(func) if is_async else func
 
 
 def _init_request_id(app: Flask) -> None:

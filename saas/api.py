@@ -30,6 +30,7 @@ from webargs.flaskparser import FlaskParser
 
 from saas.errors import PROBLEM_JSON, AppError, BadRequest, ErrorCode, NotFound, ValidationError
 from saas.http import request_header
+from saas.memo import Memo
 
 JSON_PATHS = ("/api/",)
 FORM_PATHS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
@@ -106,11 +107,56 @@ class ProblemSchema(ma.Schema):
 class QueryArgsSchema(ma.Schema):
     """Base of query-string schemas whose parsed arguments may be memoised per query string
     (:class:`_SchemaReusingParser`): their loading must be a pure function of the query string
-    (no validator reading the clock, the caller or the database)."""
+    (no validator reading the clock, the caller or the database). The rule is checked: a parse
+    is kept only when :func:`query_schema_problems` finds nothing, and the tests check that no
+    memoised schema of the app is refused (tests/test_memo.py)."""
 
 
 #: values a memoised parse result may hold (shared between requests, so never mutable)
 _IMMUTABLE = (str, int, float, bool, type(None), uuid.UUID, datetime.date, datetime.datetime, frozenset)
+#: field types whose loading depends on the value alone (exact types: a subclass may override
+#: ``_deserialize``)
+_PURE_FIELDS = frozenset({
+    ma.fields.String, ma.fields.Email, ma.fields.UUID, ma.fields.Integer, ma.fields.Float, ma.fields.Boolean,
+    ma.fields.Date, ma.fields.DateTime, ma.fields.AwareDateTime, ma.fields.NaiveDateTime,
+})  # fmt: skip
+#: validators whose verdict depends on the value alone (exact types)
+_PURE_VALIDATORS = frozenset({
+    ma.validate.Length, ma.validate.OneOf, ma.validate.NoneOf, ma.validate.Range, ma.validate.Regexp,
+    ma.validate.Equal, ma.validate.Email,
+})  # fmt: skip
+#: schema hooks that depend on the loaded values alone: flask-smorest's pagination schema
+#: builds its ``PaginationParameters`` from ``page`` and ``page_size``
+_PURE_HOOKS = frozenset({
+    "flask_smorest.pagination._pagination_parameters_schema_factory.<locals>.PaginationParametersSchema"
+    ".make_paginator",
+})  # fmt: skip
+_ABSENT = object()
+
+
+def query_schema_problems(schema: ma.Schema) -> list[str]:
+    """Why loading ``schema`` might not be a function of the query string alone; empty when it
+    is. Allowed: the field types of :data:`_PURE_FIELDS`, the validators of
+    :data:`_PURE_VALIDATORS`, constant ``load_default`` values and the hooks of
+    :data:`_PURE_HOOKS`; anything else (a ``@validates`` or ``@post_load`` of one's own, a
+    ``Method`` field, ``load_default=datetime.now``, a validator function) may read the clock,
+    the caller or the database, so its parse is not kept."""
+    problems = []
+    for tag, hooks in schema._hooks.items():
+        for attr_name, _many, _options in hooks:
+            hook = getattr(type(schema), attr_name, None)
+            where = f"{getattr(hook, '__module__', '?')}.{getattr(hook, '__qualname__', attr_name)}"
+            if where not in _PURE_HOOKS:
+                problems.append(f"{attr_name}: {tag} hook {where}")
+    for name, field in schema.fields.items():
+        if type(field) not in _PURE_FIELDS:
+            problems.append(f"{name}: field type {type(field).__name__}")
+        if callable(field.load_default):
+            problems.append(f"{name}: load_default is computed ({field.load_default!r})")
+        for validator in field.validators:
+            if type(validator) not in _PURE_VALIDATORS:
+                problems.append(f"{name}: validator {validator!r}")
+    return problems
 
 
 class _SchemaReusingParser(FlaskParser):
@@ -119,15 +165,18 @@ class _SchemaReusingParser(FlaskParser):
     Schemas keep no per-load state, so one instance serves every request.
 
     With ``memoize`` (every schema, as for flask-smorest's pagination parameters) or for a
-    :class:`QueryArgsSchema`, a query-string parse is kept per query string (bounded): a list
-    endpoint is called with the same few query strings over and over. Each request gets its
-    own shallow copy of the result, and only results made of immutable values are kept.
-    Invalid input is never kept (it raises before)."""
+    :class:`QueryArgsSchema`, a query-string parse is kept per query string (memo
+    ``api.query_args``): a list endpoint is called with the same few query strings over and
+    over (without it the contacts list costs 8 % more instructions, docs/benchmarks.md). Each
+    request gets its own shallow copy of the result. Kept only: results made of immutable
+    values, of a schema :func:`query_schema_problems` accepts, parsed without a ``validate``
+    function. Invalid input is never kept (it raises before)."""
 
     def __init__(self, *args: Any, memoize: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.memoize = memoize
-        self._parsed: dict[tuple[Any, str, bytes], Any] = {}
+        #: (schema, location, unknown, query string) -> the parsed arguments
+        self._parsed: Memo[tuple[Any, str, Any, bytes], Any] = Memo("api.query_args", maxsize=4096)
 
     def _raw_load_json(self, req: Any) -> Any:
         """webargs' body decoding (the standard library's), with a document nested deeper than
@@ -139,20 +188,23 @@ class _SchemaReusingParser(FlaskParser):
 
     def parse(self, argmap: Any, req: Any = None, *, location: str | None = None, **kwargs: Any) -> Any:
         schema_type = argmap if isinstance(argmap, type) else type(argmap)
-        if location not in ("query", "querystring") or not (
-            self.memoize or issubclass(schema_type, QueryArgsSchema)
+        if (
+            location not in ("query", "querystring")
+            or kwargs.get("validate") is not None
+            or not (self.memoize or issubclass(schema_type, QueryArgsSchema))
         ):
             return super().parse(argmap, req, location=location, **kwargs)
-        key = (argmap, location, (req or request).query_string)
+        req = req or request
+        key = (argmap, location, kwargs.get("unknown", _ABSENT), req.query_string)
         kept = self._parsed.get(key)  # a dict or an object, never None
         if kept is None:
             kept = super().parse(argmap, req, location=location, **kwargs)
             values = kept.values() if isinstance(kept, dict) else vars(kept).values()
             if not all(isinstance(value, _IMMUTABLE) for value in values):
                 return kept
-            if len(self._parsed) >= 4096:
-                self._parsed.clear()
-            self._parsed[key] = kept
+            if query_schema_problems(self._get_schema(argmap, req)):
+                return kept
+            self._parsed.put(key, kept)
         return copy.copy(kept)
 
     def _get_schema(self, argmap, req):

@@ -33,6 +33,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ColumnClause, TextClause
 from sqlalchemy.sql.functions import FunctionElement
 
+from saas.memo import Memo
 from saas.services import services
 
 SHARED_SCHEMA = "saas"
@@ -98,7 +99,8 @@ class Database:
 
     def __init__(self, bind: Engine | Connection):
         self.bind = bind
-        self._engines: dict[tuple[str | None, bool], Engine] = {}
+        #: (tenant schema, lazy begin) -> the option engine (one per tenant served recently)
+        self._engines: Memo[tuple[str | None, bool], Engine] = Memo("db.option_engines", maxsize=4096)
         if isinstance(bind, Engine) and not event.contains(
             bind, "before_cursor_execute", _begin_before_write
         ):
@@ -188,10 +190,7 @@ class Database:
             options: dict[str, Any] = {"schema_translate_map": translate_map(tenant_schema)}
             if lazy_begin:
                 options |= {"isolation_level": "AUTOCOMMIT", LAZY_BEGIN: True}
-            engine = self.bind.execution_options(**options)
-            if len(self._engines) >= 4096:  # bounded: one entry per tenant served recently
-                self._engines.clear()
-            self._engines[key] = engine
+            engine = self._engines.put(key, self.bind.execution_options(**options))
         return engine
 
     @contextmanager

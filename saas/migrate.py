@@ -11,7 +11,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -21,6 +20,7 @@ from psycopg import sql as pgsql
 from sqlalchemy import Engine, select, text, update
 
 from saas.db import SHARED_SCHEMA, check_schema_name, connect_args
+from saas.memo import memoize
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -34,7 +34,7 @@ def alembic_config(track: str) -> Config:
     return cfg
 
 
-@cache
+@memoize("migrate.tenant_head", maxsize=1)
 def tenant_head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("tenant")).get_current_head()
     if head is None:
@@ -42,7 +42,7 @@ def tenant_head_revision() -> str:
     return head
 
 
-@cache
+@memoize("migrate.shared_head", maxsize=1)
 def shared_head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("shared")).get_current_head()
     if head is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from saas.actions import ActionContext
@@ -93,17 +92,23 @@ class Product:
         self.resources[table] = Resource(model, schema)
 
 
-@cache
-def product(name: str = PRODUCT_PACKAGE) -> Product:
-    """The product package ``name``, imported and registered once per process.
+_registered: Product | None = None  # the one product of this process, once it registered
+
+
+def product() -> Product:
+    """The product package (:data:`PRODUCT_PACKAGE`), imported and registered once per process
+    (a registration, not a memo: it runs once and is never evicted).
 
     Raises:
         ImportError: no such package. AttributeError: it has no ``register`` function.
     """
-    module = importlib.import_module(name)
-    registered = Product(name)
-    module.register(registered)
-    return registered
+    global _registered
+    if _registered is None:
+        module = importlib.import_module(PRODUCT_PACKAGE)
+        registering = Product(PRODUCT_PACKAGE)
+        module.register(registering)
+        _registered = registering
+    return _registered
 
 
 def tenant_tables() -> list[Any]:

@@ -74,7 +74,7 @@ def test_failures_are_not_cached_and_the_cache_is_bounded(service, decodes, monk
         with pytest.raises(Unauthorized):
             service.verify(forged)
     assert decodes == [forged, forged]
-    monkeypatch.setattr(TokenService, "VERIFIED_CACHE_SIZE", 3)
+    monkeypatch.setattr(service._verified, "maxsize", 3)
     issued = [_issue(service) for _ in range(5)]
     for t in issued:
         service.verify(t)

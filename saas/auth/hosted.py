@@ -45,6 +45,7 @@ from saas.auth.oauth import authorization as provider
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import Membership, Tenant, User
+from saas.memo import MISSING, Memo
 from saas.security import random_token, same_string
 from saas.services import services
 
@@ -65,16 +66,17 @@ class SessionInterface(SecureCookieSessionInterface):
     """
 
     def __init__(self) -> None:
-        self._serializers: dict[tuple, URLSafeTimedSerializer | None] = {}
+        self._serializers: Memo[tuple, URLSafeTimedSerializer | None] = Memo(
+            "auth.session_serializers", maxsize=8
+        )
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         fallbacks = app.config.get("SECRET_KEY_FALLBACKS") or ()
         key = (app.secret_key, *fallbacks)
-        if key not in self._serializers:
-            if len(self._serializers) >= 8:
-                self._serializers.clear()
-            self._serializers[key] = super().get_signing_serializer(app)
-        return self._serializers[key]
+        serializer = self._serializers.get(key, MISSING)  # a kept serializer may be None
+        if serializer is MISSING:
+            serializer = self._serializers.put(key, super().get_signing_serializer(app))
+        return serializer
 
 
 def init_app(app: Flask) -> None:

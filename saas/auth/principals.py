@@ -32,6 +32,7 @@ from sqlalchemy import and_, event, select
 from sqlalchemy.orm import Session
 
 from saas.cache.core import MISS, invalidate_tenant
+from saas.memo import Memo
 from saas.services import services
 
 _WATCHED: dict[type, Callable[[Any], uuid.UUID | None]] = {}
@@ -140,9 +141,7 @@ def snapshot_for(
             role=member["role"] if member and member.get("status") == "active" else None,
             membership_status=member.get("status") if member else None,
         )
-        if len(_BUILT) >= 10_000:
-            _BUILT.clear()
-        _BUILT[memo_key] = (inputs, snap)
+        _BUILT.put(memo_key, (inputs, snap))
     g._principal_snapshot = (memo_key, snap)
     return snap
 
@@ -151,7 +150,9 @@ def snapshot_for(
 #: cache layer hands out the same objects while they are fresh, so identical inputs (``is``)
 #: mean the snapshot is still the right one; new entries (a refresh, an invalidation) never
 #: match. It holds the inputs, so their ids cannot be reused while kept.
-_BUILT: dict[tuple[uuid.UUID, uuid.UUID | None, str | None], tuple[tuple[Any, ...], PrincipalSnapshot]] = {}
+_BUILT: Memo[tuple[uuid.UUID, uuid.UUID | None, str | None], tuple[tuple[Any, ...], PrincipalSnapshot]] = (
+    Memo("cache.principal_snapshots", maxsize=10_000)
+)
 
 
 def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | None = None) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from saas.auth.tokens import FIRST_PARTY_CLIENT
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
 from saas.errors import ErrorCode, ServiceUnavailable, Unauthorized
+from saas.memo import Memo
 from saas.services import services
 
 log = logging.getLogger("saas.auth.revocation")
@@ -189,8 +190,8 @@ def _after_rollback(session: Session, previous_transaction: Any) -> None:
 
 # --- checking ------------------------------------------------------------------------------------
 
-#: (tenant, sid, client_id) -> the marker keys of such a token (bounded; pure function)
-_KEYS: dict[tuple[Any, Any, Any], tuple[str, ...]] = {}
+#: (tenant, sid, client_id) -> the marker keys of such a token (a pure function of the key)
+_KEYS: Memo[tuple[Any, Any, Any], tuple[str, ...]] = Memo("auth.revocation_keys", maxsize=10_000)
 
 
 def keys_for(principal: Any) -> tuple[str, ...]:
@@ -206,10 +207,7 @@ def keys_for(principal: Any) -> tuple[str, ...]:
             out.append(tenant_keys.revoked_session(str(memo[1])))
         if memo[2] and memo[2] != FIRST_PARTY_CLIENT:
             out.append(tenant_keys.revoked_client(str(memo[2])))
-        keys = tuple(out)
-        if len(_KEYS) >= 10_000:
-            _KEYS.clear()
-        _KEYS[memo] = keys
+        keys = _KEYS.put(memo, tuple(out))
     return keys
 
 

@@ -13,7 +13,6 @@ import base64
 import json
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from joserfc.errors import JoseError
 
 from saas.auth.keys import KeyStore, SigningKey
 from saas.errors import Unauthorized
+from saas.memo import Memo
 
 ALLOWED_ALGS = ("RS256", "ES256")
 LEEWAY_SECONDS = 30
@@ -73,7 +73,9 @@ class TokenService:
         # checks are pure functions of the token and that key, so a token seen again skips them
         # (the RS256 verification and two JSON decodes, ~0.1 ms) while the key is still live.
         # The time checks run on every use.
-        self._verified: OrderedDict[str, tuple[dict[str, Any], SigningKey]] = OrderedDict()
+        self._verified: Memo[str, tuple[dict[str, Any], SigningKey]] = Memo(
+            "auth.verified_tokens", self.VERIFIED_CACHE_SIZE
+        )
 
     def issue(
         self,
@@ -194,9 +196,7 @@ class TokenService:
         self._check_times(claims)
         if not claims.get("tid") or not claims.get("sub"):
             raise Unauthorized("The access token lacks a tenant or subject.")
-        self._verified[token] = (claims, signing_key)
-        if len(self._verified) > self.VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
+        self._verified.put(token, (claims, signing_key))
         return claims
 
     @staticmethod

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from flask import has_app_context, has_request_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
+from saas.memo import memoize
 from saas.services import services
 from saas.settings import SettingsError
 
@@ -134,7 +134,7 @@ def parse_catalogue(data: Mapping[str, Any]) -> tuple[str, dict[str, Plan]]:
     return default, plans
 
 
-@cache
+@memoize("billing.catalogue", maxsize=4)
 def catalogue(path: Path = CATALOGUE_PATH) -> tuple[str, dict[str, Plan]]:
     """The parsed catalogue (read once per process)."""
     try:

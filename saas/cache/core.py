@@ -35,12 +35,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
+from saas.memo import Memo
 
 log = logging.getLogger("saas.cache")
 MISS: Any = object()
@@ -78,16 +78,21 @@ def _observe(hits: Iterable[str], misses: Iterable[str]) -> None:
 
 
 class LocalLayer:
-    """Bounded in-process entries: ``{tenant: {name: (expires_at, version, value)}}``.
+    """Bounded in-process entries: ``{tenant: {name: (expires_at, version, value)}}``, in the
+    memo ``cache.local_entries``.
 
-    ``max_tenants`` bounds memory (least recently used tenants are dropped first).
+    ``max_tenants`` bounds memory (least recently used tenants are dropped first). Not a pure
+    memo: an entry is served for at most ``ttl`` seconds, and a change made by this process
+    drops its tenant at once (:meth:`drop`).
     """
 
     def __init__(self, ttl: float, max_tenants: int = 4096, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.max_tenants = max_tenants
         self.clock = clock
-        self._data: OrderedDict[uuid.UUID, dict[str, tuple[float, Any, Any]]] = OrderedDict()
+        self._data: Memo[uuid.UUID, dict[str, tuple[float, Any, Any]]] = Memo(
+            "cache.local_entries", max_tenants
+        )
         self._lock = threading.Lock()
 
     def get(self, tenant_id: uuid.UUID, names: Sequence[str]) -> dict[str, Any] | None:
@@ -111,19 +116,16 @@ class LocalLayer:
             return
         expires = self.clock() + self.ttl
         with self._lock:
-            entries = self._data.get(tenant_id)
+            entries = self._data.peek(tenant_id)
             if entries is None:
-                entries = self._data[tenant_id] = {}
-                while len(self._data) > self.max_tenants:
-                    self._data.popitem(last=False)
-            else:
-                self._data.move_to_end(tenant_id)
+                entries = {}
             for name, value in values.items():
                 entries[name] = (expires, version, value)
+            self._data.put(tenant_id, entries)  # now the most recently used
 
     def drop(self, tenant_id: uuid.UUID) -> None:
-        with self._lock:
-            self._data.pop(tenant_id, None)
+        with self._lock:  # after a put in progress, never in the middle of it
+            self._data.pop(tenant_id)
 
     def clear(self) -> None:
         with self._lock:

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from saas.memo import memoize
 
 MIN_LENGTH = 8
 MAX_LENGTH = 256
@@ -36,7 +36,7 @@ class Passwords:
         return self._hasher.check_needs_rehash(stored)
 
 
-@cache
+@memoize("identity.common_passwords", maxsize=1)
 def _common_passwords() -> frozenset[str]:
     """The 30,000 most common passwords of zxcvbn's list (from leaked password corpora)."""
     from zxcvbn.frequency_lists import FREQUENCY_LISTS

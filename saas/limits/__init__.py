@@ -44,6 +44,7 @@ from saas.errors import AppError, ErrorCode, ServiceUnavailable, TooManyRequests
 from saas.http import client_ip
 from saas.limits import gcra, headers, policies
 from saas.limits.gcra import Check, Decision, Quota
+from saas.memo import Memo
 from saas.services import services
 from saas.settings import SettingsError
 
@@ -97,7 +98,9 @@ class Limiter:
         self.secret = (settings.secret_key or "").encode() or uuid.uuid4().bytes
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         #: (tenant, user, client, rpm, monthly calls) -> (plan, its period's start and end)
-        self._plans: dict[tuple[Any, ...], tuple[gcra.Plan, datetime, datetime]] = {}
+        self._plans: Memo[tuple[Any, ...], tuple[gcra.Plan, datetime, datetime]] = Memo(
+            "limits.plans", 10_000
+        )
         self.period_for = calendar_month
 
     @property
@@ -198,9 +201,7 @@ class Limiter:
             principal.tenant_id, ent, principal.user_id, principal.client_id, self.share
         )
         plan = gcra.Plan.of(checks, self._quota(principal.tenant_id, ent, period))
-        if len(self._plans) >= 10_000:
-            self._plans.clear()
-        self._plans[key] = (plan, period.start, period.end)
+        self._plans.put(key, (plan, period.start, period.end))
         return plan
 
     def hit(self, checks: list[Check], quota: Quota | None, cost: int = 1, peek: bool = False) -> Decision:

@@ -15,12 +15,11 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 from werkzeug.datastructures import Headers
 
-from saas.limits.gcra import Check, Decision, PolicyState, Quota
+from saas.limits.gcra import Decision, PolicyState, Quota
 
 
 def apply(headers: Headers, decision: Decision) -> None:
@@ -53,17 +52,10 @@ def apply(headers: Headers, decision: Decision) -> None:
     add("X-RateLimit-Reset", str(math.ceil(decision.now) + reset))
 
 
-@functools.lru_cache(maxsize=4096)
-def _policy_items(checks: tuple[Check, ...], quota_item: str | None) -> str:
-    items = [f'"{c.policy}";q={c.limit};w={c.period}' for c in checks]
-    if quota_item:
-        items.append(quota_item)
-    return ", ".join(items)
-
-
 def policy_header(states: tuple[PolicyState, ...], quota: Quota | None) -> str:
-    """The ``RateLimit-Policy`` value: fixed for a plan, so built once per set of policies."""
-    quota_item = None
+    """The ``RateLimit-Policy`` value. Built on every response: a memo of it cost more
+    instructions than the string it saved (hashing the checks; docs/benchmarks.md)."""
+    items = [f'"{s.check.policy}";q={s.check.limit};w={s.check.period}' for s in states]
     if quota is not None and quota.limit is not None:
-        quota_item = f'"{quota.policy}";q={quota.limit};w={quota.period_seconds}'
-    return _policy_items(tuple(state.check for state in states), quota_item)
+        items.append(f'"{quota.policy}";q={quota.limit};w={quota.period_seconds}')
+    return ", ".join(items)

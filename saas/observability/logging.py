@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import structlog
 
+from saas.memo import Memo
+
 SECRET_KEY_RE = re.compile(
     r"(pass(word|wd|phrase)?|secret|token|authorization|cookie|api[_-]?key|private|credential|otp|^code$)",
     re.IGNORECASE,
@@ -33,8 +35,8 @@ REDACTED = "[redacted]"
 #: a string can hold a JWT or a credential only if this matches (one scan, usually no match)
 _SUSPECT_RE = re.compile(r"eyJ|bearer|basic", re.IGNORECASE)
 _BEARER_REPLACEMENT = r"\1 " + REDACTED
-#: key -> whether it names a secret (keys come from code, so the set is small; bounded anyway)
-_KEY_VERDICTS: dict[str, bool] = {}
+#: key -> whether it names a secret (a pure function; keys come from code, so the set is small)
+_KEY_VERDICTS: Memo[str, bool] = Memo("observability.secret_key_verdicts", maxsize=4096)
 _SCALARS = (int, float, bool, type(None))
 
 
@@ -42,9 +44,7 @@ def _secret_key(key: Any) -> bool:
     key = str(key)
     verdict = _KEY_VERDICTS.get(key)
     if verdict is None:
-        verdict = SECRET_KEY_RE.search(key) is not None
-        if len(_KEY_VERDICTS) < 4096:
-            _KEY_VERDICTS[key] = verdict
+        verdict = _KEY_VERDICTS.put(key, SECRET_KEY_RE.search(key) is not None)
     return verdict
 
 

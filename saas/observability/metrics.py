@@ -10,6 +10,10 @@ names and labels stay in one place): :func:`rate_limit_rejected`, :func:`cache_h
 :func:`cache_miss`, :func:`webhook_event`, :func:`job_processed`. Label values must come from a
 small fixed set (a policy name, a route template), never from ids or user input.
 
+The memos of :mod:`saas.memo` are exported as ``saas_memo_hits_total``, ``saas_memo_misses_total``,
+``saas_memo_evictions_total`` and ``saas_memo_entries`` (label ``memo``), published by
+:func:`publish_memos`.
+
 Gauges that describe the database (tenants by state, tenants behind the tenant head, outbox
 backlog) are computed at scrape time by :class:`DatabaseCollector`, cached for 15 s.
 """
@@ -19,14 +23,16 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from saas.memo import Memo, registered
 from saas.services import services
 
 REQUESTS = Counter(
@@ -50,6 +56,19 @@ WEBHOOKS = Counter("saas_webhook_events_total", "Webhook events by type and outc
 JOBS = Counter("saas_jobs_total", "Outbox messages handled by topic and outcome (sent|retry|failed).",
                ["topic", "outcome"])  # fmt: skip
 JOB_LATENCY = Histogram("saas_job_duration_seconds", "Time to handle one outbox message.", ["topic"])
+MEMO_HITS = Counter(
+    "saas_memo_hits_total", "Memo lookups that found their key, by memo (docs/scaling.md).", ["memo"]
+)
+MEMO_MISSES = Counter(
+    "saas_memo_misses_total", "Memo lookups that did not find their key, by memo.", ["memo"]
+)
+MEMO_EVICTIONS = Counter(
+    "saas_memo_evictions_total", "Entries a full memo dropped (least recently used first), by memo.", ["memo"]
+)
+MEMO_ENTRIES = Gauge(
+    "saas_memo_entries", "Entries kept, by memo (summed over the live workers).", ["memo"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
 
 
 def _never_raises(fn: Callable[..., None]) -> Callable[..., None]:
@@ -102,21 +121,51 @@ def _child(metric: Any, labels: tuple[str, ...]) -> Any:
     key = (metric, labels)
     child = _CHILDREN.get(key)
     if child is None:
-        if len(_CHILDREN) >= 10_000:
-            _CHILDREN.clear()
-        child = _CHILDREN[key] = metric.labels(*labels)
+        child = _CHILDREN.put(key, metric.labels(*labels))
     return child
 
 
-_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+#: (metric, label values) -> the metric's child; ``labels()`` returns the same child every time
+_CHILDREN: Memo[tuple[Any, tuple[str, ...]], Any] = Memo("observability.metric_children", maxsize=10_000)
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """Count one request. ``route`` must be a URL rule template (``/api/v1/contacts/<uuid:id>``)
-    or ``unmatched``, never a raw path; ``method`` is mapped by :func:`method_label`."""
+    or ``unmatched``, never a raw path; ``method`` is mapped by :func:`method_label`. At most
+    every :data:`MEMO_PUBLISH_SECONDS` it also publishes the memos' counts."""
     labels = (route, method_label(method), str(status))
     _child(REQUESTS, labels).inc()
     _child(LATENCY, labels).observe(seconds)
+    if time.monotonic() >= _memo_next_publish:
+        publish_memos()
+
+
+#: how often a worker adds its memos' counts to the ``saas_memo_*`` metrics while it serves
+#: requests (and at every scrape it answers): the memos count in plain integers, so a lookup
+#: costs no metrics write, and under gunicorn every worker's counts still reach the pod's totals
+MEMO_PUBLISH_SECONDS = 10.0
+_memo_next_publish = 0.0
+_memo_publish_lock = threading.Lock()
+
+
+@_never_raises
+def publish_memos() -> None:
+    """Add every memo's hits, misses and evictions since the previous call to
+    ``saas_memo_hits_total``, ``saas_memo_misses_total`` and ``saas_memo_evictions_total``
+    (label ``memo``: the memo's name, one of a fixed set) and set ``saas_memo_entries``. Memos of
+    the same name (one per app) are summed."""
+    global _memo_next_publish
+    with _memo_publish_lock:
+        _memo_next_publish = time.monotonic() + MEMO_PUBLISH_SECONDS
+        for name, memos in registered().items():
+            hits = misses = evictions = size = 0
+            for memo in memos:
+                h, m, e = memo.unreported()
+                hits, misses, evictions, size = hits + h, misses + m, evictions + e, size + len(memo)
+            MEMO_HITS.labels(name).inc(hits)
+            MEMO_MISSES.labels(name).inc(misses)
+            MEMO_EVICTIONS.labels(name).inc(evictions)
+            MEMO_ENTRIES.labels(name).set(size)
 
 
 @_never_raises
@@ -268,6 +317,7 @@ def render(*collectors: Collector | None) -> bytes:
     :class:`GuardCollector`)."""
     from prometheus_client import REGISTRY
 
+    publish_memos()
     extra = CollectorRegistry()
     for collector in collectors:
         if collector is not None:

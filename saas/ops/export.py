@@ -75,7 +75,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
-from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -92,6 +91,7 @@ from saas.db import TENANT_PLACEHOLDER, schema_name_for, translate_map, utcnow
 from saas.errors import AppError, Conflict, ErrorCode, ValidationError
 from saas.identity.models import Membership, Tenant, User
 from saas.identity.slugs import normalize_slug, slug_problems
+from saas.memo import memoize
 
 FORMAT = "saas.tenant-export"
 VERSION = 2
@@ -359,7 +359,7 @@ def _valid_limits(limits: Any) -> None:
             raise ma.ValidationError(f"{key}: expected a boolean, an integer or a string.")
 
 
-@cache
+@memoize("ops.import_schemas", maxsize=1)
 def _schemas() -> dict[str, ma.Schema]:
     """The check of each record kind: the API's schemas where the API writes such rows (tenant
     name and settings, invitations' emails and roles, OAuth clients, contacts), the tables'

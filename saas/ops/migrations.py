@@ -41,7 +41,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +48,7 @@ from psycopg import sql as pgsql
 from sqlalchemy import Connection, Engine, create_engine, select, update
 
 from saas.db import TENANT_PLACEHOLDER, check_schema_name, connect_args, tenant_metadata
+from saas.memo import Memo, memoize
 
 if TYPE_CHECKING:  # Alembic is imported only when a tenant is behind (it costs ~0.2 s to import)
     from alembic.operations import Operations
@@ -61,7 +61,7 @@ _REVISION_RE = re.compile(r"^revision\s*(?::[^=]+)?=\s*[\"']([^\"']+)[\"']", re.
 _DOWN_RE = re.compile(r"^down_revision\s*(?::[^=]+)?=\s*(.+)$", re.MULTILINE)
 
 
-@cache
+@memoize("ops.track_heads", maxsize=16)
 def track_head(location: str | Path = TENANT_TRACK) -> str:
     """The head revision of a track, read from its ``versions/*.py`` files without importing
     Alembic (so ``saas tenants migrate`` with nothing pending never loads it). Falls back to
@@ -201,7 +201,7 @@ def _tenant_operations(context: MigrationContext, schema: str) -> Operations:
     return operations
 
 
-@cache
+@memoize("ops.script_directories", maxsize=16)
 def _script_directory(location: str) -> ScriptDirectory:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -231,20 +231,22 @@ class TenantMigrator:
         if head is None:
             raise RuntimeError("the tenant migration track has no revision")
         self.head: str = head
-        self._paths: dict[str | None, list[Script]] = {}
+        #: revisions from a current revision to head (a bound above any track's length)
+        self._paths: Memo[str | None, list[Script]] = Memo("ops.migration_paths", maxsize=1024)
         # "Context impl PostgresqlImpl" / "Will assume transactional DDL" once per tenant is
         # noise (and 10 % of the time per tenant): the report says what happened
         logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
     def path_from(self, current: str | None) -> list[Script]:
         """Revisions to run, oldest first, from ``current`` (exclusive; None = base) to head."""
-        if current not in self._paths:
+        revs = self._paths.get(current)
+        if revs is None:
             revs = list(self.script.iterate_revisions(self.head, current or "base"))
             revs.reverse()
             for rev in revs:
                 _ = rev.module  # import once, here, not inside a tenant's transaction
-            self._paths[current] = revs
-        return self._paths[current]
+            self._paths.put(current, revs)
+        return revs
 
     def upgrade_schema(
         self, conn: Connection, schema: str, current: str | None, tenant_id: uuid.UUID | None = None

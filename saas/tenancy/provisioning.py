@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import marshmallow as ma
 from psycopg import sql as pgsql
@@ -28,6 +27,7 @@ from saas.errors import Conflict, ErrorCode, ValidationError
 from saas.identity.models import Membership, Tenant, User
 from saas.identity.passwords import Passwords, password_problems
 from saas.identity.slugs import normalize_slug, slug_problems
+from saas.memo import memoize
 
 _EMAIL = ma.validate.And(ma.validate.Length(min=3, max=320), ma.validate.Email())
 
@@ -58,7 +58,7 @@ class Provisioned:
 _SENTINEL = "__TENANT_SCHEMA__"
 
 
-@cache
+@memoize("tenancy.tenant_ddl", maxsize=1)
 def _tenant_ddl() -> tuple[str, ...]:
     """``CREATE TABLE``/``CREATE INDEX`` statements for the placeholder schema, compiled once."""
     from sqlalchemy import MetaData
