@@ -497,16 +497,14 @@ def _reuse_detected(session: Session, row: RefreshToken) -> NoReturn:
     """Revoke the family of a reused refresh token, audit ``auth.refresh_token_reused`` and
     commit (the revocation must persist although the request fails), then raise."""
     revoke_family(session, row.family_id, "reuse_detected")
-    tenant = session.get(Tenant, row.tenant_id)
-    if tenant is not None:
-        audit.record(
-            session,
-            AuditAction.AUTH_REFRESH_TOKEN_REUSED,
-            target_type="session",
-            target_id=row.family_id,
-            actor=audit.Actor("user", str(row.user_id)),
-            tenant_id=tenant.id,
-        )
+    audit.record(
+        session,
+        AuditAction.AUTH_REFRESH_TOKEN_REUSED,
+        target_type="session",
+        target_id=row.family_id,
+        actor=audit.Actor("user", str(row.user_id)),
+        tenant_id=row.tenant_id,  # the row exists, so its tenant does (FK, cascade)
+    )
     commit_early(session, EarlyCommit.REFRESH_TOKEN_REUSED)
     raise InvalidGrant("The refresh token was already used; the session has been revoked.")
 

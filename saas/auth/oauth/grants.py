@@ -95,17 +95,15 @@ class CodeGrant(grants.AuthorizationCodeGrant):
             return None
         if row.used_at is not None:
             revoked = sessions.revoke_family(session, row.family_id, "code_reused") if row.family_id else 0
-            tenant = session.get(Tenant, row.tenant_id)
-            if tenant is not None:
-                audit.record(
-                    session,
-                    AuditAction.AUTH_CODE_REUSED,
-                    target_type="oauth_client",
-                    target_id=client.client_id,
-                    actor=audit.Actor("client", client.client_id),
-                    data={"user_id": str(row.user_id), "revoked_tokens": revoked},
-                    tenant_id=tenant.id,
-                )
+            audit.record(
+                session,
+                AuditAction.AUTH_CODE_REUSED,
+                target_type="oauth_client",
+                target_id=client.client_id,
+                actor=audit.Actor("client", client.client_id),
+                data={"user_id": str(row.user_id), "revoked_tokens": revoked},
+                tenant_id=row.tenant_id,  # the row exists, so its tenant does (FK, cascade)
+            )
             db.commit_early(session, db.EarlyCommit.AUTHORIZATION_CODE_REUSED)  # outlives the failure
             raise InvalidGrantError(
                 "The authorization code was already used; tokens issued from it are revoked."
