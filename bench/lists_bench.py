@@ -18,11 +18,16 @@ first or last) and each row's figures are the median of its rounds. Rows:
 
 * floor 2;
 * ``GET /api/v1/contacts?page_size=20``: the first page, an offset page with its total in
-  ``X-Pagination`` (counted up to 1,000 rows: ``saas.pagination.COUNT_CAP``), at each size;
+  ``X-Pagination`` (counted up to ``saas.pagination.COUNT_CAP`` rows past the page), at each size;
 * ``GET /api/v1/contacts?page_size=20&cursor=<the middle of the tenant>``: a deep cursor page
   (position N/2 in the default order, newest first), at each size;
 * with ``--before DIR`` (a checkout of an older commit, e.g. ``git archive <sha> | tar -x -C
-  DIR``): that commit's app serving the first page at each size, in the same rounds.
+  DIR``): that commit's app serving the first page at 1k in the same rounds, and at 100k and
+  1M once after them with ``--slow-connections`` (4) connections (its requests take seconds
+  there; at 32 connections the queue alone would set the latency).
+
+Before each row the script waits until no statement of the database is running, so a slow
+row's queued requests do not run into the next row.
 
 Each row: req/s, p50, p99, and CPU per request of the app's workers and of the database's
 PostgreSQL backends (``/proc``), steadier than req/s on a shared machine. Then the page
@@ -36,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.limits_bench import PASSWORD, Server, _cpu_seconds, wrk  # noqa: E402
+from bench.limits_bench import PASSWORD, Server, _cpu_seconds, _to_ms  # noqa: E402
 
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 DB_NAME = os.environ.get("BENCH_DB_NAME", "saas_bench_lists")
@@ -166,6 +173,49 @@ def _backends() -> list[int]:
     return [r[0] for r in rows]
 
 
+def wrk(url: str, connections: int, duration: float, token: str | None, timeout: int = 30) -> dict:
+    """wrk (one thread) with a ``timeout`` long enough that a slow row's requests are measured,
+    not dropped as timeouts (wrk's default is 2 s): req/s, p50, p99, totals."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else "")
+        script = fh.name
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", f"--timeout={timeout}s", "--latency",
+             "-s", script, url],
+            capture_output=True, text=True, timeout=duration + timeout + 30, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script)
+    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "p50": _to_ms(latency["50"]) if latency else float("nan"),
+        "p99": _to_ms(latency["99"]) if latency else float("nan"),
+        "total": int(re.search(r"(\d+) requests in", out)[1]),
+        "non2xx": int(non2xx[1]) if non2xx else 0,
+        "socket_errors": errors[1] if errors else "",
+    }
+
+
+def quiesce(limit: float = 120) -> None:
+    """Wait until no statement of the benchmark database is running: a slow row's requests
+    still queued in a server must not run into the next row's measurement."""
+    import psycopg
+
+    deadline = time.monotonic() + limit
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'active'", (DB_NAME,)
+            ).fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.2)
+
+
 def measure(server: Server, path: str, connections: int, duration: float, token: str | None) -> dict:
     """wrk on ``path``, plus CPU per request (ms) of ``server``'s workers and the backends."""
     workers, backends = server.workers(), _backends()
@@ -195,7 +245,7 @@ def statements(env: dict[str, str], tenants: dict, runs: int = 200) -> None:
                              (("offset", False), ("offset", True), ("keyset", "value")))  # fmt: skip
 
     def page(first: int) -> dict:
-        return {"page_first": first, "page_size": 20, "page_window": max(CONTACTS.count_cap, first + 20) + 1}
+        return {"page_first": first, "page_size": 20, "page_window": first + 20 + CONTACTS.count_cap}
 
     cases = {
         "first page, total counted to the cap": (offset, page(0)),
@@ -243,6 +293,12 @@ def main() -> None:
         "--before", type=Path, help="a checkout of an older commit, measured in the same rounds"
     )
     parser.add_argument("--no-statements", action="store_true")
+    parser.add_argument(
+        "--slow-connections",
+        type=int,
+        default=4,
+        help="connections of the --before rows at 100k and 1M (once)",
+    )
     args = parser.parse_args()
     keydir = tempfile.mkdtemp(prefix="bench-keys-")
     env = {
@@ -281,26 +337,40 @@ def main() -> None:
                 tenant["token"],
             )
         )
+    slow: list[tuple[str, str, str, str | None]] = []
     if args.before:
-        for label, tenant in tenants.items():
-            rows.append((f"before: first page, {label} contacts", "before", PAGE, tenant["token"]))
-    results: dict[str, list[dict]] = {name: [] for name, *_ in rows}
+        rows.append(("before: first page, 1k contacts", "before", PAGE, tenants["1k"]["token"]))
+        for label in ("100k", "1M"):  # seconds per request: apart, once, few connections
+            slow.append((f"before: first page, {label} contacts", "before", PAGE, tenants[label]["token"]))
+    results: dict[str, list[dict]] = {name: [] for name, *_ in rows + slow}
     c, d = args.connections, args.duration
+
+    def run(name: str, server: str, path: str, token: str | None, connections: int) -> None:
+        quiesce()
+        wrk(servers[server].url(path), connections, 2, token)  # warm-up
+        quiesce()
+        result = measure(servers[server], path, connections, d, token)
+        if result["non2xx"] or result["socket_errors"]:
+            print(f"  {name}: {result['non2xx']} non-2xx, socket errors {result['socket_errors']!r}")
+        results[name].append(result)
+
     try:
         for round_ in range(args.rounds):
             order = rows[round_ % len(rows) :] + rows[: round_ % len(rows)]
             for name, server, path, token in order:
-                wrk(servers[server].url(path), c, 2, token)  # warm-up
-                result = measure(servers[server], path, c, d, token)
-                if result["non2xx"] or result["socket_errors"]:
-                    print(f"  {name}: {result['non2xx']} non-2xx, socket errors {result['socket_errors']!r}")
-                results[name].append(result)
+                run(name, server, path, token, c)
             print(f"round {round_ + 1} done, load average {os.getloadavg()[0]:.2f}", flush=True)
+        for name, server, path, token in slow:
+            run(name, server, path, token, args.slow_connections)
     finally:
         for server in servers.values():
             server.stop()
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"\n{when}: {args.rounds} rounds, medians; {c} connections, 2 sync workers, {d:.0f} s per row")
+    if slow:
+        print(
+            f"(the --before rows at 100k and 1M: once, after the rounds, {args.slow_connections} connections)"
+        )
     floor = statistics.median(r["rps"] for r in results[rows[0][0]])
     print("| row | req/s | p50 ms | p99 ms | vs floor 2 | worker CPU ms/req | PG CPU ms/req |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -166,7 +166,6 @@ class _SchemaReusingParser(FlaskParser):
 
 
 _SCHEMAS: dict[type, ma.Schema] = {}
-_PAGINATION_METADATA = PaginationMetadataSchema()
 
 
 class ListPageMetadataSchema(PaginationMetadataSchema):
@@ -203,8 +202,8 @@ class Blueprint(_Blueprint):
 
     @staticmethod
     def _make_pagination_metadata(page, page_size, item_count):
-        """flask-smorest's metadata, dumped by one schema instance instead of a new one per
-        request."""
+        """flask-smorest's metadata, built as the plain dict its schema would dump (every value an
+        int) instead of through a marshmallow dump per request."""
         metadata: dict[str, int] = {"total": item_count}
         if item_count == 0:
             metadata["total_pages"] = 0
@@ -217,7 +216,7 @@ class Blueprint(_Blueprint):
                     metadata["previous_page"] = page - 1
                 if page < last_page:
                     metadata["next_page"] = page + 1
-        return _PAGINATION_METADATA.dump(metadata)
+        return metadata
 
     def _set_pagination_metadata(self, page_params, result, headers):
         """flask-smorest's header, or the metadata a list page (:mod:`saas.pagination`) made."""

@@ -30,9 +30,10 @@ checked when the listing is declared):
   cursor (another tenant's, another list's) is a 400 problem (``invalid_cursor``) that says
   nothing of where it came from. No total unless ``?count=exact``.
 * **offset** pages (``?page=``), as before: ``X-Pagination`` carries ``total`` and the page
-  numbers. The total is exact up to :data:`COUNT_CAP` rows past the page's end (the page
-  statement's window count runs over that many rows at most); beyond, the header carries
-  ``total_at_least`` instead and the page numbers it can vouch for. ``?count=exact`` counts
+  numbers. The total is exact when the filtered set ends within :data:`COUNT_CAP` rows past
+  the page (the page statement's window count reads ``offset + page_size + COUNT_CAP`` rows at
+  most); otherwise the header carries ``total_at_least`` (that bound) instead, with the page
+  numbers it can vouch for. ``?count=exact`` counts
   everything (its cost grows with the filtered set). An offset page also links the next page
   as a cursor, so a client following ``Link`` never pays for the depth.
 
@@ -62,14 +63,15 @@ import sqlalchemy as sa
 from flask import Response, current_app, g, request
 from sqlalchemy import Integer, Select, bindparam, func, select, tuple_, union_all
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.util import ClauseAdapter
 
 from saas import db
 from saas.api import Blueprint, QueryArgsSchema
 from saas.errors import BadRequest
 
-#: rows past an offset page's end that its window count reads at most: the total is exact up
-#: to there, and a lower bound beyond
-COUNT_CAP = 1000
+#: rows past an offset page's end that its window count reads at most: the total is exact when
+#: the filtered set ends before ``offset + page_size + COUNT_CAP`` rows, a lower bound otherwise
+COUNT_CAP = 100
 #: the longest cursor accepted (the longest sort value, a 320-character e-mail, fits many times)
 MAX_CURSOR_LENGTH = 2048
 #: bytes of the cursor's HMAC-SHA256 that it carries
@@ -102,7 +104,7 @@ class ListArgs(QueryArgsSchema):
         metadata={
             "description": "`exact`: X-Pagination's total counts the whole filtered set (slower on "
             f"large sets); by default an offset page counts at most {COUNT_CAP} rows past its end "
-            "and a cursor page does not count"
+            "(then `total_at_least`) and a cursor page does not count"
         },
     )
 
@@ -313,6 +315,8 @@ class Listing:
         self.table, columns = _columns_of(model)
         self.schema = schema() if isinstance(schema, type) else schema
         self.name = name or self.table.name
+        if count_cap < 1:
+            raise TypeError("count_cap must be at least 1")
         self.count_cap = count_cap
         if tie_breaker is None:
             primary = list(self.table.primary_key.columns)
@@ -335,23 +339,29 @@ class Listing:
             if attribute not in columns:
                 raise TypeError(f"{self.table.name}: no column {attribute!r} to sort by")
         self._renderer = _Renderer(self.schema, fields)
+        if columns[tie_breaker].nullable:
+            raise TypeError(f"{self.table.name}.{tie_breaker}: the tie-breaker must be NOT NULL")
+        if check_indexes:
+            for key in self.sorts:
+                if not _has_index(self.table, columns[key], columns[tie_breaker]):
+                    raise TypeError(
+                        f"{self.table.name}: sorting by {key!r} needs an index on ({columns[key].name}, "
+                        f"{columns[tie_breaker].name}) (declare it in the model and its migration)"
+                    )
+        # the statements read the table under a short alias: the tenant's schema is then named
+        # once per statement (SQLAlchemy rewrites each schema-qualified name on every execution)
+        self._rows = self.table.alias("r")
+        self._adapter = ClauseAdapter(self._rows)
+        rows = {attribute: self._rows.corresponding_column(column) for attribute, column in columns.items()}
         self._labels = [*attributes, *extra]
-        self._columns = [columns[a].label(a) for a in self._labels]
+        self._columns = [rows[a].label(a) for a in self._labels]
         self._index = {label: i for i, label in enumerate(self._labels)}
         self.tie_breaker = tie_breaker
-        self._tie = columns[tie_breaker]
-        if self._tie.nullable:
-            raise TypeError(f"{self.table.name}.{tie_breaker}: the tie-breaker must be NOT NULL")
-        self._sort_columns = {key: columns[key] for key in self.sorts}
-        self._decoders = {key: _decoder(column) for key, column in self._sort_columns.items()}
-        self._decode_tie = _decoder(self._tie)
-        if check_indexes:
-            for key, column in self._sort_columns.items():
-                if not _has_index(self.table, column, self._tie):
-                    raise TypeError(
-                        f"{self.table.name}: sorting by {key!r} needs an index on ({column.name}, "
-                        f"{self._tie.name}) (declare it in the model and its migration)"
-                    )
+        self._tie = rows[tie_breaker]
+        self._sort_columns = {key: rows[key] for key in self.sorts}
+        self._nullable = {key: columns[key].nullable for key in self.sorts}
+        self._decoders = {key: _decoder(columns[key]) for key in self.sorts}
+        self._decode_tie = _decoder(columns[tie_breaker])
         if default_sort.lstrip("-") not in self.sorts:
             raise TypeError(f"default_sort {default_sort!r} is not one of {self.sorts}")
         self.default_sort = default_sort
@@ -412,7 +422,7 @@ class Listing:
 
     def _build_count(self, sort: str, where: tuple, exact: bool) -> Select:
         if exact:
-            return select(func.count()).select_from(self.table).where(*where)
+            return select(func.count()).select_from(self._rows).where(*where)
         head = select(self._tie).where(*where).limit(_WINDOW).subquery("head")
         return select(func.count()).select_from(head)
 
@@ -433,7 +443,7 @@ class Listing:
         else:
             before = tuple_(column, tie) < tuple_(_AFTER_VALUE, _AFTER_TIE)
             beyond = tuple_(column, tie) > tuple_(_AFTER_VALUE, _AFTER_TIE)
-            if not column.nullable:
+            if not self._nullable[key]:
                 ranges = [(before if descending else beyond,)]
             elif after == "value":
                 ranges = [(before,)] if descending else [(beyond,), (column.is_(None),)]
@@ -458,12 +468,12 @@ class Listing:
             raise ValueError(sort)
         exact = args.get("count") == "exact"
         cursor = args.get("cursor")
-        conditions = tuple(where)
-        session = db.session()
+        conditions = tuple(self._adapter.traverse(condition) for condition in where)  # onto the alias
+        session = db.session().connection()  # Core statements: the unit of work's connection
         size = pagination.page_size
         if cursor is None:
             first = pagination.first_item
-            window = max(self.count_cap, first + size) + 1
+            window = first + size + self.count_cap
             statement = self._statement("offset", sort, conditions, exact)
             rows = session.execute(
                 statement, {"page_first": first, "page_size": size, "page_window": window}
@@ -471,8 +481,8 @@ class Listing:
             total = rows[0][-1] if rows else None
             if total is None and first > 0:  # past the last row: the window count saw none
                 count = self._statement("count", sort, conditions, exact)
-                total = session.scalar(count, {"page_window": self.count_cap + 1})
-                window = self.count_cap + 1
+                window = self.count_cap
+                total = session.scalar(count, {"page_window": window})
             total = total or 0
             capped = not exact and total >= window
             pagination.item_count = total

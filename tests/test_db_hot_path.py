@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-from flask import Flask, abort, g
+from flask import Flask, abort
 from psycopg.pq import TransactionStatus
 from sqlalchemy import (
     Column,

@@ -195,16 +195,18 @@ def test_offset_total_is_exact_up_to_the_cap_then_a_lower_bound(client, h, monke
 
     names, m, nxt = meta("page_size=2")
     assert names == ["K0", "K1"]
-    # the window count reads max(cap, page end) + 1 = 5 rows at most
-    assert m == {"total_at_least": 5, "first_page": 1, "page": 1, "next_page": 2}
+    # the window count reads offset + page_size + cap = 6 rows at most: a bound
+    assert m == {"total_at_least": 6, "first_page": 1, "page": 1, "next_page": 2}
     assert nxt is not None
-    names, m, _ = meta("page_size=2&page=4")  # the window (max(4, 8) + 1 = 9 rows) is full: a bound
-    assert names == ["K6", "K7"]
-    assert m == {"total_at_least": 9, "first_page": 1, "page": 4, "previous_page": 3, "next_page": 5}
+    names, m, _ = meta("page_size=2&page=2")  # 8 rows read: still a bound
+    assert names == ["K2", "K3"]
+    assert m == {"total_at_least": 8, "first_page": 1, "page": 2, "previous_page": 1, "next_page": 3}
+    names, m, _ = meta("page_size=2&page=3")  # 10 rows allowed, 9 there: exact
+    assert names == ["K4", "K5"] and m["total"] == 9 and m["last_page"] == 5 and m["next_page"] == 4
     names, m, nxt = meta("page_size=2&page=5")
     assert names == ["K8"] and m["total"] == 9 and "next_page" not in m and nxt is None
-    names, m, _ = meta("page_size=2&page=50")  # past the end: counted apart, capped too
-    assert names == [] and m == {"total_at_least": 5, "first_page": 1}
+    names, m, _ = meta("page_size=2&page=50")  # past the end: counted apart, to the cap
+    assert names == [] and m == {"total_at_least": 4, "first_page": 1}
     names, m, _ = meta("page_size=2&count=exact")
     assert m["total"] == 9 and m["total_pages"] == 5
 
