@@ -13,6 +13,7 @@ import copy
 import datetime
 import functools
 import http
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -217,7 +218,29 @@ class _SchemaReusingParser(FlaskParser):
 
 
 _SCHEMAS: dict[type, ma.Schema] = {}
-_PAGINATION_METADATA = PaginationMetadataSchema()
+
+
+class ListPageMetadataSchema(PaginationMetadataSchema):
+    """``X-Pagination`` as documented: flask-smorest's members, plus those of the list pages of
+    :mod:`saas.pagination` (a capped total, the next cursor)."""
+
+    total_at_least = ma.fields.Int(
+        metadata={
+            "description": "Instead of total when the count stopped at its cap: "
+            "the set holds at least this many."
+        }
+    )
+    next_cursor = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "Cursor pages: the `cursor` of the next page; null on the last page."},
+    )
+
+
+#: the ``Link`` response header of list pages (RFC 8288)
+LINK_HEADER = {
+    "description": 'RFC 8288: `<...>; rel="next"`, the next page as a cursor page, when there is one',
+    "schema": {"type": "string"},
+}
 
 
 class Blueprint(_Blueprint):
@@ -231,8 +254,8 @@ class Blueprint(_Blueprint):
 
     @staticmethod
     def _make_pagination_metadata(page, page_size, item_count):
-        """flask-smorest's metadata, dumped by one schema instance instead of a new one per
-        request."""
+        """flask-smorest's metadata, built as the plain dict its schema would dump (every value an
+        int) instead of through a marshmallow dump per request."""
         metadata: dict[str, int] = {"total": item_count}
         if item_count == 0:
             metadata["total_pages"] = 0
@@ -245,7 +268,20 @@ class Blueprint(_Blueprint):
                     metadata["previous_page"] = page - 1
                 if page < last_page:
                     metadata["next_page"] = page + 1
-        return _PAGINATION_METADATA.dump(metadata)
+        return metadata
+
+    def _set_pagination_metadata(self, page_params, result, headers):
+        """flask-smorest's header, or the metadata a list page (:mod:`saas.pagination`) made."""
+        metadata = getattr(page_params, "metadata", None)
+        if metadata is None:
+            return super()._set_pagination_metadata(page_params, result, headers)
+        headers = {} if headers is None else headers
+        headers[self.PAGINATION_HEADER_NAME] = json.dumps(metadata)
+        return result, headers
+
+    def _document_pagination_metadata(self, spec, resp_doc):
+        super()._document_pagination_metadata(spec, resp_doc)
+        resp_doc["headers"].setdefault("Link", "LINK")
 
     def paginate(self, pager=None, **kwargs):
         """flask-smorest's ``paginate``, with ``page`` bounded (an offset past PostgreSQL's
@@ -273,6 +309,12 @@ class Blueprint(_Blueprint):
 
 class _Api(Api):
     """flask-smorest ``Api`` whose error responses are documented as ``application/problem+json``."""
+
+    def _register_pagination_header(self) -> None:
+        self.spec.components.header(
+            "PAGINATION", {"description": "Pagination metadata", "schema": ListPageMetadataSchema}, lazy=True
+        )
+        self.spec.components.header("LINK", LINK_HEADER, lazy=True)
 
     def _register_responses(self) -> None:
         for status in http.HTTPStatus:

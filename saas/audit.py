@@ -176,7 +176,7 @@ def record(
     target_type: str | None = None,
     target_id: Any = None,
     data: dict[str, Any] | None = None,
-    actor: Actor | None = None,
+    actor: Actor,
     tenant_id: uuid.UUID | None = None,
     schema: str | None = None,
     meta: RequestMeta | None = None,
@@ -185,7 +185,8 @@ def record(
 
     Args:
         action: an :class:`AuditAction` (its string value is accepted and checked).
-        actor: who acted; the current request's principal (or ``system``) when omitted.
+        actor: who acted (required: a service takes it from its :class:`~saas.actions.ActionContext`,
+            never from the request).
         tenant_id: the tenant whose log gets the event, when the session is not bound to its
             schema (signup, operator commands, webhooks): the schema name follows from the id
             (:func:`saas.db.schema_name_for`), so no tenant row is loaded.
@@ -197,7 +198,6 @@ def record(
         ValueError: ``action`` is not an :class:`AuditAction`.
     """
     action = AuditAction(action)
-    actor = actor or current_actor()
     if meta is None:
         meta = RequestMeta.current() or _NO_REQUEST
     if tenant_id is not None:

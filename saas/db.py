@@ -407,9 +407,6 @@ def _ping(dbapi_connection: Any) -> None:
 #: a plain read (:meth:`Database.session` with ``lazy_begin``)
 LAZY_BEGIN = "saas_lazy_begin"
 
-#: execution option of :func:`read_connection`: anything but a plain read is refused
-READ_ONLY = "saas_read_only"
-
 #: functions a plain read may call: side-effect free (STABLE or IMMUTABLE in PostgreSQL), the
 #: ones the request path's SELECTs use (aggregates of lists and counts, case-folded lookups,
 #: window numbering) and a few of the same kind. Anything else (sequences, advisory locks,
@@ -421,15 +418,13 @@ SAFE_FUNCTIONS = frozenset(
         "lower", "upper", "length", "char_length", "coalesce", "nullif", "greatest", "least",
         "now", "current_timestamp", "current_date", "localtimestamp",
         "array_agg", "string_agg", "json_agg", "jsonb_agg", "json_build_object",
-        "jsonb_build_object", "json_object_agg", "jsonb_object_agg", "row_to_json", "to_json", "to_char",
-        "to_jsonb", "replace",
+        "jsonb_build_object", "json_object_agg", "jsonb_object_agg",
         "row_number", "rank", "dense_rank",
     }
 )  # fmt: skip
 
-#: literal SQL fragments allowed in a plain read: ``*`` (``count(*)``), bare identifiers and a
-#: single string constant (``'YYYY-MM-DD'``)
-_SAFE_LITERAL = re.compile(r"""[\w."*]*|'[^']*'""")
+#: literal SQL fragments allowed in a plain read: ``*`` (``count(*)``) and bare identifiers
+_SAFE_LITERAL = re.compile(r'[\w."*]*')
 
 #: execution options that make psycopg use a server-side cursor (``DECLARE`` needs a transaction)
 _STREAMING = ("stream_results", "yield_per")
@@ -496,14 +491,7 @@ def _begin_before_write(
     autocommit before any statement that is not a plain read, so psycopg sends ``BEGIN`` first
     and the statement runs in the transaction the session commits or rolls back. SQLAlchemy
     restores the pool's isolation level (autocommit off) when the connection is checked in."""
-    if context is None:
-        return
-    options = context.execution_options
-    if options.get(READ_ONLY):
-        if not _plain_read(context, statement):
-            raise RuntimeError("a read connection runs plain reads only; write through db.session()")
-        return
-    if not options.get(LAZY_BEGIN):
+    if context is None or not context.execution_options.get(LAZY_BEGIN):
         return
     dbapi_connection = cursor.connection
     if dbapi_connection.autocommit and not _plain_read(context, statement):
@@ -549,26 +537,6 @@ def session() -> Session:
     if "db_session" not in g:
         g.db_session = database().session(g.get("db_tenant_schema"), lazy_begin=True)
     return g.db_session
-
-
-@contextmanager
-def read_connection() -> Iterator[Connection]:
-    """A connection for plain reads (:func:`_plain_read`) in this request, without an ORM session.
-
-    The request's session's connection when it has a session already (or when the database is
-    bound to one connection, as in tests); otherwise a connection of the request's engine
-    (tenant schema map, autocommit: no ``BEGIN``/``COMMIT``) held for the block only, which
-    saves the session's bookkeeping on a read-only request. A statement that is not a plain
-    read raises ``RuntimeError`` before it is sent: writes belong to the unit of work
-    (:func:`session`).
-    """
-    sess: Session | None = g.get("db_session")
-    db = database()
-    if sess is not None or not isinstance(db.bind, Engine):
-        yield session().connection()
-        return
-    with db._engine_for(g.get("db_tenant_schema"), True).connect() as conn:
-        yield conn.execution_options(**{READ_ONLY: True})
 
 
 class EarlyCommit(StrEnum):

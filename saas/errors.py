@@ -53,7 +53,8 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     SERVICE_UNAVAILABLE = "service_unavailable"
     HTTP_ERROR = "http_error"
-    CONCURRENT_UPDATE = "concurrent_update"  # 409: a serialization failure; retry
+    CONCURRENT_UPDATE = "concurrent_update"  # 409: changed by another request meanwhile; retry
+    INVALID_CURSOR = "invalid_cursor"  # 400: a list cursor that is not one of ours (saas.pagination)
     # sign-in, tokens and sessions (docs/auth.md)
     INVALID_CREDENTIALS = "invalid_credentials"  # 401
     SIGN_IN_REQUIRED = "sign_in_required"  # 401

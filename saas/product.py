@@ -27,6 +27,7 @@ from saas.audit import AuditAction
 from saas.auth.context import current_principal, require
 from saas.db import TenantBase, session, utcnow
 from saas.errors import Conflict, ErrorCode, NotFound, PreconditionFailed, ValidationError
+from saas.pagination import Listing
 
 __all__ = [
     "PRODUCT_PACKAGE",
@@ -35,6 +36,7 @@ __all__ = [
     "Blueprint",
     "Conflict",
     "ErrorCode",
+    "Listing",
     "NotFound",
     "PreconditionFailed",
     "Product",

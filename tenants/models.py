@@ -18,11 +18,14 @@ from saas.product import TenantBase, utcnow
 
 class Contact(TenantBase):
     __tablename__ = "contacts"
+    #: one index per sort order of the list, tie-breaker included (saas.pagination: cursor
+    #: pages read the index's range, offset pages its head)
     __table_args__ = (
-        Index("ix_contacts_name", "name"),
-        Index("ix_contacts_email", "email"),
-        Index("ix_contacts_company", "company"),
-        Index("ix_contacts_created_at", "created_at"),
+        Index("ix_contacts_name_id", "name", "id"),
+        Index("ix_contacts_email_id", "email", "id"),
+        Index("ix_contacts_company_id", "company", "id"),
+        Index("ix_contacts_created_at_id", "created_at", "id"),
+        Index("ix_contacts_updated_at_id", "updated_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

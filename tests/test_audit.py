@@ -123,9 +123,9 @@ def test_audit_record_without_tenant_context_fails(app, connection):
     session = services(app).database.session()
     try:
         with pytest.raises(ProgrammingError, match="tenant"):
-            audit.record(session, audit.AuditAction.TENANT_UPDATED)
+            audit.record(session, audit.AuditAction.TENANT_UPDATED, actor=audit.SYSTEM)
         session.rollback()
         with pytest.raises(ValueError):
-            audit.record(session, audit.AuditAction.TENANT_UPDATED, schema="public")
+            audit.record(session, audit.AuditAction.TENANT_UPDATED, actor=audit.SYSTEM, schema="public")
     finally:
         session.close()

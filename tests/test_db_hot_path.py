@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-from flask import Flask, abort, g
+from flask import Flask, abort
 from psycopg.pq import TransactionStatus
 from sqlalchemy import (
     Column,
@@ -274,48 +274,6 @@ def test_request_unit_of_work_is_lazy_and_atomic(database):
     assert client.post("/write/409").status_code == 409
     assert _count(database) == 0
     assert client.post("/write/201").status_code == 201
-    assert _count(database) == 1
-
-
-def test_read_connection_reads_outside_a_session_and_refuses_writes(database):
-    """``saas.db.read_connection``: plain reads with no session and no BEGIN, on the request's
-    tenant schema; anything else is refused before it is sent; with a session, its connection."""
-    app = Flask("t")
-    _with_database(app, database)
-    with database.engine.begin() as conn:
-        tenant_conn = conn.execution_options(schema_translate_map={"tenant": _SCHEMAS[0]})
-        tenant_conn.execute(_tenant_rows.insert(), {"id": 7})
-    seen = _statuses(database.engine)
-
-    @app.get("/read")
-    def read():
-        saas_db.set_tenant_schema(_SCHEMAS[0])
-        with saas_db.read_connection() as conn:
-            ids = conn.scalars(select(_tenant_rows.c.id)).all()
-        return {"ids": ids, "session": "db_session" in g}
-
-    @app.post("/write")
-    def write():
-        with saas_db.read_connection() as conn:
-            conn.execute(insert(_rows).values(id=5))
-        return {}
-
-    @app.post("/after-session")
-    def after_session():
-        sess = saas_db.session()
-        sess.execute(insert(_rows).values(id=6))
-        with saas_db.read_connection() as conn:
-            assert conn is sess.connection()
-            return {"n": conn.scalar(select(func.count()).select_from(_rows))}
-
-    client = app.test_client()
-    assert client.get("/read").json == {"ids": [7], "session": False}
-    assert seen == [("SELECT", TransactionStatus.IDLE)]
-    app.testing = True  # the RuntimeError propagates
-    with pytest.raises(RuntimeError, match="plain reads only"):
-        client.post("/write")
-    assert _count(database) == 0
-    assert client.post("/after-session").json == {"n": 1}  # sees the session's own write
     assert _count(database) == 1
 
 

@@ -99,7 +99,7 @@ def test_every_engine_of_the_application_has_prepared_statements_off(
     pooled_apps, pooled_settings, monkeypatch
 ):
     """psycopg prepares a statement after 5 executions unless ``prepare_threshold`` is None; the
-    app's engine (request sessions and the read connection), the CLI's, the migration engine
+    app's engine (request sessions), the CLI's, the migration engine
     on ``DATABASE_URL_DIRECT`` and the tenant migration workers' must all have it off."""
     from saas.ops import migrations
 
@@ -114,8 +114,8 @@ def test_every_engine_of_the_application_has_prepared_statements_off(
         from saas import db
 
         g.db_tenant_schema = None
-        with db.read_connection() as conn:
-            assert conn.connection.driver_connection.prepare_threshold is None
+        conn = db.session().connection()  # the request's unit of work (lazy begin)
+        assert conn.connection.driver_connection.prepare_threshold is None
     ctx = Context()
     ctx._settings = pooled_settings.with_overrides(database_url_direct=pooled_settings.database_url)
     assert threshold(ctx.engine) is None and threshold(ctx.migration_engine) is None
