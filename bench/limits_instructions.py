@@ -1,6 +1,6 @@
 """Instructions per request of the hot path, counted by valgrind (deterministic; issue 5).
 
-    .venv/bin/python bench/limits_instructions.py [--requests 200] [--floor] [--local-ttl 3600]
+    .venv/bin/python bench/limits_instructions.py [--requests 200] [--floor] [--single] [--local-ttl 3600]
 
 Wall-clock and CPU-time figures on this shared 2-core machine move by 2x from one minute to the
 next; instruction counts do not (the same code gives the same count to within 0.1 %), so they
@@ -15,7 +15,9 @@ valgrind's callgrind dumps its counters at two ``sched_yield`` calls around ``--
 requests (``--dump-before=sched_yield``), so start-up, imports and set-up are not counted.
 Time-based caches are stretched (``CACHE_LOCAL_TTL``, the signing-key watcher) because under
 valgrind a request takes ~100 ms and they would expire far more often than at full speed.
-``--floor`` counts floor 2 (bare Flask + one pooled primary-key SELECT) the same way.
+``--floor`` counts floor 2 (bare Flask + one pooled primary-key SELECT) the same way;
+``--single`` counts ``GET /api/v1/contacts/<id>`` instead: the same middleware, none of the
+list's own work.
 ``--local-ttl 0.5`` keeps the production ``CACHE_LOCAL_TTL``: the in-process principal entries
 then expire every few requests under valgrind, so the count weighs the cache-refresh path
 (one ``MGET``, decoding, a new snapshot) far more than production does.
@@ -41,11 +43,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _child(state: dict, requests: int, floor: bool, local_ttl: str = "3600") -> None:
+def _child(state: dict, requests: int, floor: bool, local_ttl: str = "3600", single: bool = False) -> None:
     os.environ.update(state["env"])
     os.environ["CACHE_LOCAL_TTL"] = local_ttl
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp())
     path, query = "/api/v1/contacts", "page_size=20"
+    if single:  # one contact: every middleware of the list, none of the list's own work
+        path, query = f"/api/v1/contacts/{state['contact']}", ""
     if floor:
         from bench.limits_floors import pk_app as app
 
@@ -85,10 +89,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--floor", action="store_true", help="count floor 2 instead of the app")
     parser.add_argument("--local-ttl", default="3600", help="CACHE_LOCAL_TTL of the app (seconds)")
+    parser.add_argument("--single", action="store_true", help="GET one contact instead of the list")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(json.loads(Path(args.child).read_text()), args.requests, args.floor, args.local_ttl)
+        _child(
+            json.loads(Path(args.child).read_text()), args.requests, args.floor, args.local_ttl, args.single
+        )
         return
     import bench.limits_bench as lb
 
@@ -103,12 +110,15 @@ def main() -> None:
     env["BENCH_PK_SCHEMA"], env["BENCH_PK_ID"] = data["schema_a"], data["bench-a"]["contact"]
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state.json"
-        state.write_text(json.dumps({"env": env, "token": data["bench-a"]["token"]}))
+        state.write_text(
+            json.dumps({"env": env, "token": data["bench-a"]["token"], "contact": data["bench-a"]["contact"]})
+        )
         out = Path(tmp) / "cg.out"
         command = [
             "valgrind", "--tool=callgrind", "--dump-before=sched_yield", f"--callgrind-out-file={out}",
             sys.executable, __file__, "--child", str(state), "--requests", str(args.requests),
             "--local-ttl", args.local_ttl, *(["--floor"] if args.floor else []),
+            *(["--single"] if args.single else []),
         ]  # fmt: skip
         subprocess.run(command, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -116,6 +126,8 @@ def main() -> None:
     counts = [line for line in dump.splitlines() if line.startswith(("summary:", "totals:"))]
     total = int(counts[0].split()[1])
     what = "floor 2" if args.floor else "app: GET /api/v1/contacts (20 rows)"
+    if args.single and not args.floor:
+        what = "app: GET /api/v1/contacts/<id> (one contact)"
     print(f"{what}: {total / args.requests / 1e6:.3f} M instructions per request ({args.requests} requests)")
 
 
