@@ -476,20 +476,20 @@ class Listing:
         exact = args.get("count") == "exact"
         cursor = args.get("cursor")
         conditions = tuple(self._adapter.traverse(condition) for condition in where)  # onto the alias
-        session = db.session().connection()  # Core statements: the unit of work's connection
+        connection = db.session().connection()  # the request's unit of work, for Core statements
         size = pagination.page_size
         if cursor is None:
             first = pagination.first_item
             window = first + size + self.count_cap
             statement = self._statement("offset", sort, conditions, exact)
-            rows = session.execute(
+            rows = connection.execute(
                 statement, {"page_first": first, "page_size": size, "page_window": window}
             ).all()
             total = rows[0][-1] if rows else None
             if total is None and first > 0:  # past the last row: the window count saw none
                 count = self._statement("count", sort, conditions, exact)
                 window = self.count_cap
-                total = session.scalar(count, {"page_window": window})
+                total = connection.scalar(count, {"page_window": window})
             total = total or 0
             capped = not exact and total >= window
             pagination.item_count = total
@@ -500,12 +500,12 @@ class Listing:
                 raise BadRequest("Send either page or cursor, not both.")
             after, params = self._position(cursor, sort)
             statement = self._statement("keyset", sort, conditions, after)
-            rows = session.execute(statement, {"page_size": size + 1, **params}).all()
+            rows = connection.execute(statement, {"page_size": size + 1, **params}).all()
             more = len(rows) > size
             rows = rows[:size]
             metadata: dict[str, Any] = {}
             if exact:
-                total = session.scalar(self._statement("count", sort, conditions, True))
+                total = connection.scalar(self._statement("count", sort, conditions, True))
                 pagination.item_count = metadata["total"] = total
             else:
                 pagination.item_count = 0  # not counted (flask-smorest wants a number)

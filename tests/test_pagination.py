@@ -209,6 +209,8 @@ def test_offset_total_is_exact_up_to_the_cap_then_a_lower_bound(client, h, monke
     assert names == [] and m == {"total_at_least": 4, "first_page": 1}
     names, m, _ = meta("page_size=2&count=exact")
     assert m["total"] == 9 and m["total_pages"] == 5
+    names, m, _ = meta("page_size=2&page=50&count=exact")
+    assert names == [] and m == {"total": 9, "total_pages": 5, "first_page": 1, "last_page": 5}
 
 
 def test_offset_page_links_its_next_page_as_a_cursor(client, h):
