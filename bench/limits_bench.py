@@ -226,6 +226,24 @@ def setup(env: dict[str, str]) -> dict:
     return out
 
 
+def service_env(database_url: str, redis_url: str, keydir: str) -> dict[str, str]:
+    """The environment of the app under benchmark: production settings, a throwaway signing key
+    directory, long-lived tokens, the principal's full share of the tenant's rate, 2 gunicorn
+    sync workers never recycled, the request log at ``BENCH_LOG_LEVEL`` (default ``INFO``)."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "bench-secret",
+        "SAAS_ENV": "production",
+        "SAAS_SIGNING_KEY_PATH": keydir,
+        "ACCESS_TOKEN_TTL": "7200",
+        "RATELIMIT_PRINCIPAL_SHARE": "1.0",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+        "GUNICORN_MAX_REQUESTS": "0",
+        "GUNICORN_WORKERS": "2",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=10)
@@ -244,16 +262,7 @@ def main() -> None:
     keydir = tempfile.mkdtemp(prefix="bench-keys-")
     env = {
         **os.environ,
-        "DATABASE_URL": f"{PG_SERVER}/{DB_NAME}",
-        "REDIS_URL": REDIS_URL,
-        "SECRET_KEY": "bench-secret",
-        "SAAS_ENV": "production",
-        "SAAS_SIGNING_KEY_PATH": keydir,
-        "ACCESS_TOKEN_TTL": "7200",
-        "RATELIMIT_PRINCIPAL_SHARE": "1.0",
-        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
-        "GUNICORN_MAX_REQUESTS": "0",
-        "GUNICORN_WORKERS": "2",
+        **service_env(f"{PG_SERVER}/{DB_NAME}", REDIS_URL, keydir),
     }
     data = setup(env)
     env["BENCH_PK_SCHEMA"] = data["schema_a"]

@@ -52,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.limits_bench import PASSWORD, Server, _cpu_seconds, _to_ms  # noqa: E402
+from bench.limits_bench import PASSWORD, Server, _cpu_seconds, _to_ms, service_env  # noqa: E402
 
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 DB_NAME = os.environ.get("BENCH_DB_NAME", "saas_bench_lists")
@@ -303,16 +303,7 @@ def main() -> None:
     keydir = tempfile.mkdtemp(prefix="bench-keys-")
     env = {
         **os.environ,
-        "DATABASE_URL": f"{PG_SERVER}/{DB_NAME}",
-        "REDIS_URL": REDIS_URL,
-        "SECRET_KEY": "bench-secret",
-        "SAAS_ENV": "production",
-        "SAAS_SIGNING_KEY_PATH": keydir,
-        "ACCESS_TOKEN_TTL": "7200",
-        "RATELIMIT_PRINCIPAL_SHARE": "1.0",
-        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
-        "GUNICORN_MAX_REQUESTS": "0",
-        "GUNICORN_WORKERS": "2",
+        **service_env(f"{PG_SERVER}/{DB_NAME}", REDIS_URL, keydir),
     }
     tenants = setup(env)
     env["BENCH_PK_SCHEMA"] = tenants["1k"]["schema"]
