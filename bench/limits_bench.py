@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -170,9 +171,9 @@ def measure(server: Server, url: str, connections: int, duration: float, token: 
     return result
 
 
-def setup(env: dict[str, str]) -> dict:
-    """Database, tenants, 20 contacts, tokens (through the app itself)."""
-    import redis
+def fresh_app(env: dict[str, str], pg_server: str, db_name: str) -> tuple[Any, Any]:
+    """A new database ``db_name`` on ``pg_server`` (dropped first), a signing key in
+    ``SAAS_SIGNING_KEY_PATH``, the shared track applied, and the app of ``env``: (app, engine)."""
     from sqlalchemy import create_engine, text
 
     from saas import create_app
@@ -180,17 +181,24 @@ def setup(env: dict[str, str]) -> dict:
     from saas.migrate import upgrade_shared
     from saas.settings import Settings
 
-    admin = create_engine(PG_SERVER.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+    admin = create_engine(pg_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
                           isolation_level="AUTOCOMMIT")  # fmt: skip
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
     admin.dispose()
     KeyStore(Path(env["SAAS_SIGNING_KEY_PATH"]), generate=True)
-    settings = Settings.from_env(env)
     engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
     upgrade_shared(engine)
-    app = create_app(settings)
+    return create_app(Settings.from_env(env)), engine
+
+
+def setup(env: dict[str, str]) -> dict:
+    """Database, tenants, 20 contacts, tokens (through the app itself)."""
+    import redis
+    from sqlalchemy import text
+
+    app, engine = fresh_app(env, PG_SERVER, DB_NAME)
     client = app.test_client()
     out = {}
     for slug in ("bench-a", "bench-b", "bench-n", "bench-acc"):

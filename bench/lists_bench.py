@@ -52,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.limits_bench import PASSWORD, Server, _cpu_seconds, _to_ms, service_env  # noqa: E402
+from bench.limits_bench import PASSWORD, Server, _cpu_seconds, _to_ms, fresh_app, service_env  # noqa: E402
 
 PG_SERVER = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 DB_NAME = os.environ.get("BENCH_DB_NAME", "saas_bench_lists")
@@ -83,23 +83,9 @@ def _admin():
 def setup(env: dict[str, str]) -> dict:
     """Database, one tenant per size (signup through the app), contacts bulk-loaded."""
     import redis
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    from saas import create_app
-    from saas.auth.keys import KeyStore
-    from saas.migrate import upgrade_shared
-    from saas.settings import Settings
-
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
-    admin.dispose()
-    KeyStore(Path(env["SAAS_SIGNING_KEY_PATH"]), generate=True)
-    settings = Settings.from_env(env)
-    engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
-    upgrade_shared(engine)
-    app = create_app(settings)
+    app, engine = fresh_app(env, PG_SERVER, DB_NAME)
     client = app.test_client()
     tenants: dict[str, dict] = {}
     for label in SIZES:

@@ -98,8 +98,6 @@ class ActionContext:
             data=data,
             actor=self.actor,
             tenant_id=tenant_id,
-            meta=self.meta or _NO_REQUEST,
+            meta=self.meta or RequestMeta(),  # never the request's: a context says where it came from
         )
 
-
-_NO_REQUEST = RequestMeta()
