@@ -36,8 +36,23 @@ class AuditAction(StrEnum):
     AUTH_SESSION_REVOKED = "auth.session_revoked"
     AUTH_SESSIONS_REVOKED = "auth.sessions_revoked"
     AUTH_TOKEN_REVOKED = "auth.token_revoked"  # noqa: S105 - RFC 7009
+    AUTH_NEW_DEVICE = "auth.new_device"  # the first sign-in from a device (the owner is mailed)
+    AUTH_BACKCHANNEL_LOGOUT_FAILED = "auth.backchannel_logout_failed"  # the outbox gave up
     USER_LOCKED = "user.locked"
     USER_UNLOCKED = "user.unlocked"
+    # the identity lifecycle (saas.auth.recovery, emails, webauthn, self_service)
+    PASSWORD_RESET_REQUESTED = "password.reset_requested"  # noqa: S105 - an action name
+    PASSWORD_RESET = "password.reset"  # noqa: S105 - an action name
+    PASSWORD_CHANGED = "password.changed"  # noqa: S105 - an action name
+    EMAIL_VERIFICATION_SENT = "email.verification_sent"
+    EMAIL_VERIFIED = "email.verified"
+    EMAIL_CHANGE_REQUESTED = "email.change_requested"
+    EMAIL_CHANGED = "email.changed"
+    WEBAUTHN_REGISTERED = "webauthn.registered"
+    WEBAUTHN_DELETED = "webauthn.deleted"
+    WEBAUTHN_CLONE_DETECTED = "webauthn.clone_detected"  # WebAuthn Level 2 section 6.1.1
+    USER_EXPORTED = "user.exported"
+    USER_DELETED = "user.deleted"
     # multi-factor authentication
     MFA_ENROLLED = "mfa.enrolled"
     MFA_DISABLED = "mfa.disabled"

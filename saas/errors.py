@@ -101,6 +101,15 @@ class ErrorCode(StrEnum):
     MFA_ALREADY_ENABLED = "mfa_already_enabled"  # 409
     MFA_NOT_ENABLED = "mfa_not_enabled"  # 404
     MFA_NOT_PENDING = "mfa_not_pending"  # 409
+    # the identity lifecycle: passwords, emails, passkeys, self-service (docs/auth.md)
+    INVALID_RESET_TOKEN = "invalid_reset_token"  # noqa: S105 - 400: unknown, expired, used or voided
+    INVALID_VERIFICATION_TOKEN = "invalid_verification_token"  # noqa: S105 - 400: same, for an email link
+    EMAIL_UNVERIFIED = "email_unverified"  # 403: the action needs a verified email
+    EMAIL_ALREADY_VERIFIED = "email_already_verified"  # 409
+    WEBAUTHN_CHALLENGE_INVALID = "webauthn_challenge_invalid"  # 400: unknown, expired or used
+    WEBAUTHN_REGISTRATION_FAILED = "webauthn_registration_failed"  # 400: the attestation did not verify
+    WEBAUTHN_FAILED = "webauthn_failed"  # 401: the assertion did not verify, or no such credential
+    WEBAUTHN_CREDENTIAL_EXISTS = "webauthn_credential_exists"  # 409: already registered
     # tenants and their lifecycle (docs/operations.md)
     TENANT_NOT_FOUND = "tenant_not_found"  # 404
     TENANT_SUSPENDED = "tenant_suspended"  # 403: a request on behalf of a suspended tenant

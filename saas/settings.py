@@ -126,6 +126,16 @@ class Settings:
     mfa_token_ttl_seconds: int = 300
     mfa_lockout_seconds: int = 900
     step_up_max_age_seconds: int = 600
+    # the identity lifecycle (saas.auth.recovery, saas.auth.emails, saas.auth.webauthn; docs/auth.md)
+    #: a password-reset link's lifetime (``PASSWORD_RESET_TTL``, default 30 minutes)
+    password_reset_ttl_seconds: int = 30 * 60
+    #: an email-verification or email-change link's lifetime (``EMAIL_VERIFICATION_TTL``, 48 h)
+    email_verification_ttl_seconds: int = 48 * 3600
+    #: the WebAuthn relying party id (``WEBAUTHN_RP_ID``); None: the host of ``SAAS_ISSUER``
+    webauthn_rp_id: str | None = None
+    #: the origins a WebAuthn ceremony may come from (``WEBAUTHN_ORIGINS``, comma-separated);
+    #: empty: the origin of ``SAAS_ISSUER``
+    webauthn_origins: tuple[str, ...] = ()
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -148,7 +158,7 @@ class Settings:
     ratelimit_enabled: bool = True
     ratelimit_policies: tuple[str, ...] = ()
     ratelimit_principal_share: float = 0.5
-    ratelimit_fail_closed: tuple[str, ...] = ("login", "mfa", "token", "signup")
+    ratelimit_fail_closed: tuple[str, ...] = ("login", "mfa", "token", "signup", "mail")
     #: reverse proxies in front of the app that append to X-Forwarded-For/-Proto (0: none; the
     #: client address is the socket peer). See docs/limits.md "Client IP behind a proxy".
     trusted_proxy_hops: int = 0
@@ -225,6 +235,10 @@ class Settings:
         maybe("MFA_TOKEN_TTL", "mfa_token_ttl_seconds", _positive_int)
         maybe("MFA_LOCKOUT", "mfa_lockout_seconds", _positive_int)
         maybe("STEP_UP_MAX_AGE", "step_up_max_age_seconds", _positive_int)
+        maybe("PASSWORD_RESET_TTL", "password_reset_ttl_seconds", _positive_int)
+        maybe("EMAIL_VERIFICATION_TTL", "email_verification_ttl_seconds", _positive_int)
+        maybe("WEBAUTHN_RP_ID", "webauthn_rp_id")
+        maybe("WEBAUTHN_ORIGINS", "webauthn_origins", _csv)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import audit
-from saas.auth import browser_sessions
+from saas.auth import account_tokens, browser_sessions
 from saas.auth.models import RefreshToken
 from saas.auth.sessions import revoke_tokens
 from saas.errors import ValidationError
@@ -70,6 +70,8 @@ def set_password(
         raise ValidationError({"password": problems})
     replacing = user.password_hash is not None
     user.password_hash = (passwords or services().passwords).hash(password)
+    # any change of the password voids the reset links still in flight
+    account_tokens.void(session, user.id, (account_tokens.Purpose.PASSWORD_RESET,))
     if not replacing:
         return 0
     browser_sessions.end_for_user(session, user.id, reason)
@@ -88,20 +90,27 @@ def account_tenants(session: Session, user_id: uuid.UUID) -> list[Tenant]:
 
 
 def audit_account_event(
-    session: Session, user_id: uuid.UUID, action: str, data: dict[str, Any] | None = None
+    session: Session,
+    user_id: uuid.UUID,
+    action: str,
+    data: dict[str, Any] | None = None,
+    *,
+    actor: audit.Actor = audit.SYSTEM,
+    tenants: Iterable[Tenant] | None = None,
 ) -> int:
-    """Record ``action`` about the account (target the user, actor ``system``: nobody proved
-    who made the attempts) in the log of every tenant of the account, in ``session``'s
-    transaction. Returns how many tenants got it."""
-    tenants = account_tenants(session, user_id)
-    for tenant in tenants:
+    """Record ``action`` about the account (target the user) in the log of every tenant of the
+    account (or of ``tenants``), in ``session``'s transaction. ``actor`` is ``system`` by
+    default: nobody proved who made the attempts (a lockout, a throttle); a change the owner
+    made themselves (a password, an email) names them. Returns how many tenants got it."""
+    rows = list(tenants) if tenants is not None else account_tenants(session, user_id)
+    for tenant in rows:
         audit.record(
             session,
             action,
             target_type="user",
             target_id=user_id,
-            actor=audit.Actor("system", None),
+            actor=actor,
             data=data,
             tenant_id=tenant.id,
         )
-    return len(tenants)
+    return len(rows)

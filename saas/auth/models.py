@@ -10,7 +10,20 @@ import uuid
 from datetime import datetime
 
 from authlib.oauth2.rfc6749 import ClientMixin
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from saas import security
@@ -23,6 +36,11 @@ class RefreshToken(SharedBase):
     __table_args__ = (
         Index("ix_refresh_tokens_family_id", "family_id"),
         Index("ix_refresh_tokens_user_tenant", "user_id", "tenant_id"),
+        Index(
+            "ix_refresh_tokens_browser_session_id",
+            "browser_session_id",
+            postgresql_where=text("browser_session_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -43,6 +61,9 @@ class RefreshToken(SharedBase):
     revoked_reason: Mapped[str | None] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
+    #: the hosted pages' sign-in the family came from (a code flow), so that ending that
+    #: browser session ends the family and notifies its client (OIDC Back-Channel Logout 1.0)
+    browser_session_id: Mapped[uuid.UUID | None] = mapped_column()
 
 
 class OAuthClient(SharedBase, ClientMixin):
@@ -74,6 +95,16 @@ class OAuthClient(SharedBase, ClientMixin):
     role: Mapped[str] = mapped_column(String(32), default="member")
     first_party: Mapped[bool] = mapped_column(Boolean, default=False)
     resource_server: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: OpenID Connect RP-Initiated Logout 1.0 section 3.1: where the hosted logout may send the
+    #: browser back, matched exactly
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(
+        JSONType, default=list, server_default=text("'[]'")
+    )
+    #: OpenID Connect Back-Channel Logout 1.0 section 2.2: the client's logout endpoint
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(String(2048))
+    backchannel_logout_session_required: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     created_by: Mapped[uuid.UUID | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
@@ -145,6 +176,8 @@ class AuthorizationCode(SharedBase):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     family_id: Mapped[uuid.UUID | None] = mapped_column()
+    #: the browser sign-in the code was issued from (its refresh family inherits it)
+    browser_session_id: Mapped[uuid.UUID | None] = mapped_column()
 
     # --- Authlib AuthorizationCodeMixin ---
 
@@ -231,3 +264,93 @@ class BrowserSession(SharedBase):
     ended_reason: Mapped[str | None] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
+
+
+class AccountToken(SharedBase):
+    """A single-use token mailed to prove a mailbox or to reset a password, stored as its SHA-256.
+
+    ``purpose``: ``password_reset`` (``PASSWORD_RESET_TTL``), ``email_verification`` or
+    ``email_change`` (``EMAIL_VERIFICATION_TTL``). ``email`` is the address the link was mailed
+    to: a verification holds only while it is still the account's address, and an email change
+    moves the account to it. A token is spent once (``used_at``); issuing a newer token of the
+    same purpose, or any change of the password, voids the live ones (``voided_at``).
+    """
+
+    __tablename__ = "account_tokens"
+    __table_args__ = (Index("ix_account_tokens_user_purpose", "user_id", "purpose"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebAuthnCredential(SharedBase):
+    """A passkey or security key of a user (W3C WebAuthn Level 2, section 6.1 "credential record").
+
+    ``credential_id`` and ``public_key`` (COSE) are the authenticator's; ``sign_count`` the last
+    signature counter seen (section 6.1.1: a counter that does not grow marks a possible clone);
+    ``aaguid`` names the authenticator model; ``discoverable`` (a resident key) lets it sign in
+    without a user name; ``backup_eligible``/``backed_up`` are the BE/BS flags (a synced passkey).
+    """
+
+    __tablename__ = "webauthn_credentials"
+    __table_args__ = (Index("ix_webauthn_credentials_user_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    aaguid: Mapped[str] = mapped_column(String(36), default="00000000-0000-0000-0000-000000000000")
+    name: Mapped[str] = mapped_column(String(100))
+    transports: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    discoverable: Mapped[bool] = mapped_column(Boolean, default=False)
+    backup_eligible: Mapped[bool] = mapped_column(Boolean, default=False)
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: set when the signature counter went backwards (section 6.1.1): the credential signs in
+    #: no more until its owner deletes it and registers again
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class KnownDevice(SharedBase):
+    """A device an account has signed in from: the first sign-in from a device not listed here
+    mails the owner (the new-device notice). ``device_hash`` is an HMAC of the device's
+    identifier (never stored in clear)."""
+
+    __tablename__ = "known_devices"
+    __table_args__ = (UniqueConstraint("user_id", "device_hash"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    device_hash: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+
+
+class BackchannelLogoutAttempt(SharedBase):
+    """One delivery attempt of a logout token to a client's ``backchannel_logout_uri`` (OpenID
+    Connect Back-Channel Logout 1.0 section 2.5): the outbox message, the HTTP status (None when
+    no answer came) and the error. Every attempt is kept, successful or not."""
+
+    __tablename__ = "backchannel_logout_attempts"
+    __table_args__ = (Index("ix_backchannel_logout_attempts_client_id", "client_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    outbox_id: Mapped[int | None] = mapped_column(BigInteger)
+    client_id: Mapped[str] = mapped_column(String(64))
+    sid: Mapped[str | None] = mapped_column(String(64))
+    sub: Mapped[str | None] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -21,7 +21,9 @@ from saas.identity.slugs import normalize_slug
 
 class User(SharedBase):
     """A person. ``email`` is unique case-insensitively; ``password_hash`` is argon2id (or NULL
-    for an invited user who has not accepted yet)."""
+    for an invited user who has not accepted yet). ``email_verified_at`` is when the mailbox was
+    proved (a verification link, an invitation's mailed link, an email change's link); NULL
+    until then, so ``email_verified`` is false (OpenID Connect Core section 5.1)."""
 
     __tablename__ = "users"
     __table_args__ = (Index("uq_users_email_lower", text("lower(email)"), unique=True),)
@@ -34,9 +36,20 @@ class User(SharedBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    email_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
 
     def to_public(self) -> dict:
-        return {"id": str(self.id), "email": self.email, "name": self.name, "created_at": self.created_at}
+        return {
+            "id": str(self.id),
+            "email": self.email,
+            "email_verified": self.email_verified,
+            "name": self.name,
+            "created_at": self.created_at,
+        }
 
 
 class Tenant(SharedBase):

@@ -29,6 +29,12 @@ policy               applies to                             default           ke
                                                                               HMAC(refresh tok)
 ``signup-ip``        ``POST /api/v1/signup``                10/1h             client IP
 ``signup-account``   same                                   3/1h              HMAC(owner email)
+``mail-ip``          endpoints that mail someone a link      20/1h             client IP
+                     (``POST /api/v1/auth/password/forgot``,
+                     ``/api/v1/me/email``, ``/api/v1/me/
+                     email/verification``, hosted forgot)
+``mail-account``     same                                   5/1h              HMAC(email), else
+                                                                              HMAC(bearer sub)
 ===================  =====================================  ================  ==============
 
 The sign-in policies apply by endpoint (:data:`AUTH_ENDPOINTS`), whatever credentials the
@@ -70,6 +76,8 @@ DEFAULT_POLICIES: dict[str, str] = {
     "token-client": "30/1m",
     "signup-ip": "10/1h",
     "signup-account": "3/1h",
+    "mail-ip": "20/1h",
+    "mail-account": "5/1h",
 }
 
 #: (method, path) -> the groups of sign-in throttles of every endpoint that checks a password,
@@ -89,6 +97,25 @@ AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/signup"): ("signup",),
     # the mailed invitation token proves the mailbox and sets a new account's password
     ("POST", "/api/v1/invitations/accept"): ("login",),
+    # the identity lifecycle (docs/auth.md): each proves who someone is or mails them
+    ("POST", "/api/v1/auth/password/forgot"): ("login", "mail"),
+    ("POST", "/api/v1/auth/password/reset"): ("login",),
+    ("PUT", "/api/v1/me/password"): ("login",),
+    ("POST", "/api/v1/auth/email/verify"): ("login",),
+    ("POST", "/api/v1/me/email/verification"): ("login", "mail"),
+    ("POST", "/api/v1/me/email"): ("login", "mail"),
+    ("POST", "/api/v1/me/webauthn/registration/options"): ("login",),
+    ("POST", "/api/v1/me/webauthn/registration/verify"): ("login",),
+    ("POST", "/api/v1/auth/webauthn/options"): ("login",),
+    ("POST", "/api/v1/auth/webauthn/verify"): ("login",),
+    ("GET", "/api/v1/me/export"): ("login",),
+    ("DELETE", "/api/v1/me"): ("login",),
+    ("POST", "/account/forgot"): ("login", "mail"),  # the hosted pages' forms
+    ("POST", "/account/reset"): ("login",),
+    ("POST", "/account/verify"): ("login",),
+    ("POST", "/account/email"): ("login",),
+    ("POST", "/oauth/webauthn/options"): ("login",),
+    ("POST", "/oauth/webauthn/verify"): ("login",),
 }
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})

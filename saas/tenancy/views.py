@@ -70,6 +70,8 @@ class TenantSettingsSchema(ma.Schema):
     require_mfa = ma.fields.Boolean()
     password_min_length = ma.fields.Integer(validate=ma.validate.Range(min=8, max=256))
     session_idle_minutes = ma.fields.Integer(validate=ma.validate.Range(min=5, max=60 * 24 * 90))
+    #: members must have proved their email to sign in at all (docs/auth.md, "Emails")
+    require_verified_email = ma.fields.Boolean()
 
 
 class TenantSchema(ma.Schema):

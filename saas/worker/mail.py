@@ -143,10 +143,70 @@ def send_account_exists(job: Job, ctx: WorkerContext) -> None:
     _mailer(ctx).send(_message(job, ctx, p["to"], "Your sign-up", body))
 
 
+#: the single-use links the account flows mail (``mail.account_link``): kind -> (hosted page
+#: path, subject, text before the link, text after it). The token is in the link only.
+ACCOUNT_LINKS: dict[str, tuple[str, str, str, str]] = {
+    "password_reset": (
+        "/account/reset",
+        "Reset your password",
+        "Someone, perhaps you, asked to reset the password of your account.\n"
+        "To choose a new password, open this link within {ttl}:",
+        "The link works once. If you did not ask for it, ignore this message: your password\n"
+        "stays as it is.",
+    ),
+    "email_verification": (
+        "/account/verify",
+        "Verify your email address",
+        "To confirm that this address is yours, open this link within {ttl}:",
+        "If you did not create an account, ignore this message.",
+    ),
+    "email_change": (
+        "/account/email",
+        "Confirm your new email address",
+        "Someone, perhaps you, asked to move an account to this address.\n"
+        "To confirm the change, open this link within {ttl}:",
+        "If you did not ask for it, ignore this message: nothing changes until the link is used.",
+    ),
+}
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        hours = seconds // 3600
+        return f"{hours} hour" + ("s" if hours != 1 else "")
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} minute" + ("s" if minutes != 1 else "")
+
+
+@handler("mail.account_link")
+def send_account_link(job: Job, ctx: WorkerContext) -> None:
+    """Payload: ``to``, ``kind`` (a key of :data:`ACCOUNT_LINKS`), ``token`` (the single-use
+    token in clear: it is in this mail and nowhere else, the database keeps its SHA-256), and
+    ``ttl_seconds``. The link is ``<SAAS_ISSUER><path>?token=<token>``.
+
+    Raises:
+        PermanentError: the payload lacks a key or names an unknown kind.
+    """
+    _require(job, "to", "kind", "token")
+    p = job.payload
+    if p["kind"] not in ACCOUNT_LINKS:
+        raise PermanentError(f"unknown account link {p['kind']!r}")
+    path, subject, before, after = ACCOUNT_LINKS[p["kind"]]
+    base = ctx.settings.issuer.rstrip("/")
+    ttl = _duration(int(p.get("ttl_seconds") or 3600))
+    body = f"{before.format(ttl=ttl)}\n\n{base}{path}?token={p['token']}\n\n{after}\n"
+    _mailer(ctx).send(_message(job, ctx, p["to"], subject, body))
+
+
 SECURITY_EVENTS = {
     "account_locked": "Your account was locked by an administrator.",
     "account_unlocked": "Your account was unlocked.",
     "password_changed": "Your password was changed.",
+    "password_reset": "Your password was reset with a link mailed to you; all your sessions were ended.",
+    "email_changed": "The email address of your account was changed. This address no longer signs in.",
+    "email_change_requested": "Someone asked to move your account to another email address.",
+    "sessions_ended": "An administrator ended all your sessions.",
+    "account_deleted": "Your account and its personal data were deleted.",
     "refresh_token_reuse": "A sign-in token of yours was used twice; all your sessions were ended.",
     "mfa_reset": "Your two-factor authentication was reset by an administrator.",
     "new_sign_in": "There was a new sign-in to your account.",
