@@ -43,8 +43,8 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
+    from saas.auth import account_api, account_pages, hosted, principals, revocation
     from saas.auth import api as auth_api
-    from saas.auth import hosted, principals, revocation
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
     from saas.auth.oauth import routes as oauth_routes
@@ -89,12 +89,14 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)
     hosted.init_app(app)  # the hosted sign-in pages (HTML)
+    account_pages.init_app(app)  # the hosted pages of the mailed links (reset, verify, email)
     oauth_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token, revoke, introspect
     for blueprint in (
         auth_views.blp,
         oauth_routes.oauth,
         oauth_routes.wellknown,
         auth_api.blp,
+        account_api.blp,
         tenancy_views.blp,
         audit_api.blp,
     ):

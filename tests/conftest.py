@@ -184,14 +184,29 @@ class Api:
     def __init__(self, client):
         self.client = client
 
-    def signup(self, slug: str, email: str | None = None, password: str = TEST_PASSWORD, name: str = "Acme"):
+    def signup(
+        self,
+        slug: str,
+        email: str | None = None,
+        password: str = TEST_PASSWORD,
+        name: str = "Acme",
+        *,
+        verified: bool = True,
+    ):
+        """Sign a tenant up; with ``verified`` (the default) the owner's email is marked verified
+        as if the mailed link had been used (inviting, clients and billing need it)."""
         email = email or f"owner@{slug}.test"
         response = self.client.post(
             "/api/v1/signup",
             json={"tenant": {"name": name, "slug": slug}, "owner": {"email": email, "password": password}},
         )
         assert response.status_code == 201, response.get_json()
-        return response.get_json()
+        body = response.get_json()
+        if verified:
+            from tests.helpers import verify_email
+
+            verify_email(self.client.application, body["user"]["id"])
+        return body
 
     def login(self, email: str, password: str = TEST_PASSWORD, tenant: str | None = None):
         body = {"email": email, "password": password}

@@ -38,13 +38,40 @@ def assert_problem(response, status: int, code: str | None = None) -> dict[str, 
     return body
 
 
-def add_member(
-    app: Flask, tenant_id: str | uuid.UUID, role: str, *, email: str | None = None, status: str = "active"
-) -> User:
-    """A user with ``role`` in the tenant, written straight to the test transaction."""
+def verify_email(app: Flask, user_id: Any) -> None:
+    """Mark the user's email verified, straight in the test transaction (as the mailed link would)."""
+    from saas.db import utcnow
+
     session = services(app).database.session()
     try:
-        user = User(email=email or f"{role}-{uuid.uuid4().hex[:8]}@example.test", name=role.title())
+        user = session.get(User, uuid.UUID(str(user_id)))
+        assert user is not None
+        user.email_verified_at = utcnow()
+        session.commit()
+    finally:
+        session.close()
+
+
+def add_member(
+    app: Flask,
+    tenant_id: str | uuid.UUID,
+    role: str,
+    *,
+    email: str | None = None,
+    status: str = "active",
+    verified: bool = True,
+) -> User:
+    """A user with ``role`` in the tenant, written straight to the test transaction; its email
+    verified unless ``verified`` is false."""
+    from saas.db import utcnow
+
+    session = services(app).database.session()
+    try:
+        user = User(
+            email=email or f"{role}-{uuid.uuid4().hex[:8]}@example.test",
+            name=role.title(),
+            email_verified_at=utcnow() if verified else None,
+        )
         session.add(user)
         session.flush()
         session.add(

@@ -20,6 +20,11 @@ PUBLIC = {
     ("POST", "/api/v1/auth/mfa"),
     ("POST", "/api/v1/me/mfa/totp"),
     ("POST", "/api/v1/me/mfa/totp/confirm"),
+    # the token of a mailed link authorizes (docs/auth.md, "Password reset", "Email verification")
+    ("POST", "/api/v1/auth/password/forgot"),
+    ("POST", "/api/v1/auth/password/reset"),
+    ("POST", "/api/v1/auth/email/verify"),
+    ("POST", "/api/v1/auth/email/change"),
 }
 _UNSET = object()
 

@@ -5,7 +5,7 @@ its SHA-256 only (:class:`saas.auth.models.AccountToken`), so the database never
 works. It is spent once: :func:`consume` locks the row, checks it and marks it used in the
 caller's transaction (a concurrent second use waits on the lock, then finds it used). Issuing a
 newer token of the same purpose voids the live ones (the last mail is the only one that works),
-and any change of the password voids every live password-reset token
+and any change of the password voids every live password-reset and email-change token
 (:func:`saas.auth.accounts.set_password` calls :func:`void`).
 
 Reset links that keep working after use, or after a newer one was sent, are a known failure of
@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from enum import StrEnum
+from typing import NoReturn
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -65,6 +66,20 @@ def issue(session: Session, user: User, purpose: Purpose, email: str, ttl_second
     return token
 
 
+def invalid(purpose: Purpose) -> NoReturn:
+    """Raise the one answer for a token of ``purpose`` that does not work (also for a live token
+    whose account no longer fits it: locked, or moved to another address).
+
+    Raises:
+        BadRequest: 400 ``invalid_reset_token`` or ``invalid_verification_token``.
+    """
+    raise BadRequest(
+        "The link is invalid, has expired or was already used. Ask for a new one.",
+        code=_INVALID[purpose],
+        title="Invalid or expired link",
+    )
+
+
 def consume(session: Session, token: object, purpose: Purpose) -> AccountToken:
     """Spend ``token``: the locked row, marked used, when it is of ``purpose``, live (not used,
     not voided, not expired) and its user still exists.
@@ -86,11 +101,7 @@ def consume(session: Session, token: object, purpose: Purpose) -> AccountToken:
         or row.voided_at is not None
         or row.expires_at <= now
     ):
-        raise BadRequest(
-            "The link is invalid, has expired or was already used. Ask for a new one.",
-            code=_INVALID[purpose],
-            title="Invalid or expired link",
-        )
+        invalid(purpose)
     row.used_at = now
     return row
 

@@ -3,10 +3,11 @@
 :func:`set_password` is the one road every password of a member takes: it checks the password
 against the strictest ``password_min_length`` of the tenants the user belongs to (or is
 joining), hashes it (argon2id), and, when it replaces an existing password, ends every
-session of the account: refresh-token families with their access tokens
-(:func:`saas.auth.sessions.revoke_tokens`) and browser sign-ins
-(:func:`saas.auth.browser_sessions.end_for_user`). A password change endpoint calls it; so do
-invitation acceptance (a new account's first password) and any operator command that sets one.
+session of the account (:func:`saas.auth.sessions.end_all_for_user`: refresh-token families
+with their access tokens, and browser sign-ins), but the caller's own when it changes its
+password itself. The password reset and change endpoints (:mod:`saas.auth.recovery`) call it;
+so do invitation acceptance (a new account's first password) and any operator command that
+sets one.
 
 :func:`audit_account_event` records what happened to the account rather than in one tenant
 (an MFA lockout, a login throttle) in the log of every tenant the account is a member of.
@@ -22,9 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import audit
-from saas.auth import account_tokens, browser_sessions
-from saas.auth.models import RefreshToken
-from saas.auth.sessions import revoke_tokens
+from saas.auth import account_tokens
+from saas.auth.sessions import end_all_for_user
 from saas.errors import ValidationError
 from saas.identity.models import Membership, Tenant, User
 from saas.identity.passwords import MIN_LENGTH, Passwords, password_problems
@@ -56,11 +56,13 @@ def set_password(
     joining: Iterable[Tenant] = (),
     passwords: Passwords | None = None,
     reason: str = "password_changed",
+    keep_family: uuid.UUID | None = None,
 ) -> int:
     """Check, hash and store ``user``'s new password (NIST SP 800-63B section 5.1.1.2 rules,
     :func:`saas.identity.passwords.password_problems`, with the tenants' minimum length).
 
-    Returns how many refresh tokens were revoked (0 for a first password).
+    Returns how many refresh tokens were revoked (0 for a first password). ``keep_family``: the
+    session (refresh family, ``sid``) that survives, the caller's own.
 
     Raises:
         ValidationError: 422 on the ``password`` field (too short for one of the user's
@@ -70,12 +72,13 @@ def set_password(
         raise ValidationError({"password": problems})
     replacing = user.password_hash is not None
     user.password_hash = (passwords or services().passwords).hash(password)
-    # any change of the password voids the reset links still in flight
-    account_tokens.void(session, user.id, (account_tokens.Purpose.PASSWORD_RESET,))
+    # any change of the password voids the reset and email-change links still in flight
+    account_tokens.void(
+        session, user.id, (account_tokens.Purpose.PASSWORD_RESET, account_tokens.Purpose.EMAIL_CHANGE)
+    )
     if not replacing:
         return 0
-    browser_sessions.end_for_user(session, user.id, reason)
-    return revoke_tokens(session, RefreshToken.user_id == user.id, reason=reason)
+    return end_all_for_user(session, user.id, reason, keep_family=keep_family)
 
 
 def account_tenants(session: Session, user_id: uuid.UUID) -> list[Tenant]:

@@ -24,7 +24,7 @@ from saas.api import Blueprint
 from saas.audit import AuditAction
 from saas.auth import browser_sessions, mfa, service, sessions
 from saas.auth import clients as clients_service
-from saas.auth.context import authenticated, current_principal, require
+from saas.auth.context import authenticated, current_principal, require, require_verified_email
 from saas.auth.models import OAuthClient
 from saas.auth.schemas import (
     ClientPatchSchema,
@@ -68,6 +68,7 @@ class Clients(MethodView):
         return [clients_service.to_public(c) for c in rows if can_assign(principal.role or "", c.role)]
 
     @require("clients:manage")
+    @require_verified_email
     @require_step_up()
     @blp.arguments(ClientSchema)
     @blp.response(201, ClientWithSecretSchema)

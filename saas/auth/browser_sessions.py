@@ -71,12 +71,15 @@ def end(session: Session, row: BrowserSession, reason: str) -> None:
         row.ended_reason = reason
 
 
-def end_for_user(session: Session, user_id: uuid.UUID, reason: str) -> int:
-    """End every live sign-in of ``user_id`` (revocation, account lock, password change);
-    returns how many."""
+def end_for_user(session: Session, user_id: uuid.UUID, reason: str, *, keep: uuid.UUID | None = None) -> int:
+    """End every live sign-in of ``user_id`` (revocation, account lock, password change) but
+    ``keep`` (the caller's own, when it changes its password); returns how many."""
+    where = [BrowserSession.user_id == user_id, BrowserSession.ended_at.is_(None)]
+    if keep is not None:
+        where.append(BrowserSession.id != keep)
     result = session.execute(
         update(BrowserSession)
-        .where(BrowserSession.user_id == user_id, BrowserSession.ended_at.is_(None))
+        .where(*where)
         .values(ended_at=utcnow(), ended_reason=reason)
         .execution_options(synchronize_session="fetch")
     )

@@ -17,7 +17,7 @@ from saas import db
 from saas.api import document_auth
 from saas.auth import revocation
 from saas.errors import ErrorCode, Forbidden, Unauthorized
-from saas.identity.models import Membership, Tenant
+from saas.identity.models import Membership, Tenant, User
 from saas.rbac import permissions_for
 from saas.services import services
 
@@ -264,4 +264,39 @@ def authenticated(view: F) -> F:
 
     wrapper._required_permission = None  # type: ignore[attr-defined]
     document_auth(wrapper, None)
+    return wrapper  # type: ignore[return-value]
+
+
+def check_verified_email() -> None:
+    """Refuse a person whose email address is not verified (``User.email_verified_at``); service
+    accounts (no user) pass: their tenant's admin registered them. Read from the database, never
+    from the token, so a verification counts at once.
+
+    Raises:
+        Forbidden: 403 ``email_unverified``.
+    """
+    principal = current_principal()
+    if principal.user_id is None:
+        return
+    verified = db.session().scalar(select(User.email_verified_at).where(User.id == principal.user_id))
+    if verified is None:
+        raise Forbidden(
+            "Verify your email address first: open the link mailed to you, or ask for a new one "
+            "(POST /api/v1/me/email/verification).",
+            code=ErrorCode.EMAIL_UNVERIFIED,
+            title="Email not verified",
+        )
+
+
+def require_verified_email(view: F) -> F:
+    """Decorator (under ``require(...)``): the caller must have a verified email address
+    (:func:`check_verified_email`). On inviting members, registering OAuth clients, billing
+    checkout and portal; the SSO management endpoints will carry it too (docs/auth.md)."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check_verified_email()
+        return view(*args, **kwargs)
+
+    wrapper._requires_verified_email = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

@@ -267,6 +267,8 @@ def _continue():
         if req.prompt == "none":
             return _redirect_error(req, "login_required", "The sign-in was idle too long.")
         return redirect(url_for("hosted.login"))
+    if (tenant.settings or {}).get("require_verified_email") and not user.email_verified:
+        return _redirect_error(req, "access_denied", "The organisation requires a verified email address.")
     amr = list(login.get("amr") or ["pwd"])
     if (tenant.settings or {}).get("require_mfa") and "otp" not in amr:
         if req.prompt == "none":

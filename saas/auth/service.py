@@ -150,6 +150,23 @@ def choose_membership(session: Session, user: User, tenant_slug: str | None) -> 
     return membership, tenant
 
 
+def check_email_policy(tenant: Tenant, user: User) -> None:
+    """The tenant's ``require_verified_email``: a member whose address is not verified gets no
+    tokens for that tenant (password login before its second factor, hosted sign-in, the code
+    and refresh grants, since each goes through :func:`issue_tokens`).
+
+    Raises:
+        Forbidden: 403 ``email_unverified``.
+    """
+    if (tenant.settings or {}).get("require_verified_email") and user.email_verified_at is None:
+        raise Forbidden(
+            "This organisation requires a verified email address: open the verification link "
+            "mailed to you (a password-reset link proves the address too).",
+            code=ErrorCode.EMAIL_UNVERIFIED,
+            title="Email not verified",
+        )
+
+
 def issue_tokens(
     session: Session,
     *,
@@ -171,6 +188,7 @@ def issue_tokens(
     ``family_id`` names the new family when the caller recorded it beforehand (the authorization
     code grant stores it on the code, in the same commit that marks the code used).
     The access token's ``sid`` claim is the family id: the session it belongs to."""
+    check_email_policy(tenant, user)
     settings = _settings()
     now = utcnow()
     auth_time = auth_time or now
@@ -215,8 +233,9 @@ def issue_tokens(
     id_token = None
     if "openid" in scope.split():
         extra: dict[str, Any] = {"sid": str(family_id), "tid": str(tenant.id)}
-        if "email" in scope.split():
+        if "email" in scope.split():  # OIDC Core section 5.4: the email scope's claims
             extra["email"] = user.email
+            extra["email_verified"] = user.email_verified
         if "profile" in scope.split():
             extra["name"] = user.name
         id_token = tokens.issue_id_token(
@@ -359,6 +378,7 @@ def login(session: Session, email: str, password: str, tenant_slug: str | None) 
         audit_failed_login(session, email, tenant_slug, "invalid_credentials")
         raise
     membership, tenant = choose_membership(session, user, tenant_slug)
+    check_email_policy(tenant, user)
     second_factor_gate(session, user, tenant, ["pwd"])
     return complete_login(session, user, membership, tenant, ["pwd"])
 

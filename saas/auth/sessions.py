@@ -9,7 +9,9 @@ access token issued in it. This module is the one place that
   (:func:`saas.auth.revocation.revoke_sessions`, written to Redis when the transaction commits);
 * decides whether a session belongs to a caller (:func:`owned_family`: ``POST
   /api/v1/auth/logout`` and ``DELETE /api/v1/me/sessions/{id}`` both ask it);
-* lists a member's live sessions (:func:`list_sessions`, ``GET /api/v1/me/sessions``).
+* lists a member's live sessions (:func:`list_sessions`, ``GET /api/v1/me/sessions``);
+* ends everything a person is signed in with (:func:`end_all_for_user`: a password reset or
+  change, an email change, an account deletion, an admin's "end all sessions").
 
 Browser sign-ins on the hosted pages are another kind of session: :mod:`saas.auth.browser_sessions`.
 """
@@ -23,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from saas.auth import revocation
+from saas.auth import browser_sessions, revocation
 from saas.auth.models import RefreshToken
 from saas.db import utcnow
 
@@ -50,6 +52,31 @@ def revoke_tokens(session: Session, *where: Any, reason: str) -> int:
 def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
     """Revoke every live token of a family (one session); returns how many."""
     return revoke_tokens(session, RefreshToken.family_id == family_id, reason=reason)
+
+
+def end_all_for_user(
+    session: Session, user_id: uuid.UUID, reason: str, *, keep_family: uuid.UUID | None = None
+) -> int:
+    """End every session of ``user_id`` in every tenant: each refresh-token family with its
+    access tokens (:func:`revoke_tokens`) and each browser sign-in of the hosted pages
+    (:func:`saas.auth.browser_sessions.end_for_user`), with ``revoked_reason``/``ended_reason``
+    ``reason``. ``keep_family`` (the caller's own session, a ``sid``) survives, and so does the
+    browser sign-in that family was issued from, if any: "every other session ends".
+
+    Returns how many refresh tokens were revoked. The one function every "sign this person out
+    everywhere" goes through (password reset and change, email change, account deletion)."""
+    where: list[Any] = [RefreshToken.user_id == user_id]
+    keep_browser: uuid.UUID | None = None
+    if keep_family is not None:
+        where.append(RefreshToken.family_id != keep_family)
+        keep_browser = session.scalar(
+            select(RefreshToken.browser_session_id)
+            .where(RefreshToken.family_id == keep_family, RefreshToken.user_id == user_id)
+            .where(RefreshToken.browser_session_id.is_not(None))
+            .limit(1)
+        )
+    browser_sessions.end_for_user(session, user_id, reason, keep=keep_browser)
+    return revoke_tokens(session, *where, reason=reason)
 
 
 def owned_family(

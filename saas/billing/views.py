@@ -9,7 +9,7 @@ from flask.views import MethodView
 from saas import db
 from saas.actions import ActionContext
 from saas.api import Blueprint
-from saas.auth.context import current_principal, require
+from saas.auth.context import current_principal, require, require_verified_email
 from saas.auth.stepup import require_step_up
 from saas.billing import service, usage, webhooks
 from saas.billing.entitlements import INTERVALS, catalogue
@@ -81,6 +81,7 @@ class BillingView(MethodView):
 @blp.route("/checkout")
 class CheckoutView(MethodView):
     @require("billing:manage")
+    @require_verified_email
     @blp.alt_response(503, description=OFF)
     @require_step_up()
     @blp.arguments(CheckoutSchema)
@@ -107,6 +108,7 @@ class CheckoutView(MethodView):
 @blp.route("/portal")
 class PortalView(MethodView):
     @require("billing:manage")
+    @require_verified_email
     @blp.alt_response(503, description=OFF)
     @require_step_up()
     @blp.response(200, UrlSchema)

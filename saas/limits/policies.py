@@ -102,6 +102,7 @@ AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/auth/password/reset"): ("login",),
     ("PUT", "/api/v1/me/password"): ("login",),
     ("POST", "/api/v1/auth/email/verify"): ("login",),
+    ("POST", "/api/v1/auth/email/change"): ("login",),
     ("POST", "/api/v1/me/email/verification"): ("login", "mail"),
     ("POST", "/api/v1/me/email"): ("login", "mail"),
     ("POST", "/api/v1/me/webauthn/registration/options"): ("login",),

@@ -289,6 +289,9 @@ def accept_invitation(
     if name:
         user.name = name.strip()
     invitation.accepted_at = utcnow()
+    # the token went only to this address: using it proves the mailbox (docs/auth.md, "Emails")
+    if user.email_verified_at is None:
+        user.email_verified_at = utcnow()
     membership.status = "active"
     billing_service.members_changed(session, tenant.id)
     ctx.as_actor(Actor("user", str(user.id))).record(

@@ -9,8 +9,10 @@ from flask.views import MethodView
 from saas import db, outbox
 from saas.actions import ActionContext
 from saas.api import Blueprint
+from saas.audit import Actor
+from saas.auth import emails
 from saas.auth import service as auth_service
-from saas.auth.context import authenticated, current_principal, require
+from saas.auth.context import authenticated, current_principal, require, require_verified_email
 from saas.auth.schemas import TokenResponseSchema
 from saas.auth.stepup import step_up_for
 from saas.errors import ErrorCode, Forbidden, ValidationError
@@ -97,6 +99,9 @@ class TenantPatchSchema(ma.Schema):
 class UserSchema(ma.Schema):
     id = ma.fields.String()
     email = ma.fields.String()
+    email_verified = ma.fields.Boolean(
+        metadata={"description": "true only once the mailbox was proved (a mailed link was used)"}
+    )
     name = ma.fields.String()
     created_at = ma.fields.DateTime()
 
@@ -199,7 +204,8 @@ class Signup(MethodView):
     @blp.alt_response(409, description="Slug taken")
     @blp.doc(security=[])
     def post(self, body):
-        """Create a tenant with its own schema and its owner; returns tokens for the owner.
+        """Create a tenant with its own schema and its owner; returns tokens for the owner, and
+        mails the owner a link that verifies the address (``/account/verify?token=...``).
 
         When the email already has an account, nothing is created and the answer is 202 with
         ``SIGNUP_PENDING`` (never ``email_taken``): the account's mailbox gets a notice
@@ -231,6 +237,10 @@ class Signup(MethodView):
             pending = flask.jsonify(SIGNUP_PENDING)
             pending.status_code = 202
             return pending
+        # the owner proves the mailbox with the mailed link (docs/auth.md, "Email verification")
+        emails.send_verification(
+            ActionContext.from_request(session).as_actor(Actor("user", str(done.owner.id))), done.owner
+        )
         tokens = auth_service.issue_tokens(
             session, user=done.owner, membership=done.membership, tenant=done.tenant
         )
@@ -295,6 +305,7 @@ class Members(MethodView):
         return [_member_dict(m, pending.get(m.id)) for m in listed]
 
     @require("members:manage")
+    @require_verified_email
     @blp.arguments(InviteSchema)
     @blp.response(201, InvitationResponseSchema)
     @blp.alt_response(409, description="Already a member or invited")

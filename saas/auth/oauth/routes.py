@@ -125,7 +125,8 @@ def userinfo():
     user = membership.user
     body = {"sub": str(user.id), "tid": str(principal.tenant_id), "roles": [membership.role]}
     if "email" in scopes:
-        body.update({"email": user.email, "email_verified": False})
+        # true only once the mailbox was proved (OIDC Core section 5.1)
+        body.update({"email": user.email, "email_verified": user.email_verified})
     if "profile" in scopes:
         body["name"] = user.name
     return _no_store(jsonify(body))
