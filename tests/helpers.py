@@ -52,6 +52,34 @@ def verify_email(app: Flask, user_id: Any) -> None:
         session.close()
 
 
+def verify_by_link(base: str, source: Any, email: str) -> None:
+    """Verify ``email`` the way its owner would: the token of the newest verification link queued
+    for it (read from the committed outbox through ``source``, an app or an engine), posted to
+    ``POST /api/v1/auth/email/verify``."""
+    import requests
+    from sqlalchemy.orm import Session
+
+    from saas.outbox import OutboxMessage
+
+    session = services(source).database.session() if isinstance(source, Flask) else Session(bind=source)
+    try:
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.topic == "mail.account_link")
+            .order_by(OutboxMessage.id.desc())
+        )
+        token = next(
+            r.payload["token"]
+            for r in rows
+            if r.payload.get("to", "").lower() == email.lower()
+            and r.payload.get("kind") == "email_verification"
+        )
+    finally:
+        session.close()
+    r = requests.post(f"{base}/api/v1/auth/email/verify", json={"token": token}, timeout=10)
+    assert r.status_code == 204, r.text
+
+
 def add_member(
     app: Flask,
     tenant_id: str | uuid.UUID,

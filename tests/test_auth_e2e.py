@@ -24,6 +24,7 @@ from saas import create_app
 from saas.auth import mfa
 from saas.db import Database
 from tests.conftest import TEST_PASSWORD
+from tests.helpers import verify_by_link
 from tests.peers import chromium_available, launch_chromium
 
 
@@ -49,7 +50,7 @@ def live(settings, engine, redis_client):
     thread.join(timeout=5)
 
 
-def _signup(base: str) -> dict:
+def _signup(base: str, app) -> dict:
     slug = f"e2e-{uuid.uuid4().hex[:8]}"
     r = requests.post(
         f"{base}/api/v1/signup",
@@ -62,6 +63,7 @@ def _signup(base: str) -> dict:
     assert r.status_code == 201, r.text
     body = r.json()
     body["email"] = f"owner@{slug}.test"
+    verify_by_link(base, app, body["email"])  # clients and invitations need a verified owner
     return body
 
 
@@ -77,10 +79,10 @@ def _register(base: str, owner: dict, **fields) -> dict:
 
 
 def test_code_flow_with_authlib_client_and_pyjwt(live):
-    base, _app = live
+    base, app = live
     meta = requests.get(f"{base}/.well-known/openid-configuration", timeout=10).json()
     assert meta["issuer"] == base
-    owner = _signup(base)
+    owner = _signup(base, app)
     app_client = _register(base, owner, client_type="public", first_party=True)
 
     oauth = OAuth2Session(
@@ -173,8 +175,8 @@ def test_code_flow_with_authlib_client_and_pyjwt(live):
 
 
 def test_client_credentials_and_introspection_with_authlib(live):
-    base, _app = live
-    owner = _signup(base)
+    base, app = live
+    owner = _signup(base, app)
     svc = _register(
         base,
         owner,
@@ -269,8 +271,8 @@ def _concurrently(first, second, delay: float = 0.2):
 def test_concurrent_code_redemption_revokes_the_first_tokens(live, monkeypatch):
     """RFC 6749 section 4.1.2 under a real race: the second redemption arrives while the first is
     still issuing tokens. It must fail, and the tokens the first one issued must end up revoked."""
-    base, _app = live
-    owner = _signup(base)
+    base, app = live
+    owner = _signup(base, app)
     app_client = _register(base, owner, client_type="public", first_party=True)
     code, verifier = _code_via_hosted_login(base, owner, app_client["client_id"])
     form = {
@@ -303,8 +305,8 @@ def test_concurrent_code_redemption_revokes_the_first_tokens(live, monkeypatch):
 def test_concurrent_refresh_retry_leaves_one_working_branch(live, monkeypatch):
     """Two overlapping refreshes with the same token (a retry): both answer, the retry's token is
     the one that works, and the other branch presented later revokes the session."""
-    base, _app = live
-    owner = _signup(base)
+    base, app = live
+    owner = _signup(base, app)
     r0 = owner["token"]["refresh_token"]
     _slow_issue_tokens(monkeypatch, 1.0)
 
@@ -325,8 +327,8 @@ def test_concurrent_refresh_retry_leaves_one_working_branch(live, monkeypatch):
 def test_browser_login_mfa_consent_to_code(live):
     from playwright.sync_api import sync_playwright
 
-    base, _app = live
-    owner = _signup(base)
+    base, app = live
+    owner = _signup(base, app)
     headers = {"Authorization": f"Bearer {owner['token']['access_token']}"}
     # registered first: once MFA is on, a password-only token no longer passes step-up
     app_client = _register(base, owner, client_type="public", first_party=False)
@@ -392,8 +394,8 @@ def test_cli_reset_mfa_on_committed_user(live, database_url, tmp_path, monkeypat
 
     from saas.cli import main
 
-    base, _app = live
-    owner = _signup(base)
+    base, app = live
+    owner = _signup(base, app)
     headers = {"Authorization": f"Bearer {owner['token']['access_token']}"}
     secret = requests.post(f"{base}/api/v1/me/mfa/totp", headers=headers, timeout=10).json()["secret"]
     step = int(mfa._clock() // 30)

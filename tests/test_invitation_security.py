@@ -34,7 +34,7 @@ from saas.services import services
 from saas.tenancy.views import SIGNUP_PENDING
 from saas.worker import Worker, load_handlers
 from tests.conftest import TEST_PASSWORD, _redis_url
-from tests.helpers import assert_problem, drop_tenant, mailed_invitation_token, role_headers
+from tests.helpers import assert_problem, drop_tenant, mailed_invitation_token, role_headers, verify_by_link
 from tests.peers import free_port, smtp_inbox
 
 NEW_PASSWORD = "a long enough password"
@@ -353,6 +353,7 @@ def test_end_to_end_over_gunicorn_with_mail_from_smtp(gunicorn_base, smtp_server
         )
         if r.status_code == 201:
             tenants.append(r.json()["tenant"]["id"])
+            verify_by_link(base, engine, owner_email)  # inviting needs a verified owner
         return r
 
     def invite(owner, address):
@@ -465,11 +466,25 @@ def test_saas_dev_prints_the_invitation_mail_to_its_console(database_url, worker
         )
         assert r.status_code == 201, r.text
         tenant_id = r.json()["tenant"]["id"]
+        signed_up = r.json()
+        # the owner verifies the address with the link printed on the console (README walkthrough)
+        deadline = time.monotonic() + 20
+        while not (
+            verify := re.search(
+                rf"To: ada@dev-{tag}\.test[\s\S]*?/account/verify\?token=(\S+)", out_path.read_text()
+            )
+        ):
+            assert time.monotonic() < deadline, out_path.read_text()[-3000:]
+            time.sleep(0.2)
+        page = requests.get(f"{base}/account/verify", params={"token": verify.group(1)}, timeout=10)
+        assert page.status_code == 200 and page.headers["Referrer-Policy"] == "no-referrer"
+        r = requests.post(f"{base}/api/v1/auth/email/verify", json={"token": verify.group(1)}, timeout=10)
+        assert r.status_code == 204, r.text
         invitee = f"linus@dev-{tag}.test"
         r = requests.post(
             f"{base}/api/v1/members",
             json={"email": invitee, "role": "member"},
-            headers={"Authorization": f"Bearer {r.json()['token']['access_token']}"},
+            headers={"Authorization": f"Bearer {signed_up['token']['access_token']}"},
             timeout=10,
         )
         assert r.status_code == 201 and "token" not in r.text, r.text

@@ -87,7 +87,13 @@ def _message(job: Job, ctx: WorkerContext, to: str, subject: str, body: str) -> 
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = f"<{job.idempotency_key}@{host}>"
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(body)
+    # plain ASCII lines (a link longer than 78 characters included) go as 7bit, so the link
+    # stays one line a person can copy from the console of `saas dev` (quoted-printable would
+    # fold it and write its "=" as "=3D"); RFC 5322 section 2.1.1 allows lines up to 998
+    if body.isascii() and max(map(len, body.splitlines() or [""])) <= 998:
+        msg.set_content(body, cte="7bit")
+    else:
+        msg.set_content(body)
     return msg
 
 
@@ -151,8 +157,7 @@ ACCOUNT_LINKS: dict[str, tuple[str, str, str, str]] = {
         "Reset your password",
         "Someone, perhaps you, asked to reset the password of your account.\n"
         "To choose a new password, open this link within {ttl}:",
-        "The link works once. If you did not ask for it, ignore this message: your password\n"
-        "stays as it is.",
+        "The link works once. If you did not ask for it, ignore this message: your password\nstays as it is.",
     ),
     "email_verification": (
         "/account/verify",
