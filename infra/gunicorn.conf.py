@@ -27,6 +27,8 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", 5))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 5000))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", 500))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", None)  # the app logs every request as JSON
+# when it is on, the path without its query string (%(U)s): a mailed link's token never lands in it
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # the request's scheme comes from the socket, or from X-Forwarded-Proto through the app's ProxyFix
