@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
     from saas.auth import api as auth_api
-    from saas.auth import hosted, principals, revocation
+    from saas.auth import hosted, logout_pages, principals, revocation
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
     from saas.auth.oauth import routes as oauth_routes
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     errors.init_app(app)  # after flask-smorest, so the problem handlers win
     app.register_blueprint(health.blp)
     hosted.init_app(app)  # the hosted sign-in pages (HTML)
+    logout_pages.init_app(app)  # the hosted end-session page (OIDC RP-Initiated Logout)
     oauth_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token, revoke, introspect
     for blueprint in (
         auth_views.blp,

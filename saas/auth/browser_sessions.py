@@ -16,14 +16,18 @@ import uuid
 from datetime import datetime, timedelta
 
 from flask import has_request_context, request
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from saas.auth.models import BrowserSession
+from saas.auth import backchannel, sessions
+from saas.auth.models import AuthorizationCode, BrowserSession, RefreshToken
 from saas.db import utcnow
 
 #: a browser sign-in lasts at most this long after the password (and second factor)
 MAX_AGE = timedelta(hours=12)
+#: ends that are not logouts: the same browser signs in again (a new login, ``prompt=login``,
+#: ``max_age``); the applications' sessions from the old sign-in are left alone
+SUPERSEDED = frozenset({"replaced", "reauthentication"})
 
 
 def start(session: Session, user_id: uuid.UUID, auth_time: datetime, amr: list[str]) -> BrowserSession:
@@ -65,19 +69,52 @@ def is_idle(row: BrowserSession, idle_minutes: int | None, now: datetime | None 
 
 
 def end(session: Session, row: BrowserSession, reason: str) -> None:
-    """End one sign-in (``reason``: ``logout``, ``idle``, ``replaced``...)."""
+    """End one sign-in (``reason``: ``logout``, ``idle``, ``replaced``...). Unless the reason
+    is in :data:`SUPERSEDED`, the applications' sessions born from it end too
+    (:func:`_applications_end`)."""
     if row.ended_at is None:
         row.ended_at = utcnow()
         row.ended_reason = reason
+        if reason not in SUPERSEDED:
+            _applications_end(session, [row.id], reason)
 
 
 def end_for_user(session: Session, user_id: uuid.UUID, reason: str) -> int:
-    """End every live sign-in of ``user_id`` (revocation, account lock, password change);
-    returns how many."""
-    result = session.execute(
-        update(BrowserSession)
-        .where(BrowserSession.user_id == user_id, BrowserSession.ended_at.is_(None))
-        .values(ended_at=utcnow(), ended_reason=reason)
-        .execution_options(synchronize_session="fetch")
+    """End every live sign-in of ``user_id`` (revocation, account lock, password change) and
+    the applications' sessions born from them; returns how many sign-ins."""
+    ended = list(
+        session.scalars(
+            update(BrowserSession)
+            .where(BrowserSession.user_id == user_id, BrowserSession.ended_at.is_(None))
+            .values(ended_at=utcnow(), ended_reason=reason)
+            .returning(BrowserSession.id)
+            .execution_options(synchronize_session="fetch")
+        )
     )
-    return result.rowcount or 0
+    if ended and reason not in SUPERSEDED:
+        _applications_end(session, ended, reason)
+    return len(ended)
+
+
+def _applications_end(session: Session, browser_session_ids: list[uuid.UUID], reason: str) -> None:
+    """The sign-ins ``browser_session_ids`` ended: revoke the refresh families issued from them
+    (:func:`saas.auth.sessions.revoke_tokens`, which notifies their clients), and notify every
+    client that redeemed a code from them although it holds no live family (OpenID Connect
+    Back-Channel Logout 1.0 section 2: each client that received tokens in the session)."""
+    sessions.revoke_tokens(session, RefreshToken.browser_session_id.in_(browser_session_ids), reason=reason)
+    rows = session.execute(
+        select(
+            AuthorizationCode.client_id,
+            AuthorizationCode.user_id,
+            AuthorizationCode.tenant_id,
+            AuthorizationCode.browser_session_id,
+        )
+        .where(
+            AuthorizationCode.browser_session_id.in_(browser_session_ids),
+            AuthorizationCode.used_at.is_not(None),
+        )
+        .distinct()
+    ).all()
+    backchannel.notify(
+        session, (backchannel.EndedSession(c, u, t, b) for c, u, t, b in rows if b is not None)
+    )

@@ -287,6 +287,7 @@ def _continue():
         tenant=tenant,
         auth_time=datetime.fromtimestamp(login["auth_time"], UTC),
         amr=amr,
+        browser_session_id=row.id,
     )
     row.last_seen_at = utcnow()
     if login.get("fresh"):

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from saas.auth import revocation
+from saas.auth import backchannel, revocation
 from saas.auth.models import RefreshToken
 from saas.db import utcnow
 
@@ -31,19 +31,32 @@ from saas.db import utcnow
 def revoke_tokens(session: Session, *where: Any, reason: str) -> int:
     """Revoke every live refresh token matching ``where`` and end their sessions' access tokens
     (:func:`saas.auth.revocation.revoke_sessions`, written to Redis at commit); returns how many
-    refresh tokens. Every revocation of refresh tokens goes through here."""
+    refresh tokens. Every revocation of refresh tokens goes through here, so every ended family
+    also notifies its client when it registered a back-channel logout URI
+    (:func:`saas.auth.backchannel.notify`, enqueued in the same transaction; the ``sid`` is the
+    family's browser session when it came from the hosted pages, else the family)."""
     rows = session.execute(
         update(RefreshToken)
         .where(*where, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=utcnow(), revoked_reason=reason)
-        .returning(RefreshToken.tenant_id, RefreshToken.family_id, RefreshToken.created_at)
+        .returning(
+            RefreshToken.tenant_id,
+            RefreshToken.family_id,
+            RefreshToken.created_at,
+            RefreshToken.user_id,
+            RefreshToken.client_id,
+            RefreshToken.browser_session_id,
+        )
     ).all()
     newest: dict[tuple[uuid.UUID, uuid.UUID], datetime] = {}
-    for tenant_id, family_id, created_at in rows:
+    ended: list[backchannel.EndedSession] = []
+    for tenant_id, family_id, created_at, user_id, client_id, browser_session_id in rows:
         key = (tenant_id, family_id)
         if key not in newest or created_at > newest[key]:
             newest[key] = created_at
+        ended.append(backchannel.EndedSession(client_id, user_id, tenant_id, browser_session_id or family_id))
     revocation.revoke_sessions(session, ((t, f, at) for (t, f), at in newest.items()))
+    backchannel.notify(session, ended)
     return len(rows)
 
 
