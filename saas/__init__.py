@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
-    from saas.auth import account_api, account_pages, hosted, principals, revocation
+    from saas.auth import account_api, account_pages, hosted, logout_pages, principals, revocation
     from saas.auth import api as auth_api
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     app.register_blueprint(health.blp)
     hosted.init_app(app)  # the hosted sign-in pages (HTML)
     account_pages.init_app(app)  # the hosted pages of the mailed links (reset, verify, email)
+    logout_pages.init_app(app)  # the hosted end-session page (OIDC RP-Initiated Logout)
     oauth_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token, revoke, introspect
     for blueprint in (
         auth_views.blp,

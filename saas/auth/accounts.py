@@ -3,7 +3,7 @@
 :func:`set_password` is the one road every password of a member takes: it checks the password
 against the strictest ``password_min_length`` of the tenants the user belongs to (or is
 joining), hashes it (argon2id), and, when it replaces an existing password, ends every
-session of the account (:func:`saas.auth.sessions.end_all_for_user`: refresh-token families
+session of the account (:func:`saas.auth.browser_sessions.end_all_for_user`: refresh-token families
 with their access tokens, and browser sign-ins), but the caller's own when it changes its
 password itself. The password reset and change endpoints (:mod:`saas.auth.recovery`) call it;
 so do invitation acceptance (a new account's first password) and any operator command that
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from saas import audit
 from saas.auth import account_tokens
-from saas.auth.sessions import end_all_for_user
+from saas.auth.browser_sessions import end_all_for_user
 from saas.errors import ValidationError
 from saas.identity.models import Membership, Tenant, User
 from saas.identity.passwords import MIN_LENGTH, Passwords, password_problems

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import has_request_context, request
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from saas.auth.models import BrowserSession
+from saas.auth import backchannel, sessions
+from saas.auth.models import AuthorizationCode, BrowserSession, RefreshToken
 from saas.db import utcnow
 
 #: a browser sign-in lasts at most this long after the password (and second factor)
 MAX_AGE = timedelta(hours=12)
+#: ends that are not logouts: the same browser signs in again (a new login, ``prompt=login``,
+#: ``max_age``); the applications' sessions from the old sign-in are left alone
+SUPERSEDED = frozenset({"replaced", "reauthentication"})
 
 
 def start(session: Session, user_id: uuid.UUID, auth_time: datetime, amr: list[str]) -> BrowserSession:
@@ -65,22 +70,81 @@ def is_idle(row: BrowserSession, idle_minutes: int | None, now: datetime | None 
 
 
 def end(session: Session, row: BrowserSession, reason: str) -> None:
-    """End one sign-in (``reason``: ``logout``, ``idle``, ``replaced``...)."""
+    """End one sign-in (``reason``: ``logout``, ``idle``, ``replaced``...). Unless the reason
+    is in :data:`SUPERSEDED`, the applications' sessions born from it end too
+    (:func:`_applications_end`)."""
     if row.ended_at is None:
         row.ended_at = utcnow()
         row.ended_reason = reason
+        if reason not in SUPERSEDED:
+            _applications_end(session, [row.id], reason)
 
 
 def end_for_user(session: Session, user_id: uuid.UUID, reason: str, *, keep: uuid.UUID | None = None) -> int:
     """End every live sign-in of ``user_id`` (revocation, account lock, password change) but
-    ``keep`` (the caller's own, when it changes its password); returns how many."""
+    ``keep`` (the caller's own, when it changes its password), and the applications' sessions
+    born from them; returns how many sign-ins."""
     where = [BrowserSession.user_id == user_id, BrowserSession.ended_at.is_(None)]
     if keep is not None:
         where.append(BrowserSession.id != keep)
-    result = session.execute(
-        update(BrowserSession)
-        .where(*where)
-        .values(ended_at=utcnow(), ended_reason=reason)
-        .execution_options(synchronize_session="fetch")
+    ended = list(
+        session.scalars(
+            update(BrowserSession)
+            .where(*where)
+            .values(ended_at=utcnow(), ended_reason=reason)
+            .returning(BrowserSession.id)
+            .execution_options(synchronize_session="fetch")
+        )
     )
-    return result.rowcount or 0
+    if ended and reason not in SUPERSEDED:
+        _applications_end(session, ended, reason)
+    return len(ended)
+
+
+def _applications_end(session: Session, browser_session_ids: list[uuid.UUID], reason: str) -> None:
+    """The sign-ins ``browser_session_ids`` ended: revoke the refresh families issued from them
+    (:func:`saas.auth.sessions.revoke_tokens`, which notifies their clients), and notify every
+    client that redeemed a code from them although it holds no live family (OpenID Connect
+    Back-Channel Logout 1.0 section 2: each client that received tokens in the session)."""
+    sessions.revoke_tokens(session, RefreshToken.browser_session_id.in_(browser_session_ids), reason=reason)
+    rows = session.execute(
+        select(
+            AuthorizationCode.client_id,
+            AuthorizationCode.user_id,
+            AuthorizationCode.tenant_id,
+            AuthorizationCode.browser_session_id,
+        )
+        .where(
+            AuthorizationCode.browser_session_id.in_(browser_session_ids),
+            AuthorizationCode.used_at.is_not(None),
+        )
+        .distinct()
+    ).all()
+    backchannel.notify(
+        session, (backchannel.EndedSession(c, u, t, b) for c, u, t, b in rows if b is not None)
+    )
+
+
+def end_all_for_user(
+    session: Session, user_id: uuid.UUID, reason: str, *, keep_family: uuid.UUID | None = None
+) -> int:
+    """End every session of ``user_id`` in every tenant: each refresh-token family with its
+    access tokens (:func:`saas.auth.sessions.revoke_tokens`) and each browser sign-in of the hosted pages
+    (:func:`end_for_user`), with ``revoked_reason``/``ended_reason``
+    ``reason``. ``keep_family`` (the caller's own session, a ``sid``) survives, and so does the
+    browser sign-in that family was issued from, if any: "every other session ends".
+
+    Returns how many refresh tokens were revoked. The one function every "sign this person out
+    everywhere" goes through (password reset and change, email change, account deletion)."""
+    where: list[Any] = [RefreshToken.user_id == user_id]
+    keep_browser: uuid.UUID | None = None
+    if keep_family is not None:
+        where.append(RefreshToken.family_id != keep_family)
+        keep_browser = session.scalar(
+            select(RefreshToken.browser_session_id)
+            .where(RefreshToken.family_id == keep_family, RefreshToken.user_id == user_id)
+            .where(RefreshToken.browser_session_id.is_not(None))
+            .limit(1)
+        )
+    end_for_user(session, user_id, reason, keep=keep_browser)
+    return sessions.revoke_tokens(session, *where, reason=reason)

@@ -12,6 +12,10 @@
 * ``resource_server``: a confidential client an admin marks as an API that accepts the tenant's
   access tokens; only such a client (or the token's audience) learns anything from introspection
   (RFC 7662 section 4).
+* Logout (docs/auth.md, "Logout"): ``post_logout_redirect_uris`` (OpenID Connect RP-Initiated
+  Logout 1.0 section 3.1) follow the redirect URIs' rules and are matched exactly;
+  ``backchannel_logout_uri`` (Back-Channel Logout 1.0 section 2.2) is ``https`` (``http`` on a
+  loopback address only in development and test), without a fragment; an empty string removes it.
 """
 
 from __future__ import annotations
@@ -20,18 +24,20 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
+from flask import has_app_context
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas.actions import ActionContext
 from saas.audit import AuditAction
-from saas.auth import revocation
+from saas.auth import backchannel, revocation
 from saas.auth.models import OAuthClient, RefreshToken
 from saas.auth.sessions import revoke_tokens
 from saas.db import utcnow
 from saas.errors import AppError, ErrorCode, NotFound, ValidationError
 from saas.rbac import ROLES
 from saas.security import random_token, token_hash
+from saas.services import services
 
 CLIENT_TYPES = ("public", "confidential")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
@@ -73,6 +79,18 @@ def validate_client_fields(data: dict[str, Any], client_type: str) -> dict[str, 
         if bad:
             errors["redirect_uris"] = [f"{uris[int(i)]}: {m[0]}" for i, m in bad.items()]
         cleaned["redirect_uris"] = uris
+    if "post_logout_redirect_uris" in data:
+        uris = list(dict.fromkeys(data["post_logout_redirect_uris"] or []))
+        bad = [f"{u}: {msg}" for u in uris if (msg := validate_redirect_uri(u))]
+        if bad:
+            errors["post_logout_redirect_uris"] = bad
+        cleaned["post_logout_redirect_uris"] = uris
+    if "backchannel_logout_uri" in data:
+        uri = data["backchannel_logout_uri"] or None
+        env = services().settings.env if has_app_context() else "production"
+        if uri is not None and (msg := backchannel.validate_logout_uri(uri, env)):
+            errors["backchannel_logout_uri"] = [msg]
+        cleaned["backchannel_logout_uri"] = uri
     if "grant_types" in data:
         grants = list(dict.fromkeys(data["grant_types"] or []))
         unknown = [g for g in grants if g not in GRANT_TYPES]
@@ -91,7 +109,7 @@ def validate_client_fields(data: dict[str, Any], client_type: str) -> dict[str, 
         if data["role"] not in ROLES:
             errors["role"] = [f"One of {', '.join(ROLES)}."]
         cleaned["role"] = data["role"]
-    for key in ("name", "first_party", "resource_server"):
+    for key in ("name", "first_party", "resource_server", "backchannel_logout_session_required"):
         if key in data:
             cleaned[key] = data[key]
     if cleaned.get("resource_server") and client_type != "confidential":
@@ -117,6 +135,9 @@ def to_public(client: OAuthClient) -> dict[str, Any]:
         "role": client.role,
         "first_party": client.first_party,
         "resource_server": client.resource_server,
+        "post_logout_redirect_uris": list(client.post_logout_redirect_uris or []),
+        "backchannel_logout_uri": client.backchannel_logout_uri,
+        "backchannel_logout_session_required": client.backchannel_logout_session_required,
         "token_endpoint_auth_method": "client_secret_basic" if client.is_confidential else "none",
         "secret_rotated_at": client.secret_rotated_at,
         "created_at": client.created_at,

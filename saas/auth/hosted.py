@@ -289,6 +289,7 @@ def _continue():
         tenant=tenant,
         auth_time=datetime.fromtimestamp(login["auth_time"], UTC),
         amr=amr,
+        browser_session_id=row.id,
     )
     row.last_seen_at = utcnow()
     if login.get("fresh"):
@@ -510,8 +511,9 @@ def consent():
 @bp.post("/oauth/logout")
 def logout():
     """End the browser's sign-in on the hosted pages: its server-side row ends, so the cookie
-    signs nobody in any more (tokens already issued are not affected). Audited as
-    ``auth.logout`` in the user's tenants."""
+    signs nobody in any more, and so do the refresh families issued from it, each of their
+    clients with a back-channel logout URI being notified (:func:`browser_sessions.end`).
+    Audited as ``auth.logout`` in the user's tenants."""
     _check_csrf()
     user_id = _end_sign_in("logout")
     if user_id is not None:

@@ -87,6 +87,19 @@ class ClientSchema(ma.Schema):
     resource_server = ma.fields.Boolean(
         metadata={"description": "may introspect the tenant's tokens (RFC 7662); confidential only"}
     )
+    post_logout_redirect_uris = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(max=2048)),
+        validate=ma.validate.Length(max=20),
+        metadata={"description": "OIDC RP-Initiated Logout 1.0 section 3.1; matched exactly"},
+    )
+    backchannel_logout_uri = ma.fields.String(
+        allow_none=True,
+        validate=ma.validate.Length(max=2048),
+        metadata={"description": "OIDC Back-Channel Logout 1.0 section 2.2; https; empty removes it"},
+    )
+    backchannel_logout_session_required = ma.fields.Boolean(
+        metadata={"description": "logout tokens carry sid (they always do here)"}
+    )
     token_endpoint_auth_method = ma.fields.String(dump_only=True)
     secret_rotated_at = ma.fields.DateTime(dump_only=True)
     created_at = ma.fields.DateTime(dump_only=True)
@@ -103,6 +116,11 @@ class ClientPatchSchema(ma.Schema):
     role = ma.fields.String()
     first_party = ma.fields.Boolean()
     resource_server = ma.fields.Boolean()
+    post_logout_redirect_uris = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(max=2048)), validate=ma.validate.Length(max=20)
+    )
+    backchannel_logout_uri = ma.fields.String(validate=ma.validate.Length(max=2048))
+    backchannel_logout_session_required = ma.fields.Boolean()
 
 
 class ClientWithSecretSchema(ClientSchema):

@@ -181,13 +181,17 @@ def issue_tokens(
     parent: RefreshToken | None = None,
     nonce: str | None = None,
     family_id: uuid.UUID | None = None,
+    browser_session_id: uuid.UUID | None = None,
 ) -> TokenResponse:
     """Mint an access token and a refresh token (a new family unless ``family`` is given), plus an
     OIDC ID token when ``scope`` holds ``openid`` (``nonce`` echoed, ``at_hash`` set).
 
     ``family_id`` names the new family when the caller recorded it beforehand (the authorization
     code grant stores it on the code, in the same commit that marks the code used).
-    The access token's ``sid`` claim is the family id: the session it belongs to."""
+    The access token's ``sid`` claim is the family id: the session it belongs to.
+    ``browser_session_id`` (a code from the hosted pages; a rotation inherits the family's) is
+    stored on the refresh token and is the ID token's ``sid`` (OpenID Connect Back-Channel
+    Logout 1.0 section 2.1: the OP session the logout token names); without it the family id."""
     check_email_policy(tenant, user)
     settings = _settings()
     now = utcnow()
@@ -195,6 +199,8 @@ def issue_tokens(
     amr = amr or ["pwd"]
     tokens = services().tokens
     family_id = family.family_id if family else (family_id or uuid.uuid4())
+    if family is not None:
+        browser_session_id = family.browser_session_id
     access = tokens.issue(
         subject=str(user.id),
         tenant_id=str(tenant.id),
@@ -228,11 +234,12 @@ def issue_tokens(
             family_expires_at=family_expires,
             ip=request.remote_addr if has_request_context() else None,
             user_agent=(request.user_agent.string[:512] or None) if has_request_context() else None,
+            browser_session_id=browser_session_id,
         )
     )
     id_token = None
     if "openid" in scope.split():
-        extra: dict[str, Any] = {"sid": str(family_id), "tid": str(tenant.id)}
+        extra: dict[str, Any] = {"sid": str(browser_session_id or family_id), "tid": str(tenant.id)}
         if "email" in scope.split():  # OIDC Core section 5.4: the email scope's claims
             extra["email"] = user.email
             extra["email_verified"] = user.email_verified

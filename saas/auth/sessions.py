@@ -9,11 +9,12 @@ access token issued in it. This module is the one place that
   (:func:`saas.auth.revocation.revoke_sessions`, written to Redis when the transaction commits);
 * decides whether a session belongs to a caller (:func:`owned_family`: ``POST
   /api/v1/auth/logout`` and ``DELETE /api/v1/me/sessions/{id}`` both ask it);
-* lists a member's live sessions (:func:`list_sessions`, ``GET /api/v1/me/sessions``);
-* ends everything a person is signed in with (:func:`end_all_for_user`: a password reset or
-  change, an email change, an account deletion, an admin's "end all sessions").
+* lists a member's live sessions (:func:`list_sessions`, ``GET /api/v1/me/sessions``).
 
-Browser sign-ins on the hosted pages are another kind of session: :mod:`saas.auth.browser_sessions`.
+Browser sign-ins on the hosted pages are another kind of session: :mod:`saas.auth.browser_sessions`,
+which sits above this module (ending a sign-in ends the families issued from it) and so holds
+:func:`saas.auth.browser_sessions.end_all_for_user`, everything a person is signed in with (a
+password reset or change, an email change, an account deletion, an admin's "end all sessions").
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from saas.auth import browser_sessions, revocation
+from saas.auth import backchannel, revocation
 from saas.auth.models import RefreshToken
 from saas.db import utcnow
 
@@ -33,50 +34,38 @@ from saas.db import utcnow
 def revoke_tokens(session: Session, *where: Any, reason: str) -> int:
     """Revoke every live refresh token matching ``where`` and end their sessions' access tokens
     (:func:`saas.auth.revocation.revoke_sessions`, written to Redis at commit); returns how many
-    refresh tokens. Every revocation of refresh tokens goes through here."""
+    refresh tokens. Every revocation of refresh tokens goes through here, so every ended family
+    also notifies its client when it registered a back-channel logout URI
+    (:func:`saas.auth.backchannel.notify`, enqueued in the same transaction; the ``sid`` is the
+    family's browser session when it came from the hosted pages, else the family)."""
     rows = session.execute(
         update(RefreshToken)
         .where(*where, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=utcnow(), revoked_reason=reason)
-        .returning(RefreshToken.tenant_id, RefreshToken.family_id, RefreshToken.created_at)
+        .returning(
+            RefreshToken.tenant_id,
+            RefreshToken.family_id,
+            RefreshToken.created_at,
+            RefreshToken.user_id,
+            RefreshToken.client_id,
+            RefreshToken.browser_session_id,
+        )
     ).all()
     newest: dict[tuple[uuid.UUID, uuid.UUID], datetime] = {}
-    for tenant_id, family_id, created_at in rows:
+    ended: list[backchannel.EndedSession] = []
+    for tenant_id, family_id, created_at, user_id, client_id, browser_session_id in rows:
         key = (tenant_id, family_id)
         if key not in newest or created_at > newest[key]:
             newest[key] = created_at
+        ended.append(backchannel.EndedSession(client_id, user_id, tenant_id, browser_session_id or family_id))
     revocation.revoke_sessions(session, ((t, f, at) for (t, f), at in newest.items()))
+    backchannel.notify(session, ended)
     return len(rows)
 
 
 def revoke_family(session: Session, family_id: uuid.UUID, reason: str) -> int:
     """Revoke every live token of a family (one session); returns how many."""
     return revoke_tokens(session, RefreshToken.family_id == family_id, reason=reason)
-
-
-def end_all_for_user(
-    session: Session, user_id: uuid.UUID, reason: str, *, keep_family: uuid.UUID | None = None
-) -> int:
-    """End every session of ``user_id`` in every tenant: each refresh-token family with its
-    access tokens (:func:`revoke_tokens`) and each browser sign-in of the hosted pages
-    (:func:`saas.auth.browser_sessions.end_for_user`), with ``revoked_reason``/``ended_reason``
-    ``reason``. ``keep_family`` (the caller's own session, a ``sid``) survives, and so does the
-    browser sign-in that family was issued from, if any: "every other session ends".
-
-    Returns how many refresh tokens were revoked. The one function every "sign this person out
-    everywhere" goes through (password reset and change, email change, account deletion)."""
-    where: list[Any] = [RefreshToken.user_id == user_id]
-    keep_browser: uuid.UUID | None = None
-    if keep_family is not None:
-        where.append(RefreshToken.family_id != keep_family)
-        keep_browser = session.scalar(
-            select(RefreshToken.browser_session_id)
-            .where(RefreshToken.family_id == keep_family, RefreshToken.user_id == user_id)
-            .where(RefreshToken.browser_session_id.is_not(None))
-            .limit(1)
-        )
-    browser_sessions.end_for_user(session, user_id, reason, keep=keep_browser)
-    return revoke_tokens(session, *where, reason=reason)
 
 
 def owned_family(

@@ -152,6 +152,28 @@ class TokenService:
             claims.update(extra)
         return jwt.encode({"alg": key.alg, "kid": key.kid, "typ": "JWT"}, claims, key.key)
 
+    def verify_id_token_hint(self, token: str) -> dict[str, Any] | None:
+        """The claims of an ID token this server issued, for an ``id_token_hint`` (OpenID Connect
+        RP-Initiated Logout 1.0 section 2): signature by a published key, ``alg`` allowed,
+        ``typ`` ``JWT`` (an access token or a logout token is refused), ``iss`` ours, ``sub`` and
+        ``aud`` present. ``exp`` is not checked: section 4 asks the OP to accept a hint that has
+        expired. None for anything else (never raises)."""
+        header = _header(token)
+        if not header or header.get("alg") not in ALLOWED_ALGS or header.get("typ") != "JWT":
+            return None
+        signing_key = self.keys.find(str(header.get("kid", "")))
+        if signing_key is None or signing_key.alg != header["alg"]:
+            return None
+        try:
+            claims = dict(jwt.decode(token, signing_key.key, algorithms=[header["alg"]]).claims)
+        except (JoseError, ValueError):
+            return None
+        if claims.get("iss") != self.issuer or not isinstance(claims.get("sub"), str):
+            return None
+        if not claims.get("aud"):
+            return None
+        return claims
+
     def verify(self, token: str) -> dict[str, Any]:
         """Verify signature, header and registered claims; return the claims.
 

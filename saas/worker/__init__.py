@@ -42,7 +42,7 @@ from saas.settings import Settings
 log = logging.getLogger("saas.worker")
 
 #: modules imported by ``saas worker`` so their handlers register (others append their own)
-HANDLER_MODULES: list[str] = ["saas.worker.mail", "saas.worker.billing_bridge"]
+HANDLER_MODULES: list[str] = ["saas.worker.mail", "saas.worker.billing_bridge", "saas.worker.backchannel"]
 
 
 #: touched by ``run_forever`` on every loop (liveness: infra/k8s/worker.yaml)
@@ -94,6 +94,10 @@ class WorkerContext:
     settings: Settings
     session: Session
     services: dict[str, Any] = field(default_factory=dict)
+    #: writes that must outlive the handler's failure (a record of the failed attempt): called
+    #: with the session after the handler's writes were rolled back, and committed with the
+    #: retry or dead-letter mark. A failing callback is logged, never raised.
+    on_failure: list[Callable[[Session], None]] = field(default_factory=list)
 
 
 Handler = Callable[[Job, WorkerContext], None]
@@ -180,12 +184,13 @@ class Worker:
             fn = _handlers.get(row.topic)
             start = time.perf_counter()
             outcome = "sent"
+            context = WorkerContext(self.settings, session, self.services)
             try:
                 if fn is None:
                     raise PermanentError(f"no handler for topic {row.topic!r}")
                 savepoint = session.begin_nested()
                 try:
-                    fn(job, WorkerContext(self.settings, session, self.services))
+                    fn(job, context)
                     savepoint.commit()
                 except BaseException:
                     savepoint.rollback()
@@ -202,6 +207,12 @@ class Worker:
                 else:
                     row.available_at = utcnow() + timedelta(seconds=backoff_seconds(job.attempts))
                     outcome = "retry"
+                for keep in context.on_failure:
+                    try:
+                        with session.begin_nested():
+                            keep(session)
+                    except Exception:
+                        log.exception("a failure record of job %s could not be written", job.id)
                 log.warning(
                     "job %s",
                     outcome,

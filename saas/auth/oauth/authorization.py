@@ -213,8 +213,11 @@ def issue_code(
     tenant: Tenant,
     auth_time: datetime,
     amr: list[str],
+    browser_session_id: uuid.UUID | None = None,
 ) -> str:
-    """Store a new authorization code and return it (to be sent once, in the redirect)."""
+    """Store a new authorization code and return it (to be sent once, in the redirect).
+    ``browser_session_id``: the hosted sign-in it comes from (the ``sid`` of its ID tokens, and
+    what ends its tokens and notifies the client when that sign-in ends)."""
     code = random_token()
     now = utcnow()
     session.add(
@@ -231,6 +234,7 @@ def issue_code(
             code_challenge_method="S256",
             auth_time=auth_time,
             amr=amr,
+            browser_session_id=browser_session_id,
             created_at=now,
             expires_at=now + timedelta(seconds=_settings().authorization_code_ttl_seconds),
         )

@@ -169,6 +169,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):
             auth_time=code.auth_time,
             nonce=code.nonce,
             family_id=code.family_id,
+            browser_session_id=code.browser_session_id,
         )
         return 200, _token_body(tokens), NO_STORE
 

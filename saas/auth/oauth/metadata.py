@@ -23,6 +23,8 @@ def server_metadata() -> dict[str, Any]:
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "userinfo_endpoint": f"{issuer}/oauth/userinfo",
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        # OpenID Connect RP-Initiated Logout 1.0 section 2.1
+        "end_session_endpoint": f"{issuer}/oauth/end-session",
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": list(GRANT_TYPES),
@@ -56,4 +58,9 @@ def server_metadata() -> dict[str, Any]:
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        # OpenID Connect Back-Channel Logout 1.0 section 2.1 (every logout token carries sid);
+        # no front-channel logout (iframes): OpenID Connect Front-Channel Logout 1.0 section 3
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+        "frontchannel_logout_supported": False,
     }
