@@ -24,6 +24,7 @@ from saas.services import services
 from saas.worker import Worker, load_handlers
 from tests.auth_helpers import REDIRECT, pkce_pair
 from tests.conftest import TEST_PASSWORD
+from tests.helpers import verify_by_link
 from tests.test_logout import AFTER_LOGOUT, Receiver, verify_logout_token
 
 
@@ -63,7 +64,7 @@ def _csrf(html: str) -> str:
     return match.group(1)
 
 
-def _setup(base: str, receiver: Receiver) -> tuple[dict, dict]:
+def _setup(base: str, app, receiver: Receiver) -> tuple[dict, dict]:
     slug = f"lo-{uuid.uuid4().hex[:8]}"
     r = requests.post(
         f"{base}/api/v1/signup",
@@ -75,6 +76,7 @@ def _setup(base: str, receiver: Receiver) -> tuple[dict, dict]:
     )
     assert r.status_code == 201, r.text
     owner = r.json()
+    verify_by_link(base, app, owner["user"]["email"])  # registering clients needs a verified email
     r = requests.post(
         f"{base}/api/v1/clients",
         json={
@@ -140,7 +142,7 @@ def _deliver(app, settings) -> None:
 
 def test_hosted_login_then_end_session_sends_a_verified_logout_token(live, receiver):
     base, app, settings = live
-    owner, rp = _setup(base, receiver)
+    owner, rp = _setup(base, app, receiver)
     browser = requests.Session()
     tokens = _browser_sign_in(base, browser, rp, owner["user"]["email"])
     jwks_client = pyjwt.PyJWKClient(f"{base}/.well-known/jwks.json")
@@ -186,7 +188,7 @@ def test_hosted_login_then_end_session_sends_a_verified_logout_token(live, recei
 
 def test_end_session_without_hint_confirms_through_the_form(live, receiver):
     base, app, settings = live
-    owner, rp = _setup(base, receiver)
+    owner, rp = _setup(base, app, receiver)
     browser = requests.Session()
     _browser_sign_in(base, browser, rp, owner["user"]["email"])
     page = browser.get(
