@@ -125,3 +125,19 @@ def list_sessions(
         )
     out.sort(key=lambda s: s["last_used_at"], reverse=True)
     return out
+
+
+def end_all_for_user(
+    session: Session, user_id: uuid.UUID, reason: str, *, keep_family: uuid.UUID | None = None
+) -> int:
+    """End every session of ``user_id`` in every tenant: its refresh-token families with their
+    access tokens (:func:`revoke_tokens`) and its browser sign-ins on the hosted pages
+    (:func:`saas.auth.browser_sessions.end_for_user`). ``keep_family``: a family that stays (the
+    caller's own, after a password change). Returns how many refresh tokens were revoked."""
+    from saas.auth import browser_sessions
+
+    browser_sessions.end_for_user(session, user_id, reason)
+    where = [RefreshToken.user_id == user_id]
+    if keep_family is not None:
+        where.append(RefreshToken.family_id != keep_family)
+    return revoke_tokens(session, *where, reason=reason)
