@@ -355,3 +355,29 @@ def test_admin_ends_a_members_sessions_with_step_up_and_the_member_is_mailed(
     _deliver(app, settings, inbox)
     [mail] = _notices(inbox, "mel@acme.test")
     assert "An administrator ended all your sessions." in _body(mail)
+
+
+def test_export_is_throttled_per_account_like_the_mailing_endpoints(
+    settings, engine, redis_client, connection
+):
+    """``GET /api/v1/me/export`` has the ``mail`` throttles (``mail-ip``, and ``mail-account``
+    keyed by the bearer's subject), not the password sign-in ones: it counts toward no lockout."""
+    from saas import create_app
+    from saas.db import Database
+    from tests.conftest import Api
+
+    app = create_app(
+        settings.with_overrides(ratelimit_enabled=True, ratelimit_policies=("mail-account=2/1h",)),
+        database=Database(engine),
+        redis=redis_client,
+    )
+    app.testing = True
+    services(app).database.bind = connection
+    client = app.test_client()
+    api = Api(client)
+    h = api.auth(api.signup("exporter"))
+    answers = [client.get("/api/v1/me/export", headers=h) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert answers[-1].get_json()["policy"] == "mail-account"
+    assert "login" not in answers[0].headers["RateLimit-Policy"]
+    assert api.login("owner@exporter.test").status_code == 200  # no sign-in lockout

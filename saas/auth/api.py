@@ -346,7 +346,7 @@ class MemberSessions(MethodView):
             target_id=uid,
             data={"revoked": count, "browser_sessions": browsers},
         )
-        if uid != principal.user_id:  # the member hears of it, from the tenant's mail
+        if uid != principal.user_id and member.status == "active":  # the member hears of it
             mail = {"to": member.user.email, "event": "sessions_ended"}
             outbox.enqueue(sess, "mail.security", mail, principal.tenant_id)
         return {"revoked": count}
