@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from saas import worker
 from saas.audit import AuditEvent
-from saas.auth.models import KnownDevice, MfaFactor, RecoveryCode, RefreshToken
+from saas.auth.models import KnownDevice, MfaFactor, RecoveryCode, RefreshToken, WebAuthnCredential
 from saas.db import translate_map
 from saas.identity.models import Membership, Tenant, User
 from saas.outbox import OutboxMessage
@@ -133,6 +133,35 @@ def test_export_has_my_data_in_every_tenant_and_never_anyone_elses(api, client, 
     assert len(_events(db_session, globex["tenant"]["id"], "user.exported")) == 1
 
 
+def test_export_shows_passkeys_mfa_and_consents_without_their_secrets(api, client, db_session):
+    from saas.auth.models import Consent
+
+    acme = api.signup("acme")
+    uid = uuid.UUID(acme["user"]["id"])
+    db_session.add(MfaFactor(user_id=uid, status="active", secret_encrypted="SEALED-TOTP-SECRET"))
+    db_session.add(RecoveryCode(user_id=uid, code_hash="c0de" * 16))
+    db_session.add(
+        WebAuthnCredential(
+            user_id=uid, credential_id=b"\x01\x02cred", public_key=b"COSE-PUBLIC-KEY", sign_count=41,
+            aaguid="adce0002-35bc-c60a-648b-0b25f1f05503", name="Laptop key",
+        )
+    )  # fmt: skip
+    db_session.add(
+        Consent(user_id=uid, tenant_id=uuid.UUID(acme["tenant"]["id"]), client_id="crm", scope="openid")
+    )
+    db_session.commit()
+    r = client.get("/api/v1/me/export", headers=api.auth(acme))
+    assert r.status_code == 200, r.get_json()
+    doc, text = r.get_json(), r.get_data(as_text=True)
+    [key] = doc["passkeys"]
+    assert key["name"] == "Laptop key" and key["aaguid"] == "adce0002-35bc-c60a-648b-0b25f1f05503"
+    assert key["credential_id"] == "AQJjcmVk" and "public_key" not in key and "sign_count" not in key
+    assert doc["mfa"]["totp"]["enabled"] is True and doc["mfa"]["recovery_codes_remaining"] == 1
+    assert [(c["client_id"], c["scope"]) for c in doc["consents"]] == [("crm", "openid")]
+    for secret in ("SEALED-TOTP-SECRET", "c0dec0de", "COSE-PUBLIC-KEY", "Q09TRS1QVUJMSUMtS0VZ"):
+        assert secret not in text
+
+
 def test_export_refuses_service_accounts_and_anonymous(api, client):
     assert_problem(client.get("/api/v1/me/export"), 401)
 
@@ -171,6 +200,8 @@ def test_delete_erases_the_identity_and_pseudonymises_the_audit(
     member = _invite_and_join(api, client, app, acme, "Mel@acme.test")
     uid = uuid.UUID(member["user"]["id"])
     h = api.auth(member["token"])
+    db_session.add(WebAuthnCredential(user_id=uid, credential_id=b"mel", public_key=b"k", name="Mel's key"))
+    db_session.commit()
     r = client.delete("/api/v1/me", json={"password": TEST_PASSWORD}, headers=h)
     assert r.status_code == 204, r.get_json()
     db_session.expire_all()
@@ -178,6 +209,7 @@ def test_delete_erases_the_identity_and_pseudonymises_the_audit(
     assert db_session.scalar(select(func.count()).where(Membership.user_id == uid)) == 0
     assert db_session.scalar(select(func.count()).where(RefreshToken.user_id == uid)) == 0
     assert db_session.scalar(select(func.count()).where(KnownDevice.user_id == uid)) == 0
+    assert db_session.scalar(select(func.count()).where(WebAuthnCredential.user_id == uid)) == 0
     # the access token stops at once (the revocation marker and the membership are gone)
     assert_problem(client.get("/api/v1/me", headers=h), 401)
     # the audit keeps the actor's id, never its email, IP or user agent
