@@ -18,7 +18,7 @@ from flask import g
 from flask.views import MethodView
 from sqlalchemy import select
 
-from saas import audit, db
+from saas import audit, db, outbox
 from saas.actions import ActionContext
 from saas.api import Blueprint
 from saas.audit import AuditAction
@@ -317,11 +317,12 @@ class MySession(MethodView):
 @blp.route("/members/<user_id>/sessions")
 class MemberSessions(MethodView):
     @require("members:manage")
+    @require_step_up()
     @blp.response(200, RevokedSchema)
     def delete(self, user_id):
-        """Revoke every session of a member of this tenant (admins): refresh tokens with their
-        access tokens, and the member's browser sign-ins on the hosted pages. Returns how many
-        refresh tokens."""
+        """Revoke every session of a member of this tenant (admins, with step-up, RFC 9470):
+        refresh tokens with their access tokens, and the member's browser sign-ins on the hosted
+        pages. The member is mailed (``sessions_ended``). Returns how many refresh tokens."""
         principal = current_principal()
         try:
             uid = uuid.UUID(user_id)
@@ -346,4 +347,7 @@ class MemberSessions(MethodView):
             target_id=uid,
             data={"revoked": count, "browser_sessions": browsers},
         )
+        if uid != principal.user_id and member.status == "active":  # the member hears of it
+            mail = {"to": member.user.email, "event": "sessions_ended"}
+            outbox.enqueue(sess, "mail.security", mail, principal.tenant_id)
         return {"revoked": count}

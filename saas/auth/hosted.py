@@ -38,7 +38,7 @@ from sqlalchemy import select
 
 from saas import audit, db
 from saas.audit import AuditAction
-from saas.auth import browser_sessions, mfa, service
+from saas.auth import browser_sessions, devices, mfa, service
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
@@ -167,6 +167,7 @@ def _sign_in(user_id: uuid.UUID, auth_time: int, amr: list[str]) -> None:
     _end_sign_in("replaced")
     row = browser_sessions.start(db.session(), user_id, datetime.fromtimestamp(auth_time, UTC), amr)
     session["login"] = {"bsid": str(row.id), "uid": str(user_id), "fresh": True}
+    devices.note_sign_in(db.session(), user_id, browser=True)  # the new-device notice
 
 
 def _end_sign_in(reason: str) -> uuid.UUID | None:

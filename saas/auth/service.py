@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from saas import audit
 from saas.audit import AuditAction
-from saas.auth import mfa
+from saas.auth import devices, mfa
 from saas.auth.accounts import audit_account_event
 from saas.auth.errors import InvalidClient, InvalidGrant, MfaEnrollmentRequired, MfaRequired
 from saas.auth.models import RefreshToken
@@ -360,6 +360,7 @@ def complete_login(
     response = issue_tokens(
         session, user=user, membership=membership, tenant=tenant, amr=amr, auth_time=auth_time
     )
+    devices.note_sign_in(session, user.id)  # the new-device notice (saas.auth.devices)
     audit.record(
         session,
         AuditAction.AUTH_LOGIN,

@@ -14,7 +14,7 @@ from saas.auth import emails
 from saas.auth import service as auth_service
 from saas.auth.context import authenticated, current_principal, require, require_verified_email
 from saas.auth.schemas import TokenResponseSchema
-from saas.auth.stepup import step_up_for
+from saas.auth.stepup import check_step_up, require_step_up, step_up_for
 from saas.errors import ErrorCode, Forbidden, ValidationError
 from saas.identity.models import User
 from saas.identity.passwords import password_problems
@@ -22,6 +22,7 @@ from saas.identity.slugs import normalize_slug, slug_problems
 from saas.rbac import ROLES
 from saas.services import services
 from saas.tenancy import members as members_service
+from saas.tenancy import self_service
 from saas.tenancy import tenants as tenants_service
 from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup, validate_tenant
 
@@ -259,6 +260,33 @@ class Signup(MethodView):
         return {"tenant": done.tenant.to_public(), "user": done.owner.to_public()}
 
 
+class DeleteAccountSchema(ma.Schema):
+    password = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1024), load_only=True)
+
+
+class ExportSchema(ma.Schema):
+    """The personal-data export (``saas.tenancy.self_service.export_personal_data``)."""
+
+    format = ma.fields.String(metadata={"description": "saas.personal-data.v1"})
+    exported_at = ma.fields.DateTime()
+    user = ma.fields.Dict()
+    memberships = ma.fields.List(ma.fields.Dict())
+    sessions = ma.fields.Dict(metadata={"description": "api: refresh-token families; browser: sign-ins"})
+    passkeys = ma.fields.List(ma.fields.Dict())
+    mfa = ma.fields.Dict()
+    consents = ma.fields.List(ma.fields.Dict())
+    known_devices = ma.fields.List(ma.fields.Dict())
+    audit_events = ma.fields.List(ma.fields.Dict())
+
+
+def _person():
+    """The user id of the request's token; a service account's token is refused (403)."""
+    principal = current_principal()
+    if principal.user_id is None:
+        raise Forbidden("This is a person's own account action, not a service account's.")
+    return principal.user_id
+
+
 @blp.route("/me")
 class Me(MethodView):
     @authenticated
@@ -273,6 +301,38 @@ class Me(MethodView):
             "role": p.role,
             "permissions": sorted(p.permissions),
         }
+
+    @authenticated
+    @blp.arguments(DeleteAccountSchema)
+    @blp.response(204)
+    @blp.alt_response(401, description="invalid_credentials (wrong password), or no fresh step-up")
+    @blp.alt_response(409, description="last_owner: the account is the last owner of a tenant")
+    def delete(self, body):
+        """Delete my account and its personal data in every tenant (GDPR article 17). Needs the
+        password and a fresh step-up (a login within ``STEP_UP_MAX_AGE``, with the second factor
+        when MFA is on; RFC 9470). Refused while the account is the last owner of a tenant.
+        Every session ends, the address is mailed a notice and is free again; audit events
+        keep only the account's id (docs/auth.md, "Self-service accounts")."""
+        user_id = _person()
+        check_step_up()
+        ctx = ActionContext.from_request()
+        self_service.delete_account(ctx, services().passwords, user_id, body["password"])
+
+
+@blp.route("/me/export")
+class MyExport(MethodView):
+    @authenticated
+    @blp.response(200, ExportSchema, description="JSON, sent as an attachment")
+    def get(self):
+        """My personal data in every tenant, as one JSON document sent as an attachment
+        (GDPR articles 15 and 20): profile, memberships, sessions, passkeys (public parts),
+        MFA state (no secret), consents, known devices and the audit events I made. Audited
+        ``user.exported``; throttled like the mailing endpoints (``mail-ip``, ``mail-account``)."""
+        user_id = _person()
+        document = self_service.export_personal_data(ActionContext.from_request(), user_id)
+        response = flask.jsonify(document)
+        response.headers["Content-Disposition"] = 'attachment; filename="personal-data.json"'
+        return response
 
 
 @blp.route("/tenant")
@@ -347,6 +407,21 @@ class Member(MethodView):
         """Remove a member (``members:manage``, with step-up), or leave the tenant yourself."""
         step_up_for("member.remove", user_id=user_id)
         members_service.remove_member(ActionContext.from_request(), user_id)
+
+
+@blp.route("/members/<uuid:user_id>/mfa")
+class MemberMfa(MethodView):
+    @require("members:manage")
+    @require_step_up()
+    @blp.response(204)
+    @blp.alt_response(404, description="No such member in this tenant")
+    @blp.alt_response(409, description="member_of_other_tenants: the account is another tenant's too")
+    def delete(self, user_id):
+        """Reset a member's second factor (a lost device): TOTP and recovery codes go, every
+        session of the member ends, and the member is mailed. Passkeys stay. Needs step-up;
+        nobody resets a member above their role, and a member who belongs to other tenants too
+        is refused (their factor protects those tenants as well)."""
+        self_service.reset_member_mfa(ActionContext.from_request(), user_id)
 
 
 @blp.route("/invitations/<uuid:invitation_id>")
