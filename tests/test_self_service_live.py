@@ -13,7 +13,7 @@ from saas import worker
 from saas.services import services
 from saas.worker import Worker, load_handlers
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, mailed_invitation_token
+from tests.helpers import drop_tenant, mailed_invitation_token, verify_by_link
 from tests.peers import smtp_inbox
 from tests.test_auth_e2e import live  # noqa: F401 - the fixture
 
@@ -52,6 +52,7 @@ def test_export_new_device_and_deletion_through_a_live_server(live, settings, en
         assert r.status_code == 201, r.text
         owner = r.json()
         tenants.append(owner["tenant"]["id"])
+        verify_by_link(base, app, owner_email)  # inviting needs a verified email
         r = requests.post(
             f"{base}/api/v1/members",
             json={"email": email, "role": "member"},
