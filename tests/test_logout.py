@@ -625,3 +625,17 @@ def test_a_new_sign_in_in_the_same_browser_notifies_nobody(client, db_session, t
     )
     assert r.status_code == 302
     assert _notified(db_session, two_browsers) == set()
+
+
+def test_a_password_change_or_reset_notifies_every_client(app, db_session, two_browsers):
+    """``accounts.set_password`` is what the password change and reset flows call."""
+    from saas.auth import accounts
+    from saas.identity.models import User
+
+    user = db_session.get(User, uuid.UUID(two_browsers.owner["user"]["id"]))
+    with app.app_context():
+        changed = accounts.set_password(
+            db_session, user, "a brand new passphrase 42", reason="password_reset"
+        )
+    assert changed > 0
+    assert _notified(db_session, two_browsers) == {"a", "b", "c"}

@@ -206,3 +206,105 @@ def test_end_session_without_hint_confirms_through_the_form(live, receiver):
     assert r.status_code == 302 and r.headers["Location"] == f"{AFTER_LOGOUT}?state=s2"
     _deliver(app, settings)
     assert len(receiver.tokens("/backchannel")) == 1
+
+
+def test_chromium_signs_in_then_confirms_the_sign_out(live, receiver):
+    """Debian's Chromium through Playwright: the hosted login, then the end-session confirmation
+    page without a hint, its form answered by a click; the browser lands on the registered
+    post-logout URI with the state, and the client gets its logout token."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.peers import chromium_available, launch_chromium
+
+    if not chromium_available():
+        pytest.skip("chromium is not installed")
+    base, app, settings = live
+    slug = f"lo-{uuid.uuid4().hex[:8]}"
+    owner = requests.post(
+        f"{base}/api/v1/signup",
+        json={
+            "tenant": {"name": "Logout", "slug": slug},
+            "owner": {"email": f"owner@{slug}.test", "password": TEST_PASSWORD},
+        },
+        timeout=10,
+    ).json()
+    rp = requests.post(
+        f"{base}/api/v1/clients",
+        json={
+            "name": "RP",
+            "client_type": "public",
+            "first_party": True,
+            "redirect_uris": [f"{base}/callback"],
+            "post_logout_redirect_uris": [f"{base}/signed-out"],
+            "backchannel_logout_uri": f"{receiver.url}/backchannel",
+        },
+        headers={"Authorization": f"Bearer {owner['token']['access_token']}"},
+        timeout=10,
+    ).json()
+    verifier, challenge = pkce_pair()
+    authorize = (
+        requests.Request(
+            "GET",
+            f"{base}/oauth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": rp["client_id"],
+                "redirect_uri": f"{base}/callback",
+                "scope": "openid",
+                "state": "st",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            },
+        )
+        .prepare()
+        .url
+    )
+    end_session = (
+        requests.Request(
+            "GET",
+            f"{base}/oauth/end-session",
+            params={
+                "client_id": rp["client_id"],
+                "post_logout_redirect_uri": f"{base}/signed-out",
+                "state": "s3",
+            },
+        )
+        .prepare()
+        .url
+    )
+    landed: dict[str, str] = {}
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(authorize)
+            page.fill("#email", f"owner@{slug}.test")
+            page.fill("#password", TEST_PASSWORD)
+            page.click("#submit")
+            page.wait_for_url(re.compile(r".*/callback\?.*"))  # not served here: only the URL matters
+            # the client redeems its code (a client that received no tokens is told nothing)
+            redeemed = requests.post(
+                f"{base}/oauth/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": parse_qs(urlsplit(page.url).query)["code"][0],
+                    "code_verifier": verifier,
+                    "client_id": rp["client_id"],
+                    "redirect_uri": f"{base}/callback",
+                },
+                timeout=10,
+            )
+            assert redeemed.status_code == 200, redeemed.text
+            page.goto(end_session)
+            assert rp["name"] in page.text_content("#question")
+            page.click("#logout")
+            page.wait_for_url(re.compile(r".*/signed-out\?.*"))
+            landed["url"] = page.url
+        finally:
+            browser.close()
+    assert parse_qs(urlsplit(landed["url"]).query) == {"state": ["s3"]}
+    _deliver(app, settings)
+    (logout_token,) = receiver.tokens("/backchannel")
+    jwks = requests.get(f"{base}/.well-known/jwks.json", timeout=10).json()
+    claims = verify_logout_token(logout_token, jwks, rp["client_id"], base)
+    assert claims["sub"] == owner["user"]["id"]

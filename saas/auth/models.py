@@ -159,6 +159,14 @@ class AuthorizationCode(SharedBase):
     """
 
     __tablename__ = "authorization_codes"
+    __table_args__ = (
+        # ending a browser sign-in finds the clients that redeemed a code from it
+        Index(
+            "ix_authorization_codes_browser_session_id",
+            "browser_session_id",
+            postgresql_where=text("browser_session_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)

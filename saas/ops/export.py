@@ -462,6 +462,9 @@ def _schemas() -> dict[str, ma.Schema]:
                     "scope",
                     "role",
                     "first_party",
+                    "post_logout_redirect_uris",
+                    "backchannel_logout_uri",
+                    "backchannel_logout_session_required",
                 ),
                 "client_id": ma.fields.String(
                     required=True,
@@ -983,7 +986,18 @@ class _Importer:
         from saas.auth import clients as clients_service
         from saas.auth.models import OAuthClient
 
-        api_keys = ("name", "client_type", "redirect_uris", "grant_types", "scope", "role", "first_party")
+        api_keys = (
+            "name",
+            "client_type",
+            "redirect_uris",
+            "grant_types",
+            "scope",
+            "role",
+            "first_party",
+            "post_logout_redirect_uris",
+            "backchannel_logout_uri",
+            "backchannel_logout_session_required",
+        )
         for record in records:
             values = record.values
             data = {k: values[k] for k in api_keys if k in values}

@@ -117,6 +117,13 @@ def upgrade() -> None:
         schema="saas",
         postgresql_where=sa.text("browser_session_id IS NOT NULL"),
     )
+    op.create_index(
+        "ix_authorization_codes_browser_session_id",
+        "authorization_codes",
+        ["browser_session_id"],
+        schema="saas",
+        postgresql_where=sa.text("browser_session_id IS NOT NULL"),
+    )
     op.create_table(
         "backchannel_logout_attempts",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -143,6 +150,9 @@ def downgrade() -> None:
     )
     op.drop_table("backchannel_logout_attempts", schema="saas")
     op.drop_index("ix_refresh_tokens_browser_session_id", table_name="refresh_tokens", schema="saas")
+    op.drop_index(
+        "ix_authorization_codes_browser_session_id", table_name="authorization_codes", schema="saas"
+    )
     op.drop_column("authorization_codes", "browser_session_id", schema="saas")
     op.drop_column("refresh_tokens", "browser_session_id", schema="saas")
     op.drop_column("oauth_clients", "backchannel_logout_session_required", schema="saas")
