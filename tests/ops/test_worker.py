@@ -46,11 +46,11 @@ def test_invitation_mail_arrives_and_token_is_blanked(api, client, app, settings
         services(app).database,
         settings.with_overrides(smtp_url=smtp_server.url, mail_from="ops@acme.test"),
     )
-    assert w.run_until_idle() == {"sent": 1}
-    assert len(smtp_server.messages) == 1
-    mail = smtp_server.messages[0]
-    assert mail["To"] == "linus@acme.test" and mail["From"] == "ops@acme.test"
-    assert smtp_server.envelopes[0].rcpt_tos == ["linus@acme.test"]
+    assert w.run_until_idle() == {"sent": 2}  # the invitation, and the owner's verification link
+    assert sorted(m["To"] for m in smtp_server.messages) == ["linus@acme.test", "owner@acme.test"]
+    (mail,) = [m for m in smtp_server.messages if m["To"] == "linus@acme.test"]
+    assert mail["From"] == "ops@acme.test"
+    assert ["linus@acme.test"] in [e.rcpt_tos for e in smtp_server.envelopes]
     assert token in mail.get_payload(decode=True).decode()
     row = db_session.scalars(select(OutboxMessage).where(OutboxMessage.topic == "mail.invitation")).one()
     assert mail["Message-ID"] == f"<outbox-{row.id}@localhost>"
