@@ -393,3 +393,30 @@ def test_the_login_page_links_to_forgot_password(api, client):
     )
     page = client.get("/oauth/login").get_data(as_text=True)
     assert 'href="/account/forgot"' in page and "Forgot password?" in page
+
+
+def test_change_keeps_the_browser_sign_in_of_this_session_only(api, client, db_session):
+    """The caller's refresh family came from a hosted sign-in: that sign-in stays, others end."""
+    from sqlalchemy import update
+
+    owner = api.signup("acme")
+    user_id = uuid.UUID(owner["user"]["id"])
+    this = api.login("owner@acme.test").get_json()
+    mine = browser_sessions.start(db_session, user_id, utcnow(), ["pwd"])
+    other = browser_sessions.start(db_session, user_id, utcnow(), ["pwd"])
+    sid = services(client.application).tokens.verify(this["access_token"])["sid"]
+    db_session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == uuid.UUID(sid))
+        .values(browser_session_id=mine.id)
+    )
+    db_session.commit()
+    r = client.put(
+        "/api/v1/me/password",
+        json={"current_password": TEST_PASSWORD, "new_password": NEW_PASSWORD},
+        headers=api.auth(this),
+    )
+    assert r.status_code == 204, r.get_json()
+    db_session.expire_all()
+    assert db_session.get(BrowserSession, mine.id).ended_at is None
+    assert db_session.get(BrowserSession, other.id).ended_reason == "password_changed"

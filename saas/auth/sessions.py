@@ -11,7 +11,7 @@ access token issued in it. This module is the one place that
   /api/v1/auth/logout`` and ``DELETE /api/v1/me/sessions/{id}`` both ask it);
 * lists a member's live sessions (:func:`list_sessions`, ``GET /api/v1/me/sessions``);
 * ends everything a person is signed in with (:func:`end_all_for_user`: a password reset or
-  change, an email change, an account deletion, an admin's "end all sessions").
+  change, an account deletion, an admin's "end all sessions").
 
 Browser sign-ins on the hosted pages are another kind of session: :mod:`saas.auth.browser_sessions`.
 """
@@ -64,7 +64,7 @@ def end_all_for_user(
     browser sign-in that family was issued from, if any: "every other session ends".
 
     Returns how many refresh tokens were revoked. The one function every "sign this person out
-    everywhere" goes through (password reset and change, email change, account deletion)."""
+    everywhere" goes through (password reset and change, account deletion)."""
     where: list[Any] = [RefreshToken.user_id == user_id]
     keep_browser: uuid.UUID | None = None
     if keep_family is not None:
