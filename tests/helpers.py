@@ -52,11 +52,9 @@ def verify_email(app: Flask, user_id: Any) -> None:
         session.close()
 
 
-def verify_by_link(base: str, source: Any, email: str) -> None:
-    """Verify ``email`` the way its owner would: the token of the newest verification link queued
-    for it (read from the committed outbox through ``source``, an app or an engine), posted to
-    ``POST /api/v1/auth/email/verify``."""
-    import requests
+def verification_token(source: Any, email: str) -> str:
+    """The token of the newest verification link queued for ``email`` (read from the committed
+    outbox through ``source``, an app or an engine)."""
     from sqlalchemy.orm import Session
 
     from saas.outbox import OutboxMessage
@@ -68,7 +66,7 @@ def verify_by_link(base: str, source: Any, email: str) -> None:
             .where(OutboxMessage.topic == "mail.account_link")
             .order_by(OutboxMessage.id.desc())
         )
-        token = next(
+        return next(
             r.payload["token"]
             for r in rows
             if r.payload.get("to", "").lower() == email.lower()
@@ -76,7 +74,16 @@ def verify_by_link(base: str, source: Any, email: str) -> None:
         )
     finally:
         session.close()
-    r = requests.post(f"{base}/api/v1/auth/email/verify", json={"token": token}, timeout=10)
+
+
+def verify_by_link(base: str, source: Any, email: str) -> None:
+    """Verify ``email`` the way its owner would: the token of its newest verification link
+    (:func:`verification_token`) posted to ``POST /api/v1/auth/email/verify`` at ``base``."""
+    import requests
+
+    r = requests.post(
+        f"{base}/api/v1/auth/email/verify", json={"token": verification_token(source, email)}, timeout=10
+    )
     assert r.status_code == 204, r.text
 
 

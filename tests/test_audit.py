@@ -26,7 +26,10 @@ def _events(client, h, **params):
 def test_every_change_is_audited(api, app, client, owner):
     h = {**api.auth(owner), "X-Request-ID": "req-audit-1", "User-Agent": "audit-test/1.0"}
     uid = owner["user"]["id"]
-    expected: list[tuple[str, str | None]] = [("tenant.created", owner["tenant"]["id"])]
+    expected: list[tuple[str, str | None]] = [
+        ("tenant.created", owner["tenant"]["id"]),
+        ("email.verification_sent", uid),  # the signup mailed the owner a verification link
+    ]
 
     c = client.post("/api/v1/contacts", json={"name": "Ada"}, headers=h).get_json()
     expected.append(("contact.created", c["id"]))
@@ -91,11 +94,12 @@ def test_filters_and_pagination(api, app, client, owner):
     assert len(_events(client, h, action="contact.created")) == 4
     assert len(_events(client, h, action="contact.created", actor=owner["user"]["id"])) == 3
     r = client.get("/api/v1/audit-events?page=1&page_size=2", headers=h)
-    assert len(r.get_json()) == 2 and json.loads(r.headers["X-Pagination"])["total"] == 5
+    # tenant.created, email.verification_sent and the four contacts
+    assert len(r.get_json()) == 2 and json.loads(r.headers["X-Pagination"])["total"] == 6
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     assert _events(client, h, since=future) == []
-    assert len(_events(client, h, since=past, until=future)) == 5
+    assert len(_events(client, h, since=past, until=future)) == 6
     assert _events(client, h, until=past) == []
     body = assert_problem(
         client.get("/api/v1/audit-events", query_string={"since": future, "until": past}, headers=h), 422

@@ -27,7 +27,7 @@ from saas.db import Database, schema_name_for, shared_metadata
 from saas.security import token_hash
 from saas.services import services
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, mailed_invitation_token
+from tests.helpers import drop_tenant, mailed_invitation_token, verification_token
 
 WRITES = {"INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP", "COMMENT", "GRANT"}
 IDLE, INTRANS = TransactionStatus.IDLE, TransactionStatus.INTRANS
@@ -115,6 +115,10 @@ def _signup(app, client, recorder) -> dict:
     app.config["lazy_tenants"].append(body["tenant"]["id"])
     assert_lazy_writes(recorder.take())
     body["email"] = f"owner@{slug}.test"
+    # inviting needs a verified owner: the mailed link's token
+    r = client.post("/api/v1/auth/email/verify", json={"token": verification_token(app, body["email"])})
+    assert r.status_code == 204, r.get_json()
+    recorder.take()
     return body
 
 

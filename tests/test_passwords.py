@@ -85,7 +85,7 @@ def test_forgot_takes_about_the_same_time_either_way(api, client):
 
     def median(email: str) -> float:
         times = []
-        for _ in range(7):
+        for _ in range(9):
             start = time.perf_counter()
             assert client.post("/api/v1/auth/password/forgot", json={"email": email}).status_code == 202
             times.append(time.perf_counter() - start)
@@ -93,7 +93,9 @@ def test_forgot_takes_about_the_same_time_either_way(api, client):
 
     median("owner@acme.test"), median("nobody@acme.test")  # warm both paths
     known, unknown = median("owner@acme.test"), median("nobody@acme.test")
-    assert abs(known - unknown) < max(0.03, 0.75 * min(known, unknown)), (known, unknown)
+    # generous: the machine may be busy; a branch that mailed synchronously or hashed a password
+    # would still stand out (an SMTP round trip, an argon2 hash)
+    assert abs(known - unknown) < max(0.1, min(known, unknown)), (known, unknown)
 
 
 def test_locked_accounts_and_invited_placeholders_get_no_link(api, client, db_session, app):
@@ -375,3 +377,46 @@ def test_the_hosted_forgot_page_is_served_without_a_referrer(client):
     assert page.status_code == 200
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert 'name="email"' in page.get_data(as_text=True)
+
+
+def test_the_login_page_links_to_forgot_password(api, client):
+    from tests.auth_helpers import authorize_params, pkce_pair, register_client
+
+    owner = api.signup("acme")
+    app_client = register_client(client, api.auth(owner), first_party=True)
+    _verifier, challenge = pkce_pair()
+    assert (
+        client.get(
+            "/oauth/authorize", query_string=authorize_params(app_client["client_id"], challenge)
+        ).status_code
+        == 302
+    )
+    page = client.get("/oauth/login").get_data(as_text=True)
+    assert 'href="/account/forgot"' in page and "Forgot password?" in page
+
+
+def test_change_keeps_the_browser_sign_in_of_this_session_only(api, client, db_session):
+    """The caller's refresh family came from a hosted sign-in: that sign-in stays, others end."""
+    from sqlalchemy import update
+
+    owner = api.signup("acme")
+    user_id = uuid.UUID(owner["user"]["id"])
+    this = api.login("owner@acme.test").get_json()
+    mine = browser_sessions.start(db_session, user_id, utcnow(), ["pwd"])
+    other = browser_sessions.start(db_session, user_id, utcnow(), ["pwd"])
+    sid = services(client.application).tokens.verify(this["access_token"])["sid"]
+    db_session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == uuid.UUID(sid))
+        .values(browser_session_id=mine.id)
+    )
+    db_session.commit()
+    r = client.put(
+        "/api/v1/me/password",
+        json={"current_password": TEST_PASSWORD, "new_password": NEW_PASSWORD},
+        headers=api.auth(this),
+    )
+    assert r.status_code == 204, r.get_json()
+    db_session.expire_all()
+    assert db_session.get(BrowserSession, mine.id).ended_at is None
+    assert db_session.get(BrowserSession, other.id).ended_reason == "password_changed"

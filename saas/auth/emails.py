@@ -19,6 +19,8 @@ Every link is a single-use token of :mod:`saas.auth.account_tokens` (``EMAIL_VER
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -35,10 +37,11 @@ from saas.identity.models import User
 from saas.services import services
 
 
-def send_verification(ctx: ActionContext, user: User) -> None:
+def send_verification(ctx: ActionContext, user: User, tenant_id: uuid.UUID | None = None) -> None:
     """Mail ``user`` a verification link for their current address (outbox
     ``mail.account_link``, kind ``email_verification``, landing ``/account/verify?token=...``),
-    voiding the previous one; audited as ``email.verification_sent`` in the user's tenants."""
+    voiding the previous one; audited as ``email.verification_sent`` in the user's tenants.
+    ``tenant_id``: the tenant the mail is about (a signup's), so the message goes with it."""
     session = ctx.session
     ttl = services().settings.email_verification_ttl_seconds
     token = account_tokens.issue(session, user, Purpose.EMAIL_VERIFICATION, user.email, ttl)
@@ -46,6 +49,7 @@ def send_verification(ctx: ActionContext, user: User) -> None:
         session,
         "mail.account_link",
         {"to": user.email, "kind": "email_verification", "token": token, "ttl_seconds": ttl},
+        tenant_id=tenant_id,
     )
     audit_account_event(session, user.id, AuditAction.EMAIL_VERIFICATION_SENT, actor=ctx.actor)
     session.flush()

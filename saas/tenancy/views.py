@@ -240,7 +240,9 @@ class Signup(MethodView):
             return pending
         # the owner proves the mailbox with the mailed link (docs/auth.md, "Email verification")
         emails.send_verification(
-            ActionContext.from_request(session).as_actor(Actor("user", str(done.owner.id))), done.owner
+            ActionContext.from_request(session).as_actor(Actor("user", str(done.owner.id))),
+            done.owner,
+            done.tenant.id,
         )
         tokens = auth_service.issue_tokens(
             session, user=done.owner, membership=done.membership, tenant=done.tenant
