@@ -228,6 +228,7 @@ def test_chromium_signs_in_then_confirms_the_sign_out(live, receiver):
         },
         timeout=10,
     ).json()
+    verify_by_link(base, app, owner["user"]["email"])  # registering clients needs a verified email
     rp = requests.post(
         f"{base}/api/v1/clients",
         json={

@@ -282,7 +282,9 @@ def test_first_login_is_silent_and_a_new_device_is_mailed(api, client, app, sett
     assert [e.data["user_agent"] for e in events] == ["Phone/2.0", "Laptop/1.0"]
     assert events[0].actor_id == acme["user"]["id"] and events[0].ip == "203.0.113.7"
     # only keyed hashes are stored
-    hashes = db_session.scalars(select(KnownDevice.device_hash)).all()
+    hashes = db_session.scalars(
+        select(KnownDevice.device_hash).where(KnownDevice.user_id == uuid.UUID(acme["user"]["id"]))
+    ).all()
     assert len(hashes) == 3 and all(len(h) == 64 and "Phone" not in h for h in hashes)
     _deliver(app, settings, inbox)
     received = [m for m in inbox.to(email) if "new sign-in" in _body(m)]  # not the verification mail
