@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
     from saas.auth import api as auth_api
-    from saas.auth import hosted, principals, revocation
+    from saas.auth import hosted, principals, revocation, webauthn_views
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
     from saas.auth.oauth import routes as oauth_routes
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         oauth_routes.oauth,
         oauth_routes.wellknown,
         auth_api.blp,
+        webauthn_views.blp,
         tenancy_views.blp,
         audit_api.blp,
     ):

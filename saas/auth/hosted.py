@@ -39,9 +39,11 @@ from sqlalchemy import select
 from saas import audit, db
 from saas.audit import AuditAction
 from saas.auth import browser_sessions, mfa, service
+from saas.auth import webauthn as passkeys
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
+from saas.auth.tokens import satisfies_mfa
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import Membership, Tenant, User
@@ -268,10 +270,11 @@ def _continue():
             return _redirect_error(req, "login_required", "The sign-in was idle too long.")
         return redirect(url_for("hosted.login"))
     amr = list(login.get("amr") or ["pwd"])
-    if (tenant.settings or {}).get("require_mfa") and "otp" not in amr:
+    if (tenant.settings or {}).get("require_mfa") and not satisfies_mfa(amr):
         if req.prompt == "none":
             return _interaction_required(req, "The organisation requires a second factor.")
-        if mfa.has_mfa(sess, user.id):
+        first_passkey = bool({"hwk", "swk"} & set(amr))
+        if mfa.has_mfa(sess, user.id) or (not first_passkey and passkeys.has_passkey(sess, user.id)):
             _set_pending(user.id, login["auth_time"], amr)
             return redirect(url_for("hosted.mfa"))
         return redirect(url_for("hosted.enroll"))
