@@ -192,7 +192,8 @@ def _descriptor(row: WebAuthnCredential) -> PublicKeyCredentialDescriptor:
 def registration_options(session: Session, user: User) -> dict[str, Any]:
     """``{"ceremony_id", "publicKey": PublicKeyCredentialCreationOptionsJSON}`` (section 5.4):
     ES256/EdDSA/RS256..., ``attestation: none``, ``residentKey`` and ``userVerification``
-    preferred, the user's credentials in ``excludeCredentials`` (section 5.4.3)."""
+    preferred, the user's credentials in ``excludeCredentials`` (section 5.4.3), and the
+    ``credProps`` extension."""
     challenge = webauthn.helpers.generate_challenge()
     options = webauthn.generate_registration_options(
         rp_id=rp_id(),
@@ -208,7 +209,10 @@ def registration_options(session: Session, user: User) -> dict[str, Any]:
         ),
         exclude_credentials=[_descriptor(c) for c in user_credentials(session, user.id)],
     )
-    return _options(_start("register", challenge, user.id), options)
+    out = _options(_start("register", challenge, user.id), options)
+    # the credProps extension (section 10.4) tells whether a resident key was made
+    out["publicKey"]["extensions"] = {"credProps": True}
+    return out
 
 
 def register(
