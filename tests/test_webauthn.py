@@ -76,7 +76,9 @@ def _rows(db_session) -> list[WebAuthnCredential]:
     db_session.expire_all()
     return list(
         db_session.scalars(
-            select(WebAuthnCredential).join(User, User.id == WebAuthnCredential.user_id).where(User.email.in_(_OURS))
+            select(WebAuthnCredential)
+            .join(User, User.id == WebAuthnCredential.user_id)
+            .where(User.email.in_(_OURS))
         )
     )
 
