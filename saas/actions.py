@@ -100,3 +100,4 @@ class ActionContext:
             tenant_id=tenant_id,
             meta=self.meta or RequestMeta(),  # never the request's: a context says where it came from
         )
+

@@ -20,6 +20,11 @@ PUBLIC = {
     ("POST", "/api/v1/auth/mfa"),
     ("POST", "/api/v1/me/mfa/totp"),
     ("POST", "/api/v1/me/mfa/totp/confirm"),
+    # a passkey signs in (passwordless) or is the second factor of an mfa_token
+    ("POST", "/api/v1/auth/webauthn/options"),
+    ("POST", "/api/v1/auth/webauthn/verify"),
+    ("POST", "/api/v1/auth/mfa/webauthn/options"),
+    ("POST", "/api/v1/auth/mfa/webauthn/verify"),
 }
 _UNSET = object()
 

@@ -257,6 +257,10 @@ def test_options_with_an_email_list_its_passkeys_and_hide_unknown_accounts(api, 
     assert len(unknown) == 1 and unb64u(unknown[0]["id"]) != device.credential_id
     # stable: asking twice does not tell a made-up answer from a real one
     assert _login_options(client, "nobody@acme.test")["publicKey"]["allowCredentials"] == unknown
+    # an account without a passkey looks the same
+    api.signup("beta")
+    without = _login_options(client, "owner@beta.test")["publicKey"]["allowCredentials"]
+    assert len(without) == 1 and without != unknown
 
 
 def test_another_users_credential_does_not_sign_in_as_the_named_account(api, client):

@@ -90,7 +90,7 @@ def test_the_ceremony_needs_this_browsers_csrf_token_and_session(api, client, ap
     client.get("/oauth/authorize", query_string=authorize_params(app_client["client_id"], challenge))
     csrf = csrf_of(client.get("/oauth/login").get_data(as_text=True))
     r = client.post(OPTIONS, json={"purpose": "login"}, headers={"X-CSRF-Token": "forged"})
-    assert r.status_code == 401 and r.get_json()["code"] == "webauthn_challenge_invalid"
+    assert r.status_code == 400 and r.get_json()["code"] == "webauthn_challenge_invalid"
     r = client.post(OPTIONS, json={"purpose": "other"}, headers={"X-CSRF-Token": csrf})
     assert r.status_code == 400
     body = _ceremony(client, csrf, "login", device)

@@ -47,7 +47,7 @@ from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
 from saas.auth.tokens import satisfies_mfa
 from saas.db import utcnow
-from saas.errors import AppError, ErrorCode, Unauthorized
+from saas.errors import AppError, Unauthorized
 from saas.identity.models import Membership, Tenant, User
 from saas.memo import MISSING, Memo
 from saas.security import random_token, same_string
@@ -568,9 +568,7 @@ def _check_csrf_header() -> dict[str, Any]:
     expected = session.get("csrf")
     sent = request.headers.get("X-CSRF-Token", "")
     if not expected or not same_string(expected, sent):
-        raise Unauthorized(
-            "The page expired: reload it.", code=ErrorCode.WEBAUTHN_CHALLENGE_INVALID, error=None
-        )
+        raise passkeys.WebAuthnChallengeInvalid("The page expired: reload it.")
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or body.get("purpose") not in ("login", "mfa"):
         raise passkeys.WebAuthnChallengeInvalid('Send {"purpose": "login" or "mfa"}.')

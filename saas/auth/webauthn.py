@@ -239,7 +239,7 @@ def register(
             expected_rp_id=rp_id(),
             expected_origin=origins(),
         )
-    except (WebAuthnException, ValueError, KeyError, TypeError, binascii.Error) as err:
+    except (WebAuthnException, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as err:
         raise WebAuthnRegistrationFailed(f"The passkey could not be verified: {err}") from None
     existing = session.scalars(
         select(WebAuthnCredential.id).where(WebAuthnCredential.credential_id == verified.credential_id)
@@ -333,14 +333,14 @@ def authentication_options(
 
     ``purpose`` ``login`` (passwordless) or ``mfa`` (second factor). With ``user`` the ceremony
     is bound to them and ``allowCredentials`` lists their credentials; without (a passwordless
-    login) it is empty, for discoverable credentials (section 5.1.3, ``userHandle``)."""
+    login) it is empty, for discoverable credentials (section 5.1.3, ``userHandle``). With an
+    ``email`` that names no account or one without passkeys, it holds one stable made-up id,
+    so that the answer does not tell which."""
     challenge = webauthn.helpers.generate_challenge()
-    if user is not None:
-        allow = [_descriptor(c) for c in user_credentials(session, user.id, usable=True)]
-    elif email:
+    allow = [_descriptor(c) for c in user_credentials(session, user.id, usable=True)] if user else []
+    if not allow and email:
+        # an unknown email, or an account without a passkey: the same shape as one with one
         allow = [_fake_descriptor(email)]
-    else:
-        allow = []
     options = webauthn.generate_authentication_options(
         rp_id=rp_id(),
         challenge=challenge,

@@ -151,7 +151,8 @@ ACCOUNT_LINKS: dict[str, tuple[str, str, str, str]] = {
         "Reset your password",
         "Someone, perhaps you, asked to reset the password of your account.\n"
         "To choose a new password, open this link within {ttl}:",
-        "The link works once. If you did not ask for it, ignore this message: your password\nstays as it is.",
+        "The link works once. If you did not ask for it, ignore this message: your password\n"
+        "stays as it is.",
     ),
     "email_verification": (
         "/account/verify",
