@@ -43,7 +43,15 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         SettingsError: configuration missing or malformed (one line naming the variable).
     """
     from saas import api, audit_api, billing, cache, db, errors, health, limits
-    from saas.auth import account_api, account_pages, hosted, logout_pages, principals, revocation
+    from saas.auth import (
+        account_api,
+        account_pages,
+        hosted,
+        logout_pages,
+        principals,
+        revocation,
+        webauthn_views,
+    )
     from saas.auth import api as auth_api
     from saas.auth import views as auth_views
     from saas.auth.context import authenticate_request, reject_bad_credentials
@@ -98,6 +106,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         oauth_routes.wellknown,
         auth_api.blp,
         account_api.blp,
+        webauthn_views.blp,
         tenancy_views.blp,
         audit_api.blp,
     ):

@@ -25,6 +25,11 @@ PUBLIC = {
     ("POST", "/api/v1/auth/password/reset"),
     ("POST", "/api/v1/auth/email/verify"),
     ("POST", "/api/v1/auth/email/change"),
+    # a passkey signs in (passwordless) or is the second factor of an mfa_token
+    ("POST", "/api/v1/auth/webauthn/options"),
+    ("POST", "/api/v1/auth/webauthn/verify"),
+    ("POST", "/api/v1/auth/mfa/webauthn/options"),
+    ("POST", "/api/v1/auth/mfa/webauthn/verify"),
 }
 _UNSET = object()
 

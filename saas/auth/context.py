@@ -16,6 +16,7 @@ from sqlalchemy import select
 from saas import db
 from saas.api import document_auth
 from saas.auth import revocation
+from saas.auth.tokens import satisfies_mfa
 from saas.errors import ErrorCode, Forbidden, Unauthorized
 from saas.identity.models import Membership, Tenant, User
 from saas.rbac import permissions_for
@@ -180,8 +181,9 @@ def current_principal() -> Principal:
     query loads tenant and membership.
 
     The token's session and client must not be revoked (:func:`saas.auth.revocation.check`,
-    read in the limiter's Redis call or with one ``EXISTS``), and a person's token must carry
-    ``otp`` in ``amr`` when the tenant requires MFA.
+    read in the limiter's Redis call or with one ``EXISTS``), and a person's token must show a
+    second factor (:func:`saas.auth.tokens.satisfies_mfa` of its ``amr``) when the tenant
+    requires MFA.
 
     Raises:
         Unauthorized: no bearer token; the membership or the client is gone (token outlived
@@ -207,7 +209,7 @@ def current_principal() -> Principal:
         raise Unauthorized("The access token's client no longer exists.")
     principal.roles = (snap.role,)  # from the database, never from the token
     amr = principal.claims.get("amr") or ()
-    if principal.user_id is not None and snap.tenant.require_mfa and "otp" not in amr:
+    if principal.user_id is not None and snap.tenant.require_mfa and not satisfies_mfa(amr):
         raise Unauthorized(
             "This organisation requires a second factor: sign in again with MFA.",
             code=ErrorCode.MFA_REQUIRED,

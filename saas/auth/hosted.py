@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import (
@@ -29,6 +30,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_from_directory,
     session,
     url_for,
 )
@@ -39,9 +41,11 @@ from sqlalchemy import select
 from saas import audit, db
 from saas.audit import AuditAction
 from saas.auth import browser_sessions, devices, mfa, service
+from saas.auth import webauthn as passkeys
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
+from saas.auth.tokens import satisfies_mfa
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import Membership, Tenant, User
@@ -50,10 +54,16 @@ from saas.security import random_token, same_string
 from saas.services import services
 
 bp = Blueprint("hosted", __name__, template_folder="templates")
+_STATIC = Path(__file__).with_name("static")
 
 #: a browser login is reused for new authorization requests for at most this long
 LOGIN_SESSION_SECONDS = int(browser_sessions.MAX_AGE.total_seconds())
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
+#: ``script-src``/``connect-src 'self'``: the passkey script (a file, never inline) and its
+#: calls to the ceremony endpoints
+CSP = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
+    "img-src data:; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class SessionInterface(SecureCookieSessionInterface):
@@ -128,6 +138,9 @@ def _error_page(err: ErrorPage):
 
 def _render(template: str, status: int = 200, **context: Any):
     context.setdefault("error", None)
+    if template == "login.html":  # a passkey signs in without a password (saas.auth.webauthn)
+        context.setdefault("passkey_purpose", "login")
+        context.setdefault("passkey_label", "Sign in with a passkey")
     return render_template(f"auth/{template}", csrf_token=_csrf_token(), **context), status
 
 
@@ -271,10 +284,11 @@ def _continue():
     if (tenant.settings or {}).get("require_verified_email") and not user.email_verified:
         return _redirect_error(req, "access_denied", "The organisation requires a verified email address.")
     amr = list(login.get("amr") or ["pwd"])
-    if (tenant.settings or {}).get("require_mfa") and "otp" not in amr:
+    if (tenant.settings or {}).get("require_mfa") and not satisfies_mfa(amr):
         if req.prompt == "none":
             return _interaction_required(req, "The organisation requires a second factor.")
-        if mfa.has_mfa(sess, user.id):
+        first_passkey = bool({"hwk", "swk"} & set(amr))
+        if mfa.has_mfa(sess, user.id) or (not first_passkey and passkeys.has_passkey(sess, user.id)):
             _set_pending(user.id, login["auth_time"], amr)
             return redirect(url_for("hosted.mfa"))
         return redirect(url_for("hosted.enroll"))
@@ -371,10 +385,10 @@ def mfa_page():
     pending = _pending_login()
     if not pending:
         return redirect(url_for("hosted.login"))
-    if request.method == "GET":
-        return _render("mfa.html", title="Two-step verification")
-    _check_csrf()
     sess = db.session()
+    if request.method == "GET":
+        return _render("mfa.html", title="Two-step verification", **_mfa_passkey(pending))
+    _check_csrf()
     user = sess.get(User, uuid.UUID(pending["uid"]))
     if user is None or user.status != "active":
         session.pop("pending", None)
@@ -383,7 +397,9 @@ def mfa_page():
     try:
         mfa.verify(sess, user, request.form.get("code", "")[:64], schema, mfa_token=pending.get("attempt"))
     except AppError as err:
-        return _render("mfa.html", err.status, title="Two-step verification", error=err.detail)
+        return _render(
+            "mfa.html", err.status, title="Two-step verification", error=err.detail, **_mfa_passkey(pending)
+        )
     session.pop("pending", None)
     _sign_in(user.id, int(time.time()), [*pending["amr"], "otp"])
     user.last_login_at = utcnow()
@@ -530,3 +546,90 @@ def logout():
             )
     session.clear()
     return _render("error.html", title="Signed out", detail="You are signed out.")
+
+
+# --- passkeys on the hosted pages (saas.auth.webauthn) ----------------------------------------
+
+
+@bp.get("/oauth/static/passkey.js")
+def passkey_script():
+    """The hosted pages' passkey script (a file: the pages' CSP allows ``script-src 'self'``)."""
+    return send_from_directory(_STATIC, "passkey.js", mimetype="text/javascript", max_age=300)
+
+
+def _mfa_passkey(pending: dict[str, Any]) -> dict[str, Any]:
+    """The MFA page's "Use a passkey" button, when the user has one and it was not already
+    the first factor."""
+    if {"hwk", "swk"} & set(pending.get("amr") or []):
+        return {}
+    if not passkeys.has_passkey(db.session(), uuid.UUID(pending["uid"])):
+        return {}
+    return {"passkey_purpose": "mfa", "passkey_label": "Use a passkey"}
+
+
+def _check_csrf_header() -> dict[str, Any]:
+    """The JSON body of a passkey call, after its ``X-CSRF-Token`` header matched the session's
+    token (constant time)."""
+    expected = session.get("csrf")
+    sent = request.headers.get("X-CSRF-Token", "")
+    if not expected or not same_string(expected, sent):
+        raise passkeys.WebAuthnChallengeInvalid("The page expired: reload it.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or body.get("purpose") not in ("login", "mfa"):
+        raise passkeys.WebAuthnChallengeInvalid('Send {"purpose": "login" or "mfa"}.')
+    return body
+
+
+@bp.post("/oauth/webauthn/options")
+def webauthn_options():
+    """Request options for the login page's passkey (discoverable: no ``allowCredentials``)
+    or the MFA page's (the pending user's passkeys). The ceremony is bound to this browser's
+    session cookie as well as to its purpose (and user)."""
+    _pending_request()
+    body = _check_csrf_header()
+    sess = db.session()
+    user = None
+    if body["purpose"] == "mfa":
+        pending = _pending_login()
+        if not pending or not _mfa_passkey(pending):
+            raise passkeys.WebAuthnChallengeInvalid("No sign-in is waiting for a passkey.")
+        user = sess.get(User, uuid.UUID(pending["uid"]))
+    options = passkeys.authentication_options(sess, body["purpose"], user)
+    session["webauthn_ceremony"] = options["ceremony_id"]
+    return options
+
+
+@bp.post("/oauth/webauthn/verify")
+def webauthn_verify():
+    """Check the assertion (WebAuthn Level 2 section 7.2) and sign the browser in: a
+    user-verified passkey is MFA by itself; without UV, a TOTP user still gets the MFA page.
+    Answers ``{"redirect": url}`` (the next step, or the client with its code)."""
+    _pending_request()
+    body = _check_csrf_header()
+    sess = db.session()
+    ceremony_id = session.pop("webauthn_ceremony", None)
+    now = int(time.time())
+    if body["purpose"] == "mfa":
+        pending = _pending_login()
+        if not pending or not _mfa_passkey(pending):
+            raise passkeys.WebAuthnChallengeInvalid("No sign-in is waiting for a passkey.")
+        uid = uuid.UUID(pending["uid"])
+        ceremony = passkeys.take_ceremony(ceremony_id, "mfa", uid)
+        assertion = passkeys.verify_assertion(sess, ceremony, body.get("credential"))
+        service.check_account(assertion.user)
+        session.pop("pending", None)
+        amr = list(dict.fromkeys([*pending["amr"], *assertion.amr, "mfa"]))
+        _sign_in(uid, now, amr)
+    else:
+        ceremony = passkeys.take_ceremony(ceremony_id, "login")
+        assertion = passkeys.verify_assertion(sess, ceremony, body.get("credential"))
+        user = assertion.user
+        service.check_account(user)
+        _end_sign_in("replaced")
+        if not satisfies_mfa(assertion.amr) and mfa.has_mfa(sess, user.id):
+            _set_pending(user.id, now, assertion.amr)
+            return {"redirect": url_for("hosted.mfa")}
+        _sign_in(user.id, now, assertion.amr)
+    assertion.user.last_login_at = utcnow()
+    response = _continue()
+    return {"redirect": response.location}

@@ -47,7 +47,7 @@ class TenantSnapshot:
     status: str
     plan: str | None
     schema_name: str
-    #: the tenant's ``require_mfa`` setting: a person's token without ``otp`` in ``amr`` is refused
+    #: the tenant's ``require_mfa`` setting: a person's token whose ``amr`` shows no second factor is refused
     require_mfa: bool = False
 
     def to_cache(self) -> dict[str, Any]:

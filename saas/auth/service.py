@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 from saas import audit
 from saas.audit import AuditAction
 from saas.auth import devices, mfa
+from saas.auth import webauthn as passkeys
 from saas.auth.accounts import audit_account_event
 from saas.auth.errors import InvalidClient, InvalidGrant, MfaEnrollmentRequired, MfaRequired
 from saas.auth.models import RefreshToken
 from saas.auth.sessions import revoke_family, revoke_tokens
-from saas.auth.tokens import FIRST_PARTY_CLIENT
+from saas.auth.tokens import FIRST_PARTY_CLIENT, satisfies_mfa
 from saas.db import EarlyCommit, commit_early, utcnow
 from saas.errors import ErrorCode, Forbidden, Unauthorized, ValidationError
 from saas.identity.models import Membership, Tenant, User
@@ -317,19 +318,27 @@ def audit_login_throttled(
     commit_early(session, EarlyCommit.SIGN_IN_THROTTLED)
 
 
-def second_factor_gate(session: Session, user: User, tenant: Tenant, amr: list[str]) -> None:
-    """Raise when the login must not yield tokens yet: ``mfa_required`` (the user has a factor)
-    or ``mfa_enrollment_required`` (the tenant's ``require_mfa`` and no factor). Both carry an
-    ``mfa_token`` bound to the user and tenant."""
-    if "otp" in amr:
+def second_factor_gate(
+    session: Session, user: User, tenant: Tenant, amr: list[str], *, passkey_second: bool = True
+) -> None:
+    """Raise when the login must not yield tokens yet: ``mfa_required`` (the user has a factor:
+    TOTP, or a passkey when the tenant requires MFA) or ``mfa_enrollment_required`` (the
+    tenant's ``require_mfa`` and no factor). Both carry an ``mfa_token`` bound to the user and
+    tenant. ``passkey_second``: False when a passkey was the first factor (it cannot be the
+    second one too)."""
+    if satisfies_mfa(amr):
         return
-    if mfa.has_mfa(session, user.id):
+    require_mfa = bool((tenant.settings or {}).get("require_mfa"))
+    if mfa.has_mfa(session, user.id) or (
+        require_mfa and passkey_second and passkeys.has_passkey(session, user.id)
+    ):
         token = mfa.issue_mfa_token(user.id, tenant.id, "login", amr)
         raise MfaRequired(
-            "Send a TOTP or recovery code with the mfa_token to POST /api/v1/auth/mfa.",
+            "Send a TOTP or recovery code with the mfa_token to POST /api/v1/auth/mfa, or a "
+            "passkey assertion (POST /api/v1/auth/mfa/webauthn/options, then .../verify).",
             extra={"mfa_token": token},
         )
-    if (tenant.settings or {}).get("require_mfa"):
+    if require_mfa:
         token = mfa.issue_mfa_token(user.id, tenant.id, "enroll", amr)
         raise MfaEnrollmentRequired(
             "This tenant requires MFA: enrol a TOTP factor with the mfa_token "
@@ -415,6 +424,77 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
     return complete_login(session, user, membership, tenant, [*ticket.amr, "otp"])
 
 
+def login_with_passkey(
+    session: Session, ceremony_id: str, credential: dict[str, Any], tenant_slug: str | None
+) -> TokenResponse:
+    """Passwordless login (``POST /api/v1/auth/webauthn/verify``, WebAuthn Level 2 section 7.2):
+    the same token response as a password login. A user-verified passkey is MFA by itself
+    (``amr`` ``["hwk"|"swk", "user", "mfa"]``); without UV it is one factor and the user's TOTP,
+    or the tenant's ``require_mfa``, still asks for a second one.
+
+    Raises:
+        WebAuthnChallengeInvalid: 400, the ceremony is unknown, used or expired.
+        WebAuthnFailed: 401, the assertion does not verify (see :func:`passkeys.verify_assertion`).
+        Unauthorized: ``invalid_credentials``, the account is locked.
+        MfaRequired / MfaEnrollmentRequired: 403 with an ``mfa_token``.
+    """
+    ceremony = passkeys.take_ceremony(ceremony_id, "login")
+    assertion = passkeys.verify_assertion(session, ceremony, credential)
+    user = assertion.user
+    check_account(user)
+    membership, tenant = choose_membership(session, user, tenant_slug)
+    second_factor_gate(session, user, tenant, assertion.amr, passkey_second=False)
+    return complete_login(session, user, membership, tenant, assertion.amr)
+
+
+def passkey_mfa_options(session: Session, mfa_token: str) -> dict[str, Any]:
+    """The request options of a passkey as the second factor of a login (its ``mfa_token``).
+
+    Raises:
+        Unauthorized: ``invalid_mfa_token``.
+    """
+    ticket = mfa.read_mfa_token(mfa_token, ("login",))
+    row = membership_of(session, ticket.user_id, ticket.tenant_id, usable=True)
+    if row is None:
+        raise Unauthorized(
+            "The mfa_token is invalid or has expired.", code=ErrorCode.INVALID_MFA_TOKEN, error=None
+        )
+    return passkeys.authentication_options(session, "mfa", row[2])
+
+
+def login_with_passkey_mfa(
+    session: Session, mfa_token: str, ceremony_id: str, credential: dict[str, Any]
+) -> TokenResponse:
+    """Second login step with a passkey (``POST /api/v1/auth/mfa/webauthn/verify``): the
+    assertion must be by a credential of the ``mfa_token``'s user; ``amr`` is the first
+    factor's plus the passkey's and ``mfa`` (RFC 8176). A passkey that was the first factor
+    cannot be the second one unless it verified the user.
+
+    Raises:
+        Unauthorized: ``invalid_mfa_token``.
+        WebAuthnChallengeInvalid: 400; WebAuthnFailed: 401.
+    """
+    ticket = mfa.read_mfa_token(mfa_token, ("login",))
+    row = membership_of(session, ticket.user_id, ticket.tenant_id)
+    if row is None:
+        raise Unauthorized(
+            "The mfa_token is invalid or has expired.", code=ErrorCode.INVALID_MFA_TOKEN, error=None
+        )
+    membership, tenant, user = row
+    check_account(user)
+    if tenant.status != "active":
+        raise Forbidden(
+            "This tenant is suspended.", code=ErrorCode.TENANT_SUSPENDED, title="Tenant suspended"
+        )
+    ceremony = passkeys.take_ceremony(ceremony_id, "mfa", user.id)
+    assertion = passkeys.verify_assertion(session, ceremony, credential)
+    if {"hwk", "swk"} & set(ticket.amr) and not assertion.user_verified:
+        raise passkeys.WebAuthnFailed("A passkey was the first factor: the second must be another factor.")
+    mfa.consume_mfa_token(ticket)
+    amr = list(dict.fromkeys([*ticket.amr, *assertion.amr, "mfa"]))
+    return complete_login(session, user, membership, tenant, amr)
+
+
 def refresh(session: Session, presented: str, client_id: str | None = None) -> TokenResponse:
     """The refresh-token grant (RFC 6749 section 6) with rotation and reuse detection.
 
@@ -489,8 +569,8 @@ def refresh(session: Session, presented: str, client_id: str | None = None) -> T
 def check_session_policy(tenant: Tenant, amr: list[str], last_issued_at: datetime, now: datetime) -> None:
     """The tenant's session settings, applied when a session is about to get new tokens.
 
-    * ``require_mfa``: a session whose login had no second factor (no ``otp`` in ``amr``)
-      gets nothing more (those live when the setting was turned on were revoked then);
+    * ``require_mfa``: a session whose login had no second factor (:func:`satisfies_mfa` of
+      its ``amr`` is false) gets nothing more (those live when the setting was turned on were revoked then);
     * ``session_idle_minutes``: a session is idle from the moment its last token was issued
       (login or refresh: access tokens are verified without any server-side write, so that is
       the last time the server saw it); idle longer than that, it gets nothing more.
@@ -499,7 +579,7 @@ def check_session_policy(tenant: Tenant, amr: list[str], last_issued_at: datetim
         InvalidGrant: either rule refuses the session.
     """
     settings = tenant.settings or {}
-    if settings.get("require_mfa") and "otp" not in amr:
+    if settings.get("require_mfa") and not satisfies_mfa(amr):
         raise InvalidGrant("This organisation requires a second factor: sign in again with MFA.")
     idle = settings.get("session_idle_minutes")
     if idle and now - last_issued_at > timedelta(minutes=int(idle)):
@@ -507,15 +587,15 @@ def check_session_policy(tenant: Tenant, amr: list[str], last_issued_at: datetim
 
 
 def revoke_sessions_without_mfa(session: Session, tenant_id: uuid.UUID, reason: str = "mfa_required") -> int:
-    """Revoke the tenant's live sessions whose login had no second factor (``otp`` not in
-    ``amr``), with their access tokens (:func:`revoke_tokens`); returns how many refresh tokens.
+    """Revoke the tenant's live sessions whose login had no second factor (:func:`satisfies_mfa`
+    false), with their access tokens (:func:`revoke_tokens`); returns how many refresh tokens.
     Called when the tenant turns ``require_mfa`` on."""
     rows = session.execute(
         select(RefreshToken.family_id, RefreshToken.amr).where(
             RefreshToken.tenant_id == tenant_id, RefreshToken.revoked_at.is_(None)
         )
     ).all()
-    families = {family for family, amr in rows if "otp" not in (amr or [])}
+    families = {family for family, amr in rows if not satisfies_mfa(amr)}
     if not families:
         return 0
     return revoke_tokens(session, RefreshToken.family_id.in_(families), reason=reason)

@@ -2,7 +2,8 @@
 
 The check: the caller's access token must have an ``auth_time`` at most ``max_age`` seconds old
 (default ``STEP_UP_MAX_AGE``, 10 minutes) and, when the user has MFA enabled, an ``amr``
-containing ``otp``. Otherwise the answer is 401 with
+showing a second factor (``otp``, or ``mfa`` of a passkey: :func:`saas.auth.tokens.satisfies_mfa`).
+Otherwise the answer is 401 with
 ``WWW-Authenticate: Bearer error="insufficient_user_authentication", max_age=..., acr_values=...``
 (RFC 9470 section 3) and the problem code ``insufficient_user_authentication``; the client logs
 the user in again (``/oauth/authorize?max_age=...`` or ``POST /api/v1/auth/login``) and retries.
@@ -37,7 +38,7 @@ from saas import db
 from saas.auth import mfa
 from saas.auth.context import Principal, current_principal
 from saas.auth.errors import InsufficientUserAuthentication
-from saas.auth.tokens import ACR_MFA, ACR_PASSWORD
+from saas.auth.tokens import ACR_MFA, ACR_PASSWORD, satisfies_mfa
 from saas.services import services
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,7 +62,7 @@ def check_step_up(max_age: int | None = None) -> None:
         raise InsufficientUserAuthentication(
             f"This action needs a login within the last {max_age // 60} minutes.", max_age=max_age, acr=acr
         )
-    if has_mfa and "otp" not in (principal.claims.get("amr") or []):
+    if has_mfa and not satisfies_mfa(principal.claims.get("amr")):
         raise InsufficientUserAuthentication(
             "This action needs a login with your second factor.", max_age=max_age, acr=acr
         )

@@ -34,9 +34,16 @@ ACR_PASSWORD = "urn:saas:acr:pwd"  # noqa: S105 - an acr value
 ACR_MFA = "urn:saas:acr:mfa"
 
 
+def satisfies_mfa(amr: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether a login's RFC 8176 ``amr`` values satisfy "a second factor was used": ``otp``
+    (TOTP or a recovery code after the password) or ``mfa`` (a user-verified passkey, or a
+    password and a passkey). The one test of it: ``require_mfa``, step-up, the hosted pages."""
+    return bool(amr) and ("otp" in amr or "mfa" in amr)
+
+
 def acr_for(amr: list[str]) -> str:
     """The ``acr`` value for a list of RFC 8176 ``amr`` values: MFA when a second factor was used."""
-    return ACR_MFA if ("otp" in amr or "mfa" in amr) else ACR_PASSWORD
+    return ACR_MFA if satisfies_mfa(amr) else ACR_PASSWORD
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,8 @@ AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/me/webauthn/registration/verify"): ("login",),
     ("POST", "/api/v1/auth/webauthn/options"): ("login",),
     ("POST", "/api/v1/auth/webauthn/verify"): ("login",),
+    ("POST", "/api/v1/auth/mfa/webauthn/options"): ("mfa",),  # a passkey as the second factor
+    ("POST", "/api/v1/auth/mfa/webauthn/verify"): ("mfa",),
     ("GET", "/api/v1/me/export"): ("mail",),  # heavy, and no password: the mail throttles
     ("DELETE", "/api/v1/me"): ("login",),
     ("POST", "/account/forgot"): ("login", "mail"),  # the hosted pages' forms
