@@ -22,6 +22,7 @@ from werkzeug.serving import make_server
 from saas import create_app
 from saas.db import Database
 from tests.conftest import TEST_PASSWORD
+from tests.helpers import verify_by_link
 from tests.peers import chromium_available, launch_chromium
 from tests.webauthn_device import Passkey
 
@@ -49,7 +50,7 @@ def live(settings, engine, redis_client):
     thread.join(timeout=5)
 
 
-def _signup(base: str) -> dict:
+def _signup(base: str, engine) -> dict:
     slug = f"pk-{uuid.uuid4().hex[:8]}"
     email = f"owner@{slug}.test"
     r = requests.post(
@@ -61,6 +62,7 @@ def _signup(base: str) -> dict:
         timeout=10,
     )
     assert r.status_code == 201, r.text
+    verify_by_link(base, engine, email)  # registering clients needs a verified email
     return {**r.json(), "email": email}
 
 
@@ -68,9 +70,9 @@ def _bearer(owner: dict) -> dict:
     return {"Authorization": f"Bearer {owner['token']['access_token']}"}
 
 
-def test_register_and_sign_in_without_password_over_http(live):
+def test_register_and_sign_in_without_password_over_http(live, engine):
     base = live
-    owner = _signup(base)
+    owner = _signup(base, engine)
     device = Passkey(uv=True)
     options = requests.post(
         f"{base}/api/v1/me/webauthn/registration/options", headers=_bearer(owner), timeout=10
@@ -150,11 +152,11 @@ async ([token]) => {
 
 
 @pytest.mark.skipif(not chromium_available(), reason="Debian chromium or playwright is not installed")
-def test_chromium_virtual_authenticator_signs_in_on_the_hosted_login_page(live):
+def test_chromium_virtual_authenticator_signs_in_on_the_hosted_login_page(live, engine):
     from playwright.sync_api import sync_playwright
 
     base = live
-    owner = _signup(base)
+    owner = _signup(base, engine)
     r = requests.post(
         f"{base}/api/v1/clients",
         json={
