@@ -30,6 +30,10 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     their tokens included) is printed to this console.
     """
     os.environ.setdefault("SAAS_ENV", "development")
+    # the links of mailed tokens, the iss claim and the passkeys' RP id name this server: on
+    # another --port too (localhost, not 127.0.0.1: an IP address cannot be a WebAuthn RP id)
+    local = host in ("127.0.0.1", "0.0.0.0", "::1", "::", "localhost")  # noqa: S104 - names, not a bind
+    os.environ.setdefault("SAAS_ISSUER", f"http://{'localhost' if local else host}:{port}")
     settings = ctx.settings
     from saas.migrate import upgrade_shared
     from saas.ops.migrations import migrate_tenants
