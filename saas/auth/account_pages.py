@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, render_template, request, url_for
+from flask import Blueprint, Flask, render_template, request, url_for
 
 from saas.actions import ActionContext
 from saas.auth import emails, recovery
 from saas.auth.account_api import FORGOT_ACCEPTED
-from saas.auth.hosted import CSP
+from saas.auth.hosted import security_headers
 from saas.errors import AppError, ValidationError
 from saas.services import services
 
@@ -41,13 +41,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-@bp.after_request
-def _security_headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+bp.after_request(security_headers)
 
 
 def _duration(seconds: int) -> str:

@@ -105,7 +105,9 @@ def init_app(app: Flask) -> None:
 
 
 @bp.after_request
-def _security_headers(response: Response) -> Response:
+def security_headers(response: Response) -> Response:
+    """The hosted pages' headers (docs/auth.md, "Hosted pages"): CSP, no framing, no caching,
+    no ``Referer``; every blueprint of hosted HTML pages registers it."""
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cache-Control"] = "no-store"
@@ -525,13 +527,10 @@ def consent():
     return _continue()
 
 
-@bp.post("/oauth/logout")
-def logout():
-    """End the browser's sign-in on the hosted pages: its server-side row ends, so the cookie
-    signs nobody in any more, and so do the refresh families issued from it, each of their
-    clients with a back-channel logout URI being notified (:func:`browser_sessions.end`).
-    Audited as ``auth.logout`` in the user's tenants."""
-    _check_csrf()
+def sign_out(data: dict[str, Any]) -> uuid.UUID | None:
+    """End this browser's sign-in (``logout``: its applications' sessions too, see
+    :func:`saas.auth.browser_sessions.end`) and audit ``auth.logout`` with ``data`` in each of
+    the user's tenants; returns the user, None when nobody was signed in."""
     user_id = _end_sign_in("logout")
     if user_id is not None:
         for _m, tenant_row in _memberships(user_id):
@@ -541,9 +540,20 @@ def logout():
                 target_type="user",
                 target_id=user_id,
                 actor=audit.Actor("user", str(user_id)),
-                data={"via": "hosted"},
+                data=data,
                 tenant_id=tenant_row.id,
             )
+    return user_id
+
+
+@bp.post("/oauth/logout")
+def logout():
+    """End the browser's sign-in on the hosted pages: its server-side row ends, so the cookie
+    signs nobody in any more, and so do the refresh families issued from it, each of their
+    clients with a back-channel logout URI being notified (:func:`browser_sessions.end`).
+    Audited as ``auth.logout`` in the user's tenants."""
+    _check_csrf()
+    sign_out({"via": "hosted"})
     session.clear()
     return _render("error.html", title="Signed out", detail="You are signed out.")
 

@@ -25,13 +25,11 @@ the client (a cross-site form, which ``SameSite=Lax`` strips of the cookie) is a
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import Blueprint, Flask, g, redirect, request, session, url_for
 
-from saas import audit, db
-from saas.audit import AuditAction
+from saas import db
 from saas.auth import hosted
 from saas.auth.clients import find_client
 from saas.auth.errors import ErrorPage
@@ -39,7 +37,7 @@ from saas.auth.oauth.authorization import with_query
 from saas.services import services
 
 bp = Blueprint("logout_pages", __name__)
-bp.after_request(hosted._security_headers)
+bp.after_request(hosted.security_headers)
 bp.register_error_handler(ErrorPage, hosted._error_page)
 
 PARAMS = {"id_token_hint": 8192, "client_id": 64, "post_logout_redirect_uri": 2048, "state": 1024}
@@ -112,19 +110,7 @@ def _finish(pending: dict[str, Any]):
 def _sign_out(client_id: str | None) -> None:
     """End this browser's sign-in (its applications' sessions too), audited as ``auth.logout``
     in the user's tenants."""
-    user_id: uuid.UUID | None = hosted._end_sign_in("logout")
-    if user_id is None:
-        return
-    for _m, tenant in hosted._memberships(user_id):
-        audit.record(
-            db.session(),
-            AuditAction.AUTH_LOGOUT,
-            target_type="user",
-            target_id=user_id,
-            actor=audit.Actor("user", str(user_id)),
-            data={"via": "end_session", "client_id": client_id},
-            tenant_id=tenant.id,
-        )
+    hosted.sign_out({"via": "end_session", "client_id": client_id})
 
 
 @bp.route("/oauth/end-session", methods=["GET", "POST"])

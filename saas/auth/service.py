@@ -400,12 +400,13 @@ def login(session: Session, email: str, password: str, tenant_slug: str | None) 
     return complete_login(session, user, membership, tenant, ["pwd"])
 
 
-def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse:
-    """Second step of a login (``POST /api/v1/auth/mfa``): a TOTP or recovery code.
+def _login_ticket(session: Session, mfa_token: str | None) -> tuple[mfa.MfaTicket, Membership, Tenant, User]:
+    """The login that ``mfa_token`` (purpose ``login``) waits on, with its member, tenant and user,
+    still allowed to finish: the account not locked, the tenant active.
 
     Raises:
-        Unauthorized: ``invalid_mfa_token``.
-        MfaFailed / MfaLocked: wrong code / locked factor (see :mod:`saas.auth.mfa`).
+        Unauthorized: ``invalid_mfa_token`` (unknown, expired, or the membership is gone).
+        Forbidden: ``tenant_suspended``; and what :func:`check_account` raises.
     """
     ticket = mfa.read_mfa_token(mfa_token, ("login",))
     row = membership_of(session, ticket.user_id, ticket.tenant_id)
@@ -419,6 +420,17 @@ def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse
         raise Forbidden(
             "This tenant is suspended.", code=ErrorCode.TENANT_SUSPENDED, title="Tenant suspended"
         )
+    return ticket, membership, tenant, user
+
+
+def login_with_mfa(session: Session, mfa_token: str, code: str) -> TokenResponse:
+    """Second step of a login (``POST /api/v1/auth/mfa``): a TOTP or recovery code.
+
+    Raises:
+        Unauthorized: ``invalid_mfa_token``.
+        MfaFailed / MfaLocked: wrong code / locked factor (see :mod:`saas.auth.mfa`).
+    """
+    ticket, membership, tenant, user = _login_ticket(session, mfa_token)
     mfa.verify(session, user, code, tenant.schema_name, mfa_token=mfa_token)
     mfa.consume_mfa_token(ticket)
     return complete_login(session, user, membership, tenant, [*ticket.amr, "otp"])
@@ -474,18 +486,7 @@ def login_with_passkey_mfa(
         Unauthorized: ``invalid_mfa_token``.
         WebAuthnChallengeInvalid: 400; WebAuthnFailed: 401.
     """
-    ticket = mfa.read_mfa_token(mfa_token, ("login",))
-    row = membership_of(session, ticket.user_id, ticket.tenant_id)
-    if row is None:
-        raise Unauthorized(
-            "The mfa_token is invalid or has expired.", code=ErrorCode.INVALID_MFA_TOKEN, error=None
-        )
-    membership, tenant, user = row
-    check_account(user)
-    if tenant.status != "active":
-        raise Forbidden(
-            "This tenant is suspended.", code=ErrorCode.TENANT_SUSPENDED, title="Tenant suspended"
-        )
+    ticket, membership, tenant, user = _login_ticket(session, mfa_token)
     ceremony = passkeys.take_ceremony(ceremony_id, "mfa", user.id)
     assertion = passkeys.verify_assertion(session, ceremony, credential)
     if {"hwk", "swk"} & set(ticket.amr) and not assertion.user_verified:
