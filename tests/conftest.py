@@ -224,3 +224,16 @@ class Api:
 @pytest.fixture()
 def api(client) -> Api:
     return Api(client)
+
+
+@pytest.fixture()
+def worker_handlers() -> Iterator[None]:
+    """Every outbox topic's handler registered for the test (``saas.worker.load_handlers``), and
+    the registry put back as it was afterwards (a test may register its own)."""
+    from saas import worker
+
+    worker.load_handlers()
+    before = worker.handlers()
+    yield
+    worker._handlers.clear()
+    worker._handlers.update(before)

@@ -4,6 +4,8 @@ the Redis server's clock."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -195,3 +197,29 @@ def redis_now(redis_client) -> datetime:
     ``TTL``) and the limiter's GCRA are measured on it, whatever the Python clock says."""
     seconds, micros = redis_client.time()
     return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+
+
+@contextmanager
+def live_server(settings: Any, engine: Any, redis_client: Any, *, name: str = "127.0.0.1") -> Iterator[tuple]:
+    """``(base_url, app, settings)``: the app served by werkzeug, threaded, on a free loopback
+    port, committing for real; its issuer is the base URL (``name``: the host in it, e.g.
+    ``localhost``, a WebAuthn RP id where an IP address cannot be one)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from saas import create_app
+    from saas.db import Database
+
+    app_of: dict[str, Any] = {}
+    server = make_server("127.0.0.1", 0, lambda environ, start: app_of["app"](environ, start), threaded=True)
+    base = f"http://{name}:{server.server_port}"
+    live_settings = settings.with_overrides(issuer=base)
+    app_of["app"] = create_app(live_settings, database=Database(engine), redis=redis_client)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield base, app_of["app"], live_settings
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)

@@ -9,7 +9,6 @@ These tests commit for real (their own tenants in the run's database, dropped at
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,36 +17,18 @@ import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
-from werkzeug.serving import make_server
 
-from saas import create_app
 from saas.auth import mfa
-from saas.db import Database
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import verify_by_link
+from tests.helpers import live_server, verify_by_link
 from tests.peers import chromium_available, launch_chromium
-
-
-class _Dispatch:
-    app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
 
 
 @pytest.fixture(scope="module")
 def live(settings, engine, redis_client):
     """(base_url, app): the app served by werkzeug on a free loopback port, committing for real."""
-    dispatch = _Dispatch()
-    server = make_server("127.0.0.1", 0, dispatch, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    app = create_app(settings.with_overrides(issuer=base), database=Database(engine), redis=redis_client)
-    dispatch.app = app
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield base, app
-    server.shutdown()
-    thread.join(timeout=5)
+    with live_server(settings, engine, redis_client) as (base, app, _settings):
+        yield base, app
 
 
 def _signup(base: str, app) -> dict:

@@ -16,13 +16,12 @@ import jwt as pyjwt
 import pytest
 from sqlalchemy import select, text, update
 
-from saas import worker
 from saas.auth import backchannel
 from saas.auth.models import BackchannelLogoutAttempt, BrowserSession, RefreshToken
 from saas.db import utcnow
 from saas.outbox import OutboxMessage
 from saas.services import services
-from saas.worker import Worker, load_handlers
+from saas.worker import Worker
 from tests.auth_helpers import (
     REDIRECT,
     authorize_params,
@@ -79,13 +78,7 @@ def receiver():
     r.close()
 
 
-@pytest.fixture(autouse=True)
-def _handlers():
-    load_handlers()
-    before = worker.handlers()
-    yield
-    worker._handlers.clear()
-    worker._handlers.update(before)
+pytestmark = pytest.mark.usefixtures("worker_handlers")  # tests/conftest.py
 
 
 def verify_logout_token(token: str, jwks: dict, client_id: str, issuer: str) -> dict:

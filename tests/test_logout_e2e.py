@@ -9,46 +9,26 @@ These tests commit for real (their own tenants in the run's database, dropped at
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import jwt as pyjwt
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from saas import create_app
-from saas.db import Database
 from saas.services import services
 from saas.worker import Worker, load_handlers
 from tests.auth_helpers import REDIRECT, pkce_pair
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import verify_by_link
+from tests.helpers import live_server, verify_by_link
 from tests.test_logout import AFTER_LOGOUT, Receiver, verify_logout_token
-
-
-class _Dispatch:
-    app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
 
 
 @pytest.fixture(scope="module")
 def live(settings, engine, redis_client):
     """(base_url, app, settings): the app served by werkzeug on a free loopback port."""
-    dispatch = _Dispatch()
-    server = make_server("127.0.0.1", 0, dispatch, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    live_settings = settings.with_overrides(issuer=base)
-    app = create_app(live_settings, database=Database(engine), redis=redis_client)
-    dispatch.app = app
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield base, app, live_settings
-    server.shutdown()
-    thread.join(timeout=5)
+    with live_server(settings, engine, redis_client) as served:
+        yield served
 
 
 @pytest.fixture()

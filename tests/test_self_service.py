@@ -10,26 +10,18 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from saas import worker
 from saas.audit import AuditEvent
 from saas.auth.models import KnownDevice, MfaFactor, RecoveryCode, RefreshToken, WebAuthnCredential
 from saas.db import translate_map
 from saas.identity.models import Membership, Tenant, User
 from saas.outbox import OutboxMessage
 from saas.services import services
-from saas.worker import Worker, load_handlers
+from saas.worker import Worker
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import assert_problem, mailed_invitation_token
 from tests.peers import smtp_inbox
 
-
-@pytest.fixture(autouse=True)
-def _handlers():
-    load_handlers()
-    before = worker.handlers()
-    yield
-    worker._handlers.clear()
-    worker._handlers.update(before)
+pytestmark = pytest.mark.usefixtures("worker_handlers")  # tests/conftest.py
 
 
 @pytest.fixture()

@@ -9,22 +9,14 @@ import uuid
 import pytest
 import requests
 
-from saas import worker
 from saas.services import services
-from saas.worker import Worker, load_handlers
+from saas.worker import Worker
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import drop_tenant, mailed_invitation_token, verify_by_link
 from tests.peers import smtp_inbox
 from tests.test_auth_e2e import live  # noqa: F401 - the fixture
 
-
-@pytest.fixture(autouse=True)
-def _handlers():
-    load_handlers()
-    before = worker.handlers()
-    yield
-    worker._handlers.clear()
-    worker._handlers.update(before)
+pytestmark = pytest.mark.usefixtures("worker_handlers")  # tests/conftest.py
 
 
 def _bearer(body: dict) -> dict:

@@ -10,44 +10,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import threading
 import uuid
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt as pyjwt
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from saas import create_app
-from saas.db import Database
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import verify_by_link
+from tests.helpers import live_server, verify_by_link
 from tests.peers import chromium_available, launch_chromium
 from tests.webauthn_device import Passkey
-
-
-class _Dispatch:
-    app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
 
 
 @pytest.fixture(scope="module")
 def live(settings, engine, redis_client):
     """The app served by werkzeug on a free loopback port, its issuer ``http://localhost:<port>``."""
-    dispatch = _Dispatch()
-    server = make_server("127.0.0.1", 0, dispatch, threaded=True)
-    base = f"http://localhost:{server.server_port}"
-    dispatch.app = create_app(
-        settings.with_overrides(issuer=base), database=Database(engine), redis=redis_client
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield base
-    server.shutdown()
-    thread.join(timeout=5)
+    with live_server(settings, engine, redis_client, name="localhost") as (base, _app, _settings):
+        yield base
 
 
 def _signup(base: str, engine) -> dict:

@@ -13,7 +13,7 @@ from saas import outbox, worker
 from saas.db import Database, utcnow
 from saas.outbox import OutboxMessage
 from saas.services import services
-from saas.worker import PermanentError, Worker, load_handlers
+from saas.worker import PermanentError, Worker
 from tests.helpers import mailed_invitation_token
 from tests.peers import free_port, smtp_inbox
 
@@ -24,13 +24,7 @@ def smtp_server():
         yield inbox
 
 
-@pytest.fixture(autouse=True)
-def _handlers():
-    load_handlers()
-    before = worker.handlers()
-    yield
-    worker._handlers.clear()
-    worker._handlers.update(before)
+pytestmark = pytest.mark.usefixtures("worker_handlers")  # tests/conftest.py
 
 
 def test_invitation_mail_arrives_and_token_is_blanked(api, client, app, settings, smtp_server, db_session):
