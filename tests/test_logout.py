@@ -525,7 +525,7 @@ def test_private_destinations_are_refused_outside_development(
     assert _deliver(app, settings, env="production") == {"failed": 1}  # at once: no retry
     assert receiver.requests == []
     (attempt,) = _attempts(db_session, app_client)
-    assert attempt.status_code is None and "non-public address 127.0.0.1" in attempt.error
+    assert attempt.status_code is None and "only https" in attempt.error  # an http loopback URI
 
 
 def test_a_client_whose_uri_was_removed_gets_nothing(api, client, app, settings, db_session, receiver):
@@ -648,3 +648,33 @@ def test_a_password_change_or_reset_notifies_every_client(app, db_session, two_b
         )
     assert changed > 0
     assert _notified(db_session, two_browsers) == {"a", "b", "c"}
+
+
+def test_delivery_connects_to_the_address_it_checked(monkeypatch):
+    """DNS rebinding: the name answers a public address to the check and loopback afterwards;
+    the connection goes to the checked address, its certificate checked against the name."""
+    answers = iter(["93.184.216.34", "127.0.0.1", "127.0.0.1"])
+    connected: list[tuple] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        return [(2, 1, 6, "", (next(answers), port))]
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        connected.append(address)
+        raise ConnectionRefusedError(111, "refused")
+
+    monkeypatch.setattr(backchannel.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(backchannel.socket, "create_connection", create_connection)
+    with pytest.raises(backchannel.DeliveryError) as err:
+        backchannel.deliver("https://rp.example/bc", "t", allow_private=False)
+    assert connected == [("93.184.216.34", 443)]
+    assert not err.value.permanent and "93.184" not in str(err.value) and "443" not in str(err.value)
+    with pytest.raises(backchannel.DeliveryError) as err:
+        backchannel.deliver("http://rp.example/bc", "t", allow_private=False)
+    assert err.value.permanent and connected == [("93.184.216.34", 443)]  # http: never connected
+    answers = iter(["10.0.0.5"])
+    with pytest.raises(backchannel.DeliveryError) as err:
+        backchannel.deliver("https://rp.example/bc", "t", allow_private=False)
+    assert err.value.permanent and "non-public address" in str(err.value)
+    assert "10.0.0.5" not in str(err.value)  # stored and audited where the tenant's admins read it
+    assert connected == [("93.184.216.34", 443)]

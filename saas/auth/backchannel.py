@@ -149,38 +149,59 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
-def _check_destination(host: str, port: int) -> None:
-    """Refuse a host that resolves to a non-public address (production SSRF guard).
+def _public_address(host: str, port: int) -> str:
+    """The address to connect to for ``host``: every address it resolves to must be public
+    (production SSRF guard), and the connection then goes to the checked one, so a second DNS
+    answer (rebinding) cannot point it elsewhere.
 
     Raises:
-        DeliveryError: permanent, naming the address.
+        DeliveryError: the name does not resolve (retried), or resolves to a non-public address
+            (permanent). The message names neither the addresses nor the port: it is stored and
+            audited where the tenant's admins read it.
     """
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise DeliveryError(f"cannot resolve {host}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise DeliveryError(f"{host} resolves to a non-public address {address}", permanent=True)
+    except OSError:
+        raise DeliveryError("the host name does not resolve") from None
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not addresses or not all(address.is_global for address in addresses):
+        raise DeliveryError("the host resolves to a non-public address", permanent=True)
+    return str(addresses[0])
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection to ``address`` (checked) whose certificate must name the URI's host
+    (SNI and hostname verification against ``host``, not the address)."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def deliver(uri: str, token: str, *, allow_private: bool, timeout: float = TIMEOUT) -> int:
     """POST ``logout_token=<token>`` (``application/x-www-form-urlencoded``, section 2.5) to
-    ``uri``; returns the 2xx status. Redirects are not followed (a 3xx is a failure), and
-    ``allow_private`` False refuses destinations that resolve to non-public addresses.
+    ``uri``; returns the 2xx status. Redirects are not followed (a 3xx is a failure).
+    ``allow_private`` False (outside development and test) takes ``https`` only and refuses
+    destinations that resolve to non-public addresses, connecting to the address it checked.
 
     Raises:
-        DeliveryError: no answer, or an answer other than 2xx.
+        DeliveryError: a refused destination, no answer, or an answer other than 2xx.
     """
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryError("not an http(s) URI", permanent=True)
+    if not allow_private and parts.scheme != "https":
+        raise DeliveryError("only https destinations outside development", permanent=True)
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    conn: http.client.HTTPConnection
     if not allow_private:
-        _check_destination(parts.hostname, port)
-    if parts.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+        conn = _PinnedHTTPSConnection(parts.hostname, port, _public_address(parts.hostname, port), timeout)
+    elif parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
             parts.hostname, port, timeout=timeout, context=ssl.create_default_context()
         )
     else:
@@ -201,8 +222,8 @@ def deliver(uri: str, token: str, *, allow_private: bool, timeout: float = TIMEO
         response = conn.getresponse()
         response.read(65536)
         status = response.status
-    except (OSError, http.client.HTTPException) as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:  # the class only: no address or port
+        raise DeliveryError(f"no answer ({type(exc).__name__})") from None
     finally:
         conn.close()
     if not 200 <= status < 300:
