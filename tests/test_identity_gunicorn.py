@@ -381,7 +381,7 @@ def test_passkey_then_export_and_delete_the_account(stack):
             f"{base}/api/v1/me", json={"password": password}, headers=_bearer(access), timeout=10
         )
 
-    _problem(delete("not the password"), 401, "invalid_credentials")
+    _problem(delete("not the password"), 403, "invalid_credentials")
     assert _me(stack, access).status_code == 200  # the wrong password changed nothing
     r = delete(TEST_PASSWORD)
     assert r.status_code == 204, r.text

@@ -174,8 +174,8 @@ def test_delete_needs_the_password_and_a_fresh_step_up(api, client, app, db_sess
     acme = api.signup("acme")
     member = _invite_and_join(api, client, app, acme, "mel@acme.test")
     h = api.auth(member["token"])
-    assert_problem(client.delete("/api/v1/me", json={"password": "wrong password!"}, headers=h), 401,
-                   "invalid_credentials")  # fmt: skip
+    assert_problem(client.delete("/api/v1/me", json={"password": "wrong password!"}, headers=h), 403,
+                   "invalid_credentials")  # fmt: skip  (a failed sign-in, as for a password change)
     assert_problem(client.delete("/api/v1/me", json={}, headers=h), 422)
     assert_problem(client.delete("/api/v1/me", json={"password": 7}, headers=h), 422)
     stale = _stale(app, member["user"]["id"], acme["tenant"]["id"], "member")

@@ -82,7 +82,7 @@ def test_export_new_device_and_deletion_through_a_live_server(live, settings, en
         assert owner_email not in r.text
 
         r = _delete_me(base, fresh, "not the password")
-        assert r.status_code == 401 and r.json()["code"] == "invalid_credentials"
+        assert r.status_code == 403 and r.json()["code"] == "invalid_credentials"
         r = _delete_me(base, fresh, TEST_PASSWORD)
         assert r.status_code == 204, r.text
         assert requests.get(f"{base}/api/v1/me", headers=_bearer(fresh), timeout=10).status_code == 401

@@ -13,6 +13,7 @@ from saas.auth import mfa
 from saas.auth.models import WebAuthnCredential
 from saas.identity.models import User
 from saas.services import services
+from tests.helpers import assert_problem
 from tests.webauthn_device import Passkey, unb64u
 
 REG_OPTIONS = "/api/v1/me/webauthn/registration/options"
@@ -249,18 +250,19 @@ def test_device_bound_passkey_is_hwk(api, client, app):
     assert services(app).tokens.verify(r.get_json()["access_token"])["amr"] == ["hwk", "user", "mfa"]
 
 
-def test_options_with_an_email_list_its_passkeys_and_hide_unknown_accounts(api, client):
+def test_passwordless_options_never_tell_which_accounts_have_passkeys(api, client):
+    """The options answer is the same for an account with a passkey, one without, and an email
+    that names nobody: no credential ids, no transports (the shape would tell them apart)."""
     _owner, device = _registered(api, "acme")
-    known = _login_options(client, "owner@acme.test")["publicKey"]["allowCredentials"]
-    assert [unb64u(c["id"]) for c in known] == [device.credential_id]
-    unknown = _login_options(client, "nobody@acme.test")["publicKey"]["allowCredentials"]
-    assert len(unknown) == 1 and unb64u(unknown[0]["id"]) != device.credential_id
-    # stable: asking twice does not tell a made-up answer from a real one
-    assert _login_options(client, "nobody@acme.test")["publicKey"]["allowCredentials"] == unknown
-    # an account without a passkey looks the same
     api.signup("beta")
-    without = _login_options(client, "owner@beta.test")["publicKey"]["allowCredentials"]
-    assert len(without) == 1 and without != unknown
+    for email in ("owner@acme.test", "owner@beta.test", "nobody@acme.test", None):
+        public_key = _login_options(client, email)["publicKey"]
+        assert public_key["allowCredentials"] == [], email
+        assert set(public_key) == {"challenge", "timeout", "rpId", "allowCredentials", "userVerification"}
+    # the named account still signs in with its discoverable passkey; an unknown email's ceremony
+    # admits nobody's
+    assert _passwordless(client, device, email="owner@acme.test").status_code == 200
+    assert _passwordless(client, device, email="nobody@acme.test").status_code == 401
 
 
 def test_another_users_credential_does_not_sign_in_as_the_named_account(api, client):
@@ -457,3 +459,25 @@ def test_passwordless_without_uv_then_totp(api, client, app, clock):
     )
     assert r.status_code == 200, r.get_json()
     assert services(app).tokens.verify(r.get_json()["access_token"])["amr"] == ["hwk", "user", "otp"]
+
+
+def test_an_unverified_account_binds_no_factor(api, client, db_session):
+    """The pre-registered account: someone signs up with another person's address, binds a
+    passkey or TOTP, and waits for the real owner to reset the password. No factor binds before
+    the mailbox is proven, so the reset leaves the attacker nothing to sign in with."""
+    from tests.test_passwords import reset_token
+
+    attacker = api.signup("acme", email="victim@acme.test", verified=False)
+    h = api.auth(attacker)
+    assert_problem(client.post(REG_OPTIONS, headers=h), 403, "email_unverified")
+    assert_problem(client.post("/api/v1/me/mfa/totp", headers=h), 403, "email_unverified")
+    user_id = attacker["user"]["id"]
+    assert db_session.scalars(select(WebAuthnCredential)).all() == []
+    assert not mfa.has_mfa(db_session, user_id)
+    token = reset_token(client, db_session, "victim@acme.test")
+    r = client.post(
+        "/api/v1/auth/password/reset", json={"token": token, "password": "the owner's own passphrase"}
+    )
+    assert r.status_code == 204  # the reset link proved the mailbox: the owner may bind factors now
+    owner = api.login("victim@acme.test", "the owner's own passphrase").get_json()
+    assert _register(client, api.auth(owner), Passkey(uv=True)).status_code == 201

@@ -24,7 +24,13 @@ from saas.api import Blueprint
 from saas.audit import AuditAction
 from saas.auth import browser_sessions, mfa, service, sessions
 from saas.auth import clients as clients_service
-from saas.auth.context import authenticated, current_principal, require, require_verified_email
+from saas.auth.context import (
+    authenticated,
+    check_verified_email,
+    current_principal,
+    require,
+    require_verified_email,
+)
 from saas.auth.models import OAuthClient
 from saas.auth.schemas import (
     ClientPatchSchema,
@@ -175,6 +181,9 @@ def _mfa_subject(token: str | None, purposes: tuple[str, ...] = ("enroll",), *, 
             raise Unauthorized("MFA belongs to people, not service accounts.", error=None)
         if step_up:
             check_step_up()
+        # a factor bound before the mailbox is proven would outlive its owner's reset (a
+        # pre-registered account: docs/auth.md, "Email verification and change")
+        check_verified_email()
         user = sess.get(User, principal.user_id)
         return user, principal.tenant, None
     ticket = mfa.read_mfa_token(token, purposes)

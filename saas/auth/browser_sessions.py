@@ -135,7 +135,7 @@ def end_all_for_user(
     browser sign-in that family was issued from, if any: "every other session ends".
 
     Returns how many refresh tokens were revoked. The one function every "sign this person out
-    everywhere" goes through (password reset and change, email change, account deletion)."""
+    everywhere" goes through (password reset and change, account deletion, an admin's MFA reset)."""
     where: list[Any] = [RefreshToken.user_id == user_id]
     keep_browser: uuid.UUID | None = None
     if keep_family is not None:

@@ -14,7 +14,7 @@ access token issued in it. This module is the one place that
 Browser sign-ins on the hosted pages are another kind of session: :mod:`saas.auth.browser_sessions`,
 which sits above this module (ending a sign-in ends the families issued from it) and so holds
 :func:`saas.auth.browser_sessions.end_all_for_user`, everything a person is signed in with (a
-password reset or change, an email change, an account deletion, an admin's "end all sessions").
+password reset or change, an account deletion, an admin's MFA reset).
 """
 
 from __future__ import annotations

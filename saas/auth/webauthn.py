@@ -318,12 +318,11 @@ def delete_credential(ctx: ActionContext, user: User, credential_id: str) -> Non
 # --- authentication (section 7.2) ----------------------------------------------------------------
 
 
-def _fake_descriptor(email: str) -> PublicKeyCredentialDescriptor:
-    """A stable made-up credential for an email without an account, so that the options answer
-    does not tell whether the account exists."""
+def _unknown_account(email: str) -> uuid.UUID:
+    """A stable id that no user has, for an email without an account: a passwordless ceremony
+    bound to it fails at verification like one bound to an account whose passkey is not used."""
     key = hashlib.sha256(services().settings.secret_key.encode() + b"webauthn unknown user").digest()
-    fake = hmac.new(key, email.strip().lower().encode(), hashlib.sha256).digest()
-    return PublicKeyCredentialDescriptor(id=fake)
+    return uuid.UUID(bytes=hmac.new(key, email.strip().lower().encode(), hashlib.sha256).digest()[:16])
 
 
 def authentication_options(
@@ -331,16 +330,20 @@ def authentication_options(
 ) -> dict[str, Any]:
     """``{"ceremony_id", "publicKey": PublicKeyCredentialRequestOptionsJSON}`` (section 5.5).
 
-    ``purpose`` ``login`` (passwordless) or ``mfa`` (second factor). With ``user`` the ceremony
-    is bound to them and ``allowCredentials`` lists their credentials; without (a passwordless
-    login) it is empty, for discoverable credentials (section 5.1.3, ``userHandle``). With an
-    ``email`` that names no account or one without passkeys, it holds one stable made-up id,
-    so that the answer does not tell which."""
+    ``purpose`` ``mfa`` (second factor, ``user`` the one whose login waits): ``allowCredentials``
+    lists their passkeys. ``purpose`` ``login`` (passwordless, anyone may ask):
+    ``allowCredentials`` is always empty, so only discoverable credentials sign in (section
+    5.1.3; the assertion's ``userHandle`` names the user), and the answer is the same whether or
+    not ``email`` has an account or passkeys (no enumeration, no credential ids handed out).
+    An ``email`` binds the ceremony to its account (``user``), or to an id nobody has when it
+    names none: another account's passkey then fails."""
     challenge = webauthn.helpers.generate_challenge()
-    allow = [_descriptor(c) for c in user_credentials(session, user.id, usable=True)] if user else []
-    if not allow and email:
-        # an unknown email, or an account without a passkey: the same shape as one with one
-        allow = [_fake_descriptor(email)]
+    allow = (
+        [_descriptor(c) for c in user_credentials(session, user.id, usable=True)]
+        if purpose == "mfa" and user
+        else []
+    )
+    bound = user.id if user else (_unknown_account(email) if email else None)
     options = webauthn.generate_authentication_options(
         rp_id=rp_id(),
         challenge=challenge,
@@ -348,7 +351,7 @@ def authentication_options(
         allow_credentials=allow,
         user_verification=UserVerificationRequirement.PREFERRED,
     )
-    return _options(_start(purpose, challenge, user.id if user else None), options)
+    return _options(_start(purpose, challenge, bound), options)
 
 
 @dataclass(frozen=True)

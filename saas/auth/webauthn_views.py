@@ -18,7 +18,7 @@ from saas.actions import ActionContext
 from saas.api import Blueprint
 from saas.auth import service
 from saas.auth import webauthn as passkeys
-from saas.auth.context import authenticated, current_principal
+from saas.auth.context import authenticated, check_verified_email, current_principal
 from saas.auth.schemas import TokenResponseSchema
 from saas.auth.stepup import check_step_up
 from saas.errors import Unauthorized
@@ -103,12 +103,14 @@ class RegistrationOptions(MethodView):
     @authenticated
     @blp.response(200, _OptionsOutSchema)
     @blp.alt_response(401, description="insufficient_user_authentication: step-up needed")
+    @blp.alt_response(403, description="email_unverified")
     @blp.alt_response(503, description="mfa_unavailable: the challenge store is down")
     def post(self):
         """Start registering a passkey (needs step-up): creation options with a fresh challenge,
         ``residentKey`` and ``userVerification`` preferred, the caller's passkeys excluded."""
         user = _me()
         check_step_up()
+        check_verified_email()  # a passkey of a pre-registered account would outlive the reset
         return passkeys.registration_options(db.session(), user)
 
 
@@ -119,12 +121,14 @@ class RegistrationVerify(MethodView):
     @blp.response(201, CredentialSchema)
     @blp.alt_response(400, description="webauthn_challenge_invalid / webauthn_registration_failed")
     @blp.alt_response(401, description="insufficient_user_authentication: step-up needed")
+    @blp.alt_response(403, description="email_unverified")
     @blp.alt_response(409, description="webauthn_credential_exists")
     def post(self, body):
         """Finish registering: the attestation is verified (WebAuthn Level 2 section 7.1) and the
         credential stored under ``name``; audited as ``webauthn.registered``."""
         user = _me()
         check_step_up()
+        check_verified_email()  # a passkey of a pre-registered account would outlive the reset
         row = passkeys.register(
             ActionContext.from_request(), user, body["ceremony_id"], body["credential"], body["name"].strip()
         )
@@ -165,9 +169,9 @@ class LoginOptions(MethodView):
     @blp.alt_response(503, description="mfa_unavailable: the challenge store is down")
     @blp.doc(security=[])
     def post(self, body):
-        """Start a passwordless login: request options. Without ``email``, ``allowCredentials``
-        is empty (a discoverable credential names its user). With one, it lists the account's
-        passkeys (an unknown email gets a stable made-up one: the answer does not tell)."""
+        """Start a passwordless login: request options, ``allowCredentials`` always empty (a
+        discoverable credential names its user), the same answer for any ``email``. An ``email``
+        only binds the ceremony: a passkey of another account then fails."""
         email = (body or {}).get("email")
         sess = db.session()
         user = service.find_user_by_email(sess, email) if email else None

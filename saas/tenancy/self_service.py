@@ -36,11 +36,11 @@ from saas.auth.models import (
     RefreshToken,
     WebAuthnCredential,
 )
+from saas.auth.recovery import check_current_password
 from saas.billing import service as billing_service
 from saas.db import translate_map, utcnow
-from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, Unauthorized
+from saas.errors import Conflict, ErrorCode, Forbidden, NotFound
 from saas.identity.models import Membership, Tenant, User
-from saas.identity.passwords import Passwords
 from saas.rbac import can_assign
 
 #: the export document's format (``format`` member); a change of shape gets a new version
@@ -318,7 +318,7 @@ def _pseudonymise_audit(session: Session, user: User) -> int:
     return changed
 
 
-def delete_account(ctx: ActionContext, passwords: Passwords, user_id: uuid.UUID, password: str) -> None:
+def delete_account(ctx: ActionContext, user_id: uuid.UUID, password: str) -> None:
     """Erase the account ``user_id`` (GDPR article 17), in the caller's one transaction.
 
     The caller checked the step-up (RFC 9470). Here: the password is checked; the account must
@@ -331,7 +331,8 @@ def delete_account(ctx: ActionContext, passwords: Passwords, user_id: uuid.UUID,
     tokens, browser sessions and known devices. The address is free for a new signup.
 
     Raises:
-        Unauthorized: ``invalid_credentials``, the password is wrong.
+        Forbidden: ``invalid_credentials``, the password is wrong (a failed sign-in, as for a
+            password change: :func:`saas.auth.recovery.check_current_password`).
         Conflict: ``last_owner``, the account is the last owner of a tenant (the detail names
             the tenants): hand the tenant over or delete it first.
         NotFound: the account is gone.
@@ -340,8 +341,8 @@ def delete_account(ctx: ActionContext, passwords: Passwords, user_id: uuid.UUID,
     user = session.get(User, user_id, with_for_update=True)
     if user is None:
         raise NotFound("No such account.")
-    if not passwords.verify(user.password_hash, password):
-        raise Unauthorized("The password is incorrect.", code=ErrorCode.INVALID_CREDENTIALS, error=None)
+    # a wrong password is a failed sign-in: audited, committed, counted per account
+    check_current_password(ctx, user, password, "wrong_password_account_deletion")
     if last := _last_owned(session, user_id):
         raise Conflict(
             "You are the last owner of: " + ", ".join(last) + ". Make someone else an owner, or "

@@ -307,7 +307,8 @@ class Me(MethodView):
     @authenticated
     @blp.arguments(DeleteAccountSchema)
     @blp.response(204)
-    @blp.alt_response(401, description="invalid_credentials (wrong password), or no fresh step-up")
+    @blp.alt_response(401, description="insufficient_user_authentication: no fresh step-up")
+    @blp.alt_response(403, description="invalid_credentials: wrong password (a failed sign-in)")
     @blp.alt_response(409, description="last_owner: the account is the last owner of a tenant")
     def delete(self, body):
         """Delete my account and its personal data in every tenant (GDPR article 17). Needs the
@@ -318,7 +319,7 @@ class Me(MethodView):
         user_id = _person()
         check_step_up()
         ctx = ActionContext.from_request()
-        self_service.delete_account(ctx, services().passwords, user_id, body["password"])
+        self_service.delete_account(ctx, user_id, body["password"])
 
 
 @blp.route("/me/export")
