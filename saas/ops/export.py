@@ -98,6 +98,19 @@ VERSION = 2
 #: versions :func:`import_tenant` reads
 READABLE_VERSIONS = (1, 2)
 _USER_ID_COLUMNS = {"created_by", "updated_by", "user_id", "invited_by"}
+#: an OAuth client's fields that the API registers (and checks): an import checks them the same way
+CLIENT_API_FIELDS = (
+    "name",
+    "client_type",
+    "redirect_uris",
+    "grant_types",
+    "scope",
+    "role",
+    "first_party",
+    "post_logout_redirect_uris",
+    "backchannel_logout_uri",
+    "backchannel_logout_session_required",
+)
 
 
 def _encode(value: Any) -> Any:
@@ -453,19 +466,7 @@ def _schemas() -> dict[str, ma.Schema]:
         "saas.oauth_clients": _row_schema(
             OAuthClient.__table__,
             {
-                **_api_fields(
-                    ClientSchema,
-                    "name",
-                    "client_type",
-                    "redirect_uris",
-                    "grant_types",
-                    "scope",
-                    "role",
-                    "first_party",
-                    "post_logout_redirect_uris",
-                    "backchannel_logout_uri",
-                    "backchannel_logout_session_required",
-                ),
+                **_api_fields(ClientSchema, *CLIENT_API_FIELDS),
                 "client_id": ma.fields.String(
                     required=True,
                     validate=[ma.validate.Length(min=1, max=64), ma.validate.Regexp(r"^[A-Za-z0-9_-]+$")],
@@ -986,21 +987,9 @@ class _Importer:
         from saas.auth import clients as clients_service
         from saas.auth.models import OAuthClient
 
-        api_keys = (
-            "name",
-            "client_type",
-            "redirect_uris",
-            "grant_types",
-            "scope",
-            "role",
-            "first_party",
-            "post_logout_redirect_uris",
-            "backchannel_logout_uri",
-            "backchannel_logout_session_required",
-        )
         for record in records:
             values = record.values
-            data = {k: values[k] for k in api_keys if k in values}
+            data = {k: values[k] for k in CLIENT_API_FIELDS if k in values}
             created_by = self.user_map.get(values["created_by"]) if values.get("created_by") else None
             wanted = values["client_id"]
             if wanted in self.client_map:
