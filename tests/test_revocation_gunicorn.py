@@ -124,11 +124,13 @@ def test_logout_reaches_every_worker_within_a_second(gunicorn):
         return requests.get(f"{base}/api/v1/contacts", headers=headers, timeout=30).status_code
 
     with ThreadPoolExecutor(8) as pool:
-        # warm both workers (verified-token cache, principal cache) until each served the token
-        for _ in range(10):
+        # warm both workers (verified-token cache, principal cache) until each served the token;
+        # at most 48 requests: the free plan allows 60 a minute, and a loaded machine may need
+        # several rounds before both workers have answered
+        for _ in range(6):
             start = _log_lines(log)
-            assert set(pool.map(get, range(16))) == {200}
-            _wait_logged(log, start + 16)
+            assert set(pool.map(get, range(8))) == {200}
+            _wait_logged(log, start + 8)
             warm = _statuses_by_worker(log, start)
             if len(warm) == 2:
                 break
