@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.bootstrap import build_services
     from saas.product import product
     from saas.services import EXTENSION
+    from saas.tenancy import domain_views
     from saas.tenancy import views as tenancy_views
 
     settings = settings or Settings.from_env()
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         account_api.blp,
         webauthn_views.blp,
         tenancy_views.blp,
+        domain_views.blp,
         audit_api.blp,
     ):
         smorest.register_blueprint(blueprint)

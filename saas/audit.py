@@ -85,6 +85,10 @@ class AuditAction(StrEnum):
     MEMBER_REMOVED = "member.removed"
     MEMBER_LEFT = "member.left"
     LIMITS_RESET = "limits.reset"
+    # verified domains (saas.tenancy.domains)
+    DOMAIN_CLAIMED = "domain.claimed"
+    DOMAIN_VERIFIED = "domain.verified"
+    DOMAIN_DELETED = "domain.deleted"
     # billing (saas.billing; Stripe events where the name says so)
     BILLING_CHECKOUT_STARTED = "billing.checkout_started"
     BILLING_PORTAL_OPENED = "billing.portal_opened"

@@ -137,6 +137,12 @@ class ErrorCode(StrEnum):
     INVALID_SIGNATURE = "invalid_signature"  # 400: a webhook whose signature does not verify
     BILLING_NOT_CONFIGURED = "billing_not_configured"  # 503: no STRIPE_SECRET_KEY
     STRIPE_UNAVAILABLE = "stripe_unavailable"  # 503: Stripe's API failed or timed out
+    ENTITLEMENT_REQUIRED = "entitlement_required"  # 402: the tenant's plan lacks the feature
+    # verified domains (docs/auth.md, "Verified domains")
+    DOMAIN_ALREADY_CLAIMED = "domain_already_claimed"  # 409: this tenant has claimed it already
+    DOMAIN_TAKEN = "domain_taken"  # 409: another tenant has verified it
+    DOMAIN_NOT_VERIFIED = "domain_not_verified"  # 422: the TXT record is missing or wrong
+    DNS_UNAVAILABLE = "dns_unavailable"  # 503: the resolvers timed out or failed
 
 
 class AppError(Exception):

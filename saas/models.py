@@ -2,7 +2,7 @@
 
 from saas.auth.models import AuthorizationCode, Consent, MfaFactor, OAuthClient, RecoveryCode, RefreshToken
 from saas.billing.models import BillingAccount, BillingOverride, UsageReport, WebhookEvent
-from saas.identity.models import Invitation, Membership, Tenant, User
+from saas.identity.models import Invitation, Membership, Tenant, User, VerifiedDomain
 from saas.outbox import OutboxMessage
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "Tenant",
     "UsageReport",
     "User",
+    "VerifiedDomain",
     "WebhookEvent",
 ]

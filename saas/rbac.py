@@ -18,6 +18,7 @@ PERMISSIONS: dict[str, str] = {
     "billing:manage": "Change plan and payment",
     "audit:read": "Read the audit log",
     "clients:manage": "Manage OAuth clients",
+    "sso:manage": "Manage verified domains and single sign-on",
 }
 
 ROLES: dict[str, frozenset[str]] = {

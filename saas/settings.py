@@ -6,6 +6,7 @@ Every value has an explicit converter; a missing or malformed value raises
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -63,6 +64,39 @@ def _non_negative_float(raw: str) -> float:
 
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a number > 0")
+    return value
+
+
+def _nameserver(part: str) -> tuple[str, int]:
+    """``host`` or ``host:port`` (``[v6]:port``) -> (IP address, port); port 53 by default."""
+    host, port = part, "53"
+    if part.startswith("["):
+        host, sep, rest = part[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{part}: expected [IPv6]:port")
+        port = rest[1:] or "53"
+    elif part.count(":") == 1:
+        host, port = part.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"{part}: the host must be an IP address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{part}: expected a port 1..65535")
+    return address, int(port)
+
+
+def _nameservers(raw: str) -> tuple[tuple[str, int], ...]:
+    parts = _csv(raw)
+    if not parts:
+        raise ValueError("expected comma-separated host or host:port")
+    return tuple(_nameserver(p) for p in parts)
 
 
 def _non_negative_int(raw: str) -> int:
@@ -136,6 +170,12 @@ class Settings:
     #: the origins a WebAuthn ceremony may come from (``WEBAUTHN_ORIGINS``, comma-separated);
     #: empty: the origin of ``SAAS_ISSUER``
     webauthn_origins: tuple[str, ...] = ()
+    #: the DNS resolvers that verify domains (``DNS_NAMESERVERS``, comma-separated ``host`` or
+    #: ``host:port``, each host an IP address, IPv6 in brackets with a port: ``[::1]:53``);
+    #: empty: the system resolver (``/etc/resolv.conf``). Kept as ``(address, port)`` pairs.
+    dns_nameservers: tuple[tuple[str, int], ...] = ()
+    #: how long one domain verification may wait on DNS, in seconds (``DNS_TIMEOUT``, default 5)
+    dns_timeout_seconds: float = 5.0
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -239,6 +279,8 @@ class Settings:
         maybe("EMAIL_VERIFICATION_TTL", "email_verification_ttl_seconds", _positive_int)
         maybe("WEBAUTHN_RP_ID", "webauthn_rp_id")
         maybe("WEBAUTHN_ORIGINS", "webauthn_origins", _csv)
+        maybe("DNS_NAMESERVERS", "dns_nameservers", _nameservers)
+        maybe("DNS_TIMEOUT", "dns_timeout_seconds", _positive_float)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)

@@ -38,6 +38,13 @@ def test_values_are_converted():
     assert s.signing_alg == "ES256" and s.var_dir == Path("/tmp/x") and s.log_level == "DEBUG"
 
 
+def test_dns_nameservers_are_addresses_with_ports():
+    assert Settings.from_env({}).dns_nameservers == ()  # the system resolver
+    s = Settings.from_env({"DNS_NAMESERVERS": "192.0.2.1, 127.0.0.1:5353,[::1]:5300,2001:db8::1"})
+    assert s.dns_nameservers == (("192.0.2.1", 53), ("127.0.0.1", 5353), ("::1", 5300), ("2001:db8::1", 53))
+    assert Settings.from_env({"DNS_TIMEOUT": "0.5"}).dns_timeout_seconds == 0.5
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -53,6 +60,10 @@ def test_values_are_converted():
         ("REDIS_TIMEOUT", "fast"),
         ("LOG_LEVEL", "LOUD"),
         ("DB_POOL_SIZE", "1.5"),
+        ("DNS_NAMESERVERS", "ns1.example.com"),
+        ("DNS_NAMESERVERS", "127.0.0.1:99999"),
+        ("DNS_NAMESERVERS", "[::1"),
+        ("DNS_TIMEOUT", "0"),
     ],
 )
 def test_malformed_variable_names_itself_in_one_line(name, value):

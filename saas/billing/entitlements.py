@@ -13,20 +13,23 @@ tenant in the key by construction, invariant 8) and invalidated whenever billing
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import has_app_context, has_request_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
+from saas.errors import ErrorCode, PaymentRequired
 from saas.memo import memoize
 from saas.services import services
 from saas.settings import SettingsError
@@ -38,8 +41,17 @@ LIMIT_KEYS = ("seats", "requests_per_minute", "monthly_api_calls")
 PLAN_KEYS = frozenset({"name", "price_env", "per_seat", "features", *LIMIT_KEYS})
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 class CatalogueError(SettingsError):
     """The plan catalogue is invalid; the message names the plan and key (start-up stops)."""
+
+
+class EntitlementRequired(PaymentRequired):
+    """402: the tenant's plan lacks a feature; ``plan`` names the cheapest plan that has it."""
+
+    code, title = ErrorCode.ENTITLEMENT_REQUIRED, "Entitlement required"
 
 
 @dataclass(frozen=True)
@@ -428,3 +440,49 @@ def _after_rollback(session: Session) -> None:
     redis = session.info.pop("billing_redis", None)
     if dirty and redis is not None:
         _drop(redis, dirty)
+
+
+def plans_with_feature(feature: str) -> list[Plan]:
+    """Plans whose catalogue entry grants ``feature`` (a truthy value), cheapest first
+    (catalogue order)."""
+    _, plans = catalogue()
+    return [p for p in plans.values() if p.features.get(feature)]
+
+
+def check_feature(tenant: Any, feature: str) -> None:
+    """Raise :class:`EntitlementRequired` unless ``tenant``'s entitlements now (plan, status,
+    override: :func:`entitlements_for`) grant ``feature`` (a truthy value of ``features``)."""
+    if entitlements_for(tenant).features.get(feature):
+        return
+    offering = plans_with_feature(feature)
+    cheapest = offering[0] if offering else None
+    detail = f"The tenant's plan does not include {feature!r}."
+    if cheapest is not None:
+        detail += f" The {cheapest.name} plan has it (POST /api/v1/billing/checkout)."
+    raise EntitlementRequired(detail, extra={"feature": feature, "plan": cheapest.id if cheapest else None})
+
+
+def require_feature(feature: str) -> Callable[[F], F]:
+    """Decorator (under ``require(...)``): the caller's tenant's plan must grant ``feature``
+    (``plans.toml`` ``features``), else 402 ``entitlement_required`` with members ``feature``
+    and ``plan`` (the cheapest plan that has it, in catalogue order). Recorded on the view as
+    ``_required_feature`` and documented as a 402 response in the OpenAPI document."""
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from saas.auth.context import current_principal
+
+            check_feature(current_principal().tenant, feature)
+            return view(*args, **kwargs)
+
+        wrapper._required_feature = feature  # type: ignore[attr-defined]
+        doc = copy.deepcopy(getattr(wrapper, "_apidoc", {}))
+        doc.setdefault("response", {}).setdefault("responses", {}).setdefault(402, []).append(
+            "PAYMENT_REQUIRED"
+        )
+        doc.setdefault("manual_doc", {})["x-required-feature"] = feature
+        wrapper._apidoc = doc  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator

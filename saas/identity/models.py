@@ -1,7 +1,8 @@
 """The control plane's directory: who exists and where they belong.
 
 ``users`` (one global identity per person, across tenants), ``tenants`` (a customer
-organisation and its schema), ``memberships`` (a user's role in a tenant) and ``invitations``.
+organisation and its schema), ``memberships`` (a user's role in a tenant), ``invitations`` and
+``verified_domains`` (the DNS domains a tenant claims and has proved it controls).
 Every layer reads these tables, so this module imports nothing above :mod:`saas.db`.
 """
 
@@ -126,6 +127,36 @@ class Invitation(SharedBase):
     accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     membership: Mapped[Membership] = relationship()
+
+
+class VerifiedDomain(SharedBase):
+    """A DNS domain a tenant claims (``verified_at`` NULL: pending) or has proved it controls by
+    publishing ``TXT _saas-challenge.<domain> "saas-domain-verification=<token>"`` (RFC 1035
+    section 3.3.14). ``domain`` is normalised (lowercase A-labels, no trailing dot).
+
+    One tenant per domain: several tenants may hold pending claims, but the partial unique index
+    ``uq_verified_domains_domain_verified`` lets only one row per domain be verified, so the first
+    tenant to verify wins even when two verify at once. The token is not a secret (anyone can read
+    the published record); it ties the record to this claim."""
+
+    __tablename__ = "verified_domains"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "domain", name="uq_verified_domains_tenant_domain"),
+        Index(
+            "uq_verified_domains_domain_verified",
+            "domain",
+            unique=True,
+            postgresql_where=text("verified_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(253))
+    token: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tenant:
