@@ -85,6 +85,9 @@ class AuditAction(StrEnum):
     MEMBER_REMOVED = "member.removed"
     MEMBER_LEFT = "member.left"
     LIMITS_RESET = "limits.reset"
+    # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
+    IMPERSONATION_STARTED = "impersonation.started"
+    IMPERSONATION_USED = "impersonation.used"
     # billing (saas.billing; Stripe events where the name says so)
     BILLING_CHECKOUT_STARTED = "billing.checkout_started"
     BILLING_PORTAL_OPENED = "billing.portal_opened"
