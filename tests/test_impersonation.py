@@ -92,7 +92,7 @@ def test_events_written_during_an_impersonated_request_name_the_operator(app, cl
 
 
 def test_ordinary_tokens_write_no_impersonation_event(client, org):
-    body, owner = org
+    _body, owner = org
     assert client.get("/api/v1/me", headers=owner).status_code == 200
     assert _events(client, owner, "impersonation.used")["items"] == []
 
@@ -137,16 +137,20 @@ def test_step_up_is_never_satisfied_even_by_a_fresh_act_token(app, client, org):
     """A token with ``act`` and a fresh ``auth_time``/``amr`` (as if one were minted with them)
     still cannot step up."""
     body, _owner = org
-    token = services(app).tokens.issue(
-        subject=body["user"]["id"],
-        tenant_id=body["tenant"]["id"],
-        roles=["owner"],
-        scope="api",
-        client_id="saas-api",
-        auth_time=int(time.time()),
-        amr=["pwd", "otp"],
-        extra={"act": {"sub": "ops-alice"}},
-    ).token
+    token = (
+        services(app)
+        .tokens.issue(
+            subject=body["user"]["id"],
+            tenant_id=body["tenant"]["id"],
+            roles=["owner"],
+            scope="api",
+            client_id="saas-api",
+            auth_time=int(time.time()),
+            amr=["pwd", "otp"],
+            extra={"act": {"sub": "ops-alice"}},
+        )
+        .token
+    )
     r = client.patch("/api/v1/tenant", json={"settings": {"require_mfa": True}}, headers=bearer(token))
     assert_problem(r, 403, "impersonation_forbidden")
 
