@@ -104,13 +104,13 @@ SENSITIVE = [
     ("delete", "/api/v1/me/mfa/totp", {"password": "x" * 12, "code": "123456"}),
     ("post", "/api/v1/me/mfa/recovery-codes", None),
     ("post", "/api/v1/me/webauthn/registration/options", None),
-    ("delete", "/api/v1/me/webauthn/credentials/" + str(uuid.uuid4()), None),
+    ("delete", "/api/v1/me/webauthn/credentials/00000000-0000-4000-8000-000000000001", None),
     ("delete", "/api/v1/me", {"password": "x" * 12}),
     ("post", "/api/v1/billing/checkout", {"plan": "pro"}),
     ("post", "/api/v1/billing/portal", None),
     ("post", "/api/v1/clients", {"name": "x", "redirect_uris": ["https://x.test/cb"]}),
     ("patch", "/api/v1/tenant", {"settings": {"allow_impersonation": False}}),
-    ("delete", "/api/v1/members/" + str(uuid.uuid4()) + "/sessions", None),
+    ("delete", "/api/v1/members/00000000-0000-4000-8000-000000000002/sessions", None),
 ]
 
 
