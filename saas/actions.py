@@ -90,6 +90,9 @@ class ActionContext:
         Raises:
             ValueError: ``action`` is not an :class:`~saas.audit.AuditAction`.
         """
+        if self.principal is not None and self.principal.act is not None:
+            # an operator acting as the user: both actors on the event (RFC 8693 section 4.1)
+            data = {**(data or {}), "act": {"sub": self.principal.act}}
         audit.record(
             self.session,
             action,
@@ -100,4 +103,3 @@ class ActionContext:
             tenant_id=tenant_id,
             meta=self.meta or RequestMeta(),  # never the request's: a context says where it came from
         )
-

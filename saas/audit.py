@@ -89,6 +89,9 @@ class AuditAction(StrEnum):
     DOMAIN_CLAIMED = "domain.claimed"
     DOMAIN_VERIFIED = "domain.verified"
     DOMAIN_DELETED = "domain.deleted"
+    # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
+    IMPERSONATION_STARTED = "impersonation.started"
+    IMPERSONATION_USED = "impersonation.used"
     # billing (saas.billing; Stripe events where the name says so)
     BILLING_CHECKOUT_STARTED = "billing.checkout_started"
     BILLING_PORTAL_OPENED = "billing.portal_opened"

@@ -111,6 +111,9 @@ class ErrorCode(StrEnum):
     WEBAUTHN_FAILED = "webauthn_failed"  # 401: the assertion did not verify, or no such credential
     WEBAUTHN_CREDENTIAL_EXISTS = "webauthn_credential_exists"  # 409: already registered
     MEMBER_OF_OTHER_TENANTS = "member_of_other_tenants"  # 409: an account-wide change one tenant may not make
+    # impersonation for support (docs/auth.md, "Impersonation for support")
+    IMPERSONATION_FORBIDDEN = "impersonation_forbidden"  # 403: not with an impersonation token
+    IMPERSONATION_DISABLED = "impersonation_disabled"  # 401: the tenant no longer allows impersonation
     # tenants and their lifecycle (docs/operations.md)
     TENANT_NOT_FOUND = "tenant_not_found"  # 404
     TENANT_SUSPENDED = "tenant_suspended"  # 403: a request on behalf of a suspended tenant

@@ -15,7 +15,7 @@ from flask.views import MethodView
 from saas.actions import ActionContext
 from saas.api import Blueprint
 from saas.auth import emails, recovery
-from saas.auth.context import authenticated
+from saas.auth.context import authenticated, not_impersonated
 
 blp = Blueprint(
     "account",
@@ -98,6 +98,7 @@ class ResetPassword(MethodView):
 @blp.route("/me/password")
 class MyPassword(MethodView):
     @authenticated
+    @not_impersonated
     @blp.arguments(ChangePasswordSchema)
     @blp.response(204)
     @blp.alt_response(422, description="The new password fails the policy")
@@ -135,6 +136,7 @@ class MyEmailVerification(MethodView):
 @blp.route("/me/email")
 class MyEmail(MethodView):
     @authenticated
+    @not_impersonated
     @blp.arguments(EmailChangeSchema)
     @blp.response(202, AcceptedSchema)
     @blp.alt_response(409, description="email_taken: another account has that address")

@@ -26,6 +26,7 @@ from saas.auth import browser_sessions, mfa, service, sessions
 from saas.auth import clients as clients_service
 from saas.auth.context import (
     authenticated,
+    check_not_impersonated,
     check_verified_email,
     current_principal,
     require,
@@ -179,6 +180,7 @@ def _mfa_subject(token: str | None, purposes: tuple[str, ...] = ("enroll",), *, 
         principal = current_principal()
         if principal.user_id is None:
             raise Unauthorized("MFA belongs to people, not service accounts.", error=None)
+        check_not_impersonated()  # an operator never binds a factor, even where no step-up is asked
         if step_up:
             check_step_up()
         # a factor bound before the mailbox is proven would outlive its owner's reset (a

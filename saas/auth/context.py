@@ -31,7 +31,13 @@ class Principal:
     ``tenant`` and ``membership`` are ORM objects loaded lazily from the request's session the
     first time a view reads them: the hot path (permission checks) runs on the cached snapshot
     (``tenant_snapshot``, ``roles``, ``permissions``) and issues no SQL.
+
+    ``act`` is the operator acting as the user (the ``sub`` of the token's RFC 8693 section 4.1
+    ``act`` claim: ``saas users impersonate``), None for everyone else (a class default, so an
+    ordinary token's principal pays nothing for it).
     """
+
+    act: str | None = None
 
     def __init__(
         self,
@@ -148,13 +154,19 @@ def _authenticate() -> None:
         user_id = uuid.UUID(str(claims["sub"])) if claims.get("client_id") != claims.get("sub") else None
     except ValueError:
         raise Unauthorized("The access token's subject or tenant is malformed.") from None
-    g.principal = Principal(
+    principal = Principal(
         user_id=user_id,
         tenant_id=tenant_id,
         client_id=claims.get("client_id"),
         scope=frozenset(str(claims.get("scope", "")).split()),
         claims=claims,
     )
+    act = claims.get("act")
+    if act is not None:  # an operator acting as the user: audited, restricted (impersonation.py)
+        from saas.auth import impersonation
+
+        impersonation.bind(principal, act)
+    g.principal = principal
     db.set_tenant_schema(db.schema_name_for(tenant_id))
 
 
@@ -188,7 +200,8 @@ def current_principal() -> Principal:
     Raises:
         Unauthorized: no bearer token; the membership or the client is gone (token outlived
             it); the session was revoked (``session_revoked``); the tenant requires MFA and
-            the token has no second factor (``mfa_required``).
+            the token has no second factor (``mfa_required``); an impersonation token of a
+            tenant that has since set ``allow_impersonation: false`` (``impersonation_disabled``).
         Forbidden: the tenant is suspended (``tenant_suspended``).
         ServiceUnavailable: a non-safe method while the revocation state cannot be read.
     """
@@ -209,7 +222,16 @@ def current_principal() -> Principal:
         raise Unauthorized("The access token's client no longer exists.")
     principal.roles = (snap.role,)  # from the database, never from the token
     amr = principal.claims.get("amr") or ()
-    if principal.user_id is not None and snap.tenant.require_mfa and not satisfies_mfa(amr):
+    if principal.act is not None and not snap.tenant.allow_impersonation:
+        raise Unauthorized(
+            "This organisation no longer allows impersonation.", code=ErrorCode.IMPERSONATION_DISABLED
+        )
+    if (
+        principal.user_id is not None
+        and snap.tenant.require_mfa
+        and not satisfies_mfa(amr)
+        and principal.act is None  # the operator is not the user: the tenant decides by allow_impersonation
+    ):
         raise Unauthorized(
             "This organisation requires a second factor: sign in again with MFA.",
             code=ErrorCode.MFA_REQUIRED,
@@ -301,4 +323,37 @@ def require_verified_email(view: F) -> F:
         return view(*args, **kwargs)
 
     wrapper._requires_verified_email = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def check_not_impersonated() -> None:
+    """Refuse an impersonation token (one with an RFC 8693 ``act`` claim): the operator acting
+    as a user may look and act inside the tenant, never change how anyone gets in (password,
+    email, MFA, passkeys, SSO, API keys, clients, billing, the account itself). Step-up calls
+    it first (:func:`saas.auth.stepup.check_step_up`), so every step-up action refuses
+    impersonation; :func:`not_impersonated` marks the few sensitive views that prove the user
+    by a password instead of a step-up.
+
+    Raises:
+        Forbidden: 403 ``impersonation_forbidden``.
+    """
+    principal = current_principal()
+    if principal.act is not None:
+        raise Forbidden(
+            "An impersonation session cannot do this: the user must do it themselves.",
+            code=ErrorCode.IMPERSONATION_FORBIDDEN,
+            title="Not while impersonating",
+            extra={"operator": principal.act},
+        )
+
+
+def not_impersonated(view: F) -> F:
+    """Decorator (under ``authenticated``/``require(...)``): :func:`check_not_impersonated`."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check_not_impersonated()
+        return view(*args, **kwargs)
+
+    wrapper._not_impersonated = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

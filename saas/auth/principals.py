@@ -49,6 +49,8 @@ class TenantSnapshot:
     schema_name: str
     #: the tenant's ``require_mfa`` setting: a person's token whose ``amr`` shows no second factor is refused
     require_mfa: bool = False
+    #: the tenant's ``allow_impersonation`` setting (default on): off, impersonation tokens stop working
+    allow_impersonation: bool = True
 
     def to_cache(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class TenantSnapshot:
             "plan": self.plan,
             "schema_name": self.schema_name,
             "require_mfa": self.require_mfa,
+            "allow_impersonation": self.allow_impersonation,
         }
 
     @classmethod
@@ -71,6 +74,7 @@ class TenantSnapshot:
             data["plan"],
             data["schema_name"],
             bool(data.get("require_mfa")),
+            bool(data.get("allow_impersonation", True)),
         )
 
 
@@ -195,6 +199,7 @@ def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | N
     snap = TenantSnapshot(
         tenant.id, tenant.slug, tenant.name, tenant.status, tenant.plan, tenant.schema_name,
         bool((tenant.settings or {}).get("require_mfa")),
+        bool((tenant.settings or {}).get("allow_impersonation", True)),
     )  # fmt: skip
     out: dict[str, Any] = {"tenant": snap.to_cache(), "ent": ent_data}
     if user_id is not None or client_id:

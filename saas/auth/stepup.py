@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from saas import db
 from saas.auth import mfa
-from saas.auth.context import Principal, current_principal
+from saas.auth.context import Principal, check_not_impersonated, current_principal
 from saas.auth.errors import InsufficientUserAuthentication
 from saas.auth.tokens import ACR_MFA, ACR_PASSWORD, satisfies_mfa
 from saas.services import services
@@ -46,7 +46,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def check_step_up(max_age: int | None = None) -> None:
     """Raise :class:`InsufficientUserAuthentication` unless the current token is fresh enough
-    (``auth_time`` within ``max_age`` seconds) and MFA-backed when the user has MFA."""
+    (``auth_time`` within ``max_age`` seconds) and MFA-backed when the user has MFA.
+
+    An impersonation token never passes: 403 ``impersonation_forbidden``
+    (:func:`saas.auth.context.check_not_impersonated`), whatever its times."""
+    check_not_impersonated()
     max_age = max_age or services().settings.step_up_max_age_seconds
     principal = current_principal()
     if principal.user_id is None:

@@ -3,7 +3,8 @@
 Claims: ``iss``, ``sub`` (user id, or client id for service accounts), ``aud``, ``exp``, ``iat``,
 ``nbf``, ``jti``, ``client_id``, ``tid`` (tenant id), ``roles``, ``scope``, ``auth_time``, ``amr``,
 ``acr`` (these three only when a person authenticated: never on service-account tokens), ``sid``
-(the refresh-token family, i.e. the session).
+(the refresh-token family, i.e. the session), ``act`` (RFC 8693 section 4.1: the operator
+acting as the user, only on ``saas users impersonate`` tokens: :mod:`saas.auth.impersonation`).
 Header: ``typ: at+jwt``, ``alg`` (RS256 or ES256 only), ``kid``.
 """
 
@@ -95,18 +96,21 @@ class TokenService:
         auth_time: int | None = None,
         amr: list[str] | None = None,
         extra: dict[str, Any] | None = None,
+        ttl: int | None = None,
     ) -> IssuedToken:
         """Sign an access token. ``amr`` None means a password login (``["pwd"]``); an empty
-        ``amr`` means no person authenticated (a ``client_credentials`` service account), and the
-        token then carries no ``auth_time``, ``amr`` or ``acr``."""
+        ``amr`` means no person authenticated (a ``client_credentials`` service account, an
+        operator's impersonation token), and the token then carries no ``auth_time``, ``amr``
+        or ``acr``. ``ttl``: seconds to ``exp`` (default ``access_ttl``)."""
         now = int(time.time())
+        ttl = ttl or self.access_ttl
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": subject,
             "aud": self.audience,
             "iat": now,
             "nbf": now,
-            "exp": now + self.access_ttl,
+            "exp": now + ttl,
             "jti": secrets.token_urlsafe(16),
             "client_id": client_id,
             "tid": tenant_id,
@@ -122,7 +126,7 @@ class TokenService:
             claims.update(extra)
         key = self.keys.active
         header = {"alg": key.alg, "kid": key.kid, "typ": "at+jwt"}
-        return IssuedToken(jwt.encode(header, claims, key.key), claims, self.access_ttl)
+        return IssuedToken(jwt.encode(header, claims, key.key), claims, ttl)
 
     def issue_id_token(
         self,

@@ -226,13 +226,14 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     console.print(table)
 
 
-def operator_actor() -> Actor:
-    """The operator's identity for audit events: ``SAAS_OPERATOR`` or the OS user."""
+def operator_actor(name: str | None = None) -> Actor:
+    """The operator's identity for audit events: ``name`` (an ``--operator`` option), else
+    ``SAAS_OPERATOR``, else the OS user."""
     import getpass
 
     from saas.audit import Actor
 
-    return Actor("operator", os.environ.get("SAAS_OPERATOR") or getpass.getuser())
+    return Actor("operator", (name or "").strip() or os.environ.get("SAAS_OPERATOR") or getpass.getuser())
 
 
 def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tenant:

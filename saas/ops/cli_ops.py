@@ -1,4 +1,4 @@
-"""Operator commands: ``saas users`` (the group) ``list|show|lock|unlock``, ``saas audit TENANT``,
+"""Operator commands: ``saas users`` (the group) ``list|show|lock|unlock|impersonate``, ``saas audit TENANT``,
 ``saas jobs list|retry``, ``saas doctor``."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from saas.cli.helpers import (
 
 @click.group()
 def users() -> None:
-    """Users: list, show, lock, unlock, reset MFA."""
+    """Users: list, show, lock, unlock, impersonate, reset MFA."""
 
 
 @click.group()
@@ -248,6 +248,51 @@ def users_unlock(ctx: Context, user: str, as_json: bool) -> None:
         print_json(data)
     else:
         click.echo(f"unlocked {data['email']}")
+
+
+@users.command("impersonate")
+@click.argument("user")
+@click.option("--tenant", required=True, help="the tenant (slug or id) to act in")
+@click.option("--reason", required=True, help="why (shown in the tenant's audit log)")
+@click.option("--minutes", default=15, show_default=True, type=int, help="lifetime, at most 60")
+@click.option("--operator", help="who acts (default: SAAS_OPERATOR, else the OS user)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def users_impersonate(ctx: Context, user: str, tenant: str, reason: str, minutes: int, operator: str | None,
+                      as_json: bool) -> None:  # fmt: skip
+    """Issue a short access token to act as USER (email or id) in a tenant, for support.
+
+    The token (RFC 9068, no refresh token) carries ``act: {"sub": OPERATOR}`` (RFC 8693
+    section 4.1); every request made with it is in the tenant's audit log with both actors, and
+    it cannot change passwords, MFA, passkeys, SSO, API keys, clients or billing. Refused when
+    the tenant sets ``allow_impersonation: false``, the user is not an active member or is
+    locked, or MINUTES is not 1..60. Prints the token alone (or ``--json``).
+    """
+    from saas.actions import ActionContext
+    from saas.auth import impersonation
+
+    actor = operator_actor(operator)
+    with ctx.database.transaction() as session:
+        t = find_tenant(session, tenant)
+        u = _find_user(session, user)
+        issued = impersonation.start(
+            ActionContext.for_operator(session, actor), ctx.services.tokens,
+            user=u, tenant=t, reason=reason, minutes=minutes,
+        )  # fmt: skip
+        data = {
+            "access_token": issued.token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+            "act": issued.claims["act"],
+            "user": {"id": str(u.id), "email": u.email},
+            "tenant": {"id": str(t.id), "slug": t.slug},
+        }
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(issued.token)
+        click.echo(f"acting as {u.email} in {t.slug} for {minutes} min as {actor.id} (audited)", err=True)
 
 
 # --- audit -------------------------------------------------------------------------------------

@@ -75,6 +75,8 @@ class TenantSettingsSchema(ma.Schema):
     session_idle_minutes = ma.fields.Integer(validate=ma.validate.Range(min=5, max=60 * 24 * 90))
     #: members must have proved their email to sign in at all (docs/auth.md, "Emails")
     require_verified_email = ma.fields.Boolean()
+    #: operators may sign in as members for support (``saas users impersonate``; default true)
+    allow_impersonation = ma.fields.Boolean()
 
 
 class TenantSchema(ma.Schema):

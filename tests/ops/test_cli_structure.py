@@ -36,7 +36,7 @@ TREE = {
         "create", "delete", "export", "import", "list", "migrate", "purge", "rename-slug", "resume",
         "set-plan", "show", "suspend",
     ],
-    "users": ["list", "lock", "rehash-recovery-codes", "reset-mfa", "show", "unlock"],
+    "users": ["impersonate", "list", "lock", "rehash-recovery-codes", "reset-mfa", "show", "unlock"],
     "worker": None,
 }  # fmt: skip
 
