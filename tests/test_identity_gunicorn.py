@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt as pyjwt
+import pyotp
 import pytest
 import requests
 
@@ -394,6 +395,74 @@ def test_passkey_then_export_and_delete_the_account(stack):
 
 
 # --- 5: RP-initiated and back-channel logout ----------------------------------------------------
+
+
+def test_new_device_notice_and_a_tenant_admins_mfa_reset_and_session_end(stack):
+    base, inbox = stack.base, stack.inbox
+    slug = f"gd-{uuid.uuid4().hex[:8]}"
+    owner_email, email = f"owner@{slug}.test", f"dev@{slug}.test"
+    owner = _signup(stack, slug, owner_email)
+    _verify_from_mail(stack, owner_email)
+    admin = _bearer(owner["token"]["access_token"])  # a fresh signup: the step-up holds
+    r = requests.post(
+        f"{base}/api/v1/members", json={"email": email, "role": "member"}, headers=admin, timeout=10
+    )
+    assert r.status_code == 201, r.text
+    [invitation] = _mail(inbox, email, f"Invitation to {slug}")
+    token = re.search(r"Invitation token: (\S+)", _body(invitation)).group(1)
+    r = requests.post(
+        f"{base}/api/v1/invitations/accept", json={"token": token, "password": TEST_PASSWORD}, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    member_id = r.json()["user"]["id"]
+
+    def login(user_agent: str) -> requests.Response:
+        return requests.post(
+            f"{base}/api/v1/auth/login",
+            json={"email": email, "password": TEST_PASSWORD},
+            headers={"User-Agent": user_agent},
+            timeout=10,
+        )
+
+    # the account's first device is recorded silently; another one is mailed, when and from where
+    assert login("Laptop/1.0").status_code == 200
+    assert login("Laptop/1.0").status_code == 200
+    phone = login("Phone/2.0")
+    assert phone.status_code == 200
+    [notice] = _mail(inbox, email, "Security notice", lambda b: "new sign-in" in b)
+    assert "Phone/2.0" in _body(notice) and "127.0.0.1" in _body(notice) and " UTC" in _body(notice)
+    time.sleep(0.5)
+    assert len(_mail(inbox, email, "Security notice", lambda b: "new sign-in" in b)) == 1  # not Laptop
+
+    # the member enrols TOTP (a fresh login is the step-up) ...
+    member = _bearer(phone.json()["access_token"])
+    r = requests.post(f"{base}/api/v1/me/mfa/totp", headers=member, timeout=10)
+    assert r.status_code == 201, r.text
+    code = pyotp.TOTP(r.json()["secret"]).now()
+    r = requests.post(f"{base}/api/v1/me/mfa/totp/confirm", json={"code": code}, headers=member, timeout=10)
+    assert r.status_code == 200, r.text
+    assert login("Phone/2.0").json()["code"] == "mfa_required"
+    # ... loses the device: a member may not reset anyone's MFA; the admin does, with step-up
+    _problem(requests.delete(f"{base}/api/v1/members/{member_id}/mfa", headers=member, timeout=10), 403,
+             "permission_denied")  # fmt: skip
+    r = requests.delete(f"{base}/api/v1/members/{member_id}/mfa", headers=admin, timeout=10)
+    assert r.status_code in (200, 204), r.text
+    _mail(inbox, email, "Security notice", lambda b: "two-factor authentication was reset" in b)
+    assert _me(stack, phone.json()["access_token"]).status_code == 401  # the reset ended the sessions
+    fresh = login("Phone/2.0")
+    assert fresh.status_code == 200 and "access_token" in fresh.json()  # no second factor asked now
+
+    # the admin ends all of the member's sessions: the refresh token dies, the member is told
+    r = requests.delete(f"{base}/api/v1/members/{member_id}/sessions", headers=admin, timeout=10)
+    assert r.status_code in (200, 204), r.text
+    _mail(inbox, email, "Security notice", lambda b: "ended all your sessions" in b)
+    assert _me(stack, fresh.json()["access_token"]).status_code == 401
+    r = requests.post(
+        f"{base}/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": fresh.json()["refresh_token"]},
+        timeout=10,
+    )
+    assert r.status_code == 400, r.text
 
 
 def _csrf(html: str) -> str:
