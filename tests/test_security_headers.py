@@ -53,7 +53,7 @@ def test_gunicorn_never_takes_https_from_a_clients_header(gunicorn):  # noqa: F8
     HSTS; the scheme comes from the socket or from ProxyFix alone."""
     import requests
 
-    base, _log = gunicorn
+    base, _log, _env = gunicorn
     spoofed = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "on"}
     r = requests.get(f"{base}/healthz", headers=spoofed, timeout=30)
     assert r.status_code == 200
