@@ -84,6 +84,8 @@ class AuditAction(StrEnum):
     MEMBER_ROLE_CHANGED = "member.role_changed"
     MEMBER_REMOVED = "member.removed"
     MEMBER_LEFT = "member.left"
+    MEMBER_PROVISIONED = "member.provisioned"  # a directory (SSO just in time, SCIM) added them
+    MEMBER_DEACTIVATED = "member.deactivated"  # a directory suspended them: sessions ended, seat freed
     LIMITS_RESET = "limits.reset"
     # verified domains (saas.tenancy.domains)
     DOMAIN_CLAIMED = "domain.claimed"

@@ -128,6 +128,7 @@ class ErrorCode(StrEnum):
     NOT_A_MEMBER = "not_a_member"  # 403
     LAST_OWNER = "last_owner"  # 409: a tenant keeps one owner
     ROLE_NOT_ASSIGNABLE = "role_not_assignable"  # 403
+    MEMBER_SUSPENDED = "member_suspended"  # 403: a directory (SCIM) deactivated the membership
     INVALID_INVITATION = "invalid_invitation"  # 404
     # limits and billing (docs/limits.md, docs/billing.md)
     QUOTA_EXCEEDED = "quota_exceeded"  # 429

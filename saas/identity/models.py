@@ -90,7 +90,8 @@ class Tenant(SharedBase):
 
 
 class Membership(SharedBase):
-    """A user's place in a tenant: one ``role`` and a ``status`` (invited | active)."""
+    """A user's place in a tenant: one ``role`` and a ``status``: invited | active | suspended
+    (a directory deactivated them: SCIM ``active: false``; no access, no seat)."""
 
     __tablename__ = "memberships"
     __table_args__ = (
@@ -102,7 +103,7 @@ class Membership(SharedBase):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="active")  # invited | active
+    status: Mapped[str] = mapped_column(String(16), default="active")  # invited | active | suspended
     invited_by: Mapped[uuid.UUID | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

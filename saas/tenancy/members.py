@@ -363,3 +363,183 @@ def remove_member(ctx: ActionContext, user_id: uuid.UUID) -> None:
         target_id=user_id,
     )
     session.flush()
+
+
+# --- directory provisioning: SSO just-in-time membership and SCIM ------------------------------
+
+
+@dataclass
+class Provisioned:
+    """What :func:`provision_member` did: the member, and whether the user or the seat is new."""
+
+    user: User
+    membership: Membership
+    created_user: bool
+    took_seat: bool
+
+
+def provision_member(
+    ctx: ActionContext,
+    tenant: Tenant,
+    *,
+    email: str,
+    name: str | None,
+    role: str,
+    source: str,
+    email_verified: bool,
+    reactivate: bool = False,
+) -> Provisioned:
+    """Make ``email`` an active member of ``tenant`` on a directory's word: an SSO connection's
+    just-in-time membership (``source`` ``"sso:<connection id>"``) or a SCIM client
+    (``"scim"``). The one place a directory adds people, so seats and billing follow it like an
+    invitation: a new seat is checked against the plan (:func:`saas.billing.service.check_seat_available`)
+    and pushed to Stripe (:func:`saas.billing.service.members_changed`).
+
+    - No account with that address: one is created without a password (sign-in goes through
+      the directory, or a reset link later).
+    - ``email_verified`` (the caller decided the directory is authoritative for the address,
+      e.g. it is on one of the tenant's verified domains): marks the address verified.
+    - A pending invitation is accepted; an active member is left as is (role included: role
+      changes go through :func:`set_directory_role`); a ``suspended`` one is reactivated only
+      when ``reactivate`` (SCIM ``active: true``), else refused, so signing in over SSO never
+      undoes a deprovisioning.
+
+    The role is not checked against the actor's: the directory's configuration (``default_role``,
+    ``role_mapping``, SCIM groups), which an admin with ``sso:manage`` set, decides it.
+
+    Raises:
+        ValidationError: unknown role. PaymentRequired: ``seats_exceeded``.
+        Forbidden: ``member_suspended``, a suspended member without ``reactivate``.
+    """
+    session = ctx.session
+    check_role_exists(session, tenant.id, role)
+    user = find_user_by_email(session, email)
+    created_user = False
+    if user is None:
+        billing_service.check_seat_available(session, tenant)
+        user = User(email=email.strip(), name=(name or "").strip())
+        session.add(user)
+        session.flush()
+        created_user = True
+    if email_verified and user.email_verified_at is None:
+        user.email_verified_at = utcnow()
+    if name and not user.name:
+        user.name = name.strip()
+    membership = session.scalars(
+        select(Membership)
+        .where(Membership.tenant_id == tenant.id, Membership.user_id == user.id)
+        .with_for_update(of=Membership)
+    ).first()
+    took_seat = False
+    if membership is None:
+        if not created_user:
+            billing_service.check_seat_available(session, tenant)
+        membership = Membership(user_id=user.id, tenant_id=tenant.id, role=role, status="active")
+        session.add(membership)
+        took_seat = True
+    elif membership.status == "invited":
+        membership.status = "active"  # the invitation already held the seat
+        for invitation in session.scalars(
+            select(Invitation).where(
+                Invitation.membership_id == membership.id, Invitation.accepted_at.is_(None)
+            )
+        ):
+            invitation.accepted_at = utcnow()
+    elif membership.status == "suspended":
+        if not reactivate:
+            raise Forbidden(
+                "Your access to this organisation was deactivated by its directory.",
+                code=ErrorCode.MEMBER_SUSPENDED,
+                title="Membership suspended",
+            )
+        billing_service.check_seat_available(session, tenant)
+        membership.status = "active"
+        took_seat = True
+    else:
+        return Provisioned(user, membership, created_user, False)
+    session.flush()
+    billing_service.members_changed(session, tenant.id)
+    ctx.record(
+        AuditAction.MEMBER_PROVISIONED,
+        tenant_id=tenant.id,
+        target_type="user",
+        target_id=user.id,
+        data={"source": source, "role": membership.role, "new_account": created_user},
+    )
+    session.flush()
+    return Provisioned(user, membership, created_user, took_seat)
+
+
+def set_directory_role(ctx: ActionContext, membership: Membership, role: str, *, source: str) -> bool:
+    """Set ``membership``'s role on a directory's word (SSO ``role_mapping`` at sign-in, a SCIM
+    group). Returns whether it changed. Refuses to demote the tenant's last owner.
+
+    Raises:
+        ValidationError: unknown role. Conflict: ``last_owner``.
+    """
+    session = ctx.session
+    check_role_exists(session, membership.tenant_id, role)
+    if membership.role == role:
+        return False
+    if _is_last_owner(session, membership):
+        raise Conflict("The last owner cannot be demoted.", code=ErrorCode.LAST_OWNER)
+    old, membership.role = membership.role, role
+    ctx.record(
+        AuditAction.MEMBER_ROLE_CHANGED,
+        tenant_id=membership.tenant_id,
+        target_type="user",
+        target_id=membership.user_id,
+        data={"from": old, "to": role, "source": source},
+    )
+    session.flush()
+    return True
+
+
+def deactivate_member(
+    ctx: ActionContext, tenant_id: uuid.UUID, user_id: uuid.UUID, *, source: str, delete: bool = False
+) -> Membership | None:
+    """Deprovision a member on a directory's word (SCIM ``active: false`` or ``DELETE``): the
+    membership is ``suspended`` (or deleted when ``delete``), which frees the seat and pushes the
+    count to Stripe, and every session of the user in this tenant ends at once: their refresh
+    families are revoked (with the access tokens issued from them) and, since the membership is
+    no longer active, the cached principal refuses their tokens on the next request.
+
+    Returns the membership (None when deleted). Idempotent: an already suspended member stays so.
+
+    Raises:
+        NotFound: no such member. Conflict: ``last_owner`` (the last active owner).
+    """
+    session = ctx.session
+    membership = get_membership(session, tenant_id, user_id)
+    if _is_last_owner(session, membership):
+        raise Conflict("The last owner cannot be deactivated.", code=ErrorCode.LAST_OWNER)
+    was_seated = membership.status in ("active", "invited")
+    if delete:
+        session.delete(membership)
+    elif membership.status != "suspended":
+        membership.status = "suspended"
+    else:
+        return membership
+    session.flush()
+    if was_seated:
+        billing_service.members_changed(session, tenant_id)
+    revoke_user_sessions(session, user_id, tenant_id, "member_deprovisioned")
+    ctx.record(
+        AuditAction.MEMBER_REMOVED if delete else AuditAction.MEMBER_DEACTIVATED,
+        tenant_id=tenant_id,
+        target_type="user",
+        target_id=user_id,
+        data={"source": source},
+    )
+    session.flush()
+    return None if delete else membership
+
+
+def check_role_exists(session: Session, tenant_id: uuid.UUID, role: str) -> None:
+    """Refuse a role name the tenant does not have (built-in roles today; custom roles extend it).
+
+    Raises:
+        ValidationError: ``{"role": [...]}``.
+    """
+    if role not in ROLES:
+        raise ValidationError({"role": [f"Must be one of: {', '.join(ROLES)}."]})
