@@ -160,6 +160,57 @@ class VerifiedDomain(SharedBase):
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class SsoConnection(SharedBase):
+    """A tenant's enterprise identity provider (docs/auth.md, "Per-tenant SSO"): ``type`` is
+    ``oidc`` (OpenID Connect Core 1.0, authorization code with PKCE) or ``saml`` (SAML 2.0 Web
+    Browser SSO profile). ``config`` holds the protocol's public settings (an OIDC issuer and
+    client id; a SAML IdP's entity id, SSO URL and signing certificates, and its metadata);
+    ``secret_encrypted`` the one secret (an OIDC client secret), AES-256-GCM sealed with the
+    connection id as associated data, never returned. ``domains`` are verified domains of the
+    tenant whose users home realm discovery sends here. ``role_mapping`` maps an IdP group (or
+    attribute value) to a role; ``default_role`` is the role of a just-in-time member."""
+
+    __tablename__ = "sso_connections"
+    __table_args__ = (Index("ix_sso_connections_tenant_id", "tenant_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))  # oidc | saml
+    name: Mapped[str] = mapped_column(String(200), default="")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    domains: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    default_role: Mapped[str] = mapped_column(String(64), default="member")
+    role_mapping: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ExternalIdentity(SharedBase):
+    """A user's identity at an outside provider, linked to their account: ``provider`` is
+    ``sso:<connection id>`` (then ``connection_id`` is set) or ``social:<name>`` (Google, GitHub,
+    Microsoft, any OIDC issuer of ``SOCIAL_PROVIDERS``); ``subject`` the provider's stable id of
+    the user (OIDC ``sub``, OpenID Connect Core section 2; a SAML ``NameID``). A returning user is
+    found by (provider, subject), never by email alone."""
+
+    __tablename__ = "external_identities"
+    __table_args__ = (
+        UniqueConstraint("provider", "subject", name="uq_external_identities_provider_subject"),
+        Index("ix_external_identities_user_id", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(80))
+    subject: Mapped[str] = mapped_column(String(512))
+    connection_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(SsoConnection.id, ondelete="CASCADE"))
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tenant:
     """The tenant with slug or id ``ref``.
 
