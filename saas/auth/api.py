@@ -49,8 +49,8 @@ from saas.auth.schemas import (
 )
 from saas.auth.stepup import check_step_up, require_step_up
 from saas.errors import ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
-from saas.identity.models import Membership, Tenant, User
-from saas.rbac import can_assign
+from saas.identity.models import Membership, Tenant, User, custom_role_permissions
+from saas.rbac import ROLES, can_assign, can_grant
 from saas.services import services
 
 blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
@@ -345,7 +345,7 @@ class MemberSessions(MethodView):
         ).first()
         if member is None:
             raise NotFound("No such member.")
-        if uid != principal.user_id and not can_assign(principal.role or "", member.role):
+        if uid != principal.user_id and not _may_act_on(sess, principal, member.role):
             # as removing or demoting them: nobody ends the sessions of a member above them
             raise Forbidden(
                 "You cannot end the sessions of a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
@@ -362,3 +362,13 @@ class MemberSessions(MethodView):
             mail = {"to": member.user.email, "event": "sessions_ended"}
             outbox.enqueue(sess, "mail.security", mail, principal.tenant_id)
         return {"revoked": count}
+
+
+def _may_act_on(session, principal, role: str) -> bool:
+    """Whether ``principal`` may act on a member holding ``role``: the built-in order, or for a
+    custom role the no-escalation rule (:func:`saas.rbac.can_grant`; a role since deleted grants
+    nothing)."""
+    if role in ROLES:
+        return can_grant(principal.role, principal.permissions, role, None)
+    perms = custom_role_permissions(session, principal.tenant_id, role)
+    return can_grant(principal.role, principal.permissions, role, perms or frozenset())

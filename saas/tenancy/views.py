@@ -138,7 +138,11 @@ class MemberSchema(ma.Schema):
 
 class InviteSchema(ma.Schema):
     email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
-    role = ma.fields.String(required=True, validate=ma.validate.OneOf(list(ROLES)))
+    role = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=32),
+        metadata={"description": f"A built-in role ({', '.join(ROLES)}) or one of the tenant's custom roles"},
+    )
 
 
 class InvitationResponseSchema(ma.Schema):
@@ -154,7 +158,11 @@ class InvitationResponseSchema(ma.Schema):
 
 
 class RoleSchema(ma.Schema):
-    role = ma.fields.String(required=True, validate=ma.validate.OneOf(list(ROLES)))
+    role = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=32),
+        metadata={"description": f"A built-in role ({', '.join(ROLES)}) or one of the tenant's custom roles"},
+    )
 
 
 class AcceptSchema(ma.Schema):
