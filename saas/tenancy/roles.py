@@ -335,14 +335,19 @@ def create_role(ctx: ActionContext, name: Any, permissions: Any, description: An
     return role
 
 
-def _save(session: Session, role: CustomRole) -> None:
+def _save(session: Session, role: CustomRole, assign: dict[str, Any] | None = None) -> None:
+    """Insert ``role`` (or set ``assign`` on it) in a savepoint: a name taken meanwhile is a 409
+    and leaves the request's transaction usable."""
     try:
         with session.begin_nested():
             session.add(role)
+            for key, value in (assign or {}).items():
+                setattr(role, key, value)
             session.flush()
     except IntegrityError:
+        name = (assign or {}).get("name", role.name)
         raise Conflict(
-            f"This tenant has a role named '{role.name}' already.",
+            f"This tenant has a role named '{name}' already.",
             code=ErrorCode.ROLE_NAME_TAKEN,
             title="Role name taken",
         ) from None
@@ -361,6 +366,7 @@ def update_role(ctx: ActionContext, role: CustomRole, changes: dict[str, Any]) -
     session, actor = ctx.session, _actor(ctx)
     _check_not_escalating(actor, role.permissions or ())
     diff: dict[str, Any] = {}
+    assign: dict[str, Any] = {}
     if "permissions" in changes:
         perms = validate_permissions(changes["permissions"])
         _check_not_escalating(actor, perms)
@@ -368,21 +374,21 @@ def update_role(ctx: ActionContext, role: CustomRole, changes: dict[str, Any]) -
         if perms != old:
             diff["permissions"] = {"from": old, "to": perms, "added": sorted(set(perms) - set(old)),
                                    "removed": sorted(set(old) - set(perms))}  # fmt: skip
-            role.permissions = perms
+            assign["permissions"] = perms
     if "description" in changes:
         description = validate_description(changes["description"])
         if description != role.description:
             diff["description"] = {"from": role.description, "to": description}
-            role.description = description
+            assign["description"] = description
     old_name = role.name
     if "name" in changes:
         name = validate_name(changes["name"])
         if name != old_name:
             diff["name"] = {"from": old_name, "to": name}
-            role.name = name
+            assign["name"] = name
     if not diff:
         return role
-    _save(session, role)
+    _save(session, role, assign)
     if "name" in diff:
         session.execute(
             update(Membership)
