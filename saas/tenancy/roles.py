@@ -222,6 +222,14 @@ def validate_description(raw: Any) -> str:
 # --- the no-escalation rule -------------------------------------------------------------------
 
 
+def role_names(session: Session, tenant_id: uuid.UUID) -> list[str]:
+    """Every role the tenant can give: the built-in ones, then its custom roles by name."""
+    custom = session.scalars(
+        select(CustomRole.name).where(CustomRole.tenant_id == tenant_id).order_by(CustomRole.name)
+    )
+    return [*ROLE_ORDER, *custom]
+
+
 def role_permissions(
     session: Session, tenant_id: uuid.UUID, role: str, *, lock: bool = False
 ) -> frozenset[str] | None:
@@ -234,10 +242,7 @@ def role_permissions(
         return None
     perms = custom_role_permissions(session, tenant_id, role, lock=lock) if isinstance(role, str) else None
     if perms is None:
-        names = [*ROLE_ORDER, *session.scalars(
-            select(CustomRole.name).where(CustomRole.tenant_id == tenant_id).order_by(CustomRole.name)
-        )]  # fmt: skip
-        raise ValidationError({"role": [f"Must be one of: {', '.join(names)}."]})
+        raise ValidationError({"role": [f"Must be one of: {', '.join(role_names(session, tenant_id))}."]})
     return perms
 
 
