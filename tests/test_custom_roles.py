@@ -11,6 +11,7 @@ import uuid
 import pytest
 from sqlalchemy import event, func, select
 
+from saas.errors import AppError
 from saas.identity.models import CustomRole, Membership
 from saas.rbac import PERMISSIONS, ROLES
 from saas.services import services
@@ -366,6 +367,10 @@ def test_a_plan_without_custom_roles_is_402_and_existing_roles_keep_working(app,
     role = _create(client, h)
     holder, holder_h = _custom_member(app, tid, "support-agent")
     viewer = add_member(app, tid, "viewer")
+    roles_service.check_role_exists(db_session, uuid.UUID(tid), "support-agent")  # SSO, SCIM may give it
+    with pytest.raises(AppError) as err:
+        roles_service.check_role_exists(db_session, uuid.UUID(tid), "no-such-role")
+    assert err.value.status == 422
     _downgrade(app, db_session, tid)
     assert client.get("/api/v1/contacts", headers=holder_h).status_code == 200  # still works
     assert "support-agent" in {x["name"] for x in client.get("/api/v1/roles", headers=h).get_json()}
@@ -376,8 +381,6 @@ def test_a_plan_without_custom_roles_is_402_and_existing_roles_keep_working(app,
     assert_problem(client.patch(f"/api/v1/roles/{role['id']}", json={"description": "x"}, headers=h), 402)
     assert _role_of(db_session, tid, viewer.id) == "viewer"
     # ... and the directory cannot give it either
-    from saas.errors import AppError
-
     with pytest.raises(AppError) as err:
         roles_service.check_role_exists(db_session, uuid.UUID(tid), "support-agent")
     assert err.value.status == 402

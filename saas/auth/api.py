@@ -50,7 +50,7 @@ from saas.auth.schemas import (
 from saas.auth.stepup import check_step_up, require_step_up
 from saas.errors import ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import Membership, Tenant, User, custom_role_permissions
-from saas.rbac import ROLES, can_assign, can_grant
+from saas.rbac import ROLES, can_grant
 from saas.services import services
 
 blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
@@ -72,7 +72,11 @@ class Clients(MethodView):
             .where(OAuthClient.tenant_id == principal.tenant_id)
             .order_by(OAuthClient.created_at)
         )
-        return [clients_service.to_public(c) for c in rows if can_assign(principal.role or "", c.role)]
+        return [
+            clients_service.to_public(c)
+            for c in rows
+            if can_grant(principal.role, principal.permissions, c.role, None)
+        ]
 
     @require("clients:manage")
     @require_verified_email
@@ -97,7 +101,7 @@ def _check_client_role(body: dict) -> None:
     """A member may give a service client only a role it could give a person (no escalation)."""
     role = body.get("role")
     principal = current_principal()
-    if role is not None and not can_assign(principal.role or "", role):
+    if role is not None and not can_grant(principal.role, principal.permissions, role, None):
         raise Forbidden(
             f"You cannot give a client the role {role!r}.",
             code=ErrorCode.ROLE_NOT_ASSIGNABLE,
@@ -110,7 +114,7 @@ def _own_client(client_id: str) -> OAuthClient:
 
     A client acts with its ``role`` (``client_credentials``); whoever reads, changes, rotates
     or deletes it could act with that role, so each of these needs a role at or above it, as
-    giving the role would (:func:`saas.rbac.can_assign`).
+    giving the role would (:func:`saas.rbac.can_grant`).
 
     Raises:
         NotFound: no such client in the tenant.
@@ -118,7 +122,7 @@ def _own_client(client_id: str) -> OAuthClient:
     """
     principal = current_principal()
     client = clients_service.get_client(db.session(), principal.tenant_id, client_id)
-    if not can_assign(principal.role or "", client.role):
+    if not can_grant(principal.role, principal.permissions, client.role, None):
         raise Forbidden(
             f"This client acts with the role {client.role!r}, above yours.",
             code=ErrorCode.ROLE_NOT_ASSIGNABLE,
