@@ -467,3 +467,74 @@ def test_custom_roles_cost_the_hot_path_no_extra_sql(app, client, api, db_sessio
     with_roles = [s for s in miss if "custom_roles" in s]
     assert len(with_roles) == 1 and "memberships" in with_roles[0]  # joined into the one query
     assert hit == []
+
+
+# --- a delete racing an assignment ----------------------------------------------------------------
+
+
+def test_a_delete_waits_for_a_concurrent_assignment_and_moves_its_member_too(app, engine):
+    """Committed, on two connections: an assignment holds the role ``FOR SHARE`` until it commits,
+    so a delete of the role waits for it, then moves the new holder with the others; no member
+    is left holding a deleted role."""
+    import threading
+
+    from saas.actions import ActionContext
+    from saas.audit import Actor, RequestMeta
+    from saas.auth.context import Principal
+    from saas.db import Database
+    from saas.identity.models import Tenant, User
+    from saas.tenancy import provisioning
+    from tests.helpers import drop_tenant
+    from tests.test_provisioning import _wait_for_lock_waiter
+
+    db = Database(engine)
+    with app.app_context(), db.transaction() as session:
+        done = provisioning.provision_tenant(
+            session, services(app).passwords, slug="cr-race", name="Race", owner_email="o@cr-race.test",
+            owner_password=None,
+        )  # fmt: skip
+        tid = done.tenant.id
+        done.tenant.plan = "enterprise"
+        role = CustomRole(tenant_id=tid, name="agent", permissions=["contacts:read"])
+        user = User(email="agent@cr-race.test", name="Agent")
+        session.add_all([role, user])
+        session.flush()
+        role_id, user_id = role.id, user.id
+
+    def context(session):
+        tenant = session.get(Tenant, tid)
+        actor = Principal(
+            None, tid, None, frozenset(), {}, roles=("owner",), permissions=ROLES["owner"], tenant=tenant
+        )
+        return ActionContext(session, Actor("operator", "test"), actor, RequestMeta.current())
+
+    result: dict = {}
+
+    def delete_it():
+        with app.app_context(), db.transaction() as session:
+            ctx = context(session)
+            result["moved"] = roles_service.delete_role(ctx, session.get(CustomRole, role_id), "viewer")
+
+    first = db.session()
+    try:
+        with app.app_context():
+            ctx = context(first)
+            roles_service.check_assignable(first, ctx.principal, "agent")  # locks the role FOR SHARE
+            first.add(Membership(user_id=user_id, tenant_id=tid, role="agent", status="active"))
+            first.flush()
+            thread = threading.Thread(target=delete_it)
+            thread.start()
+            _wait_for_lock_waiter(engine)  # the delete waits on the assignment
+            first.commit()
+            thread.join(timeout=20)
+        assert not thread.is_alive()
+        assert result["moved"] == 1
+        with engine.connect() as conn:
+            assert conn.scalar(select(Membership.role).where(Membership.user_id == user_id)) == "viewer"
+            assert (
+                conn.scalar(select(func.count()).select_from(CustomRole).where(CustomRole.tenant_id == tid))
+                == 0
+            )
+    finally:
+        first.close()
+        drop_tenant(engine, tid)
