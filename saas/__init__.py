@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.bootstrap import build_services
     from saas.product import product
     from saas.services import EXTENSION
-    from saas.tenancy import domain_views
+    from saas.tenancy import (
+        domain_views,
+        role_views,  # custom roles
+    )
     from saas.tenancy import views as tenancy_views
 
     settings = settings or Settings.from_env()
@@ -110,6 +113,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         webauthn_views.blp,
         tenancy_views.blp,
         domain_views.blp,
+        role_views.blp,  # custom roles
         audit_api.blp,
     ):
         smorest.register_blueprint(blueprint)

@@ -91,6 +91,10 @@ class AuditAction(StrEnum):
     DOMAIN_CLAIMED = "domain.claimed"
     DOMAIN_VERIFIED = "domain.verified"
     DOMAIN_DELETED = "domain.deleted"
+    # custom roles (saas.tenancy.roles)
+    ROLE_CREATED = "role.created"
+    ROLE_UPDATED = "role.updated"
+    ROLE_DELETED = "role.deleted"  # with the replacement and how many members moved to it
     # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
     IMPERSONATION_STARTED = "impersonation.started"
     IMPERSONATION_USED = "impersonation.used"

@@ -128,6 +128,11 @@ class ErrorCode(StrEnum):
     NOT_A_MEMBER = "not_a_member"  # 403
     LAST_OWNER = "last_owner"  # 409: a tenant keeps one owner
     ROLE_NOT_ASSIGNABLE = "role_not_assignable"  # 403
+    # custom roles (saas.tenancy.roles; docs/auth.md, "Custom roles")
+    ROLE_READ_ONLY = "role_read_only"  # 403: a built-in role cannot be changed or deleted
+    ROLE_NAME_TAKEN = "role_name_taken"  # 409: the tenant has a role of that name
+    ROLE_IN_USE = "role_in_use"  # 409: members hold it; delete it with ?replacement=<role>
+    PERMISSION_NOT_HELD = "permission_not_held"  # 403: a role with a permission the actor lacks
     MEMBER_SUSPENDED = "member_suspended"  # 403: a directory (SCIM) deactivated the membership
     INVALID_INVITATION = "invalid_invitation"  # 404
     # limits and billing (docs/limits.md, docs/billing.md)

@@ -19,6 +19,8 @@ PERMISSIONS: dict[str, str] = {
     "audit:read": "Read the audit log",
     "clients:manage": "Manage OAuth clients",
     "sso:manage": "Manage verified domains and single sign-on",
+    # custom roles (saas.tenancy.roles)
+    "roles:manage": "Create, change and delete the tenant's custom roles",
 }
 
 ROLES: dict[str, frozenset[str]] = {
@@ -45,3 +47,32 @@ def can_assign(actor_role: str, target_role: str) -> bool:
     if actor_role not in ROLE_ORDER or target_role not in ROLE_ORDER:
         return False
     return ROLE_ORDER.index(actor_role) <= ROLE_ORDER.index(target_role)
+
+
+# --- custom roles (saas.tenancy.roles; docs/auth.md, "Custom roles") ---------------------------
+
+
+def can_grant(
+    actor_role: str | None,
+    actor_permissions: frozenset[str],
+    target_role: str,
+    target_permissions: frozenset[str] | None,
+) -> bool:
+    """Whether an actor may give (or take away, or act on a holder of) ``target_role``.
+
+    Between built-in roles the order of :data:`ROLE_ORDER` decides (:func:`can_assign`). When
+    either role is a custom one (``target_permissions``: the custom role's permissions, None
+    for a built-in role), the no-escalation rule does: every permission of the target role must
+    be among the actor's ``actor_permissions``; and ``owner`` is only ever granted by an owner.
+    An unknown role (not built in and no permissions given) is never grantable.
+    """
+    actor_builtin = actor_role in ROLES
+    if target_role in ROLES and target_permissions is None:
+        if actor_builtin:
+            return can_assign(actor_role or "", target_role)
+        if target_role == "owner":
+            return False
+        return ROLES[target_role] <= actor_permissions
+    if target_permissions is None:
+        return False
+    return target_permissions <= actor_permissions

@@ -49,8 +49,8 @@ from saas.auth.schemas import (
 )
 from saas.auth.stepup import check_step_up, require_step_up
 from saas.errors import ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
-from saas.identity.models import Membership, Tenant, User
-from saas.rbac import can_assign
+from saas.identity.models import Membership, Tenant, User, custom_role_permissions
+from saas.rbac import ROLES, can_grant
 from saas.services import services
 
 blp = Blueprint("auth_api", __name__, url_prefix="/api/v1", description="OAuth clients, MFA and sessions")
@@ -72,7 +72,11 @@ class Clients(MethodView):
             .where(OAuthClient.tenant_id == principal.tenant_id)
             .order_by(OAuthClient.created_at)
         )
-        return [clients_service.to_public(c) for c in rows if can_assign(principal.role or "", c.role)]
+        return [
+            clients_service.to_public(c)
+            for c in rows
+            if can_grant(principal.role, principal.permissions, c.role, None)
+        ]
 
     @require("clients:manage")
     @require_verified_email
@@ -97,7 +101,7 @@ def _check_client_role(body: dict) -> None:
     """A member may give a service client only a role it could give a person (no escalation)."""
     role = body.get("role")
     principal = current_principal()
-    if role is not None and not can_assign(principal.role or "", role):
+    if role is not None and not can_grant(principal.role, principal.permissions, role, None):
         raise Forbidden(
             f"You cannot give a client the role {role!r}.",
             code=ErrorCode.ROLE_NOT_ASSIGNABLE,
@@ -110,7 +114,7 @@ def _own_client(client_id: str) -> OAuthClient:
 
     A client acts with its ``role`` (``client_credentials``); whoever reads, changes, rotates
     or deletes it could act with that role, so each of these needs a role at or above it, as
-    giving the role would (:func:`saas.rbac.can_assign`).
+    giving the role would (:func:`saas.rbac.can_grant`).
 
     Raises:
         NotFound: no such client in the tenant.
@@ -118,7 +122,7 @@ def _own_client(client_id: str) -> OAuthClient:
     """
     principal = current_principal()
     client = clients_service.get_client(db.session(), principal.tenant_id, client_id)
-    if not can_assign(principal.role or "", client.role):
+    if not can_grant(principal.role, principal.permissions, client.role, None):
         raise Forbidden(
             f"This client acts with the role {client.role!r}, above yours.",
             code=ErrorCode.ROLE_NOT_ASSIGNABLE,
@@ -345,7 +349,7 @@ class MemberSessions(MethodView):
         ).first()
         if member is None:
             raise NotFound("No such member.")
-        if uid != principal.user_id and not can_assign(principal.role or "", member.role):
+        if uid != principal.user_id and not _may_act_on(sess, principal, member.role):
             # as removing or demoting them: nobody ends the sessions of a member above them
             raise Forbidden(
                 "You cannot end the sessions of a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
@@ -362,3 +366,13 @@ class MemberSessions(MethodView):
             mail = {"to": member.user.email, "event": "sessions_ended"}
             outbox.enqueue(sess, "mail.security", mail, principal.tenant_id)
         return {"revoked": count}
+
+
+def _may_act_on(session, principal, role: str) -> bool:
+    """Whether ``principal`` may act on a member holding ``role``: the built-in order, or for a
+    custom role the no-escalation rule (:func:`saas.rbac.can_grant`; a role since deleted grants
+    nothing)."""
+    if role in ROLES:
+        return can_grant(principal.role, principal.permissions, role, None)
+    perms = custom_role_permissions(session, principal.tenant_id, role)
+    return can_grant(principal.role, principal.permissions, role, perms or frozenset())

@@ -243,7 +243,8 @@ def current_principal() -> Principal:
         )
     principal.tenant_snapshot = snap.tenant
     principal.entitlements = snap.entitlements
-    granted = permissions_for(principal.roles)
+    # a custom role's permissions come with the snapshot (saas.tenancy.roles); built-in: the table
+    granted = snap.role_permissions if snap.role_permissions is not None else permissions_for(principal.roles)
     if "api" not in principal.scope:
         granted = granted & principal.scope
     principal.permissions = granted

@@ -10,6 +10,11 @@ fresh) and no SQL on a hit:
 * for a service account (no user), its OAuth client's current role (``cl:<client_id>``; None
   when the client is no longer the tenant's), never the role written in the token.
 
+A member entry whose role is one of the tenant's custom roles also carries that role's
+``permissions`` (read by the same query: :class:`~saas.identity.models.CustomRole` is joined on
+the role's name), so custom roles cost the hot path nothing; a change of a custom role is a
+change of a watched model, which invalidates the tenant's entries.
+
 On a miss the three are computed with one SQL query (tenant left-joined with the membership)
 plus whatever ``entitlements_for`` needs, and stored under the tenant's cache version.
 
@@ -88,6 +93,8 @@ class PrincipalSnapshot:
     entitlements: dict[str, Any]
     role: str | None
     membership_status: str | None
+    #: a custom role's permissions (from the database, like the role); None for a built-in role
+    role_permissions: frozenset[str] | None = None
 
 
 def _member_name(user_id: uuid.UUID) -> str:
@@ -144,6 +151,9 @@ def snapshot_for(
             entitlements=values["ent"] or {},
             role=member["role"] if member and member.get("status") == "active" else None,
             membership_status=member.get("status") if member else None,
+            role_permissions=(
+                frozenset(member["permissions"]) if member and member.get("permissions") is not None else None
+            ),
         )
         _BUILT.put(memo_key, (inputs, snap))
     g._principal_snapshot = (memo_key, snap)
@@ -162,15 +172,18 @@ _BUILT: Memo[tuple[uuid.UUID, uuid.UUID | None, str | None], tuple[tuple[Any, ..
 def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | None = None) -> dict[str, Any]:
     from saas import db
     from saas.auth.models import OAuthClient
-    from saas.identity.models import Membership, Tenant, User
+    from saas.identity.models import CustomRole, Membership, Tenant, User
 
     session = db.session()
     member: dict[str, Any] | None = None
     if user_id is not None:
         row = session.execute(
-            select(Tenant, Membership.role, Membership.status, User.status)
+            select(Tenant, Membership.role, Membership.status, User.status, CustomRole.permissions)
             .outerjoin(Membership, and_(Membership.tenant_id == Tenant.id, Membership.user_id == user_id))
             .outerjoin(User, User.id == Membership.user_id)
+            .outerjoin(
+                CustomRole, and_(CustomRole.tenant_id == Tenant.id, CustomRole.name == Membership.role)
+            )
             .where(Tenant.id == tenant_id)
         ).first()
         tenant = row[0] if row else None
@@ -178,6 +191,8 @@ def _compute(tenant_id: uuid.UUID, user_id: uuid.UUID | None, client_id: str | N
             # a locked account's tokens stop working at once, like a removed membership's
             status = row[2] if row[3] in (None, "active") else "account_locked"
             member = {"role": row[1], "status": status}
+            if row[4] is not None:  # a custom role: its permissions now (saas.tenancy.roles)
+                member["permissions"] = sorted(row[4])
     elif client_id:
         row = session.execute(
             select(Tenant, OAuthClient.role)
@@ -233,9 +248,10 @@ def install_hooks() -> None:
     if _INSTALLED:
         return
     from saas.auth.models import OAuthClient
-    from saas.identity.models import Membership, Tenant
+    from saas.identity.models import CustomRole, Membership, Tenant
 
     _WATCHED.setdefault(Tenant, lambda t: t.id)
+    _WATCHED.setdefault(CustomRole, lambda r: r.tenant_id)  # a custom role's permissions
     _WATCHED.setdefault(Membership, lambda m: m.tenant_id)
     _WATCHED.setdefault(OAuthClient, lambda c: c.tenant_id)  # a client's role and existence
     event.listen(Session, "after_flush", _after_flush)

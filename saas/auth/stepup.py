@@ -39,6 +39,8 @@ from saas.auth import mfa
 from saas.auth.context import Principal, check_not_impersonated, current_principal
 from saas.auth.errors import InsufficientUserAuthentication
 from saas.auth.tokens import ACR_MFA, ACR_PASSWORD, satisfies_mfa
+from saas.identity.models import custom_role_permissions
+from saas.rbac import ROLES
 from saas.services import services
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,8 +109,20 @@ def _settings_change(principal: Principal, *, settings_changed: bool) -> bool:
     return settings_changed
 
 
+#: a custom role holding one of these can change who gets in or what others may do: granting
+#: it is a step-up action like granting admin (saas.tenancy.roles)
+PRIVILEGED_PERMISSIONS = frozenset(
+    {"members:manage", "roles:manage", "tenant:manage", "billing:manage", "clients:manage", "sso:manage"}
+)
+
+
 def _grants_privileged_role(principal: Principal, *, role: str) -> bool:
-    return role in PRIVILEGED_ROLES
+    if role in PRIVILEGED_ROLES:
+        return True
+    if role in ROLES:
+        return False
+    perms = custom_role_permissions(db.session(), principal.tenant_id, role)
+    return bool(perms and perms & PRIVILEGED_PERMISSIONS)
 
 
 def _demotes_owner(principal: Principal, *, from_role: str, to_role: str) -> bool:
@@ -130,8 +144,16 @@ RULES: dict[str, StepUpRule] = {
             "rename needs none",
             _settings_change,
         ),
-        StepUpRule("member.invite", "the invitation is for an owner or an admin", _grants_privileged_role),
-        StepUpRule("member.change_role", "the new role is owner or admin", _grants_privileged_role),
+        StepUpRule(
+            "member.invite",
+            "the invitation is for an owner, an admin or a custom role holding a privileged permission",
+            _grants_privileged_role,
+        ),
+        StepUpRule(
+            "member.change_role",
+            "the new role is owner, admin or a custom role holding a privileged permission",
+            _grants_privileged_role,
+        ),
         StepUpRule("member.demote_owner", "an owner loses the owner role", _demotes_owner),
         StepUpRule(
             "member.remove", "the member removed is someone else (leaving needs none)", _removes_someone_else

@@ -228,3 +228,40 @@ def find_tenant(session: Session, ref: str, *, for_update: bool = False) -> Tena
     if tenant is None:
         raise NotFound(f"No tenant {ref!r}.", code=ErrorCode.TENANT_NOT_FOUND)
     return tenant
+
+
+# --- custom roles (saas.tenancy.roles; docs/auth.md, "Custom roles") ---------------------------
+
+
+class CustomRole(SharedBase):
+    """A tenant's own role: a named set of permissions of the registry (:data:`saas.rbac.PERMISSIONS`).
+
+    ``name`` is a slug (``support-agent``), unique in the tenant and never a built-in role's
+    name, so ``Membership.role`` names either a built-in role or one of these. ``permissions``
+    is a sorted JSON list of permission strings. The cached principal
+    (:mod:`saas.auth.principals`) reads it with the membership, in the same query."""
+
+    __tablename__ = "custom_roles"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_custom_roles_tenant_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    permissions: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+def custom_role_permissions(
+    session: Session, tenant_id: uuid.UUID, name: str, *, lock: bool = False
+) -> frozenset[str] | None:
+    """The permissions of the tenant's custom role ``name``; None when it has no such role.
+    ``lock``: hold the row ``FOR SHARE`` until the transaction ends, so a concurrent delete
+    (which moves the role's members) waits for an assignment of it."""
+    query = select(CustomRole.permissions).where(CustomRole.tenant_id == tenant_id, CustomRole.name == name)
+    if lock:
+        query = query.with_for_update(read=True)
+    row = session.execute(query).first()
+    return None if row is None else frozenset(row[0] or ())

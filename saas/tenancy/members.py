@@ -25,8 +25,8 @@ from saas.db import utcnow
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import Invitation, Membership, Tenant, User
 from saas.identity.passwords import Passwords
-from saas.rbac import ROLES, can_assign
 from saas.security import token_hash
+from saas.tenancy import roles as roles_service
 
 
 def get_membership(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Membership:
@@ -80,13 +80,15 @@ def _principal(ctx: ActionContext) -> Principal:
     return ctx.principal
 
 
-def _check_role(actor: Principal, role: str) -> None:
-    if role not in ROLES:
-        raise ValidationError({"role": [f"Must be one of: {', '.join(ROLES)}."]})
-    if not can_assign(actor.role or "", role):
-        raise Forbidden(
-            f"Your role cannot grant '{role}'.", code=ErrorCode.ROLE_NOT_ASSIGNABLE, title="Permission denied"
-        )
+def _check_role(session: Session, actor: Principal, role: str) -> None:
+    """The role exists (built-in or the tenant's custom one) and the actor may grant it
+    (:func:`saas.tenancy.roles.check_assignable`: no escalation)."""
+    roles_service.check_assignable(session, actor, role)
+
+
+def _may_act_on(session: Session, actor: Principal, role: str) -> bool:
+    """Whether the actor may change, remove or withdraw a member holding ``role``."""
+    return roles_service.may_grant(session, actor, role)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def invite(ctx: ActionContext, email: str, role: str, ttl_seconds: int) -> Invit
         PaymentRequired: ``seats_exceeded``.
     """
     session, actor = ctx.session, _principal(ctx)
-    _check_role(actor, role)
+    _check_role(session, actor, role)
     tenant = actor.tenant
     assert tenant is not None
     billing_service.check_seat_available(session, tenant)
@@ -204,7 +206,7 @@ def revoke_invitation(ctx: ActionContext, invitation_id: uuid.UUID) -> None:
     ).first()
     if membership is None:
         raise NotFound("No such invitation in this tenant.")
-    if not can_assign(actor.role or "", membership.role):
+    if not _may_act_on(session, actor, membership.role):
         raise Forbidden(
             "You cannot withdraw an invitation above your role.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
         )
@@ -313,8 +315,8 @@ def change_role(ctx: ActionContext, user_id: uuid.UUID, role: str) -> Membership
     session, actor = ctx.session, _principal(ctx)
     assert actor.tenant is not None
     membership = get_membership(session, actor.tenant.id, user_id)
-    _check_role(actor, role)
-    if not can_assign(actor.role or "", membership.role):
+    _check_role(session, actor, role)
+    if not _may_act_on(session, actor, membership.role):
         raise Forbidden(
             "You cannot change the role of a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
         )
@@ -349,7 +351,7 @@ def remove_member(ctx: ActionContext, user_id: uuid.UUID) -> None:
             raise Forbidden(
                 "This action needs the 'members:manage' permission.", code=ErrorCode.PERMISSION_DENIED
             )
-        if not can_assign(actor.role or "", membership.role):
+        if not _may_act_on(session, actor, membership.role):
             raise Forbidden("You cannot remove a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE)
     if _is_last_owner(session, membership):
         raise Conflict("The last owner cannot leave or be removed.", code=ErrorCode.LAST_OWNER)
@@ -536,10 +538,10 @@ def deactivate_member(
 
 
 def check_role_exists(session: Session, tenant_id: uuid.UUID, role: str) -> None:
-    """Refuse a role name the tenant does not have (built-in roles today; custom roles extend it).
+    """Refuse a role name the tenant does not have: a built-in role, or one of its custom roles
+    while its plan has ``custom_roles`` (:func:`saas.tenancy.roles.check_role_exists`).
 
     Raises:
-        ValidationError: ``{"role": [...]}``.
+        ValidationError: ``{"role": [...]}``. PaymentRequired: ``entitlement_required``.
     """
-    if role not in ROLES:
-        raise ValidationError({"role": [f"Must be one of: {', '.join(ROLES)}."]})
+    roles_service.check_role_exists(session, tenant_id, role)

@@ -41,7 +41,7 @@ from saas.billing import service as billing_service
 from saas.db import translate_map, utcnow
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound
 from saas.identity.models import Membership, Tenant, User
-from saas.rbac import can_assign
+from saas.tenancy.roles import may_grant
 
 #: the export document's format (``format`` member); a change of shape gets a new version
 EXPORT_FORMAT = "saas.personal-data.v1"
@@ -399,7 +399,7 @@ def reset_member_mfa(ctx: ActionContext, user_id: uuid.UUID) -> bool:
     ).first()
     if member is None:
         raise NotFound("No such member.")
-    if not can_assign(principal.role or "", member.role):
+    if not may_grant(session, principal, member.role):  # custom roles: no escalation
         raise Forbidden(
             "You cannot reset the second factor of a member above you.", code=ErrorCode.ROLE_NOT_ASSIGNABLE
         )

@@ -22,6 +22,7 @@ from saas.identity.slugs import normalize_slug, slug_problems
 from saas.rbac import ROLES
 from saas.services import services
 from saas.tenancy import members as members_service
+from saas.tenancy import roles as roles_service
 from saas.tenancy import self_service
 from saas.tenancy import tenants as tenants_service
 from saas.tenancy.provisioning import AccountExists, provision_tenant, validate_signup, validate_tenant
@@ -136,9 +137,26 @@ class MemberSchema(ma.Schema):
     invitation_id = ma.fields.String(allow_none=True)
 
 
+def _known_role(value: str) -> None:
+    """A built-in role or one of the caller's tenant's custom roles (read after the permission
+    check: ``require`` runs before the body is parsed). Outside a request (``saas tenants
+    import`` reuses this field) only the built-in roles: custom roles are not imported."""
+    if value in ROLES:
+        return
+    if not flask.has_request_context() or flask.g.get("principal") is None:
+        raise ma.ValidationError(f"Must be one of: {', '.join(ROLES)}.")
+    names = roles_service.role_names(db.session(), current_principal().tenant_id)
+    if value not in names:
+        raise ma.ValidationError(f"Must be one of: {', '.join(names)}.")
+
+
 class InviteSchema(ma.Schema):
     email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
-    role = ma.fields.String(required=True, validate=ma.validate.OneOf(list(ROLES)))
+    role = ma.fields.String(
+        required=True,
+        validate=_known_role,
+        metadata={"description": f"A built-in role ({', '.join(ROLES)}) or one of the tenant's custom roles"},
+    )
 
 
 class InvitationResponseSchema(ma.Schema):
@@ -154,7 +172,11 @@ class InvitationResponseSchema(ma.Schema):
 
 
 class RoleSchema(ma.Schema):
-    role = ma.fields.String(required=True, validate=ma.validate.OneOf(list(ROLES)))
+    role = ma.fields.String(
+        required=True,
+        validate=_known_role,
+        metadata={"description": f"A built-in role ({', '.join(ROLES)}) or one of the tenant's custom roles"},
+    )
 
 
 class AcceptSchema(ma.Schema):
