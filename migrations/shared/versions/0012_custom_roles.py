@@ -1,7 +1,7 @@
 """custom roles: a tenant's own named sets of permissions
 
-Revision ID: 0013_custom_roles
-Revises: 0010_verified_domains
+Revision ID: 0012_custom_roles
+Revises: 0011_sso_connections
 
 ``memberships.role`` names a built-in role or one of the tenant's ``custom_roles`` by name
 (docs/auth.md, "Custom roles"); names are unique per tenant.
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0013_custom_roles"
-down_revision = "0010_verified_domains"
+revision = "0012_custom_roles"
+down_revision = "0011_sso_connections"
 branch_labels = None
 depends_on = None
 
