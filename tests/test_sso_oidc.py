@@ -614,6 +614,11 @@ def test_require_sso_refuses_passwords_except_break_glass_owners(client, api, db
     assert r.status_code == 200, r.get_json()
     assert_problem(api.login("alice@sso-req.test"), 403, "sso_required")
     assert_problem(api.login("alice@sso-req.test", "wrong password"), 401, "invalid_credentials")
+    # the domain's tenant governs the account, whichever tenant the sign-in is for
+    other = api.signup("sso-req-other", email="owner@sso-req-other.test")
+    db_session.add(Membership(user_id=alice.id, tenant_id=uuid.UUID(other["tenant"]["id"]), role="member"))
+    db_session.flush()
+    assert_problem(api.login("alice@sso-req.test", tenant="sso-req-other"), 403, "sso_required")
     assert api.login(body["user"]["email"]).status_code == 200  # the break-glass owner
     # the hosted password form says so too
     app_client = register_client(client, h, client_type="public", first_party=True)
@@ -648,3 +653,21 @@ def test_seal_is_bound_to_its_info_and_row():
         with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
             unseal(sealed, aad, info=info, secret_key=key)
     assert seal("s3cret", b"row-1", info=b"one", secret_key="k") != sealed  # a fresh nonce each time
+
+
+def test_require_sso_refuses_passkey_sign_in_except_break_glass_owners(client, api, db_session, idp):
+    from tests.test_webauthn import _passwordless, _register
+    from tests.webauthn_device import Passkey
+
+    body, h = _tenant(api, db_session, "sso-pk", domain="sso-pk.test")
+    device = Passkey(uv=True, synced=True)
+    assert _register(client, h, device).status_code == 201
+    _create(client, h, idp, domains=["sso-pk.test"])
+    r = client.patch("/api/v1/tenant", json={"settings": {"require_sso": True}}, headers=h)
+    assert r.status_code == 200, r.get_json()
+    assert_problem(_passwordless(client, device), 403, "sso_required")
+    r = client.patch(
+        "/api/v1/tenant", json={"settings": {"sso_break_glass": [body["user"]["id"]]}}, headers=h
+    )
+    assert r.status_code == 200, r.get_json()
+    assert _passwordless(client, device).status_code == 200
