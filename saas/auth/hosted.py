@@ -424,7 +424,7 @@ def sso_complete():
     """The end of an SSO sign-in (:mod:`saas.auth.sso.login`): the single-use ticket the
     protocol's callback left, bound to this browser, signs it in (``amr`` with ``sso``) and the
     pending authorization continues, for the connection's tenant when the request named none."""
-    ticket = sso_login.take_ticket(request.args.get("ticket"), session.get(sso_login.BINDING_KEY))
+    ticket = sso_login.take_ticket(request.args.get("ticket"), request.cookies.get(sso_login.BINDING_COOKIE))
     if ticket is None:
         raise ErrorPage(
             "Sign-in expired",

@@ -28,8 +28,8 @@ ticket in Redis (``TICKET_TTL`` seconds) and redirects to ``/oauth/sso/complete?
 which signs the browser in (a browser session with ``amr`` including ``sso``; its refresh
 families are ordinary ones, so revocation, back-channel logout and audit apply) and continues
 the pending authorization. The ticket is bound to the browser that started the sign-in (a random
-value in its session cookie, kept in the transaction), so a ticket, or an IdP response, carried
-to another browser signs nobody in there (login CSRF).
+value in its ``saas_sso`` cookie, kept in the transaction), so a ticket, or an IdP response,
+carried to another browser signs nobody in there (login CSRF).
 
 Failures end on a hosted error page (HTML, never a 500) and, when the tenant is known, an
 ``sso.login_failed`` event committed although the answer fails (:func:`login_failed`).
@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, has_request_context, redirect, render_template, session, url_for
+from flask import Response, has_request_context, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
 from saas import db
@@ -52,6 +52,7 @@ from saas.audit import SYSTEM, Actor, AuditAction
 from saas.auth.sso.connections import email_domain, live_domains
 from saas.auth.sso.directory import directory
 from saas.auth.sso.protocol import (
+    TRANSACTION_TTL,
     LoginTransaction,
     SsoIdentity,
     new_transaction,
@@ -69,8 +70,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between the callback and the hosted pages' hand-off
 TICKET_TTL = 60
-#: the hosted session's key holding this browser's binding to its SSO transactions
-BINDING_KEY = "sso_binding"
+#: the cookie binding a browser to the SSO sign-ins it started (read by ``/oauth/sso/complete``)
+BINDING_COOKIE = "saas_sso"
 #: the hosted pages' headers, for the protocols' own pages (callbacks, error pages, auto-posted
 #: forms): no script, no framing, no caching, no Referer (docs/auth.md, "Hosted pages")
 PAGE_CSP = (
@@ -124,13 +125,17 @@ def login_failed(
 
 
 def start_login(connection: SsoConnection, next_url: str, login_hint: str | None = None) -> Response:
-    """Send the browser to ``connection``'s IdP: a new transaction (bound to this browser through
-    its hosted session when there is one), the protocol's ``begin`` (which may add its data, a
-    nonce or a request id), then the transaction saved for ``TRANSACTION_TTL`` seconds.
+    """Send the browser to ``connection``'s IdP: a new transaction bound to this browser, the
+    protocol's ``begin`` (which may add its data, a nonce or a request id, to
+    ``transaction.data``; the key ``binding`` is this module's), then the transaction saved for
+    ``TRANSACTION_TTL`` seconds. Callable from any route (the hosted login page, a protocol's own
+    SP-initiated link): the binding is its own cookie (``BINDING_COOKIE``, path ``/oauth``,
+    ``HttpOnly``, ``SameSite=Lax``), never the hosted session, which only ``/oauth`` routes may
+    write.
 
     Args:
         next_url: a path of this service to go to once signed in when no authorization is
-            pending in the hosted session (``/oauth/...``).
+            pending in the hosted session.
         login_hint: the address the user typed (passed to the IdP when the protocol can).
 
     Raises:
@@ -138,13 +143,21 @@ def start_login(connection: SsoConnection, next_url: str, login_hint: str | None
         saas.cache.guard.RedisUnavailable: the transaction cannot be stored.
     """
     transaction = new_transaction(connection, next_url, login_hint)
-    if has_request_context():
-        binding = session.get(BINDING_KEY)
-        if not binding:
-            binding = session[BINDING_KEY] = random_token(16)
-        transaction.data["binding"] = binding
+    binding = request.cookies.get(BINDING_COOKIE, "") if has_request_context() else ""
+    if not (16 <= len(binding) <= 64):
+        binding = random_token(16)
+    transaction.data["binding"] = binding
     response = protocol_for(connection.type).begin(connection, transaction)
     save_transaction(transaction)
+    response.set_cookie(
+        BINDING_COOKIE,
+        binding,
+        max_age=TRANSACTION_TTL + TICKET_TTL,
+        path="/oauth",
+        secure=services().settings.issuer.startswith("https://"),
+        httponly=True,
+        samesite="Lax",
+    )
     return response
 
 
@@ -222,6 +235,10 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
     email = (identity.email or "").strip()
     if not subject:
         return login_failed(tenant_id, connection.id, "no_subject", "The identity provider named nobody.")
+    if len(email) > 320 or "\x00" in email or "\x00" in subject:
+        return login_failed(
+            tenant_id, connection.id, "bad_email", "The identity provider's address is not usable."
+        )
     domains = live_domains(sess, connection)
     link = sess.scalars(
         select(ExternalIdentity).where(
@@ -259,7 +276,7 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
             ctx,
             tenant,
             email=address,
-            name=identity.name,
+            name=(identity.name or "")[:200].replace("\x00", "") or None,
             role=connection.default_role,
             source=source,
             email_verified=email_domain(address) in domains,
@@ -327,7 +344,7 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
 
 def take_ticket(ticket: str | None, binding: str | None) -> Ticket | None:
     """The ticket's sign-in, removed in the same command (single use), when ``binding`` (the
-    browser's, from its hosted session) is the one the sign-in started with; None otherwise."""
+    browser's ``BINDING_COOKIE``) is the one the sign-in started with; None otherwise."""
     if not ticket or len(ticket) > 128:
         return None
     raw = services().redis_guard.call("sso", lambda r: r.getdel(_ticket_key(ticket)))
