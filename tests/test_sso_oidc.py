@@ -671,3 +671,30 @@ def test_require_sso_refuses_passkey_sign_in_except_break_glass_owners(client, a
     )
     assert r.status_code == 200, r.get_json()
     assert _passwordless(client, device).status_code == 200
+
+
+def test_an_idp_that_cannot_be_reached_leaves_the_user_on_the_login_page(client, api, db_session, idp):
+    _body, h = _tenant(api, db_session, "sso-down")
+    _create(client, h, idp)
+    oidc._discovery._data.clear()
+    idp.discovery = {"issuer": "https://moved.example"}  # no longer checks
+    app_client = register_client(client, h, client_type="public", first_party=True)
+    _verifier, challenge = pkce_pair()
+    client.get(
+        "/oauth/authorize",
+        query_string={
+            "response_type": "code", "client_id": app_client["client_id"], "redirect_uri": REDIRECT,
+            "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
+        },
+    )  # fmt: skip
+    page = client.get("/oauth/login")
+    r = client.post(
+        "/oauth/login",
+        data={
+            "email": "alice@corp.test",
+            "step": "email",
+            "csrf_token": csrf_of(page.get_data(as_text=True)),
+        },
+    )
+    assert r.status_code == 502 and "cannot be reached" in r.get_data(as_text=True)
+    assert r.mimetype == "text/html"

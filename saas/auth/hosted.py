@@ -424,7 +424,14 @@ def sso_complete():
     """The end of an SSO sign-in (:mod:`saas.auth.sso.login`): the single-use ticket the
     protocol's callback left, bound to this browser, signs it in (``amr`` with ``sso``) and the
     pending authorization continues, for the connection's tenant when the request named none."""
-    ticket = sso_login.take_ticket(request.args.get("ticket"), request.cookies.get(sso_login.BINDING_COOKIE))
+    try:
+        ticket = sso_login.take_ticket(
+            request.args.get("ticket"), request.cookies.get(sso_login.BINDING_COOKIE)
+        )
+    except RedisUnavailable:
+        raise ErrorPage(
+            "Sign-in unavailable", "Sign-in is unavailable right now. Try again shortly.", 503
+        ) from None
     if ticket is None:
         raise ErrorPage(
             "Sign-in expired",

@@ -59,6 +59,7 @@ from saas.auth.sso.protocol import (
     protocol_for,
     save_transaction,
 )
+from saas.cache.guard import RedisUnavailable
 from saas.db import EarlyCommit, commit_early, utcnow
 from saas.errors import AppError, Conflict
 from saas.identity.models import ExternalIdentity, SsoConnection, Tenant, User
@@ -336,9 +337,18 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
         "next_url": transaction.next_url,
         "binding": transaction.data.get("binding"),
     }
-    services().redis_guard.call(
-        "sso", lambda r: r.set(_ticket_key(ticket), json.dumps(payload), ex=TICKET_TTL)
-    )
+    try:
+        services().redis_guard.call(
+            "sso", lambda r: r.set(_ticket_key(ticket), json.dumps(payload), ex=TICKET_TTL)
+        )
+    except RedisUnavailable:
+        return login_failed(
+            tenant_id,
+            connection.id,
+            "redis_unavailable",
+            "Sign-in is unavailable right now. Try again shortly.",
+            status=503,
+        )
     return redirect(url_for("hosted.sso_complete", ticket=ticket))
 
 

@@ -55,6 +55,7 @@ from saas import db
 from saas.auth.sso import connections
 from saas.auth.sso.login import complete_login, login_failed, page_headers
 from saas.auth.sso.protocol import LoginTransaction, SsoIdentity, register_protocol, take_transaction
+from saas.cache.guard import RedisUnavailable
 from saas.errors import AppError, ErrorCode, ValidationError
 from saas.identity.models import SsoConnection
 from saas.memo import Memo
@@ -458,7 +459,16 @@ def identity_from(claims: Mapping[str, Any], userinfo: Mapping[str, Any]) -> Sso
 def callback() -> Response:
     """The redirect URI of every OIDC connection (OIDC Core section 3.1.2.5): the transaction of
     ``state``, then the checks of the module's doc, then :func:`complete_login`."""
-    transaction = take_transaction(request.args.get("state"))
+    try:
+        transaction = take_transaction(request.args.get("state"))
+    except RedisUnavailable:
+        return login_failed(
+            None,
+            None,
+            "redis_unavailable",
+            "Sign-in is unavailable right now. Try again shortly.",
+            status=503,
+        )
     if transaction is None:
         return login_failed(
             None,
