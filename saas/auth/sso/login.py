@@ -227,7 +227,7 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
             status=403,
         )
     tenant = sess.get(Tenant, tenant_id)
-    if tenant is None or tenant.status != "active":
+    if tenant is None or tenant.status != "active" or tenant.deleted_at is not None:
         return login_failed(
             tenant_id, connection.id, "tenant_suspended", "This organisation is suspended.", status=403
         )
