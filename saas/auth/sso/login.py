@@ -45,6 +45,7 @@ from typing import Any
 
 from flask import Response, has_request_context, redirect, render_template, request, url_for
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from saas import db
 from saas.actions import ActionContext
@@ -302,6 +303,15 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
     link.email = email or link.email
     link.last_login_at = now
     user.last_login_at = now
+    try:
+        sess.flush()
+    except IntegrityError:  # the same IdP user's first sign-in, twice at once: one links
+        return login_failed(
+            tenant_id,
+            connection.id,
+            "concurrent_sign_in",
+            "Another sign-in of yours just finished: sign in again.",
+        )
     role = mapped_role(connection, identity)
     role_changed = False
     if role is not None:
@@ -311,7 +321,7 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
             log.info("sso role_mapping left the last owner of %s as owner", tenant_id)
         except AppError as err:  # a mapped role deleted since (custom roles)
             log.warning("sso role_mapping role %r refused: %s", role, err.detail)
-    amr = list(dict.fromkeys([*[a for a in identity.amr if isinstance(a, str)][:8], "sso"]))
+    amr = list(dict.fromkeys([*[a[:32] for a in identity.amr if isinstance(a, str)][:8], "sso"]))
     sess.flush()
     ctx.record(
         AuditAction.SSO_LOGIN,
