@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.tenancy import (
         domain_views,
         role_views,  # custom roles
+        sso_views,  # per-tenant SSO: the connections API (loads the protocols)
     )
     from saas.tenancy import views as tenancy_views
 
@@ -104,6 +105,9 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     account_pages.init_app(app)  # the hosted pages of the mailed links (reset, verify, email)
     logout_pages.init_app(app)  # the hosted end-session page (OIDC RP-Initiated Logout)
     oauth_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token, revoke, introspect
+    from saas.auth.sso import oidc as sso_oidc
+
+    app.register_blueprint(sso_oidc.bp)  # per-tenant SSO: the OIDC callback (HTML)
     for blueprint in (
         auth_views.blp,
         oauth_routes.oauth,
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         tenancy_views.blp,
         domain_views.blp,
         role_views.blp,  # custom roles
+        sso_views.blp,
         audit_api.blp,
     ):
         smorest.register_blueprint(blueprint)

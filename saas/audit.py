@@ -95,6 +95,12 @@ class AuditAction(StrEnum):
     ROLE_CREATED = "role.created"
     ROLE_UPDATED = "role.updated"
     ROLE_DELETED = "role.deleted"  # with the replacement and how many members moved to it
+    # per-tenant SSO (saas.auth.sso)
+    SSO_CONNECTION_CREATED = "sso.connection_created"
+    SSO_CONNECTION_UPDATED = "sso.connection_updated"
+    SSO_CONNECTION_DELETED = "sso.connection_deleted"
+    SSO_LOGIN = "sso.login"  # a sign-in through the tenant's IdP (actor: the user)
+    SSO_LOGIN_FAILED = "sso.login_failed"  # the IdP's answer was refused (reason in data)
     # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
     IMPERSONATION_STARTED = "impersonation.started"
     IMPERSONATION_USED = "impersonation.used"

@@ -562,6 +562,8 @@ class EarlyCommit(StrEnum):
     #: a new Stripe customer's id: the next Stripe call may fail, and the customer must not be
     #: created twice (the idempotency key covers 24 hours only)
     STRIPE_CUSTOMER_CREATED = "stripe_customer_created"
+    #: a refused SSO sign-in's audit event (``sso.login_failed``): the answer is an error page
+    SSO_LOGIN_FAILED = "sso_login_failed"
 
 
 def commit_early(session: Session, reason: EarlyCommit) -> None:

@@ -152,6 +152,10 @@ class ErrorCode(StrEnum):
     DOMAIN_TAKEN = "domain_taken"  # 409: another tenant has verified it
     DOMAIN_NOT_VERIFIED = "domain_not_verified"  # 422: the TXT record is missing or wrong
     DNS_UNAVAILABLE = "dns_unavailable"  # 503: the resolvers timed out or failed
+    # per-tenant SSO (docs/auth.md, "Per-tenant SSO")
+    SSO_METADATA_INVALID = "sso_metadata_invalid"  # 422: discovery or metadata unusable
+    SSO_PROVIDER_UNREACHABLE = "sso_provider_unreachable"  # 502: the IdP did not answer
+    SSO_REQUIRED = "sso_required"  # 403: the tenant's require_sso refuses password and passkey sign-in
 
 
 class AppError(Exception):

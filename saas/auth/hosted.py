@@ -45,7 +45,11 @@ from saas.auth import webauthn as passkeys
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
+from saas.auth.sso import connections as sso_connections
+from saas.auth.sso import login as sso_login
+from saas.auth.sso.policy import SsoRequired, check_sso_not_required
 from saas.auth.tokens import satisfies_mfa
+from saas.cache.guard import RedisUnavailable
 from saas.db import utcnow
 from saas.errors import AppError, Unauthorized
 from saas.identity.models import Membership, Tenant, User
@@ -348,6 +352,13 @@ def authorize():
 
 @bp.route("/oauth/login", methods=["GET", "POST"])
 def login():
+    """The sign-in page. Home realm discovery (docs/auth.md, "Per-tenant SSO"): the address comes
+    first; "Continue" (or a post without a password) sends an address on a verified domain with
+    an enabled SSO connection to that connection's IdP (:func:`saas.auth.sso.login.start_login`)
+    and shows everyone else the password step (and the passkey button). What the page does
+    depends on the domain only, never on whether an account exists. A post with a password signs
+    in with it, unless the tenant of the address's domain has ``require_sso`` (then the page
+    says so, 403)."""
     _req, client = _pending_request()
     if request.method == "GET":
         return _render("login.html", title="Sign in", client_name=client.name)
@@ -355,6 +366,11 @@ def login():
     email = request.form.get("email", "")[:320]
     password = request.form.get("password", "")[:1024]
     sess = db.session()
+    if request.form.get("step") == "email" or not password:
+        connection = sso_connections.connection_for_email(sess, email)
+        if connection is not None:
+            return _start_sso(connection, email, client.name)
+        return _render("login.html", title="Sign in", client_name=client.name, email=email, step="password")
     try:
         user = service.authenticate_password(sess, email, password)
     except Unauthorized:
@@ -371,6 +387,12 @@ def login():
             email=email,
             error="The email or password is incorrect.",
         )
+    try:
+        check_sso_not_required(sess, user)
+    except SsoRequired as err:
+        return _render(
+            "login.html", 403, title="Sign in", client_name=client.name, email=email, error=err.detail
+        )
     now = int(time.time())
     _end_sign_in("replaced")
     if mfa.has_mfa(sess, user.id):
@@ -378,6 +400,57 @@ def login():
         return redirect(url_for("hosted.mfa"))
     _sign_in(user.id, now, ["pwd"])
     user.last_login_at = utcnow()
+    return _continue()
+
+
+def _start_sso(connection, email: str, client_name: str):
+    """Hand the browser to ``connection``'s IdP; an IdP or Redis that cannot be reached leaves
+    the user on the page with a message (502), never a 500."""
+    try:
+        return sso_login.start_login(connection, url_for("hosted.login"), login_hint=email)
+    except (AppError, RedisUnavailable, KeyError):
+        return _render(
+            "login.html",
+            502,
+            title="Sign in",
+            client_name=client_name,
+            email=email,
+            error="Your organisation's identity provider cannot be reached right now. Try again later.",
+        )
+
+
+@bp.get("/oauth/sso/complete")
+def sso_complete():
+    """The end of an SSO sign-in (:mod:`saas.auth.sso.login`): the single-use ticket the
+    protocol's callback left, bound to this browser, signs it in (``amr`` with ``sso``) and the
+    pending authorization continues, for the connection's tenant when the request named none."""
+    try:
+        ticket = sso_login.take_ticket(
+            request.args.get("ticket"), request.cookies.get(sso_login.BINDING_COOKIE)
+        )
+    except RedisUnavailable:
+        raise ErrorPage(
+            "Sign-in unavailable", "Sign-in is unavailable right now. Try again shortly.", 503
+        ) from None
+    if ticket is None:
+        raise ErrorPage(
+            "Sign-in expired",
+            "This single sign-on answer has expired, was already used, or was started in another "
+            "browser. Go back to the application and sign in again.",
+        )
+    sess = db.session()
+    user = sess.get(User, ticket.user_id)
+    if user is None or user.status != "active":
+        raise ErrorPage("Account locked", "This account cannot sign in.", 403)
+    _sign_in(user.id, ticket.auth_time, ticket.amr)
+    user.last_login_at = utcnow()
+    data = session.get("areq")
+    if not data:
+        return redirect(ticket.next_url)
+    req = provider.AuthorizationRequest.from_dict(data)
+    if not req.tenant_id:
+        req.tenant_id = str(ticket.tenant_id)
+        session["areq"] = req.to_dict()
     return _continue()
 
 
@@ -635,6 +708,7 @@ def webauthn_verify():
         assertion = passkeys.verify_assertion(sess, ceremony, body.get("credential"))
         user = assertion.user
         service.check_account(user)
+        check_sso_not_required(sess, user)  # 403 sso_required
         _end_sign_in("replaced")
         if not satisfies_mfa(assertion.amr) and mfa.has_mfa(sess, user.id):
             _set_pending(user.id, now, assertion.amr)

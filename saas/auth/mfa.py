@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import secrets
 import time
 import uuid
@@ -49,7 +48,6 @@ from typing import Any
 import pyotp
 import segno
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app, has_request_context, request
 from redis.exceptions import RedisError
@@ -64,7 +62,7 @@ from saas.auth.models import MfaFactor, RecoveryCode
 from saas.db import EarlyCommit, commit_early, utcnow
 from saas.errors import Conflict, ErrorCode, Unauthorized
 from saas.identity.models import User
-from saas.security import random_token, same_string, token_hash
+from saas.security import random_token, same_string, seal, token_hash, unseal
 from saas.services import services
 
 TOTP_DIGITS = 6
@@ -88,24 +86,18 @@ def _clock() -> float:
 # --- secret encryption -------------------------------------------------------------------------
 
 
-def _aead() -> AESGCM:
-    secret = current_app.config["SECRET_KEY"]
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"saas mfa totp v1").derive(
-        secret.encode() if isinstance(secret, str) else secret
-    )
-    return AESGCM(key)
+#: the HKDF info of the TOTP seeds' key (:func:`saas.security.seal`)
+_TOTP_KEY_INFO = b"saas mfa totp v1"
 
 
 def encrypt_secret(secret: str, user_id: uuid.UUID) -> str:
-    """AES-256-GCM with the user id as associated data (a row copied to another user fails)."""
-    nonce = os.urandom(12)
-    sealed = _aead().encrypt(nonce, secret.encode(), user_id.bytes)
-    return "v1:" + base64.urlsafe_b64encode(nonce + sealed).decode()
+    """AES-256-GCM (:func:`saas.security.seal`) with the user id as associated data (a row
+    copied to another user fails)."""
+    return seal(secret, user_id.bytes, info=_TOTP_KEY_INFO)
 
 
 def decrypt_secret(stored: str, user_id: uuid.UUID) -> str:
-    raw = base64.urlsafe_b64decode(stored.removeprefix("v1:"))
-    return _aead().decrypt(raw[:12], raw[12:], user_id.bytes).decode()
+    return unseal(stored, user_id.bytes, info=_TOTP_KEY_INFO)
 
 
 # --- TOTP ----------------------------------------------------------------------------------------

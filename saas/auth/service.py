@@ -25,6 +25,7 @@ from saas.auth.accounts import audit_account_event
 from saas.auth.errors import InvalidClient, InvalidGrant, MfaEnrollmentRequired, MfaRequired
 from saas.auth.models import RefreshToken
 from saas.auth.sessions import revoke_family, revoke_tokens
+from saas.auth.sso.policy import check_sso_not_required
 from saas.auth.tokens import FIRST_PARTY_CLIENT, satisfies_mfa
 from saas.db import EarlyCommit, commit_early, utcnow
 from saas.errors import ErrorCode, Forbidden, Unauthorized, ValidationError
@@ -388,12 +389,14 @@ def login(session: Session, email: str, password: str, tenant_slug: str | None) 
     Raises:
         Unauthorized: ``invalid_credentials`` (unknown email, wrong password, locked account: one answer).
         MfaRequired / MfaEnrollmentRequired: 403 with an ``mfa_token``.
+        SsoRequired: 403 ``sso_required`` (:mod:`saas.auth.sso.policy`; the password was right).
     """
     try:
         user = authenticate_password(session, email, password)
     except Unauthorized:
         audit_failed_login(session, email, tenant_slug, "invalid_credentials")
         raise
+    check_sso_not_required(session, user)  # the tenant of the address's domain: require_sso
     membership, tenant = choose_membership(session, user, tenant_slug)
     check_email_policy(tenant, user)
     second_factor_gate(session, user, tenant, ["pwd"])
@@ -454,6 +457,7 @@ def login_with_passkey(
     assertion = passkeys.verify_assertion(session, ceremony, credential)
     user = assertion.user
     check_account(user)
+    check_sso_not_required(session, user)
     membership, tenant = choose_membership(session, user, tenant_slug)
     second_factor_gate(session, user, tenant, assertion.amr, passkey_second=False)
     return complete_login(session, user, membership, tenant, assertion.amr)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth import service as auth_service
 from saas.auth.stepup import step_up_for
 from saas.errors import ValidationError
-from saas.identity.models import Tenant
+from saas.identity.models import Membership, Tenant, User
 from saas.services import services
 
 
@@ -36,6 +39,7 @@ def update_tenant(ctx: ActionContext, body: dict[str, Any]) -> Tenant:
         tenant.name = body["name"].strip()
     if settings_change:
         check_settings(body["settings"])
+        check_break_glass(ctx.session, tenant, body["settings"])
         changes["settings"] = body["settings"]
         mfa_on = merged.get("require_mfa") and not (tenant.settings or {}).get("require_mfa")
         tenant.settings = merged
@@ -74,3 +78,26 @@ def check_settings(settings: dict[str, Any]) -> None:
     if idle is not None and idle * 60 < ttl:
         message = f"Must be at least {-(-ttl // 60)} (the access-token lifetime, minutes)."
         raise ValidationError({"settings": {"session_idle_minutes": [message]}})
+
+
+def check_break_glass(session: Session, tenant: Tenant, settings: dict[str, Any]) -> None:
+    """``sso_break_glass`` (docs/auth.md, "Per-tenant SSO") names active owners of the tenant only,
+    by user id or address (compared trimmed, without case).
+
+    Raises:
+        ValidationError: ``{"settings": {"sso_break_glass": [...]}}`` naming the entries that are
+            not owners of this tenant.
+    """
+    if "sso_break_glass" not in settings:
+        return
+    entries = list(dict.fromkeys(str(e).strip() for e in settings["sso_break_glass"] or []))
+    owners = session.execute(
+        select(User.id, func.lower(User.email))
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.tenant_id == tenant.id, Membership.role == "owner", Membership.status == "active")
+    ).all()
+    known = {str(uid) for uid, _ in owners} | {email for _, email in owners}
+    bad = [e for e in entries if e.lower() not in known]
+    if bad:
+        message = f"Not an owner of this tenant: {', '.join(bad)}."
+        raise ValidationError({"settings": {"sso_break_glass": [message]}})

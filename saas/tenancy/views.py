@@ -78,6 +78,12 @@ class TenantSettingsSchema(ma.Schema):
     require_verified_email = ma.fields.Boolean()
     #: operators may sign in as members for support (``saas users impersonate``; default true)
     allow_impersonation = ma.fields.Boolean()
+    # per-tenant SSO (docs/auth.md, "Per-tenant SSO"): password and passkey sign-in refused to
+    # the users of the verified domains, except the break-glass owners (user ids or addresses)
+    require_sso = ma.fields.Boolean()
+    sso_break_glass = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(min=1, max=320)), validate=ma.validate.Length(max=20)
+    )
 
 
 class TenantSchema(ma.Schema):

@@ -4,6 +4,8 @@ just-in-time membership and ``require_sso``.
 
 Modules: ``protocol`` (the contract every protocol implements, the identity it yields and the
 login transaction between the redirect to the IdP and its answer), ``connections`` (the
-connections' service), ``views`` (their API), ``login`` (starting and completing a sign-in),
-``oidc`` and ``saml`` (the two protocols and their callback routes).
+connections' service), ``directory`` (the port to :mod:`saas.tenancy.members`, which
+``saas.auth`` cannot import), ``login`` (starting and completing a sign-in), ``policy``
+(``require_sso`` and break-glass owners), ``oidc`` and ``saml`` (the two protocols and their
+callback routes). The API is :mod:`saas.tenancy.sso_views` (the plan gate is billing's).
 """
