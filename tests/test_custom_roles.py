@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from saas.errors import AppError
-from saas.identity.models import CustomRole, Membership
+from saas.identity.models import CustomRole, Membership, SsoConnection
 from saas.rbac import PERMISSIONS, ROLES
 from saas.services import services
 from saas.tenancy import roles as roles_service
@@ -321,6 +321,32 @@ def test_a_role_in_use_is_deleted_only_with_a_replacement(app, client, api, db_s
         client.delete(f"/api/v1/roles/{_create(client, h, name='spare')['id']}", headers=h).status_code == 200
     )
     assert reader["id"] in {x["id"] for x in client.get("/api/v1/roles", headers=h).get_json()}
+
+
+def test_sso_mappings_follow_a_rename_and_block_a_delete_without_replacement(app, client, api, db_session):
+    owner, h = _tenant(api, db_session, "cr-sso")
+    tid = uuid.UUID(owner["tenant"]["id"])
+    role = _create(client, h)
+    connection = SsoConnection(
+        tenant_id=tid, type="oidc", name="corp", domains=[], default_role="support-agent",
+        role_mapping={"helpdesk": "support-agent", "eng": "admin"}, config={},
+    )  # fmt: skip
+    db_session.add(connection)
+    db_session.commit()
+    r = client.patch(f"/api/v1/roles/{role['id']}", json={"name": "helper"}, headers=h)
+    assert r.status_code == 200, r.get_json()
+    db_session.expire_all()
+    assert connection.default_role == "helper"
+    assert connection.role_mapping == {"helpdesk": "helper", "eng": "admin"}
+    # no member holds it, but a connection names it: a replacement is needed
+    problem = assert_problem(client.delete(f"/api/v1/roles/{role['id']}", headers=h), 409, "role_in_use")
+    assert problem["referenced_by"] == [f"sso connection {connection.id}"]
+    assert _role_names(db_session, str(tid)) == ["helper"]
+    r = client.delete(f"/api/v1/roles/{role['id']}?replacement=viewer", headers=h)
+    assert r.status_code == 200, r.get_json()
+    db_session.expire_all()
+    assert connection.default_role == "viewer"
+    assert connection.role_mapping == {"helpdesk": "viewer", "eng": "admin"}
 
 
 # --- isolation ------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from saas.audit import AuditAction
 from saas.auth.context import Principal
 from saas.billing.entitlements import check_feature
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, ValidationError
-from saas.identity.models import CustomRole, Membership, Tenant, custom_role_permissions
+from saas.identity.models import CustomRole, Membership, SsoConnection, Tenant, custom_role_permissions
 from saas.rbac import PERMISSIONS, ROLE_ORDER, ROLES, can_grant
 
 FEATURE = "custom_roles"
@@ -217,6 +217,35 @@ def validate_description(raw: Any) -> str:
     if not isinstance(raw, str) or len(raw) > MAX_DESCRIPTION:
         raise ValidationError({"description": [f"A string of at most {MAX_DESCRIPTION} characters."]})
     return raw.strip()
+
+
+# --- where else a role is named: directory mappings ----------------------------------------
+
+
+def _connections(session: Session, tenant_id: uuid.UUID) -> list[SsoConnection]:
+    return list(session.scalars(select(SsoConnection).where(SsoConnection.tenant_id == tenant_id)))
+
+
+def references(session: Session, tenant_id: uuid.UUID, name: str) -> list[str]:
+    """What names role ``name`` besides memberships: SSO connections (``default_role``, a
+    ``role_mapping`` value), as ``"sso connection <id>"`` strings; empty when nothing does."""
+    return [
+        f"sso connection {c.id}"
+        for c in _connections(session, tenant_id)
+        if c.default_role == name or name in (c.role_mapping or {}).values()
+    ]
+
+
+def rewrite_references(session: Session, tenant_id: uuid.UUID, old: str, new: str) -> None:
+    """Make every mapping naming role ``old`` name ``new`` (a rename, or a deletion's
+    replacement), in the caller's transaction, so a directory never maps to a role that is gone."""
+    for connection in _connections(session, tenant_id):
+        if connection.default_role == old:
+            connection.default_role = new
+        mapping = connection.role_mapping or {}
+        if old in mapping.values():
+            connection.role_mapping = {k: (new if v == old else v) for k, v in mapping.items()}
+    session.flush()
 
 
 # --- the no-escalation rule -------------------------------------------------------------------
@@ -401,6 +430,7 @@ def update_role(ctx: ActionContext, role: CustomRole, changes: dict[str, Any]) -
             .values(role=role.name)
             .execution_options(synchronize_session="fetch")
         )
+        rewrite_references(session, actor.tenant_id, old_name, role.name)
     ctx.record(
         AuditAction.ROLE_UPDATED,
         tenant_id=actor.tenant_id,
@@ -446,6 +476,17 @@ def delete_role(ctx: ActionContext, role: CustomRole, replacement: str | None) -
             errors = (exc.extra or {}).get("errors", {})
             raise ValidationError({"replacement": errors.get("role", ["No such role."])}) from None
     moved = 0
+    referenced = references(session, actor.tenant_id, role.name)
+    if referenced and replacement is None:
+        raise Conflict(
+            f"'{role.name}' is named by {', '.join(referenced)}: delete it with ?replacement=<role>, "
+            "which they will name instead.",
+            code=ErrorCode.ROLE_IN_USE,
+            title="Role in use",
+            extra={"members": held, "referenced_by": referenced},
+        )
+    if referenced:
+        rewrite_references(session, actor.tenant_id, role.name, replacement)
     if held:
         if replacement is None:
             raise Conflict(
