@@ -132,9 +132,12 @@ def put_settings(
     row.default_role = default_role
     ctx.session.flush()
     ctx.record(
-        AuditAction.SCIM_SETTINGS_UPDATED, tenant_id=tenant_id, target_type="tenant", target_id=tenant_id,
+        AuditAction.SCIM_SETTINGS_UPDATED,
+        tenant_id=tenant_id,
+        target_type="tenant",
+        target_id=tenant_id,
         data=settings_to_public(row),
-    )  # fmt: skip
+    )
     user_ids = list(ctx.session.scalars(select(ScimUser.user_id).where(ScimUser.tenant_id == tenant_id)))
     _sync_roles(ctx, tenant_id, user_ids)
     return row
@@ -408,9 +411,14 @@ def get_user(scope: Scope, user_id: Any):
 
 
 def list_users(
-    scope: Scope, *, filter: str | None, start_index: int | None, count: int | None,
-    sort_by: str | None, sort_order: str | None,
-) -> tuple[int, int, list[Any]]:  # fmt: skip
+    scope: Scope,
+    *,
+    filter: str | None,
+    start_index: int | None,
+    count: int | None,
+    sort_by: str | None,
+    sort_order: str | None,
+) -> tuple[int, int, list[Any]]:
     """``(totalResults, startIndex, resources)`` of a query (RFC 7644 section 3.4.2)."""
     start, n = _page(start_index, count)
     base = (
@@ -459,9 +467,9 @@ def _check_user_name(scope: Scope, user_name: str | None, self_id: uuid.UUID | N
         select(ScimUser.user_id).where(
             ScimUser.tenant_id == scope.tenant.id,
             func.lower(ScimUser.user_name) == name.lower(),
-            *( [ScimUser.user_id != self_id] if self_id is not None else [] ),
+            *([ScimUser.user_id != self_id] if self_id is not None else []),
         )
-    )  # fmt: skip
+    )
     if clash is not None:
         raise UniquenessException(detail=f"userName {name!r} is taken in this tenant.")
     return name
@@ -502,9 +510,15 @@ def _set_active(scope: Scope, membership: Membership, account: Account, active: 
         members.deactivate_member(scope.ctx, scope.tenant.id, account.id, source=SOURCE)
     elif active and membership.status == "suspended":
         members.provision_member(
-            scope.ctx, scope.tenant, email=account.email, name=None, role=membership.role, source=SOURCE,
-            email_verified=False, reactivate=True,
-        )  # fmt: skip
+            scope.ctx,
+            scope.tenant,
+            email=account.email,
+            name=None,
+            role=membership.role,
+            source=SOURCE,
+            email_verified=False,
+            reactivate=True,
+        )
 
 
 def create_user(scope: Scope, body: Any):
@@ -532,9 +546,15 @@ def create_user(scope: Scope, body: Any):
         raise UniquenessException(detail=f"A User with the email {email!r} is provisioned already.")
     try:
         provisioned = members.provision_member(
-            scope.ctx, tenant, email=email, name=name, role=settings.default_role or "member", source=SOURCE,
-            email_verified=_email_verified(session, tenant.id, email), reactivate=True,
-        )  # fmt: skip
+            scope.ctx,
+            tenant,
+            email=email,
+            name=name,
+            role=settings.default_role or "member",
+            source=SOURCE,
+            email_verified=_email_verified(session, tenant.id, email),
+            reactivate=True,
+        )
     except AppError as err:
         raise app_error_to_scim(err) from None
     now = utcnow()
@@ -548,9 +568,12 @@ def create_user(scope: Scope, body: Any):
         select(Membership).where(Membership.tenant_id == tenant.id, Membership.user_id == provisioned.user.id)
     ).one()
     scope.ctx.record(
-        AuditAction.SCIM_USER_CREATED, tenant_id=tenant.id, target_type="user", target_id=su.user_id,
+        AuditAction.SCIM_USER_CREATED,
+        tenant_id=tenant.id,
+        target_type="user",
+        target_id=su.user_id,
         data={"userName": user_name, "externalId": su.external_id},
-    )  # fmt: skip
+    )
     return user_model(scope, su, membership, []), su.version
 
 
@@ -573,9 +596,12 @@ def _write_user(
     except AppError as err:
         raise app_error_to_scim(err) from None
     scope.ctx.record(
-        AuditAction.SCIM_USER_UPDATED, tenant_id=scope.tenant.id, target_type="user", target_id=su.user_id,
+        AuditAction.SCIM_USER_UPDATED,
+        tenant_id=scope.tenant.id,
+        target_type="user",
+        target_id=su.user_id,
         data={"userName": user_name, "active": model.active},
-    )  # fmt: skip
+    )
     scope.session.flush()
     return user_model(scope, su, membership)
 
@@ -732,9 +758,14 @@ def get_group(scope: Scope, group_id: Any):
 
 
 def list_groups(
-    scope: Scope, *, filter: str | None, start_index: int | None, count: int | None,
-    sort_by: str | None, sort_order: str | None,
-) -> tuple[int, int, list[Any]]:  # fmt: skip
+    scope: Scope,
+    *,
+    filter: str | None,
+    start_index: int | None,
+    count: int | None,
+    sort_by: str | None,
+    sort_order: str | None,
+) -> tuple[int, int, list[Any]]:
     start, n = _page(start_index, count)
     base = select(ScimGroup).where(ScimGroup.tenant_id == scope.tenant.id)
     if filter:
@@ -825,10 +856,16 @@ def _write_group(scope: Scope, group: ScimGroup, model: Any, *, action: AuditAct
     except AppError as err:
         raise app_error_to_scim(err) from None
     scope.ctx.record(
-        action, tenant_id=scope.tenant.id, target_type="scim_group", target_id=group.id,
-        data={"displayName": group.display_name, "added": sorted(map(str, added)),
-              "removed": sorted(map(str, removed))},
-    )  # fmt: skip
+        action,
+        tenant_id=scope.tenant.id,
+        target_type="scim_group",
+        target_id=group.id,
+        data={
+            "displayName": group.display_name,
+            "added": sorted(map(str, added)),
+            "removed": sorted(map(str, removed)),
+        },
+    )
     session.flush()
 
 

@@ -70,9 +70,12 @@ def create_token(ctx: ActionContext, tenant_id: uuid.UUID, name: str) -> IssuedT
     ctx.session.add(row)
     ctx.session.flush()
     ctx.record(
-        AuditAction.SCIM_TOKEN_CREATED, tenant_id=tenant_id, target_type="scim_token", target_id=row.id,
+        AuditAction.SCIM_TOKEN_CREATED,
+        tenant_id=tenant_id,
+        target_type="scim_token",
+        target_id=row.id,
         data={"name": name},
-    )  # fmt: skip
+    )
     return IssuedToken(row, secret)
 
 
