@@ -591,3 +591,18 @@ def test_a_group_names_are_unique_per_tenant(scim, db_session):
     )
     r = scim("GET", '/Groups?filter=displayName eq "SALES"&excludedAttributes=members')
     assert r.get_json()["totalResults"] == 1
+
+
+def test_a_member_removed_through_the_api_can_be_provisioned_again(client, scim, db_session):
+    u = scim.user("again@corp.example")
+    g = scim.group("Team", [u["id"]])
+    r = client.delete(f"/api/v1/members/{u['id']}", headers=scim.headers)
+    assert r.status_code == 204, r.get_json()
+    scim_error(scim("GET", f"/Users/{u['id']}"), 404)
+    assert "members" not in scim("GET", f"/Groups/{g['id']}").get_json()
+    again = scim.user("again@corp.example")
+    assert again["id"] == u["id"] and again["active"] is True
+    assert (
+        db_session.scalars(select(Membership.status).where(Membership.user_id == uuid.UUID(u["id"]))).one()
+        == "active"
+    )

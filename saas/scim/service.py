@@ -526,6 +526,7 @@ def create_user(scope: Scope, body: Any):
     member of the tenant (signed up, invited) is linked, keeping its role; a new member gets the
     default role. 409 ``uniqueness``: the ``userName`` or the member is provisioned already."""
     model = _validate(UserModel, body, Context.RESOURCE_CREATION_REQUEST, scope)
+    _forget_removed_members(scope)
     user_name = _check_user_name(scope, model.user_name, None)
     email = _primary_email(model)
     if not email or "@" not in email or len(email) > 320:
@@ -575,6 +576,32 @@ def create_user(scope: Scope, body: Any):
         data={"userName": user_name, "externalId": su.external_id},
     )
     return user_model(scope, su, membership, []), su.version
+
+
+def _forget_removed_members(scope: Scope) -> None:
+    """Drop the directory's records of members removed outside SCIM (``DELETE
+    /api/v1/members/{id}``, leaving, account deletion), so their ``userName`` can be provisioned
+    again and they are no group's members any more."""
+    gone = ~exists(
+        select(Membership.id).where(
+            Membership.tenant_id == ScimUser.tenant_id, Membership.user_id == ScimUser.user_id
+        )
+    )
+    stale = list(
+        scope.session.scalars(select(ScimUser.user_id).where(ScimUser.tenant_id == scope.tenant.id, gone))
+    )
+    if not stale:
+        return
+    scope.session.execute(
+        delete(ScimGroupMember).where(
+            ScimGroupMember.user_id.in_(stale),
+            ScimGroupMember.group_id.in_(select(ScimGroup.id).where(ScimGroup.tenant_id == scope.tenant.id)),
+        )
+    )
+    scope.session.execute(
+        delete(ScimUser).where(ScimUser.tenant_id == scope.tenant.id, ScimUser.user_id.in_(stale))
+    )
+    scope.session.flush()
 
 
 def _write_user(
@@ -713,6 +740,10 @@ def _group_members(scope: Scope, group_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
         )
         .join(
             ScimUser, (ScimUser.user_id == ScimGroupMember.user_id) & (ScimUser.tenant_id == scope.tenant.id)
+        )
+        .join(
+            Membership,
+            (Membership.user_id == ScimUser.user_id) & (Membership.tenant_id == ScimUser.tenant_id),
         )
         .where(ScimGroupMember.group_id.in_(group_ids))
         .order_by(ScimUser.user_name)

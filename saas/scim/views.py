@@ -77,7 +77,11 @@ def _scim_error(exc: SCIMException) -> Response:
 
 @blp.errorhandler(AppError)
 def _app_error(err: AppError) -> Response:
-    return error_response(service.app_error_to_scim(err))
+    response = error_response(service.app_error_to_scim(err))
+    for name, value in err.headers.items():  # Retry-After of a 429 or 503
+        if name.lower() != "www-authenticate":
+            response.headers[name] = value
+    return response
 
 
 @blp.errorhandler(HTTPException)
