@@ -606,3 +606,26 @@ def test_a_member_removed_through_the_api_can_be_provisioned_again(client, scim,
         db_session.scalars(select(Membership.status).where(Membership.user_id == uuid.UUID(u["id"]))).one()
         == "active"
     )
+
+
+def test_a_full_plan_refuses_a_new_member_as_a_scim_error_and_reactivation_takes_a_seat(
+    app, client, scim, db_session
+):
+    from saas.billing import entitlements
+    from saas.billing.models import BillingOverride
+
+    u = scim.user("first@corp.example")  # the owner and this member: two seats
+    db_session.get(BillingOverride, scim.tenant_id).limits = {"seats": 2}
+    db_session.flush()
+    with app.app_context():  # the cached billing state in the app's Redis goes too
+        entitlements.invalidate(db_session, scim.tenant_id)
+    r = scim("POST", "/Users", {"schemas": [USER], "userName": "second@corp.example",
+                                "emails": [{"value": "second@corp.example"}]})  # fmt: skip
+    body = scim_error(r, 402)
+    assert "seat" in body["detail"].lower()
+    assert scim("GET", '/Users?filter=userName eq "second@corp.example"').get_json()["totalResults"] == 0
+    scim.patch(f"/Users/{u['id']}", {"op": "replace", "path": "active", "value": False})  # frees the seat
+    assert scim.user("second@corp.example")["active"] is True
+    r = scim.patch(f"/Users/{u['id']}", {"op": "replace", "path": "active", "value": True})  # no seat left
+    scim_error(r, 402)
+    assert scim("GET", f"/Users/{u['id']}").get_json()["active"] is False

@@ -254,7 +254,7 @@ def _validation_error(exc: PydanticValidationError) -> SCIMException:
     return InvalidValueException(detail=detail)
 
 
-def _validate(model: Any, body: Any, scim_ctx: Context, scope: Scope | None = None) -> Any:
+def validate(model: Any, body: Any, scim_ctx: Context, scope: Scope | None = None) -> Any:
     if not isinstance(body, dict):
         raise InvalidSyntaxException(detail="The request body must be a JSON object.")
     extension = body.get(ENTERPRISE_SCHEMA)
@@ -525,7 +525,7 @@ def create_user(scope: Scope, body: Any):
     """``POST /Users`` (RFC 7644 section 3.3): provision a member. An address that is already a
     member of the tenant (signed up, invited) is linked, keeping its role; a new member gets the
     default role. 409 ``uniqueness``: the ``userName`` or the member is provisioned already."""
-    model = _validate(UserModel, body, Context.RESOURCE_CREATION_REQUEST, scope)
+    model = validate(UserModel, body, Context.RESOURCE_CREATION_REQUEST, scope)
     _forget_removed_members(scope)
     user_name = _check_user_name(scope, model.user_name, None)
     email = _primary_email(model)
@@ -637,7 +637,7 @@ def replace_user(scope: Scope, user_id: Any, body: Any, if_match: str | None):
     """``PUT /Users/{id}`` (RFC 7644 section 3.5.1): the resource as sent replaces the stored one."""
     su, membership, account = _load_user(scope, user_id, lock=True)
     check_if_match(if_match, su.version)
-    model = _validate(UserModel, body, Context.RESOURCE_REPLACEMENT_REQUEST, scope)
+    model = validate(UserModel, body, Context.RESOURCE_REPLACEMENT_REQUEST, scope)
     return _write_user(scope, su, membership, account, model), su.version
 
 
@@ -647,7 +647,7 @@ def patch_user(scope: Scope, user_id: Any, body: Any, if_match: str | None):
     su, membership, account = _load_user(scope, user_id, lock=True)
     check_if_match(if_match, su.version)
     current = user_model(scope, su, membership)
-    patch = _validate(PatchOp[UserModel], normalise_patch(body, scope), Context.RESOURCE_PATCH_REQUEST)
+    patch = validate(PatchOp[UserModel], normalise_patch(body, scope), Context.RESOURCE_PATCH_REQUEST)
     try:
         changed = patch.patch(current)
     except PydanticValidationError as exc:
@@ -902,7 +902,7 @@ def _write_group(scope: Scope, group: ScimGroup, model: Any, *, action: AuditAct
 
 def create_group(scope: Scope, body: Any):
     """``POST /Groups``. 409 ``uniqueness``: the ``displayName`` exists in the tenant."""
-    model = _validate(GroupModel, body, Context.RESOURCE_CREATION_REQUEST)
+    model = validate(GroupModel, body, Context.RESOURCE_CREATION_REQUEST)
     now = utcnow()
     group = ScimGroup(
         tenant_id=scope.tenant.id, display_name="", version=1, created_at=now, updated_at=now, data={}
@@ -919,7 +919,7 @@ def create_group(scope: Scope, body: Any):
 def replace_group(scope: Scope, group_id: Any, body: Any, if_match: str | None):
     group = _load_group(scope, group_id, lock=True)
     check_if_match(if_match, group.version)
-    model = _validate(GroupModel, body, Context.RESOURCE_REPLACEMENT_REQUEST)
+    model = validate(GroupModel, body, Context.RESOURCE_REPLACEMENT_REQUEST)
     group.version += 1
     group.updated_at = utcnow()
     _write_group(scope, group, model, action=AuditAction.SCIM_GROUP_UPDATED)
@@ -930,7 +930,7 @@ def patch_group(scope: Scope, group_id: Any, body: Any, if_match: str | None):
     group = _load_group(scope, group_id, lock=True)
     check_if_match(if_match, group.version)
     current = group_model(scope, group)
-    patch = _validate(PatchOp[GroupModel], normalise_patch(body, scope), Context.RESOURCE_PATCH_REQUEST)
+    patch = validate(PatchOp[GroupModel], normalise_patch(body, scope), Context.RESOURCE_PATCH_REQUEST)
     try:
         changed = patch.patch(current)
     except PydanticValidationError as exc:

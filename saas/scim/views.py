@@ -19,7 +19,6 @@ from scim2_models import (
     ChangePassword,
     Context,
     EnterpriseUser,
-    Error,
     ETag,
     Filter,
     ForbiddenException,
@@ -190,7 +189,7 @@ def _search(run) -> Response:
     from scim2_models import SearchRequest
 
     raw = _body()
-    request_ = service._validate(SearchRequest, raw if raw is not None else {}, Context.SEARCH_REQUEST)
+    request_ = service.validate(SearchRequest, raw if raw is not None else {}, Context.SEARCH_REQUEST)
 
     def names(values) -> str | None:
         return ",".join(str(v) for v in values) if values else None
@@ -407,7 +406,7 @@ def schema(schema_id: str) -> Response:
     raise NotFoundException(detail=f"No schema {schema_id!r}.")
 
 
-__all__ = ["Error", "blp", "error_response"]
+__all__ = ["blp", "error_response"]
 
 
 @blp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
