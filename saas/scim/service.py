@@ -255,6 +255,13 @@ def _validation_error(exc: PydanticValidationError) -> SCIMException:
 
 
 def validate(model: Any, body: Any, scim_ctx: Context, scope: Scope | None = None) -> Any:
+    """``body`` (a decoded JSON object) as the scim2-models ``model`` in ``scim_ctx`` (creation,
+    replacement, PATCH or search request: RFC 7643 section 7's mutability and requirements).
+
+    Raises:
+        InvalidSyntaxException: not a JSON object. InvalidValueException (and the other
+            ``scimType`` errors scim2-models reports): a value the schema refuses; all 400.
+    """
     if not isinstance(body, dict):
         raise InvalidSyntaxException(detail="The request body must be a JSON object.")
     extension = body.get(ENTERPRISE_SCHEMA)
