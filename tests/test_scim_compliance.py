@@ -125,7 +125,8 @@ def test_scim2_tester_compliance_checks_all_pass(gunicorn, tenant):
     results = check_server(client, raise_exceptions=False)
     failed = [(r.title, r.reason) for r in results if r.status not in (Status.SUCCESS, Status.SKIPPED)]
     assert results and not failed, "\n".join(f"{t}: {why}" for t, why in failed)
-    assert sum(r.status == Status.SUCCESS for r in results) > 20
+    # 129 pass and 2 are skipped with scim2-tester 0.5.2 (Bulk, and /.search across resource types)
+    assert sum(r.status == Status.SUCCESS for r in results) > 100
 
 
 def test_scim2_client_crud_filters_and_pagination(gunicorn, tenant):
