@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth.oauth import server as oauth_server
     from saas.bootstrap import build_services
     from saas.product import product
+    from saas.scim import admin_views as scim_admin_views
+    from saas.scim import views as scim_views
     from saas.services import EXTENSION
     from saas.tenancy import (
         domain_views,
@@ -120,8 +122,10 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         role_views.blp,  # custom roles
         sso_views.blp,
         audit_api.blp,
+        scim_admin_views.blp,  # SCIM 2.0 setup: tokens, group roles
     ):
         smorest.register_blueprint(blueprint)
+    app.register_blueprint(scim_views.blp)  # /scim/v2: SCIM 2.0 (its own media type and errors)
     billing.init_app(app, smorest)
     for blueprint in product().blueprints:  # the product's own routes (saas.product)
         smorest.register_blueprint(blueprint)

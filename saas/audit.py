@@ -101,6 +101,15 @@ class AuditAction(StrEnum):
     SSO_CONNECTION_DELETED = "sso.connection_deleted"
     SSO_LOGIN = "sso.login"  # a sign-in through the tenant's IdP (actor: the user)
     SSO_LOGIN_FAILED = "sso.login_failed"  # the IdP's answer was refused (reason in data)
+    # SCIM 2.0 provisioning (saas.scim): tokens, settings, the directory's users and groups
+    SCIM_TOKEN_CREATED = "scim.token_created"  # noqa: S105 - an action name
+    SCIM_TOKEN_REVOKED = "scim.token_revoked"  # noqa: S105 - an action name
+    SCIM_SETTINGS_UPDATED = "scim.settings_updated"
+    SCIM_USER_CREATED = "scim.user_created"
+    SCIM_USER_UPDATED = "scim.user_updated"
+    SCIM_GROUP_CREATED = "scim.group_created"
+    SCIM_GROUP_UPDATED = "scim.group_updated"
+    SCIM_GROUP_DELETED = "scim.group_deleted"
     # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
     IMPERSONATION_STARTED = "impersonation.started"
     IMPERSONATION_USED = "impersonation.used"

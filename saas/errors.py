@@ -134,6 +134,7 @@ class ErrorCode(StrEnum):
     ROLE_IN_USE = "role_in_use"  # 409: members hold it; delete it with ?replacement=<role>
     PERMISSION_NOT_HELD = "permission_not_held"  # 403: a role with a permission the actor lacks
     MEMBER_SUSPENDED = "member_suspended"  # 403: a directory (SCIM) deactivated the membership
+    ACCOUNT_NOT_LINKABLE = "account_not_linkable"  # 409: a directory off its verified domains met an account
     INVALID_INVITATION = "invalid_invitation"  # 404
     # limits and billing (docs/limits.md, docs/billing.md)
     QUOTA_EXCEEDED = "quota_exceeded"  # 429

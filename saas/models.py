@@ -4,6 +4,7 @@ from saas.auth.models import AuthorizationCode, Consent, MfaFactor, OAuthClient,
 from saas.billing.models import BillingAccount, BillingOverride, UsageReport, WebhookEvent
 from saas.identity.models import Invitation, Membership, Tenant, User, VerifiedDomain
 from saas.outbox import OutboxMessage
+from saas.scim.models import ScimGroup, ScimGroupMember, ScimSettings, ScimToken, ScimUser
 
 __all__ = [
     "AuthorizationCode",
@@ -17,6 +18,11 @@ __all__ = [
     "OutboxMessage",
     "RecoveryCode",
     "RefreshToken",
+    "ScimGroup",
+    "ScimGroupMember",
+    "ScimSettings",
+    "ScimToken",
+    "ScimUser",
     "Tenant",
     "UsageReport",
     "User",

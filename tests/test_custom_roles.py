@@ -14,6 +14,7 @@ from sqlalchemy import event, func, select
 from saas.errors import AppError
 from saas.identity.models import CustomRole, Membership, SsoConnection
 from saas.rbac import PERMISSIONS, ROLES
+from saas.scim.models import ScimSettings
 from saas.services import services
 from saas.tenancy import roles as roles_service
 from tests.helpers import add_member, assert_problem, bearer, give_plan, role_headers, token_for
@@ -323,7 +324,7 @@ def test_a_role_in_use_is_deleted_only_with_a_replacement(app, client, api, db_s
     assert reader["id"] in {x["id"] for x in client.get("/api/v1/roles", headers=h).get_json()}
 
 
-def test_sso_mappings_follow_a_rename_and_block_a_delete_without_replacement(app, client, api, db_session):
+def test_directory_mappings_follow_a_rename_and_block_a_bare_delete(app, client, api, db_session):
     owner, h = _tenant(api, db_session, "cr-sso")
     tid = uuid.UUID(owner["tenant"]["id"])
     role = _create(client, h)
@@ -333,20 +334,24 @@ def test_sso_mappings_follow_a_rename_and_block_a_delete_without_replacement(app
     )  # fmt: skip
     db_session.add(connection)
     db_session.commit()
+    db_session.add(ScimSettings(tenant_id=tid, group_roles={"Support": "support-agent"}))
+    db_session.commit()
     r = client.patch(f"/api/v1/roles/{role['id']}", json={"name": "helper"}, headers=h)
     assert r.status_code == 200, r.get_json()
     db_session.expire_all()
+    assert db_session.get(ScimSettings, tid).group_roles == {"Support": "helper"}
     assert connection.default_role == "helper"
     assert connection.role_mapping == {"helpdesk": "helper", "eng": "admin"}
     # no member holds it, but a connection names it: a replacement is needed
     problem = assert_problem(client.delete(f"/api/v1/roles/{role['id']}", headers=h), 409, "role_in_use")
-    assert problem["referenced_by"] == [f"sso connection {connection.id}"]
+    assert problem["referenced_by"] == [f"sso connection {connection.id}", "scim settings"]
     assert _role_names(db_session, str(tid)) == ["helper"]
     r = client.delete(f"/api/v1/roles/{role['id']}?replacement=viewer", headers=h)
     assert r.status_code == 200, r.get_json()
     db_session.expire_all()
     assert connection.default_role == "viewer"
     assert connection.role_mapping == {"helpdesk": "viewer", "eng": "admin"}
+    assert db_session.get(ScimSettings, tid).group_roles == {"Support": "viewer"}
 
 
 # --- isolation ------------------------------------------------------------------------------------

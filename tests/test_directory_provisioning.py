@@ -113,3 +113,21 @@ def _events(db_session, tenant):
             text(f'SELECT action FROM "{tenant.schema_name}".audit_events ORDER BY occurred_at')  # noqa: S608
         ).scalars()
     ]
+
+
+def test_an_existing_account_is_attached_only_where_the_directory_speaks_for_it(api, tenant, db_session):
+    other = api.signup("elsewhere", email="bob@elsewhere.test")
+    with pytest.raises(AppError) as refused:
+        members.provision_member(
+            _ctx(db_session), tenant, email="bob@elsewhere.test", name=None, role="member",
+            source="scim", email_verified=False,
+        )  # fmt: skip
+    assert refused.value.code == "account_not_linkable" and refused.value.status == 409
+    assert db_session.scalar(select(Membership).where(Membership.tenant_id == tenant.id,
+                             Membership.user_id == other["user"]["id"])) is None  # fmt: skip
+    # a directory that speaks for the address (its verified domain) attaches it
+    got = members.provision_member(
+        _ctx(db_session), tenant, email="bob@elsewhere.test", name=None, role="member",
+        source="sso:x", email_verified=True,
+    )  # fmt: skip
+    assert not got.created_user and got.membership.status == "active"

@@ -400,7 +400,9 @@ def provision_member(
     - No account with that address: one is created without a password (sign-in goes through
       the directory, or a reset link later).
     - ``email_verified`` (the caller decided the directory is authoritative for the address,
-      e.g. it is on one of the tenant's verified domains): marks the address verified.
+      e.g. it is on one of the tenant's verified domains): marks the address verified. Without
+      it, an existing account (a password, or another tenant's membership) is never attached to
+      this tenant: the person is invited instead, and accepts (``account_not_linkable``).
     - A pending invitation is accepted; an active member is left as is (role included: role
       changes go through :func:`set_directory_role`); a ``suspended`` one is reactivated only
       when ``reactivate`` (SCIM ``active: true``), else refused, so signing in over SSO never
@@ -412,6 +414,7 @@ def provision_member(
     Raises:
         ValidationError: unknown role. PaymentRequired: ``seats_exceeded``.
         Forbidden: ``member_suspended``, a suspended member without ``reactivate``.
+        Conflict: ``account_not_linkable``, an existing account the directory does not speak for.
     """
     session = ctx.session
     check_role_exists(session, tenant.id, role)
@@ -433,6 +436,15 @@ def provision_member(
         .with_for_update(of=Membership)
     ).first()
     took_seat = False
+    if membership is None and not created_user and not email_verified and has_account(session, user):
+        # the directory does not speak for this address (not on the tenant's verified domains):
+        # it may not attach someone's existing account to the tenant; an invitation asks them
+        raise Conflict(
+            "An account with this address exists, and the address is not on one of this "
+            "organisation's verified domains: invite them instead (POST /api/v1/members).",
+            code=ErrorCode.ACCOUNT_NOT_LINKABLE,
+            title="Existing account",
+        )
     if membership is None:
         if not created_user:
             billing_service.check_seat_available(session, tenant)

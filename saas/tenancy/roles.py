@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,13 +222,29 @@ def validate_description(raw: Any) -> str:
 # --- where else a role is named: directory mappings ----------------------------------------
 
 
+@dataclass(frozen=True)
+class RoleReferrer:
+    """Something outside memberships that names roles (a directory's mapping): ``names(session,
+    tenant_id, role)`` lists what names ``role`` (human-readable, e.g. ``"sso connection <id>"``),
+    ``rewrite(session, tenant_id, old, new)`` makes them name ``new``."""
+
+    names: Callable[[Session, uuid.UUID, str], list[str]]
+    rewrite: Callable[[Session, uuid.UUID, str, str], None]
+
+
+_REFERRERS: list[RoleReferrer] = []
+
+
+def register_referrer(referrer: RoleReferrer) -> None:
+    """Add a kind of role mapping (SCIM's group roles register theirs: ``saas.scim.service``)."""
+    _REFERRERS.append(referrer)
+
+
 def _connections(session: Session, tenant_id: uuid.UUID) -> list[SsoConnection]:
     return list(session.scalars(select(SsoConnection).where(SsoConnection.tenant_id == tenant_id)))
 
 
-def references(session: Session, tenant_id: uuid.UUID, name: str) -> list[str]:
-    """What names role ``name`` besides memberships: SSO connections (``default_role``, a
-    ``role_mapping`` value), as ``"sso connection <id>"`` strings; empty when nothing does."""
+def _connections_naming(session: Session, tenant_id: uuid.UUID, name: str) -> list[str]:
     return [
         f"sso connection {c.id}"
         for c in _connections(session, tenant_id)
@@ -236,15 +252,29 @@ def references(session: Session, tenant_id: uuid.UUID, name: str) -> list[str]:
     ]
 
 
-def rewrite_references(session: Session, tenant_id: uuid.UUID, old: str, new: str) -> None:
-    """Make every mapping naming role ``old`` name ``new`` (a rename, or a deletion's
-    replacement), in the caller's transaction, so a directory never maps to a role that is gone."""
+def _rewrite_connections(session: Session, tenant_id: uuid.UUID, old: str, new: str) -> None:
     for connection in _connections(session, tenant_id):
         if connection.default_role == old:
             connection.default_role = new
         mapping = connection.role_mapping or {}
         if old in mapping.values():
             connection.role_mapping = {k: (new if v == old else v) for k, v in mapping.items()}
+
+
+register_referrer(RoleReferrer(_connections_naming, _rewrite_connections))
+
+
+def references(session: Session, tenant_id: uuid.UUID, name: str) -> list[str]:
+    """What names role ``name`` besides memberships: SSO connections (``default_role``, a
+    ``role_mapping`` value), SCIM's group roles; empty when nothing does."""
+    return [ref for referrer in _REFERRERS for ref in referrer.names(session, tenant_id, name)]
+
+
+def rewrite_references(session: Session, tenant_id: uuid.UUID, old: str, new: str) -> None:
+    """Make every mapping naming role ``old`` name ``new`` (a rename, or a deletion's
+    replacement), in the caller's transaction, so a directory never maps to a role that is gone."""
+    for referrer in _REFERRERS:
+        referrer.rewrite(session, tenant_id, old, new)
     session.flush()
 
 
