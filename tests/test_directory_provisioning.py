@@ -131,3 +131,18 @@ def test_an_existing_account_is_attached_only_where_the_directory_speaks_for_it(
         source="sso:x", email_verified=True,
     )  # fmt: skip
     assert not got.created_user and got.membership.status == "active"
+
+
+def test_the_most_powerful_role_has_the_most_permissions(tenant, db_session):
+    from saas.identity.models import CustomRole
+
+    give_plan(db_session, tenant.id, "enterprise")
+    five = ["contacts:read", "members:read", "tenant:read", "contacts:write", "audit:read"]
+    db_session.add(CustomRole(tenant_id=tenant.id, name="support", permissions=five))
+    db_session.add(CustomRole(tenant_id=tenant.id, name="reader", permissions=["contacts:read"]))
+    db_session.flush()
+    pick = members.most_powerful_role
+    assert pick(db_session, tenant.id, ["viewer", "support", "member"]) == "support"  # 5 permissions beat 4
+    assert pick(db_session, tenant.id, ["reader", "viewer"]) == "viewer"
+    assert pick(db_session, tenant.id, ["admin", "support", "owner"]) == "owner"
+    assert pick(db_session, tenant.id, ["reader"]) == "reader"

@@ -167,13 +167,6 @@ def put_settings(
 # --- roles -----------------------------------------------------------------------------------
 
 
-def _rank(role: str) -> float:
-    """Built-in roles by ``ROLE_ORDER``; a custom role ranks between ``member`` and ``viewer``."""
-    if role in ROLE_ORDER:
-        return ROLE_ORDER.index(role)
-    return ROLE_ORDER.index("member") + 0.5
-
-
 def group_role(
     session: Session, tenant_id: uuid.UUID, settings: ScimSettings, display_name: str
 ) -> str | None:
@@ -214,7 +207,8 @@ def _sync_roles(ctx: ActionContext, tenant_id: uuid.UUID, user_ids: list[uuid.UU
         mapped = [
             r for r in (group_role(session, tenant_id, settings, g) for g in groups_of.get(uid, [])) if r
         ]
-        target = min(mapped, key=_rank) if mapped else (settings.default_role or "member")
+        default = settings.default_role or "member"
+        target = members.most_powerful_role(session, tenant_id, mapped) if mapped else default
         try:
             members.set_directory_role(ctx, membership, target, source=SOURCE)
         except Conflict as exc:

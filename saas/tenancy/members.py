@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,6 +26,7 @@ from saas.db import utcnow
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import Invitation, Membership, Tenant, User
 from saas.identity.passwords import Passwords
+from saas.rbac import ROLE_ORDER, ROLES
 from saas.security import token_hash
 from saas.tenancy import roles as roles_service
 
@@ -557,3 +559,22 @@ def check_role_exists(session: Session, tenant_id: uuid.UUID, role: str) -> None
         ValidationError: ``{"role": [...]}``. PaymentRequired: ``entitlement_required``.
     """
     roles_service.check_role_exists(session, tenant_id, role)
+
+
+def most_powerful_role(session: Session, tenant_id: uuid.UUID, roles: Iterable[str]) -> str:
+    """Of ``roles`` (names the tenant has), the one granting the most: the largest set of
+    permissions, then the built-in order (owner, admin, member, viewer; a custom role after the
+    built-in ones), then the name. The one rule SSO ``role_mapping`` and SCIM groups use when a
+    person matches several.
+
+    Raises:
+        ValueError: ``roles`` is empty.
+    """
+
+    def rank(role: str) -> tuple[int, int, str]:
+        custom = roles_service.role_permissions(session, tenant_id, role)
+        granted = ROLES[role] if custom is None else custom
+        order = ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER)
+        return (-len(granted), order, role)
+
+    return min(set(roles), key=rank)

@@ -11,6 +11,7 @@ directory when its API is set up (:mod:`saas.tenancy.sso_views`), and SSO calls 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -40,6 +41,8 @@ class Directory(Protocol):
     ) -> bool: ...
 
     def check_role_exists(self, session: Session, tenant_id: uuid.UUID, role: str) -> None: ...
+
+    def most_powerful_role(self, session: Session, tenant_id: uuid.UUID, roles: Iterable[str]) -> str: ...
 
 
 _DIRECTORY: list[Directory] = []

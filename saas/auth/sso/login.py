@@ -64,7 +64,6 @@ from saas.cache.guard import RedisUnavailable
 from saas.db import EarlyCommit, commit_early, utcnow
 from saas.errors import AppError, Conflict
 from saas.identity.models import ExternalIdentity, SsoConnection, Tenant, User
-from saas.rbac import ROLE_ORDER
 from saas.security import random_token, same_string
 from saas.services import services
 
@@ -166,14 +165,10 @@ def start_login(connection: SsoConnection, next_url: str, login_hint: str | None
 # --- complete ------------------------------------------------------------------------------------
 
 
-def _rank(role: str) -> int:
-    return ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER)
-
-
 def mapped_role(connection: SsoConnection, identity: SsoIdentity) -> str | None:
     """The role ``role_mapping`` gives ``identity``: of the entries matching one of its groups
     (a key ``"group"``) or attribute values (a key ``"attribute=value"``), the most powerful role
-    (``saas.rbac.ROLE_ORDER``; a role outside it ranks below ``viewer``, then by name); with no
+    (the directory's ``most_powerful_role``: the most permissions, then the built-in order); with no
     match, ``default_role``; None when the mapping is empty (roles are then managed in the API)."""
     mapping = connection.role_mapping or {}
     if not mapping:
@@ -186,7 +181,7 @@ def mapped_role(connection: SsoConnection, identity: SsoIdentity) -> str | None:
             matched.append(role)
     if not matched:
         return connection.default_role
-    return min(matched, key=lambda r: (_rank(r), r))
+    return directory().most_powerful_role(db.session(), connection.tenant_id, matched)
 
 
 def _find_user(sess, email: str) -> User | None:
