@@ -91,6 +91,8 @@ class AuditAction(StrEnum):
     DOMAIN_CLAIMED = "domain.claimed"
     DOMAIN_VERIFIED = "domain.verified"
     DOMAIN_DELETED = "domain.deleted"
+    # per-tenant SSO, SAML 2.0 (saas.auth.sso.saml): an IdP answer refused at the ACS
+    SSO_LOGIN_FAILED = "sso.login_failed"
     # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
     IMPERSONATION_STARTED = "impersonation.started"
     IMPERSONATION_USED = "impersonation.used"

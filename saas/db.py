@@ -562,6 +562,9 @@ class EarlyCommit(StrEnum):
     #: a new Stripe customer's id: the next Stripe call may fail, and the customer must not be
     #: created twice (the idempotency key covers 24 hours only)
     STRIPE_CUSTOMER_CREATED = "stripe_customer_created"
+    #: an SSO answer refused at the ACS (``sso.login_failed`` in the tenant's log): the answer
+    #: is an error page (saas.auth.sso.saml)
+    SSO_LOGIN_FAILURE = "sso_login_failure"
 
 
 def commit_early(session: Session, reason: EarlyCommit) -> None:

@@ -147,6 +147,9 @@ class ErrorCode(StrEnum):
     DOMAIN_TAKEN = "domain_taken"  # 409: another tenant has verified it
     DOMAIN_NOT_VERIFIED = "domain_not_verified"  # 422: the TXT record is missing or wrong
     DNS_UNAVAILABLE = "dns_unavailable"  # 503: the resolvers timed out or failed
+    # per-tenant SSO, SAML 2.0 (docs/auth.md, "SAML 2.0"; the lead dedupes with the OIDC block)
+    SSO_METADATA_INVALID = "sso_metadata_invalid"  # 422: the IdP's metadata is unusable
+    SSO_PROVIDER_UNREACHABLE = "sso_provider_unreachable"  # 502: the metadata URL gave no usable answer
 
 
 class AppError(Exception):

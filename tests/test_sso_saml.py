@@ -1,0 +1,420 @@
+"""SAML 2.0 single sign-on (docs/auth.md, "SAML 2.0"): the IdP metadata a connection accepts,
+the SP metadata route, and every refusal of the ACS, against a real pysaml2 IdP
+(tests/saml_idp.py) whose answers are posted to the ACS as a browser would.
+
+The sign-in's last step, :func:`saas.auth.sso.login.complete_login`, is replaced by a spy in
+these tests: they assert the :class:`SsoIdentity` it is handed, or that it is never reached.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask import jsonify
+from sqlalchemy import func, select, text
+
+from saas.auth.sso import login as sso_login
+from saas.auth.sso import saml
+from saas.auth.sso.protocol import new_transaction, protocol_for, save_transaction
+from saas.db import schema_name_for
+from saas.errors import ValidationError
+from saas.identity.models import ExternalIdentity, Membership, SsoConnection
+from saas.services import services
+from saas.settings import Settings
+from tests.helpers import replace_services
+from tests.saml_idp import SamlIdp, User
+
+
+@pytest.fixture(scope="module")
+def idp():
+    server = SamlIdp()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def private_urls(app, monkeypatch):
+    """``SSO_ALLOW_PRIVATE_URLS``: the test IdP is on http://127.0.0.1."""
+    settings = services(app).settings.with_overrides(sso_allow_private_urls=True)
+    replace_services(monkeypatch, app, settings=settings)
+
+
+@pytest.fixture()
+def logins(monkeypatch):
+    """The identities handed to ``complete_login`` (a spy answering 200 JSON)."""
+    seen: list = []
+
+    def spy(transaction, identity):
+        seen.append((transaction, identity))
+        return jsonify({"subject": identity.subject})
+
+    monkeypatch.setattr(sso_login, "complete_login", spy)
+    return seen
+
+
+def _validate(app, payload, connection=None):
+    with app.test_request_context():
+        return protocol_for("saml").validate_config(payload, connection)
+
+
+def _connection(app, api, db_session, idp, slug: str, **extra) -> SsoConnection:
+    body = api.signup(slug)
+    config, secret = _validate(app, {"metadata_xml": idp.metadata(), **extra})
+    assert secret is None
+    connection = SsoConnection(
+        tenant_id=uuid.UUID(body["tenant"]["id"]),
+        type="saml",
+        name="Test IdP",
+        config=config,
+        domains=["saml.example"],
+    )
+    db_session.add(connection)
+    db_session.commit()
+    return connection
+
+
+@pytest.fixture()
+def conn(app, api, db_session, idp, client, private_urls):
+    connection = _connection(app, api, db_session, idp, f"saml-{uuid.uuid4().hex[:6]}")
+    r = client.get(f"/sso/saml/{connection.id}/metadata")
+    assert r.status_code == 200
+    idp.trust_sp(r.get_data(as_text=True))
+    return connection
+
+
+def _begin(client, connection) -> tuple[str, str]:
+    r = client.get(f"/sso/saml/{connection.id}/login?next=/oauth/authorize?x=1")
+    assert r.status_code == 303, r.get_data(as_text=True)
+    query = parse_qs(urlsplit(r.headers["Location"]).query)
+    return query["SAMLRequest"][0], query["RelayState"][0]
+
+
+def _post(client, connection, saml_response: str, relay_state: str):
+    return client.post(
+        f"/sso/saml/{connection.id}/acs", data={"SAMLResponse": saml_response, "RelayState": relay_state}
+    )
+
+
+def _answer(client, idp, connection, fault=None):
+    saml_request, relay_state = _begin(client, connection)
+    acs, response, relay_state = idp.respond(saml_request, relay_state=relay_state, fault=fault)
+    assert urlsplit(acs).path == f"/sso/saml/{connection.id}/acs"
+    return _post(client, connection, response, relay_state), response, relay_state
+
+
+def _failures(db_session, connection) -> list[dict]:
+    schema = schema_name_for(connection.tenant_id)
+    rows = db_session.execute(
+        text(f'SELECT data, target_id FROM "{schema}".audit_events WHERE action = :a ORDER BY occurred_at'),  # noqa: S608 - a UUID's schema
+        {"a": "sso.login_failed"},
+    ).all()
+    return [dict(row.data, target_id=row.target_id) for row in rows]
+
+
+def _writes(db_session) -> tuple[int, int]:
+    return (
+        db_session.scalar(select(func.count()).select_from(Membership)),
+        db_session.scalar(select(func.count()).select_from(ExternalIdentity)),
+    )
+
+
+# --- metadata validation ----------------------------------------------------------------------------
+
+
+def test_good_metadata_is_stored_with_what_the_sp_needs(app, idp, private_urls):
+    config, _ = _validate(app, {"metadata_xml": idp.metadata(), "groups_attribute": "memberOf"})
+    assert config["idp_entity_id"] == idp.entity_id
+    assert config["sso_url"] == f"{idp.base}/sso/redirect"
+    assert config["sso_binding"] == "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+    assert config["certificates"] == [idp.cert_file.read_text()]
+    assert config["metadata_xml"].startswith("<?xml") and config["metadata_url"] is None
+    assert config["email_attribute"] is None and config["groups_attribute"] == "memberOf"
+
+
+def test_metadata_from_a_url_is_fetched(app, idp, private_urls):
+    config, _ = _validate(app, {"metadata_url": f"{idp.base}/metadata"})
+    assert config["idp_entity_id"] == idp.entity_id and config["metadata_url"] == f"{idp.base}/metadata"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:9/metadata", "only https"),  # http outside SSO_ALLOW_PRIVATE_URLS
+        ("https://127.0.0.1:9/metadata", "non-public address"),  # loopback
+        ("https://169.254.169.254/latest/meta-data", "non-public address"),  # cloud metadata
+        ("https://10.1.2.3/metadata", "non-public address"),
+        ("https://localhost/metadata", "non-public address"),
+        ("file:///etc/passwd", "not an http(s) URL"),
+        ("https://user:pw@idp.example/metadata", "no credentials"),
+    ],
+)
+def test_ssrf_urls_are_refused_before_any_connection(app, url, message):
+    assert services(app).settings.sso_allow_private_urls is False
+    with pytest.raises(ValidationError) as caught:
+        _validate(app, {"metadata_url": url})
+    assert message in caught.value.extra["errors"]["metadata_url"][0]
+
+
+def test_an_unreachable_metadata_url_is_502(app, private_urls):
+    from saas.auth.sso.saml import SsoProviderUnreachable
+
+    with pytest.raises(SsoProviderUnreachable):
+        _validate(app, {"metadata_url": "http://127.0.0.1:9/metadata"})
+
+
+def _strip_keys(xml: str) -> str:
+    start, end = (
+        xml.index("<md:KeyDescriptor"),
+        xml.rindex("</md:KeyDescriptor>") + len("</md:KeyDescriptor>"),
+    )
+    return xml[:start] + xml[end:]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "detail"),
+    [
+        (lambda xml: xml[: len(xml) // 2], "not well-formed XML"),
+        (lambda xml: "<!DOCTYPE x [<!ENTITY a 'b'>]>" + xml.split("?>", 1)[1], "DTD or entities"),
+        (lambda xml: "<hello/>", "no md:EntityDescriptor"),
+        (lambda xml: xml.replace("IDPSSODescriptor", "SPSSODescriptor"), "no md:IDPSSODescriptor"),
+        (_strip_keys, "no signing certificate"),
+        (lambda xml: xml.replace('use="signing"', 'use="encryption"'), "no signing certificate"),
+        (lambda xml: "", "empty"),
+    ],
+)
+def test_bad_metadata_is_422_with_a_precise_detail(app, idp, private_urls, mangle, detail):
+    with pytest.raises(saml.SsoMetadataInvalid) as caught:
+        _validate(app, {"metadata_xml": mangle(idp.metadata())})
+    assert caught.value.status == 422 and caught.value.code == "sso_metadata_invalid"
+    assert detail in caught.value.detail, caught.value.detail
+
+
+def test_expired_metadata_is_refused_and_future_validity_kept(app, idp, private_urls):
+    past = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with pytest.raises(saml.SsoMetadataInvalid) as caught:
+        _validate(app, {"metadata_xml": idp.metadata(valid_until=past)})
+    assert "expired" in caught.value.detail
+    future = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config, _ = _validate(app, {"metadata_xml": idp.metadata(valid_until=future)})
+    assert config["valid_until"].startswith(future[:10])
+
+
+def test_field_errors(app, idp):
+    with pytest.raises(ValidationError) as caught:
+        _validate(app, {})
+    assert "metadata_xml" in caught.value.extra["errors"]
+    with pytest.raises(ValidationError) as caught:
+        _validate(app, {"metadata_xml": idp.metadata(), "metadata_url": "https://idp.example/md"})
+    assert "not both" in caught.value.extra["errors"]["metadata_url"][0]
+    with pytest.raises(ValidationError) as caught:
+        _validate(app, {"metadata_xml": 42, "email_attribute": ""})
+    assert set(caught.value.extra["errors"]) == {"metadata_xml", "email_attribute"}
+
+
+def test_an_http_sso_location_needs_the_private_setting(app, idp):
+    with pytest.raises(saml.SsoMetadataInvalid) as caught:
+        _validate(app, {"metadata_xml": idp.metadata()})
+    assert "https URL" in caught.value.detail
+
+
+def test_an_update_without_metadata_keeps_it_and_changes_the_attributes(app, conn):
+    config, _ = _validate(app, {"email_attribute": "mail"}, conn)
+    assert config["metadata_xml"] == conn.config["metadata_xml"] and config["email_attribute"] == "mail"
+
+
+# --- SP metadata and public config ----------------------------------------------------------------
+
+
+def test_sp_metadata_route(client, conn, db_session, app):
+    r = client.get(f"/sso/saml/{conn.id}/metadata")
+    assert r.status_code == 200 and r.mimetype == "application/samlmetadata+xml"
+    body = r.get_data(as_text=True)
+    issuer = services(app).settings.issuer
+    assert f'entityID="{issuer}/sso/saml/{conn.id}/metadata"' in body
+    assert f'Location="{issuer}/sso/saml/{conn.id}/acs"' in body
+    assert 'WantAssertionsSigned="true"' in body
+    assert client.get(f"/sso/saml/{uuid.uuid4()}/metadata").status_code == 404
+    conn.enabled = False
+    db_session.commit()
+    assert client.get(f"/sso/saml/{conn.id}/metadata").status_code == 404
+
+
+def test_public_config(app, conn, idp):
+    with app.test_request_context():
+        shown = protocol_for("saml").public_config(conn)
+    issuer = services(app).settings.issuer
+    assert shown["sp_entity_id"] == f"{issuer}/sso/saml/{conn.id}/metadata"
+    assert shown["acs_url"] == f"{issuer}/sso/saml/{conn.id}/acs"
+    assert shown["idp_entity_id"] == idp.entity_id
+    (fp,) = shown["certificate_fingerprints"]
+    assert fp.startswith("SHA256:") and len(fp) == len("SHA256:") + 32 * 3 - 1
+    assert "metadata_xml" not in shown and "certificates" not in shown
+
+
+def test_begin_sends_an_authn_request_by_redirect(client, conn, redis_client):
+    saml_request, relay_state = _begin(client, conn)
+    import base64
+    import zlib
+
+    from saml2.samlp import authn_request_from_string
+
+    xml = zlib.decompress(base64.b64decode(saml_request), -15).decode()
+    request = authn_request_from_string(xml)
+    assert request.force_authn in (None, "false")
+    assert request.assertion_consumer_service_url.endswith(f"/sso/saml/{conn.id}/acs")
+    stored = redis_client.get("sso:tx:" + relay_state)
+    assert stored and request.id in stored.decode()
+
+
+# --- the ACS ------------------------------------------------------------------------------------------
+
+
+def test_a_signed_assertion_signs_in(client, conn, idp, logins, db_session):
+    r, _, relay_state = _answer(client, idp, conn)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    ((transaction, identity),) = logins
+    assert transaction.state == relay_state and transaction.connection_id == conn.id
+    assert transaction.next_url == "/oauth/authorize?x=1"
+    assert identity.subject == "ada@saml.example" and identity.email == "ada@saml.example"
+    assert identity.name == "Ada Lovelace"
+    assert identity.groups == ("engineering", "admins")
+    assert identity.attributes["mail"] == ("ada@saml.example",)
+    assert identity.amr == ("pwd",)
+    assert _failures(db_session, conn) == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "status", "words"),
+    [
+        ("unsigned", "unsigned", 403, "not signed"),
+        ("response_signed_only", "unsigned", 403, "not signed"),
+        ("other_key", "signature", 403, "signature does not verify"),
+        ("tampered", "signature", 403, "signature does not verify"),
+        ("wrong_audience", "audience", 403, "another service"),
+        ("wrong_recipient", "recipient", 403, "another address"),
+        ("wrong_destination", "destination", 403, "Destination"),
+        ("expired", "expired", 403, "expired"),
+        ("wrong_in_response_to", "in_response_to", 403, "InResponseTo"),
+        ("wrong_issuer", "issuer", 403, "another identity provider"),
+    ],
+)
+def test_each_bad_assertion_is_refused_audited_and_changes_nothing(
+    client, conn, idp, logins, db_session, fault, reason, status, words
+):
+    before = _writes(db_session)
+    r, _, _ = _answer(client, idp, conn, fault)
+    assert r.status_code == status, r.get_data(as_text=True)
+    assert r.mimetype == "text/html" and words in r.get_data(as_text=True)
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["Cache-Control"] == "no-store"
+    assert logins == []
+    assert _writes(db_session) == before
+    (event,) = _failures(db_session, conn)
+    assert event["reason"] == reason and event["protocol"] == "saml" and event["target_id"] == str(conn.id)
+
+
+def test_the_same_response_posted_twice_is_refused(client, conn, idp, logins, db_session):
+    r, response, relay_state = _answer(client, idp, conn)
+    assert r.status_code == 200
+    again = _post(client, conn, response, relay_state)
+    assert again.status_code == 400 and "already used" in again.get_data(as_text=True)
+    assert len(logins) == 1
+    assert [e["reason"] for e in _failures(db_session, conn)] == ["transaction"]
+
+
+def test_a_replayed_assertion_id_is_refused_even_with_a_fresh_transaction(
+    client, conn, idp, logins, db_session, app
+):
+    r, response, _ = _answer(client, idp, conn)
+    assert r.status_code == 200
+    ((transaction, _),) = logins
+    # an attacker who could start a transaction for the same request id still meets the replay cache
+    with app.test_request_context():
+        fresh = new_transaction(conn, "/")
+        fresh.data["request_id"] = transaction.data["request_id"]
+        save_transaction(fresh)
+    again = _post(client, conn, response, fresh.state)
+    assert again.status_code == 403 and "already used" in again.get_data(as_text=True)
+    assert len(logins) == 1
+    assert [e["reason"] for e in _failures(db_session, conn)] == ["replayed"]
+
+
+def test_the_replay_marker_is_namespaced_and_expires(client, conn, idp, logins, redis_client):
+    r, _, _ = _answer(client, idp, conn)
+    assert r.status_code == 200
+    (key,) = redis_client.keys(f"{{t:{conn.tenant_id}}}:saml:a:{conn.id}:*")
+    ttl = redis_client.ttl(key)
+    assert 5 * 60 - 5 <= ttl <= 5 * 60 + saml.CLOCK_SKEW_SECONDS + 5  # the IdP's 5-minute lifetime + skew
+
+
+def test_transaction_refusals(client, conn, idp, logins, db_session, app, api):
+    saml_request, relay_state = _begin(client, conn)
+    _, response, _ = idp.respond(saml_request, relay_state=relay_state)
+    for relay in ("", "not-a-state", "x" * 500):
+        r = _post(client, conn, response, relay)
+        assert r.status_code == 400 and "start again" in r.get_data(as_text=True)
+    # the right transaction, posted to another connection's ACS
+    other = _connection(app, api, db_session, idp, f"saml-o-{uuid.uuid4().hex[:6]}")
+    r = _post(client, other, response, relay_state)
+    assert r.status_code == 400 and "another sign-in" in r.get_data(as_text=True)
+    assert _post(client, conn, response, relay_state).status_code == 400  # taken by the attempt above
+    assert logins == []
+    assert r.headers["X-Frame-Options"] == "DENY"
+
+
+def test_garbage_is_a_400_page_never_a_500(client, conn, logins, db_session):
+    for body in ({"SAMLResponse": "%%%not base64"}, {"SAMLResponse": "PGZvbz4="}, {}):
+        _, relay_state = _begin(client, conn)
+        r = client.post(f"/sso/saml/{conn.id}/acs", data={**body, "RelayState": relay_state})
+        assert r.status_code == 400, r.get_data(as_text=True)
+        assert r.mimetype == "text/html"
+    assert logins == []
+    assert {e["reason"] for e in _failures(db_session, conn)} == {"malformed"}
+
+
+def test_unknown_or_disabled_connection_is_a_404_page(client, conn, db_session):
+    assert client.post(f"/sso/saml/{uuid.uuid4()}/acs", data={"SAMLResponse": "x"}).status_code == 404
+    assert client.get(f"/sso/saml/{uuid.uuid4()}/login").status_code == 404
+    conn.enabled = False
+    db_session.commit()
+    assert client.get(f"/sso/saml/{conn.id}/login").status_code == 404
+
+
+def test_next_must_be_a_local_path(client, conn):
+    for bad in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
+        assert client.get(f"/sso/saml/{conn.id}/login", query_string={"next": bad}).status_code == 400
+
+
+@pytest.fixture()
+def opaque_user(idp):
+    """The IdP's user named by a persistent (opaque) NameID, attributes set by the test."""
+    idp.user = User(persistent_id="u-7f3a9")
+    yield idp.user
+    idp.user = User()
+
+
+def test_email_comes_from_the_configured_attribute(client, conn, idp, logins, db_session, opaque_user):
+    conn.config = {**conn.config, "email_attribute": "mail", "groups_attribute": "memberOf"}
+    db_session.commit()
+    opaque_user.attributes = {"mail": ["Grace@Saml.Example"], "memberOf": ["ops"], "groups": ["ignored"]}
+    r, _, _ = _answer(client, idp, conn)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    ((_, identity),) = logins
+    assert identity.subject == "u-7f3a9"
+    assert identity.email == "grace@saml.example" and identity.groups == ("ops",)
+
+
+def test_a_missing_email_is_refused(client, conn, idp, logins, db_session, opaque_user):
+    opaque_user.attributes = {"displayName": ["No Mail"]}
+    r, _, _ = _answer(client, idp, conn)
+    assert r.status_code == 403 and "no email address" in r.get_data(as_text=True)
+    assert logins == []
+    assert [e["reason"] for e in _failures(db_session, conn)] == ["email"]
+
+
+def test_settings_read_the_private_urls_switch():
+    assert Settings.from_env({"SSO_ALLOW_PRIVATE_URLS": "true"}).sso_allow_private_urls is True
+    assert Settings.from_env({}).sso_allow_private_urls is False
