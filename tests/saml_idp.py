@@ -15,7 +15,8 @@ small threaded WSGI app on a free loopback port.
 ``other_key`` (signed by a key the metadata does not name, its certificate in ``KeyInfo``),
 ``wrong_audience``, ``wrong_recipient``, ``wrong_destination``, ``expired``,
 ``wrong_in_response_to``, ``wrong_issuer``, ``response_signed_only`` (the ``<Response>`` signed,
-the assertion not), ``tampered`` (the signed assertion's NameID changed afterwards).
+the assertion not), ``tampered`` (the signed assertion's NameID changed afterwards), ``sha1``
+(signed with RSA-SHA1). Otherwise it signs the assertion with RSA-SHA256.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from saml2.metadata import create_metadata_string
 from saml2.pack import http_form_post_message
 from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_PERSISTENT, NameID
 from saml2.server import Server
+from saml2.xmldsig import DIGEST_SHA1, DIGEST_SHA256, SIG_RSA_SHA1, SIG_RSA_SHA256
 
 FAULTS = (
     "unsigned",
@@ -55,6 +57,7 @@ FAULTS = (
     "wrong_issuer",
     "response_signed_only",
     "tampered",
+    "sha1",
 )
 
 
@@ -231,6 +234,8 @@ class SamlIdp:
             "authn": {"class_ref": "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"},
             "sign_assertion": fault not in ("unsigned", "response_signed_only"),
             "sign_response": fault == "response_signed_only",
+            "sign_alg": SIG_RSA_SHA1 if fault == "sha1" else SIG_RSA_SHA256,
+            "digest_alg": DIGEST_SHA1 if fault == "sha1" else DIGEST_SHA256,
         }
         if fault == "wrong_issuer":
             args["issuer"] = self._issuer("https://idp.elsewhere.example/metadata")

@@ -293,6 +293,7 @@ def test_a_signed_assertion_signs_in(client, conn, idp, logins, db_session):
         ("response_signed_only", "unsigned", 403, "not signed"),
         ("other_key", "signature", 403, "signature does not verify"),
         ("tampered", "signature", 403, "signature does not verify"),
+        ("sha1", "signature_algorithm", 403, "weak or unknown algorithm"),
         ("wrong_audience", "audience", 403, "another service"),
         ("wrong_recipient", "recipient", 403, "another address"),
         ("wrong_destination", "destination", 403, "Destination"),

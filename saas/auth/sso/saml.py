@@ -101,6 +101,25 @@ AMR_OF_CLASS = {
     "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract": ("mfa",),
     "urn:oasis:names:tc:SAML:2.0:ac:classes:X509": ("hwk",),
 }
+#: signature and digest algorithms accepted on an assertion (XML Signature 1.1 and RFC 9231's
+#: URIs); SHA-1 and MD5 are refused (RFC 9231 section 2.1, NIST SP 800-131A)
+SIGNATURE_ALGORITHMS = frozenset(
+    {
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
+        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
+    }
+)
+DIGEST_ALGORITHMS = frozenset(
+    {
+        "http://www.w3.org/2001/04/xmlenc#sha256",
+        "http://www.w3.org/2001/04/xmldsig-more#sha384",
+        "http://www.w3.org/2001/04/xmlenc#sha512",
+    }
+)
 #: the hosted pages' policy (saas.auth.hosted.CSP, repeated: this module must not import the
 #: hosted pages, which will import the SSO login)
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
@@ -554,6 +573,19 @@ def _precheck(connection: SsoConnection, xml: bytes, request_id: str) -> tuple[A
         raise Refused("issuer", "The assertion comes from another identity provider (Issuer).")
     if assertion.signature is None:
         raise Refused("unsigned", "The assertion is not signed; the identity provider must sign assertions.")
+    signed_info = assertion.signature.signed_info
+    method = signed_info.signature_method.algorithm if signed_info and signed_info.signature_method else None
+    digests = {
+        ref.digest_method.algorithm
+        for ref in (signed_info.reference if signed_info else [])
+        if ref.digest_method
+    }
+    if method not in SIGNATURE_ALGORITHMS or not digests or not digests <= DIGEST_ALGORITHMS:
+        raise Refused(
+            "signature_algorithm",
+            "The assertion is signed with a weak or unknown algorithm (SHA-1?); sign with RSA-SHA256 "
+            "or stronger.",
+        )
     now = datetime.now(UTC)
     conditions = assertion.conditions
     if conditions is None:
