@@ -16,7 +16,7 @@ pysaml2, whose signature checks run ``xmlsec1`` (Debian package ``xmlsec1``).
   (the IdP's answer). The ACS takes the login transaction named by ``RelayState`` (single use)
   and refuses the response unless (:func:`verify_response`): it is a success ``<Response>`` to
   that transaction's request (``InResponseTo``, Profiles 4.1.4.3), addressed to the ACS
-  (``Destination``, Profiles 4.1.4.5), issued by the connection's IdP (``Issuer``), carrying
+  (``Destination``, Bindings 3.5.5.2), issued by the connection's IdP (``Issuer``), carrying
   exactly one assertion, signed by a certificate of the IdP's metadata (Profiles 4.1.3.5 and
   4.1.4.5; Core 5.4), whose ``AudienceRestriction`` names the SP and whose bearer
   ``SubjectConfirmationData`` names the ACS as ``Recipient``, the request as ``InResponseTo``
@@ -101,8 +101,8 @@ AMR_OF_CLASS = {
     "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract": ("mfa",),
     "urn:oasis:names:tc:SAML:2.0:ac:classes:X509": ("hwk",),
 }
-#: signature and digest algorithms accepted on an assertion (XML Signature 1.1 and RFC 9231's
-#: URIs); SHA-1 and MD5 are refused (RFC 9231 section 2.1, NIST SP 800-131A)
+#: signature and digest algorithms accepted on an assertion (the URIs of XML Signature 1.1 and
+#: RFC 9231); SHA-1 and MD5 are refused (collision attacks; NIST SP 800-131A)
 SIGNATURE_ALGORITHMS = frozenset(
     {
         "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
