@@ -16,7 +16,10 @@ small threaded WSGI app on a free loopback port.
 ``wrong_audience``, ``wrong_recipient``, ``wrong_destination``, ``expired``,
 ``wrong_in_response_to``, ``wrong_issuer``, ``response_signed_only`` (the ``<Response>`` signed,
 the assertion not), ``tampered`` (the signed assertion's NameID changed afterwards), ``sha1``
-(signed with RSA-SHA1). Otherwise it signs the assertion with RSA-SHA256.
+(signed with RSA-SHA1), ``wrapped`` and ``wrapped_new_id`` (XML Signature Wrapping: a forged
+assertion for another user carrying the signature, the signed original moved inside its
+``ds:Signature`` as a ``ds:Object``; with the original's ``ID`` or a new one). Otherwise it signs
+the assertion with RSA-SHA256.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ FAULTS = (
     "response_signed_only",
     "tampered",
     "sha1",
+    "wrapped",
+    "wrapped_new_id",
 )
 
 
@@ -178,14 +183,17 @@ class SamlIdp:
 
     # --- metadata ---------------------------------------------------------------------------
 
-    def metadata(self, valid_until: str | None = None) -> str:
-        """The IdP's metadata XML (``valid_until``: an ISO 8601 instant for ``validUntil``)."""
+    def metadata(self, valid_until: str | None = None, *, post_only: bool = False) -> str:
+        """The IdP's metadata XML (``valid_until``: an ISO 8601 instant for ``validUntil``;
+        ``post_only``: no HTTP-Redirect SingleSignOnService)."""
         xml = create_metadata_string(None, config=self.server.config, valid=None, sign=False).decode()
         # the prefixes IdPs publish (ElementTree writes ns0:, ns1:...)
         for prefix, name in (("ns0", "md"), ("ns1", "alg"), ("ns2", "ds")):
             xml = xml.replace(f"<{prefix}:", f"<{name}:").replace(f"</{prefix}:", f"</{name}:")
             xml = xml.replace(f"xmlns:{prefix}=", f"xmlns:{name}=")
         xml = '<?xml version="1.0" encoding="UTF-8"?>\n' + xml
+        if post_only:
+            xml = re.sub(r'<md:SingleSignOnService Binding="[^"]+HTTP-Redirect"[^>]*/>', "", xml)
         if valid_until:
             xml = re.sub(
                 r"<md:EntityDescriptor ", f'<md:EntityDescriptor validUntil="{valid_until}" ', xml, count=1
@@ -258,6 +266,8 @@ class SamlIdp:
         xml = str(response)
         if fault == "tampered":  # changed after signing: the digest no longer matches
             xml = xml.replace(self.user.email, "eve@saml.example")
+        if fault in ("wrapped", "wrapped_new_id"):
+            xml = _wrap(xml, self.user.email, new_id=fault == "wrapped_new_id")
         self.sent.append(base64.b64encode(xml.encode()).decode())
         return acs_url, self.sent[-1], relay_state
 
@@ -295,3 +305,17 @@ class SamlIdp:
             return [page["data"].encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]
+
+
+def _wrap(xml: str, email: str, *, new_id: bool) -> str:
+    """XML Signature Wrapping (Somorovsky et al., USENIX Security 2012): the signed assertion is
+    hidden inside the forged one's signature, the forged one (another NameID) where the SP reads."""
+    start = xml.index("<ns1:Assertion ")
+    end = xml.index("</ns1:Assertion>") + len("</ns1:Assertion>")
+    original = xml[start:end]
+    forged = original.replace(email, "eve@saml.example")
+    if new_id:
+        forged = re.sub(r'^(<ns1:Assertion [^>]*?ID=")([^"]+)"', r'\1id-forged"', forged, count=1)
+    close = forged.index("</ns2:Signature>")
+    forged = forged[:close] + f"<ns2:Object>{original}</ns2:Object>" + forged[close:]
+    return xml[:start] + forged + xml[end:]

@@ -8,6 +8,7 @@ these tests: they assert the :class:`SsoIdentity` it is handed, or that it is ne
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -165,6 +166,13 @@ def test_an_unreachable_metadata_url_is_502(app, private_urls):
         _validate(app, {"metadata_url": "http://127.0.0.1:9/metadata"})
 
 
+def _two_idps(xml: str) -> str:
+    entity = xml.split("?>", 1)[1].strip()
+    other = entity.replace('entityID="', 'entityID="urn:other:', 1)
+    md = "urn:oasis:names:tc:SAML:2.0:metadata"
+    return f'<md:EntitiesDescriptor xmlns:md="{md}">{entity}{other}</md:EntitiesDescriptor>'
+
+
 def _strip_keys(xml: str) -> str:
     start, end = (
         xml.index("<md:KeyDescriptor"),
@@ -183,6 +191,16 @@ def _strip_keys(xml: str) -> str:
         (_strip_keys, "no signing certificate"),
         (lambda xml: xml.replace('use="signing"', 'use="encryption"'), "no signing certificate"),
         (lambda xml: "", "empty"),
+        (
+            lambda xml: xml.replace('WantAuthnRequestsSigned="false"', 'WantAuthnRequestsSigned="true"'),
+            "signed AuthnRequests",
+        ),
+        (_two_idps, "describes 2 identity providers"),
+        (lambda xml: re.sub(r"<md:SingleSignOnService [^>]*/>", "", xml), "no SingleSignOnService"),
+        (
+            lambda xml: re.sub(r"<ds:X509Certificate>[^<]+", "<ds:X509Certificate>bm90IGEgY2VydA==", xml),
+            "not a base64 DER",
+        ),
     ],
 )
 def test_bad_metadata_is_422_with_a_precise_detail(app, idp, private_urls, mangle, detail):
@@ -269,6 +287,36 @@ def test_begin_sends_an_authn_request_by_redirect(client, conn, redis_client):
     assert stored and request.id in stored.decode()
 
 
+def test_an_idp_with_only_http_post_gets_an_auto_submitted_form(
+    app, api, db_session, idp, client, private_urls, logins
+):
+    import requests
+
+    body = api.signup(f"saml-post-{uuid.uuid4().hex[:6]}")
+    config, _ = _validate(app, {"metadata_xml": idp.metadata(post_only=True)})
+    assert config["sso_binding"] == "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+    connection = SsoConnection(
+        tenant_id=uuid.UUID(body["tenant"]["id"]), type="saml", name="POST IdP", config=config
+    )
+    db_session.add(connection)
+    db_session.commit()
+    idp.trust_sp(client.get(f"/sso/saml/{connection.id}/metadata").get_data(as_text=True))
+    page = client.get(f"/sso/saml/{connection.id}/login")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html_text = page.get_data(as_text=True)
+    nonce = re.search(r'<script nonce="([^"]+)">', html_text).group(1)
+    assert f"script-src 'nonce-{nonce}'" in page.headers["Content-Security-Policy"]
+    assert f'action="{idp.base}/sso/post"' in html_text
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html_text))
+    # the browser's post to the IdP, then the IdP's form back to the ACS
+    answer = requests.post(f"{idp.base}/sso/post", data=fields, timeout=10)
+    assert answer.status_code == 200, answer.text
+    posted = dict(re.findall(r'name="(SAMLResponse|RelayState)" value="([^"]*)"', answer.text))
+    r = _post(client, connection, posted["SAMLResponse"], posted["RelayState"])
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert logins[0][1].email == "ada@saml.example"
+
+
 # --- the ACS ------------------------------------------------------------------------------------------
 
 
@@ -294,6 +342,8 @@ def test_a_signed_assertion_signs_in(client, conn, idp, logins, db_session):
         ("other_key", "signature", 403, "signature does not verify"),
         ("tampered", "signature", 403, "signature does not verify"),
         ("sha1", "signature_algorithm", 403, "weak or unknown algorithm"),
+        ("wrapped", "signature", 403, "signature does not"),
+        ("wrapped_new_id", "signature", 403, "signature does not cover"),
         ("wrong_audience", "audience", 403, "another service"),
         ("wrong_recipient", "recipient", 403, "another address"),
         ("wrong_destination", "destination", 403, "Destination"),

@@ -580,6 +580,10 @@ def _precheck(connection: SsoConnection, xml: bytes, request_id: str) -> tuple[A
         for ref in (signed_info.reference if signed_info else [])
         if ref.digest_method
     }
+    references = signed_info.reference if signed_info else []
+    if len(references) != 1 or references[0].uri != f"#{assertion.id}":
+        # XML Signature Wrapping: the signature must cover this assertion and nothing else
+        raise Refused("signature", "The assertion's signature does not cover the assertion itself.")
     if method not in SIGNATURE_ALGORITHMS or not digests or not digests <= DIGEST_ALGORITHMS:
         raise Refused(
             "signature_algorithm",
