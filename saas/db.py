@@ -562,9 +562,8 @@ class EarlyCommit(StrEnum):
     #: a new Stripe customer's id: the next Stripe call may fail, and the customer must not be
     #: created twice (the idempotency key covers 24 hours only)
     STRIPE_CUSTOMER_CREATED = "stripe_customer_created"
-    #: an SSO answer refused at the ACS (``sso.login_failed`` in the tenant's log): the answer
-    #: is an error page (saas.auth.sso.saml)
-    SSO_LOGIN_FAILURE = "sso_login_failure"
+    #: a refused SSO sign-in's audit event (``sso.login_failed``): the answer is an error page
+    SSO_LOGIN_FAILED = "sso_login_failed"
 
 
 def commit_early(session: Session, reason: EarlyCommit) -> None:

@@ -26,7 +26,7 @@ pysaml2, whose signature checks run ``xmlsec1`` (Debian package ``xmlsec1``).
   expire; a Redis ``SET NX`` until ``NotOnOrAfter`` plus the skew, key
   :meth:`saas.cache.namespace.TenantKeys.seen_assertion`). Every refusal is an HTML error page
   (400, 403, 404 or 503) and an ``sso.login_failed`` audit event in the tenant (committed with
-  ``EarlyCommit.SSO_LOGIN_FAILURE``); nothing else is written. An accepted answer becomes an
+  ``EarlyCommit.SSO_LOGIN_FAILED``); nothing else is written. An accepted answer becomes an
   :class:`~saas.auth.sso.protocol.SsoIdentity` for :func:`saas.auth.sso.login.complete_login`.
 """
 
@@ -792,7 +792,7 @@ def _refuse(connection: SsoConnection, reason: str, detail: str, status: int) ->
         target_id=connection.id,
         data={"protocol": "saml", "reason": reason, "detail": detail[:300]},
     )
-    commit_early(session, EarlyCommit.SSO_LOGIN_FAILURE)
+    commit_early(session, EarlyCommit.SSO_LOGIN_FAILED)
     return ErrorPage("Single sign-on failed", detail, status)
 
 
