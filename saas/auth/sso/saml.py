@@ -36,6 +36,7 @@ import base64
 import binascii
 import hashlib
 import html
+import logging
 import secrets
 import shutil
 import uuid
@@ -125,6 +126,10 @@ DIGEST_ALGORITHMS = frozenset(
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 
 bp = Blueprint("saml", __name__)
+log = logging.getLogger(__name__)
+# pysaml2 logs each subject's NameID and attributes at INFO: personal data kept out of the
+# service's logs (its warnings and errors, a signature that fails, still pass)
+logging.getLogger("saml2").setLevel(logging.WARNING)
 
 
 class SsoMetadataInvalid(AppError):
@@ -784,7 +789,9 @@ def _connection(connection_id: uuid.UUID) -> SsoConnection | None:
 def _refuse(connection: SsoConnection, reason: str, detail: str, status: int) -> ErrorPage:
     """Record ``sso.login_failed`` in the connection's tenant (committed now: the answer is an
     error page, whose unit of work rolls back) and return the page to raise."""
+    log.info("saml sign-in refused: %s (connection %s)", reason, connection.id)
     session = db.session()
+    session.rollback()  # nothing the request did before the refusal is kept
     ActionContext.from_request(session).record(
         AuditAction.SSO_LOGIN_FAILED,
         tenant_id=connection.tenant_id,
