@@ -18,7 +18,8 @@ small threaded WSGI app on a free loopback port.
 the assertion not), ``tampered`` (the signed assertion's NameID changed afterwards), ``sha1``
 (signed with RSA-SHA1), ``wrapped`` and ``wrapped_new_id`` (XML Signature Wrapping: a forged
 assertion for another user carrying the signature, the signed original moved inside its
-``ds:Signature`` as a ``ds:Object``; with the original's ``ID`` or a new one). Otherwise it signs
+``ds:Signature`` as a ``ds:Object``; with the original's ``ID`` or a new one), ``denied`` (a
+``Responder`` status, no assertion). Otherwise it signs
 the assertion with RSA-SHA256.
 """
 
@@ -46,6 +47,7 @@ from saml2.config import IdPConfig
 from saml2.metadata import create_metadata_string
 from saml2.pack import http_form_post_message
 from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_PERSISTENT, NameID
+from saml2.samlp import STATUS_RESPONDER
 from saml2.server import Server
 from saml2.xmldsig import DIGEST_SHA1, DIGEST_SHA256, SIG_RSA_SHA1, SIG_RSA_SHA256
 
@@ -63,6 +65,7 @@ FAULTS = (
     "sha1",
     "wrapped",
     "wrapped_new_id",
+    "denied",
 )
 
 
@@ -255,6 +258,12 @@ class SamlIdp:
                 return original("https://sp.elsewhere.example/metadata")
 
             policy.conditions = conditions
+        if fault == "denied":  # the IdP refuses the user: a Responder/RequestDenied status
+            error = server.create_error_response(
+                request.id, acs_url, (STATUS_RESPONDER, "The user is not assigned to this application")
+            )
+            self.sent.append(base64.b64encode(str(error).encode()).decode())
+            return acs_url, self.sent[-1], relay_state
         try:
             if fault == "expired":  # issued 10 minutes ago, valid for 5
                 with time_machine.travel(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), tick=True):

@@ -350,6 +350,7 @@ def test_a_signed_assertion_signs_in(client, conn, idp, logins, db_session):
         ("expired", "expired", 403, "expired"),
         ("wrong_in_response_to", "in_response_to", 403, "InResponseTo"),
         ("wrong_issuer", "issuer", 403, "another identity provider"),
+        ("denied", "idp_status", 403, "did not sign you in (Responder)"),
     ],
 )
 def test_each_bad_assertion_is_refused_audited_and_changes_nothing(
@@ -365,6 +366,34 @@ def test_each_bad_assertion_is_refused_audited_and_changes_nothing(
     assert _writes(db_session) == before
     (event,) = _failures(db_session, conn)
     assert event["reason"] == reason and event["protocol"] == "saml" and event["target_id"] == str(conn.id)
+
+
+def test_metadata_expiring_after_it_was_stored_stops_sign_in(
+    client, conn, idp, logins, db_session, time_machine
+):
+    conn.config = {**conn.config, "valid_until": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    db_session.commit()
+    saml_request, relay_state = _begin(client, conn)  # still valid
+    _, response, relay_state = idp.respond(saml_request, relay_state=relay_state)
+    time_machine.move_to(datetime.now(UTC) + timedelta(hours=2), tick=True)
+    r = _post(client, conn, response, relay_state)
+    assert r.status_code == 403 and "metadata has expired" in r.get_data(as_text=True)
+    page = client.get(f"/sso/saml/{conn.id}/login")
+    assert page.status_code == 400 and "metadata has expired" in page.get_data(as_text=True)
+    assert logins == []
+    assert [e["reason"] for e in _failures(db_session, conn)] == ["metadata_expired"]
+
+
+def test_a_suspended_tenant_signs_nobody_in(client, conn, idp, logins, db_session):
+    from saas.identity.models import Tenant
+
+    saml_request, relay_state = _begin(client, conn)
+    _, response, relay_state = idp.respond(saml_request, relay_state=relay_state)
+    db_session.get(Tenant, conn.tenant_id).status = "suspended"
+    db_session.commit()
+    r = _post(client, conn, response, relay_state)
+    assert r.status_code == 403 and logins == []
+    assert [e["reason"] for e in _failures(db_session, conn)] == ["tenant_inactive"]
 
 
 def test_the_same_response_posted_twice_is_refused(client, conn, idp, logins, db_session):
