@@ -25,7 +25,8 @@ import requests
 from sqlalchemy.orm import Session
 
 from saas.auth.sso import saml
-from saas.identity.models import SsoConnection
+from saas.db import utcnow
+from saas.identity.models import SsoConnection, VerifiedDomain
 from saas.security import random_token
 from tests.conftest import TEST_PASSWORD, _redis_url
 from tests.helpers import drop_tenant
@@ -103,7 +104,14 @@ def connection(base, idp, engine, redis_client) -> Iterator[tuple[uuid.UUID, dic
         "groups_attribute": None,
     }
     with Session(engine) as session:
-        row = SsoConnection(tenant_id=tenant_id, type="saml", name="Test IdP", config=config)
+        # the IdP's users are on a verified domain of the tenant, sent to this connection (the
+        # login pipeline trusts an IdP's address only there)
+        session.add(
+            VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow())
+        )
+        row = SsoConnection(
+            tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
+        )
         session.add(row)
         session.commit()
         connection_id = row.id
