@@ -19,7 +19,7 @@ the assertion not), ``tampered`` (the signed assertion's NameID changed afterwar
 (signed with RSA-SHA1), ``wrapped`` and ``wrapped_new_id`` (XML Signature Wrapping: a forged
 assertion for another user carrying the signature, the signed original moved inside its
 ``ds:Signature`` as a ``ds:Object``; with the original's ``ID`` or a new one), ``denied`` (a
-``Responder`` status, no assertion). Otherwise it signs
+``Responder`` status, no assertion), ``transient`` (a transient NameID). Otherwise it signs
 the assertion with RSA-SHA256.
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 import re
 import tempfile
 import threading
@@ -46,7 +47,13 @@ from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.config import IdPConfig
 from saml2.metadata import create_metadata_string
 from saml2.pack import http_form_post_message
-from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_PERSISTENT, NameID
+from saml2.saml import (
+    NAME_FORMAT_URI,
+    NAMEID_FORMAT_EMAILADDRESS,
+    NAMEID_FORMAT_PERSISTENT,
+    NAMEID_FORMAT_TRANSIENT,
+    NameID,
+)
 from saml2.samlp import STATUS_RESPONDER
 from saml2.server import Server
 from saml2.xmldsig import DIGEST_SHA1, DIGEST_SHA256, SIG_RSA_SHA1, SIG_RSA_SHA256
@@ -66,6 +73,7 @@ FAULTS = (
     "wrapped",
     "wrapped_new_id",
     "denied",
+    "transient",
 )
 
 
@@ -138,7 +146,11 @@ def _server(base: str, entity_id: str, key_file: Path, cert_file: Path) -> Serve
                             (f"{base}/sso/post", BINDING_HTTP_POST),
                         ]
                     },
-                    "name_id_format": [NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_PERSISTENT],
+                    "name_id_format": [
+                        NAMEID_FORMAT_EMAILADDRESS,
+                        NAMEID_FORMAT_PERSISTENT,
+                        NAMEID_FORMAT_TRANSIENT,
+                    ],
                     "sign_response": False,
                     "sign_assertion": True,
                     "want_authn_requests_signed": False,
@@ -232,7 +244,11 @@ class SamlIdp:
         kwargs: dict[str, Any] = {}
         if fault == "wrong_recipient":
             kwargs["farg"] = Server.update_farg(in_response_to, "https://sp.elsewhere.example/acs")
-        if self.user.persistent_id:
+        if fault == "transient":
+            name_id = NameID(
+                format=NAMEID_FORMAT_TRANSIENT, text="_" + base64.b16encode(os.urandom(8)).decode()
+            )
+        elif self.user.persistent_id:
             name_id = NameID(format=NAMEID_FORMAT_PERSISTENT, text=self.user.persistent_id)
         else:
             name_id = NameID(format=NAMEID_FORMAT_EMAILADDRESS, text=self.user.email)

@@ -351,6 +351,7 @@ def test_a_signed_assertion_signs_in(client, conn, idp, logins, db_session):
         ("wrong_in_response_to", "in_response_to", 403, "InResponseTo"),
         ("wrong_issuer", "issuer", 403, "another identity provider"),
         ("denied", "idp_status", 403, "did not sign you in (Responder)"),
+        ("transient", "subject", 403, "transient NameID"),
     ],
 )
 def test_each_bad_assertion_is_refused_audited_and_changes_nothing(

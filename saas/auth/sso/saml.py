@@ -55,7 +55,7 @@ from saml2.client import Saml2Client
 from saml2.config import SPConfig
 from saml2.mdstore import InMemoryMetaData
 from saml2.metadata import create_metadata_string
-from saml2.saml import NAMEID_FORMAT_EMAILADDRESS, SCM_BEARER
+from saml2.saml import NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_TRANSIENT, SCM_BEARER
 from saml2.sigver import SignatureError
 from saml2.time_util import str_to_time
 
@@ -654,6 +654,12 @@ def _identity(connection: SsoConnection, verified: Any) -> SsoIdentity:
     subject = (name_id.text or "").strip()
     if len(subject) > 512:
         raise Refused("subject", "The NameID is longer than 512 characters.")
+    if name_id.format == NAMEID_FORMAT_TRANSIENT:
+        # a transient NameID changes at every sign-in (Core 8.3.8): no account can be found by it
+        raise Refused(
+            "subject",
+            "The identity provider sent a transient NameID; configure a persistent or emailAddress NameID.",
+        )
     email = None
     if config.get("email_attribute"):
         email = _first(ava, (config["email_attribute"],))
