@@ -210,6 +210,24 @@ def test_bad_metadata_is_422_with_a_precise_detail(app, idp, private_urls, mangl
     assert detail in caught.value.detail, caught.value.detail
 
 
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda x: re.sub(r' protocolSupportEnumeration="[^"]+"', "", x),
+        lambda x: x.replace("<md:EntityDescriptor ", '<md:EntityDescriptor validUntil="yesterday" ', 1),
+        lambda x: re.sub(r'Location="[^"]+/sso/redirect"', 'Location=""', x),
+        lambda x: re.sub(r"<ds:X509Certificate>[^<]+", "<ds:X509Certificate>", x),
+        lambda x: re.sub(r' entityID="[^"]+"', "", x),
+        lambda x: x.replace("urn:oasis:names:tc:SAML:2.0:metadata", "urn:example:not-metadata"),
+        lambda x: x.encode("utf-16").decode("latin-1"),
+    ],
+)
+def test_mangled_metadata_is_a_422_never_an_exception(app, idp, private_urls, mutate):
+    with pytest.raises(saml.SsoMetadataInvalid) as caught:
+        _validate(app, {"metadata_xml": mutate(idp.metadata())})
+    assert caught.value.status == 422 and caught.value.detail
+
+
 def test_expired_metadata_is_refused_and_future_validity_kept(app, idp, private_urls):
     past = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with pytest.raises(saml.SsoMetadataInvalid) as caught:
@@ -454,6 +472,33 @@ def test_garbage_is_a_400_page_never_a_500(client, conn, logins, db_session):
         assert r.mimetype == "text/html"
     assert logins == []
     assert {e["reason"] for e in _failures(db_session, conn)} == {"malformed"}
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda x: re.sub(r"<ns1:Conditions .*?</ns1:Conditions>", "", x, flags=re.S),
+        lambda x: re.sub(r"<ns1:Subject>.*?</ns1:Subject>", "", x, flags=re.S),
+        lambda x: re.sub(r"<ns1:AuthnStatement .*?</ns1:AuthnStatement>", "", x, flags=re.S),
+        lambda x: re.sub(r"(<ns1:NameID[^>]*>)[^<]*", r"\1", x),
+        lambda x: re.sub(r'NotOnOrAfter="[^"]+"', 'NotOnOrAfter="yesterday"', x),
+        lambda x: re.sub(r"<ns0:Status>.*?</ns0:Status>", "", x, flags=re.S),
+        lambda x: re.sub(r"<ns1:Issuer[^>]*>[^<]*</ns1:Issuer>", "", x),
+        lambda x: re.sub(r'Version="2.0"', 'Version="1.1"', x),
+        lambda x: re.sub(r"<ns2:SignedInfo>.*?</ns2:SignedInfo>", "<ns2:SignedInfo/>", x, flags=re.S),
+        lambda x: x.replace("<ns1:Assertion ", "<ns1:Assertion foo:bar='1' ", 1),
+    ],
+)
+def test_mangled_responses_end_on_the_error_page_never_a_500(client, conn, idp, logins, mutate):
+    import base64
+
+    saml_request, relay_state = _begin(client, conn)
+    _, response, relay_state = idp.respond(saml_request, relay_state=relay_state)
+    mangled = mutate(base64.b64decode(response).decode())
+    r = _post(client, conn, base64.b64encode(mangled.encode()).decode(), relay_state)
+    assert r.status_code in (400, 403), r.get_data(as_text=True)
+    assert r.mimetype == "text/html" and "Single sign-on failed" in r.get_data(as_text=True)
+    assert logins == []
 
 
 def test_unknown_or_disabled_connection_is_a_404_page(client, conn, db_session):

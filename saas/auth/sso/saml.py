@@ -232,7 +232,7 @@ def _instant(text: str | None) -> datetime | None:
         return None
     try:
         return datetime(*str_to_time(text)[:6], tzinfo=UTC)
-    except (ValueError, TypeError):
+    except Exception:  # pysaml2 raises ValueError, TypeError or AttributeError
         raise SsoMetadataInvalid(f"The metadata's validUntil {text[:40]!r} is not an xs:dateTime.") from None
 
 
@@ -280,6 +280,8 @@ def parse_idp_metadata(xml: str, *, allow_private: bool) -> dict[str, Any]:
             f"The metadata describes {len(idps)} identity providers; give the metadata of one."
         )
     idp = idps[0]
+    if not isinstance(idp, str) or not idp.strip() or len(idp) > 1024:
+        raise SsoMetadataInvalid("The IdP's entityID is missing or longer than 1024 characters (Core 8.3.6).")
     entity = store[idp]
     now = datetime.now(UTC)
     valid_until = [
@@ -299,7 +301,7 @@ def parse_idp_metadata(xml: str, *, allow_private: bool) -> dict[str, Any]:
     for binding in (BINDING_HTTP_REDIRECT, BINDING_HTTP_POST):
         services_ = store.service(idp, "idpsso_descriptor", "single_sign_on_service", binding) or []
         if services_:
-            sso_url, sso_binding = services_[0]["location"], binding
+            sso_url, sso_binding = services_[0].get("location") or "", binding
             break
     if sso_url is None:
         raise SsoMetadataInvalid(
@@ -311,7 +313,11 @@ def parse_idp_metadata(xml: str, *, allow_private: bool) -> dict[str, Any]:
             f"The IdP's SingleSignOnService location must be an https URL, got {sso_url[:200]!r}."
         )
     certificates = []
-    for _name, b64 in store.certs(idp, "idpsso", use="signing"):
+    try:
+        found = store.certs(idp, "idpsso", use="signing")
+    except (KeyError, TypeError, AttributeError):  # an empty ds:X509Certificate or KeyInfo
+        raise SsoMetadataInvalid("A signing KeyDescriptor of the IdP holds no certificate.") from None
+    for _name, b64 in found:
         try:
             der = base64.b64decode("".join(b64.split()), validate=True)
             cert = x509.load_der_x509_certificate(der)
@@ -524,7 +530,7 @@ def _time(text: str | None) -> datetime | None:
         return None
     try:
         return datetime(*str_to_time(text)[:6], tzinfo=UTC)
-    except (ValueError, TypeError):
+    except Exception:  # pysaml2 raises ValueError, TypeError or AttributeError
         raise Refused("malformed", "The assertion has a time that is not an xs:dateTime.", 400) from None
 
 
@@ -681,7 +687,7 @@ def _identity(connection: SsoConnection, verified: Any) -> SsoIdentity:
     for statement in verified.assertion.authn_statement:
         context = statement.authn_context
         ref = (
-            context.authn_context_class_ref.text.strip()
+            (context.authn_context_class_ref.text or "").strip()
             if context and context.authn_context_class_ref
             else ""
         )
