@@ -465,7 +465,17 @@ def test_transaction_refusals(client, conn, idp, logins, db_session, app, api):
 
 
 def test_garbage_is_a_400_page_never_a_500(client, conn, logins, db_session):
-    for body in ({"SAMLResponse": "%%%not base64"}, {"SAMLResponse": "PGZvbz4="}, {}):
+    import base64
+
+    xxe = '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>'
+    logout = '<samlp:LogoutResponse xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" ID="a" Version="2.0"/>'
+    garbage = [base64.b64encode(x.encode()).decode() for x in (xxe, logout)]
+    for body in (
+        {"SAMLResponse": "%%%not base64"},
+        {"SAMLResponse": "PGZvbz4="},
+        {},
+        *[{"SAMLResponse": g} for g in garbage],
+    ):
         _, relay_state = _begin(client, conn)
         r = client.post(f"/sso/saml/{conn.id}/acs", data={**body, "RelayState": relay_state})
         assert r.status_code == 400, r.get_data(as_text=True)
