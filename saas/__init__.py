@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth.context import authenticate_request, reject_bad_credentials
     from saas.auth.oauth import routes as oauth_routes
     from saas.auth.oauth import server as oauth_server
+    from saas.auth.sso import saml as sso_saml
     from saas.bootstrap import build_services
     from saas.product import product
     from saas.scim import admin_views as scim_admin_views
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     hosted.init_app(app)  # the hosted sign-in pages (HTML)
     account_pages.init_app(app)  # the hosted pages of the mailed links (reset, verify, email)
     logout_pages.init_app(app)  # the hosted end-session page (OIDC RP-Initiated Logout)
+    sso_saml.init_app(app)  # SAML 2.0 SP: metadata, SP-initiated login, ACS (saas.auth.sso.saml)
     oauth_server.init_app(app)  # Authlib's AuthorizationServer behind /oauth/token, revoke, introspect
     from saas.auth.sso import oidc as sso_oidc
 

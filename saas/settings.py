@@ -176,6 +176,10 @@ class Settings:
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     #: how long one domain verification may wait on DNS, in seconds (``DNS_TIMEOUT``, default 5)
     dns_timeout_seconds: float = 5.0
+    # per-tenant SSO (saas.auth.sso)
+    #: fetch IdP URLs (a SAML ``metadata_url``) over http and from non-public addresses
+    #: (``SSO_ALLOW_PRIVATE_URLS``; development and tests only: SSRF otherwise)
+    sso_allow_private_urls: bool = False
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -281,6 +285,7 @@ class Settings:
         maybe("WEBAUTHN_ORIGINS", "webauthn_origins", _csv)
         maybe("DNS_NAMESERVERS", "dns_nameservers", _nameservers)
         maybe("DNS_TIMEOUT", "dns_timeout_seconds", _positive_float)
+        maybe("SSO_ALLOW_PRIVATE_URLS", "sso_allow_private_urls", _bool)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)

@@ -14,6 +14,7 @@ Layout (``<id>`` is the canonical UUID text, ``8c0f...-....``):
 ``{t:<id>}:c:<name>``                 cache entry ``[version, value]`` (JSON)
 ``{t:<id>}:rv:s:<session id>``        a revoked session (refresh-token family; ``saas.auth.revocation``)
 ``{t:<id>}:rv:c:<client id>``         a deleted OAuth client of the tenant (same module)
+``{t:<id>}:saml:a:<conn>:<hash>``     a SAML assertion id seen at a connection's ACS (replay)
 ==================================  ===========================================================
 
 Keys that belong to no tenant (pre-authentication throttles, platform keys) are built by
@@ -58,6 +59,10 @@ class TenantKeys:
     def revoked_client(self, client_id: str) -> str:
         """Marker of a deleted OAuth client of the tenant; see :mod:`saas.auth.revocation`."""
         return f"{self.tag}:rv:c:{client_id}"
+
+    def seen_assertion(self, connection_id: uuid.UUID, assertion_digest: str) -> str:
+        """Marker of a SAML assertion id already used at a connection (``saas.auth.sso.saml``)."""
+        return f"{self.tag}:saml:a:{connection_id}:{assertion_digest}"
 
     def pattern(self, kind: str = "*") -> str:
         """A SCAN pattern over this tenant's keys of ``kind`` (``rl``, ``c``...)."""

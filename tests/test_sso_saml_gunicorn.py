@@ -1,0 +1,180 @@
+"""SAML 2.0 sign-in through the real service: gunicorn with 2 workers (the rate limiter on),
+``requests`` as the browser, the pysaml2 IdP of tests/saml_idp.py over HTTP. The login
+transaction and the replay cache live in Redis, so they hold across the workers: a response
+posted twice, or its assertion replayed under a fresh transaction, is refused whichever worker
+answers, and the refusals are read back from the audit API.
+
+These tests commit for real (their own tenant in the run's database, dropped at the end).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy.orm import Session
+
+from saas.auth.sso import saml
+from saas.db import utcnow
+from saas.identity.models import SsoConnection, VerifiedDomain
+from saas.security import random_token
+from tests.conftest import TEST_PASSWORD, _redis_url
+from tests.helpers import drop_tenant
+from tests.peers import free_port
+from tests.saml_idp import SamlIdp
+from tests.test_identity_gunicorn import _stop, _wait_http
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[SamlIdp]:
+    server = SamlIdp()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def base(database_url, worker_id_str, tmp_path_factory) -> Iterator[str]:
+    from saas.auth.keys import KeyStore
+
+    tmp = tmp_path_factory.mktemp("saml-gunicorn")
+    (tmp / "keys").mkdir()
+    KeyStore(tmp / "keys", "RS256", generate=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url.replace("postgresql+psycopg://", "postgresql://"),
+        "REDIS_URL": _redis_url(worker_id_str),
+        "SECRET_KEY": "gunicorn-saml-test",
+        "SAAS_ENV": "development",
+        "SAAS_SIGNING_KEY_PATH": str(tmp / "keys"),
+        "SAAS_ISSUER": url,
+        "SSO_ALLOW_PRIVATE_URLS": "true",
+        "ARGON2_MEMORY_KIB": "8192",
+        "ARGON2_TIME_COST": "1",
+        "LOG_LEVEL": "WARNING",
+        "GUNICORN_MAX_REQUESTS": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+    }
+    stderr = tmp / "gunicorn.stderr"
+    with stderr.open("wb") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
+             "-b", f"127.0.0.1:{port}", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        try:
+            _wait_http(url, server, stderr)
+            yield url
+        finally:
+            _stop(server)
+
+
+@pytest.fixture()
+def connection(base, idp, engine, redis_client) -> Iterator[tuple[uuid.UUID, dict]]:
+    redis_client.flushdb()
+    slug = f"saml-g-{uuid.uuid4().hex[:8]}"
+    r = requests.post(
+        f"{base}/api/v1/signup",
+        json={
+            "tenant": {"name": "SAML gunicorn", "slug": slug},
+            "owner": {"email": f"owner@{slug}.test", "password": TEST_PASSWORD},
+        },
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    owner = r.json()
+    tenant_id = uuid.UUID(owner["tenant"]["id"])
+    config = {
+        **saml.parse_idp_metadata(idp.metadata(), allow_private=True),
+        "metadata_url": None,
+        "email_attribute": None,
+        "groups_attribute": None,
+    }
+    with Session(engine) as session:
+        # the IdP's users are on a verified domain of the tenant, sent to this connection (the
+        # login pipeline trusts an IdP's address only there)
+        session.add(
+            VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow())
+        )
+        row = SsoConnection(
+            tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
+        )
+        session.add(row)
+        session.commit()
+        connection_id = row.id
+    idp.trust_sp(requests.get(f"{base}/sso/saml/{connection_id}/metadata", timeout=10).text)
+    yield connection_id, owner
+    drop_tenant(engine, tenant_id)
+
+
+def _form(page: str) -> tuple[str, dict[str, str]]:
+    action = html.unescape(re.search(r'action="([^"]+)"', page).group(1))
+    fields = {
+        html.unescape(m.group(1)): html.unescape(m.group(2))
+        for m in re.finditer(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page)
+    }
+    return action, fields
+
+
+def test_sign_in_then_replays_are_refused_across_workers(base, idp, connection, redis_client):
+    connection_id, owner = connection
+    browser = requests.Session()
+    start = browser.get(
+        f"{base}/sso/saml/{connection_id}/login?next=/oauth/tenant", allow_redirects=False, timeout=10
+    )
+    assert start.status_code == 303 and start.headers["Location"].startswith(f"{idp.base}/sso/redirect?")
+    page = browser.get(start.headers["Location"], timeout=10)
+    assert page.status_code == 200, page.text
+    action, fields = _form(page.text)
+    assert action == f"{base}/sso/saml/{connection_id}/acs" and set(fields) == {"SAMLResponse", "RelayState"}
+
+    done = browser.post(action, data=fields, allow_redirects=False, timeout=10)
+    assert done.status_code in (200, 302, 303), done.text
+    if done.status_code == 200:  # the stand-in complete_login's JSON
+        assert done.json()["email"] == "ada@saml.example"
+
+    # the same post again (maybe the other worker): the transaction is gone
+    again = requests.post(action, data=fields, allow_redirects=False, timeout=10)
+    assert again.status_code == 400 and "already used" in again.text
+    # the assertion under a fresh transaction for the same request id: the replay cache
+    stored = [json.loads(redis_client.get(k)) for k in redis_client.keys("sso:tx:*")]
+    assert stored == []  # taken by the first post
+    request_id = re.search(r'InResponseTo="([^"]+)"', base64.b64decode(idp.sent[-1]).decode()).group(1)
+    state = random_token(32)
+    redis_client.set(
+        "sso:tx:" + state,
+        json.dumps(
+            {
+                "connection_id": str(connection_id),
+                "tenant_id": owner["tenant"]["id"],
+                "next_url": "/",
+                "login_hint": None,
+                "data": {"request_id": request_id},
+            }
+        ),
+        ex=600,
+    )
+    replayed = requests.post(action, data={**fields, "RelayState": state}, allow_redirects=False, timeout=10)
+    assert replayed.status_code == 403 and "already used" in replayed.text
+    assert "frame-ancestors 'none'" in replayed.headers["Content-Security-Policy"]
+
+    events = requests.get(
+        f"{base}/api/v1/audit-events?action=sso.login_failed",
+        headers={"Authorization": f"Bearer {owner['token']['access_token']}"},
+        timeout=10,
+    )
+    assert events.status_code == 200, events.text
+    assert sorted(e["data"]["reason"] for e in events.json()) == ["replayed", "transaction"]
