@@ -27,7 +27,7 @@ from flask import Blueprint, Flask, render_template, request, url_for
 from saas.actions import ActionContext
 from saas.auth import emails, recovery
 from saas.auth.account_api import FORGOT_ACCEPTED
-from saas.auth.hosted import security_headers
+from saas.auth.pages import security_headers
 from saas.errors import AppError, ValidationError
 from saas.services import services
 

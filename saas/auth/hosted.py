@@ -25,7 +25,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Flask,
-    Response,
     g,
     redirect,
     render_template,
@@ -45,6 +44,7 @@ from saas.auth import webauthn as passkeys
 from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
+from saas.auth.pages import error_page, security_headers
 from saas.auth.sso import connections as sso_connections
 from saas.auth.sso import login as sso_login
 from saas.auth.sso.policy import SsoRequired, check_sso_not_required
@@ -62,12 +62,6 @@ _STATIC = Path(__file__).with_name("static")
 
 #: a browser login is reused for new authorization requests for at most this long
 LOGIN_SESSION_SECONDS = int(browser_sessions.MAX_AGE.total_seconds())
-#: ``script-src``/``connect-src 'self'``: the passkey script (a file, never inline) and its
-#: calls to the ceremony endpoints
-CSP = (
-    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
-    "img-src data:; base-uri 'none'; frame-ancestors 'none'"
-)
 
 
 class SessionInterface(SecureCookieSessionInterface):
@@ -108,15 +102,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-@bp.after_request
-def security_headers(response: Response) -> Response:
-    """The hosted pages' headers (docs/auth.md, "Hosted pages"): CSP, no framing, no caching,
-    no ``Referer``; every blueprint of hosted HTML pages registers it."""
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+bp.after_request(security_headers)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -139,7 +125,7 @@ def _check_csrf() -> None:
 
 @bp.errorhandler(ErrorPage)
 def _error_page(err: ErrorPage):
-    return render_template("auth/error.html", title=err.title, detail=err.detail, error=None), err.status
+    return error_page(err.title, err.detail, err.status)
 
 
 def _render(template: str, status: int = 200, **context: Any):

@@ -30,14 +30,14 @@ from typing import Any
 from flask import Blueprint, Flask, g, redirect, request, session, url_for
 
 from saas import db
-from saas.auth import hosted
+from saas.auth import hosted, pages
 from saas.auth.clients import find_client
 from saas.auth.errors import ErrorPage
 from saas.auth.oauth.authorization import with_query
 from saas.services import services
 
 bp = Blueprint("logout_pages", __name__)
-bp.after_request(hosted.security_headers)
+bp.after_request(pages.security_headers)
 bp.register_error_handler(ErrorPage, hosted._error_page)
 
 PARAMS = {"id_token_hint": 8192, "client_id": 64, "post_logout_redirect_uri": 2048, "state": 1024}

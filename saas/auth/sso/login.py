@@ -43,13 +43,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, has_request_context, redirect, render_template, request, url_for
+from flask import Response, has_request_context, redirect, request, url_for
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from saas import db
 from saas.actions import ActionContext
 from saas.audit import SYSTEM, Actor, AuditAction
+from saas.auth import pages
 from saas.auth.sso.connections import email_domain, live_domains
 from saas.auth.sso.directory import directory
 from saas.auth.sso.protocol import (
@@ -73,26 +74,24 @@ log = logging.getLogger(__name__)
 TICKET_TTL = 60
 #: the cookie binding a browser to the SSO sign-ins it started (read by ``/oauth/sso/complete``)
 BINDING_COOKIE = "saas_sso"
-#: the hosted pages' headers, for the protocols' own pages (callbacks, error pages, auto-posted
-#: forms): no script, no framing, no caching, no Referer (docs/auth.md, "Hosted pages")
-PAGE_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action *; frame-ancestors 'none'"
-)
-
-
-def page_headers(response: Response) -> Response:
-    """``after_request`` of the protocols' blueprints (their pages are hosted pages too)."""
-    response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
-
-
-def error_page(title: str, detail: str, status: int = 400) -> Response:
-    """A hosted error page (``auth/error.html``)."""
-    response = Response(render_template("auth/error.html", title=title, detail=detail, error=None), status)
-    return page_headers(response)
+def record_login_failure(
+    tenant_id: uuid.UUID, connection_id: uuid.UUID | None, reason: str, data: dict[str, Any] | None = None
+) -> None:
+    """Record ``sso.login_failed`` (``reason``, the connection, ``data``) in the tenant's log:
+    whatever the request wrote is rolled back first, and the event is committed at once
+    (:class:`saas.db.EarlyCommit` ``SSO_LOGIN_FAILED``) although the answer is an error page.
+    Every refusal of an IdP's answer goes through here (OIDC and SAML)."""
+    log.info("sso login failed: %s (connection %s)", reason, connection_id)
+    sess = db.session()
+    sess.rollback()
+    ActionContext.from_request(sess).as_actor(SYSTEM).record(
+        AuditAction.SSO_LOGIN_FAILED,
+        tenant_id=tenant_id,
+        target_type="sso_connection",
+        target_id=connection_id,
+        data={"reason": reason, **(data or {})},
+    )
+    commit_early(sess, EarlyCommit.SSO_LOGIN_FAILED)
 
 
 def login_failed(
@@ -104,22 +103,11 @@ def login_failed(
     status: int = 400,
     data: dict[str, Any] | None = None,
 ) -> Response:
-    """End an SSO sign-in on an error page: whatever the request wrote is rolled back, then
-    ``sso.login_failed`` (``reason``, the connection, ``data``) is recorded in the tenant's log
-    and committed (:class:`saas.db.EarlyCommit` ``SSO_LOGIN_FAILED``) although the answer fails."""
-    log.info("sso login failed: %s (connection %s)", reason, connection_id)
+    """End an SSO sign-in on an error page, recorded by :func:`record_login_failure` when the
+    tenant is known."""
     if tenant_id is not None:
-        sess = db.session()
-        sess.rollback()
-        ActionContext.from_request(sess).as_actor(SYSTEM).record(
-            AuditAction.SSO_LOGIN_FAILED,
-            tenant_id=tenant_id,
-            target_type="sso_connection",
-            target_id=connection_id,
-            data={"reason": reason, **(data or {})},
-        )
-        commit_early(sess, EarlyCommit.SSO_LOGIN_FAILED)
-    return error_page("Single sign-on failed", detail, status)
+        record_login_failure(tenant_id, connection_id, reason, data)
+    return pages.error_page("Single sign-on failed", detail, status)
 
 
 # --- start ---------------------------------------------------------------------------------------

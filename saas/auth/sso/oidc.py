@@ -52,8 +52,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from saas import db
+from saas.auth.pages import security_headers
 from saas.auth.sso import connections
-from saas.auth.sso.login import complete_login, login_failed, page_headers
+from saas.auth.sso.login import complete_login, login_failed
 from saas.auth.sso.protocol import LoginTransaction, SsoIdentity, register_protocol, take_transaction
 from saas.cache.guard import RedisUnavailable
 from saas.errors import AppError, ErrorCode, ValidationError
@@ -86,7 +87,7 @@ _discovery: Memo[str, tuple[dict[str, Any], float]] = Memo("sso.oidc_discovery",
 _jwks: Memo[str, tuple[dict[str, Any], float]] = Memo("sso.oidc_jwks", maxsize=256)
 
 bp = Blueprint("sso_oidc", __name__)
-bp.after_request(page_headers)
+bp.after_request(security_headers)
 
 
 class MetadataInvalid(AppError):

@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from flask import Blueprint, Flask, Response, abort, redirect, render_template, request
+from flask import Blueprint, Flask, Response, abort, redirect, request
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, samlp
 from saml2.attribute_converter import ac_factory
 from saml2.client import Saml2Client
@@ -60,14 +60,14 @@ from saml2.sigver import SignatureError
 from saml2.time_util import str_to_time
 
 from saas import db
-from saas.actions import ActionContext
-from saas.audit import AuditAction
+from saas.auth import pages
 from saas.auth.errors import ErrorPage
+from saas.auth.pages import security_headers
+from saas.auth.sso import login as sso_login
 from saas.auth.sso.fetch import FetchFailed, FetchRefused, fetch_document
 from saas.auth.sso.protocol import LoginTransaction, SsoIdentity, register_protocol, take_transaction
 from saas.cache.guard import RedisUnavailable
 from saas.cache.namespace import TenantKeys
-from saas.db import EarlyCommit, commit_early
 from saas.errors import AppError, ErrorCode, ValidationError
 from saas.identity.models import SsoConnection, Tenant
 from saas.services import services
@@ -121,9 +121,8 @@ DIGEST_ALGORITHMS = frozenset(
         "http://www.w3.org/2001/04/xmlenc#sha512",
     }
 )
-#: the hosted pages' policy (saas.auth.hosted.CSP, repeated: this module must not import the
-#: hosted pages, which will import the SSO login)
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
+#: the HTTP-POST form's policy: the hosted pages' without their scripts, but for its own, by nonce
+POST_FORM_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
 
 bp = Blueprint("saml", __name__)
 log = logging.getLogger(__name__)
@@ -462,7 +461,7 @@ class SamlProtocol:
                 relay_state=transaction.state,
             )
             location = dict(info["headers"])["Location"]
-            return _secure(redirect(location, 303))
+            return security_headers(redirect(location, 303))
         encoded = base64.b64encode(str(authn_request).encode()).decode()
         return _post_form(config["sso_url"], {"SAMLRequest": encoded, "RelayState": transaction.state})
 
@@ -493,16 +492,8 @@ def _post_form(action: str, fields: Mapping[str, str]) -> Response:
         f'<script nonce="{nonce}">document.getElementById("saml").submit();</script></body></html>'
     )
     response = Response(page, 200, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = f"{CSP}; script-src 'nonce-{nonce}'"
-    return _secure(response)
-
-
-def _secure(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    response.headers["Content-Security-Policy"] = f"{POST_FORM_CSP}; script-src 'nonce-{nonce}'"
+    return security_headers(response)
 
 
 # --- verifying the IdP's answer -------------------------------------------------------------------
@@ -781,14 +772,13 @@ def init_app(app: Flask) -> None:
 @bp.after_request
 def _headers(response: Response) -> Response:
     if response.mimetype == "text/html":
-        return _secure(response)
+        return security_headers(response)
     return response
 
 
 @bp.errorhandler(ErrorPage)
 def _error_page(err: ErrorPage):
-    page = render_template("auth/error.html", title=err.title, detail=err.detail, error=None)
-    return _secure(Response(page, err.status, mimetype="text/html"))
+    return pages.error_page(err.title, err.detail, err.status)
 
 
 def _connection(connection_id: uuid.UUID) -> SsoConnection | None:
@@ -799,19 +789,11 @@ def _connection(connection_id: uuid.UUID) -> SsoConnection | None:
 
 
 def _refuse(connection: SsoConnection, reason: str, detail: str, status: int) -> ErrorPage:
-    """Record ``sso.login_failed`` in the connection's tenant (committed now: the answer is an
-    error page, whose unit of work rolls back) and return the page to raise."""
-    log.info("saml sign-in refused: %s (connection %s)", reason, connection.id)
-    session = db.session()
-    session.rollback()  # nothing the request did before the refusal is kept
-    ActionContext.from_request(session).record(
-        AuditAction.SSO_LOGIN_FAILED,
-        tenant_id=connection.tenant_id,
-        target_type="sso_connection",
-        target_id=connection.id,
-        data={"protocol": "saml", "reason": reason, "detail": detail[:300]},
+    """Record ``sso.login_failed`` in the connection's tenant
+    (:func:`saas.auth.sso.login.record_login_failure`) and return the page to raise."""
+    sso_login.record_login_failure(
+        connection.tenant_id, connection.id, reason, {"protocol": "saml", "detail": detail[:300]}
     )
-    commit_early(session, EarlyCommit.SSO_LOGIN_FAILED)
     return ErrorPage("Single sign-on failed", detail, status)
 
 
@@ -830,7 +812,6 @@ def metadata(connection_id: uuid.UUID):
 def login(connection_id: uuid.UUID):
     """An SP-initiated sign-in: ``next`` (a path of this service) is where the browser goes once
     signed in, ``login_hint`` an email the IdP may prefill."""
-    from saas.auth.sso.login import start_login
 
     connection = _connection(connection_id)
     if connection is None:
@@ -842,7 +823,7 @@ def login(connection_id: uuid.UUID):
     if hint is not None and len(hint) > 320:
         hint = None
     try:
-        return start_login(connection, next_url, hint)
+        return sso_login.start_login(connection, next_url, hint)
     except RedisUnavailable:
         raise ErrorPage(
             "Single sign-on unavailable", "Sign-in cannot start right now. Try again shortly.", 503
@@ -853,7 +834,6 @@ def login(connection_id: uuid.UUID):
 def acs(connection_id: uuid.UUID):
     """The AssertionConsumerService (HTTP-POST binding, Bindings 3.5): ``SAMLResponse`` and
     ``RelayState`` form fields. See the module's doc for what is checked."""
-    from saas.auth.sso.login import complete_login
 
     connection = _connection(connection_id)
     if connection is None:
@@ -890,4 +870,4 @@ def acs(connection_id: uuid.UUID):
         raise ErrorPage(
             "Single sign-on unavailable", "Sign-in cannot finish right now. Start again shortly.", 503
         ) from None
-    return complete_login(transaction, verified.identity)
+    return sso_login.complete_login(transaction, verified.identity)
