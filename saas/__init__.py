@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth import (
         account_api,
         account_pages,
+        api_key_views,
         hosted,
         logout_pages,
         principals,
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         tenancy_views.blp,
         domain_views.blp,
         audit_api.blp,
+        api_key_views.blp,  # API keys (saas.auth.api_keys)
     ):
         smorest.register_blueprint(blueprint)
     billing.init_app(app, smorest)

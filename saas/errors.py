@@ -147,6 +147,8 @@ class ErrorCode(StrEnum):
     DOMAIN_TAKEN = "domain_taken"  # 409: another tenant has verified it
     DOMAIN_NOT_VERIFIED = "domain_not_verified"  # 422: the TXT record is missing or wrong
     DNS_UNAVAILABLE = "dns_unavailable"  # 503: the resolvers timed out or failed
+    # API keys (docs/auth.md, "API keys")
+    API_KEY_FORBIDDEN = "api_key_forbidden"  # 403: not with an API key (step-up, account, other keys)
 
 
 class AppError(Exception):

@@ -176,6 +176,8 @@ class Settings:
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     #: how long one domain verification may wait on DNS, in seconds (``DNS_TIMEOUT``, default 5)
     dns_timeout_seconds: float = 5.0
+    #: the longest lifetime an API key may be given, in days (``API_KEY_MAX_DAYS``, default 365)
+    api_key_max_days: int = 365
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -281,6 +283,7 @@ class Settings:
         maybe("WEBAUTHN_ORIGINS", "webauthn_origins", _csv)
         maybe("DNS_NAMESERVERS", "dns_nameservers", _nameservers)
         maybe("DNS_TIMEOUT", "dns_timeout_seconds", _positive_float)
+        maybe("API_KEY_MAX_DAYS", "api_key_max_days", _positive_int)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)

@@ -14,6 +14,8 @@ Layout (``<id>`` is the canonical UUID text, ``8c0f...-....``):
 ``{t:<id>}:c:<name>``                 cache entry ``[version, value]`` (JSON)
 ``{t:<id>}:rv:s:<session id>``        a revoked session (refresh-token family; ``saas.auth.revocation``)
 ``{t:<id>}:rv:c:<client id>``         a deleted OAuth client of the tenant (same module)
+``{t:<id>}:rv:k:<api key id>``       a revoked API key of the tenant (same module)
+``{t:<id>}:ku:<api key id>``          an API key's ``last_used_at`` was written this minute
 ==================================  ===========================================================
 
 Keys that belong to no tenant (pre-authentication throttles, platform keys) are built by
@@ -58,6 +60,14 @@ class TenantKeys:
     def revoked_client(self, client_id: str) -> str:
         """Marker of a deleted OAuth client of the tenant; see :mod:`saas.auth.revocation`."""
         return f"{self.tag}:rv:c:{client_id}"
+
+    def revoked_api_key(self, key_id: str) -> str:
+        """Marker of a revoked API key of the tenant; see :mod:`saas.auth.revocation`."""
+        return f"{self.tag}:rv:k:{key_id}"
+
+    def api_key_used(self, key_id: str) -> str:
+        """Guard of an API key's ``last_used_at`` write (``SET NX EX``; :mod:`saas.auth.api_keys`)."""
+        return f"{self.tag}:ku:{key_id}"
 
     def pattern(self, kind: str = "*") -> str:
         """A SCAN pattern over this tenant's keys of ``kind`` (``rl``, ``c``...)."""
