@@ -17,13 +17,15 @@ with one regular expression and tell a real key from a random string offline::
 Only the SHA-256 (hex) of the whole key is stored (:attr:`ApiKey.key_hash`, unique): the key
 is 190 random bits, so a slow hash buys nothing (:mod:`saas.security`).
 
-Authentication (:func:`parse`, then :func:`authenticate`, from
-:func:`saas.auth.context._authenticate`): the checksum is verified first (garbage is refused
-without any lookup), then ONE cached lookup of the key's entry ``k:<sha-256>`` in its tenant's
-cache (``services().cache``; one indexed query on a miss), then the principal: ``user_id``
-the creator, ``scope`` the key's permissions, and :func:`saas.auth.context.current_principal` intersects them with the permissions of the
-creator's *current* role (their membership, read from the cached snapshot like any token's),
-so a creator who loses a permission, leaves or is locked takes it from the key at once.
+Authentication (:func:`parsed`, then :func:`authenticate`, from
+:func:`saas.auth.context._authenticate`): the format and checksum are verified first (garbage
+is refused without any lookup; the result is memoised per key, a pure function of it), then ONE
+cached lookup of the key's entry ``k:<sha-256>`` in its tenant's cache (``services().cache``;
+one indexed query on a miss), then the principal: ``user_id`` the creator, ``scope`` the key's
+permissions, and :func:`saas.auth.context.current_principal` intersects them with the
+permissions of the creator's *current* role (their membership, read from the cached snapshot
+like any token's), so a creator who loses a permission, leaves or is locked takes it from the
+key at once.
 
 Revocation: :func:`revoke` sets ``revoked_at`` (an ORM change of a watched model, so the
 tenant's cache version is bumped) and publishes the revocation marker ``rv:k:<key id>``
@@ -38,6 +40,7 @@ request's transaction: at most one write a minute per key across all processes.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
@@ -73,6 +76,7 @@ BODY_CHARS = SECRET_CHARS + TENANT_CHARS + CHECKSUM_CHARS
 KEY_LENGTH = len(PREFIX) + BODY_CHARS
 #: what secret scanners match (docs/auth.md)
 PATTERN = PREFIX + "[0-9A-Za-z]{" + str(BODY_CHARS) + "}"
+_SHAPE = re.compile(PATTERN)
 #: characters of a key kept in clear (``ApiKey.prefix``): the prefix and 6 random characters
 SHOWN_CHARS = len(PREFIX) + 6
 #: seconds between two ``last_used_at`` writes of one key
@@ -125,16 +129,33 @@ def parse(token: str) -> uuid.UUID:
     Raises:
         Unauthorized: 401 ``invalid_token``: the length, an alphabet or the checksum is wrong.
     """
-    body = token[len(PREFIX) :]
-    if len(token) != KEY_LENGTH or any(c not in _DIGITS for c in body):
+    return parsed(token)[0]
+
+
+#: a well-formed key -> (its tenant, its SHA-256): a pure function of the key
+_PARSED: Memo[str, tuple[uuid.UUID, str]] = Memo("auth.api_key_parses", maxsize=2048)
+
+
+def parsed(token: str) -> tuple[uuid.UUID, str]:
+    """``(tenant id, SHA-256 hex)`` of a well-formed key whose checksum is right (memoised: a
+    pure function of the key; a key that fails is never kept).
+
+    Raises:
+        Unauthorized: 401 ``invalid_token``: the length, an alphabet or the checksum is wrong.
+    """
+    hit = _PARSED.get(token)
+    if hit is not None:
+        return hit
+    if _SHAPE.fullmatch(token) is None:
         raise Unauthorized("The API key is malformed.")
     head, check = token[:-CHECKSUM_CHARS], token[-CHECKSUM_CHARS:]
     if checksum(head) != check:
         raise Unauthorized("The API key's checksum is wrong: it was mistyped or truncated.")
-    number = _unbase62(body[SECRET_CHARS : SECRET_CHARS + TENANT_CHARS])
+    start = len(PREFIX) + SECRET_CHARS
+    number = _unbase62(token[start : start + TENANT_CHARS])
     if number >= 1 << 128:
         raise Unauthorized("The API key is malformed.")
-    return uuid.UUID(int=number)
+    return _PARSED.put(token, (uuid.UUID(int=number), token_hash(token)))
 
 
 # --- authentication: one cached lookup -----------------------------------------------------------
@@ -208,15 +229,15 @@ def lookup(tenant_id: uuid.UUID, key_hash: str) -> KeyEntry | None:
     return entry
 
 
-def authenticate(tenant_id: uuid.UUID, token: str) -> KeyEntry:
-    """The key of a bearer API key that :func:`parse` accepted (``tenant_id``: what it names),
-    when it is live (not revoked, not expired).
+def authenticate(tenant_id: uuid.UUID, key_hash: str) -> KeyEntry:
+    """The key whose SHA-256 is ``key_hash`` (of a bearer API key that :func:`parsed` accepted;
+    ``tenant_id``: what it names), when it is live (not revoked, not expired).
 
     Raises:
         Unauthorized: 401 ``invalid_token``: unknown, revoked, or expired (the detail says
             which, with the expiry time).
     """
-    entry = lookup(tenant_id, token_hash(token))
+    entry = lookup(tenant_id, key_hash)
     if entry is None:
         raise Unauthorized("Unknown API key.")
     if entry.revoked:

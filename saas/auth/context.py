@@ -187,11 +187,11 @@ def _authenticate_api_key(token: str) -> None:
     Raises:
         Unauthorized: 401 ``invalid_token``: malformed, unknown, revoked or expired.
     """
-    tenant_id = api_keys.parse(token)  # no lookup for garbage
+    tenant_id, key_hash = api_keys.parsed(token)  # no lookup for garbage
     # the lookup runs in the request's session, so the schema is bound first: to the tenant the
     # key names, which a key of another tenant cannot name (the hash covers it: unknown, 401)
     db.set_tenant_schema(db.schema_name_for(tenant_id))
-    key = api_keys.authenticate(tenant_id, token)
+    key = api_keys.authenticate(tenant_id, key_hash)
     principal = Principal(
         user_id=key.created_by,
         tenant_id=tenant_id,
