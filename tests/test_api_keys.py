@@ -423,3 +423,43 @@ def test_members_of_a_key_tenant_are_scoped(client, db_session, org):
 
     invalidate_tenant([uuid.UUID(body["tenant"]["id"])])
     assert_problem(client.get("/api/v1/members", headers=bearer(key)), 401)
+
+
+def test_a_warm_key_request_sends_the_sql_and_redis_calls_of_a_jwt_request(app, client, org, monkeypatch):
+    """The hot path: with the caches warm, a key's request runs the same SQL statements and as
+    many Redis calls as the same request with a JWT (its one cached lookup is served in process;
+    its revocation marker replaces the session's in the same call)."""
+    from sqlalchemy import event
+
+    _, h = org
+    kh = bearer(_create(client, h)["key"])
+    guard = services(app).redis_guard
+    real_call = guard.call
+
+    def measure(headers) -> tuple[list[str], list[str]]:
+        assert client.get("/api/v1/contacts", headers=headers).status_code == 200  # warm
+        sql: list[str] = []
+        redis_calls: list[str] = []
+
+        def on_sql(conn, cursor, statement, *a):
+            if "SAVEPOINT" not in statement:  # the test transaction's, numbered
+                sql.append(statement)
+
+        def counting(component, func):
+            redis_calls.append(component)
+            return real_call(component, func)
+
+        engine = services(app).database.engine
+        event.listen(engine, "before_cursor_execute", on_sql)
+        monkeypatch.setattr(guard, "call", counting)
+        try:
+            assert client.get("/api/v1/contacts", headers=headers).status_code == 200
+        finally:
+            event.remove(engine, "before_cursor_execute", on_sql)
+            monkeypatch.setattr(guard, "call", real_call)
+        return sql, redis_calls
+
+    jwt_sql, jwt_redis = measure(h)
+    key_sql, key_redis = measure(kh)
+    assert key_sql == jwt_sql and key_sql and not any("api_keys" in s for s in key_sql)
+    assert len(key_redis) == len(jwt_redis), (key_redis, jwt_redis)
