@@ -10,7 +10,10 @@ by ``wrk`` from a separate process on 127.0.0.1:
 3. the app: authenticated ``GET /api/v1/contacts?page_size=20`` (20 rows) with all middleware
    on (JWT, cache, one Lua call for rate limits and quota, headers, unit of work); with
    ``--before DIR`` (a checkout of an older commit) that commit's app too, in the same run;
-   then floor 2 again, to show drift. ``--rounds N`` repeats these rows. Each row reports
+   with ``--api-key`` the same request with an API key of the same owner as the bearer (one
+   cached lookup instead of the JWT's verification; the two rows swap places every other
+   round); then floor 2 again, to show drift.
+   ``--rounds N`` repeats these rows. Each row reports
    req/s, p50/p99, and the CPU per request of the gunicorn workers and of the database's
    PostgreSQL backends (``/proc``), steadier than req/s on a shared machine;
 4. accuracy: 64 connections on a tenant with 600 requests/minute; admitted requests (the
@@ -211,6 +214,8 @@ def setup(env: dict[str, str]) -> dict:
             "id": body["tenant"]["id"],
             "user": body["user"]["id"],
         }
+        if slug == "bench-a":  # an API key of the same owner, for the API-key rows (``--api-key``)
+            out[slug]["api_key"] = _api_key(client, engine, body)
         if slug in ("bench-a", "bench-b"):
             h = {"Authorization": "Bearer " + out[slug]["token"]}
             for i in range(20):
@@ -232,6 +237,26 @@ def setup(env: dict[str, str]) -> dict:
     engine.dispose()
     redis.Redis.from_url(REDIS_URL).flushdb()  # fresh limits; cache refilled from the new plans
     return out
+
+
+def _api_key(client: Any, engine: Any, signup: dict) -> str:
+    """An API key of the signed-up owner holding ``contacts:read`` (the email verified straight
+    in the database, the signup's fresh token as the step-up)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE saas.users SET email_verified_at = now() WHERE id = :u"),
+                     {"u": signup["user"]["id"]})  # fmt: skip
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    r = client.post(
+        "/api/v1/api-keys",
+        json={"name": "bench", "permissions": ["contacts:read"], "expires_at": expires},
+        headers={"Authorization": "Bearer " + signup["token"]["access_token"]},
+    )
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()["key"]
 
 
 def service_env(database_url: str, redis_url: str, keydir: str) -> dict[str, str]:
@@ -265,6 +290,11 @@ def main() -> None:
         help="a checkout of an older commit (e.g. `git archive <sha> | tar -x -C DIR`): its app is "
         "measured in the same run, next to this tree's",
     )
+    parser.add_argument(
+        "--api-key",
+        action="store_true",
+        help="add the app's row with the same owner's API key as the bearer, next to the JWT row",
+    )
     args = parser.parse_args()
     only = set(args.only or ["throughput", "accuracy", "noisy"])
     keydir = tempfile.mkdtemp(prefix="bench-keys-")
@@ -284,13 +314,19 @@ def main() -> None:
         ]
         if args.before:
             rows.append(("app before (--before)", "bench.limits_wsgi:app", app_path, token_a, args.before))
-        rows += [
-            ("app: GET /api/v1/contacts (20 rows)", "bench.limits_wsgi:app", app_path, token_a, ROOT),
-            ("floor 2 again (drift check)", "bench.limits_floors:pk_app", "/floor", None, ROOT),
-        ]
+        rows.append(("app: GET /api/v1/contacts (20 rows)", "bench.limits_wsgi:app", app_path, token_a, ROOT))
+        if args.api_key:
+            key_a = data["bench-a"]["api_key"]
+            api_row = ("app, API key bearer (same request)", "bench.limits_wsgi:app", app_path, key_a, ROOT)
+            rows.append(api_row)
+        rows.append(("floor 2 again (drift check)", "bench.limits_floors:pk_app", "/floor", None, ROOT))
         for round_ in range(1, args.rounds + 1):
             results = {}
-            for name, target, path, token, cwd in rows:
+            ordered = list(rows)
+            if args.api_key and round_ % 2 == 0:  # every other round the API-key row goes first
+                i = next(n for n, row in enumerate(ordered) if row[0].startswith("app: GET"))
+                ordered[i], ordered[i + 1] = ordered[i + 1], ordered[i]
+            for name, target, path, token, cwd in ordered:
                 server = Server(target, env, cwd)
                 try:
                     wrk(server.url(path), c, 3, token)  # warm-up

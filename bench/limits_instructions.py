@@ -1,6 +1,7 @@
 """Instructions per request of the hot path, counted by valgrind (deterministic; issue 5).
 
     .venv/bin/python bench/limits_instructions.py [--requests 200] [--floor] [--single] [--local-ttl 3600]
+                                                  [--api-key]
 
 Wall-clock and CPU-time figures on this shared 2-core machine move by 2x from one minute to the
 next; instruction counts do not (the same code gives the same count to within 0.1 %), so they
@@ -18,6 +19,8 @@ valgrind a request takes ~100 ms and they would expire far more often than at fu
 ``--floor`` counts floor 2 (bare Flask + one pooled primary-key SELECT) the same way;
 ``--single`` counts ``GET /api/v1/contacts/<id>`` instead: the same middleware, none of the
 list's own work.
+``--api-key`` sends the same request with an API key of the same owner (``saas_pat_...``, one
+cached lookup) instead of the JWT.
 ``--local-ttl 0.5`` keeps the production ``CACHE_LOCAL_TTL``: the in-process principal entries
 then expire every few requests under valgrind, so the count weighs the cache-refresh path
 (one ``MGET``, decoding, a new snapshot) far more than production does.
@@ -43,7 +46,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _child(state: dict, requests: int, floor: bool, local_ttl: str = "3600", single: bool = False) -> None:
+def _child(
+    state: dict,
+    requests: int,
+    floor: bool,
+    local_ttl: str = "3600",
+    single: bool = False,
+    api_key: bool = False,
+) -> None:
     os.environ.update(state["env"])
     os.environ["CACHE_LOCAL_TTL"] = local_ttl
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp())
@@ -63,7 +73,8 @@ def _child(state: dict, requests: int, floor: bool, local_ttl: str = "3600", sin
         "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
         "wsgi.run_once": False, "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8000",
-        "HTTP_AUTHORIZATION": "Bearer " + state["token"], "HTTP_USER_AGENT": "bench",
+        "HTTP_AUTHORIZATION": "Bearer " + state["api_key" if api_key else "token"],
+        "HTTP_USER_AGENT": "bench",
     }  # fmt: skip
     statuses: list[str] = []
 
@@ -90,11 +101,17 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="count floor 2 instead of the app")
     parser.add_argument("--local-ttl", default="3600", help="CACHE_LOCAL_TTL of the app (seconds)")
     parser.add_argument("--single", action="store_true", help="GET one contact instead of the list")
+    parser.add_argument("--api-key", action="store_true", help="an API key as the bearer instead of the JWT")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(
-            json.loads(Path(args.child).read_text()), args.requests, args.floor, args.local_ttl, args.single
+            json.loads(Path(args.child).read_text()),
+            args.requests,
+            args.floor,
+            args.local_ttl,
+            args.single,
+            args.api_key,
         )
         return
     import bench.limits_bench as lb
@@ -111,14 +128,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state.json"
         state.write_text(
-            json.dumps({"env": env, "token": data["bench-a"]["token"], "contact": data["bench-a"]["contact"]})
+            json.dumps(
+                {
+                    "env": env,
+                    "token": data["bench-a"]["token"],
+                    "api_key": data["bench-a"]["api_key"],
+                    "contact": data["bench-a"]["contact"],
+                }
+            )
         )
         out = Path(tmp) / "cg.out"
         command = [
             "valgrind", "--tool=callgrind", "--dump-before=sched_yield", f"--callgrind-out-file={out}",
             sys.executable, __file__, "--child", str(state), "--requests", str(args.requests),
             "--local-ttl", args.local_ttl, *(["--floor"] if args.floor else []),
-            *(["--single"] if args.single else []),
+            *(["--single"] if args.single else []), *(["--api-key"] if args.api_key else []),
         ]  # fmt: skip
         subprocess.run(command, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -128,6 +152,8 @@ def main() -> None:
     what = "floor 2" if args.floor else "app: GET /api/v1/contacts (20 rows)"
     if args.single and not args.floor:
         what = "app: GET /api/v1/contacts/<id> (one contact)"
+    if args.api_key and not args.floor:
+        what += ", API key bearer"
     print(f"{what}: {total / args.requests / 1e6:.3f} M instructions per request ({args.requests} requests)")
 
 

@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth import (
         account_api,
         account_pages,
+        api_key_views,
         hosted,
         logout_pages,
         principals,
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         sso_views.blp,
         audit_api.blp,
         scim_admin_views.blp,  # SCIM 2.0 setup: tokens, group roles
+        api_key_views.blp,  # API keys (saas.auth.api_keys)
     ):
         smorest.register_blueprint(blueprint)
     app.register_blueprint(scim_views.blp)  # /scim/v2: SCIM 2.0 (its own media type and errors)

@@ -93,6 +93,9 @@ class ActionContext:
         if self.principal is not None and self.principal.act is not None:
             # an operator acting as the user: both actors on the event (RFC 8693 section 4.1)
             data = {**(data or {}), "act": {"sub": self.principal.act}}
+        if self.principal is not None and self.principal.api_key_id is not None:
+            # the creator acted through an API key (saas.auth.api_keys): which one
+            data = {**(data or {}), "api_key": str(self.principal.api_key_id)}
         audit.record(
             self.session,
             action,

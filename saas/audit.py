@@ -110,6 +110,9 @@ class AuditAction(StrEnum):
     SCIM_GROUP_CREATED = "scim.group_created"
     SCIM_GROUP_UPDATED = "scim.group_updated"
     SCIM_GROUP_DELETED = "scim.group_deleted"
+    # API keys (saas.auth.api_keys)
+    API_KEY_CREATED = "api_key.created"
+    API_KEY_REVOKED = "api_key.revoked"
     # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
     IMPERSONATION_STARTED = "impersonation.started"
     IMPERSONATION_USED = "impersonation.used"

@@ -157,6 +157,8 @@ class ErrorCode(StrEnum):
     SSO_METADATA_INVALID = "sso_metadata_invalid"  # 422: discovery or metadata unusable
     SSO_PROVIDER_UNREACHABLE = "sso_provider_unreachable"  # 502: the IdP did not answer
     SSO_REQUIRED = "sso_required"  # 403: the tenant's require_sso refuses password and passkey sign-in
+    # API keys (docs/auth.md, "API keys")
+    API_KEY_FORBIDDEN = "api_key_forbidden"  # 403: not with an API key (step-up, account, other keys)
 
 
 class AppError(Exception):

@@ -180,6 +180,8 @@ class Settings:
     #: fetch IdP URLs (a SAML ``metadata_url``) over http and from non-public addresses
     #: (``SSO_ALLOW_PRIVATE_URLS``; development and tests only: SSRF otherwise)
     sso_allow_private_urls: bool = False
+    #: the longest lifetime an API key may be given, in days (``API_KEY_MAX_DAYS``, default 365)
+    api_key_max_days: int = 365
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -286,6 +288,7 @@ class Settings:
         maybe("DNS_NAMESERVERS", "dns_nameservers", _nameservers)
         maybe("DNS_TIMEOUT", "dns_timeout_seconds", _positive_float)
         maybe("SSO_ALLOW_PRIVATE_URLS", "sso_allow_private_urls", _bool)
+        maybe("API_KEY_MAX_DAYS", "api_key_max_days", _positive_int)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)

@@ -153,6 +153,8 @@ def test_step_up_is_never_satisfied_even_by_a_fresh_act_token(app, client, org):
     )
     r = client.patch("/api/v1/tenant", json={"settings": {"require_mfa": True}}, headers=bearer(token))
     assert_problem(r, 403, "impersonation_forbidden")
+    # nor the user's personal data in every tenant (the GDPR export is the person's own)
+    assert_problem(client.get("/api/v1/me/export", headers=bearer(token)), 403, "impersonation_forbidden")
 
 
 def test_a_malformed_act_claim_is_refused(app, client, org):

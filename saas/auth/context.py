@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from saas import db
 from saas.api import document_auth
-from saas.auth import revocation
+from saas.auth import api_keys, revocation
 from saas.auth.tokens import satisfies_mfa
 from saas.errors import ErrorCode, Forbidden, Unauthorized
 from saas.identity.models import Membership, Tenant, User
@@ -35,9 +35,15 @@ class Principal:
     ``act`` is the operator acting as the user (the ``sub`` of the token's RFC 8693 section 4.1
     ``act`` claim: ``saas users impersonate``), None for everyone else (a class default, so an
     ordinary token's principal pays nothing for it).
+
+    ``api_key_id``: the API key of the request (``Authorization: Bearer saas_pat_...``); its
+    permissions are those of the key intersected with its creator's current role.
     """
 
     act: str | None = None
+    #: the API key the request authenticated with (:mod:`saas.auth.api_keys`); None otherwise.
+    #: Then ``user_id`` is the key's creator and ``scope`` its permissions.
+    api_key_id: uuid.UUID | None = None
 
     def __init__(
         self,
@@ -148,6 +154,9 @@ def _authenticate() -> None:
     token = _bearer_token()
     if token is None:
         return
+    if api_keys.looks_like_key(token):
+        _authenticate_api_key(token)
+        return
     claims = services().tokens.verify(token)
     try:
         tenant_id = uuid.UUID(str(claims["tid"]))
@@ -168,6 +177,30 @@ def _authenticate() -> None:
         impersonation.bind(principal, act)
     g.principal = principal
     db.set_tenant_schema(db.schema_name_for(tenant_id))
+
+
+def _authenticate_api_key(token: str) -> None:
+    """An API key (``saas_pat_...``): its checksum, then one cached lookup
+    (:func:`saas.auth.api_keys.authenticate`); the principal is its creator, with the key's
+    permissions as its scope (:func:`current_principal` intersects them with the creator's role).
+
+    Raises:
+        Unauthorized: 401 ``invalid_token``: malformed, unknown, revoked or expired.
+    """
+    tenant_id, key_hash = api_keys.parsed(token)  # no lookup for garbage
+    # the lookup runs in the request's session, so the schema is bound first: to the tenant the
+    # key names, which a key of another tenant cannot name (the hash covers it: unknown, 401)
+    db.set_tenant_schema(db.schema_name_for(tenant_id))
+    key = api_keys.authenticate(tenant_id, key_hash)
+    principal = Principal(
+        user_id=key.created_by,
+        tenant_id=tenant_id,
+        client_id=None,
+        scope=key.permissions,
+        claims={"sub": str(key.created_by), "tid": str(tenant_id), "api_key": str(key.id)},
+    )
+    principal.api_key_id = key.id
+    g.principal = principal
 
 
 def authenticate_bearer() -> Principal:
@@ -231,6 +264,7 @@ def current_principal() -> Principal:
         and snap.tenant.require_mfa
         and not satisfies_mfa(amr)
         and principal.act is None  # the operator is not the user: the tenant decides by allow_impersonation
+        and principal.api_key_id is None  # created under a step-up, so with MFA where the tenant requires it
     ):
         raise Unauthorized(
             "This organisation requires a second factor: sign in again with MFA.",
@@ -245,10 +279,12 @@ def current_principal() -> Principal:
     principal.entitlements = snap.entitlements
     # a custom role's permissions come with the snapshot (saas.tenancy.roles); built-in: the table
     granted = snap.role_permissions if snap.role_permissions is not None else permissions_for(principal.roles)
-    if "api" not in principal.scope:
+    if "api" not in principal.scope:  # an API key's scope is its permissions: never more than the role's
         granted = granted & principal.scope
     principal.permissions = granted
     principal.resolved = True
+    if principal.api_key_id is not None:
+        api_keys.touch(principal.tenant_id, principal.api_key_id)
     return principal
 
 
@@ -332,13 +368,20 @@ def check_not_impersonated() -> None:
     as a user may look and act inside the tenant, never change how anyone gets in (password,
     email, MFA, passkeys, SSO, API keys, clients, billing, the account itself). Step-up calls
     it first (:func:`saas.auth.stepup.check_step_up`), so every step-up action refuses
-    impersonation; :func:`not_impersonated` marks the few sensitive views that prove the user
+    impersonation (and an API key, which is not its creator signing in either);
+    :func:`not_impersonated` marks the few sensitive views that prove the user
     by a password instead of a step-up.
 
     Raises:
-        Forbidden: 403 ``impersonation_forbidden``.
+        Forbidden: 403 ``impersonation_forbidden``; 403 ``api_key_forbidden`` for an API key.
     """
     principal = current_principal()
+    if principal.api_key_id is not None:  # a key is not its creator signing in
+        raise Forbidden(
+            "An API key cannot do this: the user must sign in and do it themselves.",
+            code=ErrorCode.API_KEY_FORBIDDEN,
+            title="Not with an API key",
+        )
     if principal.act is not None:
         raise Forbidden(
             "An impersonation session cannot do this: the user must do it themselves.",

@@ -362,3 +362,31 @@ class BackchannelLogoutAttempt(SharedBase):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --- API keys (saas.auth.api_keys; docs/auth.md, "API keys") ----------------------------------
+
+
+class ApiKey(SharedBase):
+    """A personal API key: a long-lived bearer credential of one member in one tenant, holding
+    at most its creator's permissions (the intersection is taken again on every request).
+
+    Only ``key_hash``, the SHA-256 (hex) of the whole key, is stored; ``prefix`` is the key's
+    first characters (``saas_pat_`` and 6 of its random ones), enough to recognise it in a list.
+    ``last_used_at`` is written at most once a minute (:func:`saas.auth.api_keys.touch`)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_tenant_created_by", "tenant_id", "created_by"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"))
+    created_by: Mapped[uuid.UUID] = mapped_column(ForeignKey(User.id, ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    permissions: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

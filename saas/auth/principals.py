@@ -247,13 +247,14 @@ def install_hooks() -> None:
     global _INSTALLED
     if _INSTALLED:
         return
-    from saas.auth.models import OAuthClient
+    from saas.auth.models import ApiKey, OAuthClient
     from saas.identity.models import CustomRole, Membership, Tenant
 
     _WATCHED.setdefault(Tenant, lambda t: t.id)
     _WATCHED.setdefault(CustomRole, lambda r: r.tenant_id)  # a custom role's permissions
     _WATCHED.setdefault(Membership, lambda m: m.tenant_id)
     _WATCHED.setdefault(OAuthClient, lambda c: c.tenant_id)  # a client's role and existence
+    _WATCHED.setdefault(ApiKey, lambda k: k.tenant_id)  # an API key's entry (saas.auth.api_keys)
     event.listen(Session, "after_flush", _after_flush)
     event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_soft_rollback", _after_rollback)

@@ -6,7 +6,8 @@ keeps a marker in Redis for each revoked session and each deleted OAuth client, 
 any access token of theirs can still be valid:
 
 * ``{t:<tenant>}:rv:s:<sid>``: the session (``sid`` claim, the refresh-token family id) ended;
-* ``{t:<tenant>}:rv:c:<client_id>``: the tenant's OAuth client was deleted.
+* ``{t:<tenant>}:rv:c:<client_id>``: the tenant's OAuth client was deleted;
+* ``{t:<tenant>}:rv:k:<api key id>``: the tenant's API key was revoked (:mod:`saas.auth.api_keys`).
 
 Both are built by :class:`saas.cache.namespace.TenantKeys` (tenant-scoped by construction,
 in the tenant's hash slot) and live ``ACCESS_TOKEN_TTL`` + the verification leeway + 1 s after
@@ -166,6 +167,12 @@ def revoke_client(session: Session, tenant_id: uuid.UUID, client_id: str) -> Non
     _note(session, TenantKeys(tenant_id).revoked_client(client_id), time.time() + _lifetime() + 1)
 
 
+def revoke_api_key(session: Session, tenant_id: uuid.UUID, key_id: uuid.UUID) -> None:
+    """Mark the tenant's API key revoked once ``session`` commits: every worker refuses it from
+    the next request on, before its cached entry (``CACHE_LOCAL_TTL``) has expired."""
+    _note(session, TenantKeys(tenant_id).revoked_api_key(str(key_id)), time.time() + _lifetime() + 1)
+
+
 def install_hooks() -> None:
     """Register the session events once per process (idempotent)."""
     global _INSTALLED
@@ -191,14 +198,15 @@ def _after_rollback(session: Session, previous_transaction: Any) -> None:
 # --- checking ------------------------------------------------------------------------------------
 
 #: (tenant, sid, client_id) -> the marker keys of such a token (a pure function of the key)
-_KEYS: Memo[tuple[Any, Any, Any], tuple[str, ...]] = Memo("auth.revocation_keys", maxsize=10_000)
+_KEYS: Memo[tuple[Any, Any, Any, Any], tuple[str, ...]] = Memo("auth.revocation_keys", maxsize=10_000)
 
 
 def keys_for(principal: Any) -> tuple[str, ...]:
-    """The marker keys that revoke ``principal``'s access token: its session's (``sid``) and,
-    for a registered client, the client's."""
+    """The marker keys that revoke ``principal``'s access token: its session's (``sid``), for a
+    registered client the client's, and for an API key the key's."""
     claims = principal.claims
-    memo = (principal.tenant_id, claims.get("sid"), principal.client_id)
+    api_key_id = getattr(principal, "api_key_id", None)
+    memo = (principal.tenant_id, claims.get("sid"), principal.client_id, api_key_id)
     keys = _KEYS.get(memo)
     if keys is None:
         tenant_keys = TenantKeys(principal.tenant_id)
@@ -207,6 +215,8 @@ def keys_for(principal: Any) -> tuple[str, ...]:
             out.append(tenant_keys.revoked_session(str(memo[1])))
         if memo[2] and memo[2] != FIRST_PARTY_CLIENT:
             out.append(tenant_keys.revoked_client(str(memo[2])))
+        if memo[3]:  # an API key (saas.auth.api_keys): its own marker
+            out.append(tenant_keys.revoked_api_key(str(memo[3])))
         keys = _KEYS.put(memo, tuple(out))
     return keys
 

@@ -155,12 +155,14 @@ class TenantCache:
     # --- reads -----------------------------------------------------------------------------
 
     def get_many(
-        self, tenant_id: uuid.UUID, names: Sequence[str], local: bool = True
+        self, tenant_id: uuid.UUID, names: Sequence[str], local: bool = True, create_version: bool = True
     ) -> tuple[dict[str, Any], Any]:
         """Entries ``names`` of the tenant: ``({name: value or MISS}, version)`` in one round trip.
 
         ``version`` is None when Redis is unavailable or the tenant has no counter yet (then
-        nothing is cached and :meth:`set_many` stores nothing).
+        nothing is cached and :meth:`set_many` stores nothing). A missing counter is created
+        unless ``create_version`` is false (a lookup whose tenant id is not yet proved, as an
+        API key's: a forged one must leave nothing in Redis).
         """
         if local:
             hit = self.local.get(tenant_id, names)
@@ -174,7 +176,7 @@ class TenantCache:
         except RedisUnavailable:
             return dict.fromkeys(names, MISS), None
         version = raw[0]
-        if version is None:
+        if version is None and create_version:
             version = self._init_version(keys)
         out: dict[str, Any] = {}
         hits: dict[str, Any] = {}

@@ -15,6 +15,8 @@ Layout (``<id>`` is the canonical UUID text, ``8c0f...-....``):
 ``{t:<id>}:rv:s:<session id>``        a revoked session (refresh-token family; ``saas.auth.revocation``)
 ``{t:<id>}:rv:c:<client id>``         a deleted OAuth client of the tenant (same module)
 ``{t:<id>}:saml:a:<conn>:<hash>``     a SAML assertion id seen at a connection's ACS (replay)
+``{t:<id>}:rv:k:<api key id>``       a revoked API key of the tenant (same module)
+``{t:<id>}:ku:<api key id>``          an API key's ``last_used_at`` was written this minute
 ==================================  ===========================================================
 
 Keys that belong to no tenant (pre-authentication throttles, platform keys) are built by
@@ -63,6 +65,13 @@ class TenantKeys:
     def seen_assertion(self, connection_id: uuid.UUID, assertion_digest: str) -> str:
         """Marker of a SAML assertion id already used at a connection (``saas.auth.sso.saml``)."""
         return f"{self.tag}:saml:a:{connection_id}:{assertion_digest}"
+    def revoked_api_key(self, key_id: str) -> str:
+        """Marker of a revoked API key of the tenant; see :mod:`saas.auth.revocation`."""
+        return f"{self.tag}:rv:k:{key_id}"
+
+    def api_key_used(self, key_id: str) -> str:
+        """Guard of an API key's ``last_used_at`` write (``SET NX EX``; :mod:`saas.auth.api_keys`)."""
+        return f"{self.tag}:ku:{key_id}"
 
     def pattern(self, kind: str = "*") -> str:
         """A SCAN pattern over this tenant's keys of ``kind`` (``rl``, ``c``...)."""

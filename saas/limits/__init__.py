@@ -191,6 +191,7 @@ class Limiter:
             principal.client_id,
             ent.get("requests_per_minute", policies.DEFAULT_TENANT_RPM),
             ent.get("monthly_api_calls"),
+            getattr(principal, "api_key_id", None),  # an API key is its own principal (its own bucket)
         )
         now = self.clock()
         kept = self._plans.get(key)
@@ -198,7 +199,7 @@ class Limiter:
             return kept[0]
         period = self.period_for(principal.tenant_id, now)
         checks = policies.tenant_checks(
-            principal.tenant_id, ent, principal.user_id, principal.client_id, self.share
+            principal.tenant_id, ent, principal.user_id, principal.client_id, self.share, key[5]
         )
         plan = gcra.Plan.of(checks, self._quota(principal.tenant_id, ent, period))
         self._plans.put(key, (plan, period.start, period.end))

@@ -8,6 +8,7 @@ policy               applies to                             default           ke
 ``tenant``           authenticated requests (not sign-in)   plan's requests_  the tenant
                                                             per_minute / 1m
 ``user``/``client``  same, per user or OAuth client         share x tenant    user or client
+``api_key``          same, per API key (not its creator's)  share x tenant    the key
 ``monthly``          same (quota, not a rate)               monthly_api_calls tenant, period
 ``ip``               other requests without a live          300/1m            client IP
                      principal (no token, a forged one,
@@ -177,9 +178,12 @@ def account_subject(secret: bytes, value: str) -> str:
 
 def tenant_checks(
     tenant_id: uuid.UUID, entitlements: Mapping[str, Any], user_id: uuid.UUID | None, client_id: str | None,
-    share: float,
+    share: float, api_key_id: uuid.UUID | None = None,
 ) -> list[Check]:  # fmt: skip
     """The per-tenant and per-principal policies of an authenticated request.
+
+    An API key (``api_key_id``) is its own principal: policy ``api_key``, its own bucket of the
+    same share, inside the tenant's; its creator's ``user`` bucket is not touched.
 
     ``requests_per_minute`` of the entitlements: ``None`` (an override of -1) is unlimited, so
     there are no checks (and no headers) for ``tenant``/``user``/``client``; ``0`` refuses
@@ -193,7 +197,9 @@ def tenant_checks(
     rpm = int(raw)
     checks = [Check("tenant", keys.rate("tenant"), rpm, 60)]
     per_principal = max(1, math.ceil(rpm * share)) if rpm > 0 else 0
-    if user_id is not None:
+    if api_key_id is not None:
+        checks.append(Check("api_key", keys.rate("key", api_key_id.hex), per_principal, 60))
+    elif user_id is not None:
         checks.append(Check("user", keys.rate("user", user_id.hex), per_principal, 60))
     elif client_id:
         checks.append(Check("client", keys.rate("client", _safe(client_id)), per_principal, 60))

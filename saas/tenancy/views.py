@@ -12,7 +12,13 @@ from saas.api import Blueprint
 from saas.audit import Actor
 from saas.auth import emails
 from saas.auth import service as auth_service
-from saas.auth.context import authenticated, current_principal, require, require_verified_email
+from saas.auth.context import (
+    authenticated,
+    current_principal,
+    not_impersonated,
+    require,
+    require_verified_email,
+)
 from saas.auth.schemas import TokenResponseSchema
 from saas.auth.stepup import check_step_up, require_step_up, step_up_for
 from saas.errors import ErrorCode, Forbidden, ValidationError
@@ -355,12 +361,15 @@ class Me(MethodView):
 @blp.route("/me/export")
 class MyExport(MethodView):
     @authenticated
+    @not_impersonated
     @blp.response(200, ExportSchema, description="JSON, sent as an attachment")
     def get(self):
         """My personal data in every tenant, as one JSON document sent as an attachment
         (GDPR articles 15 and 20): profile, memberships, sessions, passkeys (public parts),
         MFA state (no secret), consents, known devices and the audit events I made. Audited
-        ``user.exported``; throttled like the mailing endpoints (``mail-ip``, ``mail-account``)."""
+        ``user.exported``; throttled like the mailing endpoints (``mail-ip``, ``mail-account``).
+        The person's own token only: an impersonation token or an API key (one tenant, a few
+        permissions) is 403 (``impersonation_forbidden``, ``api_key_forbidden``)."""
         user_id = _person()
         document = self_service.export_personal_data(ActionContext.from_request(), user_id)
         response = flask.jsonify(document)
