@@ -108,6 +108,11 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth.sso import oidc as sso_oidc
 
     app.register_blueprint(sso_oidc.bp)  # per-tenant SSO: the OIDC callback (HTML)
+    # social login: the hosted routes under /oauth/social/ (HTML) and /api/v1/me/identities
+    from saas.auth import social_views
+    from saas.auth.social import api as social_api
+
+    app.register_blueprint(social_views.bp)
     for blueprint in (
         auth_views.blp,
         oauth_routes.oauth,
@@ -120,6 +125,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         role_views.blp,  # custom roles
         sso_views.blp,
         audit_api.blp,
+        social_api.blp,  # social login: linked identities
     ):
         smorest.register_blueprint(blueprint)
     billing.init_app(app, smorest)

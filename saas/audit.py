@@ -101,6 +101,10 @@ class AuditAction(StrEnum):
     SSO_CONNECTION_DELETED = "sso.connection_deleted"
     SSO_LOGIN = "sso.login"  # a sign-in through the tenant's IdP (actor: the user)
     SSO_LOGIN_FAILED = "sso.login_failed"  # the IdP's answer was refused (reason in data)
+    # social login (saas.auth.social)
+    SOCIAL_LINKED = "social.linked"  # an identity of a provider linked, after the account proved itself
+    SOCIAL_UNLINKED = "social.unlinked"  # the owner removed a linked identity (step-up)
+    SOCIAL_LINK_SENT = "social.link_sent"  # a mailed link to prove the account, for linking
     # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
     IMPERSONATION_STARTED = "impersonation.started"
     IMPERSONATION_USED = "impersonation.used"

@@ -156,6 +156,8 @@ class ErrorCode(StrEnum):
     SSO_METADATA_INVALID = "sso_metadata_invalid"  # 422: discovery or metadata unusable
     SSO_PROVIDER_UNREACHABLE = "sso_provider_unreachable"  # 502: the IdP did not answer
     SSO_REQUIRED = "sso_required"  # 403: the tenant's require_sso refuses password and passkey sign-in
+    # social login (docs/auth.md, "Social login")
+    IDENTITY_UNLINK_REFUSED = "identity_unlink_refused"  # 409: an SSO identity, or the only way in
 
 
 class AppError(Exception):
