@@ -172,9 +172,11 @@ def _tenant(api, db_session, slug: str):
     return body, api.auth(body)
 
 
-def _authorize(client, h) -> str:
-    """A pending authorization of a first-party client; returns ``client_id verifier``."""
-    app_client = register_client(client, h, client_type="public", first_party=True)
+def _authorize(client, h, client_id: str | None = None) -> str:
+    """A pending authorization of a (new) first-party client; returns ``client_id verifier``."""
+    if client_id is None:
+        client_id = register_client(client, h, client_type="public", first_party=True)["client_id"]
+    app_client = {"client_id": client_id}
     verifier, challenge = pkce_pair()
     r = client.get(
         "/oauth/authorize",
@@ -495,3 +497,76 @@ def test_identities_list_sso_read_only_and_unlink_rules(app, client, api, db_ses
     events = client.get("/api/v1/audit-events?action=social.unlinked", headers=h).get_json()
     assert [e["data"]["provider"] for e in events] == ["social:google"]
     assert client.get("/api/v1/me/identities", headers=api.auth(other)).get_json()[0]["id"] == str(theirs_id)
+
+
+def test_a_passkey_proves_the_account_and_a_social_sign_in_is_one_factor(
+    app, client, api, db_session, op, time_machine
+):
+    """The pending identity is linked by the account's passkey sign-in (``via`` passkey); once
+    the account has TOTP, the identity alone gets the MFA page, and the code makes ``amr``
+    ``["social", "otp"]``."""
+    from saas.auth import mfa
+    from tests.test_webauthn_hosted import OPTIONS, VERIFY
+    from tests.webauthn_device import Passkey
+
+    time_machine.move_to(1_900_000_000, tick=False)
+    owner, h = _tenant(api, db_session, "soc-passkey")
+    client_id = register_client(client, h, client_type="public", first_party=True)["client_id"]
+    device = Passkey(uv=True)
+    start = client.post("/api/v1/me/webauthn/registration/options", headers=h).get_json()
+    r = client.post(
+        "/api/v1/me/webauthn/registration/verify",
+        json={
+            "ceremony_id": start["ceremony_id"],
+            "credential": device.register(start["publicKey"]),
+            "name": "K",
+        },
+        headers=h,
+    )
+    assert r.status_code == 201, r.get_json()
+    cv = _authorize(client, h, client_id)
+    op.email = owner["user"]["email"]
+    op.claims = {"email_verified": True}
+    page = _callback(client, op, _start(client)).get_data(as_text=True)
+    assert 'id="social-link"' in page and 'data-purpose="login"' in page  # the passkey button is there
+    csrf = csrf_of(page)
+    options = client.post(OPTIONS, json={"purpose": "login"}, headers={"X-CSRF-Token": csrf}).get_json()
+    r = client.post(
+        VERIFY,
+        json={"purpose": "login", "credential": device.sign(options["publicKey"])},
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert r.status_code == 200 and r.get_json()["redirect"].startswith(REDIRECT), r.get_json()
+    _redeem(client, cv, r.get_json()["redirect"])
+    events = client.get("/api/v1/audit-events?action=social.linked", headers=h).get_json()
+    assert [e["data"]["via"] for e in events] == ["passkey"]
+    secret = client.post("/api/v1/me/mfa/totp", headers=h).get_json()["secret"]
+    code = mfa.totp_at(secret, int(time.time() // 30))
+    assert client.post("/api/v1/me/mfa/totp/confirm", json={"code": code}, headers=h).status_code == 200
+    time_machine.move_to(1_900_000_060, tick=False)
+    cv = _authorize(client, h, client_id)
+    op.nonce = None
+    r = _callback(client, op, _start(client))
+    assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/mfa"), r.get_data(as_text=True)
+    page = client.get("/oauth/mfa").get_data(as_text=True)
+    r = client.post(
+        "/oauth/mfa",
+        data={"code": mfa.totp_at(secret, int(time.time() // 30)), "csrf_token": csrf_of(page)},
+    )
+    assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT), r.get_data(as_text=True)
+    tokens = _redeem(client, cv, r.headers["Location"])
+    assert services(app).tokens.verify(tokens["access_token"])["amr"] == ["social", "otp"]
+
+
+def test_an_unreachable_provider_leaves_the_user_on_the_login_page(
+    app, client, api, db_session, op, monkeypatch
+):
+    _, h = _tenant(api, db_session, "soc-down")
+    _authorize(client, h)
+    config = {"down": {"issuer": "http://127.0.0.1:9", "client_id": "x", "client_secret": "y"}}
+    replace_services(
+        monkeypatch, app, settings=services(app).settings.with_overrides(social_providers=config)
+    )
+    page = client.get("/oauth/login").get_data(as_text=True)
+    r = client.post("/oauth/social/down/start", data={"csrf_token": csrf_of(page)})
+    assert r.status_code == 502 and "cannot be reached" in r.get_data(as_text=True)
