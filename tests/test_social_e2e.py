@@ -29,15 +29,17 @@ import requests
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from saas.db import utcnow
+from saas import worker as worker_module
+from saas.db import Database, utcnow
 from saas.identity.models import ExternalIdentity, Membership, User
 from saas.outbox import OutboxMessage
 from saas.services import EXTENSION, services
+from saas.worker import Worker, load_handlers
 from tests.auth_helpers import pkce_pair
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, live_server, verification_token, verify_by_link
+from tests.helpers import drop_tenant, live_server, verify_by_link
 from tests.idp_peer import bearer, idp, signup  # noqa: F401 - idp: the shared provider fixture
-from tests.peers import chromium_available, launch_chromium
+from tests.peers import chromium_available, launch_chromium, smtp_inbox
 
 pytestmark = pytest.mark.skipif(
     not chromium_available(), reason="Debian chromium or playwright is not installed"
@@ -305,7 +307,9 @@ def test_an_existing_account_is_linked_only_after_its_password(world):
     assert [e["data"]["provider"] for e in unlinked] == ["social:acme"]
 
 
-def test_an_existing_account_is_linked_by_a_mailed_link_in_the_same_browser(world):
+def test_an_existing_account_is_linked_by_a_mailed_link_in_the_same_browser(world, settings):
+    """The link goes through the outbox worker to a real SMTP server; it works only in the
+    browser that asked for it."""
     from playwright.sync_api import sync_playwright
 
     w = world
@@ -313,32 +317,46 @@ def test_an_existing_account_is_linked_by_a_mailed_link_in_the_same_browser(worl
     _add_person(w.idp_engine, w.app, w.idp_tenant, quinn)
     user_id = _add_person(w.engine, w.app, w.tenant_id, quinn)
     verifier, challenge = pkce_pair()
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            page.goto(_authorize_url(w, challenge))
-            page.click("#social-acme")
-            _idp_login(page, w, quinn)
-            page.wait_for_selector("#social-link")
-            page.click("#social-link-email")
-            assert "Check your mail" in page.content()
-            assert _links(w.engine, quinn) == []
-            token = verification_token(w.engine, quinn, kind="social_link")
-            # another browser (whoever else reads the mailbox) links nothing with it
-            other = browser.new_context().new_page()
-            other.goto(f"{w.sp_base}/oauth/social/link/confirm?token={token}")
-            other.click("#submit")
-            assert "invalid" in other.inner_text("#detail").lower()
-            assert _links(w.engine, quinn) == []
-            page.goto(f"{w.sp_base}/oauth/social/link/confirm?token={token}")
-            page.click("#submit")
-            page.wait_for_url(_client_url(w))
-            url = page.url
-        finally:
-            browser.close()
+    load_handlers()
+    handlers_before = worker_module.handlers()
+    try:
+        with smtp_inbox() as inbox, sync_playwright() as p:
+            deliver = Worker(
+                Database(w.engine), settings.with_overrides(smtp_url=inbox.url, issuer=w.sp_base)
+            )
+            browser = launch_chromium(p)
+            try:
+                page = browser.new_page()
+                page.goto(_authorize_url(w, challenge))
+                page.click("#social-acme")
+                _idp_login(page, w, quinn)
+                page.wait_for_selector("#social-link")
+                page.click("#social-link-email")
+                assert "Check your mail" in page.content()
+                assert _links(w.engine, quinn) == []
+                deliver.run_until_idle()
+                [mail] = [m for m in inbox.to(quinn) if m["Subject"] == "Link a sign-in to your account"]
+                body = mail.get_payload(decode=True).decode()
+                link = re.search(r"(http://\S+/oauth/social/link/confirm\?token=\S+)", body).group(1)
+                assert link.startswith(f"{w.sp_base}/oauth/social/link/confirm?token=")
+                # another browser (whoever else reads the mailbox) links nothing with it
+                other = browser.new_context().new_page()
+                other.goto(link)
+                other.click("#submit")
+                assert "invalid" in other.inner_text("#detail").lower()
+                assert _links(w.engine, quinn) == []
+                page.goto(link)  # a GET (a mail scanner's) spends nothing: a button
+                assert _links(w.engine, quinn) == []
+                page.click("#submit")
+                page.wait_for_url(_client_url(w))
+                url = page.url
+            finally:
+                browser.close()
+    finally:
+        worker_module._handlers.clear()
+        worker_module._handlers.update(handlers_before)
     _tokens(w, url, verifier)
-    [link] = _links(w.engine, quinn)
-    assert link.provider == "social:acme"
+    [link_row] = _links(w.engine, quinn)
+    assert link_row.provider == "social:acme"
     linked = [e for e in _events(w, "social.linked") if e["target"]["id"] == str(user_id)]
     assert [e["data"]["via"] for e in linked] == ["email_link"], linked
