@@ -344,6 +344,43 @@ def test_an_existing_account_is_not_linked_by_its_address_nor_by_another_account
     )
 
 
+def test_a_later_unrelated_sign_in_links_nothing(client, api, db_session, op):
+    """The pending identity is dropped when the login page is opened afresh: only a sign-in from
+    the page that says "an account already uses this address" links (a planted session cannot
+    wait for its victim's next ordinary sign-in)."""
+    owner, h = _tenant(api, db_session, "soc-later")
+    _authorize(client, h)
+    op.email = owner["user"]["email"]
+    op.claims = {"email_verified": True}
+    assert 'id="social-link"' in _callback(client, op, _start(client)).get_data(as_text=True)
+    page = client.get("/oauth/login").get_data(as_text=True)
+    assert 'id="social-link"' not in page
+    r = client.post(
+        "/oauth/login",
+        data={"email": owner["user"]["email"], "password": TEST_PASSWORD, "csrf_token": csrf_of(page)},
+    )
+    assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT)
+    assert _links(db_session, owner["user"]["email"]) == []
+
+
+def test_a_wrong_password_on_the_linking_page_keeps_it(client, api, db_session, op):
+    owner, h = _tenant(api, db_session, "soc-retry")
+    _authorize(client, h)
+    op.email = owner["user"]["email"]
+    op.claims = {"email_verified": True}
+    page = _callback(client, op, _start(client)).get_data(as_text=True)
+    r = client.post(
+        "/oauth/login",
+        data={"email": owner["user"]["email"], "password": "not the password", "csrf_token": csrf_of(page)},
+    )
+    assert r.status_code == 401 and 'id="social-link"' in r.get_data(as_text=True)
+    r = client.post(
+        "/oauth/login",
+        data={"email": owner["user"]["email"], "password": TEST_PASSWORD, "csrf_token": csrf_of(page)},
+    )
+    assert r.status_code == 302 and len(_links(db_session, owner["user"]["email"])) == 1
+
+
 def test_the_account_signing_in_after_the_callback_is_linked_and_a_returning_identity_signs_in(
     client, api, db_session, op
 ):

@@ -152,6 +152,7 @@ def _render(template: str, status: int = 200, **context: Any):
         context.setdefault("passkey_label", "Sign in with a passkey")
         # social login (saas.auth.social): a button per provider of SOCIAL_PROVIDERS
         context.setdefault("social_buttons", [(p.name, p.label) for p in social_providers.configured()])
+        context.setdefault("social_link", social_links.live(session.get("social_link")))
     return render_template(f"auth/{template}", csrf_token=_csrf_token(), **context), status
 
 
@@ -359,6 +360,7 @@ def authorize():
         _end_sign_in("reauthentication")
     session["areq"] = req.to_dict()
     session.pop("consented", None)
+    session.pop("social_link", None)  # a social identity waiting to be linked: only from its page
     return _continue()
 
 
@@ -373,6 +375,9 @@ def login():
     says so, 403)."""
     _req, client = _pending_request()
     if request.method == "GET":
+        # a social identity waiting to be linked is linked only by a sign-in from the page that
+        # says so (saas.auth.social.links), never by a later, unrelated one in this browser
+        session.pop("social_link", None)
         return _render("login.html", title="Sign in", client_name=client.name)
     _check_csrf()
     email = request.form.get("email", "")[:320]

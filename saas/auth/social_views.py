@@ -132,6 +132,8 @@ def _decide(provider: SocialProvider, identity: protocol.SocialIdentity):
     ctx = ActionContext.from_request(sess)
     subject = identity.subject[:512]
     email = (identity.email or "").strip()
+    if "@" not in email:
+        email = ""  # not an address: as if none was sent
     if not subject or "\x00" in subject or len(email) > 320 or "\x00" in email:
         raise _refused(provider, f"{provider.label}'s answer is not usable.")
     link = links.find_identity(sess, provider, subject)

@@ -8,7 +8,9 @@ The rule (docs/auth.md, "Social login"):
 2. An unknown identity whose address belongs to an account is never linked on the address
    alone (the classic account takeover: Ory Kratos issue #3574; "pre-hijacking", Sudhodanan and
    Paverd, USENIX Security 2022). The identity waits in the browser's hosted session
-   (:func:`pending_link`, ``PENDING_TTL`` seconds) until the account proves itself in that same
+   (:func:`pending_link`, ``PENDING_TTL`` seconds; dropped when the browser opens the login page
+   afresh or starts another authorization, so only a sign-in from the page that says "an
+   account already uses this address" links) until the account proves itself in that same
    browser: its normal sign-in (password, passkey or SSO, with its MFA step:
    :func:`link_pending` runs when the hosted pages sign the account in), or a single-use link
    mailed to the account's address (:func:`send_link_mail`, :func:`confirm_mailed_link`), bound to
