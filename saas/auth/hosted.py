@@ -415,7 +415,7 @@ def login():
 
 def finish_first_factor(user: User, amr: list[str]):
     """The sign-in after its first factor (``amr``: ``pwd``, or ``social`` from
-    :mod:`saas.auth.social.views`): the MFA page when the account has MFA, else signed in and on
+    :mod:`saas.auth.social_views`): the MFA page when the account has MFA, else signed in and on
     to the next step."""
     now = int(time.time())
     _end_sign_in("replaced")

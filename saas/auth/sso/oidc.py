@@ -31,6 +31,10 @@ required). The IdP is registered with the one redirect URI ``<SAAS_ISSUER>/sso/o
   refused. ``groups`` and every string claim feed ``role_mapping``.
 
 Every refusal ends on the hosted error page with ``sso.login_failed`` (``saas.auth.sso.login``).
+
+The relying party's parts that know no connection (:func:`discover`, :func:`authorization_url`,
+:func:`exchange_code`, :func:`validate_id_token`, :func:`userinfo`, :func:`token_auth_method`)
+are social login's too (:mod:`saas.auth.social.protocol`).
 """
 
 from __future__ import annotations
