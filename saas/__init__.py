@@ -113,6 +113,11 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
     from saas.auth.sso import oidc as sso_oidc
 
     app.register_blueprint(sso_oidc.bp)  # per-tenant SSO: the OIDC callback (HTML)
+    # social login: the hosted routes under /oauth/social/ (HTML) and /api/v1/me/identities
+    from saas.auth import social_views
+    from saas.auth.social import api as social_api
+
+    app.register_blueprint(social_views.bp)
     for blueprint in (
         auth_views.blp,
         oauth_routes.oauth,
@@ -127,6 +132,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         audit_api.blp,
         scim_admin_views.blp,  # SCIM 2.0 setup: tokens, group roles
         api_key_views.blp,  # API keys (saas.auth.api_keys)
+        social_api.blp,  # social login: linked identities
     ):
         smorest.register_blueprint(blueprint)
     app.register_blueprint(scim_views.blp)  # /scim/v2: SCIM 2.0 (its own media type and errors)

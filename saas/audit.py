@@ -113,6 +113,10 @@ class AuditAction(StrEnum):
     # API keys (saas.auth.api_keys)
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
+    # social login (saas.auth.social)
+    SOCIAL_LINKED = "social.linked"  # an identity of a provider linked, after the account proved itself
+    SOCIAL_UNLINKED = "social.unlinked"  # the owner removed a linked identity (step-up)
+    SOCIAL_LINK_SENT = "social.link_sent"  # a mailed link to prove the account, for linking
     # impersonation for support (saas.auth.impersonation): the token issued, each request made with it
     IMPERSONATION_STARTED = "impersonation.started"
     IMPERSONATION_USED = "impersonation.used"

@@ -159,6 +159,8 @@ class ErrorCode(StrEnum):
     SSO_REQUIRED = "sso_required"  # 403: the tenant's require_sso refuses password and passkey sign-in
     # API keys (docs/auth.md, "API keys")
     API_KEY_FORBIDDEN = "api_key_forbidden"  # 403: not with an API key (step-up, account, other keys)
+    # social login (docs/auth.md, "Social login")
+    IDENTITY_UNLINK_REFUSED = "identity_unlink_refused"  # 409: an SSO identity, or the only way in
 
 
 class AppError(Exception):

@@ -7,6 +7,7 @@ Every value has an explicit converter; a missing or malformed value raises
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -119,6 +120,53 @@ def _webhook_secrets(raw: str) -> tuple[str, ...]:
     return secrets
 
 
+# social login (saas.auth.social; docs/auth.md, "Social login")
+_SOCIAL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_SOCIAL_KEYS = {"client_id", "client_secret", "issuer", "label", "scopes"}
+#: the providers whose endpoints are known: no ``issuer`` needed (any other name needs one)
+SOCIAL_WELL_KNOWN = ("google", "github", "microsoft")
+
+
+def _social_providers(raw: str) -> dict[str, dict[str, str]]:
+    """``SOCIAL_PROVIDERS``: a JSON object, name -> ``{"client_id", "client_secret"[, "issuer",
+    "label", "scopes"]}`` (a secret may hold any character). ``google``, ``github`` and
+    ``microsoft`` know their endpoints; any other name is an OpenID Connect issuer and needs
+    ``issuer`` (an ``http(s)`` URL, checked again before use). Error messages never quote a value."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ValueError(
+            'expected a JSON object {"<name>": {"client_id": ..., "client_secret": ...}}'
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError('expected a JSON object {"<name>": {"client_id": ..., "client_secret": ...}}')
+    providers: dict[str, dict[str, str]] = {}
+    for name, config in data.items():
+        if not isinstance(name, str) or not _SOCIAL_NAME.match(name):
+            raise ValueError("provider names are 1-32 of a-z, 0-9 and -, starting with a letter or digit")
+        if not isinstance(config, dict):
+            raise ValueError(f"{name}: expected an object with client_id and client_secret")
+        unknown = sorted(set(config) - _SOCIAL_KEYS)
+        if unknown:
+            raise ValueError(f"{name}: unknown keys {', '.join(map(str, unknown))[:200]}")
+        if any(not isinstance(v, str) or not v.strip() or len(v) > 2048 for v in config.values()):
+            raise ValueError(f"{name}: every value is a non-empty string of at most 2048 characters")
+        for key in ("client_id", "client_secret"):
+            if key not in config:
+                raise ValueError(f"{name}: {key} is required")
+        if name not in SOCIAL_WELL_KNOWN:
+            issuer = config.get("issuer", "")
+            if not issuer.startswith(("https://", "http://")):
+                raise ValueError(
+                    f"{name}: issuer (an https URL) is required for a provider other than "
+                    f"{', '.join(SOCIAL_WELL_KNOWN)}"
+                )
+        elif "issuer" in config and name != "microsoft":
+            raise ValueError(f"{name}: its issuer is fixed (only microsoft takes one: a tenant's issuer)")
+        providers[name] = {k: v.strip() for k, v in config.items()}
+    return providers
+
+
 def _code_ttl(raw: str) -> int:
     value = int(raw)
     if not 1 <= value <= 60:
@@ -221,6 +269,9 @@ class Settings:
     stripe_meter_event_name: str = "api_calls"
     billing_grace_days: int = 7
     billing_return_url: str | None = None
+    # social login (saas.auth.social; docs/auth.md, "Social login")
+    #: ``SOCIAL_PROVIDERS`` (JSON): name -> {client_id, client_secret[, issuer, label, scopes]}
+    social_providers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -319,6 +370,7 @@ class Settings:
         maybe("STRIPE_METER_EVENT_NAME", "stripe_meter_event_name")
         maybe("BILLING_GRACE_DAYS", "billing_grace_days", _non_negative_int)
         maybe("BILLING_RETURN_URL", "billing_return_url", _url(("http", "https")))
+        maybe("SOCIAL_PROVIDERS", "social_providers", _social_providers)  # social login
         prices = {k: v.strip() for k, v in env.items() if k.startswith("STRIPE_PRICE_") and v.strip()}
         for name, price in prices.items():
             if not price.startswith(("price_", "plan_")):
@@ -350,7 +402,7 @@ _SECRET_WORDS = ("SECRET", "KEY", "PASSWORD", "TOKEN")
 
 def _redact(name: str, raw: str) -> str:
     """What may be shown of a rejected value: nothing of a secret, no credentials of a URL."""
-    if any(word in name for word in _SECRET_WORDS):
+    if any(word in name for word in _SECRET_WORDS) or name == "SOCIAL_PROVIDERS":  # holds secrets
         return "***"
     return re.sub(r"//[^/@\s]*@", "//***@", raw)
 

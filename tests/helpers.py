@@ -54,9 +54,9 @@ def verify_email(app: Flask, user_id: Any) -> None:
         session.close()
 
 
-def verification_token(source: Any, email: str) -> str:
-    """The token of the newest verification link queued for ``email`` (read from the committed
-    outbox through ``source``, an app or an engine)."""
+def verification_token(source: Any, email: str, kind: str = "email_verification") -> str:
+    """The token of the newest verification link (or account link of ``kind``) queued for
+    ``email`` (read from the committed outbox through ``source``, an app or an engine)."""
     from sqlalchemy.orm import Session
 
     from saas.outbox import OutboxMessage
@@ -71,8 +71,7 @@ def verification_token(source: Any, email: str) -> str:
         return next(
             r.payload["token"]
             for r in rows
-            if r.payload.get("to", "").lower() == email.lower()
-            and r.payload.get("kind") == "email_verification"
+            if r.payload.get("to", "").lower() == email.lower() and r.payload.get("kind") == kind
         )
     finally:
         session.close()

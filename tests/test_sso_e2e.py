@@ -21,84 +21,25 @@ tenants too.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import jwt as pyjwt
 import pytest
 import requests
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, Membership, User, VerifiedDomain
-from saas.migrate import upgrade_shared
 from saas.services import services
 from tests.auth_helpers import pkce_pair
-from tests.conftest import TEST_PASSWORD, _redis_url
+from tests.conftest import TEST_PASSWORD
 from tests.helpers import drop_tenant, give_plan, live_server, verify_by_link
-from tests.peers import chromium_available, free_port, launch_chromium
-from tests.test_identity_gunicorn import _stop, _wait_http
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def idp(database_url, worker_id_str, tmp_path_factory) -> Iterator[tuple[str, object]]:
-    """(base URL, engine): this service under gunicorn on its own fresh database, as an IdP."""
-    from saas.auth.keys import KeyStore
-
-    server_url = make_url(database_url)
-    name = f"saas_idp_{worker_id_str}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server_url.set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    upgrade_shared(engine)
-    tmp = tmp_path_factory.mktemp("sso-idp")
-    (tmp / "keys").mkdir()
-    KeyStore(tmp / "keys", "RS256", generate=True)
-    port = free_port()
-    base = f"http://localhost:{port}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": url.replace("postgresql+psycopg://", "postgresql://"),
-        "REDIS_URL": _redis_url(worker_id_str),
-        "SECRET_KEY": "the-identity-provider-instance",
-        "SAAS_ENV": "development",
-        "SAAS_SIGNING_KEY_PATH": str(tmp / "keys"),
-        "SAAS_ISSUER": base,
-        "RATELIMIT_ENABLED": "false",
-        "ARGON2_MEMORY_KIB": "8192",
-        "ARGON2_TIME_COST": "1",
-        "LOG_LEVEL": "WARNING",
-        "GUNICORN_MAX_REQUESTS": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-    }
-    stderr = tmp / "gunicorn.stderr"
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
-             "-b", f"127.0.0.1:{port}", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-        try:
-            _wait_http(base, proc, stderr)
-            yield base, engine
-        finally:
-            _stop(proc)  # by PID: this module's own process
-            engine.dispose()
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+from tests.idp_peer import bearer, idp, signup  # noqa: F401 - idp: the shared provider fixture
+from tests.peers import chromium_available, launch_chromium
 
 
 @pytest.fixture(scope="module")
@@ -108,22 +49,8 @@ def sp(settings, engine, redis_client) -> Iterator[tuple[str, object]]:
         yield base, app
 
 
-def _signup(base: str, slug: str, email: str) -> dict:
-    r = requests.post(
-        f"{base}/api/v1/signup",
-        json={"tenant": {"name": slug, "slug": slug}, "owner": {"email": email, "password": TEST_PASSWORD}},
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def _bearer(body: dict) -> dict[str, str]:
-    return {"Authorization": f"Bearer {body['token']['access_token']}"}
-
-
 @pytest.mark.skipif(not chromium_available(), reason="Debian chromium or playwright is not installed")
-def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):
+def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):  # noqa: F811 - the fixture
     from playwright.sync_api import sync_playwright
 
     idp_base, idp_engine = idp
@@ -132,7 +59,7 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):
     domain = f"corp-{tag}.test"
     alice = f"alice@{domain}"
     # the IdP: Alice's tenant there, and the service registered as its OAuth client
-    idp_owner = _signup(idp_base, f"idp-{tag}", alice)
+    idp_owner = signup(idp_base, f"idp-{tag}", alice)
     verify_by_link(idp_base, idp_engine, alice)
     r = requests.post(
         f"{idp_base}/api/v1/clients",
@@ -143,13 +70,13 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):
             "redirect_uris": [f"{sp_base}/sso/oidc/callback"],
             "scope": "openid email profile",
         },
-        headers=_bearer(idp_owner),
+        headers=bearer(idp_owner),
         timeout=10,
     )
     assert r.status_code == 201, r.text
     idp_client = r.json()
     # the service: a tenant with the domain verified and a connection to the IdP
-    sp_owner = _signup(sp_base, f"sp-{tag}", f"owner@sp-{tag}.test")
+    sp_owner = signup(sp_base, f"sp-{tag}", f"owner@sp-{tag}.test")
     tenant_id = uuid.UUID(sp_owner["tenant"]["id"])
     try:
         verify_by_link(sp_base, app, sp_owner["user"]["email"])
@@ -176,7 +103,7 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):
                 "default_role": "member",
                 "role_mapping": {f"tid={idp_tenant}": "admin"},
             },
-            headers=_bearer(sp_owner),
+            headers=bearer(sp_owner),
             timeout=20,
         )
         assert r.status_code == 201, r.text
@@ -189,7 +116,7 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):
                 "first_party": True,
                 "redirect_uris": [f"{sp_base}/callback"],
             },
-            headers=_bearer(sp_owner),
+            headers=bearer(sp_owner),
             timeout=10,
         )
         assert r.status_code == 201, r.text
@@ -262,7 +189,7 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):
             link = db.scalars(select(ExternalIdentity).where(ExternalIdentity.user_id == user.id)).one()
             assert link.subject == idp_owner["user"]["id"]  # the IdP's sub: Alice's id there
         events = requests.get(
-            f"{sp_base}/api/v1/audit-events?action=sso.login", headers=_bearer(sp_owner), timeout=10
+            f"{sp_base}/api/v1/audit-events?action=sso.login", headers=bearer(sp_owner), timeout=10
         ).json()
         assert [e["actor"]["id"] for e in events] == [str(user.id)]
         # the session is an ordinary refresh family: refresh works, logout-style revocation applies

@@ -37,6 +37,7 @@ class Purpose(StrEnum):
     PASSWORD_RESET = "password_reset"  # noqa: S105 - a purpose, not a secret
     EMAIL_VERIFICATION = "email_verification"
     EMAIL_CHANGE = "email_change"
+    SOCIAL_LINK = "social_link"  # social login: the account proves itself before a link
 
 
 #: the problem each purpose answers for a token that does not work
@@ -44,6 +45,7 @@ _INVALID = {
     Purpose.PASSWORD_RESET: ErrorCode.INVALID_RESET_TOKEN,
     Purpose.EMAIL_VERIFICATION: ErrorCode.INVALID_VERIFICATION_TOKEN,
     Purpose.EMAIL_CHANGE: ErrorCode.INVALID_VERIFICATION_TOKEN,
+    Purpose.SOCIAL_LINK: ErrorCode.INVALID_VERIFICATION_TOKEN,
 }
 
 

@@ -38,6 +38,7 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 
 from saas import audit, db
+from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth import browser_sessions, devices, mfa, service
 from saas.auth import webauthn as passkeys
@@ -45,6 +46,8 @@ from saas.auth.errors import AuthorizeRedirectError, ErrorPage
 from saas.auth.models import OAuthClient
 from saas.auth.oauth import authorization as provider
 from saas.auth.pages import error_page, security_headers
+from saas.auth.social import links as social_links  # social login
+from saas.auth.social import providers as social_providers
 from saas.auth.sso import connections as sso_connections
 from saas.auth.sso import login as sso_login
 from saas.auth.sso.policy import SsoRequired, check_sso_not_required
@@ -133,6 +136,9 @@ def _render(template: str, status: int = 200, **context: Any):
     if template == "login.html":  # a passkey signs in without a password (saas.auth.webauthn)
         context.setdefault("passkey_purpose", "login")
         context.setdefault("passkey_label", "Sign in with a passkey")
+        # social login (saas.auth.social): a button per provider of SOCIAL_PROVIDERS
+        context.setdefault("social_buttons", [(p.name, p.label) for p in social_providers.configured()])
+        context.setdefault("social_link", social_links.live(session.get("social_link")))
     return render_template(f"auth/{template}", csrf_token=_csrf_token(), **context), status
 
 
@@ -168,11 +174,18 @@ def _login_state() -> dict[str, Any] | None:
 
 
 def _sign_in(user_id: uuid.UUID, auth_time: int, amr: list[str]) -> None:
-    """Start the browser's sign-in (a new row; the one it replaces ends)."""
+    """Start the browser's sign-in (a new row; the one it replaces ends). A social identity
+    waiting in this browser for this account to prove itself is linked now
+    (:func:`saas.auth.social.links.link_pending`: the account just signed in by ``amr``)."""
     _end_sign_in("replaced")
     row = browser_sessions.start(db.session(), user_id, datetime.fromtimestamp(auth_time, UTC), amr)
     session["login"] = {"bsid": str(row.id), "uid": str(user_id), "fresh": True}
     devices.note_sign_in(db.session(), user_id, browser=True)  # the new-device notice
+    pending = session.pop("social_link", None)
+    if pending:
+        via = "sso" if "sso" in amr else "passkey" if {"hwk", "swk"} & set(amr) else "password"
+        via = "social" if "social" in amr else via
+        social_links.link_pending(ActionContext.from_request(db.session()), user_id, pending, via)
 
 
 def _end_sign_in(reason: str) -> uuid.UUID | None:
@@ -333,6 +346,7 @@ def authorize():
         _end_sign_in("reauthentication")
     session["areq"] = req.to_dict()
     session.pop("consented", None)
+    session.pop("social_link", None)  # a social identity waiting to be linked: only from its page
     return _continue()
 
 
@@ -347,6 +361,9 @@ def login():
     says so, 403)."""
     _req, client = _pending_request()
     if request.method == "GET":
+        # a social identity waiting to be linked is linked only by a sign-in from the page that
+        # says so (saas.auth.social.links), never by a later, unrelated one in this browser
+        session.pop("social_link", None)
         return _render("login.html", title="Sign in", client_name=client.name)
     _check_csrf()
     email = request.form.get("email", "")[:320]
@@ -379,12 +396,19 @@ def login():
         return _render(
             "login.html", 403, title="Sign in", client_name=client.name, email=email, error=err.detail
         )
+    return finish_first_factor(user, ["pwd"])
+
+
+def finish_first_factor(user: User, amr: list[str]):
+    """The sign-in after its first factor (``amr``: ``pwd``, or ``social`` from
+    :mod:`saas.auth.social_views`): the MFA page when the account has MFA, else signed in and on
+    to the next step."""
     now = int(time.time())
     _end_sign_in("replaced")
-    if mfa.has_mfa(sess, user.id):
-        _set_pending(user.id, now, ["pwd"])
+    if mfa.has_mfa(db.session(), user.id):
+        _set_pending(user.id, now, amr)
         return redirect(url_for("hosted.mfa"))
-    _sign_in(user.id, now, ["pwd"])
+    _sign_in(user.id, now, amr)
     user.last_login_at = utcnow()
     return _continue()
 

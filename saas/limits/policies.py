@@ -120,6 +120,9 @@ AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/account/email"): ("login",),
     ("POST", "/oauth/webauthn/options"): ("login",),
     ("POST", "/oauth/webauthn/verify"): ("login",),
+    # social login (saas.auth.social_views): the mailed linking link, and spending it
+    ("POST", "/oauth/social/link/email"): ("login", "mail"),
+    ("POST", "/oauth/social/link/confirm"): ("login",),
 }
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})

@@ -172,6 +172,13 @@ ACCOUNT_LINKS: dict[str, tuple[str, str, str, str]] = {
         "To confirm the change, open this link within {ttl}:",
         "If you did not ask for it, ignore this message: nothing changes until the link is used.",
     ),
+    "social_link": (  # social login (saas.auth.social.links)
+        "/oauth/social/link/confirm",
+        "Link a sign-in to your account",
+        "Someone, perhaps you, signed in with another provider using this address and asked to\n"
+        "link it to your account. To link it, open this link within {ttl}, in the same browser:",
+        "If you did not ask for it, ignore this message: nothing is linked until the link is used.",
+    ),
 }
 
 

@@ -31,6 +31,10 @@ required). The IdP is registered with the one redirect URI ``<SAAS_ISSUER>/sso/o
   refused. ``groups`` and every string claim feed ``role_mapping``.
 
 Every refusal ends on the hosted error page with ``sso.login_failed`` (``saas.auth.sso.login``).
+
+The relying party's parts that know no connection (:func:`discover`, :func:`authorization_url`,
+:func:`exchange_code`, :func:`validate_id_token`, :func:`userinfo`, :func:`token_auth_method`)
+are social login's too (:mod:`saas.auth.social.protocol`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -151,8 +155,12 @@ def _get_json(url: str, what: str) -> dict[str, Any]:
     return body
 
 
-def discover(issuer: str, *, fresh: bool = False) -> dict[str, Any]:
+def discover(issuer: str, *, fresh: bool = False, document_issuer: str | None = None) -> dict[str, Any]:
     """The issuer's discovery document, checked (see the module's doc), kept ``DISCOVERY_TTL`` s.
+
+    ``document_issuer``: the ``issuer`` the document must name when it is not ``issuer`` itself
+    (Microsoft's multi-tenant ``.../common/v2.0`` names the template
+    ``https://login.microsoftonline.com/{tenantid}/v2.0``; social login's providers).
 
     Raises:
         ProviderUnreachable: 502 (network, timeout). MetadataInvalid: 422 (status, JSON, fields).
@@ -161,9 +169,10 @@ def discover(issuer: str, *, fresh: bool = False) -> dict[str, Any]:
     if kept is not None and time.monotonic() - kept[1] < DISCOVERY_TTL:
         return kept[0]
     doc = _get_json(issuer.rstrip("/") + "/.well-known/openid-configuration", "discovery document")
-    if doc.get("issuer") != issuer:
+    expected = document_issuer or issuer
+    if doc.get("issuer") != expected:
         raise MetadataInvalid(
-            f"The discovery document names the issuer {str(doc.get('issuer'))[:200]!r}, not {issuer!r} "
+            f"The discovery document names the issuer {str(doc.get('issuer'))[:200]!r}, not {expected!r} "
             "(OpenID Connect Discovery 1.0 section 4.3: they must be equal)."
         )
     for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
@@ -222,9 +231,20 @@ def _signing_key(doc: Mapping[str, Any], header: Mapping[str, Any]) -> Any:
 
 
 def validate_id_token(
-    token: str, *, issuer: str, client_id: str, nonce: str, doc: Mapping[str, Any], now: float | None = None
+    token: str,
+    *,
+    issuer: str,
+    client_id: str,
+    nonce: str,
+    doc: Mapping[str, Any],
+    now: float | None = None,
+    accept_issuer: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """The claims of ``token`` after OpenID Connect Core section 3.1.3.7's checks (the module's doc).
+
+    ``accept_issuer``: decides the ``iss`` check from the verified claims instead of equality with
+    ``issuer`` (Microsoft's multi-tenant endpoint: ``iss`` is its template with the token's
+    ``tid``; Google: ``accounts.google.com`` with or without ``https://``).
 
     Raises:
         TokenRefused: with the failed check's reason (``id_token_signature``, ``id_token_issuer``,
@@ -244,7 +264,7 @@ def validate_id_token(
             "id_token_signature", f"The ID token's signature does not verify ({type(exc).__name__})."
         ) from None
     now = time.time() if now is None else now
-    if claims.get("iss") != issuer:
+    if not (accept_issuer(claims) if accept_issuer is not None else claims.get("iss") == issuer):
         raise TokenRefused("id_token_issuer", "The ID token was issued by another issuer.")
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
@@ -273,7 +293,7 @@ def _redirect_uri() -> str:
     return services().settings.issuer + CALLBACK_PATH
 
 
-def _auth_method(doc: Mapping[str, Any], has_secret: bool) -> str:
+def token_auth_method(doc: Mapping[str, Any], has_secret: bool) -> str:
     if not has_secret:
         return "none"
     methods = doc.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
@@ -331,7 +351,7 @@ class OidcProtocol:
         has_secret = bool(secret) or bool(connection is not None and connection.secret_encrypted)
         if connection is None or "issuer" in payload or "client_secret" in payload:
             doc = discover(config["issuer"], fresh=True)
-            config["token_endpoint_auth_method"] = _auth_method(doc, has_secret)
+            config["token_endpoint_auth_method"] = token_auth_method(doc, has_secret)
         return config, secret
 
     def public_config(self, connection: SsoConnection) -> dict[str, Any]:
@@ -353,21 +373,15 @@ class OidcProtocol:
         """
         config = connection.config or {}
         doc = discover(config["issuer"])
-        verifier = random_token(48)
-        nonce = random_token(32)
-        client = OAuth2Session(
-            config["client_id"],
+        url, data = authorization_url(
+            doc,
+            client_id=config["client_id"],
             redirect_uri=_redirect_uri(),
             scope=config.get("scopes", DEFAULT_SCOPES),
-            code_challenge_method="S256",
+            state=transaction.state,
+            login_hint=transaction.login_hint,
         )
-        extra: dict[str, str] = {"nonce": nonce}
-        if transaction.login_hint:
-            extra["login_hint"] = transaction.login_hint
-        url, _state = client.create_authorization_url(
-            doc["authorization_endpoint"], state=transaction.state, code_verifier=verifier, **extra
-        )
-        transaction.data.update({"nonce": nonce, "code_verifier": verifier})
+        transaction.data.update(data)
         return redirect(url)
 
 
@@ -378,20 +392,66 @@ register_protocol(PROTOCOL)
 # --- the callback --------------------------------------------------------------------------------
 
 
-def _exchange(connection: SsoConnection, doc: Mapping[str, Any], code: str, verifier: str) -> dict[str, Any]:
-    config = connection.config or {}
-    secret = connections.client_secret(connection)
-    method = config.get("token_endpoint_auth_method") or _auth_method(doc, bool(secret))
+def authorization_url(
+    doc: Mapping[str, Any],
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scope: str,
+    state: str,
+    login_hint: str | None = None,
+    nonce: bool = True,
+) -> tuple[str, dict[str, str]]:
+    """``(url, data)``: the authorization request (OIDC Core section 3.1.2.1; RFC 6749 section
+    4.1.1) with Authlib's client, PKCE ``S256`` (RFC 7636) and, for OpenID Connect, a 256-bit
+    ``nonce``; ``data`` (``code_verifier``, ``nonce``) is what the caller keeps server-side for
+    the callback (:func:`exchange_code`, :func:`validate_id_token`). ``nonce=False`` for a plain
+    OAuth 2.0 provider (GitHub), which has no ID token to carry it."""
+    verifier = random_token(48)
+    data = {"code_verifier": verifier}
+    client = OAuth2Session(client_id, redirect_uri=redirect_uri, scope=scope, code_challenge_method="S256")
+    extra: dict[str, str] = {}
+    if nonce:
+        data["nonce"] = extra["nonce"] = random_token(32)
+    if login_hint:
+        extra["login_hint"] = login_hint
+    url, _state = client.create_authorization_url(
+        doc["authorization_endpoint"], state=state, code_verifier=verifier, **extra
+    )
+    return url, data
+
+
+def exchange_code(
+    token_endpoint: str,
+    *,
+    client_id: str,
+    client_secret: str | None,
+    auth_method: str,
+    redirect_uri: str,
+    code: str,
+    verifier: str,
+) -> dict[str, Any]:
+    """The token response for ``code`` (OIDC Core section 3.1.3; RFC 6749 section 4.1.3), with
+    the PKCE verifier and the client authenticated by ``auth_method`` (``client_secret_basic``,
+    ``client_secret_post`` or ``none``).
+
+    Raises:
+        TokenRefused: ``token_error`` (the provider refused, or answered no JSON),
+            ``token_unreachable`` (network).
+    """
     client = OAuth2Session(
-        config["client_id"],
-        secret,
-        token_endpoint_auth_method=method,
-        redirect_uri=_redirect_uri(),
+        client_id,
+        client_secret,
+        token_endpoint_auth_method=auth_method,
+        redirect_uri=redirect_uri,
         default_timeout=HTTP_TIMEOUT,
     )
     try:
         token = client.fetch_token(
-            doc["token_endpoint"], grant_type="authorization_code", code=code, code_verifier=verifier
+            token_endpoint,
+            grant_type="authorization_code",
+            code=code,
+            code_verifier=verifier,
         )
     except AuthlibBaseError as exc:
         raise TokenRefused("token_error", f"The identity provider refused the code: {exc.error}.") from None
@@ -404,7 +464,21 @@ def _exchange(connection: SsoConnection, doc: Mapping[str, Any], code: str, veri
     return dict(token)
 
 
-def _userinfo(doc: Mapping[str, Any], access_token: str, subject: str) -> dict[str, Any]:
+def _exchange(connection: SsoConnection, doc: Mapping[str, Any], code: str, verifier: str) -> dict[str, Any]:
+    config = connection.config or {}
+    secret = connections.client_secret(connection)
+    return exchange_code(
+        doc["token_endpoint"],
+        client_id=config["client_id"],
+        client_secret=secret,
+        auth_method=config.get("token_endpoint_auth_method") or token_auth_method(doc, bool(secret)),
+        redirect_uri=_redirect_uri(),
+        code=code,
+        verifier=verifier,
+    )
+
+
+def userinfo(doc: Mapping[str, Any], access_token: str, subject: str) -> dict[str, Any]:
     url = doc.get("userinfo_endpoint")
     if not isinstance(url, str) or not access_token:
         return {}
@@ -516,10 +590,10 @@ def callback() -> Response:
             nonce=transaction.data.get("nonce", ""),
             doc=doc,
         )
-        userinfo = (
-            {} if "email" in claims else _userinfo(doc, str(token.get("access_token") or ""), claims["sub"])
+        extra = (
+            {} if "email" in claims else userinfo(doc, str(token.get("access_token") or ""), claims["sub"])
         )
-        identity = identity_from(claims, userinfo)
+        identity = identity_from(claims, extra)
     except TokenRefused as err:
         return login_failed(tenant_id, connection_id, err.reason, err.detail)
     except AppError as err:  # discovery or the JWKS failed
