@@ -600,7 +600,10 @@ def test_require_sso_refuses_passwords_except_break_glass_owners(client, api, db
     user = db_session.get(User, alice.id)
     user.password_hash = services(app).passwords.hash(TEST_PASSWORD)
     db_session.flush()
-    assert api.login("alice@sso-req.test").status_code == 200  # require_sso is off
+    before = api.login("alice@sso-req.test")  # require_sso is off: a password session
+    assert before.status_code == 200
+    alice_access, alice_refresh = before.get_json()["access_token"], before.get_json()["refresh_token"]
+    owner_refresh = api.login(body["user"]["email"]).get_json()["refresh_token"]
     # break-glass entries must be owners
     r = client.patch(
         "/api/v1/tenant", json={"settings": {"sso_break_glass": ["alice@sso-req.test"]}}, headers=h
@@ -613,6 +616,17 @@ def test_require_sso_refuses_passwords_except_break_glass_owners(client, api, db
     )
     assert r.status_code == 200, r.get_json()
     assert_problem(api.login("alice@sso-req.test"), 403, "sso_required")
+    # the password session opened before ends with the change, its access token at once; the
+    # break-glass owner's goes on
+    assert client.get("/api/v1/me", headers=api.auth(alice_access)).status_code == 401
+    refresh = {"grant_type": "refresh_token"}
+    refreshed = client.post("/oauth/token", data={**refresh, "refresh_token": alice_refresh})
+    assert refreshed.status_code == 400 and refreshed.get_json()["error"] == "invalid_grant"
+    r = client.post("/oauth/token", data={**refresh, "refresh_token": owner_refresh})
+    assert r.status_code == 200, r.get_json()
+    events = _events(client, h, "auth.sessions_revoked")
+    [ended] = [e for e in events if e["data"].get("reason") == "require_sso"]
+    assert ended["data"]["revoked"] == 1
     assert_problem(api.login("alice@sso-req.test", "wrong password"), 401, "invalid_credentials")
     # the domain's tenant governs the account, whichever tenant the sign-in is for
     other = api.signup("sso-req-other", email="owner@sso-req-other.test")
@@ -663,14 +677,15 @@ def test_require_sso_refuses_passkey_sign_in_except_break_glass_owners(client, a
     device = Passkey(uv=True, synced=True)
     assert _register(client, h, device).status_code == 201
     _create(client, h, idp, domains=["sso-pk.test"])
-    r = client.patch("/api/v1/tenant", json={"settings": {"require_sso": True}}, headers=h)
-    assert r.status_code == 200, r.get_json()
-    assert_problem(_passwordless(client, device), 403, "sso_required")
-    r = client.patch(
-        "/api/v1/tenant", json={"settings": {"sso_break_glass": [body["user"]["id"]]}}, headers=h
-    )
+    # the owner names themselves break-glass as they turn it on (else their own password
+    # session would end with the change, like every other one of the domain's users)
+    settings = {"require_sso": True, "sso_break_glass": [body["user"]["id"]]}
+    r = client.patch("/api/v1/tenant", json={"settings": settings}, headers=h)
     assert r.status_code == 200, r.get_json()
     assert _passwordless(client, device).status_code == 200
+    r = client.patch("/api/v1/tenant", json={"settings": {"sso_break_glass": []}}, headers=h)
+    assert r.status_code == 200, r.get_json()
+    assert_problem(_passwordless(client, device), 403, "sso_required")
 
 
 def test_an_idp_that_cannot_be_reached_leaves_the_user_on_the_login_page(client, api, db_session, idp):

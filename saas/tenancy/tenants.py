@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth import service as auth_service
+from saas.auth.sso.policy import end_sessions_without_sso
 from saas.auth.stepup import step_up_for
 from saas.errors import ValidationError
 from saas.identity.models import Membership, Tenant, User
@@ -21,8 +22,9 @@ def update_tenant(ctx: ActionContext, body: dict[str, Any]) -> Tenant:
 
     A settings change needs step-up (RFC 9470), checked before anything changes; turning
     ``require_mfa`` on ends the sessions signed in without a second factor (their access tokens
-    included). Audited as ``tenant.updated`` with ``{field: {"from", "to"}}`` (and
-    ``auth.sessions_revoked``) when something changed.
+    included), and turning ``require_sso`` on those of its SSO domains' users signed in without
+    SSO (:func:`saas.auth.sso.policy.end_sessions_without_sso`). Audited as ``tenant.updated``
+    with ``{field: {"from", "to"}}`` (and ``auth.sessions_revoked``) when something changed.
 
     Raises:
         InsufficientUserAuthentication: a settings change without a recent sign-in.
@@ -42,7 +44,20 @@ def update_tenant(ctx: ActionContext, body: dict[str, Any]) -> Tenant:
         check_break_glass(ctx.session, tenant, body["settings"])
         changes["settings"] = body["settings"]
         mfa_on = merged.get("require_mfa") and not (tenant.settings or {}).get("require_mfa")
+        sso_on = merged.get("require_sso") and not (tenant.settings or {}).get("require_sso")
         tenant.settings = merged
+        if sso_on:
+            # password and passkey sessions of the SSO domains' users end now (break-glass owners
+            # keep theirs), access tokens included: the rule holds from the change, not from
+            # their next sign-in
+            ended = end_sessions_without_sso(ctx.session, tenant)
+            ctx.record(
+                AuditAction.AUTH_SESSIONS_REVOKED,
+                tenant_id=tenant.id,
+                target_type="tenant",
+                target_id=tenant.id,
+                data={"reason": "require_sso", "revoked": ended},
+            )
         if mfa_on:
             # sessions signed in without a second factor end now, access tokens included
             revoked = auth_service.revoke_sessions_without_mfa(ctx.session, tenant.id)

@@ -15,10 +15,13 @@ is an active owner of the tenant at the time of the sign-in keeps password and p
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from saas.auth.sso.connections import connection_for_email
+from saas.auth import browser_sessions
+from saas.auth.models import BrowserSession, RefreshToken
+from saas.auth.sessions import revoke_tokens
+from saas.auth.sso.connections import connection_for_email, live_domains
 from saas.errors import ErrorCode, Forbidden
 from saas.identity.models import Membership, SsoConnection, Tenant, User
 
@@ -69,3 +72,47 @@ def check_sso_not_required(session: Session, user: User) -> None:
             "Your organisation requires single sign-on: sign in through its identity provider "
             "(enter your email on the sign-in page and continue without a password)."
         )
+
+
+def end_sessions_without_sso(session: Session, tenant: Tenant, reason: str = "sso_required") -> int:
+    """End the sessions that ``require_sso``, just turned on, would not have let start: of every
+    user whose address is on one of the tenant's enabled connections' (live) domains, except
+    its break-glass owners, each refresh-token family and hosted sign-in whose ``amr`` has no
+    ``sso`` (a password or a passkey), in every tenant (the domain's tenant governs the account:
+    see the module's doc), with their access tokens. Sessions from SSO go on. Returns how many
+    refresh tokens were revoked.
+    """
+    domains: set[str] = set()
+    for connection in session.scalars(
+        select(SsoConnection).where(SsoConnection.tenant_id == tenant.id, SsoConnection.enabled.is_(True))
+    ):
+        domains |= live_domains(session, connection)
+    if not domains:
+        return 0
+    users = [
+        user
+        for user in session.scalars(
+            select(User).where(func.lower(func.split_part(User.email, "@", 2)).in_(sorted(domains)))
+        )
+        if not is_break_glass(session, tenant, user)
+    ]
+    if not users:
+        return 0
+    ids = [user.id for user in users]
+    families = {
+        family
+        for family, amr in session.execute(
+            select(RefreshToken.family_id, RefreshToken.amr).where(
+                RefreshToken.user_id.in_(ids), RefreshToken.revoked_at.is_(None)
+            )
+        )
+        if "sso" not in (amr or ())
+    }
+    revoked = revoke_tokens(session, RefreshToken.family_id.in_(families), reason=reason) if families else 0
+    for row in session.scalars(
+        select(BrowserSession).where(BrowserSession.user_id.in_(ids), BrowserSession.ended_at.is_(None))
+    ):
+        if "sso" not in (row.amr or ()):
+            browser_sessions.end(session, row, reason)
+    session.flush()
+    return revoked
