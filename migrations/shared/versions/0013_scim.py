@@ -110,7 +110,10 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["saas.users.id"], name=op.f("fk_scim_group_members_user_id_users"), ondelete="CASCADE"
+            ["user_id"],
+            ["saas.users.id"],
+            name=op.f("fk_scim_group_members_user_id_users"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scim_group_members")),
         sa.UniqueConstraint("group_id", "user_id", name="uq_scim_group_members_group_user"),
