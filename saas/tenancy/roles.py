@@ -39,6 +39,7 @@ from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth.context import Principal
 from saas.billing.entitlements import check_feature
+from saas.db import tenant_row
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, ValidationError
 from saas.identity.models import CustomRole, Membership, SsoConnection, Tenant, custom_role_permissions
 from saas.rbac import PERMISSIONS, ROLE_ORDER, ROLES, can_grant
@@ -137,13 +138,7 @@ def get_role(session: Session, tenant_id: uuid.UUID, role_id: uuid.UUID, *, lock
     """
     if role_id in BUILTIN_IDS:
         raise _read_only(BUILTIN_IDS[role_id])
-    query = select(CustomRole).where(CustomRole.id == role_id, CustomRole.tenant_id == tenant_id)
-    if lock:
-        query = query.with_for_update()
-    row = session.scalars(query).first()
-    if row is None:
-        raise NotFound("No such role in this tenant.")
-    return row
+    return tenant_row(session, CustomRole, tenant_id, role_id, noun="role", lock=lock)
 
 
 def view_role(session: Session, tenant_id: uuid.UUID, role_id: uuid.UUID) -> RoleView:
