@@ -22,23 +22,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, Response, g, has_app_context
 from sqlalchemy import JSON, Connection, Engine, MetaData, create_engine, event, exc
+from sqlalchemy import select as sql_select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session
-from sqlalchemy.sql import Select, visitors
+from sqlalchemy.sql import ColumnElement, Select, visitors
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ColumnClause, TextClause
 from sqlalchemy.sql.functions import FunctionElement
 
+from saas.errors import NotFound
 from saas.memo import Memo
 from saas.services import services
 
 SHARED_SCHEMA = "saas"
 TENANT_PLACEHOLDER = "tenant"
 _SCHEMA_RE = re.compile(r"^t_[0-9a-f]{32}$")
+
+#: a mapped class (:func:`tenant_row`, :func:`tenant_rows`)
+T = TypeVar("T")
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -87,6 +92,45 @@ def check_schema_name(name: str) -> str:
 def translate_map(schema: str | None) -> dict[str, str]:
     """``schema_translate_map`` for a tenant schema, or one that keeps the placeholder (fails loudly)."""
     return {TENANT_PLACEHOLDER: check_schema_name(schema) if schema else TENANT_PLACEHOLDER}
+
+
+def tenant_rows(
+    session: Session, model: type[T], tenant_id: uuid.UUID, *order_by: Any, where: tuple[Any, ...] = ()
+) -> list[T]:
+    """The rows of ``model`` (a table with a ``tenant_id`` column) owned by ``tenant_id``, in
+    ``order_by`` order (columns or ``column.desc()``), filtered further by ``where``."""
+    query = sql_select(model).where(model.tenant_id == tenant_id, *where)  # type: ignore[attr-defined]
+    return list(session.scalars(query.order_by(*order_by)))
+
+
+def tenant_row(
+    session: Session,
+    model: type[T],
+    tenant_id: uuid.UUID,
+    row_id: Any,
+    *,
+    noun: str,
+    detail: str | None = None,
+    key: ColumnElement[Any] | Any = None,
+    where: tuple[Any, ...] = (),
+    lock: bool = False,
+) -> T:
+    """The row of ``model`` whose ``key`` column (default ``model.id``) is ``row_id`` and which
+    ``tenant_id`` owns (tenant isolation, invariant 1: another tenant's row is the same 404 as a
+    missing one); ``where`` narrows it further (e.g. to its creator), ``lock`` reads it
+    ``FOR UPDATE``.
+
+    Raises:
+        NotFound: no such row; detail ``detail``, else ``"No such <noun> in this tenant."``.
+    """
+    column = model.id if key is None else key  # type: ignore[attr-defined]
+    query = sql_select(model).where(column == row_id, model.tenant_id == tenant_id, *where)  # type: ignore[attr-defined]
+    if lock:
+        query = query.with_for_update()
+    row = session.scalars(query).first()
+    if row is None:
+        raise NotFound(detail or f"No such {noun} in this tenant.")
+    return row
 
 
 class Database:

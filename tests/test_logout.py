@@ -4,6 +4,7 @@ with PyJWT against the published JWKS)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import uuid
 from collections import deque
@@ -663,8 +664,8 @@ def test_delivery_connects_to_the_address_it_checked(monkeypatch):
         connected.append(address)
         raise ConnectionRefusedError(111, "refused")
 
-    monkeypatch.setattr(backchannel.socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(backchannel.socket, "create_connection", create_connection)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
     with pytest.raises(backchannel.DeliveryError) as err:
         backchannel.deliver("https://rp.example/bc", "t", allow_private=False)
     assert connected == [("93.184.216.34", 443)]

@@ -60,8 +60,8 @@ from saas.auth.models import ApiKey
 from saas.cache.core import MISS
 from saas.cache.guard import RedisUnavailable
 from saas.cache.namespace import TenantKeys
-from saas.db import utcnow
-from saas.errors import ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
+from saas.db import tenant_row, tenant_rows, utcnow
+from saas.errors import ErrorCode, Forbidden, Unauthorized, ValidationError
 from saas.memo import Memo
 from saas.rbac import PERMISSIONS
 from saas.security import token_hash
@@ -378,10 +378,8 @@ def _api_key_forbidden() -> Forbidden:
 
 def list_keys(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> list[ApiKey]:
     """The tenant's keys, newest first: only ``user_id``'s, or all of them (None)."""
-    stmt = select(ApiKey).where(ApiKey.tenant_id == tenant_id)
-    if user_id is not None:
-        stmt = stmt.where(ApiKey.created_by == user_id)
-    return list(session.scalars(stmt.order_by(ApiKey.created_at.desc(), ApiKey.id)))
+    mine = (ApiKey.created_by == user_id,) if user_id is not None else ()
+    return tenant_rows(session, ApiKey, tenant_id, ApiKey.created_at.desc(), ApiKey.id, where=mine)
 
 
 def get_key(session: Session, tenant_id: uuid.UUID, key_id: uuid.UUID, user_id: uuid.UUID | None) -> ApiKey:
@@ -391,10 +389,10 @@ def get_key(session: Session, tenant_id: uuid.UUID, key_id: uuid.UUID, user_id: 
         NotFound: no such key in the tenant (another tenant's, or someone else's without
             ``members:manage``).
     """
-    row = session.get(ApiKey, key_id)
-    if row is None or row.tenant_id != tenant_id or (user_id is not None and row.created_by != user_id):
-        raise NotFound("No such API key.")
-    return row
+    mine = (ApiKey.created_by == user_id,) if user_id is not None else ()
+    return tenant_row(
+        session, ApiKey, tenant_id, key_id, where=mine, noun="API key", detail="No such API key."
+    )
 
 
 def revoke(ctx: ActionContext, row: ApiKey) -> None:

@@ -22,10 +22,7 @@ The worker's handler (:mod:`saas.worker.backchannel`) records every attempt as a
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import secrets
-import socket
-import ssl
 import time
 import uuid
 from collections.abc import Iterable
@@ -38,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas import outbox
+from saas.auth import outbound
 from saas.auth.keys import KeyStore
 from saas.auth.models import OAuthClient
 
@@ -149,39 +147,6 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
-def _public_address(host: str, port: int) -> str:
-    """The address to connect to for ``host``: every address it resolves to must be public
-    (production SSRF guard), and the connection then goes to the checked one, so a second DNS
-    answer (rebinding) cannot point it elsewhere.
-
-    Raises:
-        DeliveryError: the name does not resolve (retried), or resolves to a non-public address
-            (permanent). The message names neither the addresses nor the port: it is stored and
-            audited where the tenant's admins read it.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        raise DeliveryError("the host name does not resolve") from None
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    if not addresses or not all(address.is_global for address in addresses):
-        raise DeliveryError("the host resolves to a non-public address", permanent=True)
-    return str(addresses[0])
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection to ``address`` (checked) whose certificate must name the URI's host
-    (SNI and hostname verification against ``host``, not the address)."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
-
-
 def deliver(uri: str, token: str, *, allow_private: bool, timeout: float = TIMEOUT) -> int:
     """POST ``logout_token=<token>`` (``application/x-www-form-urlencoded``, section 2.5) to
     ``uri``; returns the 2xx status. Redirects are not followed (a 3xx is a failure).
@@ -197,16 +162,13 @@ def deliver(uri: str, token: str, *, allow_private: bool, timeout: float = TIMEO
     if not allow_private and parts.scheme != "https":
         raise DeliveryError("only https destinations outside development", permanent=True)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    conn: http.client.HTTPConnection
-    if not allow_private:
-        conn = _PinnedHTTPSConnection(parts.hostname, port, _public_address(parts.hostname, port), timeout)
-    elif parts.scheme == "https":
-        conn = http.client.HTTPSConnection(
-            parts.hostname, port, timeout=timeout, context=ssl.create_default_context()
-        )
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn = outbound.connection(parts, port, allow_private=allow_private, timeout=timeout)
+    except outbound.Unresolvable as exc:  # retried: DNS may answer later
+        raise DeliveryError(str(exc)) from None
+    except outbound.NotPublic as exc:
+        raise DeliveryError(str(exc), permanent=True) from None
+    path = outbound.request_target(parts)
     body = urlencode({"logout_token": token})
     try:
         conn.request(

@@ -33,8 +33,8 @@ from saas.audit import AuditAction
 from saas.auth import backchannel, revocation
 from saas.auth.models import OAuthClient, RefreshToken
 from saas.auth.sessions import revoke_tokens
-from saas.db import utcnow
-from saas.errors import AppError, ErrorCode, NotFound, ValidationError
+from saas.db import tenant_row, utcnow
+from saas.errors import AppError, ErrorCode, ValidationError
 from saas.rbac import ROLES
 from saas.security import random_token, token_hash
 from saas.services import services
@@ -186,12 +186,10 @@ def create_client(
 
 def get_client(session: Session, tenant_id: uuid.UUID, client_id: str) -> OAuthClient:
     """The tenant's client; another tenant's client is a 404 like a missing one."""
-    client = session.scalars(
-        select(OAuthClient).where(OAuthClient.client_id == client_id, OAuthClient.tenant_id == tenant_id)
-    ).first()
-    if client is None:
-        raise NotFound("No such client.")
-    return client
+    return tenant_row(
+        session, OAuthClient, tenant_id, client_id, key=OAuthClient.client_id, noun="client",
+        detail="No such client.",
+    )
 
 
 def update_client(ctx: ActionContext, client: OAuthClient, data: dict[str, Any]) -> OAuthClient:

@@ -486,3 +486,17 @@ def require_feature(feature: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+def require_feature_admin(permission: str, feature: str) -> Callable[[F], F]:
+    """Decorator: the gate of a plan feature's management endpoint (SSO, SCIM, domains, custom
+    roles), outermost first: ``require(permission)`` (401, 403 ``permission_denied``),
+    ``require_verified_email`` (403 ``email_not_verified``), :func:`require_feature` (402
+    ``entitlement_required``). The same three decorators stacked by hand, so each records and
+    documents what it does; ``@require_step_up()`` goes below it where the action needs one."""
+    from saas.auth.context import require, require_verified_email
+
+    def decorator(view: F) -> F:
+        return require(permission)(require_verified_email(require_feature(feature)(view)))
+
+    return decorator

@@ -14,9 +14,9 @@ from flask.views import MethodView
 from saas import db
 from saas.actions import ActionContext
 from saas.api import Blueprint
-from saas.auth.context import current_principal, require, require_verified_email
+from saas.auth.context import current_principal
 from saas.auth.stepup import require_step_up
-from saas.billing.entitlements import require_feature
+from saas.billing.entitlements import require_feature_admin
 from saas.scim import service, tokens
 
 blp = Blueprint("scim_admin", __name__, url_prefix="/api/v1/scim", description="SCIM 2.0 provisioning setup")
@@ -60,17 +60,13 @@ class ScimSettingsSchema(ma.Schema):
 
 @blp.route("/tokens")
 class Tokens(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @blp.response(200, ScimTokenSchema(many=True))
     def get(self):
         """The tenant's SCIM tokens, revoked ones included, never their secrets."""
         return [tokens.to_public(t) for t in tokens.list_tokens(db.session(), current_principal().tenant_id)]
 
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.arguments(ScimTokenInSchema)
     @blp.response(201, NewScimTokenSchema)
@@ -90,9 +86,7 @@ class Tokens(MethodView):
 
 @blp.route("/tokens/<uuid:token_id>")
 class TokenItem(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.response(204)
     @blp.alt_response(404, description="No such token in this tenant")
@@ -103,17 +97,13 @@ class TokenItem(MethodView):
 
 @blp.route("/settings")
 class Settings(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @blp.response(200, ScimSettingsSchema)
     def get(self):
         """How SCIM groups map to roles, and the default role."""
         return service.settings_to_public(service.get_settings(db.session(), current_principal().tenant_id))
 
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.arguments(ScimSettingsSchema)
     @blp.response(200, ScimSettingsSchema)

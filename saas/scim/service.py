@@ -409,23 +409,34 @@ def user_model(
         id=str(su.user_id),
         userName=su.user_name,
         active=membership.status == "active",
-        meta={
-            "resourceType": "User",
-            "created": su.created_at.isoformat(),
-            "lastModified": su.updated_at.isoformat(),
-            "location": _user_location(scope, su.user_id),
-            "version": etag(su.version),
-        },
+        meta=_meta("User", su, _user_location(scope, su.user_id)),
     )
     if omitted:
         data.pop("active")
     if groups is None:
         groups = _user_groups(scope, [su.user_id]).get(su.user_id, [])
-    if groups:
-        data["groups"] = groups
-    else:
-        data.pop("groups", None)
+    _set_or_drop(data, "groups", groups)
     return UserModel.model_validate(data)
+
+
+def _meta(resource_type: str, row: ScimUser | ScimGroup, location: str) -> dict[str, Any]:
+    """A resource's ``meta`` (RFC 7643 section 3.1): its type, times, location and version."""
+    return {
+        "resourceType": resource_type,
+        "created": row.created_at.isoformat(),
+        "lastModified": row.updated_at.isoformat(),
+        "location": location,
+        "version": etag(row.version),
+    }
+
+
+def _set_or_drop(data: dict[str, Any], name: str, values: list[dict[str, Any]]) -> None:
+    """``data[name] = values``, or no ``name`` at all when there are none (an empty multi-valued
+    attribute is left out, RFC 7643 section 2.5)."""
+    if values:
+        data[name] = values
+    else:
+        data.pop(name, None)
 
 
 def get_user(scope: Scope, user_id: Any):
@@ -443,7 +454,6 @@ def list_users(
     sort_order: str | None,
 ) -> tuple[int, int, list[Any]]:
     """``(totalResults, startIndex, resources)`` of a query (RFC 7644 section 3.4.2)."""
-    start, n = _page(start_index, count)
     base = (
         select(ScimUser, Membership)
         .join(
@@ -452,18 +462,40 @@ def list_users(
         )
         .where(ScimUser.tenant_id == scope.tenant.id)
     )
-    if filter:
-        base = base.where(filters.where(filter, USER_ATTRS))
-    total = scope.session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    order = filters.sort_column(sort_by, USER_ATTRS) if sort_by else ScimUser.created_at
-    order = order.desc() if (sort_order or "").lower() == "descending" else order.asc()
-    rows = (
-        scope.session.execute(base.order_by(order, ScimUser.user_id).offset(start - 1).limit(n)).all()
-        if n
-        else []
-    )
+    total, start, rows = _search(
+        scope, base, USER_ATTRS, ScimUser.created_at, ScimUser.user_id,
+        filter=filter, start_index=start_index, count=count, sort_by=sort_by, sort_order=sort_order,
+    )  # fmt: skip
     groups = _user_groups(scope, [r[0].user_id for r in rows])
     return total, start, [user_model(scope, su, m, groups.get(su.user_id, [])) for su, m in rows]
+
+
+def _search(
+    scope: Scope,
+    base: Any,
+    attrs: Any,
+    default_order: Any,
+    tiebreak: Any,
+    *,
+    filter: str | None,
+    start_index: int | None,
+    count: int | None,
+    sort_by: str | None,
+    sort_order: str | None,
+) -> tuple[int, int, list[Any]]:
+    """``(totalResults, startIndex, rows)`` of the ``base`` select of one resource type
+    (RFC 7644 section 3.4.2): narrowed by ``filter`` (section 3.4.2.2, over ``attrs``), sorted
+    by ``sort_by``/``sort_order`` (section 3.4.2.3; default ``default_order``, ascending) then
+    ``tiebreak``, paged by ``start_index``/``count`` (section 3.4.2.4). Rows are
+    :class:`~sqlalchemy.Row` objects (no query when ``count`` is 0)."""
+    start, n = _page(start_index, count)
+    if filter:
+        base = base.where(filters.where(filter, attrs))
+    total = scope.session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    order = filters.sort_column(sort_by, attrs) if sort_by else default_order
+    order = order.desc() if (sort_order or "").lower() == "descending" else order.asc()
+    rows = scope.session.execute(base.order_by(order, tiebreak).offset(start - 1).limit(n)).all() if n else []
+    return total, start, rows
 
 
 def _primary_email(model: Any) -> str | None:
@@ -480,20 +512,28 @@ def _primary_email(model: Any) -> str | None:
     return None
 
 
+def _taken(scope: Scope, column: Any, id_column: Any, name: str, self_id: uuid.UUID | None) -> bool:
+    """Whether another resource of the tenant (not ``self_id``) has ``name`` in ``column``,
+    compared case-insensitively (``userName`` and ``displayName`` are ``caseExact: false``,
+    RFC 7643 sections 4.1.1 and 4.2)."""
+    model = column.class_
+    clash = scope.session.scalar(
+        select(id_column).where(
+            model.tenant_id == scope.tenant.id,
+            func.lower(column) == name.lower(),
+            *([id_column != self_id] if self_id is not None else []),
+        )
+    )
+    return clash is not None
+
+
 def _check_user_name(scope: Scope, user_name: str | None, self_id: uuid.UUID | None) -> str:
     name = (user_name or "").strip()
     if not name:
         raise InvalidValueException(detail="userName is required (RFC 7643 section 4.1.1).")
     if len(name) > 320:
         raise InvalidValueException(detail="userName is at most 320 characters.")
-    clash = scope.session.scalar(
-        select(ScimUser.user_id).where(
-            ScimUser.tenant_id == scope.tenant.id,
-            func.lower(ScimUser.user_name) == name.lower(),
-            *([ScimUser.user_id != self_id] if self_id is not None else []),
-        )
-    )
-    if clash is not None:
+    if _taken(scope, ScimUser.user_name, ScimUser.user_id, name, self_id):
         raise UniquenessException(detail=f"userName {name!r} is taken in this tenant.")
     return name
 
@@ -789,20 +829,11 @@ def group_model(scope: Scope, group: ScimGroup, members_: list[dict[str, Any]] |
     data.update(
         id=str(group.id),
         displayName=group.display_name,
-        meta={
-            "resourceType": "Group",
-            "created": group.created_at.isoformat(),
-            "lastModified": group.updated_at.isoformat(),
-            "location": f"{scope.base_url}/Groups/{group.id}",
-            "version": etag(group.version),
-        },
+        meta=_meta("Group", group, f"{scope.base_url}/Groups/{group.id}"),
     )
     if members_ is None:
         members_ = _group_members(scope, [group.id]).get(group.id, [])
-    if members_:
-        data["members"] = members_
-    else:
-        data.pop("members", None)
+    _set_or_drop(data, "members", members_)
     return GroupModel.model_validate(data)
 
 
@@ -820,18 +851,13 @@ def list_groups(
     sort_by: str | None,
     sort_order: str | None,
 ) -> tuple[int, int, list[Any]]:
-    start, n = _page(start_index, count)
+    """``(totalResults, startIndex, resources)`` of a query (RFC 7644 section 3.4.2)."""
     base = select(ScimGroup).where(ScimGroup.tenant_id == scope.tenant.id)
-    if filter:
-        base = base.where(filters.where(filter, GROUP_ATTRS))
-    total = scope.session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    order = filters.sort_column(sort_by, GROUP_ATTRS) if sort_by else ScimGroup.created_at
-    order = order.desc() if (sort_order or "").lower() == "descending" else order.asc()
-    rows = (
-        list(scope.session.scalars(base.order_by(order, ScimGroup.id).offset(start - 1).limit(n)))
-        if n
-        else []
-    )
+    total, start, found = _search(
+        scope, base, GROUP_ATTRS, ScimGroup.created_at, ScimGroup.id,
+        filter=filter, start_index=start_index, count=count, sort_by=sort_by, sort_order=sort_order,
+    )  # fmt: skip
+    rows = [row[0] for row in found]
     members_of = _group_members(scope, [g.id for g in rows])
     return total, start, [group_model(scope, g, members_of.get(g.id, [])) for g in rows]
 
@@ -842,14 +868,7 @@ def _check_display_name(scope: Scope, name: str | None, self_id: uuid.UUID | Non
         raise InvalidValueException(
             detail="displayName is required, at most 320 characters (RFC 7643 section 4.2)."
         )
-    clash = scope.session.scalar(
-        select(ScimGroup.id).where(
-            ScimGroup.tenant_id == scope.tenant.id,
-            func.lower(ScimGroup.display_name) == name.lower(),
-            *([ScimGroup.id != self_id] if self_id is not None else []),
-        )
-    )
-    if clash is not None:
+    if _taken(scope, ScimGroup.display_name, ScimGroup.id, name, self_id):
         raise UniquenessException(detail=f"A Group named {name!r} exists in this tenant.")
     return name
 

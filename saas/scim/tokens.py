@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from saas.actions import ActionContext
 from saas.audit import AuditAction
-from saas.db import utcnow
-from saas.errors import NotFound, ValidationError
+from saas.db import tenant_row, tenant_rows, utcnow
+from saas.errors import ValidationError
 from saas.identity.models import Tenant
 from saas.scim.models import ScimToken
 from saas.security import random_token, token_hash
@@ -81,11 +81,7 @@ def create_token(ctx: ActionContext, tenant_id: uuid.UUID, name: str) -> IssuedT
 
 def list_tokens(session: Session, tenant_id: uuid.UUID) -> list[ScimToken]:
     """The tenant's tokens, revoked ones included, oldest first."""
-    return list(
-        session.scalars(
-            select(ScimToken).where(ScimToken.tenant_id == tenant_id).order_by(ScimToken.created_at)
-        )
-    )
+    return tenant_rows(session, ScimToken, tenant_id, ScimToken.created_at)
 
 
 def revoke_token(ctx: ActionContext, tenant_id: uuid.UUID, token_id: uuid.UUID) -> ScimToken:
@@ -94,11 +90,7 @@ def revoke_token(ctx: ActionContext, tenant_id: uuid.UUID, token_id: uuid.UUID) 
     Raises:
         NotFound: no such token in this tenant (another tenant's is a 404 too).
     """
-    row = ctx.session.scalars(
-        select(ScimToken).where(ScimToken.id == token_id, ScimToken.tenant_id == tenant_id)
-    ).first()
-    if row is None:
-        raise NotFound("No such SCIM token in this tenant.")
+    row = tenant_row(ctx.session, ScimToken, tenant_id, token_id, noun="SCIM token")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         ctx.record(

@@ -11,6 +11,9 @@ error, so a refused request changes nothing. The tenant's plan must include ``ss
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 from flask import Blueprint, Response, g, request
 from scim2_models import (
@@ -237,26 +240,12 @@ def search_all() -> Response:
 
 @blp.route("/Users", methods=["GET", "POST"])
 def users() -> Response:
-    if request.method == "POST":
-        model, version = service.create_user(_scope(), _body())
-        return _one(model, version, 201)
-    return _list(*service.list_users(_scope(), **_query_args()))
+    return _collection(service.create_user, service.list_users)
 
 
 @blp.route("/Users/<user_id>", methods=["GET", "PUT", "PATCH", "DELETE"])
 def user(user_id: str) -> Response:
-    scope, if_match = _scope(), request_header("If-Match") or None
-    if request.method == "GET":
-        model, version = service.get_user(scope, user_id)
-        if _not_modified(version):
-            return Response(status=304, headers={"ETag": service.etag(version)})
-        return _one(model, version)
-    if request.method == "PUT":
-        return _one(*service.replace_user(scope, user_id, _body(), if_match))
-    if request.method == "PATCH":
-        return _one(*service.patch_user(scope, user_id, _body(), if_match))
-    service.delete_user(scope, user_id, if_match)
-    return Response(status=204)
+    return _resource(user_id, service.get_user, service.replace_user, service.patch_user, service.delete_user)
 
 
 # --- Groups ----------------------------------------------------------------------------------
@@ -264,25 +253,45 @@ def user(user_id: str) -> Response:
 
 @blp.route("/Groups", methods=["GET", "POST"])
 def groups() -> Response:
-    if request.method == "POST":
-        model, version = service.create_group(_scope(), _body())
-        return _one(model, version, 201)
-    return _list(*service.list_groups(_scope(), **_query_args()))
+    return _collection(service.create_group, service.list_groups)
 
 
 @blp.route("/Groups/<group_id>", methods=["GET", "PUT", "PATCH", "DELETE"])
 def group(group_id: str) -> Response:
+    return _resource(
+        group_id, service.get_group, service.replace_group, service.patch_group, service.delete_group
+    )
+
+
+def _collection(create: Callable[..., Any], search: Callable[..., Any]) -> Response:
+    """A resource type's endpoint: ``POST`` creates (201, RFC 7644 section 3.3), ``GET`` queries
+    (section 3.4.2)."""
+    if request.method == "POST":
+        model, version = create(_scope(), _body())
+        return _one(model, version, 201)
+    return _list(*search(_scope(), **_query_args()))
+
+
+def _resource(
+    resource_id: str,
+    get: Callable[..., Any],
+    replace: Callable[..., Any],
+    patch: Callable[..., Any],
+    delete: Callable[..., Any],
+) -> Response:
+    """One resource's endpoint: ``GET`` (304 on a matching ``If-None-Match``), ``PUT``, ``PATCH``
+    and ``DELETE`` (204), the writes under ``If-Match`` (RFC 7644 sections 3.4.1, 3.5, 3.6, 3.14)."""
     scope, if_match = _scope(), request_header("If-Match") or None
     if request.method == "GET":
-        model, version = service.get_group(scope, group_id)
+        model, version = get(scope, resource_id)
         if _not_modified(version):
             return Response(status=304, headers={"ETag": service.etag(version)})
         return _one(model, version)
     if request.method == "PUT":
-        return _one(*service.replace_group(scope, group_id, _body(), if_match))
+        return _one(*replace(scope, resource_id, _body(), if_match))
     if request.method == "PATCH":
-        return _one(*service.patch_group(scope, group_id, _body(), if_match))
-    service.delete_group(scope, group_id, if_match)
+        return _one(*patch(scope, resource_id, _body(), if_match))
+    delete(scope, resource_id, if_match)
     return Response(status=204)
 
 
@@ -387,10 +396,7 @@ def resource_types() -> Response:
 
 @blp.route("/ResourceTypes/<name>", methods=ALL_METHODS)
 def resource_type(name: str) -> Response:
-    for item in _resource_types():
-        if item["id"] == name:
-            return _json(item)
-    raise NotFoundException(detail=f"No resource type {name!r}.")
+    return _by_id(_resource_types(), name, f"No resource type {name!r}.")
 
 
 @blp.route("/Schemas", methods=ALL_METHODS)
@@ -400,10 +406,15 @@ def schemas() -> Response:
 
 @blp.route("/Schemas/<path:schema_id>", methods=ALL_METHODS)
 def schema(schema_id: str) -> Response:
-    for item in _schemas():
-        if item["id"] == schema_id:
+    return _by_id(_schemas(), schema_id, f"No schema {schema_id!r}.")
+
+
+def _by_id(items: list[dict], wanted: str, detail: str) -> Response:
+    """The discovery resource whose ``id`` is ``wanted``; else a SCIM 404 (RFC 7644 section 4)."""
+    for item in items:
+        if item["id"] == wanted:
             return _json(item)
-    raise NotFoundException(detail=f"No schema {schema_id!r}.")
+    raise NotFoundException(detail=detail)
 
 
 __all__ = ["blp", "error_response"]

@@ -13,9 +13,9 @@ from flask.views import MethodView
 from saas import db
 from saas.actions import ActionContext
 from saas.api import Blueprint
-from saas.auth.context import current_principal, require, require_verified_email
+from saas.auth.context import current_principal
 from saas.auth.stepup import require_step_up
-from saas.billing.entitlements import require_feature
+from saas.billing.entitlements import require_feature_admin
 from saas.services import services
 from saas.tenancy import domains
 
@@ -55,18 +55,14 @@ def _own(domain_id):
 
 @blp.route("/domains")
 class Domains(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @blp.response(200, DomainSchema(many=True))
     def get(self):
         """The tenant's domains, pending and verified."""
         rows = domains.list_domains(db.session(), current_principal().tenant_id)
         return [domains.to_public(d) for d in rows]
 
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.arguments(DomainInSchema)
     @blp.response(201, DomainSchema)
@@ -84,18 +80,14 @@ class Domains(MethodView):
 
 @blp.route("/domains/<uuid:domain_id>")
 class DomainItem(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @blp.response(200, DomainSchema)
     @blp.alt_response(404, description="No such domain in this tenant")
     def get(self, domain_id):
         """One domain of the tenant (another tenant's is a 404)."""
         return domains.to_public(_own(domain_id))
 
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.response(204)
     @blp.alt_response(404, description="No such domain in this tenant")
@@ -106,9 +98,7 @@ class DomainItem(MethodView):
 
 @blp.route("/domains/<uuid:domain_id>/verify")
 class DomainVerify(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.response(200, DomainSchema)
     @blp.alt_response(404, description="No such domain in this tenant")

@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session
 
 from saas.actions import ActionContext
 from saas.audit import AuditAction
-from saas.db import utcnow
-from saas.errors import AppError, Conflict, ErrorCode, NotFound, ServiceUnavailable, ValidationError
+from saas.db import tenant_row, tenant_rows, utcnow
+from saas.errors import AppError, Conflict, ErrorCode, ServiceUnavailable, ValidationError
 from saas.identity.models import VerifiedDomain
 from saas.security import random_token
 
@@ -129,13 +129,7 @@ def to_public(domain: VerifiedDomain) -> dict[str, Any]:
 
 def list_domains(session: Session, tenant_id: uuid.UUID) -> list[VerifiedDomain]:
     """The tenant's domains, oldest first."""
-    return list(
-        session.scalars(
-            select(VerifiedDomain)
-            .where(VerifiedDomain.tenant_id == tenant_id)
-            .order_by(VerifiedDomain.created_at, VerifiedDomain.domain)
-        )
-    )
+    return tenant_rows(session, VerifiedDomain, tenant_id, VerifiedDomain.created_at, VerifiedDomain.domain)
 
 
 def get_domain(session: Session, tenant_id: uuid.UUID, domain_id: uuid.UUID) -> VerifiedDomain:
@@ -144,12 +138,7 @@ def get_domain(session: Session, tenant_id: uuid.UUID, domain_id: uuid.UUID) -> 
     Raises:
         NotFound: no such domain in this tenant (another tenant's is the same 404).
     """
-    row = session.scalars(
-        select(VerifiedDomain).where(VerifiedDomain.id == domain_id, VerifiedDomain.tenant_id == tenant_id)
-    ).first()
-    if row is None:
-        raise NotFound("No such domain in this tenant.")
-    return row
+    return tenant_row(session, VerifiedDomain, tenant_id, domain_id, noun="domain")
 
 
 def _verified_elsewhere(session: Session, tenant_id: uuid.UUID, domain: str) -> bool:

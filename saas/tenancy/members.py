@@ -22,7 +22,7 @@ from saas.auth.context import Principal
 from saas.auth.service import find_user_by_email, revoke_user_sessions
 from saas.auth.stepup import step_up_for
 from saas.billing import service as billing_service
-from saas.db import utcnow
+from saas.db import tenant_row, tenant_rows, utcnow
 from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, Unauthorized, ValidationError
 from saas.identity.models import Invitation, Membership, Tenant, User
 from saas.identity.passwords import Passwords
@@ -37,20 +37,11 @@ def get_membership(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -
     Raises:
         NotFound: no such member in this tenant.
     """
-    membership = session.scalars(
-        select(Membership).where(Membership.tenant_id == tenant_id, Membership.user_id == user_id)
-    ).first()
-    if membership is None:
-        raise NotFound("No such member in this tenant.")
-    return membership
+    return tenant_row(session, Membership, tenant_id, user_id, key=Membership.user_id, noun="member")
 
 
 def list_members(session: Session, tenant_id: uuid.UUID) -> list[Membership]:
-    return list(
-        session.scalars(
-            select(Membership).where(Membership.tenant_id == tenant_id).order_by(Membership.created_at)
-        )
-    )
+    return tenant_rows(session, Membership, tenant_id, Membership.created_at)
 
 
 def _owner_count(session: Session, tenant_id: uuid.UUID) -> int:

@@ -20,7 +20,7 @@ from saas.actions import ActionContext
 from saas.api import Blueprint
 from saas.auth.context import current_principal, require, require_verified_email
 from saas.auth.stepup import check_step_up, require_step_up
-from saas.billing.entitlements import require_feature
+from saas.billing.entitlements import require_feature_admin
 from saas.tenancy import roles
 
 blp = Blueprint("roles", __name__, url_prefix="/api/v1", description="Roles and permissions")
@@ -92,9 +92,7 @@ class Roles(MethodView):
         with its permissions."""
         return [r.to_public() for r in roles.list_roles(db.session(), current_principal().tenant_id)]
 
-    @require("roles:manage")
-    @require_verified_email
-    @require_feature(roles.FEATURE)
+    @require_feature_admin("roles:manage", roles.FEATURE)
     @blp.arguments(RoleInSchema)
     @blp.response(201, RoleViewSchema)
     @blp.alt_response(403, description="permission_not_held: a permission the caller lacks")
@@ -115,9 +113,7 @@ class RoleItem(MethodView):
         """One role, built-in or custom (another tenant's is a 404)."""
         return roles.view_role(db.session(), current_principal().tenant_id, role_id).to_public()
 
-    @require("roles:manage")
-    @require_verified_email
-    @require_feature(roles.FEATURE)
+    @require_feature_admin("roles:manage", roles.FEATURE)
     @blp.arguments(RolePatchSchema)
     @blp.response(200, RoleViewSchema)
     @blp.alt_response(403, description="role_read_only (a built-in role), permission_not_held")

@@ -39,7 +39,8 @@ from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth.context import Principal
 from saas.billing.entitlements import check_feature
-from saas.errors import Conflict, ErrorCode, Forbidden, NotFound, ValidationError
+from saas.db import tenant_row, tenant_rows
+from saas.errors import Conflict, ErrorCode, Forbidden, ValidationError
 from saas.identity.models import CustomRole, Membership, SsoConnection, Tenant, custom_role_permissions
 from saas.rbac import PERMISSIONS, ROLE_ORDER, ROLES, can_grant
 
@@ -121,9 +122,7 @@ def list_roles(session: Session, tenant_id: uuid.UUID) -> list[RoleView]:
         RoleView(builtin_id(n), n, _BUILTIN_DESCRIPTIONS[n], tuple(sorted(ROLES[n])), True, counts.get(n, 0))
         for n in ROLE_ORDER
     ]
-    rows = session.scalars(
-        select(CustomRole).where(CustomRole.tenant_id == tenant_id).order_by(CustomRole.name)
-    )
+    rows = tenant_rows(session, CustomRole, tenant_id, CustomRole.name)
     out += [_view(r, counts.get(r.name, 0)) for r in rows]
     return out
 
@@ -137,13 +136,7 @@ def get_role(session: Session, tenant_id: uuid.UUID, role_id: uuid.UUID, *, lock
     """
     if role_id in BUILTIN_IDS:
         raise _read_only(BUILTIN_IDS[role_id])
-    query = select(CustomRole).where(CustomRole.id == role_id, CustomRole.tenant_id == tenant_id)
-    if lock:
-        query = query.with_for_update()
-    row = session.scalars(query).first()
-    if row is None:
-        raise NotFound("No such role in this tenant.")
-    return row
+    return tenant_row(session, CustomRole, tenant_id, role_id, noun="role", lock=lock)
 
 
 def view_role(session: Session, tenant_id: uuid.UUID, role_id: uuid.UUID) -> RoleView:
@@ -241,7 +234,7 @@ def register_referrer(referrer: RoleReferrer) -> None:
 
 
 def _connections(session: Session, tenant_id: uuid.UUID) -> list[SsoConnection]:
-    return list(session.scalars(select(SsoConnection).where(SsoConnection.tenant_id == tenant_id)))
+    return tenant_rows(session, SsoConnection, tenant_id)
 
 
 def _connections_naming(session: Session, tenant_id: uuid.UUID, name: str) -> list[str]:
@@ -487,9 +480,7 @@ def delete_role(ctx: ActionContext, role: CustomRole, replacement: str | None) -
         PaymentRequired: ``entitlement_required``, a custom replacement without ``custom_roles``.
     """
     session, actor = ctx.session, _actor(ctx)
-    locked = session.scalars(select(CustomRole).where(CustomRole.id == role.id).with_for_update()).first()
-    if locked is None:
-        raise NotFound("No such role in this tenant.")
+    tenant_row(session, CustomRole, role.tenant_id, role.id, noun="role", lock=True)  # gone meanwhile: 404
     _check_not_escalating(actor, role.permissions or ())
     held = (
         session.scalar(

@@ -18,12 +18,12 @@ from flask.views import MethodView
 from saas import db
 from saas.actions import ActionContext
 from saas.api import Blueprint
-from saas.auth.context import current_principal, require, require_verified_email
+from saas.auth.context import current_principal
 from saas.auth.sso import connections
 from saas.auth.sso import oidc as _oidc  # noqa: F401 - registers the oidc protocol
 from saas.auth.sso.directory import register_directory
 from saas.auth.stepup import require_step_up
-from saas.billing.entitlements import require_feature
+from saas.billing.entitlements import require_feature_admin
 from saas.tenancy import members
 
 register_directory(members)
@@ -85,18 +85,14 @@ def _own(connection_id):
 
 @blp.route("/sso/connections")
 class Connections(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @blp.response(200, ConnectionSchema(many=True))
     def get(self):
         """The tenant's SSO connections (secrets never shown: ``has_client_secret``)."""
         rows = connections.list_connections(db.session(), current_principal().tenant_id)
         return [connections.to_public(c) for c in rows]
 
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.arguments(ConnectionCreateSchema)
     @blp.response(201, ConnectionSchema)
@@ -116,18 +112,14 @@ class Connections(MethodView):
 
 @blp.route("/sso/connections/<uuid:connection_id>")
 class ConnectionItem(MethodView):
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @blp.response(200, ConnectionSchema)
     @blp.alt_response(404, description="No such connection in this tenant")
     def get(self, connection_id):
         """One connection of the tenant (another tenant's is a 404)."""
         return connections.to_public(_own(connection_id))
 
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.arguments(ConnectionInSchema)
     @blp.response(200, ConnectionSchema)
@@ -141,9 +133,7 @@ class ConnectionItem(MethodView):
             connections.update_connection(ActionContext.from_request(), _own(connection_id), body)
         )
 
-    @require("sso:manage")
-    @require_verified_email
-    @require_feature("sso")
+    @require_feature_admin("sso:manage", "sso")
     @require_step_up()
     @blp.response(204)
     @blp.alt_response(404, description="No such connection in this tenant")

@@ -33,7 +33,8 @@ from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.auth.sso.directory import directory
 from saas.auth.sso.protocol import protocol_for, protocol_types
-from saas.errors import NotFound, ValidationError
+from saas.db import tenant_row, tenant_rows
+from saas.errors import ValidationError
 from saas.identity.models import SsoConnection, VerifiedDomain
 from saas.security import seal, unseal
 
@@ -48,13 +49,7 @@ COMMON_FIELDS = ("name", "enabled", "domains", "default_role", "role_mapping")
 
 def list_connections(session: Session, tenant_id: uuid.UUID) -> list[SsoConnection]:
     """The tenant's connections, oldest first."""
-    return list(
-        session.scalars(
-            select(SsoConnection)
-            .where(SsoConnection.tenant_id == tenant_id)
-            .order_by(SsoConnection.created_at, SsoConnection.id)
-        )
-    )
+    return tenant_rows(session, SsoConnection, tenant_id, SsoConnection.created_at, SsoConnection.id)
 
 
 def get_connection(session: Session, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> SsoConnection:
@@ -63,12 +58,7 @@ def get_connection(session: Session, tenant_id: uuid.UUID, connection_id: uuid.U
     Raises:
         NotFound: no such connection in this tenant (another tenant's is the same 404).
     """
-    row = session.scalars(
-        select(SsoConnection).where(SsoConnection.id == connection_id, SsoConnection.tenant_id == tenant_id)
-    ).first()
-    if row is None:
-        raise NotFound("No such SSO connection in this tenant.")
-    return row
+    return tenant_row(session, SsoConnection, tenant_id, connection_id, noun="SSO connection")
 
 
 def verified_domains(session: Session, tenant_id: uuid.UUID) -> set[str]:

@@ -6,17 +6,17 @@
 (a second DNS answer cannot rebind it), the certificate checked against the host name, no
 redirects followed, a timeout, and a size cap. ``allow_private`` (the setting
 ``SSO_ALLOW_PRIVATE_URLS``, for development and tests) lifts the scheme and address rules.
-The pattern is :func:`saas.auth.backchannel.deliver`'s (OWASP SSRF Prevention Cheat Sheet:
-allow-list the scheme, resolve and check, pin the address, no redirects).
+The address check and the pinned connection are :mod:`saas.auth.outbound`'s, shared with
+:func:`saas.auth.backchannel.deliver` (OWASP SSRF Prevention Cheat Sheet: allow-list the
+scheme, resolve and check, pin the address, no redirects).
 """
 
 from __future__ import annotations
 
 import http.client
-import ipaddress
-import socket
-import ssl
 from urllib.parse import urlsplit
+
+from saas.auth import outbound
 
 #: seconds one fetch may take to connect and to answer
 TIMEOUT = 5.0
@@ -30,29 +30,6 @@ class FetchRefused(Exception):
 
 class FetchFailed(Exception):
     """The URL was allowed but gave no usable answer (no answer, not 200, too large)."""
-
-
-def _public_address(host: str, port: int) -> str:
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        raise FetchFailed("the host name does not resolve") from None
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    if not addresses or not all(address.is_global for address in addresses):
-        raise FetchRefused("the host resolves to a non-public address")
-    return str(addresses[0])
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to the checked ``address``, with SNI and certificate verification for ``host``."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def fetch_document(
@@ -76,16 +53,13 @@ def fetch_document(
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise FetchRefused("the port is not a number") from None
-    conn: http.client.HTTPConnection
-    if not allow_private:
-        conn = _PinnedHTTPSConnection(parts.hostname, port, _public_address(parts.hostname, port), timeout)
-    elif parts.scheme == "https":
-        conn = http.client.HTTPSConnection(
-            parts.hostname, port, timeout=timeout, context=ssl.create_default_context()
-        )
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn = outbound.connection(parts, port, allow_private=allow_private, timeout=timeout)
+    except outbound.Unresolvable as exc:
+        raise FetchFailed(str(exc)) from None
+    except outbound.NotPublic as exc:
+        raise FetchRefused(str(exc)) from None
+    path = outbound.request_target(parts)
     try:
         conn.request("GET", path, headers={"Accept": accept, "User-Agent": "saas-sso/1"})
         response = conn.getresponse()
