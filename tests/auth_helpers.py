@@ -110,3 +110,22 @@ def code_flow_tokens(client, app_client: dict, email: str) -> dict:
     )
     assert r.status_code == 200, r.get_json()
     return r.get_json()
+
+
+def login_request(client, client_id: str):
+    """``(PKCE verifier, response)`` of a fresh authorization request of the first-party
+    ``client_id`` with ``prompt=login`` (a browser signed in already signs in again), state
+    ``st-1``, no nonce; the response is the redirect to the hosted login page."""
+    verifier, challenge = pkce_pair()
+    params = authorize_params(client_id, challenge, state="st-1", nonce=None, prompt="login")
+    return verifier, client.get("/oauth/authorize", query_string=params)
+
+
+def email_step(client, email: str):
+    """The login page's first step (home realm discovery): ``email`` posted with the page's CSRF
+    token; the response is the redirect to the user's IdP, or the page's password step."""
+    page = client.get("/oauth/login")
+    return client.post(
+        "/oauth/login",
+        data={"email": email, "step": "email", "csrf_token": csrf_of(page.get_data(as_text=True))},
+    )

@@ -31,6 +31,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -38,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import pytest
 import time_machine
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -344,3 +346,24 @@ def _wrap(xml: str, email: str, *, new_id: bool) -> str:
     close = forged.index("</ns2:Signature>")
     forged = forged[:close] + f"<ns2:Object>{original}</ns2:Object>" + forged[close:]
     return xml[:start] + forged + xml[end:]
+
+
+# --- fixtures: import them into the test module (``from tests.saml_idp import idp``) ------------
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[SamlIdp]:
+    """The module's IdP, started once and stopped at the module's end."""
+    server = SamlIdp()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def private_urls(app, monkeypatch):
+    """``SSO_ALLOW_PRIVATE_URLS`` for this test: the test IdP is on http://127.0.0.1."""
+    from saas.services import services
+    from tests.helpers import replace_services
+
+    settings = services(app).settings.with_overrides(sso_allow_private_urls=True)
+    replace_services(monkeypatch, app, settings=settings)

@@ -25,7 +25,7 @@ from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, Membership, SsoConnection, Tenant, User, VerifiedDomain
 from saas.services import services
 from saas.settings import Settings, SettingsError
-from tests.auth_helpers import REDIRECT, csrf_of, pkce_pair, query_of, register_client
+from tests.auth_helpers import REDIRECT, csrf_of, login_request, query_of, register_client
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import assert_problem, bearer, give_plan, replace_services
 from tests.test_sso_oidc import CLIENT_ID, CLIENT_SECRET, FakeProvider, Response_json
@@ -176,23 +176,9 @@ def _authorize(client, h, client_id: str | None = None) -> str:
     """A pending authorization of a (new) first-party client; returns ``client_id verifier``."""
     if client_id is None:
         client_id = register_client(client, h, client_type="public", first_party=True)["client_id"]
-    app_client = {"client_id": client_id}
-    verifier, challenge = pkce_pair()
-    r = client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code",
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-            "scope": "openid email api",
-            "state": "st-1",
-            "prompt": "login",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
-    )
+    verifier, r = login_request(client, client_id)
     assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/login"), r.get_data(as_text=True)
-    return app_client["client_id"] + " " + verifier
+    return client_id + " " + verifier
 
 
 def _start(client, name: str = "fake") -> dict[str, str]:

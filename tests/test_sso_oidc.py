@@ -31,7 +31,15 @@ from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, Membership, SsoConnection, User, VerifiedDomain
 from saas.security import seal, unseal
 from saas.services import services
-from tests.auth_helpers import REDIRECT, csrf_of, pkce_pair, query_of, register_client
+from tests.auth_helpers import (
+    REDIRECT,
+    csrf_of,
+    email_step,
+    login_request,
+    pkce_pair,
+    query_of,
+    register_client,
+)
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import add_member, assert_problem, give_plan, role_headers
 from tests.peers import free_port
@@ -191,26 +199,9 @@ def _start(client, h, email: str = "alice@corp.test") -> tuple[dict[str, str], s
     """Through the hosted pages up to the redirect to the IdP: (its query, the PKCE verifier of
     the SP's own client)."""
     app_client = register_client(client, h, client_type="public", first_party=True)
-    verifier, challenge = pkce_pair()
-    r = client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code",
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-            "scope": "openid email api",
-            "state": "st-1",
-            "prompt": "login",  # a browser signed in already signs in again
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
-    )
+    verifier, r = login_request(client, app_client["client_id"])
     assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/login"), r.get_data(as_text=True)
-    page = client.get("/oauth/login")
-    r = client.post(
-        "/oauth/login",
-        data={"email": email, "step": "email", "csrf_token": csrf_of(page.get_data(as_text=True))},
-    )
+    r = email_step(client, email)
     assert r.status_code == 302, r.get_data(as_text=True)
     return query_of(r.headers["Location"]), app_client["client_id"] + " " + verifier
 
@@ -687,14 +678,6 @@ def test_an_idp_that_cannot_be_reached_leaves_the_user_on_the_login_page(client,
             "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
         },
     )  # fmt: skip
-    page = client.get("/oauth/login")
-    r = client.post(
-        "/oauth/login",
-        data={
-            "email": "alice@corp.test",
-            "step": "email",
-            "csrf_token": csrf_of(page.get_data(as_text=True)),
-        },
-    )
+    r = email_step(client, "alice@corp.test")
     assert r.status_code == 502 and "cannot be reached" in r.get_data(as_text=True)
     assert r.mimetype == "text/html"

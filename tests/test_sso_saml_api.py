@@ -19,22 +19,18 @@ pytest.importorskip("saas.tenancy.sso_views", reason="the connections API lands 
 from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, SsoConnection, VerifiedDomain
 from saas.services import services
-from tests.auth_helpers import REDIRECT, csrf_of, pkce_pair, query_of, register_client
-from tests.helpers import assert_problem, give_plan, replace_services
-from tests.saml_idp import SamlIdp
+from tests import saml_idp
+from tests.auth_helpers import (
+    REDIRECT,
+    email_step,
+    login_request,
+    query_of,
+    register_client,
+)
+from tests.helpers import assert_problem, give_plan
 
-
-@pytest.fixture(scope="module")
-def idp():
-    server = SamlIdp()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def private_urls(app, monkeypatch):
-    settings = services(app).settings.with_overrides(sso_allow_private_urls=True)
-    replace_services(monkeypatch, app, settings=settings)
+idp = saml_idp.idp  # the shared fixture
+private_urls = saml_idp.private_urls  # the shared fixture
 
 
 def _tenant(api, db_session, slug: str):
@@ -112,30 +108,9 @@ def test_home_realm_discovery_signs_in_through_the_saml_idp(client, api, db_sess
     connection_id = created.get_json()["id"]
     idp.trust_sp(client.get(f"/sso/saml/{connection_id}/metadata").get_data(as_text=True))
     app_client = register_client(client, h, client_type="public", first_party=True)
-    verifier, challenge = pkce_pair()
-    r = client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code",
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-            "scope": "openid email api",
-            "state": "st-1",
-            "prompt": "login",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
-    )
+    verifier, r = login_request(client, app_client["client_id"])
     assert r.status_code == 302, r.get_data(as_text=True)
-    page = client.get("/oauth/login")
-    r = client.post(
-        "/oauth/login",
-        data={
-            "email": "ada@saml.example",
-            "step": "email",
-            "csrf_token": csrf_of(page.get_data(as_text=True)),
-        },
-    )
+    r = email_step(client, "ada@saml.example")
     assert r.status_code in (302, 303) and r.headers["Location"].startswith(f"{idp.base}/sso/redirect?"), (
         r.status_code,
         r.headers.get("Location"),

@@ -25,10 +25,11 @@ from saas.auth.sso.protocol import protocol_for
 from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, SsoConnection, VerifiedDomain
 from saas.services import services
-from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, live_server
+from tests import saml_idp
+from tests.helpers import drop_tenant, live_server, signup_over_http
 from tests.peers import chromium_available, launch_chromium
-from tests.saml_idp import SamlIdp
+
+idp = saml_idp.idp  # the shared fixture
 
 
 @pytest.fixture(scope="module")
@@ -37,28 +38,12 @@ def live(settings, engine, redis_client):
         yield served
 
 
-@pytest.fixture(scope="module")
-def idp():
-    server = SamlIdp()
-    yield server
-    server.close()
-
-
 @pytest.fixture()
 def connection(live, idp, engine):
     """A tenant with a SAML connection to the test IdP (committed), the IdP trusting its SP."""
     base, app, _settings = live
     slug = f"saml-e2e-{uuid.uuid4().hex[:8]}"
-    r = requests.post(
-        f"{base}/api/v1/signup",
-        json={
-            "tenant": {"name": "SAML E2E", "slug": slug},
-            "owner": {"email": f"owner@{slug}.test", "password": TEST_PASSWORD},
-        },
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-    owner = r.json()
+    owner = signup_over_http(base, slug, f"owner@{slug}.test", name="SAML E2E")
     tenant_id = uuid.UUID(owner["tenant"]["id"])
     with app.test_request_context():
         config, _ = protocol_for("saml").validate_config({"metadata_url": f"{idp.base}/metadata"}, None)
