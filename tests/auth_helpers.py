@@ -94,22 +94,28 @@ def code_for(client, client_id: str, email: str, **extra) -> tuple[str, str]:
     return params["code"], verifier
 
 
-def code_flow_tokens(client, app_client: dict, email: str) -> dict:
-    """The token response of a browser login (hosted pages, PKCE) of ``email`` through the public
-    first-party ``app_client``, its code redeemed at ``/oauth/token``."""
-    code, verifier = code_for(client, app_client["client_id"], email)
+def redeem_code(client, client_id: str, verifier: str, code: str, redirect_uri: str = REDIRECT) -> dict:
+    """The token response (asserted 200) of the authorization ``code`` of the public client
+    ``client_id`` redeemed at ``/oauth/token`` with its PKCE ``verifier`` (RFC 7636 section 4.5)."""
     r = client.post(
         "/oauth/token",
         data={
             "grant_type": "authorization_code",
             "code": code,
             "code_verifier": verifier,
-            "client_id": app_client["client_id"],
-            "redirect_uri": app_client["redirect_uris"][0],
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
         },
     )
     assert r.status_code == 200, r.get_json()
     return r.get_json()
+
+
+def code_flow_tokens(client, app_client: dict, email: str) -> dict:
+    """The token response of a browser login (hosted pages, PKCE) of ``email`` through the public
+    first-party ``app_client``, its code redeemed at ``/oauth/token``."""
+    code, verifier = code_for(client, app_client["client_id"], email)
+    return redeem_code(client, app_client["client_id"], verifier, code, app_client["redirect_uris"][0])
 
 
 def login_request(client, client_id: str):

@@ -25,7 +25,7 @@ from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, Membership, SsoConnection, Tenant, User, VerifiedDomain
 from saas.services import services
 from saas.settings import Settings, SettingsError
-from tests.auth_helpers import REDIRECT, csrf_of, login_request, query_of, register_client
+from tests.auth_helpers import REDIRECT, csrf_of, login_request, query_of, redeem_code, register_client
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import assert_problem, bearer, give_plan, replace_services
 from tests.test_sso_oidc import CLIENT_ID, CLIENT_SECRET, FakeProvider, Response_json
@@ -207,18 +207,7 @@ def _redeem(client, client_and_verifier: str, location: str) -> dict[str, Any]:
     client_id, verifier = client_and_verifier.split(" ")
     query = query_of(location)
     assert "code" in query, location
-    r = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": query["code"],
-            "code_verifier": verifier,
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-        },
-    )
-    assert r.status_code == 200, r.get_json()
-    return r.get_json()
+    return redeem_code(client, client_id, verifier, query["code"])
 
 
 def test_the_login_page_shows_a_button_per_provider_and_the_request_is_pkce_state_nonce(

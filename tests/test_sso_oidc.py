@@ -38,6 +38,7 @@ from tests.auth_helpers import (
     login_request,
     pkce_pair,
     query_of,
+    redeem_code,
     register_client,
 )
 from tests.conftest import TEST_PASSWORD
@@ -224,18 +225,7 @@ def _finish(client, response) -> dict[str, str]:
 
 def _redeem(client, client_and_verifier: str, code: str) -> dict[str, Any]:
     client_id, verifier = client_and_verifier.split(" ")
-    r = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-        },
-    )
-    assert r.status_code == 200, r.get_json()
-    return r.get_json()
+    return redeem_code(client, client_id, verifier, code)
 
 
 def _member(db_session, tenant_id, email: str) -> Membership | None:

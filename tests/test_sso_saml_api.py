@@ -25,6 +25,7 @@ from tests.auth_helpers import (
     email_step,
     login_request,
     query_of,
+    redeem_code,
     register_client,
 )
 from tests.helpers import assert_problem, give_plan
@@ -122,18 +123,8 @@ def test_home_realm_discovery_signs_in_through_the_saml_idp(client, api, db_sess
     r = client.get(r.headers["Location"])  # the hosted hand-off
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT), r.get_data(as_text=True)
     code = query_of(r.headers["Location"])["code"]
-    tokens = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-        },
-    )
-    assert tokens.status_code == 200, tokens.get_json()
-    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {tokens.get_json()['access_token']}"})
+    tokens = redeem_code(client, app_client["client_id"], verifier, code)
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert me.status_code == 200 and me.get_json()["user"]["email"] == "ada@saml.example"
     linked = db_session.query(ExternalIdentity).filter_by(provider=f"sso:{connection_id}").all()
     assert [x.subject for x in linked] == ["ada@saml.example"]
