@@ -93,9 +93,10 @@ def gunicorn_server(
     Its issuer is ``http://<issuer_host>:<port>`` (``localhost``: a WebAuthn RP id, or a second
     host whose cookies stay apart from the first's in one browser); its signing key is a fresh
     RS256 key under ``tmp/keys``; Argon2 is cheap, logs are warnings, workers are never recycled
-    and the metrics live in ``tmp/metrics``. ``env`` overrides or adds variables (the defaults:
-    ``SAAS_ENV=production``, the rate limiter as settings default it). Waits up to 60 s for
-    ``/healthz``, raising ``RuntimeError`` with the tail of stderr; ends the server by its PID."""
+    and the metrics live in ``tmp/metrics``; ``SAAS_ENV`` is ``production`` and
+    ``RATELIMIT_ENABLED`` is left to the settings' default. ``env`` overrides or adds variables
+    (a test's own secret, ``SAAS_ENV``, limiter, SMTP, ...). Waits up to 60 s for ``/healthz``,
+    raising ``RuntimeError`` with the tail of stderr; ends the server by its PID."""
     from saas.auth.keys import KeyStore
 
     port = free_port()

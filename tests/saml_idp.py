@@ -348,6 +348,22 @@ def _wrap(xml: str, email: str, *, new_id: bool) -> str:
     return xml[:start] + forged + xml[end:]
 
 
+def add_saml_connection(session: Any, tenant_id: Any, config: dict) -> Any:
+    """A SAML connection ``Test IdP`` of the tenant with ``config``, written and committed through
+    ``session``, with ``saml.example`` (the IdP's users' domain) verified by the tenant and sent to
+    it (the login pipeline trusts an IdP's address only there); its id."""
+    from saas.db import utcnow
+    from saas.identity.models import SsoConnection, VerifiedDomain
+
+    session.add(VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow()))
+    row = SsoConnection(
+        tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
+    )
+    session.add(row)
+    session.commit()
+    return row.id
+
+
 # --- fixtures: import them into the test module (``from tests.saml_idp import idp``) ------------
 
 

@@ -37,7 +37,7 @@ from saas.services import EXTENSION, services
 from saas.worker import Worker, load_handlers
 from tests.auth_helpers import pkce_pair
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, live_server, signup_over_http, verify_by_link
+from tests.helpers import drop_tenant, live_server, public_client_over_http, signup_over_http, verify_by_link
 from tests.idp_peer import bearer, idp, register_relying_party  # noqa: F401 - idp: the shared provider fixture
 from tests.peers import chromium_available, launch_chromium, smtp_inbox
 
@@ -103,18 +103,7 @@ def world(idp, settings, engine, redis_client) -> Iterator[World]:  # noqa: F811
         tenant_id = uuid.UUID(owner["tenant"]["id"])
         try:
             verify_by_link(sp_base, app, owner["user"]["email"])
-            r = requests.post(
-                f"{sp_base}/api/v1/clients",
-                json={
-                    "name": "App",
-                    "client_type": "public",
-                    "first_party": True,
-                    "redirect_uris": [f"{sp_base}/callback"],
-                },
-                headers=bearer(owner),
-                timeout=10,
-            )
-            assert r.status_code == 201, r.text
+            app_client = public_client_over_http(sp_base, owner, f"{sp_base}/callback")
             yield World(
                 sp_base,
                 app,
@@ -124,7 +113,7 @@ def world(idp, settings, engine, redis_client) -> Iterator[World]:  # noqa: F811
                 uuid.UUID(idp_owner["tenant"]["id"]),
                 tenant_id,
                 owner,
-                r.json()["client_id"],
+                app_client["client_id"],
                 tag,
             )
         finally:

@@ -37,7 +37,14 @@ from saas.identity.models import ExternalIdentity, Membership, User, VerifiedDom
 from saas.services import services
 from tests.auth_helpers import pkce_pair
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, give_plan, live_server, signup_over_http, verify_by_link
+from tests.helpers import (
+    drop_tenant,
+    give_plan,
+    live_server,
+    public_client_over_http,
+    signup_over_http,
+    verify_by_link,
+)
 from tests.idp_peer import bearer, idp, register_relying_party  # noqa: F401 - idp: the shared provider fixture
 from tests.peers import chromium_available, launch_chromium
 
@@ -95,19 +102,7 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):  #
         )
         assert r.status_code == 201, r.text
         assert r.json()["config"]["redirect_uri"] == f"{sp_base}/sso/oidc/callback"
-        r = requests.post(
-            f"{sp_base}/api/v1/clients",
-            json={
-                "name": "App",
-                "client_type": "public",
-                "first_party": True,
-                "redirect_uris": [f"{sp_base}/callback"],
-            },
-            headers=bearer(sp_owner),
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
-        app_client = r.json()
+        app_client = public_client_over_http(sp_base, sp_owner, f"{sp_base}/callback")
         verifier, challenge = pkce_pair()
         authorize = (
             requests.Request(

@@ -22,12 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas.auth.sso.protocol import protocol_for
-from saas.db import utcnow
-from saas.identity.models import ExternalIdentity, SsoConnection, VerifiedDomain
+from saas.identity.models import ExternalIdentity
 from saas.services import services
 from tests import saml_idp
 from tests.helpers import drop_tenant, live_server, signup_over_http
 from tests.peers import chromium_available, launch_chromium
+from tests.saml_idp import add_saml_connection
 
 idp = saml_idp.idp  # the shared fixture
 
@@ -48,17 +48,7 @@ def connection(live, idp, engine):
     with app.test_request_context():
         config, _ = protocol_for("saml").validate_config({"metadata_url": f"{idp.base}/metadata"}, None)
     with services(app).database.session() as session:
-        # the IdP's users are on a verified domain of the tenant, sent to this connection (the
-        # login pipeline trusts an IdP's address only there)
-        session.add(
-            VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow())
-        )
-        row = SsoConnection(
-            tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
-        )
-        session.add(row)
-        session.commit()
-        connection_id = row.id
+        connection_id = add_saml_connection(session, tenant_id, config)
     sp = requests.get(f"{base}/sso/saml/{connection_id}/metadata", timeout=10)
     assert sp.status_code == 200 and sp.headers["Content-Type"].startswith("application/samlmetadata+xml")
     idp.trust_sp(sp.text)

@@ -21,13 +21,12 @@ import requests
 from sqlalchemy.orm import Session
 
 from saas.auth.sso import saml
-from saas.db import utcnow
-from saas.identity.models import SsoConnection, VerifiedDomain
 from saas.security import random_token
 from tests import saml_idp
 from tests.conftest import _redis_url
 from tests.helpers import drop_tenant, signup_over_http
 from tests.peers import gunicorn_server
+from tests.saml_idp import add_saml_connection
 
 idp = saml_idp.idp  # the shared fixture
 
@@ -53,17 +52,7 @@ def connection(base, idp, engine, redis_client) -> Iterator[tuple[uuid.UUID, dic
         "groups_attribute": None,
     }
     with Session(engine) as session:
-        # the IdP's users are on a verified domain of the tenant, sent to this connection (the
-        # login pipeline trusts an IdP's address only there)
-        session.add(
-            VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow())
-        )
-        row = SsoConnection(
-            tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
-        )
-        session.add(row)
-        session.commit()
-        connection_id = row.id
+        connection_id = add_saml_connection(session, tenant_id, config)
     idp.trust_sp(requests.get(f"{base}/sso/saml/{connection_id}/metadata", timeout=10).text)
     yield connection_id, owner
     drop_tenant(engine, tenant_id)
