@@ -20,7 +20,6 @@ from sqlalchemy import select
 from werkzeug.wrappers import Request
 
 from saas.auth.social import providers as social_providers
-from saas.auth.sso import oidc
 from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, Membership, SsoConnection, Tenant, User, VerifiedDomain
 from saas.services import services
@@ -143,12 +142,7 @@ def fake() -> Iterator[FakeGitHub]:
 @pytest.fixture()
 def op(fake, app, monkeypatch) -> FakeGitHub:
     """The fake as provider ``fake`` (any OIDC issuer) and as ``github``, for this test."""
-    fake.reset()
-    fake.sign_key = fake.key
-    fake.published = [fake.key]
-    for memo in (oidc._discovery, oidc._jwks):
-        for key in list(memo._data):
-            memo._data.pop(key, None)
+    fake.fresh()
     config = {
         "fake": {
             "issuer": fake.url,

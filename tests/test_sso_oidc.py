@@ -72,6 +72,16 @@ class FakeProvider:
         self.hits: dict[str, int] = {"discovery": 0, "jwks": 0, "userinfo": 0}
         self.token_error: str | None = None
 
+    def fresh(self) -> None:
+        """A test's start: :meth:`reset`, signing with its own key (the one it publishes), and the
+        relying party's memos of discovery documents and JWKS emptied."""
+        self.reset()
+        self.sign_key = self.key
+        self.published = [self.key]
+        for memo in (oidc._discovery, oidc._jwks):
+            for key in list(memo._data):
+                memo._data.pop(key, None)
+
     def id_token(self) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
@@ -143,12 +153,7 @@ def provider() -> Iterator[FakeProvider]:
 
 @pytest.fixture()
 def idp(provider) -> FakeProvider:
-    provider.reset()
-    provider.sign_key = provider.key
-    provider.published = [provider.key]
-    for memo in (oidc._discovery, oidc._jwks):
-        for key in list(memo._data):
-            memo._data.pop(key, None)
+    provider.fresh()
     return provider
 
 
