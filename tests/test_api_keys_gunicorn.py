@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from saas.auth import api_keys
-from tests.conftest import TEST_PASSWORD, _redis_url
-from tests.helpers import drop_tenant, verify_by_link
+from tests.conftest import _redis_url
+from tests.helpers import drop_tenant, signup_over_http, verify_by_link
 from tests.peers import gunicorn_server, log_lines, saas_cli, statuses_by_worker, wait_logged
 
 
@@ -61,13 +61,7 @@ def tenants(engine) -> Iterator[list[str]]:
 def _signup(base: str, env: dict, engine, made: list[str], prefix: str) -> tuple[dict, dict]:
     slug = f"{prefix}-{uuid.uuid4().hex[:8]}"
     email = f"o@{slug}.test"
-    r = requests.post(
-        f"{base}/api/v1/signup",
-        json={"tenant": {"name": "Keys", "slug": slug}, "owner": {"email": email, "password": TEST_PASSWORD}},
-        timeout=30,
-    )
-    assert r.status_code == 201, r.text
-    body = r.json()
+    body = signup_over_http(base, slug, email, name="Keys")
     made.append(body["tenant"]["id"])
     verify_by_link(base, engine, email)  # creating a key needs a verified email
     # the warm-up may take a few hundred requests: the enterprise plan's budget, set as an operator does

@@ -32,7 +32,7 @@ import requests
 
 from tests.auth_helpers import REDIRECT, pkce_pair
 from tests.conftest import TEST_PASSWORD, _redis_url
-from tests.helpers import drop_tenant
+from tests.helpers import drop_tenant, signup_over_http
 from tests.peers import ROOT, Inbox, chromium_available, gunicorn_server, launch_chromium, smtp_inbox, stop
 from tests.test_logout import AFTER_LOGOUT, Receiver, verify_logout_token
 from tests.test_webauthn_e2e import _REGISTER_IN_PAGE as REGISTER_IN_PAGE
@@ -130,15 +130,10 @@ def _problem(r: requests.Response, status: int, code: str) -> None:
     assert r.json()["code"] == code, r.json()
 
 
-def _signup(stack: Stack, slug: str, email: str, password: str = TEST_PASSWORD) -> dict:
-    r = requests.post(
-        f"{stack.base}/api/v1/signup",
-        json={"tenant": {"name": slug, "slug": slug}, "owner": {"email": email, "password": password}},
-        timeout=30,
-    )
-    assert r.status_code == 201, r.text
-    stack.tenants.append(r.json()["tenant"]["id"])
-    return r.json()
+def _signup(stack: Stack, slug: str, email: str) -> dict:
+    body = signup_over_http(stack.base, slug, email)
+    stack.tenants.append(body["tenant"]["id"])
+    return body
 
 
 def _verify_from_mail(stack: Stack, email: str) -> str:
