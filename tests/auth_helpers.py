@@ -94,19 +94,44 @@ def code_for(client, client_id: str, email: str, **extra) -> tuple[str, str]:
     return params["code"], verifier
 
 
-def code_flow_tokens(client, app_client: dict, email: str) -> dict:
-    """The token response of a browser login (hosted pages, PKCE) of ``email`` through the public
-    first-party ``app_client``, its code redeemed at ``/oauth/token``."""
-    code, verifier = code_for(client, app_client["client_id"], email)
+def redeem_code(client, client_id: str, verifier: str, code: str, redirect_uri: str = REDIRECT) -> dict:
+    """The token response (asserted 200) of the authorization ``code`` of the public client
+    ``client_id`` redeemed at ``/oauth/token`` with its PKCE ``verifier`` (RFC 7636 section 4.5)."""
     r = client.post(
         "/oauth/token",
         data={
             "grant_type": "authorization_code",
             "code": code,
             "code_verifier": verifier,
-            "client_id": app_client["client_id"],
-            "redirect_uri": app_client["redirect_uris"][0],
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
         },
     )
     assert r.status_code == 200, r.get_json()
     return r.get_json()
+
+
+def code_flow_tokens(client, app_client: dict, email: str) -> dict:
+    """The token response of a browser login (hosted pages, PKCE) of ``email`` through the public
+    first-party ``app_client``, its code redeemed at ``/oauth/token``."""
+    code, verifier = code_for(client, app_client["client_id"], email)
+    return redeem_code(client, app_client["client_id"], verifier, code, app_client["redirect_uris"][0])
+
+
+def login_request(client, client_id: str):
+    """``(PKCE verifier, response)`` of a fresh authorization request of the first-party
+    ``client_id`` with ``prompt=login`` (a browser signed in already signs in again), state
+    ``st-1``, no nonce; the response is the redirect to the hosted login page."""
+    verifier, challenge = pkce_pair()
+    params = authorize_params(client_id, challenge, state="st-1", nonce=None, prompt="login")
+    return verifier, client.get("/oauth/authorize", query_string=params)
+
+
+def email_step(client, email: str):
+    """The login page's first step (home realm discovery): ``email`` posted with the page's CSRF
+    token; the response is the redirect to the user's IdP, or the page's password step."""
+    page = client.get("/oauth/login")
+    return client.post(
+        "/oauth/login",
+        data={"email": email, "step": "email", "csrf_token": csrf_of(page.get_data(as_text=True))},
+    )

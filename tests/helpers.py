@@ -88,6 +88,40 @@ def verify_by_link(base: str, source: Any, email: str) -> None:
     assert r.status_code == 204, r.text
 
 
+def signup_over_http(base: str, slug: str, email: str, *, name: str | None = None) -> dict:
+    """The body of ``POST /api/v1/signup`` at ``base`` (a served instance): a tenant ``slug``
+    (named ``name``, else its slug) and its owner ``email`` with the test password."""
+    import requests
+
+    from tests.conftest import TEST_PASSWORD
+
+    r = requests.post(
+        f"{base}/api/v1/signup",
+        json={
+            "tenant": {"name": name or slug, "slug": slug},
+            "owner": {"email": email, "password": TEST_PASSWORD},
+        },
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def public_client_over_http(base: str, owner: dict, redirect_uri: str) -> dict:
+    """The registration body of a public first-party client ``App`` (redirect ``redirect_uri``)
+    made at ``base`` by ``owner`` (a signup body) through ``POST /api/v1/clients``."""
+    import requests
+
+    r = requests.post(
+        f"{base}/api/v1/clients",
+        json={"name": "App", "client_type": "public", "first_party": True, "redirect_uris": [redirect_uri]},
+        headers={"Authorization": f"Bearer {owner['token']['access_token']}"},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
 def add_member(
     app: Flask,
     tenant_id: str | uuid.UUID,

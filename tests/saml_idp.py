@@ -31,6 +31,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -38,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import pytest
 import time_machine
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -344,3 +346,40 @@ def _wrap(xml: str, email: str, *, new_id: bool) -> str:
     close = forged.index("</ns2:Signature>")
     forged = forged[:close] + f"<ns2:Object>{original}</ns2:Object>" + forged[close:]
     return xml[:start] + forged + xml[end:]
+
+
+def add_saml_connection(session: Any, tenant_id: Any, config: dict) -> Any:
+    """A SAML connection ``Test IdP`` of the tenant with ``config``, written and committed through
+    ``session``, with ``saml.example`` (the IdP's users' domain) verified by the tenant and sent to
+    it (the login pipeline trusts an IdP's address only there); its id."""
+    from saas.db import utcnow
+    from saas.identity.models import SsoConnection, VerifiedDomain
+
+    session.add(VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow()))
+    row = SsoConnection(
+        tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
+    )
+    session.add(row)
+    session.commit()
+    return row.id
+
+
+# --- fixtures: import them into the test module (``from tests.saml_idp import idp``) ------------
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[SamlIdp]:
+    """The module's IdP, started once and stopped at the module's end."""
+    server = SamlIdp()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def private_urls(app, monkeypatch):
+    """``SSO_ALLOW_PRIVATE_URLS`` for this test: the test IdP is on http://127.0.0.1."""
+    from saas.services import services
+    from tests.helpers import replace_services
+
+    settings = services(app).settings.with_overrides(sso_allow_private_urls=True)
+    replace_services(monkeypatch, app, settings=settings)

@@ -9,82 +9,32 @@ These tests commit for real (their own tenants in the run's database, dropped at
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import requests
 
 from saas.auth import api_keys
-from tests.conftest import TEST_PASSWORD, _redis_url
-from tests.helpers import drop_tenant, verify_by_link
-from tests.peers import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import _redis_url
+from tests.helpers import drop_tenant, signup_over_http, verify_by_link
+from tests.peers import gunicorn_server, log_lines, saas_cli, statuses_by_worker, wait_logged
 
 
 @contextmanager
 def _gunicorn(limiter: str, database_url, worker_id_str, redis_client, tmp_path) -> Iterator[tuple]:
     """(base url, access log path, environment): gunicorn, 2 sync workers, the access log naming
     the worker pid."""
-    from saas.auth.keys import KeyStore
-
     redis_client.flushdb()  # this run's own Redis database
-    port = free_port()
-    log = tmp_path / "access.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url.replace("postgresql+psycopg://", "postgresql://"),
-        "REDIS_URL": _redis_url(worker_id_str),
-        "SECRET_KEY": "gunicorn-test",
-        "SAAS_ENV": "production",
-        "SAAS_SIGNING_KEY_PATH": str(tmp_path / "keys"),
-        "SAAS_ISSUER": f"http://127.0.0.1:{port}",
-        "RATELIMIT_ENABLED": limiter,
-        "RATELIMIT_PRINCIPAL_SHARE": "1.0",
-        "ARGON2_MEMORY_KIB": "8192",
-        "ARGON2_TIME_COST": "1",
-        "LOG_LEVEL": "WARNING",
-        "GUNICORN_MAX_REQUESTS": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    (tmp_path / "keys").mkdir()
-    KeyStore(tmp_path / "keys", "RS256", generate=True)
-    stderr = (tmp_path / "stderr").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
-         "-b", f"127.0.0.1:{port}", "--access-logfile", str(log), "--access-logformat", "%(p)s %(s)s",
-         "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("gunicorn did not start: " + (tmp_path / "stderr").read_text()[-2000:])
-            time.sleep(0.2)
-        yield base, log, env
-    finally:
-        proc.terminate()  # by PID: this test's own server
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        stderr.close()
+    env = {"RATELIMIT_ENABLED": limiter, "RATELIMIT_PRINCIPAL_SHARE": "1.0"}
+    with gunicorn_server(
+        database_url, _redis_url(worker_id_str), tmp_path, env=env, access_log=True
+    ) as server:
+        yield server.base, server.access_log, server.env
 
 
 @pytest.fixture(params=["true", "false"], ids=["limiter-on", "limiter-off"])
@@ -111,20 +61,11 @@ def tenants(engine) -> Iterator[list[str]]:
 def _signup(base: str, env: dict, engine, made: list[str], prefix: str) -> tuple[dict, dict]:
     slug = f"{prefix}-{uuid.uuid4().hex[:8]}"
     email = f"o@{slug}.test"
-    r = requests.post(
-        f"{base}/api/v1/signup",
-        json={"tenant": {"name": "Keys", "slug": slug}, "owner": {"email": email, "password": TEST_PASSWORD}},
-        timeout=30,
-    )
-    assert r.status_code == 201, r.text
-    body = r.json()
+    body = signup_over_http(base, slug, email, name="Keys")
     made.append(body["tenant"]["id"])
     verify_by_link(base, engine, email)  # creating a key needs a verified email
     # the warm-up may take a few hundred requests: the enterprise plan's budget, set as an operator does
-    subprocess.run(
-        [sys.executable, "-m", "saas.cli", "tenants", "set-plan", slug, "enterprise", "--reason", "test"],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    saas_cli(env, "tenants", "set-plan", slug, "enterprise", "--reason", "test")
     return body, {"Authorization": f"Bearer {body['token']['access_token']}"}
 
 
@@ -140,24 +81,6 @@ def _create(base: str, h: dict, permissions: list[str]) -> dict:
     return r.json()
 
 
-def _log_lines(log: Path) -> int:
-    return len(log.read_text().splitlines()) if log.exists() else 0
-
-
-def _wait_logged(log: Path, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while _log_lines(log) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _statuses_by_worker(log: Path, skip: int) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for line in log.read_text().splitlines()[skip:]:
-        pid, status = line.split()
-        out.setdefault(pid, set()).add(status)
-    return out
-
-
 def test_a_key_used_on_both_workers_then_revoked_is_refused_by_both_at_once(gunicorn, engine, tenants):
     base, log, env = gunicorn
     _, owner = _signup(base, env, engine, tenants, "kg")
@@ -168,15 +91,15 @@ def test_a_key_used_on_both_workers_then_revoked_is_refused_by_both_at_once(guni
         return requests.get(f"{base}/api/v1/contacts", headers=headers, timeout=30)
 
     with ThreadPoolExecutor(8) as pool:
-        first = _log_lines(log)
+        first = log_lines(log)
         sent = 0
         for _ in range(20):  # until each worker served the key (cached entry, snapshot)
             answers = list(pool.map(get, range(16)))
             assert {a.status_code for a in answers} == {200}, [a.text for a in answers][:2]
             sent += 16
-            _wait_logged(log, first + sent)
+            wait_logged(log, first + sent)
             # the lines of the verification (204) and the creation (201) may land after ours
-            warm = {pid: s - {"201", "204"} for pid, s in _statuses_by_worker(log, first).items()}
+            warm = {pid: s - {"201", "204"} for pid, s in statuses_by_worker(log, first).items()}
             warm = {pid: s for pid, s in warm.items() if s}
             if len(warm) == 2:
                 break
@@ -197,12 +120,12 @@ def test_a_key_used_on_both_workers_then_revoked_is_refused_by_both_at_once(guni
         revoke = requests.delete(f"{base}/api/v1/api-keys/{created['id']}", headers=owner, timeout=30)
         assert revoke.status_code == 204, revoke.text
         revoked_at = time.monotonic()
-        start = _log_lines(log)
+        start = log_lines(log)
         statuses: list[int] = []
         while time.monotonic() - revoked_at < 1.0:
             statuses += [a.status_code for a in pool.map(get, range(16))]
-        _wait_logged(log, start + len(statuses))
-        after = _statuses_by_worker(log, start)
+        wait_logged(log, start + len(statuses))
+        after = statuses_by_worker(log, start)
     after = {pid: s - {"204"} for pid, s in after.items()}  # the revocation's own line may land late
     # refused from the first request on; once a worker's cached entry says "revoked" the caller
     # is anonymous, so the per-IP limit (300/min) may answer 429 to this flood: never a 200

@@ -9,8 +9,6 @@ The test commits for real (its own tenant in the run's database).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,25 +17,9 @@ from pathlib import Path
 import requests
 from sqlalchemy import text
 
-from tests.conftest import TEST_PASSWORD
-from tests.test_revocation_gunicorn import (  # noqa: F401 - the fixture
-    ROOT,
-    _log_lines,
-    _statuses_by_worker,
-    _wait_logged,
-    gunicorn,
-)
-
-
-def _cli(env, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "saas.cli", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+from tests.helpers import signup_over_http
+from tests.peers import log_lines, saas_cli, statuses_by_worker, wait_logged, warm_every_worker
+from tests.test_revocation_gunicorn import gunicorn  # noqa: F401 - the fixture
 
 
 def _member_token(engine, env, tenant_id: str, email: str, role: str) -> str:
@@ -73,23 +55,15 @@ def _verify(engine, email: str) -> None:
 def test_a_permission_removed_from_a_role_stops_an_existing_token_within_a_second(gunicorn, engine):  # noqa: F811
     base, log, env = gunicorn
     slug = f"crg-{uuid.uuid4().hex[:8]}"
-    _wait_logged(log, 1)
-    before_signup = _log_lines(log)
-    signup = requests.post(
-        f"{base}/api/v1/signup",
-        json={
-            "tenant": {"name": "Crg", "slug": slug},
-            "owner": {"email": f"o@{slug}.test", "password": TEST_PASSWORD},
-        },
-        timeout=30,
-    )
-    assert signup.status_code == 201, signup.text
-    tenant_id = signup.json()["tenant"]["id"]
+    wait_logged(log, 1)
+    before_signup = log_lines(log)
+    signup = signup_over_http(base, slug, f"o@{slug}.test", name="Crg")
+    tenant_id = signup["tenant"]["id"]
     # custom_roles and room for the warm-up's requests: the enterprise plan, set as an operator does
-    _cli(env, "tenants", "set-plan", slug, "enterprise", "--reason", "test")
+    saas_cli(env, "tenants", "set-plan", slug, "enterprise", "--reason", "test")
     _verify(engine, f"o@{slug}.test")  # as the mailed link would
-    _wait_logged(log, before_signup + 1)
-    owner = {"Authorization": f"Bearer {signup.json()['token']['access_token']}"}
+    wait_logged(log, before_signup + 1)
+    owner = {"Authorization": f"Bearer {signup['token']['access_token']}"}
     role = requests.post(
         f"{base}/api/v1/roles",
         json={"name": "support-agent", "permissions": ["contacts:read", "members:read"]},
@@ -106,16 +80,7 @@ def test_a_permission_removed_from_a_role_stops_an_existing_token_within_a_secon
         return requests.get(f"{base}/api/v1/contacts", headers=headers, timeout=30).status_code
 
     with ThreadPoolExecutor(8) as pool:
-        first = _log_lines(log)
-        sent = 0
-        for _ in range(20):  # warm both workers' caches with the role's permissions
-            assert set(pool.map(get, range(16))) == {200}
-            sent += 16
-            _wait_logged(log, first + sent)
-            warm = _statuses_by_worker(log, first)
-            if len(warm) == 2:
-                break
-        assert len(warm) == 2 and all(s == {"200"} for s in warm.values()), warm
+        warm_every_worker(pool, get, log)  # both workers' caches hold the role's permissions
 
         changed = requests.patch(
             f"{base}/api/v1/roles/{role_id}",
@@ -142,15 +107,15 @@ def test_a_permission_removed_from_a_role_stops_an_existing_token_within_a_secon
         )
         print(f"last request allowed {last_allowed * 1000:.0f} ms after the change")
         # ... every request on every worker is refused
-        _wait_logged(log, _log_lines(log))
-        start = _log_lines(log)
+        wait_logged(log, log_lines(log))
+        start = log_lines(log)
         statuses: list[int] = []
         for _ in range(20):
             statuses += pool.map(get, range(16))
-            _wait_logged(log, start + len(statuses))
-            if len(_statuses_by_worker(log, start)) == 2:
+            wait_logged(log, start + len(statuses))
+            if len(statuses_by_worker(log, start)) == 2:
                 break
-        after = _statuses_by_worker(log, start)
+        after = statuses_by_worker(log, start)
     assert set(statuses) == {403}, statuses
     assert len(after) == 2 and all(s == {"403"} for s in after.values()), after
     # a permission the role still holds works with the same token

@@ -16,7 +16,6 @@ These tests commit for real (their own tenants in the run's database, dropped at
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt as pyjwt
@@ -34,13 +32,12 @@ import requests
 
 from tests.auth_helpers import REDIRECT, pkce_pair
 from tests.conftest import TEST_PASSWORD, _redis_url
-from tests.helpers import drop_tenant
-from tests.peers import Inbox, chromium_available, free_port, launch_chromium, smtp_inbox
+from tests.helpers import drop_tenant, signup_over_http
+from tests.peers import ROOT, Inbox, chromium_available, gunicorn_server, launch_chromium, smtp_inbox, stop
 from tests.test_logout import AFTER_LOGOUT, Receiver, verify_logout_token
 from tests.test_webauthn_e2e import _REGISTER_IN_PAGE as REGISTER_IN_PAGE
 from tests.webauthn_device import Passkey
 
-ROOT = Path(__file__).resolve().parent.parent
 NEW_PASSWORD = "a brand new passphrase for gunicorn"
 ALGORITHMS = ["RS256", "ES256"]
 
@@ -56,77 +53,37 @@ class Stack:
         return pyjwt.PyJWKClient(config["jwks_uri"])
 
 
-def _wait_http(base: str, proc: subprocess.Popen, stderr: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError("gunicorn did not start: " + stderr.read_text()[-2000:])
-        time.sleep(0.2)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()  # by PID: this module's own process
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def stack(database_url, worker_id_str, redis_client, engine, tmp_path_factory) -> Iterator[Stack]:
     """gunicorn (2 sync workers, limiter on) and ``saas worker`` on the run's database, the
     worker's mail going to a real SMTP server."""
-    from saas.auth.keys import KeyStore
-
     tmp = tmp_path_factory.mktemp("identity-gunicorn")
-    (tmp / "keys").mkdir()
-    KeyStore(tmp / "keys", "RS256", generate=True)
-    port = free_port()
-    base = f"http://localhost:{port}"
-    with smtp_inbox() as inbox:
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url.replace("postgresql+psycopg://", "postgresql://"),
-            "REDIS_URL": _redis_url(worker_id_str),
-            "SECRET_KEY": "gunicorn-identity-test",
-            "SAAS_ENV": "development",
-            "SAAS_SIGNING_KEY_PATH": str(tmp / "keys"),
-            "SAAS_ISSUER": base,
-            "SMTP_URL": inbox.url,
-            "RATELIMIT_ENABLED": "true",
-            "ARGON2_MEMORY_KIB": "8192",
-            "ARGON2_TIME_COST": "1",
-            "LOG_LEVEL": "WARNING",
-            "GUNICORN_MAX_REQUESTS": "0",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-        }
-        server_err, worker_err = tmp / "gunicorn.stderr", tmp / "worker.stderr"
-        with server_err.open("wb") as s_err, worker_err.open("wb") as w_err:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
-                 "-b", f"127.0.0.1:{port}", "wsgi:app"],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=s_err,
-            )  # fmt: skip
-            worker = None
-            stack = Stack(base, inbox, [])
-            try:
-                _wait_http(base, server, server_err)
+    tenants: list[str] = []
+    try:
+        with smtp_inbox() as inbox:
+            env = {
+                "SECRET_KEY": "gunicorn-identity-test",
+                "SAAS_ENV": "development",
+                "SMTP_URL": inbox.url,
+                "RATELIMIT_ENABLED": "true",
+            }
+            with (
+                gunicorn_server(
+                    database_url, _redis_url(worker_id_str), tmp, env=env, issuer_host="localhost"
+                ) as server,
+                (tmp / "worker.stderr").open("wb") as w_err,
+            ):
                 worker = subprocess.Popen(
                     [sys.executable, "-m", "saas.cli", "worker", "--poll-interval", "0.1"],
-                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=w_err,
+                    cwd=ROOT, env=server.env, stdout=subprocess.DEVNULL, stderr=w_err,
                 )  # fmt: skip
-                yield stack
-            finally:
-                if worker is not None:
-                    _stop(worker)
-                _stop(server)
-                for tenant_id in stack.tenants:
-                    drop_tenant(engine, tenant_id)
+                try:
+                    yield Stack(server.base, inbox, tenants)
+                finally:
+                    stop(worker)  # by PID: this module's own process
+    finally:
+        for tenant_id in tenants:
+            drop_tenant(engine, tenant_id)
 
 
 @pytest.fixture(autouse=True)
@@ -173,15 +130,10 @@ def _problem(r: requests.Response, status: int, code: str) -> None:
     assert r.json()["code"] == code, r.json()
 
 
-def _signup(stack: Stack, slug: str, email: str, password: str = TEST_PASSWORD) -> dict:
-    r = requests.post(
-        f"{stack.base}/api/v1/signup",
-        json={"tenant": {"name": slug, "slug": slug}, "owner": {"email": email, "password": password}},
-        timeout=30,
-    )
-    assert r.status_code == 201, r.text
-    stack.tenants.append(r.json()["tenant"]["id"])
-    return r.json()
+def _signup(stack: Stack, slug: str, email: str) -> dict:
+    body = signup_over_http(stack.base, slug, email)
+    stack.tenants.append(body["tenant"]["id"])
+    return body
 
 
 def _verify_from_mail(stack: Stack, email: str) -> str:

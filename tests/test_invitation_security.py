@@ -35,7 +35,7 @@ from saas.tenancy.views import SIGNUP_PENDING
 from saas.worker import Worker, load_handlers
 from tests.conftest import TEST_PASSWORD, _redis_url
 from tests.helpers import assert_problem, drop_tenant, mailed_invitation_token, role_headers, verify_by_link
-from tests.peers import free_port, smtp_inbox
+from tests.peers import free_port, gunicorn_server, smtp_inbox
 
 NEW_PASSWORD = "a long enough password"
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,41 +288,10 @@ def smtp_server():
 @pytest.fixture()
 def gunicorn_base(database_url, worker_id_str, tmp_path, redis_client):
     """gunicorn (one sync worker) serving ``wsgi:app`` on a free port, committing for real."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     redis_client.flushdb()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url.replace("postgresql+psycopg://", "postgresql://", 1),
-        "REDIS_URL": _redis_url(worker_id_str),
-        "SAAS_ENV": "test",
-        "SECRET_KEY": "e2e-secret",
-        "SAAS_ISSUER": base,
-        "SAAS_VAR_DIR": str(tmp_path / "var"),
-        "ARGON2_MEMORY_KIB": "8192",
-        "ARGON2_TIME_COST": "1",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    args = [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-            "-w", "1", "wsgi:app"]  # fmt: skip
-    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-2000:]
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    env = {"SAAS_ENV": "test", "SECRET_KEY": "e2e-secret", "SAAS_VAR_DIR": str(tmp_path / "var")}
+    with gunicorn_server(database_url, _redis_url(worker_id_str), tmp_path, workers=1, env=env) as server:
+        yield server.base
 
 
 def _token_in(message: email.message.Message) -> str:

@@ -3,12 +3,7 @@ scim2-client's CRUD, filters and pagination, against a real server committing fo
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import httpx2
 import pytest
@@ -16,61 +11,16 @@ import requests
 
 from tests.conftest import TEST_PASSWORD, _redis_url
 from tests.helpers import bearer, drop_tenant, give_plan, verify_by_link
-from tests.peers import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.peers import gunicorn_server
 
 
 @pytest.fixture(scope="module")
 def gunicorn(database_url, worker_id_str, tmp_path_factory):
     """(base url, engine-less environment): gunicorn with 2 sync workers, this run's database."""
+    env = {"SECRET_KEY": "scim-gunicorn-test", "RATELIMIT_ENABLED": "false"}
     tmp = tmp_path_factory.mktemp("scim-gunicorn")
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url.replace("postgresql+psycopg://", "postgresql://"),
-        "REDIS_URL": _redis_url(worker_id_str),
-        "SECRET_KEY": "scim-gunicorn-test",
-        "SAAS_ENV": "production",
-        "SAAS_SIGNING_KEY_PATH": str(tmp / "keys"),
-        "SAAS_ISSUER": f"http://127.0.0.1:{port}",
-        "RATELIMIT_ENABLED": "false",
-        "ARGON2_MEMORY_KIB": "8192",
-        "ARGON2_TIME_COST": "1",
-        "LOG_LEVEL": "WARNING",
-        "GUNICORN_MAX_REQUESTS": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-    }
-    (tmp / "keys").mkdir()
-    from saas.auth.keys import KeyStore
-
-    KeyStore(tmp / "keys", "RS256", generate=True)
-    stderr = (tmp / "stderr").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
-         "-b", f"127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("gunicorn did not start: " + (tmp / "stderr").read_text()[-2000:])
-            time.sleep(0.2)
-        yield base, tmp
-    finally:
-        proc.terminate()  # by PID: this module's own server
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        stderr.close()
+    with gunicorn_server(database_url, _redis_url(worker_id_str), tmp, env=env) as server:
+        yield server.base, tmp
 
 
 def scim_tenant(base: str, engine, slug: str) -> dict:

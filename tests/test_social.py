@@ -20,12 +20,11 @@ from sqlalchemy import select
 from werkzeug.wrappers import Request
 
 from saas.auth.social import providers as social_providers
-from saas.auth.sso import oidc
 from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, Membership, SsoConnection, Tenant, User, VerifiedDomain
 from saas.services import services
 from saas.settings import Settings, SettingsError
-from tests.auth_helpers import REDIRECT, csrf_of, pkce_pair, query_of, register_client
+from tests.auth_helpers import REDIRECT, csrf_of, login_request, query_of, redeem_code, register_client
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import assert_problem, bearer, give_plan, replace_services
 from tests.test_sso_oidc import CLIENT_ID, CLIENT_SECRET, FakeProvider, Response_json
@@ -143,12 +142,7 @@ def fake() -> Iterator[FakeGitHub]:
 @pytest.fixture()
 def op(fake, app, monkeypatch) -> FakeGitHub:
     """The fake as provider ``fake`` (any OIDC issuer) and as ``github``, for this test."""
-    fake.reset()
-    fake.sign_key = fake.key
-    fake.published = [fake.key]
-    for memo in (oidc._discovery, oidc._jwks):
-        for key in list(memo._data):
-            memo._data.pop(key, None)
+    fake.fresh()
     config = {
         "fake": {
             "issuer": fake.url,
@@ -176,23 +170,9 @@ def _authorize(client, h, client_id: str | None = None) -> str:
     """A pending authorization of a (new) first-party client; returns ``client_id verifier``."""
     if client_id is None:
         client_id = register_client(client, h, client_type="public", first_party=True)["client_id"]
-    app_client = {"client_id": client_id}
-    verifier, challenge = pkce_pair()
-    r = client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code",
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-            "scope": "openid email api",
-            "state": "st-1",
-            "prompt": "login",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
-    )
+    verifier, r = login_request(client, client_id)
     assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/login"), r.get_data(as_text=True)
-    return app_client["client_id"] + " " + verifier
+    return client_id + " " + verifier
 
 
 def _start(client, name: str = "fake") -> dict[str, str]:
@@ -221,18 +201,7 @@ def _redeem(client, client_and_verifier: str, location: str) -> dict[str, Any]:
     client_id, verifier = client_and_verifier.split(" ")
     query = query_of(location)
     assert "code" in query, location
-    r = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": query["code"],
-            "code_verifier": verifier,
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-        },
-    )
-    assert r.status_code == 200, r.get_json()
-    return r.get_json()
+    return redeem_code(client, client_id, verifier, query["code"])
 
 
 def test_the_login_page_shows_a_button_per_provider_and_the_request_is_pkce_state_nonce(

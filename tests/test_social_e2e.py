@@ -37,8 +37,8 @@ from saas.services import EXTENSION, services
 from saas.worker import Worker, load_handlers
 from tests.auth_helpers import pkce_pair
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, live_server, verify_by_link
-from tests.idp_peer import bearer, idp, signup  # noqa: F401 - idp: the shared provider fixture
+from tests.helpers import drop_tenant, live_server, public_client_over_http, signup_over_http, verify_by_link
+from tests.idp_peer import bearer, idp, register_relying_party  # noqa: F401 - idp: the shared provider fixture
 from tests.peers import chromium_available, launch_chromium, smtp_inbox
 
 pytestmark = pytest.mark.skipif(
@@ -80,24 +80,13 @@ def world(idp, settings, engine, redis_client) -> Iterator[World]:  # noqa: F811
     with engine.connect() as conn:
         first_outbox_id = conn.scalar(select(func.coalesce(func.max(OutboxMessage.id), 0)))
     with live_server(settings, engine, redis_client) as (sp_base, app, live_settings):
-        idp_owner = signup(idp_base, f"idp-soc-{tag}", f"idp-owner@{tag}.test")
+        idp_owner = signup_over_http(idp_base, f"idp-soc-{tag}", f"idp-owner@{tag}.test")
         with Session(bind=idp_engine) as db:  # the IdP owner's address verified there
             db.get(User, uuid.UUID(idp_owner["user"]["id"])).email_verified_at = utcnow()
             db.commit()
-        r = requests.post(
-            f"{idp_base}/api/v1/clients",
-            json={
-                "name": "Our SaaS (social login)",
-                "client_type": "confidential",
-                "first_party": True,
-                "redirect_uris": [f"{sp_base}/oauth/social/acme/callback"],
-                "scope": "openid email profile",
-            },
-            headers=bearer(idp_owner),
-            timeout=10,
+        idp_client = register_relying_party(
+            idp_base, idp_owner, "Our SaaS (social login)", f"{sp_base}/oauth/social/acme/callback"
         )
-        assert r.status_code == 201, r.text
-        idp_client = r.json()
         # SOCIAL_PROVIDERS={"acme": {"issuer": <IdP>, "client_id": ..., "client_secret": ...}}
         providers = {
             "acme": {
@@ -110,22 +99,11 @@ def world(idp, settings, engine, redis_client) -> Iterator[World]:  # noqa: F811
         app.extensions[EXTENSION] = replace(
             services(app), settings=live_settings.with_overrides(social_providers=providers)
         )
-        owner = signup(sp_base, f"sp-soc-{tag}", f"owner@sp-{tag}.test")
+        owner = signup_over_http(sp_base, f"sp-soc-{tag}", f"owner@sp-{tag}.test")
         tenant_id = uuid.UUID(owner["tenant"]["id"])
         try:
             verify_by_link(sp_base, app, owner["user"]["email"])
-            r = requests.post(
-                f"{sp_base}/api/v1/clients",
-                json={
-                    "name": "App",
-                    "client_type": "public",
-                    "first_party": True,
-                    "redirect_uris": [f"{sp_base}/callback"],
-                },
-                headers=bearer(owner),
-                timeout=10,
-            )
-            assert r.status_code == 201, r.text
+            app_client = public_client_over_http(sp_base, owner, f"{sp_base}/callback")
             yield World(
                 sp_base,
                 app,
@@ -135,7 +113,7 @@ def world(idp, settings, engine, redis_client) -> Iterator[World]:  # noqa: F811
                 uuid.UUID(idp_owner["tenant"]["id"]),
                 tenant_id,
                 owner,
-                r.json()["client_id"],
+                app_client["client_id"],
                 tag,
             )
         finally:
@@ -177,6 +155,14 @@ def _idp_login(page, w: World, email: str) -> None:
     page.fill("#email", email)
     page.fill("#password", TEST_PASSWORD)
     page.click("#submit")
+
+
+def _sign_in_at_acme(page, w: World, challenge: str, email: str) -> None:
+    """From the client's authorization request through the social button to the IdP's hosted
+    login of ``email``."""
+    page.goto(_authorize_url(w, challenge))
+    page.click("#social-acme")
+    _idp_login(page, w, email)
 
 
 def _tokens(w: World, url: str, verifier: str) -> dict:
@@ -275,9 +261,7 @@ def test_an_existing_account_is_linked_only_after_its_password(world):
         browser = launch_chromium(p)
         try:
             page = browser.new_page()
-            page.goto(_authorize_url(w, challenge))
-            page.click("#social-acme")
-            _idp_login(page, w, paul)
+            _sign_in_at_acme(page, w, challenge, paul)
             # the same verified address at the provider: not linked, not signed in, asked for proof
             page.wait_for_selector("#social-link")
             assert page.url.startswith(f"{w.sp_base}/oauth/social/acme/callback")
@@ -327,9 +311,7 @@ def test_an_existing_account_is_linked_by_a_mailed_link_in_the_same_browser(worl
             browser = launch_chromium(p)
             try:
                 page = browser.new_page()
-                page.goto(_authorize_url(w, challenge))
-                page.click("#social-acme")
-                _idp_login(page, w, quinn)
+                _sign_in_at_acme(page, w, challenge, quinn)
                 page.wait_for_selector("#social-link")
                 page.click("#social-link-email")
                 assert "Check your mail" in page.content()

@@ -37,8 +37,15 @@ from saas.identity.models import ExternalIdentity, Membership, User, VerifiedDom
 from saas.services import services
 from tests.auth_helpers import pkce_pair
 from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, give_plan, live_server, verify_by_link
-from tests.idp_peer import bearer, idp, signup  # noqa: F401 - idp: the shared provider fixture
+from tests.helpers import (
+    drop_tenant,
+    give_plan,
+    live_server,
+    public_client_over_http,
+    signup_over_http,
+    verify_by_link,
+)
+from tests.idp_peer import bearer, idp, register_relying_party  # noqa: F401 - idp: the shared provider fixture
 from tests.peers import chromium_available, launch_chromium
 
 
@@ -59,24 +66,11 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):  #
     domain = f"corp-{tag}.test"
     alice = f"alice@{domain}"
     # the IdP: Alice's tenant there, and the service registered as its OAuth client
-    idp_owner = signup(idp_base, f"idp-{tag}", alice)
+    idp_owner = signup_over_http(idp_base, f"idp-{tag}", alice)
     verify_by_link(idp_base, idp_engine, alice)
-    r = requests.post(
-        f"{idp_base}/api/v1/clients",
-        json={
-            "name": "Our SaaS (SSO)",
-            "client_type": "confidential",
-            "first_party": True,
-            "redirect_uris": [f"{sp_base}/sso/oidc/callback"],
-            "scope": "openid email profile",
-        },
-        headers=bearer(idp_owner),
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-    idp_client = r.json()
+    idp_client = register_relying_party(idp_base, idp_owner, "Our SaaS (SSO)", f"{sp_base}/sso/oidc/callback")
     # the service: a tenant with the domain verified and a connection to the IdP
-    sp_owner = signup(sp_base, f"sp-{tag}", f"owner@sp-{tag}.test")
+    sp_owner = signup_over_http(sp_base, f"sp-{tag}", f"owner@sp-{tag}.test")
     tenant_id = uuid.UUID(sp_owner["tenant"]["id"])
     try:
         verify_by_link(sp_base, app, sp_owner["user"]["email"])
@@ -108,19 +102,7 @@ def test_oidc_sign_in_through_a_second_instance_in_chromium(idp, sp, engine):  #
         )
         assert r.status_code == 201, r.text
         assert r.json()["config"]["redirect_uri"] == f"{sp_base}/sso/oidc/callback"
-        r = requests.post(
-            f"{sp_base}/api/v1/clients",
-            json={
-                "name": "App",
-                "client_type": "public",
-                "first_party": True,
-                "redirect_uris": [f"{sp_base}/callback"],
-            },
-            headers=bearer(sp_owner),
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
-        app_client = r.json()
+        app_client = public_client_over_http(sp_base, sp_owner, f"{sp_base}/callback")
         verifier, challenge = pkce_pair()
         authorize = (
             requests.Request(

@@ -31,7 +31,16 @@ from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, Membership, SsoConnection, User, VerifiedDomain
 from saas.security import seal, unseal
 from saas.services import services
-from tests.auth_helpers import REDIRECT, csrf_of, pkce_pair, query_of, register_client
+from tests.auth_helpers import (
+    REDIRECT,
+    csrf_of,
+    email_step,
+    login_request,
+    pkce_pair,
+    query_of,
+    redeem_code,
+    register_client,
+)
 from tests.conftest import TEST_PASSWORD
 from tests.helpers import add_member, assert_problem, give_plan, role_headers
 from tests.peers import free_port
@@ -62,6 +71,16 @@ class FakeProvider:
         self.token_requests: list[dict[str, Any]] = []
         self.hits: dict[str, int] = {"discovery": 0, "jwks": 0, "userinfo": 0}
         self.token_error: str | None = None
+
+    def fresh(self) -> None:
+        """A test's start: :meth:`reset`, signing with its own key (the one it publishes), and the
+        relying party's memos of discovery documents and JWKS emptied."""
+        self.reset()
+        self.sign_key = self.key
+        self.published = [self.key]
+        for memo in (oidc._discovery, oidc._jwks):
+            for key in list(memo._data):
+                memo._data.pop(key, None)
 
     def id_token(self) -> str:
         now = int(time.time())
@@ -134,12 +153,7 @@ def provider() -> Iterator[FakeProvider]:
 
 @pytest.fixture()
 def idp(provider) -> FakeProvider:
-    provider.reset()
-    provider.sign_key = provider.key
-    provider.published = [provider.key]
-    for memo in (oidc._discovery, oidc._jwks):
-        for key in list(memo._data):
-            memo._data.pop(key, None)
+    provider.fresh()
     return provider
 
 
@@ -191,26 +205,9 @@ def _start(client, h, email: str = "alice@corp.test") -> tuple[dict[str, str], s
     """Through the hosted pages up to the redirect to the IdP: (its query, the PKCE verifier of
     the SP's own client)."""
     app_client = register_client(client, h, client_type="public", first_party=True)
-    verifier, challenge = pkce_pair()
-    r = client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code",
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-            "scope": "openid email api",
-            "state": "st-1",
-            "prompt": "login",  # a browser signed in already signs in again
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
-    )
+    verifier, r = login_request(client, app_client["client_id"])
     assert r.status_code == 302 and r.headers["Location"].endswith("/oauth/login"), r.get_data(as_text=True)
-    page = client.get("/oauth/login")
-    r = client.post(
-        "/oauth/login",
-        data={"email": email, "step": "email", "csrf_token": csrf_of(page.get_data(as_text=True))},
-    )
+    r = email_step(client, email)
     assert r.status_code == 302, r.get_data(as_text=True)
     return query_of(r.headers["Location"]), app_client["client_id"] + " " + verifier
 
@@ -233,18 +230,7 @@ def _finish(client, response) -> dict[str, str]:
 
 def _redeem(client, client_and_verifier: str, code: str) -> dict[str, Any]:
     client_id, verifier = client_and_verifier.split(" ")
-    r = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-        },
-    )
-    assert r.status_code == 200, r.get_json()
-    return r.get_json()
+    return redeem_code(client, client_id, verifier, code)
 
 
 def _member(db_session, tenant_id, email: str) -> Membership | None:
@@ -702,14 +688,6 @@ def test_an_idp_that_cannot_be_reached_leaves_the_user_on_the_login_page(client,
             "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
         },
     )  # fmt: skip
-    page = client.get("/oauth/login")
-    r = client.post(
-        "/oauth/login",
-        data={
-            "email": "alice@corp.test",
-            "step": "email",
-            "csrf_token": csrf_of(page.get_data(as_text=True)),
-        },
-    )
+    r = email_step(client, "alice@corp.test")
     assert r.status_code == 502 and "cannot be reached" in r.get_data(as_text=True)
     assert r.mimetype == "text/html"

@@ -25,22 +25,11 @@ from saas.errors import ValidationError
 from saas.identity.models import ExternalIdentity, Membership, SsoConnection
 from saas.services import services
 from saas.settings import Settings
-from tests.helpers import replace_services
-from tests.saml_idp import SamlIdp, User
+from tests import saml_idp
+from tests.saml_idp import User
 
-
-@pytest.fixture(scope="module")
-def idp():
-    server = SamlIdp()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def private_urls(app, monkeypatch):
-    """``SSO_ALLOW_PRIVATE_URLS``: the test IdP is on http://127.0.0.1."""
-    settings = services(app).settings.with_overrides(sso_allow_private_urls=True)
-    replace_services(monkeypatch, app, settings=settings)
+idp = saml_idp.idp  # the shared fixture
+private_urls = saml_idp.private_urls  # the shared fixture
 
 
 @pytest.fixture()

@@ -19,22 +19,19 @@ pytest.importorskip("saas.tenancy.sso_views", reason="the connections API lands 
 from saas.db import utcnow
 from saas.identity.models import ExternalIdentity, SsoConnection, VerifiedDomain
 from saas.services import services
-from tests.auth_helpers import REDIRECT, csrf_of, pkce_pair, query_of, register_client
-from tests.helpers import assert_problem, give_plan, replace_services
-from tests.saml_idp import SamlIdp
+from tests import saml_idp
+from tests.auth_helpers import (
+    REDIRECT,
+    email_step,
+    login_request,
+    query_of,
+    redeem_code,
+    register_client,
+)
+from tests.helpers import assert_problem, give_plan
 
-
-@pytest.fixture(scope="module")
-def idp():
-    server = SamlIdp()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def private_urls(app, monkeypatch):
-    settings = services(app).settings.with_overrides(sso_allow_private_urls=True)
-    replace_services(monkeypatch, app, settings=settings)
+idp = saml_idp.idp  # the shared fixture
+private_urls = saml_idp.private_urls  # the shared fixture
 
 
 def _tenant(api, db_session, slug: str):
@@ -112,30 +109,9 @@ def test_home_realm_discovery_signs_in_through_the_saml_idp(client, api, db_sess
     connection_id = created.get_json()["id"]
     idp.trust_sp(client.get(f"/sso/saml/{connection_id}/metadata").get_data(as_text=True))
     app_client = register_client(client, h, client_type="public", first_party=True)
-    verifier, challenge = pkce_pair()
-    r = client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code",
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-            "scope": "openid email api",
-            "state": "st-1",
-            "prompt": "login",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
-    )
+    verifier, r = login_request(client, app_client["client_id"])
     assert r.status_code == 302, r.get_data(as_text=True)
-    page = client.get("/oauth/login")
-    r = client.post(
-        "/oauth/login",
-        data={
-            "email": "ada@saml.example",
-            "step": "email",
-            "csrf_token": csrf_of(page.get_data(as_text=True)),
-        },
-    )
+    r = email_step(client, "ada@saml.example")
     assert r.status_code in (302, 303) and r.headers["Location"].startswith(f"{idp.base}/sso/redirect?"), (
         r.status_code,
         r.headers.get("Location"),
@@ -147,18 +123,8 @@ def test_home_realm_discovery_signs_in_through_the_saml_idp(client, api, db_sess
     r = client.get(r.headers["Location"])  # the hosted hand-off
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT), r.get_data(as_text=True)
     code = query_of(r.headers["Location"])["code"]
-    tokens = client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "client_id": app_client["client_id"],
-            "redirect_uri": REDIRECT,
-        },
-    )
-    assert tokens.status_code == 200, tokens.get_json()
-    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {tokens.get_json()['access_token']}"})
+    tokens = redeem_code(client, app_client["client_id"], verifier, code)
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert me.status_code == 200 and me.get_json()["user"]["email"] == "ada@saml.example"
     linked = db_session.query(ExternalIdentity).filter_by(provider=f"sso:{connection_id}").all()
     assert [x.subject for x in linked] == ["ada@saml.example"]

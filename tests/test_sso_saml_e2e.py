@@ -22,13 +22,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saas.auth.sso.protocol import protocol_for
-from saas.db import utcnow
-from saas.identity.models import ExternalIdentity, SsoConnection, VerifiedDomain
+from saas.identity.models import ExternalIdentity
 from saas.services import services
-from tests.conftest import TEST_PASSWORD
-from tests.helpers import drop_tenant, live_server
+from tests import saml_idp
+from tests.helpers import drop_tenant, live_server, signup_over_http
 from tests.peers import chromium_available, launch_chromium
-from tests.saml_idp import SamlIdp
+from tests.saml_idp import add_saml_connection
+
+idp = saml_idp.idp  # the shared fixture
 
 
 @pytest.fixture(scope="module")
@@ -37,43 +38,17 @@ def live(settings, engine, redis_client):
         yield served
 
 
-@pytest.fixture(scope="module")
-def idp():
-    server = SamlIdp()
-    yield server
-    server.close()
-
-
 @pytest.fixture()
 def connection(live, idp, engine):
     """A tenant with a SAML connection to the test IdP (committed), the IdP trusting its SP."""
     base, app, _settings = live
     slug = f"saml-e2e-{uuid.uuid4().hex[:8]}"
-    r = requests.post(
-        f"{base}/api/v1/signup",
-        json={
-            "tenant": {"name": "SAML E2E", "slug": slug},
-            "owner": {"email": f"owner@{slug}.test", "password": TEST_PASSWORD},
-        },
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-    owner = r.json()
+    owner = signup_over_http(base, slug, f"owner@{slug}.test", name="SAML E2E")
     tenant_id = uuid.UUID(owner["tenant"]["id"])
     with app.test_request_context():
         config, _ = protocol_for("saml").validate_config({"metadata_url": f"{idp.base}/metadata"}, None)
     with services(app).database.session() as session:
-        # the IdP's users are on a verified domain of the tenant, sent to this connection (the
-        # login pipeline trusts an IdP's address only there)
-        session.add(
-            VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow())
-        )
-        row = SsoConnection(
-            tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
-        )
-        session.add(row)
-        session.commit()
-        connection_id = row.id
+        connection_id = add_saml_connection(session, tenant_id, config)
     sp = requests.get(f"{base}/sso/saml/{connection_id}/metadata", timeout=10)
     assert sp.status_code == 200 and sp.headers["Content-Type"].startswith("application/samlmetadata+xml")
     idp.trust_sp(sp.text)

@@ -12,90 +12,38 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy.orm import Session
 
 from saas.auth.sso import saml
-from saas.db import utcnow
-from saas.identity.models import SsoConnection, VerifiedDomain
 from saas.security import random_token
-from tests.conftest import TEST_PASSWORD, _redis_url
-from tests.helpers import drop_tenant
-from tests.peers import free_port
-from tests.saml_idp import SamlIdp
-from tests.test_identity_gunicorn import _stop, _wait_http
+from tests import saml_idp
+from tests.conftest import _redis_url
+from tests.helpers import drop_tenant, signup_over_http
+from tests.peers import gunicorn_server
+from tests.saml_idp import add_saml_connection
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[SamlIdp]:
-    server = SamlIdp()
-    yield server
-    server.close()
+idp = saml_idp.idp  # the shared fixture
 
 
 @pytest.fixture(scope="module")
 def base(database_url, worker_id_str, tmp_path_factory) -> Iterator[str]:
-    from saas.auth.keys import KeyStore
-
+    env = {"SECRET_KEY": "gunicorn-saml-test", "SAAS_ENV": "development", "SSO_ALLOW_PRIVATE_URLS": "true"}
     tmp = tmp_path_factory.mktemp("saml-gunicorn")
-    (tmp / "keys").mkdir()
-    KeyStore(tmp / "keys", "RS256", generate=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url.replace("postgresql+psycopg://", "postgresql://"),
-        "REDIS_URL": _redis_url(worker_id_str),
-        "SECRET_KEY": "gunicorn-saml-test",
-        "SAAS_ENV": "development",
-        "SAAS_SIGNING_KEY_PATH": str(tmp / "keys"),
-        "SAAS_ISSUER": url,
-        "SSO_ALLOW_PRIVATE_URLS": "true",
-        "ARGON2_MEMORY_KIB": "8192",
-        "ARGON2_TIME_COST": "1",
-        "LOG_LEVEL": "WARNING",
-        "GUNICORN_MAX_REQUESTS": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-    }
-    stderr = tmp / "gunicorn.stderr"
-    with stderr.open("wb") as err:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "-w", "2",
-             "-b", f"127.0.0.1:{port}", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-        try:
-            _wait_http(url, server, stderr)
-            yield url
-        finally:
-            _stop(server)
+    with gunicorn_server(database_url, _redis_url(worker_id_str), tmp, env=env) as server:
+        yield server.base
 
 
 @pytest.fixture()
 def connection(base, idp, engine, redis_client) -> Iterator[tuple[uuid.UUID, dict]]:
     redis_client.flushdb()
     slug = f"saml-g-{uuid.uuid4().hex[:8]}"
-    r = requests.post(
-        f"{base}/api/v1/signup",
-        json={
-            "tenant": {"name": "SAML gunicorn", "slug": slug},
-            "owner": {"email": f"owner@{slug}.test", "password": TEST_PASSWORD},
-        },
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-    owner = r.json()
+    owner = signup_over_http(base, slug, f"owner@{slug}.test", name="SAML gunicorn")
     tenant_id = uuid.UUID(owner["tenant"]["id"])
     config = {
         **saml.parse_idp_metadata(idp.metadata(), allow_private=True),
@@ -104,17 +52,7 @@ def connection(base, idp, engine, redis_client) -> Iterator[tuple[uuid.UUID, dic
         "groups_attribute": None,
     }
     with Session(engine) as session:
-        # the IdP's users are on a verified domain of the tenant, sent to this connection (the
-        # login pipeline trusts an IdP's address only there)
-        session.add(
-            VerifiedDomain(tenant_id=tenant_id, domain="saml.example", token="t", verified_at=utcnow())
-        )
-        row = SsoConnection(
-            tenant_id=tenant_id, type="saml", name="Test IdP", config=config, domains=["saml.example"]
-        )
-        session.add(row)
-        session.commit()
-        connection_id = row.id
+        connection_id = add_saml_connection(session, tenant_id, config)
     idp.trust_sp(requests.get(f"{base}/sso/saml/{connection_id}/metadata", timeout=10).text)
     yield connection_id, owner
     drop_tenant(engine, tenant_id)
