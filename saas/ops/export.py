@@ -1,7 +1,7 @@
 """Tenant export and import (``saas tenants export`` / ``saas tenants import``).
 
-Format ``saas.tenant-export`` version 2 (version 1 files, without the shared rows marked *v2*
-below, are still imported): UTF-8 JSON Lines, one JSON object per line.
+Format ``saas.tenant-export`` version 3 (version 1 and 2 files, without the shared rows marked
+*v2* and *v3* below, are still imported): UTF-8 JSON Lines, one JSON object per line.
 
 1. header: ``{"format": "saas.tenant-export", "version": 1, "exported_at": ISO-8601,
    "tenant_revision": <tenant track revision of the schema>, "shared_revision": ...,
@@ -12,6 +12,7 @@ below, are still imported): UTF-8 JSON Lines, one JSON object per line.
    ``saas.oauth_consents``, ``saas.billing_accounts`` (Stripe ids included),
    ``saas.billing_overrides``, and the members' ``saas.mfa_factors`` (TOTP secret still
    encrypted under the source's ``SECRET_KEY``) and ``saas.mfa_recovery_codes`` (hashes);
+   *v3*: the tenant's ``saas.custom_roles`` (name, description, permissions);
 3. tenant rows: ``{"table": "tenant.<name>", "row": {...}}`` for every table of the tenant
    schema (``contacts``, ``audit_events``, ...), in dependency order;
 4. trailer: ``{"end": true, "counts": {"<table>": n, ...}}``; a file without it is truncated and
@@ -30,12 +31,14 @@ refuses a file whose ``tenant_revision`` differs from the head (migrate the sour
 
 An import file is input like any request: every line is checked before it is used, with the
 API's own rules where the API writes such rows (tenant name and settings: the tenant schemas;
-members' emails and roles: the invitation schemas; OAuth clients: ``saas.auth.clients``, so no
-``javascript:`` redirect URI, no ``password`` grant, roles within the role set; contacts: the
-contacts schema), and with the tables' column types elsewhere; unknown fields, duplicated keys
-and unknown tables are refused. The first bad line raises :class:`ImportFileError`, one line
-naming the line and field (``line 12 (saas.oauth_clients): redirect_uris: ...``), and the
-caller's rollback leaves nothing behind (no tenant, schema, user, invitation or mail).
+members' emails and roles: the invitation schemas, a role being built-in or one of the file's
+custom roles; custom roles: ``saas.tenancy.roles`` (names, registry permissions); OAuth clients:
+``saas.auth.clients``, so no ``javascript:`` redirect URI, no ``password`` grant, roles within
+the role set; contacts: the contacts schema), and with the tables' column types elsewhere;
+unknown fields, duplicated keys and unknown tables are refused. The first bad line raises
+:class:`ImportFileError`, one line naming the line and field (``line 12 (saas.oauth_clients):
+redirect_uris: ...``), and the caller's rollback leaves nothing behind (no tenant, schema, user,
+invitation or mail).
 
 **Untrusted by default.** Without ``trusted`` the import takes no plan (the tenant gets the
 catalogue's default), no billing overrides, no secrets (password hashes, client secrets, MFA
@@ -54,6 +57,13 @@ dropped. Without ``trusted`` every member is invited (a new account gets no pass
 accepts). A trusted file's new users keep their password hash, id (when free), MFA factors and
 consents, and their active memberships. User ids inside tenant rows (``created_by``, audit
 ``actor_id``) follow the new ids.
+
+**Custom roles** are imported (trusted or not: the API writes them) before the memberships, so
+a member's or invitee's custom role resolves, with its permissions, on the target. A target
+plan without ``custom_roles`` (an untrusted import's default plan, say) takes them anyway, as
+a downgraded tenant keeps its roles (docs/auth.md, "Custom roles"): their holders keep them
+working; creating, changing or assigning one waits for a plan that has the feature. The
+import notes say so.
 
 Shared rows of the tenant get new row ids and the new tenant id. A trusted import keeps an
 OAuth client's ``client_id`` (and secret) when it is free, else gives it a new ``c_...`` one (the
@@ -94,9 +104,9 @@ from saas.identity.slugs import normalize_slug, slug_problems
 from saas.memo import memoize
 
 FORMAT = "saas.tenant-export"
-VERSION = 2
+VERSION = 3
 #: versions :func:`import_tenant` reads
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 _USER_ID_COLUMNS = {"created_by", "updated_by", "user_id", "invited_by"}
 #: an OAuth client's fields that the API registers (and checks): an import checks them the same way
 CLIENT_API_FIELDS = (
@@ -137,6 +147,7 @@ def _shared_queries(tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[tup
     """(record table name, SELECT) for the tenant's v2 shared rows, in import order."""
     from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
     from saas.billing.models import BillingAccount, BillingOverride
+    from saas.identity.models import CustomRole
 
     def of_tenant(model: Any) -> Any:
         table = model.__table__
@@ -147,6 +158,7 @@ def _shared_queries(tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[tup
         return select(table).where(table.c.user_id.in_(user_ids)).order_by(table.c.id)
 
     return [
+        ("saas.custom_roles", of_tenant(CustomRole)),
         ("saas.mfa_factors", of_users(MfaFactor)),
         ("saas.mfa_recovery_codes", of_users(RecoveryCode)),
         ("saas.oauth_clients", of_tenant(OAuthClient)),
@@ -382,11 +394,11 @@ def _schemas() -> dict[str, ma.Schema]:
     from saas.auth.schemas import ClientSchema
     from saas.billing.entitlements import INTERVALS
     from saas.billing.models import BillingAccount, BillingOverride
+    from saas.identity.models import CustomRole
     from saas.product import product
     from saas.tenancy.views import (
         InviteSchema,
         OwnerInSchema,
-        RoleSchema,
         TenantInSchema,
         TenantSettingsSchema,
     )
@@ -454,13 +466,18 @@ def _schemas() -> dict[str, ma.Schema]:
             {
                 "id": _column_field(memberships.c.id),
                 "user_id": ma.fields.UUID(required=True),
-                **_api_fields(RoleSchema, "role"),
+                # a built-in role or one of the file's custom roles: checked by _members
+                "role": ma.fields.String(
+                    required=True, validate=ma.validate.Length(min=1, max=memberships.c.role.type.length)
+                ),
                 "status": ma.fields.String(validate=ma.validate.OneOf(["active", "invited"])),
                 "invited_by": ma.fields.UUID(allow_none=True),
                 "created_at": ma.fields.AwareDateTime(format="iso", allow_none=True),
             },
             name="ImportMembership",
         )(),
+        # name, permissions and description are checked by the roles service (_custom_roles)
+        "saas.custom_roles": _row_schema(CustomRole.__table__),
         "saas.mfa_factors": _row_schema(MfaFactor.__table__),
         "saas.mfa_recovery_codes": _row_schema(RecoveryCode.__table__),
         "saas.oauth_clients": _row_schema(
@@ -513,6 +530,7 @@ def _api_tenant_tables() -> frozenset[str]:
 _SHARED_TABLES = (
     "saas.users",
     "saas.memberships",
+    "saas.custom_roles",
     "saas.mfa_factors",
     "saas.mfa_recovery_codes",
     "saas.oauth_clients",
@@ -680,6 +698,7 @@ class _Importer:
         self.client_map: dict[str, str] = {}
         self.invited: list[str] = []
         self.billing_note: dict[str, Any] = {}
+        self.roles: dict[str, tuple[Any, uuid.UUID | None]] = {}  # name -> (CustomRole, source created_by)
 
     # -- the file, in order -----------------------------------------------------------------
 
@@ -820,6 +839,7 @@ class _Importer:
 
     def _apply_shared(self, shared: dict[str, list[_Record]]) -> None:
         self._billing(shared)
+        self._custom_roles(shared.get("saas.custom_roles", []))
         self._members(shared)
         self._mfa(shared)
         self._clients(shared.get("saas.oauth_clients", []))
@@ -877,6 +897,55 @@ class _Importer:
         if self.counts["saas.billing_overrides"] or self.counts["saas.billing_accounts"]:
             ent.invalidate(self.session, self.tenant.id)
 
+    def _custom_roles(self, records: list[_Record]) -> None:
+        """The tenant's custom roles, before the members (whose roles name them), checked by the
+        roles service's own rules (:func:`saas.tenancy.roles.validate_name`, registry
+        permissions, description), trusted or not. A plan without ``custom_roles`` takes them
+        anyway (a downgraded tenant keeps its roles: they keep working for their holders), said
+        in the notes. ``created_by`` follows the user mapping once the members are in."""
+        from saas.billing import entitlements as ent
+        from saas.identity.models import CustomRole
+        from saas.tenancy import roles as roles_service
+
+        for record in records:
+            values = record.values
+            try:
+                name = roles_service.validate_name(values["name"])
+                permissions = roles_service.validate_permissions(values.get("permissions") or [])
+                description = roles_service.validate_description(values.get("description") or "")
+            except AppError as exc:
+                raise _refused(exc, record.line, "saas.custom_roles") from None
+            if name in self.roles:
+                raise ImportFileError(record.line, "the role name appears twice", field="name",
+                                      table="saas.custom_roles")  # fmt: skip
+            role = CustomRole(
+                id=uuid.uuid4(), tenant_id=self.tenant.id, name=name, description=description,
+                permissions=permissions, created_by=None,
+            )  # fmt: skip
+            if values.get("created_at"):
+                role.created_at = values["created_at"]
+            if values.get("updated_at"):
+                role.updated_at = values["updated_at"]
+            self.session.add(role)
+            self.roles[name] = (role, values.get("created_by"))
+        self.session.flush()
+        self.counts["saas.custom_roles"] = len(self.roles)
+        if self.roles and not ent.entitlements_for(self.tenant).features.get(roles_service.FEATURE):
+            self.notes.append(
+                f"custom roles imported on plan {self.tenant.plan!r}, which lacks 'custom_roles': "
+                f"{', '.join(sorted(self.roles))} keep working for their holders; creating, changing "
+                "or assigning one needs a plan with the feature"
+            )
+
+    def _check_member_role(self, record: _Record) -> None:
+        from saas.rbac import ROLE_ORDER
+
+        role = record.values["role"]
+        if role not in ROLE_ORDER and role not in self.roles:
+            names = ", ".join([*ROLE_ORDER, *sorted(self.roles)])
+            raise ImportFileError(record.line, f"Must be one of: {names}.", field="role",
+                                  table="saas.memberships")  # fmt: skip
+
     def _members(self, shared: dict[str, list[_Record]]) -> None:
         """Users and memberships. An account that exists already (matched by email) is only
         ever invited (``members.invite``: a pending membership and an invitation mailed through
@@ -919,6 +988,7 @@ class _Importer:
             if source_id in self.user_map:
                 raise ImportFileError(record.line, "a second membership of this user",
                                       field="user_id", table="saas.memberships")  # fmt: skip
+            self._check_member_role(record)
             user_values = user_record.values
             existing = find_user_by_email(self.session, user_values["email"])
             if existing is None and self.trusted:
@@ -941,7 +1011,9 @@ class _Importer:
                     direct.append((membership, values.get("invited_by")))
                     continue
             try:
-                result = members.invite(as_operator, user_values["email"], values["role"], self.ttl)
+                result = members.invite(
+                    as_operator, user_values["email"], values["role"], self.ttl, check_plan=False
+                )
             except AppError as exc:
                 raise _refused(exc, record.line, "saas.memberships") from None
             user_id = result.membership.user_id
@@ -954,6 +1026,8 @@ class _Importer:
             self.invited.append(f"{user_values['email']} as {values['role']} (line {record.line})")
         for membership, invited_by in direct:
             membership.invited_by = self.user_map.get(invited_by) if invited_by else None
+        for role, created_by in self.roles.values():
+            role.created_by = self.user_map.get(created_by) if created_by else None
         self.session.flush()
         self.counts["saas.users"] = len(self.created)
         self.counts["saas.memberships"] = len(self.user_map)

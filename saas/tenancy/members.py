@@ -73,10 +73,10 @@ def _principal(ctx: ActionContext) -> Principal:
     return ctx.principal
 
 
-def _check_role(session: Session, actor: Principal, role: str) -> None:
+def _check_role(session: Session, actor: Principal, role: str, *, check_plan: bool = True) -> None:
     """The role exists (built-in or the tenant's custom one) and the actor may grant it
     (:func:`saas.tenancy.roles.check_assignable`: no escalation)."""
-    roles_service.check_assignable(session, actor, role)
+    roles_service.check_assignable(session, actor, role, check_plan=check_plan)
 
 
 def _may_act_on(session: Session, actor: Principal, role: str) -> bool:
@@ -101,7 +101,9 @@ def invitee_email(email: str) -> str:
     return email.strip().lower()
 
 
-def invite(ctx: ActionContext, email: str, role: str, ttl_seconds: int) -> InvitationResult:
+def invite(
+    ctx: ActionContext, email: str, role: str, ttl_seconds: int, *, check_plan: bool = True
+) -> InvitationResult:
     """Invite ``email`` with ``role``: creates a user without a password if the address has none
     (a placeholder the invitee or a signup claims), a pending membership, an invitation (only
     the SHA-256 of its token is stored) and an outbox message ``mail.invitation`` carrying the
@@ -110,13 +112,17 @@ def invite(ctx: ActionContext, email: str, role: str, ttl_seconds: int) -> Invit
     The result and the audit event are the same whether or not the address has an account: the
     inviting tenant learns nothing of another tenant's user (no user id, no name).
 
+    ``check_plan=False`` (only ``saas tenants import``, restoring the tenant's own members) gives
+    a custom role on a plan without ``custom_roles``, as a downgraded tenant keeps them.
+
     Raises:
         ValidationError: unknown role. Forbidden: role above the actor's.
         Conflict: ``already_member`` (a member or pending invitee of this tenant).
-        PaymentRequired: ``seats_exceeded``.
+        PaymentRequired: ``seats_exceeded``; ``entitlement_required`` (a custom role, the plan
+            lacks ``custom_roles``, ``check_plan``).
     """
     session, actor = ctx.session, _principal(ctx)
-    _check_role(session, actor, role)
+    _check_role(session, actor, role, check_plan=check_plan)
     tenant = actor.tenant
     assert tenant is not None
     billing_service.check_seat_available(session, tenant)

@@ -308,18 +308,20 @@ def may_grant(session: Session, actor: Principal, role: str) -> bool:
     return can_grant(actor.role, actor.permissions, role, perms if perms is not None else frozenset())
 
 
-def check_assignable(session: Session, actor: Principal, role: str) -> None:
+def check_assignable(session: Session, actor: Principal, role: str, *, check_plan: bool = True) -> None:
     """Refuse to give ``role`` (an invitation, a role change, a replacement): it must exist, the
     tenant's plan must have ``custom_roles`` for a custom one, and the actor must hold each of its
     permissions. A custom role is locked ``FOR SHARE`` until the transaction ends (a concurrent
-    delete waits, then moves the new holder too).
+    delete waits, then moves the new holder too). ``check_plan=False`` skips the plan: only for
+    ``saas tenants import`` restoring a tenant's own invitations (a moved tenant keeps its roles,
+    as a downgraded one does).
 
     Raises:
         ValidationError: no such role. PaymentRequired: ``entitlement_required`` (a custom
             role on a plan without ``custom_roles``). Forbidden: ``role_not_assignable``.
     """
     perms = role_permissions(session, actor.tenant_id, role, lock=True)
-    if perms is not None:
+    if perms is not None and check_plan:
         check_feature(actor.tenant, FEATURE)
     if not can_grant(actor.role, actor.permissions, role, perms):
         raise Forbidden(

@@ -151,8 +151,8 @@ class MemberSchema(ma.Schema):
 
 def _known_role(value: str) -> None:
     """A built-in role or one of the caller's tenant's custom roles (read after the permission
-    check: ``require`` runs before the body is parsed). Outside a request (``saas tenants
-    import`` reuses this field) only the built-in roles: custom roles are not imported."""
+    check: ``require`` runs before the body is parsed). Outside a request only the built-in
+    roles (``saas tenants import`` checks a member's role against the file's custom roles)."""
     if value in ROLES:
         return
     if not flask.has_request_context() or flask.g.get("principal") is None:

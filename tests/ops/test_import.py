@@ -5,6 +5,7 @@ code 2, and nothing is written."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import uuid
@@ -492,7 +493,7 @@ def test_bad_member_rows_name_line_and_field(crafted, table, change, expected):
     ("mutate", "expected"),
     [
         (lambda recs: recs.__setitem__(0, {**recs[0], "format": "other"}), "error: line 1: format: not a"),
-        (lambda recs: recs[0].update(version=9), "error: line 1: version: Must be one of: 1, 2."),
+        (lambda recs: recs[0].update(version=9), "error: line 1: version: Must be one of: 1, 2, 3."),
         (lambda recs: recs[0].update(tenant_revision="abc"), "error: line 1: tenant_revision: exported at"),
         (
             lambda recs: recs[0]["tenant"].update(name=""),
@@ -591,3 +592,128 @@ def test_invitations_keep_the_api_seat_limit(crafted):
     r, _slug = crafted.run(records, "--trusted")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["rows"]["saas.memberships"] == 4
+
+
+# --- custom roles (issue 13) ----------------------------------------------------------------------
+
+
+def _export_with_custom_role(crafted) -> list[dict]:
+    """An export of a tenant on enterprise whose second member holds custom role
+    ``support-agent`` (active) and whose third is invited with it."""
+    crafted.src = src = crafted.committed.tenant(members=3)
+    with crafted.engine.begin() as conn:
+        conn.execute(text("UPDATE saas.tenants SET plan = 'enterprise' WHERE id = :t"), {"t": src.id})
+        conn.execute(
+            text(
+                "INSERT INTO saas.custom_roles (id, tenant_id, name, description, permissions, created_at,"
+                " updated_at) VALUES (gen_random_uuid(), :t, 'support-agent', 'Helps',"
+                ' \'["contacts:read", "members:read"]\', now(), now())'
+            ),
+            {"t": src.id},
+        )
+        conn.execute(
+            text(
+                "UPDATE saas.memberships m SET role = 'support-agent',"
+                " status = CASE WHEN u.email LIKE 'm2@%' THEN 'invited' ELSE 'active' END"
+                " FROM saas.users u WHERE u.id = m.user_id AND m.tenant_id = :t AND u.email NOT LIKE 'm0@%'"
+            ),
+            {"t": src.id},
+        )
+    out = crafted.tmp_path / f"roles-{uuid.uuid4().hex[:6]}.jsonl"
+    r = crafted.run_cli("tenants", "export", src.slug, "--out", str(out))
+    assert r.exit_code == 0, r.output
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def _held_roles(crafted, tenant_id: str) -> list[tuple]:
+    """(email, status, role, the role's permissions) of each member holding a custom role."""
+    with crafted.engine.connect() as conn:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                text(
+                    "SELECT split_part(u.email, '@', 1), m.status, m.role, cr.permissions"
+                    " FROM saas.memberships m JOIN saas.users u ON u.id = m.user_id"
+                    " JOIN saas.custom_roles cr ON cr.tenant_id = m.tenant_id AND cr.name = m.role"
+                    " WHERE m.tenant_id = :t ORDER BY u.email"
+                ),
+                {"t": tenant_id},
+            )
+        ]
+
+
+def test_custom_roles_are_exported_and_resolve_for_members_and_invitees(crafted):
+    records = _export_with_custom_role(crafted)
+    assert records[0]["version"] == 3
+    roles = [r["row"] for r in records if r.get("table") == "saas.custom_roles"]
+    assert [(r["name"], r["permissions"]) for r in roles] == [
+        ("support-agent", ["contacts:read", "members:read"])
+    ]
+    assert _index(records, "saas.custom_roles") < _before_tenant_rows(records)
+    path = crafted.write(records, fix_counts=False)  # the export as written
+
+    # trusted, m1 as an account new to this database: an active member holding the role at once
+    moved = copy.deepcopy(records)
+    m1 = next(
+        r["row"] for r in moved if r.get("table") == "saas.users" and r["row"]["email"].startswith("m1@")
+    )
+    m1["email"] = f"m1@moved-{uuid.uuid4().hex[:8]}.test"
+    crafted.committed.user_emails.add(m1["email"])
+    r, _slug = crafted.run(crafted.write(moved, fix_counts=False), "--trusted")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["rows"]["saas.custom_roles"] == 1
+    perms = ["contacts:read", "members:read"]
+    assert _held_roles(crafted, out["id"]) == [
+        ("m1", "active", "support-agent", perms),
+        ("m2", "invited", "support-agent", perms),
+    ]
+
+    # untrusted: the default plan (free, no custom_roles) takes the roles anyway; all are invited
+    r, slug = crafted.run(path)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert crafted.tenant(slug).plan == "free"
+    assert _held_roles(crafted, out["id"]) == [
+        ("m1", "invited", "support-agent", perms),
+        ("m2", "invited", "support-agent", perms),
+    ]
+    assert any("lacks 'custom_roles'" in note for note in out["notes"]), out["notes"]
+    with crafted.engine.connect() as conn:
+        mails = conn.scalars(
+            text(
+                "SELECT payload->>'role' FROM saas.outbox WHERE tenant_id = :t AND topic = 'mail.invitation'"
+            ),
+            {"t": out["id"]},
+        ).all()
+    assert sorted(mails) == ["owner", "support-agent", "support-agent"]
+
+
+def test_a_member_role_missing_from_the_file_is_refused(crafted):
+    records = _export_with_custom_role(crafted)
+    at = _index(records, "saas.custom_roles")
+    del records[at]
+    line_no = next(i for i, r in enumerate(records) if r.get("row", {}).get("role") == "support-agent") + 1
+    line = crafted.refused(records, "--trusted")
+    assert line.startswith(
+        f"error: line {line_no} (saas.memberships): role: Must be one of: owner, admin, member, viewer."
+    ), line
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"permissions": ["contacts:read", "root:everything"]},
+            "permissions: Unknown permissions: root:everything",
+        ),
+        ({"name": "owner"}, "name: 'owner' is a built-in role's name."),
+        ({"name": "Bad Name"}, "name: 2 to 32 lowercase letters"),
+    ],
+)
+def test_bad_custom_roles_are_refused_by_the_roles_service_rules(crafted, change, expected):
+    records = _export_with_custom_role(crafted)
+    at = _index(records, "saas.custom_roles")
+    records[at]["row"].update(change)
+    line = crafted.refused(records)
+    assert line.startswith(f"error: line {at + 1} (saas.custom_roles): {expected}"), line

@@ -240,7 +240,7 @@ def test_export_import_carries_clients_consents_billing_and_mfa(committed, run_c
         "saas.mfa_recovery_codes",
     ):
         assert table in tables, table
-    assert json.loads(out.read_text().splitlines()[0])["version"] == 2
+    assert json.loads(out.read_text().splitlines()[0])["version"] == 3
 
     with engine.begin() as conn:  # the member's account is gone: the import creates it anew
         conn.execute(text("DELETE FROM saas.users WHERE id = :i"), {"i": member_id})
