@@ -12,7 +12,10 @@ Format ``saas.tenant-export`` version 3 (version 1 and 2 files, without the shar
    ``saas.oauth_consents``, ``saas.billing_accounts`` (Stripe ids included),
    ``saas.billing_overrides``, and the members' ``saas.mfa_factors`` (TOTP secret still
    encrypted under the source's ``SECRET_KEY``) and ``saas.mfa_recovery_codes`` (hashes);
-   *v3*: the tenant's ``saas.custom_roles`` (name, description, permissions);
+   *v3*: the tenant's ``saas.custom_roles`` (name, description, permissions),
+   ``saas.verified_domains``, ``saas.sso_connections`` (every column but ``secret_encrypted``:
+   a secret sealed under this deployment's key is useless elsewhere and never leaves) and
+   ``saas.scim_settings`` (SCIM tokens never);
 3. tenant rows: ``{"table": "tenant.<name>", "row": {...}}`` for every table of the tenant
    schema (``contacts``, ``audit_events``, ...), in dependency order;
 4. trailer: ``{"end": true, "counts": {"<table>": n, ...}}``; a file without it is truncated and
@@ -64,6 +67,16 @@ plan without ``custom_roles`` (an untrusted import's default plan, say) takes th
 a downgraded tenant keeps its roles (docs/auth.md, "Custom roles"): their holders keep them
 working; creating, changing or assigning one waits for a plan that has the feature. The
 import notes say so.
+
+**Directory settings** (*v3*). Verified domains come in as pending claims (through
+``saas.tenancy.domains.claim_domain``: ``verified_at`` NULL, a new token): the target deployment
+must see the TXT record itself; the notes give each record to publish. A domain another tenant
+of the target has verified is not claimed (noted). SSO connections come from a trusted file
+only (their ``config`` is checked by the API against the identity provider, which an import does
+not call), imported **disabled**, without a client secret, the notes saying to set it (PATCH)
+and re-enable; their domains and roles are checked like the API's (the file's domains, a
+built-in or imported role). SCIM settings (group roles, default role) are carried, trusted or
+not, their roles checked the same way; no SCIM token is exported or created.
 
 Shared rows of the tenant get new row ids and the new tenant id. A trusted import keeps an
 OAuth client's ``client_id`` (and secret) when it is free, else gives it a new ``c_...`` one (the
@@ -147,7 +160,8 @@ def _shared_queries(tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[tup
     """(record table name, SELECT) for the tenant's v2 shared rows, in import order."""
     from saas.auth.models import Consent, MfaFactor, OAuthClient, RecoveryCode
     from saas.billing.models import BillingAccount, BillingOverride
-    from saas.identity.models import CustomRole
+    from saas.identity.models import CustomRole, SsoConnection, VerifiedDomain
+    from saas.scim.models import ScimSettings
 
     def of_tenant(model: Any) -> Any:
         table = model.__table__
@@ -165,7 +179,17 @@ def _shared_queries(tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[tup
         ("saas.oauth_consents", of_tenant(Consent)),
         ("saas.billing_accounts", of_tenant(BillingAccount)),
         ("saas.billing_overrides", of_tenant(BillingOverride)),
+        ("saas.verified_domains", of_tenant(VerifiedDomain)),
+        # the sealed client secret never leaves the deployment whose key sealed it
+        ("saas.sso_connections", of_tenant(SsoConnection).with_only_columns(*_sso_columns())),
+        ("saas.scim_settings", of_tenant(ScimSettings)),
     ]
+
+
+def _sso_columns() -> list[Any]:
+    from saas.identity.models import SsoConnection
+
+    return [c for c in SsoConnection.__table__.columns if c.name != "secret_encrypted"]
 
 
 def export_tenant(engine: Engine, tenant_ref: str, out: IO[str]) -> dict[str, int]:
@@ -337,10 +361,14 @@ def _column_field(column: Any) -> ma.fields.Field:
     return ma.fields.Raw(**kw)  # JSON
 
 
-def _row_schema(table: Table, overrides: dict[str, ma.fields.Field] | None = None) -> ma.Schema:
-    """A schema of every column of ``table`` (unknown keys refused), with ``overrides`` (the
-    API's own fields) in place of the plain column checks."""
-    fields: dict[str, ma.fields.Field] = {c.name: _column_field(c) for c in table.columns}
+def _row_schema(
+    table: Table, overrides: dict[str, ma.fields.Field] | None = None, without: tuple[str, ...] = ()
+) -> ma.Schema:
+    """A schema of every column of ``table`` but ``without`` (unknown keys refused), with
+    ``overrides`` (the API's own fields) in place of the plain column checks."""
+    fields: dict[str, ma.fields.Field] = {
+        c.name: _column_field(c) for c in table.columns if c.name not in without
+    }
     fields.update(overrides or {})
     return ma.Schema.from_dict(fields, name=f"Import_{table.name}")()
 
@@ -394,8 +422,9 @@ def _schemas() -> dict[str, ma.Schema]:
     from saas.auth.schemas import ClientSchema
     from saas.billing.entitlements import INTERVALS
     from saas.billing.models import BillingAccount, BillingOverride
-    from saas.identity.models import CustomRole
+    from saas.identity.models import CustomRole, SsoConnection, VerifiedDomain
     from saas.product import product
+    from saas.scim.models import ScimSettings
     from saas.tenancy.views import (
         InviteSchema,
         OwnerInSchema,
@@ -509,6 +538,13 @@ def _schemas() -> dict[str, ma.Schema]:
                 "limits": ma.fields.Dict(keys=ma.fields.String(), validate=_valid_limits),
             },
         ),
+        # v3 directory settings: the domain and roles are checked by _domains, _sso, _scim
+        "saas.verified_domains": _row_schema(VerifiedDomain.__table__),
+        "saas.sso_connections": _row_schema(SsoConnection.__table__, without=("secret_encrypted",)),
+        "saas.scim_settings": _row_schema(
+            ScimSettings.__table__,
+            {"group_roles": ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())},
+        ),
         "tenant.audit_events": _row_schema(AuditEvent.__table__),
     }
     for name, resource in product().resources.items():  # the API's checks of the product's rows
@@ -537,6 +573,9 @@ _SHARED_TABLES = (
     "saas.oauth_consents",
     "saas.billing_accounts",
     "saas.billing_overrides",
+    "saas.verified_domains",
+    "saas.sso_connections",
+    "saas.scim_settings",
 )
 
 
@@ -699,6 +738,8 @@ class _Importer:
         self.invited: list[str] = []
         self.billing_note: dict[str, Any] = {}
         self.roles: dict[str, tuple[Any, uuid.UUID | None]] = {}  # name -> (CustomRole, source created_by)
+        self.file_domains: set[str] = set()  # the file's verified domains
+        self.claimed: set[str] = set()  # those claimed by the new tenant (pending)
 
     # -- the file, in order -----------------------------------------------------------------
 
@@ -844,6 +885,9 @@ class _Importer:
         self._mfa(shared)
         self._clients(shared.get("saas.oauth_clients", []))
         self._consents(shared.get("saas.oauth_consents", []))
+        self._domains(shared.get("saas.verified_domains", []))
+        self._sso(shared.get("saas.sso_connections", []))
+        self._scim(shared.get("saas.scim_settings", []))
         self.session.flush()
 
     def _insert(self, key: str, model: Any, rows: list[dict[str, Any]]) -> None:
@@ -938,13 +982,135 @@ class _Importer:
             )
 
     def _check_member_role(self, record: _Record) -> None:
+        self._check_role(record.values["role"], record.line, "saas.memberships", "role")
+
+    def _check_role(self, role: Any, line: int, table: str, field: str) -> None:
+        """``role`` is built-in or one of the file's custom roles."""
         from saas.rbac import ROLE_ORDER
 
-        role = record.values["role"]
         if role not in ROLE_ORDER and role not in self.roles:
             names = ", ".join([*ROLE_ORDER, *sorted(self.roles)])
-            raise ImportFileError(record.line, f"Must be one of: {names}.", field="role",
-                                  table="saas.memberships")  # fmt: skip
+            raise ImportFileError(line, f"Must be one of: {names}.", field=field, table=table)
+
+    def _operator_ctx(self) -> ActionContext:
+        """The operator's stand-in: an owner of the new tenant, for the services' rules."""
+        from saas.auth.context import Principal
+        from saas.rbac import ROLES
+
+        operator = Principal(
+            None, self.tenant.id, None, frozenset(), {}, roles=("owner",), permissions=ROLES["owner"],
+            tenant=self.tenant,
+        )  # fmt: skip
+        return ActionContext(self.session, self.actor, operator)
+
+    def _domains(self, records: list[_Record]) -> None:
+        """Verified domains, as pending claims of the new tenant (``claim_domain``: a new token,
+        ``verified_at`` NULL): this deployment must see the TXT record itself."""
+        from saas.tenancy import domains
+
+        for record in records:
+            self.file_domains.add(record.values["domain"])
+            try:
+                row = domains.claim_domain(self._operator_ctx(), self.tenant.id, record.values["domain"])
+            except Conflict as exc:
+                if exc.code == ErrorCode.DOMAIN_TAKEN:
+                    self.notes.append(
+                        f"line {record.line}: domain {record.values['domain']} is verified by another "
+                        "tenant here: not claimed"
+                    )
+                    continue
+                raise _refused(exc, record.line, "saas.verified_domains") from None
+            except AppError as exc:
+                raise _refused(exc, record.line, "saas.verified_domains") from None
+            self.claimed.add(row.domain)
+            challenge = domains.challenge_for(row)
+            self.notes.append(
+                f"domain {row.domain} imported as a pending claim: publish TXT {challenge.name} "
+                f'"{challenge.value}" and verify it (POST /api/v1/domains/{row.id}/verify)'
+            )
+        self.counts["saas.verified_domains"] = len(self.claimed)
+
+    def _sso(self, records: list[_Record]) -> None:
+        """SSO connections, from a trusted file only (the API checks ``config`` against the
+        identity provider, which an import does not call), imported disabled and without a
+        client secret; domains must be the file's, roles built-in or the file's."""
+        from saas.auth.sso.protocol import protocol_types
+        from saas.identity.models import SsoConnection
+
+        n = 0
+        for record in records:
+            values = record.values
+            if not self.trusted:
+                self.untaken.add("saas.sso_connections", record.line)
+                continue
+            if values["type"] not in protocol_types():
+                raise ImportFileError(record.line, f"Must be one of: {', '.join(protocol_types())}.",
+                                      field="type", table="saas.sso_connections")  # fmt: skip
+            config, mapping, names = values.get("config"), values.get("role_mapping"), values.get("domains")
+            if not isinstance(config, dict):
+                raise ImportFileError(
+                    record.line, "Not an object.", field="config", table="saas.sso_connections"
+                )
+            if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
+                raise ImportFileError(record.line, "Not an object.", field="role_mapping",
+                                      table="saas.sso_connections")  # fmt: skip
+            if not isinstance(names, list) or not all(isinstance(d, str) for d in names):
+                raise ImportFileError(record.line, "A list of domain names.", field="domains",
+                                      table="saas.sso_connections")  # fmt: skip
+            foreign = [d for d in names if d not in self.file_domains]
+            if foreign:
+                raise ImportFileError(record.line, f"Not a domain of the export: {', '.join(foreign)}.",
+                                      field="domains", table="saas.sso_connections")  # fmt: skip
+            if unclaimed := [d for d in names if d not in self.claimed]:
+                self.notes.append(
+                    f"line {record.line}: SSO connection without {', '.join(unclaimed)} (not claimed)"
+                )
+                names = [d for d in names if d in self.claimed]
+            self._check_role(values.get("default_role") or "member", record.line, "saas.sso_connections",
+                             "default_role")  # fmt: skip
+            for key, role in mapping.items():
+                self._check_role(role, record.line, "saas.sso_connections", f"role_mapping.{key}")
+            created_by = self.user_map.get(values["created_by"]) if values.get("created_by") else None
+            connection = SsoConnection(
+                id=uuid.uuid4(), tenant_id=self.tenant.id, type=values["type"], name=values.get("name") or "",
+                enabled=False, domains=names, default_role=values.get("default_role") or "member",
+                role_mapping=mapping, config=config, secret_encrypted=None, created_by=created_by,
+            )  # fmt: skip
+            self.session.add(connection)
+            self.session.flush()
+            n += 1
+            self.notes.append(
+                f"line {record.line}: SSO connection {connection.name or values['id']} imported DISABLED as "
+                f"{connection.id}, without its client secret: set it (PATCH /api/v1/sso/connections/"
+                f"{connection.id}) and re-enable it"
+            )
+        self.counts["saas.sso_connections"] = n
+
+    def _scim(self, records: list[_Record]) -> None:
+        """SCIM settings (group roles, default role: built-in or the file's roles); SCIM tokens
+        are never exported: the operator issues new ones."""
+        from saas.scim.models import ScimSettings
+
+        n = 0
+        for record in records:
+            values = record.values
+            if n:
+                raise ImportFileError(record.line, "a second SCIM settings row", table="saas.scim_settings")
+            group_roles = values.get("group_roles") or {}
+            self._check_role(values.get("default_role") or "member", record.line, "saas.scim_settings",
+                             "default_role")  # fmt: skip
+            for key, role in group_roles.items():
+                self._check_role(role, record.line, "saas.scim_settings", f"group_roles.{key}")
+            self.session.add(
+                ScimSettings(
+                    tenant_id=self.tenant.id,
+                    default_role=values.get("default_role") or "member",
+                    group_roles={k.strip(): v for k, v in group_roles.items()},
+                )
+            )
+            n += 1
+        self.session.flush()
+        self.counts["saas.scim_settings"] = n
 
     def _members(self, shared: dict[str, list[_Record]]) -> None:
         """Users and memberships. An account that exists already (matched by email) is only

@@ -717,3 +717,101 @@ def test_bad_custom_roles_are_refused_by_the_roles_service_rules(crafted, change
     records[at]["row"].update(change)
     line = crafted.refused(records)
     assert line.startswith(f"error: line {at + 1} (saas.custom_roles): {expected}"), line
+
+
+# --- directory settings: domains, SSO connections, SCIM settings ----------------------------------
+
+SEALED = "v1.SEALED-CLIENT-SECRET-" + "Zx9" * 10
+
+
+def test_domains_sso_and_scim_settings_move_without_the_sealed_secret(crafted):
+    records = _export_with_custom_role(crafted)  # to learn the source tenant
+    src = crafted.src
+    domain = f"{src.slug}.example.test"
+    with crafted.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO saas.verified_domains (id, tenant_id, domain, token, created_at, verified_at)"
+                " VALUES (gen_random_uuid(), :t, :d, 'oldtoken', now(), now())"
+            ),
+            {"t": src.id, "d": domain},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO saas.sso_connections (id, tenant_id, type, name, enabled, domains, default_role,"
+                " role_mapping, config, secret_encrypted, created_at, updated_at) VALUES (gen_random_uuid(),"
+                " :t, 'oidc', 'Okta', true, CAST(:domains AS jsonb), 'support-agent',"
+                ' \'{"admins": "admin"}\', \'{"issuer": "https://idp.example.test", "client_id": "abc"}\','
+                " :sealed, now(), now())"
+            ),
+            {"t": src.id, "domains": json.dumps([domain]), "sealed": SEALED},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO saas.scim_settings (tenant_id, group_roles, default_role, updated_at)"
+                " VALUES (:t, '{\"Support\": \"support-agent\"}', 'viewer', now())"
+            ),
+            {"t": src.id},
+        )
+    out = crafted.tmp_path / "directory.jsonl"
+    r = crafted.run_cli("tenants", "export", src.slug, "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert SEALED not in out.read_text() and "secret_encrypted" not in out.read_text()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [
+        r["table"] for r in records if r.get("table", "").startswith(("saas.sso", "saas.scim", "saas.ver"))
+    ] == [
+        "saas.verified_domains",
+        "saas.sso_connections",
+        "saas.scim_settings",
+    ]
+    with crafted.engine.begin() as conn:  # as if the target were another deployment
+        conn.execute(text("DELETE FROM saas.verified_domains WHERE tenant_id = :t"), {"t": src.id})
+
+    r, _slug = crafted.run(crafted.write(records, fix_counts=False), "--trusted")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    new = result["id"]
+    with crafted.engine.connect() as conn:
+        claim = conn.execute(
+            text("SELECT domain, token, verified_at FROM saas.verified_domains WHERE tenant_id = :t"),
+            {"t": new},
+        ).one()
+        sso = conn.execute(
+            text(
+                "SELECT enabled, secret_encrypted, domains, default_role, role_mapping, config"
+                " FROM saas.sso_connections WHERE tenant_id = :t"
+            ),
+            {"t": new},
+        ).one()
+        scim = conn.execute(
+            text("SELECT group_roles, default_role FROM saas.scim_settings WHERE tenant_id = :t"), {"t": new}
+        ).one()
+        tokens = conn.scalar(text("SELECT count(*) FROM saas.scim_tokens WHERE tenant_id = :t"), {"t": new})
+    assert claim.domain == domain and claim.verified_at is None and claim.token != "oldtoken"
+    assert (sso.enabled, sso.secret_encrypted, sso.domains, sso.default_role) == (
+        False,
+        None,
+        [domain],
+        "support-agent",
+    )
+    assert sso.role_mapping == {"admins": "admin"} and sso.config["issuer"] == "https://idp.example.test"
+    assert (scim.group_roles, scim.default_role, tokens) == ({"Support": "support-agent"}, "viewer", 0)
+    notes = "\n".join(result["notes"])
+    assert f"_saas-challenge.{domain}" in notes and claim.token in notes
+    assert "imported DISABLED" in notes and "re-enable" in notes
+
+    # untrusted: the SSO connection is not taken (its config is not checked offline); the rest is
+    r, _slug = crafted.run(crafted.write(copy.deepcopy(records), fix_counts=False))
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["rows"]["saas.sso_connections"] == 0 and result["rows"]["saas.scim_settings"] == 1
+    assert any(n.startswith("not taken (needs --trusted): saas.sso_connections") for n in result["notes"])
+
+    # a SCIM mapping to a role the file does not have is refused at its line
+    at = _index(records, "saas.scim_settings")
+    records[at]["row"]["group_roles"] = {"Support": "god"}
+    line = crafted.refused(records, "--trusted")
+    assert line.startswith(
+        f"error: line {at + 1} (saas.scim_settings): group_roles.Support: Must be one of"
+    ), line
