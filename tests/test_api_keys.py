@@ -186,7 +186,7 @@ def test_escalation_attempts_are_refused_and_change_nothing(app, client, db_sess
         ({"permissions": []}, "permissions"),
         ({"expires_at": _in(-1)}, "expires_at"),
         ({"expires_at": _in(366)}, "expires_at"),
-        ({"expires_at": "2030-01-01T00:00:00"}, "expires_at"),
+        ({"expires_at": _in().replace("+00:00", "")}, "expires_at"),  # naive
         ({"name": ""}, "name"),
     ):
         full = {"name": "x", "permissions": ["contacts:read"], "expires_at": _in(), **payload}
