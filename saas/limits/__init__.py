@@ -154,6 +154,8 @@ class Limiter:
         method, path = request.method, request.path
         principal = g.get("principal")
         groups = policies.AUTH_ENDPOINTS.get((method, path))
+        if groups is None and request.url_rule is not None and "<" in request.url_rule.rule:
+            groups = policies.AUTH_ENDPOINTS.get((method, request.url_rule.rule))  # /sso/saml/<id>/acs
         if groups is not None:
             return self._signin_plan(groups, principal), False
         if principal is not None:

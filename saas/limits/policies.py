@@ -81,11 +81,11 @@ DEFAULT_POLICIES: dict[str, str] = {
     "mail-account": "5/1h",
 }
 
-#: (method, path) -> the groups of sign-in throttles of every endpoint that checks a password,
-#: a code or a client secret, or creates an account. They apply by endpoint, whatever
-#: credentials the request carries: a bearer token (valid, forged, or of a deleted tenant)
-#: neither lifts them nor adds the tenant's limits (which would also put tenant keys and
-#: ``{pre}`` keys in one script, two Redis Cluster slots).
+#: (method, path or URL rule) -> the groups of sign-in throttles of every endpoint that checks a
+#: password, a code, a client secret or an identity provider's answer, or creates an account.
+#: They apply by endpoint, whatever credentials the request carries: a bearer token (valid,
+#: forged, or of a deleted tenant) neither lifts them nor adds the tenant's limits (which would
+#: also put tenant keys and ``{pre}`` keys in one script, two Redis Cluster slots).
 AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/auth/login"): ("login",),
     ("POST", "/oauth/login"): ("login",),  # the hosted sign-in page (form)
@@ -123,6 +123,12 @@ AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     # social login (saas.auth.social_views): the mailed linking link, and spending it
     ("POST", "/oauth/social/link/email"): ("login", "mail"),
     ("POST", "/oauth/social/link/confirm"): ("login",),
+    # the answers of identity providers, each signing someone in (docs/auth.md, "Per-tenant SSO",
+    # "Social login"); a path with a variable part is matched by its URL rule
+    ("GET", "/sso/oidc/callback"): ("login",),
+    ("POST", "/sso/saml/<uuid:connection_id>/acs"): ("login",),
+    ("GET", "/oauth/sso/complete"): ("login",),
+    ("GET", "/oauth/social/<name>/callback"): ("login",),
 }
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})

@@ -239,3 +239,20 @@ def test_every_sign_in_endpoint_reports_only_its_sign_in_policies_with_a_bearer(
         assert r.status_code != 500, (path, r.get_data(as_text=True))
         names = [item.split(";")[0].strip().strip('"') for item in r.headers["RateLimit-Policy"].split(",")]
         assert {n.rsplit("-", 1)[0] for n in names} == set(groups), (method, path, names)
+
+
+def test_identity_providers_answers_get_the_sign_in_throttles(make_app):
+    """The SSO and social callbacks sign people in: login-ip applies to each, a path with an id
+    (the SAML ACS) by its URL rule."""
+    app = make_app(ratelimit_policies=("login-ip=3/1m",))
+    client = app.test_client()
+    for method, path in (
+        ("GET", "/sso/oidc/callback?state=nope&code=x"),
+        ("POST", f"/sso/saml/{uuid.uuid4()}/acs"),
+        ("GET", "/oauth/sso/complete?ticket=nope"),
+        ("GET", "/oauth/social/nobody/callback?state=nope"),
+    ):
+        ip = f"10.8.{len(path)}.1"
+        env = {"REMOTE_ADDR": ip}
+        statuses = [client.open(path, method=method, environ_base=env).status_code for _ in range(4)]
+        assert 429 not in statuses[:3] and statuses[3] == 429, (path, statuses)
