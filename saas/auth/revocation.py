@@ -226,8 +226,11 @@ def note(state: str) -> None:
     g._revocation = state
 
 
-def refuse() -> Unauthorized:
-    """The 401 of a revoked credential (RFC 6750 ``invalid_token``)."""
+def refuse(principal: Any = None) -> Unauthorized:
+    """The 401 of a revoked credential (RFC 6750 ``invalid_token``): an API key's says so, the
+    same answer as its revoked row gives (:mod:`saas.auth.api_keys`), whichever is read first."""
+    if getattr(principal, "api_key_id", None) is not None:
+        return Unauthorized("This API key was revoked.")
     return Unauthorized("The access token's session has ended.", code=ErrorCode.SESSION_REVOKED)
 
 
@@ -254,7 +257,7 @@ def check(principal: Any) -> None:
     if state == CLEAR:
         return
     if state == REVOKED:
-        raise refuse()
+        raise refuse(principal)
     counters = services().redis_guard.counters
     if request.method in SAFE_METHODS:
         counters.inc("revocation_fail_open_total")

@@ -247,7 +247,7 @@ class Limiter:
         if marks:
             if decision.revoked:
                 revocation.note(revocation.REVOKED)
-                raise revocation.refuse()  # before the view, and nothing was consumed
+                raise revocation.refuse(g.get("principal"))  # before the view, and nothing was consumed
             revocation.note(revocation.CLEAR)
         g.rate_limit_decision = decision
         if decision.allowed:
