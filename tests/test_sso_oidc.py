@@ -36,7 +36,6 @@ from tests.auth_helpers import (
     csrf_of,
     email_step,
     login_request,
-    pkce_pair,
     query_of,
     redeem_code,
     register_client,
@@ -559,14 +558,7 @@ def test_home_realm_discovery_depends_on_the_domain_only(client, api, db_session
     _body, h = _tenant(api, db_session, "sso-hrd")
     _create(client, h, idp)
     app_client = register_client(client, h, client_type="public", first_party=True)
-    _verifier, challenge = pkce_pair()
-    client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code", "client_id": app_client["client_id"], "redirect_uri": REDIRECT,
-            "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
-        },
-    )  # fmt: skip
+    login_request(client, app_client["client_id"])  # a pending authorization: the login page
     page = client.get("/oauth/login").get_data(as_text=True)
     assert 'id="continue"' in page and 'id="password"' in page
     csrf = csrf_of(page)
@@ -622,14 +614,7 @@ def test_require_sso_refuses_passwords_except_break_glass_owners(client, api, db
     assert api.login(body["user"]["email"]).status_code == 200  # the break-glass owner
     # the hosted password form says so too
     app_client = register_client(client, h, client_type="public", first_party=True)
-    _verifier, challenge = pkce_pair()
-    client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code", "client_id": app_client["client_id"], "redirect_uri": REDIRECT,
-            "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
-        },
-    )  # fmt: skip
+    login_request(client, app_client["client_id"])  # a pending authorization: the login page
     page = client.get("/oauth/login")
     r = client.post(
         "/oauth/login",
@@ -680,14 +665,7 @@ def test_an_idp_that_cannot_be_reached_leaves_the_user_on_the_login_page(client,
     oidc._discovery._data.clear()
     idp.discovery = {"issuer": "https://moved.example"}  # no longer checks
     app_client = register_client(client, h, client_type="public", first_party=True)
-    _verifier, challenge = pkce_pair()
-    client.get(
-        "/oauth/authorize",
-        query_string={
-            "response_type": "code", "client_id": app_client["client_id"], "redirect_uri": REDIRECT,
-            "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
-        },
-    )  # fmt: skip
+    login_request(client, app_client["client_id"])  # a pending authorization: the login page
     r = email_step(client, "alice@corp.test")
     assert r.status_code == 502 and "cannot be reached" in r.get_data(as_text=True)
     assert r.mimetype == "text/html"
