@@ -134,6 +134,8 @@ class AuditAction(StrEnum):
     BILLING_SEATS_CHANGED = "billing.seats_changed"
     BILLING_SEATS_SYNCED = "billing.seats_synced"
     BILLING_PLAN_OVERRIDDEN = "billing.plan_overridden"
+    BILLING_CUSTOMER_TAX_IDS_CHANGED = "billing.customer_tax_ids_changed"
+    BILLING_GRACE_ENDED = "billing.grace_ended"
     # the product (tenants/)
     CONTACT_CREATED = "contact.created"
     CONTACT_UPDATED = "contact.updated"

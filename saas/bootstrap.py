@@ -72,7 +72,7 @@ def build_services(settings: Settings, *, database: Database | None = None, redi
         generate=settings.signing_key_path is None,
         max_token_age=settings.access_token_ttl_seconds + LEEWAY_SECONDS,
     )
-    entitlements.catalogue()
+    entitlements.use_catalogue(settings.plans_file)
     if settings.billing_enabled and not settings.stripe_webhook_secrets:
         raise SettingsError("STRIPE_WEBHOOK_SECRET: required when STRIPE_SECRET_KEY is set")
     return Services(

@@ -107,6 +107,13 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+def _readable_file(raw: str) -> str:
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no such file {raw!r}")
+    return str(path.resolve())
+
+
 def _stripe_key(raw: str) -> str:
     if not raw.startswith(("sk_", "rk_")):
         raise ValueError("expected a Stripe secret or restricted key (sk_... or rk_...)")
@@ -269,6 +276,17 @@ class Settings:
     stripe_meter_event_name: str = "api_calls"
     billing_grace_days: int = 7
     billing_return_url: str | None = None
+    #: the plan catalogue (TOML); None: the packaged ``saas/billing/plans.toml`` (docs/billing.md)
+    plans_file: str | None = None
+    #: Checkout's ``payment_method_collection`` for a plan with ``trial_days`` that does not set
+    #: its own: ``always`` (a card up front) or ``if_required`` (a trial without a card)
+    billing_trial_payment_method: str = "always"
+    #: Checkout shows its promotion-code field (``allow_promotion_codes``)
+    billing_allow_promotion_codes: bool = False
+    #: Stripe Tax at Checkout (``automatic_tax[enabled]``)
+    billing_automatic_tax: bool = False
+    #: Checkout collects the buyer's tax ids (``tax_id_collection[enabled]``)
+    billing_tax_id_collection: bool = False
     # social login (saas.auth.social; docs/auth.md, "Social login")
     #: ``SOCIAL_PROVIDERS`` (JSON): name -> {client_id, client_secret[, issuer, label, scopes]}
     social_providers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -370,6 +388,12 @@ class Settings:
         maybe("STRIPE_METER_EVENT_NAME", "stripe_meter_event_name")
         maybe("BILLING_GRACE_DAYS", "billing_grace_days", _non_negative_int)
         maybe("BILLING_RETURN_URL", "billing_return_url", _url(("http", "https")))
+        maybe("PLANS_FILE", "plans_file", _readable_file)
+        trial_payment = _choice("always", "if_required")
+        maybe("BILLING_TRIAL_PAYMENT_METHOD", "billing_trial_payment_method", trial_payment)
+        maybe("BILLING_ALLOW_PROMOTION_CODES", "billing_allow_promotion_codes", _bool)
+        maybe("BILLING_AUTOMATIC_TAX", "billing_automatic_tax", _bool)
+        maybe("BILLING_TAX_ID_COLLECTION", "billing_tax_id_collection", _bool)
         maybe("SOCIAL_PROVIDERS", "social_providers", _social_providers)  # social login
         prices = {k: v.strip() for k, v in env.items() if k.startswith("STRIPE_PRICE_") and v.strip()}
         for name, price in prices.items():

@@ -7,8 +7,16 @@ with bracketed keys, as the SDK sends them; ``Idempotency-Key`` replays the firs
 missing or malformed key is a 401 like Stripe's.
 
 Test helpers act as Stripe's side: :meth:`FakeStripe.complete_checkout`,
-:meth:`FakeStripe.update_subscription`, :meth:`FakeStripe.event` (an event envelope) and
-:func:`sign` (``Stripe-Signature`` exactly as Stripe computes it).
+:meth:`FakeStripe.update_subscription`, :meth:`FakeStripe.add_promotion_code`,
+:meth:`FakeStripe.add_invoice`, :meth:`FakeStripe.add_tax_id`, :meth:`FakeStripe.event` (an
+event envelope) and :func:`sign` (``Stripe-Signature`` exactly as Stripe computes it).
+
+Checkout Sessions are checked the way Stripe checks them where the billing code depends on it:
+``allow_promotion_codes`` and ``discounts`` are exclusive, a discount's promotion code must be
+active (and the customer's, when restricted), ``tax_id_collection`` on an existing customer
+needs ``customer_update[name]=auto`` and ``automatic_tax`` needs ``customer_update[address]=auto``
+(or an address on the customer), ``payment_method_collection`` is ``always`` | ``if_required``
+and ``subscription_data[trial_period_days]`` is 1..730.
 """
 
 from __future__ import annotations
@@ -67,6 +75,8 @@ class FakeStripe:
         self.subscriptions: dict[str, dict] = {}
         self.items: dict[str, dict] = {}
         self.invoices: dict[str, dict] = {}
+        self.promotion_codes: dict[str, dict] = {}
+        self.tax_ids: dict[str, dict] = {}
         self.meter_events: list[dict] = []
         self.requests: list[tuple[str, str, dict, dict]] = []
         self.idempotent: dict[str, tuple[int, dict]] = {}
@@ -118,7 +128,7 @@ class FakeStripe:
     def reset(self) -> None:
         with self.lock:
             for store in (self.customers, self.sessions, self.subscriptions, self.items, self.idempotent,
-                          self.fail_paths, self.invoices):  # fmt: skip
+                          self.fail_paths, self.invoices, self.promotion_codes, self.tax_ids):  # fmt: skip
                 store.clear()
             self.meter_events.clear()
             self.requests.clear()
@@ -158,6 +168,10 @@ class FakeStripe:
         routes = [
             ("POST", r"/v1/customers", self._create_customer),
             ("GET", r"/v1/customers/(?P<id>[^/]+)", lambda p, id: self._get(self.customers, id, "customer")),
+            ("GET", r"/v1/customers/(?P<id>[^/]+)/tax_ids", self._list_tax_ids),
+            ("GET", r"/v1/promotion_codes", self._list_promotion_codes),
+            ("GET", r"/v1/invoices", self._list_invoices),
+            ("GET", r"/v1/invoices/(?P<id>[^/]+)", lambda p, id: self._get(self.invoices, id, "invoice")),
             ("POST", r"/v1/checkout/sessions", self._create_session),
             (
                 "GET",
@@ -203,6 +217,9 @@ class FakeStripe:
             if item.get("price") not in self.prices:
                 return 400, _error("invalid_request_error", f"No such price: '{item.get('price')}'",
                                    "line_items[0][price]", "resource_missing")  # fmt: skip
+        refused = self._check_session(p)
+        if refused is not None:
+            return refused
         sid = "cs_test_" + secrets.token_hex(20)
         session = {
             "id": sid, "object": "checkout.session", "mode": "subscription", "status": "open",
@@ -212,9 +229,83 @@ class FakeStripe:
             "cancel_url": p.get("cancel_url"), "livemode": False, "created": int(time.time()),
             "expires_at": int(time.time()) + 86400,
             "_line_items": p["line_items"], "_subscription_data": p.get("subscription_data") or {},
+            "allow_promotion_codes": p.get("allow_promotion_codes") == "true" or None,
+            "discounts": p.get("discounts") or [],
+            "automatic_tax": {"enabled": (p.get("automatic_tax") or {}).get("enabled") == "true",
+                              "liability": None, "status": None},
+            "tax_id_collection": {"enabled": (p.get("tax_id_collection") or {}).get("enabled") == "true"},
+            "customer_update": p.get("customer_update"),
+            "payment_method_collection": p.get("payment_method_collection") or "always",
         }  # fmt: skip
         self.sessions[sid] = session
         return 200, _public(session)
+
+    def _check_session(self, p: dict) -> tuple[int, dict] | None:
+        def bad(message: str, param: str, code: str | None = None) -> tuple[int, dict]:
+            return 400, _error("invalid_request_error", message, param, code)
+
+        if p.get("allow_promotion_codes") == "true" and p.get("discounts"):
+            return bad("You may only specify one of these parameters: allow_promotion_codes, discounts.",
+                       "allow_promotion_codes")  # fmt: skip
+        for i, discount in enumerate(p.get("discounts") or []):
+            promo = self.promotion_codes.get(discount.get("promotion_code", ""))
+            if promo is None or not promo["active"]:
+                return bad(f"No such promotion code: '{discount.get('promotion_code')}'",
+                           f"discounts[{i}][promotion_code]", "resource_missing")  # fmt: skip
+            if promo["customer"] not in (None, p.get("customer")):
+                return bad("This promotion code cannot be redeemed by this customer.",
+                           f"discounts[{i}][promotion_code]")  # fmt: skip
+        update = p.get("customer_update") or {}
+        customer = self.customers.get(p.get("customer") or "")
+        tax_ids_on = (p.get("tax_id_collection") or {}).get("enabled") == "true"
+        if tax_ids_on and customer and update.get("name") != "auto":
+            return bad("tax_id_collection requires updating business name on the customer. To enable tax id "
+                       "collection for an existing customer, please set `customer_update[name]` to `auto`.",
+                       "tax_id_collection[enabled]")  # fmt: skip
+        if (
+            (p.get("automatic_tax") or {}).get("enabled") == "true"
+            and customer
+            and not customer.get("address")
+            and update.get("address") != "auto"
+        ):
+            return bad("Automatic tax calculation in Checkout requires a valid address on the Customer. Add "
+                       "a valid address to the Customer or set `customer_update[address]` to 'auto'.",
+                       "automatic_tax[enabled]")  # fmt: skip
+        if p.get("payment_method_collection", "always") not in ("always", "if_required"):
+            return bad("Invalid payment_method_collection.", "payment_method_collection")
+        trial = (p.get("subscription_data") or {}).get("trial_period_days")
+        if trial is not None and not (trial.isdigit() and 1 <= int(trial) <= 730):
+            return bad("trial_period_days must be between 1 and 730.", "subscription_data[trial_period_days]")
+        return None
+
+    def _list_promotion_codes(self, p: dict) -> tuple[int, dict]:
+        data = list(self.promotion_codes.values())
+        if "code" in p:
+            data = [c for c in data if c["code"].lower() == p["code"].lower()]
+        if "active" in p:
+            data = [c for c in data if c["active"] == (p["active"] == "true")]
+        data = data[: int(p.get("limit") or 10)]
+        return 200, {"object": "list", "data": data, "has_more": False, "url": "/v1/promotion_codes"}
+
+    def _list_invoices(self, p: dict) -> tuple[int, dict]:
+        mine = [i for i in self.invoices.values() if i["customer"] == p.get("customer")]
+        mine.sort(key=lambda i: (i["created"], i["id"]), reverse=True)
+        after = p.get("starting_after")
+        if after:
+            ids = [i["id"] for i in mine]
+            if after not in ids:
+                return 400, _error("invalid_request_error", f"No such invoice: '{after}'", "starting_after",
+                                   "resource_missing")  # fmt: skip
+            mine = mine[ids.index(after) + 1 :]
+        limit = int(p.get("limit") or 10)
+        page = {"object": "list", "data": mine[:limit], "has_more": len(mine) > limit, "url": "/v1/invoices"}
+        return 200, page
+
+    def _list_tax_ids(self, p: dict, id: str) -> tuple[int, dict]:
+        if id not in self.customers:
+            return self._get(self.customers, id, "customer")
+        data = sorted((t for t in self.tax_ids.values() if t["customer"] == id), key=lambda t: t["created"])
+        return 200, {"object": "list", "data": data, "has_more": False, "url": f"/v1/customers/{id}/tax_ids"}
 
     def _create_portal(self, p: dict) -> tuple[int, dict]:
         if p.get("customer") not in self.customers:
@@ -329,18 +420,62 @@ class FakeStripe:
         self.subscriptions[sub_id] = sub
         return sub
 
-    def _invoice(self, customer: str, sub_id: str, now: int, status: str = "paid") -> dict:
+    def _invoice(
+        self, customer: str, sub_id: str | None, now: int, status: str = "paid", amount: int = 1200
+    ) -> dict:
+        invoice_id = _id("in")
+        prefix = (self.customers.get(customer) or {}).get("invoice_prefix") or "FAKE"
+        number = f"{prefix}-{sum(1 for i in self.invoices.values() if i['customer'] == customer) + 1:04d}"
+        paid = status == "paid"
         invoice = {
-            "id": _id("in"), "object": "invoice", "customer": customer, "status": status,
+            "id": invoice_id, "object": "invoice", "customer": customer, "status": status, "number": number,
             "collection_method": "charge_automatically", "created": now, "due_date": None,
-            "amount_due": 1200, "amount_paid": 1200 if status == "paid" else 0, "attempt_count": 1,
-            "currency": "usd", "livemode": False,
-            "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub_id}},
-            "status_transitions": {"finalized_at": now, "paid_at": now if status == "paid" else None,
+            "amount_due": amount, "amount_paid": amount if paid else 0,
+            "amount_remaining": 0 if paid else amount, "subtotal": amount, "total": amount,
+            "attempt_count": 1,
+            "currency": "usd", "livemode": False, "period_start": now - 30 * 86400, "period_end": now,
+            "next_payment_attempt": None if paid else now + 3 * 86400,
+            "hosted_invoice_url": f"https://invoice.stripe.com/i/acct_test/{invoice_id}",
+            "invoice_pdf": f"https://pay.stripe.com/invoice/acct_test/{invoice_id}/pdf",
+            "parent": ({"type": "subscription_details", "subscription_details": {"subscription": sub_id}}
+                       if sub_id else None),
+            "status_transitions": {"finalized_at": now, "paid_at": now if paid else None,
                                    "marked_uncollectible_at": None, "voided_at": None},
         }  # fmt: skip
         self.invoices[invoice["id"]] = invoice
         return invoice
+
+    def add_invoice(self, customer: str, created: int, status: str = "paid", amount: int = 1200) -> dict:
+        """An invoice of ``customer`` (no subscription), created at ``created`` (Unix seconds)."""
+        with self.lock:
+            return json.loads(json.dumps(self._invoice(customer, None, created, status, amount)))
+
+    def add_promotion_code(self, code: str, *, active: bool = True, customer: str | None = None) -> dict:
+        """A promotion code (20 % off, forever) as ``GET /v1/promotion_codes`` lists it."""
+        promo = {
+            "id": _id("promo"), "object": "promotion_code", "active": active, "code": code,
+            "customer": customer, "created": int(time.time()), "expires_at": None, "livemode": False,
+            "max_redemptions": None, "metadata": {}, "times_redeemed": 0,
+            "promotion": {"type": "coupon", "coupon": {"id": _id("co"), "object": "coupon",
+                                                        "percent_off": 20.0, "duration": "forever"}},
+            "restrictions": {"first_time_transaction": False, "minimum_amount": None,
+                             "minimum_amount_currency": None},
+        }  # fmt: skip
+        with self.lock:
+            self.promotion_codes[promo["id"]] = promo
+        return promo
+
+    def add_tax_id(self, customer: str, type: str, value: str, country: str | None = None) -> dict:
+        """A tax id on ``customer`` (its verification ``pending``, as Stripe starts it)."""
+        tax_id = {
+            "id": _id("txi"), "object": "tax_id", "country": country, "created": int(time.time()),
+            "customer": customer, "livemode": False, "type": type, "value": value,
+            "owner": {"type": "customer", "customer": customer},
+            "verification": {"status": "pending", "verified_address": None, "verified_name": None},
+        }  # fmt: skip
+        with self.lock:
+            self.tax_ids[tax_id["id"]] = tax_id
+        return tax_id
 
     def renewal_failed(self, sub_id: str, finalized_at: int) -> dict:
         """A renewal invoice finalized at ``finalized_at`` could not be charged: the subscription
@@ -357,10 +492,15 @@ class FakeStripe:
         with self.lock:
             session = self.sessions[session_id]
             line = session["_line_items"][0]
+            trial_days = session["_subscription_data"].get("trial_period_days")
             sub = self.create_subscription(
-                session["customer"], line["price"], int(line.get("quantity", 1)), status,
+                session["customer"], line["price"], int(line.get("quantity", 1)),
+                "trialing" if trial_days and status == "active" else status,
                 session["_subscription_data"].get("metadata"),
             )  # fmt: skip
+            if trial_days:
+                sub["trial_start"] = sub["created"]
+                sub["trial_end"] = sub["created"] + int(trial_days) * 86400
             session.update(status="complete", payment_status="paid", subscription=sub["id"])
             return _public(session)
 

@@ -1,4 +1,4 @@
-"""Operator commands: ``saas billing plans|show|sync|events|replay|report-usage`` and
+"""Operator commands: ``saas billing plans|show|sync|events|replay|report-usage|dunning`` and
 ``saas tenants set-plan``. Added to ``saas`` by :func:`register`."""
 
 from __future__ import annotations
@@ -236,12 +236,45 @@ def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> No
         raise CliError("some usage reports failed; rerun to retry them (reported ones are skipped)")
 
 
+@billing.command("dunning")
+@click.option("--now", "now_text", metavar="ISO-8601",
+              help="the time to check against (default: now), e.g. 2027-01-04T09:30:00+00:00")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def dunning_cmd(ctx: Context, now_text: str | None, as_json: bool) -> None:
+    """Mail the tenants whose grace period (past_due) has ended, once per grace period.
+
+    Run it on a schedule (every few minutes); a rerun mails nobody twice."""
+    from datetime import UTC, datetime
+
+    from saas.billing import dunning
+    from saas.identity.models import Tenant
+
+    now = datetime.now(UTC)
+    if now_text:
+        try:
+            now = datetime.fromisoformat(now_text)
+        except ValueError:
+            raise click.BadParameter("expected an ISO-8601 time", param_hint="--now") from None
+        if now.tzinfo is None:
+            raise click.BadParameter("give the time zone (e.g. +00:00 or Z)", param_hint="--now")
+    with ctx.database.transaction() as session:
+        queued = dunning.notify_grace_ended(session, now)
+        slugs = [t.slug for t in (session.get(Tenant, tenant_id) for tenant_id in queued) if t]
+    if as_json:
+        print_json({"now": now.isoformat(), "mailed": slugs})
+        return
+    names = f" ({', '.join(slugs)})" if slugs else ""
+    click.echo(f"grace period ended: {len(slugs)} tenant(s) mailed{names}")
+
+
 @click.command("set-plan")
 @click.argument("tenant")
 @click.argument("plan")
 @click.option("--reason", default=None, help="why (kept with the override and in the audit log)")
 @click.option("--limit", "limits", multiple=True, metavar="KEY=VALUE",
-              help="override one entitlement, e.g. seats=50 or sso=true (-1: unlimited)")  # fmt: skip
+              help="override one limit or feature, e.g. seats=50 or sso=true (-1: unlimited)")  # fmt: skip
 @pass_ctx
 @fail_cleanly
 def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limits: tuple[str, ...]) -> None:
@@ -266,8 +299,21 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
             parsed[key] = json.loads(raw)
         except ValueError:
             parsed[key] = raw
-        if key in ent.LIMIT_KEYS and not ent.valid_limit(parsed[key]):
-            raise click.BadParameter(f"{key}: expected an integer >= -1", param_hint="--limit")
+        if key in ent.LIMIT_KEYS:
+            if not ent.valid_limit(parsed[key]):
+                raise click.BadParameter(f"{key}: expected an integer >= -1", param_hint="--limit")
+            continue
+        kinds = ent.feature_kinds()
+        if key not in kinds:
+            known = ", ".join([*ent.LIMIT_KEYS, *kinds])
+            raise click.BadParameter(f"{key}: not a limit or a feature of the catalogue ({known})",
+                                     param_hint="--limit")  # fmt: skip
+        kind = kinds[key]
+        if kind is str:
+            parsed[key] = raw
+        elif not isinstance(parsed[key], kind) or (kind is int and isinstance(parsed[key], bool)):
+            expected = "true or false" if kind is bool else "an integer"
+            raise click.BadParameter(f"{key}: expected {expected}", param_hint="--limit")
     actor = operator_actor()
     with ctx.database.transaction() as session:
         t = find_tenant(session, tenant)

@@ -1,10 +1,13 @@
 """Plans and entitlements.
 
-The catalogue is ``plans.toml`` beside this file (reviewed like code); an invalid catalogue
-raises :class:`CatalogueError` at start-up, and so does a paid plan without its Stripe price id
-when billing is on (:func:`validate_prices`). :func:`entitlements_for` answers what a tenant may
-use now, from its plan, its subscription status (grace period, read-only) and an operator's
-override. Limits are integers; ``None`` means unlimited.
+The catalogue is the operator's TOML file named by ``PLANS_FILE``, else ``plans.toml`` beside
+this file (reviewed like code; docs/billing.md, "A custom catalogue"); an invalid catalogue
+raises :class:`CatalogueError` (one line) at start-up, and so does a paid plan without its
+Stripe price id when billing is on (:func:`validate_prices`). :func:`entitlements_for` answers
+what a tenant may use now, from its plan, its subscription status (grace period, read-only) and
+an operator's override. Limits are integers; ``None`` means unlimited. Features are the plans'
+``features`` (flags, or values such as ``audit_log_days``) that an override may replace;
+code asks :func:`has` (or gates a view with :func:`require_feature`), and nothing else.
 
 The tenant's billing state is cached in Redis under ``{t:<tenant_id>}:billing:state`` (the
 tenant in the key by construction, invariant 8) and invalidated whenever billing state changes
@@ -16,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import tomllib
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,20 +29,27 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flask import has_app_context, has_request_context
+from flask import current_app, has_app_context, has_request_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
 from saas.errors import ErrorCode, PaymentRequired
 from saas.memo import memoize
-from saas.services import services
+from saas.services import EXTENSION, services
 from saas.settings import SettingsError
 
 log = logging.getLogger("saas.billing")
 
 CATALOGUE_PATH = Path(__file__).with_name("plans.toml")
 LIMIT_KEYS = ("seats", "requests_per_minute", "monthly_api_calls")
-PLAN_KEYS = frozenset({"name", "price_env", "per_seat", "features", *LIMIT_KEYS})
+PLAN_KEYS = frozenset(
+    {"name", "price_env", "per_seat", "features", "trial_days", "payment_method_collection", *LIMIT_KEYS}
+)
+#: Checkout's ``payment_method_collection`` (https://docs.stripe.com/api/checkout/sessions/create)
+PAYMENT_METHOD_COLLECTION = ("always", "if_required")
+#: Stripe's ceiling of ``subscription_data.trial_period_days``
+MAX_TRIAL_DAYS = 730
+FEATURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,6 +75,10 @@ class Plan:
     features: Mapping[str, Any] = field(default_factory=dict)
     per_seat: bool = False
     price_env: Mapping[str, str] = field(default_factory=dict)
+    #: days of free trial a first subscription gets at Checkout (0: none)
+    trial_days: int = 0
+    #: the plan's own ``payment_method_collection`` for its trial (None: ``BILLING_TRIAL_PAYMENT_METHOD``)
+    payment_method_collection: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,33 +142,115 @@ def parse_catalogue(data: Mapping[str, Any]) -> tuple[str, dict[str, Plan]]:
             k not in ("month", "year") or not str(v).startswith("STRIPE_PRICE_") for k, v in price_env.items()
         ):
             raise CatalogueError(f'plans.{plan_id}.price_env: expected {{month|year = "STRIPE_PRICE_..."}}')
+        for name in features:
+            if not FEATURE_NAME.fullmatch(name) or name in LIMIT_KEYS:
+                raise CatalogueError(
+                    f"plans.{plan_id}.features.{name}: a feature is named [a-z][a-z0-9_]* and is not a limit"
+                )
         rpm = _limit(plan_id, "requests_per_minute", raw.get("requests_per_minute"))
         if rpm is None:
             raise CatalogueError(f"plans.{plan_id}.requests_per_minute: must be a positive limit")
+        trial_days = raw.get("trial_days", 0)
+        if not valid_limit(trial_days) or not 0 <= trial_days <= MAX_TRIAL_DAYS:
+            raise CatalogueError(
+                f"plans.{plan_id}.trial_days: expected an integer 0..{MAX_TRIAL_DAYS}, got {trial_days!r}"
+            )
+        if trial_days and not price_env:
+            raise CatalogueError(f"plans.{plan_id}.trial_days: only a paid plan (price_env) has a trial")
+        collection = raw.get("payment_method_collection")
+        if collection is not None and collection not in PAYMENT_METHOD_COLLECTION:
+            raise CatalogueError(
+                f"plans.{plan_id}.payment_method_collection: expected one of "
+                f"{list(PAYMENT_METHOD_COLLECTION)}, got {collection!r}"
+            )
+        per_seat = raw.get("per_seat", False)
+        if not isinstance(per_seat, bool):
+            raise CatalogueError(f"plans.{plan_id}.per_seat: expected a boolean, got {per_seat!r}")
         plans[plan_id] = Plan(
             id=plan_id,
             name=str(raw.get("name", plan_id)),
             seats=_limit(plan_id, "seats", raw.get("seats")),
             requests_per_minute=rpm,
             monthly_api_calls=_limit(plan_id, "monthly_api_calls", raw.get("monthly_api_calls")),
-            features=dict(raw.get("features") or {}),
-            per_seat=bool(raw.get("per_seat", False)),
-            price_env=dict(raw.get("price_env") or {}),
+            features=dict(features),
+            per_seat=per_seat,
+            price_env=dict(price_env),
+            trial_days=trial_days,
+            payment_method_collection=collection,
         )
+    _feature_kinds(plans)  # one kind per feature across the plans
     default = data.get("default_plan")
     if default not in plans:
         raise CatalogueError(f"default_plan: {default!r} is not a plan of the catalogue")
     return default, plans
 
 
+def _kind(value: Any) -> type:
+    return bool if isinstance(value, bool) else int if isinstance(value, int) else str
+
+
+def _feature_kinds(plans: Mapping[str, Plan]) -> dict[str, type]:
+    """Every feature of the catalogue -> its kind (``bool``, ``int`` or ``str``), in catalogue
+    order. Raises CatalogueError when two plans give one feature values of different kinds."""
+    kinds: dict[str, type] = {}
+    for p in plans.values():
+        for name, value in p.features.items():
+            kind = kinds.setdefault(name, _kind(value))
+            if kind is not _kind(value):
+                raise CatalogueError(
+                    f"plans.{p.id}.features.{name}: expected a {kind.__name__} like the plans before it, "
+                    f"got {value!r}"
+                )
+    return kinds
+
+
+#: the catalogue of code running outside an app context (a CLI command, a job): the last one
+#: :func:`use_catalogue` loaded (``build_services`` calls it at start-up)
+_process_catalogue: Path = CATALOGUE_PATH
+
+
+def catalogue_path(plans_file: str | Path | None) -> Path:
+    """The catalogue file of a ``PLANS_FILE`` value (None: the packaged ``plans.toml``)."""
+    return Path(plans_file) if plans_file else CATALOGUE_PATH
+
+
 @memoize("billing.catalogue", maxsize=4)
-def catalogue(path: Path = CATALOGUE_PATH) -> tuple[str, dict[str, Plan]]:
-    """The parsed catalogue (read once per process)."""
+def load_catalogue(path: Path) -> tuple[str, dict[str, Plan]]:
+    """Read and validate the catalogue at ``path`` (memoised per path: read once per process).
+
+    Raises:
+        CatalogueError: one line; for an operator's file it starts with ``PLANS_FILE <path>:``.
+    """
+    where = "" if path == CATALOGUE_PATH else f"PLANS_FILE {path}: "
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CatalogueError(f"{path}: {exc}") from None
-    return parse_catalogue(data)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogueError(f"{where or str(path) + ': '}{exc}") from None
+    try:
+        return parse_catalogue(data)
+    except CatalogueError as exc:
+        raise CatalogueError(f"{where}{exc}") from None
+
+
+def use_catalogue(plans_file: str | Path | None) -> tuple[str, dict[str, Plan]]:
+    """Validate the catalogue of ``PLANS_FILE`` and make it the one code outside an app context
+    reads (start-up: :func:`saas.bootstrap.build_services`). Raises CatalogueError."""
+    global _process_catalogue
+    path = catalogue_path(plans_file)
+    parsed = load_catalogue(path)
+    _process_catalogue = path
+    return parsed
+
+
+def catalogue(path: Path | None = None) -> tuple[str, dict[str, Plan]]:
+    """The catalogue in force: (default plan id, plans by id in catalogue order, cheapest first).
+
+    ``path`` given: that file. Else, in an app context, the app's ``PLANS_FILE`` (each app its
+    own); outside one, the process's (:func:`use_catalogue`)."""
+    if path is None:
+        app_services = current_app.extensions.get(EXTENSION) if has_app_context() else None
+        path = catalogue_path(app_services.settings.plans_file) if app_services else _process_catalogue
+    return load_catalogue(path)
 
 
 def plan(plan_id: str | None) -> Plan:
@@ -449,10 +546,49 @@ def plans_with_feature(feature: str) -> list[Plan]:
     return [p for p in plans.values() if p.features.get(feature)]
 
 
+def feature_kinds() -> dict[str, type]:
+    """Every feature the catalogue in force declares -> its kind (``bool``, ``int``, ``str``)."""
+    return _feature_kinds(catalogue()[1])
+
+
+def has(tenant: Any, feature: str) -> bool:
+    """Whether ``tenant``'s entitlements now (plan, subscription status, operator override:
+    :func:`entitlements_for`) grant ``feature``: a truthy value of ``features``. A feature no
+    plan declares is never granted (unless an override names it). The one question every
+    feature gate asks (:func:`check_feature`, :func:`require_feature`)."""
+    return bool(entitlements_for(tenant).features.get(feature))
+
+
+def describe_features(entitlements: Entitlements) -> list[dict[str, Any]]:
+    """The catalogue's features (and any an override adds) as ``GET /api/v1/billing`` lists
+    them: ``{"name", "enabled", "value", "cheapest_plan"}`` each, in catalogue order;
+    ``value`` is the entitlement (``false`` for a flag the plan lacks), ``cheapest_plan`` the
+    first plan that grants it (None: no plan does)."""
+    kinds = feature_kinds()
+    names = [*kinds, *(k for k in entitlements.features if k not in kinds)]
+    rows = []
+    for name in names:
+        value = entitlements.features.get(name, False if kinds.get(name, bool) is bool else None)
+        offering = plans_with_feature(name)
+        rows.append(
+            {
+                "name": name,
+                "enabled": bool(value),
+                "value": value,
+                "cheapest_plan": offering[0].id if offering else None,
+            }
+        )
+    return rows
+
+
 def check_feature(tenant: Any, feature: str) -> None:
-    """Raise :class:`EntitlementRequired` unless ``tenant``'s entitlements now (plan, status,
-    override: :func:`entitlements_for`) grant ``feature`` (a truthy value of ``features``)."""
-    if entitlements_for(tenant).features.get(feature):
+    """Raise :class:`EntitlementRequired` unless :func:`has` ``(tenant, feature)``.
+
+    Raises:
+        EntitlementRequired: 402 ``entitlement_required`` with members ``feature`` and ``plan``
+        (the cheapest plan of the catalogue that grants it, None when none does).
+    """
+    if has(tenant, feature):
         return
     offering = plans_with_feature(feature)
     cheapest = offering[0] if offering else None

@@ -48,6 +48,14 @@ class BillingAccount(SharedBase):
     last_event_id: Mapped[str | None] = mapped_column(String(255))
     #: ``created`` of the newest ``customer.updated|deleted`` applied (unix seconds, Stripe clock)
     customer_event_created: Mapped[int | None] = mapped_column(BigInteger)
+    #: the customer's address and tax ids as Stripe has them (``customer.updated``,
+    #: ``customer.tax_id.*``): ``{"country", "line1", ...}`` and ``[{"type", "value", ...}]``
+    customer_address: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    customer_tax_ids: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    #: the hosted page of the unpaid latest invoice while ``past_due`` (the dunning mails' link)
+    open_invoice_url: Mapped[str | None] = mapped_column(String(2048))
+    #: ``past_due_since`` of the grace period whose end was mailed (``saas billing dunning``)
+    grace_notice_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

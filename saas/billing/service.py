@@ -12,6 +12,7 @@ billing period fields live on subscription items (``items.data[].current_period_
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -316,29 +317,60 @@ def _return_url(billing: Billing) -> str:
     )
 
 
-def start_checkout(
-    ctx: ActionContext, billing: Billing, tenant: Tenant, email: str | None, plan_id: str, interval: str
-) -> str:
-    """A Stripe Checkout Session (mode ``subscription``) for ``plan_id``; returns its URL.
+#: what a promotion code may look like before we ask Stripe (its codes are letters and digits)
+PROMOTION_CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+UNKNOWN_PROMOTION_CODE = "Unknown, expired or inactive promotion code."
 
-    ``client_reference_id`` is the tenant id; the idempotency key covers tenant, price, quantity
-    and the hour, so a double click returns the same session.
+
+def find_promotion_code(billing: Billing, code: str, customer_id: str | None) -> str:
+    """The id (``promo_...``) of the active promotion code ``code`` (case-insensitive) that this
+    customer may redeem: Stripe ``GET /v1/promotion_codes?code=&active=true``
+    (https://docs.stripe.com/api/promotion_codes/list); a code restricted to another customer
+    does not count.
 
     Raises:
-        ValidationError: unknown plan or interval. Conflict ``subscription_exists``: the tenant
-        already has a live subscription (change it in the portal). StripeUnavailable.
+        ValidationError: 422 on ``promotion_code``: no such active code for this customer.
+        StripeUnavailable: Stripe refused or could not be reached.
     """
-    session = ctx.session
-    price = billing.price_for(plan_id, interval)
-    account = ensure_customer(ctx, billing, tenant, email)
-    if account.stripe_subscription_id and account.status in (ent.PAID_STATUSES | ent.GRACE_STATUSES):
-        raise Conflict(
-            "This tenant already has a subscription; change it in the billing portal.",
-            code=ErrorCode.SUBSCRIPTION_EXISTS,
-        )
-    quantity = max(seats_used(session, tenant.id), 1) if ent.plan(plan_id).per_seat else 1
+    found = _stripe_call(
+        "look up the promotion code",
+        lambda: billing.client.v1.promotion_codes.list(params={"code": code, "active": True, "limit": 10}),
+    )
+    for promo in (plain(p) for p in found.data):
+        owner = promo.get("customer")
+        owner = owner if isinstance(owner, str) or owner is None else owner.get("id")
+        if promo.get("active") and (owner is None or owner == customer_id):
+            return promo["id"]
+    raise ValidationError({"promotion_code": [UNKNOWN_PROMOTION_CODE]})
+
+
+def checkout_params(
+    billing: Billing,
+    tenant: Tenant,
+    account: BillingAccount,
+    plan_id: str,
+    price: str,
+    quantity: int,
+    promotion_code_id: str | None,
+) -> dict[str, Any]:
+    """The Checkout Session's parameters (https://docs.stripe.com/api/checkout/sessions/create):
+
+    * a plan's ``trial_days`` -> ``subscription_data.trial_period_days``, for the tenant's first
+      subscription only (a tenant that subscribed before gets no second trial), with
+      ``payment_method_collection`` from the plan, else ``BILLING_TRIAL_PAYMENT_METHOD``; a trial
+      without a card (``if_required``) ends in cancellation when no card was added
+      (``trial_settings.end_behavior.missing_payment_method = cancel``);
+    * ``promotion_code_id`` -> ``discounts=[{"promotion_code": id}]``; else
+      ``allow_promotion_codes`` when ``BILLING_ALLOW_PROMOTION_CODES`` (Stripe accepts one of the two);
+    * ``BILLING_AUTOMATIC_TAX`` -> ``automatic_tax[enabled]`` with ``customer_update[address]=auto``,
+      ``BILLING_TAX_ID_COLLECTION`` -> ``tax_id_collection[enabled]`` with ``customer_update[name]=auto``
+      (Stripe requires both updates for an existing customer).
+    """
+    settings = billing.settings
+    p = ent.plan(plan_id)
     base = _return_url(billing)
-    key_material = f"{tenant.id}:{price}:{quantity}:{int(time.time() // 3600)}"
+    metadata = {"tenant_id": str(tenant.id), "plan": plan_id}
+    subscription_data: dict[str, Any] = {"metadata": dict(metadata)}
     params: dict[str, Any] = {
         "mode": "subscription",
         "customer": account.stripe_customer_id,
@@ -346,21 +378,98 @@ def start_checkout(
         "line_items": [{"price": price, "quantity": quantity}],
         "success_url": base + "/return?session_id={CHECKOUT_SESSION_ID}",
         "cancel_url": base + "/cancel",
-        "metadata": {"tenant_id": str(tenant.id), "plan": plan_id},
-        "subscription_data": {"metadata": {"tenant_id": str(tenant.id), "plan": plan_id}},
+        "metadata": metadata,
+        "subscription_data": subscription_data,
     }
-    checkout = _stripe_call(
-        "start checkout",
-        lambda: billing.client.v1.checkout.sessions.create(
+    if p.trial_days and account.stripe_subscription_id is None:
+        collection = p.payment_method_collection or settings.billing_trial_payment_method
+        subscription_data["trial_period_days"] = p.trial_days
+        params["payment_method_collection"] = collection
+        if collection == "if_required":
+            subscription_data["trial_settings"] = {"end_behavior": {"missing_payment_method": "cancel"}}
+    if promotion_code_id:
+        params["discounts"] = [{"promotion_code": promotion_code_id}]
+    elif settings.billing_allow_promotion_codes:
+        params["allow_promotion_codes"] = True
+    customer_update: dict[str, str] = {}
+    if settings.billing_automatic_tax:
+        params["automatic_tax"] = {"enabled": True}
+        customer_update["address"] = "auto"
+    if settings.billing_tax_id_collection:
+        params["tax_id_collection"] = {"enabled": True}
+        customer_update["name"] = "auto"
+    if customer_update:
+        params["customer_update"] = customer_update
+    return params
+
+
+def start_checkout(
+    ctx: ActionContext,
+    billing: Billing,
+    tenant: Tenant,
+    email: str | None,
+    plan_id: str,
+    interval: str,
+    promotion_code: str | None = None,
+) -> str:
+    """A Stripe Checkout Session (mode ``subscription``) for ``plan_id``; returns its URL.
+
+    ``client_reference_id`` is the tenant id; the idempotency key covers the tenant, every
+    parameter (:func:`checkout_params`: price, quantity, trial, discount, tax) and the hour, so
+    a double click returns the same session. ``promotion_code`` (the code a person types) is
+    looked up before anything is written (:func:`find_promotion_code`).
+
+    Raises:
+        ValidationError: unknown plan or interval; unknown, inactive or unredeemable promotion
+        code (422 on ``promotion_code``, nothing written). Conflict ``subscription_exists``: the
+        tenant already has a live subscription (change it in the portal). StripeUnavailable.
+    """
+    session = ctx.session
+    price = billing.price_for(plan_id, interval)
+    promo_id = None
+    if promotion_code is not None:
+        existing = get_account(session, tenant.id)
+        live = existing is not None and existing.customer_deleted_at is None
+        known_customer = existing.stripe_customer_id if live and existing else None
+        promo_id = find_promotion_code(billing, promotion_code, known_customer)
+    account = ensure_customer(ctx, billing, tenant, email)
+    if account.stripe_subscription_id and account.status in (ent.PAID_STATUSES | ent.GRACE_STATUSES):
+        raise Conflict(
+            "This tenant already has a subscription; change it in the billing portal.",
+            code=ErrorCode.SUBSCRIPTION_EXISTS,
+        )
+    quantity = max(seats_used(session, tenant.id), 1) if ent.plan(plan_id).per_seat else 1
+    params = checkout_params(billing, tenant, account, plan_id, price, quantity, promo_id)
+    key_material = f"{tenant.id}:{int(time.time() // 3600)}:{json.dumps(params, sort_keys=True)}"
+    try:
+        checkout = billing.client.v1.checkout.sessions.create(
             params=params,  # type: ignore[arg-type]
             options={"idempotency_key": "checkout-" + hashlib.sha256(key_material.encode()).hexdigest()[:32]},
-        ),
-    )
+        )
+    except stripe.InvalidRequestError as exc:
+        if promo_id and str(getattr(exc, "param", "") or "").startswith("discounts"):
+            # Stripe refuses to redeem it for this customer (first-time only, minimum amount...)
+            raise ValidationError({"promotion_code": [UNKNOWN_PROMOTION_CODE]}) from None
+        log.warning("stripe start checkout failed: %s", exc.__class__.__name__)
+        raise StripeUnavailable("Stripe could not start checkout; try again shortly.") from None
+    except stripe.StripeError as exc:
+        log.warning("stripe start checkout failed: %s", exc.__class__.__name__)
+        raise StripeUnavailable("Stripe could not start checkout; try again shortly.") from None
+    sub_data = params["subscription_data"]
     ctx.record(
         AuditAction.BILLING_CHECKOUT_STARTED,
         target_type="checkout_session",
         target_id=checkout.id,
-        data={"plan": plan_id, "interval": interval, "quantity": quantity},
+        data={
+            "plan": plan_id,
+            "interval": interval,
+            "quantity": quantity,
+            "trial_days": sub_data.get("trial_period_days"),
+            "payment_method_collection": params.get("payment_method_collection"),
+            "promotion_code": promo_id,
+            "automatic_tax": "automatic_tax" in params,
+            "tax_id_collection": "tax_id_collection" in params,
+        },
         tenant_id=tenant.id,
     )
     return checkout.url
@@ -458,6 +567,16 @@ def past_due_start(sub: Mapping[str, Any]) -> datetime | None:
     return _ts(invoice.get("due_date") or transitions.get("finalized_at") or invoice.get("created"))
 
 
+def open_invoice_url(sub: Mapping[str, Any]) -> str | None:
+    """The hosted page (``hosted_invoice_url``) of the subscription's unpaid latest invoice, when
+    it is expanded and ``open``: where the dunning mails send the tenant to pay."""
+    invoice = sub.get("latest_invoice")
+    if isinstance(invoice, Mapping) and invoice.get("status") == "open":
+        url = invoice.get("hosted_invoice_url")
+        return url if isinstance(url, str) and url.startswith("https://") else None
+    return None
+
+
 #: expand the latest invoice when reading a subscription (for :func:`past_due_start`)
 SUBSCRIPTION_EXPAND = ["latest_invoice"]
 
@@ -522,6 +641,7 @@ def apply_subscription(
     else:
         account.past_due_since = None
         account.grace_until = None
+    account.open_invoice_url = open_invoice_url(sub) if status in ent.GRACE_STATUSES else None
     if not account.stripe_customer_id and isinstance(sub.get("customer"), str):
         account.stripe_customer_id = sub["customer"]
     account.synced_at = now
@@ -601,20 +721,102 @@ def sync_tenant(session: Session, billing: Billing, tenant: Tenant, *, actor: au
 
 
 def describe(session: Session, tenant: Tenant, api_calls: int | None, period: str) -> dict[str, Any]:
-    """The ``GET /api/v1/billing`` document (also ``saas billing show``)."""
+    """The ``GET /api/v1/billing`` document (also ``saas billing show``): plan, subscription
+    status and dates, seats, API calls, entitlements, the catalogue's ``features``
+    (:func:`saas.billing.entitlements.describe_features`) and the Stripe ``customer``'s email,
+    address and tax ids as last synced."""
     account = get_account(session, tenant.id)
     entitlements = ent.entitlements_for(tenant)
+    live_customer = account is not None and account.stripe_customer_id and not account.customer_deleted_at
     return {
         "plan": entitlements.plan,
         "status": account.status if account and account.stripe_subscription_id else None,
         "current_period_end": account.current_period_end if account else None,
         "cancel_at_period_end": bool(account and account.cancel_at_period_end),
+        "trial_end": account.trial_end if account and account.status == "trialing" else None,
         "grace_until": account.grace_until if account else None,
+        "open_invoice_url": account.open_invoice_url if account else None,
         "read_only": entitlements.read_only,
         "seats": {"used": seats_used(session, tenant.id), "allowed": entitlements.seats},
         "api_calls": {"period": period, "used": api_calls, "allowed": entitlements.monthly_api_calls},
         "entitlements": entitlements.to_dict(),
+        "features": ent.describe_features(entitlements),
+        "customer": {
+            "email": account.customer_email if account and live_customer else None,
+            "address": account.customer_address if account and live_customer else None,
+            "tax_ids": list(account.customer_tax_ids or []) if account and live_customer else [],
+        },
     }
+
+
+# --- invoices ----------------------------------------------------------------------------------
+
+#: ``starting_after``: a Stripe invoice id
+INVOICE_ID_PATTERN = r"^in_[A-Za-z0-9]{1,250}$"
+
+
+def invoice_view(invoice: Mapping[str, Any]) -> dict[str, Any]:
+    """One invoice as ``GET /api/v1/billing/invoices`` lists it. Amounts are integers in the
+    currency's smallest unit (cents for ``usd``), as Stripe gives them; times are UTC
+    (https://docs.stripe.com/api/invoices/object)."""
+    return {
+        "id": invoice.get("id"),
+        "number": invoice.get("number"),
+        "status": invoice.get("status"),
+        "currency": invoice.get("currency"),
+        "amount_due": invoice.get("amount_due"),
+        "amount_paid": invoice.get("amount_paid"),
+        "amount_remaining": invoice.get("amount_remaining"),
+        "subtotal": invoice.get("subtotal"),
+        "total": invoice.get("total"),
+        "created": _ts(invoice.get("created")),
+        "due_date": _ts(invoice.get("due_date")),
+        "period_start": _ts(invoice.get("period_start")),
+        "period_end": _ts(invoice.get("period_end")),
+        "hosted_invoice_url": invoice.get("hosted_invoice_url"),
+        "invoice_pdf": invoice.get("invoice_pdf"),
+    }
+
+
+def list_invoices(
+    session: Session, billing: Billing, tenant: Tenant, *, limit: int, starting_after: str | None
+) -> dict[str, Any]:
+    """A page of the tenant's Stripe invoices, newest first: Stripe ``GET /v1/invoices`` with
+    ``customer`` (the tenant's own, never a parameter), ``limit`` (1..100) and ``starting_after``
+    (the last id of the previous page; https://docs.stripe.com/api/pagination). Returns
+    ``{"data": [...], "has_more": bool, "next_starting_after": id | None}``; a tenant without a
+    Stripe customer has no invoices (no call).
+
+    Raises:
+        ValidationError: 422 on ``starting_after`` when Stripe does not know that invoice in this
+        customer's list (another tenant's id included: nothing of it is shown).
+        StripeUnavailable: Stripe could not be reached.
+    """
+    account = get_account(session, tenant.id)
+    if account is None or not account.stripe_customer_id or account.customer_deleted_at is not None:
+        return {"data": [], "has_more": False, "next_starting_after": None}
+    customer_id = account.stripe_customer_id
+    params: dict[str, Any] = {"customer": customer_id, "limit": limit}
+    if starting_after:
+        params["starting_after"] = starting_after
+    try:
+        page = billing.client.v1.invoices.list(params=params)  # type: ignore[arg-type]
+    except stripe.InvalidRequestError:
+        raise ValidationError({"starting_after": ["No such invoice in this tenant's list."]}) from None
+    except stripe.StripeError as exc:
+        log.warning("stripe list invoices failed: %s", exc.__class__.__name__)
+        raise StripeUnavailable("Stripe could not list the invoices; try again shortly.") from None
+    invoices = [plain(i) for i in page.data]
+    mine = [i for i in invoices if _customer_id(i.get("customer")) == customer_id]  # never another's
+    return {
+        "data": [invoice_view(i) for i in mine],
+        "has_more": bool(page.has_more),
+        "next_starting_after": invoices[-1]["id"] if page.has_more and invoices else None,
+    }
+
+
+def _customer_id(value: Any) -> str | None:
+    return value if isinstance(value, str) or value is None else value.get("id")
 
 
 __all__ = [
@@ -626,6 +828,8 @@ __all__ = [
     "apply_subscription",
     "check_seat_available",
     "current_billing",
+    "find_promotion_code",
+    "list_invoices",
     "members_changed",
     "start_checkout",
     "sync_checkout",

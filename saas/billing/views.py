@@ -25,6 +25,11 @@ OFF = "billing_not_configured: billing is off on this deployment (no STRIPE_SECR
 class CheckoutSchema(ma.Schema):
     plan = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=32))
     interval = ma.fields.String(load_default="month", validate=ma.validate.OneOf(INTERVALS))
+    promotion_code = ma.fields.String(
+        load_default=None,
+        validate=ma.validate.Regexp(service.PROMOTION_CODE_PATTERN, error="Not a promotion code."),
+        metadata={"description": "a customer-facing promotion code, applied at once (unknown: 422)"},
+    )
 
 
 class UrlSchema(ma.Schema):
@@ -42,16 +47,80 @@ class ApiCallsSchema(ma.Schema):
     allowed = ma.fields.Integer(allow_none=True)
 
 
+class FeatureSchema(ma.Schema):
+    name = ma.fields.String(metadata={"example": "sso"})
+    enabled = ma.fields.Boolean(metadata={"description": "what entitlements.has(tenant, name) answers"})
+    value = ma.fields.Raw(allow_none=True, metadata={"description": "the entitlement (a flag, or a value)"})
+    cheapest_plan = ma.fields.String(
+        allow_none=True, metadata={"description": "the first plan of the catalogue granting it"}
+    )
+
+
+class TaxIdSchema(ma.Schema):
+    id = ma.fields.String()
+    type = ma.fields.String(metadata={"example": "eu_vat"})
+    value = ma.fields.String()
+    country = ma.fields.String(allow_none=True)
+    verification = ma.fields.String(allow_none=True, metadata={"description": "pending | verified | ..."})
+
+
+class CustomerSchema(ma.Schema):
+    email = ma.fields.String(allow_none=True)
+    address = ma.fields.Dict(allow_none=True, metadata={"description": "line1, line2, postal_code, city..."})
+    tax_ids = ma.fields.List(ma.fields.Nested(TaxIdSchema))
+
+
 class BillingSchema(ma.Schema):
     plan = ma.fields.String()
     status = ma.fields.String(allow_none=True, metadata={"description": "Stripe subscription status"})
     current_period_end = ma.fields.DateTime(allow_none=True)
     cancel_at_period_end = ma.fields.Boolean()
+    trial_end = ma.fields.DateTime(allow_none=True, metadata={"description": "while trialing"})
     grace_until = ma.fields.DateTime(allow_none=True)
+    open_invoice_url = ma.fields.String(
+        allow_none=True, metadata={"description": "while past_due: the unpaid invoice's hosted page"}
+    )
     read_only = ma.fields.Boolean()
     seats = ma.fields.Nested(SeatsSchema)
     api_calls = ma.fields.Nested(ApiCallsSchema)
     entitlements = ma.fields.Dict()
+    features = ma.fields.List(ma.fields.Nested(FeatureSchema))
+    customer = ma.fields.Nested(CustomerSchema)
+
+
+class InvoiceQuerySchema(ma.Schema):
+    limit = ma.fields.Integer(load_default=10, validate=ma.validate.Range(min=1, max=100))
+    starting_after = ma.fields.String(
+        load_default=None,
+        validate=ma.validate.Regexp(service.INVOICE_ID_PATTERN, error="Not an invoice id."),
+        metadata={"description": "the last id of the previous page (next_starting_after)"},
+    )
+
+
+class InvoiceSchema(ma.Schema):
+    id = ma.fields.String()
+    number = ma.fields.String(allow_none=True)
+    status = ma.fields.String(
+        allow_none=True, metadata={"description": "draft | open | paid | void | uncollectible"}
+    )
+    currency = ma.fields.String()
+    amount_due = ma.fields.Integer(metadata={"description": "smallest currency unit (cents)"})
+    amount_paid = ma.fields.Integer()
+    amount_remaining = ma.fields.Integer(allow_none=True)
+    subtotal = ma.fields.Integer(allow_none=True)
+    total = ma.fields.Integer(allow_none=True)
+    created = ma.fields.DateTime(allow_none=True)
+    due_date = ma.fields.DateTime(allow_none=True)
+    period_start = ma.fields.DateTime(allow_none=True)
+    period_end = ma.fields.DateTime(allow_none=True)
+    hosted_invoice_url = ma.fields.String(allow_none=True)
+    invoice_pdf = ma.fields.String(allow_none=True)
+
+
+class InvoicePageSchema(ma.Schema):
+    data = ma.fields.List(ma.fields.Nested(InvoiceSchema))
+    has_more = ma.fields.Boolean()
+    next_starting_after = ma.fields.String(allow_none=True)
 
 
 class WebhookAckSchema(ma.Schema):
@@ -101,8 +170,28 @@ class CheckoutView(MethodView):
             _email(principal),
             body["plan"],
             body["interval"],
+            promotion_code=body["promotion_code"],
         )
         return {"url": url}
+
+
+@blp.route("/invoices")
+class InvoicesView(MethodView):
+    @require("billing:manage")
+    @blp.alt_response(503, description=OFF)
+    @blp.arguments(InvoiceQuerySchema, location="query")
+    @blp.response(200, InvoicePageSchema)
+    def get(self, query):
+        """The tenant's Stripe invoices, newest first, a page at a time (``limit``, ``starting_after``)."""
+        billing = service.current_billing()
+        principal = current_principal()
+        return service.list_invoices(
+            db.session(),
+            billing,
+            principal.tenant,
+            limit=query["limit"],
+            starting_after=query["starting_after"],
+        )
 
 
 @blp.route("/portal")

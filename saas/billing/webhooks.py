@@ -23,6 +23,10 @@
 * ``customer.updated|deleted`` are guarded like subscriptions: an event older than the newest
   customer event applied (``billing_accounts.customer_event_created``) is skipped; on a tie
   (same second) the customer is re-fetched from Stripe.
+* ``customer.tax_id.created|updated|deleted`` re-fetch the customer's tax ids from Stripe (so
+  their order does not matter); ``customer.updated`` keeps the email and address.
+* ``invoice.payment_failed`` queues the dunning mail (:mod:`saas.billing.dunning`) once per
+  event, from Stripe's live invoice, while that invoice is still ``open``.
 * Unknown types are stored as ``ignored`` and answered 200.
 """
 
@@ -44,6 +48,7 @@ from sqlalchemy.orm import Session
 
 from saas import audit, outbox
 from saas.audit import AuditAction
+from saas.billing import dunning
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount, WebhookEvent
 from saas.billing.service import (
@@ -78,6 +83,9 @@ HANDLED_TYPES = (
     "invoice.payment_action_required",
     "customer.updated",
     "customer.deleted",
+    "customer.tax_id.created",
+    "customer.tax_id.updated",
+    "customer.tax_id.deleted",
 )
 
 
@@ -377,6 +385,8 @@ def _on_invoice(session: Session, billing: Billing, event: Mapping[str, Any], d:
         "invoice.payment_failed": AuditAction.BILLING_PAYMENT_FAILED,
         "invoice.payment_action_required": AuditAction.BILLING_PAYMENT_ACTION_REQUIRED,
     }[event["type"]]
+    if event["type"] == "invoice.payment_failed" and not d.effects_done:
+        _dun(session, billing, tenant, invoice, event["id"])
     if not d.effects_done:
         audit.record(
             session,
@@ -396,6 +406,83 @@ def _on_invoice(session: Session, billing: Billing, event: Mapping[str, Any], d:
     sub_id = _invoice_subscription(invoice)
     if sub_id:
         return _apply_live_subscription(session, billing, account, sub_id, event, d.replay)
+    return "processed", account.tenant_id, None
+
+
+def _dun(
+    session: Session, billing: Billing, tenant: Tenant, invoice: Mapping[str, Any], event_id: str
+) -> None:
+    """Queue the payment-failed mail, from Stripe's live invoice (order-proof: an invoice paid
+    or voided since this event was sent gets no mail; one Stripe no longer has gets none either)."""
+    invoice_id = invoice.get("id")
+    if not isinstance(invoice_id, str) or not invoice_id.startswith("in_"):
+        return
+    try:
+        live = plain(billing.client.v1.invoices.retrieve(invoice_id))
+    except stripe.InvalidRequestError:
+        log.warning("invoice %s of a payment_failed event is unknown to Stripe; no mail", invoice_id)
+        return
+    if live.get("status") == "open":
+        dunning.queue_payment_failed(session, tenant, live, event_id)
+
+
+def _address(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    keys = ("line1", "line2", "postal_code", "city", "state", "country")
+    address = {k: value.get(k) for k in keys if isinstance(value.get(k), str)}
+    return address or None
+
+
+def _tax_ids(listing: Any) -> list[dict[str, Any]]:
+    """A customer's tax ids as kept in ``billing_accounts.customer_tax_ids``, oldest first."""
+    rows = []
+    for tax_id in sorted((plain(t) for t in listing), key=lambda t: (t.get("created") or 0, t.get("id"))):
+        verification = tax_id.get("verification") or {}
+        rows.append(
+            {
+                "id": tax_id.get("id"),
+                "type": tax_id.get("type"),
+                "value": tax_id.get("value"),
+                "country": tax_id.get("country"),
+                "verification": verification.get("status") if isinstance(verification, Mapping) else None,
+            }
+        )
+    return rows
+
+
+def _on_tax_id(session: Session, billing: Billing, event: Mapping[str, Any], d: Delivery):
+    """``customer.tax_id.created|updated|deleted``: the customer's tax ids as Stripe has them
+    now (re-fetched, ``GET /v1/customers/{id}/tax_ids``: order-proof), audited when changed."""
+    tax_id = event["data"]["object"]
+    customer_id = tax_id.get("customer")
+    customer_id = customer_id if isinstance(customer_id, str) else (customer_id or {}).get("id")
+    account = account_for_customer(session, customer_id, lock=True) if customer_id else None
+    if account is None:
+        return "ignored", None, "no tenant for this customer"
+    if account.customer_deleted_at is not None:
+        return "processed", account.tenant_id, "customer deleted"
+    listing = billing.client.v1.customers.tax_ids.list(customer_id, params={"limit": 100})
+    before = list(account.customer_tax_ids or [])
+    after = _tax_ids(listing.data)
+    if before == after:
+        return "processed", account.tenant_id, "no change"
+    account.customer_tax_ids = after
+    if not d.effects_done:
+        audit.record(
+            session,
+            AuditAction.BILLING_CUSTOMER_TAX_IDS_CHANGED,
+            target_type="stripe_customer",
+            target_id=customer_id,
+            data={
+                "from": [f"{t['type']}:{t['value']}" for t in before],
+                "to": [f"{t['type']}:{t['value']}" for t in after],
+                "event": event["id"],
+            },
+            actor=STRIPE_ACTOR,
+            tenant_id=account.tenant_id,
+        )
+    ent.invalidate(session, account.tenant_id)
     return "processed", account.tenant_id, None
 
 
@@ -423,14 +510,17 @@ def _on_customer(session: Session, billing: Billing, event: Mapping[str, Any], d
             if live.get("deleted"):
                 return "processed", account.tenant_id, "customer deleted at Stripe"
             customer = live
-        old = account.customer_email
+        old, old_address = account.customer_email, account.customer_address
         account.customer_email = customer.get("email")
-        if old == account.customer_email:
+        account.customer_address = _address(customer.get("address"))
+        data = {}
+        if old != account.customer_email:
+            data["email"] = {"from": old, "to": account.customer_email}
+        if old_address != account.customer_address:
+            data["address"] = {"from": old_address, "to": account.customer_address}
+        if not data:
             return "processed", account.tenant_id, "no change"
-        action, data = (
-            AuditAction.BILLING_CUSTOMER_UPDATED,
-            {"email": {"from": old, "to": account.customer_email}},
-        )
+        action = AuditAction.BILLING_CUSTOMER_UPDATED
     if not d.effects_done:
         audit.record(
             session,
@@ -453,6 +543,9 @@ HANDLERS: dict[str, Handler] = {
     "invoice.payment_action_required": _on_invoice,
     "customer.updated": _on_customer,
     "customer.deleted": _on_customer,
+    "customer.tax_id.created": _on_tax_id,
+    "customer.tax_id.updated": _on_tax_id,
+    "customer.tax_id.deleted": _on_tax_id,
 }
 
 __all__ = ["HANDLED_TYPES", "Outcome", "get_account", "receive", "replay", "verify"]

@@ -974,7 +974,7 @@ class _Importer:
             self.roles[name] = (role, values.get("created_by"))
         self.session.flush()
         self.counts["saas.custom_roles"] = len(self.roles)
-        if self.roles and not ent.entitlements_for(self.tenant).features.get(roles_service.FEATURE):
+        if self.roles and not ent.has(self.tenant, roles_service.FEATURE):
             self.notes.append(
                 f"custom roles imported on plan {self.tenant.plan!r}, which lacks 'custom_roles': "
                 f"{', '.join(sorted(self.roles))} keep working for their holders; creating, changing "

@@ -41,7 +41,7 @@ from werkzeug.exceptions import HTTPException
 from saas import db
 from saas.actions import ActionContext
 from saas.audit import Actor, RequestMeta
-from saas.billing.entitlements import entitlements_for
+from saas.billing import entitlements
 from saas.errors import AppError
 from saas.http import request_header
 from saas.scim import service, tokens
@@ -111,7 +111,7 @@ def _authenticate() -> None:
     if found is None:
         raise UnauthorizedException(detail="A valid SCIM bearer token is required.")
     token, tenant = found
-    if not entitlements_for(tenant).features.get("sso"):
+    if not entitlements.has(tenant, "sso"):
         raise ForbiddenException(
             detail="The tenant's plan does not include SCIM provisioning (feature 'sso')."
         )

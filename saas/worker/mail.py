@@ -15,7 +15,7 @@ import smtplib
 import sys
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from saas.settings import Settings
@@ -256,31 +256,16 @@ def send_trial_will_end(job: Job, ctx: WorkerContext) -> None:
     """
     import datetime
 
-    from sqlalchemy import select
-
-    from saas.billing.models import BillingAccount
-    from saas.identity.models import Membership, Tenant, User
-
     _require(job, "tenant", "trial_end", "event_id")
     p = job.payload
     try:
         trial_end = datetime.datetime.fromtimestamp(int(p["trial_end"]), datetime.UTC)
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise PermanentError(f"trial_end is not a Unix timestamp: {p['trial_end']!r}") from exc
-    session = ctx.session
-    tenant = session.scalars(select(Tenant).where(Tenant.slug == p["tenant"])).one_or_none()
-    if tenant is None or tenant.deleted_at is not None:
+    found = _billing_recipients(ctx, p["tenant"])
+    if found is None:
         return
-    owners = session.scalars(
-        select(User.email)
-        .join(Membership, Membership.user_id == User.id)
-        .where(Membership.tenant_id == tenant.id, Membership.role == "owner", Membership.status == "active")
-    ).all()
-    account = session.get(BillingAccount, tenant.id)
-    contact = account.customer_email if account is not None and not account.customer_deleted_at else None
-    recipients = sorted({e.lower(): e for e in [*([contact] if contact else []), *owners]}.values())
-    if not recipients:
-        return
+    tenant, recipients = found
     base = ctx.settings.issuer.rstrip("/")
     billing_url = ctx.settings.billing_return_url or f"{base}/billing"
     when = trial_end.strftime("%A %d %B %Y, %H:%M UTC")
@@ -290,7 +275,132 @@ def send_trial_will_end(job: Job, ctx: WorkerContext) -> None:
         f"{billing_url}\n"
     )
     subject = f"Your {tenant.name} trial ends on {trial_end:%d %B %Y}"
+    _send_billing(job, ctx, recipients, subject, body, f"trial-will-end-{p['event_id']}")
+
+
+def _billing_recipients(ctx: WorkerContext, slug: str) -> tuple[Any, list[str]] | None:
+    """(tenant, addresses) of a billing mail: the Stripe customer's email (the billing contact)
+    and the active owners (who hold ``billing:manage``), each once; None for a tenant deleted
+    since, or one left with nobody to tell (nothing to retry)."""
+    from sqlalchemy import select
+
+    from saas.billing.models import BillingAccount
+    from saas.identity.models import Membership, Tenant, User
+
+    session = ctx.session
+    tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).one_or_none()
+    if tenant is None or tenant.deleted_at is not None:
+        return None
+    owners = session.scalars(
+        select(User.email)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.tenant_id == tenant.id, Membership.role == "owner", Membership.status == "active")
+    ).all()
+    account = session.get(BillingAccount, tenant.id)
+    contact = account.customer_email if account is not None and not account.customer_deleted_at else None
+    recipients = sorted({e.lower(): e for e in [*([contact] if contact else []), *owners]}.values())
+    return (tenant, recipients) if recipients else None
+
+
+def _send_billing(
+    job: Job, ctx: WorkerContext, recipients: list[str], subject: str, body: str, key: str
+) -> None:
+    """One mail to all ``recipients``, its ``Message-ID`` ``<key@issuer host>``: the same for
+    every delivery of one billing fact, so a mail system drops a repeat."""
     msg = _message(job, ctx, ", ".join(recipients), subject, body)
     host = urlsplit(ctx.settings.issuer).hostname or "localhost"
-    msg.replace_header("Message-ID", f"<trial-will-end-{p['event_id']}@{host}>")
+    msg.replace_header("Message-ID", f"<{key}@{host}>")
     _mailer(ctx).send(msg)
+
+
+def _money(amount: Any, currency: Any) -> str:
+    """``1200, "usd"`` -> ``12.00 USD`` (two decimals: Stripe's zero-decimal currencies aside)."""
+    code = str(currency or "").upper()
+    try:
+        cents = int(amount)
+    except (TypeError, ValueError):
+        return f"the amount due ({code})".strip()
+    zero_decimal = {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND",
+                    "VUV", "XAF", "XOF", "XPF"}  # fmt: skip
+    return f"{cents} {code}" if code in zero_decimal else f"{cents / 100:.2f} {code}"
+
+
+def _pay_link(ctx: WorkerContext, url: Any) -> str:
+    """The invoice's hosted page (Stripe's ``https://invoice.stripe.com/...``), else our billing page."""
+    if isinstance(url, str) and url.startswith("https://"):
+        return url
+    return ctx.settings.billing_return_url or f"{ctx.settings.issuer.rstrip('/')}/billing"
+
+
+@handler("mail.payment_failed")
+def send_payment_failed(job: Job, ctx: WorkerContext) -> None:
+    """Payload (``saas.billing.dunning.queue_payment_failed``, Stripe's ``invoice.payment_failed``):
+    ``tenant`` (slug), ``invoice_id``, ``number``, ``hosted_invoice_url``, ``amount_due``
+    (smallest currency unit), ``currency``, ``next_payment_attempt`` (Unix seconds or None),
+    ``event_id`` (the ``Message-ID``: one mail per event).
+
+    One mail to the billing contact and the owners with the amount and the link to pay.
+
+    Raises:
+        PermanentError: the payload lacks ``tenant``, ``invoice_id`` or ``event_id``.
+    """
+    import datetime
+
+    _require(job, "tenant", "invoice_id", "event_id")
+    p = job.payload
+    found = _billing_recipients(ctx, p["tenant"])
+    if found is None:
+        return
+    tenant, recipients = found
+    retry = ""
+    if p.get("next_payment_attempt"):
+        try:
+            when = datetime.datetime.fromtimestamp(int(p["next_payment_attempt"]), datetime.UTC)
+            retry = f"We will try the card again on {when:%A %d %B %Y, %H:%M} UTC.\n\n"
+        except (TypeError, ValueError, OverflowError, OSError):
+            retry = ""
+    label = p.get("number") or p["invoice_id"]
+    body = (
+        f"The payment of {_money(p.get('amount_due'), p.get('currency'))} for invoice {label} of "
+        f"{tenant.name} failed.\n\n{retry}"
+        "Pay the invoice or update the payment method here:\n"
+        f"{_pay_link(ctx, p.get('hosted_invoice_url'))}\n"
+    )
+    subject = f"Payment failed for {tenant.name}"
+    _send_billing(job, ctx, recipients, subject, body, f"payment-failed-{p['event_id']}")
+
+
+@handler("mail.grace_ended")
+def send_grace_ended(job: Job, ctx: WorkerContext) -> None:
+    """Payload (``saas.billing.dunning.notify_grace_ended``, ``saas billing dunning``): ``tenant``
+    (slug), ``subscription_id``, ``grace_until`` and ``past_due_since`` (Unix seconds),
+    ``hosted_invoice_url`` (or None). The ``Message-ID`` is made of the subscription and the
+    grace period's start: one mail per subscription and grace period.
+
+    One mail to the billing contact and the owners: the tenant is read-only until it pays.
+
+    Raises:
+        PermanentError: the payload lacks a key or ``grace_until`` is not a timestamp.
+    """
+    import datetime
+
+    _require(job, "tenant", "subscription_id", "grace_until", "past_due_since")
+    p = job.payload
+    try:
+        ended = datetime.datetime.fromtimestamp(int(p["grace_until"]), datetime.UTC)
+        since = int(p["past_due_since"])
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise PermanentError(f"grace_until is not a Unix timestamp: {p['grace_until']!r}") from exc
+    found = _billing_recipients(ctx, p["tenant"])
+    if found is None:
+        return
+    tenant, recipients = found
+    body = (
+        f"The grace period of {tenant.name} for an unpaid invoice ended on "
+        f"{ended:%A %d %B %Y, %H:%M} UTC.\n\n"
+        f"{tenant.name} is now read-only: its data can be read, but nothing can be changed until "
+        "the invoice is paid.\n\n"
+        f"Pay it here:\n{_pay_link(ctx, p.get('hosted_invoice_url'))}\n"
+    )
+    subject = f"{tenant.name} is read-only until the invoice is paid"
+    _send_billing(job, ctx, recipients, subject, body, f"grace-ended-{p['subscription_id']}-{since}")
