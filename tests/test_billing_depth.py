@@ -116,9 +116,10 @@ def custom_cli(app):
         ctx = Context()
         ctx._settings = services(app).settings
         ctx._app = app
-        # a real `saas` process loads its PLANS_FILE at start (build_services); here the app's
-        with app.app_context():
+        try:
             return CliRunner().invoke(main, list(args), obj=ctx, catch_exceptions=False)
+        finally:
+            ent.use_catalogue(None)  # the command made the app's catalogue the process's: undo it
 
     return run
 
@@ -240,6 +241,11 @@ def test_set_plan_overrides_a_feature_and_refuses_unknown_or_mistyped_ones(capi,
     assert features["custom_roles"]["enabled"] and features["audit_log_days"]["value"] == 90
     assert features["webhooks"]["enabled"] is False
     assert "billing.plan_overridden" in audit_actions(capi.conn, signup["tenant"]["id"])
+    plans = {p["id"]: p for p in json.loads(run("billing", "plans", "--json").output)}
+    assert list(plans) == ["starter", "team", "scale"] and plans["starter"]["default"]
+    assert (plans["team"]["trial_days"], plans["team"]["payment_method_collection"]) == (14, "if_required")
+    assert (plans["scale"]["trial_days"], plans["scale"]["payment_method_collection"]) == (7, "always")
+    assert plans["team"]["prices"] == {"month": "price_team_month"}
 
 
 # --- Checkout: trials, promotion codes, tax ------------------------------------------------------

@@ -163,6 +163,13 @@ def test_billing_depth_through_gunicorn(stack: Stack, engine) -> None:
     denied = _problem(requests.post(f"{base}/api/v1/roles", json=role, headers=h, timeout=30), 402,
                       "entitlement_required")  # fmt: skip
     assert denied["plan"] == "team"
+    # `saas` reads the same PLANS_FILE: the operator's plans, and a feature of theirs overridden
+    plans = json.loads(stack.cli("billing", "plans", "--json"))
+    assert [p["id"] for p in plans] == ["starter", "team", "scale"]
+    stack.cli("tenants", "set-plan", slug, "none", "--limit", "webhooks=true", "--reason", "pilot")
+    doc = requests.get(f"{base}/api/v1/billing", headers=h, timeout=30).json()
+    assert {f["name"]: f["enabled"] for f in doc["features"]}["webhooks"] is True
+    stack.cli("tenants", "set-plan", slug, "none")  # the override goes: the subscription decides
     # an unknown promotion code: 422, nothing created at Stripe
     promo = fake.add_promotion_code("LAUNCH20")
     r = requests.post(f"{base}/api/v1/billing/checkout", json={"plan": "team", "promotion_code": "NOPE"},

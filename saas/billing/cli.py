@@ -34,6 +34,14 @@ def _billing(ctx: Context):
     return handle
 
 
+def _catalogue(ctx: Context):
+    """The catalogue of this invocation's ``PLANS_FILE`` (validated; a bad one is one line, exit 1),
+    made the process's: a command that reads it before any service is built sees the operator's."""
+    from saas.billing import entitlements as ent
+
+    return ent.use_catalogue(ctx.settings.plans_file)
+
+
 @click.group()
 def billing() -> None:
     """Billing: plans, tenant state, reconciliation with Stripe, webhook events, usage."""
@@ -44,10 +52,9 @@ def billing() -> None:
 @pass_ctx
 @fail_cleanly
 def plans_cmd(ctx: Context, as_json: bool) -> None:
-    """The plan catalogue with its entitlements and configured Stripe prices."""
-    from saas.billing.entitlements import catalogue
-
-    default, plans = catalogue()
+    """The plan catalogue in force (PLANS_FILE, else the packaged one): entitlements, trials and
+    configured Stripe prices."""
+    default, plans = _catalogue(ctx)
     prices = ctx.settings.stripe_prices
     rows = [
         {
@@ -58,6 +65,9 @@ def plans_cmd(ctx: Context, as_json: bool) -> None:
             "requests_per_minute": p.requests_per_minute,
             "monthly_api_calls": p.monthly_api_calls,
             "per_seat": p.per_seat,
+            "trial_days": p.trial_days,
+            "payment_method_collection": p.payment_method_collection
+            or (ctx.settings.billing_trial_payment_method if p.trial_days else None),
             "features": dict(p.features),
             "prices": {interval: prices.get(env) for interval, env in p.price_env.items()},
         }
@@ -68,7 +78,7 @@ def plans_cmd(ctx: Context, as_json: bool) -> None:
         return
     print_table(
         "plans",
-        ["id", "name", "seats", "req/min", "API calls/month", "features", "prices"],
+        ["id", "name", "seats", "req/min", "API calls/month", "trial", "features", "prices"],
         [
             [
                 r["id"] + (" (default)" if r["default"] else ""),
@@ -76,6 +86,7 @@ def plans_cmd(ctx: Context, as_json: bool) -> None:
                 r["seats"] if r["seats"] is not None else "unlimited",
                 r["requests_per_minute"],
                 r["monthly_api_calls"] if r["monthly_api_calls"] is not None else "unlimited",
+                f"{r['trial_days']} d ({r['payment_method_collection']})" if r["trial_days"] else "-",
                 ", ".join(f"{k}={v}" for k, v in r["features"].items()),
                 ", ".join(f"{k}: {v or '-'}" for k, v in r["prices"].items()),
             ]
@@ -287,7 +298,7 @@ def set_plan_cmd(ctx: Context, tenant: str, plan: str, reason: str | None, limit
     from saas.billing.models import BillingOverride
     from saas.db import utcnow
 
-    _, plans = ent.catalogue()
+    _, plans = _catalogue(ctx)
     if plan != "none" and plan not in plans:
         raise click.BadParameter(f"one of: {', '.join(plans)}, none", param_hint="PLAN")
     parsed: dict[str, object] = {}

@@ -455,7 +455,8 @@ def _on_tax_id(session: Session, billing: Billing, event: Mapping[str, Any], d: 
     """``customer.tax_id.created|updated|deleted``: the customer's tax ids as Stripe has them
     now (re-fetched, ``GET /v1/customers/{id}/tax_ids``: order-proof), audited when changed."""
     tax_id = event["data"]["object"]
-    customer_id = tax_id.get("customer")
+    # ``customer`` (older versions) or ``owner.customer`` (https://docs.stripe.com/api/tax_ids/object)
+    customer_id = tax_id.get("customer") or ((tax_id.get("owner") or {}).get("customer"))
     customer_id = customer_id if isinstance(customer_id, str) else (customer_id or {}).get("id")
     account = account_for_customer(session, customer_id, lock=True) if customer_id else None
     if account is None:
