@@ -239,7 +239,9 @@ def test_billing_depth_through_gunicorn(stack: Stack, engine) -> None:
                      headers=other_h, timeout=30)  # fmt: skip
     assert "data" not in _problem(r, 422, "validation_error")
     # a renewal fails: the owner gets the invoice's link, once per event
-    finalized = 1_790_000_000
+    # the unpaid invoice fell due 8 days ago on the servers' clock (the same as this process's,
+    # whatever date it is): its 7-day grace period is over
+    finalized = int(time.time()) - 8 * 86400
     invoice = fake.renewal_failed(sub_id, finalized_at=finalized)
     failed = fake.event("invoice.payment_failed", invoice)
     assert stack.deliver(failed)["status"] == "processed"
