@@ -215,12 +215,13 @@ def catalogue_path(plans_file: str | Path | None) -> Path:
 
 
 @memoize("billing.catalogue", maxsize=4)
-def load_catalogue(path: Path) -> tuple[str, dict[str, Plan]]:
+def load_catalogue(path: str | Path) -> tuple[str, dict[str, Plan]]:
     """Read and validate the catalogue at ``path`` (memoised per path: read once per process).
 
     Raises:
         CatalogueError: one line; for an operator's file it starts with ``PLANS_FILE <path>:``.
     """
+    path = Path(path)
     where = "" if path == CATALOGUE_PATH else f"PLANS_FILE {path}: "
     try:
         data = tomllib.loads(path.read_text())
@@ -247,10 +248,13 @@ def catalogue(path: Path | None = None) -> tuple[str, dict[str, Plan]]:
 
     ``path`` given: that file. Else, in an app context, the app's ``PLANS_FILE`` (each app its
     own); outside one, the process's (:func:`use_catalogue`)."""
-    if path is None:
-        app_services = current_app.extensions.get(EXTENSION) if has_app_context() else None
-        path = catalogue_path(app_services.settings.plans_file) if app_services else _process_catalogue
-    return load_catalogue(path)
+    if path is not None:
+        return load_catalogue(path)
+    app_services = current_app.extensions.get(EXTENSION) if has_app_context() else None
+    if app_services is None:
+        return load_catalogue(_process_catalogue)
+    # the hot path (several calls a request): the memo is keyed by the setting's own string
+    return load_catalogue(app_services.settings.plans_file or CATALOGUE_PATH)
 
 
 def plan(plan_id: str | None) -> Plan:
