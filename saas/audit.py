@@ -134,6 +134,7 @@ class AuditAction(StrEnum):
     BILLING_SEATS_CHANGED = "billing.seats_changed"
     BILLING_SEATS_SYNCED = "billing.seats_synced"
     BILLING_PLAN_OVERRIDDEN = "billing.plan_overridden"
+    BILLING_USAGE_REPORTED = "billing.usage_reported"
     # the product (tenants/)
     CONTACT_CREATED = "contact.created"
     CONTACT_UPDATED = "contact.updated"

@@ -268,6 +268,9 @@ class Settings:
     stripe_api_base: str = "https://api.stripe.com"
     stripe_meter_event_name: str = "api_calls"
     billing_grace_days: int = 7
+    #: seconds between two usage reports to Stripe by each ``saas worker`` (0: the worker never
+    #: reports; ``saas billing report-usage`` still does). docs/billing.md "Usage"
+    usage_report_interval_seconds: int = 900
     billing_return_url: str | None = None
     # social login (saas.auth.social; docs/auth.md, "Social login")
     #: ``SOCIAL_PROVIDERS`` (JSON): name -> {client_id, client_secret[, issuer, label, scopes]}
@@ -369,6 +372,7 @@ class Settings:
         maybe("STRIPE_API_BASE", "stripe_api_base", _url(("http", "https")))
         maybe("STRIPE_METER_EVENT_NAME", "stripe_meter_event_name")
         maybe("BILLING_GRACE_DAYS", "billing_grace_days", _non_negative_int)
+        maybe("USAGE_REPORT_INTERVAL", "usage_report_interval_seconds", _non_negative_int)
         maybe("BILLING_RETURN_URL", "billing_return_url", _url(("http", "https")))
         maybe("SOCIAL_PROVIDERS", "social_providers", _social_providers)  # social login
         prices = {k: v.strip() for k, v in env.items() if k.startswith("STRIPE_PRICE_") and v.strip()}
