@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -555,32 +555,43 @@ def keep_usage_period(session: Session, account: BillingAccount) -> None:
     (``billing_usage_periods``, see :mod:`saas.billing.usage`) unless it is already there: a
     live subscription (``trialing``, ``active``, ``past_due``) with its period synced and a
     Stripe customer. Its end moves with the subscription's while the period is open."""
+    keep_usage_periods(session, [account])
+
+
+def keep_usage_periods(session: Session, accounts: Iterable[BillingAccount]) -> int:
+    """:func:`keep_usage_period` for many accounts in one statement; returns how many periods
+    were offered (inserted, or already there)."""
     from sqlalchemy.dialects.postgresql import insert
 
     from saas.billing.models import UsagePeriod
     from saas.billing.periods import label_of
 
-    start, end = account.current_period_start, account.current_period_end
-    if (
-        start is None
-        or end is None
-        or end <= start
-        or not account.stripe_customer_id
-        or account.status not in (ent.PAID_STATUSES | ent.GRACE_STATUSES)
-    ):
-        return
+    rows = [
+        {
+            "tenant_id": a.tenant_id, "period": label_of(a.current_period_start),
+            "starts_at": a.current_period_start, "ends_at": a.current_period_end,
+            "stripe_customer_id": a.stripe_customer_id, "reported": 0, "slices": 0, "created_at": utcnow(),
+        }
+        for a in accounts
+        if a.current_period_start is not None
+        and a.current_period_end is not None
+        and a.current_period_end > a.current_period_start
+        and a.stripe_customer_id
+        and a.status in (ent.PAID_STATUSES | ent.GRACE_STATUSES)
+    ]  # fmt: skip
+    if not rows:
+        return 0
     table = UsagePeriod.__table__
-    stmt = insert(table).values(
-        tenant_id=account.tenant_id, period=label_of(start), starts_at=start, ends_at=end,
-        stripe_customer_id=account.stripe_customer_id, reported=0, slices=0, created_at=utcnow(),
-    )  # fmt: skip
+    stmt = insert(table)
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=["tenant_id", "period"],
             set_={"ends_at": stmt.excluded.ends_at},
             where=table.c.closed_at.is_(None) & (table.c.ends_at != stmt.excluded.ends_at),
-        )
+        ),
+        rows,
     )
+    return len(rows)
 
 
 def _snapshot(account: BillingAccount) -> dict[str, Any]:

@@ -58,7 +58,7 @@ from saas.audit import AuditAction
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount, UsagePeriod, UsageReport
 from saas.billing.periods import Period, usage_period
-from saas.billing.service import Billing, keep_usage_period
+from saas.billing.service import Billing, keep_usage_periods
 from saas.cache.namespace import TenantKeys
 from saas.db import Database, utcnow
 
@@ -170,19 +170,29 @@ def report_usage(
     """
     now = now or utcnow()
     run = UsageRun()
+    live = ent.PAID_STATUSES | ent.GRACE_STATUSES
     with database.transaction() as session:
         query = select(BillingAccount).where(
             BillingAccount.stripe_customer_id.is_not(None),
             BillingAccount.customer_deleted_at.is_(None),
             BillingAccount.stripe_subscription_id.is_not(None),
+            BillingAccount.status.in_(live),
         )
         if tenant_ids is not None:
             query = query.where(BillingAccount.tenant_id.in_(tenant_ids))
-        for account in session.scalars(query):
-            keep_usage_period(session, account)
+        keep_usage_periods(session, session.scalars(query))
     with database.transaction() as session:
+        unsent = (
+            select(UsageReport.slice)
+            .where(
+                UsageReport.tenant_id == UsagePeriod.tenant_id,
+                UsageReport.period == UsagePeriod.period,
+                UsageReport.sent_at.is_(None),
+            )
+            .exists()
+        )
         query = (
-            select(UsagePeriod, BillingAccount)
+            select(UsagePeriod, BillingAccount, unsent)
             .join(BillingAccount, BillingAccount.tenant_id == UsagePeriod.tenant_id)
             .where(UsagePeriod.closed_at.is_(None))
             .order_by(UsagePeriod.tenant_id, UsagePeriod.starts_at)
@@ -190,17 +200,46 @@ def report_usage(
         if tenant_ids is not None:
             query = query.where(UsagePeriod.tenant_id.in_(tenant_ids))
         todo = [
-            (p.tenant_id, p.period, _closing_at(p, a))
-            for p, a in session.execute(query)
+            (p.tenant_id, p.period, int(p.reported), _closing_at(p, a), bool(pending))
+            for p, a, pending in session.execute(query)
         ]  # fmt: skip
-    for tenant_id, label, closing_at in todo:
+    counts = _read_counters(redis, [(t, label) for t, label, *_ in todo])
+    settle = timedelta(seconds=SETTLE_SECONDS)
+    for (tenant_id, label, reported, closing_at, pending), count in zip(todo, counts, strict=True):
         name = f"{tenant_id}/{label}"
+        if not pending and count is not None and count <= reported and now < closing_at + settle:
+            run.unchanged.append(name)  # nothing new and not closing: no transaction at all
+            continue
         try:
             _report_period(database, redis, billing, tenant_id, label, closing_at, now, run, name)
         except Exception as exc:
             log.warning("usage report of %s failed: %s", name, exc.__class__.__name__)
             run.failed[name] = exc.__class__.__name__
     return run
+
+
+def _read_counters(redis: Any, periods: list[tuple[uuid.UUID, str]], chunk: int = 500) -> list[int | None]:
+    """The counters of ``periods``, pipelined (``GET`` each: a tenant's keys are in its own
+    cluster slot, so no ``MGET`` across tenants); None where unknown (Redis down, not a count),
+    which sends those periods down the locked path, where the read is retried and reported."""
+    out: list[int | None] = []
+    for start in range(0, len(periods), chunk):
+        part = periods[start : start + chunk]
+        try:
+            pipe = redis.pipeline(transaction=False)
+            for tenant_id, label in part:
+                pipe.get(usage_key(tenant_id, label))
+            raws = pipe.execute()
+        except Exception:
+            log.warning("usage counters unavailable", exc_info=True)
+            out += [None] * len(part)
+            continue
+        for raw in raws:
+            try:
+                out.append(int(raw) if raw else 0)
+            except ValueError:
+                out.append(None)
+    return out
 
 
 def _closing_at(period: UsagePeriod, account: BillingAccount) -> datetime:

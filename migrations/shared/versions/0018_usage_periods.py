@@ -4,6 +4,8 @@ periods being reported (billing_usage_periods) and one report row per slice
 Revision ID: 0018_usage_periods
 Revises: 0014_api_keys
 
+An existing subscription's period start is estimated from its end and interval until the next
+sync (``saas billing sync --all`` right after the upgrade brings Stripe's own value).
 ``billing_usage_reports`` becomes the ledger of slices (primary key tenant, period, slice): an
 existing row (a whole calendar month, sent) becomes that month's slice 1, sent when it was
 reported, its event timestamp the month's last second.
@@ -23,6 +25,14 @@ def upgrade() -> None:
         "billing_accounts",
         sa.Column("current_period_start", sa.DateTime(timezone=True), nullable=True),
         schema="saas",
+    )
+    # until the next sync brings Stripe's value (run `saas billing sync --all` after upgrading),
+    # a live subscription's period starts one interval before its end (Stripe's anniversary;
+    # exact but for month-end anchors after a shorter month)
+    op.execute(
+        "UPDATE saas.billing_accounts SET current_period_start = ((current_period_end AT TIME ZONE 'UTC')"
+        " - CASE WHEN \"interval\" = 'year' THEN interval '1 year' ELSE interval '1 month' END)"
+        " AT TIME ZONE 'UTC' WHERE current_period_end IS NOT NULL AND current_period_start IS NULL"
     )
     op.create_table(
         "billing_usage_periods",
