@@ -74,6 +74,7 @@ class FakeStripe:
         self.idempotent: dict[str, tuple[int, dict]] = {}
         self.fail_paths: dict[str, int] = {}  # path prefix -> failures left (503)
         self.delay_seconds = 0.0  # added to GET /v1/subscriptions/... (widens race windows)
+        self.meter_delay_seconds = 0.0  # added to POST /v1/billing/meter_events (likewise)
         #: Stripe's clock (unix seconds): meter event timestamps are checked against it
         self.clock = time.time
         #: how long Stripe refuses a meter event identifier it has seen ("at least 24 hours")
@@ -128,7 +129,7 @@ class FakeStripe:
                 store.clear()
             self.meter_events.clear()
             self.requests.clear()
-            self.delay_seconds = 0.0
+            self.delay_seconds = self.meter_delay_seconds = 0.0
             self.clock = time.time
 
     def calls(self, method: str, prefix: str) -> list[dict]:
@@ -142,6 +143,8 @@ class FakeStripe:
             return 401, _error("invalid_request_error", "Invalid API Key provided.", None), {}
         if self.delay_seconds and method == "GET" and path.startswith("/v1/subscriptions/"):
             time.sleep(self.delay_seconds)
+        if self.meter_delay_seconds and path == "/v1/billing/meter_events":
+            time.sleep(self.meter_delay_seconds)
         with self.lock:
             self.requests.append((method, path, params, headers))
             for prefix, left in list(self.fail_paths.items()):

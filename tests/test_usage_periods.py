@@ -288,6 +288,44 @@ def test_a_canceled_subscriptions_period_is_closed_after_it_stopped(uapi, uclien
     assert ufake.metered(customer, ts(ANCHOR), ts(NEXT)) == 30 and len(ufake.meter_events) == 1
 
 
+def test_concurrent_runs_bill_each_call_once(uapp, ufake, engine, redis_client):
+    """Four reporters at once (workers, a CronJob, an operator), twice, on committed data: each
+    period's slice is cut under its row lock, so every call is billed exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.helpers import drop_tenant
+
+    ufake.reset()
+    tenant_id, customer = uuid.uuid4(), f"cus_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO saas.tenants (id, slug, name, status, plan, schema_name, settings, created_at,"
+            " updated_at) VALUES (:id, :slug, 'Race', 'active', 'pro', :schema, '{}', now(), now())"
+        ), {"id": tenant_id, "slug": f"race-{tenant_id.hex[:8]}", "schema": f"t_{tenant_id.hex}"})
+        conn.execute(text(
+            "INSERT INTO saas.billing_accounts (tenant_id, stripe_customer_id, stripe_subscription_id,"
+            " status, current_period_start, current_period_end, cancel_at_period_end, created_at,"
+            " updated_at) VALUES (:t, :c, :s, 'active', :start, :end, false, now(), now())"
+        ), {"t": tenant_id, "c": customer, "s": f"sub_{tenant_id.hex[:12]}", "start": ANCHOR, "end": NEXT})
+    committed, billing = Database(engine), services(uapp).billing
+    now = datetime(2026, 1, 20, 10, 0, tzinfo=UTC)
+    ufake.clock = lambda: now.timestamp()
+    ufake.meter_delay_seconds = 0.05  # a slow Stripe widens the window between cut and mark
+    key = usage.usage_key(tenant_id, LABEL)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for count in (100, 160):
+                redis_client.set(key, count)
+                runs = list(pool.map(lambda _: usage.report_usage(committed, redis_client, billing, now=now),
+                                     range(4)))  # fmt: skip
+                assert not any(r.failed for r in runs), [r.failed for r in runs]
+        assert ufake.metered(customer, ts(ANCHOR), ts(NEXT)) == 160
+        assert sorted(e["identifier"][-2:] for e in events_of(ufake, customer)) == ["-1", "-2"]
+    finally:
+        redis_client.delete(key)
+        drop_tenant(engine, tenant_id)
+
+
 # --- counting and the quota follow the period ----------------------------------------------------
 
 
