@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, update
 
 from saas import audit
 from saas.audit import AuditAction
@@ -375,12 +375,20 @@ def _mark_sent(
     total: int,
 ) -> None:
     with database.transaction() as session:
+        session.execute(
+            update(UsageReport)
+            .where(
+                UsageReport.tenant_id == tenant_id,
+                UsageReport.period == label,
+                UsageReport.slice.in_([s.slice for s in sent]),
+                UsageReport.sent_at.is_(None),
+            )
+            .values(sent_at=utcnow())
+        )
+        if not close:
+            return
         period = session.get(UsagePeriod, (tenant_id, label), with_for_update=True)
-        for s in sent:
-            row = session.get(UsageReport, (tenant_id, label, s.slice))
-            if row is not None and row.sent_at is None:
-                row.sent_at = utcnow()
-        if close and period is not None and period.closed_at is None and period.reported == total:
+        if period is not None and period.closed_at is None and period.reported == total:
             _close(session, period, now)
 
 
