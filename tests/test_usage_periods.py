@@ -273,6 +273,37 @@ def test_report_usage_command_and_the_workers_schedule(uapi, uclient, uconn, uap
     assert off.run_periodic(monotonic=5000.0) == []
 
 
+def test_periodic_jobs_run_in_the_background_one_run_at_a_time(settings, monkeypatch):
+    """In ``run_forever`` a periodic job runs in a thread of its own (a long usage report must
+    not delay the outbox or the heartbeat), and a run still going skips its next turn."""
+    import threading
+
+    from saas import worker as worker_module
+    from saas.worker import Worker, register_periodic
+
+    release, started, runs = threading.Event(), threading.Event(), []
+
+    def slow(_services) -> None:
+        runs.append(threading.current_thread().name)
+        started.set()
+        release.wait(10)
+
+    monkeypatch.setattr(worker_module, "_periodic", {})  # this job alone, the registry put back after
+    register_periodic("test.slow", lambda s: 60, slow)
+    try:
+        w = Worker(None, settings)  # type: ignore[arg-type]  # the job needs no database
+        assert w.run_periodic(monotonic=0.0, background=True) == ["test.slow"]
+        assert started.wait(5)
+        assert w.run_periodic(monotonic=60.0, background=True) == []  # still running: skipped
+        release.set()
+        w._running["test.slow"].join(5)
+        assert w.run_periodic(monotonic=120.0, background=True) == ["test.slow"]
+        w._running["test.slow"].join(5)
+        assert runs == ["periodic-test.slow", "periodic-test.slow"]
+    finally:
+        release.set()
+
+
 def test_a_canceled_subscriptions_period_is_closed_after_it_stopped(uapi, uclient, uconn, uapp, ufake,
                                                                    redis_client):  # fmt: skip
     tenant_id, _, sub_id, customer = subscribe(uapi, uclient, ufake, (ANCHOR, NEXT))

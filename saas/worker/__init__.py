@@ -185,8 +185,9 @@ class Worker:
         self.services = services or {}
         self.stopping = threading.Event()
         self._last_prune = 0.0
-        #: periodic job name -> when it is due next (``time.monotonic()``)
+        #: periodic job name -> when it is due next (``time.monotonic()``), and its running thread
         self._due: dict[str, float] = {}
+        self._running: dict[str, threading.Thread] = {}
         from saas.observability.metrics import ensure_multiproc_dir
 
         ensure_multiproc_dir()
@@ -268,10 +269,14 @@ class Worker:
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts
 
-    def run_periodic(self, monotonic: float | None = None) -> list[str]:
-        """Run the periodic jobs that are due at ``monotonic`` (default ``time.monotonic()``);
-        returns their names. A failing job is logged and counted, and runs again at its next
-        turn; it never stops the worker."""
+    def run_periodic(self, monotonic: float | None = None, *, background: bool = False) -> list[str]:
+        """Start the periodic jobs that are due at ``monotonic`` (default ``time.monotonic()``);
+        returns their names. ``background``: each in a thread of its own (``run_forever``), so a
+        long run (a usage report over many tenants) neither delays the outbox nor starves the
+        heartbeat; a job whose previous run is still going is skipped until its next turn.
+        Otherwise they run here, one after the other. A failing job is logged and counted
+        (``saas_jobs_total{outcome="failed"}``) and runs again at its next turn; it never stops
+        the worker."""
         now = time.monotonic() if monotonic is None else monotonic
         ran = []
         for job in periodic_jobs().values():
@@ -279,16 +284,29 @@ class Worker:
             if interval <= 0 or self._due.get(job.name, now) > now:
                 continue
             self._due[job.name] = now + interval
-            start = time.perf_counter()
-            outcome = "sent"
-            try:
-                job.fn(self.services)
-            except Exception:
-                outcome = "failed"
-                log.exception("periodic job %s failed", job.name)
-            _record_job(job.name, outcome, time.perf_counter() - start)
+            running = self._running.get(job.name)
+            if running is not None and running.is_alive():
+                log.warning("periodic job %s still running; skipping this turn", job.name)
+                continue
+            if background:
+                thread = threading.Thread(target=self._run_job, args=(job,), name=f"periodic-{job.name}",
+                                          daemon=True)  # fmt: skip
+                self._running[job.name] = thread
+                thread.start()
+            else:
+                self._run_job(job)
             ran.append(job.name)
         return ran
+
+    def _run_job(self, job: PeriodicJob) -> None:
+        start = time.perf_counter()
+        outcome = "sent"
+        try:
+            job.fn(self.services)
+        except Exception:
+            outcome = "failed"
+            log.exception("periodic job %s failed", job.name)
+        _record_job(job.name, outcome, time.perf_counter() - start)
 
     def prune(self, keep_days: int = 7) -> int:
         """Delete messages sent more than ``keep_days`` ago (their payloads are already blank)."""
@@ -315,7 +333,7 @@ class Worker:
             if heartbeat:
                 _touch(heartbeat)
             try:
-                self.run_periodic()
+                self.run_periodic(background=True)
                 busy = self.run_one() is not None
                 if time.monotonic() - self._last_prune > 3600:
                     self._last_prune = time.monotonic()
@@ -325,4 +343,6 @@ class Worker:
                 busy = False
             if not busy:
                 self.stopping.wait(poll_seconds)
+        for thread in self._running.values():  # a periodic job in hand may finish (it is resumable)
+            thread.join(timeout=30)
         log.info("worker stopped")
