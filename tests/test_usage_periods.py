@@ -178,6 +178,11 @@ def test_usage_is_reported_in_slices_inside_the_anniversary_period(uapi, uclient
         {"p": LABEL},
     ).one()
     assert tuple(row) == (250, 2, None)  # open until its final slice after the period's end
+    # an operator zeroes the counter (`saas limits reset --quota`): what was billed stays billed,
+    # the calls counted since are billed on top
+    redis_client.set(usage.usage_key(tenant_id, LABEL), 7)
+    assert report(uapp, ufake, second + timedelta(hours=1)).sent == {f"{tenant_id}/{LABEL}": 7}
+    assert ufake.metered(customer, ts(ANCHOR), ts(NEXT)) == 257
 
 
 def test_rollover_reports_the_old_periods_last_slice_inside_it_then_closes_it(
@@ -205,6 +210,11 @@ def test_rollover_reports_the_old_periods_last_slice_inside_it_then_closes_it(
     run = report(uapp, ufake, NEXT + timedelta(minutes=6))
     assert run.sent == {f"{tenant_id}/{LABEL}": 2} and run.closed == [f"{tenant_id}/{LABEL}"]
     assert audit_actions(uconn, tenant_id, "billing.usage_") == ["billing.usage_reported"]
+    schema = "t_" + uuid.UUID(tenant_id).hex
+    event = f"SELECT data FROM {schema}.audit_events WHERE action = 'billing.usage_reported'"  # noqa: S608
+    assert uconn.execute(text(event)).scalar_one() == {
+        "start": ANCHOR.isoformat(), "end": NEXT.isoformat(), "api_calls": 262, "slices": 3
+    }  # fmt: skip
     # a closed period's counter is never read again
     redis_client.set(old, 300)
     assert report(uapp, ufake, NEXT + timedelta(hours=1)).sent == {}

@@ -98,7 +98,8 @@ class UsagePeriod(SharedBase):
     """A tenant's usage period reported to Stripe Billing Meters (``saas.billing.usage``).
 
     ``period`` is the counter's label (:mod:`saas.billing.periods`); ``reported`` the counter's
-    value covered by the slices so far (``slices`` of them); ``closed_at`` when the final slice
+    value the slices so far (``slices`` of them) cover (what they billed is their sum: a counter
+    that restarted from 0 is billed again from 0); ``closed_at`` when the final slice
     (after the period's end) was sent: a closed period is never read again.
     """
 

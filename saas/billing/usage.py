@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 
 from saas import audit
 from saas.audit import AuditAction
@@ -207,7 +207,7 @@ def report_usage(
     settle = timedelta(seconds=SETTLE_SECONDS)
     for (tenant_id, label, reported, closing_at, pending), count in zip(todo, counts, strict=True):
         name = f"{tenant_id}/{label}"
-        if not pending and count is not None and count <= reported and now < closing_at + settle:
+        if not pending and count is not None and count == reported and now < closing_at + settle:
             run.unchanged.append(name)  # nothing new and not closing: no transaction at all
             continue
         try:
@@ -316,10 +316,14 @@ def _cut_slice(
         if count is None:
             run.failed[name] = "usage counter unavailable"
             return None, False, 0
+        new = count - period.reported
         if count < period.reported:
-            log.warning("usage counter of %s went back from %s to %s (lost?); nothing to report",
-                        name, period.reported, count)  # fmt: skip
-        if count <= period.reported:
+            # the counter counts again from 0 (``saas limits reset --quota``, Redis data lost):
+            # what it holds now are calls made since, and what was reported stays billed
+            log.warning("usage counter of %s went back from %s to %s: billing the %s since",
+                        name, period.reported, count, count)  # fmt: skip
+            new = count
+        if new <= 0:
             if final:
                 _close(session, period, now)
                 run.closed.append(name)
@@ -330,7 +334,7 @@ def _cut_slice(
         latest = period.ends_at - timedelta(seconds=1)
         event_at = min(max(now, period.starts_at), latest).replace(microsecond=0)
         row = UsageReport(
-            tenant_id=tenant_id, period=label, slice=period.slices, quantity=count - period.reported,
+            tenant_id=tenant_id, period=label, slice=period.slices, quantity=new,
             cumulative=count, identifier=identifier_for(tenant_id, label, period.slices),
             stripe_customer_id=period.stripe_customer_id, event_at=event_at, reported_at=utcnow(),
         )  # fmt: skip
@@ -395,6 +399,11 @@ def _mark_sent(
 def _close(session: Any, period: UsagePeriod, now: datetime) -> None:
     """The period's final slice is at Stripe: it is never read again (audited once)."""
     period.closed_at = now
+    billed = session.scalar(
+        select(func.coalesce(func.sum(UsageReport.quantity), 0)).where(
+            UsageReport.tenant_id == period.tenant_id, UsageReport.period == period.period
+        )
+    )
     audit.record(
         session,
         AuditAction.BILLING_USAGE_REPORTED,
@@ -403,7 +412,7 @@ def _close(session: Any, period: UsagePeriod, now: datetime) -> None:
         data={
             "start": period.starts_at.isoformat(),
             "end": period.ends_at.isoformat(),
-            "api_calls": int(period.reported),
+            "api_calls": int(billed or 0),
             "slices": int(period.slices),
         },
         actor=USAGE_ACTOR,
