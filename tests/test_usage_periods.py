@@ -11,6 +11,7 @@ its keys expire on.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -268,6 +269,8 @@ def test_report_usage_command_and_the_workers_schedule(uapi, uclient, uconn, uap
     assert result.exit_code == 0 and "12 API calls reported for 1 periods" in result.output, result.output
     again = ucli("billing", "report-usage", "--json")
     assert again.exit_code == 0 and f'"{tenant_id}/{label}"' in again.output and '"sent": {}' in again.output
+    show = json.loads(ucli("billing", "show", "acme", "--json").output)["api_calls"]
+    assert show["period"] == label and show["used"] == 12
     # the worker runs it every USAGE_REPORT_INTERVAL (900 s by default), first right after start
     load_handlers()
     assert "billing.report_usage" in periodic_jobs()
