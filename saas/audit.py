@@ -136,6 +136,7 @@ class AuditAction(StrEnum):
     BILLING_PLAN_OVERRIDDEN = "billing.plan_overridden"
     BILLING_CUSTOMER_TAX_IDS_CHANGED = "billing.customer_tax_ids_changed"
     BILLING_GRACE_ENDED = "billing.grace_ended"
+    BILLING_USAGE_REPORTED = "billing.usage_reported"
     # the product (tenants/)
     CONTACT_CREATED = "contact.created"
     CONTACT_UPDATED = "contact.updated"

@@ -1,7 +1,7 @@
 """Import every control-plane model so ``shared_metadata`` is complete (migrations, checks)."""
 
 from saas.auth.models import AuthorizationCode, Consent, MfaFactor, OAuthClient, RecoveryCode, RefreshToken
-from saas.billing.models import BillingAccount, BillingOverride, UsageReport, WebhookEvent
+from saas.billing.models import BillingAccount, BillingOverride, UsagePeriod, UsageReport, WebhookEvent
 from saas.identity.models import Invitation, Membership, Tenant, User, VerifiedDomain
 from saas.outbox import OutboxMessage
 from saas.scim.models import ScimGroup, ScimGroupMember, ScimSettings, ScimToken, ScimUser
@@ -24,6 +24,7 @@ __all__ = [
     "ScimToken",
     "ScimUser",
     "Tenant",
+    "UsagePeriod",
     "UsageReport",
     "User",
     "VerifiedDomain",

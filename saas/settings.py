@@ -275,6 +275,9 @@ class Settings:
     stripe_api_base: str = "https://api.stripe.com"
     stripe_meter_event_name: str = "api_calls"
     billing_grace_days: int = 7
+    #: seconds between two usage reports to Stripe by each ``saas worker`` (0: the worker never
+    #: reports; ``saas billing report-usage`` still does). docs/billing.md "Usage"
+    usage_report_interval_seconds: int = 900
     billing_return_url: str | None = None
     #: the plan catalogue (TOML); None: the packaged ``saas/billing/plans.toml`` (docs/billing.md)
     plans_file: str | None = None
@@ -387,6 +390,7 @@ class Settings:
         maybe("STRIPE_API_BASE", "stripe_api_base", _url(("http", "https")))
         maybe("STRIPE_METER_EVENT_NAME", "stripe_meter_event_name")
         maybe("BILLING_GRACE_DAYS", "billing_grace_days", _non_negative_int)
+        maybe("USAGE_REPORT_INTERVAL", "usage_report_interval_seconds", _non_negative_int)
         maybe("BILLING_RETURN_URL", "billing_return_url", _url(("http", "https")))
         maybe("PLANS_FILE", "plans_file", _readable_file)
         trial_payment = _choice("always", "if_required")

@@ -7,7 +7,9 @@ with bracketed keys, as the SDK sends them; ``Idempotency-Key`` replays the firs
 missing or malformed key is a 401 like Stripe's.
 
 Test helpers act as Stripe's side: :meth:`FakeStripe.complete_checkout`,
-:meth:`FakeStripe.update_subscription`, :meth:`FakeStripe.add_promotion_code`,
+:meth:`FakeStripe.update_subscription`, :meth:`FakeStripe.renew` (the next billing period),
+:meth:`FakeStripe.metered` (what the meter bills a customer for a period),
+:meth:`FakeStripe.add_promotion_code`,
 :meth:`FakeStripe.add_invoice`, :meth:`FakeStripe.add_tax_id`, :meth:`FakeStripe.event` (an
 event envelope) and :func:`sign` (``Stripe-Signature`` exactly as Stripe computes it).
 
@@ -82,6 +84,11 @@ class FakeStripe:
         self.idempotent: dict[str, tuple[int, dict]] = {}
         self.fail_paths: dict[str, int] = {}  # path prefix -> failures left (503)
         self.delay_seconds = 0.0  # added to GET /v1/subscriptions/... (widens race windows)
+        self.meter_delay_seconds = 0.0  # added to POST /v1/billing/meter_events (likewise)
+        #: Stripe's clock (unix seconds): meter event timestamps are checked against it
+        self.clock = time.time
+        #: how long Stripe refuses a meter event identifier it has seen ("at least 24 hours")
+        self.dedupe_seconds = 24 * 3600
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -132,7 +139,8 @@ class FakeStripe:
                 store.clear()
             self.meter_events.clear()
             self.requests.clear()
-            self.delay_seconds = 0.0
+            self.delay_seconds = self.meter_delay_seconds = 0.0
+            self.clock = time.time
 
     def calls(self, method: str, prefix: str) -> list[dict]:
         return [p for m, path, p, _ in self.requests if m == method and path.startswith(prefix)]
@@ -145,6 +153,8 @@ class FakeStripe:
             return 401, _error("invalid_request_error", "Invalid API Key provided.", None), {}
         if self.delay_seconds and method == "GET" and path.startswith("/v1/subscriptions/"):
             time.sleep(self.delay_seconds)
+        if self.meter_delay_seconds and path == "/v1/billing/meter_events":
+            time.sleep(self.meter_delay_seconds)
         with self.lock:
             self.requests.append((method, path, params, headers))
             for prefix, left in list(self.fail_paths.items()):
@@ -362,20 +372,47 @@ class FakeStripe:
         return 200, item
 
     def _meter_event(self, p: dict) -> tuple[int, dict]:
+        """``POST /v1/billing/meter_events`` as Stripe documents it: ``event_name`` and
+        ``payload`` (``stripe_customer_id``, an integer ``value``) required; ``timestamp``
+        within the past 35 days and at most 5 minutes ahead of Stripe's clock (:attr:`clock`);
+        an ``identifier`` seen within :attr:`dedupe_seconds` is refused
+        (``resource_already_exists``), after that window it is a new event, as at Stripe."""
         for field in ("event_name", "payload"):
             if field not in p:
                 return 400, _error("invalid_request_error", f"Missing required param: {field}.", field)
+        payload = p["payload"] if isinstance(p["payload"], dict) else {}
+        if not str(payload.get("value", "")).lstrip("-").isdigit() or not payload.get("stripe_customer_id"):
+            return 400, _error("invalid_request_error", "The payload needs stripe_customer_id and an "
+                               "integer value.", "payload")  # fmt: skip
+        now = int(self.clock())
+        timestamp = int(p.get("timestamp") or now)
+        if timestamp < now - 35 * 86400 or timestamp > now + 300:
+            return 400, _error("invalid_request_error", "The timestamp must be within the past 35 "
+                               "calendar days or up to 5 minutes in the future.", "timestamp")  # fmt: skip
         identifier = p.get("identifier") or _id("mev")
-        if any(e["identifier"] == identifier for e in self.meter_events):
+        if any(e["identifier"] == identifier and now - e["created"] < self.dedupe_seconds
+               for e in self.meter_events):  # fmt: skip
             message = f"An event already exists with identifier {identifier}."
             return 400, _error("invalid_request_error", message, "identifier", "resource_already_exists")
         event = {
-            "object": "billing.meter_event", "created": int(time.time()), "event_name": p["event_name"],
-            "identifier": identifier, "livemode": False, "payload": p["payload"],
-            "timestamp": int(p.get("timestamp") or time.time()),
+            "object": "billing.meter_event", "created": now, "event_name": p["event_name"],
+            "identifier": identifier, "livemode": False, "payload": payload, "timestamp": timestamp,
         }  # fmt: skip
         self.meter_events.append(event)
         return 200, event
+
+    def metered(self, customer: str, start: int, end: int, event_name: str = "api_calls") -> int:
+        """What Stripe's meter (aggregation ``sum``) bills ``customer`` for ``[start, end)``
+        (unix seconds): the sum of the values of its events timestamped inside it, every
+        accepted event counted (like ``GET /v1/billing/meters/{id}/event_summaries``)."""
+        with self.lock:
+            return sum(
+                int(e["payload"]["value"])
+                for e in self.meter_events
+                if e["event_name"] == event_name
+                and e["payload"].get("stripe_customer_id") == customer
+                and start <= e["timestamp"] < end
+            )
 
     # --- Stripe's side (test helpers) -----------------------------------------------------------
 
@@ -396,14 +433,16 @@ class FakeStripe:
         quantity: int = 1,
         status: str = "active",
         metadata: dict | None = None,
+        period: tuple[int, int] | None = None,
     ) -> dict:
         now = int(time.time())
         sub_id = _id("sub")
         end = now + (365 if self.prices[price]["interval"] == "year" else 30) * 86400
+        start, end = period or (now, end)
         item = {
             "id": _id("si"), "object": "subscription_item", "created": now, "metadata": {},
             "price": self._price(price), "quantity": quantity, "subscription": sub_id,
-            "current_period_start": now, "current_period_end": end, "discounts": [], "tax_rates": [],
+            "current_period_start": start, "current_period_end": end, "discounts": [], "tax_rates": [],
         }  # fmt: skip
         sub = {
             "id": sub_id, "object": "subscription", "customer": customer, "status": status, "created": now,
@@ -487,8 +526,11 @@ class FakeStripe:
             sub.update(status="past_due", latest_invoice=invoice["id"])
             return json.loads(json.dumps(invoice))
 
-    def complete_checkout(self, session_id: str, status: str = "active") -> dict:
-        """The customer paid: the session completes and a subscription exists."""
+    def complete_checkout(
+        self, session_id: str, status: str = "active", period: tuple[int, int] | None = None
+    ) -> dict:
+        """The customer paid: the session completes and a subscription exists (billed over
+        ``period`` = ``(start, end)`` unix seconds when given, else 30 days from now)."""
         with self.lock:
             session = self.sessions[session_id]
             line = session["_line_items"][0]
@@ -496,13 +538,22 @@ class FakeStripe:
             sub = self.create_subscription(
                 session["customer"], line["price"], int(line.get("quantity", 1)),
                 "trialing" if trial_days and status == "active" else status,
-                session["_subscription_data"].get("metadata"),
+                session["_subscription_data"].get("metadata"), period,
             )  # fmt: skip
             if trial_days:
                 sub["trial_start"] = sub["created"]
                 sub["trial_end"] = sub["created"] + int(trial_days) * 86400
             session.update(status="complete", payment_status="paid", subscription=sub["id"])
             return _public(session)
+
+    def renew(self, sub_id: str, start: int, end: int) -> dict:
+        """The subscription moves to its next billing period ``[start, end)`` (unix seconds), as
+        at Stripe's renewal on the subscription's anniversary."""
+        with self.lock:
+            sub = self.subscriptions[sub_id]
+            item = sub["items"]["data"][0]
+            item.update(current_period_start=start, current_period_end=end)
+            return json.loads(json.dumps(sub))
 
     def update_subscription(self, sub_id: str, *, price: str | None = None, **changes: Any) -> dict:
         """Change a subscription on Stripe's side (status, cancel_at_period_end, price...)."""

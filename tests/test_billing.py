@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import stripe
@@ -354,12 +354,15 @@ def test_sync_of_another_tenants_session_is_404(bapi, bclient, fake_stripe):
 
 
 def test_get_billing_document(bapi, bclient, redis_client, fake_stripe):
-    from saas.billing.usage import period_of
+    from saas.billing.periods import label_of
 
-    tenant_id, h, _ = subscribed(bapi, bclient, fake_stripe)
-    redis_client.set(usage_key(tenant_id, period_of()), 42)
+    tenant_id, h, sub_id = subscribed(bapi, bclient, fake_stripe)
+    start = fake_stripe.subscriptions[sub_id]["items"]["data"][0]["current_period_start"]
+    label = label_of(datetime.fromtimestamp(start, UTC))  # usage counts in the subscription's period
+    redis_client.set(usage_key(tenant_id, label), 42)
     body = bclient.get("/api/v1/billing", headers=h).get_json()
     assert body["seats"] == {"used": 1, "allowed": 25}
+    assert body["api_calls"]["period"] == label
     assert body["api_calls"]["used"] == 42 and body["api_calls"]["allowed"] == 1000000
     assert body["cancel_at_period_end"] is False and body["read_only"] is False
 
@@ -766,26 +769,6 @@ def test_set_plan_override_is_audited_and_wins(bapi, bclient, bconn, billing_app
     }  # fmt: skip
 
 
-def test_report_usage_sends_one_meter_event_per_tenant_and_period(
-    bapi, bclient, redis_client, cli, fake_stripe, steady_month
-):
-    from saas.billing.usage import period_of, previous_period
-
-    period = previous_period(period_of(steady_month))  # closed since the 1st
-    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
-    redis_client.set(usage_key(tenant_id, period), 1234)
-    result = cli("billing", "report-usage", "--period", period)
-    assert result.exit_code == 0, result.output
-    (event,) = fake_stripe.meter_events
-    assert event["identifier"] == f"usage-{tenant_id}-{period}" and event["event_name"] == "api_calls"
-    assert event["payload"]["value"] == "1234"
-    assert event["payload"]["stripe_customer_id"].startswith("cus_")
-    rerun = cli("billing", "report-usage", "--period", period)
-    assert rerun.exit_code == 0 and "1 already reported" in rerun.output
-    assert len(fake_stripe.meter_events) == 1  # never billed twice
-    assert cli("billing", "report-usage", "--period", "2026-13").exit_code == 2
-
-
 def test_webhook_events_table_holds_payload(bapi, bclient, bconn, fake_stripe):
     _, _, sub_id = subscribed(bapi, bclient, fake_stripe)
     event = fake_stripe.event("customer.subscription.updated", fake_stripe.subscriptions[sub_id])
@@ -955,67 +938,6 @@ def test_limit_overrides_unlimited_and_zero_are_kept_and_booleans_refused(bapi, 
         assert result.exit_code == 2, (bad, result.output)
     assert cli("tenants", "set-plan", "acme", "pro", "--limit", "requests_per_minute=-1").exit_code == 0
     assert entitlements_now(billing_app, tenant_id).requests_per_minute is None
-
-
-def test_report_usage_refuses_an_open_period_and_records_nothing_for_zero(
-    bapi, bclient, bconn, redis_client, cli, fake_stripe, billing_app, steady_month
-):
-    from saas.billing import usage
-
-    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
-    current = usage.period_of()
-    earlier = usage.previous_period(current)
-    usage.count_api_call(redis_client, tenant_id)
-    result = cli("billing", "report-usage", "--period", current)
-    assert result.exit_code == 2 and "not closed" in result.output
-    with pytest.raises(usage.PeriodNotClosed):
-        usage.report_usage(services(billing_app).database, redis_client,
-                           services(billing_app).billing, "2999-01")  # fmt: skip
-    assert fake_stripe.meter_events == []
-    # zero counted (e.g. the counter not there yet): nothing sent, nothing recorded ...
-    result = cli("billing", "report-usage", "--period", earlier)
-    assert result.exit_code == 0 and "1 without usage" in result.output, result.output
-    assert bconn.execute(text("SELECT count(*) FROM saas.billing_usage_reports")).scalar() == 0
-    # ... so the true count is still billed by a later run
-    redis_client.set("{t:" + tenant_id + "}:usage:" + earlier, 42)  # the exact key the rate limiter writes
-    result = cli("billing", "report-usage", "--period", earlier)
-    assert result.exit_code == 0 and "1 reported" in result.output, result.output
-    assert [e["payload"]["value"] for e in fake_stripe.meter_events] == ["42"]
-
-
-def test_usage_counter_key_and_expiry(redis_client, steady_month):
-    from saas.billing import usage
-
-    tenant_id = uuid.uuid4()
-    # the counter's key expires on the Redis server's clock, which tests cannot move: count in the
-    # current period of a Python clock set in the Redis server's month (steady_month), whose key
-    # lives until 62 days after the period's end
-    period = usage.period_of()
-    assert usage.usage_key(str(tenant_id).upper(), period) == f"{{t:{tenant_id}}}:usage:{period}"
-    assert usage.count_api_call(redis_client, str(tenant_id).upper(), period) == 1
-    assert usage.count_api_call(redis_client, tenant_id, period) == 2
-    assert usage.read_usage(redis_client, str(tenant_id), period) == 2
-    expires = redis_client.expiretime(f"{{t:{tenant_id}}}:usage:{period}")
-    assert expires == int((usage.period_end(period) + usage.KEEP_AFTER_PERIOD).timestamp())
-    earlier = usage.previous_period(period)
-    redis_client.set(usage.usage_key(tenant_id, earlier), "garbage")
-    assert usage.read_usage(redis_client, tenant_id, earlier) is None
-
-
-def test_report_usage_whose_row_was_lost_is_recorded_not_failed(bapi, bclient, bconn, redis_client, cli,
-                                                               fake_stripe, steady_month):  # fmt: skip
-    from saas.billing.usage import period_of, previous_period
-
-    period = previous_period(period_of(steady_month))
-    tenant_id, _, _ = subscribed(bapi, bclient, fake_stripe)
-    redis_client.set(usage_key(tenant_id, period), 7)
-    assert cli("billing", "report-usage", "--period", period).exit_code == 0
-    bconn.execute(text("DELETE FROM saas.billing_usage_reports"))  # as if the commit never happened
-    fake_stripe.idempotent.clear()  # and more than 24 h later
-    result = cli("billing", "report-usage", "--period", period)
-    assert result.exit_code == 0 and "1 reported" in result.output, result.output
-    assert len(fake_stripe.meter_events) == 1
-    assert bconn.execute(text("SELECT quantity FROM saas.billing_usage_reports")).scalar() == 7
 
 
 def test_replaying_processed_events_never_repeats_mail_or_audit(bapi, bclient, bconn, cli, fake_stripe):

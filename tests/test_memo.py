@@ -320,7 +320,7 @@ def test_a_parse_with_a_validate_function_is_never_kept(app):
 
 def test_the_plan_memo_key_holds_every_entitlement_the_plan_reads(app, monkeypatch):
     """The rule of ``limits.plans``: a principal's plan is kept under (tenant, user, client,
-    ``requests_per_minute``, ``monthly_api_calls``), so building it must read no other
+    ``requests_per_minute``, ``monthly_api_calls``, ``quota_period``), so building it must read no other
     entitlement (a new one read here must join the key)."""
     import saas.auth.principals as principals
     from saas.limits import Limiter, policies
@@ -349,7 +349,7 @@ def test_the_plan_memo_key_holds_every_entitlement_the_plan_reads(app, monkeypat
         plan = limiter._principal_plan(principal)
         assert plan is limiter._principal_plan(principal)  # kept
         assert [c.limit for c in plan.checks] == [100, 50] and plan.quota.limit == 1000
-    assert Recording.read == {"requests_per_minute", "monthly_api_calls"}
+    assert Recording.read == {"requests_per_minute", "monthly_api_calls", "quota_period"}
     assert policies.DEFAULT_TENANT_RPM  # the key's fallback for an absent rate
 
 

@@ -107,8 +107,8 @@ def show_cmd(ctx: Context, tenant: str, as_json: bool) -> None:
 
     with ctx.database.transaction() as session:
         t = find_tenant(session, tenant)
-        period = usage.period_of()
-        data = service.describe(session, t, usage.read_usage(ctx.services.redis, t.id, period), period)
+        period = usage.current_period(t)
+        data = service.describe(session, t, usage.read_usage(ctx.services.redis, t.id, period.label), period)
         account = service.get_account(session, t.id)
         override = session.get(BillingOverride, t.id)
         data = {
@@ -215,36 +215,33 @@ def replay_cmd(ctx: Context, event_id: str) -> None:
 
 
 @billing.command("report-usage")
-@click.option("--period", help="YYYY-MM (UTC); default: the previous month, which is closed")
 @click.argument("tenant", required=False)
+@click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @fail_cleanly
-def report_usage_cmd(ctx: Context, period: str | None, tenant: str | None) -> None:
-    """Send API-call usage to Stripe Billing Meters, once per tenant and period."""
-    import re
-
+def report_usage_cmd(ctx: Context, tenant: str | None, as_json: bool) -> None:
+    """Send API-call usage to Stripe Billing Meters now (what the worker does every
+    USAGE_REPORT_INTERVAL): each billed tenant's calls since the last report, in its
+    subscription's period, and the final slice of periods that ended. Safe to rerun."""
     from saas.billing import usage
 
-    if period is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", period):
-        raise click.BadParameter("expected YYYY-MM", param_hint="--period")
-    period = period or usage.previous_period(usage.period_of())
     handle = _billing(ctx)
     ids = None
     if tenant:
         with ctx.database.transaction() as session:
             ids = [find_tenant(session, tenant).id]
-    try:
-        run = usage.report_usage(ctx.database, ctx.services.redis, handle, period, ids)
-    except usage.PeriodNotClosed as exc:
-        raise click.BadParameter(str(exc), param_hint="--period") from None
-    click.echo(
-        f"period {run.period}: {len(run.sent)} reported, {len(run.already_reported)} already reported, "
-        f"{len(run.empty)} without usage, {len(run.failed)} failed"
-    )
-    for tenant_id, error in run.failed.items():
-        click.echo(f"failed {tenant_id}: {error}", err=True)
+    run = usage.report_usage(ctx.database, ctx.services.redis, handle, tenant_ids=ids)
+    if as_json:
+        print_json({"sent": run.sent, "closed": run.closed, "unchanged": run.unchanged, "failed": run.failed})
+    else:
+        click.echo(
+            f"{sum(run.sent.values())} API calls reported for {len(run.sent)} periods, "
+            f"{len(run.closed)} periods closed, {len(run.unchanged)} unchanged, {len(run.failed)} failed"
+        )
+    for name, error in run.failed.items():
+        click.echo(f"failed {name}: {error}", err=True)
     if run.failed:
-        raise CliError("some usage reports failed; rerun to retry them (reported ones are skipped)")
+        raise CliError("some usage reports failed; rerun to retry them (what was sent is never sent twice)")
 
 
 @billing.command("dunning")

@@ -92,6 +92,9 @@ class Entitlements:
     monthly_api_calls: int | None
     features: Mapping[str, Any]
     read_only: bool = False
+    #: the window ``monthly_api_calls`` counts in, ``(start, end)`` unix seconds: the live
+    #: subscription's current period; None: UTC calendar months (:mod:`saas.billing.periods`)
+    quota_period: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +104,7 @@ class Entitlements:
             "monthly_api_calls": self.monthly_api_calls,
             "features": dict(self.features),
             "read_only": self.read_only,
+            "quota_period": list(self.quota_period) if self.quota_period else None,
         }
 
 
@@ -311,7 +315,8 @@ class BillingState:
     """What :func:`entitlements_for` needs beyond the plan catalogue (cached as JSON).
 
     ``grace_until`` is a unix timestamp (seconds) or None; ``subscription_plan``/``status`` are
-    None for a tenant that never subscribed.
+    None for a tenant that never subscribed; ``period_start``/``period_end`` (unix seconds) the
+    subscription's synced current period.
     """
 
     subscription_plan: str | None = None
@@ -319,6 +324,8 @@ class BillingState:
     grace_until: float | None = None
     override_plan: str | None = None
     override_limits: Mapping[str, Any] = field(default_factory=dict)
+    period_start: float | None = None
+    period_end: float | None = None
 
     @property
     def has_subscription(self) -> bool:
@@ -345,6 +352,8 @@ def compute_entitlements(
     ``trialing``/``active``: the plan. ``past_due``: the plan, and ``read_only`` once the grace
     period has passed. ``canceled``/``unpaid``/``incomplete_expired`` (and ``incomplete``,
     ``paused``): the default (free) plan. An operator's plan override wins over all of these.
+    ``quota_period``: the subscription's period while it is live (``trialing``, ``active``,
+    ``past_due``), whatever the override; otherwise None (calendar months).
     """
     p = plan(effective_plan_id(tenant_plan, state))
     now_ts = (now or datetime.now(UTC)).timestamp()
@@ -368,6 +377,10 @@ def compute_entitlements(
             limits[key] = None if value == -1 else value  # -1: unlimited; 0 is a real limit
         else:
             features[key] = value
+    live = state.status in PAID_STATUSES or state.status in GRACE_STATUSES
+    window = None
+    if state.period_start and state.period_end:
+        window = (int(state.period_start), int(state.period_end))
     return Entitlements(
         p.id,
         limits["seats"],
@@ -375,6 +388,7 @@ def compute_entitlements(
         limits["monthly_api_calls"],
         features,
         read_only=bool(read_only),
+        quota_period=window if live and window and window[1] > window[0] else None,
     )
 
 
@@ -417,13 +431,18 @@ def load_state(session: Session, tenant_id: uuid.UUID) -> BillingState:
 
     account = session.get(BillingAccount, tenant_id)
     override = session.get(BillingOverride, tenant_id)
+    subscribed = account is not None and account.stripe_subscription_id is not None
     return BillingState(
         subscription_plan=account.plan if account else None,
         status=account.status if account and account.stripe_subscription_id else None,
         grace_until=account.grace_until.timestamp() if account and account.grace_until else None,
         override_plan=override.plan if override else None,
         override_limits=dict(override.limits or {}) if override else {},
-    )
+        period_start=account.current_period_start.timestamp()
+        if subscribed and account.current_period_start else None,
+        period_end=account.current_period_end.timestamp()
+        if subscribed and account.current_period_end else None,
+    )  # fmt: skip
 
 
 def billing_state(tenant: Any) -> BillingState | None:

@@ -1,4 +1,5 @@
-"""Background jobs of billing, delivered from the transactional outbox by topic (``saas worker``).
+"""Background jobs of billing: delivered from the transactional outbox by topic, and periodic
+ones (:data:`PERIODIC`), both run by ``saas worker``.
 
 :data:`HANDLERS` maps an outbox topic to its handler. The contract every handler keeps::
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from flask import Flask
@@ -25,10 +27,13 @@ from sqlalchemy import func, select, update
 from saas import audit
 from saas.audit import AuditAction
 from saas.billing import entitlements as ent
+from saas.billing import usage
 from saas.billing.models import BillingAccount
 from saas.billing.service import SYNC_SEATS_TOPIC, get_account, seats_used, update_quantity
+from saas.billing.usage import UsageRun
 from saas.identity.models import Tenant
 from saas.services import services
+from saas.settings import Settings
 
 log = logging.getLogger("saas.billing.jobs")
 
@@ -95,7 +100,30 @@ def sync_seats(app: Flask, payload: dict[str, Any]) -> None:
         log.info("tenant %s: seat quantity %s -> %s", tenant_id, previous, quantity)
 
 
+def report_usage(app: Flask, now: datetime | None = None) -> UsageRun | None:
+    """The usage report (:func:`saas.billing.usage.report_usage`) of every billed tenant, at
+    ``now`` (default: now); None when billing is off. Run by each ``saas worker`` every
+    ``USAGE_REPORT_INTERVAL`` seconds (:data:`PERIODIC`) and by ``saas billing report-usage``;
+    reruns and concurrent runs never bill twice. Raises nothing for one tenant's failure (it is
+    in :attr:`UsageRun.failed` and retried by the next run)."""
+    svc = services(app)
+    if svc.billing is None:
+        return None
+    with app.app_context():
+        run = usage.report_usage(svc.database, svc.redis, svc.billing, now=now)
+    if run.failed:
+        log.warning("usage report: %s periods failed (retried next run)", len(run.failed))
+    return run
+
+
 #: outbox topic -> handler ``fn(app, payload) -> None`` (see the module docstring)
 HANDLERS: dict[str, Handler] = {SYNC_SEATS_TOPIC: sync_seats}
 
-__all__ = ["HANDLERS", "sync_seats"]
+#: periodic job name -> (interval in seconds from the settings (0: off), ``fn(app)``): run by
+#: each ``saas worker`` (:func:`saas.worker.register_periodic`), kept plain functions so any
+#: scheduler can call them
+PERIODIC: dict[str, tuple[Callable[[Settings], float], Callable[[Flask], Any]]] = {
+    "billing.report_usage": (lambda settings: settings.usage_report_interval_seconds, report_usage),
+}
+
+__all__ = ["HANDLERS", "PERIODIC", "report_usage", "sync_seats"]

@@ -6,8 +6,11 @@
 * ``stripe_webhook_events``: every verified webhook event, stored under its unique Stripe id:
   the exactly-once ledger and the operator's view (``saas billing events``).
 * ``billing_overrides``: an operator's plan or limit override (``saas tenants set-plan``).
-* ``billing_usage_reports``: one row per tenant and usage period sent to Stripe Billing Meters,
-  so a rerun never bills twice.
+* ``billing_usage_periods``: one row per tenant and usage period being reported to Stripe
+  Billing Meters (the subscription's own periods): how much of its counter is reported, and
+  when its final slice was sent (``closed_at``).
+* ``billing_usage_reports``: one row per slice of a period sent (or being sent) as one meter
+  event, written before the send, so a rerun resends the same event and never bills twice.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class BillingAccount(SharedBase):
     interval: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str | None] = mapped_column(String(32))  # Stripe subscription status
     quantity: Mapped[int | None] = mapped_column(Integer)
+    #: the subscription's current billing period ``[start, end)`` (Stripe's items.data[].current_period_*)
+    current_period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     current_period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
     trial_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -97,14 +102,47 @@ class BillingOverride(SharedBase):
     set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class UsagePeriod(SharedBase):
+    """A tenant's usage period reported to Stripe Billing Meters (``saas.billing.usage``).
+
+    ``period`` is the counter's label (:mod:`saas.billing.periods`); ``reported`` the counter's
+    value the slices so far (``slices`` of them) cover (what they billed is their sum: a counter
+    that restarted from 0 is billed again from 0); ``closed_at`` when the final slice
+    (after the period's end) was sent: a closed period is never read again.
+    """
+
+    __tablename__ = "billing_usage_periods"
+    __table_args__ = (
+        Index("ix_billing_usage_periods_open", "tenant_id", postgresql_where="closed_at IS NULL"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True)
+    period: Mapped[str] = mapped_column(String(32), primary_key=True)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stripe_customer_id: Mapped[str] = mapped_column(String(255))
+    reported: Mapped[int] = mapped_column(BigInteger, default=0)
+    slices: Mapped[int] = mapped_column(Integer, default=0)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class UsageReport(SharedBase):
-    """A usage period reported to Stripe Billing Meters (``identifier`` is Stripe's dedupe key)."""
+    """One slice of a usage period: one Stripe meter event of ``quantity`` API calls (the
+    counter went from ``cumulative - quantity`` to ``cumulative``), with ``identifier``
+    (Stripe's dedupe key: ``usage-<tenant>-<period>-<slice>``) and ``event_at`` (its
+    ``timestamp``, inside the period) fixed before the first send; ``sent_at`` once Stripe has it.
+    """
 
     __tablename__ = "billing_usage_reports"
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Tenant.id, ondelete="CASCADE"), primary_key=True)
-    period: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM (UTC)
+    period: Mapped[str] = mapped_column(String(32), primary_key=True)
+    slice: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
     quantity: Mapped[int] = mapped_column(BigInteger)
+    cumulative: Mapped[int] = mapped_column(BigInteger)
     identifier: Mapped[str] = mapped_column(String(255), unique=True)
     stripe_customer_id: Mapped[str] = mapped_column(String(255))
+    event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.billing import entitlements as ent
 from saas.billing.models import BillingAccount
+from saas.billing.periods import Period
 from saas.db import utcnow
 from saas.errors import (
     AppError,
@@ -618,9 +619,13 @@ def apply_subscription(
         plan_id = sub["metadata"]["plan"]
     if plan_id is None:
         log.warning("subscription %s has a price outside the catalogue; default plan applies", sub_id)
+    period_start = item.get("current_period_start") or sub.get("current_period_start")
     period_end = item.get("current_period_end") or sub.get("current_period_end")
     before = _snapshot(account)
     now = utcnow()
+    # the period as it was (if live) stays registered for usage reporting: when this change
+    # moves the period or ends the subscription, its last slice is still to be reported
+    keep_usage_period(session, account)
     account.stripe_subscription_id = sub_id
     account.subscription_item_id = item.get("id")
     account.price_id = (item.get("price") or {}).get("id")
@@ -628,6 +633,7 @@ def apply_subscription(
     account.interval = interval
     account.status = status
     account.quantity = item.get("quantity")
+    account.current_period_start = _ts(period_start)
     account.current_period_end = _ts(period_end)
     account.cancel_at_period_end = bool(sub.get("cancel_at_period_end"))
     account.trial_end = _ts(sub.get("trial_end"))
@@ -645,6 +651,7 @@ def apply_subscription(
     if not account.stripe_customer_id and isinstance(sub.get("customer"), str):
         account.stripe_customer_id = sub["customer"]
     account.synced_at = now
+    keep_usage_period(session, account)  # the new period is reported from now on
     after = _snapshot(account)
     changed = before != after
     tenant.plan = ent.effective_plan_id(tenant.plan, ent.load_state(session, tenant.id))
@@ -661,6 +668,50 @@ def apply_subscription(
     ent.invalidate(session, tenant.id)
     session.flush()
     return changed
+
+
+def keep_usage_period(session: Session, account: BillingAccount) -> None:
+    """Register the account's current subscription period for usage reporting
+    (``billing_usage_periods``, see :mod:`saas.billing.usage`) unless it is already there: a
+    live subscription (``trialing``, ``active``, ``past_due``) with its period synced and a
+    Stripe customer. Its end moves with the subscription's while the period is open."""
+    keep_usage_periods(session, [account])
+
+
+def keep_usage_periods(session: Session, accounts: Iterable[BillingAccount]) -> int:
+    """:func:`keep_usage_period` for many accounts in one statement; returns how many periods
+    were offered (inserted, or already there)."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    from saas.billing.models import UsagePeriod
+    from saas.billing.periods import label_of
+
+    rows = [
+        {
+            "tenant_id": a.tenant_id, "period": label_of(a.current_period_start),
+            "starts_at": a.current_period_start, "ends_at": a.current_period_end,
+            "stripe_customer_id": a.stripe_customer_id, "reported": 0, "slices": 0, "created_at": utcnow(),
+        }
+        for a in accounts
+        if a.current_period_start is not None
+        and a.current_period_end is not None
+        and a.current_period_end > a.current_period_start
+        and a.stripe_customer_id
+        and a.status in (ent.PAID_STATUSES | ent.GRACE_STATUSES)
+    ]  # fmt: skip
+    if not rows:
+        return 0
+    table = UsagePeriod.__table__
+    stmt = insert(table)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "period"],
+            set_={"ends_at": stmt.excluded.ends_at},
+            where=table.c.closed_at.is_(None) & (table.c.ends_at != stmt.excluded.ends_at),
+        ),
+        rows,
+    )
+    return len(rows)
 
 
 def _snapshot(account: BillingAccount) -> dict[str, Any]:
@@ -720,9 +771,10 @@ def sync_tenant(session: Session, billing: Billing, tenant: Tenant, *, actor: au
     return "changed" if changed else "unchanged"
 
 
-def describe(session: Session, tenant: Tenant, api_calls: int | None, period: str) -> dict[str, Any]:
+def describe(session: Session, tenant: Tenant, api_calls: int | None, period: Period) -> dict[str, Any]:
     """The ``GET /api/v1/billing`` document (also ``saas billing show``): plan, subscription
-    status and dates, seats, API calls, entitlements, the catalogue's ``features``
+    status and dates, seats, API calls counted in the tenant's usage ``period``
+    (:func:`saas.billing.usage.current_period`), entitlements, the catalogue's ``features``
     (:func:`saas.billing.entitlements.describe_features`) and the Stripe ``customer``'s email,
     address and tax ids as last synced."""
     account = get_account(session, tenant.id)
@@ -738,7 +790,13 @@ def describe(session: Session, tenant: Tenant, api_calls: int | None, period: st
         "open_invoice_url": account.open_invoice_url if account else None,
         "read_only": entitlements.read_only,
         "seats": {"used": seats_used(session, tenant.id), "allowed": entitlements.seats},
-        "api_calls": {"period": period, "used": api_calls, "allowed": entitlements.monthly_api_calls},
+        "api_calls": {
+            "period": period.label,
+            "start": period.start,
+            "end": period.end,
+            "used": api_calls,
+            "allowed": entitlements.monthly_api_calls,
+        },
         "entitlements": entitlements.to_dict(),
         "features": ent.describe_features(entitlements),
         "customer": {

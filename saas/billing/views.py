@@ -42,7 +42,15 @@ class SeatsSchema(ma.Schema):
 
 
 class ApiCallsSchema(ma.Schema):
-    period = ma.fields.String(metadata={"example": "2026-11"})
+    period = ma.fields.String(
+        metadata={
+            "description": "the usage period's label: the subscription period's start "
+            "(YYYYMMDDTHHMMSSZ), or the calendar month (YYYY-MM) without a live subscription",
+            "example": "20261115T093000Z",
+        }
+    )
+    start = ma.fields.DateTime(metadata={"description": "the usage period's start (inclusive)"})
+    end = ma.fields.DateTime(metadata={"description": "the usage period's end (exclusive): the quota resets"})
     used = ma.fields.Integer(allow_none=True)
     allowed = ma.fields.Integer(allow_none=True)
 
@@ -142,8 +150,8 @@ class BillingView(MethodView):
         """Plan, status, period end, seats, API calls this period, entitlements."""
         service.current_billing()
         principal = current_principal()
-        period = usage.period_of()
-        calls = usage.read_usage(services().redis, principal.tenant_id, period)
+        period = usage.current_period(principal.tenant)
+        calls = usage.read_usage(services().redis, principal.tenant_id, period.label)
         return service.describe(db.session(), principal.tenant, calls, period)
 
 
@@ -223,8 +231,8 @@ class CheckoutSyncView(MethodView):
         principal = current_principal()
         ctx = ActionContext.from_request()
         service.sync_checkout(ctx, billing, principal.tenant, session_id)
-        period = usage.period_of()
-        calls = usage.read_usage(services().redis, principal.tenant_id, period)
+        period = usage.current_period(principal.tenant)
+        calls = usage.read_usage(services().redis, principal.tenant_id, period.label)
         return service.describe(ctx.session, principal.tenant, calls, period)
 
 

@@ -15,9 +15,13 @@ Sign-in endpoints get their throttles by endpoint, whatever ``Authorization`` he
 carry; a token whose tenant no longer exists is limited like an anonymous request.
 
 Usage metering: every admitted authenticated request (unlimited plans included) increments
-``{t:<tenant uuid>}:usage:<YYYY-MM>`` (see :func:`usage_key`); the counter lives until 62 days
-after its period ends. Billing periods are calendar months in UTC until billing provides
-``services(app).limiter.period_for`` (a callable ``(tenant_id, now) -> Period``).
+``{t:<tenant uuid>}:usage:<label>`` (see :func:`usage_key`) of the tenant's usage period, which
+the monthly quota counts in too: a live subscription's own billing period (label
+``YYYYMMDDTHHMMSSZ``, its start), else the UTC calendar month (``YYYY-MM``); see
+:mod:`saas.billing.periods`. The period comes from the cached entitlements' ``quota_period``, so
+picking it costs no Redis call (the quota's counter rides the one Lua call); the counter lives
+until 62 days after its period ends. ``Limiter.period_for`` (``(tenant_id, now, entitlements)
+-> Period``) may be replaced (tests).
 
 Redis failure policy (``RATELIMIT_FAIL_CLOSED``, default ``login,mfa,token,signup``): requests
 whose policies are all in other groups are served (fail open: the error is logged and
@@ -31,13 +35,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response, g, request
 
 from saas.auth import revocation
+from saas.billing import periods
+from saas.billing.periods import Period, usage_period
 from saas.cache.guard import RedisGuard, RedisUnavailable
 from saas.cache.namespace import TenantKeys
 from saas.errors import AppError, ErrorCode, ServiceUnavailable, TooManyRequests
@@ -53,27 +58,26 @@ log = logging.getLogger("saas.limits")
 QUOTA_RETENTION = timedelta(days=62)
 
 
-@dataclass(frozen=True, slots=True)
-class Period:
-    """A billing period ``[start, end)`` in UTC; ``label`` is ``YYYY-MM`` for calendar months."""
-
-    label: str
-    start: datetime
-    end: datetime
-
-
 def calendar_month(tenant_id: uuid.UUID, now: datetime) -> Period:
-    """The calendar month (UTC) containing ``now``."""
-    now = now.astimezone(UTC)
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return Period(f"{start:%Y-%m}", start, end)
+    """The calendar month (UTC) containing ``now`` (the free plan's usage period)."""
+    return periods.calendar_month(now)
+
+
+def default_period(
+    tenant_id: uuid.UUID, now: datetime, entitlements: Mapping[str, Any] | None = None
+) -> Period:
+    """The tenant's usage period at ``now`` from its entitlements' ``quota_period`` (a live
+    subscription's period), else the UTC calendar month (:func:`saas.billing.periods.usage_period`)."""
+    return usage_period((entitlements or {}).get("quota_period"), now)
 
 
 def usage_key(tenant_id: uuid.UUID, period_label: str) -> str:
-    """The metering counter of a tenant's period: ``{t:<tenant uuid>}:usage:<YYYY-MM>`` (an
+    """The metering counter of a tenant's period: ``{t:<tenant uuid>}:usage:<label>`` (an
     integer string; absent means 0)."""
     return TenantKeys(tenant_id).usage(period_label)
+
+
+PeriodFunction = Callable[[uuid.UUID, datetime, Mapping[str, Any] | None], Period]
 
 
 class QuotaExceeded(AppError):
@@ -84,7 +88,8 @@ class Limiter:
     """Checks a request's policies. Attributes may be replaced (tests, billing):
 
     * ``clock``: ``() -> datetime`` (UTC) used to pick the billing period;
-    * ``period_for``: ``(tenant_id, now) -> Period``.
+    * ``period_for``: ``(tenant_id, now, entitlements) -> Period`` (default:
+      :func:`default_period`).
     """
 
     def __init__(self, guard: RedisGuard, settings: Any) -> None:
@@ -97,18 +102,19 @@ class Limiter:
         self.fail_closed = frozenset(settings.ratelimit_fail_closed)
         self.secret = (settings.secret_key or "").encode() or uuid.uuid4().bytes
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-        #: (tenant, user, client, rpm, monthly calls) -> (plan, its period's start and end)
+        #: (tenant, user, client, rpm, monthly calls, API key, quota period) -> (plan, its
+        #: period's start and end)
         self._plans: Memo[tuple[Any, ...], tuple[gcra.Plan, datetime, datetime]] = Memo(
             "limits.plans", 10_000
         )
-        self.period_for = calendar_month
+        self.period_for = default_period
 
     @property
-    def period_for(self) -> Callable[[uuid.UUID, datetime], Period]:
+    def period_for(self) -> PeriodFunction:
         return self._period_for
 
     @period_for.setter
-    def period_for(self, value: Callable[[uuid.UUID, datetime], Period]) -> None:
+    def period_for(self, value: PeriodFunction) -> None:
         """Replacing the period function drops every kept plan (their periods came from it)."""
         self._period_for = value
         self._plans.clear()
@@ -116,7 +122,9 @@ class Limiter:
     def quota_for(
         self, tenant_id: uuid.UUID, entitlements: dict[str, Any], now: datetime | None = None
     ) -> Quota | None:
-        return self._quota(tenant_id, entitlements, self.period_for(tenant_id, now or self.clock()))
+        return self._quota(
+            tenant_id, entitlements, self.period_for(tenant_id, now or self.clock(), entitlements)
+        )
 
     def _quota(self, tenant_id: uuid.UUID, entitlements: dict[str, Any], period: Period) -> Quota:
         limit = entitlements.get("monthly_api_calls")
@@ -194,12 +202,13 @@ class Limiter:
             ent.get("requests_per_minute", policies.DEFAULT_TENANT_RPM),
             ent.get("monthly_api_calls"),
             getattr(principal, "api_key_id", None),  # an API key is its own principal (its own bucket)
+            tuple(ent.get("quota_period") or ()),  # a new subscription period: a new counter
         )
         now = self.clock()
         kept = self._plans.get(key)
         if kept is not None and kept[1] <= now < kept[2]:
             return kept[0]
-        period = self.period_for(principal.tenant_id, now)
+        period = self.period_for(principal.tenant_id, now, ent)
         checks = policies.tenant_checks(
             principal.tenant_id, ent, principal.user_id, principal.client_id, self.share, key[5]
         )

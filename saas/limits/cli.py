@@ -125,7 +125,9 @@ def reset_tenant_limits(svc: Services, tenant: Any, include_quota: bool = False)
     def delete(r: Any) -> int:
         doomed = list(r.scan_iter(keys.pattern("rl:"), 500))
         if include_quota:
-            doomed.append(keys.usage(limiter.period_for(tenant.id, limiter.clock()).label))
+            ent = svc.entitlements(tenant)
+            ent_data = ent.to_dict() if hasattr(ent, "to_dict") else dict(vars(ent))
+            doomed.append(keys.usage(limiter.period_for(tenant.id, limiter.clock(), ent_data).label))
         deleted = 0
         for start in range(0, len(doomed), 500):
             deleted += r.delete(*doomed[start : start + 500])

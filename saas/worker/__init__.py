@@ -12,6 +12,9 @@ Delivery is at least once (a crash after the side effect and before the commit r
 handlers must be idempotent: they get :attr:`Job.idempotency_key` (``outbox-<id>``) to pass on
 (the mail's ``Message-ID``, Stripe's ``Idempotency-Key``).
 
+Periodic jobs (:func:`register_periodic`: billing's usage report every
+``USAGE_REPORT_INTERVAL`` seconds) run in the same loop, between messages.
+
 Other packages add handlers with :func:`register` (or the :func:`handler` decorator) in a module
 listed in :data:`HANDLER_MODULES` or exposed under the ``saas.worker_handlers`` entry point
 group; ``saas worker`` imports them all at start.
@@ -104,6 +107,32 @@ Handler = Callable[[Job, WorkerContext], None]
 _handlers: dict[str, Handler] = {}
 
 
+@dataclass(frozen=True)
+class PeriodicJob:
+    """A job each worker runs on a schedule, beside the outbox: ``fn(services)`` every
+    ``interval(settings)`` seconds (0: off), first right after start. It must be idempotent and
+    safe to run in several workers at once (each worker runs its own schedule)."""
+
+    name: str
+    interval: Callable[[Settings], float]
+    fn: Callable[[dict[str, Any]], Any]
+
+
+_periodic: dict[str, PeriodicJob] = {}
+
+
+def register_periodic(
+    name: str, interval: Callable[[Settings], float], fn: Callable[[dict[str, Any]], Any]
+) -> None:
+    """Run ``fn(worker services)`` every ``interval(settings)`` seconds in each worker
+    (registering ``name`` again replaces it)."""
+    _periodic[name] = PeriodicJob(name, interval, fn)
+
+
+def periodic_jobs() -> dict[str, PeriodicJob]:
+    return dict(_periodic)
+
+
 def register(topic: str, fn: Handler) -> None:
     """Register ``fn`` for ``topic`` (one handler per topic; registering again replaces it)."""
     _handlers[topic] = fn
@@ -156,6 +185,9 @@ class Worker:
         self.services = services or {}
         self.stopping = threading.Event()
         self._last_prune = 0.0
+        #: periodic job name -> when it is due next (``time.monotonic()``), and its running thread
+        self._due: dict[str, float] = {}
+        self._running: dict[str, threading.Thread] = {}
         from saas.observability.metrics import ensure_multiproc_dir
 
         ensure_multiproc_dir()
@@ -237,6 +269,45 @@ class Worker:
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts
 
+    def run_periodic(self, monotonic: float | None = None, *, background: bool = False) -> list[str]:
+        """Start the periodic jobs that are due at ``monotonic`` (default ``time.monotonic()``);
+        returns their names. ``background``: each in a thread of its own (``run_forever``), so a
+        long run (a usage report over many tenants) neither delays the outbox nor starves the
+        heartbeat; a job whose previous run is still going is skipped until its next turn.
+        Otherwise they run here, one after the other. A failing job is logged and counted
+        (``saas_jobs_total{outcome="failed"}``) and runs again at its next turn; it never stops
+        the worker."""
+        now = time.monotonic() if monotonic is None else monotonic
+        ran = []
+        for job in periodic_jobs().values():
+            interval = float(job.interval(self.settings) or 0)
+            if interval <= 0 or self._due.get(job.name, now) > now:
+                continue
+            self._due[job.name] = now + interval
+            running = self._running.get(job.name)
+            if running is not None and running.is_alive():
+                log.warning("periodic job %s still running; skipping this turn", job.name)
+                continue
+            if background:
+                thread = threading.Thread(target=self._run_job, args=(job,), name=f"periodic-{job.name}",
+                                          daemon=True)  # fmt: skip
+                self._running[job.name] = thread
+                thread.start()
+            else:
+                self._run_job(job)
+            ran.append(job.name)
+        return ran
+
+    def _run_job(self, job: PeriodicJob) -> None:
+        start = time.perf_counter()
+        outcome = "sent"
+        try:
+            job.fn(self.services)
+        except Exception:
+            outcome = "failed"
+            log.exception("periodic job %s failed", job.name)
+        _record_job(job.name, outcome, time.perf_counter() - start)
+
     def prune(self, keep_days: int = 7) -> int:
         """Delete messages sent more than ``keep_days`` ago (their payloads are already blank)."""
         with self.database.transaction() as session:
@@ -262,6 +333,7 @@ class Worker:
             if heartbeat:
                 _touch(heartbeat)
             try:
+                self.run_periodic(background=True)
                 busy = self.run_one() is not None
                 if time.monotonic() - self._last_prune > 3600:
                     self._last_prune = time.monotonic()
@@ -271,4 +343,6 @@ class Worker:
                 busy = False
             if not busy:
                 self.stopping.wait(poll_seconds)
+        for thread in self._running.values():  # a periodic job in hand may finish (it is resumable)
+            thread.join(timeout=30)
         log.info("worker stopped")

@@ -312,7 +312,7 @@ def test_kept_plans_follow_a_new_period_function(lapp, lapi, lclient, steady_mon
     assert _contacts(lclient, h).headers["RateLimit-Policy"].endswith(f"w={month_seconds}")
     original = limiter.period_for
     start, end = steady_month - timedelta(days=5), steady_month + timedelta(days=30)  # 35 days
-    limiter.period_for = lambda tenant_id, now: Period(f"{start:%Y-%m-%d}", start, end)
+    limiter.period_for = lambda tenant_id, now, entitlements: Period(f"{start:%Y-%m-%d}", start, end)
     try:
         r = _contacts(lclient, h)
         assert r.status_code == 200

@@ -173,6 +173,23 @@ def test_k8s_config_names_are_settings_and_secrets_are_placeholders():
             assert "REPLACE_ME" in value or "REPLACE" in value
 
 
+def test_the_deployed_worker_reports_usage_at_least_hourly():
+    """The usage report to Stripe runs in every ``saas worker`` (docs/billing.md "Usage"): the
+    worker Deployment runs it, the ConfigMap's interval is within the hour, and the job is
+    registered when the worker loads its handlers."""
+    from saas.settings import Settings
+    from saas.worker import load_handlers, periodic_jobs
+
+    config = _by_kind("ConfigMap")["saas-config"]["data"]
+    interval = Settings.from_env({**config, "SECRET_KEY": "x"}).usage_report_interval_seconds
+    assert 0 < interval <= 3600
+    worker = _by_kind("Deployment")["saas-worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["command"] == ["saas", "worker"]
+    load_handlers()
+    job = periodic_jobs()["billing.report_usage"]
+    assert job.interval(Settings.from_env({**config, "SECRET_KEY": "x"})) == interval
+
+
 def test_hpa_owns_the_app_replicas_and_the_app_waits_for_migrations():
     app = _by_kind("Deployment")["saas-app"]
     assert "replicas" not in app["spec"]  # a value would fight the HPA on every apply
