@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: the command tree: a command is None, a group the sorted names of its commands
 TREE = {
-    "audit": None,
+    "audit": ["list", "prune", "verify"],
     "billing": ["events", "plans", "replay", "report-usage", "show", "sync"],
     "clients": ["create", "list"],
     "db": ["check", "upgrade"],
