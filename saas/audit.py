@@ -386,13 +386,9 @@ def event_hash(
     ).hexdigest()  # fmt: skip
 
 
-def _lock_head(
-    session: Session, n: int, datas: list[Any], options: dict[str, Any]
-) -> tuple[int, str, list[str]]:
-    """Take ``n`` places in the chain: one statement that creates or locks the chain row and
-    moves ``head_seq`` by ``n`` (the lock is held until the transaction ends), and returns the
-    old head (the first new event's ``seq`` - 1 and ``prev_hash``) with the server's text form of
-    each ``data`` (``jsonb`` parsed exactly as the insert will store it)."""
+def _head_statement(n: int, datas: list[Any]) -> Any:
+    """The statement of :func:`_lock_head` (a SELECT over a data-modifying CTE: never a plain
+    read, so the request's lazy transaction begins before it, ``saas.db._plain_read``)."""
     chain = AuditChain.__table__
     upsert = pg_insert(chain).values(id=1, head_seq=n, head_hash=GENESIS, anchor_seq=0, anchor_hash=GENESIS)
     upsert = upsert.on_conflict_do_update(
@@ -405,9 +401,17 @@ def _lock_head(
         .render_derived(name="e")
     )
     texts = select(func.array_agg(aggregate_order_by(cast(elements.c.value, Text), elements.c.ord)))
-    row = session.execute(
-        select(head.c.head_seq, head.c.head_hash, texts.scalar_subquery()), execution_options=options
-    ).one()
+    return select(head.c.head_seq, head.c.head_hash, texts.scalar_subquery())
+
+
+def _lock_head(
+    session: Session, n: int, datas: list[Any], options: dict[str, Any]
+) -> tuple[int, str, list[str]]:
+    """Take ``n`` places in the chain: one statement that creates or locks the chain row and
+    moves ``head_seq`` by ``n`` (the lock is held until the transaction ends), and returns the
+    old head (the first new event's ``seq`` - 1 and ``prev_hash``) with the server's text form of
+    each ``data`` (``jsonb`` parsed exactly as the insert will store it)."""
+    row = session.execute(_head_statement(n, datas), execution_options=options).one()
     return row[0] - n, row[1], list(row[2] or [])
 
 

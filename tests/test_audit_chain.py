@@ -154,6 +154,15 @@ def test_redaction_keeps_the_chain_verifiable_and_the_rest_covered(api, client, 
     assert not report.ok and report.broken_seq == mine[0].seq
 
 
+def test_the_append_is_never_a_plain_read():
+    """The request's unit of work begins its transaction before the statement that locks the
+    chain row (saas.db's lazy begin runs plain reads in autocommit, where the lock would end
+    at once and two appends could fork the chain)."""
+    from saas.db import _select_is_plain_read
+
+    assert _select_is_plain_read(audit._head_statement(1, [{}])) is False
+
+
 def test_a_batch_appended_at_once_is_one_chain(tenant_session):
     rows = [_event(NOW - timedelta(minutes=i), n=i, big=10**20, f=1e16) for i in range(5)]
     audit.append(tenant_session, rows)
