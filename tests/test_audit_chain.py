@@ -341,3 +341,30 @@ def test_export_reads_keyset_batches_lazily(api, client, owner, monkeypatch, eng
     assert len(pages) == 4 and rest.count(b"\r\n") == 6
     assert "seq) >" not in pages[0] and all("seq) >" in p for p in pages[1:])  # keyset, never OFFSET
     assert not any("OFFSET" in p for p in pages)
+
+
+def test_a_client_that_goes_away_stops_the_reads(api, client, owner, monkeypatch, engine, tenant_session):
+    """Closing the response mid-stream (the server does when its client went away) closes the
+    page reader: no further page is read."""
+    audit.append(tenant_session, [_event(NOW + timedelta(seconds=i), i=i) for i in range(7)])
+    monkeypatch.setattr(audit_api, "EXPORT_BATCH_SIZE", 2)
+    pages: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if "audit_events" in statement and "LIMIT" in statement:
+            pages.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        r = client.get(
+            "/api/v1/audit-events/export",
+            query_string={"format": "jsonl"},
+            headers=api.auth(owner),
+            buffered=False,
+        )
+        chunks = iter(r.response)
+        assert next(chunks).count(b"\n") == 2 and len(pages) == 1
+        r.close()
+        assert list(chunks) == [] and len(pages) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
