@@ -171,6 +171,15 @@ def test_a_batch_appended_at_once_is_one_chain(tenant_session):
     assert verify_chain(tenant_session).ok  # numbers the server normalises (1e16) hash as stored
 
 
+def test_a_batch_larger_than_one_statement_is_still_one_chain(tenant_session, monkeypatch):
+    """An append of more events than one INSERT carries (PostgreSQL's 65,535 parameters: 1,000
+    rows a statement) is split, under the one lock, the head moved by the last part."""
+    monkeypatch.setattr(audit, "_INSERT_ROWS", 2)
+    audit.append(tenant_session, [_event(NOW, n=i) for i in range(5)])
+    report = verify_chain(tenant_session)
+    assert report.ok and report.checked == report.head_seq == 7  # the signup's 2 and these 5
+
+
 def test_the_migration_chains_the_events_already_there(connection):
     """A schema at the tenant track's revision before the chain, with events, upgraded: its
     events are chained oldest first, the chain row's head is the last, and new events go on."""
