@@ -435,17 +435,14 @@ def append(session: Session, rows: list[dict[str, Any]], options: dict[str, Any]
         prev = digest
     chain = AuditChain.__table__
     table = AuditEvent.__table__
-    for start in range(0, len(chained), _INSERT_ROWS):  # PostgreSQL takes at most 65,535 parameters
-        part = chained[start : start + _INSERT_ROWS]
-        statement: Any = insert(table).values(part)
-        if start + _INSERT_ROWS >= len(chained):  # the last part moves the head in the same statement
-            inserted = statement.returning(table.c.id).cte("appended")
-            statement = update(chain).where(chain.c.id == 1).values(head_hash=prev).add_cte(inserted)
-        session.execute(statement, execution_options=options)
+    move_head = update(chain).where(chain.c.id == 1).values(head_hash=prev)
+    if len(chained) == 1:  # record(): the insert and the head's move in one statement
+        inserted = insert(table).values(chained[0]).returning(table.c.id).cte("appended")
+        session.execute(move_head.add_cte(inserted), execution_options=options)
+    else:  # a batch (an import): executemany, sent as multi-row INSERTs by SQLAlchemy (insertmanyvalues)
+        session.execute(insert(table), chained, execution_options=options)
+        session.execute(move_head, execution_options=options)
 
-
-#: events per INSERT statement (16 parameters each)
-_INSERT_ROWS = 1000
 
 #: the columns an event's hash names directly (the others through its detail digest)
 _HASHED = ("id", "occurred_at", "actor_type", "actor_id", "action", "target_type", "target_id", "request_id")
