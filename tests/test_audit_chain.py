@@ -214,6 +214,24 @@ def test_the_migration_chains_the_events_already_there(connection):
     chain = connection.execute(select(AuditChain.__table__), execution_options=empty_options).one()
     assert (chain.head_seq, chain.head_hash) == (0, GENESIS)
     assert verify_chain(session, options=empty_options).ok
+    # and back: the columns, the table and the index are gone, the events stay
+    from alembic import command
+
+    from saas.migrate import alembic_config
+
+    cfg = alembic_config("tenant")
+    cfg.attributes["connection"], cfg.attributes["schema"] = connection, schema
+    command.downgrade(cfg, "0002")
+    columns = connection.scalars(
+        text(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = :s AND table_name = 'audit_events'"
+        ),
+        {"s": schema},
+    ).all()
+    assert "seq" not in columns and "hash" not in columns and len(columns) == 11
+    assert connection.scalar(text("SELECT to_regclass(:t)"), {"t": f"{schema}.audit_chain"}) is None
+    assert connection.scalar(text(f'SELECT count(*) FROM "{schema}".audit_events')) == 4  # noqa: S608
 
 
 # --- export ------------------------------------------------------------------------------------
