@@ -215,7 +215,9 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
 
         event = "account_locked" if status == "locked" else "account_unlocked"
         outbox.enqueue(session, "mail.security", {"to": u.email, "event": event})
-        for tenant_id in tenant_ids:  # each tenant the user belongs to sees it in its audit log
+        # each tenant the user belongs to sees it in its audit log; in tenant id order, as every
+        # writer to many tenants' logs takes their chain rows (saas.auth.accounts.audit_account_event)
+        for tenant_id in sorted(tenant_ids):
             audit.record(
                 session,
                 action,
