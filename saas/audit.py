@@ -306,6 +306,9 @@ def record(
         meta: where the action came from; the current request's when omitted.
         data: JSON details. Never pass secrets.
 
+    The event joins the tenant's hash chain (:func:`append`): the tenant's ``audit_chain`` row
+    stays locked until the transaction ends, so the tenant's other audited writes wait for it.
+
     Raises:
         ValueError: ``action`` is not an :class:`AuditAction`.
     """
@@ -417,9 +420,12 @@ def _lock_head(
 
 def append(session: Session, rows: list[dict[str, Any]], options: dict[str, Any] | None = None) -> None:
     """Append events (complete ``audit_events`` values but the chain's, in order) to the chain of
-    the tenant the session or ``options`` (``schema_translate_map``) names: two statements, the
-    first of which locks the tenant's chain row until the transaction ends (:func:`_lock_head`),
-    the second inserts the events and moves ``head_hash``."""
+    the tenant the session or ``options`` (``schema_translate_map``) names. The first statement
+    locks the tenant's chain row until the transaction ends (:func:`_lock_head`); then one
+    statement inserts an event and moves ``head_hash`` (a batch: one executemany INSERT, then
+    the head's move). ``rows`` values: ``id``, ``occurred_at`` (aware), ``actor_type``,
+    ``actor_id``, ``action``, ``target_type``, ``target_id``, ``ip``, ``user_agent``,
+    ``request_id``, ``data`` (a JSON object)."""
     if not rows:
         return
     options = options or {}
@@ -569,11 +575,13 @@ def verify_chain(
             return broken(row.seq, row.id, "the event's content does not match its hash (edited)")
         report.checked += 1
         expected_seq, expected_prev = row.seq + 1, row.hash
-    if chain is not None and (expected_seq - 1 != report.head_seq or expected_prev != report.head_hash):
-        last = expected_seq - 1
+    last = expected_seq - 1
+    if chain is not None and last != report.head_seq:
         return broken(
             last + 1, None, f"the chain's head is event {report.head_seq} but the last event kept is {last}"
         )
+    if chain is not None and expected_prev != report.head_hash:
+        return broken(last, None, "the chain row's head hash is not the last event's hash")
     return report
 
 

@@ -86,6 +86,7 @@ def test_every_event_links_to_the_one_before_and_the_head_is_the_last(api, clien
          " WHERE seq = 3", 3, "prev_hash is not the hash of the event before it"),
         ("UPDATE {s}.audit_events SET nonce = NULL WHERE seq = 2", 2, "neither a nonce nor a redacted"),
         ("DELETE FROM {s}.audit_chain", 1, "events without a chain head"),
+        ("UPDATE {s}.audit_chain SET head_hash = repeat('b', 64)", 5, "head hash is not the last event's"),
     ],
 )  # fmt: skip
 def test_verify_names_the_first_broken_link(api, client, owner, tenant_session, tamper, seq, reason):
@@ -98,7 +99,7 @@ def test_verify_names_the_first_broken_link(api, client, owner, tenant_session, 
     assert report.broken_seq == seq and reason in report.reason, report
     if "head" not in reason:
         assert report.broken_id == str(ids[seq])
-    assert report.checked == (2 if "missing" in reason else seq - 1)
+    assert report.checked == (2 if "missing" in reason else 5 if "head hash" in reason else seq - 1)
 
 
 def test_an_edit_with_every_later_hash_recomputed_is_caught_at_the_head(api, client, owner, tenant_session):
@@ -120,7 +121,7 @@ def test_an_edit_with_every_later_hash_recomputed_is_caught_at_the_head(api, cli
         )  # fmt: skip
         prev = digest
     report = verify_chain(tenant_session)
-    assert not report.ok and "the chain's head" in report.reason
+    assert not report.ok and report.reason == "the chain row's head hash is not the last event's hash"
 
 
 def test_redaction_keeps_the_chain_verifiable_and_the_rest_covered(api, client, owner, tenant_session, app):
