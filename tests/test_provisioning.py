@@ -53,7 +53,7 @@ def test_signup_creates_everything(client, connection):
     tables = set(
         connection.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema})
     )
-    assert tables == {"contacts", "audit_events", "alembic_version"}
+    assert tables == {"contacts", "audit_events", "audit_chain", "alembic_version"}
     stamped = connection.scalar(text(f'SELECT version_num FROM "{schema}".alembic_version'))  # noqa: S608
     assert stamped == tenant_head_revision()
     m = connection.execute(

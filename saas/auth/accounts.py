@@ -106,7 +106,9 @@ def audit_account_event(
     default: nobody proved who made the attempts (a lockout, a throttle); a change the owner
     made themselves (a password, an email) names them. Returns how many tenants got it."""
     rows = list(tenants) if tenants is not None else account_tenants(session, user_id)
-    for tenant in rows:
+    # in tenant id order: each record locks that tenant's audit chain row until the commit, and
+    # every writer to many tenants' logs takes them in the same order (no deadlock between them)
+    for tenant in sorted(rows, key=lambda t: t.id):
         audit.record(
             session,
             action,

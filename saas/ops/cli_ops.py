@@ -1,5 +1,5 @@
-"""Operator commands: ``saas users`` (the group) ``list|show|lock|unlock|impersonate``, ``saas audit TENANT``,
-``saas jobs list|retry``, ``saas doctor``."""
+"""Operator commands: ``saas users`` (the group) ``list|show|lock|unlock|impersonate``,
+``saas audit [list] TENANT|prune|verify TENANT``, ``saas jobs list|retry``, ``saas doctor``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import click
+from click_default_group import DefaultGroup
 
 from saas.cli.helpers import (
     CliError,
@@ -28,6 +29,12 @@ def users() -> None:
     """Users: list, show, lock, unlock, impersonate, reset MFA."""
 
 
+@click.group("audit", cls=DefaultGroup, default="list")
+def audit_group() -> None:
+    """Audit logs: list a tenant's (``saas audit TENANT`` is ``saas audit list TENANT``), prune
+    them to each plan's retention, verify a tenant's hash chain."""
+
+
 @click.group()
 def jobs() -> None:
     """Background jobs (the outbox): pending, failed, retry."""
@@ -36,7 +43,7 @@ def jobs() -> None:
 def register(main: click.Group) -> None:
     """Create ``saas users`` (``reset-mfa`` and ``rehash-recovery-codes`` join it from
     :mod:`saas.auth.cli`) and ``saas jobs``; add ``saas audit`` and ``saas doctor``."""
-    for command in (users, audit_cmd, jobs, doctor):
+    for command in (users, audit_group, jobs, doctor):
         main.add_command(command)
 
 
@@ -208,7 +215,9 @@ def _set_user_status(ctx: Context, user: str, status: str, reason: str | None) -
 
         event = "account_locked" if status == "locked" else "account_unlocked"
         outbox.enqueue(session, "mail.security", {"to": u.email, "event": event})
-        for tenant_id in tenant_ids:  # each tenant the user belongs to sees it in its audit log
+        # each tenant the user belongs to sees it in its audit log; in tenant id order, as every
+        # writer to many tenants' logs takes their chain rows (saas.auth.accounts.audit_account_event)
+        for tenant_id in sorted(tenant_ids):
             audit.record(
                 session,
                 action,
@@ -298,7 +307,7 @@ def users_impersonate(ctx: Context, user: str, tenant: str, reason: str, minutes
 # --- audit -------------------------------------------------------------------------------------
 
 
-@click.command("audit")
+@audit_group.command("list")
 @click.argument("tenant")
 @click.option("--since", "since_raw", help="24h, 7d, 30m or an ISO 8601 time")
 @click.option("--action", help="exact action, e.g. tenant.suspended")
@@ -309,7 +318,7 @@ def users_impersonate(ctx: Context, user: str, tenant: str, reason: str, minutes
 @fail_cleanly
 def audit_cmd(ctx: Context, tenant: str, since_raw: str | None, action: str | None, actor: str | None,
               limit: int, as_json: bool) -> None:  # fmt: skip
-    """A tenant's audit log, newest first."""
+    """A tenant's audit log, newest first (``saas audit TENANT`` for short)."""
     from sqlalchemy import select
 
     from saas.audit import AuditEvent
@@ -335,6 +344,71 @@ def audit_cmd(ctx: Context, tenant: str, since_raw: str | None, action: str | No
         [[r["occurred_at"], f"{r['actor']['type']}:{r['actor']['id'] or ''}", r["action"],
           f"{r['target']['type'] or ''}:{r['target']['id'] or ''}", r["data"] or ""] for r in rows],
     )  # fmt: skip
+
+
+@audit_group.command("prune")
+@click.option("--tenant", "only", multiple=True, help="only this tenant (slug or id); repeatable")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100000),
+              help="events deleted per transaction")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def audit_prune(ctx: Context, only: tuple[str, ...], batch_size: int, as_json: bool) -> None:
+    """Delete audit events older than each tenant's plan allows (``audit_log_days``), in
+    batches; each tenant's hash chain stays verifiable (its anchor moves). Exit 1 when a
+    tenant failed (the others are still pruned)."""
+    from saas.ops.audit_retention import prune_expired
+
+    if only:
+        with ctx.database.transaction() as session:
+            for ref in only:
+                find_tenant(session, ref)
+    results = prune_expired(ctx.database, only=set(only) or None, batch_size=batch_size)
+    rows = [r.to_dict() for r in results]
+    if as_json:
+        print_json(rows)
+    else:
+        pruned = [r for r in rows if r["deleted"]]
+        click.echo(f"pruned {sum(r['deleted'] for r in rows)} events in {len(pruned)} of {len(rows)} tenants")
+        for r in pruned:
+            click.echo(f"  {r['slug']}: {r['deleted']} older than {r['retention_days']} days")
+        for r in rows:
+            if r["error"]:
+                click.echo(f"error: {r['slug']}: {r['error']}", err=True)
+    if any(r["error"] for r in rows):
+        sys.exit(1)
+
+
+@audit_group.command("verify")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@fail_cleanly
+def audit_verify(ctx: Context, tenant: str, as_json: bool) -> None:
+    """Check a tenant's audit hash chain from its anchor to its head in one snapshot. Prints
+    the head (seq and hash: keep it elsewhere to detect a rewrite of the whole chain) or the
+    first broken link; exit 1 on a break."""
+    from sqlalchemy import text
+
+    from saas.audit import verify_chain
+
+    with ctx.database.transaction() as session:
+        schema = find_tenant(session, tenant).schema_name
+    with ctx.database.transaction(schema) as session:
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        session.execute(text("SET TRANSACTION READ ONLY"))
+        report = verify_chain(session)
+    if as_json:
+        print_json(report.to_dict())
+    elif report.ok:
+        click.echo(f"ok: {report.checked} events (seq {report.anchor_seq + 1} to {report.head_seq}), "
+                   f"{report.redacted} redacted; head {report.head_hash}")  # fmt: skip
+    else:
+        event = f" (event {report.broken_id})" if report.broken_id else ""
+        click.echo(f"broken at seq {report.broken_seq}{event}: {report.reason}; "
+                   f"{report.checked} events verified before it")  # fmt: skip
+    if not report.ok:
+        sys.exit(1)
 
 
 # --- jobs --------------------------------------------------------------------------------------

@@ -151,9 +151,12 @@ def _line(obj: dict[str, Any]) -> str:
 
 
 def _tenant_tables() -> list[Table]:
+    """The tenant tables a file carries: all but those rebuilt by the importing side
+    (``info={"export": False}``: the audit chain's head, since imported events are chained
+    anew)."""
     from saas.product import tenant_tables
 
-    return tenant_tables()
+    return [t for t in tenant_tables() if t.info.get("export", True)]
 
 
 def _shared_queries(tenant_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[tuple[str, Any]]:
@@ -253,7 +256,12 @@ def export_tenant(engine: Engine, tenant_ref: str, out: IO[str]) -> dict[str, in
         )
         for table in _tenant_tables():
             n = 0
-            order = list(table.primary_key.columns) or list(table.columns)[:1]
+            # the audit log in its chain's order (an import chains the events again in that order)
+            order = (
+                [table.c.seq]
+                if "seq" in table.c
+                else list(table.primary_key.columns) or list(table.columns)[:1]
+            )
             for row in tconn.execute(select(table).order_by(*order)).mappings():
                 out.write(_line({"table": f"tenant.{table.name}", "row": dict(row)}))
                 n += 1
@@ -545,7 +553,11 @@ def _schemas() -> dict[str, ma.Schema]:
             ScimSettings.__table__,
             {"group_roles": ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())},
         ),
-        "tenant.audit_events": _row_schema(AuditEvent.__table__),
+        # the chain's columns are optional (files of before it) and never taken: events are chained anew
+        "tenant.audit_events": _row_schema(
+            AuditEvent.__table__,
+            {c: ma.fields.Raw(allow_none=True, load_default=None) for c in audit.CHAIN_COLUMNS},
+        ),
     }
     for name, resource in product().resources.items():  # the API's checks of the product's rows
         schemas[f"tenant.{name}"] = _resource_schema(resource.model, resource.schema)
@@ -1349,7 +1361,13 @@ class _Importer:
         if not self.batch or self.batch_table is None:
             return
         try:
-            self.session.connection().execute(insert(self.batch_table), self.batch)
+            if self.batch_table.name == "audit_events":  # the history joins this tenant's own chain
+                columns = [c.name for c in self.batch_table.columns if c.name not in audit.CHAIN_COLUMNS]
+                rows = [{c: r.get(c) for c in columns} | {"data": r.get("data") or {}}
+                        for r in audit.chained_history(self.batch)]  # fmt: skip
+                audit.append(self.session, rows)
+            else:
+                self.session.connection().execute(insert(self.batch_table), self.batch)
         except (IntegrityError, DataError) as exc:
             diag = getattr(exc.orig, "diag", None)
             detail = (getattr(diag, "message_detail", None) or getattr(diag, "message_primary", None)

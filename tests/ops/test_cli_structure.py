@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: the command tree: a command is None, a group the sorted names of its commands
 TREE = {
-    "audit": None,
+    "audit": ["list", "prune", "verify"],
     "billing": ["dunning", "events", "plans", "replay", "report-usage", "show", "sync"],
     "clients": ["create", "list"],
     "db": ["check", "upgrade"],
@@ -166,6 +166,8 @@ def test_service_commands_build_no_app(committed, cli_settings, no_app, monkeypa
         ["tenants", "show", t.slug, "--json"],
         ["users", "list", "--tenant", t.slug, "--json"],
         ["audit", t.slug, "--json"],
+        ["audit", "verify", t.slug, "--json"],
+        ["audit", "prune", "--tenant", t.slug, "--json"],
         ["limits", "show", t.slug, "--json"],
         ["limits", "reset", t.slug],
         ["billing", "show", t.slug, "--json"],
@@ -195,6 +197,8 @@ def test_service_commands_build_no_app(committed, cli_settings, no_app, monkeypa
         ["tenants", "set-plan", "nope", "pro"],
         ["users", "list", "--tenant", "nope"],
         ["audit", "nope"],
+        ["audit", "verify", "nope"],
+        ["audit", "prune", "--tenant", "nope"],
         ["clients", "list", "--tenant", "nope"],
         ["limits", "show", "nope"],
         ["billing", "show", "nope"],

@@ -117,10 +117,14 @@ def test_k8s_objects_reference_each_other_and_real_routes(app):
     assert _command_exists(purge["containers"][0]["command"])
     dunning = _by_kind("CronJob")["saas-dunning"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert _command_exists(dunning["containers"][0]["command"])
+    audit_prune = _by_kind("CronJob")["saas-audit-prune"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert audit_prune["containers"][0]["command"] == ["saas", "audit", "prune", "--json"]
+    assert _command_exists(audit_prune["containers"][0]["command"])
 
     secret_names = set(_by_kind("Secret"))
     config_names = set(_by_kind("ConfigMap"))
-    for spec in (deployments["saas-app"]["spec"]["template"]["spec"], worker, job, purge, dunning):
+    app_spec = deployments["saas-app"]["spec"]["template"]["spec"]
+    for spec in (app_spec, worker, job, purge, dunning, audit_prune):
         assert spec["securityContext"]["runAsNonRoot"] is True
         if any(v.get("secret", {}).get("defaultMode") == 0o400 for v in spec["volumes"]):
             # 0400 Secret files are readable by the non-root user only through fsGroup

@@ -63,7 +63,8 @@ def test_cli_lifecycle_list_show_suspend_rename_delete_purge(committed, run_cli,
 
     shown = json.loads(run_cli("tenants", "show", a.slug, "--json").stdout)
     assert shown["schema"] == a.schema_name and shown["schema_bytes"] > 0
-    assert len(shown["members"]) == 2 and shown["usage"] == {"audit_events": 0, "contacts": 0}
+    assert len(shown["members"]) == 2
+    assert shown["usage"] == {"audit_chain": 0, "audit_events": 0, "contacts": 0}
     assert shown["state"] == "active"
 
     r = run_cli("tenants", "suspend", a.slug, "--reason", "abuse report #12")
