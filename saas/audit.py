@@ -10,6 +10,7 @@ tenant's admins filter and alert on these names (``GET /api/v1/audit-events?acti
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -134,6 +135,14 @@ class AuditAction(StrEnum):
     BILLING_SEATS_CHANGED = "billing.seats_changed"
     BILLING_SEATS_SYNCED = "billing.seats_synced"
     BILLING_PLAN_OVERRIDDEN = "billing.plan_overridden"
+    # outgoing webhooks (saas.webhooks)
+    WEBHOOK_ENDPOINT_CREATED = "webhook.endpoint_created"
+    WEBHOOK_ENDPOINT_UPDATED = "webhook.endpoint_updated"
+    WEBHOOK_ENDPOINT_DELETED = "webhook.endpoint_deleted"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"  # noqa: S105 - an action name
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"  # by the worker: 410, or days of failure
+    WEBHOOK_MESSAGE_REPLAYED = "webhook.message_replayed"
+    WEBHOOK_TEST_SENT = "webhook.test_sent"
     # the product (tenants/)
     CONTACT_CREATED = "contact.created"
     CONTACT_UPDATED = "contact.updated"
@@ -219,6 +228,20 @@ def current_actor() -> Actor:
     return SYSTEM
 
 
+#: called with ``(session, tenant_id, schema, event)`` after each event is written in the same
+#: transaction (``event``: the inserted values; ``tenant_id`` or ``schema`` None when the session
+#: is bound to the tenant's schema); audit streaming (:mod:`saas.webhooks.events`) adds one with
+#: :func:`add_listener`. A listener's error fails the change, as a failed insert would.
+Listener = Callable[[Session, "uuid.UUID | None", "str | None", dict[str, Any]], None]
+_listeners: list[Listener] = []
+
+
+def add_listener(fn: Listener) -> None:
+    """Call ``fn`` after every :func:`record` (once, however often it is added)."""
+    if fn not in _listeners:
+        _listeners.append(fn)
+
+
 def record(
     session: Session,
     action: AuditAction | str,
@@ -268,3 +291,5 @@ def record(
     }
     options = {"schema_translate_map": translate_map(schema)} if schema else {}
     session.execute(insert(AuditEvent.__table__).values(**values), execution_options=options)
+    for listener in _listeners:
+        listener(session, tenant_id, schema, values)
