@@ -673,3 +673,21 @@ def test_signature_header_is_the_spec_scheme():
     )
     assert header == "v1," + want.decode()
     assert len(key) == 32
+
+
+def test_saas_webhooks_prune_command(monkeypatch, settings, database_url, redis_client):
+    """``saas webhooks prune`` (the daily CronJob) on the run's database: counts as JSON."""
+    from click.testing import CliRunner
+
+    from saas.cli import main
+
+    kwargs = redis_client.connection_pool.connection_kwargs
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}")
+    monkeypatch.setenv("SAAS_ENV", "test")
+    monkeypatch.setenv("SAAS_VAR_DIR", str(settings.var_dir))
+    r = CliRunner().invoke(main, ["webhooks", "prune", "--days", "30"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"days": 30, "deleted": {"attempts": 0, "deliveries": 0, "messages": 0}}
+    r = CliRunner().invoke(main, ["webhooks", "prune", "--days", "0"])
+    assert r.exit_code == 2  # out of range: click's usage error
