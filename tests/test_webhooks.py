@@ -148,6 +148,7 @@ def test_create_shows_the_secret_once_sealed_at_rest_and_audited(client, org, lo
         "https://[::ffff:127.0.0.1]/hook",  # IPv4-mapped loopback
         "https://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of 169.254.169.254
         "https://2130706433/hook",  # 127.0.0.1 as one number
+        "https://224.0.0.1/hook",  # multicast: "global" to Python's ipaddress, refused here
         "https://user:pw@93.184.215.14/hook",
         "ftp://93.184.215.14/hook",
         "https://93.184.215.14/hook#frag",

@@ -40,7 +40,7 @@ _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether ``address`` is a public destination: ``is_global`` (no loopback, private,
-    link-local such as the metadata address 169.254.169.254, shared or reserved range), and for
+    link-local such as the metadata address 169.254.169.254, shared, reserved or multicast range), and for
     an IPv6 address carrying an IPv4 one (mapped ``::ffff:a.b.c.d``, NAT64, 6to4) that one too."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped
@@ -48,9 +48,9 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is None and address in _SIX_TO_FOUR:
             embedded = address.sixtofour
-        if embedded is not None and not embedded.is_global:
+        if embedded is not None and not is_public(embedded):
             return False
-    return address.is_global
+    return address.is_global and not address.is_multicast  # multicast counts as global
 
 
 def resolve(host: str, port: int, *, public_only: bool = True) -> str:
