@@ -258,7 +258,9 @@ def deliver(
     delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
     if delivery is None or delivery.status != "pending":
         return "skipped"
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True)
+    # not locked during the request: several workers deliver to one endpoint side by side, and
+    # a PATCH never waits for a slow receiver (deleting it waits on the delivery's lock)
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
     message = session.get(WebhookMessage, delivery.message_id)
     if endpoint is None or message is None:
         return "skipped"
@@ -285,6 +287,9 @@ def deliver(
         timeout=config.timeout,
     )
     delivery.attempts += 1
+    # the endpoint's state is changed under its lock, as it is now (a PATCH may have come between)
+    endpoint = session.get(WebhookEndpoint, endpoint.id, with_for_update=True, populate_existing=True)
+    assert endpoint is not None  # its deletion waits on the delivery's row lock
     status = answer.status
     if status is not None and 200 <= status < 300:
         outcome = "delivered"
@@ -313,6 +318,9 @@ def deliver(
         endpoint.failing_since = None
         _finish(delivery, "delivered", now)
         return "delivered"
+    if endpoint.status != "enabled":  # disabled while the request ran: no retry, no second notice
+        _finish(delivery, "cancelled", now)
+        return "cancelled"
     if outcome == "gone":
         _finish(delivery, "failed", now)
         disable(session, endpoint, "gone", now, "The endpoint answered 410 Gone.")
