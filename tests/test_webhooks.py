@@ -692,3 +692,37 @@ def test_saas_webhooks_prune_command(monkeypatch, settings, database_url, redis_
     assert json.loads(r.stdout) == {"days": 30, "deleted": {"attempts": 0, "deliveries": 0, "messages": 0}}
     r = CliRunner().invoke(main, ["webhooks", "prune", "--days", "0"])
     assert r.exit_code == 2  # out of range: click's usage error
+
+
+def test_a_subscription_change_is_a_message(client, org, local, receiver, db_session, app):
+    """``apply_subscription`` (Stripe's webhooks and ``billing sync`` both end there) emits
+    ``subscription.updated`` with the state before and after, only when something changed."""
+    from saas.billing.service import Billing, apply_subscription, ensure_account
+
+    body, h = org
+    created = _create(client, h, receiver.url + "/ok", events=["subscription.*"])
+    receiver.secrets["/ok"] = [created["secret"]]
+    billing = Billing(local, None, {"price_pro_month": ("pro", "month")})  # no Stripe call on this path
+    sub = {
+        "id": "sub_hooks",
+        "status": "active",
+        "customer": "cus_hooks",
+        "items": {"data": [{"id": "si_1", "price": {"id": "price_pro_month"}, "quantity": 1}]},
+    }
+    with app.test_request_context():
+        account = ensure_account(db_session, uuid.UUID(body["tenant"]["id"]))
+        assert apply_subscription(db_session, billing, account, sub, source="customer.subscription.updated")
+        assert not apply_subscription(
+            db_session, billing, account, sub, source="sync"
+        )  # unchanged: no message
+        db_session.commit()
+    _worker(app, local).run_until_idle()
+    (only,) = receiver.on("/ok")
+    message = _message(only)
+    assert only.verified and message["type"] == "subscription.updated"
+    assert (
+        message["data"]["subscription"]["plan"] == "pro"
+        and message["data"]["subscription"]["status"] == "active"
+    )
+    assert message["data"]["previous"]["plan"] is None
+    assert message["data"]["source"] == "customer.subscription.updated"

@@ -192,6 +192,7 @@ class EndpointItem(MethodView):
     @require_verified_email
     @blp.arguments(EndpointPatchSchema)
     @blp.response(200, EndpointSchema)
+    @blp.alt_response(403, description="permission_denied: a group whose data you may not read")
     @blp.alt_response(404, description="No such webhook endpoint in this tenant")
     @blp.alt_response(422, description="A refused URL, unknown events, a rate out of range")
     def patch(self, body, endpoint_id):
