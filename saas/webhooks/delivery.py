@@ -255,15 +255,18 @@ def deliver(
     ``failed`` (the schedule is over), ``gone`` (410: the endpoint disabled), ``throttled``
     (over the endpoint's rate: put off, not counted), ``cancelled`` (the endpoint is disabled)
     or ``skipped`` (no such pending delivery: deleted, or already done)."""
-    delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
-    if delivery is None or delivery.status != "pending":
+    # one query; only the delivery is locked: several workers deliver to one endpoint side by
+    # side, and a PATCH never waits for a slow receiver (deleting it waits on the delivery's lock)
+    row = session.execute(
+        select(WebhookDelivery, WebhookEndpoint, WebhookMessage)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .join(WebhookMessage, WebhookMessage.id == WebhookDelivery.message_id)
+        .where(WebhookDelivery.id == delivery_id)
+        .with_for_update(of=WebhookDelivery)
+    ).first()
+    if row is None or row[0].status != "pending":
         return "skipped"
-    # not locked during the request: several workers deliver to one endpoint side by side, and
-    # a PATCH never waits for a slow receiver (deleting it waits on the delivery's lock)
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-    message = session.get(WebhookMessage, delivery.message_id)
-    if endpoint is None or message is None:
-        return "skipped"
+    delivery, endpoint, message = row
     if endpoint.status != "enabled":
         _finish(delivery, "cancelled", now)
         return "cancelled"
@@ -287,9 +290,6 @@ def deliver(
         timeout=config.timeout,
     )
     delivery.attempts += 1
-    # the endpoint's state is changed under its lock, as it is now (a PATCH may have come between)
-    endpoint = session.get(WebhookEndpoint, endpoint.id, with_for_update=True, populate_existing=True)
-    assert endpoint is not None  # its deletion waits on the delivery's row lock
     status = answer.status
     if status is not None and 200 <= status < 300:
         outcome = "delivered"
@@ -314,6 +314,12 @@ def deliver(
             error=_error_of(answer, outcome),
         )
     )
+    if outcome == "delivered" and endpoint.failing_since is None:  # the common case: nothing to change
+        _finish(delivery, "delivered", now)
+        return "delivered"
+    # the endpoint's state is changed under its lock, as it is now (a PATCH may have come between)
+    endpoint = session.get(WebhookEndpoint, endpoint.id, with_for_update=True, populate_existing=True)
+    assert endpoint is not None  # its deletion waits on the delivery's row lock
     if outcome == "delivered":
         endpoint.failing_since = None
         _finish(delivery, "delivered", now)
