@@ -726,3 +726,21 @@ def test_a_subscription_change_is_a_message(client, org, local, receiver, db_ses
     )
     assert message["data"]["previous"]["plan"] is None
     assert message["data"]["source"] == "customer.subscription.updated"
+
+
+def test_a_rolled_back_change_sends_nothing(client, org, local, receiver, db_session, app, monkeypatch):
+    """The message rides the change's transaction: a change that fails after emitting (here, a
+    500 from the view after the contact's flush) leaves no outbox row, so nothing is sent."""
+    _, h = org
+    _create(client, h, receiver.url + "/any", events=["contact.*"])
+    from tenants import contacts
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected after the change")
+
+    monkeypatch.setattr(contacts, "etag_of", boom)  # runs after the audit event and the emit
+    r = client.post("/api/v1/contacts", json={"name": "Never"}, headers=h)
+    assert r.status_code == 500
+    assert _outbox(db_session, FANOUT_TOPIC) == []
+    _worker(app, local).run_until_idle()
+    assert receiver.on("/any") == []
