@@ -163,6 +163,7 @@ class ErrorCode(StrEnum):
     IDENTITY_UNLINK_REFUSED = "identity_unlink_refused"  # 409: an SSO identity, or the only way in
     # outgoing webhooks (docs/webhooks.md)
     WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint_disabled"  # 409: test or replay to a disabled endpoint
+    WEBHOOK_ENDPOINT_LIMIT = "webhook_endpoint_limit"  # 409: the tenant has as many endpoints as allowed
 
 
 class AppError(Exception):

@@ -744,3 +744,16 @@ def test_a_rolled_back_change_sends_nothing(client, org, local, receiver, db_ses
     assert _outbox(db_session, FANOUT_TOPIC) == []
     _worker(app, local).run_until_idle()
     assert receiver.on("/any") == []
+
+
+def test_a_tenant_has_at_most_twenty_endpoints(client, org, local, db_session):
+    from saas.webhooks.endpoints import MAX_ENDPOINTS
+
+    _, h = org
+    for _ in range(MAX_ENDPOINTS):
+        _create(client, h, "http://127.0.0.1:9/x")
+    r = client.post(
+        f"{BASE}/endpoints", json={"url": "http://127.0.0.1:9/x", "events": ["contact.*"]}, headers=h
+    )
+    assert assert_problem(r, 409, "webhook_endpoint_limit")["limit"] == MAX_ENDPOINTS
+    assert _count(db_session, WebhookEndpoint) == MAX_ENDPOINTS

@@ -13,17 +13,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from saas.actions import ActionContext
 from saas.audit import AuditAction
 from saas.db import tenant_row, tenant_rows, utcnow
 from saas.errors import Conflict, ErrorCode, Forbidden, ValidationError
+from saas.identity.models import Tenant
 from saas.webhooks import catalogue, delivery, egress, events, signing
 from saas.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookMessage
 
 MAX_EVENTS = 50
+#: endpoints per tenant: each one multiplies the worker's deliveries of every event
+MAX_ENDPOINTS = 20
 MAX_DESCRIPTION = 500
 #: how long a rotated secret keeps signing by default, and at most (seconds)
 ROTATION_OVERLAP = 24 * 3600
@@ -155,8 +158,21 @@ def create_endpoint(
         ValidationError: a refused URL (422 ``errors.url``: scheme, private address...), bad
             ``events``, ``description`` or ``rate_limit``.
         Forbidden: ``permission_denied``, a subscribed group the caller may not read.
+        Conflict: ``webhook_endpoint_limit``, the tenant has :data:`MAX_ENDPOINTS` already.
     """
     tenant_id = _tenant(ctx)
+    # the tenant row locked: two concurrent creations cannot both pass the count
+    ctx.session.get(Tenant, tenant_id, with_for_update=True)
+    existing = ctx.session.scalar(
+        select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id)
+    )
+    if (existing or 0) >= MAX_ENDPOINTS:
+        raise Conflict(
+            f"A tenant has at most {MAX_ENDPOINTS} webhook endpoints; delete one first.",
+            code=ErrorCode.WEBHOOK_ENDPOINT_LIMIT,
+            title="Too many endpoints",
+            extra={"limit": MAX_ENDPOINTS},
+        )
     url = check_url(body.get("url"), egress_rules)
     names = check_events(body.get("events"), _permissions(ctx))
     description = check_description(body.get("description", ""))

@@ -167,6 +167,7 @@ class Endpoints(MethodView):
     @blp.arguments(EndpointInSchema)
     @blp.response(201, CreatedEndpointSchema)
     @blp.alt_response(403, description="permission_denied: a group whose data you may not read")
+    @blp.alt_response(409, description="webhook_endpoint_limit: the tenant has 20 endpoints already")
     @blp.alt_response(
         422, description="A refused URL (not https, private address, unresolvable), unknown events"
     )
