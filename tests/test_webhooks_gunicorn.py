@@ -106,3 +106,71 @@ def test_webhooks_through_gunicorn_and_the_worker_process(
             timeout=30,
         )
         assert r.status_code == 404
+
+
+def test_deleting_an_endpoint_during_an_attempt_waits_for_it(
+    database_url, worker_id_str, redis_client, tmp_path, engine, tenants, receiver, settings
+):
+    """The API's deletion takes the endpoint's deliveries before the endpoint, the order a
+    worker's attempt holds them: a DELETE during a (slow) attempt waits for it and answers 204,
+    neither side deadlocks, and nothing of the endpoint is left."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from saas.db import Database
+    from saas.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+    from saas.worker import Worker, load_handlers
+
+    redis_client.flushdb()
+    env = {"WEBHOOKS_ALLOW_PRIVATE": "1", "WEBHOOKS_ALLOW_HTTP": "1", "RATELIMIT_ENABLED": "false"}
+    with gunicorn_server(database_url, _redis_url(worker_id_str), tmp_path, env=env) as server:
+        base = server.base
+        h = _signup(base, engine, tenants)
+        r = requests.post(
+            f"{base}/api/v1/webhooks/endpoints",
+            json={"url": receiver.url + "/slow", "events": ["contact.*"]},
+            headers=h,
+            timeout=30,
+        )
+        endpoint_id = r.json()["id"]
+        assert (
+            requests.post(f"{base}/api/v1/contacts", json={"name": "Ada"}, headers=h, timeout=30).status_code
+            == 201
+        )
+        load_handlers()
+        worker_settings = settings.with_overrides(
+            secret_key="gunicorn-test", webhooks_allow_private=True, webhooks_allow_http=True
+        )
+        worker = Worker(Database(engine), worker_settings)
+        outcome: dict[str, object] = {}
+        thread = threading.Thread(target=lambda: outcome.update(counts=worker.run_until_idle()), daemon=True)
+        thread.start()
+        assert receiver.wait_for(1)  # the attempt is in flight, its delivery locked
+        answer: dict[str, int] = {}
+        deleting = threading.Thread(
+            target=lambda: answer.update(
+                status=requests.delete(
+                    f"{base}/api/v1/webhooks/endpoints/{endpoint_id}", headers=h, timeout=60
+                ).status_code
+            ),
+            daemon=True,
+        )
+        deleting.start()
+        deleting.join(timeout=1.0)
+        assert deleting.is_alive()  # waiting on the attempt's lock, not failing
+        receiver.release.set()
+        thread.join(timeout=60)
+        deleting.join(timeout=60)
+        assert answer["status"] == 204
+        assert outcome["counts"].get("failed", 0) == 0
+        with engine.connect() as conn:
+            for model in (WebhookEndpoint, WebhookDelivery, WebhookAttempt):
+                assert (
+                    conn.scalar(
+                        select(func.count())
+                        .select_from(model)
+                        .where(model.tenant_id == uuid.UUID(tenants[0]))
+                    )
+                    == 0
+                )

@@ -317,8 +317,12 @@ def deliver(
     if outcome == "delivered" and endpoint.failing_since is None:  # the common case: nothing to change
         _finish(delivery, "delivered", now)
         return "delivered"
-    # the endpoint's state is changed under its lock, as it is now (a PATCH may have come between)
-    endpoint = session.get(WebhookEndpoint, endpoint.id, with_for_update=True, populate_existing=True)
+    # the endpoint's state is changed under its lock, as it is now (a PATCH may have come between);
+    # FOR NO KEY UPDATE: it does not conflict with the key-share locks other workers' attempts
+    # hold on it (their foreign keys), so two workers never wait on each other
+    endpoint = session.get(
+        WebhookEndpoint, endpoint.id, with_for_update={"key_share": True}, populate_existing=True
+    )
     assert endpoint is not None  # its deletion waits on the delivery's row lock
     if outcome == "delivered":
         endpoint.failing_since = None

@@ -253,8 +253,16 @@ def update_endpoint(
 
 
 def delete_endpoint(ctx: ActionContext, endpoint: WebhookEndpoint) -> None:
-    """Delete the endpoint with its deliveries and attempts (queued attempts then find nothing)."""
+    """Delete the endpoint with its deliveries and attempts (queued attempts then find nothing).
+
+    Its deliveries are locked first, then the endpoint: the order a worker's attempt takes them
+    (its delivery, then the endpoint), so a deletion during an attempt waits for it (at most
+    ``WEBHOOKS_TIMEOUT``) instead of deadlocking with it."""
     endpoint_id, tenant_id, url = endpoint.id, endpoint.tenant_id, endpoint.url
+    ctx.session.execute(
+        select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == endpoint_id).with_for_update()
+    ).all()
+    ctx.session.execute(select(WebhookEndpoint.id).where(WebhookEndpoint.id == endpoint_id).with_for_update())
     ctx.session.delete(endpoint)
     ctx.session.flush()
     events.forget(ctx.session)

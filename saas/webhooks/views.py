@@ -209,7 +209,7 @@ class EndpointItem(MethodView):
     def delete(self, endpoint_id):
         """Delete an endpoint, its deliveries and attempts."""
         ctx = ActionContext.from_request()
-        endpoint = endpoints.get_endpoint(ctx.session, current_principal().tenant_id, endpoint_id, lock=True)
+        endpoint = endpoints.get_endpoint(ctx.session, current_principal().tenant_id, endpoint_id)
         endpoints.delete_endpoint(ctx, endpoint)
 
 
