@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         sso_views,  # per-tenant SSO: the connections API (loads the protocols)
     )
     from saas.tenancy import views as tenancy_views
+    from saas.webhooks import views as webhook_views
 
     settings = settings or Settings.from_env()
     from saas import observability
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
         scim_admin_views.blp,  # SCIM 2.0 setup: tokens, group roles
         api_key_views.blp,  # API keys (saas.auth.api_keys)
         social_api.blp,  # social login: linked identities
+        webhook_views.blp,  # outgoing webhooks (saas.webhooks)
     ):
         smorest.register_blueprint(blueprint)
     app.register_blueprint(scim_views.blp)  # /scim/v2: SCIM 2.0 (its own media type and errors)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -169,6 +169,14 @@ class AuditAction(StrEnum):
     BILLING_CUSTOMER_TAX_IDS_CHANGED = "billing.customer_tax_ids_changed"
     BILLING_GRACE_ENDED = "billing.grace_ended"
     BILLING_USAGE_REPORTED = "billing.usage_reported"
+    # outgoing webhooks (saas.webhooks)
+    WEBHOOK_ENDPOINT_CREATED = "webhook.endpoint_created"
+    WEBHOOK_ENDPOINT_UPDATED = "webhook.endpoint_updated"
+    WEBHOOK_ENDPOINT_DELETED = "webhook.endpoint_deleted"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"  # noqa: S105 - an action name
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"  # by the worker: 410, or days of failure
+    WEBHOOK_MESSAGE_REPLAYED = "webhook.message_replayed"
+    WEBHOOK_TEST_SENT = "webhook.test_sent"
     # the product (tenants/)
     CONTACT_CREATED = "contact.created"
     CONTACT_UPDATED = "contact.updated"
@@ -284,6 +292,20 @@ def current_actor() -> Actor:
     return SYSTEM
 
 
+#: called with ``(session, tenant_id, schema, event)`` after each event is written in the same
+#: transaction (``event``: the inserted values; ``tenant_id`` or ``schema`` None when the session
+#: is bound to the tenant's schema); audit streaming (:mod:`saas.webhooks.events`) adds one with
+#: :func:`add_listener`. A listener's error fails the change, as a failed insert would.
+Listener = Callable[[Session, "uuid.UUID | None", "str | None", dict[str, Any]], None]
+_listeners: list[Listener] = []
+
+
+def add_listener(fn: Listener) -> None:
+    """Call ``fn`` after every :func:`record` (once, however often it is added)."""
+    if fn not in _listeners:
+        _listeners.append(fn)
+
+
 def record(
     session: Session,
     action: AuditAction | str,
@@ -336,6 +358,8 @@ def record(
     }
     options = {"schema_translate_map": translate_map(schema)} if schema else {}
     append(session, [values], options)
+    for listener in _listeners:
+        listener(session, tenant_id, schema, values)
 
 
 # --- the hash chain ----------------------------------------------------------------------------

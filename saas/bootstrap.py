@@ -45,6 +45,7 @@ def build_services(settings: Settings, *, database: Database | None = None, redi
     from saas.limits import Limiter
     from saas.redis_client import make_redis
     from saas.settings import SettingsError
+    from saas.webhooks import events as webhook_events
 
     if database is None:
         if not settings.database_url:
@@ -73,6 +74,7 @@ def build_services(settings: Settings, *, database: Database | None = None, redi
         max_token_age=settings.access_token_ttl_seconds + LEEWAY_SECONDS,
     )
     entitlements.use_catalogue(settings.plans_file)
+    webhook_events.install()  # audit streaming: each audit event to the endpoints subscribed to audit.*
     if settings.billing_enabled and not settings.stripe_webhook_secrets:
         raise SettingsError("STRIPE_WEBHOOK_SECRET: required when STRIPE_SECRET_KEY is set")
     return Services(

@@ -161,6 +161,9 @@ class ErrorCode(StrEnum):
     API_KEY_FORBIDDEN = "api_key_forbidden"  # 403: not with an API key (step-up, account, other keys)
     # social login (docs/auth.md, "Social login")
     IDENTITY_UNLINK_REFUSED = "identity_unlink_refused"  # 409: an SSO identity, or the only way in
+    # outgoing webhooks (docs/webhooks.md)
+    WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint_disabled"  # 409: test or replay to a disabled endpoint
+    WEBHOOK_ENDPOINT_LIMIT = "webhook_endpoint_limit"  # 409: the tenant has as many endpoints as allowed
 
 
 class AppError(Exception):

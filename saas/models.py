@@ -5,6 +5,7 @@ from saas.billing.models import BillingAccount, BillingOverride, UsagePeriod, Us
 from saas.identity.models import Invitation, Membership, Tenant, User, VerifiedDomain
 from saas.outbox import OutboxMessage
 from saas.scim.models import ScimGroup, ScimGroupMember, ScimSettings, ScimToken, ScimUser
+from saas.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookMessage
 
 __all__ = [
     "AuthorizationCode",
@@ -28,5 +29,9 @@ __all__ = [
     "UsageReport",
     "User",
     "VerifiedDomain",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "WebhookEvent",
+    "WebhookMessage",
 ]

@@ -37,8 +37,16 @@ class OutboxMessage(SharedBase):
 
 
 def enqueue(
-    session: Session, topic: str, payload: dict[str, Any], tenant_id: uuid.UUID | None = None
+    session: Session,
+    topic: str,
+    payload: dict[str, Any],
+    tenant_id: uuid.UUID | None = None,
+    available_at: datetime | None = None,
 ) -> None:
-    """Add a message to the outbox in ``session``'s transaction. Never put secrets in clear here
+    """Add a message to the outbox in ``session``'s transaction, due at once or at
+    ``available_at`` (a webhook's next scheduled attempt). Never put secrets in clear here
     unless the handler needs them to deliver (an invitation link); the row is deleted once sent."""
-    session.add(OutboxMessage(topic=topic, payload=payload, tenant_id=tenant_id))
+    message = OutboxMessage(topic=topic, payload=payload, tenant_id=tenant_id)
+    if available_at is not None:
+        message.available_at = available_at
+    session.add(message)

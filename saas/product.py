@@ -28,6 +28,7 @@ from saas.auth.context import current_principal, require
 from saas.db import TenantBase, session, utcnow
 from saas.errors import Conflict, ErrorCode, NotFound, PreconditionFailed, ValidationError
 from saas.pagination import Listing
+from saas.webhooks.events import emit as emit_webhook
 
 __all__ = [
     "PRODUCT_PACKAGE",
@@ -45,6 +46,7 @@ __all__ = [
     "TenantBase",
     "ValidationError",
     "current_principal",
+    "emit_webhook",
     "product",
     "require",
     "session",

@@ -21,6 +21,8 @@ PERMISSIONS: dict[str, str] = {
     "sso:manage": "Manage verified domains and single sign-on",
     # custom roles (saas.tenancy.roles)
     "roles:manage": "Create, change and delete the tenant's custom roles",
+    # outgoing webhooks (saas.webhooks)
+    "webhooks:manage": "Manage webhook endpoints, read their delivery attempts, replay messages",
 }
 
 ROLES: dict[str, frozenset[str]] = {

@@ -235,6 +235,21 @@ class Settings:
     #: fetch IdP URLs (a SAML ``metadata_url``) over http and from non-public addresses
     #: (``SSO_ALLOW_PRIVATE_URLS``; development and tests only: SSRF otherwise)
     sso_allow_private_urls: bool = False
+    # outgoing webhooks (saas.webhooks; docs/webhooks.md)
+    #: accept ``http://`` endpoint URLs (``WEBHOOKS_ALLOW_HTTP``; development only)
+    webhooks_allow_http: bool = False
+    #: accept endpoints resolving to loopback, private, link-local or metadata addresses
+    #: (``WEBHOOKS_ALLOW_PRIVATE``; development and tests only: SSRF otherwise)
+    webhooks_allow_private: bool = False
+    #: one attempt's connect and read timeout, in seconds (``WEBHOOKS_TIMEOUT``, default 10)
+    webhooks_timeout_seconds: float = 10.0
+    #: the default and highest per-endpoint rate, messages per second (``WEBHOOKS_RATE_LIMIT``)
+    webhooks_rate_limit: int = 50
+    #: days of failed attempts without a success before an endpoint is disabled
+    #: (``WEBHOOKS_DISABLE_AFTER_DAYS``, default 5)
+    webhooks_disable_after_days: int = 5
+    #: days attempts and messages are kept (``WEBHOOKS_RETENTION_DAYS``, default 30)
+    webhooks_retention_days: int = 30
     #: the longest lifetime an API key may be given, in days (``API_KEY_MAX_DAYS``, default 365)
     api_key_max_days: int = 365
     argon2_memory_kib: int = 19 * 1024
@@ -361,6 +376,12 @@ class Settings:
         maybe("DNS_TIMEOUT", "dns_timeout_seconds", _positive_float)
         maybe("SSO_ALLOW_PRIVATE_URLS", "sso_allow_private_urls", _bool)
         maybe("API_KEY_MAX_DAYS", "api_key_max_days", _positive_int)
+        maybe("WEBHOOKS_ALLOW_HTTP", "webhooks_allow_http", _bool)
+        maybe("WEBHOOKS_ALLOW_PRIVATE", "webhooks_allow_private", _bool)
+        maybe("WEBHOOKS_TIMEOUT", "webhooks_timeout_seconds", _positive_float)
+        maybe("WEBHOOKS_RATE_LIMIT", "webhooks_rate_limit", _positive_int)
+        maybe("WEBHOOKS_DISABLE_AFTER_DAYS", "webhooks_disable_after_days", _positive_int)
+        maybe("WEBHOOKS_RETENTION_DAYS", "webhooks_retention_days", _positive_int)
         maybe("ARGON2_MEMORY_KIB", "argon2_memory_kib", _argon2_memory)
         maybe("ARGON2_TIME_COST", "argon2_time_cost", _positive_int)
         maybe("ARGON2_PARALLELISM", "argon2_parallelism", _positive_int)

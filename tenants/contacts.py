@@ -22,6 +22,7 @@ from saas.product import (
     NotFound,
     PreconditionFailed,
     current_principal,
+    emit_webhook,
     require,
     session,
     utcnow,
@@ -62,6 +63,14 @@ CONTACTS = Listing(
 class ContactQuerySchema(CONTACTS.Args):
     q = ma.fields.String(validate=ma.validate.Length(max=200), metadata={"description": "search"})
     tag = ma.fields.String(validate=ma.validate.Length(max=50))
+
+
+_DOCUMENT = ContactSchema()
+
+
+def _emit(event_type: str, data: dict) -> None:
+    """The webhook message of a change (saas.webhooks, in the request's transaction)."""
+    emit_webhook(session(), current_principal().tenant_id, event_type, data)
 
 
 def etag_of(contact: Contact) -> str:
@@ -113,6 +122,7 @@ class Contacts(MethodView):
         ctx.session.add(contact)
         ctx.session.flush()
         ctx.record(AuditAction.CONTACT_CREATED, target_type="contact", target_id=contact.id)
+        _emit("contact.created", {"contact": _DOCUMENT.dump(contact)})
         return contact, 201, {"ETag": etag_of(contact)}
 
 
@@ -146,6 +156,7 @@ class ContactResource(MethodView):
                 target_id=contact.id,
                 data={"fields": sorted(changed)},
             )
+            _emit("contact.updated", {"contact": _DOCUMENT.dump(contact), "changed": sorted(changed)})
         return contact, 200, {"ETag": etag_of(contact)}
 
     @require("contacts:write")
@@ -158,6 +169,7 @@ class ContactResource(MethodView):
         ctx.session.delete(contact)
         _flush_versioned()
         ctx.record(AuditAction.CONTACT_DELETED, target_type="contact", target_id=contact_id)
+        _emit("contact.deleted", {"contact": {"id": contact_id}})
 
 
 def _flush_versioned() -> None:

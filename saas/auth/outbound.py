@@ -32,8 +32,30 @@ class NotPublic(Exception):
     """The host resolves to a non-public address (the destination is refused)."""
 
 
-def public_address(host: str, port: int) -> str:
-    """The address to connect to for ``host``: the first it resolves to, all of them public.
+#: IPv6 prefixes that carry an IPv4 address a gateway may forward to: NAT64 (RFC 6052, RFC 8215)
+#: and 6to4 (RFC 3056); the embedded address must be public too
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` is a public destination: ``is_global`` (no loopback, private,
+    link-local such as the metadata address 169.254.169.254, shared, reserved or multicast range), and for
+    an IPv6 address carrying an IPv4 one (mapped ``::ffff:a.b.c.d``, NAT64, 6to4) that one too."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped
+        if embedded is None and any(address in net for net in _NAT64):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is None and address in _SIX_TO_FOUR:
+            embedded = address.sixtofour
+        if embedded is not None and not is_public(embedded):
+            return False
+    return address.is_global and not address.is_multicast  # multicast counts as global
+
+
+def resolve(host: str, port: int, *, public_only: bool = True) -> str:
+    """The address to connect to for ``host``: the first it resolves to; with ``public_only``
+    every address it resolves to must be public (:func:`is_public`).
 
     Raises:
         Unresolvable: ``"the host name does not resolve"``.
@@ -41,12 +63,35 @@ def public_address(host: str, port: int) -> str:
     """
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, UnicodeError):
         raise Unresolvable("the host name does not resolve") from None
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    if not addresses or not all(address.is_global for address in addresses):
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not addresses:
+        raise Unresolvable("the host name does not resolve")
+    if public_only and not all(is_public(address) for address in addresses):
         raise NotPublic("the host resolves to a non-public address")
     return str(addresses[0])
+
+
+def public_address(host: str, port: int) -> str:
+    """The address to connect to for ``host``: the first it resolves to, all of them public.
+
+    Raises:
+        Unresolvable: ``"the host name does not resolve"``.
+        NotPublic: ``"the host resolves to a non-public address"``.
+    """
+    return resolve(host, port, public_only=True)
+
+
+class PinnedHTTPConnection(http.client.HTTPConnection):
+    """A plain HTTP connection to ``address`` (checked), the ``Host`` header still ``host``."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
 
 
 class PinnedHTTPSConnection(http.client.HTTPSConnection):

@@ -44,6 +44,7 @@ from saas.errors import (
 from saas.identity.models import Membership, Tenant
 from saas.services import services
 from saas.settings import Settings
+from saas.webhooks import events as webhook_events
 
 log = logging.getLogger("saas.billing")
 
@@ -664,6 +665,12 @@ def apply_subscription(
             data={"from": before, "to": after, "source": source, **({"event": event_id} if event_id else {})},
             actor=actor,
             tenant_id=tenant.id,
+        )
+        webhook_events.emit(
+            session,
+            tenant.id,
+            "subscription.updated",
+            {"subscription": after, "previous": before, "source": source},
         )
     ent.invalidate(session, tenant.id)
     session.flush()

@@ -54,6 +54,7 @@ def create_main() -> click.Group:
     from saas.cli import dev
     from saas.limits import cli as limits_cli
     from saas.ops import cli_migrate, cli_ops, cli_tenants, cli_worker
+    from saas.webhooks import cli as webhooks_cli
 
     @click.group(cls=SaasGroup)
     @click.version_option(package_name="saas-backend")
@@ -69,6 +70,7 @@ def create_main() -> click.Group:
         auth_cli,  # keys, clients; users reset-mfa, rehash-recovery-codes
         billing_cli,  # billing; tenants set-plan
         limits_cli,  # limits
+        webhooks_cli,  # webhooks
     ):
         feature.register(main)
     return main

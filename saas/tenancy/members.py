@@ -29,6 +29,7 @@ from saas.identity.passwords import Passwords
 from saas.rbac import ROLE_ORDER, ROLES
 from saas.security import token_hash
 from saas.tenancy import roles as roles_service
+from saas.webhooks import events as webhook_events
 
 
 def get_membership(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Membership:
@@ -170,6 +171,9 @@ def invite(
         target_id=invitation.id,
         data={"role": role, "email": shown},
     )
+    webhook_events.emit(
+        session, tenant.id, "member.invited", {"invitation_id": invitation.id, "email": shown, "role": role}
+    )
     session.flush()
     return InvitationResult(invitation, membership, shown)
 
@@ -298,6 +302,7 @@ def accept_invitation(
     ctx.as_actor(Actor("user", str(user.id))).record(
         AuditAction.MEMBER_JOINED, tenant_id=tenant.id, target_type="user", target_id=user.id
     )
+    webhook_events.emit(session, tenant.id, "member.joined", {"user_id": user.id, "role": membership.role})
     session.flush()
     return membership, user, tenant
 
@@ -331,6 +336,9 @@ def change_role(ctx: ActionContext, user_id: uuid.UUID, role: str) -> Membership
         target_id=user_id,
         data={"from": old, "to": role},
     )
+    webhook_events.emit(
+        session, actor.tenant.id, "member.role_changed", {"user_id": user_id, "from": old, "to": role}
+    )
     session.flush()
     return membership
 
@@ -363,6 +371,7 @@ def remove_member(ctx: ActionContext, user_id: uuid.UUID) -> None:
         target_type="user",
         target_id=user_id,
     )
+    webhook_events.emit(session, actor.tenant.id, "member.removed", {"user_id": user_id, "left": leaving})
     session.flush()
 
 
@@ -504,6 +513,12 @@ def set_directory_role(ctx: ActionContext, membership: Membership, role: str, *,
         target_id=membership.user_id,
         data={"from": old, "to": role, "source": source},
     )
+    webhook_events.emit(
+        session,
+        membership.tenant_id,
+        "member.role_changed",
+        {"user_id": membership.user_id, "from": old, "to": role},
+    )
     session.flush()
     return True
 
@@ -544,6 +559,8 @@ def deactivate_member(
         target_id=user_id,
         data={"source": source},
     )
+    if delete:
+        webhook_events.emit(session, tenant_id, "member.removed", {"user_id": user_id, "left": False})
     session.flush()
     return None if delete else membership
 

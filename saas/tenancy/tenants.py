@@ -15,6 +15,7 @@ from saas.auth.stepup import step_up_for
 from saas.errors import ValidationError
 from saas.identity.models import Membership, Tenant, User
 from saas.services import services
+from saas.webhooks import events as webhook_events
 
 
 def update_tenant(ctx: ActionContext, body: dict[str, Any]) -> Tenant:
@@ -75,6 +76,15 @@ def update_tenant(ctx: ActionContext, body: dict[str, Any]) -> Tenant:
             target_type="tenant",
             target_id=tenant.id,
             data=changes,
+        )
+        webhook_events.emit(
+            ctx.session,
+            tenant.id,
+            "tenant.updated",
+            {
+                "tenant": {"id": tenant.id, "slug": tenant.slug, "name": tenant.name},
+                "changed": sorted(changes),
+            },
         )
         ctx.session.flush()
     return tenant

@@ -45,7 +45,12 @@ from saas.settings import Settings
 log = logging.getLogger("saas.worker")
 
 #: modules imported by ``saas worker`` so their handlers register (others append their own)
-HANDLER_MODULES: list[str] = ["saas.worker.mail", "saas.worker.billing_bridge", "saas.worker.backchannel"]
+HANDLER_MODULES: list[str] = [
+    "saas.worker.mail",
+    "saas.worker.billing_bridge",
+    "saas.worker.backchannel",
+    "saas.worker.webhooks",
+]
 
 
 #: touched by ``run_forever`` on every loop (liveness: infra/k8s/worker.yaml)

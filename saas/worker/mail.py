@@ -240,6 +240,25 @@ def send_security(job: Job, ctx: WorkerContext) -> None:
     _mailer(ctx).send(_message(job, ctx, job.payload["to"], "Security notice", body))
 
 
+@handler("mail.webhook_endpoint_disabled")
+def send_webhook_endpoint_disabled(job: Job, ctx: WorkerContext) -> None:
+    """Payload (:func:`saas.webhooks.delivery.disable`): ``to`` (an owner or admin),
+    ``tenant_name``, ``endpoint_id``, ``url``, ``reason`` (``gone``: it answered 410; ``failing``:
+    every attempt failed for days), ``detail``."""
+    _require(job, "to", "endpoint_id", "url")
+    p = job.payload
+    base = ctx.settings.issuer.rstrip("/")
+    body = (
+        f"The webhook endpoint {p['url']} of {p.get('tenant_name') or 'your tenant'} was disabled:\n"
+        f"{p.get('detail') or p.get('reason') or ''}\n\n"
+        "No more messages go to it. Its attempts are listed at\n"
+        f"{base}/api/v1/webhooks/endpoints/{p['endpoint_id']}/attempts\n"
+        'Once the receiver works again, enable it (PATCH the endpoint with {"enabled": true}) and\n'
+        "replay the messages it missed (POST /api/v1/webhooks/messages/<id>/replay).\n"
+    )
+    _mailer(ctx).send(_message(job, ctx, p["to"], "A webhook endpoint was disabled", body))
+
+
 @handler("mail.trial_will_end")
 def send_trial_will_end(job: Job, ctx: WorkerContext) -> None:
     """Payload (``saas.billing.webhooks``, Stripe's ``customer.subscription.trial_will_end``,

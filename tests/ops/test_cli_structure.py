@@ -37,6 +37,7 @@ TREE = {
         "set-plan", "show", "suspend",
     ],
     "users": ["impersonate", "list", "lock", "rehash-recovery-codes", "reset-mfa", "show", "unlock"],
+    "webhooks": ["prune"],
     "worker": None,
 }  # fmt: skip
 
@@ -50,6 +51,7 @@ FEATURES = [
     "saas.auth.cli",
     "saas.billing.cli",
     "saas.limits.cli",
+    "saas.webhooks.cli",
 ]
 
 
