@@ -52,7 +52,9 @@ def test_compose_services_order_and_health():
     assert services["migrate"]["restart"] == "no"
     assert _command_exists(services["migrate"]["entrypoint"])
     assert _command_exists(services["worker"]["entrypoint"])
-    for name in ("app", "worker"):
+    assert services["beat"]["entrypoint"][:2] == ["saas", "beat"]
+    assert _command_exists(services["beat"]["entrypoint"])
+    for name in ("app", "worker", "beat"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["postgres"]["condition"] == "service_healthy"
@@ -113,12 +115,17 @@ def test_k8s_objects_reference_each_other_and_real_routes(app):
     assert _command_exists(worker["containers"][0]["command"])
     job = _by_kind("Job")["saas-migrate"]["spec"]["template"]["spec"]
     assert job["restartPolicy"] == "Never" and _command_exists(job["containers"][0]["command"])
-    purge = _by_kind("CronJob")["saas-purge"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert _command_exists(purge["containers"][0]["command"])
+    # the schedules run on Celery beat: one replica, the old pod gone before the new one starts
+    assert _by_kind("CronJob") == {}
+    beat_deployment = deployments["saas-beat"]["spec"]
+    assert beat_deployment["replicas"] == 1 and beat_deployment["strategy"] == {"type": "Recreate"}
+    beat = beat_deployment["template"]["spec"]
+    assert beat["containers"][0]["command"][:2] == ["saas", "beat"]
+    assert _command_exists(beat["containers"][0]["command"])
 
     secret_names = set(_by_kind("Secret"))
     config_names = set(_by_kind("ConfigMap"))
-    for spec in (deployments["saas-app"]["spec"]["template"]["spec"], worker, job, purge):
+    for spec in (deployments["saas-app"]["spec"]["template"]["spec"], worker, job, beat):
         assert spec["securityContext"]["runAsNonRoot"] is True
         if any(v.get("secret", {}).get("defaultMode") == 0o400 for v in spec["volumes"]):
             # 0400 Secret files are readable by the non-root user only through fsGroup
