@@ -33,7 +33,8 @@ def _celery(ctx: Context):
     "--pool", type=click.Choice(["threads", "prefork", "solo"]), default="threads", show_default=True
 )
 @click.option("--relay/--no-relay", default=True, show_default=True,
-              help="run the outbox relay beside the worker (safe in every replica)")  # fmt: skip
+              help="run the outbox relay beside the worker (safe in every replica; it touches the"
+                   " heartbeat file)")  # fmt: skip
 @click.option("--events", is_flag=True, help="send Celery task events (Flower, `celery events`)")
 @pass_ctx
 @fail_cleanly
@@ -62,12 +63,13 @@ def worker(
     from celery.signals import worker_process_init
 
     from saas.observability.metrics import ensure_multiproc_dir
-    from saas.worker.engine import dispose_after_fork, publisher
+    from saas.worker.engine import dispose_after_fork, publisher, quiet_task_logs
     from saas.worker.relay import Relay
 
     ensure_multiproc_dir()
     celery = _celery(ctx)
     celery.set_default()  # the pool's threads look tasks up on the default app
+    quiet_task_logs(ctx.settings.log_level)
     if pool == "prefork":
         worker_process_init.connect(lambda **_: dispose_after_fork(app), weak=False)
     relay_loop = None

@@ -175,6 +175,19 @@ def run_scheduled(flask_app: Any, name: str) -> Any:
     return result
 
 
+#: Celery's per-task lines ("received", "succeeded"): two INFO lines a job, which the outcome
+#: already tells (a retry or dead letter is logged by :func:`saas.worker.deliver`, a crash by
+#: Celery at ERROR); shown only at ``LOG_LEVEL=DEBUG``
+TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+def quiet_task_logs(log_level: str) -> None:
+    """Raise :data:`TASK_LOGGERS` to WARNING unless ``log_level`` is DEBUG."""
+    if log_level != "DEBUG":
+        for name in TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def publisher(celery: Celery) -> Publisher:
     """The relay's publisher: each :class:`OutboxTask` as a ``saas.outbox.deliver`` message,
     the batch over one producer connection."""

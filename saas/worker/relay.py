@@ -99,19 +99,20 @@ class Relay:
         return len(rows)
 
     def run_forever(self, poll_seconds: float = 1.0, heartbeat: str | None = None) -> None:
-        """Relay until :attr:`stopping` is set: a full batch is followed at once by the next,
-        otherwise the relay waits ``poll_seconds``. A failing round (database or broker down)
-        is logged and retried after ``poll_seconds``, never raised. ``heartbeat``: a file
-        touched every round (the liveness probe's)."""
+        """Relay until :attr:`stopping` is set: a round that published something is followed at
+        once by the next (rows keep coming while a request burst commits them), an empty one
+        waits ``poll_seconds``. A failing round (database or broker down) is logged and retried
+        after ``poll_seconds``, never raised. ``heartbeat``: a file touched every round (the
+        liveness probe's)."""
         log.info("outbox relay started")
         while not self.stopping.is_set():
             if heartbeat:
                 touch(heartbeat)
             try:
-                full = self.relay_once() >= self.batch
+                busy = self.relay_once() > 0
             except Exception:
                 log.exception("outbox relay round failed")
-                full = False
-            if not full:
+                busy = False
+            if not busy:
                 self.stopping.wait(poll_seconds)
         log.info("outbox relay stopped")

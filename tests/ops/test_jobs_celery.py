@@ -63,7 +63,8 @@ def _amqp_reachable() -> bool:
         return False
 
 
-BROKERS = {"redis": _redis_broker_url, "rabbitmq": lambda: AMQP_URL}
+#: ``memory``: what ``saas dev`` runs on (no REDIS_URL, no CELERY_BROKER_URL): nothing installed
+BROKERS = {"redis": _redis_broker_url, "rabbitmq": lambda: AMQP_URL, "memory": lambda: "memory://"}
 
 
 @pytest.fixture()
@@ -156,6 +157,10 @@ def test_a_committed_row_runs_through_the_relay_and_a_real_broker(
 ):
     if broker == "rabbitmq" and not _amqp_reachable():
         pytest.skip(f"no RabbitMQ at {AMQP_URL}")
+    if broker == "memory":  # the default without a Redis: saas dev's embedded engine
+        from saas.worker.engine import broker_url
+
+        assert broker_url(services(job_app).settings.with_overrides(redis_url=None)) == "memory://"
     seen = []
 
     @handlers("test.celery")
