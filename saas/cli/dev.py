@@ -61,6 +61,10 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
 
 
+#: the in-process job engine of ``saas dev`` (referenced for the process's life)
+_running: list[object] = []
+
+
 def _deliver_outbox_in_background(app) -> None:
     """Run the job engine inside ``saas dev``'s single process: a Celery worker thread on the
     configured broker (``memory://`` without ``REDIS_URL``: nothing to install) and the outbox
@@ -80,6 +84,7 @@ def _deliver_outbox_in_background(app) -> None:
     relay = Relay(services(app).database, publisher(celery), lease_seconds=lease)
     worker = in_process_worker(celery, pool="threads", concurrency=2)
     worker.__enter__()  # a daemon thread: ends with the process
+    _running.append(worker)  # kept: a collected context manager would stop the worker
     relay_thread = threading.Thread(
         target=relay.run_forever, kwargs={"poll_seconds": 0.5}, name="outbox-relay", daemon=True
     )
