@@ -267,6 +267,17 @@ class Settings:
     smtp_url: str | None = None
     mail_from: str = "no-reply@localhost"
     outbox_max_attempts: int = 8
+    #: the job engine's broker (``CELERY_BROKER_URL``: ``redis://``, ``rediss://``, ``amqp://``
+    #: (RabbitMQ), ``memory://``); None: ``REDIS_URL``, or ``memory://`` without it (one
+    #: process: ``saas dev``, ``saas worker`` alone). See docs/operations.md, "Jobs".
+    celery_broker_url: str | None = None
+    #: the queue the relay publishes to and workers consume (``CELERY_QUEUE``)
+    celery_queue: str = "saas"
+    #: task threads of one ``saas worker`` (``WORKER_CONCURRENCY``)
+    worker_concurrency: int = 4
+    #: how long a relayed outbox row waits for its task before it is published again
+    #: (``OUTBOX_RELAY_LEASE``, seconds): longer than a message's queueing plus running time
+    outbox_relay_lease_seconds: int = 300
     log_format: str = "json"
     #: bearer token a Prometheus scraper sends to ``GET /metrics`` (None: the endpoint is off, 404)
     metrics_token: str | None = None
@@ -394,6 +405,11 @@ class Settings:
         maybe("SMTP_URL", "smtp_url", _url(("smtp", "smtps")))
         maybe("MAIL_FROM", "mail_from")
         maybe("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _positive_int)
+        broker = _url(("redis", "rediss", "amqp", "amqps", "pyamqp", "memory"))
+        maybe("CELERY_BROKER_URL", "celery_broker_url", broker)
+        maybe("CELERY_QUEUE", "celery_queue")
+        maybe("WORKER_CONCURRENCY", "worker_concurrency", _positive_int)
+        maybe("OUTBOX_RELAY_LEASE", "outbox_relay_lease_seconds", _positive_int)
         maybe("LOG_FORMAT", "log_format", _choice("json", "console"))
         maybe("METRICS_TOKEN", "metrics_token")
         maybe("RATELIMIT_ENABLED", "ratelimit_enabled", _bool)

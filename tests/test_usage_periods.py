@@ -258,7 +258,6 @@ def test_a_rerun_resends_the_same_slice_and_never_bills_twice(uapi, uclient, uco
 def test_report_usage_command_and_the_workers_schedule(uapi, uclient, uconn, uapp, ufake, redis_client, ucli):
     """``saas billing report-usage`` and the worker's periodic job run the same function (here
     at the real now: the subscription's period is the 30 days from now)."""
-    from saas.worker import Worker, load_handlers, periodic_jobs
 
     tenant_id, _, sub_id, customer = subscribe(uapi, uclient, ufake)
     start = ufake.subscriptions[sub_id]["items"]["data"][0]["current_period_start"]
@@ -271,50 +270,17 @@ def test_report_usage_command_and_the_workers_schedule(uapi, uclient, uconn, uap
     assert again.exit_code == 0 and f'"{tenant_id}/{label}"' in again.output and '"sent": {}' in again.output
     show = json.loads(ucli("billing", "show", "acme", "--json").output)["api_calls"]
     assert show["period"] == label and show["used"] == 12
-    # the worker runs it every USAGE_REPORT_INTERVAL (900 s by default), first right after start
-    load_handlers()
-    assert "billing.report_usage" in periodic_jobs()
-    worker = Worker(services(uapp).database, services(uapp).settings, services={"app": uapp})
+    # beat's schedule runs the same report (billing.report_usage, every USAGE_REPORT_INTERVAL)
+    from saas.schedules import by_name
+    from saas.worker.engine import beat_schedule, import_function
+
+    entry = by_name("billing.report_usage")
+    every = beat_schedule([entry], settings=services(uapp).settings)[entry.name]["schedule"].run_every
+    assert every.total_seconds() == services(uapp).settings.usage_report_interval_seconds == 900
     redis_client.set(key, 20)
-    assert worker.run_periodic(monotonic=1000.0) == ["billing.report_usage"]
-    redis_client.set(key, 25)
-    assert worker.run_periodic(monotonic=1000.0 + 899) == []  # not due yet
-    assert worker.run_periodic(monotonic=1000.0 + 900) == ["billing.report_usage"]
-    assert [e["payload"]["value"] for e in events_of(ufake, customer)] == ["12", "8", "5"]
-    no_schedule = services(uapp).settings.with_overrides(usage_report_interval_seconds=0)
-    off = Worker(services(uapp).database, no_schedule, services={"app": uapp})
-    assert off.run_periodic(monotonic=5000.0) == []
-
-
-def test_periodic_jobs_run_in_the_background_one_run_at_a_time(settings, monkeypatch):
-    """In ``run_forever`` a periodic job runs in a thread of its own (a long usage report must
-    not delay the outbox or the heartbeat), and a run still going skips its next turn."""
-    import threading
-
-    from saas import worker as worker_module
-    from saas.worker import Worker, register_periodic
-
-    release, started, runs = threading.Event(), threading.Event(), []
-
-    def slow(_services) -> None:
-        runs.append(threading.current_thread().name)
-        started.set()
-        release.wait(10)
-
-    monkeypatch.setattr(worker_module, "_periodic", {})  # this job alone, the registry put back after
-    register_periodic("test.slow", lambda s: 60, slow)
-    try:
-        w = Worker(None, settings)  # type: ignore[arg-type]  # the job needs no database
-        assert w.run_periodic(monotonic=0.0, background=True) == ["test.slow"]
-        assert started.wait(5)
-        assert w.run_periodic(monotonic=60.0, background=True) == []  # still running: skipped
-        release.set()
-        w._running["test.slow"].join(5)
-        assert w.run_periodic(monotonic=120.0, background=True) == ["test.slow"]
-        w._running["test.slow"].join(5)
-        assert runs == ["periodic-test.slow", "periodic-test.slow"]
-    finally:
-        release.set()
+    assert import_function(entry.function)(uapp) == {"failed": 0}
+    assert import_function(entry.function)(uapp) == {"failed": 0}  # a rerun sends nothing more
+    assert [e["payload"]["value"] for e in events_of(ufake, customer)] == ["12", "8"]
 
 
 def test_a_canceled_subscriptions_period_is_closed_after_it_stopped(uapi, uclient, uconn, uapp, ufake,

@@ -1,5 +1,6 @@
-"""Background jobs of billing: delivered from the transactional outbox by topic, and periodic
-ones (:data:`PERIODIC`), both run by ``saas worker``.
+"""Background jobs of billing: delivered from the transactional outbox by topic (run by
+``saas worker``), and the usage report (:func:`report_usage`, scheduled in
+:data:`saas.schedules.SCHEDULES`, published by ``saas beat``).
 
 :data:`HANDLERS` maps an outbox topic to its handler. The contract every handler keeps::
 
@@ -33,7 +34,6 @@ from saas.billing.service import SYNC_SEATS_TOPIC, get_account, seats_used, upda
 from saas.billing.usage import UsageRun
 from saas.identity.models import Tenant
 from saas.services import services
-from saas.settings import Settings
 
 log = logging.getLogger("saas.billing.jobs")
 
@@ -102,8 +102,9 @@ def sync_seats(app: Flask, payload: dict[str, Any]) -> None:
 
 def report_usage(app: Flask, now: datetime | None = None) -> UsageRun | None:
     """The usage report (:func:`saas.billing.usage.report_usage`) of every billed tenant, at
-    ``now`` (default: now); None when billing is off. Run by each ``saas worker`` every
-    ``USAGE_REPORT_INTERVAL`` seconds (:data:`PERIODIC`) and by ``saas billing report-usage``;
+    ``now`` (default: now); None when billing is off. Run every ``USAGE_REPORT_INTERVAL``
+    seconds by ``saas beat`` (``billing.report_usage`` in :data:`saas.schedules.SCHEDULES`) and by
+    ``saas billing report-usage``;
     reruns and concurrent runs never bill twice. Raises nothing for one tenant's failure (it is
     in :attr:`UsageRun.failed` and retried by the next run)."""
     svc = services(app)
@@ -119,11 +120,4 @@ def report_usage(app: Flask, now: datetime | None = None) -> UsageRun | None:
 #: outbox topic -> handler ``fn(app, payload) -> None`` (see the module docstring)
 HANDLERS: dict[str, Handler] = {SYNC_SEATS_TOPIC: sync_seats}
 
-#: periodic job name -> (interval in seconds from the settings (0: off), ``fn(app)``): run by
-#: each ``saas worker`` (:func:`saas.worker.register_periodic`), kept plain functions so any
-#: scheduler can call them
-PERIODIC: dict[str, tuple[Callable[[Settings], float], Callable[[Flask], Any]]] = {
-    "billing.report_usage": (lambda settings: settings.usage_report_interval_seconds, report_usage),
-}
-
-__all__ = ["HANDLERS", "PERIODIC", "report_usage", "sync_seats"]
+__all__ = ["HANDLERS", "report_usage", "sync_seats"]

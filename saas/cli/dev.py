@@ -61,19 +61,31 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
 
 
+#: the in-process job engine of ``saas dev`` (referenced for the process's life)
+_running: list[object] = []
+
+
 def _deliver_outbox_in_background(app) -> None:
-    """Run the outbox worker in a daemon thread of ``saas dev``'s single process (the embedded
-    Redis stand-in is per process, and the mail then prints to the same console)."""
+    """Run the job engine inside ``saas dev``'s single process: a Celery worker thread on the
+    configured broker (``memory://`` without ``REDIS_URL``: nothing to install) and the outbox
+    relay beside it, so the mail prints to the same console (the embedded Redis stand-in is per
+    process too)."""
     import threading
 
     from saas.services import services
-    from saas.worker import Worker, load_handlers
+    from saas.worker import load_handlers
+    from saas.worker.engine import in_process_worker, make_celery, publisher
+    from saas.worker.relay import Relay
 
     load_handlers()
-    worker = Worker(services(app).database, services(app).settings, services={"app": app})
-
-    def run() -> None:
-        with app.app_context():
-            worker.run_forever(heartbeat=None, signals=False)
-
-    threading.Thread(target=run, name="outbox-worker", daemon=True).start()
+    settings = services(app).settings
+    celery = make_celery(settings, lambda: app)
+    lease = settings.outbox_relay_lease_seconds
+    relay = Relay(services(app).database, publisher(celery), lease_seconds=lease)
+    worker = in_process_worker(celery, pool="threads", concurrency=2)
+    worker.__enter__()  # a daemon thread: ends with the process
+    _running.append(worker)  # kept: a collected context manager would stop the worker
+    relay_thread = threading.Thread(
+        target=relay.run_forever, kwargs={"poll_seconds": 0.5}, name="outbox-relay", daemon=True
+    )
+    relay_thread.start()

@@ -14,8 +14,9 @@ The memos of :mod:`saas.memo` are exported as ``saas_memo_hits_total``, ``saas_m
 ``saas_memo_evictions_total`` and ``saas_memo_entries`` (label ``memo``), published by
 :func:`publish_memos`.
 
-Gauges that describe the database (tenants by state, tenants behind the tenant head, outbox
-backlog) are computed at scrape time by :class:`DatabaseCollector`, cached for 15 s.
+Gauges that describe the database (tenants by state, tenants behind the tenant head, the outbox
+backlog by state and the age of its oldest pending message: the job queue's depth and lag) are
+computed at scrape time by :class:`DatabaseCollector`, cached for 15 s.
 """
 
 from __future__ import annotations
@@ -199,9 +200,12 @@ def job_processed(topic: str, outcome: str, seconds: float) -> None:
 class DatabaseCollector(Collector):
     """Scrape-time gauges read from the database (a few cheap aggregate queries, cached)."""
 
-    def __init__(self, engine: Any, ttl_seconds: float = 15.0):
+    def __init__(self, engine: Any, ttl_seconds: float = 15.0, clock: Callable[[], Any] | None = None):
+        from saas.db import utcnow
+
         self.engine = engine
         self.ttl = ttl_seconds
+        self.clock = clock or utcnow
         self._cached: tuple[float, list[Any]] | None = None
 
     def collect(self) -> Iterator[Any]:
@@ -226,6 +230,10 @@ class DatabaseCollector(Collector):
         outbox = GaugeMetricFamily(
             "saas_outbox_messages", "Undelivered outbox messages by state.", labels=["state"]
         )
+        oldest = GaugeMetricFamily(
+            "saas_outbox_oldest_pending_age_seconds",
+            "Age of the oldest undelivered, not dead outbox message (0 when none): the queue's lag.",
+        )
         up = GaugeMetricFamily("saas_database_up", "1 when the metrics query reached the database.")
         try:
             head = tenant_head_revision()
@@ -243,6 +251,9 @@ class DatabaseCollector(Collector):
                         select(failed, func.count()).where(M.sent_at.is_(None)).group_by(failed)
                     ).all()
                 )
+                first = conn.scalar(
+                    select(func.min(M.created_at)).where(M.sent_at.is_(None), M.failed_at.is_(None))
+                )
         except Exception:
             import logging
 
@@ -254,8 +265,9 @@ class DatabaseCollector(Collector):
         behind.add_metric([], n_behind or 0)
         for name in ("pending", "failed"):
             outbox.add_metric([name], backlog.get(name, 0))
+        oldest.add_metric([], max(0.0, (self.clock() - first).total_seconds()) if first is not None else 0.0)
         up.add_metric([], 1)
-        return [tenants, behind, outbox, up]
+        return [tenants, behind, outbox, oldest, up]
 
 
 #: ``name{label="value",...}`` keys of :class:`saas.cache.guard.Counters`

@@ -1,7 +1,7 @@
 """Audit retention: each tenant keeps its audit events for its plan's ``audit_log_days``
 (``saas/billing/plans.toml`` features, operator overrides included); older ones are deleted
-by :func:`prune_expired`, a plain function that ``saas audit prune`` (the daily CronJob
-``infra/k8s/audit-prune-cronjob.yaml``) calls.
+by :func:`prune_expired`, a plain function that ``saas audit prune`` and the daily schedule
+``audit.retention`` (:mod:`saas.schedules`, run by ``saas beat``) call.
 
 Pruning keeps the hash chain verifiable (:mod:`saas.audit`): it deletes a prefix of the chain
 only, in batches of ``batch_size`` events, each batch in its own short transaction that locks

@@ -1,5 +1,6 @@
 """``saas webhooks prune``: the retention of webhook attempts and messages (docs/webhooks.md).
-Added to ``saas`` by :func:`register`; run daily (``infra/k8s/webhooks-prune-cronjob.yaml``)."""
+Added to ``saas`` by :func:`register`; run daily by ``saas beat`` (``webhooks.prune`` in
+:mod:`saas.schedules`)."""
 
 from __future__ import annotations
 

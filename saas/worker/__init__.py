@@ -1,19 +1,28 @@
-"""The background worker: a plain outbox poller (design invariant 6).
+"""Background jobs: the outbox's handlers, and the one place a message is delivered.
 
 Messages are rows of ``saas.outbox`` written in the same transaction as the change that caused
-them. :class:`Worker` takes one due message at a time with ``SELECT ... FOR UPDATE SKIP LOCKED``
-(any number of workers can run side by side, none takes the same row), runs the topic's
-handler in that transaction and marks the row sent (its payload blanked: it may carry a token)
-or schedules a retry with exponential backoff and jitter; after ``OUTBOX_MAX_ATTEMPTS`` the row
-becomes a dead letter (``failed_at``), listed by ``saas jobs list --failed`` and requeued by
-``saas jobs retry``.
+them (design invariant 6); the row stays the record of the job (attempts, ``last_error``,
+``failed_at``). Celery runs them (:mod:`saas.worker.engine`): the outbox relay
+(:class:`saas.worker.relay.Relay`) publishes committed, due rows as ``saas.outbox.deliver``
+tasks and marks them; each task calls :func:`deliver`, which locks its row, checks it is still
+the attempt that was published, runs the topic's handler in that transaction and marks the row
+sent (its payload blanked: it may carry a token) or schedules a retry with exponential backoff
+and jitter (:func:`backoff_seconds`); after ``OUTBOX_MAX_ATTEMPTS`` the row becomes a dead
+letter (``failed_at``), listed by ``saas jobs list --failed`` and requeued by ``saas jobs retry``.
+:class:`Worker`, the former poller, delivers through the same :func:`deliver` without a broker
+(``saas worker --once``, tests, the benchmark's baseline).
 
 Delivery is at least once (a crash after the side effect and before the commit repeats it), so
 handlers must be idempotent: they get :attr:`Job.idempotency_key` (``outbox-<id>``) to pass on
 (the mail's ``Message-ID``, Stripe's ``Idempotency-Key``).
 
-Periodic jobs (:func:`register_periodic`: billing's usage report every
-``USAGE_REPORT_INTERVAL`` seconds) run in the same loop, between messages.
+Tenant context travels with the message, never from a global: the task's arguments carry the
+row's ``tenant_id``, :func:`deliver` refuses a row whose tenant differs and opens the handler's
+session bound to that tenant's schema (:attr:`WorkerContext.tenant_schema`), so a handler of
+tenant A never sees tenant B's schema, whatever the process ran before.
+
+Periodic jobs are not the worker's: every schedule is one line of :data:`saas.schedules.SCHEDULES`,
+published by ``saas beat`` and run by the workers.
 
 Other packages add handlers with :func:`register` (or the :func:`handler` decorator) in a module
 listed in :data:`HANDLER_MODULES` or exposed under the ``saas.worker_handlers`` entry point
@@ -32,13 +41,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from saas.db import Database, utcnow
+from saas.db import Database, schema_name_for, utcnow
 from saas.outbox import OutboxMessage
 from saas.settings import Settings
 
@@ -57,7 +66,8 @@ HANDLER_MODULES: list[str] = [
 HEARTBEAT_FILE = os.environ.get("WORKER_HEARTBEAT_FILE", "/tmp/saas-worker.heartbeat")  # noqa: S108
 
 
-def _touch(path: str) -> None:
+def touch(path: str) -> None:
+    """Touch the heartbeat file ``path`` (its age is the liveness probe's); never raises."""
     try:
         with open(path, "a"):
             os.utime(path)
@@ -106,36 +116,13 @@ class WorkerContext:
     #: with the session after the handler's writes were rolled back, and committed with the
     #: retry or dead-letter mark. A failing callback is logged, never raised.
     on_failure: list[Callable[[Session], None]] = field(default_factory=list)
+    #: the schema :attr:`session` maps tenant tables to: the message's tenant (``t_<hex>``, from
+    #: the task's ``tenant_id`` argument), or None for a platform message (tenant tables fail)
+    tenant_schema: str | None = None
 
 
 Handler = Callable[[Job, WorkerContext], None]
 _handlers: dict[str, Handler] = {}
-
-
-@dataclass(frozen=True)
-class PeriodicJob:
-    """A job each worker runs on a schedule, beside the outbox: ``fn(services)`` every
-    ``interval(settings)`` seconds (0: off), first right after start. It must be idempotent and
-    safe to run in several workers at once (each worker runs its own schedule)."""
-
-    name: str
-    interval: Callable[[Settings], float]
-    fn: Callable[[dict[str, Any]], Any]
-
-
-_periodic: dict[str, PeriodicJob] = {}
-
-
-def register_periodic(
-    name: str, interval: Callable[[Settings], float], fn: Callable[[dict[str, Any]], Any]
-) -> None:
-    """Run ``fn(worker services)`` every ``interval(settings)`` seconds in each worker
-    (registering ``name`` again replaces it)."""
-    _periodic[name] = PeriodicJob(name, interval, fn)
-
-
-def periodic_jobs() -> dict[str, PeriodicJob]:
-    return dict(_periodic)
 
 
 def register(topic: str, fn: Handler) -> None:
@@ -175,8 +162,122 @@ def backoff_seconds(attempts: int, base: float = 5.0, cap: float = 3600.0) -> fl
     return delay * random.uniform(0.8, 1.2)
 
 
+def deliver(
+    database: Database,
+    settings: Settings,
+    services: dict[str, Any],
+    outbox_id: int,
+    *,
+    tenant_id: uuid.UUID | None,
+    attempt: int | None = None,
+    skip_locked: bool = False,
+    lock_timeout_ms: int = 30_000,
+) -> str | None:
+    """Deliver outbox row ``outbox_id``: the body of every delivery, Celery's and the poller's.
+
+    Args:
+        tenant_id: the tenant the message says it belongs to (the task's argument): the
+            handler's session is bound to that tenant's schema (``t_<hex>``, or none for a
+            platform message), and a row whose ``tenant_id`` differs is a dead letter at once,
+            never run in another tenant's schema.
+        attempt: the row's ``attempts`` when the relay published it. The row runs only if it
+            still has that count, so a message published twice (a relay that crashed between
+            the publish and its mark, a broker redelivery) runs its handler once; None (the
+            poller): the row must be due instead.
+        skip_locked: skip a row another delivery holds (the poller) instead of waiting up to
+            ``lock_timeout_ms`` for it (a task: the relay holds its rows until its mark commits).
+
+    Returns:
+        ``sent``, ``retry`` or ``failed`` (the row's new state), or None when nothing ran: the
+        row is gone, sent, a dead letter, held by another delivery, not due, or a later
+        attempt than ``attempt``.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the database is unreachable, or the row stayed
+        locked for ``lock_timeout_ms`` (the relay publishes it again after its lease).
+
+    Metrics are recorded after the commit and never raise: a metrics failure (a missing
+    ``PROMETHEUS_MULTIPROC_DIR``, a full disk) must not roll back a delivery whose side effect
+    (the mail) has already happened, or the message would be delivered forever.
+    """
+    schema = schema_name_for(tenant_id) if tenant_id is not None else None
+    with database.transaction(schema) as session:
+        if not skip_locked:
+            session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
+        row = session.scalars(
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.id == outbox_id,
+                OutboxMessage.sent_at.is_(None),
+                OutboxMessage.failed_at.is_(None),
+            )
+            .with_for_update(skip_locked=skip_locked)
+        ).first()
+        if row is None:
+            return None
+        if attempt is None and row.available_at > utcnow():
+            return None
+        if attempt is not None and row.attempts != attempt:
+            return None  # a duplicate of an attempt already made
+        job = Job(row.id, row.topic, row.tenant_id, dict(row.payload or {}), row.attempts + 1)
+        fn = _handlers.get(row.topic)
+        start = time.perf_counter()
+        outcome = "sent"
+        context = WorkerContext(settings, session, services, tenant_schema=schema)
+        try:
+            if row.tenant_id != tenant_id:
+                raise PermanentError("the message's tenant does not match its outbox row")
+            if fn is None:
+                raise PermanentError(f"no handler for topic {row.topic!r}")
+            savepoint = session.begin_nested()
+            try:
+                fn(job, context)
+                savepoint.commit()
+            except BaseException:
+                savepoint.rollback()
+                raise
+            row.sent_at = utcnow()
+            row.payload = {}  # may have carried a token: gone once delivered
+            row.last_error = None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            row.last_error = error
+            if isinstance(exc, PermanentError) or job.attempts >= settings.outbox_max_attempts:
+                row.failed_at = utcnow()
+                outcome = "failed"
+            else:
+                row.available_at = utcnow() + timedelta(seconds=backoff_seconds(job.attempts))
+                outcome = "retry"
+            for keep in context.on_failure:
+                try:
+                    with session.begin_nested():
+                        keep(session)
+                except Exception:
+                    log.exception("a failure record of job %s could not be written", job.id)
+            log.warning(
+                "job %s",
+                outcome,
+                extra={"job_id": job.id, "topic": job.topic, "attempt": job.attempts, "error": error},
+            )
+        row.attempts = job.attempts
+    _record_job(job.topic, outcome, time.perf_counter() - start)
+    return outcome
+
+
+def prune_sent(database: Database, keep_days: int = 7, now: datetime | None = None) -> int:
+    """Delete messages sent more than ``keep_days`` ago (their payloads are already blank).
+    Returns how many rows went."""
+    cutoff = (now or utcnow()) - timedelta(days=keep_days)
+    with database.transaction() as session:
+        result = session.execute(delete(OutboxMessage).where(OutboxMessage.sent_at < cutoff))
+        return result.rowcount or 0
+
+
 class Worker:
-    """Polls the outbox and delivers messages.
+    """The broker-less poller: takes due messages oldest first and delivers each through
+    :func:`deliver` in this process (``saas worker --once``, tests, the benchmark's baseline).
+    Any number can run side by side with each other and with Celery workers: a row held by
+    another delivery is skipped (``FOR UPDATE SKIP LOCKED``).
 
     Args:
         database: where the outbox lives.
@@ -190,79 +291,31 @@ class Worker:
         self.services = services or {}
         self.stopping = threading.Event()
         self._last_prune = 0.0
-        #: periodic job name -> when it is due next (``time.monotonic()``), and its running thread
-        self._due: dict[str, float] = {}
-        self._running: dict[str, threading.Thread] = {}
         from saas.observability.metrics import ensure_multiproc_dir
 
         ensure_multiproc_dir()
 
     def run_one(self) -> str | None:
-        """Deliver at most one due message. Returns ``sent``, ``retry``, ``failed`` or None (idle).
-
-        Metrics are recorded after the commit and never raise: a metrics failure (a missing
-        ``PROMETHEUS_MULTIPROC_DIR``, a full disk) must not roll back a delivery whose side
-        effect (the mail) has already happened, or the message would be delivered forever."""
+        """Deliver at most one due message. Returns ``sent``, ``retry``, ``failed`` or None (idle:
+        nothing due, or every due row is held by another delivery)."""
         with self.database.transaction() as session:
-            row = session.scalars(
-                select(OutboxMessage)
+            due = session.execute(
+                select(OutboxMessage.id, OutboxMessage.tenant_id)
                 .where(
                     OutboxMessage.sent_at.is_(None),
                     OutboxMessage.failed_at.is_(None),
                     OutboxMessage.available_at <= utcnow(),
                 )
                 .order_by(OutboxMessage.available_at, OutboxMessage.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if row is None:
-                return None
-            job = Job(row.id, row.topic, row.tenant_id, dict(row.payload or {}), row.attempts + 1)
-            fn = _handlers.get(row.topic)
-            start = time.perf_counter()
-            outcome = "sent"
-            context = WorkerContext(self.settings, session, self.services)
-            try:
-                if fn is None:
-                    raise PermanentError(f"no handler for topic {row.topic!r}")
-                savepoint = session.begin_nested()
-                try:
-                    fn(job, context)
-                    savepoint.commit()
-                except BaseException:
-                    savepoint.rollback()
-                    raise
-                row.sent_at = utcnow()
-                row.payload = {}  # may have carried a token: gone once delivered
-                row.last_error = None
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                row.last_error = error
-                if isinstance(exc, PermanentError) or job.attempts >= self.settings.outbox_max_attempts:
-                    row.failed_at = utcnow()
-                    outcome = "failed"
-                else:
-                    row.available_at = utcnow() + timedelta(seconds=backoff_seconds(job.attempts))
-                    outcome = "retry"
-                for keep in context.on_failure:
-                    try:
-                        with session.begin_nested():
-                            keep(session)
-                    except Exception:
-                        log.exception("a failure record of job %s could not be written", job.id)
-                log.warning(
-                    "job %s",
-                    outcome,
-                    extra={
-                        "job_id": job.id,
-                        "topic": job.topic,
-                        "attempt": job.attempts,
-                        "error": error,
-                    },
-                )
-            row.attempts = job.attempts
-        _record_job(job.topic, outcome, time.perf_counter() - start)
-        return outcome
+                .limit(_POLL_CANDIDATES)
+            ).all()
+        for outbox_id, tenant_id in due:
+            outcome = deliver(
+                self.database, self.settings, self.services, outbox_id, tenant_id=tenant_id, skip_locked=True
+            )
+            if outcome is not None:
+                return outcome
+        return None
 
     def run_until_idle(self, limit: int = 10_000) -> dict[str, int]:
         """Deliver due messages until none is left (tests, ``saas worker --once``)."""
@@ -274,52 +327,9 @@ class Worker:
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts
 
-    def run_periodic(self, monotonic: float | None = None, *, background: bool = False) -> list[str]:
-        """Start the periodic jobs that are due at ``monotonic`` (default ``time.monotonic()``);
-        returns their names. ``background``: each in a thread of its own (``run_forever``), so a
-        long run (a usage report over many tenants) neither delays the outbox nor starves the
-        heartbeat; a job whose previous run is still going is skipped until its next turn.
-        Otherwise they run here, one after the other. A failing job is logged and counted
-        (``saas_jobs_total{outcome="failed"}``) and runs again at its next turn; it never stops
-        the worker."""
-        now = time.monotonic() if monotonic is None else monotonic
-        ran = []
-        for job in periodic_jobs().values():
-            interval = float(job.interval(self.settings) or 0)
-            if interval <= 0 or self._due.get(job.name, now) > now:
-                continue
-            self._due[job.name] = now + interval
-            running = self._running.get(job.name)
-            if running is not None and running.is_alive():
-                log.warning("periodic job %s still running; skipping this turn", job.name)
-                continue
-            if background:
-                thread = threading.Thread(target=self._run_job, args=(job,), name=f"periodic-{job.name}",
-                                          daemon=True)  # fmt: skip
-                self._running[job.name] = thread
-                thread.start()
-            else:
-                self._run_job(job)
-            ran.append(job.name)
-        return ran
-
-    def _run_job(self, job: PeriodicJob) -> None:
-        start = time.perf_counter()
-        outcome = "sent"
-        try:
-            job.fn(self.services)
-        except Exception:
-            outcome = "failed"
-            log.exception("periodic job %s failed", job.name)
-        _record_job(job.name, outcome, time.perf_counter() - start)
-
     def prune(self, keep_days: int = 7) -> int:
-        """Delete messages sent more than ``keep_days`` ago (their payloads are already blank)."""
-        with self.database.transaction() as session:
-            result = session.execute(
-                delete(OutboxMessage).where(OutboxMessage.sent_at < utcnow() - timedelta(days=keep_days))
-            )
-            return result.rowcount or 0
+        """Delete messages sent more than ``keep_days`` ago (:func:`prune_sent`)."""
+        return prune_sent(self.database, keep_days)
 
     def run_forever(
         self, poll_seconds: float = 1.0, heartbeat: str | None = HEARTBEAT_FILE, signals: bool = True
@@ -329,16 +339,15 @@ class Worker:
 
         ``heartbeat``: a file touched every loop; the liveness probe checks its age (a worker
         stuck in a handler stops touching it). ``signals``: install the signal handlers (only
-        the main thread can; ``saas dev`` runs the worker in a thread without them)."""
+        the main thread can)."""
         if signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stopping.set())
         log.info("worker started", extra={"topics": sorted(_handlers)})
         while not self.stopping.is_set():
             if heartbeat:
-                _touch(heartbeat)
+                touch(heartbeat)
             try:
-                self.run_periodic(background=True)
                 busy = self.run_one() is not None
                 if time.monotonic() - self._last_prune > 3600:
                     self._last_prune = time.monotonic()
@@ -348,6 +357,9 @@ class Worker:
                 busy = False
             if not busy:
                 self.stopping.wait(poll_seconds)
-        for thread in self._running.values():  # a periodic job in hand may finish (it is resumable)
-            thread.join(timeout=30)
         log.info("worker stopped")
+
+
+#: due rows the poller looks at per round: when the first is held by another delivery it tries
+#: the next ones rather than report idle
+_POLL_CANDIDATES = 20

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: the command tree: a command is None, a group the sorted names of its commands
 TREE = {
     "audit": ["list", "prune", "verify"],
+    "beat": None,
     "billing": ["dunning", "events", "plans", "replay", "report-usage", "show", "sync"],
     "clients": ["create", "list"],
     "db": ["check", "upgrade"],

@@ -52,7 +52,9 @@ def test_compose_services_order_and_health():
     assert services["migrate"]["restart"] == "no"
     assert _command_exists(services["migrate"]["entrypoint"])
     assert _command_exists(services["worker"]["entrypoint"])
-    for name in ("app", "worker"):
+    assert services["beat"]["entrypoint"][:2] == ["saas", "beat"]
+    assert _command_exists(services["beat"]["entrypoint"])
+    for name in ("app", "worker", "beat"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["postgres"]["condition"] == "service_healthy"
@@ -113,18 +115,17 @@ def test_k8s_objects_reference_each_other_and_real_routes(app):
     assert _command_exists(worker["containers"][0]["command"])
     job = _by_kind("Job")["saas-migrate"]["spec"]["template"]["spec"]
     assert job["restartPolicy"] == "Never" and _command_exists(job["containers"][0]["command"])
-    purge = _by_kind("CronJob")["saas-purge"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert _command_exists(purge["containers"][0]["command"])
-    dunning = _by_kind("CronJob")["saas-dunning"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert _command_exists(dunning["containers"][0]["command"])
-    audit_prune = _by_kind("CronJob")["saas-audit-prune"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert audit_prune["containers"][0]["command"] == ["saas", "audit", "prune", "--json"]
-    assert _command_exists(audit_prune["containers"][0]["command"])
+    # the schedules run on Celery beat: one replica, the old pod gone before the new one starts
+    assert _by_kind("CronJob") == {}
+    beat_deployment = deployments["saas-beat"]["spec"]
+    assert beat_deployment["replicas"] == 1 and beat_deployment["strategy"] == {"type": "Recreate"}
+    beat = beat_deployment["template"]["spec"]
+    assert beat["containers"][0]["command"][:2] == ["saas", "beat"]
+    assert _command_exists(beat["containers"][0]["command"])
 
     secret_names = set(_by_kind("Secret"))
     config_names = set(_by_kind("ConfigMap"))
-    app_spec = deployments["saas-app"]["spec"]["template"]["spec"]
-    for spec in (app_spec, worker, job, purge, dunning, audit_prune):
+    for spec in (deployments["saas-app"]["spec"]["template"]["spec"], worker, job, beat):
         assert spec["securityContext"]["runAsNonRoot"] is True
         if any(v.get("secret", {}).get("defaultMode") == 0o400 for v in spec["volumes"]):
             # 0400 Secret files are readable by the non-root user only through fsGroup
@@ -177,21 +178,21 @@ def test_k8s_config_names_are_settings_and_secrets_are_placeholders():
             assert "REPLACE_ME" in value or "REPLACE" in value
 
 
-def test_the_deployed_worker_reports_usage_at_least_hourly():
-    """The usage report to Stripe runs in every ``saas worker`` (docs/billing.md "Usage"): the
-    worker Deployment runs it, the ConfigMap's interval is within the hour, and the job is
-    registered when the worker loads its handlers."""
+def test_the_deployed_beat_schedules_the_usage_report_at_least_hourly():
+    """The usage report to Stripe is a beat schedule (docs/billing.md "Usage"): the beat
+    Deployment runs ``saas beat``, and the ConfigMap's interval, within the hour, is the
+    schedule's."""
+    from saas.schedules import by_name
     from saas.settings import Settings
-    from saas.worker import load_handlers, periodic_jobs
+    from saas.worker.engine import beat_schedule
 
-    config = _by_kind("ConfigMap")["saas-config"]["data"]
-    interval = Settings.from_env({**config, "SECRET_KEY": "x"}).usage_report_interval_seconds
-    assert 0 < interval <= 3600
-    worker = _by_kind("Deployment")["saas-worker"]["spec"]["template"]["spec"]["containers"][0]
-    assert worker["command"] == ["saas", "worker"]
-    load_handlers()
-    job = periodic_jobs()["billing.report_usage"]
-    assert job.interval(Settings.from_env({**config, "SECRET_KEY": "x"})) == interval
+    settings = Settings.from_env({**_by_kind("ConfigMap")["saas-config"]["data"], "SECRET_KEY": "x"})
+    assert 0 < settings.usage_report_interval_seconds <= 3600
+    beat = _by_kind("Deployment")["saas-beat"]["spec"]["template"]["spec"]["containers"][0]
+    assert beat["command"][:2] == ["saas", "beat"]
+    entry = by_name("billing.report_usage")
+    every = beat_schedule([entry], settings=settings)[entry.name]["schedule"].run_every
+    assert every.total_seconds() == settings.usage_report_interval_seconds
 
 
 def test_hpa_owns_the_app_replicas_and_the_app_waits_for_migrations():
