@@ -102,7 +102,7 @@ def count_api_call(redis: Any, tenant_id: uuid.UUID | str, period: str | None = 
     """
     period = period or period_of()
     key = usage_key(tenant_id, period)
-    pipe = redis.pipeline()
+    pipe = redis.pipeline(transaction=True)
     pipe.incr(key)
     pipe.expireat(key, period_end(period) + KEEP_AFTER_PERIOD, nx=True)
     return int(pipe.execute()[0])

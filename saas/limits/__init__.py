@@ -213,7 +213,40 @@ class Limiter:
         Raises:
             RedisUnavailable: Redis failed or the breaker is open.
         """
-        return self.guard.call("limits", lambda r: gcra.run(r, checks, quota, cost, peek))
+        return self.run(gcra.Plan.of(checks, quota), cost, peek)
+
+    def run(
+        self, plan: gcra.Plan, cost: int = 1, peek: bool = False, marks: tuple[str, ...] = ()
+    ) -> Decision:
+        """Check (and unless ``peek``, consume) ``plan`` with the revocation ``marks`` (keys in
+        the plan's slot), through the breaker of the node serving its keys.
+
+        On one server (or a Sentinel-managed primary) it is one Lua call, whatever the keys.
+        On a Redis Cluster a plan whose keys are in one slot (every tenant plan) is one call
+        too; a plan across slots (a sign-in's IP and account keys) is checked part by part
+        (:meth:`~saas.limits.gcra.Plan.split`): every part is peeked first, and only when all
+        admit is each consumed, so a refused request consumes nothing (two concurrent requests
+        may both pass the peek, then one may be refused by a later part after an earlier part
+        counted it).
+
+        Raises:
+            RedisUnavailable: Redis failed or the breaker of a part's node is open.
+        """
+        guard = self.guard
+        parts = plan.split() if guard.clustered else (plan,)
+        if len(parts) == 1:
+            key = plan.keys[0] if plan.keys else None
+            return guard.call("limits", lambda r: plan.run(r, cost, peek, marks), key=key)
+        if marks and guard.call("limits", lambda r: r.exists(*marks), key=marks[0]):
+            return Decision(False, "revoked", (), None, plan.quota, 0, 0.0, True)
+        peeked = plan.merge(
+            [guard.call("limits", lambda r, p=p: p.run(r, cost, True), key=p.keys[0]) for p in parts]
+        )
+        if peek or not peeked.allowed:
+            return peeked
+        return plan.merge(
+            [guard.call("limits", lambda r, p=p: p.run(r, cost, False), key=p.keys[0]) for p in parts]
+        )
 
     def enforce(self) -> None:
         """``before_request``: admit, or raise 429 / 503 problems."""
@@ -228,7 +261,7 @@ class Limiter:
         # its slot (the tenant's plan); otherwise current_principal checks them itself
         marks = revocation.keys_for(principal) if tenant_plan else ()
         try:
-            decision = self.guard.call("limits", lambda r: plan.run(r, 1, False, marks))
+            decision = self.run(plan, 1, False, marks)
         except RedisUnavailable:
             if marks:
                 revocation.note(revocation.UNKNOWN)
@@ -304,7 +337,9 @@ class Limiter:
         check = state.check
         marker = policies.lockout_marker(check.key)
         try:
-            if not self.guard.call("limits", lambda r: r.set(marker, b"1", nx=True, ex=check.period)):
+            window = check.period
+            first = self.guard.call("limits", lambda r: r.set(marker, b"1", nx=True, ex=window), key=marker)
+            if not first:
                 return  # this window's lockout is audited already
         except RedisUnavailable:
             return

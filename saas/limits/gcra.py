@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 LUA = r"""
 local n = tonumber(ARGV[1])
@@ -262,6 +263,52 @@ class Plan:
             quota=self.quota,
             quota_used=used,
             now=now_us / 1_000_000,
+        )
+
+
+    def slots(self) -> tuple[int, ...]:
+        """The Redis Cluster hash slot of each key of :attr:`keys` (``redis.crc.key_slot``)."""
+        return tuple(key_slot(k.encode()) for k in self.keys)
+
+    def split(self) -> tuple[Plan, ...]:
+        """The plan as parts whose keys each share one hash slot, in the order of their first
+        check (one part, ``(self,)``, when every key is in one slot: a tenant's plan, whose keys
+        all carry its ``{t:<uuid>}`` tag). A sign-in plan's keys are in the slots of its
+        subjects (the client IP's, the account's: :class:`saas.cache.namespace.PublicKeys`)."""
+        slots = self.slots()
+        if len(set(slots)) <= 1:
+            return (self,)
+        order: dict[int, list[Check]] = {}
+        for check, slot in zip(self.checks, slots, strict=False):
+            order.setdefault(slot, []).append(check)
+        quota_slot = slots[-1] if self.quota is not None else None
+        if quota_slot is not None:
+            order.setdefault(quota_slot, [])
+        return tuple(
+            Plan.of(checks, self.quota if slot == quota_slot else None) for slot, checks in order.items()
+        )
+
+    def merge(self, decisions: Sequence[Decision]) -> Decision:
+        """One :class:`Decision` of the plan from its parts' (:meth:`split`): admitted when
+        every part admits; a refusal names the policy with the longest wait."""
+        if any(d.revoked for d in decisions):
+            return next(d for d in decisions if d.revoked)
+        by_check = {state.check: state for d in decisions for state in d.states}
+        states = tuple(by_check[c] for c in self.checks)
+        refused = [d for d in decisions if not d.allowed]
+        limited = [d.hit for d in refused if d.reason == "rate_limited" and d.hit is not None]
+        reason = "ok"
+        if refused:
+            reason = "rate_limited" if any(d.reason == "rate_limited" for d in refused) else "quota_exceeded"
+        quota_part = next((d for d in decisions if d.quota is not None), None)
+        return Decision(
+            allowed=not refused,
+            reason=reason,
+            states=states,
+            hit=max(limited, key=lambda s: s.retry_seconds) if limited else None,
+            quota=self.quota,
+            quota_used=quota_part.quota_used if quota_part is not None else 0,
+            now=max(d.now for d in decisions),
         )
 
 
