@@ -16,11 +16,13 @@ data nodes); query ``sentinel_password=`` when the       Sentinel.master_for``):
 Sentinels need one                                       followed on the next connection
 ======================================================  =========================================
 
-Every client has the same short socket timeouts (``REDIS_TIMEOUT``): no request waits long on
-Redis. A cluster client retries a failed command once, right after reloading the slot map
+Every client has the same short socket timeouts (``REDIS_TIMEOUT``) and retries a failed
+command once, at once (a stale pooled connection; redis-py's default is 10 retries with backoff):
+no request waits long on Redis. A cluster client's retry follows a reload of the slot map
 (``CLUSTER SLOTS``), so a command sent to a primary that has just been replaced reaches its
-successor; a dead node still fails fast, and :class:`saas.cache.guard.RedisGuard` opens that
-node's circuit breaker.
+successor; a Sentinel client's next connection asks the Sentinels (one attempt each) for the
+primary. A dead node still fails fast, and :class:`saas.cache.guard.RedisGuard` opens its
+circuit breaker.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def make_redis(url: str | None, timeout_seconds: float = 0.25, cluster: bool = F
         return _cluster(url, scheme, timeouts)
     if scheme in SENTINEL_SCHEMES:
         return _sentinel(url, scheme, timeouts)
-    return redis.Redis.from_url(url, health_check_interval=30, **timeouts)
+    return redis.Redis.from_url(url, health_check_interval=30, retry=_retry(), **timeouts)
 
 
 def check_url(url: str) -> str:
@@ -82,6 +84,12 @@ def check_url(url: str) -> str:
     elif scheme in SENTINEL_SCHEMES:
         _service(*_hosts(url)[:1])
     return url
+
+
+def _retry(retries: int = 1) -> Retry:
+    """``retries`` immediate retries (redis-py 8 retries a failed command 10 times with up to 1 s
+    of backoff by default: a dead Redis would hold each call for seconds)."""
+    return Retry(NoBackoff(), retries)
 
 
 def is_cluster(client: Any) -> bool:
@@ -136,7 +144,7 @@ def _cluster(url: str, scheme: str, timeouts: dict[str, float]) -> Any:
             startup_nodes=[ClusterNode(host, port) for host, port in hosts],
             # one retry, at once, after the slot map is reloaded: a replaced primary's successor
             # answers it; a dead node costs two fast failures, then its breaker opens
-            retry=Retry(NoBackoff(), 1),
+            retry=_retry(),
             # a primary lost without a successor leaves the other primaries' slots served
             require_full_coverage=False,
             ssl=scheme.startswith("rediss"),
@@ -154,7 +162,8 @@ def _sentinel(url: str, scheme: str, timeouts: dict[str, float]) -> redis.Redis:
     parts, hosts = _hosts(url)
     service, db = _service(parts)
     query = parse_qs(parts.query)
-    sentinel_kwargs: dict[str, Any] = dict(timeouts)
+    # one attempt per Sentinel: the next one is asked at once
+    sentinel_kwargs: dict[str, Any] = {**timeouts, "retry": _retry(0)}
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"][0]
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **timeouts)
@@ -163,6 +172,7 @@ def _sentinel(url: str, scheme: str, timeouts: dict[str, float]) -> redis.Redis:
         db=db,
         ssl=scheme.startswith("rediss"),
         health_check_interval=30,
+        retry=_retry(),
         **_credentials(parts),
         **timeouts,
     )

@@ -228,8 +228,9 @@ class SentinelSet:
 @contextlib.contextmanager
 def sentinel_set(workdir: Path) -> Iterator[SentinelSet]:
     p_port, r_port, *s_ports = free_ports(5)
-    primary = _server(p_port, workdir)
-    replica = _server(r_port, workdir, "--replicaof", "127.0.0.1", str(p_port))
+    sync = ("--repl-diskless-sync-delay", "0")  # a replica's first sync at once, not after 5 s
+    primary = _server(p_port, workdir, *sync)
+    replica = _server(r_port, workdir, *sync, "--replicaof", "127.0.0.1", str(p_port))
     sentinels = []
     result = SentinelSet(primary, replica, sentinels)
     try:
