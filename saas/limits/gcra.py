@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 LUA = r"""
@@ -179,13 +180,33 @@ class Decision:
         return max(0, self.quota.limit - self.quota_used)
 
 
+#: answers of a cluster node that the cluster client handles (redirect, wait, reload the map)
+_REDIRECTS = (redis.exceptions.AskError, redis.exceptions.ClusterError, redis.exceptions.TryAgainError)
+
+
 def _call(client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
     """``EVALSHA`` (``EVAL`` on ``NOSCRIPT``).
+
+    On a :class:`~redis.cluster.RedisCluster` it is sent on the pool of the node that serves the
+    keys' slot in the client's slot map; a redirection (``MOVED``, ``ASK``) or a failed node is
+    left to the cluster client's own path, which follows it, reloads the slot map and retries.
 
     On a real :class:`redis.Redis` the command goes straight to a pooled connection: redis-py 8's
     generic command path (retry wrapper, observability hooks) costs more CPU than the script's
     round trip. Errors are the same exceptions, and a broken connection is dropped.
     """
+    if type(client) is RedisCluster and keys:
+        node = client.nodes_manager.slots_cache.get(key_slot(keys[0].encode()))
+        node_client = node[0].redis_connection if node else None
+        if node_client is not None:
+            try:
+                return _call(node_client, nkeys, keys, args)
+            except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError,
+                    redis.exceptions.TimeoutError, OSError) as exc:  # fmt: skip
+                if isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, _REDIRECTS):
+                    raise  # the script's own error: the cluster client would answer the same
+                # MOVED, ASK, a node down: the cluster client redirects, reloads its slot map
+                # and retries once (saas.redis_client)
     pool = getattr(client, "connection_pool", None)
     if type(client) is not redis.Redis or pool is None or getattr(client, "connection", None) is not None:
         try:
