@@ -2,9 +2,12 @@
 
 Every Redis call of the cache and the limiter goes through :class:`RedisGuard`:
 
-* the client has short socket timeouts (``REDIS_TIMEOUT``, 0.25 s by default), and no retries;
+* the client has short socket timeouts (``REDIS_TIMEOUT``, 0.25 s by default), and one
+  immediate retry (:mod:`saas.redis_client`);
+* one breaker guards a single server or a Sentinel-managed primary; on a Redis Cluster each
+  node has its own, chosen by the call's key (:class:`RedisGuard`);
 * after ``threshold`` consecutive failures the breaker *opens*: for ``cooldown`` seconds no
-  request touches Redis at all (callers get :class:`RedisUnavailable` at once and apply their
+  request touches Redis (that node) at all (callers get :class:`RedisUnavailable` at once and apply their
   failure policy), so a dead or hung Redis costs at most ``threshold`` timeouts per process;
 * after the cool-down one request probes Redis (*half-open*); success closes the breaker,
   failure opens it for another cool-down. Any exception from the probe is a failure (the
@@ -218,8 +221,8 @@ class RedisGuard:
                 raise RedisUnavailable(str(exc)) from exc
             if breaker.failure():
                 self.counters.inc("breaker_opened_total")
-                node = self.node_of(key)
-                if node is not None:
+                if self.clustered:  # "any": the breaker of key-less calls (a SCAN of every node)
+                    node = self.node_of(key) or "any"
                     self.counters.inc(f'breaker_opened_total{{node="{node}"}}')
                 log.error("redis unavailable (%s: %s): circuit breaker open", component, exc)
             else:

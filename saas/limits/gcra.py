@@ -26,6 +26,10 @@ status 3 at once, with no policy states, and consumes nothing.
 
 It runs with ``EVALSHA``; on ``NOSCRIPT`` (server restarted, ``SCRIPT FLUSH``) it is sent once
 with ``EVAL``, which also caches it again.
+
+On a Redis Cluster every key of one call must be in one hash slot: a tenant's plan is (its keys
+carry the ``{t:<tenant uuid>}`` tag); a sign-in's plan has an IP's and an account's slot, and
+:meth:`Plan.split` gives its parts, which :meth:`saas.limits.Limiter.run` checks one by one.
 """
 
 from __future__ import annotations

@@ -90,3 +90,44 @@ def test_cluster_urls_are_read_by_the_settings_and_the_client(redis_cluster):
             Settings.from_env({"REDIS_URL": bad})
     with pytest.raises(redis.ConnectionError, match="no Redis Cluster seed answered"):
         make_redis("redis+cluster://127.0.0.1:1", 0.2)
+
+
+def test_the_limiters_script_follows_a_stale_slot_map(redis_cluster):
+    """The script goes straight to the node the client's slot map names; when that map is stale
+    (the slot moved, a failover), the node's ``MOVED`` sends it through the cluster client, which
+    follows it and corrects its map."""
+    from saas.cache.namespace import PublicKeys
+    from saas.limits import gcra
+
+    client = make_redis(redis_cluster.url, 1.0)
+    check = gcra.Check("p", PublicKeys.rate("p", f"stale-{uuid.uuid4()}"), 5, 60)
+    slot = client.keyslot(check.key)
+    right = client.nodes_manager.slots_cache[slot][0]
+    wrong = next(n for n in client.get_primaries() if n.name != right.name)
+    client.get_redis_connection(wrong)  # its pool exists, so the script is sent there first
+    client.nodes_manager.slots_cache[slot] = [wrong]
+    decisions = [gcra.run(client, [check], None) for _ in range(2)]
+    assert [d.allowed for d in decisions] == [True, True]
+    assert decisions[1].states[0].remaining == 3  # both counted once, on the right node
+    assert client.nodes_manager.slots_cache[slot][0].name == right.name
+
+
+def test_each_nodes_breaker_reaches_prometheus(make_app):
+    """``saas_redis_node_breaker_open{node}`` per node, and ``saas_redis_breaker_open`` while
+    any is open."""
+    from saas.services import services
+
+    app = make_app(metrics_token="cluster-scraper")
+    guard = services(app).redis_guard
+    keys = _tenant_keys_by_node(guard)
+    for key in keys.values():
+        guard.call("cache", lambda r, k=key: r.get(k), key=key)
+    dead = sorted(keys)[0]
+    guard.breaker_for(keys[dead]).failure()
+    guard.breaker_for(keys[dead]).failure()
+    scrape = app.test_client().get("/metrics", headers={"Authorization": "Bearer cluster-scraper"})
+    body = scrape.get_data(as_text=True)
+    assert "saas_redis_breaker_open 1.0" in body
+    assert f'saas_redis_node_breaker_open{{node="{dead}"}} 1.0' in body
+    for node in sorted(keys)[1:]:
+        assert f'saas_redis_node_breaker_open{{node="{node}"}} 0.0' in body
