@@ -16,8 +16,10 @@ calling :meth:`saas.limits.Limiter.run` through :class:`saas.cache.guard.RedisGu
   by part, four calls).
 
 Limits are high enough that every call is admitted (the cost of a refusal is the same script).
-Reports calls/s (all processes), p50 and p99 latency of one call. The two targets alternate
-within each round. Nothing is asserted.
+Reports calls/s (all processes), p50 and p99 latency of one call, and CPU per call: of the
+client processes (``time.process_time``) and of the Redis servers (``/proc/<pid>/stat``), steadier
+than calls/s on a shared machine. The two targets alternate within each round. Nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def _worker(url: str, plan_kind: str, duration: float, start_at: float, out: mp.
     n = 0
     while time.time() < start_at:
         time.sleep(0.001)
+    cpu = time.process_time()
     deadline = time.perf_counter() + duration
     while True:
         t0 = time.perf_counter()
@@ -78,10 +81,20 @@ def _worker(url: str, plan_kind: str, duration: float, start_at: float, out: mp.
         latencies.append(time.perf_counter() - t0)
         if not decision.allowed:
             raise SystemExit(f"refused: {decision.reason}")
-    out.put(latencies)
+    out.put((latencies, time.process_time() - cpu))
 
 
-def measure(url: str, plan_kind: str, procs: int, duration: float) -> dict:
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of ``pids`` (``/proc/<pid>/stat``), seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def measure(url: str, plan_kind: str, procs: int, duration: float, server_pids: list[int]) -> dict:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     start_at = time.time() + 1.5  # every process imported and connected before the clock starts
@@ -90,8 +103,13 @@ def measure(url: str, plan_kind: str, procs: int, duration: float) -> dict:
     for w in workers:
         w.start()
     latencies: list[float] = []
+    client_cpu = 0.0
+    server_before = _cpu_seconds(server_pids)
     for _ in workers:
-        latencies += out.get(timeout=duration + 60)
+        got, used = out.get(timeout=duration + 60)
+        latencies += got
+        client_cpu += used
+    server_cpu = _cpu_seconds(server_pids) - server_before  # includes the start-up wait (idle)
     for w in workers:
         w.join(timeout=30)
     latencies.sort()
@@ -99,12 +117,14 @@ def measure(url: str, plan_kind: str, procs: int, duration: float) -> dict:
         "calls_per_s": len(latencies) / duration,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "client_us": client_cpu / len(latencies) * 1e6,
+        "server_us": server_cpu / len(latencies) * 1e6,
     }
 
 
 def _print_row(head: tuple, row: dict) -> None:
-    cells = (*head, row["calls_per_s"], row["p50_ms"], row["p99_ms"])
-    print("{:>5} {:<8} {:>5} {:<8} {:>9.0f} {:>8.3f} {:>8.3f}".format(*cells), flush=True)
+    cells = (*head, row["calls_per_s"], row["p50_ms"], row["p99_ms"], row["client_us"], row["server_us"])
+    print("{:>5} {:<8} {:>5} {:<8} {:>9.0f} {:>8.3f} {:>8.3f} {:>10.1f} {:>10.1f}".format(*cells), flush=True)
 
 
 def main() -> None:
@@ -122,15 +142,16 @@ def main() -> None:
     try:
         with redis_servers.cluster(work / "cluster", primaries=3, replicas=0) as cluster:
             targets = {"single": f"redis://127.0.0.1:{single_port}/0", "cluster": cluster.url}
+            pids = {"single": [single.proc.pid], "cluster": [s.proc.pid for s in cluster.servers]}
             print(f"load before: {os.getloadavg()}  cpus: {os.cpu_count()}")
-            head = ("round", "plan", "procs", "target", "calls/s", "p50 ms", "p99 ms")
-            print("{:>5} {:<8} {:>5} {:<8} {:>9} {:>8} {:>8}".format(*head))
+            head = ("round", "plan", "procs", "target", "calls/s", "p50 ms", "p99 ms", "client µs", "redis")
+            print("{:>5} {:<8} {:>5} {:<8} {:>9} {:>8} {:>8} {:>10} {:>10}".format(*head))
             for rnd in range(args.rounds):
                 order = ["single", "cluster"] if rnd % 2 == 0 else ["cluster", "single"]
                 for plan_kind in ("tenant", "signin"):
                     for procs in procs_list:
                         for target in order:
-                            row = measure(targets[target], plan_kind, procs, args.duration)
+                            row = measure(targets[target], plan_kind, procs, args.duration, pids[target])
                             _print_row((rnd, plan_kind, procs, target), row)
             print(f"load after: {os.getloadavg()}")
     finally:

@@ -290,7 +290,6 @@ class Plan:
             now=now_us / 1_000_000,
         )
 
-
     def slots(self) -> tuple[int, ...]:
         """The Redis Cluster hash slot of each key of :attr:`keys` (``redis.crc.key_slot``)."""
         return tuple(key_slot(k.encode()) for k in self.keys)
