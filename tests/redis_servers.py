@@ -150,6 +150,12 @@ class Cluster:
         return sorted(int(r["addr"].rsplit(":", 1)[1]) for r in self.nodes()
                       if "master" in r["flags"] and "fail" not in r["flags"] and r["slots"])  # fmt: skip
 
+    def replica_of(self, port: int) -> int:
+        """The port of the replica of the primary on ``port``."""
+        rows = self.nodes()
+        primary = next(r["id"] for r in rows if r["addr"].endswith(f":{port}"))
+        return next(int(r["addr"].rsplit(":", 1)[1]) for r in rows if r["master"] == primary)
+
     def server(self, port: int) -> Server:
         return next(s for s in self.servers if s.port == port)
 
