@@ -12,8 +12,7 @@ calling :meth:`saas.limits.Limiter.run` through :class:`saas.cache.guard.RedisGu
   monthly quota counter, two revocation markers: five keys, one slot, one ``EVALSHA``), one
   tenant per process (so a cluster spreads them over its primaries as it would real tenants);
 * ``sign-in plan``: ``login-ip`` and ``login-account`` of a fresh account each call (two
-  subjects: one script on a single Redis; two slots on a cluster, peeked then consumed part
-  by part, four calls).
+  subjects: one script on a single Redis; two slots on a cluster, one call per part).
 
 Limits are high enough that every call is admitted (the cost of a refusal is the same script).
 Reports calls/s (all processes), p50 and p99 latency of one call, and CPU per call: of the

@@ -112,6 +112,32 @@ return reply
 
 SHA = hashlib.sha1(LUA.encode()).hexdigest()  # noqa: S324 - the script id Redis uses
 
+#: gives back what one admitted request consumed (:meth:`Plan.give_back`): each policy's TAT
+#: moves back by ``T * cost`` (a TAT at or before now is a full bucket: the key is dropped) and
+#: the quota counter, if any, goes down by ``cost``.
+#: KEYS = [policy_1 ... policy_n, quota_counter?]; ARGV = [n, cost, T_1 ... T_n]
+GIVE_BACK_LUA = r"""
+local n = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, n do
+  local T = tonumber(ARGV[2 + i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if T > 0 and tat > now then
+    local new_tat = tat - T * cost
+    if new_tat <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+    end
+  end
+end
+if #KEYS > n then redis.call('DECRBY', KEYS[n + 1], cost) end
+return 1
+"""
+GIVE_BACK_SHA = hashlib.sha1(GIVE_BACK_LUA.encode()).hexdigest()  # noqa: S324
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -188,7 +214,9 @@ class Decision:
 _REDIRECTS = (redis.exceptions.AskError, redis.exceptions.ClusterError, redis.exceptions.TryAgainError)
 
 
-def _call(client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+def _call(
+    client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any], lua: str = LUA, sha: str = SHA
+) -> Any:
     """``EVALSHA`` (``EVAL`` on ``NOSCRIPT``).
 
     On a :class:`~redis.cluster.RedisCluster` it is sent on the pool of the node that serves the
@@ -204,7 +232,7 @@ def _call(client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any]) -> 
         node_client = node[0].redis_connection if node else None
         if node_client is not None:
             try:
-                return _call(node_client, nkeys, keys, args)
+                return _call(node_client, nkeys, keys, args, lua, sha)
             except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError,
                     redis.exceptions.TimeoutError, OSError) as exc:  # fmt: skip
                 if isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, _REDIRECTS):
@@ -214,16 +242,16 @@ def _call(client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any]) -> 
     pool = getattr(client, "connection_pool", None)
     if type(client) is not redis.Redis or pool is None or getattr(client, "connection", None) is not None:
         try:
-            return client.evalsha(SHA, nkeys, *keys, *args)
+            return client.evalsha(sha, nkeys, *keys, *args)
         except redis.exceptions.NoScriptError:
-            return client.eval(LUA, nkeys, *keys, *args)
+            return client.eval(lua, nkeys, *keys, *args)
     conn = pool.get_connection()
     try:
         try:
-            conn.send_command("EVALSHA", SHA, nkeys, *keys, *args)
+            conn.send_command("EVALSHA", sha, nkeys, *keys, *args)
             return conn.read_response()
         except redis.exceptions.NoScriptError:
-            conn.send_command("EVAL", LUA, nkeys, *keys, *args)
+            conn.send_command("EVAL", lua, nkeys, *keys, *args)
             return conn.read_response()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         conn.disconnect()
@@ -289,6 +317,17 @@ class Plan:
             quota_used=used,
             now=now_us / 1_000_000,
         )
+
+    def give_back(self, client: Any, cost: int = 1) -> None:
+        """Undo what :meth:`run` consumed for one admitted request of ``cost`` (the other part of
+        a split plan refused it): every policy's bucket gets its ``cost`` intervals back and the
+        quota counter its ``cost`` calls. Requests admitted in between keep theirs.
+
+        Raises:
+            redis.RedisError, OSError: Redis failed.
+        """
+        args = (len(self.checks), cost, *(c.interval_us for c in self.checks))
+        _call(client, len(self.keys), self.keys, args, GIVE_BACK_LUA, GIVE_BACK_SHA)
 
     def slots(self) -> tuple[int, ...]:
         """The Redis Cluster hash slot of each key of :attr:`keys` (``redis.crc.key_slot``)."""

@@ -118,27 +118,51 @@ def test_signin_keys_spread_over_the_slots_and_the_nodes():
     assert slot(PLATFORM_KEYS_VERSION) == slot("{platform}")
 
 
-def test_a_plan_across_slots_runs_part_by_part_on_the_cluster(redis_client):
-    """Limiter.run on the cluster: the login pair is two slots (two nodes here), peeked and then
-    consumed part by part; a refusal by one part consumes nothing in the other."""
+def _two_node_checks(guard, ip_limit: int, account_limit: int):
+    from saas.limits import gcra
+
+    ip_key = PublicKeys.rate("login-ip", f"192.0.2.{ip_limit}")
+    ip_check = gcra.Check("login-ip", ip_key, ip_limit, 60, "login")
+    nodes = {guard.node_of(ip_check.key)}
+    n = 0
+    while True:  # an account subject whose slot is another node's than the IP's
+        key = PublicKeys.rate("login-account", f"e:{ip_limit}-{n}")
+        if guard.node_of(key) not in nodes:
+            return ip_check, gcra.Check("login-account", key, account_limit, 60, "login")
+        n += 1
+
+
+def _limiter(redis_client):
     from saas.cache.guard import CircuitBreaker, Counters, RedisGuard
     from saas.limits import Limiter
 
-    redis_client.flushdb()
     guard = RedisGuard(redis_client, CircuitBreaker(), Counters())
-    assert guard.clustered
     settings = SimpleNamespace(ratelimit_policies=(), ratelimit_principal_share=0.5,
                                ratelimit_fail_closed=("login",), secret_key="s")  # fmt: skip
-    limiter = Limiter(guard, settings)
-    ip_check = gcra.Check("login-ip", PublicKeys.rate("login-ip", "192.0.2.1"), 100, 60, "login")
-    # an account subject whose slot is another node's than the IP's
-    nodes = {guard.node_of(ip_check.key)}
-    n = 0
-    while True:
-        account = gcra.Check("login-account", PublicKeys.rate("login-account", f"e:{n}"), 2, 60, "login")
-        if guard.node_of(account.key) not in nodes:
-            break
-        n += 1
+    return guard, Limiter(guard, settings)
+
+
+def test_a_refusal_by_the_first_part_never_consumes_the_second(redis_client):
+    """The IP part refuses: the account part is only peeked (its bucket is untouched)."""
+    redis_client.flushdb()
+    guard, limiter = _limiter(redis_client)
+    ip_check, account = _two_node_checks(guard, 2, 100)
+    plan = gcra.Plan.of([ip_check, account], None)
+    decisions = [limiter.run(plan) for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert decisions[2].hit.check.policy == "login-ip"
+    peek = limiter.run(gcra.Plan.of([account], None), peek=True)
+    assert peek.states[0].remaining == 97  # two consumed, and the peek's own
+
+
+def test_a_plan_across_slots_runs_part_by_part_on_the_cluster(redis_client):
+    """Limiter.run on the cluster: the login pair is two slots (two nodes here), checked part by
+    part; when the second part refuses, the first gives back what it consumed, so the refused
+    request consumes nothing anywhere."""
+    redis_client.flushdb()
+    guard, limiter = _limiter(redis_client)
+    assert guard.clustered
+    ip_check, account = _two_node_checks(guard, 100, 2)
     plan = gcra.Plan.of([ip_check, account], None)
     assert len(plan.split()) == 2
     decisions = [limiter.run(plan) for _ in range(3)]
@@ -147,6 +171,11 @@ def test_a_plan_across_slots_runs_part_by_part_on_the_cluster(redis_client):
     assert refused.hit is not None and refused.hit.check.policy == "login-account"
     assert [s.check.policy for s in refused.states] == ["login-ip", "login-account"]
     # the refused request consumed nothing in the IP's slot: two admitted, and the peek's own
-    # request counted in its answer (a third consumption would make it 96)
+    # request counted in its answer (the refused one, not given back, would make it 96)
     peek = limiter.run(gcra.Plan.of([ip_check], None), peek=True)
     assert peek.states[0].remaining == 97
+    # a give-back to a full bucket leaves no key
+    fresh = gcra.Plan.of([gcra.Check("p", PublicKeys.rate("p", "gb"), 5, 60)], None)
+    assert limiter.run(fresh).allowed and redis_client.exists(fresh.keys[0])
+    guard.call("limits", lambda r: fresh.give_back(r), key=fresh.keys[0])
+    assert not redis_client.exists(fresh.keys[0])
