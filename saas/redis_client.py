@@ -51,9 +51,11 @@ def make_redis(url: str | None, timeout_seconds: float = 0.25, cluster: bool = F
     :class:`redis.cluster.RedisCluster`; it connects lazily, except a cluster client, which
     loads the slot map from a seed at once.
 
+    A cluster's URL path (a database number) is ignored: a cluster has database 0 only.
+
     Raises:
         ValueError: a malformed cluster or Sentinel URL (no host, no service name).
-        redis.RedisError, redis.exceptions.RedisClusterException: no cluster seed answered.
+        redis.ConnectionError: no cluster seed answered (``no Redis Cluster seed answered``).
     """
     if not url:
         import fakeredis
