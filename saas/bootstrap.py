@@ -58,7 +58,7 @@ def build_services(settings: Settings, *, database: Database | None = None, redi
             prepared_statements=settings.db_prepared_statements,
         )
     if redis is None:
-        redis = make_redis(settings.redis_url, settings.redis_timeout_seconds)
+        redis = make_redis(settings.redis_url, settings.redis_timeout_seconds, settings.redis_cluster)
     counters = Counters()
     breaker = CircuitBreaker(settings.redis_breaker_threshold, settings.redis_breaker_cooldown_seconds)
     guard = RedisGuard(redis, breaker, counters)

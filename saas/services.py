@@ -50,9 +50,12 @@ class Services:
     Attributes:
         settings: the configuration it was built from.
         database: engines, sessions and the tenant schema map (:class:`saas.db.Database`).
-        redis: the raw Redis client; use ``redis_guard`` for calls that must respect the breaker.
+        redis: the raw Redis client (a ``redis.Redis``, or a ``redis.cluster.RedisCluster`` on a
+            cluster: :mod:`saas.redis_client`); use ``redis_guard`` for calls that must respect
+            the breaker.
         counters: the Redis guard's, limiter's and cache's counters (exported by ``/metrics``).
-        redis_guard: Redis behind the shared circuit breaker (:mod:`saas.cache.guard`).
+        redis_guard: Redis behind the circuit breakers (one per node on a Redis Cluster:
+            :mod:`saas.cache.guard`).
         cache: the tenant-namespaced cache, or None when ``CACHE_ENABLED`` is off.
         keys: the signing key store (PEM files, JWKS, rotation).
         key_watcher: reloads ``keys`` when another process rotates them.

@@ -49,6 +49,13 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return convert
 
 
+def _redis_url(raw: str) -> str:
+    """One server, a cluster or a Sentinel service (:func:`saas.redis_client.check_url`)."""
+    from saas.redis_client import check_url
+
+    return check_url(raw)
+
+
 def _fraction(raw: str) -> float:
     value = float(raw)
     if not 0 < value <= 1:
@@ -198,6 +205,9 @@ class Settings:
     #: migrate``, ``saas dev``) use it when set (docs/scaling.md)
     database_url_direct: str | None = None
     redis_url: str | None = None
+    #: read a ``redis://`` ``REDIS_URL`` as a Redis Cluster seed (``redis+cluster://`` says so
+    #: itself); docs/scaling.md "Redis"
+    redis_cluster: bool = False
     issuer: str = "http://localhost:8000"
     audience: str = "saas-api"
     secret_key: str | None = None
@@ -363,7 +373,8 @@ class Settings:
         maybe("DATABASE_URL", "database_url", _url(("postgresql", "postgresql+psycopg", "postgres")))
         direct = _url(("postgresql", "postgresql+psycopg", "postgres"))
         maybe("DATABASE_URL_DIRECT", "database_url_direct", direct)
-        maybe("REDIS_URL", "redis_url", _url(("redis", "rediss", "unix")))
+        maybe("REDIS_URL", "redis_url", _redis_url)
+        maybe("REDIS_CLUSTER", "redis_cluster", _bool)
         maybe("SAAS_ISSUER", "issuer", _url(("http", "https")))
         maybe("SAAS_AUDIENCE", "audience")
         maybe("SECRET_KEY", "secret_key")

@@ -480,9 +480,9 @@ def test_a_warm_key_request_sends_the_sql_and_redis_calls_of_a_jwt_request(app, 
             if "SAVEPOINT" not in statement:  # the test transaction's, numbered
                 sql.append(statement)
 
-        def counting(component, func):
+        def counting(component, func, key=None):
             redis_calls.append(component)
-            return real_call(component, func)
+            return real_call(component, func, key=key)
 
         engine = services(app).database.engine
         event.listen(engine, "before_cursor_execute", on_sql)

@@ -265,7 +265,7 @@ def touch(tenant_id: uuid.UUID, key_id: uuid.UUID) -> bool:
     guard_key = TenantKeys(tenant_id).api_key_used(str(key_id))
     try:
         won = services().redis_guard.call(
-            "cache", lambda r: r.set(guard_key, b"1", nx=True, ex=TOUCH_INTERVAL)
+            "cache", lambda r: r.set(guard_key, b"1", nx=True, ex=TOUCH_INTERVAL), key=guard_key
         )
     except RedisUnavailable:
         return False

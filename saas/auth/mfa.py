@@ -395,7 +395,7 @@ def _check_code(
             )
             return "recovery_code"
     try:
-        with redis.pipeline() as pipe:  # MULTI: the count and its window together
+        with redis.pipeline(transaction=True) as pipe:  # MULTI: the count and its window together
             failures = pipe.incr(key).expire(key, lockout, nx=True).execute()[0]
         if failures == MAX_FAILURES:
             redis.expire(key, lockout)  # the attempt's lock lasts from now

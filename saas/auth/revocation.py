@@ -90,22 +90,29 @@ class RevocationStore:
         if not live:
             return True
 
-        def write(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            for key, until in live.items():
-                pipe.set(key, b"1", ex=max(1, math.ceil(until - now)))
-            pipe.execute()
+        # one pipeline per tenant on a cluster (its markers share the tenant's slot and node)
+        groups = _by_tag(live) if self.guard.clustered else [live]
+        failed: dict[str, float] = {}
+        for group in groups:
 
-        try:
-            self.guard.call("revocation", write)
+            def write(r: Any, group: dict[str, float] = group) -> None:
+                pipe = r.pipeline(transaction=False)
+                for key, until in group.items():
+                    pipe.set(key, b"1", ex=max(1, math.ceil(until - now)))
+                pipe.execute()
+
+            try:
+                self.guard.call("revocation", write, key=next(iter(group)))
+            except RedisUnavailable:
+                failed.update(group)
+        if not failed:
             return True
-        except RedisUnavailable:
-            log.error("revocation markers not written (redis unavailable); kept until it answers")
-            with self._lock:
-                for key, until in live.items():
-                    if len(self._pending) < 100_000:
-                        self._pending[key] = max(until, self._pending.get(key, 0.0))
-            return False
+        log.error("revocation markers not written (redis unavailable); kept until it answers")
+        with self._lock:
+            for key, until in failed.items():
+                if len(self._pending) < 100_000:
+                    self._pending[key] = max(until, self._pending.get(key, 0.0))
+        return False
 
     def any_exists(self, keys: tuple[str, ...]) -> bool:
         """Whether one of ``keys`` exists (one ``EXISTS``).
@@ -113,13 +120,21 @@ class RevocationStore:
         Raises:
             RedisUnavailable: Redis failed or the breaker is open.
         """
-        return bool(self.guard.call("revocation", lambda r: r.exists(*keys)))
+        return bool(self.guard.call("revocation", lambda r: r.exists(*keys), key=keys[0]))
 
     def _flush_pending(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
         if pending:
             self.publish(pending)
+
+
+def _by_tag(markers: dict[str, float]) -> list[dict[str, float]]:
+    """``markers`` grouped by their ``{t:<tenant>}`` hash tag."""
+    groups: dict[str, dict[str, float]] = {}
+    for key, until in markers.items():
+        groups.setdefault(key.partition("}")[0], {})[key] = until
+    return list(groups.values())
 
 
 def init_app(app: Flask) -> None:

@@ -414,13 +414,14 @@ def _drop(redis: Any, tenant_ids: set[uuid.UUID] | list[uuid.UUID]) -> None:
         log.warning("billing state cache unavailable", exc_info=True)
 
 
-def _redis() -> Any:
-    """The app's Redis client; None outside an app or while the shared Redis circuit breaker
-    (``saas.cache.guard``) is open, so no request waits on a dead Redis here either."""
+def _redis(tenant_id: uuid.UUID | None = None) -> Any:
+    """The app's Redis client; None outside an app or while the Redis circuit breaker of the
+    tenant's node (``saas.cache.guard``; of the one server off a cluster) is open, so no request
+    waits on a dead Redis here either."""
     if not has_app_context():
         return None
     guard = services().redis_guard
-    if guard is not None and guard.breaker.is_open():
+    if guard is not None and guard.breaker_for(None if tenant_id is None else cache_key(tenant_id)).is_open():
         return None
     return services().redis
 
@@ -457,7 +458,7 @@ def billing_state(tenant: Any) -> BillingState | None:
     tenant_id = getattr(tenant, "id", None)
     if tenant_id is None:
         return None
-    redis = _redis()
+    redis = _redis(tenant_id)
     generation = b"0"
     if redis is not None:
         try:
@@ -483,7 +484,7 @@ def _cache_if_generation(redis: Any, tenant_id: uuid.UUID, state: BillingState, 
     import redis as redis_lib
 
     try:
-        with redis.pipeline() as pipe:
+        with redis.pipeline(transaction=True) as pipe:
             pipe.watch(generation_key(tenant_id))
             if (pipe.get(generation_key(tenant_id)) or b"0") != generation:
                 return
@@ -534,7 +535,7 @@ def invalidate(session: Session | None, tenant_id: uuid.UUID, *, redis: Any = No
     from saas.cache import invalidate_tenant
 
     invalidate_tenant([tenant_id])  # the principal snapshot caches entitlements too
-    redis = redis if redis is not None else _redis()
+    redis = redis if redis is not None else _redis(tenant_id)
     if session is not None:
         session.info.setdefault(_DIRTY_KEY, set()).add(tenant_id)
         session.info["billing_redis"] = redis

@@ -105,7 +105,7 @@ def count_api_call(redis: Any, tenant_id: uuid.UUID | str, period: Period) -> in
     The key expires :data:`KEEP_AFTER_PERIOD` after the period's end (set once, ``EXPIREAT NX``).
     """
     key = usage_key(tenant_id, period.label)
-    pipe = redis.pipeline()
+    pipe = redis.pipeline(transaction=True)
     pipe.incr(key)
     pipe.expireat(key, period.end + KEEP_AFTER_PERIOD, nx=True)
     return int(pipe.execute()[0])

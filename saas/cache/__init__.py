@@ -3,8 +3,9 @@ of the API (the cached principal snapshot built on it is :mod:`saas.auth.princip
 
 ``init_app(app)`` (called by ``create_app``) registers:
 
-* ``services(app).redis_guard``: the Redis client behind the circuit breaker shared with
-  the limiter (:mod:`saas.cache.guard`); ``services(app).counters``: its counters;
+* ``services(app).redis_guard``: the Redis client behind the circuit breakers shared with
+  the limiter (one per node on a Redis Cluster: :mod:`saas.cache.guard`);
+  ``services(app).counters``: its counters;
 * ``services(app).cache``: the :class:`~saas.cache.core.TenantCache` (absent when
   ``CACHE_ENABLED=false``);
 * ``services(app).key_watcher``: signing keys reloaded on rotation;

@@ -172,7 +172,9 @@ class TenantCache:
                 return hit, None
         keys = TenantKeys(tenant_id)
         try:
-            raw = self.guard.call("cache", lambda r: r.mget([keys.cache_version(), *map(keys.cache, names)]))
+            raw = self.guard.call(
+                "cache", lambda r: r.mget([keys.cache_version(), *map(keys.cache, names)]), key=keys.tag
+            )
         except RedisUnavailable:
             return dict.fromkeys(names, MISS), None
         version = raw[0]
@@ -208,8 +210,8 @@ class TenantCache:
     def _init_version(self, keys: TenantKeys) -> Any:
         start = str(secrets.randbits(48))
         try:
-            self.guard.call("cache", lambda r: r.set(keys.cache_version(), start, nx=True))
-            return self.guard.call("cache", lambda r: r.get(keys.cache_version()))
+            self.guard.call("cache", lambda r: r.set(keys.cache_version(), start, nx=True), key=keys.tag)
+            return self.guard.call("cache", lambda r: r.get(keys.cache_version()), key=keys.tag)
         except RedisUnavailable:
             return None
 
@@ -241,7 +243,7 @@ class TenantCache:
             pipe.execute()
 
         with contextlib.suppress(RedisUnavailable):
-            self.guard.call("cache", write)
+            self.guard.call("cache", write, key=keys.tag)
         # not copied to the local layer: only a read that saw the current version may be
 
     def get_or_set(
@@ -266,10 +268,9 @@ class TenantCache:
             keys = TenantKeys(tenant_id)
             lock_key = keys.cache(name) + ":lock"
             token = secrets.token_hex(8)
+            ms = int(self.lock_ttl * 1000)
             try:
-                got = self.guard.call(
-                    "cache", lambda r: r.set(lock_key, token, nx=True, px=int(self.lock_ttl * 1000))
-                )
+                got = self.guard.call("cache", lambda r: r.set(lock_key, token, nx=True, px=ms), key=lock_key)
             except RedisUnavailable:
                 got = True
             if not got:
@@ -294,7 +295,7 @@ class TenantCache:
                 r.delete(lock_key)
 
         with contextlib.suppress(RedisUnavailable):
-            self.guard.call("cache", release)
+            self.guard.call("cache", release, key=lock_key)
 
     # --- invalidation ----------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class TenantCache:
             pipe.execute()
 
         try:
-            self.guard.call("cache", bump)
+            self.guard.call("cache", bump, key=keys.tag)
             return True
         except RedisUnavailable:
             return False

@@ -20,7 +20,8 @@ Layout (``<id>`` is the canonical UUID text, ``8c0f...-....``):
 ==================================  ===========================================================
 
 Keys that belong to no tenant (pre-authentication throttles, platform keys) are built by
-:class:`PublicKeys` under their own hash tags and can never be confused with a tenant's.
+:class:`PublicKeys` under their own hash tags (one per IP or account: ``{pre:<subject>}``) and
+can never be confused with a tenant's.
 """
 
 from __future__ import annotations
@@ -81,15 +82,29 @@ class TenantKeys:
 class PublicKeys:
     """Keys of throttles that run before any tenant is known (login, signup, per-IP).
 
-    They share the hash tag ``{pre}`` so the per-IP and per-account keys of one request can be
-    checked in one script on a Redis Cluster too (pre-authentication traffic is small).
+    Each subject has its own hash tag, ``{pre:<subject>}``: every policy of one client IP
+    (``ip``, ``login-ip``, ``mfa-ip``...) shares that IP's slot, every policy of one account
+    (``login-account``, ``mfa-account``...) the account's, so the platform's sign-in traffic
+    spreads over the cluster's slots (no hot slot) and one subject's keys can still go in one
+    script. A sign-in request's IP and account keys are in two slots: the limiter checks them
+    part by part on a cluster (:meth:`saas.limits.Limiter.run`).
+
+    ==========================================  ===================================================
+    ``{pre:<ip>}:rl:<policy>``                  a client IP's (an IPv6 client's /64) throttle
+    ``{pre:<kind>:<hmac>}:rl:<policy>``         an account's (``e:`` email, ``s:`` token subject,
+                                                ``c:`` OAuth client, ``r:`` refresh token, ``m:``
+                                                MFA token; HMAC-SHA-256 of the value)
+    ``{pre:<...>}:rl:login-account:audited``    this lockout window is audited (``SET NX EX``)
+    ==========================================  ===================================================
     """
 
-    TAG = "{pre}"
+    PREFIX = "{pre:"
 
     @classmethod
     def rate(cls, policy: str, subject: str) -> str:
-        return f"{cls.TAG}:rl:{policy}:{subject}"
+        """The GCRA key of ``policy`` for ``subject`` (a client IP or an account subject);
+        ``subject`` must not contain ``}`` (IPs and the HMAC subjects never do)."""
+        return f"{cls.PREFIX}{subject}}}:rl:{policy}"
 
 
 PLATFORM_KEYS_VERSION = "{platform}:keys:version"

@@ -43,7 +43,9 @@ class KeyWatcher:
             return
         self._next_check = now + self.check_interval
         try:
-            version = self.guard.call("cache", lambda r: r.get(PLATFORM_KEYS_VERSION))
+            version = self.guard.call(
+                "cache", lambda r: r.get(PLATFORM_KEYS_VERSION), key=PLATFORM_KEYS_VERSION
+            )
         except RedisUnavailable:
             return
         if (version or b"") != self._version:
@@ -68,7 +70,7 @@ def publish_rotation(app: Flask) -> None:
     if watcher is not None:
         watcher.reload("local rotation")
     try:
-        guard.call("cache", lambda r: r.incr(PLATFORM_KEYS_VERSION))
+        guard.call("cache", lambda r: r.incr(PLATFORM_KEYS_VERSION), key=PLATFORM_KEYS_VERSION)
     except RedisUnavailable:
         log.warning("could not publish the key rotation; other processes see it on an unknown kid")
 
@@ -82,6 +84,7 @@ def announce_rotation(settings: Any) -> None:
     from saas.redis_client import make_redis
 
     try:
-        make_redis(settings.redis_url, settings.redis_timeout_seconds).incr(PLATFORM_KEYS_VERSION)
+        client = make_redis(settings.redis_url, settings.redis_timeout_seconds, settings.redis_cluster)
+        client.incr(PLATFORM_KEYS_VERSION)
     except Exception as exc:
         log.warning("could not publish the key rotation: %s", exc)

@@ -222,7 +222,62 @@ class Limiter:
         Raises:
             RedisUnavailable: Redis failed or the breaker is open.
         """
-        return self.guard.call("limits", lambda r: gcra.run(r, checks, quota, cost, peek))
+        return self.run(gcra.Plan.of(checks, quota), cost, peek)
+
+    def run(
+        self, plan: gcra.Plan, cost: int = 1, peek: bool = False, marks: tuple[str, ...] = ()
+    ) -> Decision:
+        """Check (and unless ``peek``, consume) ``plan`` with the revocation ``marks`` (keys in
+        the plan's slot), through the breaker of the node serving its keys.
+
+        On one server (or a Sentinel-managed primary) it is one Lua call, whatever the keys.
+        On a Redis Cluster a plan whose keys are in one slot (every tenant plan) is one call
+        too; a plan across slots (a sign-in's IP and account keys) is checked part by part
+        (:meth:`~saas.limits.gcra.Plan.split`), each part one call that checks and consumes:
+        when a part refuses (or its node fails), the parts before it give back what they
+        consumed (:meth:`~saas.limits.gcra.Plan.give_back`) and the parts after it are only
+        peeked, for their headers, so a refused request consumes nothing in the end. A request
+        admitted by an earlier part meanwhile may be refused for the moment its bucket was
+        lower, and a give-back that fails leaves one request counted.
+
+        Raises:
+            RedisUnavailable: Redis failed or the breaker of a part's node is open.
+        """
+        guard = self.guard
+        parts = plan.split() if guard.clustered else (plan,)
+        if len(parts) == 1:
+            key = plan.keys[0] if plan.keys else None
+            return guard.call("limits", lambda r: plan.run(r, cost, peek, marks), key=key)
+        if marks and guard.call("limits", lambda r: r.exists(*marks), key=marks[0]):
+            return Decision(False, "revoked", (), None, plan.quota, 0, 0.0, True)
+        decisions: list[Decision] = []
+        consumed: list[gcra.Plan] = []
+        try:
+            for part in parts:
+                refused = bool(decisions) and not decisions[-1].allowed
+                decision = guard.call(
+                    "limits", lambda r, p=part, q=peek or refused: p.run(r, cost, q), key=part.keys[0]
+                )
+                decisions.append(decision)
+                if decision.allowed and not peek and not refused:
+                    consumed.append(part)
+        except RedisUnavailable:
+            self._give_back(consumed, cost)
+            raise
+        merged = plan.merge(decisions)
+        if not merged.allowed:
+            self._give_back(consumed, cost)
+        return merged
+
+    def _give_back(self, parts: list[gcra.Plan], cost: int) -> None:
+        """What ``parts`` consumed for a request refused by another part (best effort: a
+        failure leaves that request counted, and is logged)."""
+        for part in parts:
+            try:
+                self.guard.call("limits", lambda r, p=part: p.give_back(r, cost), key=part.keys[0])
+            except RedisUnavailable:
+                policy = part.checks[0].policy
+                log.warning("a refused sign-in stays counted in %s (redis unavailable)", policy)
 
     def enforce(self) -> None:
         """``before_request``: admit, or raise 429 / 503 problems."""
@@ -237,7 +292,7 @@ class Limiter:
         # its slot (the tenant's plan); otherwise current_principal checks them itself
         marks = revocation.keys_for(principal) if tenant_plan else ()
         try:
-            decision = self.guard.call("limits", lambda r: plan.run(r, 1, False, marks))
+            decision = self.run(plan, 1, False, marks)
         except RedisUnavailable:
             if marks:
                 revocation.note(revocation.UNKNOWN)
@@ -313,7 +368,9 @@ class Limiter:
         check = state.check
         marker = policies.lockout_marker(check.key)
         try:
-            if not self.guard.call("limits", lambda r: r.set(marker, b"1", nx=True, ex=check.period)):
+            window = check.period
+            first = self.guard.call("limits", lambda r: r.set(marker, b"1", nx=True, ex=window), key=marker)
+            if not first:
                 return  # this window's lockout is audited already
         except RedisUnavailable:
             return

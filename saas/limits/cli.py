@@ -66,7 +66,7 @@ def tenant_limits(svc: Services, tenant: Any, max_subjects: int = 1000) -> dict[
             return out
 
         for kind in ("user", "client") if per_principal is not None else ():
-            found += guard.call("limits", lambda r, p=keys.rate(kind, "*"): scan(r, p))
+            found += guard.call("limits", lambda r, p=keys.rate(kind, "*"): scan(r, p), key=keys.tag)
         checks = list(base)
         for raw in sorted(found):
             key = raw.decode()
@@ -134,7 +134,7 @@ def reset_tenant_limits(svc: Services, tenant: Any, include_quota: bool = False)
         return deleted
 
     try:
-        return guard.call("limits", delete)
+        return guard.call("limits", delete, key=keys.tag)
     except RedisUnavailable as exc:
         raise CliError(f"redis unavailable: {exc}") from None
 

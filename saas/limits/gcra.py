@@ -26,6 +26,10 @@ status 3 at once, with no policy states, and consumes nothing.
 
 It runs with ``EVALSHA``; on ``NOSCRIPT`` (server restarted, ``SCRIPT FLUSH``) it is sent once
 with ``EVAL``, which also caches it again.
+
+On a Redis Cluster every key of one call must be in one hash slot: a tenant's plan is (its keys
+carry the ``{t:<tenant uuid>}`` tag); a sign-in's plan has an IP's and an account's slot, and
+:meth:`Plan.split` gives its parts, which :meth:`saas.limits.Limiter.run` checks one by one.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 LUA = r"""
 local n = tonumber(ARGV[1])
@@ -105,6 +111,32 @@ return reply
 """
 
 SHA = hashlib.sha1(LUA.encode()).hexdigest()  # noqa: S324 - the script id Redis uses
+
+#: gives back what one admitted request consumed (:meth:`Plan.give_back`): each policy's TAT
+#: moves back by ``T * cost`` (a TAT at or before now is a full bucket: the key is dropped) and
+#: the quota counter, if any, goes down by ``cost``.
+#: KEYS = [policy_1 ... policy_n, quota_counter?]; ARGV = [n, cost, T_1 ... T_n]
+GIVE_BACK_LUA = r"""
+local n = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, n do
+  local T = tonumber(ARGV[2 + i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if T > 0 and tat > now then
+    local new_tat = tat - T * cost
+    if new_tat <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+    end
+  end
+end
+if #KEYS > n then redis.call('DECRBY', KEYS[n + 1], cost) end
+return 1
+"""
+GIVE_BACK_SHA = hashlib.sha1(GIVE_BACK_LUA.encode()).hexdigest()  # noqa: S324
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,26 +210,48 @@ class Decision:
         return max(0, self.quota.limit - self.quota_used)
 
 
-def _call(client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+#: answers of a cluster node that the cluster client handles (redirect, wait, reload the map)
+_REDIRECTS = (redis.exceptions.AskError, redis.exceptions.ClusterError, redis.exceptions.TryAgainError)
+
+
+def _call(
+    client: Any, nkeys: int, keys: Sequence[str], args: Sequence[Any], lua: str = LUA, sha: str = SHA
+) -> Any:
     """``EVALSHA`` (``EVAL`` on ``NOSCRIPT``).
+
+    On a :class:`~redis.cluster.RedisCluster` it is sent on the pool of the node that serves the
+    keys' slot in the client's slot map; a redirection (``MOVED``, ``ASK``) or a failed node is
+    left to the cluster client's own path, which follows it, reloads the slot map and retries.
 
     On a real :class:`redis.Redis` the command goes straight to a pooled connection: redis-py 8's
     generic command path (retry wrapper, observability hooks) costs more CPU than the script's
     round trip. Errors are the same exceptions, and a broken connection is dropped.
     """
+    if type(client) is RedisCluster and keys:
+        node = client.nodes_manager.slots_cache.get(key_slot(keys[0].encode()))
+        node_client = node[0].redis_connection if node else None
+        if node_client is not None:
+            try:
+                return _call(node_client, nkeys, keys, args, lua, sha)
+            except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError,
+                    redis.exceptions.TimeoutError, OSError) as exc:  # fmt: skip
+                if isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, _REDIRECTS):
+                    raise  # the script's own error: the cluster client would answer the same
+                # MOVED, ASK, a node down: the cluster client redirects, reloads its slot map
+                # and retries once (saas.redis_client)
     pool = getattr(client, "connection_pool", None)
     if type(client) is not redis.Redis or pool is None or getattr(client, "connection", None) is not None:
         try:
-            return client.evalsha(SHA, nkeys, *keys, *args)
+            return client.evalsha(sha, nkeys, *keys, *args)
         except redis.exceptions.NoScriptError:
-            return client.eval(LUA, nkeys, *keys, *args)
+            return client.eval(lua, nkeys, *keys, *args)
     conn = pool.get_connection()
     try:
         try:
-            conn.send_command("EVALSHA", SHA, nkeys, *keys, *args)
+            conn.send_command("EVALSHA", sha, nkeys, *keys, *args)
             return conn.read_response()
         except redis.exceptions.NoScriptError:
-            conn.send_command("EVAL", LUA, nkeys, *keys, *args)
+            conn.send_command("EVAL", lua, nkeys, *keys, *args)
             return conn.read_response()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         conn.disconnect()
@@ -262,6 +316,62 @@ class Plan:
             quota=self.quota,
             quota_used=used,
             now=now_us / 1_000_000,
+        )
+
+    def give_back(self, client: Any, cost: int = 1) -> None:
+        """Undo what :meth:`run` consumed for one admitted request of ``cost`` (the other part of
+        a split plan refused it): every policy's bucket gets its ``cost`` intervals back and the
+        quota counter its ``cost`` calls. Requests admitted in between keep theirs.
+
+        Raises:
+            redis.RedisError, OSError: Redis failed.
+        """
+        args = (len(self.checks), cost, *(c.interval_us for c in self.checks))
+        _call(client, len(self.keys), self.keys, args, GIVE_BACK_LUA, GIVE_BACK_SHA)
+
+    def slots(self) -> tuple[int, ...]:
+        """The Redis Cluster hash slot of each key of :attr:`keys` (``redis.crc.key_slot``)."""
+        return tuple(key_slot(k.encode()) for k in self.keys)
+
+    def split(self) -> tuple[Plan, ...]:
+        """The plan as parts whose keys each share one hash slot, in the order of their first
+        check (one part, ``(self,)``, when every key is in one slot: a tenant's plan, whose keys
+        all carry its ``{t:<uuid>}`` tag). A sign-in plan's keys are in the slots of its
+        subjects (the client IP's, the account's: :class:`saas.cache.namespace.PublicKeys`)."""
+        slots = self.slots()
+        if len(set(slots)) <= 1:
+            return (self,)
+        order: dict[int, list[Check]] = {}
+        for check, slot in zip(self.checks, slots, strict=False):
+            order.setdefault(slot, []).append(check)
+        quota_slot = slots[-1] if self.quota is not None else None
+        if quota_slot is not None:
+            order.setdefault(quota_slot, [])
+        return tuple(
+            Plan.of(checks, self.quota if slot == quota_slot else None) for slot, checks in order.items()
+        )
+
+    def merge(self, decisions: Sequence[Decision]) -> Decision:
+        """One :class:`Decision` of the plan from its parts' (:meth:`split`): admitted when
+        every part admits; a refusal names the policy with the longest wait."""
+        if any(d.revoked for d in decisions):
+            return next(d for d in decisions if d.revoked)
+        by_check = {state.check: state for d in decisions for state in d.states}
+        states = tuple(by_check[c] for c in self.checks)
+        refused = [d for d in decisions if not d.allowed]
+        limited = [d.hit for d in refused if d.reason == "rate_limited" and d.hit is not None]
+        reason = "ok"
+        if refused:
+            reason = "rate_limited" if any(d.reason == "rate_limited" for d in refused) else "quota_exceeded"
+        quota_part = next((d for d in decisions if d.quota is not None), None)
+        return Decision(
+            allowed=not refused,
+            reason=reason,
+            states=states,
+            hit=max(limited, key=lambda s: s.retry_seconds) if limited else None,
+            quota=self.quota,
+            quota_used=quota_part.quota_used if quota_part is not None else 0,
+            now=max(d.now for d in decisions),
         )
 
 

@@ -85,7 +85,7 @@ DEFAULT_POLICIES: dict[str, str] = {
 #: password, a code, a client secret or an identity provider's answer, or creates an account.
 #: They apply by endpoint, whatever credentials the request carries: a bearer token (valid,
 #: forged, or of a deleted tenant) neither lifts them nor adds the tenant's limits (which would
-#: also put tenant keys and ``{pre}`` keys in one script, two Redis Cluster slots).
+#: also put tenant keys and ``{pre:<subject>}`` keys in one script, Redis Cluster slots apart).
 AUTH_ENDPOINTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/auth/login"): ("login",),
     ("POST", "/oauth/login"): ("login",),  # the hosted sign-in page (form)

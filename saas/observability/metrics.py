@@ -318,9 +318,20 @@ class GuardCollector(Collector):
             yield family
         guard = services(self.app).redis_guard
         if guard is not None:
-            state = GaugeMetricFamily("saas_redis_breaker_open", "1 while the Redis circuit breaker is open.")
-            state.add_metric([], 1 if guard.breaker.is_open() else 0)
+            state = GaugeMetricFamily(
+                "saas_redis_breaker_open", "1 while a Redis circuit breaker (of any cluster node) is open."
+            )
+            state.add_metric([], 1 if guard.any_open() else 0)
             yield state
+            nodes = {node: b for node, b in guard.breakers().items() if node}
+            if nodes:  # a Redis Cluster: one breaker per node
+                per_node = GaugeMetricFamily(
+                    "saas_redis_node_breaker_open", "1 while the node's Redis circuit breaker is open.",
+                    labels=["node"],
+                )
+                for node, breaker in sorted(nodes.items()):
+                    per_node.add_metric([node], 1 if breaker.is_open() else 0)
+                yield per_node
 
 
 def render(*collectors: Collector | None) -> bytes:

@@ -97,7 +97,8 @@ def begin(provider: SocialProvider, login_hint: str | None = None) -> tuple[str,
         nonce=provider.kind == "oidc",
     )
     payload = json.dumps({"provider": provider.name, **data})
-    services().redis_guard.call("social", lambda r: r.set(_key(state), payload, ex=TRANSACTION_TTL))
+    key = _key(state)
+    services().redis_guard.call("social", lambda r: r.set(key, payload, ex=TRANSACTION_TTL), key=key)
     return url, state
 
 
@@ -109,7 +110,8 @@ def take_transaction(state: str | None) -> dict[str, Any] | None:
     """
     if not state or len(state) > 128:
         return None
-    raw = services().redis_guard.call("social", lambda r: r.getdel(_key(state)))
+    key = _key(state)
+    raw = services().redis_guard.call("social", lambda r: r.getdel(key), key=key)
     return json.loads(raw) if raw is not None else None
 
 

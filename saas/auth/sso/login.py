@@ -331,9 +331,8 @@ def complete_login(transaction: LoginTransaction, identity: SsoIdentity) -> Resp
         "binding": transaction.data.get("binding"),
     }
     try:
-        services().redis_guard.call(
-            "sso", lambda r: r.set(_ticket_key(ticket), json.dumps(payload), ex=TICKET_TTL)
-        )
+        key = _ticket_key(ticket)
+        services().redis_guard.call("sso", lambda r: r.set(key, json.dumps(payload), ex=TICKET_TTL), key=key)
     except RedisUnavailable:
         return login_failed(
             tenant_id,
@@ -350,7 +349,8 @@ def take_ticket(ticket: str | None, binding: str | None) -> Ticket | None:
     browser's ``BINDING_COOKIE``) is the one the sign-in started with; None otherwise."""
     if not ticket or len(ticket) > 128:
         return None
-    raw = services().redis_guard.call("sso", lambda r: r.getdel(_ticket_key(ticket)))
+    key = _ticket_key(ticket)
+    raw = services().redis_guard.call("sso", lambda r: r.getdel(key), key=key)
     if raw is None:
         return None
     data = json.loads(raw)

@@ -148,9 +148,9 @@ def save_transaction(transaction: LoginTransaction) -> None:
     Raises:
         saas.cache.guard.RedisUnavailable: Redis cannot be reached (the sign-in cannot start).
     """
-    services().redis_guard.call(
-        "sso", lambda r: r.set(_key(transaction.state), transaction.to_json(), ex=TRANSACTION_TTL)
-    )
+    key = _key(transaction.state)
+    payload = transaction.to_json()
+    services().redis_guard.call("sso", lambda r: r.set(key, payload, ex=TRANSACTION_TTL), key=key)
 
 
 def take_transaction(state: str | None) -> LoginTransaction | None:
@@ -158,7 +158,8 @@ def take_transaction(state: str | None) -> LoginTransaction | None:
     when unknown, used or expired."""
     if not state or len(state) > 128:
         return None
-    raw = services().redis_guard.call("sso", lambda r: r.getdel(_key(state)))
+    key = _key(state)
+    raw = services().redis_guard.call("sso", lambda r: r.getdel(key), key=key)
     if raw is None:
         return None
     data = json.loads(raw)

@@ -759,7 +759,7 @@ def first_use(connection: SsoConnection, assertion_id: str, expires_at: datetime
     digest = hashlib.sha256(assertion_id.encode()).hexdigest()[:40]
     key = TenantKeys(connection.tenant_id).seen_assertion(connection.id, digest)
     until = int((max(expires_at, datetime.now(UTC)) + timedelta(seconds=CLOCK_SKEW_SECONDS)).timestamp()) + 1
-    return bool(services().redis_guard.call("sso", lambda r: r.set(key, "1", nx=True, exat=until)))
+    return bool(services().redis_guard.call("sso", lambda r: r.set(key, "1", nx=True, exat=until), key=key))
 
 
 # --- routes ---------------------------------------------------------------------------------------
