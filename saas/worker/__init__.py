@@ -19,6 +19,7 @@ group; ``saas worker`` imports them all at start.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -36,6 +37,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from saas.db import Database, utcnow
+from saas.observability import tracing
 from saas.outbox import OutboxMessage
 from saas.settings import Settings
 
@@ -166,66 +168,92 @@ class Worker:
         Metrics are recorded after the commit and never raise: a metrics failure (a missing
         ``PROMETHEUS_MULTIPROC_DIR``, a full disk) must not roll back a delivery whose side
         effect (the mail) has already happened, or the message would be delivered forever."""
-        with self.database.transaction() as session:
-            row = session.scalars(
-                select(OutboxMessage)
-                .where(
-                    OutboxMessage.sent_at.is_(None),
-                    OutboxMessage.failed_at.is_(None),
-                    OutboxMessage.available_at <= utcnow(),
-                )
-                .order_by(OutboxMessage.available_at, OutboxMessage.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if row is None:
-                return None
-            job = Job(row.id, row.topic, row.tenant_id, dict(row.payload or {}), row.attempts + 1)
-            fn = _handlers.get(row.topic)
-            start = time.perf_counter()
-            outcome = "sent"
-            context = WorkerContext(self.settings, session, self.services)
+        # an idle poll makes no span (its SELECT and its commit are not traced); a job's span
+        # (tracing on: saas.observability.tracing.job_span) covers its handler, its row's update
+        # and the commit
+        with tracing.job_span() as span:
+            quiet = contextlib.ExitStack()
+            quiet.enter_context(tracing.suppressed())
             try:
-                if fn is None:
-                    raise PermanentError(f"no handler for topic {row.topic!r}")
-                savepoint = session.begin_nested()
-                try:
-                    fn(job, context)
-                    savepoint.commit()
-                except BaseException:
-                    savepoint.rollback()
-                    raise
-                row.sent_at = utcnow()
-                row.payload = {}  # may have carried a token: gone once delivered
-                row.last_error = None
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                row.last_error = error
-                if isinstance(exc, PermanentError) or job.attempts >= self.settings.outbox_max_attempts:
-                    row.failed_at = utcnow()
-                    outcome = "failed"
-                else:
-                    row.available_at = utcnow() + timedelta(seconds=backoff_seconds(job.attempts))
-                    outcome = "retry"
-                for keep in context.on_failure:
-                    try:
-                        with session.begin_nested():
-                            keep(session)
-                    except Exception:
-                        log.exception("a failure record of job %s could not be written", job.id)
-                log.warning(
-                    "job %s",
-                    outcome,
-                    extra={
-                        "job_id": job.id,
-                        "topic": job.topic,
-                        "attempt": job.attempts,
-                        "error": error,
-                    },
-                )
-            row.attempts = job.attempts
+                with self.database.transaction() as session:
+                    row = self._next_due(session)
+                    if row is None:
+                        return None
+                    quiet.close()  # from here on, the job's spans
+                    job = Job(row.id, row.topic, row.tenant_id, dict(row.payload or {}), row.attempts + 1)
+                    if span is not None:
+                        span.begin(job.topic, job.id, job.tenant_id, job.attempts)
+                    outcome, start = self._handle(session, row, job, span)
+            finally:
+                quiet.close()
         _record_job(job.topic, outcome, time.perf_counter() - start)
         return outcome
+
+    def _handle(self, session: Session, row: OutboxMessage, job: Job, span: Any) -> tuple[str, float]:
+        """Run the job's handler in a savepoint and update its row (sent, retry or dead letter).
+        Returns the outcome and the handler's start (``perf_counter``)."""
+        fn = _handlers.get(row.topic)
+        start = time.perf_counter()
+        outcome = "sent"
+        context = WorkerContext(self.settings, session, self.services)
+        failure: Exception | None = None
+        try:
+            if fn is None:
+                raise PermanentError(f"no handler for topic {row.topic!r}")
+            savepoint = session.begin_nested()
+            try:
+                fn(job, context)
+                savepoint.commit()
+            except BaseException:
+                savepoint.rollback()
+                raise
+            row.sent_at = utcnow()
+            row.payload = {}  # may have carried a token: gone once delivered
+            row.last_error = None
+        except Exception as exc:
+            failure = exc
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            row.last_error = error
+            if isinstance(exc, PermanentError) or job.attempts >= self.settings.outbox_max_attempts:
+                row.failed_at = utcnow()
+                outcome = "failed"
+            else:
+                row.available_at = utcnow() + timedelta(seconds=backoff_seconds(job.attempts))
+                outcome = "retry"
+            for keep in context.on_failure:
+                try:
+                    with session.begin_nested():
+                        keep(session)
+                except Exception:
+                    log.exception("a failure record of job %s could not be written", job.id)
+            log.warning(
+                "job %s",
+                outcome,
+                extra={
+                    "job_id": job.id,
+                    "topic": job.topic,
+                    "attempt": job.attempts,
+                    "error": error,
+                },
+            )
+        row.attempts = job.attempts
+        if span is not None:
+            span.outcome(outcome, failure)
+        return outcome, start
+
+    @staticmethod
+    def _next_due(session: Session) -> OutboxMessage | None:
+        return session.scalars(
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.sent_at.is_(None),
+                OutboxMessage.failed_at.is_(None),
+                OutboxMessage.available_at <= utcnow(),
+            )
+            .order_by(OutboxMessage.available_at, OutboxMessage.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
 
     def run_until_idle(self, limit: int = 10_000) -> dict[str, int]:
         """Deliver due messages until none is left (tests, ``saas worker --once``)."""
