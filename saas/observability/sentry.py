@@ -3,7 +3,9 @@
 ``saas.observability.init_sentry`` imports this module only with a DSN, so without one
 ``sentry_sdk`` is never imported. With one, :func:`init_app` calls ``sentry_sdk.init`` with:
 
-- ``send_default_pii=False`` (no cookies, no user IP, no user from the framework),
+- ``send_default_pii`` False (the SDK's default, not passed: sentry-sdk 2.75 deprecates the
+  option in favour of ``data_collection``, which older releases lack; a test checks the client's
+  ``should_send_default_pii()``): no cookies, no user IP, no user from the framework;
   ``include_local_variables=False`` (a frame's locals can hold a password), no Sentry tracing
   (traces are OpenTelemetry's, :mod:`saas.observability.tracing`), the Flask integration naming
   transactions by URL rule (``transaction_style="url"``) and the logging integration (an
@@ -114,7 +116,6 @@ def init_app(app: Flask, settings: Settings, *, transport: Any = None) -> None:
     sentry_sdk.init(
         dsn=settings.sentry_dsn,
         environment=settings.sentry_environment or settings.env,
-        send_default_pii=False,
         include_local_variables=False,
         traces_sample_rate=None,  # no Sentry tracing: OpenTelemetry's
         before_send=before_send,

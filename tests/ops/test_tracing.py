@@ -36,13 +36,20 @@ QUERY_SECRET = "query-secret-0123456789"
 
 
 @pytest.fixture()
-def traced(settings, engine, redis_client, monkeypatch) -> Iterator[tuple[Any, Any, Any]]:
+def traced(settings, database_url, redis_client, monkeypatch) -> Iterator[tuple[Any, Any, Any]]:
     """(app, its Tracing, the in-memory exporter): an app with tracing on whose OTLP exporter is
-    an InMemorySpanExporter; the instrumentations are removed afterwards."""
+    an InMemorySpanExporter, on an engine of its own (psycopg's instrumentation traces the
+    connections opened after it, as the app's are in production); the instrumentations are
+    removed afterwards."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from sqlalchemy import create_engine
+
+    from saas.db import _guard_search_path
 
     memory = InMemorySpanExporter()
     monkeypatch.setattr(tracing, "otlp_exporter", lambda _settings: memory)
+    engine = create_engine(database_url, pool_size=2)
+    _guard_search_path(engine)
     app = create_app(
         settings.with_overrides(otel_endpoint="http://127.0.0.1:4318"),
         database=Database(engine),
@@ -56,6 +63,7 @@ def traced(settings, engine, redis_client, monkeypatch) -> Iterator[tuple[Any, A
             yield app, tracer, memory
     finally:
         tracer.shutdown()
+        engine.dispose()
     assert tracing.current() is None
 
 
