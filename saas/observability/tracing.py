@@ -11,7 +11,7 @@ hook, no wrapper; :func:`job_span` is a ``nullcontext``. On, :func:`init_app` in
 - ``tenant.id`` (the principal's tenant, or the tenant a hosted page resolved) and
   ``saas.request_id`` on the server span, whose name and ``http.route`` are the URL rule template;
 - one span per outbox job in ``saas worker`` (:func:`job_span`, kind CONSUMER);
-- one :class:`TracerProvider` whose only processor is :class:`ScrubbingProcessor`: every span,
+- one ``TracerProvider`` whose only processor is :func:`scrubbing_processor`'s: every span,
   whichever library made it, is scrubbed before any exporter sees it (below).
 
 What a span never carries (docs/observability.md): the query string (``url.query`` dropped;
@@ -36,6 +36,7 @@ reads the other standard variables itself (``OTEL_EXPORTER_OTLP_HEADERS``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -146,6 +147,13 @@ def _scrubbed_span(span: ReadableSpan) -> ReadableSpan:
     )
 
 
+def scrubbing_processor(inner: SpanProcessor) -> SpanProcessor:
+    """A span processor handing ``inner`` (the exporting processors) a scrubbed copy of every
+    ended span (:func:`scrub_attributes`; events and status as the module docstring says)."""
+    return _scrubbing_processor_class()(inner)
+
+
+@functools.cache
 def _scrubbing_processor_class() -> type:
     from opentelemetry.sdk.trace import SpanProcessor
 
@@ -193,7 +201,7 @@ class Tracing:
             span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_LENGTH),
             shutdown_on_exit=True,
         )
-        self.provider.add_span_processor(_scrubbing_processor_class()(self._exporting))
+        self.provider.add_span_processor(scrubbing_processor(self._exporting))
         self.tracer = self.provider.get_tracer("saas")
         self._instrumented: list[Any] = []
         self._engine_instrumented = False
