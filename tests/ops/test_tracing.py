@@ -387,3 +387,14 @@ def test_gunicorn_exports_the_request_spans_over_otlp_http(
     assert QUERY_SECRET not in text and body["token"]["access_token"] not in text
     assert f"owner@{slug}.test" not in text
     assert not any(s["attributes"].get("http.route") == "/healthz" for s in spans)  # probes are not traced
+
+
+def test_settings_read_the_endpoint_and_the_service_name():
+    from saas.settings import Settings, SettingsError
+
+    s = Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "a"})
+    assert s.otel_endpoint == "http://collector:4318" and s.otel_service_name == "a"
+    default = Settings.from_env({})
+    assert default.otel_endpoint is None and default.otel_service_name == "saas-backend"
+    with pytest.raises(SettingsError, match=r"^OTEL_EXPORTER_OTLP_ENDPOINT: expected a URL"):
+        Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"})
