@@ -36,7 +36,6 @@ reads the other standard variables itself (``OTEL_EXPORTER_OTLP_HEADERS``,
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -153,8 +152,12 @@ def scrubbing_processor(inner: SpanProcessor) -> SpanProcessor:
     return _scrubbing_processor_class()(inner)
 
 
-@functools.cache
+_processor_class: list[type] = []  # the class, made once (it subclasses the SDK's, imported lazily)
+
+
 def _scrubbing_processor_class() -> type:
+    if _processor_class:
+        return _processor_class[0]
     from opentelemetry.sdk.trace import SpanProcessor
 
     class ScrubbingProcessor(SpanProcessor):
@@ -175,6 +178,7 @@ def _scrubbing_processor_class() -> type:
         def force_flush(self, timeout_millis: int = 30000) -> bool:
             return self.inner.force_flush(timeout_millis)
 
+    _processor_class.append(ScrubbingProcessor)
     return ScrubbingProcessor
 
 

@@ -211,7 +211,9 @@ class SentryServer:
         raise AssertionError("no event reached the Sentry server")
 
 
-def test_gunicorn_reports_an_unhandled_error_to_the_dsn(database_url, worker_id_str, redis_client, tmp_path):
+def test_gunicorn_reports_an_unhandled_error_to_the_dsn(
+    database_url, worker_id_str, redis_client, tmp_path, forget_committed
+):
     """A tenant's ``contacts`` table dropped behind the service's back: listing them is an
     unhandled ``UndefinedTable`` in the view, a 500 to the client and one event to Sentry."""
     redis_client.flushdb()
@@ -222,6 +224,7 @@ def test_gunicorn_reports_an_unhandled_error_to_the_dsn(database_url, worker_id_
         slug = f"sentry-{uuid.uuid4().hex[:8]}"
         email = f"owner@{slug}.test"
         body = signup_over_http(server.base, slug, email)
+        forget_committed.add(body["tenant"]["id"])
         token = body["token"]["access_token"]
         engine = create_engine(database_url)
         with engine.begin() as conn:

@@ -356,7 +356,7 @@ def _value(value: Any) -> Any:
 
 
 def test_gunicorn_exports_the_request_spans_over_otlp_http(
-    database_url, worker_id_str, redis_client, tmp_path
+    database_url, worker_id_str, redis_client, tmp_path, forget_committed
 ):
     redis_client.flushdb()
     with OtlpReceiver() as receiver, gunicorn_server(
@@ -369,6 +369,7 @@ def test_gunicorn_exports_the_request_spans_over_otlp_http(
     ) as server:  # fmt: skip
         slug = f"otel-{uuid.uuid4().hex[:8]}"
         body = signup_over_http(server.base, slug, f"owner@{slug}.test")
+        forget_committed.add(body["tenant"]["id"])
         r = requests.get(
             f"{server.base}/api/v1/contacts",
             params={"token": QUERY_SECRET},
