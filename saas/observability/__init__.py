@@ -7,7 +7,8 @@ while ``METRICS_TOKEN`` is unset (the endpoint is off).
 The request log carries: ``request_id`` (the incoming ``X-Request-ID`` when well formed, see
 ``saas._init_request_id``), ``method``, ``route`` (the URL rule template, not the path, so ids
 and tokens in paths never appear), ``status``, ``duration_ms``, ``tenant_id``, ``user_id`` or
-``client_id``, ``remote_addr``. Never headers, bodies or query strings.
+``client_id``, ``remote_addr``, and ``trace_id`` while tracing is on. Never headers, bodies or
+query strings.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def init_app(app: Flask) -> None:
                 fields["client_id"] = principal.client_id
         elif g.get("log_tenant_id"):
             fields["tenant_id"] = str(g.log_tenant_id)
+        trace_id = g.get("trace_id")  # tracing on only (saas.observability.tracing)
+        if trace_id:
+            fields["trace_id"] = trace_id
         log.log(level, "request", **fields)
         return response
 

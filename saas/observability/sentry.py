@@ -11,9 +11,9 @@
   transactions by URL rule (``transaction_style="url"``) and the logging integration (an
   ``ERROR`` record with an exception becomes an event: the 500 handler of ``saas.errors`` logs
   every unhandled error, so that is how a view's error reaches Sentry);
-- tags ``tenant_id`` (the principal's tenant, or the tenant a hosted page resolved) and
-  ``request_id`` (the ``X-Request-ID`` the response carries), read from the request in
-  :func:`before_send`;
+- tags ``tenant_id`` (the principal's tenant, or the tenant a hosted page resolved),
+  ``request_id`` (the ``X-Request-ID`` the response carries) and, with tracing on, ``trace_id``
+  (the OpenTelemetry trace of the request), read from the request in :func:`before_send`;
 - :func:`before_send` (``before_send`` and ``before_breadcrumb`` of the SDK's options,
   docs.sentry.io "Filtering" / "Scrubbing Sensitive Data"): drops the request's ``Authorization``,
   ``Cookie``, ``Proxy-Authorization``, ``Set-Cookie`` and ``X-Api-Key`` headers, its cookies and its
@@ -87,6 +87,9 @@ def _request_tags() -> dict[str, str]:
     request_id = g.get("request_id")
     if request_id:
         tags["request_id"] = str(request_id)
+    trace_id = g.get("trace_id")  # with OpenTelemetry on: the request's trace
+    if trace_id:
+        tags["trace_id"] = str(trace_id)
     return tags
 
 

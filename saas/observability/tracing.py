@@ -10,6 +10,7 @@ hook, no wrapper; :func:`job_span` is a ``nullcontext``. On, :func:`init_app` in
   (:func:`instrument_engine`, called by ``saas.observability.init_app``);
 - ``tenant.id`` (the principal's tenant, or the tenant a hosted page resolved) and
   ``saas.request_id`` on the server span, whose name and ``http.route`` are the URL rule template;
+  the trace id in ``g.trace_id``, carried by the request's log line and a Sentry event;
 - one span per outbox job in ``saas worker`` (:func:`job_span`, kind CONSUMER);
 - one ``TracerProvider`` whose only processor is :func:`scrubbing_processor`'s: every span,
   whichever library made it, is scrubbed before any exporter sees it (below).
@@ -261,6 +262,7 @@ def init_app(app: Flask, settings: Settings) -> Tracing | None:
     FlaskInstrumentor.instrument_app(
         app, tracer_provider=tracing.provider, excluded_urls=EXCLUDED_URLS, enable_commenter=False
     )
+    app.before_request(_remember_trace_id)  # after the instrumentation's: its span is current
     app.after_request(_tag_server_span)
     app.extensions[EXTENSION] = tracing
     _active = tracing
@@ -275,6 +277,16 @@ def of(app: Flask) -> Tracing | None:
 def current() -> Tracing | None:
     """The tracing of this process (the last app that turned it on), or None when it is off."""
     return _active
+
+
+def _remember_trace_id() -> None:
+    """``g.trace_id``: the request's trace id (32 hex digits), which the request's log line and
+    a Sentry event carry, so a log line, an error and a trace find each other."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        g.trace_id = format(context.trace_id, "032x")
 
 
 def _tag_server_span(response: Response) -> Response:

@@ -259,3 +259,12 @@ def test_settings_read_the_dsn_and_environment():
     assert Settings.from_env({}).sentry_dsn is None
     with pytest.raises(SettingsError, match=r"^SENTRY_DSN: .*\*\*\*@"):
         Settings.from_env({"SENTRY_DSN": "ftp://secretkey@host/1"})
+
+
+def test_the_trace_id_is_a_tag_while_tracing_is_on(app):
+    from flask import g
+
+    with app.test_request_context("/api/v1/contacts"):
+        g.request_id, g.trace_id = "req-3", "ab" * 16  # as tracing's before_request sets it
+        event = sentry.before_send({"tags": {"kept": "yes"}})
+    assert event["tags"] == {"kept": "yes", "request_id": "req-3", "trace_id": "ab" * 16}

@@ -399,3 +399,24 @@ def test_settings_read_the_endpoint_and_the_service_name():
     assert default.otel_endpoint is None and default.otel_service_name == "saas-backend"
     with pytest.raises(SettingsError, match=r"^OTEL_EXPORTER_OTLP_ENDPOINT: expected a URL"):
         Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"})
+
+
+def test_the_request_log_line_carries_the_trace_id(traced):
+    import io
+    import logging
+
+    from saas.observability.logging import configure
+
+    app, _tracer, _memory = traced
+    api = Api(app.test_client())
+    body = api.signup("tracedlog")
+    stream = io.StringIO()
+    level = logging.getLogger().level
+    configure("INFO", "json", stream)
+    try:
+        r = app.test_client().get("/api/v1/contacts", headers={**api.auth(body), "traceparent": TRACEPARENT})
+    finally:
+        configure(logging.getLevelName(level), "json")
+    assert r.status_code == 200
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines() if '"request"' in x]
+    assert line["trace_id"] == TRACE_ID and line["route"] == "/api/v1/contacts"
