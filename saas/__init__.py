@@ -90,6 +90,10 @@ def create_app(settings: Settings | None = None, *, database=None, redis=None) -
 
         n = settings.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+    # OpenTelemetry (only with OTEL_EXPORTER_OTLP_ENDPOINT) and Sentry (only with SENTRY_DSN):
+    # before every other hook, so the request's server span is current for all its spans
+    observability.init_tracing(app, settings)
+    observability.init_sentry(app, settings)
 
     services = build_services(settings, database=database, redis=redis)
     app.extensions[EXTENSION] = services

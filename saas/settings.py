@@ -291,6 +291,16 @@ class Settings:
     log_format: str = "json"
     #: bearer token a Prometheus scraper sends to ``GET /metrics`` (None: the endpoint is off, 404)
     metrics_token: str | None = None
+    #: OTLP/HTTP base URL of a collector (``OTEL_EXPORTER_OTLP_ENDPOINT``, traces are sent to
+    #: ``<it>/v1/traces``); None: tracing is off and no OpenTelemetry module is imported
+    #: (saas.observability.tracing, docs/observability.md)
+    otel_endpoint: str | None = None
+    #: the ``service.name`` resource attribute of every span (``OTEL_SERVICE_NAME``)
+    otel_service_name: str = "saas-backend"
+    #: Sentry's DSN (``SENTRY_DSN``); None: Sentry is off and ``sentry_sdk`` is not imported
+    sentry_dsn: str | None = None
+    #: Sentry's ``environment`` tag (``SENTRY_ENVIRONMENT``); None: ``SAAS_ENV``
+    sentry_environment: str | None = None
     # rate limits, quotas and cache (saas.limits, saas.cache; docs/limits.md)
     ratelimit_enabled: bool = True
     ratelimit_policies: tuple[str, ...] = ()
@@ -423,6 +433,10 @@ class Settings:
         maybe("OUTBOX_RELAY_LEASE", "outbox_relay_lease_seconds", _positive_int)
         maybe("LOG_FORMAT", "log_format", _choice("json", "console"))
         maybe("METRICS_TOKEN", "metrics_token")
+        maybe("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_endpoint", _url(("http", "https")))
+        maybe("OTEL_SERVICE_NAME", "otel_service_name")
+        maybe("SENTRY_DSN", "sentry_dsn", _url(("http", "https")))
+        maybe("SENTRY_ENVIRONMENT", "sentry_environment")
         maybe("RATELIMIT_ENABLED", "ratelimit_enabled", _bool)
         maybe("RATELIMIT_POLICIES", "ratelimit_policies", _csv)
         maybe("RATELIMIT_PRINCIPAL_SHARE", "ratelimit_principal_share", _fraction)

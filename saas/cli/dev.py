@@ -30,6 +30,8 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
     their tokens included) is printed to this console.
     """
     os.environ.setdefault("SAAS_ENV", "development")
+    # log lines for a person (LOG_FORMAT=json keeps JSON), coloured only on a terminal
+    os.environ.setdefault("LOG_FORMAT", "console")
     # the links of mailed tokens, the iss claim and the passkeys' RP id name this server: on
     # another --port too (localhost, not 127.0.0.1: an IP address cannot be a WebAuthn RP id)
     local = host in ("127.0.0.1", "0.0.0.0", "::1", "::", "localhost")  # noqa: S104 - names, not a bind
@@ -58,11 +60,21 @@ def dev(ctx: Context, host: str, port: int, workers: int) -> None:
              "-w", str(workers), "wsgi:app"],
         )  # fmt: skip
     _deliver_outbox_in_background(app)
+    quiet_werkzeug()
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
 
 
 #: the in-process job engine of ``saas dev`` (referenced for the process's life)
 _running: list[object] = []
+
+
+def quiet_werkzeug() -> None:
+    """The development server's own request lines off: the app's request log already has one per
+    request (the route template, never the path's query string, which Werkzeug's line would
+    carry with any token in it); its warnings and errors stay."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 def _deliver_outbox_in_background(app) -> None:

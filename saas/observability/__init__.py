@@ -7,7 +7,8 @@ while ``METRICS_TOKEN`` is unset (the endpoint is off).
 The request log carries: ``request_id`` (the incoming ``X-Request-ID`` when well formed, see
 ``saas._init_request_id``), ``method``, ``route`` (the URL rule template, not the path, so ids
 and tokens in paths never appear), ``status``, ``duration_ms``, ``tenant_id``, ``user_id`` or
-``client_id``, ``remote_addr``. Never headers, bodies or query strings.
+``client_id``, ``remote_addr``, and ``trace_id`` while tracing is on. Never headers, bodies or
+query strings.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from saas.observability import metrics
 from saas.observability.logging import configure as configure_logging
 from saas.observability.logging import get_logger
 from saas.services import services
+from saas.settings import Settings
 
-__all__ = ["configure_logging", "init_app", "metrics"]
+__all__ = ["configure_logging", "init_app", "init_sentry", "init_tracing", "metrics"]
 
 _log = get_logger("saas.request")
 
@@ -33,10 +35,31 @@ def _route() -> str:
     return rule.rule if rule is not None else "unmatched"
 
 
+def init_tracing(app: Flask, settings: Settings) -> None:
+    """OpenTelemetry traces when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set
+    (:mod:`saas.observability.tracing`); nothing is imported otherwise."""
+    if settings.otel_endpoint:
+        from saas.observability import tracing
+
+        tracing.init_app(app, settings)
+
+
+def init_sentry(app: Flask, settings: Settings) -> None:
+    """Sentry when ``SENTRY_DSN`` is set (:mod:`saas.observability.sentry`); ``sentry_sdk`` is
+    not imported otherwise."""
+    if settings.sentry_dsn:
+        from saas.observability import sentry
+
+        sentry.init_app(app, settings)
+
+
 def init_app(app: Flask) -> None:
     """Register the request timer, the request log and ``GET /metrics`` (``create_app`` has
-    already called :func:`configure_logging`)."""
+    already called :func:`configure_logging` and :func:`init_tracing`)."""
     metrics.ensure_multiproc_dir()
+    tracer = app.extensions.get("saas.tracing")
+    if tracer is not None:  # SQLAlchemy's spans on the app's engine
+        tracer.instrument_engine(services(app).database.engine)
     db_collector = metrics.DatabaseCollector(services(app).database.engine)
     guard_collector = metrics.GuardCollector(app)
 
@@ -75,6 +98,9 @@ def init_app(app: Flask) -> None:
                 fields["client_id"] = principal.client_id
         elif g.get("log_tenant_id"):
             fields["tenant_id"] = str(g.log_tenant_id)
+        trace_id = g.get("trace_id")  # tracing on only (saas.observability.tracing)
+        if trace_id:
+            fields["trace_id"] = trace_id
         log.log(level, "request", **fields)
         return response
 

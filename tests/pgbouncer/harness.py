@@ -7,6 +7,7 @@ as; ``nobody`` without it); its files then belong to that user.
 
 from __future__ import annotations
 
+import math
 import os
 import pwd
 import random
@@ -270,12 +271,30 @@ class LoadResult:
     by_kind: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    #: every request's time to its answer, in milliseconds (client side: the request sent, the
+    #: body read), and the load's length in seconds (``perf_counter``)
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile of :attr:`latencies_ms` (nearest rank), 0 without requests."""
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        rank = max(1, math.ceil(q / 100 * len(ordered)))
+        return ordered[rank - 1]
+
+    @property
+    def throughput(self) -> float:
+        """Requests answered per second of the load."""
+        return self.requests / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
         return (
-            f"{self.requests} requests, {self.foreign_rows} rows of other tenants in 2xx responses, "
-            f"{self.server_errors} 5xx, {self.other_errors} other errors; by kind {dict(self.by_kind)}; "
-            f"errors {dict(self.errors.most_common(5))}"
+            f"{self.requests} requests ({self.throughput:.1f}/s, p50 {self.percentile(50):.1f} ms, "
+            f"p99 {self.percentile(99):.1f} ms), {self.foreign_rows} rows of other tenants in 2xx "
+            f"responses, {self.server_errors} 5xx, {self.other_errors} other errors; by kind "
+            f"{dict(self.by_kind)}; errors {dict(self.errors.most_common(5))}"
         )
 
 
@@ -304,6 +323,7 @@ def run_load(
             tenant = rnd.choice(tenants)
             kind = rnd.choices(("list", "search", "create", "get"), (4, 3, 1, 3))[0]
             foreign = 0
+            sent = time.perf_counter()
             try:
                 if kind == "list":
                     r = http.get(
@@ -345,8 +365,10 @@ def run_load(
                 )
             except requests.RequestException as exc:
                 status, detail = 599, type(exc).__name__
+            elapsed_ms = (time.perf_counter() - sent) * 1000
             with lock:
                 result.requests += 1
+                result.latencies_ms.append(elapsed_ms)
                 result.by_kind[kind] += 1
                 result.foreign_rows += foreign
                 if foreign and len(result.examples) < 5:
@@ -358,8 +380,10 @@ def run_load(
                     result.other_errors += 1
                     result.errors[f"{status} {detail}"] += 1
 
+    began = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(worker, range(threads)))
+    result.seconds = time.perf_counter() - began
     return result
 
 
