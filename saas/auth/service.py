@@ -271,8 +271,8 @@ def audit_failed_login(session: Session, email: str, tenant_slug: str | None, re
 
     Both paths run the same statements (user lookup, tenant lookup, one write per tenant, commit)
     so that the answer's timing does not tell whether the email exists: for an unknown email the
-    tenant lookup runs with an id that matches nothing and the audit insert is replaced by an
-    update of the same cost that matches no row. (An account in several tenants, logging in
+    tenant lookup runs with an id that matches nothing and the audit write is replaced by as many
+    updates that match no row as it has statements. (An account in several tenants, logging in
     without naming one, gets one insert per tenant.)
     """
     user = find_user_by_email(session, email)
@@ -296,9 +296,15 @@ def audit_failed_login(session: Session, email: str, tenant_slug: str | None, re
             tenant_id=tenant.id,
         )
     if not tenants:
-        # stands in for the audit insert: a primary-key update that matches nothing
-        session.execute(update(User).where(User.id == _NO_USER).values(status=User.status))
+        _stand_in_for_audit(session)
     commit_early(session, EarlyCommit.SIGN_IN_FAILURE)
+
+
+def _stand_in_for_audit(session: Session) -> None:
+    """What one audit event costs in statements (:func:`saas.audit.statements_per_record`), as
+    primary-key updates that match nothing: the unknown email's stand-in for the audit write."""
+    for _ in range(audit.statements_per_record()):
+        session.execute(update(User).where(User.id == _NO_USER).values(status=User.status))
 
 
 def audit_login_throttled(
@@ -315,7 +321,7 @@ def audit_login_throttled(
         user = find_user_by_email(session, email) if email else None
         user_id = user.id if user is not None else None
     if user_id is None or not audit_account_event(session, user_id, AuditAction.AUTH_LOGIN_THROTTLED, data):
-        session.execute(update(User).where(User.id == _NO_USER).values(status=User.status))
+        _stand_in_for_audit(session)
     commit_early(session, EarlyCommit.SIGN_IN_THROTTLED)
 
 

@@ -214,6 +214,14 @@ def test_k8s_pgbouncer_serves_the_database_url_of_the_secret():
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_the_worker_has_a_disruption_budget_matching_its_pods():
+    worker = _by_kind("Deployment")["saas-worker"]
+    pod_labels = worker["spec"]["template"]["metadata"]["labels"]
+    budget = _by_kind("PodDisruptionBudget")["saas-worker"]["spec"]
+    assert budget["minAvailable"] == 1 and worker["spec"]["replicas"] > budget["minAvailable"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
 def ini_host(ini) -> str:
     return dict(part.split("=", 1) for part in ini["databases"]["*"].split())["host"]
 
