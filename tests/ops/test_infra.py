@@ -421,3 +421,22 @@ def test_gunicorn_config(monkeypatch, tmp_path):
     assert namespace["max_requests"] > 0 and namespace["max_requests_jitter"] > 0
     assert 0 < namespace["graceful_timeout"] < 30  # below the pods' termination grace period
     assert callable(namespace["child_exit"]) and callable(namespace["on_starting"])
+
+
+def test_the_optional_collector_receives_otlp_on_the_port_the_docs_name():
+    """``kubectl apply -k infra/k8s/otel``: a collector whose Service answers OTLP/HTTP on 4318
+    with the configuration compose mounts (one file)."""
+    otel = INFRA / "k8s" / "otel"
+    kustomization = yaml.safe_load((otel / "kustomization.yaml").read_text())
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["files"] == ["config.yaml=otel-collector.yaml"]
+    config = yaml.safe_load((otel / "otel-collector.yaml").read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    mount = "./k8s/otel/otel-collector.yaml:/etc/otelcol/config.yaml:ro"
+    assert mount in (INFRA / "compose.yaml").read_text()
+    deployment = _by_kind("Deployment")["saas-otel-collector"]["spec"]["template"]["spec"]
+    (volume,) = deployment["volumes"]
+    assert volume["configMap"]["name"] == generator["name"]
+    (port,) = _by_kind("Service")["saas-otel-collector"]["spec"]["ports"]
+    named = {p["name"] for p in deployment["containers"][0]["ports"]}
+    assert port["port"] == 4318 and port["targetPort"] in named
