@@ -127,11 +127,35 @@ def gunicorn_server(
              "-b", f"127.0.0.1:{port}", *logging, "wsgi:app"],
             cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
+        outbox_start = _outbox_high_water(full_env["DATABASE_URL"])
         try:
             _wait_healthy(base, proc, stderr)
             yield Gunicorn(base, full_env, tmp, proc, stderr, log)
         finally:
             stop(proc)  # by PID: this test's own server
+            _drop_outbox_after(full_env["DATABASE_URL"], outbox_start)
+
+
+def _outbox_high_water(url: str) -> int | None:
+    """The highest outbox id now (None: no outbox table yet). The server commits for real, so
+    the mail and jobs it queued would otherwise be due in the next test's outbox."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM saas.outbox").fetchone()[0])
+        except psycopg.errors.UndefinedTable:
+            return None
+
+
+def _drop_outbox_after(url: str, start: int | None) -> None:
+    """Delete the outbox rows the server's block queued (ids above ``start``)."""
+    if start is None:
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM saas.outbox WHERE id > %s", (start,))
 
 
 def _wait_healthy(base: str, proc: subprocess.Popen, stderr: Path) -> None:
