@@ -165,6 +165,17 @@ def test_refused_urls_are_422_and_write_nothing(client, org, db_session, url):
     assert _count(db_session, WebhookEndpoint) == 0
 
 
+def test_one_422_names_every_refused_field(client, org, db_session):
+    _, h = org
+    body = {"url": "https://127.0.0.1/x", "events": ["nope.*"], "description": "d" * 501, "rate_limit": 0}
+    problem = assert_problem(client.post(f"{BASE}/endpoints", json=body, headers=h), 422, "validation_error")
+    assert set(problem["errors"]) == {"url", "events", "description", "rate_limit"}
+    assert _count(db_session, WebhookEndpoint) == 0
+    created = _create(client, h, "https://93.184.215.14/hook")
+    r = client.patch(f"{BASE}/endpoints/{created['id']}", json={"url": "ftp://x", "rate_limit": 0}, headers=h)
+    assert set(assert_problem(r, 422, "validation_error")["errors"]) == {"url", "rate_limit"}
+
+
 def test_a_public_https_url_is_accepted_and_a_patch_to_a_private_one_is_refused(client, org, db_session):
     _, h = org
     created = _create(client, h, "https://93.184.215.14/hook")  # an address literal: no DNS needed

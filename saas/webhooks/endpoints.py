@@ -9,6 +9,7 @@ through :func:`saas.db.tenant_row`, so another tenant's id is the same 404 as a 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -149,6 +150,21 @@ def get_endpoint(
     return tenant_row(session, WebhookEndpoint, tenant_id, endpoint_id, noun="webhook endpoint", lock=lock)
 
 
+def _checked(checks: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Each field's checked value, every check run: one 422 lists every refused field (the
+    ``errors`` of each check's :class:`ValidationError`, merged)."""
+    values: dict[str, Any] = {}
+    errors: dict[str, Any] = {}
+    for name, check in checks.items():
+        try:
+            values[name] = check()
+        except ValidationError as exc:
+            errors.update(exc.extra.get("errors") or {name: [exc.detail]})
+    if errors:
+        raise ValidationError(errors)
+    return values
+
+
 def create_endpoint(
     ctx: ActionContext, body: dict[str, Any], egress_rules: Egress
 ) -> tuple[WebhookEndpoint, str]:
@@ -173,10 +189,14 @@ def create_endpoint(
             title="Too many endpoints",
             extra={"limit": MAX_ENDPOINTS},
         )
-    url = check_url(body.get("url"), egress_rules)
-    names = check_events(body.get("events"), _permissions(ctx))
-    description = check_description(body.get("description", ""))
-    rate = check_rate(body.get("rate_limit", egress_rules.max_rate), egress_rules)
+    fields = _checked({
+        "url": lambda: check_url(body.get("url"), egress_rules),
+        "events": lambda: check_events(body.get("events"), _permissions(ctx)),
+        "description": lambda: check_description(body.get("description", "")),
+        "rate_limit": lambda: check_rate(body.get("rate_limit", egress_rules.max_rate), egress_rules),
+    })  # fmt: skip
+    url, names = fields["url"], fields["events"]
+    description, rate = fields["description"], fields["rate_limit"]
     now = utcnow()
     endpoint_id = uuid.uuid4()
     secret = signing.new_secret()
@@ -217,15 +237,13 @@ def update_endpoint(
     Raises:
         ValidationError, Forbidden: as :func:`create_endpoint`.
     """
-    changes: dict[str, Any] = {}
-    if "url" in body:
-        changes["url"] = check_url(body["url"], egress_rules)
-    if "events" in body:
-        changes["events"] = check_events(body["events"], _permissions(ctx))
-    if "description" in body:
-        changes["description"] = check_description(body["description"])
-    if "rate_limit" in body:
-        changes["rate_limit"] = check_rate(body["rate_limit"], egress_rules)
+    checks: dict[str, Callable[[], Any]] = {
+        "url": lambda: check_url(body["url"], egress_rules),
+        "events": lambda: check_events(body["events"], _permissions(ctx)),
+        "description": lambda: check_description(body["description"]),
+        "rate_limit": lambda: check_rate(body["rate_limit"], egress_rules),
+    }
+    changes = _checked({name: check for name, check in checks.items() if name in body})
     changed = sorted(k for k, v in changes.items() if getattr(endpoint, k) != v)
     for key in changed:
         setattr(endpoint, key, changes[key])
