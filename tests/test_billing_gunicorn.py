@@ -2,7 +2,7 @@
 limiter on, billing on against the local Stripe fake (tests/stripe_fake.py, which the service's
 ``stripe`` SDK reaches over HTTP), an operator's catalogue in ``PLANS_FILE``, Stripe Tax and the
 promotion-code field on, ``saas worker`` in its own process delivering mail to a real SMTP server
-(aiosmtpd), ``saas billing dunning`` run as the CronJob runs it, and ``requests`` as the client.
+(aiosmtpd), ``saas billing dunning`` run as its schedule runs it, and ``requests`` as the client.
 
 The walk: the catalogue's features and their 402, a checkout with a trial without a card, a
 promotion code and tax, the return page, the trial-end mail, the customer's address and tax ids,
@@ -248,7 +248,7 @@ def test_billing_depth_through_gunicorn(stack: Stack, engine) -> None:
     assert stack.deliver(failed)["status"] == "duplicate"
     (mail,) = stack.mail(f"Payment failed for {name}")
     assert invoice["hosted_invoice_url"] in mail.get_payload(decode=True).decode()
-    # the grace period ends (7 days after the invoice fell due): the CronJob's run mails once
+    # the grace period ends (7 days after the invoice fell due): the scheduled run mails once
     grace_end = datetime.fromtimestamp(finalized + 7 * 86400, UTC).isoformat()
     assert json.loads(stack.cli("billing", "dunning", "--now", grace_end, "--json"))["mailed"] == [slug]
     assert json.loads(stack.cli("billing", "dunning", "--now", grace_end, "--json"))["mailed"] == []

@@ -299,7 +299,7 @@ def test_a_canceled_subscriptions_period_is_closed_after_it_stopped(uapi, uclien
 
 
 def test_concurrent_runs_bill_each_call_once(uapp, ufake, engine, redis_client):
-    """Four reporters at once (workers, a CronJob, an operator), twice, on committed data: each
+    """Four reporters at once (beat runs, an operator), twice, on committed data: each
     period's slice is cut under its row lock, so every call is billed exactly once."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -688,7 +688,7 @@ def test_signature_header_is_the_spec_scheme():
 
 
 def test_saas_webhooks_prune_command(monkeypatch, settings, database_url, redis_client):
-    """``saas webhooks prune`` (the daily CronJob) on the run's database: counts as JSON."""
+    """``saas webhooks prune`` (the daily schedule `webhooks.prune`) on the run's database: counts as JSON."""
     from click.testing import CliRunner
 
     from saas.cli import main

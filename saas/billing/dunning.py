@@ -5,7 +5,7 @@ and Pay's ``payment_failed`` notifications).
   :data:`PAYMENT_FAILED_TOPIC` once per event, when Stripe's live invoice is still ``open``.
 * The end of the grace period (``billing_accounts.grace_until``, set while ``past_due``;
   :func:`saas.billing.service.apply_subscription`) is no event of Stripe's: :func:`notify_grace_ended`,
-  run by ``saas billing dunning`` on a schedule (a CronJob, every few minutes), finds each
+  run by ``saas billing dunning`` and the beat schedule ``billing.dunning`` (every 10 minutes), finds each
   subscription whose grace period is over and queues :data:`GRACE_ENDED_TOPIC` once per
   subscription and grace period: ``grace_notice_for`` keeps the start (``past_due_since``) of the
   grace period already mailed, written in the transaction that queues the mail.

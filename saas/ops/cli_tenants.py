@@ -269,7 +269,7 @@ def tenants_delete(ctx: Context, tenant: str, retention_days: int, at_once: bool
     engine = ctx.database.engine
     actor = operator_actor()
     # 1. suspended (no request or refresh gets through) but NOT scheduled for deletion: if the
-    #    export fails, nothing is dropped, by us or by the purge CronJob
+    #    export fails, nothing is dropped, by us or by the purge schedule
     with ctx.database.transaction() as session:
         t = find_tenant(session, tenant, for_update=True)
         was_active = t.status == "active" and t.deleted_at is None

@@ -20,8 +20,9 @@ from saas.identity.models import Tenant
 from saas.ops.audit_retention import prune_expired
 from tests.ops.test_import import crafted  # noqa: F401 - the fixture
 
-#: the tests' clock (no test depends on today's date)
-NOW = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
+#: the tests' clock, years after the real one whatever the day: the audit.pruned event a prune
+#: writes carries the real clock's time, which must stay long before NOW (no fixed date)
+NOW = (datetime.now(UTC) + timedelta(days=1500)).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
 def _event(when: datetime, **data) -> dict:

@@ -165,7 +165,7 @@ def test_delete_now_exports_first_and_a_failed_export_deletes_nothing(
     committed, run_cli, engine, monkeypatch
 ):
     """Review defect: --now committed a 0-day deletion before exporting; a failed export left a
-    tenant the purge CronJob then dropped with no export anywhere."""
+    tenant the purge schedule then dropped with no export anywhere."""
     from saas.ops import export
 
     tenant = committed.tenant()
